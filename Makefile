@@ -1,0 +1,29 @@
+# Set-up and the two jobs of the README. Everything lives in .venv; nothing else is needed but Python 3.11+.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install -q -c constraints-dev.txt
+EXTRAS ?= test,zoo,esmfold2,parquet
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints-dev.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[$(EXTRAS)]'
+	touch $@
+
+demo: setup
+	$(BIN)/repalign demo -o demo-output
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/bench_metrics.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

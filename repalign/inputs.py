@@ -1,0 +1,202 @@
+"""Input readers: FASTA, CSV and structure files become validated :class:`Record` objects.
+
+Every record carries its id (from the input), its kind ("sequence" or "structure"), its payload and a
+content hash, so a cache can tell a re-run on the same input from a changed input with the same id.
+
+- FASTA: ``>id`` then the sequence; complexes (and antibody heavy/light pairs) are written with the
+  chains joined by ``:``, as ColabFold does (``HEAVY:LIGHT``).
+- CSV: an ``id`` column and either a ``sequence`` column or a ``path`` column (structure files,
+  relative to the CSV).
+- Structures: any format ASE reads (extxyz, CIF, POSCAR, PDB, ...), one file, a multi-frame file
+  (ids ``stem:0``, ``stem:1``, ...), or a folder of such files.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from repalign.errors import RepalignError
+
+SEQUENCE_SUFFIXES = {".fasta", ".fa", ".faa", ".fas"}
+STRUCTURE_SUFFIXES = {".xyz", ".extxyz", ".cif", ".pdb", ".vasp", ".poscar", ".traj", ".json", ".mmcif"}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input sample.
+
+    kind: "sequence" (payload: str, chains joined by ':') or "structure" (payload: ase.Atoms).
+    """
+
+    id: str
+    kind: str
+    payload: Any
+    content_hash: str
+
+    @property
+    def chains(self) -> list[str]:
+        return self.payload.split(":") if self.kind == "sequence" else []
+
+    @property
+    def size(self) -> int:
+        """Residues (all chains) or atoms."""
+        if self.kind == "sequence":
+            return sum(len(c) for c in self.chains)
+        return len(self.payload)
+
+
+def sequence_record(id_: str, sequence: str) -> Record:
+    seq = "".join(sequence.split()).upper()
+    return Record(id_, "sequence", seq, hashlib.sha256(seq.encode()).hexdigest())
+
+
+def structure_record(id_: str, atoms) -> Record:
+    h = hashlib.sha256()
+    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(atoms.positions, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(atoms.cell.array, dtype=np.float64).tobytes())
+    h.update(np.asarray(atoms.pbc, dtype=np.int8).tobytes())
+    return Record(id_, "structure", atoms, h.hexdigest())
+
+
+def read_fasta(path: str | Path) -> list[Record]:
+    path = Path(path)
+    text = _read_text(path)
+    records: list[Record] = []
+    id_, lines = None, []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith(";"):
+            continue
+        if line.startswith(">"):
+            if id_ is not None:
+                records.append(_fasta_record(path, id_, lines))
+            id_ = line[1:].split()[0] if line[1:].split() else ""
+            if not id_:
+                raise RepalignError(f"{path}:{lineno}: FASTA header has no id; write '>ID' before each sequence")
+            lines = []
+        else:
+            if id_ is None:
+                raise RepalignError(f"{path}:{lineno}: sequence before any '>' header; is this a FASTA file?")
+            lines.append(line)
+    if id_ is not None:
+        records.append(_fasta_record(path, id_, lines))
+    if not records:
+        raise RepalignError(f"{path}: no sequences found; a FASTA file needs '>ID' lines followed by sequences")
+    return records
+
+
+def _fasta_record(path: Path, id_: str, lines: list[str]) -> Record:
+    seq = "".join(lines)
+    if not seq or any(not c for c in seq.split(":")):
+        raise RepalignError(f"{path}: sequence {id_!r} is empty (or has an empty chain); remove it or fill it in")
+    return sequence_record(id_, seq)
+
+
+def read_csv(path: str | Path) -> list[Record]:
+    path = Path(path)
+    rows = list(csv.DictReader(_read_text(path).splitlines()))
+    if not rows:
+        raise RepalignError(f"{path}: no rows; the CSV needs a header and one row per sample")
+    cols = set(rows[0])
+    if "id" not in cols or not ({"sequence", "path"} & cols):
+        raise RepalignError(
+            f"{path}: columns {sorted(cols)}; the CSV needs an 'id' column and a 'sequence' or 'path' column"
+        )
+    records: list[Record] = []
+    for i, row in enumerate(rows, 2):
+        id_ = (row.get("id") or "").strip()
+        if not id_:
+            raise RepalignError(f"{path}:{i}: empty id; give every row an id")
+        if "sequence" in cols:
+            seq = (row.get("sequence") or "").strip()
+            if not seq:
+                raise RepalignError(f"{path}:{i}: sample {id_!r} has an empty sequence; fill it in or remove the row")
+            records.append(sequence_record(id_, seq))
+        else:
+            atoms = _read_atoms(path.parent / (row.get("path") or "").strip())
+            if len(atoms) != 1:
+                raise RepalignError(f"{path}:{i}: {row['path']} holds {len(atoms)} structures; give one per row")
+            records.append(structure_record(id_, atoms[0]))
+    return records
+
+
+def read_structures(path: str | Path) -> list[Record]:
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise RepalignError(f"{path}: empty folder; put structure files (extxyz, CIF, POSCAR, PDB) in it")
+    else:
+        files = [path]
+    records = []
+    for f in files:
+        frames = _read_atoms(f)
+        if len(frames) == 1:
+            records.append(structure_record(f.stem, frames[0]))
+        else:
+            records.extend(structure_record(f"{f.stem}:{i}", a) for i, a in enumerate(frames))
+    return records
+
+
+def read_inputs(paths: str | Path | list) -> list[Record]:
+    """Read one or more input paths (FASTA, CSV, structure files or folders); ids must be unique."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    records: list[Record] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise RepalignError(f"{p}: no such file or folder; check the path")
+        suffix = p.suffix.lower()
+        if suffix in SEQUENCE_SUFFIXES:
+            records.extend(read_fasta(p))
+        elif suffix in {".csv", ".tsv"}:
+            records.extend(read_csv(p))
+        else:
+            records.extend(read_structures(p))
+    check_unique_ids(records)
+    return records
+
+
+def check_unique_ids(records: list[Record]) -> None:
+    seen: set[str] = set()
+    dups = []
+    for r in records:
+        if r.id in seen:
+            dups.append(r.id)
+        seen.add(r.id)
+    if dups:
+        shown = ", ".join(sorted(set(dups))[:5])
+        raise RepalignError(f"duplicate sample ids: {shown}; every input needs a unique id")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise RepalignError(f"{path}: no such file; check the path") from None
+    except UnicodeDecodeError:
+        raise RepalignError(f"{path}: not a text file; give a FASTA or CSV file") from None
+
+
+def _read_atoms(path: Path) -> list:
+    try:
+        import ase.io
+    except ImportError:
+        raise RepalignError("reading structures needs ASE; pip install 'repalign[zoo]'") from None
+    if not path.is_file():
+        raise RepalignError(f"{path}: no such structure file; check the path")
+    try:
+        frames = ase.io.read(str(path), index=":")
+    except Exception as exc:  # ASE raises many types for unreadable files
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RepalignError(f"{path}: cannot read as a structure ({msg}); give a file ASE reads (extxyz, CIF, POSCAR, PDB)") from None
+    if not frames:
+        raise RepalignError(f"{path}: no structures in file")
+    return list(frames)

@@ -1,0 +1,53 @@
+"""Registry of model adapters: registered name -> "module:Class", imported only when used.
+
+Adding a model is adding one module under ``repalign/models/`` (or a package such as
+``esmfold2_model``) and one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from repalign.errors import RepalignError
+from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
+
+REGISTRY: dict[str, str] = {
+    # filled in by the model families; "hf:<path-or-repo>" is handled by get_adapter_class
+}
+
+HF_PREFIX = "hf:"
+
+
+def model_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_adapter_class(name: str) -> type[ModelAdapter]:
+    key = name.strip().lower()
+    if key.startswith(HF_PREFIX):
+        key = HF_PREFIX
+        target = "repalign.models.hf_protein_lm:HFProteinLM"
+    elif key in REGISTRY:
+        target = REGISTRY[key]
+    else:
+        raise RepalignError(
+            f"unknown model {name!r}; run 'repalign models' to list them (known: {', '.join(REGISTRY) or 'none'})"
+        )
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def get_adapter(name: str, weights: str | None = None, device: str = "cpu", dtype: str = "float32") -> ModelAdapter:
+    """Instantiate (not load) the adapter for a registered name or ``hf:<path-or-repo-id>``."""
+    cls = get_adapter_class(name)
+    if name.lower().startswith(HF_PREFIX):
+        return cls(name[len(HF_PREFIX):], weights=weights, device=device, dtype=dtype)
+    reason = cls.unavailable_reason()
+    if reason:
+        from repalign.errors import ModelUnavailable
+
+        raise ModelUnavailable(f"model {name}: {reason}")
+    return cls(weights=weights, device=device, dtype=dtype)
+
+
+__all__ = ["REGISTRY", "ModelAdapter", "ModelInfo", "SampleFeatures", "get_adapter", "get_adapter_class", "model_names"]

@@ -1,0 +1,119 @@
+"""The model adapter interface: what every model family declares so the pipeline can run it.
+
+An adapter is one small class in its own module under ``repalign.models``. It says what input it
+takes, its layer names in model order, how big each input is (for length-bucketed batching) and how
+to run a batch. The extraction pipeline (``repalign.extract``) does batching, pooling, resuming and
+writing; adapters never touch the cache.
+
+Contract of :meth:`ModelAdapter.forward`: given a list of records (validated with
+:meth:`ModelAdapter.validate`) and the requested layer names, return one :class:`SampleFeatures`
+per record, in order. ``tokens[layer]`` is the per-residue / per-atom matrix ``(L_i, D)`` of that
+sample with padding and special tokens (BOS/EOS/CLS) already removed, so the features of a sample
+do not depend on what else was in its batch. Pooling (mean over tokens, or the ``cls`` vector where
+the adapter provides one) is done by the pipeline from these.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from repalign.inputs import Record
+
+MODALITIES = ("antibody sequence", "protein sequence", "protein structure", "crystal", "molecule")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Static facts about a model, shown by ``repalign models``."""
+
+    name: str  # registered name, lower case, as users type it
+    family: str  # e.g. "AntiBERTy", "CHGNet"
+    modality: str  # one of MODALITIES
+    input_kind: str  # "sequence" or "structure": which records it accepts
+    extra: str  # pip extra that installs it: pip install 'repalign[EXTRA]'
+    license: str
+    weights: str  # where the weights come from and how to get them
+    description: str = ""
+
+
+@dataclass
+class SampleFeatures:
+    """What a model produced for one sample.
+
+    tokens:  layer -> (L, D) float array, one row per residue / atom (special tokens removed).
+    cls:     layer -> (D,) vector for layers where a CLS / global readout means something.
+    outputs: per-sample scalar predictions (e.g. energy, pLDDT, pTM), stored next to the features.
+    """
+
+    tokens: dict[str, np.ndarray] = field(default_factory=dict)
+    cls: dict[str, np.ndarray] = field(default_factory=dict)
+    outputs: dict[str, float] = field(default_factory=dict)
+
+
+class ModelAdapter(abc.ABC):
+    """Base class of every model family. Subclasses set ``info`` and implement the abstract methods."""
+
+    info: ClassVar[ModelInfo]
+    #: pooling used when the user does not choose: "mean" (over tokens) or "cls"
+    default_pooling: ClassVar[str] = "mean"
+    #: largest input size (tokens or atoms) the model accepts; None for no limit
+    max_size: ClassVar[int | None] = None
+
+    def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32"):
+        self.weights = weights
+        self.device = device
+        self.dtype = dtype
+        self._loaded = False
+
+    # ---- availability and loading -------------------------------------------------------------
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when the model can run here, else a one-line reason with the fix (install the extra)."""
+        return None
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load weights (offline) onto ``self.device``. Raise ModelUnavailable with the fix if missing."""
+
+    def ensure_loaded(self) -> None:
+        if not self._loaded:
+            self.load()
+            self._loaded = True
+
+    # ---- description ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def layer_names(self) -> list[str]:
+        """Every layer this model can expose, in model order (input side first)."""
+
+    def default_layers(self) -> list[str]:
+        """Layers extracted when the user does not pass ``--layers``."""
+        return self.layer_names()
+
+    def provenance(self) -> dict[str, Any]:
+        """Model version, weights identifier/hash and package versions, stored in the cache."""
+        return {"model": self.info.name, "family": self.info.family}
+
+    # ---- inputs ---------------------------------------------------------------------------------
+    def validate(self, record: Record) -> None:
+        """Raise InvalidInput (naming ``record.id``) when this model cannot take the record."""
+        if record.kind != self.info.input_kind:
+            from repalign.errors import InvalidInput
+
+            raise InvalidInput(
+                f"{record.id}: model {self.info.name} takes {self.info.input_kind} inputs, got a {record.kind}; "
+                f"pass {self.info.input_kind} files for this model",
+                record.id,
+            )
+
+    def size(self, record: Record) -> int:
+        """Tokens (residues) or atoms of a record: the unit of the batch budget."""
+        return record.size
+
+    # ---- running --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def forward(self, records: Sequence[Record], layers: Sequence[str]) -> list[SampleFeatures]:
+        """Run one batch; see the module docstring for the contract."""
