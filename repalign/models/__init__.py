@@ -37,17 +37,19 @@ def get_adapter_class(name: str) -> type[ModelAdapter]:
     return getattr(importlib.import_module(module), cls)
 
 
-def get_adapter(name: str, weights: str | None = None, device: str = "cpu", dtype: str = "float32") -> ModelAdapter:
+def get_adapter(
+    name: str, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options
+) -> ModelAdapter:
     """Instantiate (not load) the adapter for a registered name or ``hf:<path-or-repo-id>``."""
     cls = get_adapter_class(name)
     if name.lower().startswith(HF_PREFIX):
-        return cls(name[len(HF_PREFIX):], weights=weights, device=device, dtype=dtype)
+        return cls(name[len(HF_PREFIX):], weights=weights, device=device, dtype=dtype, **options)
     reason = cls.unavailable_reason()
     if reason:
         from repalign.errors import ModelUnavailable
 
         raise ModelUnavailable(f"model {name}: {reason}")
-    return cls(weights=weights, device=device, dtype=dtype)
+    return cls(weights=weights, device=device, dtype=dtype, **options)
 
 
 __all__ = ["REGISTRY", "ModelAdapter", "ModelInfo", "SampleFeatures", "get_adapter", "get_adapter_class", "model_names"]

@@ -63,10 +63,14 @@ class ModelAdapter(abc.ABC):
     #: largest input size (tokens or atoms) the model accepts; None for no limit
     max_size: ClassVar[int | None] = None
 
-    def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32"):
+    def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
+        """weights: a local directory/file (or hub id resolved offline) overriding the default weights.
+        options: model-specific extraction options (``--option KEY=VALUE``), validated by the adapter
+        and recorded in the provenance, so a changed option is detected on resume."""
         self.weights = weights
         self.device = device
         self.dtype = dtype
+        self.options = dict(options)
         self._loaded = False
 
     # ---- availability and loading -------------------------------------------------------------
@@ -95,7 +99,7 @@ class ModelAdapter(abc.ABC):
 
     def provenance(self) -> dict[str, Any]:
         """Model version, weights identifier/hash and package versions, stored in the cache."""
-        return {"model": self.info.name, "family": self.info.family}
+        return {"model": self.info.name, "family": self.info.family, "options": dict(self.options)}
 
     # ---- inputs ---------------------------------------------------------------------------------
     def validate(self, record: Record) -> None:
