@@ -1,0 +1,217 @@
+"""The ``repalign`` command line: one subcommand per verb, each a thin layer over the Python API.
+
+Errors in user input print one line (``repalign: error: ...``) and exit with status 1; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from repalign import __version__
+from repalign.errors import RepalignError
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _flat(values) -> list[str]:
+    """Flatten repeated/space/comma separated option values: --metric mknn cka --metric cknna,svcca."""
+    out: list[str] = []
+    for v in values or []:
+        items = v if isinstance(v, list) else [v]
+        for item in items:
+            out.extend(x for x in item.split(",") if x)
+    return out
+
+
+def _options(pairs) -> dict[str, str]:
+    opts = {}
+    for pair in _flat(pairs):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise RepalignError(f"--option {pair!r} is not KEY=VALUE; write e.g. --option loops=last")
+        opts[key.strip()] = value.strip()
+    return opts
+
+
+# ---- subcommands ------------------------------------------------------------------------------------
+
+
+def cmd_compare(args) -> int:
+    from repalign.compare import check_table_path, compare_models, write_table
+
+    if args.output:
+        check_table_path(args.output)  # fail before computing anything
+    result = compare_models(
+        args.cache, args.a, args.b, _flat(args.metric) or ["mknn"],
+        cache_b=args.cache_b, layers_a=_flat(args.layers_a), layers_b=_flat(args.layers_b),
+        normalize=None if args.normalize == "none" else args.normalize,
+        k=args.k, kernel=args.kernel, sigma=args.sigma, dim=args.dim,
+    )
+    print(result.summary())
+    if args.output:
+        path = write_table(result.table, args.output)
+        print(f"wrote {len(result.table)} rows to {path}")
+    return 0
+
+
+def cmd_cache_info(args) -> int:
+    from embeddings_cache import Cache
+
+    print(Cache(args.cache).describe())
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from repalign.extract import extract
+    from repalign.inputs import read_inputs
+
+    options = _options(args.option)
+    if args.loops:
+        options["loops"] = args.loops
+    records = read_inputs(args.inputs)
+    runs = extract(
+        records, _flat(args.model), args.output,
+        layers=_flat(args.layers) or None, pool=args.pool, tokens=_flat(args.tokens),
+        device=args.device, dtype=args.dtype, store_dtype=args.store_dtype, batch_tokens=args.batch_tokens,
+        limit=args.limit, overwrite=args.overwrite, skip_invalid=args.skip_invalid, weights=args.weights,
+        options=options, quiet=args.quiet,
+    )
+    for run in runs:
+        rate = f", {run.tokens / run.seconds:,.0f} tokens/s" if run.seconds > 0 else ""
+        print(f"{run.model}: stored {run.stored} samples x {len(run.layers)} layers "
+              f"({run.skipped_existing} already in the cache{rate}) -> {args.output}")
+        if run.invalid:
+            print(f"{run.model}: skipped {len(run.invalid)} invalid samples: {', '.join(sorted(run.invalid))}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from repalign.zoo import describe_models
+
+    print(describe_models(show_layers=args.layers))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from repalign.demo import run_demo
+
+    run_demo(args.output, quiet=args.quiet)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from repalign.compare import read_table
+    from repalign.plot import save_layer_heatmap
+
+    table = read_table(args.table)
+    for path in save_layer_heatmap(table, args.output, metric=args.metric, model_a=args.a, model_b=args.b):
+        print(f"wrote {path}")
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="repalign",
+        description="Layer-by-layer representational alignment of scientific foundation models.",
+    )
+    p.add_argument("--version", action="version", version=f"repalign {__version__}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    e = sub.add_parser("extract", help="run models over inputs and store layer features in a cache")
+    e.add_argument("inputs", nargs="+", help="FASTA, CSV (id + sequence/path), structure files or folders")
+    e.add_argument("--model", "-m", action="append", nargs="+", required=True,
+                   help="registered model name (see 'repalign models'), or hf:PATH-OR-REPO; repeatable")
+    e.add_argument("-o", "--output", required=True, help="cache file (HDF5), created or appended to")
+    e.add_argument("--layers", action="append", nargs="+", help="layer names or patterns ('esmc.*'), or 'all'")
+    e.add_argument("--pool", choices=("mean", "cls", "none"), help="per-sample pooling (default: the model's)")
+    e.add_argument("--tokens", action="append", nargs="+", help="layers whose per-residue/atom features are stored too")
+    e.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    e.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="compute dtype")
+    e.add_argument("--store-dtype", default="float32", choices=("float32", "float16"), help="storage dtype")
+    e.add_argument("--batch-tokens", type=int, default=4096, help="token/atom budget per batch (default 4096)")
+    e.add_argument("--limit", type=int, help="only the first N inputs")
+    e.add_argument("--weights", help="local weights directory or file (one model)")
+    e.add_argument("--option", action="append", nargs="+", metavar="KEY=VALUE", help="model-specific option")
+    e.add_argument("--loops", help="ESMFold2 trunk loops to keep: last, all or 0,5,20")
+    e.add_argument("--overwrite", action="store_true", help="replace a model stored with other options")
+    e.add_argument("--skip-invalid", action="store_true", help="skip invalid samples with a warning instead of failing")
+    e.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    e.set_defaults(func=cmd_extract)
+
+    c = sub.add_parser("compare", help="compare two models layer by layer")
+    c.add_argument("cache", help="cache file holding model A (and B unless --cache-b)")
+    c.add_argument("--a", required=True, help="model A")
+    c.add_argument("--b", required=True, help="model B")
+    c.add_argument("--cache-b", help="cache file holding model B")
+    c.add_argument("--metric", action="append", nargs="+", help="metric name(s), e.g. mknn cka cknna (default mknn)")
+    c.add_argument("--k", type=int, default=10, help="neighbours for kNN metrics and CKNNA (default 10)")
+    c.add_argument("--kernel", choices=("linear", "rbf"), help="CKA kernel (default linear)")
+    c.add_argument("--sigma", type=float, help="rbf bandwidth (default: median pairwise distance)")
+    c.add_argument("--dim", type=int, help="SVCCA dimensions (default 10)")
+    c.add_argument("--normalize", default="l2", choices=("l2", "center", "none"), help="row preprocessing (default l2)")
+    c.add_argument("--layers-a", action="append", nargs="+", help="layers of A (names or patterns)")
+    c.add_argument("--layers-b", action="append", nargs="+", help="layers of B (names or patterns)")
+    c.add_argument("-o", "--output", help="write the tidy table (.csv, .tsv or .parquet)")
+    c.set_defaults(func=cmd_compare)
+
+    cache = sub.add_parser("cache", help="inspect a cache")
+    cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    info = cache_sub.add_parser("info", help="models, layers, shapes, dtypes, sample counts and provenance")
+    info.add_argument("cache")
+    info.set_defaults(func=cmd_cache_info)
+
+    m = sub.add_parser("models", help="list registered models, their modality, layers, weights and licence")
+    m.add_argument("--layers", action="store_true", help="also list every model's layer names")
+    m.set_defaults(func=cmd_models)
+
+    d = sub.add_parser("demo", help="run the offline end-to-end study on bundled real models and data")
+    d.add_argument("-o", "--output", default="demo-output", help="output folder (default demo-output)")
+    d.add_argument("--quiet", "-q", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    pl = sub.add_parser("plot", help="draw a layer x layer heatmap from a tidy score table")
+    pl.add_argument("table", help=".csv/.parquet written by 'repalign compare -o'")
+    pl.add_argument("-o", "--output", required=True, help="output path stem; .png (300 dpi) and .pdf are written")
+    pl.add_argument("--metric", help="metric to draw (default: the table's first)")
+    pl.add_argument("--a", help="model A (default: the table's first)")
+    pl.add_argument("--b", help="model B (default: the table's first)")
+    pl.set_defaults(func=cmd_plot)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_ERROR
+    logging.basicConfig(level=logging.INFO if not getattr(args, "quiet", False) else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except RepalignError as exc:
+        if args.debug:
+            raise
+        print(f"repalign: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("repalign: interrupted; completed batches are kept in the cache", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (OSError, MemoryError) as exc:
+        if args.debug:
+            raise
+        print(f"repalign: error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

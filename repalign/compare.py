@@ -1,0 +1,183 @@
+"""Compare two models stored in embeddings caches, layer by layer: the Python side of ``repalign compare``.
+
+Samples are matched by id (the intersection of both models' ids, with content hashes checked),
+never by position. Each layer is read once, prepared (``normalize``), and the per-layer state is
+shared by every layer pair and every metric of a call.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from repalign.errors import RepalignError
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".tsv")
+
+
+@dataclass
+class Comparison:
+    """The result of :func:`compare_models`: the tidy table plus what the summary needs."""
+
+    table: pd.DataFrame
+    model_a: str
+    model_b: str
+    n_samples: int
+    alignments: list = field(default_factory=list)  # one LayerAlignment per metric
+
+    def summary(self) -> str:
+        """A few readable lines per metric: best layer pair, its score and the chance level."""
+        from repalign.metrics import get_metric
+
+        lines = [f"{self.model_a} vs {self.model_b}: {self.n_samples} shared samples"]
+        for al in self.alignments:
+            i, j, score = al.best
+            metric = get_metric(al.metric)
+            chance = metric.chance_level(self.n_samples, **al.params) if metric.chance_level else None
+            chance_txt = f"  (chance {chance:.4f})" if chance is not None else ""
+            params = ", ".join(f"{k}={v}" for k, v in sorted(al.params.items()))
+            lines.append(
+                f"  {al.metric} [{params}]: best {al.names_a[i]} ~ {al.names_b[j]} = {score:.4f}{chance_txt}; "
+                f"{len(al.names_a)}x{len(al.names_b)} layer pairs"
+            )
+        return "\n".join(lines)
+
+
+def select_layers(available: Sequence[str], requested: Sequence[str] | None, what: str) -> list[str]:
+    """Resolve layer names or shell-style patterns (``esmc.*``) against the stored order."""
+    if not requested:
+        return list(available)
+    chosen: list[str] = []
+    for pat in requested:
+        hits = [name for name in available if fnmatch.fnmatchcase(name, pat)]
+        if not hits:
+            shown = ", ".join(available[:8]) + (", ..." if len(available) > 8 else "")
+            raise RepalignError(f"{what}: no layer matches {pat!r}; available layers: {shown}")
+        chosen.extend(h for h in hits if h not in chosen)
+    # keep model order whatever order the patterns came in
+    return [name for name in available if name in chosen]
+
+
+def metric_params(metric_name: str, params: dict) -> dict:
+    """The subset of user parameters that a metric accepts (``k`` means nothing to CKA)."""
+    from repalign.metrics import get_metric
+
+    accepted = get_metric(metric_name).param_names
+    return {k: v for k, v in params.items() if k in accepted and v is not None}
+
+
+def compare_models(
+    cache: str | os.PathLike,
+    model_a: str,
+    model_b: str,
+    metrics: Sequence[str] = ("mknn",),
+    *,
+    cache_b: str | os.PathLike | None = None,
+    layers_a: Sequence[str] | None = None,
+    layers_b: Sequence[str] | None = None,
+    normalize: str | None = "l2",
+    **params,
+) -> Comparison:
+    """Score every layer of ``model_a`` against every layer of ``model_b`` with each metric.
+
+    Parameters such as ``k``, ``sigma``, ``kernel`` or ``dim`` go to the metrics that accept them.
+    Returns a :class:`Comparison` whose ``table`` is the tidy long table
+    (model_a, layer_a, model_b, layer_b, metric, params, score, n_samples).
+    """
+    from embeddings_cache import Cache, align_ids
+    from repalign.metrics import align_layers, get_metric
+
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if not metrics:
+        raise RepalignError("no metric given; pass --metric NAME (see 'repalign compare --help')")
+    canonical = []
+    for m in metrics:
+        name = get_metric(m).name  # raises for unknown names before any reading
+        if name not in canonical:
+            canonical.append(name)
+
+    ca = Cache(cache)
+    cb = Cache(cache_b) if cache_b is not None else ca
+    for c, m in ((ca, model_a), (cb, model_b)):
+        if m not in c.models:
+            raise RepalignError(f"model {m!r} is not in {c.path}; it holds: {', '.join(c.models) or 'no models'}")
+    names_a = select_layers(ca.layers(model_a), layers_a, model_a)
+    names_b = select_layers(cb.layers(model_b), layers_b, model_b)
+    ids = align_ids(ca, model_a, cb, model_b)
+
+    mats_a = [ca.read_layer(model_a, name, ids=ids) for name in names_a]
+    mats_b = [cb.read_layer(model_b, name, ids=ids) for name in names_b]
+
+    alignments = []
+    for name in canonical:
+        al = align_layers(
+            mats_a, mats_b, metric=name, names_a=names_a, names_b=names_b, normalize=normalize,
+            **metric_params(name, params),
+        )
+        alignments.append(al)
+    table = pd.concat([al.to_frame(model_a=model_a, model_b=model_b) for al in alignments], ignore_index=True)
+    return Comparison(table=table, model_a=model_a, model_b=model_b, n_samples=len(ids), alignments=alignments)
+
+
+def check_table_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise RepalignError(f"{path}: unknown table format {path.suffix!r}; use a .csv, .tsv or .parquet file name")
+    if not path.parent.exists():
+        raise RepalignError(f"{path.parent}: no such folder; create it or choose another output path")
+    if path.suffix.lower() == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise RepalignError("writing .parquet needs pyarrow: pip install 'repalign[parquet]', or write .csv") from None
+    return path
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a tidy table atomically (a temporary file renamed into place), so no partial table is left."""
+    path = check_table_path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False, sep="\t" if suffix == ".tsv" else ",")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise RepalignError(f"{path}: no such table; give a .csv or .parquet written by 'repalign compare -o'")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    if suffix in (".csv", ".tsv"):
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    raise RepalignError(f"{path}: unknown table format; use .csv, .tsv or .parquet")
+
+
+def score_matrix(table: pd.DataFrame, metric: str | None = None) -> tuple[np.ndarray, list[str], list[str]]:
+    """The La×Lb score matrix of one model pair and metric from a tidy table, rows and columns in stored order."""
+    if metric is not None:
+        table = table[table["metric"] == metric]
+    if table.empty:
+        raise RepalignError(f"no rows for metric {metric!r} in the table")
+    rows = list(dict.fromkeys(table["layer_a"]))
+    cols = list(dict.fromkeys(table["layer_b"]))
+    pivot = table.pivot_table(index="layer_a", columns="layer_b", values="score", aggfunc="first")
+    return pivot.loc[rows, cols].to_numpy(dtype=float), rows, cols
