@@ -13,6 +13,25 @@ from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
 REGISTRY: dict[str, str] = {
     # filled in by the model families; "hf:<path-or-repo>" is handled by get_adapter_class
+    "chgnet-0.3.0": "repalign.models.chgnet:CHGNet030",
+    "chgnet-0.2.0": "repalign.models.chgnet:CHGNet020",
+    "chgnet-r2scan": "repalign.models.chgnet:CHGNetR2SCAN",
+    "sevennet-0": "repalign.models.sevennet:SevenNet0",
+    "sevennet-l3i5": "repalign.models.sevennet:SevenNetL3I5",
+    "sevennet-mf-0": "repalign.models.sevennet:SevenNetMF0",
+    "diep": "repalign.models.diep:DIEPAdapter",
+    "ani-1x": "repalign.models.ani:ANI1xAdapter",
+    "antiberty": "repalign.models.antiberty:AntiBERTy",
+    "iglm": "repalign.models.iglm:IgLM",
+    "igfold": "repalign.models.igfold:IgFold",
+    "unirep-64": "repalign.models.unirep:UniRep64",
+    "unirep-256": "repalign.models.unirep:UniRep256",
+    "unirep-1900": "repalign.models.unirep:UniRep1900",
+    "esmfold2": "esmfold2_model.adapters:EsmFold2Adapter",
+    "esmfold2-fast": "esmfold2_model.adapters:EsmFold2FastAdapter",
+    "esmc-300m": "esmfold2_model.adapters:EsmcAdapter",
+    "esmc-600m": "esmfold2_model.adapters:Esmc600mAdapter",
+    "esmc-6b": "esmfold2_model.adapters:Esmc6bAdapter",
 }
 
 HF_PREFIX = "hf:"

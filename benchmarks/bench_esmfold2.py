@@ -1,0 +1,115 @@
+"""Time of each ESMFold2 stage per sequence length, and the cost of the feature hooks.
+
+The FULL-SIZE ESMFold2 architecture (the port's default EsmFold2Config: pair width 256, 24 trunk
+blocks, 4 LM-encoder and 4 MSA-encoder blocks, a 12-block 768-wide diffusion transformer, a 4-block
+confidence head) with an ESMC-300M-sized backbone (960 wide, 30 layers), at random initialisation:
+the config is built here, nothing is downloaded. Timings do not depend on the weights' values.
+
+    .venv/bin/python benchmarks/bench_esmfold2.py --lengths 64 128 --num-loops 3 --diffusion-steps 4
+
+Per length: one warm-up run, then ``--repeats`` runs each with hooks (every layer captured) and
+without (the same stages run, nothing captured); the minimum of each is reported. Stage times come
+from timers on the top-level modules during the hooked runs. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections import defaultdict
+
+import torch
+
+STAGE_MODULES = ("esmc", "input_embedder", "language_model", "msa_encoder", "lm_encoder", "folding_trunk", "parcae",
+                 "structure_head", "confidence_head")
+
+
+def full_size_config(num_loops: int, diffusion_steps: int):
+    from transformers.models.esmfold2 import EsmFold2Config
+
+    esmc_300m = dict(model_type="esmc", hidden_size=960, intermediate_size=2560, num_hidden_layers=30, num_attention_heads=15)
+    return EsmFold2Config(num_loops=num_loops, esmc_config=esmc_300m,
+                          structure_head=dict(num_diffusion_samples=1, inference_num_steps=diffusion_steps))
+
+
+def attach_timers(model, totals: dict[str, float]):
+    starts: dict[str, float] = {}
+    handles = []
+    for name in STAGE_MODULES:
+        module = getattr(model, name)
+        if module is None:
+            continue
+        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: starts.__setitem__(n, time.perf_counter())))
+        handles.append(module.register_forward_hook(
+            lambda m, a, o, n=name: totals.__setitem__(n, totals[n] + time.perf_counter() - starts[n])))
+    return handles
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--num-loops", type=int, default=3, help="trunk loops (the released config runs 10)")
+    ap.add_argument("--diffusion-steps", type=int, default=4, help="passed as num_sampling_steps")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from transformers.models.esmfold2 import EsmFold2Model
+
+    from esmfold2_model.extractor import EsmFold2Extractor, ExtractionOptions
+    from esmfold2_model.featurize import featurize_sequence
+
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    config = full_size_config(args.num_loops, args.diffusion_steps)
+    config.lm_encoder.lm_dropout = 0.0
+    model = EsmFold2Model(config).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"built full-size ESMFold2 (ESMC-300M backbone), {n_params / 1e6:.0f}M parameters, in {time.perf_counter() - t0:.0f} s")
+    opts = ExtractionOptions()
+    hooked = EsmFold2Extractor(model, opts)
+    bare = EsmFold2Extractor(model, opts, hooks=False)
+    layers = [n for n in __import__("esmfold2_model.stages", fromlist=["x"]).layer_names(hooked.layout)]
+    steps = hooked.layout.diffusion_steps
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; "
+          f"{args.num_loops + 1} trunk loops, {steps} denoiser steps, 1 diffusion sample, {len(layers)} layers captured")
+
+    amino = "ACDEFGHIKLMNPQRSTVWY"
+    rows = []
+    for length in args.lengths:
+        seq = "".join(amino[(7 * i + 3) % 20] for i in range(length))
+        sample = featurize_sequence(seq)
+        hooked.run([sample], layers)  # warm-up
+        best = {"hooked": float("inf"), "bare": float("inf")}
+        stage_best: dict[str, float] = {}
+        for _ in range(args.repeats):
+            for kind, ex in (("bare", bare), ("hooked", hooked)):
+                totals: dict[str, float] = defaultdict(float)
+                handles = attach_timers(model, totals)
+                t = time.perf_counter()
+                ex.run([sample], layers)
+                elapsed = time.perf_counter() - t
+                for h in handles:
+                    h.remove()
+                if elapsed < best[kind]:
+                    best[kind] = elapsed
+                    if kind == "hooked":
+                        stage_best = dict(totals)
+        rows.append((length, stage_best, best))
+        print(f"L={length}: hooked {best['hooked']:.2f} s, bare {best['bare']:.2f} s", flush=True)
+
+    head = ["L"] + [m for m in STAGE_MODULES if getattr(model, m) is not None] + ["total (hooks)", "total (no hooks)", "hook overhead"]
+    print("\n| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for length, st, best in rows:
+        cells = [str(length)] + [f"{st.get(m, 0.0):.2f}" for m in head[1:-3]]
+        cells += [f"{best['hooked']:.2f}", f"{best['bare']:.2f}", f"{100 * (best['hooked'] / best['bare'] - 1):+.1f}%"]
+        print("| " + " | ".join(cells) + " |")
+    print("\nStage columns are seconds inside each top-level module (parcae: the recurrence decode only; "
+          "folding_trunk: all loops; structure_head: all denoiser steps).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Benchmark of the alignment-metric engine against a plain dense reference.
+
+The dense reference is the textbook computation: full N×N similarity in float64, a full
+(stable) argsort of every row, N×N neighbour masks, and both sides recomputed for every layer
+pair; CKA with explicit centring matrices, tr(K H L H). Both must give the same scores.
+
+Usage:
+    python benchmarks/bench_metrics.py            # everything (several minutes on 2 cores)
+    python benchmarks/bench_metrics.py --quick    # small sizes, a smoke run
+    python benchmarks/bench_metrics.py --only pair matrix cka memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from repalign.metrics import align_layers, mknn, prepare
+
+
+# ----------------------------------------------------------------------------- dense reference
+def dense_knn(X, k):
+    S = X.astype(np.float64) @ X.astype(np.float64).T
+    np.fill_diagonal(S, -np.inf)
+    return np.argsort(-S, axis=1, kind="stable")[:, :k]
+
+
+def dense_mknn(X, Y, k):
+    n = X.shape[0]
+    a, b = dense_knn(X, k), dense_knn(Y, k)
+    rows = np.arange(n)[:, None]
+    mask_a = np.zeros((n, n))
+    mask_b = np.zeros((n, n))
+    mask_a[rows, a] = 1.0
+    mask_b[rows, b] = 1.0
+    return float(((mask_a * mask_b).sum(axis=1) / k).mean())
+
+
+def dense_cka(X, Y):
+    n = X.shape[0]
+    X = X.astype(np.float64)
+    Y = Y.astype(np.float64)
+    K, L = X @ X.T, Y @ Y.T
+    H = np.eye(n) - 1.0 / n
+
+    def hsic(A, B):
+        return np.trace(A @ H @ B @ H)
+
+    return float(hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L)))
+
+
+# ----------------------------------------------------------------------------- data
+def make_layers(n, d, count, seed, shared=16):
+    """Layers that share a latent structure, drifting with depth, so scores are not all at chance."""
+    rng = np.random.default_rng(seed)
+    Z = rng.standard_normal((n, shared)).astype(np.float32)
+    layers = []
+    for depth in range(count):
+        W = rng.standard_normal((shared, d)).astype(np.float32)
+        noise = (0.5 + depth / max(count, 1)) * rng.standard_normal((n, d)).astype(np.float32)
+        layers.append(prepare(Z @ W + noise))
+    return layers
+
+
+def warm_up():
+    """Load (or compile, on a fresh cache) every numba kernel outside the timings."""
+    from repalign.metrics.knn import DEFAULT_BLOCK
+
+    X, Y = make_layers(2 * DEFAULT_BLOCK + 1, 8, 2, seed=99)
+    mknn(X, Y, k=10)
+
+
+def timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def row(label, engine_s, dense_s, note=""):
+    print(f"| {label} | {engine_s:.2f} | {dense_s:.2f} | {dense_s / engine_s:.1f}x | {note} |", flush=True)
+
+
+# ----------------------------------------------------------------------------- parts
+def bench_pair(n, d, k):
+    X, Y = make_layers(n, d, 2, seed=0)
+    warm_up()
+    engine, t_engine = timed(mknn, X, Y, k=k)
+    dense, t_dense = timed(dense_mknn, X, Y, k)
+    assert abs(engine - dense) < 1e-3, (engine, dense)
+    row(f"mknn, one pair, N={n}, D={d}, k={k}", t_engine, t_dense, f"scores {engine:.6f} vs {dense:.6f}")
+
+
+def bench_matrix(n, d, la, lb, k, dense_pairs):
+    warm_up()
+    A = make_layers(n, d, la, seed=1)
+    B = make_layers(n, d, lb, seed=2)
+    result, t_engine = timed(align_layers, A, B, metric="mknn", k=k)
+    t_dense = 0.0
+    for p in range(dense_pairs):
+        i, j = (p * 7) % la, (p * 5) % lb
+        dense, t = timed(dense_mknn, A[i], B[j], k)
+        t_dense += t
+        assert abs(result.scores[i, j] - dense) < 1e-3, (i, j, result.scores[i, j], dense)
+    per_pair = t_dense / dense_pairs
+    row(f"mknn, {la}x{lb} layers, N={n}, D={d}, k={k}", t_engine, per_pair * la * lb,
+        f"dense timed on {dense_pairs} pairs ({per_pair:.2f} s/pair), extrapolated to {la * lb}")
+
+
+def bench_cka(n, d, la, lb, dense_pairs):
+    A = make_layers(n, d, la, seed=3)
+    B = make_layers(n, d, lb, seed=4)
+    result, t_engine = timed(align_layers, A, B, metric="cka", normalize="l2")
+    t_dense = 0.0
+    for p in range(dense_pairs):
+        i, j = (p * 7) % la, (p * 5) % lb
+        dense, t = timed(dense_cka, A[i], B[j])
+        t_dense += t
+        assert abs(result.scores[i, j] - dense) < 1e-5, (i, j, result.scores[i, j], dense)
+    per_pair = t_dense / dense_pairs
+    row(f"linear CKA, {la}x{lb} layers, N={n}, D={d}", t_engine, per_pair * la * lb,
+        f"dense timed on {dense_pairs} pair(s) ({per_pair:.2f} s/pair), extrapolated to {la * lb}")
+
+
+def _memory_child(n, d, k):
+    X, Y = make_layers(n, d, 2, seed=5)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    score, t = timed(mknn, X, Y, k=k)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{score} {t} {peak_kib} {before}")
+
+
+def bench_memory(n, d, k):
+    code = f"import sys; sys.argv=['x']; from benchmarks.bench_metrics import _memory_child; _memory_child({n}, {d}, {k})"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    score, t, peak_kib, before_kib = float(out[0]), float(out[1]), int(out[2]), int(out[3])
+    print(f"| mknn, one pair, N={n}, D={d}, k={k} | {t:.2f} | - | - | peak RSS {peak_kib / 1024:.0f} MiB "
+          f"(inputs alone {before_kib / 1024:.0f} MiB), score {score:.4f} |", flush=True)
+    return peak_kib
+
+
+def machine() -> str:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} CPU(s) ({model}), Python {platform.python_version()}, numpy {np.__version__}, "
+            f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run of every part)")
+    parser.add_argument("--only", nargs="+", choices=["pair", "matrix", "cka", "memory"], default=["pair", "matrix", "cka", "memory"])
+    args = parser.parse_args(argv)
+    print(f"machine: {machine()}")
+    print("| case | engine (s) | dense reference (s) | ratio | notes |")
+    print("|---|---|---|---|---|")
+    if args.quick:
+        n, d, la, lb, big = 1024, 256, 6, 4, 20_000
+    else:
+        n, d, la, lb, big = 4096, 1024, 30, 12, 50_000
+    if "pair" in args.only:
+        bench_pair(n, d, 10)
+    if "matrix" in args.only:
+        bench_matrix(n, d, la, lb, 10, dense_pairs=3)
+    if "cka" in args.only:
+        bench_cka(n, d, la, lb, dense_pairs=1)
+    if "memory" in args.only:
+        peak = bench_memory(big, 512, 10)
+        if peak > 2 * 1024 * 1024:
+            print("peak memory above 2 GiB", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""embeddings_cache: the HDF5 store of layer activations (the only code in the project using h5py).
+
+- :class:`CacheWriter` appends one model's features batch by batch, crash-safely, one writer at a time.
+- :class:`Cache` reads a cache (layers one at a time, rows by id) without taking any lock.
+- :func:`align_ids` gives the samples two models share, checking the inputs are the same.
+
+The file layout, versioning rule and crash-safety design are in docs/cache-format.md.
+"""
+
+from embeddings_cache.format import FORMAT_VERSION, CacheError
+from embeddings_cache.reader import Cache, align_ids
+from embeddings_cache.writer import CacheWriter
+
+__all__ = ["Cache", "CacheWriter", "CacheError", "align_ids", "FORMAT_VERSION"]

@@ -1,0 +1,231 @@
+"""The on-disk layout of an embeddings cache (see docs/cache-format.md) and the helpers shared by
+the writer and the reader: names, validation, opening files, the journal of part files.
+
+This package is the only code in the project that imports h5py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from repalign.errors import RepalignError
+
+#: value of the root attribute ``format``: tells a cache from any other HDF5 file
+FORMAT_NAME = "repalign-embeddings-cache"
+#: version of the layout written here; readers accept this version and older ones
+FORMAT_VERSION = 1
+
+MODELS_GROUP = "models"
+JOURNAL_GROUP = "journal"
+APPLIED_PARTS = "applied_parts"  # dataset in JOURNAL_GROUP: uuids of parts already in the main file
+
+IDS = "ids"
+HASHES = "hashes"
+POOLED = "pooled"
+TOKENS = "tokens"
+OUTPUTS = "outputs"
+TOKEN_DATA = "data"
+TOKEN_OFFSETS = "offsets"
+
+#: storage dtypes the writer accepts for features
+STORAGE_DTYPES = ("float32", "float16")
+COMPRESSIONS = ("gzip", "lzf", None)
+GZIP_LEVEL = 1  # higher levels cost twice the time for ~1% on float features
+#: target size of one chunk; HDF5 reads whole chunks, so ~1 MB keeps single-row reads cheap
+CHUNK_BYTES = 1 << 20
+
+ID_DTYPE = h5py.string_dtype("utf-8")
+HASH_DTYPE = np.dtype("S64")
+UUID_DTYPE = np.dtype("S32")
+
+PART_SUFFIX = ".h5"
+PART_NAME = re.compile(r"^(\d{8})-([0-9a-f]{32})\.h5$")
+TMP_PREFIX = ".tmp-"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class CacheError(RepalignError):
+    """A cache cannot be read or written as asked. The message is one line with the fix."""
+
+
+# ---- paths ------------------------------------------------------------------------------------------
+
+
+def parts_dir(path: Path) -> Path:
+    """Journal folder of completed batches not yet consolidated into the main file."""
+    return path.with_name(path.name + ".parts")
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def consolidating_path(path: Path) -> Path:
+    """Temporary copy of the main file being consolidated; replaces the main file when complete."""
+    return path.with_name(path.name + ".consolidating")
+
+
+def list_parts(path: Path) -> list[tuple[int, str, Path]]:
+    """Completed parts as (sequence number, uuid, path), in the order they were written.
+
+    Files still being written carry a temporary name and are not listed.
+    """
+    folder = parts_dir(path)
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
+        raise CacheError(f"{folder} is not a folder; it is the journal of cache {path}: move that file away")
+    parts = []
+    for name in names:
+        m = PART_NAME.match(name)
+        if m:
+            parts.append((int(m.group(1)), m.group(2), folder / name))
+    parts.sort()
+    return parts
+
+
+# ---- names and values -------------------------------------------------------------------------------
+
+
+def check_name(name: Any, what: str) -> str:
+    """Model, layer and output names become HDF5 link names: dots are fine, '/' is not."""
+    if not isinstance(name, str) or not name or name in (".", ".."):
+        raise CacheError(f"{what} name {name!r} is not usable; give a non-empty string")
+    if "/" in name:
+        raise CacheError(f"{what} name {name!r} contains '/'; replace it (e.g. by '.'): '/' separates HDF5 groups")
+    if "\x00" in name:
+        raise CacheError(f"{what} name {name!r} contains a NUL character; remove it")
+    return name
+
+
+def check_names(names: Any, what: str) -> list[str]:
+    if isinstance(names, str):
+        raise CacheError(f"{what}s must be a list of names, got the string {names!r}; wrap it in a list")
+    out = [check_name(n, what) for n in names]
+    dups = sorted({n for n in out if out.count(n) > 1})
+    if dups:
+        raise CacheError(f"{what} names repeated: {dups}; list each once")
+    return out
+
+
+def check_hash(h: Any, sample_id: str) -> str:
+    if not isinstance(h, str) or not _HEX64.match(h):
+        raise CacheError(
+            f"content hash of sample {sample_id!r} is {h!r}; give the sha256 hex digest (64 lowercase hex characters)"
+        )
+    return h
+
+
+def few(items: list, k: int = 5) -> str:
+    """The first k items and the count, for error messages."""
+    shown = ", ".join(repr(x) for x in items[:k])
+    more = f", ... ({len(items)} in all)" if len(items) > k else f" ({len(items)} in all)"
+    return shown + more
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serializable")
+
+
+def to_json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, default=_json_default, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise CacheError(f"{what} cannot be stored ({e}); use plain JSON values (str, numbers, lists, dicts)")
+
+
+def from_json(text: Any) -> Any:
+    if isinstance(text, bytes):
+        text = text.decode()
+    return json.loads(text)
+
+
+def chunk_rows(dim: int, itemsize: int) -> int:
+    return max(1, CHUNK_BYTES // max(1, dim * itemsize))
+
+
+def filter_options(compression: str | None) -> dict[str, Any]:
+    if compression == "gzip":
+        # shuffle groups the bytes of floats by significance, which is what makes them compress
+        return {"compression": "gzip", "compression_opts": GZIP_LEVEL, "shuffle": True}
+    if compression == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    return {}
+
+
+# ---- files ------------------------------------------------------------------------------------------
+
+
+def open_h5(path: Path, mode: str = "r") -> h5py.File:
+    """Open an HDF5 file; any failure becomes a one-line CacheError.
+
+    HDF5's own file locking is off: this package locks with ``<cache>.lock`` and only ever writes
+    files nobody reads yet (temporary names), and HDF5 locks fail on some network filesystems.
+    """
+    try:
+        return h5py.File(path, mode, locking=False)
+    except FileNotFoundError:
+        raise CacheError(f"{path} does not exist; check the path")
+    except OSError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CacheError(
+            f"{path} is not a readable HDF5 file ({first}); it is truncated, corrupt or not a cache: "
+            "check the path, or delete it and extract again"
+        )
+
+
+def check_format(f: h5py.File, path: Path) -> int:
+    """Return the file's format version; CacheError if it is not a cache or is too new."""
+    try:
+        name = f.attrs.get("format")
+        version = f.attrs.get("format_version")
+    except OSError as e:
+        raise CacheError(f"{path} is corrupt ({e}); delete it and extract again")
+    if isinstance(name, bytes):
+        name = name.decode()
+    if name != FORMAT_NAME or version is None:
+        raise CacheError(f"{path} is an HDF5 file but not an embeddings cache; check the path")
+    version = int(version)
+    if version > FORMAT_VERSION:
+        raise CacheError(
+            f"{path} has cache format version {version}, this version of repalign reads up to {FORMAT_VERSION}; "
+            "upgrade repalign (pip install -U repalign)"
+        )
+    return version
+
+
+def write_root_attrs(f: h5py.File) -> None:
+    f.attrs["format"] = FORMAT_NAME
+    f.attrs["format_version"] = FORMAT_VERSION
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file (or a folder's entries, after a rename) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_strings(ds: h5py.Dataset) -> list[str]:
+    if ds.shape[0] == 0:
+        return []
+    if h5py.check_string_dtype(ds.dtype) is not None and ds.dtype.kind == "O":
+        return list(ds.asstr()[()])
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in ds[()]]

@@ -1,0 +1,579 @@
+"""Cache: read-only access to a cache (main file plus completed journal parts), and align_ids."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from embeddings_cache.format import (
+    HASHES,
+    IDS,
+    MODELS_GROUP,
+    OUTPUTS,
+    POOLED,
+    TOKEN_DATA,
+    TOKEN_OFFSETS,
+    TOKENS,
+    CacheError,
+    check_format,
+    few,
+    list_parts,
+    open_h5,
+    read_strings,
+)
+from embeddings_cache.journal import applied_uuids, model_header
+
+#: rows read from HDF5 at a time when gathering scattered rows: bounds memory, not results
+_READ_BLOCK_BYTES = 64 << 20
+
+
+class _PartVanished(Exception):
+    """A journal part was consolidated (and deleted) by a writer after this reader listed it."""
+
+
+@dataclass
+class _Segment:
+    part: Path | None  # None: the main file's model group
+    start: int  # first row, in the model's row numbering
+    n: int
+
+
+@dataclass
+class _ModelView:
+    header: dict[str, Any]
+    segments: list[_Segment] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    _index: dict[str, int] | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def index(self) -> dict[str, int]:
+        if self._index is None:
+            index: dict[str, int] = {}
+            for row, id_ in enumerate(self.ids):
+                index.setdefault(id_, row)
+            self._index = index
+        return self._index
+
+    def add(self, segment_part: Path | None, ids: list[str], hashes: list[str], header: dict[str, Any]) -> None:
+        if ids and not self.ids:
+            self.header["outputs"] = header["outputs"]  # the first batch fixes the output names
+        self.segments.append(_Segment(segment_part, len(self.ids), len(ids)))
+        self.ids.extend(ids)
+        self.hashes.extend(hashes)
+        self._index = None
+
+
+class Cache:
+    """Read-only view of an embeddings cache: the main file plus completed journal parts.
+
+    Opening reads only ids, hashes and attributes; layers are read on demand, one at a time.
+    Readers take no lock and can open a cache while a writer appends to it: they see every batch
+    completed before they opened it. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise CacheError(f"no cache at {self.path}; check the path (caches are written by CacheWriter)")
+        if self.path.is_dir():
+            raise CacheError(f"{self.path} is a folder, not a cache file; give the path of the .h5 file")
+        self._main: h5py.File | None = None
+        self._load()
+
+    # ---- loading ------------------------------------------------------------------------------
+    def _load(self) -> None:
+        for _ in range(20):
+            if self._try_load():
+                return
+        raise CacheError(f"{self.path} kept changing while being opened; open it again when the writer is idle")
+
+    def _try_load(self) -> bool:
+        """Snapshot main file + parts; False when a writer replaced the main file meanwhile."""
+        before = _identity(self.path)
+        main = open_h5(self.path)
+        try:
+            self.format_version = check_format(main, self.path)
+            parts = list_parts(self.path)
+            # parts are deleted only after the main file holding them replaced the old one: an
+            # unchanged main file guarantees the listed parts are exactly the pending ones
+            if _identity(self.path) != before:
+                main.close()
+                return False
+            views = self._views_of_main(main)
+            done = applied_uuids(main)
+            pending = [p for p in parts if p[1] not in done]
+            for _, _, part in pending:
+                try:
+                    self._add_part(views, part)
+                except _PartVanished:
+                    main.close()
+                    return False
+        except BaseException:
+            if main.id.valid:
+                main.close()
+            raise
+        if self._main is not None:
+            self._main.close()
+        self._main = main
+        self._views = views
+        self.n_pending_parts = len(pending)
+        return True
+
+    def _views_of_main(self, main: h5py.File) -> dict[str, _ModelView]:
+        views = {}
+        try:
+            for name, group in main.get(MODELS_GROUP, {}).items():
+                header = model_header(group)
+                view = _ModelView(dict(header))
+                view.add(None, read_strings(group[IDS]), read_strings(group[HASHES]), header)
+                views[name] = view
+        except (OSError, KeyError, ValueError) as e:
+            raise CacheError(f"{self.path} is damaged ({_first_line(e)}); delete it and extract again")
+        return views
+
+    def _add_part(self, views: dict[str, _ModelView], part: Path) -> None:
+        if not part.exists():
+            raise _PartVanished
+        try:
+            with open_h5(part) as p:
+                check_format(p, part)
+                model = str(p.attrs["model"])
+                header = model_header(p)
+                ids, hashes = read_strings(p[IDS]), read_strings(p[HASHES])
+                starts = bool(p.attrs["starts_model"])
+        except CacheError:
+            if not part.exists():
+                raise _PartVanished
+            raise
+        except (OSError, KeyError, ValueError) as e:
+            raise CacheError(
+                f"journal part {part} of cache {self.path} is damaged ({_first_line(e)}); delete that file "
+                "(its batch will be extracted again on resume)"
+            )
+        if starts:
+            views[model] = _ModelView(dict(header))
+        elif model not in views:
+            raise CacheError(
+                f"journal part {part} continues model {model!r}, which {self.path} does not hold; "
+                f"delete the folder {part.parent} and extract that model again"
+            )
+        views[model].add(part, ids, hashes, header)
+
+    # ---- context ------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._main is not None:
+            self._main.close()
+            self._main = None
+
+    def __enter__(self) -> "Cache":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Cache({str(self.path)!r}, models={self.models})"
+
+    # ---- metadata -----------------------------------------------------------------------------
+    @property
+    def models(self) -> list[str]:
+        """Model names, sorted."""
+        return sorted(self._views)
+
+    def _view(self, model: str) -> _ModelView:
+        if self._main is None:
+            raise CacheError(f"cache {self.path} is closed; open it again with Cache(path)")
+        if model not in self._views:
+            raise CacheError(f"model {model!r} is not in cache {self.path}; it holds {self.models}")
+        return self._views[model]
+
+    def layers(self, model: str) -> list[str]:
+        """Pooled layers of a model, in the order the writer gave them (model order)."""
+        return list(self._view(model).header["layers"])
+
+    def token_layers(self, model: str) -> list[str]:
+        return list(self._view(model).header["token_layers"])
+
+    def outputs(self, model: str) -> list[str]:
+        """Names of the per-sample scalar outputs (energy, pLDDT, ...)."""
+        return list(self._view(model).header["outputs"])
+
+    def ids(self, model: str) -> list[str]:
+        """Sample ids in stored order (the order they were appended)."""
+        return list(self._view(model).ids)
+
+    def hashes(self, model: str) -> list[str]:
+        """Content hashes (sha256 hex) of the inputs, aligned with :meth:`ids`."""
+        return list(self._view(model).hashes)
+
+    def n_samples(self, model: str) -> int:
+        return self._view(model).n
+
+    def provenance(self, model: str) -> dict[str, Any]:
+        return json.loads(json.dumps(self._view(model).header["provenance"]))  # a copy
+
+    def storage_dtype(self, model: str) -> str:
+        return str(self._view(model).header["dtype"])
+
+    # ---- reading ------------------------------------------------------------------------------
+    def read_layer(
+        self, model: str, layer: str, ids: Sequence[str] | None = None, dtype: Any = np.float32
+    ) -> np.ndarray:
+        """Pooled features of one layer, (n, D), rows in stored order or in the order of ``ids``.
+
+        Only this layer's rows are read from disk; stored float16 is widened to ``dtype``.
+        """
+        self._check_layer(model, layer, "layers", "pooled layers")
+        out_dtype = _float_dtype(dtype)
+        return self._retrying(model, ids, lambda rows: self._gather(model, rows, f"{POOLED}/{layer}", out_dtype))
+
+    def read_output(self, model: str, name: str, ids: Sequence[str] | None = None) -> np.ndarray:
+        """Per-sample scalar output, (n,) float64, NaN where not available."""
+        self._check_layer(model, name, "outputs", "outputs")
+        return self._retrying(model, ids, lambda rows: self._gather(model, rows, f"{OUTPUTS}/{name}", np.float64))
+
+    def read_tokens(
+        self, model: str, layer: str, ids: Sequence[str] | None = None, dtype: Any = np.float32
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Token-level features of a layer as (data (T, D), offsets (n+1,)).
+
+        Sample k's rows are ``data[offsets[k]:offsets[k+1]]``, samples in stored order or in the
+        order of ``ids``.
+        """
+        self._check_layer(model, layer, "token_layers", "token layers")
+        out_dtype = _float_dtype(dtype)
+        return self._retrying(model, ids, lambda rows: self._gather_tokens(model, rows, layer, out_dtype))
+
+    def iter_row_blocks(
+        self, model: str, layer: str, block_rows: int = 65536, dtype: Any = np.float32
+    ) -> Iterator[np.ndarray]:
+        """Pooled features of a layer in stored order, as blocks of at most ``block_rows`` rows.
+
+        For computations that do not fit in memory; concatenated, the blocks equal read_layer().
+        """
+        self._check_layer(model, layer, "layers", "pooled layers")
+        if not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
+            raise CacheError(f"block_rows must be a positive integer, got {block_rows!r}")
+        out_dtype = _float_dtype(dtype)
+        n = self._view(model).n
+        name = f"{POOLED}/{layer}"
+        for start in range(0, n, int(block_rows)):
+            rows = np.arange(start, min(start + int(block_rows), n), dtype=np.int64)
+            yield self._retrying(model, None, lambda r: self._gather(model, r, name, out_dtype), rows=rows)
+
+    # ---- description --------------------------------------------------------------------------
+    def summary(self) -> list[dict[str, Any]]:
+        """One record per stored array: model, kind ("pooled", "tokens", "output"), name, position,
+        n_samples, rows, dim, dtype, provenance (JSON). ``pandas.DataFrame(cache.summary())``."""
+        records = []
+        for model in self.models:
+            view = self._view(model)
+            prov = json.dumps(view.header["provenance"], sort_keys=True)
+            kinds = (
+                ("pooled", view.header["layers"], POOLED),
+                ("tokens", view.header["token_layers"], TOKENS),
+                ("output", view.header["outputs"], OUTPUTS),
+            )
+            for kind, names, prefix in kinds:
+                for position, name in enumerate(names):
+                    rows, dim = self._shape(model, kind, f"{prefix}/{name}")
+                    dtype = "float64" if kind == "output" else view.header["dtype"]
+                    records.append(
+                        {
+                            "model": model,
+                            "kind": kind,
+                            "name": name,
+                            "position": position,
+                            "n_samples": view.n,
+                            "rows": rows,
+                            "dim": dim,
+                            "dtype": dtype,
+                            "provenance": prov,
+                        }
+                    )
+        return records
+
+    def describe(self) -> str:
+        """Human-readable summary: models, layers in stored order, shapes, dtypes, counts, provenance."""
+        records = self.summary()
+        lines = [
+            f"cache {self.path} (format version {self.format_version}): {len(self.models)} model(s)"
+            + (f", {self.n_pending_parts} batch(es) not yet consolidated" if self.n_pending_parts else "")
+        ]
+        for model in self.models:
+            view = self._view(model)
+            lines.append(f"model {model!r}: {view.n} samples, stored as {view.header['dtype']}")
+            mine = [r for r in records if r["model"] == model]
+            for kind, title in (("pooled", "pooled layers"), ("tokens", "token layers"), ("output", "outputs")):
+                rows = [r for r in mine if r["kind"] == kind]
+                if not rows:
+                    continue
+                lines.append(f"  {title}:")
+                for r in rows:
+                    if kind == "pooled":
+                        shape = f"({r['rows']}, {r['dim']})"
+                    elif kind == "tokens":
+                        shape = f"({r['rows']} tokens, {r['dim']}), ragged over {r['n_samples']} samples"
+                    else:
+                        shape = f"({r['rows']},)"
+                    lines.append(f"    {r['position']:>3}  {r['name']}  {shape}  {r['dtype']}")
+            prov = json.dumps(view.header["provenance"], sort_keys=True, indent=2).splitlines()
+            lines.append("  provenance: " + prov[0])
+            lines.extend("  " + line for line in prov[1:])
+        return "\n".join(lines)
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _check_layer(self, model: str, name: str, key: str, what: str) -> None:
+        names = self._view(model).header[key]
+        if name not in names:
+            raise CacheError(f"model {model!r} in {self.path} has no {what[:-1]} {name!r}; its {what}: {names}")
+
+    def _rows(self, model: str, ids: Sequence[str] | None) -> np.ndarray:
+        view = self._view(model)
+        if ids is None:
+            return np.arange(view.n, dtype=np.int64)
+        if isinstance(ids, str):
+            raise CacheError(f"ids must be a list of ids, got the string {ids!r}; wrap it in a list")
+        index = view.index
+        missing = [i for i in ids if i not in index]
+        if missing:
+            raise CacheError(
+                f"model {model!r} in {self.path} has no samples {few(missing)}; "
+                "use cache.ids(model) or align_ids() to choose ids present in both models"
+            )
+        return np.fromiter((index[i] for i in ids), dtype=np.int64, count=len(ids))
+
+    def _retrying(self, model: str, ids: Sequence[str] | None, read: Any, rows: np.ndarray | None = None) -> Any:
+        view = self._view(model)
+        if rows is None:
+            rows = self._rows(model, ids)
+        try:
+            return read(rows)
+        except _PartVanished:
+            pass
+        # a writer consolidated the parts this snapshot read from: reopen, read the same samples
+        wanted = [view.ids[r] for r in rows] if ids is None else list(ids)
+        self._load()
+        try:
+            rows = self._rows(model, wanted)
+        except CacheError:
+            raise CacheError(f"model {model!r} in {self.path} was overwritten while being read; open the cache again")
+        return read(rows)
+
+    @contextlib.contextmanager
+    def _segment(self, seg: _Segment, model: str) -> Iterator[h5py.Group]:
+        if seg.part is None:
+            yield self._main[MODELS_GROUP][model]
+            return
+        try:
+            part = h5py.File(seg.part, "r", locking=False)
+        except FileNotFoundError:
+            raise _PartVanished
+        except OSError as e:
+            if not seg.part.exists():
+                raise _PartVanished
+            raise CacheError(f"journal part {seg.part} is damaged ({_first_line(e)}); delete that file and resume")
+        with part:
+            yield part
+
+    def _dataset(self, group: h5py.Group, name: str, model: str, seg: _Segment) -> h5py.Dataset:
+        try:
+            return group[name]
+        except KeyError:
+            where = seg.part or self.path
+            raise CacheError(f"{where} lacks {name} of model {model!r} for {seg.n} samples; the cache is damaged")
+
+    def _read(self, ds: h5py.Dataset, selection: Any, model: str) -> np.ndarray:
+        try:
+            return ds[selection]
+        except OSError as e:
+            raise CacheError(
+                f"cannot read {ds.name} of model {model!r} from {self.path} ({_first_line(e)}); "
+                "the file is damaged: delete it and extract again"
+            )
+
+    def _shape(self, model: str, kind: str, name: str) -> tuple[int, int | None]:
+        """(rows, dim) of a stored array over all segments; dim None for outputs or no rows."""
+        view = self._view(model)
+        rows, dim = 0, None
+        for seg in view.segments:
+            if seg.n == 0:
+                continue
+            try:
+                with self._segment(seg, model) as group:
+                    ds = self._dataset(group, name + (f"/{TOKEN_DATA}" if kind == "tokens" else ""), model, seg)
+                    rows += ds.shape[0]
+                    if ds.ndim == 2:
+                        dim = ds.shape[1]
+            except _PartVanished:
+                self._load()
+                return self._shape(model, kind, name)
+        return rows, dim
+
+    def _split(self, model: str, rows: np.ndarray) -> Iterator[tuple[_Segment, np.ndarray, np.ndarray]]:
+        """Per segment: the positions (in ``rows``) it serves and their local row numbers, sorted."""
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        for seg in self._view(model).segments:
+            lo = np.searchsorted(sorted_rows, seg.start, "left")
+            hi = np.searchsorted(sorted_rows, seg.start + seg.n, "left")
+            if hi > lo:
+                yield seg, order[lo:hi], sorted_rows[lo:hi] - seg.start
+
+    def _gather(self, model: str, rows: np.ndarray, name: str, dtype: np.dtype) -> np.ndarray:
+        pieces = []
+        for seg, positions, local in self._split(model, rows):
+            with self._segment(seg, model) as group:
+                ds = self._dataset(group, name, model, seg)
+                pieces.append((positions, self._read_sorted(ds, local, dtype, model)))
+        if not pieces:
+            return np.zeros((0,) if name.startswith(OUTPUTS) else (0, 0), dtype=dtype)
+        out = np.empty((len(rows),) + pieces[0][1].shape[1:], dtype=dtype)
+        for positions, values in pieces:
+            out[positions] = values
+        return out
+
+    def _gather_tokens(self, model: str, rows: np.ndarray, layer: str, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        lengths = np.zeros(len(rows), dtype=np.int64)
+        pieces = []
+        dim = 0
+        for seg, positions, local in self._split(model, rows):
+            with self._segment(seg, model) as group:
+                data_ds = self._dataset(group, f"{TOKENS}/{layer}/{TOKEN_DATA}", model, seg)
+                offsets = self._read(self._dataset(group, f"{TOKENS}/{layer}/{TOKEN_OFFSETS}", model, seg), (), model)
+                starts, stops = offsets[local], offsets[local + 1]
+                token_rows = _ranges(starts, stops - starts)
+                data = self._read_sorted(data_ds, token_rows, dtype, model)
+                dim = data_ds.shape[1]
+            lengths[positions] = stops - starts
+            pieces.append((positions, stops - starts, data))
+        out_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=out_offsets[1:])
+        out = np.empty((int(out_offsets[-1]), dim), dtype=dtype)
+        for positions, piece_lengths, data in pieces:
+            # the piece holds its samples in sorted-row order; move each to its requested place
+            out[_ranges(out_offsets[positions], piece_lengths)] = data
+        return out, out_offsets
+
+    def _read_sorted(self, ds: h5py.Dataset, local: np.ndarray, dtype: np.dtype, model: str) -> np.ndarray:
+        """Rows ``local`` (sorted, repeats allowed) of a dataset, reading spans of bounded size."""
+        shape = ds.shape
+        if len(local) == shape[0] and (len(local) == 0 or (local[0] == 0 and local[-1] == shape[0] - 1)):
+            if len(local) < 2 or np.all(np.diff(local) == 1):
+                return self._read(ds, (), model).astype(dtype, copy=False)
+        row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
+        span = max(1, _READ_BLOCK_BYTES // row_bytes)
+        out = np.empty((len(local),) + shape[1:], dtype=dtype)
+        i = 0
+        while i < len(local):
+            lo = int(local[i])
+            j = int(np.searchsorted(local, lo + span, "left"))
+            hi = int(local[j - 1]) + 1
+            block = self._read(ds, slice(lo, hi), model)
+            out[i:j] = block[local[i:j] - lo]
+            i = j
+        return out
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + l) for each (s, l), vectorized."""
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.cumsum(lengths) - lengths
+    return np.arange(total, dtype=np.int64) - np.repeat(first, lengths) + np.repeat(starts, lengths)
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CacheError(f"no cache at {path}; check the path (caches are written by CacheWriter)")
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _float_dtype(dtype: Any) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise CacheError(f"dtype {dtype!r} is not a numpy dtype; use np.float32 or np.float64")
+    if dt.kind != "f":
+        raise CacheError(f"features are read as floating point; dtype {dt} is not, use np.float32 or np.float64")
+    return dt
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# ---- aligning two models ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _opened(cache: Cache | str | os.PathLike) -> Iterator[Cache]:
+    if isinstance(cache, Cache):
+        yield cache
+    else:
+        with Cache(cache) as c:
+            yield c
+
+
+def align_ids(
+    cache_a: Cache | str | os.PathLike,
+    model_a: str,
+    cache_b: Cache | str | os.PathLike | None = None,
+    model_b: str | None = None,
+) -> list[str]:
+    """Sample ids stored for both models, in model_a's stored order.
+
+    cache_b defaults to cache_a and model_b to model_a (the same model in another cache). The same
+    id must name the same input in both (equal content hashes); otherwise, or when an id repeats
+    within a model or no id is shared, CacheError names the ids.
+    """
+    with _opened(cache_a) as a, _opened(cache_a if cache_b is None else cache_b) as b:
+        model_b = model_a if model_b is None else model_b
+        ids_a, ids_b = a.ids(model_a), b.ids(model_b)
+        hashes_a = _unique_map(a, model_a, ids_a, a.hashes(model_a))
+        hashes_b = _unique_map(b, model_b, ids_b, b.hashes(model_b))
+        name_a, name_b = f"{model_a!r} ({a.path})", f"{model_b!r} ({b.path})"
+        common = [i for i in ids_a if i in hashes_b]
+        if not common:
+            raise CacheError(
+                f"models {name_a} and {name_b} share no sample ids (first ids: {ids_a[:3]} vs {ids_b[:3]}); "
+                "extract both models from the same input files"
+            )
+        changed = [i for i in common if hashes_a[i] != hashes_b[i]]
+        if changed:
+            raise CacheError(
+                f"ids {few(changed)} name different inputs in {name_a} and {name_b} (content hashes differ); "
+                "the inputs changed between the two extractions: re-extract one model on the other's inputs"
+            )
+        return common
+
+
+def _unique_map(cache: Cache, model: str, ids: list[str], hashes: list[str]) -> dict[str, str]:
+    mapping = dict(zip(ids, hashes))
+    if len(mapping) != len(ids):
+        seen: set[str] = set()
+        dups = sorted({i for i in ids if i in seen or seen.add(i)})
+        raise CacheError(
+            f"model {model!r} in {cache.path} holds duplicated ids {few(dups)}; the cache is damaged: "
+            "extract that model again with overwrite=True"
+        )
+    return mapping

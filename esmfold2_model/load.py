@@ -1,0 +1,115 @@
+"""Offline-first loading of ESMFold2 and ESMC checkpoints; dtype and device.
+
+``weights`` is a local checkpoint directory (as written by ``save_pretrained``) or a hub id that is
+already in the user's Hugging Face cache. Nothing is downloaded here: a checkpoint that is not on
+disk is a one-line :class:`~repalign.errors.ModelUnavailable` giving the command that fetches it
+(``hf download biohub/ESMFold2``), so a multi-GB download never starts behind the user's back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from repalign.errors import ModelUnavailable, RepalignError
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hub_cache_dir() -> str:
+    """The hub cache the environment names now (HF_HUB_CACHE, else HF_HOME/hub, else the default).
+
+    Read at call time: huggingface_hub reads these once at import.
+    """
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+    )
+    return os.path.join(home, "hub")
+
+
+def resolve_checkpoint(weights: str | os.PathLike | None, default_repo: str) -> Path:
+    """The local directory holding the checkpoint: ``weights`` itself when it is a directory, else
+    the snapshot of the hub id (``weights`` or ``default_repo``) in the local cache."""
+    if weights is not None and Path(weights).expanduser().is_dir():
+        path = Path(weights).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelUnavailable(f"{path}: no config.json; point weights= at a checkpoint saved with save_pretrained")
+        return path
+    repo = str(weights) if weights is not None else default_repo
+    if not _REPO_ID.match(repo):
+        raise ModelUnavailable(f"weights {repo!r}: no such directory and not a hub id (owner/name); check the path")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache = hub_cache_dir()
+    try:
+        path = Path(snapshot_download(repo, cache_dir=cache, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        raise ModelUnavailable(
+            f"checkpoint {repo} is not in the local Hugging Face cache ({cache}); fetch it with: hf download {repo}"
+        ) from None
+    if not (path / "config.json").is_file():
+        raise ModelUnavailable(f"checkpoint {repo} in {cache} is incomplete; fetch it again with: hf download {repo}")
+    return path
+
+
+def torch_dtype_for(device: str, dtype: str):
+    """float32 everywhere; bfloat16 only on a GPU (the CPU bf16 path of the port is not usable)."""
+    import torch
+
+    if dtype not in ("float32", "bfloat16"):
+        raise RepalignError(f"ESMFold2 runs in float32 or bfloat16, not {dtype!r}; pass --dtype float32 (CPU) or bfloat16 (GPU)")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RepalignError(f"unknown device {device!r}; use e.g. 'cpu' or 'cuda'") from None
+    if dtype == "bfloat16" and dev.type == "cpu":
+        raise RepalignError("bfloat16 ESMFold2 runs only on a GPU; pass --dtype float32 on the CPU")
+    return torch.float32 if dtype == "float32" else torch.bfloat16
+
+
+def load_esmfold2(path: Path, device: str = "cpu", dtype: str = "float32", deterministic: bool = True):
+    """EsmFold2Model from a checkpoint directory, in eval mode on ``device``.
+
+    deterministic: turn off the language-model dropout. The released config sets
+    ``lm_encoder.lm_dropout=0.25`` with ``per_loop_lm_dropout=True``, which the port applies with
+    ``training=True`` even in eval mode, so two runs of the same input differ unless it is zeroed.
+    """
+    from transformers.models.esmfold2 import EsmFold2Model
+
+    torch_dtype = torch_dtype_for(device, dtype)
+    try:
+        model = EsmFold2Model.from_pretrained(str(path), dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelUnavailable(f"{path}: cannot load as an ESMFold2 checkpoint ({first}); check the weights directory") from None
+    if deterministic:
+        model.config.lm_encoder.lm_dropout = 0.0
+    return model.to(device).eval()
+
+
+def load_esmc(path: Path, device: str = "cpu", dtype: str = "float32"):
+    """EsmcModel (the ESMC backbone alone) from a checkpoint directory, in eval mode on ``device``."""
+    from transformers.models.esmc import EsmcModel
+
+    torch_dtype = torch_dtype_for(device, dtype)
+    try:
+        model = EsmcModel.from_pretrained(str(path), dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelUnavailable(f"{path}: cannot load as an ESMC checkpoint ({first}); check the weights directory") from None
+    return model.to(device).eval()
+
+
+def load_config(path: Path):
+    """The checkpoint's config alone (cheap: no weights), for layer names before loading."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelUnavailable(f"{path}: unreadable config.json ({first}); check the weights directory") from None

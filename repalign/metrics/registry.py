@@ -1,0 +1,183 @@
+"""Registry of alignment metrics: names and aliases -> Metric descriptions.
+
+Shared by the layer engine and the command line. Each Metric knows its public function, its
+parameters and defaults, and how to split the computation into a per-layer ``state`` and a
+pairwise ``score`` of two states, so layer matrices and permutation tests compute each layer once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from repalign.errors import RepalignError
+from repalign.metrics import cca, distance, kernel, knn
+from repalign.metrics._validate import check_int, check_k, check_min_samples
+
+
+@dataclass(frozen=True)
+class Metric:
+    """Description of one alignment metric.
+
+    name: canonical name. function: the public f(X, Y, **params) -> float. defaults: default
+    value of every accepted parameter. fixed: parameters this entry pins (e.g. unbiased=True for
+    ``unbiased_cka``), recorded with the scores but not settable. is_knn: built on neighbour
+    lists (takes ``k``). aliases: other accepted names.
+    """
+
+    name: str
+    function: Callable[..., float]
+    defaults: Mapping[str, Any]
+    is_knn: bool
+    description: str
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    _chance: Callable[[int, Mapping[str, Any]], float | None] | None = None
+    _key: Callable[[Mapping[str, Any]], tuple] | None = None
+    _state: Callable[..., Any] | None = None
+    _score: Callable[[Any, Any, Mapping[str, Any]], float] | None = None
+    _check: Callable[[int, Mapping[str, Any]], dict] | None = None
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """Names of the parameters a caller may set."""
+        return tuple(self.defaults)
+
+    def resolve(self, n_samples: int, **params) -> dict:
+        """All effective parameters (defaults, then ``params``, then fixed ones), validated for N samples."""
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            accepted = ", ".join(self.params) or "none"
+            raise RepalignError(f"metric {self.name!r} does not take parameter(s) {', '.join(unknown)}; it accepts: {accepted}")
+        merged = {**self.defaults, **params, **self.fixed}
+        return self._check(n_samples, merged) if self._check else merged
+
+    def chance_level(self, n_samples: int, **params) -> float | None:
+        """Expected score for independent X and Y with N samples, or None where no closed form is known."""
+        if self._chance is None:
+            return None
+        return self._chance(n_samples, self.resolve(n_samples, **params))
+
+    def state_key(self, params: Mapping[str, Any]) -> tuple:
+        """Metrics whose keys are equal can share one per-layer state."""
+        return self._key(params)
+
+    def state(self, X: np.ndarray, params: Mapping[str, Any], cache: dict | None = None):
+        """Per-layer state of a validated, preprocessed matrix; ``cache`` holds this layer's other states."""
+        return self._state(X, params, {} if cache is None else cache)
+
+    def score(self, state_a, state_b, params: Mapping[str, Any]) -> float:
+        """Score of a pair from two states built with the same ``params``."""
+        return self._score(state_a, state_b, params)
+
+
+# ----------------------------------------------------------------------------- parameter checks
+def _check_knn(n, p):
+    return {**p, "k": check_k(p["k"], n)}
+
+
+def _check_cknna(n, p):
+    check_min_samples(n, 4, "CKNNA (unbiased HSIC)")
+    return {**p, "k": check_k(p["k"], n, low=2)}
+
+
+def _check_cka(n, p):
+    kernel._check_kernel_params(p["kernel"], p.get("sigma"), p["unbiased"])
+    check_min_samples(n, 4 if p["unbiased"] else 2, "unbiased CKA" if p["unbiased"] else "CKA")
+    p = dict(p)
+    if p["kernel"] == "linear":
+        p.pop("sigma", None)
+    return p
+
+
+def _check_svcca(n, p):
+    if n < 2:
+        raise RepalignError(f"svcca needs at least 2 samples; got {n}")
+    return {**p, "dim": check_int(p["dim"], "dim", 1, n - 1, f" (at most N - 1 = {n - 1}); lower dim")}
+
+
+def _check_dcor(n, p):
+    check_min_samples(n, 2, "distance correlation")
+    return dict(p)
+
+
+# ----------------------------------------------------------------------------- states
+def _knn_key(p):
+    return ("knn", p["k"])
+
+
+def _knn_state(X, p, cache):
+    key = ("knn", p["k"])
+    if key not in cache:
+        cache[key] = knn.knn_state(X, p["k"])
+    return cache[key]
+
+
+def _cknna_state(X, p, cache):
+    return kernel.cknna_state(X, p["k"], _knn_state(X, p, cache))
+
+
+def _cka_key(p):
+    return ("kernel", p["kernel"], p.get("sigma"), bool(p["unbiased"]))
+
+
+def _cka_state(X, p, cache):
+    return kernel.kernel_state(X, p["kernel"], p.get("sigma"), bool(p["unbiased"]))
+
+
+def _knn_score(pair_fn):
+    return lambda a, b, p: pair_fn(a, b, p["k"])
+
+
+def cka_rbf(X, Y, sigma=None, unbiased=False) -> float:
+    """CKA with the RBF kernel; see :func:`repalign.metrics.cka`."""
+    return kernel.cka(X, Y, kernel="rbf", sigma=sigma, unbiased=unbiased)
+
+
+_KNN = dict(is_knn=True, _key=_knn_key, _state=_knn_state, _check=_check_knn)
+_CKA = dict(is_knn=False, _key=_cka_key, _state=_cka_state, _score=lambda a, b, p: kernel.cka_from_states(a, b), _check=_check_cka)
+
+METRICS: tuple[Metric, ...] = (
+    Metric("mutual_knn", knn.mutual_knn, {"k": 10}, description="mean fraction of shared k nearest neighbours",
+           aliases=("mknn",), _chance=lambda n, p: p["k"] / (n - 1), _score=_knn_score(knn.mutual_knn_from_states), **_KNN),
+    Metric("cycle_knn", knn.cycle_knn, {"k": 10}, description="fraction of samples reached back through a Y-neighbour's X-neighbours",
+           _score=_knn_score(knn.cycle_knn_from_states), **_KNN),
+    Metric("lcs_knn", knn.lcs_knn, {"k": 10}, description="mean longest common subsequence of ordered neighbour lists / k",
+           _score=_knn_score(knn.lcs_knn_from_states), **_KNN),
+    Metric("edit_distance_knn", knn.edit_distance_knn, {"k": 10}, description="1 - mean Levenshtein distance of ordered neighbour lists / k",
+           _score=_knn_score(knn.edit_distance_knn_from_states), **_KNN),
+    Metric("cka", kernel.cka, {"kernel": "linear", "sigma": None, "unbiased": False}, description="centered kernel alignment (biased HSIC unless unbiased=True)",
+           aliases=("linear_cka", "cka_linear"), **_CKA),
+    Metric("unbiased_cka", kernel.unbiased_cka, {"kernel": "linear", "sigma": None}, fixed={"unbiased": True},
+           description="CKA with the unbiased HSIC of Song et al. (2012)", aliases=("ucka",), _chance=lambda n, p: 0.0, **_CKA),
+    Metric("cka_rbf", cka_rbf, {"sigma": None, "unbiased": False}, fixed={"kernel": "rbf"},
+           description="CKA with an RBF kernel (sigma: median pairwise distance when None)", aliases=("rbf_cka",), **_CKA),
+    Metric("cknna", kernel.cknna, {"k": 10}, is_knn=True, description="CKA restricted to mutual k-nearest-neighbour pairs (unbiased HSIC)",
+           _key=lambda p: ("cknna", p["k"]), _state=_cknna_state, _score=lambda a, b, p: kernel.cknna_from_states(a, b), _check=_check_cknna),
+    Metric("svcca", cca.svcca, {"dim": 10}, is_knn=False, description="mean canonical correlation of the top-dim SVD directions",
+           _key=lambda p: ("svcca", p["dim"]), _state=lambda X, p, c: cca.svcca_state(X, p["dim"]),
+           _score=lambda a, b, p: cca.svcca_from_states(a, b), _check=_check_svcca),
+    Metric("distance_correlation", distance.distance_correlation, {}, is_knn=False, description="Székely's distance correlation (V-statistic)",
+           aliases=("dcor",), _key=lambda p: ("dcor",), _state=lambda X, p, c: distance.distance_state(X),
+           _score=lambda a, b, p: distance.distance_correlation_from_states(a, b), _check=_check_dcor),
+)
+
+_BY_NAME: dict[str, Metric] = {}
+for _metric in METRICS:
+    for _name in (_metric.name, *_metric.aliases):
+        _BY_NAME[_name] = _metric
+
+
+def metric_names(aliases: bool = True) -> list[str]:
+    """Sorted names accepted by :func:`get_metric` (canonical names only if ``aliases`` is False)."""
+    return sorted(_BY_NAME) if aliases else sorted(m.name for m in METRICS)
+
+
+def get_metric(name: str) -> Metric:
+    """The Metric registered under ``name`` or one of its aliases (case-insensitive, '-' same as '_')."""
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in _BY_NAME:
+        raise RepalignError(f"unknown metric {name!r}; valid names: {', '.join(metric_names())}")
+    return _BY_NAME[key]

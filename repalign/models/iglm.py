@@ -1,0 +1,199 @@
+"""IgLM: a GPT-2 antibody language model conditioned on chain type and species, registered as ``iglm``.
+
+Weights: ``trained_models/IgLM`` inside the ``iglm`` package (``iglm==0.1.0``: 4 layers x 512); the
+smaller ``IgLM-S`` (3 layers x 192) is chosen with the option ``checkpoint=IgLM-S``. Loaded with
+``transformers.GPT2Model``; tokens come from the package's ``vocab.txt``, one per residue.
+
+Each chain is written as IgLM scores a full sequence (``IgLM.log_likelihood``)::
+
+    [CHAIN] [SPECIES] residue_1 ... residue_L [SEP]
+
+with ``[CHAIN]`` = ``[HEAVY]`` / ``[LIGHT]`` and ``[SPECIES]`` one of ``[HUMAN] [MOUSE] [CAMEL]
+[RABBIT] [RAT] [RHESUS]``. Conditioning used here: the first chain of a ``HEAVY:LIGHT`` record is
+``[HEAVY]`` and the second ``[LIGHT]``; a single-chain record is ``[HEAVY]`` unless the option
+``single_chain=light`` is given; the species is ``[HUMAN]`` unless the option ``species=`` names
+another. The two conditioning tokens and ``[SEP]`` are removed from the features, as is padding.
+Because the model is causal, every residue row has seen the conditioning tokens but no later residue.
+Each chain of a pair runs as its own sequence and the rows are concatenated (heavy then light).
+No ``cls`` vector is given (a left-to-right model has no CLS token); pooling is the mean.
+
+Layer names, in model order: ``embeddings`` (hidden_states[0]: token + position embeddings), then
+``layer.0`` ... ``layer.{N-1}`` (block outputs; the last one after GPT-2's final LayerNorm, as
+transformers reports it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from repalign.errors import ModelUnavailable, RepalignError
+from repalign.inputs import Record
+from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
+from repalign.models.hf_protein_lm import (
+    STANDARD_AMINO_ACIDS,
+    _assemble,
+    _layer_index,
+    check_device_dtype,
+    check_sequence_record,
+    missing_modules,
+    package_versions,
+    pad_batch,
+    quiet_transformers,
+    reject_unknown_options,
+    sha256_of_files,
+    torch_dtype,
+)
+
+CHECKPOINTS = ("IgLM", "IgLM-S")
+SPECIES = ("human", "mouse", "camel", "rabbit", "rat", "rhesus")
+CHAIN_TYPES = ("heavy", "light")
+INSTALL_HINT = "needs the 'zoo' extra: pip install 'repalign[zoo]'"
+
+
+def package_dir() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("iglm")
+    return Path(spec.origin).parent if spec and spec.origin else None
+
+
+class IgLM(ModelAdapter):
+    """IgLM per-residue features; see the module docstring."""
+
+    info = ModelInfo(
+        name="iglm",
+        family="IgLM",
+        modality="antibody sequence",
+        input_kind="sequence",
+        extra="zoo",
+        license="JHU Academic Software License (non-commercial, non-profit use only; see iglm's LICENSE.md)",
+        weights="trained_models/IgLM shipped in the iglm==0.1.0 wheel; pip install 'repalign[zoo]'",
+        description="GPT-2 antibody language model conditioned on chain type and species (Shuai et al. 2023)",
+    )
+    default_pooling = "mean"
+    max_size = 2 * 509  # 512 positions less the two conditioning tokens and [SEP], per chain
+
+    def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
+        reject_unknown_options("iglm", options, ("checkpoint", "species", "single_chain"))
+        check_device_dtype(device, dtype)
+        checkpoint = str(options.get("checkpoint", "IgLM"))
+        species = str(options.get("species", "human")).lower()
+        single_chain = str(options.get("single_chain", "heavy")).lower()
+        if checkpoint not in CHECKPOINTS:
+            raise RepalignError(f"iglm: unknown checkpoint {checkpoint!r}; use one of {', '.join(CHECKPOINTS)}")
+        if species not in SPECIES:
+            raise RepalignError(f"iglm: unknown species {species!r}; use one of {', '.join(SPECIES)}")
+        if single_chain not in CHAIN_TYPES:
+            raise RepalignError(f"iglm: single_chain must be heavy or light, got {single_chain!r}")
+        super().__init__(weights=weights, device=device, dtype=dtype, **options)
+        self.checkpoint, self.species, self.single_chain = checkpoint, species, single_chain
+        self._model = None
+        self._token_id: dict[str, int] = {}
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        missing = missing_modules("torch", "transformers", "iglm")
+        if missing:
+            return f"{INSTALL_HINT} (missing {', '.join(missing)})"
+        return None
+
+    def _weights_dir(self) -> Path:
+        if self.weights:
+            return Path(self.weights).expanduser()
+        root = package_dir()
+        if root is None:
+            raise ModelUnavailable(f"model iglm: {INSTALL_HINT}")
+        return root / "trained_models" / self.checkpoint
+
+    def _vocab_file(self) -> Path:
+        weights_dir = self._weights_dir()
+        for candidate in (weights_dir / "vocab.txt", weights_dir.parent / "vocab.txt"):
+            if candidate.is_file():
+                return candidate
+        raise ModelUnavailable(f"model iglm: no vocab.txt next to {weights_dir}; reinstall: pip install 'repalign[zoo]'")
+
+    def load(self) -> None:
+        reason = self.unavailable_reason()
+        if reason and not self.weights:
+            raise ModelUnavailable(f"model iglm: {reason}")
+        import transformers
+
+        weights_dir = self._weights_dir()
+        if not (weights_dir / "config.json").is_file():
+            raise ModelUnavailable(f"model iglm: no IgLM checkpoint in {weights_dir}; {INSTALL_HINT}")
+        vocab = [line.strip() for line in self._vocab_file().read_text().splitlines() if line.strip()]
+        self._token_id = {t: i for i, t in enumerate(vocab)}
+        needed = ["[PAD]", "[SEP]", "[HEAVY]", "[LIGHT]", *(f"[{s.upper()}]" for s in SPECIES), *STANDARD_AMINO_ACIDS]
+        lacking = [t for t in needed if t not in self._token_id]
+        if lacking:
+            raise ModelUnavailable(f"model iglm: vocab.txt lacks {lacking}; reinstall: pip install 'repalign[zoo]'")
+        with quiet_transformers():
+            model = transformers.GPT2Model.from_pretrained(str(weights_dir), dtype=torch_dtype(self.dtype))
+        self._model = model.to(self.device).eval()
+
+    def _n_layers(self) -> int:
+        config = json.loads((self._weights_dir() / "config.json").read_text())
+        return int(config["n_layer"])
+
+    def layer_names(self) -> list[str]:
+        try:
+            n = self._n_layers()
+        except FileNotFoundError:
+            raise ModelUnavailable(f"model iglm: no IgLM checkpoint in {self._weights_dir()}; {INSTALL_HINT}") from None
+        return ["embeddings"] + [f"layer.{i}" for i in range(n)]
+
+    def provenance(self) -> dict[str, Any]:
+        self.ensure_loaded()
+        weights_dir = self._weights_dir()
+        files = [p for p in weights_dir.iterdir() if p.name in {"config.json", "pytorch_model.bin", "model.safetensors"}]
+        return {
+            "model": self.info.name,
+            "family": self.info.family,
+            "weights": f"iglm/trained_models/{self.checkpoint}" if not self.weights else str(weights_dir),
+            "weights_sha256": sha256_of_files(files + [self._vocab_file()]),
+            "packages": package_versions("iglm", "torch", "transformers", "repalign"),
+            "dtype": self.dtype,
+            "device": self.device,
+            "options": {"checkpoint": self.checkpoint, "species": self.species, "single_chain": self.single_chain},
+            "conditioning": "[CHAIN] [SPECIES] residues [SEP]; pairs: chain 1 [HEAVY], chain 2 [LIGHT]",
+        }
+
+    def validate(self, record: Record) -> None:
+        check_sequence_record(
+            record, "iglm", STANDARD_AMINO_ACIDS, 509, chains=(1, 2), chain_hint=" (one chain, or HEAVY:LIGHT)"
+        )
+
+    def chain_tokens(self, record: Record) -> list[list[int]]:
+        """Token ids of each chain of a record, conditioning and [SEP] included (see the module docstring)."""
+        chains = record.chains
+        types = [self.single_chain] if len(chains) == 1 else ["heavy", "light"]
+        species = self._token_id[f"[{self.species.upper()}]"]
+        return [
+            [self._token_id[f"[{kind.upper()}]"], species, *(self._token_id[r] for r in chain), self._token_id["[SEP]"]]
+            for kind, chain in zip(types, chains)
+        ]
+
+    def forward(self, records: Sequence[Record], layers: Sequence[str]) -> list[SampleFeatures]:
+        import torch
+
+        self.ensure_loaded()
+        index = _layer_index(self.layer_names(), layers, "iglm")
+        ids, lengths, owner = [], [], []
+        for r, record in enumerate(records):
+            for chain, tokens in zip(record.chains, self.chain_tokens(record)):
+                ids.append(tokens)
+                lengths.append(len(chain))
+                owner.append(r)
+        input_ids, mask = pad_batch(ids, self._token_id["[PAD]"])
+        with torch.inference_mode():
+            out = self._model(
+                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), output_hidden_states=True
+            )
+        per_tokens = [dict() for _ in ids]
+        for layer, h_index in index.items():
+            h = out.hidden_states[h_index].float().cpu().numpy()
+            for c, n in enumerate(lengths):
+                per_tokens[c][layer] = h[c, 2 : 2 + n]  # after the two conditioning tokens, before [SEP]
+        return _assemble(len(records), owner, per_tokens, [dict() for _ in ids], list(index))

@@ -1,0 +1,115 @@
+"""`repalign compare` and `repalign cache info` end to end, through real subprocesses and real HDF5 files."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from embeddings_cache import CacheWriter
+from repalign.compare import compare_models
+from repalign.metrics import cka, mutual_knn, prepare
+
+N = 120
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "repalign", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def _write_model(path, model, ids, layers, seed, shift=0.0):
+    rng = np.random.default_rng(seed)
+    base = np.random.default_rng(99).standard_normal((len(ids), 16))  # shared signal -> non-trivial alignment
+    feats = {}
+    for li, name in enumerate(layers):
+        w = rng.standard_normal((16, 8 + 4 * li))
+        feats[name] = (base @ w + (1 + li + shift) * rng.standard_normal((len(ids), 8 + 4 * li))).astype(np.float32)
+    with CacheWriter(path, model, provenance={"model": model, "options": {}}, layers=layers) as w:
+        half = len(ids) // 2
+        for sl in (slice(0, half), slice(half, None)):
+            w.append(ids[sl], [f"h-{i}" for i in ids[sl]], {k: v[sl] for k, v in feats.items()})
+    return feats
+
+
+@pytest.fixture()
+def two_model_cache(tmp_path):
+    path = tmp_path / "c.h5"
+    ids = [f"s{i:03d}" for i in range(N)]
+    fa = _write_model(path, "ma", ids, ["a0", "a1", "a2"], seed=1)
+    # model B stored in a different sample order: comparisons must align by id
+    perm = np.random.default_rng(5).permutation(N)
+    fb_sorted = _write_model(tmp_path / "tmp_b.h5", "mb", ids, ["b0", "b1"], seed=2, shift=0.5)
+    fb = {k: v[perm] for k, v in fb_sorted.items()}
+    with CacheWriter(path, "mb", provenance={"model": "mb", "options": {}}, layers=["b0", "b1"]) as w:
+        w.append([ids[i] for i in perm], [f"h-{ids[i]}" for i in perm], fb)
+    return path, fa, fb_sorted
+
+
+def test_compare_table_matches_direct_metric_calls(two_model_cache, tmp_path):
+    path, fa, fb = two_model_cache
+    out = tmp_path / "scores.csv"
+    res = run_cli("compare", path, "--a", "ma", "--b", "mb", "--metric", "mknn", "cka", "--k", 7, "-o", out)
+    assert res.returncode == 0, res.stderr
+    assert "best" in res.stdout and "chance" in res.stdout
+    table = pd.read_csv(out)
+    assert set(table.columns) >= {"model_a", "layer_a", "model_b", "layer_b", "metric", "params", "score", "n_samples"}
+    assert len(table) == 2 * 3 * 2 and (table["n_samples"] == N).all()
+    for _, row in table.iterrows():
+        x = prepare(fa[row.layer_a], normalize="l2")
+        y = prepare(fb[row.layer_b], normalize="l2")
+        expected = mutual_knn(x, y, k=7) if row.metric == "mutual_knn" else cka(x, y)
+        assert row.score == pytest.approx(expected, abs=1e-9)
+
+
+def test_compare_python_api_equals_cli_and_selects_layers(two_model_cache):
+    path, fa, fb = two_model_cache
+    res = compare_models(path, "ma", "mb", ["mknn"], layers_a=["a*"], layers_b=["b1"], k=5)
+    assert list(res.table["layer_b"].unique()) == ["b1"]
+    assert list(res.table["layer_a"]) == ["a0", "a1", "a2"]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--metric", "nosuchmetric"], "nosuchmetric"),
+        (["--k", "500"], "k"),
+        (["--layers-a", "zzz*"], "no layer matches"),
+        (["-o", "out.xlsx"], "unknown table format"),
+    ],
+)
+def test_compare_bad_input_one_line_no_output(two_model_cache, tmp_path, args, fragment):
+    path, _, _ = two_model_cache
+    res = run_cli("compare", path, "--a", "ma", "--b", "mb", *args, cwd=tmp_path)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("repalign: error:") and fragment in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "out.xlsx").exists()
+
+
+def test_compare_unknown_model_and_missing_cache(two_model_cache, tmp_path):
+    path, _, _ = two_model_cache
+    res = run_cli("compare", path, "--a", "ma", "--b", "nope")
+    assert res.returncode != 0 and "nope" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("compare", tmp_path / "missing.h5", "--a", "ma", "--b", "mb")
+    assert res.returncode != 0 and "missing.h5" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all" * 100)
+    res = run_cli("compare", tmp_path / "junk.h5", "--a", "ma", "--b", "mb")
+    assert res.returncode != 0 and "junk.h5" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_compare_across_two_cache_files(two_model_cache, tmp_path):
+    path, fa, fb = two_model_cache
+    res = run_cli("compare", path, "--a", "ma", "--b", "mb", "--cache-b", tmp_path / "tmp_b.h5", "--metric", "mknn")
+    assert res.returncode == 0, res.stderr
+    same = run_cli("compare", path, "--a", "ma", "--b", "mb", "--metric", "mknn")
+    assert res.stdout.splitlines()[1:] == same.stdout.splitlines()[1:]
+
+
+def test_cache_info_lists_models_layers_and_shapes(two_model_cache):
+    path, _, _ = two_model_cache
+    res = run_cli("cache", "info", path)
+    assert res.returncode == 0, res.stderr
+    for token in ("ma", "mb", "a0", "a2", "b1", str(N)):
+        assert token in res.stdout

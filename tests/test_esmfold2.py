@@ -1,0 +1,301 @@
+"""ESMFold2 and ESMC adapters on tiny random-initialised checkpoints, loaded the way users load them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from repalign.errors import InvalidInput, ModelUnavailable, RepalignError
+from repalign.inputs import sequence_record
+from repalign.models import get_adapter
+
+ATOM = dict(hidden_size=16, output_dim=16, num_hidden_layers=1, num_attention_heads=1, intermediate_size=16,
+            num_spatial_rope_pairs_per_axis=1, num_uid_rope_pairs=2)
+ESMC_WIDTH, PAIR_WIDTH, SINGLE_INPUTS, DIFFUSION_WIDTH, TRUNK_WIDTH = 16, 8, 16 + 2 * 33 + 1, 16, 16
+
+
+def tiny_config(msa: bool = True):
+    from transformers.models.esmfold2 import EsmFold2Config
+
+    return EsmFold2Config(
+        hidden_size=TRUNK_WIDTH, pairwise_hidden_size=PAIR_WIDTH,
+        single_inputs_size=SINGLE_INPUTS,  # atom_encoder.output_dim + two residue one-hots + profile scalar
+        pair_transition_intermediate_size=16, sliding_window=32, chunk_size=4,
+        num_loops=2, folding_trunk_num_hidden_layers=2, parcae_num_coda_layers=1,
+        atom_encoder=dict(ATOM),
+        structure_head=dict(
+            diffusion_module=dict(hidden_size=DIFFUSION_WIDTH, fourier_dim=8, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=16, pair_intermediate_size=16, atom_encoder=dict(ATOM)),
+            num_distogram_bins=16, num_diffusion_samples=1, inference_num_steps=6,
+        ),
+        confidence_head=dict(num_hidden_layers=2, num_plddt_bins=10, num_pde_bins=8, num_pae_bins=8, distogram_bins=16),
+        msa_encoder=dict(hidden_size=8, outer_hidden_size=4, num_hidden_layers=2, num_attention_heads=2, head_dim=4,
+                         intermediate_size=16, enabled=msa),
+        lm_encoder=dict(num_hidden_layers=2),
+        esmc_config=dict(model_type="esmc", hidden_size=ESMC_WIDTH, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=512),
+    )
+
+
+def save_tiny(path, msa=True, seed=0):
+    """Random weights, every parameter perturbed so no zero-initialised gate hides a bug; saved with
+    save_pretrained exactly like a downloaded checkpoint directory."""
+    from transformers.models.esmfold2 import EsmFold2Model
+
+    torch.manual_seed(seed)
+    model = EsmFold2Model(tiny_config(msa)).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    model.save_pretrained(path)
+    model.esmc.save_pretrained(path / "esmc")  # the bundled backbone alone, for the esmc-* adapters
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("esmfold2") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def adapter(ckpt):
+    a = get_adapter("esmfold2", weights=str(ckpt))
+    a.ensure_loaded()
+    return a
+
+
+PROTEIN = sequence_record("p1", "MKTAYIAKQRQISFVKSHF")
+SHORT = sequence_record("p2", "GSHMLE")
+COMPLEX = sequence_record("c1", "MKTAYIAK:GSHMLEW")
+
+
+def expected_width(name: str) -> int:
+    if name.endswith(".raw"):
+        return PAIR_WIDTH
+    if name.startswith("esmc."):
+        return ESMC_WIDTH
+    if name == "input_embedder.single":
+        return SINGLE_INPUTS
+    if name.startswith("diffusion.") and name != "diffusion.conditioning.pair":
+        return DIFFUSION_WIDTH
+    if name == "confidence.single":
+        return TRUNK_WIDTH
+    return PAIR_WIDTH
+
+
+def test_every_stage_present_with_shapes(adapter):
+    names = adapter.layer_names()
+    assert names[:3] == ["esmc.0", "esmc.1", "esmc.2"]
+    for stage in ("input_embedder.single", "language_model", "msa_encoder.1", "lm_encoder.1", "folding_trunk.1",
+                  "parcae", "distogram", "diffusion.conditioning.pair", "diffusion.single", "diffusion.atom_encoder",
+                  "diffusion.token_transformer.1", "confidence.input", "confidence.pair.1", "confidence.single"):
+        assert stage in names
+    feats = adapter.forward([PROTEIN], names)[0]
+    assert list(feats.tokens) == names
+    for name, x in feats.tokens.items():
+        assert x.shape == (19, expected_width(name)), name
+        assert x.dtype == np.float32 and np.isfinite(x).all(), name
+    assert 0.0 <= feats.outputs["plddt"] <= 1.0 and 0.0 <= feats.outputs["ptm"] <= 1.0
+    assert "iptm" not in feats.outputs
+
+
+def test_two_runs_identical_and_lm_dropout_off(ckpt, adapter):
+    names = adapter.layer_names()
+    again = get_adapter("esmfold2", weights=str(ckpt))  # a fresh load, not the same object
+    a = adapter.forward([PROTEIN], names)[0]
+    b = again.forward([PROTEIN], names)[0]
+    for n in names:
+        np.testing.assert_array_equal(a.tokens[n], b.tokens[n], err_msg=n)
+    assert a.outputs == b.outputs
+    # The released config resamples LM dropout in every loop even in eval mode; deterministic=false keeps it.
+    noisy = get_adapter("esmfold2", weights=str(ckpt), deterministic="false")
+    assert noisy.config().lm_encoder.lm_dropout > 0
+    x = noisy.forward([PROTEIN], ["parcae"])[0].tokens["parcae"]
+    y = noisy.forward([PROTEIN], ["parcae"])[0].tokens["parcae"]
+    assert not np.allclose(x, y)
+
+
+def test_batch_equals_alone(adapter):
+    names = adapter.layer_names()
+    records = [PROTEIN, COMPLEX, SHORT]
+    batch = adapter.forward(records, names)
+    for r, got in zip(records, batch):
+        alone = adapter.forward([r], names)[0]
+        for n in names:
+            np.testing.assert_allclose(got.tokens[n], alone.tokens[n], atol=1e-4, rtol=1e-4, err_msg=f"{r.id} {n}")
+        for k in alone.outputs:
+            assert got.outputs[k] == pytest.approx(alone.outputs[k], abs=1e-5)
+
+
+def test_matches_the_port_forward(adapter):
+    """Our trunk orchestration (ESMC run separately, LM/MSA encoders computed once, seeded initial pair
+    state, hooks) against the port's own forward from input ids, with the same initial pair state."""
+    from esmfold2_model.featurize import featurize_sequence
+    from transformers.models.esmfold2.modeling_esmfold2 import EsmFold2AtomInputs
+
+    model = adapter.model
+    f = {k: v[None] for k, v in featurize_sequence(PROTEIN.payload).features.items()}
+
+    def seeded_init(reference):  # the initial state we promise: trunc. normal, std sqrt(2/5C), seed 0
+        c = reference.shape[-1]
+        std = (2.0 / (5.0 * c)) ** 0.5
+        out = torch.empty(reference.shape)
+        torch.nn.init.trunc_normal_(out[0], 0.0, std, -3 * std, 3 * std, generator=torch.Generator().manual_seed(0))
+        return out
+
+    model._init_pair_state = seeded_init
+    try:
+        atom_keys = ("ref_pos", "ref_charge", "atom_attention_mask", "ref_element", "ref_atom_name_chars", "ref_space_uid", "atom_to_token")
+        with torch.no_grad():
+            ref = model(atom_inputs=EsmFold2AtomInputs(**{k: f[k] for k in atom_keys}),
+                        **{k: v for k, v in f.items() if k not in atom_keys and k != "distogram_atom_idx"})
+    finally:
+        del model._init_pair_state
+    pair = ref.pair_states[0].numpy()
+    got = adapter.forward([PROTEIN], ["parcae", "distogram"])[0].tokens
+    np.testing.assert_allclose(got["parcae"], pair.mean(axis=1), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(got["distogram"], (pair + pair.transpose(1, 0, 2)).mean(axis=1), atol=1e-5, rtol=1e-5)
+
+
+def _count_calls(module):
+    calls = []
+    handle = module.register_forward_pre_hook(lambda m, a: calls.append(1))
+    return calls, handle
+
+
+def test_runs_only_the_stages_requested(adapter):
+    model = adapter.model
+    counters = {name: _count_calls(getattr(model, name)) for name in
+                ("esmc", "input_embedder", "folding_trunk", "parcae", "structure_head", "confidence_head")}
+    counters["lm_encoder"] = _count_calls(model.lm_encoder.layers[0])
+    try:
+        def run(layers):
+            for calls, _ in counters.values():
+                calls.clear()
+            adapter.forward([PROTEIN], layers)
+            return {k: len(c) for k, (c, _) in counters.items()}
+
+        lm_only = run(["esmc.0", "esmc.2"])
+        assert lm_only["esmc"] == 1 and lm_only["input_embedder"] == 0 and lm_only["folding_trunk"] == 0
+        early = run(["lm_encoder.1"])  # stops inside the first trunk loop
+        assert early["lm_encoder"] == 1 and early["folding_trunk"] == 0
+        trunk = run(["folding_trunk.1", "parcae"])
+        assert trunk["folding_trunk"] == 3 and trunk["lm_encoder"] == 1  # 3 loops; the LM encoder once
+        assert trunk["structure_head"] == 0 and trunk["confidence_head"] == 0
+        full = run(["diffusion.token_transformer.0"])
+        assert full["structure_head"] > 0
+    finally:
+        for _, handle in counters.values():
+            handle.remove()
+
+
+def test_loop_and_step_selection_agree_with_defaults(ckpt, adapter):
+    default = adapter.forward([SHORT], adapter.layer_names())[0].tokens
+    every = get_adapter("esmfold2", weights=str(ckpt), loops="all", sampling_steps_to_keep="all",
+                        raw_pair_layers="folding_trunk.loop2.1", pair_reduction="rowcol")
+    names = every.layer_names()
+    loops = sorted({n.split(".")[1] for n in names if n.startswith("folding_trunk.loop")})
+    assert loops == ["loop0", "loop1", "loop2"]
+    steps = sorted({int(n.split(".")[1][4:]) for n in names if n.startswith("diffusion.step")})
+    assert steps == list(range(len(steps))) and len(steps) > 1
+    feats = every.forward([SHORT], names)[0].tokens
+    last = steps[-1]
+    np.testing.assert_allclose(feats["folding_trunk.loop2.1"][:, :PAIR_WIDTH], default["folding_trunk.1"], atol=1e-6)
+    np.testing.assert_allclose(feats[f"diffusion.step{last}.token_transformer.1"], default["diffusion.token_transformer.1"], atol=1e-6)
+    assert not np.allclose(feats["folding_trunk.loop0.1"], feats["folding_trunk.loop2.1"])
+    raw = feats["folding_trunk.loop2.1.raw"].reshape(6, 6, PAIR_WIDTH)  # row i*L + j is the pair (i, j)
+    np.testing.assert_allclose(feats["folding_trunk.loop2.1"], np.concatenate([raw.mean(1), raw.mean(0)], -1), atol=1e-5)
+
+
+def test_memory_guard_refuses_up_front(ckpt):
+    a = get_adapter("esmfold2", weights=str(ckpt), max_memory_gb="0.00001")
+    with pytest.raises(InvalidInput, match=r"p1: 19 residues need an estimated .* GB .*above the 0.0 GB limit.*max_memory_gb") as err:
+        a.validate(PROTEIN)
+    assert err.value.sample_id == "p1" and "\n" not in str(err.value)
+    with pytest.raises(InvalidInput):
+        a.forward([PROTEIN], ["parcae"])
+    assert a.model is None  # refused before any model was loaded
+    # the estimate grows with L^2
+    big = get_adapter("esmfold2", weights=str(ckpt))
+    assert big.estimate_gb([200]) == pytest.approx(4 * big.estimate_gb([100]), rel=1e-6)
+
+
+def test_offline_missing_checkpoint(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    for name, repo in [("esmfold2", "biohub/ESMFold2"), ("esmfold2-fast", "biohub/ESMFold2-Fast"), ("esmc-6b", "biohub/ESMC-6B")]:
+        a = get_adapter(name)
+        with pytest.raises(ModelUnavailable, match=f"fetch it with: hf download {repo}$") as err:
+            a.ensure_loaded()
+        assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ModelUnavailable, match="no such directory"):
+        get_adapter("esmfold2", weights=str(tmp_path / "nowhere")).layer_names()
+
+
+def test_complex_features_per_chain_and_iptm(adapter, tmp_path):
+    a, b = COMPLEX.chains
+    feats = adapter.forward([COMPLEX], adapter.layer_names())[0]
+    for name, x in feats.tokens.items():
+        assert x.shape[0] == len(a) + len(b), name
+    assert 0.0 <= feats.outputs["iptm"] <= 1.0
+    # Chain-aware ESMC: each chain's rows equal that chain run alone (attention stays in the chain,
+    # rotary positions are relative).
+    alone = adapter.forward([sequence_record("a", a), sequence_record("b", b)], ["esmc.2"])
+    np.testing.assert_allclose(feats.tokens["esmc.2"][: len(a)], alone[0].tokens["esmc.2"], atol=1e-5)
+    np.testing.assert_allclose(feats.tokens["esmc.2"][len(a):], alone[1].tokens["esmc.2"], atol=1e-5)
+
+
+def test_structure_files_written(ckpt, tmp_path):
+    out = tmp_path / "structures"
+    a = get_adapter("esmfold2", weights=str(ckpt), structures_dir=str(out), diffusion_samples="2")
+    feats = a.forward([COMPLEX], ["parcae"])[0]
+    assert {"plddt", "ptm", "iptm", "ptm_best"} <= set(feats.outputs)
+    lines = (out / "c1.pdb").read_text().splitlines()
+    atoms = [ln for ln in lines if ln.startswith("ATOM")]
+    from esmfold2_model.featurize import featurize_sequence
+
+    assert len(atoms) == featurize_sequence(COMPLEX.payload).num_atoms
+    assert {ln[21] for ln in atoms} == {"A", "B"}
+    xyz = np.array([[float(ln[30:38]), float(ln[38:46]), float(ln[46:54])] for ln in atoms])
+    assert np.isfinite(xyz).all() and xyz.std() > 0
+
+
+def test_fast_variant_has_no_msa_stage(tmp_path):
+    path = save_tiny(tmp_path / "fast", msa=False, seed=1)
+    a = get_adapter("esmfold2-fast", weights=str(path))
+    names = a.layer_names()
+    assert not any(n.startswith("msa_encoder") for n in names)
+    feats = a.forward([SHORT], ["lm_encoder.0", "confidence.single"])[0]
+    assert feats.tokens["confidence.single"].shape == (6, TRUNK_WIDTH)
+
+
+def test_esmc_adapter_alone_matches_esmfold2_backbone(ckpt, adapter):
+    records = [PROTEIN, COMPLEX, SHORT]
+    for name in ("esmc-300m", "esmc-600m", "esmc-6b"):
+        lm = get_adapter(name, weights=str(ckpt / "esmc"))
+        assert lm.layer_names() == ["esmc.0", "esmc.1", "esmc.2"]
+    lm = get_adapter("esmc-300m", weights=str(ckpt / "esmc"))
+    got = lm.forward(records, ["esmc.0", "esmc.2"])
+    ref = adapter.forward(records, ["esmc.0", "esmc.2"])
+    for g, r, rec in zip(got, ref, records):
+        for n in ("esmc.0", "esmc.2"):
+            assert g.tokens[n].shape == (rec.size, ESMC_WIDTH)
+            np.testing.assert_allclose(g.tokens[n], r.tokens[n], atol=1e-5, err_msg=f"{rec.id} {n}")
+    with pytest.raises(RepalignError, match="unknown esmc-300m layer"):
+        lm.forward([SHORT], ["parcae"])
+    with pytest.raises(RepalignError, match="unknown option"):
+        get_adapter("esmc-300m", weights=str(ckpt / "esmc"), loops="all")
+
+
+def test_bad_inputs_are_one_line_errors(adapter):
+    with pytest.raises(InvalidInput, match="residue 'J'"):
+        adapter.validate(sequence_record("bad", "MKJ"))
+    with pytest.raises(RepalignError, match="unknown ESMFold2 layer 'trunk.0'"):
+        adapter.forward([SHORT], ["trunk.0"])
+    with pytest.raises(RepalignError, match="raw_pair_layers"):
+        adapter.forward([SHORT], ["parcae.raw"])
+    with pytest.raises(RepalignError, match="only on a GPU"):
+        get_adapter("esmfold2", dtype="bfloat16")
