@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints-dev.txt
-EXTRAS ?= test,zoo,esmfold2,parquet
+EXTRAS ?= test,zoo,esmfold2,parquet,unirep
 
 .PHONY: setup demo test bench clean
 
@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints-dev.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[$(EXTRAS)]'
+	$(BIN)/python -m repalign.models.antiberty install-weights
 	touch $@
 
 demo: setup

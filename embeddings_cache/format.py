@@ -125,6 +125,12 @@ def check_hash(h: Any, sample_id: str) -> str:
     return h
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message, cut to its first line (HDF5 errors span several)."""
+    text = str(e)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def few(items: list, k: int = 5) -> str:
     """The first k items and the count, for error messages."""
     shown = ", ".join(repr(x) for x in items[:k])
@@ -146,7 +152,9 @@ def to_json(value: Any, what: str) -> str:
     try:
         return json.dumps(value, sort_keys=True, default=_json_default, allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise CacheError(f"{what} cannot be stored ({e}); use plain JSON values (str, numbers, lists, dicts)")
+        raise CacheError(
+            f"{what} cannot be stored ({first_line(e)}); use plain JSON values (str, numbers, lists, dicts)"
+        )
 
 
 def from_json(text: Any) -> Any:
@@ -159,13 +167,16 @@ def chunk_rows(dim: int, itemsize: int) -> int:
     return max(1, CHUNK_BYTES // max(1, dim * itemsize))
 
 
-def filter_options(compression: str | None) -> dict[str, Any]:
+def filter_options(compression: str | None, checksum: bool = True) -> dict[str, Any]:
+    """HDF5 filters of every dataset: a checksum per chunk (a damaged chunk is an error on read,
+    not silently wrong numbers), shuffle (groups the bytes of floats by significance, which is
+    what makes them compress) and the compressor."""
+    options: dict[str, Any] = {"fletcher32": True} if checksum else {}
     if compression == "gzip":
-        # shuffle groups the bytes of floats by significance, which is what makes them compress
-        return {"compression": "gzip", "compression_opts": GZIP_LEVEL, "shuffle": True}
-    if compression == "lzf":
-        return {"compression": "lzf", "shuffle": True}
-    return {}
+        options.update(compression="gzip", compression_opts=GZIP_LEVEL, shuffle=True)
+    elif compression == "lzf":
+        options.update(compression="lzf", shuffle=True)
+    return options
 
 
 # ---- files ------------------------------------------------------------------------------------------
@@ -182,9 +193,8 @@ def open_h5(path: Path, mode: str = "r") -> h5py.File:
     except FileNotFoundError:
         raise CacheError(f"{path} does not exist; check the path")
     except OSError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CacheError(
-            f"{path} is not a readable HDF5 file ({first}); it is truncated, corrupt or not a cache: "
+            f"{path} is not a readable HDF5 file ({first_line(e)}); it is truncated, corrupt or not a cache: "
             "check the path, or delete it and extract again"
         )
 
@@ -195,7 +205,7 @@ def check_format(f: h5py.File, path: Path) -> int:
         name = f.attrs.get("format")
         version = f.attrs.get("format_version")
     except OSError as e:
-        raise CacheError(f"{path} is corrupt ({e}); delete it and extract again")
+        raise CacheError(f"{path} is corrupt ({first_line(e)}); delete it and extract again")
     if isinstance(name, bytes):
         name = name.decode()
     if name != FORMAT_NAME or version is None:

@@ -74,7 +74,9 @@ def write_part(
     was stored before (a new model, or a model being overwritten).
     """
     folder = parts_dir(path)
-    folder.mkdir(exist_ok=True)
+    if not folder.is_dir():
+        folder.mkdir()
+        fsync_path(folder.parent)  # the new folder's entry must survive a power loss too
     part_uuid = uuidlib.uuid4().hex
     tmp = folder / f"{TMP_PREFIX}{part_uuid}.h5"
     final = folder / f"{seq:08d}-{part_uuid}.h5"
@@ -143,7 +145,7 @@ class _Appender:
                 maxshape=(None,) + arr.shape[1:],
                 dtype=ID_DTYPE if arr.dtype.kind == "O" else arr.dtype,
                 chunks=(rows,) + arr.shape[1:],
-                **filter_options(compression),
+                **filter_options(compression, checksum=arr.dtype.kind != "O"),  # HDF5 cannot checksum strings
             )
         ds = self.dataset(group, name)
         start = ds.shape[0]

@@ -25,6 +25,7 @@ from embeddings_cache.format import (
     CacheError,
     check_format,
     few,
+    first_line,
     list_parts,
     open_h5,
     read_strings,
@@ -90,6 +91,7 @@ class Cache:
             raise CacheError(f"no cache at {self.path}; check the path (caches are written by CacheWriter)")
         if self.path.is_dir():
             raise CacheError(f"{self.path} is a folder, not a cache file; give the path of the .h5 file")
+        self._file = Path(os.path.realpath(self.path))  # its journal lives next to the real file
         self._main: h5py.File | None = None
         self._load()
 
@@ -102,14 +104,14 @@ class Cache:
 
     def _try_load(self) -> bool:
         """Snapshot main file + parts; False when a writer replaced the main file meanwhile."""
-        before = _identity(self.path)
-        main = open_h5(self.path)
+        before = _identity(self._file)
+        main = open_h5(self._file)
         try:
             self.format_version = check_format(main, self.path)
-            parts = list_parts(self.path)
+            parts = list_parts(self._file)
             # parts are deleted only after the main file holding them replaced the old one: an
             # unchanged main file guarantees the listed parts are exactly the pending ones
-            if _identity(self.path) != before:
+            if _identity(self._file) != before:
                 main.close()
                 return False
             views = self._views_of_main(main)
@@ -141,7 +143,7 @@ class Cache:
                 view.add(None, read_strings(group[IDS]), read_strings(group[HASHES]), header)
                 views[name] = view
         except (OSError, KeyError, ValueError) as e:
-            raise CacheError(f"{self.path} is damaged ({_first_line(e)}); delete it and extract again")
+            raise CacheError(f"{self.path} is damaged ({first_line(e)}); delete it and extract again")
         return views
 
     def _add_part(self, views: dict[str, _ModelView], part: Path) -> None:
@@ -160,7 +162,7 @@ class Cache:
             raise
         except (OSError, KeyError, ValueError) as e:
             raise CacheError(
-                f"journal part {part} of cache {self.path} is damaged ({_first_line(e)}); delete that file "
+                f"journal part {part} of cache {self.path} is damaged ({first_line(e)}); delete that file "
                 "(its batch will be extracted again on resume)"
             )
         if starts:
@@ -323,10 +325,11 @@ class Cache:
                     continue
                 lines.append(f"  {title}:")
                 for r in rows:
+                    dim = "?" if r["dim"] is None else r["dim"]  # no batch yet: width unknown
                     if kind == "pooled":
-                        shape = f"({r['rows']}, {r['dim']})"
+                        shape = f"({r['rows']}, {dim})"
                     elif kind == "tokens":
-                        shape = f"({r['rows']} tokens, {r['dim']}), ragged over {r['n_samples']} samples"
+                        shape = f"({r['rows']} tokens, {dim}), ragged over {r['n_samples']} samples"
                     else:
                         shape = f"({r['rows']},)"
                     lines.append(f"    {r['position']:>3}  {r['name']}  {shape}  {r['dtype']}")
@@ -360,18 +363,23 @@ class Cache:
         view = self._view(model)
         if rows is None:
             rows = self._rows(model, ids)
-        try:
-            return read(rows)
-        except _PartVanished:
-            pass
-        # a writer consolidated the parts this snapshot read from: reopen, read the same samples
-        wanted = [view.ids[r] for r in rows] if ids is None else list(ids)
-        self._load()
-        try:
-            rows = self._rows(model, wanted)
-        except CacheError:
-            raise CacheError(f"model {model!r} in {self.path} was overwritten while being read; open the cache again")
-        return read(rows)
+        wanted = None
+        for _ in range(5):
+            try:
+                return read(rows)
+            except _PartVanished:
+                pass
+            # a writer consolidated the parts this snapshot read from: reopen, read the same samples
+            if wanted is None:
+                wanted = [view.ids[r] for r in rows] if ids is None else list(ids)
+            self._load()
+            try:
+                rows = self._rows(model, wanted)
+            except CacheError:
+                raise CacheError(
+                    f"model {model!r} in {self.path} was overwritten while being read; open the cache again"
+                ) from None
+        raise CacheError(f"{self.path} kept changing while being read; read it again when the writer is idle")
 
     @contextlib.contextmanager
     def _segment(self, seg: _Segment, model: str) -> Iterator[h5py.Group]:
@@ -385,7 +393,7 @@ class Cache:
         except OSError as e:
             if not seg.part.exists():
                 raise _PartVanished
-            raise CacheError(f"journal part {seg.part} is damaged ({_first_line(e)}); delete that file and resume")
+            raise CacheError(f"journal part {seg.part} is damaged ({first_line(e)}); delete that file and resume")
         with part:
             yield part
 
@@ -401,7 +409,7 @@ class Cache:
             return ds[selection]
         except OSError as e:
             raise CacheError(
-                f"cannot read {ds.name} of model {model!r} from {self.path} ({_first_line(e)}); "
+                f"cannot read {ds.name} of model {model!r} from {self.path} ({first_line(e)}); "
                 "the file is damaged: delete it and extract again"
             )
 
@@ -446,7 +454,9 @@ class Cache:
             out[positions] = values
         return out
 
-    def _gather_tokens(self, model: str, rows: np.ndarray, layer: str, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    def _gather_tokens(
+        self, model: str, rows: np.ndarray, layer: str, dtype: np.dtype
+    ) -> tuple[np.ndarray, np.ndarray]:
         lengths = np.zeros(len(rows), dtype=np.int64)
         pieces = []
         dim = 0
@@ -515,11 +525,6 @@ def _float_dtype(dtype: Any) -> np.dtype:
     if dt.kind != "f":
         raise CacheError(f"features are read as floating point; dtype {dt} is not, use np.float32 or np.float64")
     return dt
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e)
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ---- aligning two models ----------------------------------------------------------------------

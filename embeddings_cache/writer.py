@@ -28,6 +28,7 @@ from embeddings_cache.format import (
     check_name,
     check_names,
     few,
+    first_line,
     list_parts,
     lock_path,
     open_h5,
@@ -81,6 +82,8 @@ class CacheWriter:
         compression: str | None = "lzf",
     ):
         self.path = Path(path)
+        # the real file: a symlinked cache is updated where it lives, and locked there
+        self._file = Path(os.path.realpath(self.path))
         self.model = check_name(model, "model")
         if not isinstance(provenance, Mapping):
             raise CacheError(f"provenance must be a dict, got {type(provenance).__name__}")
@@ -94,6 +97,10 @@ class CacheWriter:
         if not self.layers and not self.token_layers:
             raise CacheError(f"model {model!r}: no layers given; pass at least one layer or token layer")
         self.options = dict(provenance).get("options", {})
+        if not isinstance(self.options, Mapping):
+            raise CacheError(
+                f"provenance['options'] must be a dict of extraction options, got {type(self.options).__name__}"
+            )
         prov = dict(provenance)
         prov["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         prov["format_version"] = FORMAT_VERSION
@@ -117,9 +124,9 @@ class CacheWriter:
 
     # ---- lock ---------------------------------------------------------------------------------
     def _acquire_lock(self) -> int:
-        if not self.path.parent.is_dir():
+        if not self._file.parent.is_dir():
             raise CacheError(f"folder {self.path.parent} does not exist; create it first")
-        lock = lock_path(self.path)
+        lock = lock_path(self._file)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -145,23 +152,24 @@ class CacheWriter:
 
     # ---- opening ------------------------------------------------------------------------------
     def _open(self, overwrite: bool) -> None:
-        remove_stale_temporaries(self.path)
-        if not self.path.exists():
-            create_empty(self.path)
+        remove_stale_temporaries(self._file)
+        if not self._file.exists():
+            create_empty(self._file)
         else:
-            with open_h5(self.path) as f:
-                check_format(f, self.path)
+            with open_h5(self._file) as f:
+                check_format(f, self._file)
         # a previous writer was killed: fold its completed batches in first
-        consolidate(self.path)
+        consolidate(self._file)
         self._seq = 0
         self._stored: dict[str, str] = {}
         self._dims: dict[str, int] = {}
         self._token_dims: dict[str, int] = {}
         self._output_names: list[str] | None = None
-        with open_h5(self.path) as f:
+        ids: list[str] = []
+        with open_h5(self._file) as f:
             models = f[MODELS_GROUP]
             group = models[self.model] if self.model in models else None
-            if group is not None:
+            if group is not None and not overwrite:
                 try:
                     stored = model_header(group)
                     ids = read_strings(group[IDS])
@@ -170,11 +178,11 @@ class CacheWriter:
                     token_dims = {k: v[TOKEN_DATA].shape[1] for k, v in group.get(TOKENS, {}).items()}
                 except (OSError, KeyError, ValueError) as e:
                     raise CacheError(
-                        f"model {self.model!r} in {self.path} is damaged ({e}); pass overwrite=True to re-extract it"
+                        f"model {self.model!r} in {self.path} is damaged ({first_line(e)}); "
+                        "pass overwrite=True to re-extract it"
                     )
-        if group is None or not ids:
-            self._starts_model = True  # a new model, or one with no rows yet: nothing to keep
-        elif overwrite:
+        if group is None or overwrite or not ids:
+            # a new model, a model to replace, or one with no rows yet (nothing to keep)
             self._starts_model = True
         else:
             self._check_same_config(stored)
@@ -251,7 +259,7 @@ class CacheWriter:
             if self._starts_model:
                 # overwrite with no batch appended: the model is replaced by an empty one
                 self._write(ids=[], hashes=[], pooled={}, tokens={}, outputs={})
-            consolidate(self.path)
+            consolidate(self._file)
         finally:
             self._release_lock()
 
@@ -263,11 +271,11 @@ class CacheWriter:
 
     # ---- internals ----------------------------------------------------------------------------
     def _write(self, **batch: Any) -> None:
-        parts = list_parts(self.path)
+        parts = list_parts(self._file)
         self._seq = max(self._seq, parts[-1][0] + 1 if parts else 0)
         header = dict(self._header)
         header["outputs"] = to_json(list(batch["outputs"]), "outputs")
-        write_part(self.path, self._seq, self.model, header, self._starts_model, **batch)
+        write_part(self._file, self._seq, self.model, header, self._starts_model, **batch)
         self._seq += 1
         self._starts_model = False
 
@@ -342,7 +350,9 @@ class CacheWriter:
         try:
             arr = np.asarray(value)
         except (TypeError, ValueError, RuntimeError) as e:
-            raise CacheError(f"{what} is not an array ({e}); give a numpy array (float32 for bfloat16 tensors)")
+            raise CacheError(
+                f"{what} is not an array ({first_line(e)}); give a numpy array (float32 for bfloat16 tensors)"
+            )
         if arr.dtype.kind not in "fiu":
             raise CacheError(f"{what} has dtype {arr.dtype}; give real numbers (float32 for bfloat16 tensors)")
         if not np.isfinite(arr).all():

@@ -8,11 +8,9 @@ options: ``docs/esmfold2-layers.md``.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-import numpy as np
 
 from esmfold2_model import stages
 from esmfold2_model.featurize import check_sequence, esmc_token_ids, featurize_sequence
@@ -169,21 +167,10 @@ class EsmFold2Adapter(ModelAdapter):
         return chunks
 
     def _write_structure(self, record: Record, sample, structure: dict) -> None:
-        import torch
-        from transformers.models.esmfold2.protein_utils import output_to_pdb
+        from esmfold2_model.structures import write_structure
 
-        out_dir = Path(self.settings.structures_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        n_atoms_padded = sample.features["atom_attention_mask"].shape[0]
-        coords = np.zeros((structure["coords"].shape[0], n_atoms_padded, 3), dtype=np.float32)
-        coords[:, : sample.num_atoms] = structure["coords"]
-        output = {"sample_atom_coords": torch.from_numpy(coords), "plddt": torch.from_numpy(structure["plddt"]),
-                  "ptm": torch.from_numpy(structure["ptm"])}
-        pdb = output_to_pdb(output, sample.features)  # best sample by pTM; pLDDT (0-1) in the B-factor column
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in record.id)
-        tmp = out_dir / f".{safe}.pdb.tmp"
-        tmp.write_text(pdb)
-        tmp.replace(out_dir / f"{safe}.pdb")  # never a half-written file under the final name
+        write_structure(self.settings.structures_dir, record.id, sample, structure["coords"], structure["plddt"],
+                        structure["ptm"], self.settings.structure_format)
 
 
 class EsmFold2FastAdapter(EsmFold2Adapter):

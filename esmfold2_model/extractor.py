@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -35,11 +34,12 @@ import torch
 
 from esmfold2_model import stages
 from esmfold2_model.featurize import Featurized, collate
-from repalign.errors import InvalidInput, RepalignError
+from repalign.errors import RepalignError
 
 OPTION_NAMES = (
     "loops", "num_loops", "diffusion_steps", "diffusion_samples", "sampling_steps_to_keep",
-    "pair_reduction", "raw_pair_layers", "max_memory_gb", "seed", "structures_dir", "deterministic",
+    "pair_reduction", "raw_pair_layers", "max_memory_gb", "seed", "structures_dir", "structure_format",
+    "deterministic",
 )
 
 # Peak-memory model (bytes), see docs/esmfold2-layers.md: the trunk holds about TRUNK_PAIR_COPIES
@@ -100,6 +100,7 @@ class ExtractionOptions:
     max_memory_gb: float | None = None  # None: default_memory_limit_gb(device)
     seed: int = 0
     structures_dir: str | None = None
+    structure_format: str = "pdb"  # "pdb" | "cif"
     deterministic: bool = True
 
     @classmethod
@@ -146,6 +147,12 @@ class ExtractionOptions:
             kw["seed"] = _parse_int("seed", o["seed"], 0)
         if o.get("structures_dir") not in (None, ""):
             kw["structures_dir"] = str(o["structures_dir"])
+        if "structure_format" in o:
+            fmt = str(o["structure_format"]).strip().lower().lstrip(".")
+            fmt = "cif" if fmt == "mmcif" else fmt
+            if fmt not in ("pdb", "cif"):
+                raise RepalignError(f"option structure_format={o['structure_format']!r}; use pdb or cif")
+            kw["structure_format"] = fmt
         if "deterministic" in o:
             text = str(o["deterministic"]).strip().lower()
             if text not in ("true", "false", "1", "0", "yes", "no"):
@@ -231,6 +238,7 @@ class _Request:
     raw: set[str] = field(default_factory=set)  # base names whose raw pair tensor is kept
     run_trunk: bool = False
     run_diffusion: bool = False
+    run_confidence: bool = False  # also decides that the sampler runs to its last step
 
 
 class EsmFold2Extractor:
@@ -267,7 +275,8 @@ class EsmFold2Extractor:
                 req.confidence.add(ref.base)
             if ref.raw:
                 req.raw.add(ref.base)
-        req.run_diffusion = bool(req.diffusion or req.confidence or want_scores)
+        req.run_confidence = bool(req.confidence or want_scores)
+        req.run_diffusion = bool(req.diffusion) or req.run_confidence
         req.run_trunk = bool(req.trunk) or req.run_diffusion
         return req
 
@@ -300,7 +309,10 @@ class EsmFold2Extractor:
             del lm_hidden
             if req.run_diffusion and trunk is not None:
                 coords = self._run_diffusion(feats, trunk, samples, mask, req, captured)
-                self._run_confidence(feats, trunk, coords, samples, mask, req, captured, scores)
+                if req.run_confidence:
+                    self._run_confidence(feats, trunk, coords, samples, mask, req, captured, scores)
+                else:
+                    coords = None  # the sampler stopped at the last step whose features were asked for
 
         out = []
         s_count = self.opts.diffusion_samples
@@ -494,9 +506,16 @@ class EsmFold2Extractor:
                     out[r, :a] = torch.randn(a, shape_last, generator=g)
                 return out.to(self.device)
 
+            last_step = final
+            if not req.run_confidence:  # no structure needed: stop after the last step asked for
+                asked = [stages.parse_layer(n) for n in req.diffusion]
+                last_step = max((final if r.step is None else r.step) for r in asked if r.part != "conditioning.pair") \
+                    if any(r.part != "conditioning.pair" for r in asked) else -1
             coords = float(schedule[0]) * noise()
             prev = None
             for k, (sigma_prev, sigma_next, gamma) in enumerate(zip(schedule[:-1], schedule[1:], gammas[1:])):
+                if k > last_step:
+                    break
                 state["step"] = k
                 rot, shift = self._random_rigid(gens)
                 coords, prev = _center_rotate_shift(coords, atom_mask, prev, rot, shift)

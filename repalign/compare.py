@@ -20,6 +20,8 @@ import pandas as pd
 from repalign.errors import RepalignError
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".tsv")
+# parameters the CLI always passes; each is dropped for calls whose metrics do not take it
+_COMMON_CLI_PARAMS = {"k", "kernel", "sigma", "dim"}
 
 
 @dataclass
@@ -40,7 +42,8 @@ class Comparison:
         for al in self.alignments:
             i, j, score = al.best
             metric = get_metric(al.metric)
-            chance = metric.chance_level(self.n_samples, **al.params) if metric.chance_level else None
+            settable = {k: v for k, v in al.params.items() if k in metric.params}
+            chance = metric.chance_level(self.n_samples, **settable)
             chance_txt = f"  (chance {chance:.4f})" if chance is not None else ""
             params = ", ".join(f"{k}={v}" for k, v in sorted(al.params.items()))
             lines.append(
@@ -65,14 +68,6 @@ def select_layers(available: Sequence[str], requested: Sequence[str] | None, wha
     return [name for name in available if name in chosen]
 
 
-def metric_params(metric_name: str, params: dict) -> dict:
-    """The subset of user parameters that a metric accepts (``k`` means nothing to CKA)."""
-    from repalign.metrics import get_metric
-
-    accepted = get_metric(metric_name).param_names
-    return {k: v for k, v in params.items() if k in accepted and v is not None}
-
-
 def compare_models(
     cache: str | os.PathLike,
     model_a: str,
@@ -92,7 +87,7 @@ def compare_models(
     (model_a, layer_a, model_b, layer_b, metric, params, score, n_samples).
     """
     from embeddings_cache import Cache, align_ids
-    from repalign.metrics import align_layers, get_metric
+    from repalign.metrics import align_layers_multi, get_metric
 
     if isinstance(metrics, str):
         metrics = [metrics]
@@ -116,13 +111,13 @@ def compare_models(
     mats_a = [ca.read_layer(model_a, name, ids=ids) for name in names_a]
     mats_b = [cb.read_layer(model_b, name, ids=ids) for name in names_b]
 
-    alignments = []
-    for name in canonical:
-        al = align_layers(
-            mats_a, mats_b, metric=name, names_a=names_a, names_b=names_b, normalize=normalize,
-            **metric_params(name, params),
-        )
-        alignments.append(al)
+    # a parameter left unset (None) takes each metric's default; one no metric accepts is an error
+    params = {k: v for k, v in params.items() if v is not None}
+    accepted = {p for name in canonical for p in get_metric(name).params}
+    params = {k: v for k, v in params.items() if k in accepted or k not in _COMMON_CLI_PARAMS}
+    alignments = align_layers_multi(
+        mats_a, mats_b, metrics=canonical, names_a=names_a, names_b=names_b, normalize=normalize, **params
+    )
     table = pd.concat([al.to_frame(model_a=model_a, model_b=model_b) for al in alignments], ignore_index=True)
     return Comparison(table=table, model_a=model_a, model_b=model_b, n_samples=len(ids), alignments=alignments)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -297,7 +298,8 @@ def test_overwrite_keeps_old_data_until_the_first_new_batch(tmp_path):
     w.close()
     with Cache(path) as c:
         assert c.ids("m") == ["n0"] and c.ids("other") == ids_range("s", 0, 2)
-        np.testing.assert_array_equal(c.read_layer("other", "l.0"), features(ids_range("s", 0, 2), 6, 0).astype(np.float32))
+        other = features(ids_range("s", 0, 2), 6, 0).astype(np.float32)
+        np.testing.assert_array_equal(c.read_layer("other", "l.0"), other)
     assert path.stat().st_size < size_before  # the old model's space was reclaimed
     with CacheWriter(path, "m", {"options": {}}, ["x"], overwrite=True):
         pass  # overwrite and no batch: the model is replaced by an empty one
@@ -400,8 +402,10 @@ def test_align_ids_errors_name_the_ids(tmp_path):
     # same ids, changed inputs for 7 of them
     with CacheWriter(b, "z", {"options": {}}, ["l"]) as w:
         ids = ids_range("s", 0, 10)
-        w.append(ids, [sha(i + "changed") if n % 10 < 7 else sha(i) for n, i in enumerate(ids)], {"l": np.ones((10, 2))})
-    with pytest.raises(CacheError, match=r"ids 's0', 's1', 's2', 's3', 's4', \.\.\. \(7 in all\) name different inputs"):
+        changed = [sha(i + "changed") if n < 7 else sha(i) for n, i in enumerate(ids)]
+        w.append(ids, changed, {"l": np.ones((10, 2))})
+    expected = r"ids 's0', 's1', 's2', 's3', 's4', \.\.\. \(7 in all\) name different inputs"
+    with pytest.raises(CacheError, match=expected):
         align_ids(a, "x", b, "z")
     # a damaged cache holding an id twice
     dup = tmp_path / "dup.h5"
@@ -460,3 +464,81 @@ def test_describe_and_summary(tmp_path):
         ("output", "plddt", 0, 3, None, "float64"),
     ]
     assert all(r["model"] == "m" and r["n_samples"] == 3 for r in records)
+
+
+def test_reader_survives_a_consolidation_under_it(tmp_path):
+    path = tmp_path / "c.h5"
+    write_batches(path, "m", [ids_range("s", 0, 4)])
+    w = CacheWriter(path, "m", {"options": {"pool": "mean"}}, ["l.0", "l.1"])
+    for start in (4, 6):
+        ids = ids_range("s", start, start + 2)
+        w.append(ids, [sha(i) for i in ids], {"l.0": features(ids, 6, 0), "l.1": features(ids, 4, 1)})
+    with Cache(path) as c:
+        assert c.n_pending_parts == 2
+        w.close()  # the parts this reader listed are now in the new main file, and deleted
+        assert not list((tmp_path / "c.h5.parts").iterdir())
+        expected = features(ids_range("s", 0, 8), 6, 0).astype(np.float32)
+        np.testing.assert_array_equal(c.read_layer("m", "l.0"), expected)
+        assert c.n_pending_parts == 0  # it reopened the new main file
+        np.testing.assert_array_equal(c.read_layer("m", "l.0", ids=["s7", "s1"]), expected[[7, 1]])
+
+
+def test_the_plain_h5py_recipe_of_the_docs_runs(tmp_path, monkeypatch):
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cache-format.md").read_text()
+    recipe = doc.split("## Reading a cache with plain h5py")[1].split("```python")[1].split("```")[0]
+    ids = ["a", "b", "c", "d", "e", "f", "g", "h", "i"]
+    with CacheWriter(tmp_path / "features.h5", "esm2_t33", {"options": {}}, ["layer.1", "layer.33"],
+                     token_layers=["layer.33"]) as w:
+        w.append(ids, [sha(i) for i in ids], {"layer.1": features(ids, 4, 0), "layer.33": features(ids, 5, 1)},
+                 tokens={"layer.33": [token_rows(i, 5) for i in ids]}, outputs={"plddt": np.arange(9.0)})
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(recipe, scope)
+    assert list(scope["ids"]) == ids and list(scope["hashes"]) == [sha(i) for i in ids]
+    np.testing.assert_array_equal(scope["X"], features(ids, 5, 1).astype(np.float32))
+    np.testing.assert_array_equal(scope["tokens_of_sample_7"], token_rows("h", 5))
+    np.testing.assert_array_equal(scope["plddt"], np.arange(9.0))
+
+
+def test_bfloat16_activations_are_passed_as_float32(tmp_path):
+    torch = pytest.importorskip("torch")
+    act = torch.linspace(-3, 3, 12, dtype=torch.bfloat16).reshape(3, 4)
+    with CacheWriter(tmp_path / "c.h5", "m", {"options": {}}, ["l"]) as w:
+        with pytest.raises(CacheError, match="float32 for bfloat16"):
+            w.append(["a", "b", "c"], [sha(i) for i in "abc"], {"l": act})
+        w.append(["a", "b", "c"], [sha(i) for i in "abc"], {"l": act.float()})
+    with Cache(tmp_path / "c.h5") as c:
+        np.testing.assert_array_equal(c.read_layer("m", "l"), act.float().numpy())
+
+
+def test_a_symlinked_cache_is_written_where_it_lives(tmp_path):
+    (tmp_path / "store").mkdir()
+    real = tmp_path / "store" / "c.h5"
+    link = tmp_path / "link.h5"
+    write_batches(real, "m", [["a", "b"]])
+    link.symlink_to(real)
+    with CacheWriter(link, "m", {"options": {"pool": "mean"}}, ["l.0", "l.1"]) as w:
+        with pytest.raises(CacheError, match="being written by another process"):
+            CacheWriter(real, "m", {"options": {"pool": "mean"}}, ["l.0", "l.1"])
+        w.append(["c"], [sha("c")], {"l.0": features(["c"], 6, 0), "l.1": features(["c"], 4, 1)})
+        with Cache(link) as c:
+            assert c.ids("m") == ["a", "b", "c"]
+    assert link.is_symlink()
+    with Cache(real) as c:
+        assert c.ids("m") == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("compression", ["lzf", None])
+def test_a_damaged_chunk_is_an_error_not_wrong_numbers(tmp_path, compression):
+    path = tmp_path / "c.h5"
+    write_batches(path, "m", [ids_range("s", 0, 50)], dims=(64, 8), compression=compression)
+    with h5py.File(path, "r") as f:
+        chunk = f["models/m/pooled/l.0"].id.get_chunk_info(0)
+    raw = bytearray(path.read_bytes())
+    raw[chunk.byte_offset + chunk.size // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with Cache(path) as c:
+        intact = features(ids_range("s", 0, 50), 8, 1).astype(np.float32)
+        np.testing.assert_array_equal(c.read_layer("m", "l.1"), intact)
+        with pytest.raises(CacheError, match=r"cannot read /models/m/pooled/l.0 .* the file is damaged"):
+            c.read_layer("m", "l.0")

@@ -136,6 +136,10 @@ class Worker:
         return err
 
 
+def open_writer(path: Path) -> CacheWriter:
+    return CacheWriter(path, "m", namespace["PROVENANCE"], namespace["LAYERS"], token_layers=namespace["TOKEN_LAYERS"])
+
+
 def check_prefix(path: Path, at_least: int) -> int:
     """The cache holds exactly batches 0..k-1 with their exact content, k >= at_least; return k."""
     with Cache(path) as c:
@@ -160,7 +164,7 @@ def check_prefix(path: Path, at_least: int) -> int:
 
 
 def resume(path: Path, n_batches: int) -> None:
-    with CacheWriter(path, "m", namespace["PROVENANCE"], namespace["LAYERS"], token_layers=namespace["TOKEN_LAYERS"]) as w:
+    with open_writer(path) as w:
         stored = w.stored()
         for b in range(n_batches):
             ids, hashes, pooled, tokens, outputs = batch(b)
@@ -204,7 +208,7 @@ def test_resume_after_sigkill_without_close(tmp_path):
     with Cache(path) as c:  # nothing consolidated: the 4 batches are read from the journal
         assert c.n_pending_parts == 5  # the model's header and 4 batches
     assert check_prefix(path, at_least=4) == 4
-    with CacheWriter(path, "m", namespace["PROVENANCE"], namespace["LAYERS"], token_layers=namespace["TOKEN_LAYERS"]) as w:
+    with open_writer(path) as w:
         assert len(w.stored()) == 12
         with Cache(path) as c:  # the new writer consolidated the killed run's batches first
             assert c.n_pending_parts == 0 and c.n_samples("m") == 12
@@ -217,7 +221,7 @@ def test_second_writer_gets_a_lock_error_naming_the_pid(tmp_path):
     holder = Worker(HOLDER, path)
     assert holder.wait_for("ready")
     with pytest.raises(CacheError) as info:
-        CacheWriter(path, "m", namespace["PROVENANCE"], namespace["LAYERS"], token_layers=namespace["TOKEN_LAYERS"])
+        open_writer(path)
     assert str(info.value) == (
         f"cache {path} is being written by another process (pid {holder.proc.pid}); "
         "wait for it or write to another file"
@@ -245,7 +249,7 @@ def test_parts_left_after_the_replace_are_not_counted_twice(tmp_path):
     """The state a kill between the main file's replace and the deletion of the parts leaves."""
     path = tmp_path / "c.h5"
     parts = tmp_path / "c.h5.parts"
-    w = CacheWriter(path, "m", namespace["PROVENANCE"], namespace["LAYERS"], token_layers=namespace["TOKEN_LAYERS"])
+    w = open_writer(path)
     for b in range(3):
         w.append(*batch(b))
     saved = {p.name: p.read_bytes() for p in parts.iterdir()}

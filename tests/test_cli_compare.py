@@ -1,5 +1,6 @@
 """`repalign compare` and `repalign cache info` end to end, through real subprocesses and real HDF5 files."""
 
+import hashlib
 import subprocess
 import sys
 
@@ -12,6 +13,10 @@ from repalign.compare import compare_models
 from repalign.metrics import cka, mutual_knn, prepare
 
 N = 120
+
+
+def h(sample_id):
+    return hashlib.sha256(sample_id.encode()).hexdigest()
 
 
 def run_cli(*args, cwd=None):
@@ -28,7 +33,7 @@ def _write_model(path, model, ids, layers, seed, shift=0.0):
     with CacheWriter(path, model, provenance={"model": model, "options": {}}, layers=layers) as w:
         half = len(ids) // 2
         for sl in (slice(0, half), slice(half, None)):
-            w.append(ids[sl], [f"h-{i}" for i in ids[sl]], {k: v[sl] for k, v in feats.items()})
+            w.append(ids[sl], [h(i) for i in ids[sl]], {k: v[sl] for k, v in feats.items()})
     return feats
 
 
@@ -42,7 +47,7 @@ def two_model_cache(tmp_path):
     fb_sorted = _write_model(tmp_path / "tmp_b.h5", "mb", ids, ["b0", "b1"], seed=2, shift=0.5)
     fb = {k: v[perm] for k, v in fb_sorted.items()}
     with CacheWriter(path, "mb", provenance={"model": "mb", "options": {}}, layers=["b0", "b1"]) as w:
-        w.append([ids[i] for i in perm], [f"h-{ids[i]}" for i in perm], fb)
+        w.append([ids[i] for i in perm], [h(ids[i]) for i in perm], fb)
     return path, fa, fb_sorted
 
 

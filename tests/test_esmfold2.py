@@ -184,11 +184,26 @@ def test_runs_only_the_stages_requested(adapter):
         trunk = run(["folding_trunk.1", "parcae"])
         assert trunk["folding_trunk"] == 3 and trunk["lm_encoder"] == 1  # 3 loops; the LM encoder once
         assert trunk["structure_head"] == 0 and trunk["confidence_head"] == 0
-        full = run(["diffusion.token_transformer.0"])
-        assert full["structure_head"] > 0
+        steps = adapter.extractor.layout.diffusion_steps
+        assert steps > 2
+        diffusion = run(["diffusion.token_transformer.0"])  # the final step: the whole sampler, no confidence
+        assert diffusion["structure_head"] == steps and diffusion["confidence_head"] == 0
+        full = run(["confidence.single"])
+        assert full["structure_head"] == steps and full["confidence_head"] == 1
     finally:
         for _, handle in counters.values():
             handle.remove()
+
+
+def test_sampler_stops_after_the_last_step_asked_for(ckpt):
+    a = get_adapter("esmfold2", weights=str(ckpt), sampling_steps_to_keep="1")
+    a.ensure_loaded()
+    calls, handle = _count_calls(a.model.structure_head)
+    try:
+        feats = a.forward([SHORT], ["diffusion.step1.single"])[0]
+        assert len(calls) == 2 and feats.tokens["diffusion.step1.single"].shape == (6, DIFFUSION_WIDTH)
+    finally:
+        handle.remove()
 
 
 def test_loop_and_step_selection_agree_with_defaults(ckpt, adapter):
@@ -261,6 +276,19 @@ def test_structure_files_written(ckpt, tmp_path):
     assert {ln[21] for ln in atoms} == {"A", "B"}
     xyz = np.array([[float(ln[30:38]), float(ln[38:46]), float(ln[46:54])] for ln in atoms])
     assert np.isfinite(xyz).all() and xyz.std() > 0
+    # mmCIF of the same (deterministic) prediction: same atoms, coordinates and pLDDT
+    b = get_adapter("esmfold2", weights=str(ckpt), structures_dir=str(out), diffusion_samples="2", structure_format="mmcif")
+    b.forward([COMPLEX], ["parcae"])
+    cif = (out / "c1.cif").read_text().splitlines()
+    fields = [ln.split(".", 1)[1] for ln in cif if ln.startswith("_atom_site.")]
+    rows = [dict(zip(fields, ln.split())) for ln in cif if ln.startswith("ATOM ")]
+    assert len(rows) == len(atoms)
+    for row, ln in zip(rows, atoms):
+        assert row["label_atom_id"] == ln[12:16].strip() and row["label_comp_id"] == ln[17:20]
+        assert row["auth_asym_id"] == ln[21] and int(row["auth_seq_id"]) == int(ln[22:26])
+        assert float(row["B_iso_or_equiv"]) == pytest.approx(float(ln[60:66]), abs=0.006)
+    cif_xyz = np.array([[float(r["Cartn_x"]), float(r["Cartn_y"]), float(r["Cartn_z"])] for r in rows])
+    np.testing.assert_allclose(cif_xyz, xyz, atol=1.5e-3)
 
 
 def test_fast_variant_has_no_msa_stage(tmp_path):

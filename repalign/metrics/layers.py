@@ -108,7 +108,8 @@ def align_layers_multi(
 
     layers_a, layers_b: sequences of (N, D_l) matrices, row i the same sample everywhere.
     Each layer is preprocessed once with :func:`repalign.metrics.prepare` (``normalize``,
-    ``clip_quantile``). ``params`` go to every metric that accepts them (e.g. ``k`` to the kNN
+    ``clip_quantile``) and turned into one state per metric; side B's states are kept while side
+    A is streamed, so memory holds Lb + 1 layers' states. ``params`` go to every metric that accepts them (e.g. ``k`` to the kNN
     metrics); a parameter no requested metric accepts is an error. Passing the same array object
     on both sides (e.g. ``layers_b=layers_a``) reuses its states.
 
@@ -131,13 +132,10 @@ def align_layers_multi(
     names_a = _names(names_a, len(items_a), "a")
     names_b = _names(names_b, len(items_b), "b")
 
-    # Validate and preprocess every distinct array once, before any metric work.
-    prepared: dict[int, np.ndarray] = {}
+    # Validate every layer before any metric work, so bad input never yields partial results.
     n_samples = None
     for side, items, names in (("a", items_a, names_a), ("b", items_b, names_b)):
         for item, name in zip(items, names):
-            if id(item) in prepared:
-                continue
             X = as_features(item, f"layer {name!r} of layers_{side}")
             if n_samples is None:
                 n_samples = X.shape[0]
@@ -145,29 +143,42 @@ def align_layers_multi(
                 raise RepalignError(
                     f"layer {name!r} of layers_{side} has {X.shape[0]} samples but the first layer has {n_samples}; all layers must hold the same samples in the same order"
                 )
-            prepared[id(item)] = prepare(X, normalize=normalize, clip_quantile=clip_quantile)
-
     resolved = [m.resolve(n_samples, **{k: v for k, v in params.items() if k in m.params}) for m in metric_objs]
-    caches: dict[int, dict] = {key: {} for key in prepared}
 
-    def state(item, metric: Metric, p: dict):
-        cache = caches[id(item)]
-        key = metric.state_key(p)
-        if key not in cache:
-            cache[key] = metric.state(prepared[id(item)], p, cache)
-        return cache[key]
+    def layer_states(item) -> list:
+        """Preprocess one layer once and build the states of every requested metric from it.
 
-    results = []
+        Metrics with equal state keys get the same object (one neighbour search for mknn,
+        cycle_knn, cknna ... with the same k)."""
+        X = prepare(item, normalize=normalize, clip_quantile=clip_quantile)
+        cache: dict = {}
+        out = []
+        for metric, p in zip(metric_objs, resolved):
+            key = metric.state_key(p)
+            if key not in cache:
+                cache[key] = metric.state(X, p, cache)
+            out.append(cache[key])
+        return out
+
+    # Side B's states are kept; side A is streamed one layer at a time, so memory holds Lb + 1
+    # layers' states (N×N states such as distance matrices stay affordable). An array passed on
+    # both sides reuses its B states.
+    states_b: dict[int, list] = {}
+    for item in items_b:
+        if id(item) not in states_b:
+            states_b[id(item)] = layer_states(item)
+    scores = [np.empty((len(items_a), len(items_b))) for _ in metric_objs]
+    for i, item in enumerate(items_a):
+        states_a = states_b.get(id(item)) or layer_states(item)
+        for m, (metric, p) in enumerate(zip(metric_objs, resolved)):
+            for j, item_b in enumerate(items_b):
+                scores[m][i, j] = metric.score(states_a[m], states_b[id(item_b)][m], p)
+
     preprocessing = {"normalize": normalize, "clip_quantile": clip_quantile}
-    for metric, p in zip(metric_objs, resolved):
-        states_a = [state(item, metric, p) for item in items_a]
-        states_b = [state(item, metric, p) for item in items_b]
-        scores = np.empty((len(items_a), len(items_b)))
-        for i, sa in enumerate(states_a):
-            for j, sb in enumerate(states_b):
-                scores[i, j] = metric.score(sa, sb, p)
-        results.append(LayerAlignment(scores, list(names_a), list(names_b), metric.name, {**p, **preprocessing}, int(n_samples)))
-    return results
+    return [
+        LayerAlignment(scores[m], list(names_a), list(names_b), metric.name, {**p, **preprocessing}, int(n_samples))
+        for m, (metric, p) in enumerate(zip(metric_objs, resolved))
+    ]
 
 
 def align_layers(

@@ -89,6 +89,8 @@ def _check_cka(n, p):
     p = dict(p)
     if p["kernel"] == "linear":
         p.pop("sigma", None)
+    elif p.get("sigma") is None:
+        p["sigma"] = "median"  # recorded explicitly so tables say which bandwidth was used
     return p
 
 
@@ -119,12 +121,17 @@ def _cknna_state(X, p, cache):
     return kernel.cknna_state(X, p["k"], _knn_state(X, p, cache))
 
 
+def _sigma(p):
+    sigma = p.get("sigma")
+    return None if sigma == "median" else sigma
+
+
 def _cka_key(p):
-    return ("kernel", p["kernel"], p.get("sigma"), bool(p["unbiased"]))
+    return ("kernel", p["kernel"], _sigma(p), bool(p["unbiased"]))
 
 
 def _cka_state(X, p, cache):
-    return kernel.kernel_state(X, p["kernel"], p.get("sigma"), bool(p["unbiased"]))
+    return kernel.kernel_state(X, p["kernel"], _sigma(p), bool(p["unbiased"]))
 
 
 def _knn_score(pair_fn):

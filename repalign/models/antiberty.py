@@ -106,14 +106,27 @@ def read_vocab(weights_dir: Path) -> list[str]:
     return list(VOCAB)
 
 
-def install_weights(wheel: str | None = None, dest: str | None = None) -> Path:
+def _sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def install_weights(wheel: str | None = None, dest: str | None = None, force: bool = False) -> Path:
     """Unpack the antiberty-0.1.3 ``trained_models`` into ``dest`` (default :func:`default_weights_root`).
 
     wheel: a local ``antiberty-0.1.3-py3-none-any.whl``; when None it is fetched with
     ``pip download --no-deps antiberty==0.1.3``. The weights' sha256 is checked before anything is
     written, and the folder is swapped in whole, so a failed install leaves no partial folder.
+    An existing install with the right sha256 is kept unless ``force``.
     """
     root = Path(dest) if dest else default_weights_root()
+    if not force and (root / "vocab.txt").is_file() and _sha256(root / CHECKPOINT_NAME / "pytorch_model.bin") == WEIGHTS_SHA256:
+        return root
     with tempfile.TemporaryDirectory() as tmp:
         if wheel is None:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -138,8 +151,7 @@ def install_weights(wheel: str | None = None, dest: str | None = None) -> Path:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(member) as src, open(target, "wb") as out:
                         shutil.copyfileobj(src, out)
-            weights_file = staging / CHECKPOINT_NAME / "pytorch_model.bin"
-            digest = hashlib.sha256(weights_file.read_bytes()).hexdigest() if weights_file.is_file() else None
+            digest = _sha256(staging / CHECKPOINT_NAME / "pytorch_model.bin")
             if digest != WEIGHTS_SHA256:
                 raise RepalignError(f"{wheel}: AntiBERTy weights sha256 {digest} != expected {WEIGHTS_SHA256}; use the antiberty-{WEIGHTS_VERSION} wheel from PyPI")
             if root.exists():
@@ -152,9 +164,9 @@ def install_weights(wheel: str | None = None, dest: str | None = None) -> Path:
 
 
 class AntiBERTyEncoder:
-    """The AntiBERTy BERT and its residue tokeniser; also used by the IgFold adapter."""
+    """The AntiBERTy BERT (transformers ``BertModel``) and its one-token-per-residue tokeniser."""
 
-    def __init__(self, weights_dir: Path, device: str, dtype: str, attn_implementation: str | None = None):
+    def __init__(self, weights_dir: Path, device: str, dtype: str):
         import transformers
 
         if not _is_checkpoint(weights_dir):
@@ -167,10 +179,9 @@ class AntiBERTyEncoder:
         missing = [t for t in ("[PAD]", "[CLS]", "[SEP]", *STANDARD_AMINO_ACIDS) if t not in self.token_id]
         if missing:
             raise ModelUnavailable(f"model antiberty: vocab.txt in {weights_dir} lacks {missing}; reinstall with: {INSTALL_HINT}")
-        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
         with quiet_transformers():
             model, info = transformers.BertModel.from_pretrained(
-                str(weights_dir), add_pooling_layer=False, dtype=torch_dtype(dtype), output_loading_info=True, **kwargs
+                str(weights_dir), add_pooling_layer=False, dtype=torch_dtype(dtype), output_loading_info=True
             )
         if info.get("missing_keys"):
             raise ModelUnavailable(f"model antiberty: checkpoint {weights_dir} lacks {sorted(info['missing_keys'])[:3]}; reinstall with: {INSTALL_HINT}")
@@ -259,6 +270,10 @@ class AntiBERTy(ModelAdapter):
     def forward(self, records: Sequence[Record], layers: Sequence[str]) -> list[SampleFeatures]:
         self.ensure_loaded()
         index = _layer_index(self.layer_names(), layers, "antiberty")
+        if not records:
+            return []
+        for record in records:  # an unchecked residue would otherwise be a KeyError mid-batch
+            self.validate(record)
         chains, owner = [], []
         for r, record in enumerate(records):
             for chain in record.chains:
@@ -280,10 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     inst = sub.add_parser("install-weights", help=f"unpack the antiberty-{WEIGHTS_VERSION} weights for repalign")
     inst.add_argument("--wheel", help=f"a local antiberty-{WEIGHTS_VERSION} wheel (default: pip download it)")
-    inst.add_argument("--dest", help=f"target folder (default: {default_weights_root()})")
+    inst.add_argument("--dest", help=f"target folder (default: {default_weights_root()}); "
+                      f"elsewhere, set {WEIGHTS_ENV}=DEST/{CHECKPOINT_NAME}")
+    inst.add_argument("--force", action="store_true", help="reinstall even when the weights are already there")
     args = parser.parse_args(argv)
     try:
-        root = install_weights(args.wheel, args.dest)
+        root = install_weights(args.wheel, args.dest, force=args.force)
     except RepalignError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

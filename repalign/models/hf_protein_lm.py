@@ -369,6 +369,10 @@ class HFProteinLM(ModelAdapter):
 
         self.ensure_loaded()
         index = _layer_index(self.layer_names(), layers, self.name)
+        if not records:
+            return []
+        for record in records:  # an unchecked residue would otherwise be a KeyError mid-batch
+            self.validate(record)
         encoded, owner = [], []
         for r, record in enumerate(records):
             for chain in record.chains:

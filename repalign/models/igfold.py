@@ -175,6 +175,8 @@ class IgFold(ModelAdapter):
 
         self.ensure_loaded()
         wanted = list(_layer_index(self.layer_names(), layers, "igfold"))
+        for record in records:  # IgFold's own checks raise ValueError, not InvalidInput
+            self.validate(record)
         captured: dict[str, torch.Tensor] = {}
 
         def keep(name):

@@ -10,9 +10,11 @@ Each chain is written as IgLM scores a full sequence (``IgLM.log_likelihood``)::
 
 with ``[CHAIN]`` = ``[HEAVY]`` / ``[LIGHT]`` and ``[SPECIES]`` one of ``[HUMAN] [MOUSE] [CAMEL]
 [RABBIT] [RAT] [RHESUS]``. Conditioning used here: the first chain of a ``HEAVY:LIGHT`` record is
-``[HEAVY]`` and the second ``[LIGHT]``; a single-chain record is ``[HEAVY]`` unless the option
-``single_chain=light`` is given; the species is ``[HUMAN]`` unless the option ``species=`` names
-another. The two conditioning tokens and ``[SEP]`` are removed from the features, as is padding.
+``[HEAVY]`` and the second ``[LIGHT]``. A single-chain record is typed by the option
+``single_chain``: ``heavy``, ``light``, or ``auto`` (the default), which reads the framework-4
+J-region motif every variable domain carries, ``W-G-x-G`` in heavy chains and ``F-G-x-G`` in light
+chains (Kabat et al. 1991), and rejects a chain with neither or both as invalid input naming the fix.
+The species is ``[HUMAN]`` unless the option ``species=`` names another. The two conditioning tokens and ``[SEP]`` are removed from the features, as is padding.
 Because the model is causal, every residue row has seen the conditioning tokens but no later residue.
 Each chain of a pair runs as its own sequence and the rows are concatenated (heavy then light).
 No ``cls`` vector is given (a left-to-right model has no CLS token); pooling is the mean.
@@ -25,10 +27,11 @@ transformers reports it).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from repalign.errors import ModelUnavailable, RepalignError
+from repalign.errors import InvalidInput, ModelUnavailable, RepalignError
 from repalign.inputs import Record
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 from repalign.models.hf_protein_lm import (
@@ -48,7 +51,9 @@ from repalign.models.hf_protein_lm import (
 
 CHECKPOINTS = ("IgLM", "IgLM-S")
 SPECIES = ("human", "mouse", "camel", "rabbit", "rat", "rhesus")
-CHAIN_TYPES = ("heavy", "light")
+CHAIN_TYPES = ("auto", "heavy", "light")
+HEAVY_J_MOTIF = re.compile("WG.G")
+LIGHT_J_MOTIF = re.compile("FG.G")
 INSTALL_HINT = "needs the 'zoo' extra: pip install 'repalign[zoo]'"
 
 
@@ -57,6 +62,14 @@ def package_dir() -> Path | None:
 
     spec = importlib.util.find_spec("iglm")
     return Path(spec.origin).parent if spec and spec.origin else None
+
+
+def chain_type(chain: str) -> str | None:
+    """"heavy" or "light" from the framework-4 J-region motif (WGxG heavy, FGxG light), else None."""
+    heavy, light = bool(HEAVY_J_MOTIF.search(chain)), bool(LIGHT_J_MOTIF.search(chain))
+    if heavy == light:
+        return None
+    return "heavy" if heavy else "light"
 
 
 class IgLM(ModelAdapter):
@@ -80,13 +93,13 @@ class IgLM(ModelAdapter):
         check_device_dtype(device, dtype)
         checkpoint = str(options.get("checkpoint", "IgLM"))
         species = str(options.get("species", "human")).lower()
-        single_chain = str(options.get("single_chain", "heavy")).lower()
+        single_chain = str(options.get("single_chain", "auto")).lower()
         if checkpoint not in CHECKPOINTS:
             raise RepalignError(f"iglm: unknown checkpoint {checkpoint!r}; use one of {', '.join(CHECKPOINTS)}")
         if species not in SPECIES:
             raise RepalignError(f"iglm: unknown species {species!r}; use one of {', '.join(SPECIES)}")
         if single_chain not in CHAIN_TYPES:
-            raise RepalignError(f"iglm: single_chain must be heavy or light, got {single_chain!r}")
+            raise RepalignError(f"iglm: single_chain must be auto, heavy or light, got {single_chain!r}")
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
         self.checkpoint, self.species, self.single_chain = checkpoint, species, single_chain
         self._model = None
@@ -157,18 +170,28 @@ class IgLM(ModelAdapter):
             "dtype": self.dtype,
             "device": self.device,
             "options": {"checkpoint": self.checkpoint, "species": self.species, "single_chain": self.single_chain},
-            "conditioning": "[CHAIN] [SPECIES] residues [SEP]; pairs: chain 1 [HEAVY], chain 2 [LIGHT]",
+            "conditioning": "[CHAIN] [SPECIES] residues [SEP]; pairs: chain 1 [HEAVY], chain 2 [LIGHT]; "
+            "single chains: option single_chain (auto: WGxG heavy / FGxG light J-region motif)",
         }
 
     def validate(self, record: Record) -> None:
         check_sequence_record(
             record, "iglm", STANDARD_AMINO_ACIDS, 509, chains=(1, 2), chain_hint=" (one chain, or HEAVY:LIGHT)"
         )
+        if len(record.chains) == 1 and self.single_chain == "auto" and chain_type(record.payload) is None:
+            raise InvalidInput(
+                f"{record.id}: cannot tell a heavy from a light chain (no single WGxG / FGxG J-region motif); "
+                f"pass --option single_chain=heavy or single_chain=light",
+                record.id,
+            )
 
     def chain_tokens(self, record: Record) -> list[list[int]]:
         """Token ids of each chain of a record, conditioning and [SEP] included (see the module docstring)."""
         chains = record.chains
-        types = [self.single_chain] if len(chains) == 1 else ["heavy", "light"]
+        if len(chains) == 2:
+            types = ["heavy", "light"]
+        else:
+            types = [self.single_chain if self.single_chain != "auto" else chain_type(chains[0])]
         species = self._token_id[f"[{self.species.upper()}]"]
         return [
             [self._token_id[f"[{kind.upper()}]"], species, *(self._token_id[r] for r in chain), self._token_id["[SEP]"]]
@@ -180,6 +203,10 @@ class IgLM(ModelAdapter):
 
         self.ensure_loaded()
         index = _layer_index(self.layer_names(), layers, "iglm")
+        if not records:
+            return []
+        for record in records:  # an unchecked residue would otherwise be a KeyError mid-batch
+            self.validate(record)
         ids, lengths, owner = [], [], []
         for r, record in enumerate(records):
             for chain, tokens in zip(record.chains, self.chain_tokens(record)):

@@ -135,6 +135,10 @@ class SevenNetAdapter(ModelAdapter):
             checkpoint = SevenNetCheckpoint(str(path))
             model = checkpoint.build_model()
         model.set_is_batch_data(True)
+        # features and energy only: forces and stress (an autograd pass costing more than the
+        # forward) are not needed, and without them the model runs under no_grad
+        if "force_output" in model._modules:
+            model.delete_module_by_key("force_output")
         self._model = model.to(torch.device(self.device)).eval()
         self._cutoff = float(checkpoint.config[KEY.CUTOFF])
         self._type_map = dict(checkpoint.config[KEY.TYPE_MAP])  # atomic number -> type index
@@ -195,6 +199,7 @@ class SevenNetAdapter(ModelAdapter):
         unknown = [l for l in layers if l not in self.layer_names()]
         if unknown:
             raise RepalignError(f"unknown layer(s) {unknown} for {self.info.name}; choose from {self.layer_names()}")
+        import torch
         from sevenn import _keys as KEY
         from sevenn.atom_graph_data import AtomGraphData
         from sevenn.train.dataload import unlabeled_atoms_to_graph
@@ -224,8 +229,8 @@ class SevenNetAdapter(ModelAdapter):
 
         handles = [modules[name].register_forward_hook(hook(name, modules[name])) for name in layers]
         try:
-            # the model differentiates its energy for forces internally, so autograd stays on
-            output = model(batch)
+            with torch.no_grad():
+                output = model(batch)
         finally:
             for handle in handles:
                 handle.remove()

@@ -135,6 +135,10 @@ class _UniRep(ModelAdapter):
     def forward(self, records: Sequence[Record], layers: Sequence[str]) -> list[SampleFeatures]:
         self.ensure_loaded()
         index = _layer_index(self.layer_names(), layers, self.info.name)
+        if not records:
+            return []
+        for record in records:  # an unchecked residue would otherwise be a KeyError mid-batch
+            self.validate(record)
         chains, owner = [], []
         for r, record in enumerate(records):
             for chain in record.chains:
