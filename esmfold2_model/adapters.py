@@ -29,17 +29,19 @@ def _unavailable() -> str | None:
     return None
 
 
-def _provenance_extra(path: Path | None, hub_id: str) -> dict[str, Any]:
+def _provenance_extra(path: Path, hub_id: str) -> dict[str, Any]:
+    """Identity of the weights: a hub snapshot's commit, or a hash of a local checkpoint's files."""
     import importlib.metadata
 
-    out: dict[str, Any] = {"hub_id": hub_id, "transformers": importlib.metadata.version("transformers")}
-    if path is not None:
-        cfg = (path / "config.json").read_bytes()
-        out["config_sha256"] = hashlib.sha256(cfg).hexdigest()
-        out["weights"] = str(path)
-        # A hub snapshot directory is named by its commit: the weights version.
-        if "snapshots" in path.parts:
-            out["version"] = path.name
+    out: dict[str, Any] = {"hub_id": hub_id, "transformers": importlib.metadata.version("transformers"),
+                           "config_sha256": hashlib.sha256((path / "config.json").read_bytes()).hexdigest()}
+    if "snapshots" in path.parts:  # a hub cache snapshot directory is named by its commit
+        out["version"] = path.name
+    else:
+        from repalign.models.hf_protein_lm import sha256_of_files
+
+        files = [p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin")]
+        out["weights_sha256"] = sha256_of_files(files)
     return out
 
 
@@ -111,7 +113,7 @@ class EsmFold2Adapter(ModelAdapter):
 
     def provenance(self) -> dict[str, Any]:
         prov = super().provenance()
-        prov.update(_provenance_extra(self._path, self.hub_id))
+        prov.update(_provenance_extra(self._checkpoint(), self.hub_id))
         return prov
 
     # ---- inputs ----------------------------------------------------------------------------------
@@ -251,7 +253,7 @@ class EsmcAdapter(ModelAdapter):
 
     def provenance(self) -> dict[str, Any]:
         prov = super().provenance()
-        prov.update(_provenance_extra(self._path, self.hub_id))
+        prov.update(_provenance_extra(self._checkpoint(), self.hub_id))
         return prov
 
     def validate(self, record: Record) -> None:

@@ -159,9 +159,11 @@ def reduce_pair(pair: torch.Tensor, mask: torch.Tensor, mode: str = "row") -> to
         raise ValueError(f"unknown pair reduction {mode!r}; use one of {', '.join(PAIR_REDUCTIONS)}")
     m = mask.to(torch.float32)
     count = m.sum(dim=1).clamp(min=1.0)[:, None, None]  # (B, 1, 1)
+    b, n, _, c = pair.shape
     pair32 = pair.to(torch.float32)
-    row = torch.einsum("bijc,bj->bic", pair32, m) / count
+    # Batched (1 x L) @ (L x C) products: no copy of the pair tensor (it is the largest thing around).
+    row = (m[:, None, None, :] @ pair32).squeeze(2) / count
     if mode == "row":
         return row
-    col = torch.einsum("bijc,bi->bjc", pair32, m) / count
+    col = (m[:, None, :] @ pair32.reshape(b, n, n * c)).reshape(b, n, c) / count
     return torch.cat([row, col], dim=-1)

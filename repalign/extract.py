@@ -218,11 +218,12 @@ def extract(
 
 
 def model_key(adapter: ModelAdapter) -> str:
-    """The model's name in the cache: its registered name; ``hf:`` models by checkpoint name."""
-    name = adapter.info.name
-    if name.startswith("hf:") or name == "hf":
-        source = str(getattr(adapter, "source", "") or "").rstrip("/")
-        base = os.path.basename(source) if os.path.isdir(source) else source.replace("/", "--")
+    """The model's name in the cache: its registered name; ``hf:`` checkpoints by folder or repo name."""
+    name = getattr(adapter, "name", None) or adapter.info.name
+    if name.startswith("hf:"):
+        source = name[3:].rstrip("/")
+        # cache group names cannot hold '/': a local folder is named by its last part, a repo id keeps its owner
+        base = os.path.basename(source) if os.path.isdir(os.path.expanduser(source)) else source.replace("/", "--")
         name = "hf:" + base
     return name
 
@@ -237,7 +238,8 @@ def _extract_one(adapter, run, records, cache, pool, token_layers, store_dtype, 
     prov["device"] = adapter.device
     key = run.model
     start = time.perf_counter()
-    with CacheWriter(cache, key, provenance=prov, layers=run.layers, token_layers=token_layers,
+    pooled_layers = [] if pool == "none" else run.layers
+    with CacheWriter(cache, key, provenance=prov, layers=pooled_layers, token_layers=token_layers,
                      dtype=store_dtype, overwrite=overwrite) as writer:
         stored = writer.stored()
         todo = []

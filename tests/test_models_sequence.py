@@ -325,33 +325,6 @@ def test_igfold_stages_shapes_batch_independence_and_antiberty_input(antiberty):
 
 # ---- hf:<path> -----------------------------------------------------------------------------------
 
-ESM_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
-
-
-def save_tiny_esm2(folder: Path) -> Path:
-    import torch
-    from transformers import EsmConfig, EsmModel, EsmTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(ESM_TOKENS) + "\n")
-    tokenizer = EsmTokenizer(vocab_file=str(folder / "vocab.txt"))
-    config = EsmConfig(
-        vocab_size=len(ESM_TOKENS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=300, pad_token_id=1, mask_token_id=32,
-        position_embedding_type="rotary", token_dropout=True,
-    )
-    torch.manual_seed(0)
-    model = EsmModel(config, add_pooling_layer=False)
-    model.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_esm2(tmp_path_factory):
-    return save_tiny_esm2(tmp_path_factory.mktemp("esm2") / "tiny")
-
-
 def esm2_reference(folder: Path, chains: list[str]):
     """Per-chain direct EsmModel calls on ids built from vocab.txt: rows and CLS vectors per layer."""
     import torch

@@ -46,8 +46,9 @@ _EXTRA_HINT = "needs the 'zoo' extra: pip install 'repalign[zoo]'"
 _LICENSE = "BSD-3-Clause-LBNL (modified BSD; chgnet package LICENSE)"
 #: CHGNet's element embedding covers atomic numbers 1..94 (H..Pu)
 _MAX_Z = 94
-#: vacuum between periodic images of a boxed molecule: CHGNet's atom-graph cutoff (6 A) + 1 A
-_MOLECULE_VACUUM = 7.0
+_ATOM_GRAPH_CUTOFF = 6.0
+#: vacuum between periodic images of a boxed molecule: CHGNet's atom-graph cutoff + 1 A
+_MOLECULE_VACUUM = _ATOM_GRAPH_CUTOFF + 1.0
 _N_CONV = 4
 
 
@@ -154,6 +155,16 @@ class CHGNetAdapter(ModelAdapter):
             )
         if pbc.all() and abs(atoms.cell.volume) < 1e-6:
             raise InvalidInput(f"{record.id}: periodic structure with a zero-volume cell; give it a full cell", record.id)
+        from ase.neighborlist import neighbor_list
+
+        # CHGNet's graph cannot hold an atom without a neighbour (periodic images count)
+        isolated = np.setdiff1d(np.arange(len(atoms)), neighbor_list("i", atoms, _ATOM_GRAPH_CUTOFF))
+        if isolated.size:
+            raise InvalidInput(
+                f"{record.id}: atom(s) {isolated[:5].tolist()} have no neighbour within {_ATOM_GRAPH_CUTOFF:g} A, "
+                f"which {self.info.name} cannot encode; remove the structure",
+                record.id,
+            )
 
     def _structure(self, atoms):
         """pymatgen Structure of a crystal, or of a molecule boxed with vacuum (see module doc)."""
