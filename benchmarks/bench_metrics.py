@@ -77,14 +77,22 @@ def warm_up():
     mknn(X, Y, k=10)
 
 
+CPU = {"engine": 0.0, "dense": 0.0}  # process CPU seconds of the last timed call of each kind
+
+
 def timed(fn, *args, **kwargs):
+    """(result, wall seconds); the CPU seconds of all threads go to CPU[kind of fn]."""
+    c0 = time.process_time()
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    CPU["dense" if fn.__name__.startswith("dense") else "engine"] = time.process_time() - c0
+    return out, wall
 
 
-def row(label, engine_s, dense_s, note=""):
-    print(f"| {label} | {engine_s:.2f} | {dense_s:.2f} | {dense_s / engine_s:.1f}x | {note} |", flush=True)
+def row(label, engine_s, dense_s, note="", engine_cpu=None, dense_cpu=None):
+    cpu = f"{engine_cpu:.2f} / {dense_cpu:.2f}" if engine_cpu is not None else "-"
+    print(f"| {label} | {engine_s:.2f} | {dense_s:.2f} | {dense_s / engine_s:.1f}x | {cpu} | {note} |", flush=True)
 
 
 # ----------------------------------------------------------------------------- parts
@@ -92,10 +100,16 @@ def bench_pair(n, d, k):
     X, Y = make_layers(n, d, 2, seed=0)
     warm_up()
     # Best of 3 runs each: the machine is shared, the minimum is the least disturbed run.
-    engine, t_engine = min((timed(mknn, X, Y, k=k) for _ in range(3)), key=lambda r: r[1])
-    dense, t_dense = min((timed(dense_mknn, X, Y, k) for _ in range(3)), key=lambda r: r[1])
+    runs = []
+    for _ in range(3):
+        runs.append(timed(mknn, X, Y, k=k) + (CPU["engine"],))
+    engine, t_engine, c_engine = min(runs, key=lambda r: r[1])
+    runs = []
+    for _ in range(3):
+        runs.append(timed(dense_mknn, X, Y, k) + (CPU["dense"],))
+    dense, t_dense, c_dense = min(runs, key=lambda r: r[1])
     assert abs(engine - dense) < 1e-3, (engine, dense)
-    row(f"mknn, one pair, N={n}, D={d}, k={k}", t_engine, t_dense, f"best of 3 runs each; scores {engine:.6f} vs {dense:.6f}")
+    row(f"mknn, one pair, N={n}, D={d}, k={k}", t_engine, t_dense, f"best of 3 runs each; scores {engine:.6f} vs {dense:.6f}", c_engine, c_dense)
 
 
 def bench_matrix(n, d, la, lb, k, dense_pairs):
@@ -103,30 +117,36 @@ def bench_matrix(n, d, la, lb, k, dense_pairs):
     A = make_layers(n, d, la, seed=1)
     B = make_layers(n, d, lb, seed=2)
     result, t_engine = timed(align_layers, A, B, metric="mknn", k=k)
-    t_dense = 0.0
+    c_engine = CPU["engine"]
+    t_dense = c_dense = 0.0
     for p in range(dense_pairs):
         i, j = (p * 7) % la, (p * 5) % lb
         dense, t = timed(dense_mknn, A[i], B[j], k)
         t_dense += t
+        c_dense += CPU["dense"]
         assert abs(result.scores[i, j] - dense) < 1e-3, (i, j, result.scores[i, j], dense)
     per_pair = t_dense / dense_pairs
     row(f"mknn, {la}x{lb} layers, N={n}, D={d}, k={k}", t_engine, per_pair * la * lb,
-        f"dense timed on {dense_pairs} pairs ({per_pair:.2f} s/pair), extrapolated to {la * lb}")
+        f"dense timed on {dense_pairs} pairs ({per_pair:.2f} s/pair), extrapolated to {la * lb}",
+        c_engine, c_dense / dense_pairs * la * lb)
 
 
 def bench_cka(n, d, la, lb, dense_pairs):
     A = make_layers(n, d, la, seed=3)
     B = make_layers(n, d, lb, seed=4)
     result, t_engine = timed(align_layers, A, B, metric="cka", normalize="l2")
-    t_dense = 0.0
+    c_engine = CPU["engine"]
+    t_dense = c_dense = 0.0
     for p in range(dense_pairs):
         i, j = (p * 7) % la, (p * 5) % lb
         dense, t = timed(dense_cka, A[i], B[j])
         t_dense += t
+        c_dense += CPU["dense"]
         assert abs(result.scores[i, j] - dense) < 1e-5, (i, j, result.scores[i, j], dense)
     per_pair = t_dense / dense_pairs
     row(f"linear CKA, {la}x{lb} layers, N={n}, D={d}", t_engine, per_pair * la * lb,
-        f"dense timed on {dense_pairs} pair(s) ({per_pair:.2f} s/pair), extrapolated to {la * lb}")
+        f"dense timed on {dense_pairs} pair(s) ({per_pair:.2f} s/pair), extrapolated to {la * lb}",
+        c_engine, c_dense / dense_pairs * la * lb)
 
 
 def _peak_rss_kib() -> int:
@@ -152,7 +172,7 @@ def bench_memory(n, d, k):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout.split()
     score, t, peak_kib, inputs_kib = float(out[0]), float(out[1]), int(out[2]), int(out[3])
-    print(f"| mknn, one pair, N={n}, D={d}, k={k} | {t:.2f} | - | - | peak RSS of the whole process {peak_kib / 1024:.0f} MiB "
+    print(f"| mknn, one pair, N={n}, D={d}, k={k} | {t:.2f} | - | - | - | peak RSS of the whole process {peak_kib / 1024:.0f} MiB "
           f"(peak while making the inputs: {inputs_kib / 1024:.0f} MiB), score {score:.4f} |", flush=True)
     return peak_kib
 
@@ -178,8 +198,8 @@ def main(argv=None):
     parser.add_argument("--only", nargs="+", choices=["pair", "matrix", "cka", "memory"], default=["pair", "matrix", "cka", "memory"])
     args = parser.parse_args(argv)
     print(f"machine: {machine()}")
-    print("| case | engine (s) | dense reference (s) | ratio | notes |")
-    print("|---|---|---|---|---|")
+    print("| case | engine (s) | dense reference (s) | ratio (wall) | CPU s engine / dense | notes |")
+    print("|---|---|---|---|---|---|")
     if args.quick:
         n, d, la, lb, big = 1024, 256, 6, 4, 20_000
     else:

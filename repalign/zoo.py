@@ -33,7 +33,7 @@ def describe_models(show_layers: bool = False) -> str:
     for r in rows:
         here = "yes" if r["available"] else "no"
         lines.append(f"{r['name']:<{w}}  {r['modality']:<18} {r['n_layers']:>6}  {here:<4}  {r['license']}")
-        detail = f"weights: {r['weights']}"
+        detail = f"extra: {r['extra']}; weights: {r['weights']}"
         if not r["available"]:
             detail += f"; {r['why_unavailable']}"
         lines.append(f"{'':<{w}}  {detail}")

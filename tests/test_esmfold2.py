@@ -232,9 +232,26 @@ def test_memory_guard_refuses_up_front(ckpt):
     with pytest.raises(InvalidInput):
         a.forward([PROTEIN], ["parcae"])
     assert a.model is None  # refused before any model was loaded
-    # the estimate grows with L^2
-    big = get_adapter("esmfold2", weights=str(ckpt))
-    assert big.estimate_gb([200]) == pytest.approx(4 * big.estimate_gb([100]), rel=1e-6)
+    # the estimate grows with L^2 and with the batch
+    free = get_adapter("esmfold2", weights=str(ckpt))
+    assert free.estimate_gb([200]) == pytest.approx(4 * free.estimate_gb([100]), rel=1e-6)
+    assert free.estimate_gb([19, 6]) == pytest.approx(2 * free.estimate_gb([19]), rel=1e-6)  # padded to 19
+
+
+def test_batch_over_the_limit_runs_in_parts(ckpt, adapter):
+    one = adapter.estimate_gb([PROTEIN.size])
+    tight = get_adapter("esmfold2", weights=str(ckpt), max_memory_gb=str(1.5 * one))  # one fits, two do not
+    tight.ensure_loaded()
+    calls, handle = _count_calls(tight.model.esmc)
+    try:
+        got = tight.forward([PROTEIN, SHORT], ["esmc.1", "parcae"])
+    finally:
+        handle.remove()
+    assert len(calls) == 2
+    ref = adapter.forward([PROTEIN, SHORT], ["esmc.1", "parcae"])
+    for g, r in zip(got, ref):
+        for n in ("esmc.1", "parcae"):
+            np.testing.assert_allclose(g.tokens[n], r.tokens[n], atol=1e-5)
 
 
 def test_offline_missing_checkpoint(monkeypatch, tmp_path):

@@ -30,12 +30,17 @@ def as_features(X, name: str = "X") -> np.ndarray:
         raise RepalignError(f"{name} has no rows (shape {arr.shape}); pass at least one sample per row")
     if d == 0:
         raise RepalignError(f"{name} has zero features (shape {arr.shape}); pass at least one feature column")
-    dtype = np.float32 if arr.dtype == np.float32 else np.float64
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    arr = storage_array(arr)
     if not np.isfinite(arr).all():
         bad = int(np.count_nonzero(~np.isfinite(arr).all(axis=1)))
         raise RepalignError(f"{name} contains NaN or infinite values in {bad} row(s); drop or repair those samples before computing alignment")
     return arr
+
+
+def storage_array(X) -> np.ndarray:
+    """The C-contiguous float32 / float64 array ``as_features`` returns, for input it already accepted."""
+    arr = np.asarray(X)
+    return np.ascontiguousarray(arr, dtype=np.float32 if arr.dtype == np.float32 else np.float64)
 
 
 def as_pair(X, Y) -> tuple[np.ndarray, np.ndarray]:

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from repalign.errors import RepalignError
-from repalign.metrics._validate import as_features
-from repalign.metrics.prepare import prepare
+from repalign.metrics._validate import as_features, storage_array
+from repalign.metrics.prepare import check_prepare_options, prepare_valid
 from repalign.metrics.registry import Metric, get_metric
 
 
@@ -133,6 +133,7 @@ def align_layers_multi(
     names_b = _names(names_b, len(items_b), "b")
 
     # Validate every layer before any metric work, so bad input never yields partial results.
+    check_prepare_options(normalize, clip_quantile)
     n_samples = None
     for side, items, names in (("a", items_a, names_a), ("b", items_b, names_b)):
         for item, name in zip(items, names):
@@ -150,7 +151,7 @@ def align_layers_multi(
 
         Metrics with equal state keys get the same object (one neighbour search for mknn,
         cycle_knn, cknna ... with the same k)."""
-        X = prepare(item, normalize=normalize, clip_quantile=clip_quantile)
+        X = prepare_valid(storage_array(item), normalize, clip_quantile)
         cache: dict = {}
         out = []
         for metric, p in zip(metric_objs, resolved):

@@ -28,23 +28,33 @@ def prepare(X, normalize="l2", clip_quantile=None) -> np.ndarray:
     Returns a new float32 array for float32 input, float64 otherwise. A row of zeros cannot be
     L2-normalised and raises RepalignError.
     """
+    check_prepare_options(normalize, clip_quantile)
+    return prepare_valid(as_features(X, "X"), normalize, clip_quantile)
+
+
+def check_prepare_options(normalize, clip_quantile) -> None:
     if normalize not in NORMALIZE_CHOICES:
         raise RepalignError(f"normalize={normalize!r} is not supported; use one of 'l2', 'center' or None")
-    X = as_features(X, "X")
-    out = X.astype(np.float64)
     if clip_quantile is not None:
         if isinstance(clip_quantile, bool) or not isinstance(clip_quantile, numbers.Real) or not 0.5 < clip_quantile < 1:
             raise RepalignError(f"clip_quantile={clip_quantile!r} is invalid; pass a number in (0.5, 1), e.g. 0.95, or None")
-        threshold = np.quantile(np.abs(out), float(clip_quantile), axis=1).mean()
-        np.clip(out, -threshold, threshold, out=out)
+
+
+def prepare_valid(X: np.ndarray, normalize="l2", clip_quantile=None) -> np.ndarray:
+    """:func:`prepare` on an array already checked by ``as_features`` (internal: no checks)."""
+    out = X
+    if clip_quantile is not None:
+        threshold = np.quantile(np.abs(X), float(clip_quantile), axis=1).mean()
+        out = np.clip(X, -threshold, threshold).astype(X.dtype, copy=False)
     if normalize == "l2":
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        zero = np.flatnonzero(norms[:, 0] == 0)
+        # Norms accumulate in float64; the scaling stays in the storage precision.
+        norms = np.sqrt(np.einsum("ij,ij->i", out, out, dtype=np.float64))
+        zero = np.flatnonzero(norms == 0)
         if zero.size:
             raise RepalignError(
                 f"{zero.size} row(s) of X are all zeros (first: row {zero[0]}) and cannot be L2-normalised; drop them or use normalize=None"
             )
-        out /= norms
-    elif normalize == "center":
-        out -= out.mean(axis=0)
-    return out.astype(X.dtype, copy=False)
+        return np.ascontiguousarray(out * (1.0 / norms).astype(X.dtype)[:, None])
+    if normalize == "center":
+        return (out - out.mean(axis=0, dtype=np.float64)).astype(X.dtype, copy=False)
+    return out.copy() if out is X else out

@@ -193,7 +193,7 @@ class ANI1xAdapter(ModelAdapter):
         if bad:
             raise InvalidInput(
                 f"{record.id}: element(s) {', '.join(bad)} not supported by {self.info.name} "
-                f"(supports H, C, N, O only); remove the structure",
+                f"(supports H, C, N, O only); remove it or pass --skip-invalid",
                 record.id,
             )
         if np.asarray(atoms.pbc).any():

@@ -143,7 +143,7 @@ class CHGNetAdapter(ModelAdapter):
         if bad:
             raise InvalidInput(
                 f"{record.id}: element(s) {', '.join(bad)} not supported by {self.info.name} "
-                f"(supports H..Pu, Z=1-{_MAX_Z}); remove the structure",
+                f"(supports H..Pu, Z=1-{_MAX_Z}); remove it or pass --skip-invalid",
                 record.id,
             )
         pbc = np.asarray(atoms.pbc, dtype=bool)
@@ -162,7 +162,7 @@ class CHGNetAdapter(ModelAdapter):
         if isolated.size:
             raise InvalidInput(
                 f"{record.id}: atom(s) {isolated[:5].tolist()} have no neighbour within {_ATOM_GRAPH_CUTOFF:g} A, "
-                f"which {self.info.name} cannot encode; remove the structure",
+                f"which {self.info.name} cannot encode; remove it or pass --skip-invalid",
                 record.id,
             )
 

@@ -137,7 +137,7 @@ class DIEPAdapter(ModelAdapter):
         if bad:
             raise InvalidInput(
                 f"{record.id}: element(s) {', '.join(bad)} not supported by {self.info.name} "
-                f"(supports {' '.join(self._elements)}); remove the structure",
+                f"(supports {' '.join(self._elements)}); remove it or pass --skip-invalid",
                 record.id,
             )
         if np.asarray(atoms.pbc).any() and abs(atoms.cell.volume) < 1e-6:

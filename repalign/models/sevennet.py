@@ -187,7 +187,7 @@ class SevenNetAdapter(ModelAdapter):
         if bad:
             raise InvalidInput(
                 f"{record.id}: element(s) {', '.join(bad)} not supported by {self.info.name} "
-                f"(supports {' '.join(self.supported_elements())}); remove the structure",
+                f"(supports {' '.join(self.supported_elements())}); remove it or pass --skip-invalid",
                 record.id,
             )
         pbc = np.asarray(atoms.pbc, dtype=bool)
