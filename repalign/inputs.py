@@ -8,7 +8,8 @@ content hash, so a cache can tell a re-run on the same input from a changed inpu
 - CSV: an ``id`` column and either a ``sequence`` column or a ``path`` column (structure files,
   relative to the CSV).
 - Structures: any format ASE reads (extxyz, CIF, POSCAR, PDB, ...), one file, a multi-frame file
-  (ids ``stem:0``, ``stem:1``, ...), or a folder of such files.
+  (ids from each frame's ``id`` key where extxyz has one, else ``stem:0``, ``stem:1``, ...), or a
+  folder of such files.
 """
 
 from __future__ import annotations
@@ -139,10 +140,16 @@ def read_structures(path: str | Path) -> list[Record]:
     for f in files:
         frames = _read_atoms(f)
         if len(frames) == 1:
-            records.append(structure_record(f.stem, frames[0]))
+            records.append(structure_record(_frame_id(frames[0], f.stem), frames[0]))
         else:
-            records.extend(structure_record(f"{f.stem}:{i}", a) for i, a in enumerate(frames))
+            records.extend(structure_record(_frame_id(a, f"{f.stem}:{i}"), a) for i, a in enumerate(frames))
     return records
+
+
+def _frame_id(atoms, default: str) -> str:
+    """A frame's own id (extxyz ``id=...`` in its comment line) when it has one, else file stem (and index)."""
+    own = atoms.info.get("id")
+    return str(own) if own not in (None, "") else default
 
 
 def read_inputs(paths: str | Path | list) -> list[Record]:

@@ -82,3 +82,14 @@ def test_unreadable_structure_is_clear(tmp_path):
     p = write(tmp_path, "junk.cif", "this is not a cif file\n")
     with pytest.raises(RepalignError, match="junk.cif: cannot read as a structure"):
         read_inputs(p)
+
+
+def test_extxyz_frames_keep_their_own_ids(tmp_path):
+    pytest.importorskip("ase")
+    from ase.build import molecule
+    import ase.io
+
+    water, methane = molecule("H2O"), molecule("CH4")
+    water.info["id"] = "water"
+    ase.io.write(tmp_path / "m.extxyz", [water, methane])
+    assert [r.id for r in read_inputs(tmp_path / "m.extxyz")] == ["water", "m:1"]

@@ -99,6 +99,8 @@ def test_engine_rejects_bad_input_with_one_line():
         (lambda: M.align_layers(A, A, metric="cka", k=5), "not accepted"),
         (lambda: M.align_layers(A, A, metric="mknn", k=20), "k=20"),
         (lambda: M.align_layers(A, A, normalize="max"), "normalize"),
+        (lambda: M.align_layers([A[0], np.zeros((20, 3))], A), "layer '1' of layers_a: .*all zeros"),
+        (lambda: M.align_layers([np.ones((20, 3))], A, metric="cka", normalize=None), "layer '0' \\(X\\) with layer '0' \\(Y\\): X has zero"),
     ]
     for fn, text in cases:
         with pytest.raises(RepalignError, match=text) as info:

@@ -1,20 +1,55 @@
-"""Real antibody sequences that the antibody model packages ship, as sequence records.
+"""Real antibody variable domains as sequence records: 5 shipped sequences, then 95 germline Fv pairs.
 
-The ``igfold``, ``iglm`` and ``antiberty`` wheels ship no sequence files; their package metadata
-(the README shown on PyPI, readable with ``importlib.metadata.metadata(NAME)``) holds the only
-sequences, and those are four distinct variable-domain chains:
+**The 5 shipped sequences.** The ``igfold``, ``iglm`` and ``antiberty`` wheels ship no sequence
+files; their package metadata (the README shown on PyPI, readable with
+``importlib.metadata.metadata(NAME)``) holds four distinct variable-domain chains: the paired Fv of
+IgFold's quick start (also AntiBERTy's README example), the nanobody (VHH) of IgFold's quick start
+and the heavy chain of the anti-tissue-factor antibody (PDB 1JPT) of IgLM's README. They are copied
+here verbatim and give five records: the Fv pair, its heavy and its light chain alone, the nanobody
+and the 1JPT heavy chain.
 
-- the paired Fv of IgFold's quick start (heavy + light; also AntiBERTy's README example),
-- the nanobody (VHH) of IgFold's quick start,
-- the heavy chain of the anti-tissue-factor antibody (PDB 1JPT) of IgLM's README.
+**The germline Fv pairs** (:func:`germline_fv_pairs`) are assembled at run time from the human
+immunoglobulin germline genes (IMGT reference sequences, nucleotides) that the ``olga`` package
+(OLGA 1.3.0, Sethna et al., Bioinformatics 35, 2974 (2019)) ships in its default human B-cell
+models ``human_B_heavy``, ``human_B_kappa`` and ``human_B_lambda``. Nothing of that data is copied
+into this repository; it is read from the installed package (``pip install olga==1.3.0``; only its
+data files are read, its code is never imported). Each pair is an unmutated (germline) antibody:
 
-They are copied here verbatim (the tests check each still appears in the installed package's
-metadata). :func:`antibody_records` builds five records from them: the Fv pair, its heavy and its
-light chain alone, the nanobody and the 1JPT heavy chain. That is all the real data on hand, so
-``n`` above 5 gives the 5.
+- heavy chain = V + D + J genes, light chain = V + J genes (kappa or lambda), joined end to end and
+  translated in the standard genetic code. To put J in frame and avoid stop codons, 0-2 nucleotides
+  are trimmed at each joined gene end (the smallest total trim that works, as exonuclease trimming
+  does in a real rearrangement); no nucleotides are added. CDR3 is therefore fully germline encoded.
+- genes are the functional ones of the models (conserved Cys codon in frame, no stop codon), with
+  orphons (``/OR``) and genes used by fewer than 1 in 1000 cells of the model left out, one allele
+  per gene (the most used), and a gene whose V protein repeats an earlier one's left out;
+- pair ``i`` (0-based) takes the ``i``-th heavy V and the ``i``-th light V in order of usage
+  (cycling through each list; light V genes of both loci ranked by usage x locus share, kappa 0.6,
+  lambda 0.4), then its J given V, and for the heavy chain its D given V and J, from the model's
+  gene-usage distributions (fitted by IGoR to real human repertoires) at the quantiles of the
+  ``i+1``-th point of the R3 low-discrepancy sequence (Roberts 2018), so gene usage follows the real
+  frequencies without a random generator and the result is the same on every machine;
+- a pair whose id repeats an earlier one is left out (different alleles share a gene name), as is
+  a pair with a chain whose type its framework-4 motif cannot tell (W-G-x-G heavy, F-G-x-G light,
+  one and not the other; IGLV4-69, for one, encodes W-G-T-G in its CDR3).
+
+Ids name the genes without alleles: ``IGHV3-23_IGHD3-10_IGHJ4__IGKV1-39_IGKJ1``. The pairing of a
+heavy with a light chain is made here, not observed in a real B cell.
+
+Licences: ``olga`` is GPL-3.0 (code); the IMGT sequences are IMGT's (https://www.imgt.org, terms of
+use there), which is why they are read from the installed package rather than copied.
 """
 
 from __future__ import annotations
+
+import csv
+import importlib.util
+import itertools
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
 
 from repalign.errors import RepalignError
 from repalign.inputs import Record, sequence_record
@@ -37,12 +72,255 @@ ANTIBODIES: tuple[tuple[str, str, str], ...] = (
     ("iglm_1jpt_heavy", IGLM_1JPT_HEAVY, "iglm"),
 )
 
+#: germline pairs after the shipped records: 5 + 95 = 100 records in all
+GERMLINE_PAIRS = 95
+OLGA_REQUIREMENT = "olga==1.3.0"
+MIN_GENE_USAGE = 1e-3
+LIGHT_LOCUS_SHARE = {"kappa": 0.6, "lambda": 0.4}
+#: R3 sequence step: powers of 1/g, g the real root of x**4 = x + 1 (Roberts 2018)
+_R3_G = 1.2207440846057594
+R3_STEP = np.array([1 / _R3_G, 1 / _R3_G**2, 1 / _R3_G**3])
 
-def antibody_records(n: int = 24) -> list[Record]:
-    """The first ``min(n, 5)`` real antibody records (see the module docstring), in a fixed order.
+_BASES = "TCAG"
+_CODE = "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"
+CODON_TABLE = {a + b + c: aa for (a, b, c), aa in zip(itertools.product(_BASES, repeat=3), _CODE)}
 
+
+def translate(nucleotides: str) -> str:
+    """Protein of a nucleotide sequence read from its first base (standard code, ``*`` = stop).
+
+    A trailing partial codon is dropped.
+    """
+    nt = nucleotides.upper()
+    try:
+        return "".join(CODON_TABLE[nt[i : i + 3]] for i in range(0, len(nt) - 2, 3))
+    except KeyError as exc:
+        raise RepalignError(f"translate: codon {exc.args[0]!r} is not made of A, C, G, T") from None
+
+
+@dataclass(frozen=True)
+class Gene:
+    name: str  # with allele, e.g. IGHV1-2*02
+    sequence: str  # nucleotides
+    anchor: int | None = None  # start of the conserved Cys (V) or Trp/Phe (J) codon
+
+
+@dataclass(frozen=True)
+class GermlineFv:
+    """One germline heavy:light pair; ``genes`` are the alleles used, heavy V, D, J then light V, J."""
+
+    id: str
+    heavy: str
+    light: str
+    genes: tuple[str, ...]
+
+
+# ---- the olga model files -------------------------------------------------------------------------
+
+
+def olga_models_dir() -> Path:
+    """The ``default_models`` folder of the installed ``olga`` package (found without importing it)."""
+    spec = importlib.util.find_spec("olga")
+    if spec is None or not spec.submodule_search_locations:
+        raise RepalignError(
+            f"antibody germline genes need the 'olga' package; pip install '{OLGA_REQUIREMENT}' "
+            "(or 'repalign[zoo]'), or ask for at most 5 antibody records"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "default_models"
+
+
+def _model_file(locus: str, name: str) -> Path:
+    path = olga_models_dir() / f"human_B_{locus}" / name
+    if not path.is_file():
+        raise RepalignError(f"olga's human_B_{locus} model lacks {name}; reinstall it: pip install '{OLGA_REQUIREMENT}'")
+    return path
+
+
+def _read_gene_lists(locus: str) -> dict[str, list[Gene]]:
+    """Genes of ``model_params.txt`` by kind ("V", "D", "J"), in the model's index order."""
+    genes: dict[str, list[Gene]] = {}
+    kind = None
+    for line in _model_file(locus, "model_params.txt").read_text().splitlines():
+        if line.startswith("#GeneChoice;"):
+            kind = line.split(";")[1][0]  # V_gene / D_gene / J_gene
+            genes[kind] = []
+        elif line.startswith(("#", "@")):
+            kind = None
+        elif kind and line.startswith("%"):
+            name, seq, index = line[1:].split(";")
+            if int(index) != len(genes[kind]):
+                raise RepalignError(f"olga's human_B_{locus} model lists genes out of order; pip install '{OLGA_REQUIREMENT}'")
+            genes[kind].append(Gene(name, seq.upper()))
+    anchored = {}
+    for kind, gene_list in genes.items():
+        anchors = {}
+        if kind in "VJ":
+            with _model_file(locus, f"{kind}_gene_CDR3_anchors.csv").open() as f:
+                anchors = {row["gene"]: int(row["anchor_index"]) for row in csv.DictReader(f) if row["function"] == "F"}
+        anchored[kind] = [Gene(g.name, g.sequence, anchors.get(g.name)) for g in gene_list]
+    return anchored
+
+
+def _read_marginals(locus: str) -> dict[str, dict[tuple[int, ...], np.ndarray]]:
+    """``model_marginals.txt``: event -> {parent indices (empty tuple: none) -> probabilities}."""
+    marginals: dict[str, dict[tuple[int, ...], np.ndarray]] = {}
+    event, parents = None, ()
+    for line in _model_file(locus, "model_marginals.txt").read_text().splitlines():
+        if line.startswith("@"):
+            event = line[1:].strip()
+            marginals[event] = {}
+        elif line.startswith("#"):
+            # "#[v_choice,3],[j_choice,1]" -> (3, 1)
+            parents = tuple(int(index) for index in re.findall(r"\[[^,\]]+,(\d+)\]", line))
+        elif line.startswith("%") and event is not None:
+            marginals[event][parents] = np.array([float(p) for p in line[1:].split(",")])
+    return marginals
+
+
+@dataclass(frozen=True)
+class _Locus:
+    genes: dict[str, list[Gene]]
+    marginals: dict[str, dict[tuple[int, ...], np.ndarray]]
+    v_order: tuple[int, ...]  # usable V genes (indices), most used first
+    v_usage: tuple[float, ...]
+
+
+@lru_cache(maxsize=None)
+def _load_locus(locus: str) -> _Locus:
+    genes, marginals = _read_gene_lists(locus), _read_marginals(locus)
+    v_genes, v_usage = genes.get("V", []), marginals.get("v_choice", {}).get(())
+    if not v_genes or not genes.get("J") or v_usage is None or len(v_usage) != len(v_genes):
+        raise RepalignError(f"olga's human_B_{locus} model is incomplete; reinstall it: pip install '{OLGA_REQUIREMENT}'")
+    by_gene: dict[str, list[int]] = {}
+    for i, gene in enumerate(v_genes):
+        by_gene.setdefault(gene.name.split("*")[0], []).append(i)
+    candidates = []
+    for name, alleles in by_gene.items():
+        best = max(alleles, key=lambda i: v_usage[i])  # the most used allele stands for the gene
+        gene, usage = v_genes[best], float(sum(v_usage[i] for i in alleles))
+        if "/OR" in name or usage < MIN_GENE_USAGE or gene.anchor is None or gene.anchor % 3:
+            continue
+        protein = translate(gene.sequence[: gene.anchor + 3])
+        if "*" in protein or not protein.endswith("C"):
+            continue
+        candidates.append((usage, best, protein))
+    candidates.sort(key=lambda c: (-c[0], v_genes[c[1]].name))
+    order, usages, seen = [], [], set()
+    for usage, index, protein in candidates:
+        if protein not in seen:  # e.g. IGKV1-39 and IGKV1D-39 encode the same V protein
+            seen.add(protein)
+            order.append(index)
+            usages.append(usage)
+    return _Locus(genes, marginals, tuple(order), tuple(usages))
+
+
+def _quantile_index(probabilities: np.ndarray, u: float, allowed: np.ndarray | None = None) -> int:
+    """Index at quantile ``u`` of a discrete distribution (restricted to ``allowed`` if given)."""
+    p = np.asarray(probabilities, dtype=float).copy()
+    if allowed is not None:
+        p[~allowed] = 0.0
+    cdf = np.cumsum(p)
+    return int(min(np.searchsorted(cdf / cdf[-1], u, side="right"), len(p) - 1))
+
+
+# ---- assembly ---------------------------------------------------------------------------------------
+
+
+def _join_in_frame(parts: list[str], j_anchor: int, end_residue: str) -> str | None:
+    """Join gene segments, trimming 0-2 nucleotides at each joined end, J in frame, no stop codon.
+
+    ``parts`` is V, (D,) J. Trims are tried smallest total first; None if none works.
+    """
+    n_ends = 2 * (len(parts) - 1)  # V 3', (D 5', D 3',) J 5'
+    trims = sorted(itertools.product(range(3), repeat=n_ends), key=lambda t: (sum(t), t))
+    for trim in trims:
+        pieces, ends = [], list(trim)
+        for k, part in enumerate(parts):
+            start = ends.pop(0) if k > 0 else 0
+            stop = len(part) - (ends.pop(0) if k < len(parts) - 1 else 0)
+            pieces.append(part[start:stop])
+        j_trim = trim[-1]
+        anchor = sum(len(p) for p in pieces[:-1]) + j_anchor - j_trim
+        if anchor % 3 or j_trim > j_anchor or (len(parts) == 3 and len(pieces[1]) < 3):
+            continue
+        protein = translate("".join(pieces))
+        if "*" not in protein and protein[anchor // 3] == end_residue:
+            return protein
+    return None
+
+
+def _has_one_j_motif(protein: str, residue: str) -> bool:
+    """True if the framework-4 motif of this chain type (W-G-x-G heavy, F-G-x-G light) is present and
+    the other type's is not, so the chain type can be told from the sequence (Kabat et al. 1991)."""
+    other = "F" if residue == "W" else "W"
+    return re.search(f"{residue}G.G", protein) is not None and re.search(f"{other}G.G", protein) is None
+
+
+def _gene_name(gene: Gene) -> str:
+    return gene.name.split("*")[0]
+
+
+@lru_cache(maxsize=4)
+def _all_germline_fv_pairs(count: int) -> tuple[GermlineFv, ...]:
+    heavy = _load_locus("heavy")
+    lights = {locus: _load_locus(locus) for locus in LIGHT_LOCUS_SHARE}
+    light_order = sorted(
+        ((usage * LIGHT_LOCUS_SHARE[locus], locus, index) for locus, data in lights.items() for index, usage in zip(data.v_order, data.v_usage)),
+        key=lambda item: (-item[0], lights[item[1]].genes["V"][item[2]].name),
+    )
+    d_usable = np.array(["/OR" not in g.name for g in heavy.genes["D"]])  # orphons lie off the IGH locus
+    pairs: list[GermlineFv] = []
+    ids: set[str] = set()
+    for i in range(20 * count):  # generous bound: only a repeated id or an unjoinable draw is skipped
+        if len(pairs) == count:
+            break
+        u_j, u_d, u_light_j = np.modf(0.5 + (i + 1) * R3_STEP)[0]
+        v = heavy.v_order[i % len(heavy.v_order)]
+        j = _quantile_index(heavy.marginals["j_choice"][(v,)], u_j)
+        d = _quantile_index(heavy.marginals["d_gene"][(v, j)], u_d, d_usable)
+        hv, hd, hj = heavy.genes["V"][v], heavy.genes["D"][d], heavy.genes["J"][j]
+        _, locus, lv_index = light_order[i % len(light_order)]
+        light = lights[locus]
+        lj_index = _quantile_index(light.marginals["j_choice"][(lv_index,)], u_light_j)
+        lv, lj = light.genes["V"][lv_index], light.genes["J"][lj_index]
+        if hj.anchor is None or lj.anchor is None:
+            continue
+        id_ = f"{_gene_name(hv)}_{_gene_name(hd)}_{_gene_name(hj)}__{_gene_name(lv)}_{_gene_name(lj)}"
+        if id_ in ids:
+            continue
+        heavy_protein = _join_in_frame([hv.sequence, hd.sequence, hj.sequence], hj.anchor, "W")
+        light_protein = _join_in_frame([lv.sequence, lj.sequence], lj.anchor, "F")
+        if heavy_protein is None or light_protein is None:
+            continue
+        if not (_has_one_j_motif(heavy_protein, "W") and _has_one_j_motif(light_protein, "F")):
+            continue  # e.g. IGLV4-69 encodes W-G-T-G in CDR3: a light chain that reads as heavy
+        ids.add(id_)
+        pairs.append(GermlineFv(id_, heavy_protein, light_protein, (hv.name, hd.name, hj.name, lv.name, lj.name)))
+    if len(pairs) < count:
+        raise RepalignError(f"olga's human B-cell models gave {len(pairs)} germline pairs, not {count}; pip install '{OLGA_REQUIREMENT}'")
+    return tuple(pairs)
+
+
+def germline_fv_pairs(n: int = GERMLINE_PAIRS) -> list[GermlineFv]:
+    """The first ``min(n, 95)`` germline heavy:light pairs (see the module docstring), in a fixed order.
+
+    Needs the ``olga`` package (its data files only).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise RepalignError(f"germline_fv_pairs: n must be a positive integer, got {n!r}")
+    return list(_all_germline_fv_pairs(GERMLINE_PAIRS)[: min(int(n), GERMLINE_PAIRS)])
+
+
+def antibody_records(n: int = 48) -> list[Record]:
+    """The first ``min(n, 100)`` antibody records, in a fixed order.
+
+    Records 1-5 are the sequences the antibody model packages ship (no extra package needed for
+    ``n <= 5``); records 6-100 are germline Fv pairs (:func:`germline_fv_pairs`, needs ``olga``).
     Pairs are ``HEAVY:LIGHT`` as :mod:`repalign.inputs` writes complexes.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise RepalignError(f"antibody_records: n must be a positive integer, got {n!r}")
-    return [sequence_record(id_, seq) for id_, seq, _ in ANTIBODIES[:n]]
+    records = [sequence_record(id_, seq) for id_, seq, _ in ANTIBODIES[:n]]
+    if n > len(ANTIBODIES):
+        records += [sequence_record(p.id, f"{p.heavy}:{p.light}") for p in germline_fv_pairs(int(n) - len(ANTIBODIES))]
+    return records

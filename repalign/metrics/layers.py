@@ -109,8 +109,9 @@ def align_layers_multi(
     layers_a, layers_b: sequences of (N, D_l) matrices, row i the same sample everywhere.
     Each layer is preprocessed once with :func:`repalign.metrics.prepare` (``normalize``,
     ``clip_quantile``) and turned into one state per metric; side B's states are kept while side
-    A is streamed, so memory holds Lb + 1 layers' states. ``params`` go to every metric that accepts them (e.g. ``k`` to the kNN
-    metrics); a parameter no requested metric accepts is an error. Passing the same array object
+    A is streamed, so memory holds Lb + 1 layers' states. ``params`` go to every metric that
+    accepts them (e.g. ``k`` to the kNN metrics); a parameter no requested metric accepts is an
+    error. Passing the same array object
     on both sides (e.g. ``layers_b=layers_a``) reuses its states.
 
     Returns one LayerAlignment per metric, in the order requested.
@@ -146,34 +147,40 @@ def align_layers_multi(
                 )
     resolved = [m.resolve(n_samples, **{k: v for k, v in params.items() if k in m.params}) for m in metric_objs]
 
-    def layer_states(item) -> list:
+    def layer_states(item, label: str) -> list:
         """Preprocess one layer once and build the states of every requested metric from it.
 
         Metrics with equal state keys get the same object (one neighbour search for mknn,
         cycle_knn, cknna ... with the same k)."""
-        X = prepare_valid(storage_array(item), normalize, clip_quantile)
-        cache: dict = {}
-        out = []
-        for metric, p in zip(metric_objs, resolved):
-            key = metric.state_key(p)
-            if key not in cache:
-                cache[key] = metric.state(X, p, cache)
-            out.append(cache[key])
-        return out
+        try:
+            X = prepare_valid(storage_array(item), normalize, clip_quantile)
+            cache: dict = {}
+            out = []
+            for metric, p in zip(metric_objs, resolved):
+                key = metric.state_key(p)
+                if key not in cache:
+                    cache[key] = metric.state(X, p, cache)
+                out.append(cache[key])
+            return out
+        except RepalignError as exc:
+            raise RepalignError(f"{label}: {exc}") from None
 
     # Side B's states are kept; side A is streamed one layer at a time, so memory holds Lb + 1
     # layers' states (N×N states such as distance matrices stay affordable). An array passed on
     # both sides reuses its B states.
     states_b: dict[int, list] = {}
-    for item in items_b:
+    for item, name in zip(items_b, names_b):
         if id(item) not in states_b:
-            states_b[id(item)] = layer_states(item)
+            states_b[id(item)] = layer_states(item, f"layer {name!r} of layers_b")
     scores = [np.empty((len(items_a), len(items_b))) for _ in metric_objs]
-    for i, item in enumerate(items_a):
-        states_a = states_b.get(id(item)) or layer_states(item)
+    for i, (item, name_a) in enumerate(zip(items_a, names_a)):
+        states_a = states_b.get(id(item)) or layer_states(item, f"layer {name_a!r} of layers_a")
         for m, (metric, p) in enumerate(zip(metric_objs, resolved)):
-            for j, item_b in enumerate(items_b):
-                scores[m][i, j] = metric.score(states_a[m], states_b[id(item_b)][m], p)
+            for j, (item_b, name_b) in enumerate(zip(items_b, names_b)):
+                try:
+                    scores[m][i, j] = metric.score(states_a[m], states_b[id(item_b)][m], p)
+                except RepalignError as exc:  # X / Y in the message are these two layers
+                    raise RepalignError(f"{metric.name} of layer {name_a!r} (X) with layer {name_b!r} (Y): {exc}") from None
 
     preprocessing = {"normalize": normalize, "clip_quantile": clip_quantile}
     return [

@@ -1,0 +1,234 @@
+"""The antibody input set: 5 shipped sequences, then germline Fv pairs assembled from olga's IMGT genes.
+
+The germline checks read olga's model files here with their own parser and translate with
+Biopython, independently of repalign.datasets.antibodies.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from Bio.Seq import Seq
+from scipy.stats import spearmanr
+
+from repalign.datasets import antibodies
+from repalign.datasets.antibodies import ANTIBODIES, antibody_records, germline_fv_pairs, translate
+from repalign.errors import RepalignError
+from repalign.models.antiberty import AntiBERTy
+from repalign.models.iglm import IgLM, chain_type
+
+AMINO_ACIDS = set("ACDEFGHIKLMNPQRSTVWY")
+ID_PATTERN = re.compile(r"^(IGHV[\w-]+)_(IGHD[\w-]+)_(IGHJ\d)__(IG([KL])V[\w-]+)_(IG([KL])J\d)$")
+RECORDS = antibody_records(100)
+GERMLINE = RECORDS[len(ANTIBODIES) :]
+
+
+def olga_model(locus: str) -> Path:
+    spec = importlib.util.find_spec("olga")
+    return Path(list(spec.submodule_search_locations)[0]) / "default_models" / f"human_B_{locus}"
+
+
+def read_genes(locus: str, kind: str) -> dict[str, list[tuple[str, str]]]:
+    """gene name without allele -> [(allele, nucleotides)] from model_params.txt."""
+    text = (olga_model(locus) / "model_params.txt").read_text()
+    section = text.split(f"#GeneChoice;{kind}_gene;")[1].split("\n#")[0]
+    genes: dict[str, list[tuple[str, str]]] = {}
+    for line in section.splitlines()[1:]:
+        allele, nucleotides, _ = line.lstrip("%").split(";")
+        genes.setdefault(allele.split("*")[0], []).append((allele, nucleotides.upper()))
+    return genes
+
+
+def read_anchors(locus: str, kind: str) -> dict[str, int]:
+    with open(olga_model(locus) / f"{kind}_gene_CDR3_anchors.csv") as f:
+        return {row["gene"]: int(row["anchor_index"]) for row in csv.DictReader(f)}
+
+
+def protein(nucleotides: str) -> str:
+    return str(Seq(nucleotides[: len(nucleotides) // 3 * 3]).translate())
+
+
+def read_alleles(locus: str, kind: str) -> list[str]:
+    """Allele names in the model's index order."""
+    section = (olga_model(locus) / "model_params.txt").read_text().split(f"#GeneChoice;{kind}_gene;")[1]
+    indexed = {int(line.split(";")[2]): line.lstrip("%").split(";")[0] for line in section.split("\n#")[0].splitlines()[1:]}
+    return [indexed[i] for i in range(len(indexed))]
+
+
+def read_marginal(locus: str, event: str) -> dict[tuple[int, ...], list[float]]:
+    """parent indices -> probabilities of one event of model_marginals.txt."""
+    block = (olga_model(locus) / "model_marginals.txt").read_text().split(f"@{event}\n")[1].split("\n@")[0]
+    out, parents = {}, ()
+    for line in block.splitlines():
+        if line.startswith("#"):
+            parents = tuple(int(i) for i in re.findall(r",(\d+)\]", line))
+        elif line.startswith("%"):
+            out[parents] = [float(x) for x in line[1:].split(",")]
+    return out
+
+
+# ---- count, order, determinism ---------------------------------------------------------------------
+
+
+def test_count_order_and_prefixes():
+    assert len(antibody_records()) == 48  # the default suits kNN metrics with k=5
+    assert len(RECORDS) == 100 and len(antibody_records(1000)) == 100
+    assert [r.id for r in RECORDS[:5]] == [a[0] for a in ANTIBODIES]
+    assert [r.payload for r in RECORDS[:5]] == [a[1] for a in ANTIBODIES]
+    for n in (1, 5, 6, 48, 99):
+        assert antibody_records(n) == RECORDS[:n]
+    assert antibody_records(np.int64(7)) == RECORDS[:7]
+    assert [(p.id, f"{p.heavy}:{p.light}") for p in germline_fv_pairs()] == [(r.id, r.payload) for r in GERMLINE]
+
+
+def test_same_records_in_a_fresh_interpreter():
+    code = (
+        "import hashlib; from repalign.datasets.antibodies import antibody_records; "
+        "print(hashlib.sha256('\\n'.join(r.id + '=' + r.payload for r in antibody_records(100)).encode()).hexdigest())"
+    )
+    want = hashlib.sha256("\n".join(r.id + "=" + r.payload for r in RECORDS).encode()).hexdigest()
+    for hash_seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": hash_seed}
+        )
+        assert out.stdout.strip() == want
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, "48", True, None])
+def test_bad_n_is_refused(n):
+    with pytest.raises(RepalignError, match="positive integer"):
+        antibody_records(n)
+    with pytest.raises(RepalignError, match="positive integer"):
+        germline_fv_pairs(n)
+
+
+def test_without_olga_the_shipped_records_remain_and_more_names_the_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "olga", None)  # importlib then treats olga as not installed
+    antibodies._load_locus.cache_clear()
+    antibodies._all_germline_fv_pairs.cache_clear()
+    try:
+        assert antibody_records(5) == RECORDS[:5]
+        with pytest.raises(RepalignError, match=r"need the 'olga' package; pip install 'olga==1\.3\.0'") as exc:
+            antibody_records(6)
+        assert "\n" not in str(exc.value)
+    finally:
+        antibodies._load_locus.cache_clear()
+        antibodies._all_germline_fv_pairs.cache_clear()
+
+
+# ---- validity --------------------------------------------------------------------------------------
+
+
+def test_every_record_is_a_valid_variable_domain_pair():
+    assert len({r.id for r in RECORDS}) == 100 and len({r.payload for r in RECORDS}) == 100
+    loci = Counter()
+    for record in GERMLINE:
+        match = ID_PATTERN.match(record.id)
+        assert match, record.id
+        assert match.group(5) == match.group(7), record.id  # light V and J from one locus
+        loci[match.group(5)] += 1
+        heavy, light = record.chains
+        assert set(heavy) <= AMINO_ACIDS and set(light) <= AMINO_ACIDS, record.id
+        assert 110 <= len(heavy) <= 135 and 105 <= len(light) <= 120, record.id
+        # IgLM's single_chain=auto rule and the conserved residues of a V domain
+        assert chain_type(heavy) == "heavy" and chain_type(light) == "light", record.id
+        assert heavy.endswith("VSS") and re.search(r"C[A-Z]{6,30}WG.G", heavy), record.id
+        assert re.search(r"C[A-Z]{6,15}FG.G", light) and light[-1] in "KL", record.id
+    assert loci["K"] >= 30 and loci["L"] >= 30  # both light-chain loci well represented
+    for adapter in (IgLM(), AntiBERTy()):
+        for record in RECORDS:
+            adapter.validate(record)
+
+
+# ---- provenance: olga's germline genes -------------------------------------------------------------
+
+
+def test_chains_are_the_named_germline_genes_joined_in_frame():
+    genes = {
+        "IGHV": read_genes("heavy", "V"), "IGHD": read_genes("heavy", "D"), "IGHJ": read_genes("heavy", "J"),
+        "IGKV": read_genes("kappa", "V"), "IGKJ": read_genes("kappa", "J"),
+        "IGLV": read_genes("lambda", "V"), "IGLJ": read_genes("lambda", "J"),
+    }
+    anchors = {
+        "V": {**read_anchors("heavy", "V"), **read_anchors("kappa", "V"), **read_anchors("lambda", "V")},
+        "J": {**read_anchors("heavy", "J"), **read_anchors("kappa", "J"), **read_anchors("lambda", "J")},
+    }
+
+    def v_prefix_ok(chain: str, name: str) -> bool:
+        # every codon that a 0-2 nucleotide 3' trim leaves whole, from residue 1
+        return any(
+            chain.startswith(protein(nt[: len(nt) - 2])) and allele in anchors["V"] for allele, nt in genes[name[:4]][name]
+        )
+
+    def j_suffix_ok(chain: str, name: str) -> bool:
+        # from the conserved W/F codon to the end of J; a 0-2 nucleotide 5' trim never reaches it
+        return any(
+            chain.endswith(protein(nt[anchors["J"][allele] :])) for allele, nt in genes[name[:4]][name] if allele in anchors["J"]
+        )
+
+    def d_inside(chain: str, name: str) -> bool:
+        # the D codons left whole by 0-2 nucleotide trims at both ends, in any reading frame
+        cdr3 = chain[90:]
+        return any(
+            0 < len(p) and p in cdr3
+            for _, nt in genes["IGHD"][name]
+            for p in (protein(nt[2 + frame : len(nt) - 2]) for frame in range(3))
+        )
+
+    for record in GERMLINE:
+        hv, hd, hj, lv, _, lj, _ = ID_PATTERN.match(record.id).groups()
+        heavy, light = record.chains
+        assert v_prefix_ok(heavy, hv) and j_suffix_ok(heavy, hj) and d_inside(heavy, hd), record.id
+        assert v_prefix_ok(light, lv) and j_suffix_ok(light, lj), record.id
+        assert "/OR" not in hd
+        # nothing added: between the whole V codons and the J anchor lie at most the V codon cut by
+        # the trim and the J codons before the anchor
+        for chain, v_name, j_name in ((heavy, None, hj), (light, lv, lj)):
+            if v_name is None:
+                continue
+            v_len = min(len(protein(nt[: len(nt) - 2])) for _, nt in genes[v_name[:4]][v_name])
+            for allele, nt in genes[j_name[:4]][j_name]:
+                if allele in anchors["J"] and chain.endswith(protein(nt[anchors["J"][allele] :])):
+                    j_len, j_before = len(protein(nt[anchors["J"][allele] :])), anchors["J"][allele] // 3
+            assert len(chain) - v_len - j_len <= j_before + 2, record.id
+
+
+def test_gene_choice_follows_the_models_usage():
+    v_alleles, j_alleles = read_alleles("heavy", "V"), read_alleles("heavy", "J")
+    p_v = read_marginal("heavy", "v_choice")[()]
+    p_j_given_v = read_marginal("heavy", "j_choice")
+    v_usage, j_usage = Counter(), Counter()
+    for v, allele in enumerate(v_alleles):
+        v_usage[allele.split("*")[0]] += p_v[v]
+        for j, p in enumerate(p_j_given_v[(v,)]):
+            j_usage[j_alleles[j].split("*")[0]] += p_v[v] * p
+    heavy_vs = [ID_PATTERN.match(r.id).group(1) for r in GERMLINE]
+    assert heavy_vs[0] == v_usage.most_common(1)[0][0]  # the most used heavy V leads
+    ranked = list(dict.fromkeys(heavy_vs))
+    assert len(ranked) >= 40 and all(v_usage[g] >= 1e-3 for g in ranked)
+    assert {g for g, _ in v_usage.most_common(10)} <= set(ranked)
+    # first uses come in order of usage (a pair whose chains cannot be joined is passed over)
+    assert spearmanr([v_usage[g] for g in ranked], range(len(ranked))).statistic < -0.95
+    # IGHJ4 dominates human heavy chains: the most common J here is the model's most used J
+    j_counts = Counter(ID_PATTERN.match(r.id).group(3) for r in GERMLINE)
+    assert j_counts.most_common(1)[0][0] == j_usage.most_common(1)[0][0] == "IGHJ4"
+
+
+def test_translate_matches_biopython():
+    rng = np.random.default_rng(0)
+    for length in (0, 2, 3, 31, 300):
+        nt = "".join(rng.choice(list("ACGT"), size=length))
+        assert translate(nt) == protein(nt)
+    assert translate("atgtgg") == "MW"
+    with pytest.raises(RepalignError, match="not made of A, C, G, T"):
+        translate("ATGNNN")
