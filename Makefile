@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints-dev.txt
-EXTRAS ?= test,zoo,esmfold2,parquet,unirep
+EXTRAS ?= test,zoo,germline,esmfold2,parquet,unirep
 
 .PHONY: setup demo test bench clean
 

@@ -106,11 +106,25 @@ def cmd_demo(args) -> int:
 
 def cmd_plot(args) -> int:
     from repalign.compare import read_table
-    from repalign.plot import save_layer_heatmap
+    from repalign.plot import figure_options, plot_table
 
+    options = figure_options(
+        args.kind, metric=args.metric, a=args.a, b=args.b, layer_b=args.layer_b, columns=args.columns,
+        calibrated=args.calibrated, alpha=args.alpha, order=args.order, layers=_options(args.layer),
+        sizes=_options(args.size),
+    )
     table = read_table(args.table)
-    for path in save_layer_heatmap(table, args.output, metric=args.metric, model_a=args.a, model_b=args.b):
+    for path in plot_table(table, args.output, args.kind, args.format, **options):
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from repalign.report import build_report
+
+    path = build_report(args.cache, args.output, metrics=_flat(args.metric) or ["mknn", "cka"], k=args.k,
+                        permutations=args.permutations, quiet=args.quiet)
+    print(f"wrote {path}")
     return 0
 
 
@@ -178,13 +192,36 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", "-q", action="store_true")
     d.set_defaults(func=cmd_demo)
 
-    pl = sub.add_parser("plot", help="draw a layer x layer heatmap from a tidy score table")
-    pl.add_argument("table", help=".csv/.parquet written by 'repalign compare -o'")
-    pl.add_argument("-o", "--output", required=True, help="output path stem; .png (300 dpi) and .pdf are written")
+    pl = sub.add_parser("plot", help="draw a publication figure from a tidy score table (see docs/figures.md)")
+    pl.add_argument("table", help=".csv/.tsv/.parquet written by 'repalign compare -o' or 'repalign report'")
+    pl.add_argument("-o", "--output", required=True, help="output path stem: STEM.png (300 dpi), STEM.pdf, STEM.svg")
+    pl.add_argument("--kind", default="layers", choices=("layers", "models", "depth", "size"),
+                    help="layers: layer x layer heatmap; models: model x model matrix; depth: score vs relative "
+                         "depth; size: score vs model size (default layers)")
     pl.add_argument("--metric", help="metric to draw (default: the table's first)")
-    pl.add_argument("--a", help="model A (default: the table's first)")
-    pl.add_argument("--b", help="model B (default: the table's first)")
+    pl.add_argument("--a", help="layers: model A; depth: models to draw, comma separated (default: all)")
+    pl.add_argument("--b", help="layers: model B; depth/size: the reference model (default: the most compared)")
+    pl.add_argument("--layer-b", help="depth/size: score against this layer of B instead of B's best layer")
+    pl.add_argument("--layer", action="append", nargs="+", metavar="MODEL=LAYER",
+                    help="models: use this layer of MODEL instead of the best layer pair; repeatable")
+    pl.add_argument("--order", help="models: 'cluster' (default), 'table', or a comma-separated model order")
+    pl.add_argument("--size", action="append", nargs="+", metavar="MODEL=NUMBER",
+                    help="size: the size of MODEL (default: parsed from names like esmc-300m)")
+    pl.add_argument("--calibrated", action="store_true", help="layers/models: draw calibrated scores (needs permutations)")
+    pl.add_argument("--alpha", type=float, default=0.05, help="significance level for hatching (default 0.05)")
+    pl.add_argument("--columns", type=int, default=1, choices=(1, 2), help="figure width: 1 (3.5 in) or 2 (7.2 in) columns")
+    pl.add_argument("--format", default="png,pdf,svg", help="comma-separated formats: png, pdf, svg (default all)")
     pl.set_defaults(func=cmd_plot)
+
+    rp = sub.add_parser("report", help="compare every model pair of a cache and write a self-contained HTML report")
+    rp.add_argument("cache", help="cache file (HDF5)")
+    rp.add_argument("-o", "--output", required=True, help="report folder (index.html, scores.csv); replaced atomically")
+    rp.add_argument("--metric", action="append", nargs="+", help="metric name(s) (default: mknn cka)")
+    rp.add_argument("--k", type=int, default=10, help="neighbours for kNN metrics and CKNNA (default 10)")
+    rp.add_argument("--permutations", type=int, default=0,
+                    help="permutations for p-values and calibrated scores (default 0: none)")
+    rp.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

@@ -24,7 +24,7 @@ from repalign.models.igfold import IgFold
 from repalign.models.iglm import IgLM
 
 AMINO_ACIDS = set("ACDEFGHIKLMNPQRSTVWY")
-RECORDS = {r.id: r for r in antibody_records()}
+RECORDS = {r.id: r for r in antibody_records(5)}
 FV = RECORDS["igfold_fv"]  # heavy:light pair
 NANOBODY = RECORDS["igfold_nanobody"]
 # a real but short chain (first 30 residues of the 1JPT heavy chain) to make padding in a batch
@@ -49,7 +49,7 @@ def assert_same_features(a, b, atol=1e-5):
 
 
 def test_antibody_records_are_real_sequences_shipped_by_the_packages():
-    records = antibody_records()
+    records = antibody_records(5)
     assert [r.id for r in records] == [a[0] for a in ANTIBODIES]
     assert len(records) == 5 and len({r.id for r in records}) == 5
     assert [len(r.chains) for r in records] == [2, 1, 1, 1, 1]
@@ -70,7 +70,7 @@ def test_antibody_records_are_real_sequences_shipped_by_the_packages():
 def test_bad_inputs_raise_invalid_input_naming_the_record(cls):
     adapter = cls()
     heavy, light = FV.chains
-    for record in antibody_records():
+    for record in antibody_records(5):
         adapter.validate(record)
     bad = sequence_record("bad_residue", heavy[:10] + "X" + heavy[11:])
     with pytest.raises(InvalidInput, match=r"bad_residue: residue 'X' at position 11") as exc:
@@ -181,7 +181,7 @@ def test_antiberty_vocab_maps_every_residue(antiberty):
     vocab = read_vocab(weights_dir.parent / "vocab.txt")
     assert len(vocab) == 25
     encoder = antiberty._encoder
-    for record in antibody_records():
+    for record in antibody_records(5):
         for chain in record.chains:
             ids = encoder.encode(chain)
             assert vocab["[UNK]"] not in ids
@@ -282,7 +282,7 @@ def test_iglm_matches_a_direct_gpt2_call_without_conditioning_tokens(iglm):
 def test_iglm_types_single_chains_by_their_j_region_motif():
     from repalign.models.iglm import chain_type
 
-    assert [chain_type(r.payload) for r in antibody_records()[1:]] == ["heavy", "light", "heavy", "heavy"]
+    assert [chain_type(r.payload) for r in antibody_records(5)[1:]] == ["heavy", "light", "heavy", "heavy"]
     with pytest.raises(InvalidInput, match=r"short: cannot tell a heavy from a light chain.*single_chain=heavy") as exc:
         IgLM().validate(SHORT)  # a fragment without framework 4
     assert exc.value.sample_id == "short"

@@ -19,18 +19,21 @@ data files are read, its code is never imported). Each pair is an unmutated (ger
   translated in the standard genetic code. To put J in frame and avoid stop codons, 0-2 nucleotides
   are trimmed at each joined gene end (the smallest total trim that works, as exonuclease trimming
   does in a real rearrangement); no nucleotides are added. CDR3 is therefore fully germline encoded.
-- genes are the functional ones of the models (conserved Cys codon in frame, no stop codon), with
-  orphons (``/OR``) and genes used by fewer than 1 in 1000 cells of the model left out, one allele
-  per gene (the most used), and a gene whose V protein repeats an earlier one's left out;
+- genes are the functional ones of the models (conserved Cys codon in frame, no stop codon that a
+  short trim leaves whole: IGLV9-49 is left out for one), with orphons (``/OR``) and genes used by
+  fewer than 1 in 1000 cells of the model left out, one allele per gene (the most used), and a gene
+  whose V protein repeats an earlier one's left out (IGKV1D-39 = IGKV1-39);
 - pair ``i`` (0-based) takes the ``i``-th heavy V and the ``i``-th light V in order of usage
   (cycling through each list; light V genes of both loci ranked by usage x locus share, kappa 0.6,
   lambda 0.4), then its J given V, and for the heavy chain its D given V and J, from the model's
-  gene-usage distributions (fitted by IGoR to real human repertoires) at the quantiles of the
-  ``i+1``-th point of the R3 low-discrepancy sequence (Roberts 2018), so gene usage follows the real
-  frequencies without a random generator and the result is the same on every machine;
-- a pair whose id repeats an earlier one is left out (different alleles share a gene name), as is
-  a pair with a chain whose type its framework-4 motif cannot tell (W-G-x-G heavy, F-G-x-G light,
-  one and not the other; IGLV4-69, for one, encodes W-G-T-G in its CDR3).
+  gene-usage distributions (fitted by IGoR to real human repertoires). The ``k``-th draw of genes
+  takes the quantiles given by the ``k``-th point of the R3 low-discrepancy sequence (Roberts 2018),
+  so gene usage follows the model's frequencies without a random generator and the result is the
+  same on every machine;
+- a draw is redrawn (next point) if its id repeats an earlier one (alleles share a gene name), if
+  no trim of 0-2 nucleotides joins it in frame without a stop codon, or if a chain's type cannot be
+  told from its framework-4 motif (W-G-x-G heavy, F-G-x-G light, one and not the other); V genes
+  that carry the other chain type's motif (IGLV4-69 encodes W-G-T-G in its CDR3) are left out.
 
 Ids name the genes without alleles: ``IGHV3-23_IGHD3-10_IGHJ4__IGKV1-39_IGKJ1``. The pairing of a
 heavy with a light chain is made here, not observed in a real B cell.
@@ -76,6 +79,7 @@ ANTIBODIES: tuple[tuple[str, str, str], ...] = (
 GERMLINE_PAIRS = 95
 OLGA_REQUIREMENT = "olga==1.3.0"
 MIN_GENE_USAGE = 1e-3
+DRAWS_PER_PAIR = 10
 LIGHT_LOCUS_SHARE = {"kappa": 0.6, "lambda": 0.4}
 #: R3 sequence step: powers of 1/g, g the real root of x**4 = x + 1 (Roberts 2018)
 _R3_G = 1.2207440846057594
@@ -124,7 +128,7 @@ def olga_models_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RepalignError(
             f"antibody germline genes need the 'olga' package; pip install '{OLGA_REQUIREMENT}' "
-            "(or 'repalign[zoo]'), or ask for at most 5 antibody records"
+            "(or 'repalign[germline]'), or ask for at most 5 antibody records"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "default_models"
 
@@ -149,7 +153,9 @@ def _read_gene_lists(locus: str) -> dict[str, list[Gene]]:
         elif kind and line.startswith("%"):
             name, seq, index = line[1:].split(";")
             if int(index) != len(genes[kind]):
-                raise RepalignError(f"olga's human_B_{locus} model lists genes out of order; pip install '{OLGA_REQUIREMENT}'")
+                raise RepalignError(
+                    f"olga's human_B_{locus} model lists genes out of order; reinstall it: pip install '{OLGA_REQUIREMENT}'"
+                )
             genes[kind].append(Gene(name, seq.upper()))
     anchored = {}
     for kind, gene_list in genes.items():
@@ -191,6 +197,7 @@ def _load_locus(locus: str) -> _Locus:
     v_genes, v_usage = genes.get("V", []), marginals.get("v_choice", {}).get(())
     if not v_genes or not genes.get("J") or v_usage is None or len(v_usage) != len(v_genes):
         raise RepalignError(f"olga's human_B_{locus} model is incomplete; reinstall it: pip install '{OLGA_REQUIREMENT}'")
+    other_chain_motif = "FG.G" if locus == "heavy" else "WG.G"
     by_gene: dict[str, list[int]] = {}
     for i, gene in enumerate(v_genes):
         by_gene.setdefault(gene.name.split("*")[0], []).append(i)
@@ -200,9 +207,9 @@ def _load_locus(locus: str) -> _Locus:
         gene, usage = v_genes[best], float(sum(v_usage[i] for i in alleles))
         if "/OR" in name or usage < MIN_GENE_USAGE or gene.anchor is None or gene.anchor % 3:
             continue
-        protein = translate(gene.sequence[: gene.anchor + 3])
-        if "*" in protein or not protein.endswith("C"):
-            continue
+        protein = translate(gene.sequence[: len(gene.sequence) - 2])  # the codons no 0-2 nt trim cuts
+        if "*" in protein or protein[gene.anchor // 3] != "C" or re.search(other_chain_motif, protein):
+            continue  # a V gene carrying the other chain type's J motif would read as the other type
         candidates.append((usage, best, protein))
     candidates.sort(key=lambda c: (-c[0], v_genes[c[1]].name))
     order, usages, seen = [], [], set()
@@ -260,44 +267,52 @@ def _gene_name(gene: Gene) -> str:
     return gene.name.split("*")[0]
 
 
-@lru_cache(maxsize=4)
-def _all_germline_fv_pairs(count: int) -> tuple[GermlineFv, ...]:
+@lru_cache(maxsize=1)
+def _all_germline_fv_pairs() -> tuple[GermlineFv, ...]:
     heavy = _load_locus("heavy")
     lights = {locus: _load_locus(locus) for locus in LIGHT_LOCUS_SHARE}
-    light_order = sorted(
-        ((usage * LIGHT_LOCUS_SHARE[locus], locus, index) for locus, data in lights.items() for index, usage in zip(data.v_order, data.v_usage)),
+    light_order = sorted(  # (usage x locus share, locus, V index), kappa and lambda together
+        (
+            (usage * LIGHT_LOCUS_SHARE[locus], locus, index)
+            for locus, data in lights.items()
+            for index, usage in zip(data.v_order, data.v_usage)
+        ),
         key=lambda item: (-item[0], lights[item[1]].genes["V"][item[2]].name),
     )
     d_usable = np.array(["/OR" not in g.name for g in heavy.genes["D"]])  # orphons lie off the IGH locus
     pairs: list[GermlineFv] = []
     ids: set[str] = set()
-    for i in range(20 * count):  # generous bound: only a repeated id or an unjoinable draw is skipped
-        if len(pairs) == count:
-            break
-        u_j, u_d, u_light_j = np.modf(0.5 + (i + 1) * R3_STEP)[0]
-        v = heavy.v_order[i % len(heavy.v_order)]
-        j = _quantile_index(heavy.marginals["j_choice"][(v,)], u_j)
-        d = _quantile_index(heavy.marginals["d_gene"][(v, j)], u_d, d_usable)
-        hv, hd, hj = heavy.genes["V"][v], heavy.genes["D"][d], heavy.genes["J"][j]
-        _, locus, lv_index = light_order[i % len(light_order)]
+    draw = 0
+    for slot in range(GERMLINE_PAIRS):
+        v = heavy.v_order[slot % len(heavy.v_order)]
+        _, locus, lv_index = light_order[slot % len(light_order)]
         light = lights[locus]
-        lj_index = _quantile_index(light.marginals["j_choice"][(lv_index,)], u_light_j)
-        lv, lj = light.genes["V"][lv_index], light.genes["J"][lj_index]
-        if hj.anchor is None or lj.anchor is None:
-            continue
-        id_ = f"{_gene_name(hv)}_{_gene_name(hd)}_{_gene_name(hj)}__{_gene_name(lv)}_{_gene_name(lj)}"
-        if id_ in ids:
-            continue
-        heavy_protein = _join_in_frame([hv.sequence, hd.sequence, hj.sequence], hj.anchor, "W")
-        light_protein = _join_in_frame([lv.sequence, lj.sequence], lj.anchor, "F")
-        if heavy_protein is None or light_protein is None:
-            continue
-        if not (_has_one_j_motif(heavy_protein, "W") and _has_one_j_motif(light_protein, "F")):
-            continue  # e.g. IGLV4-69 encodes W-G-T-G in CDR3: a light chain that reads as heavy
-        ids.add(id_)
-        pairs.append(GermlineFv(id_, heavy_protein, light_protein, (hv.name, hd.name, hj.name, lv.name, lj.name)))
-    if len(pairs) < count:
-        raise RepalignError(f"olga's human B-cell models gave {len(pairs)} germline pairs, not {count}; pip install '{OLGA_REQUIREMENT}'")
+        for _ in range(DRAWS_PER_PAIR):  # a draw that repeats an id or cannot be joined is redrawn
+            draw += 1
+            u_j, u_d, u_light_j = np.modf(0.5 + draw * R3_STEP)[0]
+            j = _quantile_index(heavy.marginals["j_choice"][(v,)], u_j)
+            d = _quantile_index(heavy.marginals["d_gene"][(v, j)], u_d, d_usable)
+            lj_index = _quantile_index(light.marginals["j_choice"][(lv_index,)], u_light_j)
+            hv, hd, hj = heavy.genes["V"][v], heavy.genes["D"][d], heavy.genes["J"][j]
+            lv, lj = light.genes["V"][lv_index], light.genes["J"][lj_index]
+            id_ = f"{_gene_name(hv)}_{_gene_name(hd)}_{_gene_name(hj)}__{_gene_name(lv)}_{_gene_name(lj)}"
+            if id_ in ids or hj.anchor is None or lj.anchor is None:
+                continue
+            heavy_protein = _join_in_frame([hv.sequence, hd.sequence, hj.sequence], hj.anchor, "W")
+            light_protein = _join_in_frame([lv.sequence, lj.sequence], lj.anchor, "F")
+            if heavy_protein is None or light_protein is None:
+                continue
+            if not (_has_one_j_motif(heavy_protein, "W") and _has_one_j_motif(light_protein, "F")):
+                continue
+            ids.add(id_)
+            genes = (hv.name, hd.name, hj.name, lv.name, lj.name)
+            pairs.append(GermlineFv(id_, heavy_protein, light_protein, genes))
+            break
+        else:
+            raise RepalignError(
+                f"olga's human B-cell models gave no joinable pair for {heavy.genes['V'][v].name} + "
+                f"{light.genes['V'][lv_index].name}; reinstall it: pip install '{OLGA_REQUIREMENT}'"
+            )
     return tuple(pairs)
 
 
@@ -308,7 +323,7 @@ def germline_fv_pairs(n: int = GERMLINE_PAIRS) -> list[GermlineFv]:
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise RepalignError(f"germline_fv_pairs: n must be a positive integer, got {n!r}")
-    return list(_all_germline_fv_pairs(GERMLINE_PAIRS)[: min(int(n), GERMLINE_PAIRS)])
+    return list(_all_germline_fv_pairs()[: min(int(n), GERMLINE_PAIRS)])
 
 
 def antibody_records(n: int = 48) -> list[Record]:
