@@ -45,7 +45,7 @@ class Comparison:
             settable = {k: v for k, v in al.params.items() if k in metric.params}
             chance = metric.chance_level(self.n_samples, **settable)
             chance_txt = f"  (chance {chance:.4f})" if chance is not None else ""
-            params = ", ".join(f"{k}={v}" for k, v in sorted(al.params.items()))
+            params = ", ".join(f"{k}={v}" for k, v in sorted(al.params.items()) if v is not None)
             lines.append(
                 f"  {al.metric} [{params}]: best {al.names_a[i]} ~ {al.names_b[j]} = {score:.4f}{chance_txt}; "
                 f"{len(al.names_a)}x{len(al.names_b)} layer pairs"

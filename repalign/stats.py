@@ -58,6 +58,8 @@ _SCORE_MAX = 1.0
 # for it costs far more (25x slower measured for N=40 on 2 busy cores), so the resampling loops,
 # which call the score thousands of times, run numba kernels on one thread.
 _SERIAL_BELOW = 10_000
+# Memory the permutation test may spend on N×N Gram matrices for linear CKA (see _gram_states).
+_GRAM_BUDGET_BYTES = 2 * 1024**3
 
 
 @contextlib.contextmanager
@@ -246,6 +248,38 @@ def _permuted(state, perm: np.ndarray, inverse: np.ndarray):
     raise AssertionError("unreachable")
 
 
+def _linear_gram_state(state: KernelState) -> KernelState:
+    """The same linear-kernel state with its N×N Gram added, in the form kernel_state stores it.
+
+    The features are centred, so K = XcXcᵀ is already doubly centred (biased HSIC uses it as is);
+    unbiased HSIC takes K with a zeroed diagonal, its row sums and total."""
+    features = state.features.astype(np.float64)
+    gram = features @ features.T
+    if not state.unbiased:
+        return dataclasses.replace(state, gram=gram)
+    np.fill_diagonal(gram, 0.0)
+    row_sums = gram.sum(axis=1)
+    return dataclasses.replace(state, gram=gram, gram_row_sums=row_sums, gram_total=float(row_sums.sum()))
+
+
+def _gram_states(states_a: list, states_b: list, n: int) -> tuple[list, list]:
+    """States for the permutation loop: linear CKA switched to Gram matrices where that is cheaper.
+
+    A permuted pair costs N·Da·Db from centred features (‖XcᵀPYc‖²) but N² from Grams
+    (⟨Kx, P Ky Pᵀ⟩, plus one N² reordering per B layer and permutation), so Grams win whenever
+    N < Da·Db, provided they fit in _GRAM_BUDGET_BYTES. Scores are the same in exact arithmetic."""
+    distinct = {id(s): s for s in (*states_a, *states_b)}.values()
+    linear = [s for s in distinct if isinstance(s, KernelState) and s.features is not None and s.gram is None]
+    if not linear:
+        return states_a, states_b
+    feature_cost = sum(n * a.features.shape[1] * b.features.shape[1] for a in states_a for b in states_b)
+    gram_cost = n * n * (len(states_a) * len(states_b) + len(states_b))
+    if gram_cost >= feature_cost or 8 * n * n * len(linear) > _GRAM_BUDGET_BYTES:
+        return states_a, states_b
+    converted = {id(s): _linear_gram_state(s) for s in linear}
+    return [converted.get(id(s), s) for s in states_a], [converted.get(id(s), s) for s in states_b]
+
+
 def permute_state(state, perm):
     """Metric state of ``X[perm]`` computed from the state of ``X`` without redoing the per-layer work.
 
@@ -395,7 +429,7 @@ def permutation_test(
         states_b = setup.states(setup.mats_b)
         observed = setup.scores(states_a, states_b)
         null = np.empty((permutations, *observed.shape))
-        _fill_null(null, setup, states_a, states_b, rng)
+        _fill_null(null, setup, *_gram_states(states_a, states_b, setup.n), rng)
 
     null_max = null.reshape(permutations, -1).max(axis=1)
     null_quantile = np.quantile(null, 1.0 - alpha, axis=0)
