@@ -80,8 +80,9 @@ STYLE = {
     "pdf.fonttype": 42,
     "ps.fonttype": 42,
     "svg.fonttype": "none",
+    "svg.hashsalt": "repalign",  # deterministic element ids: the same table gives the same SVG bytes
     "savefig.dpi": PNG_DPI,
-    "savefig.bbox": "tight",
+    "savefig.bbox": None,  # exactly the journal width; constrained layout keeps every label inside
     "savefig.pad_inches": 0.02,
 }
 
@@ -312,7 +313,7 @@ def layer_heatmap(
     first '.') are separated by white lines and labelled above and right of the map.
     Returns the matplotlib Figure.
     """
-    from matplotlib.patches import Rectangle
+    from matplotlib.patches import PathPatch, Rectangle
 
     if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
         raise RepalignError(f"alpha must be in (0, 1), got {alpha!r}")
@@ -343,10 +344,11 @@ def layer_heatmap(
 
         if _has(rows, "p_value"):
             p, _, _ = pair_matrix(rows, "p_value")
-            for i, j in zip(*np.nonzero(p >= alpha)):
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=NOT_SIGNIFICANT_COLOR, alpha=0.6,
-                                       hatch="////", edgecolor="white", linewidth=0, zorder=1.5,
-                                       gid=f"not-significant-{i}-{j}"))
+            cells = np.argwhere(p >= alpha)
+            if len(cells):
+                # one compound path for all cells: thousands of separate hatched patches take minutes to draw
+                ax.add_patch(PathPatch(_cells_path(cells), facecolor=NOT_SIGNIFICANT_COLOR, alpha=0.6, hatch="////",
+                                       edgecolor="white", linewidth=0, zorder=1.5, gid="not-significant"))
 
         i, j = np.unravel_index(np.nanargmax(scores), scores.shape)
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=MARKER_COLOR, linewidth=1.2,
@@ -360,6 +362,27 @@ def layer_heatmap(
         title = f"{ma} vs {mb}\nbest {names_a[i]} ~ {names_b[j]} = {scores[i, j]:.3f}{note}"
         ax.set_title(title, pad=26 if len(layer_groups(names_b)) > 1 else 4)
     return fig
+
+
+def _cells_path(cells: np.ndarray):
+    """One Path made of the unit squares centred on the (row, column) cells of an image."""
+    from matplotlib.path import Path as MplPath
+
+    square = np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5], [-0.5, -0.5]])
+    vertices = (cells[:, None, ::-1].astype(float) + square[None]).reshape(-1, 2)
+    codes = np.tile([MplPath.MOVETO, MplPath.LINETO, MplPath.LINETO, MplPath.LINETO, MplPath.CLOSEPOLY], len(cells))
+    return MplPath(vertices, codes)
+
+
+def hatched_cells(fig) -> list[tuple[int, int]]:
+    """(row, column) of the cells a :func:`layer_heatmap` figure hatches as not significant."""
+    ax = fig.axes[0]
+    out = []
+    for patch in ax.patches:
+        if patch.get_gid() == "not-significant":
+            corners = patch.get_path().vertices[::5]
+            out.extend((int(round(y + 0.5)), int(round(x + 0.5))) for x, y in corners)
+    return sorted(out)
 
 
 # ---- model x model matrix -----------------------------------------------------------------------------
@@ -488,12 +511,21 @@ def model_matrix(
 # ---- score versus depth and size -------------------------------------------------------------------------
 
 
-def _reference_model(sub: pd.DataFrame, model_b: str | None) -> str:
+def _reference_model(sub: pd.DataFrame, model_b: str | None, layer_b: str | None = None) -> str:
     models = list(dict.fromkeys(list(sub["model_a"]) + list(sub["model_b"])))
     if model_b is not None:
         if model_b not in models:
             raise RepalignError(f"model {model_b!r} is not in the table; it holds: {', '.join(models)}")
         return model_b
+    if layer_b is not None:
+        # the reference is the model that owns the given layer
+        owners = list(dict.fromkeys(list(sub.loc[sub["layer_a"] == layer_b, "model_a"])
+                                    + list(sub.loc[sub["layer_b"] == layer_b, "model_b"])))
+        if len(owners) == 1:
+            return owners[0]
+        if not owners:
+            raise RepalignError(f"no model in the table has a layer {layer_b!r}; choose a stored layer")
+        models = owners
     counts = pd.concat([sub["model_a"], sub["model_b"]]).drop_duplicates().tolist()
     partners = {m: set(sub.loc[sub["model_b"] == m, "model_a"]) | set(sub.loc[sub["model_a"] == m, "model_b"]) for m in counts}
     # the model compared with the most others; ties go to the first in table order
@@ -530,7 +562,7 @@ def depth_scores(
     """
     table = check_table(table)
     sub = _metric_rows(table, metric)
-    model_b = _reference_model(sub, model_b)
+    model_b = _reference_model(sub, model_b, layer_b)
     rows = _against(sub, model_b, layer_b)
     if models is not None:
         missing = [m for m in models if m not in set(rows["model_a"])]
@@ -615,7 +647,7 @@ def parse_model_size(name: str) -> tuple[str, float] | None:
             return None
         size = float(m.group(1))
     family = (name[: m.start()] + name[m.end():]).strip("-_ ") or name
-    family = re.sub(r"[-_]{2,}", "-", family)
+    family = re.sub(r"([-_])[-_]+", r"\1", family)  # the separators around the size token become one
     return family, size
 
 

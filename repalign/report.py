@@ -356,7 +356,9 @@ def build_report(
             table = pd.DataFrame(columns=["model_a", "layer_a", "model_b", "layer_b", "metric", "params", "score", "n_samples"])
         write_table(table, tmp / SCORES_FILE)
         (tmp / INDEX_FILE).write_text(page, encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a report is meant to be shared
+        # temporary files and folders are private; a report is meant to be shared
+        os.chmod(tmp, 0o755)
+        os.chmod(tmp / SCORES_FILE, 0o644)
         if output.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=parent))
             os.replace(output, old / "report")

@@ -165,7 +165,7 @@ class _Setup:
         (centring and the clipping threshold depend on the rows present)."""
         out, seen = [], {}
         for X in mats:
-            if id(X) not in seen:  # the same array on both sides or twice in a list: one state
+            if id(X) not in seen:  # an array listed twice gets one state
                 Z = X if rows is None else X[rows]
                 seen[id(X)] = self.metric.state(prepare(Z, self.normalize, self.clip_quantile), self.params)
             out.append(seen[id(X)])
@@ -265,15 +265,17 @@ def _linear_gram_state(state: KernelState) -> KernelState:
 def _gram_states(states_a: list, states_b: list, n: int) -> tuple[list, list]:
     """States for the permutation loop: linear CKA switched to Gram matrices where that is cheaper.
 
-    A permuted pair costs N·Da·Db from centred features (‖XcᵀPYc‖²) but N² from Grams
-    (⟨Kx, P Ky Pᵀ⟩, plus one N² reordering per B layer and permutation), so Grams win whenever
-    N < Da·Db, provided they fit in _GRAM_BUDGET_BYTES. Scores are the same in exact arithmetic."""
+    A permuted pair costs N·Da·Db multiply-adds from centred features (‖XcᵀPYc‖², a BLAS product)
+    but N² from Grams (⟨Kx, P Ky Pᵀ⟩, plus one N² reordering per B layer and permutation). The
+    Gram operations are memory-bound: measured at N = 2000, one Gram element costs about 16
+    multiply-adds of the product and one reordered element about 48, hence the weights below.
+    Grams must also fit in _GRAM_BUDGET_BYTES. Scores are the same in exact arithmetic."""
     distinct = {id(s): s for s in (*states_a, *states_b)}.values()
     linear = [s for s in distinct if isinstance(s, KernelState) and s.features is not None and s.gram is None]
     if not linear:
         return states_a, states_b
     feature_cost = sum(n * a.features.shape[1] * b.features.shape[1] for a in states_a for b in states_b)
-    gram_cost = n * n * (len(states_a) * len(states_b) + len(states_b))
+    gram_cost = n * n * (16 * len(states_a) * len(states_b) + 48 * len(states_b))
     if gram_cost >= feature_cost or 8 * n * n * len(linear) > _GRAM_BUDGET_BYTES:
         return states_a, states_b
     converted = {id(s): _linear_gram_state(s) for s in linear}

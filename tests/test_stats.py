@@ -134,6 +134,22 @@ def test_permutation_test_equals_a_from_scratch_reference(metric, func, params):
     assert 0 < p.min() and p.max() > 1 / 31  # the case is not degenerate
 
 
+@pytest.mark.parametrize("metric, func", [("cka", M.cka), ("unbiased_cka", M.unbiased_cka)])
+def test_linear_cka_null_from_grams_equals_the_reference(metric, func):
+    """N ≥ D but N < Da·Db: the null loop switches linear CKA from centred features to N×N Grams."""
+    from repalign.stats import _gram_states
+
+    A = shared_layers(200, [150], seed=30, noise=3.0)
+    B = shared_layers(200, [140], seed=31, noise=3.0)
+    m = M.get_metric(metric)
+    states = [m.state(M.prepare(X), m.resolve(200)) for X in (A[0], B[0])]
+    assert states[0].gram is None and all(s.gram is not None for s in sum(_gram_states([states[0]], [states[1]], 200), []))
+    res = permutation_test(A, B, metric, permutations=4, seed=2)
+    _, null, p, calibrated, _, _ = reference_permutation_test(A, B, func, 4, 2, 0.05)
+    np.testing.assert_allclose(res.null, null, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(res.p_value, p)
+
+
 def test_scores_and_params_match_the_layer_engine():
     A = shared_layers(30, [5, 4], seed=8)
     B = shared_layers(30, [6, 3], seed=9)

@@ -1,0 +1,310 @@
+"""Figures from tidy tables: values drawn, stage groups, markers, hatching, ordering, files and the CLI."""
+
+import hashlib
+import io
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+
+from embeddings_cache import CacheWriter
+from repalign import plot
+from repalign.cli import main
+from repalign.compare import compare_models
+from repalign.errors import RepalignError
+
+N = 40
+FOLD_LAYERS = ["esmc.0", "esmc.1", "language_model", "lm_encoder.0", "folding_trunk.0", "folding_trunk.1",
+               "confidence.single"]
+LM_LAYERS = ["layer.0", "layer.1", "layer.2"]
+
+
+def sha(sample_id):
+    return hashlib.sha256(sample_id.encode()).hexdigest()
+
+
+def _write(path, model, layers, seed):
+    ids = [f"s{i:02d}" for i in range(N)]
+    shared = np.random.default_rng(0).standard_normal((N, 6))
+    rng = np.random.default_rng(seed)
+    feats = {name: (shared @ rng.standard_normal((6, 5)) + (1 + i) * rng.standard_normal((N, 5))).astype(np.float32)
+             for i, name in enumerate(layers)}
+    with CacheWriter(path, model, provenance={"model": model, "options": {}}, layers=layers) as w:
+        w.append(ids, [sha(i) for i in ids], feats)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache") / "c.h5"
+    _write(path, "fold", FOLD_LAYERS, seed=1)
+    _write(path, "lm", LM_LAYERS, seed=2)
+    return compare_models(path, "fold", "lm", ["mknn", "cka"], k=5).table
+
+
+def reference_matrix(table, metric, column="score"):
+    """Independent pivot: plain loops over the rows of one metric."""
+    rows = table[table["metric"] == metric]
+    la, lb = [], []
+    for a, b in zip(rows["layer_a"], rows["layer_b"]):
+        la += [a] if a not in la else []
+        lb += [b] if b not in lb else []
+    out = np.full((len(la), len(lb)), np.nan)
+    for a, b, v in zip(rows["layer_a"], rows["layer_b"], rows[column]):
+        out[la.index(a), lb.index(b)] = v
+    return out, la, lb
+
+
+def gids(ax, prefix):
+    return sorted(a.get_gid() for a in ax.get_children() if (a.get_gid() or "").startswith(prefix))
+
+
+def test_heatmap_draws_the_table_and_marks_the_best_pair(table):
+    fig = plot.layer_heatmap(table, "cka", "fold", "lm")
+    ax = fig.axes[0]
+    expected, la, lb = reference_matrix(table, "cka")
+    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), expected)
+    assert [t.get_text() for t in ax.get_yticklabels()] == la
+    assert [t.get_text() for t in ax.get_xticklabels()] == lb
+    (best,) = [p for p in ax.patches if p.get_gid() == "best-pair"]
+    i, j = np.unravel_index(np.argmax(expected), expected.shape)
+    assert best.get_xy() == (j - 0.5, i - 0.5)
+    assert "cka" in fig.axes[1].get_ylabel() and "kernel=linear" in fig.axes[1].get_ylabel()
+    assert plot.hatched_cells(fig) == []  # no p_value column: nothing hatched
+
+
+def test_heatmap_of_the_reversed_pair_is_the_transpose(table):
+    fig = plot.layer_heatmap(table, "mutual_knn", "lm", "fold")
+    expected, _, _ = reference_matrix(table, "mutual_knn")
+    np.testing.assert_allclose(np.asarray(fig.axes[0].images[0].get_array()), expected.T)
+
+
+def test_metric_aliases_resolve_to_the_stored_name(table):
+    fig = plot.layer_heatmap(table, "mknn")
+    assert "mutual_knn" in fig.axes[1].get_ylabel()
+
+
+def test_layer_groups_follow_the_name_prefixes():
+    names = ["esmc.0", "esmc.1", "language_model", "lm_encoder.0", "lm_encoder.1", "folding_trunk.0", "parcae",
+             "diffusion.single", "diffusion.token_transformer.0", "confidence.input", "confidence.pair.0"]
+    got = [(g.label, g.start, g.stop) for g in plot.layer_groups(names)]
+    assert got == [("ESMC", 0, 2), ("LM", 2, 3), ("LM encoder", 3, 5), ("trunk", 5, 6), ("parcae", 6, 7),
+                   ("diffusion", 7, 9), ("confidence", 9, 11)]
+    # generic prefixes; a stage that comes back starts a new group
+    got = [(g.label, g.start, g.stop) for g in plot.layer_groups(["a.0", "a.1", "b", "a.2"])]
+    assert got == [("a", 0, 2), ("b", 2, 3), ("a", 3, 4)]
+    assert len(plot.layer_groups(["layer.0", "layer.1"])) == 1
+
+
+def test_heatmap_separates_stages_at_group_boundaries(table):
+    ax = plot.layer_heatmap(table, "cka", "fold", "lm").axes[0]
+    lines = {ln.get_gid(): ln for ln in ax.get_lines() if (ln.get_gid() or "").startswith("stage-separator-y")}
+    # esmc | language_model | lm_encoder | folding_trunk | confidence: boundaries before rows 2, 3, 4, 6
+    assert sorted(lines) == [f"stage-separator-y-{i}" for i in (2, 3, 4, 6)]
+    for i in (2, 3, 4, 6):
+        assert np.allclose(lines[f"stage-separator-y-{i}"].get_ydata(), i - 0.5)
+    labels = {t.get_gid(): t.get_text() for t in ax.texts if (t.get_gid() or "").startswith("stage-label-y")}
+    assert labels == {"stage-label-y-0": "ESMC", "stage-label-y-2": "LM", "stage-label-y-3": "LM encoder",
+                      "stage-label-y-4": "trunk", "stage-label-y-6": "confidence"}
+    assert gids(ax, "stage-separator-x") == []  # one group of B's layers: no separator
+
+
+def with_stats(table):
+    """Stats columns by hand: p-values from a fixed rule, calibrated = score shifted."""
+    t = table.copy()
+    rng = np.random.default_rng(3)
+    t["p_value"] = rng.choice([0.001, 0.04, 0.05, 0.3], size=len(t))
+    t["calibrated"] = np.clip(t["score"] - 0.1, 0, 1)
+    t["p_value_best"] = 0.01
+    return t
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.01])
+def test_only_non_significant_cells_are_hatched(table, alpha):
+    t = with_stats(table)
+    fig = plot.layer_heatmap(t, "cka", alpha=alpha)
+    p, _, _ = reference_matrix(t, "cka", "p_value")
+    expected = sorted((i, j) for i in range(p.shape[0]) for j in range(p.shape[1]) if p[i, j] >= alpha)
+    assert expected and plot.hatched_cells(fig) == expected
+    (patch,) = [pa for pa in fig.axes[0].patches if pa.get_gid() == "not-significant"]
+    assert patch.get_hatch()
+    # every drawn square is one cell wide, centred on its cell
+    squares = patch.get_path().vertices.reshape(-1, 5, 2)
+    assert np.allclose(squares.max(axis=1) - squares.min(axis=1), 1.0)
+    # a p_value column with no values (no permutations run) hatches nothing
+    t["p_value"] = np.nan
+    assert plot.hatched_cells(plot.layer_heatmap(t, "cka")) == []
+
+
+def test_calibrated_variant_draws_calibrated_scores(table):
+    t = with_stats(table)
+    fig = plot.layer_heatmap(t, "mutual_knn", value="calibrated")
+    expected, _, _ = reference_matrix(t, "mutual_knn", "calibrated")
+    np.testing.assert_allclose(np.asarray(fig.axes[0].images[0].get_array()), expected)
+    assert fig.axes[1].get_ylabel().startswith("calibrated")
+    with pytest.raises(RepalignError, match="no calibrated scores"):
+        plot.layer_heatmap(table, "cka", value="calibrated")
+
+
+def hand_table(pairs, layers=2, metric="cka"):
+    """Rows for each (model_a, model_b, best score); the other layer pairs score lower."""
+    rows = []
+    for a, b, best in pairs:
+        for i in range(layers):
+            for j in range(layers):
+                score = best if (i, j) == (layers - 1, 0) else best / 2
+                rows.append({"model_a": a, "layer_a": f"l{i}", "model_b": b, "layer_b": f"l{j}", "metric": metric,
+                             "params": "", "score": score, "n_samples": 50})
+    return pd.DataFrame(rows)
+
+
+def test_model_matrix_clusters_similar_models_together():
+    sim = {("a", "b"): 0.1, ("a", "c"): 0.9, ("a", "d"): 0.15, ("b", "c"): 0.2, ("b", "d"): 0.8, ("c", "d"): 0.1}
+    t = hand_table([(a, b, s) for (a, b), s in sim.items()])
+    scores = plot.model_scores(t)
+    for (a, b), s in sim.items():
+        assert scores.loc[a, b] == s and scores.loc[b, a] == s  # best over layer pairs, symmetric
+    order = plot.cluster_order(scores)
+    pos = {m: i for i, m in enumerate(order)}
+    assert abs(pos["a"] - pos["c"]) == 1 and abs(pos["b"] - pos["d"]) == 1
+    fig = plot.model_matrix(t)
+    assert fig.repalign_order == order
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == order
+    cells = {t.get_gid(): t.get_text() for t in ax.texts}
+    i, j = order.index("a"), order.index("c")
+    assert cells[f"cell-{i}-{j}"] == "0.90" and cells[f"cell-{j}-{i}"] == "0.90"
+    assert plot.model_matrix(t, order=["d", "c", "b", "a"]).repalign_order == ["d", "c", "b", "a"]
+    with pytest.raises(RepalignError, match="every model once"):
+        plot.model_matrix(t, order=["a", "b"])
+
+
+def test_model_matrix_at_chosen_layers():
+    t = hand_table([("a", "b", 0.8), ("a", "c", 0.6), ("b", "c", 0.4)])
+    scores = plot.model_scores(t, layers={"a": "l0"})
+    # a's l0 never holds the best pair: half the best score against b and c; b-c keeps its best
+    assert scores.loc["a", "b"] == 0.4 and scores.loc["a", "c"] == 0.3 and scores.loc["b", "c"] == 0.4
+    with pytest.raises(RepalignError, match="layer 'l9'"):
+        plot.model_scores(t, layers={"a": "l9"})
+
+
+def test_depth_scores_match_a_direct_computation(table):
+    t = table[table["metric"] == "cka"]
+    got = plot.depth_scores(t, model_b="lm")
+    assert list(got["model"]) == ["fold"] * len(FOLD_LAYERS)
+    expected, _, lb = reference_matrix(t, "cka")
+    np.testing.assert_allclose(got["score"], expected.max(axis=1))
+    np.testing.assert_allclose(got["depth"], np.arange(len(FOLD_LAYERS)) / (len(FOLD_LAYERS) - 1))
+    fixed = plot.depth_scores(t, model_b="lm", layer_b="layer.1")
+    np.testing.assert_allclose(fixed["score"], expected[:, lb.index("layer.1")])
+    # the other side as reference: fold's layers are B, lm's layers run 0..1
+    other = plot.depth_scores(t, model_b="fold")
+    np.testing.assert_allclose(other["score"], expected.max(axis=0))
+    np.testing.assert_allclose(other["depth"], [0, 0.5, 1])
+    fig = plot.depth_profile(t, model_b="lm")
+    (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_gid() == "depth-fold"]
+    np.testing.assert_allclose(line.get_ydata(), expected.max(axis=1))
+
+
+@pytest.mark.parametrize("name, family, size", [
+    ("esmc-300m", "esmc", 3e8), ("esmc-600M", "esmc", 6e8), ("unirep-1900", "unirep", 1900.0),
+    ("esm2_t33_650M_UR50D", "esm2_t33_UR50D", 6.5e8), ("esm2-8m", "esm2", 8e6), ("prot-t5-3b", "prot-t5", 3e9),
+])
+def test_model_sizes_parse_from_names(name, family, size):
+    assert plot.parse_model_size(name) == (family, size)
+
+
+def test_model_size_absent():
+    assert plot.parse_model_size("antiberty") is None
+    assert plot.parse_model_size("chgnet") is None
+
+
+def test_size_scores_keep_families_with_several_sizes():
+    t = hand_table([("esmc-300m", "ref", 0.5), ("esmc-600m", "ref", 0.6), ("esm2-35m", "ref", 0.4),
+                    ("antiberty", "ref", 0.3)])
+    got = plot.size_scores(t, model_b="ref")
+    assert list(got["model"]) == ["esmc-300m", "esmc-600m"] and list(got["score"]) == [0.5, 0.6]
+    got = plot.size_scores(t, model_b="ref", sizes={"antiberty": 26e6}, families={"antiberty": "esm2"})
+    assert set(got["model"]) == {"esmc-300m", "esmc-600m", "esm2-35m", "antiberty"}
+    with pytest.raises(RepalignError, match="several sizes"):
+        plot.size_scores(hand_table([("esmc-300m", "ref", 0.5), ("antiberty", "ref", 0.3)]), model_b="ref")
+
+
+def test_figure_files_png_dpi_pdf_fonts_svg_text(table, tmp_path):
+    from PIL import Image
+
+    paths = plot.plot_table(table, tmp_path / "fig", "layers", "png,pdf,svg", metric="cka")
+    assert [p.name for p in paths] == ["fig.png", "fig.pdf", "fig.svg"]
+    with Image.open(tmp_path / "fig.png") as im:
+        assert np.allclose(im.info["dpi"], (300, 300), atol=0.01)
+        width_in = im.size[0] / 300
+    assert width_in == pytest.approx(3.5, abs=1 / 300)  # one journal column
+    pdf = (tmp_path / "fig.pdf").read_bytes()
+    assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType (Type 42) embedded, no Type 3
+    root = ET.parse(tmp_path / "fig.svg").getroot()
+    texts = ["".join(e.itertext()) for e in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert any("fold vs lm" in t for t in texts) and "esmc.0" in texts
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.pdf", "fig.png", "fig.svg"]  # no temporaries left
+    wide = plot.plot_table(table, tmp_path / "wide", "models", ["png"], metric="cka", columns=2)[0]
+    with Image.open(wide) as im:
+        assert im.size[0] / 300 == pytest.approx(7.2, abs=1 / 300)  # two columns
+
+
+def test_same_table_gives_identical_vector_files(table, tmp_path):
+    for stem in ("one", "two"):
+        plot.plot_table(table, tmp_path / stem, "layers", "pdf,svg")
+    assert (tmp_path / "one.svg").read_bytes() == (tmp_path / "two.svg").read_bytes()
+    assert (tmp_path / "one.pdf").read_bytes() == (tmp_path / "two.pdf").read_bytes()
+
+
+def test_cli_plot_end_to_end(table, tmp_path):
+    src = tmp_path / "scores.csv"
+    table.to_csv(src, index=False)
+    res = subprocess.run([sys.executable, "-m", "repalign", "plot", str(src), "--kind", "layers", "--metric", "mknn",
+                          "--a", "lm", "--b", "fold", "--format", "png,svg", "-o", str(tmp_path / "heat")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["wrote", str(tmp_path / "heat.png"), "wrote", str(tmp_path / "heat.svg")]
+    svg = (tmp_path / "heat.svg").read_text()
+    assert "lm vs fold" in svg
+
+
+@pytest.mark.parametrize("kind, extra", [("models", []), ("depth", ["--b", "lm"]), ("depth", ["--layer-b", "layer.2"])])
+def test_cli_plot_other_kinds(table, tmp_path, kind, extra):
+    src = tmp_path / "scores.parquet"
+    table.to_parquet(src)
+    assert main(["plot", str(src), "--kind", kind, *extra, "--format", "png", "-o", str(tmp_path / kind)]) == 0
+    assert (tmp_path / f"{kind}.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("change, args, message", [
+    ("drop-score", [], "lacks columns ['score']"),
+    ("empty", [], "the score table is empty"),
+    (None, ["--metric", "svcca"], "metric 'svcca' is not in the table"),
+    (None, ["--metric", "nonsense"], "metric 'nonsense' is not in the table"),
+    (None, ["--a", "esm9"], "model 'esm9' is not in the table"),
+    (None, ["--kind", "size"], "no model family with several sizes"),
+    (None, ["--kind", "models", "--b", "lm"], "--b does not apply to --kind models"),
+    (None, ["--format", "png,jpg"], "figure format 'jpg' is not supported"),
+    (None, ["--calibrated"], "no calibrated scores"),
+    ("bad-folder", [], "no such folder"),
+])
+def test_cli_plot_bad_input_is_one_line_and_writes_nothing(table, tmp_path, capsys, change, args, message):
+    t = table.copy()
+    if change == "drop-score":
+        t = t.drop(columns="score")
+    elif change == "empty":
+        t = t.iloc[:0]
+    src = tmp_path / "in" / "scores.csv"
+    src.parent.mkdir()
+    t.to_csv(src, index=False)
+    out = tmp_path / ("missing/fig" if change == "bad-folder" else "out/fig")
+    (tmp_path / "out").mkdir()
+    assert main(["plot", str(src), *args, "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("repalign: error: ") and err.count("\n") == 1 and message in err
+    assert list((tmp_path / "out").iterdir()) == []

@@ -1,0 +1,314 @@
+"""`repalign report`: every comparable pair compared, a self-contained HTML page, atomic replacement,
+and the page rendered by a real headless browser."""
+
+import base64
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from embeddings_cache import Cache, CacheWriter
+from repalign.compare import compare_models
+from repalign.errors import RepalignError
+from repalign.report import build_report
+
+N = 30
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def sha(sample_id):
+    return hashlib.sha256(sample_id.encode()).hexdigest()
+
+
+def _write(path, model, layers, ids, seed):
+    shared = np.random.default_rng(0).standard_normal((len(ids), 6))
+    rng = np.random.default_rng(seed)
+    feats = {name: (shared @ rng.standard_normal((6, 4)) + (1 + i) * rng.standard_normal((len(ids), 4))).astype(np.float32)
+             for i, name in enumerate(layers)}
+    prov = {"model": model, "version": f"{seed}.0", "weights": f"sha256:{sha(model)[:12]}", "options": {"pool": "mean"}}
+    with CacheWriter(path, model, provenance=prov, layers=layers) as w:
+        w.append(ids, [sha(i) for i in ids], feats)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache") / "c.h5"
+    ids = [f"s{i:02d}" for i in range(N)]
+    _write(path, "esmc-300m", ["esmc.0", "esmc.1"], ids, seed=1)
+    _write(path, "esm2-8m", ["layer.0", "layer.1", "layer.2"], ids, seed=2)
+    _write(path, "fold", ["esmc.0", "lm_encoder.0", "folding_trunk.0"], ids[:20], seed=3)  # a subset of samples
+    _write(path, "other", ["x.0"], [f"t{i}" for i in range(8)], seed=4)  # shares no sample
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports") / "report"
+    index = build_report(cache, out, metrics=["mknn", "cka"], k=4)
+    return index
+
+
+class Page(HTMLParser):
+    """The parts of the page the tests look at: images, links, scripts, tables, provenance blocks."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.imgs, self.links, self.tags = [], [], []
+        self.tables, self._table, self._row, self._cell = {}, None, None, None
+        self.provenance, self._prov = {}, None
+        self.not_comparable, self._li = [], None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(a)
+        if "href" in a:
+            self.links.append(a["href"])
+        if tag == "table":
+            self._table = a.get("id")
+            self.tables[self._table] = []
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = {"value": a.get("data-value"), "text": ""}
+        elif tag == "pre" and "data-model" in a:
+            self._prov = a["data-model"]
+            self.provenance[self._prov] = ""
+        elif tag == "li" and a.get("class") == "not-comparable":
+            self._li = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append(self._cell)
+            self._cell = None
+        elif tag == "tr":
+            self.tables[self._table].append(self._row)
+        elif tag == "pre":
+            self._prov = None
+        elif tag == "li" and self._li is not None:
+            self.not_comparable.append(self._li)
+            self._li = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell["text"] += data
+        if self._prov is not None:
+            self.provenance[self._prov] += data
+        if self._li is not None:
+            self._li += data
+
+
+def test_report_folder_holds_the_page_and_the_table(report):
+    assert sorted(p.name for p in report.parent.iterdir()) == ["index.html", "scores.csv"]
+    assert sorted(p.name for p in report.parent.parent.iterdir()) == ["report"]  # no temporary folder left
+    assert oct(report.parent.stat().st_mode & 0o777) == "0o755"
+    assert oct((report.parent / "scores.csv").stat().st_mode & 0o777) == "0o644"
+
+
+def test_every_pair_sharing_samples_is_compared(report, cache):
+    table = pd.read_csv(report.parent / "scores.csv")
+    pairs = sorted(set(zip(table["model_a"], table["model_b"])))
+    assert pairs == [("esm2-8m", "esmc-300m"), ("esm2-8m", "fold"), ("esmc-300m", "fold")]
+    assert sorted(set(table["metric"])) == ["cka", "mutual_knn"]
+    # each pair's rows are those of compare_models on its own, over the shared samples only
+    for a, b in pairs:
+        direct = compare_models(cache, a, b, ["mknn", "cka"], k=4).table
+        mine = table[(table["model_a"] == a) & (table["model_b"] == b)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine[direct.columns], direct, check_dtype=False)
+    assert set(table.loc[table["model_b"] == "fold", "n_samples"]) == {20}
+    page = Page(report.read_text())
+    assert len(page.not_comparable) == 3 and all("other" in li and "share no sample ids" in li for li in page.not_comparable)
+
+
+def test_page_is_self_contained(report):
+    text = report.read_text()
+    page = Page(text)
+    assert "script" not in page.tags and "link" not in page.tags and "iframe" not in page.tags
+    assert page.imgs and all(img["src"].startswith("data:image/svg+xml;base64,") for img in page.imgs)
+    assert all(h == "scores.csv" or h.startswith("#") for h in page.links)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
+    assert "@import" not in text and "url(" not in text
+
+
+def test_embedded_figures_are_valid_svg(report):
+    page = Page(report.read_text())
+    # 3 pairs x 2 metrics layer heatmaps + (model matrix + depth profile) per metric
+    assert len(page.imgs) == 3 * 2 + 2 * 2
+    titles = []
+    for img in page.imgs:
+        svg = base64.b64decode(img["src"].split(",", 1)[1], validate=True)
+        root = ET.fromstring(svg)
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+        assert float(root.get("width").removesuffix("pt")) > 100
+        texts = ["".join(t.itertext()) for t in root.iter("{http://www.w3.org/2000/svg}text")]
+        assert texts  # text stays text
+        titles.append(img["alt"])
+    assert "mutual_knn: layer x layer, esm2-8m vs fold" in titles
+
+
+def test_scores_table_matches_the_csv(report):
+    csv = pd.read_csv(report.parent / "scores.csv", keep_default_na=False)
+    page = Page(report.read_text())
+    rows = page.tables["scores-table"]
+    assert [c["text"] for c in rows[0]] == list(csv.columns)
+    body = rows[1:]
+    assert len(body) == len(csv)
+    for row, (_, expected) in zip(body, csv.iterrows()):
+        for cell, column in zip(row, csv.columns):
+            value = expected[column]
+            if column in ("score", "n_samples"):
+                assert float(cell["value"]) == float(value)  # every digit of the CSV
+                assert float(cell["text"]) == pytest.approx(float(value), abs=5e-5)
+            else:
+                assert cell["text"] == str(value)
+
+
+def test_provenance_of_every_model_is_shown(report, cache):
+    page = Page(report.read_text())
+    with Cache(cache) as c:
+        assert sorted(page.provenance) == c.models
+        for model, text in page.provenance.items():
+            assert json.loads(text) == c.provenance(model)
+    models = {row[0]["text"]: row for row in page.tables["models-table"][1:]}
+    assert models["fold"][1]["text"] == "20" and models["esm2-8m"][2]["text"] == "3"
+
+
+def test_page_lists_the_reproducing_commands(report, cache, tmp_path):
+    text = report.read_text()
+    assert f"repalign report {cache} -o {report.parent} --metric mutual_knn cka --k 4 --permutations 0" in text
+    # the listed plot commands run as written on the report's table
+    import html
+
+    commands = re.findall(r"repalign plot [^\n<]*", html.unescape(text))
+    assert len(commands) == 10
+    shutil.copy(report.parent / "scores.csv", tmp_path / "scores.csv")
+    from repalign.cli import main
+    import shlex
+
+    argv = shlex.split(commands[0])[1:] + ["--format", "svg"]
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(argv) == 0
+    finally:
+        os.chdir(old)
+    assert list(tmp_path.glob("*.svg"))
+
+
+def test_permutation_columns_match_repalign_stats(cache, tmp_path):
+    from repalign.stats import permutation_test
+
+    index = build_report(cache, tmp_path / "r", metrics=["mknn"], k=4, permutations=9, seed=7)
+    table = pd.read_csv(index.parent / "scores.csv")
+    for column in ("p_value", "null_mean", "calibrated", "p_value_best"):
+        assert table[column].notna().all()
+    rows = table[(table["model_a"] == "esm2-8m") & (table["model_b"] == "esmc-300m")]
+    with Cache(cache) as c:
+        ids = c.ids("esm2-8m")
+        mats_a = [c.read_layer("esm2-8m", n, ids=ids) for n in c.layers("esm2-8m")]
+        mats_b = [c.read_layer("esmc-300m", n, ids=ids) for n in c.layers("esmc-300m")]
+    ref = permutation_test(mats_a, mats_b, "mknn", permutations=9, seed=7, k=4)
+    np.testing.assert_allclose(rows["p_value"].to_numpy().reshape(3, 2), ref.p_value)
+    np.testing.assert_allclose(rows["score"].to_numpy().reshape(3, 2), ref.scores, rtol=1e-12)
+    # p-values take the values (1 + c) / (1 + T)
+    assert np.allclose(table["p_value"] * 10, np.round(table["p_value"] * 10))
+    heatmap = next(img for img in Page(index.read_text()).imgs if "layer x layer" in img["alt"])
+    assert "p(best)" in base64.b64decode(heatmap["src"].split(",", 1)[1]).decode()
+
+
+def test_existing_report_is_replaced_and_a_failed_run_keeps_it(cache, tmp_path):
+    out = tmp_path / "r"
+    build_report(cache, out, metrics=["cka"])
+    first = pd.read_csv(out / "scores.csv")
+    assert set(first["metric"]) == {"cka"}
+    build_report(cache, out, metrics=["mknn"], k=3)
+    assert set(pd.read_csv(out / "scores.csv")["metric"]) == {"mutual_knn"}
+    before = (out / "index.html").read_bytes()
+    # k larger than the samples of a pair fails inside the comparison, after checks passed
+    with pytest.raises(RepalignError):
+        build_report(cache, out, metrics=["mknn"], k=25)
+    assert (out / "index.html").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+@pytest.mark.parametrize("setup, kwargs, message", [
+    ("file", {}, "is a file"),
+    ("foreign", {}, "holds no report"),
+    ("nofolder", {}, "no such folder"),
+    (None, {"metrics": ["nonsense"]}, "nonsense"),
+    (None, {"k": 0}, "k must be an integer >= 1"),
+    (None, {"permutations": -1}, "permutations must be an integer >= 0"),
+    ("nocache", {}, "no cache at"),
+])
+def test_bad_input_writes_nothing(cache, tmp_path, setup, kwargs, message):
+    out = tmp_path / "r"
+    source = cache
+    if setup == "file":
+        out.write_text("x")
+    elif setup == "foreign":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    elif setup == "nofolder":
+        out = tmp_path / "missing" / "r"
+    elif setup == "nocache":
+        source = tmp_path / "absent.h5"
+    listing = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(RepalignError, match=message):
+        build_report(source, out, **kwargs)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == listing
+
+
+def test_cli_report_end_to_end(cache, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "repalign", "report", str(cache), "-o", str(tmp_path / "rep"),
+                          "--metric", "cka", "-q"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"wrote {tmp_path / 'rep' / 'index.html'}"
+    res = subprocess.run([sys.executable, "-m", "repalign", "report", str(tmp_path / "nope.h5"), "-o",
+                          str(tmp_path / "rep2")], capture_output=True, text=True)
+    assert res.returncode == 1 and res.stderr.startswith("repalign: error: no cache at") and res.stderr.count("\n") == 1
+    assert not (tmp_path / "rep2").exists()
+
+
+# Marks every <img> with whether it decoded and its natural size, once the page has loaded.
+PROBE = """<script>
+window.addEventListener('load', () => {
+  for (const img of document.images) {
+    img.setAttribute('data-probe', img.complete + ':' + img.naturalWidth + 'x' + img.naturalHeight);
+  }
+  document.body.setAttribute('data-probed', String(document.images.length));
+});
+</script>"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_headless_browser_renders_every_figure(report, tmp_path):
+    probed = tmp_path / "probed.html"
+    probed.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    dom = res.stdout
+    n_images = len(Page(report.read_text()).imgs)
+    assert f'data-probed="{n_images}"' in dom
+    probes = re.findall(r'data-probe="([^"]*)"', dom)
+    assert len(probes) == n_images
+    for probe in probes:
+        complete, size = probe.split(":")
+        width, height = map(int, size.split("x"))
+        assert complete == "true" and width > 100 and height > 100, probe
