@@ -51,6 +51,7 @@ def cmd_compare(args) -> int:
         cache_b=args.cache_b, layers_a=_flat(args.layers_a), layers_b=_flat(args.layers_b),
         normalize=None if args.normalize == "none" else args.normalize,
         k=args.k, kernel=args.kernel, sigma=args.sigma, dim=args.dim,
+        permutations=args.permutations, ci=args.ci, n_subsamples=args.subsamples, seed=args.seed,
     )
     print(result.summary())
     if args.output:
@@ -174,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--normalize", default="l2", choices=("l2", "center", "none"), help="row preprocessing (default l2)")
     c.add_argument("--layers-a", action="append", nargs="+", help="layers of A (names or patterns)")
     c.add_argument("--layers-b", action="append", nargs="+", help="layers of B (names or patterns)")
+    c.add_argument("--permutations", type=int, default=0,
+                   help="permutations for p-values and calibrated scores (e.g. 200; default 0: none)")
+    c.add_argument("--ci", type=float, help="confidence level of subsampling intervals, e.g. 0.95")
+    c.add_argument("--subsamples", type=int, default=100, help="subsamples for --ci (default 100)")
+    c.add_argument("--seed", type=int, default=0, help="seed of permutations and subsamples (default 0)")
     c.add_argument("-o", "--output", help="write the tidy table (.csv, .tsv or .parquet)")
     c.set_defaults(func=cmd_compare)
 

@@ -33,6 +33,7 @@ class Comparison:
     model_b: str
     n_samples: int
     alignments: list = field(default_factory=list)  # one LayerAlignment per metric
+    warnings: list = field(default_factory=list)  # reliability warnings (N small for k, degenerate layers)
 
     def summary(self) -> str:
         """A few readable lines per metric: best layer pair, its score and the chance level."""
@@ -46,10 +47,15 @@ class Comparison:
             chance = metric.chance_level(self.n_samples, **settable)
             chance_txt = f"  (chance {chance:.4f})" if chance is not None else ""
             params = ", ".join(f"{k}={v}" for k, v in sorted(al.params.items()) if v is not None)
+            rows = self.table[self.table["metric"] == al.metric]
+            p_txt = ""
+            if "p_value_best" in rows and rows["p_value_best"].notna().any():
+                p_txt = f", p(best, corrected for the layer search) = {rows['p_value_best'].iloc[0]:.3g}"
             lines.append(
-                f"  {al.metric} [{params}]: best {al.names_a[i]} ~ {al.names_b[j]} = {score:.4f}{chance_txt}; "
+                f"  {al.metric} [{params}]: best {al.names_a[i]} ~ {al.names_b[j]} = {score:.4f}{chance_txt}{p_txt}; "
                 f"{len(al.names_a)}x{len(al.names_b)} layer pairs"
             )
+        lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -78,15 +84,23 @@ def compare_models(
     layers_a: Sequence[str] | None = None,
     layers_b: Sequence[str] | None = None,
     normalize: str | None = "l2",
+    permutations: int = 0,
+    ci: float | None = None,
+    n_subsamples: int = 100,
+    seed: int = 0,
     **params,
 ) -> Comparison:
     """Score every layer of ``model_a`` against every layer of ``model_b`` with each metric.
 
     Parameters such as ``k``, ``sigma``, ``kernel`` or ``dim`` go to the metrics that accept them.
-    Returns a :class:`Comparison` whose ``table`` is the tidy long table
+    ``permutations`` > 0 adds permutation p-values (per pair and for the best pair against the null
+    of the maximum), null means and calibrated scores; ``ci`` adds subsampling intervals
+    (:mod:`repalign.stats`). Reliability warnings (N small for k, degenerate layers) are in
+    ``Comparison.warnings``. Returns a :class:`Comparison` whose ``table`` is the tidy long table
     (model_a, layer_a, model_b, layer_b, metric, params, score, n_samples).
     """
     from embeddings_cache import Cache, align_ids
+    from repalign import stats
     from repalign.metrics import align_layers_multi, get_metric
 
     if isinstance(metrics, str):
@@ -118,8 +132,23 @@ def compare_models(
     alignments = align_layers_multi(
         mats_a, mats_b, metrics=canonical, names_a=names_a, names_b=names_b, normalize=normalize, **params
     )
-    table = pd.concat([al.to_frame(model_a=model_a, model_b=model_b) for al in alignments], ignore_index=True)
-    return Comparison(table=table, model_a=model_a, model_b=model_b, n_samples=len(ids), alignments=alignments)
+    frames, warnings = [], []
+    for al in alignments:
+        frame = al.to_frame(model_a=model_a, model_b=model_b)
+        metric_args = {k: v for k, v in params.items() if k in get_metric(al.metric).params}
+        warnings += stats.check_reliability(len(ids), al.metric, metric_args, layers=mats_a + mats_b,
+                                            normalize=normalize, permutations=permutations or None)
+        if permutations or ci:
+            common = dict(metric=al.metric, normalize=normalize, seed=seed, **metric_args)
+            result = stats.permutation_test(mats_a, mats_b, permutations=permutations, names_a=names_a,
+                                            names_b=names_b, **common) if permutations else None
+            interval = stats.subsample_interval(mats_a, mats_b, ci=ci, n_subsamples=n_subsamples,
+                                                **common) if ci else None
+            frame = pd.concat([frame, stats.stats_columns(result, interval)], axis=1)
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    return Comparison(table=table, model_a=model_a, model_b=model_b, n_samples=len(ids), alignments=alignments,
+                      warnings=list(dict.fromkeys(warnings)))
 
 
 def check_table_path(path: str | os.PathLike) -> Path:

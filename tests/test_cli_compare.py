@@ -118,3 +118,25 @@ def test_cache_info_lists_models_layers_and_shapes(two_model_cache):
     assert res.returncode == 0, res.stderr
     for token in ("ma", "mb", "a0", "a2", "b1", str(N)):
         assert token in res.stdout
+
+
+def test_compare_with_permutations_and_intervals(two_model_cache, tmp_path):
+    from repalign.stats import permutation_test
+
+    path, fa, fb = two_model_cache
+    out = tmp_path / "scores.parquet"
+    res = run_cli("compare", path, "--a", "ma", "--b", "mb", "--metric", "mknn", "--k", 5,
+                  "--permutations", 49, "--ci", 0.9, "--subsamples", 20, "-o", out)
+    assert res.returncode == 0, res.stderr
+    assert "p(best" in res.stdout
+    table = pd.read_parquet(out)
+    for col in ("p_value", "null_mean", "calibrated", "ci_low", "ci_high", "p_value_best"):
+        assert table[col].notna().all(), col
+    assert table["p_value_best"].nunique() == 1
+    assert ((table["p_value"] > 0) & (table["p_value"] <= 1)).all()
+    assert (table["ci_low"] <= table["ci_high"]).all()
+    # the CLI's p-values are those of the Python API on the same aligned layers
+    ref = permutation_test([fa[n] for n in ("a0", "a1", "a2")], [fb[n] for n in ("b0", "b1")],
+                           metric="mknn", permutations=49, seed=0, k=5)
+    np.testing.assert_allclose(table["p_value"].to_numpy(), ref.p_value.ravel())
+    assert table["p_value_best"].iloc[0] == pytest.approx(ref.p_value_best)

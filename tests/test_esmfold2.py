@@ -159,6 +159,45 @@ def test_matches_the_port_forward(adapter):
     np.testing.assert_allclose(got["distogram"], (pair + pair.transpose(1, 0, 2)).mean(axis=1), atol=1e-5, rtol=1e-5)
 
 
+def test_full_run_matches_the_port_fold(adapter, monkeypatch):
+    """End to end against EsmFold2Model.fold: with every random draw replaced by the same fixed
+    pattern (the port draws from the global generator, the extractor from per-sample generators),
+    and the same initial pair state, the sampled coordinates, pLDDT and pTM agree."""
+    from esmfold2_model.featurize import featurize_sequence
+
+    model = adapter.model
+    real_randn, real_trunc = torch.randn, torch.nn.init.trunc_normal_
+
+    def pattern(*size, generator=None, device=None, dtype=None, **_):
+        shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
+        n = int(np.prod(shape)) if shape else 1
+        return torch.sin(0.37 * torch.arange(n, dtype=torch.float32) + 1.0).reshape(shape).to(device=device or "cpu")
+
+    monkeypatch.setattr(torch, "randn", pattern)
+    monkeypatch.setattr(torch, "randn_like", lambda t, **k: pattern(tuple(t.shape), device=t.device))
+
+    def seeded_init(reference):  # the extractor's initial pair state for one protein, seed 0
+        c = reference.shape[-1]
+        std = (2.0 / (5.0 * c)) ** 0.5
+        out = torch.empty(reference.shape)
+        real_trunc(out[0], 0.0, std, -3 * std, 3 * std, generator=torch.Generator().manual_seed(0))
+        return out
+
+    sample = featurize_sequence(PROTEIN.payload)
+    f = {k: v[None] for k, v in sample.features.items()}
+    model._init_pair_state = seeded_init
+    try:
+        with torch.no_grad():
+            ref = model.fold(**f, num_diffusion_samples=1)
+    finally:
+        del model._init_pair_state
+    (tokens, outputs, structure), = adapter.extractor.run([sample], ["confidence.single"])
+    monkeypatch.setattr(torch, "randn", real_randn)
+    np.testing.assert_allclose(structure["coords"][0], ref.sample_atom_coords[0, : sample.num_atoms].numpy(), atol=1e-3, rtol=1e-4)
+    assert outputs["ptm"] == pytest.approx(float(ref.ptm[0]), abs=1e-5)
+    assert outputs["plddt"] == pytest.approx(float(ref.plddt[0].mean()), abs=1e-5)
+
+
 def _count_calls(module):
     calls = []
     handle = module.register_forward_pre_hook(lambda m, a: calls.append(1))
