@@ -119,7 +119,8 @@ def check_table(table: pd.DataFrame) -> pd.DataFrame:
     for col in ("model_a", "layer_a", "model_b", "layer_b", "metric"):
         out[col] = out[col].astype(str)
     if "params" in out.columns:
-        out["params"] = out["params"].fillna("").astype(str)
+        # a CSV with no parameters reads back as a float column of NaN
+        out["params"] = ["" if pd.isna(v) else str(v) for v in out["params"]]
     else:
         out["params"] = ""
     return out
@@ -252,7 +253,7 @@ def _tick_positions(n: int, room_in: float = 9.0) -> list[int]:
     return list(range(0, n, step))
 
 
-def _draw_groups(ax, groups: list[LayerGroup], axis: str, n_other: int) -> None:
+def _draw_groups(ax, groups: list[LayerGroup], axis: str) -> None:
     """Separator lines between stage groups and the group labels outside the axes."""
     if len(groups) < 2:
         return
@@ -339,8 +340,8 @@ def layer_heatmap(
         ax.set_xticks(xt, [names_b[j] for j in xt], rotation=90)
         ax.set_ylabel(f"{ma} layer")
         ax.set_xlabel(f"{mb} layer")
-        _draw_groups(ax, layer_groups(names_a), "y", len(names_b))
-        _draw_groups(ax, layer_groups(names_b), "x", len(names_a))
+        _draw_groups(ax, layer_groups(names_a), "y")
+        _draw_groups(ax, layer_groups(names_b), "x")
 
         if _has(rows, "p_value"):
             p, _, _ = pair_matrix(rows, "p_value")
@@ -601,7 +602,8 @@ def depth_profile(
     """Score versus relative depth (:func:`depth_scores`) of several models in one plot.
 
     Intervals (ci_low, ci_high) are drawn as bands when present; points with p_value >= alpha
-    are drawn hollow. Returns the Figure.
+    are drawn hollow; a ``chance_level`` column is drawn as a dashed line (its largest value, when
+    pairs differ in N). Returns the Figure.
     """
     rows = _metric_rows(check_table(table), metric)
     data = depth_scores(table, metric, model_b, layer_b, models)
@@ -617,6 +619,10 @@ def depth_profile(
             ax.scatter(part["depth"][sig], part["score"][sig], color=color, s=6, zorder=3)
             ax.scatter(part["depth"][~sig], part["score"][~sig], facecolor="white", edgecolor=color, s=6,
                        linewidth=0.6, zorder=3)
+        if _has(rows, "chance_level"):
+            chance = float(pd.to_numeric(rows["chance_level"], errors="coerce").max())
+            ax.axhline(chance, color=NOT_SIGNIFICANT_COLOR, linestyle="--", linewidth=0.6, label="chance",
+                       gid="chance-level")
         ax.set_xlim(-0.02, 1.02)
         ax.set_xlabel("relative depth (layer / last layer)")
         against = f"{ref} {layer_b}" if layer_b else f"best layer of {ref}"
@@ -742,7 +748,7 @@ def check_formats(formats: str | Sequence[str]) -> list[str]:
 def check_stem(stem: str | os.PathLike) -> Path:
     stem = Path(stem)
     if stem.suffix.lower() in {".png", ".pdf", ".svg"}:
-        stem = stem.with_suffix("")
+        stem = stem.with_suffix("")  # only a figure suffix is dropped: dots in names (chgnet-0.3.0) stay
     if not stem.name:
         raise RepalignError(f"{stem}: give an output file stem such as figures/heatmap")
     parent = stem.parent
@@ -767,15 +773,23 @@ def save_figure(fig, stem: str | os.PathLike, formats: str | Sequence[str] = ("p
             for fmt in formats:
                 fd, tmp = tempfile.mkstemp(prefix=f".{stem.name}.", suffix=f".{fmt}", dir=stem.parent)
                 os.close(fd)
-                done.append((tmp, stem.with_suffix(f".{fmt}")))
+                done.append((tmp, stem.parent / f"{stem.name}.{fmt}"))
                 fig.savefig(tmp, format=fmt, dpi=PNG_DPI, metadata=_metadata(fmt))
+        mode = 0o666 & ~_umask()  # mkstemp files are private; a figure gets the usual permissions
         for tmp, final in done:
+            os.chmod(tmp, mode)
             os.replace(tmp, final)
     finally:
         for tmp, _ in done:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     return [final for _, final in done]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import shlex
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -40,6 +40,7 @@ class PairResult:
     n_samples: int = 0
     summary: str = ""
     reason: str = ""  # why the pair is not comparable; empty when it was compared
+    warnings: list = field(default_factory=list)  # reliability warnings of repalign.stats
 
     @property
     def compared(self) -> bool:
@@ -53,8 +54,8 @@ def _check_int(value, name: str, minimum: int) -> int:
 
 
 def _check_output(output: str | os.PathLike) -> Path:
-    output = Path(output)
-    parent = output.absolute().parent
+    output = Path(os.path.abspath(output))  # '.' or 'a/..' get a real name to rename
+    parent = output.parent
     if not parent.is_dir():
         raise RepalignError(f"{parent}: no such folder; create it or choose another report folder")
     if not os.access(parent, os.W_OK):
@@ -65,35 +66,6 @@ def _check_output(output: str | os.PathLike) -> Path:
         # only an earlier report is replaced, never an unrelated folder
         raise RepalignError(f"{output} is a non-empty folder that holds no report; choose a new or empty folder")
     return output
-
-
-def _with_statistics(cache, model_a: str, model_b: str, table: pd.DataFrame, metrics: list[str], k: int,
-                     permutations: int, seed: int) -> pd.DataFrame:
-    """The comparison table with permutation p-values and calibrated scores (repalign.stats) per metric."""
-    from embeddings_cache import align_ids
-    from repalign.metrics import get_metric
-    from repalign.stats import permutation_test, stats_columns
-
-    ids = align_ids(cache, model_a, cache, model_b)
-    layers_a = list(dict.fromkeys(table["layer_a"]))
-    layers_b = list(dict.fromkeys(table["layer_b"]))
-    mats_a = [cache.read_layer(model_a, name, ids=ids) for name in layers_a]
-    mats_b = [cache.read_layer(model_b, name, ids=ids) for name in layers_b]
-    parts = []
-    for name in metrics:
-        metric = get_metric(name)
-        params = {"k": k} if "k" in metric.params else {}
-        result = permutation_test(mats_a, mats_b, metric.name, permutations=permutations, seed=seed,
-                                  names_a=layers_a, names_b=layers_b, **params)
-        stats = stats_columns(result)
-        stats.insert(0, "layer_b", [b for _ in layers_a for b in layers_b])
-        stats.insert(0, "layer_a", [a for a in layers_a for _ in layers_b])
-        stats.insert(0, "metric", metric.name)
-        parts.append(stats)
-    stats = pd.concat(parts, ignore_index=True)
-    # merged on the keys, not by position, so a different row order cannot misattribute a p-value
-    merged = table.merge(stats, on=["metric", "layer_a", "layer_b"], how="left", validate="one_to_one")
-    return merged
 
 
 def compare_all(cache_path: str | os.PathLike, metrics: Sequence[str] = DEFAULT_METRICS, k: int = 10,
@@ -125,12 +97,11 @@ def compare_all(cache_path: str | os.PathLike, metrics: Sequence[str] = DEFAULT_
                     continue
                 if not quiet:
                     print(f"comparing {model_a} vs {model_b}", file=sys.stderr, flush=True)
-                result = compare_models(cache_path, model_a, model_b, metrics, k=k)
-                table = result.table
-                if permutations:
-                    table = _with_statistics(cache, model_a, model_b, table, list(metrics), k, permutations, seed)
+                result = compare_models(cache_path, model_a, model_b, metrics, k=k, permutations=permutations,
+                                        seed=seed)
                 pair.n_samples, pair.summary = result.n_samples, result.summary()
-                tables.append(table)
+                pair.warnings = list(getattr(result, "warnings", []))
+                tables.append(result.table)
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     return table, pairs
 
@@ -234,7 +205,8 @@ def _html(cache_path: Path, output: Path, table: pd.DataFrame, pairs: list[PairR
                   "--permutations", str(permutations)]
     compare_cmds = [
         ["repalign", "compare", str(cache_path), "--a", p.model_a, "--b", p.model_b, "--metric", *metrics,
-         "--k", str(k), "-o", f"{p.model_a}-{p.model_b}.csv"]
+         "--k", str(k), *(["--permutations", str(permutations)] if permutations else []),
+         "-o", f"{p.model_a}-{p.model_b}.csv"]
         for p in pairs if p.compared
     ]
     parts = [
@@ -253,7 +225,7 @@ def _html(cache_path: Path, output: Path, table: pd.DataFrame, pairs: list[PairR
         f"<pre>{_esc(_command(report_cmd))}</pre>",
     ]
     if compare_cmds:
-        parts.append("<p>Each pair's table (without the permutation columns unless the compare command gets them):</p>")
+        parts.append("<p>Each pair's table:</p>")
         parts.append("<pre>" + "\n".join(_esc(_command(c)) for c in compare_cmds) + "</pre>")
     if figures:
         parts.append(f"<p>Each figure from {SCORES_FILE} (add <code>--format png,pdf,svg --columns 1|2</code> to restyle):</p>")
@@ -288,11 +260,14 @@ def _html(cache_path: Path, output: Path, table: pd.DataFrame, pairs: list[PairR
         section = f"{p.model_a} vs {p.model_b}"
         parts.append(f"<h2>{_esc(section)}</h2>")
         parts.append(f"<pre>{_esc(p.summary)}</pre>")
+        if p.warnings:
+            parts.append('<ul class="warnings">' + "".join(f"<li>{_esc(w)}</li>" for w in p.warnings) + "</ul>")
         parts.extend(_figure_html(f) for f in figures if f["section"] == section)
 
     parts.append('<h2 id="scores">Scores</h2>')
     if table.empty:
-        parts.append("<p>No model pair shares samples: nothing was compared.</p>")
+        why = "the cache holds a single model" if not pairs else "no model pair shares samples"
+        parts.append(f"<p>Nothing was compared: {why}.</p>")
     else:
         parts.append(f"<p>{len(table)} rows, identical to {SCORES_FILE}.</p>")
         parts.append('<div class="scroll">' + table_html(table, "scores-table") + "</div>")
@@ -321,8 +296,8 @@ def build_report(
     """Compare every model pair of ``cache`` and write ``output/index.html`` and ``output/scores.csv``.
 
     Pairs are compared with :func:`repalign.compare.compare_models` (every layer pair, each metric,
-    ``k`` for the kNN metrics); with ``permutations`` > 0, :func:`repalign.stats.permutation_test`
-    adds p_value, null_mean and calibrated columns (seeded by ``seed``). An existing report at
+    ``k`` for the kNN metrics); with ``permutations`` > 0 it adds permutation p-values, null means
+    and calibrated scores (:func:`repalign.stats.permutation_test`, seeded by ``seed``). An existing report at
     ``output`` is replaced atomically; any other non-empty folder is refused. Returns the path of
     index.html.
     """
@@ -349,7 +324,7 @@ def build_report(
     figures = _figures(table, pairs, metrics)
     page = _html(cache_path, output, table, pairs, figures, provenance, metrics, k, permutations)
 
-    parent = output.absolute().parent
+    parent = output.parent
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
     try:
         if table.empty:
@@ -357,8 +332,10 @@ def build_report(
         write_table(table, tmp / SCORES_FILE)
         (tmp / INDEX_FILE).write_text(page, encoding="utf-8")
         # temporary files and folders are private; a report is meant to be shared
-        os.chmod(tmp, 0o755)
-        os.chmod(tmp / SCORES_FILE, 0o644)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        os.chmod(tmp / SCORES_FILE, 0o666 & ~mask)
         if output.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=parent))
             os.replace(output, old / "report")

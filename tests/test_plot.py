@@ -1,7 +1,6 @@
 """Figures from tidy tables: values drawn, stage groups, markers, hatching, ordering, files and the CLI."""
 
 import hashlib
-import io
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -9,8 +8,6 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.lines import Line2D
-from matplotlib.patches import Rectangle
 
 from embeddings_cache import CacheWriter
 from repalign import plot
@@ -208,6 +205,10 @@ def test_depth_scores_match_a_direct_computation(table):
     fig = plot.depth_profile(t, model_b="lm")
     (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_gid() == "depth-fold"]
     np.testing.assert_allclose(line.get_ydata(), expected.max(axis=1))
+    assert not [ln for ln in fig.axes[0].get_lines() if ln.get_gid() == "chance-level"]
+    fig = plot.depth_profile(t.assign(chance_level=0.125), model_b="lm")
+    (chance,) = [ln for ln in fig.axes[0].get_lines() if ln.get_gid() == "chance-level"]
+    assert np.allclose(chance.get_ydata(), 0.125)
 
 
 @pytest.mark.parametrize("name, family, size", [
@@ -252,6 +253,17 @@ def test_figure_files_png_dpi_pdf_fonts_svg_text(table, tmp_path):
     wide = plot.plot_table(table, tmp_path / "wide", "models", ["png"], metric="cka", columns=2)[0]
     with Image.open(wide) as im:
         assert im.size[0] / 300 == pytest.approx(7.2, abs=1 / 300)  # two columns
+
+
+def test_dots_in_the_stem_are_kept_and_files_are_not_private(table, tmp_path):
+    import os
+
+    paths = plot.plot_table(table, tmp_path / "crystal-chgnet-0.3.0-vs-sevennet-0-cka", "layers", "png,pdf")
+    assert [p.name for p in paths] == ["crystal-chgnet-0.3.0-vs-sevennet-0-cka.png", "crystal-chgnet-0.3.0-vs-sevennet-0-cka.pdf"]
+    assert plot.plot_table(table, tmp_path / "fig.svg", "layers", "svg")[0].name == "fig.svg"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~mask for p in paths)
 
 
 def test_same_table_gives_identical_vector_files(table, tmp_path):
@@ -308,3 +320,17 @@ def test_cli_plot_bad_input_is_one_line_and_writes_nothing(table, tmp_path, caps
     err = capsys.readouterr().err
     assert err.startswith("repalign: error: ") and err.count("\n") == 1 and message in err
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_cli_size_with_given_sizes(tmp_path):
+    t = hand_table([("esmc-300m", "ref", 0.5), ("esmc-600m", "ref", 0.6), ("mini", "ref", 0.2)])
+    src = tmp_path / "scores.tsv"
+    t.to_csv(src, sep="\t", index=False)
+    stem = tmp_path / "size"
+    # 'mini' gets a size but forms a family of its own: one size is no scaling curve, so only esmc is drawn
+    assert main(["plot", str(src), "--kind", "size", "--size", "mini=1e3", "--format", "svg", "-o", str(stem)]) == 0
+    svg = (tmp_path / "size.svg").read_text()
+    assert "esmc" in svg and "mini" not in svg and "vs ref" in svg
+    (tmp_path / "size.svg").unlink()
+    assert main(["plot", str(src), "--kind", "size", "--size", "esmc-600m=lots", "-o", str(stem)]) == 1
+    assert not list(tmp_path.glob("size.*"))

@@ -3,7 +3,6 @@ and the page rendered by a real headless browser."""
 
 import base64
 import hashlib
-import io
 import json
 import os
 import re
@@ -12,7 +11,6 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -114,8 +112,12 @@ class Page(HTMLParser):
 def test_report_folder_holds_the_page_and_the_table(report):
     assert sorted(p.name for p in report.parent.iterdir()) == ["index.html", "scores.csv"]
     assert sorted(p.name for p in report.parent.parent.iterdir()) == ["report"]  # no temporary folder left
-    assert oct(report.parent.stat().st_mode & 0o777) == "0o755"
-    assert oct((report.parent / "scores.csv").stat().st_mode & 0o777) == "0o644"
+    mask = os.umask(0)
+    os.umask(mask)
+    # not the private modes of temporary files: the report is meant to be shared
+    assert report.parent.stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (report.parent / "scores.csv").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert report.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_every_pair_sharing_samples_is_compared(report, cache):
@@ -312,3 +314,13 @@ def test_headless_browser_renders_every_figure(report, tmp_path):
         complete, size = probe.split(":")
         width, height = map(int, size.split("x"))
         assert complete == "true" and width > 100 and height > 100, probe
+
+
+def test_single_model_cache_gives_a_report_with_nothing_compared(tmp_path):
+    path = tmp_path / "one.h5"
+    _write(path, "solo", ["l.0"], [f"s{i}" for i in range(5)], seed=1)
+    index = build_report(path, tmp_path / "r")
+    assert pd.read_csv(index.parent / "scores.csv").empty
+    page = Page(index.read_text())
+    assert page.imgs == [] and list(page.provenance) == ["solo"]
+    assert "Nothing was compared: the cache holds a single model." in index.read_text()

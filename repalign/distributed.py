@@ -1,0 +1,738 @@
+"""Extraction and layer comparison on a Dask cluster (optional: ``pip install 'repalign[dask]'``).
+
+Cluster specs (:func:`parse_cluster`, :func:`open_client`):
+
+- ``local:N``           a LocalCluster of N worker processes, one thread each, on this machine;
+- ``tcp://HOST:PORT``   an existing scheduler (``dask scheduler`` + ``dask worker`` started by hand);
+- ``slurm:CONFIG.yaml`` a dask-jobqueue SLURMCluster whose keyword arguments are the YAML mapping
+  (plus ``jobs: N``, the number of jobs to start); see docs/scaling.md.
+
+Extraction (:func:`extract_distributed`): the samples still to do are ordered and batched exactly
+as :func:`repalign.extract.extract` would (``length_batches``), the batch list is cut into shards
+of consecutive batches, each shard is extracted by a worker into its own shard cache (a normal
+cache written by ``CacheWriter``, hence crash-safe and resumable), then the shards are appended to
+the target cache in shard order. The target therefore holds the same samples, in the same order,
+with the same values as a single-process run. Shard files rather than HDF5 virtual datasets:
+a virtual dataset would leave the target depending on many files, skip the target's compression
+and checksums, and bypass the journal that makes every append atomic; the merge copies each row
+once through the public writer instead.
+
+Comparison (:func:`align_layers_distributed`): each layer's metric states (neighbour lists,
+centred features ...) are built on a worker, once, and every layer pair is scored where the
+states are; the numbers are those of :func:`repalign.metrics.align_layers_multi`. With
+``block_rows`` the layers are read in row blocks (:mod:`repalign.metrics.outofcore`), and with
+``knn="faiss-hnsw"|"faiss-ivf"`` the neighbour lists are approximate and their recall is reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from repalign.errors import InvalidInput, RepalignError
+from repalign.inputs import Record
+
+log = logging.getLogger("repalign.distributed")
+
+CLUSTER_FORMS = "local:N (N worker processes here), tcp://HOST:PORT (a running scheduler) or slurm:CONFIG.yaml (dask-jobqueue)"
+
+# Keyword arguments of dask_jobqueue.SLURMCluster accepted in a slurm:CONFIG.yaml, plus "jobs".
+SLURM_KEYS = frozenset({
+    "cores", "memory", "processes", "queue", "account", "walltime", "job_cpu", "job_mem", "interface",
+    "death_timeout", "local_directory", "worker_extra_args", "job_extra_directives", "job_script_prologue",
+    "job_directives_skip", "log_directory", "shebang", "python", "job_name", "nanny", "protocol",
+    "scheduler_options", "name", "silence_logs", "dashboard_address", "host", "shared_temp_directory",
+})
+SLURM_REQUIRED = ("cores", "memory")
+
+
+def _dask():
+    try:
+        import distributed
+    except ImportError:
+        raise RepalignError("running on a cluster needs Dask: pip install 'repalign[dask]'") from None
+    return distributed
+
+
+# ----------------------------------------------------------------------------- cluster specs
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A parsed ``--cluster`` value: kind ("local", "tcp", "slurm") and its settings."""
+
+    kind: str
+    workers: int | None = None  # local
+    address: str | None = None  # tcp
+    slurm: dict | None = None  # slurm: SLURMCluster keyword arguments
+    jobs: int | None = None  # slurm: jobs to start
+
+
+def read_slurm_config(path: str | os.PathLike) -> tuple[dict, int]:
+    """SLURMCluster keyword arguments and the number of jobs from a YAML file, validated."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise RepalignError(f"slurm config {path} does not exist; give a YAML file of dask-jobqueue SLURMCluster settings (see docs/scaling.md)")
+    try:
+        conf = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise RepalignError(f"slurm config {path} is not valid YAML{at}; fix the syntax (see docs/scaling.md for an example)") from None
+    if not isinstance(conf, dict):
+        raise RepalignError(f"slurm config {path} must be a mapping of SLURMCluster settings (cores: 8, memory: 64GB, ...), got {type(conf).__name__}")
+    unknown = sorted(str(k) for k in conf if k not in SLURM_KEYS and k != "jobs")
+    if unknown:
+        raise RepalignError(f"slurm config {path}: unknown key(s) {', '.join(unknown)}; accepted: jobs, {', '.join(sorted(SLURM_KEYS))}")
+    missing = [k for k in SLURM_REQUIRED if k not in conf]
+    if missing:
+        raise RepalignError(f"slurm config {path}: missing {', '.join(missing)}; every job needs e.g. 'cores: 8' and 'memory: 64GB'")
+    jobs = conf.pop("jobs", 1)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise RepalignError(f"slurm config {path}: jobs={jobs!r} must be a positive whole number (one job = one worker, e.g. one GPU)")
+    if isinstance(conf["cores"], bool) or not isinstance(conf["cores"], int) or conf["cores"] < 1:
+        raise RepalignError(f"slurm config {path}: cores={conf['cores']!r} must be a positive whole number")
+    if not isinstance(conf["memory"], str) or not re.fullmatch(r"\s*\d+(\.\d+)?\s*[KMGT]i?B\s*", conf["memory"], re.I):
+        raise RepalignError(f"slurm config {path}: memory={conf['memory']!r} must be a size such as '64GB'")
+    return conf, jobs
+
+
+def parse_cluster(spec: str) -> ClusterSpec:
+    """Parse a cluster spec (see the module docstring); bad specs raise a one-line RepalignError."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise RepalignError(f"cluster spec {spec!r} is not valid; use {CLUSTER_FORMS}")
+    spec = spec.strip()
+    if spec.startswith("local:"):
+        count = spec[6:]
+        if not count.isdigit() or int(count) < 1:
+            raise RepalignError(f"cluster spec {spec!r}: the number of workers must be a positive whole number, e.g. local:4")
+        return ClusterSpec("local", workers=int(count))
+    if spec.startswith("tcp://"):
+        if not re.fullmatch(r"tcp://[A-Za-z0-9_.\-\[\]:]+:\d{1,5}", spec):
+            raise RepalignError(f"cluster spec {spec!r}: a scheduler address is tcp://HOST:PORT, e.g. tcp://10.0.0.5:8786")
+        return ClusterSpec("tcp", address=spec)
+    if spec.startswith("slurm:"):
+        conf, jobs = read_slurm_config(spec[6:])
+        return ClusterSpec("slurm", slurm=conf, jobs=jobs)
+    raise RepalignError(f"cluster spec {spec!r} is not valid; use {CLUSTER_FORMS}")
+
+
+@contextlib.contextmanager
+def open_client(cluster) -> Iterator[Any]:
+    """A ``distributed.Client`` for a spec string or ClusterSpec; a Client passed in is used as is.
+
+    Clusters started here (local, slurm) are shut down on exit; an existing scheduler (tcp) is left running.
+    """
+    distributed = _dask()
+    if isinstance(cluster, distributed.Client):
+        yield cluster
+        return
+    spec = cluster if isinstance(cluster, ClusterSpec) else parse_cluster(cluster)
+    if spec.kind == "tcp":
+        try:
+            client = distributed.Client(spec.address, timeout="30s")
+        except OSError as exc:
+            raise RepalignError(f"cannot reach the Dask scheduler at {spec.address} ({exc}); start it with 'dask scheduler' or check the address") from None
+        with client:
+            yield client
+        return
+    if spec.kind == "local":
+        cm = distributed.LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+    else:
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError:
+            raise RepalignError("slurm clusters need dask-jobqueue: pip install 'repalign[dask]'") from None
+        cm = SLURMCluster(**spec.slurm)
+        cm.scale(jobs=spec.jobs)
+    with cm as cl, distributed.Client(cl) as client:
+        yield client
+
+
+# ----------------------------------------------------------------------------- worker side
+# One dict per worker process: adapters are loaded once per worker (not per shard) and reused.
+_WORKER_ADAPTERS: dict[tuple, Any] = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_device(device: str) -> str:
+    """``cuda`` without an index becomes ``cuda:<worker index mod visible GPUs>`` on LocalCluster workers.
+
+    On job-queue clusters each worker usually sees its own GPU as cuda:0 (CUDA_VISIBLE_DEVICES),
+    and worker names are not integers, so ``cuda`` stays ``cuda``.
+    """
+    if device != "cuda":
+        return device
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        return device
+    if isinstance(name, int):
+        import torch
+
+        count = torch.cuda.device_count()
+        if count:
+            return f"cuda:{name % count}"
+    return device
+
+
+def _worker_adapter(factory, name, weights, device, dtype, options):
+    key = (getattr(factory, "__module__", ""), getattr(factory, "__qualname__", repr(factory)), name, weights, device, dtype,
+           tuple(sorted((str(k), repr(v)) for k, v in (options or {}).items())))
+    with _WORKER_LOCK:
+        adapter = _WORKER_ADAPTERS.get(key)
+        if adapter is None:
+            adapter = factory(name, weights=weights, device=device, dtype=dtype, **(options or {}))
+            adapter.ensure_loaded()
+            _WORKER_ADAPTERS[key] = adapter
+    return adapter
+
+
+def _run_shard(shard_path: str, records: list, layers: list, model: str, key: str, pool: str, token_layers: list,
+               store_dtype: str, batch_tokens: int, factory, weights, device, dtype, options) -> dict:
+    """Extract one shard into its own cache file (resuming it if a previous attempt died).
+
+    A RepalignError (bad input, model error) is returned, not raised: retrying cannot fix it,
+    whereas a dead worker makes Dask run the shard again.
+    """
+    from repalign.extract import ModelRun, _extract_one
+
+    try:
+        adapter = _worker_adapter(factory, model, weights, _worker_device(device), dtype, options)
+        run = ModelRun(key, list(layers))
+        _extract_one(adapter, run, records, shard_path, pool, token_layers, store_dtype, batch_tokens, False, True)
+    except RepalignError as exc:
+        return {"error": str(exc)}
+    return {"path": shard_path, "stored": run.stored, "resumed": run.skipped_existing, "tokens": run.tokens,
+            "seconds": run.seconds, "pid": os.getpid(), "adapter": id(adapter)}
+
+
+# ----------------------------------------------------------------------------- extraction
+def _plan_model(name, records, layers, pool, tokens, device, dtype, weights, options, skip_invalid, factory):
+    """Resolve layers and validate inputs as repalign.extract.extract does, on the client."""
+    from repalign.extract import resolve_layers
+
+    adapter = factory(name, weights=weights, device=device, dtype=dtype, **(options or {}))
+    chosen = resolve_layers(adapter, layers)
+    model_pool = pool or adapter.default_pooling
+    token_layers = chosen if model_pool == "none" else (resolve_layers(adapter, tokens) if tokens else [])
+    unknown_tok = [t for t in token_layers if t not in chosen]
+    if unknown_tok:
+        raise RepalignError(f"--tokens layers {unknown_tok} are not among the extracted layers; add them to --layers")
+    good, invalid = [], {}
+    for r in records:
+        try:
+            adapter.validate(r)
+            if adapter.max_size is not None and adapter.size(r) > adapter.max_size:
+                raise InvalidInput(
+                    f"{r.id}: {adapter.size(r)} tokens/atoms, longer than {adapter.info.name} accepts "
+                    f"({adapter.max_size}); shorten it, split it, or pass --skip-invalid", r.id)
+        except InvalidInput as exc:
+            if not skip_invalid:
+                raise
+            invalid[r.id] = str(exc)
+        else:
+            good.append(r)
+    return adapter, chosen, model_pool, token_layers, good, invalid
+
+
+def _todo(cache: Path, key: str, records: list[Record], overwrite: bool) -> tuple[list[Record], int]:
+    """Records not yet in the target cache (same rule as a single-process resume)."""
+    from embeddings_cache import Cache
+
+    if overwrite or not (cache.exists() or Path(str(cache) + ".parts").exists()):
+        return list(records), 0
+    with Cache(cache) as c:
+        stored = dict(zip(c.ids(key), c.hashes(key))) if key in c.models else {}
+    todo, skipped = [], 0
+    for r in records:
+        old = stored.get(r.id)
+        if old is None:
+            todo.append(r)
+        elif old == r.content_hash:
+            skipped += 1
+        else:
+            raise RepalignError(f"sample {r.id} is already stored for {key} with different content; "
+                                f"give the new input another id, or pass --overwrite to re-extract the model")
+    return todo, skipped
+
+
+def plan_shards(sizes: Sequence[int], batch_tokens: int, shard_tokens: int) -> list[list[int]]:
+    """Shards of consecutive length batches (indices into ``sizes``), each about ``shard_tokens`` tokens.
+
+    Batches are those of :func:`repalign.extract.length_batches`; a shard never splits a batch, so
+    each worker re-batches its shard into exactly the same batches.
+    """
+    from repalign.extract import length_batches
+
+    if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < 1:
+        raise RepalignError(f"shard_tokens={shard_tokens!r} must be a positive whole number of tokens, e.g. 200000")
+    batches = length_batches(list(range(len(sizes))), sizes, batch_tokens)
+    shards, current, tokens = [], [], 0
+    for batch in batches:
+        current.extend(batch)
+        tokens += sum(sizes[i] for i in batch)
+        if tokens >= shard_tokens:
+            shards.append(current)
+            current, tokens = [], 0
+    if current:
+        shards.append(current)
+    return shards
+
+
+def shard_folder(cache: str | os.PathLike) -> Path:
+    """Where the shard caches of a distributed extraction into ``cache`` live: ``<cache>.shards/``."""
+    return Path(str(cache) + ".shards")
+
+
+def _shard_name(key: str, index: int, records: list[Record], options_text: str) -> str:
+    digest = hashlib.sha256(options_text.encode())
+    digest.update(key.encode())
+    for r in records:
+        digest.update(r.id.encode() + b"\0" + r.content_hash.encode() + b"\n")
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+    return f"{safe}-{index:05d}-{digest.hexdigest()[:16]}.h5"
+
+
+def merge_shards(shard_paths: Sequence[str | os.PathLike], cache: str | os.PathLike, key: str,
+                 overwrite: bool = False, rows_per_append: int = 256) -> int:
+    """Append the samples of shard caches to ``cache`` in the given order; returns the samples added.
+
+    Goes through the public cache API only (``Cache`` reads, ``CacheWriter.append``), so the
+    target keeps its journal, compression and checksums; samples already in the target are skipped,
+    which makes a merge interrupted by a crash safe to run again.
+    """
+    from embeddings_cache import Cache, CacheWriter
+
+    shards = [Cache(p) for p in shard_paths]
+    try:
+        first = next((c for c in shards if key in c.models), None)
+        if first is None:
+            return 0
+        prov = first.provenance(key)
+        prov.pop("created", None)
+        prov.pop("format_version", None)
+        layers, token_layers = first.layers(key), first.token_layers(key)
+        added = 0
+        with CacheWriter(cache, key, provenance=prov, layers=layers, token_layers=token_layers,
+                         dtype=first.storage_dtype(key), overwrite=overwrite) as writer:
+            stored = writer.stored()
+            for shard in shards:
+                if key not in shard.models:
+                    continue
+                ids, hashes = shard.ids(key), shard.hashes(key)
+                outputs = shard.outputs(key)
+                keep = [i for i, sid in enumerate(ids) if sid not in stored]
+                for s in range(0, len(keep), rows_per_append):
+                    rows = [ids[i] for i in keep[s:s + rows_per_append]]
+                    pooled = {l: shard.read_layer(key, l, ids=rows, dtype=first.storage_dtype(key)) for l in layers}
+                    toks = {}
+                    for l in token_layers:
+                        data, offsets = shard.read_tokens(key, l, ids=rows, dtype=first.storage_dtype(key))
+                        toks[l] = [data[offsets[j]:offsets[j + 1]] for j in range(len(rows))]
+                    outs = {o: shard.read_output(key, o, ids=rows) for o in outputs}
+                    writer.append(rows, [hashes[i] for i in keep[s:s + rows_per_append]], pooled, tokens=toks, outputs=outs)
+                    added += len(rows)
+        return added
+    finally:
+        for c in shards:
+            c.close()
+
+
+def extract_distributed(
+    records: Sequence[Record],
+    models: Sequence[str],
+    cache: str | os.PathLike,
+    cluster="local:2",
+    *,
+    layers: Sequence[str] | None = None,
+    pool: str | None = None,
+    tokens: Sequence[str] = (),
+    device: str = "cpu",
+    dtype: str = "float32",
+    store_dtype: str = "float32",
+    batch_tokens: int = 4096,
+    shard_tokens: int | None = None,
+    limit: int | None = None,
+    overwrite: bool = False,
+    skip_invalid: bool = False,
+    weights: str | None = None,
+    options: dict | None = None,
+    quiet: bool = False,
+    retries: int = 3,
+    keep_shards: bool = False,
+    adapter_factory: Callable | None = None,
+):
+    """:func:`repalign.extract.extract` on a Dask cluster; the resulting cache is the same.
+
+    cluster: a spec (``local:N``, ``tcp://HOST:PORT``, ``slurm:CONFIG.yaml``) or a distributed.Client.
+    shard_tokens: tokens (residues / atoms) per shard; default: the work split into about
+    4 shards per worker (at least one batch each). Smaller shards lose less work when a worker dies.
+    device: ``cuda`` gives LocalCluster worker i the GPU ``cuda:i`` (mod the GPU count); on job-queue
+    clusters each job's own GPU. retries: times a shard is retried after an error or a dead worker
+    (its shard cache resumes where it stopped).
+
+    Order: samples are ordered and batched as a single-process run would (by length, then input
+    order), shards hold consecutive batches and are merged in shard order, so neither the number of
+    workers nor which worker finishes first changes the target. Shard caches live in
+    ``<cache>.shards/`` and are deleted after a successful merge (``keep_shards=False``). Returns one
+    ``repalign.extract.ModelRun`` per model.
+    """
+    from repalign.extract import POOLINGS, ModelRun, model_key
+    from repalign.models import get_adapter
+
+    factory = adapter_factory or get_adapter
+    if pool is not None and pool not in POOLINGS:
+        raise RepalignError(f"unknown pooling {pool!r}; use one of {', '.join(POOLINGS)}")
+    if store_dtype not in ("float32", "float16"):
+        raise RepalignError(f"unknown storage dtype {store_dtype!r}; use float32 or float16")
+    if not records:
+        raise RepalignError("no input samples; give a FASTA, CSV or structure file with at least one sample")
+    if limit is not None:
+        if limit < 1:
+            raise RepalignError(f"--limit must be positive, got {limit}")
+        records = list(records)[:limit]
+    if weights is not None and len(models) > 1:
+        raise RepalignError("--weights applies to one model; run one 'repalign extract' per model with its weights")
+    if shard_tokens is not None and (isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < 1):
+        raise RepalignError(f"shard_tokens={shard_tokens!r} must be a positive whole number of tokens")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise RepalignError(f"retries={retries!r} must be a whole number >= 0")
+    cache = Path(cache)
+    if not cache.parent.is_dir():
+        raise RepalignError(f"folder {cache.parent} does not exist; create it first")
+    spec = cluster if not isinstance(cluster, str) else parse_cluster(cluster)  # bad specs fail before any work
+
+    plans = [_plan_model(name, records, layers, pool, tokens, device, dtype, weights, options, skip_invalid, factory)
+             for name in models]
+    runs = []
+    with open_client(spec) as client:
+        n_workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+        for adapter, chosen, model_pool, token_layers, good, invalid in plans:
+            key = model_key(adapter)
+            run = ModelRun(key, chosen, invalid=invalid)
+            for sid, reason in invalid.items():
+                log.warning("skipped %s: %s", sid, reason)
+            start = time.perf_counter()
+            todo, run.skipped_existing = _todo(cache, key, good, overwrite)
+            if todo:
+                sizes = [adapter.size(r) for r in todo]
+                budget = shard_tokens or max(1, sum(sizes) // (4 * n_workers))
+                shards = [[todo[i] for i in shard] for shard in plan_shards(sizes, batch_tokens, budget)]
+                folder = shard_folder(cache)
+                folder.mkdir(exist_ok=True)
+                options_text = repr((key, sorted(chosen), model_pool, sorted(token_layers), store_dtype, dtype,
+                                     batch_tokens, sorted((options or {}).items()), weights))
+                paths = [str(folder / _shard_name(key, i, s, options_text)) for i, s in enumerate(shards)]
+                _remove_stale_shards(folder, key, paths)
+                futures = [
+                    client.submit(_run_shard, path, shard, chosen, adapter_name(adapter), key, model_pool, token_layers,
+                                  store_dtype, batch_tokens, factory, weights, device, dtype, options,
+                                  key=f"repalign-shard-{Path(path).stem}", retries=retries, pure=False)
+                    for path, shard in zip(paths, shards)
+                ]
+                results = _gather(client, futures, key, quiet)
+                run.tokens = sum(r["tokens"] for r in results)
+                run.stored = merge_shards(paths, cache, key, overwrite=overwrite)
+                run.workers = sorted({(r["pid"], r["adapter"]) for r in results})
+                if not keep_shards:
+                    for p in paths:
+                        _remove_cache_files(Path(p))
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+            run.seconds = time.perf_counter() - start
+            runs.append(run)
+    return runs
+
+
+def adapter_name(adapter) -> str:
+    """The name the adapter was created with (``hf:PATH`` keeps its full path for the workers)."""
+    return getattr(adapter, "name", None) or adapter.info.name
+
+
+def _gather(client, futures, key: str, quiet: bool) -> list[dict]:
+    from distributed import as_completed
+
+    results = {}
+    done = 0
+    try:
+        for fut in as_completed(futures):
+            res = fut.result()
+            if "error" in res:
+                raise RepalignError(f"extraction of {key} failed: {res['error']}")
+            results[fut.key] = res
+            done += 1
+            if not quiet:
+                log.info("model=%s shards_done=%d/%d", key, done, len(futures))
+    except RepalignError:
+        raise
+    except Exception as exc:  # a shard failed after its retries: report the first line
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RepalignError(f"extraction of {key} failed on a worker: {text}; completed shards are kept in "
+                            f"their shard caches and a rerun resumes them") from None
+    return [results[f.key] for f in futures]
+
+
+def _remove_cache_files(path: Path) -> None:
+    for extra in (path, Path(str(path) + ".lock"), Path(str(path) + ".consolidating")):
+        with contextlib.suppress(FileNotFoundError):
+            extra.unlink()
+    shutil.rmtree(str(path) + ".parts", ignore_errors=True)
+
+
+def _remove_stale_shards(folder: Path, key: str, keep: list[str]) -> None:
+    """Shard caches of this model from an earlier, different plan (its merge was interrupted) are dropped."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+    keep_names = {Path(p).name for p in keep}
+    for p in folder.glob(f"{safe}-*.h5"):
+        if p.name not in keep_names:
+            _remove_cache_files(p)
+
+
+# ----------------------------------------------------------------------------- comparison
+@dataclass(frozen=True)
+class CacheLayer:
+    """A picklable reference to one pooled layer in a cache, read on the worker that needs it.
+
+    ids: the samples (in this order) to read, e.g. from ``embeddings_cache.align_ids``; None = all, stored order.
+    """
+
+    path: str
+    model: str
+    layer: str
+    ids: tuple | None = None
+
+    def read(self) -> np.ndarray:
+        from embeddings_cache import Cache
+
+        with Cache(self.path) as c:
+            return c.read_layer(self.model, self.layer, ids=None if self.ids is None else list(self.ids))
+
+    def blocks(self, block_rows: int = 65536) -> Iterator[np.ndarray]:
+        from embeddings_cache import Cache
+
+        with Cache(self.path) as c:
+            if self.ids is None:
+                yield from c.iter_row_blocks(self.model, self.layer, block_rows)
+            else:
+                ids = list(self.ids)
+                for s in range(0, len(ids), block_rows):
+                    yield c.read_layer(self.model, self.layer, ids=ids[s:s + block_rows])
+
+
+def _load(item) -> np.ndarray:
+    if isinstance(item, CacheLayer):
+        return item.read()
+    if callable(item):
+        return item()
+    return item
+
+
+def _block_source(item, block_rows: int):
+    if isinstance(item, CacheLayer):
+        return lambda: item.blocks(block_rows)
+    if callable(item):
+        return item  # a callable already yielding blocks
+    arr = np.asarray(item)
+    return lambda: (arr[s:s + block_rows] for s in range(0, arr.shape[0], block_rows))
+
+
+def _layer_states(item, label, metric_names, resolved, normalize, clip_quantile, knn, knn_options, block_rows, n_samples):
+    """Build every requested metric's state of one layer (runs on a worker); returns (states, recall)."""
+    from repalign.metrics import get_metric
+    from repalign.metrics._validate import as_features
+    from repalign.metrics.prepare import prepare_valid
+
+    metrics = [get_metric(m) for m in metric_names]
+    recall = None
+    try:
+        if block_rows is not None:
+            from repalign.metrics.outofcore import blocked_knn_state
+
+            source = _block_source(item, block_rows)
+            cache: dict = {}
+            out = []
+            for metric, p in zip(metrics, resolved):
+                if metric.name in ("cka",) and p.get("kernel") == "linear" and not p.get("unbiased"):
+                    out.append(("streamed-cka", item))  # scored per pair from both layers' blocks
+                    continue
+                if not metric.is_knn:
+                    raise RepalignError(f"metric {metric.name} cannot run out of core (--block-rows); use mknn, cycle_knn, lcs_knn, edit_distance_knn, cknna or linear cka, or drop --block-rows")
+                key = ("knn", p["k"])
+                if key not in cache:
+                    cache[key] = blocked_knn_state(source, p["k"], normalize, clip_quantile, n_samples=n_samples, name=label)
+                out.append(metric.state(None, p, cache))
+            return out, recall
+        X = prepare_valid(as_features(_load(item), label), normalize, clip_quantile)
+        if X.shape[0] != n_samples:
+            raise RepalignError(f"it has {X.shape[0]} samples but the other layers have {n_samples}; all layers must hold the same samples in the same order")
+        cache = {}
+        if knn != "exact":
+            from repalign.metrics.approx import approximate_knn
+
+            # Pre-filled neighbour lists are picked up by every kNN metric's state (registry cache key).
+            for metric, p in zip(metrics, resolved):
+                if metric.is_knn and ("knn", p["k"]) not in cache:
+                    cache[("knn", p["k"])], r = approximate_knn(X, p["k"], knn, **knn_options)
+                    recall = r if recall is None else min(recall, r)
+        out = []
+        for metric, p in zip(metrics, resolved):
+            key = metric.state_key(p)
+            if key not in cache:
+                cache[key] = metric.state(X, p, cache)
+            out.append(cache[key])
+        return out, recall
+    except RepalignError as exc:
+        raise RepalignError(f"{label}: {exc}") from None
+
+
+def _score_row(states_a, states_b_list, metric_names, resolved, name_a, names_b, block_rows, normalize):
+    """Scores of one layer of A against every layer of B, for every metric: array (M, Lb)."""
+    from repalign.metrics import get_metric
+
+    metrics = [get_metric(m) for m in metric_names]
+    out = np.empty((len(metrics), len(states_b_list)))
+    for m, (metric, p) in enumerate(zip(metrics, resolved)):
+        for j, (states_b, name_b) in enumerate(zip(states_b_list, names_b)):
+            a, b = states_a[0][m], states_b[0][m]
+            try:
+                if isinstance(a, tuple) and a and a[0] == "streamed-cka":
+                    from repalign.metrics.outofcore import streamed_linear_cka
+
+                    out[m, j] = streamed_linear_cka(_block_source(a[1], block_rows), _block_source(b[1], block_rows), normalize)
+                else:
+                    out[m, j] = metric.score(a, b, p)
+            except RepalignError as exc:
+                raise RepalignError(f"{metric.name} of layer {name_a!r} (X) with layer {name_b!r} (Y): {exc}") from None
+    return out
+
+
+def _n_rows(item) -> int:
+    if isinstance(item, CacheLayer):
+        if item.ids is not None:
+            return len(item.ids)
+        from embeddings_cache import Cache
+
+        with Cache(item.path) as c:
+            return c.n_samples(item.model)
+    if callable(item):
+        raise RepalignError("a callable layer source needs n_samples=...; pass the number of rows")
+    shape = np.shape(item)
+    if len(shape) != 2:
+        raise RepalignError(f"a layer has shape {shape}; pass (N, D) matrices, CacheLayer references or callables")
+    return int(shape[0])
+
+
+def align_layers_distributed(
+    client,
+    layers_a: Sequence,
+    layers_b: Sequence,
+    metrics: Sequence[str] | str = ("mknn",),
+    names_a=None,
+    names_b=None,
+    normalize="l2",
+    clip_quantile=None,
+    *,
+    knn: str = "exact",
+    knn_options: dict | None = None,
+    block_rows: int | None = None,
+    n_samples: int | None = None,
+    **params,
+):
+    """:func:`repalign.metrics.align_layers_multi` with the per-layer work spread over Dask workers.
+
+    layers_a, layers_b: per-layer (N, D) arrays, :class:`CacheLayer` references (read on the
+    worker), or callables returning the array (or, with ``block_rows``, an iterator of row blocks).
+    Each layer's states are built once on a worker and stay there; each layer of A is then scored
+    against every layer of B on one worker. Same numbers as the single-process engine.
+
+    knn: "exact", "faiss-hnsw" or "faiss-ivf" (approximate neighbour lists for every kNN metric,
+    see :func:`repalign.metrics.approx.approximate_knn`, options in ``knn_options``).
+    block_rows: read layers in blocks of this many rows (out of core): kNN metrics use the exact
+    blocked search (memory O(N·k) per layer), linear CKA streams sufficient statistics per pair;
+    other metrics are refused.
+
+    Returns (alignments, recall): one LayerAlignment per metric (params include ``knn``), and
+    recall a dict {("a"|"b", layer name): recall} of the approximate lists (empty for exact).
+    """
+    from repalign.metrics import LayerAlignment, get_metric
+    from repalign.metrics.approx import check_knn_options
+    from repalign.metrics.layers import _names
+    from repalign.metrics.prepare import check_prepare_options
+
+    _dask()
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    metric_objs = [get_metric(m) for m in metrics]
+    if not metric_objs:
+        raise RepalignError("no metric requested; pass e.g. metrics=['mknn']")
+    accepted = set().union(*(m.params for m in metric_objs))
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise RepalignError(f"parameter(s) {', '.join(unknown)} not accepted by metric(s) {', '.join(m.name for m in metric_objs)}; accepted: {', '.join(sorted(accepted)) or 'none'}")
+    check_prepare_options(normalize, clip_quantile)
+    knn_options = check_knn_options(knn, **(knn_options or {}))
+    if block_rows is not None:
+        if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
+            raise RepalignError(f"block_rows={block_rows!r} must be a positive whole number of rows, e.g. 65536")
+        if knn != "exact":
+            raise RepalignError("--block-rows computes exact neighbours out of core; use --knn exact with it, or drop --block-rows")
+    items_a, items_b = list(layers_a), list(layers_b)
+    if not items_a or not items_b:
+        raise RepalignError("layers_a and layers_b must each hold at least one layer")
+    names_a = _names(names_a, len(items_a), "a")
+    names_b = _names(names_b, len(items_b), "b")
+    if n_samples is None:
+        n_samples = _n_rows(items_a[0])
+    resolved = [m.resolve(n_samples, **{k: v for k, v in params.items() if k in m.params}) for m in metric_objs]
+    metric_names = [m.name for m in metric_objs]
+
+    def submit_states(item, label):
+        return client.submit(_layer_states, item, label, metric_names, resolved, normalize, clip_quantile, knn,
+                             knn_options, block_rows, n_samples, pure=False)
+
+    futures_b = {}
+    for item, name in zip(items_b, names_b):
+        if id(item) not in futures_b:
+            futures_b[id(item)] = submit_states(item, f"layer {name!r} of layers_b")
+    states_b = [futures_b[id(item)] for item in items_b]
+    rows = []
+    futures_a = []
+    for item, name in zip(items_a, names_a):
+        fa = futures_b.get(id(item)) or submit_states(item, f"layer {name!r} of layers_a")
+        futures_a.append(fa)
+        rows.append(client.submit(_score_row, fa, states_b, metric_names, resolved, name, names_b, block_rows,
+                                  normalize, pure=False))
+    try:
+        scores = np.stack(client.gather(rows), axis=1)  # (M, La, Lb)
+        recalls_a = client.gather([client.submit(lambda s: s[1], f, pure=False) for f in futures_a])
+        recalls_b = client.gather([client.submit(lambda s: s[1], f, pure=False) for f in states_b])
+    finally:
+        for f in list(futures_b.values()) + futures_a + rows:
+            f.release()
+    recall = {}
+    if knn != "exact":
+        recall = {**{("a", n): r for n, r in zip(names_a, recalls_a)}, **{("b", n): r for n, r in zip(names_b, recalls_b)}}
+    extra = {"normalize": normalize, "clip_quantile": clip_quantile}
+    if knn != "exact":
+        extra["knn"] = knn
+    alignments = [
+        LayerAlignment(scores[m], list(names_a), list(names_b), metric.name,
+                       {**p, **extra} if metric.is_knn else {**p, "normalize": normalize, "clip_quantile": clip_quantile},
+                       int(n_samples))
+        for m, (metric, p) in enumerate(zip(metric_objs, resolved))
+    ]
+    return alignments, recall

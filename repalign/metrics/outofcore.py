@@ -1,0 +1,259 @@
+"""Alignment metrics on layers too large for memory, computed from row blocks.
+
+The functions here never see a file: they take a *block source*, a callable that returns a fresh
+iterator over row blocks (n_b, D) of one layer, always in the same sample order (e.g.
+``lambda: cache.iter_row_blocks(model, layer, 65536)``). A list of arrays is accepted too.
+Several passes are made over a source, so a one-shot iterator is refused.
+
+- :func:`blocked_knn_state` / :func:`blocked_nearest_neighbors`: exact k nearest neighbours with
+  memory O(N·k + block²), the same lists (bit for bit) as :func:`repalign.metrics.nearest_neighbors`
+  with the same ``block`` (it runs the same upper-triangular blocked search, rows fetched on demand).
+- :class:`LinearCkaStats` / :func:`streamed_linear_cka`: linear CKA from sufficient statistics
+  accumulated over blocks, memory O(D_x·D_y) whatever N.
+
+Preprocessing is applied per block: ``normalize="l2"`` (and ``None``) are row-local, so block-safe.
+``normalize="center"`` needs the column means of all rows: kNN refuses it (centre in memory
+instead); linear CKA accepts it, since CKA centres its inputs anyway (the value is unchanged).
+``clip_quantile`` needs a quantile over all rows and is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from repalign.errors import RepalignError
+from repalign.metrics import _numba
+from repalign.metrics._validate import as_features, check_k, check_min_samples
+from repalign.metrics.knn import DEFAULT_BLOCK, KnnState
+from repalign.metrics.prepare import check_prepare_options, prepare_valid
+
+BlockSource = Callable[[], Iterable[np.ndarray]]
+
+
+def as_block_source(source, name: str = "source") -> BlockSource:
+    """A re-iterable block source from a callable or a sequence of arrays (one-shot iterators refused)."""
+    if callable(source):
+        return source
+    if isinstance(source, (list, tuple)):
+        blocks = list(source)
+        return lambda: iter(blocks)
+    if isinstance(source, np.ndarray):
+        raise RepalignError(f"{name} is a single array; pass a list of row blocks, or a callable returning an iterator of blocks")
+    raise RepalignError(
+        f"{name} is a {type(source).__name__}; pass a callable returning a fresh iterator of row blocks "
+        f"(e.g. lambda: cache.iter_row_blocks(model, layer)), since the computation reads the rows several times"
+    )
+
+
+def _check_options(normalize, clip_quantile, allow_center: bool, what: str) -> None:
+    check_prepare_options(normalize, clip_quantile)
+    if clip_quantile is not None:
+        raise RepalignError(
+            f"clip_quantile is not supported for {what} computed out of core (its threshold needs every row); "
+            f"use clip_quantile=None, or compute in memory"
+        )
+    if normalize == "center" and not allow_center:
+        raise RepalignError(
+            f"normalize='center' is not supported for {what} computed out of core (it needs the column means "
+            f"of all rows first); use normalize='l2' or None, or compute in memory"
+        )
+
+
+def _prepared_blocks(source: BlockSource, normalize, name: str, width: list) -> Iterator[np.ndarray]:
+    """Validated, row-normalised blocks; checks every block has the same width (stored in ``width``)."""
+    row0 = 0
+    for block in source():
+        X = as_features(block, f"{name} block at row {row0}")
+        if width[0] is None:
+            width[0] = X.shape[1]
+        elif X.shape[1] != width[0]:
+            raise RepalignError(f"{name} block at row {row0} has {X.shape[1]} columns, earlier blocks {width[0]}; every block must be the same layer")
+        if normalize == "l2":
+            X = prepare_valid(X, "l2")
+        row0 += X.shape[0]
+        yield X
+
+
+def _rechunk(blocks: Iterable[np.ndarray], rows: int) -> Iterator[np.ndarray]:
+    """Re-cut a stream of blocks into blocks of exactly ``rows`` rows (the last may be shorter)."""
+    pending: list[np.ndarray] = []
+    count = 0
+    for b in blocks:
+        pending.append(b)
+        count += b.shape[0]
+        while count >= rows:
+            joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            yield np.ascontiguousarray(joined[:rows])
+            rest = joined[rows:]
+            pending = [rest] if rest.shape[0] else []
+            count = rest.shape[0]
+    if count:
+        yield np.ascontiguousarray(np.concatenate(pending) if len(pending) > 1 else pending[0])
+
+
+def count_rows(source, name: str = "source") -> int:
+    """Number of rows a block source yields (one pass)."""
+    return sum(np.shape(b)[0] for b in as_block_source(source, name)())
+
+
+# ----------------------------------------------------------------------------- exact kNN
+def blocked_knn_state(source, k: int = 10, normalize="l2", clip_quantile=None, block: int = DEFAULT_BLOCK,
+                      n_samples: int | None = None, name: str = "layer") -> KnnState:
+    """Exact neighbour lists of a layer read in row blocks: the :class:`KnnState` of :func:`blocked_nearest_neighbors`."""
+    _check_options(normalize, clip_quantile, allow_center=False, what="kNN")
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise RepalignError(f"block={block!r} is invalid; pass a positive number of rows, e.g. 2048")
+    source = as_block_source(source, name)
+    n = count_rows(source, name) if n_samples is None else int(n_samples)
+    k = check_k(k, n)
+    block = int(block)
+    width: list = [None]
+    best_sim = np.full((n, k), -np.inf)
+    best_idx = np.full((n, k), n, dtype=np.int64)
+    seen = 0
+    # Same blocks and order as repalign.metrics._numba.topk_blocked: row block r against key blocks
+    # c >= r, each similarity block merged into the rows' and (transposed) the columns' lists.
+    for r_index, Xr in enumerate(_rechunk(_prepared_blocks(source, normalize, name, width), block)):
+        r0 = r_index * block
+        seen = r0 + Xr.shape[0]
+        if seen > n:
+            raise RepalignError(f"{name} yielded more than the {n} rows announced; the block source must give the same rows each pass")
+        for c_index, Xc in enumerate(_rechunk(_prepared_blocks(source, normalize, name, width), block)):
+            if c_index < r_index:
+                continue  # the pair (c, r) was merged when c was the row block
+            c0 = c_index * block
+            if c0 + Xc.shape[0] > n:
+                raise RepalignError(f"{name} yielded more than the {n} rows announced; the block source must give the same rows each pass")
+            S = Xr @ Xc.T
+            _numba.topk_update_rows(S, r0, c0, best_sim, best_idx, c0 == r0)
+            _numba.topk_update_cols(S, r0, c0, best_sim, best_idx, c0 == r0)
+    if seen != n:
+        raise RepalignError(f"{name} yielded {seen} rows but {n} were expected; the block source must give the same rows each pass")
+    return KnnState(best_idx, best_sim)
+
+
+def blocked_nearest_neighbors(source, k: int = 10, normalize="l2", block: int = DEFAULT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of every row of a layer given as row blocks.
+
+    Same definition as :func:`repalign.metrics.nearest_neighbors` (inner product of the
+    ``normalize``-d rows, self excluded, decreasing similarity, ties to the lower index) and the
+    same result bit for bit when ``block`` is equal: the source's blocks are re-cut into ``block``
+    rows, and the upper triangle of X Xᵀ is formed block by block, each key block read again for
+    each query block (I/O: about B²/2 block reads for B blocks). Memory: O(N·k + block·D).
+
+    Returns (indices int64 (N, k), similarities float64 (N, k)).
+    """
+    state = blocked_knn_state(source, k, normalize, None, block)
+    return state.indices, state.similarities
+
+
+# ----------------------------------------------------------------------------- streamed linear CKA
+@dataclass
+class LinearCkaStats:
+    """Sufficient statistics of linear CKA between X (N, Dx) and Y (N, Dy), accumulated over row blocks.
+
+    With n rows, column sums s_x, s_y and cross products XᵀY, XᵀX, YᵀY (float64), the centred
+    cross products are C_xy = XᵀY − s_x s_yᵀ / n (likewise C_xx, C_yy), and
+
+        CKA = ‖C_xy‖_F² / (‖C_xx‖_F · ‖C_yy‖_F)
+
+    which equals the biased-HSIC linear CKA of Kornblith et al. (2019), i.e.
+    :func:`repalign.metrics.cka` (``kernel="linear"``, ``unbiased=False``). Statistics of disjoint
+    row ranges add up (:meth:`merge`), so row ranges can be reduced on different workers.
+    Subtracting s sᵀ/n loses precision when the column means are large next to the spread
+    (raw, uncentred activations with N in the millions): the l2 rows used by default are fine.
+    """
+
+    n: int = 0
+    sum_x: np.ndarray | None = None
+    sum_y: np.ndarray | None = None
+    xty: np.ndarray | None = None
+    xtx: np.ndarray | None = None
+    yty: np.ndarray | None = None
+    _shapes: tuple = field(default=(), repr=False)
+
+    def update(self, X: np.ndarray, Y: np.ndarray) -> "LinearCkaStats":
+        """Add the rows of one block pair (X_b, Y_b), same samples in the same order."""
+        X64 = np.asarray(X, dtype=np.float64)
+        Y64 = np.asarray(Y, dtype=np.float64)
+        if X64.shape[0] != Y64.shape[0]:
+            raise RepalignError(f"block of X has {X64.shape[0]} rows but block of Y has {Y64.shape[0]}; both sources must yield the same samples in the same blocks")
+        if self.xty is None:
+            dx, dy = X64.shape[1], Y64.shape[1]
+            self.sum_x, self.sum_y = np.zeros(dx), np.zeros(dy)
+            self.xty, self.xtx, self.yty = np.zeros((dx, dy)), np.zeros((dx, dx)), np.zeros((dy, dy))
+        elif X64.shape[1] != self.xtx.shape[0] or Y64.shape[1] != self.yty.shape[0]:
+            raise RepalignError(f"block widths ({X64.shape[1]}, {Y64.shape[1]}) differ from earlier blocks ({self.xtx.shape[0]}, {self.yty.shape[0]})")
+        self.n += X64.shape[0]
+        self.sum_x += X64.sum(axis=0)
+        self.sum_y += Y64.sum(axis=0)
+        self.xty += X64.T @ Y64
+        self.xtx += X64.T @ X64
+        self.yty += Y64.T @ Y64
+        return self
+
+    def merge(self, other: "LinearCkaStats") -> "LinearCkaStats":
+        """Statistics of the union of two disjoint row sets."""
+        if other.xty is None:
+            return self
+        if self.xty is None:
+            return LinearCkaStats(other.n, other.sum_x.copy(), other.sum_y.copy(), other.xty.copy(), other.xtx.copy(), other.yty.copy())
+        if other.xty.shape != self.xty.shape:
+            raise RepalignError(f"cannot merge statistics of shapes {self.xty.shape} and {other.xty.shape}; they belong to different layers")
+        return LinearCkaStats(self.n + other.n, self.sum_x + other.sum_x, self.sum_y + other.sum_y,
+                              self.xty + other.xty, self.xtx + other.xtx, self.yty + other.yty)
+
+    def cka(self) -> float:
+        """Linear CKA (biased HSIC) of the accumulated rows."""
+        if self.xty is None:
+            raise RepalignError("no rows were accumulated; the block sources yielded nothing")
+        check_min_samples(self.n, 2, "CKA")
+        n = float(self.n)
+        cxy = self.xty - np.outer(self.sum_x, self.sum_y) / n
+        cxx = self.xtx - np.outer(self.sum_x, self.sum_x) / n
+        cyy = self.yty - np.outer(self.sum_y, self.sum_y) / n
+        self_x = float(np.einsum("ij,ij->", cxx, cxx))
+        self_y = float(np.einsum("ij,ij->", cyy, cyy))
+        for value, side in ((self_x, "X"), (self_y, "Y")):
+            if not value > 0.0:
+                raise RepalignError(f"{side} has zero (or negative) HSIC self-similarity ({value:.3g}), e.g. all rows identical after preprocessing; the score is undefined, check the input or preprocessing")
+        return float(np.einsum("ij,ij->", cxy, cxy) / np.sqrt(self_x * self_y))
+
+
+def linear_cka_stats(source_x, source_y, normalize="l2", clip_quantile=None) -> LinearCkaStats:
+    """One pass over two block sources (same samples, same order, same block sizes) -> :class:`LinearCkaStats`."""
+    _check_options(normalize, clip_quantile, allow_center=True, what="linear CKA")
+    source_x = as_block_source(source_x, "source_x")
+    source_y = as_block_source(source_y, "source_y")
+    stats = LinearCkaStats()
+    wx: list = [None]
+    wy: list = [None]
+    # "center" is dropped: CKA centres its inputs, so pre-centring does not change the value.
+    norm = "l2" if normalize == "l2" else None
+    blocks_x = _prepared_blocks(source_x, norm, "source_x", wx)
+    blocks_y = _prepared_blocks(source_y, norm, "source_y", wy)
+    sentinel = object()
+    while True:
+        bx = next(blocks_x, sentinel)
+        by = next(blocks_y, sentinel)
+        if bx is sentinel or by is sentinel:
+            if bx is not by:
+                raise RepalignError("source_x and source_y yielded different numbers of blocks; both must give the same samples in the same blocks")
+            break
+        stats.update(bx, by)
+    return stats
+
+
+def streamed_linear_cka(source_x, source_y, normalize="l2") -> float:
+    """Linear CKA (biased HSIC, Kornblith et al., 2019) of two layers streamed in row blocks.
+
+        CKA = ‖XcᵀYc‖_F² / (‖XcᵀXc‖_F · ‖YcᵀYc‖_F),  Xc = X − 1 x̄ᵀ,
+
+    from the float64 statistics of :class:`LinearCkaStats` (one pass, memory O((Dx + Dy)²),
+    independent of N). Equals :func:`repalign.metrics.cka` on ``prepare(X, normalize)`` up to
+    float64 rounding. Unbiased and RBF CKA are not available out of core.
+    """
+    return linear_cka_stats(source_x, source_y, normalize).cka()

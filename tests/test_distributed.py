@@ -1,0 +1,289 @@
+"""Distributed extraction and comparison on a real 2-process Dask LocalCluster.
+
+Extraction runs the tiny ESM-2 checkpoint of conftest; the reference is a single-process
+``repalign.extract.extract`` of the same inputs with one torch thread (Dask workers run one thread,
+and CPU matrix products can differ in the last bit with the thread count). A worker is killed
+with SIGKILL mid-run. Comparison results are checked against the single-process layer engine.
+"""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+
+from distributed import Client, LocalCluster  # noqa: E402
+
+from embeddings_cache import Cache, CacheWriter  # noqa: E402
+from repalign.distributed import (  # noqa: E402
+    CacheLayer,
+    align_layers_distributed,
+    extract_distributed,
+    parse_cluster,
+    plan_shards,
+    shard_folder,
+)
+from repalign.errors import RepalignError  # noqa: E402
+from repalign.extract import extract, length_batches  # noqa: E402
+from repalign.inputs import read_inputs  # noqa: E402
+from repalign.metrics import align_layers_multi  # noqa: E402
+
+AA = "ACDEFGHIKLMNPQRSTVWY"
+KEY = "hf:tiny"
+
+
+def random_fasta(path, n, seed=0, lo=8, hi=60):
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n):
+        lines += [f">p{i:03d}", "".join(rng.choice(list(AA), rng.integers(lo, hi)))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def client():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def esm_inputs(tiny_esm2, tmp_path_factory):
+    """Records and the single-process reference cache (one torch thread, like a Dask worker)."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("dist_ref")
+    records = read_inputs([str(random_fasta(folder / "in.fasta", 48, seed=5))])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        extract(records, [f"hf:{tiny_esm2}"], folder / "single.h5", layers=["all"], batch_tokens=160, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    return records, folder / "single.h5"
+
+
+def assert_same_cache(path, ref_path, exact=True):
+    ref, got = Cache(ref_path), Cache(path)
+    assert got.models == ref.models == [KEY]
+    assert got.ids(KEY) == ref.ids(KEY)  # same samples, same order, none duplicated
+    assert got.hashes(KEY) == ref.hashes(KEY)
+    assert got.layers(KEY) == ref.layers(KEY)
+    for layer in ref.layers(KEY):
+        a, b = got.read_layer(KEY, layer), ref.read_layer(KEY, layer)
+        if exact:
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- cluster specs
+@pytest.mark.parametrize("spec, fragment", [
+    ("local:0", "positive whole number"),
+    ("local:two", "positive whole number"),
+    ("tcp://host", "tcp://HOST:PORT"),
+    ("mpi:4", "local:N"),
+    ("", "local:N"),
+])
+def test_bad_cluster_specs_name_the_accepted_forms(spec, fragment):
+    with pytest.raises(RepalignError, match=fragment) as info:
+        parse_cluster(spec)
+    assert "\n" not in str(info.value)
+
+
+def test_cluster_specs_parse():
+    assert parse_cluster("local:3").workers == 3
+    assert parse_cluster("tcp://10.0.0.5:8786").address == "tcp://10.0.0.5:8786"
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("cores: [8\nmemory: 1GB", "not valid YAML at line"),
+    ("- cores\n- memory", "must be a mapping"),
+    ("cores: 8\nmemory: 64GB\ngpus: 2", "unknown key(s) gpus"),
+    ("cores: 8", "missing memory"),
+    ("cores: 8\nmemory: lots", "memory='lots'"),
+    ("cores: 8\nmemory: 64GB\njobs: 0", "jobs=0"),
+])
+def test_invalid_slurm_config_is_a_one_line_error(tmp_path, text, fragment):
+    conf = tmp_path / "slurm.yaml"
+    conf.write_text(text)
+    with pytest.raises(RepalignError) as info:
+        parse_cluster(f"slurm:{conf}")
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_valid_slurm_config_and_missing_file(tmp_path):
+    conf = tmp_path / "slurm.yaml"
+    conf.write_text("cores: 8\nmemory: 64GB\nqueue: gpu\njobs: 4\njob_extra_directives: ['--gres=gpu:1']\n")
+    spec = parse_cluster(f"slurm:{conf}")
+    assert spec.jobs == 4 and spec.slurm == {"cores": 8, "memory": "64GB", "queue": "gpu", "job_extra_directives": ["--gres=gpu:1"]}
+    with pytest.raises(RepalignError, match="does not exist"):
+        parse_cluster(f"slurm:{tmp_path / 'none.yaml'}")
+
+
+def test_shards_are_runs_of_whole_length_batches():
+    rng = np.random.default_rng(0)
+    sizes = [int(s) for s in rng.integers(5, 80, 60)]
+    batches = length_batches(list(range(60)), sizes, 150)
+    shards = plan_shards(sizes, 150, 400)
+    assert [i for s in shards for i in s] == [i for b in batches for i in b]  # same global order
+    bounds = {len([i for b in batches[:j] for i in b]) for j in range(len(batches) + 1)}
+    cuts = np.cumsum([len(s) for s in shards])
+    assert set(cuts.tolist()) <= bounds  # a shard never splits a batch
+    for s in shards:  # re-batching one shard alone gives back its batches
+        local = length_batches(s, [sizes[i] for i in s], 150)
+        assert [[s[i] for i in b] for b in local] == [b for b in batches if b[0] in s]
+
+
+# ----------------------------------------------------------------------------- extraction
+@pytest.mark.slow
+def test_distributed_extraction_equals_single_process(client, tiny_esm2, esm_inputs, tmp_path):
+    records, ref = esm_inputs
+    out = tmp_path / "dist.h5"
+    runs = extract_distributed(records, [f"hf:{tiny_esm2}"], out, cluster=client, layers=["all"],
+                               batch_tokens=160, shard_tokens=300, quiet=True)
+    assert runs[0].stored == len(records)
+    assert_same_cache(out, ref)
+    # the model was loaded once per worker process, not once per shard
+    pids = {pid for pid, _ in runs[0].workers}
+    assert len(runs[0].workers) == len(pids) <= 2
+    assert not shard_folder(out).exists()
+    # a second run finds everything stored and changes nothing
+    again = extract_distributed(records, [f"hf:{tiny_esm2}"], out, cluster=client, layers=["all"],
+                                batch_tokens=160, quiet=True)
+    assert again[0].stored == 0 and again[0].skipped_existing == len(records)
+    assert_same_cache(out, ref)
+
+
+@pytest.mark.slow
+def test_killed_worker_loses_no_sample(client, tiny_esm2, esm_inputs, tmp_path):
+    records, ref = esm_inputs
+    out = tmp_path / "killed.h5"
+    folder = shard_folder(out)
+    result, error = {}, {}
+
+    def run():
+        try:
+            result["runs"] = extract_distributed(records, [f"hf:{tiny_esm2}"], out, cluster=client, layers=["all"],
+                                                 batch_tokens=160, shard_tokens=1, quiet=True)
+        except BaseException as exc:  # reported by the assertion below
+            error["exc"] = exc
+
+    pids = client.run(os.getpid)
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.time() + 120
+    killed = None
+    while time.time() < deadline and thread.is_alive():
+        parts = [p for p in folder.glob("*.h5.parts/*.h5")] if folder.exists() else []
+        if parts:  # shards are being written: kill a worker now
+            killed = sorted(pids.values())[0]
+            os.kill(killed, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    thread.join(240)
+    assert not thread.is_alive()
+    assert "exc" not in error, error.get("exc")
+    assert killed is not None, "the run ended before a worker could be killed"
+    assert killed not in client.run(os.getpid).values()
+    assert_same_cache(out, ref)
+
+
+@pytest.mark.slow
+def test_concurrent_cli_extractions_one_wins_one_fails_clearly(tiny_esm2, tmp_path):
+    """Two real `repalign extract` processes on one cache: the second is refused while the first writes.
+
+    The first is paused (SIGSTOP) once it has written a batch, so the second surely meets a live
+    writer; then the first resumes (SIGCONT) and completes the cache.
+    """
+    import subprocess
+    import sys
+
+    fasta = random_fasta(tmp_path / "in.fasta", 30, seed=2)
+    cache = tmp_path / "c.h5"
+    cmd = [sys.executable, "-m", "repalign", "extract", str(fasta), "--model", f"hf:{tiny_esm2}", "-o", str(cache),
+           "--layers", "all", "--batch-tokens", "64", "--quiet"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parts = tmp_path / "c.h5.parts"
+    deadline = time.time() + 120
+    while time.time() < deadline and first.poll() is None and not (parts.exists() and any(parts.glob("*.h5"))):
+        time.sleep(0.01)
+    assert first.poll() is None, "the first extraction ended before it could be paused"
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    out, err = first.communicate(timeout=240)
+    assert first.returncode == 0, err
+    assert second.returncode != 0
+    assert "being written by another process" in second.stderr and len(second.stderr.strip().splitlines()) == 1
+    done = Cache(cache)
+    assert len(done.ids(KEY)) == 30 == len(set(done.ids(KEY)))
+
+
+# ----------------------------------------------------------------------------- comparison
+@pytest.fixture(scope="module")
+def layer_data():
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((300, 6))
+    a = [np.ascontiguousarray((base @ rng.standard_normal((6, d)) + 0.5 * rng.standard_normal((300, d))).astype(np.float32))
+         for d in (8, 12, 10)]
+    b = [np.ascontiguousarray((base @ rng.standard_normal((6, d)) + 0.8 * rng.standard_normal((300, d))).astype(np.float32))
+         for d in (9, 7)]
+    a[2][10] = a[2][3]  # an exact tie in the neighbour lists
+    return a, b
+
+
+def test_distributed_layer_scores_equal_the_single_process_engine(client, layer_data):
+    a, b = layer_data
+    metrics = ["mknn", "cka", "cknna", "svcca", "cycle_knn"]
+    ref = align_layers_multi(a, b, metrics, names_a=["a0", "a1", "a2"], names_b=["b0", "b1"], k=7, dim=3)
+    got, recall = align_layers_distributed(client, a, b, metrics, names_a=["a0", "a1", "a2"], names_b=["b0", "b1"], k=7, dim=3)
+    assert recall == {}
+    for r, g in zip(ref, got):
+        assert g.metric == r.metric and g.params == r.params and g.n_samples == 300
+        np.testing.assert_array_equal(g.scores, r.scores)
+
+
+def test_distributed_out_of_core_from_a_cache(client, layer_data, tmp_path):
+    a, b = layer_data
+    path = tmp_path / "layers.h5"
+    ids = [f"s{i}" for i in range(300)]
+    hashes = [f"{i:064x}" for i in range(300)]
+    for model, mats in (("A", a), ("B", b)):
+        names = [f"l{i}" for i in range(len(mats))]
+        with CacheWriter(path, model, provenance={"options": {}}, layers=names) as w:
+            for s in range(0, 300, 64):  # appended in batches; read back in other blocks
+                w.append(ids[s:s + 64], hashes[s:s + 64], {n: m[s:s + 64] for n, m in zip(names, mats)})
+    src_a = [CacheLayer(str(path), "A", f"l{i}") for i in range(3)]
+    order = tuple(ids[::-1])  # an explicit id order (as align_ids gives) is honoured
+    src_b = [CacheLayer(str(path), "B", f"l{i}", ids=tuple(ids)) for i in range(2)]
+    got, _ = align_layers_distributed(client, src_a, src_b, ["mknn", "cknna", "cka"], k=5, block_rows=70)
+    ref = align_layers_multi(a, b, ["mknn", "cknna", "cka"], k=5)
+    for r, g in zip(ref, got):
+        if r.metric == "cka":  # streamed statistics: equal up to float64 rounding
+            np.testing.assert_allclose(g.scores, r.scores, rtol=1e-5)
+        else:
+            np.testing.assert_array_equal(g.scores, r.scores)
+    rev, _ = align_layers_distributed(client, [CacheLayer(str(path), "A", "l0", ids=order)],
+                                      [CacheLayer(str(path), "B", "l0", ids=order)], ["mknn"], k=5)
+    np.testing.assert_allclose(rev[0].scores, align_layers_multi([a[0][::-1]], [b[0][::-1]], ["mknn"], k=5)[0].scores)
+    with pytest.raises(RepalignError, match="cannot run out of core"):
+        align_layers_distributed(client, src_a[:1], src_b[:1], ["svcca"], block_rows=70)
+
+
+def test_distributed_approximate_knn_reports_recall(client, layer_data):
+    pytest.importorskip("faiss")
+    a, b = layer_data
+    got, recall = align_layers_distributed(client, a[:1], b[:1], ["mknn"], k=5, knn="faiss-hnsw")
+    assert set(recall) == {("a", "0"), ("b", "0")}
+    assert all(0.9 <= r <= 1.0 for r in recall.values())
+    exact = align_layers_multi(a[:1], b[:1], ["mknn"], k=5)[0].scores
+    assert got[0].params["knn"] == "faiss-hnsw"
+    assert abs(got[0].scores[0, 0] - exact[0, 0]) < 0.05
