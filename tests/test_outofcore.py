@@ -1,0 +1,127 @@
+"""Out-of-core metrics: blocked exact kNN and streamed linear CKA against in-memory references."""
+
+import numpy as np
+import pytest
+
+from embeddings_cache import Cache, CacheWriter
+from repalign.errors import RepalignError
+from repalign.metrics import cka, mknn, nearest_neighbors, prepare
+from repalign.metrics.knn import KnnState, mutual_knn_from_states
+from repalign.metrics.outofcore import (
+    LinearCkaStats,
+    blocked_knn_state,
+    blocked_nearest_neighbors,
+    linear_cka_stats,
+    streamed_linear_cka,
+)
+
+
+def blocks_of(X, rows):
+    return [X[s:s + rows] for s in range(0, X.shape[0], rows)]
+
+
+def reference_linear_cka(X, Y):
+    """Independent reference: Gram matrices, H K H, biased HSIC (Kornblith et al., 2019)."""
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    n = X.shape[0]
+    H = np.eye(n) - np.ones((n, n)) / n
+    K, L = H @ X @ X.T @ H, H @ Y @ Y.T @ H
+    return float(np.sum(K * L) / np.sqrt(np.sum(K * K) * np.sum(L * L)))
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((700, 20)).astype(np.float32)
+    X[400:405] = X[17]  # exact ties: equal similarities must go to the lower index
+    X[600] = 2 * X[5]  # same direction, different norm: a tie after l2 normalisation
+    Y = (X[:, :12] @ rng.standard_normal((12, 9)) + rng.standard_normal((700, 9))).astype(np.float32)
+    return X, Y
+
+
+@pytest.mark.parametrize("source_rows, block", [(700, 2048), (97, 128), (128, 128), (33, 50)])
+def test_blocked_knn_equals_in_memory_search_bit_for_bit(data, source_rows, block):
+    X, _ = data
+    ref_idx, ref_sim = nearest_neighbors(prepare(X), k=8, block=block)
+    idx, sim = blocked_nearest_neighbors(blocks_of(X, source_rows), k=8, block=block)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(sim, ref_sim)
+    # and the lists are the exact ones (independent brute force with the tie rule, up to float32 rounding)
+    Xp = prepare(X).astype(np.float64)
+    S = Xp @ Xp.T
+    np.fill_diagonal(S, -np.inf)
+    np.testing.assert_allclose(sim, -np.sort(-S, axis=1)[:, :8], atol=1e-6)
+
+
+def test_blocked_knn_without_normalisation_and_mknn(data):
+    X, Y = data
+    a = blocked_knn_state(blocks_of(X, 64), k=6, normalize=None, block=100)
+    ref = nearest_neighbors(X, k=6, block=100)
+    np.testing.assert_array_equal(a.indices, ref[0])
+    b = blocked_knn_state(lambda: iter(blocks_of(Y, 200)), k=6, block=100)
+    assert mutual_knn_from_states(blocked_knn_state(blocks_of(X, 64), k=6, block=100), b, 6) == mknn(prepare(X), prepare(Y), k=6)
+    assert isinstance(a, KnnState)
+
+
+def test_streamed_linear_cka_equals_cka(data):
+    X, Y = data
+    X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+    for normalize in ("l2", None, "center"):
+        got = streamed_linear_cka(blocks_of(X64, 123), blocks_of(Y64, 123), normalize=normalize)
+        ref_in = prepare(X64, normalize), prepare(Y64, normalize)
+        assert got == pytest.approx(cka(*ref_in), rel=1e-10)
+        assert got == pytest.approx(reference_linear_cka(*ref_in), rel=1e-10)
+    # float32 storage: the library's float32 products vs float64 accumulation
+    assert streamed_linear_cka(blocks_of(X, 50), blocks_of(Y, 50)) == pytest.approx(cka(prepare(X), prepare(Y)), rel=1e-5)
+
+
+def test_cka_statistics_of_row_ranges_merge(data):
+    X, Y = data
+    Xp, Yp = prepare(X.astype(np.float64)), prepare(Y.astype(np.float64))
+    halves = [LinearCkaStats().update(Xp[:300], Yp[:300]), LinearCkaStats().update(Xp[300:], Yp[300:])]
+    merged = halves[0].merge(halves[1])
+    assert merged.n == 700
+    assert merged.cka() == pytest.approx(linear_cka_stats([Xp], [Yp], normalize=None).cka(), rel=1e-12)
+    # invariance: CKA is unchanged by an isotropic scaling and by reordering the samples
+    perm = np.random.default_rng(0).permutation(700)
+    assert streamed_linear_cka(blocks_of(3 * Xp[perm], 77), blocks_of(Yp[perm], 77), normalize=None) == pytest.approx(merged.cka(), rel=1e-10)
+
+
+def test_layers_streamed_from_a_real_cache(tmp_path, data):
+    X, Y = data
+    path = tmp_path / "f.h5"
+    ids = [f"s{i}" for i in range(700)]
+    hashes = [f"{i:064x}" for i in range(700)]
+    with CacheWriter(path, "m", provenance={"options": {}}, layers=["x", "y"], dtype="float16") as w:
+        for s in range(0, 700, 250):
+            w.append(ids[s:s + 250], hashes[s:s + 250], {"x": X[s:s + 250], "y": Y[s:s + 250]})
+    c = Cache(path)
+    Xs, Ys = c.read_layer("m", "x"), c.read_layer("m", "y")  # float16 values widened to float32
+    src_x = lambda: c.iter_row_blocks("m", "x", block_rows=111)  # noqa: E731
+    src_y = lambda: c.iter_row_blocks("m", "y", block_rows=111)  # noqa: E731
+    np.testing.assert_array_equal(blocked_nearest_neighbors(src_x, k=5, block=256)[0], nearest_neighbors(prepare(Xs), 5, block=256)[0])
+    assert streamed_linear_cka(src_x, src_y) == pytest.approx(cka(prepare(Xs), prepare(Ys)), rel=1e-5)
+
+
+def test_bad_sources_and_options_fail_clearly(data):
+    X, Y = data
+    with pytest.raises(RepalignError, match="callable returning a fresh iterator"):
+        blocked_knn_state(iter(blocks_of(X, 100)), k=5)
+    with pytest.raises(RepalignError, match="normalize='center' is not supported for kNN"):
+        blocked_knn_state(blocks_of(X, 100), k=5, normalize="center")
+    with pytest.raises(RepalignError, match="clip_quantile is not supported"):
+        streamed_linear_cka(blocks_of(X, 100), blocks_of(Y, 100)) and linear_cka_stats(blocks_of(X, 100), blocks_of(Y, 100), clip_quantile=0.9)
+    with pytest.raises(RepalignError, match="different numbers of blocks"):
+        streamed_linear_cka(blocks_of(X, 100), blocks_of(Y, 200))
+    with pytest.raises(RepalignError, match="every block must be the same layer"):
+        blocked_knn_state([X[:100], Y[100:]], k=5)
+    with pytest.raises(RepalignError, match="NaN"):
+        bad = X.copy()
+        bad[150, 2] = np.nan
+        blocked_knn_state(blocks_of(bad, 100), k=5)
+    with pytest.raises(RepalignError, match="k=700 is out of range"):
+        blocked_knn_state(blocks_of(X, 100), k=700)
+    with pytest.raises(RepalignError, match="yielded"):
+        grow = iter([blocks_of(X, 100), blocks_of(X, 100) + [X[:3]]] * 50)
+        blocked_knn_state(lambda: iter(next(grow)), k=5, n_samples=700)
