@@ -29,11 +29,9 @@ torchani's ``-1`` species, which the AEV ignores, so a molecule's features do no
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import warnings
-from importlib import metadata, util
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,39 +39,31 @@ import numpy as np
 
 from repalign.errors import InvalidInput, ModelUnavailable, RepalignError
 from repalign.inputs import Record
+from repalign.models._atomistic import (
+    EXTRA_HINT,
+    check_layers,
+    check_loadable,
+    energy_outputs,
+    missing_package_reason,
+    reject_elements,
+    reject_empty,
+)
+from repalign.models._common import missing_modules, package_dir, provenance_record, reject_unknown_options, sha256_of_file
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
-_EXTRA_HINT = "needs the 'zoo' extra: pip install 'repalign[zoo]'"
 ELEMENTS = ("H", "C", "N", "O")
+_ATOMIC_NUMBERS = (1, 6, 7, 8)  # of ELEMENTS
 _N_MEMBERS = 8
 _CONSTANTS_FILE = "rHCNO-5.2R_16-3.5A_a4-8.params"
 _SAE_FILE = "sae_linfit.dat"
 
 
-@functools.lru_cache(maxsize=None)
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@functools.lru_cache(maxsize=None)
-def _tree_sha256(folder: str) -> str:
+def _tree_sha256(root: Path) -> str:
     """One sha256 over every file of a folder: relative path and content hash, in sorted order."""
     digest = hashlib.sha256()
-    root = Path(folder)
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(root).as_posix()}\0{_sha256(str(path))}\n".encode())
+        digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_of_file(path)}\n".encode())
     return digest.hexdigest()
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _import_torchani():
@@ -99,9 +89,7 @@ class ANI1xAdapter(ModelAdapter):
 
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
-        unknown = sorted(set(self.options) - {"member"})
-        if unknown:
-            raise RepalignError(f"model {self.info.name}: unknown option(s) {unknown}; allowed: member")
+        reject_unknown_options(self.info.name, self.options, ("member",))
         member = self.options.get("member", 0)
         try:
             member = int(member)
@@ -115,9 +103,10 @@ class ANI1xAdapter(ModelAdapter):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        if util.find_spec("torchani") is None:
-            return f"torchani is not installed; {_EXTRA_HINT}"
-        if util.find_spec("pkg_resources") is None:
+        reason = missing_package_reason("torchani")
+        if reason:
+            return reason
+        if missing_modules("pkg_resources"):
             return "torchani 2.2.4 imports pkg_resources, which setuptools 81 removed; pip install 'setuptools<81'"
         return None
 
@@ -125,22 +114,17 @@ class ANI1xAdapter(ModelAdapter):
         if self.weights:
             path = Path(self.weights)
         else:
-            spec = util.find_spec("torchani")
-            path = Path(spec.origin).parent / "resources" / "ani-1x_8x"
+            path = package_dir("torchani") / "resources" / "ani-1x_8x"
         needed = [_CONSTANTS_FILE, _SAE_FILE] + [f"train{i}/networks" for i in range(_N_MEMBERS)]
         missing = [n for n in needed if not (path / n).exists()]
         if missing:
             raise ModelUnavailable(
-                f"{path}: not an ANI-1x NeuroChem folder (missing {', '.join(missing[:3])}); {_EXTRA_HINT}"
+                f"{path}: not an ANI-1x NeuroChem folder (missing {', '.join(missing[:3])}); {EXTRA_HINT}"
             )
         return path
 
     def load(self) -> None:
-        reason = self.unavailable_reason()
-        if reason:
-            raise ModelUnavailable(f"model {self.info.name}: {reason}")
-        if self.dtype != "float32":
-            raise RepalignError(f"model {self.info.name} runs in float32 only; drop --dtype {self.dtype}")
+        check_loadable(self)
         import torch
 
         torchani = _import_torchani()
@@ -171,32 +155,19 @@ class ANI1xAdapter(ModelAdapter):
 
     def provenance(self) -> dict[str, Any]:
         path = self._resource_dir()
-        return {
-            "model": self.info.name,
-            "family": self.info.family,
-            "version": "ani-1x_8x",
-            "weights_file": path.name,
-            "weights_sha256": _tree_sha256(str(path.resolve())),
-            "packages": {p: _version(p) for p in ("torchani", "torch", "ase")},
-            "dtype": self.dtype,
-            "device": self.device,
-            "options": dict(self.options),
-            "hidden_layout": "element column blocks H, C, N, O of one ensemble member",
-        }
+        weights = {"version": "ani-1x_8x", "weights_file": path.name, "weights_sha256": _tree_sha256(path.resolve())}
+        return provenance_record(
+            self,
+            weights,
+            ("torchani", "torch", "ase"),
+            notes={"hidden_layout": "element column blocks H, C, N, O of one ensemble member"},
+        )
 
     def validate(self, record: Record) -> None:
         super().validate(record)
-        atoms = record.payload
-        if len(atoms) == 0:
-            raise InvalidInput(f"{record.id}: empty structure; remove it or give it atoms", record.id)
-        bad = sorted(set(atoms.get_chemical_symbols()) - set(ELEMENTS))
-        if bad:
-            raise InvalidInput(
-                f"{record.id}: element(s) {', '.join(bad)} not supported by {self.info.name} "
-                f"(supports H, C, N, O only); remove it or pass --skip-invalid",
-                record.id,
-            )
-        if np.asarray(atoms.pbc).any():
+        reject_empty(record)
+        reject_elements(record, self.info.name, _ATOMIC_NUMBERS, "H, C, N, O only")
+        if np.asarray(record.payload.pbc).any():
             raise InvalidInput(
                 f"{record.id}: periodic structure; {self.info.name} is a molecular potential, "
                 "give an isolated molecule (pbc all False)",
@@ -205,9 +176,7 @@ class ANI1xAdapter(ModelAdapter):
 
     def forward(self, records: Sequence[Record], layers: Sequence[str]) -> list[SampleFeatures]:
         self.ensure_loaded()
-        unknown = [l for l in layers if l not in self.layer_names()]
-        if unknown:
-            raise RepalignError(f"unknown layer(s) {unknown} for {self.info.name}; choose from {self.layer_names()}")
+        check_layers(self, layers)
         import torch
         from torchani.units import hartree2ev
 
@@ -237,8 +206,7 @@ class ANI1xAdapter(ModelAdapter):
                 name: np.ascontiguousarray(features[name][i, :n].detach().cpu().numpy(), dtype=np.float32)
                 for name in layers
             }
-            energy = float(energies_ev[i])
-            out.append(SampleFeatures(tokens=tokens, outputs={"energy": energy, "energy_per_atom": energy / n}))
+            out.append(SampleFeatures(tokens=tokens, outputs=energy_outputs(float(energies_ev[i]), n)))
         return out
 
     def _hidden(self, species, aev) -> dict:

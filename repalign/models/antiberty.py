@@ -29,7 +29,6 @@ averaged over the two chains of a pair.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -41,19 +40,25 @@ from typing import Any, Sequence
 
 from repalign.errors import ModelUnavailable, RepalignError
 from repalign.inputs import Record
+from repalign.models._common import (
+    missing_modules,
+    package_dir,
+    provenance_record,
+    reject_unknown_options,
+    sha256_of_file,
+    sha256_of_files,
+)
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 from repalign.models.hf_protein_lm import (
     STANDARD_AMINO_ACIDS,
     _assemble,
-    _layer_index,
     check_device_dtype,
     check_sequence_record,
-    missing_modules,
-    package_versions,
-    pad_batch,
+    chain_rows,
+    chains_of,
     quiet_transformers,
-    reject_unknown_options,
-    sha256_of_files,
+    run_padded,
+    start_forward,
     torch_dtype,
 )
 
@@ -88,11 +93,9 @@ def find_weights_dir(explicit: str | None = None) -> Path | None:
         return Path(env).expanduser()
     candidates = [default_weights_root() / CHECKPOINT_NAME]
     try:
-        import importlib.util
-
-        spec = importlib.util.find_spec("antiberty")
-        if spec and spec.origin:
-            candidates.append(Path(spec.origin).parent / "trained_models" / CHECKPOINT_NAME)
+        root = package_dir("antiberty")
+        if root is not None:
+            candidates.append(root / "trained_models" / CHECKPOINT_NAME)
     except (ImportError, ValueError):
         pass
     return next((c for c in candidates if _is_checkpoint(c)), None)
@@ -107,13 +110,7 @@ def read_vocab(weights_dir: Path) -> list[str]:
 
 
 def _sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_of_file(path) if path.is_file() else None
 
 
 def install_weights(wheel: str | None = None, dest: str | None = None, force: bool = False) -> Path:
@@ -193,12 +190,7 @@ class AntiBERTyEncoder:
 
     def run(self, chains: Sequence[str], **kwargs):
         """One padded forward pass over ``chains``; returns (model output, attention mask)."""
-        import torch
-
-        input_ids, mask = pad_batch([self.encode(c) for c in chains], self.token_id["[PAD]"])
-        with torch.inference_mode():
-            out = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
-        return out, mask
+        return run_padded(self.model, [self.encode(c) for c in chains], self.token_id["[PAD]"], self.device, **kwargs)
 
     def files(self) -> list[Path]:
         return [p for p in self.weights_dir.iterdir() if p.name in {"config.json", "pytorch_model.bin", "model.safetensors"}]
@@ -249,18 +241,17 @@ class AntiBERTy(ModelAdapter):
 
     def provenance(self) -> dict[str, Any]:
         self.ensure_loaded()
-        return {
-            "model": self.info.name,
-            "family": self.info.family,
+        weights = {
             "weights": f"antiberty-{WEIGHTS_VERSION}/{CHECKPOINT_NAME}",
             "weights_dir": str(self._encoder.weights_dir),
             "weights_sha256": sha256_of_files(self._encoder.files()),
-            "packages": package_versions("torch", "transformers", "repalign"),
-            "dtype": self.dtype,
-            "device": self.device,
-            "options": dict(self.options),
-            "chains": "each chain run alone, rows concatenated in input order",
         }
+        return provenance_record(
+            self,
+            weights,
+            ("torch", "transformers", "repalign"),
+            notes={"chains": "each chain run alone, rows concatenated in input order"},
+        )
 
     def validate(self, record: Record) -> None:
         check_sequence_record(
@@ -268,25 +259,15 @@ class AntiBERTy(ModelAdapter):
         )
 
     def forward(self, records: Sequence[Record], layers: Sequence[str]) -> list[SampleFeatures]:
-        self.ensure_loaded()
-        index = _layer_index(self.layer_names(), layers, "antiberty")
+        index = start_forward(self, records, layers, "antiberty")
         if not records:
             return []
-        for record in records:  # an unchecked residue would otherwise be a KeyError mid-batch
-            self.validate(record)
-        chains, owner = [], []
-        for r, record in enumerate(records):
-            for chain in record.chains:
-                chains.append(chain)
-                owner.append(r)
+        chains, owner = chains_of(records)
         out, _ = self._encoder.run(chains, output_hidden_states=True)
-        per_tokens = [dict() for _ in chains]
-        per_cls = [dict() for _ in chains]
-        for layer, h_index in index.items():
-            h = out.hidden_states[h_index].float().cpu().numpy()
-            for c, chain in enumerate(chains):
-                per_tokens[c][layer] = h[c, 1 : 1 + len(chain)]  # drop [CLS], [SEP] and padding
-                per_cls[c][layer] = h[c, 0]
+        # drop [CLS], [SEP] and padding; the [CLS] row is the cls vector
+        per_tokens, per_cls = chain_rows(
+            out.hidden_states, index, [slice(1, 1 + len(chain)) for chain in chains], [0] * len(chains)
+        )
         return _assemble(len(records), owner, per_tokens, per_cls, list(index))
 
 

@@ -29,20 +29,27 @@ isolated molecule's. Mixed periodicity (slabs, wires) is rejected. Atoms with no
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import io
-from importlib import metadata, util
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from repalign.errors import InvalidInput, ModelUnavailable, RepalignError
+from repalign.errors import InvalidInput, ModelUnavailable
 from repalign.inputs import Record
+from repalign.models._atomistic import (
+    EXTRA_HINT,
+    check_layers,
+    check_loadable,
+    missing_package_reason,
+    reject_elements,
+    reject_empty,
+    reject_flat_cell,
+    split_by_structure,
+)
+from repalign.models._common import captured_outputs, provenance_record, reject_unknown_options, sha256_of_file
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
-_EXTRA_HINT = "needs the 'zoo' extra: pip install 'repalign[zoo]'"
 _LICENSE = "BSD-3-Clause-LBNL (modified BSD; chgnet package LICENSE)"
 #: CHGNet's element embedding covers atomic numbers 1..94 (H..Pu)
 _MAX_Z = 94
@@ -52,22 +59,6 @@ _MOLECULE_VACUUM = _ATOM_GRAPH_CUTOFF + 1.0
 _N_CONV = 4
 
 
-@functools.lru_cache(maxsize=None)
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 class CHGNetAdapter(ModelAdapter):
     """Base of the three CHGNet checkpoints; subclasses set ``info`` and ``checkpoint``."""
 
@@ -75,10 +66,7 @@ class CHGNetAdapter(ModelAdapter):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        for package in ("chgnet", "pymatgen"):
-            if util.find_spec(package) is None:
-                return f"{package} is not installed; {_EXTRA_HINT}"
-        return None
+        return missing_package_reason("chgnet", "pymatgen")
 
     def _weights_file(self) -> Path:
         if self.weights:
@@ -90,17 +78,12 @@ class CHGNetAdapter(ModelAdapter):
 
         files = sorted((Path(chgnet.__file__).parent / "pretrained" / self.checkpoint).glob("*.pth.tar"))
         if not files:
-            raise ModelUnavailable(f"CHGNet {self.checkpoint} weights are missing from the chgnet package; {_EXTRA_HINT}")
+            raise ModelUnavailable(f"CHGNet {self.checkpoint} weights are missing from the chgnet package; {EXTRA_HINT}")
         return files[0]
 
     def load(self) -> None:
-        reason = self.unavailable_reason()
-        if reason:
-            raise ModelUnavailable(f"model {self.info.name}: {reason}")
-        if self.dtype != "float32":
-            raise RepalignError(f"model {self.info.name} runs in float32 only; drop --dtype {self.dtype}")
-        if self.options:
-            raise RepalignError(f"model {self.info.name} takes no options, got {sorted(self.options)}; remove them")
+        check_loadable(self)
+        reject_unknown_options(self.info.name, self.options)
         import torch
         from chgnet.model import CHGNet
 
@@ -121,31 +104,16 @@ class CHGNetAdapter(ModelAdapter):
 
     def provenance(self) -> dict[str, Any]:
         path = self._weights_file()
-        return {
-            "model": self.info.name,
-            "family": self.info.family,
-            "version": self.checkpoint,
-            "weights_file": path.name,
-            "weights_sha256": _sha256(str(path.resolve())),
-            "packages": {p: _version(p) for p in ("chgnet", "pymatgen", "torch", "ase")},
-            "dtype": self.dtype,
-            "device": self.device,
-            "options": dict(self.options),
-            "molecule_vacuum_A": _MOLECULE_VACUUM,
-        }
+        weights = {"version": self.checkpoint, "weights_file": path.name, "weights_sha256": sha256_of_file(path)}
+        return provenance_record(
+            self, weights, ("chgnet", "pymatgen", "torch", "ase"), notes={"molecule_vacuum_A": _MOLECULE_VACUUM}
+        )
 
     def validate(self, record: Record) -> None:
         super().validate(record)
+        reject_empty(record)
+        reject_elements(record, self.info.name, range(1, _MAX_Z + 1), f"H..Pu, Z=1-{_MAX_Z}")
         atoms = record.payload
-        if len(atoms) == 0:
-            raise InvalidInput(f"{record.id}: empty structure; remove it or give it atoms", record.id)
-        bad = sorted({s for s, z in zip(atoms.get_chemical_symbols(), atoms.numbers) if not 1 <= z <= _MAX_Z})
-        if bad:
-            raise InvalidInput(
-                f"{record.id}: element(s) {', '.join(bad)} not supported by {self.info.name} "
-                f"(supports H..Pu, Z=1-{_MAX_Z}); remove it or pass --skip-invalid",
-                record.id,
-            )
         pbc = np.asarray(atoms.pbc, dtype=bool)
         if pbc.any() and not pbc.all():
             raise InvalidInput(
@@ -153,8 +121,7 @@ class CHGNetAdapter(ModelAdapter):
                 "fully periodic crystals or molecules (pbc all False)",
                 record.id,
             )
-        if pbc.all() and abs(atoms.cell.volume) < 1e-6:
-            raise InvalidInput(f"{record.id}: periodic structure with a zero-volume cell; give it a full cell", record.id)
+        reject_flat_cell(record)
         from ase.neighborlist import neighbor_list
 
         # CHGNet's graph cannot hold an atom without a neighbour (periodic images count)
@@ -182,9 +149,7 @@ class CHGNetAdapter(ModelAdapter):
 
     def forward(self, records: Sequence[Record], layers: Sequence[str]) -> list[SampleFeatures]:
         self.ensure_loaded()
-        unknown = [l for l in layers if l not in self.layer_names()]
-        if unknown:
-            raise RepalignError(f"unknown layer(s) {unknown} for {self.info.name}; choose from {self.layer_names()}")
+        check_layers(self, layers)
         import torch
 
         model = self._model
@@ -200,35 +165,20 @@ class CHGNetAdapter(ModelAdapter):
                     record.id,
                 ) from None
 
-        captured: dict[str, torch.Tensor] = {}
         modules = {"embedding": model.atom_embedding}
         modules.update({f"conv.{i}": m for i, m in enumerate(model.atom_conv_layers)})
-        handles = [
-            modules[name].register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
-            for name in layers
-        ]
-        try:
+        hooked = {name: modules[name] for name in layers}
+        with captured_outputs(hooked, lambda _name, out: out.detach().cpu().float().numpy()) as captured:
             with torch.no_grad():
                 prediction = model(graphs, task="e")
-        finally:
-            for handle in handles:
-                handle.remove()
 
         counts = [len(r.payload) for r in records]
         energy_per_atom = prediction["e"].detach().cpu().double().numpy().reshape(-1)
-        per_layer = {
-            name: np.split(captured[name].detach().cpu().float().numpy(), np.cumsum(counts)[:-1]) for name in layers
-        }
-        out = []
-        for i, n in enumerate(counts):
-            e_atom = float(energy_per_atom[i])
-            out.append(
-                SampleFeatures(
-                    tokens={name: np.ascontiguousarray(per_layer[name][i], dtype=np.float32) for name in layers},
-                    outputs={"energy": e_atom * n, "energy_per_atom": e_atom},
-                )
-            )
-        return out
+        return [
+            # CHGNet predicts the energy per atom; the total is derived from it
+            SampleFeatures(tokens=tokens, outputs={"energy": float(e) * n, "energy_per_atom": float(e)})
+            for tokens, e, n in zip(split_by_structure(captured, layers, counts), energy_per_atom, counts)
+        ]
 
 
 def _info(name: str, description: str) -> ModelInfo:

@@ -20,36 +20,28 @@ isolated molecule gets no periodic images); the structures of a batch form one P
 
 from __future__ import annotations
 
-import functools
-import hashlib
-from importlib import metadata, util
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from repalign.errors import InvalidInput, ModelUnavailable, RepalignError
+from repalign.errors import ModelUnavailable
 from repalign.inputs import Record
+from repalign.models._atomistic import (
+    EXTRA_HINT,
+    check_layers,
+    check_loadable,
+    energy_outputs,
+    missing_package_reason,
+    reject_elements,
+    reject_empty,
+    reject_flat_cell,
+    split_by_structure,
+)
+from repalign.models._common import captured_outputs, provenance_record, reject_unknown_options, sha256_of_file
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
-_EXTRA_HINT = "needs the 'zoo' extra: pip install 'repalign[zoo]'"
 _WEIGHT_FILES = ("model.json", "model.pt", "state.pt")
-
-
-@functools.lru_cache(maxsize=None)
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 class DIEPAdapter(ModelAdapter):
@@ -67,10 +59,7 @@ class DIEPAdapter(ModelAdapter):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        for package in ("diep", "torch_geometric", "pymatgen"):
-            if util.find_spec(package) is None:
-                return f"{package} is not installed; {_EXTRA_HINT}"
-        return None
+        return missing_package_reason("diep", "torch_geometric", "pymatgen")
 
     def _model_dir(self) -> Path:
         if self.weights:
@@ -82,19 +71,14 @@ class DIEPAdapter(ModelAdapter):
         missing = [f for f in _WEIGHT_FILES if not (path / f).is_file()]
         if missing:
             raise ModelUnavailable(
-                f"{path}: not an exported DIEP model directory (missing {', '.join(missing)}); {_EXTRA_HINT} "
+                f"{path}: not an exported DIEP model directory (missing {', '.join(missing)}); {EXTRA_HINT} "
                 "or pass --weights DIR with model.json, model.pt and state.pt"
             )
         return path
 
     def load(self) -> None:
-        reason = self.unavailable_reason()
-        if reason:
-            raise ModelUnavailable(f"model {self.info.name}: {reason}")
-        if self.dtype != "float32":
-            raise RepalignError(f"model {self.info.name} runs in float32 only; drop --dtype {self.dtype}")
-        if self.options:
-            raise RepalignError(f"model {self.info.name} takes no options, got {sorted(self.options)}; remove them")
+        check_loadable(self)
+        reject_unknown_options(self.info.name, self.options)
         from diep.ext.ase import Atoms2Graph
         from diep.pretrained import load_potential
 
@@ -115,39 +99,26 @@ class DIEPAdapter(ModelAdapter):
 
     def provenance(self) -> dict[str, Any]:
         path = self._model_dir()
-        return {
-            "model": self.info.name,
-            "family": self.info.family,
+        weights = {
             "version": path.name,
             "weights_file": path.name,
-            "weights_sha256": {f: _sha256(str((path / f).resolve())) for f in _WEIGHT_FILES},
-            "packages": {p: _version(p) for p in ("diep", "torch_geometric", "pymatgen", "torch", "ase")},
-            "dtype": self.dtype,
-            "device": self.device,
-            "options": dict(self.options),
+            "weights_sha256": {f: sha256_of_file(path / f) for f in _WEIGHT_FILES},
         }
+        return provenance_record(self, weights, ("diep", "torch_geometric", "pymatgen", "torch", "ase"))
 
     def validate(self, record: Record) -> None:
+        from ase.data import atomic_numbers
+
         super().validate(record)
-        atoms = record.payload
-        if len(atoms) == 0:
-            raise InvalidInput(f"{record.id}: empty structure; remove it or give it atoms", record.id)
+        reject_empty(record)
         self.ensure_loaded()
-        bad = sorted(set(atoms.get_chemical_symbols()) - set(self._elements))
-        if bad:
-            raise InvalidInput(
-                f"{record.id}: element(s) {', '.join(bad)} not supported by {self.info.name} "
-                f"(supports {' '.join(self._elements)}); remove it or pass --skip-invalid",
-                record.id,
-            )
-        if np.asarray(atoms.pbc).any() and abs(atoms.cell.volume) < 1e-6:
-            raise InvalidInput(f"{record.id}: periodic structure with a zero-volume cell; give it a full cell", record.id)
+        supported = {atomic_numbers[e] for e in self._elements}
+        reject_elements(record, self.info.name, supported, " ".join(self._elements))
+        reject_flat_cell(record)
 
     def forward(self, records: Sequence[Record], layers: Sequence[str]) -> list[SampleFeatures]:
         self.ensure_loaded()
-        unknown = [l for l in layers if l not in self.layer_names()]
-        if unknown:
-            raise RepalignError(f"unknown layer(s) {unknown} for {self.info.name}; choose from {self.layer_names()}")
+        check_layers(self, layers)
         import torch
         from torch_geometric.data import Batch
 
@@ -165,32 +136,16 @@ class DIEPAdapter(ModelAdapter):
         # embedding returns (node, edge, state); a graph block returns (edge, node, state)
         modules = {"embedding": (model.embedding, 0)}
         modules.update({f"conv.{i}": (block, 1) for i, block in enumerate(model.graph_layers)})
-        captured: dict[str, torch.Tensor] = {}
-        handles = []
-        for name in layers:
-            module, index = modules[name]
-            handles.append(
-                module.register_forward_hook(
-                    lambda _m, _i, out, name=name, index=index: captured.__setitem__(name, out[index])
-                )
-            )
-        try:
+        hooked = {name: modules[name][0] for name in layers}
+        with captured_outputs(hooked, lambda name, out: out[modules[name][1]].detach().cpu().float().numpy()) as captured:
             with torch.no_grad():
                 energies = self._potential(batch, lattice, state)[0]
-        finally:
-            for handle in handles:
-                handle.remove()
 
         energies = energies.detach().cpu().double().numpy().reshape(-1)
         counts = [len(r.payload) for r in records]
-        splits = np.cumsum(counts)[:-1]
-        per_layer = {name: np.split(captured[name].detach().cpu().float().numpy(), splits) for name in layers}
         return [
-            SampleFeatures(
-                tokens={name: np.ascontiguousarray(per_layer[name][i], dtype=np.float32) for name in layers},
-                outputs={"energy": float(energies[i]), "energy_per_atom": float(energies[i]) / n},
-            )
-            for i, n in enumerate(counts)
+            SampleFeatures(tokens=tokens, outputs=energy_outputs(float(energy), n))
+            for tokens, energy, n in zip(split_by_structure(captured, layers, counts), energies, counts)
         ]
 
 

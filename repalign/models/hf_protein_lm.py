@@ -19,67 +19,33 @@ input order; special tokens and padding are removed, so a chain's rows do not de
 ``cls`` holds the features of the first special token (CLS/BOS) when the tokenizer adds one, averaged
 over chains for multi-chain inputs.
 
-This module also holds the small helpers the sequence adapters share (file hashing, residue checks).
+This module also holds the small helpers the sequence adapters share (residue checks, batching chains).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from repalign.errors import InvalidInput, ModelUnavailable, RepalignError
 from repalign.inputs import Record
+from repalign.models._common import (  # re-exported: other modules import these from here
+    missing_modules,
+    package_versions,
+    provenance_record,
+    raise_if_unavailable,
+    reject_unknown_options,
+    sha256_of_files,
+)
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
 STANDARD_AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 TORCH_DTYPES = ("float32", "float16", "bfloat16")
 
 # ---- shared helpers for the sequence adapters ---------------------------------------------------
-
-_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_of_files(paths: Iterable[str | os.PathLike]) -> str:
-    """sha256 over the given files (sorted by name; name and bytes both hashed).
-
-    Each file's digest is computed once per process and reused while its size and mtime are unchanged,
-    because weight files are large and provenance is asked for on every extraction.
-    """
-    total = hashlib.sha256()
-    for path in sorted(Path(p) for p in paths):
-        st = path.stat()
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-        digest = _SHA256_CACHE.get(key)
-        if digest is None:
-            h = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(block)
-            digest = _SHA256_CACHE[key] = h.hexdigest()
-        total.update(path.name.encode() + b"\0" + digest.encode())
-    return total.hexdigest()
-
-
-def package_versions(*names: str) -> dict[str, str | None]:
-    """Installed version of each distribution (None when not installed)."""
-    out: dict[str, str | None] = {}
-    for name in names:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def missing_modules(*modules: str) -> list[str]:
-    return [m for m in modules if importlib.util.find_spec(m) is None]
-
 
 def check_sequence_record(
     record: Record,
@@ -139,13 +105,6 @@ def torch_dtype(dtype: str):
     import torch
 
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-
-
-def reject_unknown_options(model: str, options: dict[str, Any], known: Sequence[str] = ()) -> None:
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        valid = ", ".join(known) if known else "none"
-        raise RepalignError(f"model {model}: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
 
 
 class quiet_transformers:
@@ -247,9 +206,7 @@ class HFProteinLM(ModelAdapter):
         return os.path.isdir(src) or src.startswith(("/", "./", "../", "~"))
 
     def load(self) -> None:
-        reason = self.unavailable_reason()
-        if reason:
-            raise ModelUnavailable(f"model {self.name}: {reason}")
+        raise_if_unavailable(self, self.name)
         import transformers
 
         src = self._source()
@@ -325,18 +282,13 @@ class HFProteinLM(ModelAdapter):
         if self._checkpoint_dir:
             files = [p for p in Path(self._checkpoint_dir).iterdir() if p.suffix in {".safetensors", ".bin", ".pt", ".json", ".txt", ".model"}]
         config = self._model.config
-        return {
-            "model": self.name,
-            "family": self.info.family,
+        weights = {
             "model_type": getattr(config, "model_type", None),
             "architecture": type(self._model).__name__,
             "weights": self._source(),
             "weights_sha256": sha256_of_files(files) if files else None,
-            "packages": package_versions("torch", "transformers", "repalign"),
-            "dtype": self.dtype,
-            "device": self.device,
-            "options": dict(self.options),
         }
+        return provenance_record(self, weights, ("torch", "transformers", "repalign"), model=self.name)
 
     # ---- inputs ---------------------------------------------------------------------------------
     def validate(self, record: Record) -> None:
@@ -365,34 +317,16 @@ class HFProteinLM(ModelAdapter):
         return ids, residue_pos, cls_pos
 
     def forward(self, records: Sequence[Record], layers: Sequence[str]) -> list[SampleFeatures]:
-        import torch
-
-        self.ensure_loaded()
-        index = _layer_index(self.layer_names(), layers, self.name)
+        index = start_forward(self, records, layers, self.name)
         if not records:
             return []
-        for record in records:  # an unchecked residue would otherwise be a KeyError mid-batch
-            self.validate(record)
-        encoded, owner = [], []
-        for r, record in enumerate(records):
-            for chain in record.chains:
-                encoded.append(self._encode_chain(chain))
-                owner.append(r)
+        chains, owner = chains_of(records)
+        encoded = [self._encode_chain(chain) for chain in chains]
         pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
-        input_ids, mask = pad_batch([e[0] for e in encoded], pad_id)
-        with torch.inference_mode():
-            out = self._model(
-                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), output_hidden_states=True
-            )
-        hidden = out.hidden_states
-        per_chain_tokens = [dict() for _ in encoded]
-        per_chain_cls = [dict() for _ in encoded]
-        for layer, h_index in index.items():
-            h = hidden[h_index].float().cpu().numpy()
-            for c, (_, residue_pos, cls_pos) in enumerate(encoded):
-                per_chain_tokens[c][layer] = h[c, residue_pos]
-                if cls_pos is not None:
-                    per_chain_cls[c][layer] = h[c, cls_pos]
+        out, _ = run_padded(self._model, [ids for ids, _, _ in encoded], pad_id, self.device, output_hidden_states=True)
+        per_chain_tokens, per_chain_cls = chain_rows(
+            out.hidden_states, index, [rows for _, rows, _ in encoded], [cls for _, _, cls in encoded]
+        )
         return _assemble(len(records), owner, per_chain_tokens, per_chain_cls, list(index))
 
 
@@ -407,6 +341,51 @@ def _layer_index(all_layers: list[str], requested: Sequence[str], model: str) ->
     if not requested:
         raise RepalignError(f"model {model}: no layers requested; pass at least one of {all_layers[0]} ... {all_layers[-1]}")
     return {name: known[name] for name in requested}
+
+
+def start_forward(adapter: ModelAdapter, records: Sequence[Record], layers: Sequence[str], model: str) -> dict[str, int]:
+    """Load the model, map the requested layers to their positions (:func:`_layer_index`) and
+    validate every record: an unchecked residue would otherwise be a KeyError mid-batch."""
+    adapter.ensure_loaded()
+    index = _layer_index(adapter.layer_names(), layers, model)
+    for record in records:
+        adapter.validate(record)
+    return index
+
+
+def chains_of(records: Sequence[Record]) -> tuple[list[str], list[int]]:
+    """Every chain of every record in input order, and the index of the record each comes from."""
+    chains, owner = [], []
+    for r, record in enumerate(records):
+        for chain in record.chains:
+            chains.append(chain)
+            owner.append(r)
+    return chains, owner
+
+
+def run_padded(model, id_lists: Sequence[Sequence[int]], pad_id: int, device: str, **kwargs):
+    """One inference pass of a transformers model over right-padded token id lists; returns (output, mask)."""
+    import torch
+
+    input_ids, mask = pad_batch(id_lists, pad_id)
+    with torch.inference_mode():
+        out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
+    return out, mask
+
+
+def chain_rows(hidden_states, index: dict[str, int], rows: Sequence, cls_rows: Sequence[int | None] | None = None):
+    """Per chain ``c`` of a padded batch: layer -> its residue rows ``rows[c]`` (a slice or
+    positions) of ``hidden_states[index[layer]]``, and layer -> the CLS row ``cls_rows[c]`` where
+    one is given. Returns (per-chain tokens, per-chain cls), the inputs of :func:`_assemble`."""
+    per_tokens = [dict() for _ in rows]
+    per_cls = [dict() for _ in rows]
+    for layer, h_index in index.items():
+        h = hidden_states[h_index].float().cpu().numpy()
+        for c, selection in enumerate(rows):
+            per_tokens[c][layer] = h[c, selection]
+            if cls_rows is not None and cls_rows[c] is not None:
+                per_cls[c][layer] = h[c, cls_rows[c]]
+    return per_tokens, per_cls
 
 
 def _assemble(n_records, owner, per_chain_tokens, per_chain_cls, layers) -> list[SampleFeatures]:

@@ -43,17 +43,21 @@ from repalign.inputs import Record
 from repalign.models.antiberty import INSTALL_HINT as ANTIBERTY_HINT
 from repalign.models.antiberty import WEIGHTS_VERSION as ANTIBERTY_VERSION
 from repalign.models.antiberty import find_weights_dir
+from repalign.models._common import (
+    captured_outputs,
+    missing_modules,
+    package_dir,
+    provenance_record,
+    reject_unknown_options,
+    sha256_of_files,
+)
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 from repalign.models.hf_protein_lm import (
     STANDARD_AMINO_ACIDS,
-    _layer_index,
     check_device_dtype,
     check_sequence_record,
-    missing_modules,
-    package_versions,
     quiet_transformers,
-    reject_unknown_options,
-    sha256_of_files,
+    start_forward,
 )
 
 CHECKPOINTS = ("1", "2", "3", "5")
@@ -63,10 +67,8 @@ INSTALL_HINT = "needs the 'zoo' extra: pip install 'repalign[zoo]'"
 
 
 def igfold_weights_dir() -> Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("igfold")
-    return Path(spec.origin).parent / "trained_models" / "IgFold" if spec and spec.origin else None
+    root = package_dir("igfold")
+    return root / "trained_models" / "IgFold" if root is not None else None
 
 
 class IgFold(ModelAdapter):
@@ -141,18 +143,18 @@ class IgFold(ModelAdapter):
     def provenance(self) -> dict[str, Any]:
         self.ensure_loaded()
         antiberty_files = [p for p in self._antiberty_dir.iterdir() if p.name in {"config.json", "pytorch_model.bin", "model.safetensors"}]
-        return {
-            "model": self.info.name,
-            "family": self.info.family,
+        weights = {
             "weights": self._checkpoint_file.name,
             "weights_sha256": sha256_of_files([self._checkpoint_file]),
             "antiberty_weights": f"antiberty-{ANTIBERTY_VERSION}",
             "antiberty_weights_sha256": sha256_of_files(antiberty_files),
-            "packages": package_versions("igfold", "antiberty", "torch", "transformers", "einops", "repalign"),
-            "dtype": self.dtype,
-            "device": self.device,
-            "options": {"checkpoint": self.checkpoint},
         }
+        return provenance_record(
+            self,
+            weights,
+            ("igfold", "antiberty", "torch", "transformers", "einops", "repalign"),
+            options={"checkpoint": self.checkpoint},
+        )
 
     def validate(self, record: Record) -> None:
         check_sequence_record(
@@ -173,22 +175,16 @@ class IgFold(ModelAdapter):
         import torch
         from igfold.utils.embed import embed
 
-        self.ensure_loaded()
-        wanted = list(_layer_index(self.layer_names(), layers, "igfold"))
-        for record in records:  # IgFold's own checks raise ValueError, not InvalidInput
-            self.validate(record)
-        captured: dict[str, torch.Tensor] = {}
+        # IgFold's own checks raise ValueError, not InvalidInput, hence the validation up front
+        wanted = list(start_forward(self, records, layers, "igfold"))
+        hooked = {n: m for n, m in self._hooked_modules().items() if n in wanted}
 
-        def keep(name):
-            def hook(_module, _inputs, output):
-                # GraphTransformer returns (nodes, edges); the others return the node features
-                captured[name] = (output[0] if isinstance(output, tuple) else output).detach()
+        def node_features(_name, output):
+            # GraphTransformer returns (nodes, edges); the others return the node features
+            return (output[0] if isinstance(output, tuple) else output).detach()
 
-            return hook
-
-        handles = [m.register_forward_hook(keep(n)) for n, m in self._hooked_modules().items() if n in wanted]
         results = []
-        try:
+        with captured_outputs(hooked, node_features) as captured:
             for record in records:
                 chains = record.chains
                 sequences = dict(zip(("H", "L"), chains))
@@ -205,7 +201,4 @@ class IgFold(ModelAdapter):
                     tokens[name] = np.ascontiguousarray(rows, dtype=np.float32)
                 prmsd = float(out.prmsd[0].float().mean().cpu())
                 results.append(SampleFeatures(tokens=tokens, outputs={"mean_prmsd": prmsd}))
-        finally:
-            for handle in handles:
-                handle.remove()
         return results

