@@ -9,7 +9,7 @@ intervals, and random-initialised controls of all three models (same architectur
 re-initialised with a fixed seed).
 
     python -m analyses.antibody_models            # full study (N=48 antibodies)
-    python -m analyses.antibody_models --quick    # smoke version (N=6), for tests
+    python -m analyses.antibody_models --quick    # smoke version (N=5), for tests
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ STUDY = "antibody_models"
 MODELS = ("antiberty", "iglm", "igfold")
 PAIRS = (("igfold", "antiberty"), ("igfold", "iglm"), ("antiberty", "iglm"))
 FULL = dict(n=48, k=5, permutations=200, n_subsamples=100)
-QUICK = dict(n=6, k=2, permutations=20, n_subsamples=10)
+QUICK = dict(n=5, k=2, permutations=20, n_subsamples=10)
 METRICS = ("mknn", "cka")
 
 

@@ -68,21 +68,24 @@ def reinitialize(modules: Sequence, seed: int) -> dict[str, int]:
 
     Modules that define ``reset_parameters()`` (Linear, Embedding, LayerNorm, convolutions,
     BatchNorm, ...) use their own PyTorch default initialisation (BatchNorm also resets its running
-    statistics to mean 0, variance 1). Every parameter not covered by one of those (custom layers,
-    e.g. equivariant tensor-product weights stored as flat vectors, GPT-2's Conv1D) gets:
-    a tensor that was all positive in the trained model (a scale) -> 1; any other tensor ->
-    N(0, s^2) with s the standard deviation of its trained values (0 when it has one element), so
-    activations keep a comparable magnitude whatever the layer's own weight parametrisation; one
-    number per tensor (its scale) is all that is kept from training. Other buffers (fixed
-    constants such as basis centres or reference energies) are kept: they are part of the
-    featurisation, not learnt.
+    statistics to mean 0, variance 1). Every other trainable parameter (custom layers, e.g.
+    equivariant tensor-product weights stored as flat vectors, GPT-2's Conv1D) gets N(0, s^2) with
+    s the standard deviation of its trained values, so activations keep a comparable magnitude
+    whatever the layer's own weight parametrisation (one number per tensor is kept from training).
+    Kept as they are: frozen parameters (``requires_grad=False``: normalisation constants such as
+    an average neighbour count, reference energies), all-positive vectors outside modules with
+    ``reset_parameters`` (in these models: radial/Fourier basis frequencies, initialised
+    deterministically to n·pi/r_cut by their libraries and only nudged by training; setting them to
+    one value would collapse the basis), and buffers. Frozen parameters are restored even when a
+    ``reset_parameters()`` touched them.
     The global torch RNG is left as it was. Returns counts of parameters per initialisation rule.
     """
     import torch
 
     if not modules:
         raise RepalignError("no torch modules found to re-initialise; this model cannot have a random-init control")
-    counts = {"reset_parameters": 0, "scaled_normal": 0, "ones": 0}
+    counts = {"reset_parameters": 0, "scaled_normal": 0, "kept": 0}
+    frozen = [(p, p.detach().clone()) for module in modules for p in module.parameters() if not p.requires_grad]
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         covered: set[int] = set()
@@ -97,20 +100,25 @@ def reinitialize(modules: Sequence, seed: int) -> dict[str, int]:
                     for p in sub.parameters(recurse=True):
                         covered.add(id(p))
         generator = torch.Generator().manual_seed(seed + 1)
+        frozen_ids = {id(p) for p, _ in frozen}
         for module in modules:
-            for name, p in module.named_parameters():
+            for p in module.parameters():
+                if id(p) in frozen_ids:
+                    continue
                 if id(p) in covered:
                     counts["reset_parameters"] += 1
                     continue
                 covered.add(id(p))
-                if p.numel() and bool((p > 0).all()):
-                    p.fill_(1.0)
-                    counts["ones"] += 1
+                if p.ndim <= 1 and p.numel() and bool((p > 0).all()):
+                    counts["kept"] += 1
                     continue
                 scale = float(p.detach().float().std()) if p.numel() > 1 else 0.0
                 draw = torch.randn(p.shape, generator=generator, dtype=torch.float32) * scale
                 p.copy_(draw.to(device=p.device, dtype=p.dtype))
                 counts["scaled_normal"] += 1
+        for p, value in frozen:
+            p.copy_(value)
+            counts["kept"] += 1
     return counts
 
 
@@ -170,14 +178,15 @@ def randomized(adapter: ModelAdapter, seed: int = 0) -> RandomInitAdapter:
     return RandomInitAdapter(adapter, seed)
 
 
-def control_factory(seed: int = 0) -> Callable[..., ModelAdapter]:
-    """An ``adapter_factory`` for :func:`repalign.extract.extract`: ``NAME@random`` gives the control of NAME."""
+def control_factory(seed: int = 0, base_factory: Callable[..., ModelAdapter] = get_adapter) -> Callable[..., ModelAdapter]:
+    """An ``adapter_factory`` for :func:`repalign.extract.extract`: ``NAME@random`` gives the control of
+    NAME; other names go to ``base_factory`` (the model registry by default)."""
 
     def factory(name: str, weights=None, device="cpu", dtype="float32", **options) -> ModelAdapter:
         if name.endswith(RANDOM_SUFFIX):
             base = name[: -len(RANDOM_SUFFIX)]
-            return randomized(get_adapter(base, weights=weights, device=device, dtype=dtype, **options), seed)
-        return get_adapter(name, weights=weights, device=device, dtype=dtype, **options)
+            return randomized(base_factory(base, weights=weights, device=device, dtype=dtype, **options), seed)
+        return base_factory(name, weights=weights, device=device, dtype=dtype, **options)
 
     return factory
 
@@ -251,8 +260,13 @@ def scored_pair(
 
 
 def best_pairs(table: pd.DataFrame, by: Sequence[str] = ("level", "metric", "model_a", "model_b")) -> pd.DataFrame:
-    """One row per model pair (and level, metric): the best layer pair with its statistics."""
+    """One row per model pair (and level, metric): the best layer pair with its statistics.
+
+    For a model compared with itself the best pair of two different layers is reported.
+    """
     by = [c for c in by if c in table.columns]
+    # a model against itself: the diagonal (a layer with itself) is trivially 1, not a finding
+    table = table[(table.model_a != table.model_b) | (table.layer_a != table.layer_b)]
     index = table.groupby(by, sort=False)["score"].idxmax()
     keep = [c for c in (*by, "layer_a", "layer_b", "score", "ci_low", "ci_high", "chance_level", "null_mean",
                         "calibrated", "p_value", "p_value_best", "n_samples") if c in table.columns]
@@ -304,12 +318,13 @@ def pair_heatmaps(table: pd.DataFrame, pairs: Sequence[tuple[str, str]], metric:
     from matplotlib.figure import Figure
     from repalign.plot import layer_heatmap, style
 
+    if len(pairs) == 1:  # one pair: the full two-column figure, room for many stage labels
+        return save_figure(layer_heatmap(table, metric, *pairs[0], columns=2), out, stem)[0]
     with style():
         fig = Figure(figsize=(3.6 * len(pairs), 3.4), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, len(pairs)))
         for ax, (a, b) in zip(axes, pairs):
             layer_heatmap(table, metric, a, b, ax=ax)
-            ax.set_title(f"{a} vs {b}", fontsize=7)
     return save_figure(fig, out, stem)[0]
 
 

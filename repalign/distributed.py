@@ -34,13 +34,15 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from repalign.errors import InvalidInput, RepalignError
+from repalign.extract import ModelRun
 from repalign.inputs import Record
 
 log = logging.getLogger("repalign.distributed")
@@ -208,7 +210,7 @@ def _run_shard(shard_path: str, records: list, layers: list, model: str, key: st
     A RepalignError (bad input, model error) is returned, not raised: retrying cannot fix it,
     whereas a dead worker makes Dask run the shard again.
     """
-    from repalign.extract import ModelRun, _extract_one
+    from repalign.extract import _extract_one
 
     try:
         adapter = _worker_adapter(factory, model, weights, _worker_device(device), dtype, options)
@@ -221,6 +223,15 @@ def _run_shard(shard_path: str, records: list, layers: list, model: str, key: st
 
 
 # ----------------------------------------------------------------------------- extraction
+@dataclass
+class DistributedModelRun(ModelRun):
+    """A ModelRun plus what the cluster did: shards, (worker pid, loaded adapter id) pairs, merge time."""
+
+    shards: int = 0
+    workers: list = field(default_factory=list)
+    merge_seconds: float = 0.0
+
+
 def _plan_model(name, records, layers, pool, tokens, device, dtype, weights, options, skip_invalid, factory):
     """Resolve layers and validate inputs as repalign.extract.extract does, on the client."""
     from repalign.extract import resolve_layers
@@ -389,9 +400,10 @@ def extract_distributed(
     order), shards hold consecutive batches and are merged in shard order, so neither the number of
     workers nor which worker finishes first changes the target. Shard caches live in
     ``<cache>.shards/`` and are deleted after a successful merge (``keep_shards=False``). Returns one
-    ``repalign.extract.ModelRun`` per model.
+    run per model: a ``repalign.extract.ModelRun`` with ``shards``, ``workers`` (pairs of worker
+    pid and loaded-model id: one per worker process) and ``merge_seconds`` added.
     """
-    from repalign.extract import POOLINGS, ModelRun, model_key
+    from repalign.extract import POOLINGS, model_key
     from repalign.models import get_adapter
 
     factory = adapter_factory or get_adapter
@@ -423,7 +435,7 @@ def extract_distributed(
         n_workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
         for adapter, chosen, model_pool, token_layers, good, invalid in plans:
             key = model_key(adapter)
-            run = ModelRun(key, chosen, invalid=invalid)
+            run = DistributedModelRun(key, chosen, invalid=invalid)
             for sid, reason in invalid.items():
                 log.warning("skipped %s: %s", sid, reason)
             start = time.perf_counter()
@@ -433,26 +445,33 @@ def extract_distributed(
                 budget = shard_tokens or max(1, sum(sizes) // (4 * n_workers))
                 shards = [[todo[i] for i in shard] for shard in plan_shards(sizes, batch_tokens, budget)]
                 folder = shard_folder(cache)
-                folder.mkdir(exist_ok=True)
                 options_text = repr((key, sorted(chosen), model_pool, sorted(token_layers), store_dtype, dtype,
                                      batch_tokens, sorted((options or {}).items()), weights))
                 paths = [str(folder / _shard_name(key, i, s, options_text)) for i, s in enumerate(shards)]
-                _remove_stale_shards(folder, key, paths)
-                futures = [
-                    client.submit(_run_shard, path, shard, chosen, adapter_name(adapter), key, model_pool, token_layers,
-                                  store_dtype, batch_tokens, factory, weights, device, dtype, options,
-                                  key=f"repalign-shard-{Path(path).stem}", retries=retries, pure=False)
-                    for path, shard in zip(paths, shards)
-                ]
-                results = _gather(client, futures, key, quiet)
-                run.tokens = sum(r["tokens"] for r in results)
-                run.stored = merge_shards(paths, cache, key, overwrite=overwrite)
-                run.workers = sorted({(r["pid"], r["adapter"]) for r in results})
-                if not keep_shards:
-                    for p in paths:
-                        _remove_cache_files(Path(p))
-                    with contextlib.suppress(OSError):
-                        folder.rmdir()
+                with _run_lock(folder):
+                    _remove_stale_shards(folder, key, paths)
+                    futures = [
+                        client.submit(_run_shard, path, shard, chosen, adapter_name(adapter), key, model_pool,
+                                      token_layers, store_dtype, batch_tokens, factory, weights, device, dtype, options,
+                                      key=f"repalign-shard-{Path(path).stem}-{uuid.uuid4().hex[:8]}", retries=retries,
+                                      pure=False)
+                        for path, shard in zip(paths, shards)
+                    ]
+                    try:
+                        results = _gather(client, futures, key, quiet)
+                    finally:
+                        client.cancel(futures)  # no-op for finished shards; stops the others after an error
+                    run.tokens = sum(r["tokens"] for r in results)
+                    run.shards = len(paths)
+                    run.workers = sorted({(r["pid"], r["adapter"]) for r in results})
+                    merge_start = time.perf_counter()
+                    run.stored = merge_shards(paths, cache, key, overwrite=overwrite)
+                    run.merge_seconds = time.perf_counter() - merge_start
+                    if not keep_shards:
+                        for p in paths:
+                            _remove_cache_files(Path(p))
+                if not keep_shards and not any(folder.glob("*.h5")):
+                    shutil.rmtree(folder, ignore_errors=True)
             run.seconds = time.perf_counter() - start
             runs.append(run)
     return runs
@@ -484,6 +503,27 @@ def _gather(client, futures, key: str, quiet: bool) -> list[dict]:
         raise RepalignError(f"extraction of {key} failed on a worker: {text}; completed shards are kept in "
                             f"their shard caches and a rerun resumes them") from None
     return [results[f.key] for f in futures]
+
+
+@contextlib.contextmanager
+def _run_lock(folder: Path) -> Iterator[None]:
+    """One distributed extraction per target at a time (it owns the shard folder until its merge ends)."""
+    import fcntl
+
+    folder.mkdir(exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise RepalignError(f"another distributed extraction (pid {other}) is writing into {folder.parent}; "
+                                f"wait for it or write to another file") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _remove_cache_files(path: Path) -> None:
@@ -550,6 +590,13 @@ def _block_source(item, block_rows: int):
     return lambda: (arr[s:s + block_rows] for s in range(0, arr.shape[0], block_rows))
 
 
+@dataclass(frozen=True)
+class _StreamedCka:
+    """Out-of-core linear CKA has no per-layer state: the pair is streamed from both layers' blocks."""
+
+    item: Any
+
+
 def _layer_states(item, label, metric_names, resolved, normalize, clip_quantile, knn, knn_options, block_rows, n_samples):
     """Build every requested metric's state of one layer (runs on a worker); returns (states, recall)."""
     from repalign.metrics import get_metric
@@ -566,8 +613,8 @@ def _layer_states(item, label, metric_names, resolved, normalize, clip_quantile,
             cache: dict = {}
             out = []
             for metric, p in zip(metrics, resolved):
-                if metric.name in ("cka",) and p.get("kernel") == "linear" and not p.get("unbiased"):
-                    out.append(("streamed-cka", item))  # scored per pair from both layers' blocks
+                if metric.name == "cka" and p.get("kernel") == "linear" and not p.get("unbiased"):
+                    out.append(_StreamedCka(item))  # scored per pair from both layers' blocks
                     continue
                 if not metric.is_knn:
                     raise RepalignError(f"metric {metric.name} cannot run out of core (--block-rows); use mknn, cycle_knn, lcs_knn, edit_distance_knn, cknna or linear cka, or drop --block-rows")
@@ -609,15 +656,19 @@ def _score_row(states_a, states_b_list, metric_names, resolved, name_a, names_b,
         for j, (states_b, name_b) in enumerate(zip(states_b_list, names_b)):
             a, b = states_a[0][m], states_b[0][m]
             try:
-                if isinstance(a, tuple) and a and a[0] == "streamed-cka":
+                if isinstance(a, _StreamedCka):
                     from repalign.metrics.outofcore import streamed_linear_cka
 
-                    out[m, j] = streamed_linear_cka(_block_source(a[1], block_rows), _block_source(b[1], block_rows), normalize)
+                    out[m, j] = streamed_linear_cka(_block_source(a.item, block_rows), _block_source(b.item, block_rows), normalize)
                 else:
                     out[m, j] = metric.score(a, b, p)
             except RepalignError as exc:
                 raise RepalignError(f"{metric.name} of layer {name_a!r} (X) with layer {name_b!r} (Y): {exc}") from None
     return out
+
+
+def _recall_of(states: tuple):
+    return states[1]
 
 
 def _n_rows(item) -> int:
@@ -654,6 +705,9 @@ def align_layers_distributed(
 ):
     """:func:`repalign.metrics.align_layers_multi` with the per-layer work spread over Dask workers.
 
+    client: a ``distributed.Client``, or None to run the same steps in this process (for
+    ``knn`` and ``block_rows`` without a cluster).
+
     layers_a, layers_b: per-layer (N, D) arrays, :class:`CacheLayer` references (read on the
     worker), or callables returning the array (or, with ``block_rows``, an iterator of row blocks).
     Each layer's states are built once on a worker and stay there; each layer of A is then scored
@@ -673,7 +727,8 @@ def align_layers_distributed(
     from repalign.metrics.layers import _names
     from repalign.metrics.prepare import check_prepare_options
 
-    _dask()
+    if client is not None:
+        _dask()
     if isinstance(metrics, str):
         metrics = [metrics]
     metric_objs = [get_metric(m) for m in metrics]
@@ -700,29 +755,39 @@ def align_layers_distributed(
     resolved = [m.resolve(n_samples, **{k: v for k, v in params.items() if k in m.params}) for m in metric_objs]
     metric_names = [m.name for m in metric_objs]
 
-    def submit_states(item, label):
-        return client.submit(_layer_states, item, label, metric_names, resolved, normalize, clip_quantile, knn,
-                             knn_options, block_rows, n_samples, pure=False)
-
-    futures_b = {}
-    for item, name in zip(items_b, names_b):
-        if id(item) not in futures_b:
-            futures_b[id(item)] = submit_states(item, f"layer {name!r} of layers_b")
-    states_b = [futures_b[id(item)] for item in items_b]
-    rows = []
-    futures_a = []
-    for item, name in zip(items_a, names_a):
-        fa = futures_b.get(id(item)) or submit_states(item, f"layer {name!r} of layers_a")
-        futures_a.append(fa)
-        rows.append(client.submit(_score_row, fa, states_b, metric_names, resolved, name, names_b, block_rows,
-                                  normalize, pure=False))
-    try:
-        scores = np.stack(client.gather(rows), axis=1)  # (M, La, Lb)
-        recalls_a = client.gather([client.submit(lambda s: s[1], f, pure=False) for f in futures_a])
-        recalls_b = client.gather([client.submit(lambda s: s[1], f, pure=False) for f in states_b])
-    finally:
-        for f in list(futures_b.values()) + futures_a + rows:
-            f.release()
+    state_args = (metric_names, resolved, normalize, clip_quantile, knn, knn_options, block_rows, n_samples)
+    if client is None:
+        # the same per-layer and per-row functions, run here (no Dask needed for knn= or block_rows=)
+        done_b: dict[int, tuple] = {}
+        for item, name in zip(items_b, names_b):
+            if id(item) not in done_b:
+                done_b[id(item)] = _layer_states(item, f"layer {name!r} of layers_b", *state_args)
+        states_b_local = [done_b[id(item)] for item in items_b]
+        rows_out, recalls_a = [], []
+        for item, name in zip(items_a, names_a):
+            sa = done_b.get(id(item)) or _layer_states(item, f"layer {name!r} of layers_a", *state_args)
+            recalls_a.append(sa[1])
+            rows_out.append(_score_row(sa, states_b_local, metric_names, resolved, name, names_b, block_rows, normalize))
+        scores = np.stack(rows_out, axis=1)
+        recalls_b = [s[1] for s in states_b_local]
+    else:
+        futures_b = {}
+        for item, name in zip(items_b, names_b):
+            if id(item) not in futures_b:
+                futures_b[id(item)] = client.submit(_layer_states, item, f"layer {name!r} of layers_b", *state_args, pure=False)
+        states_b = [futures_b[id(item)] for item in items_b]
+        rows, futures_a = [], []
+        for item, name in zip(items_a, names_a):
+            fa = futures_b.get(id(item)) or client.submit(_layer_states, item, f"layer {name!r} of layers_a", *state_args, pure=False)
+            futures_a.append(fa)
+            rows.append(client.submit(_score_row, fa, states_b, metric_names, resolved, name, names_b, block_rows,
+                                      normalize, pure=False))
+        try:
+            scores = np.stack(client.gather(rows), axis=1)  # (M, La, Lb)
+            recalls_a = client.gather([client.submit(_recall_of, f, pure=False) for f in futures_a])
+            recalls_b = client.gather([client.submit(_recall_of, f, pure=False) for f in states_b])
+        finally:
+            client.cancel(list(futures_b.values()) + futures_a + rows)
     recall = {}
     if knn != "exact":
         recall = {**{("a", n): r for n, r in zip(names_a, recalls_a)}, **{("b", n): r for n, r in zip(names_b, recalls_b)}}

@@ -58,7 +58,7 @@ def esm_inputs(tiny_esm2, tmp_path_factory):
     import torch
 
     folder = tmp_path_factory.mktemp("dist_ref")
-    records = read_inputs([str(random_fasta(folder / "in.fasta", 48, seed=5))])
+    records = read_inputs([str(random_fasta(folder / "in.fasta", 32, seed=5))])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -160,6 +160,17 @@ def test_distributed_extraction_equals_single_process(client, tiny_esm2, esm_inp
     assert_same_cache(out, ref)
 
 
+def test_second_distributed_run_on_the_same_target_is_refused(client, tiny_esm2, esm_inputs, tmp_path):
+    from repalign.distributed import _run_lock
+
+    records, _ = esm_inputs
+    out = tmp_path / "locked.h5"
+    with _run_lock(shard_folder(out)):
+        with pytest.raises(RepalignError, match="another distributed extraction .* is writing into"):
+            extract_distributed(records, [f"hf:{tiny_esm2}"], out, cluster=client, layers=["all"], quiet=True)
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_killed_worker_loses_no_sample(client, tiny_esm2, esm_inputs, tmp_path):
     records, ref = esm_inputs
@@ -246,9 +257,11 @@ def test_distributed_layer_scores_equal_the_single_process_engine(client, layer_
     ref = align_layers_multi(a, b, metrics, names_a=["a0", "a1", "a2"], names_b=["b0", "b1"], k=7, dim=3)
     got, recall = align_layers_distributed(client, a, b, metrics, names_a=["a0", "a1", "a2"], names_b=["b0", "b1"], k=7, dim=3)
     assert recall == {}
-    for r, g in zip(ref, got):
+    here, _ = align_layers_distributed(None, a, b, metrics, names_a=["a0", "a1", "a2"], names_b=["b0", "b1"], k=7, dim=3)
+    for r, g, h in zip(ref, got, here):
         assert g.metric == r.metric and g.params == r.params and g.n_samples == 300
         np.testing.assert_array_equal(g.scores, r.scores)
+        np.testing.assert_array_equal(h.scores, r.scores)
 
 
 def test_distributed_out_of_core_from_a_cache(client, layer_data, tmp_path):
@@ -265,8 +278,10 @@ def test_distributed_out_of_core_from_a_cache(client, layer_data, tmp_path):
     order = tuple(ids[::-1])  # an explicit id order (as align_ids gives) is honoured
     src_b = [CacheLayer(str(path), "B", f"l{i}", ids=tuple(ids)) for i in range(2)]
     got, _ = align_layers_distributed(client, src_a, src_b, ["mknn", "cknna", "cka"], k=5, block_rows=70)
+    here, _ = align_layers_distributed(None, src_a, src_b, ["mknn", "cknna", "cka"], k=5, block_rows=70)
     ref = align_layers_multi(a, b, ["mknn", "cknna", "cka"], k=5)
-    for r, g in zip(ref, got):
+    for r, g, h in zip(ref, got, here):
+        np.testing.assert_array_equal(g.scores, h.scores)
         if r.metric == "cka":  # streamed statistics: equal up to float64 rounding
             np.testing.assert_allclose(g.scores, r.scores, rtol=1e-5)
         else:
