@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -122,11 +123,18 @@ def reinitialize(modules: Sequence, seed: int) -> dict[str, int]:
     return counts
 
 
+def model_seed(seed: int, model: str) -> int:
+    """The seed of one model's control: drawn from (seed, model name), so two models of the same
+    architecture (e.g. CHGNet 0.3.0 and 0.2.0) get independent random networks, not the same one."""
+    return int(np.random.SeedSequence([int(seed), zlib.crc32(model.encode())]).generate_state(1)[0] % (2**31 - 2))
+
+
 class RandomInitAdapter(ModelAdapter):
     """A model adapter whose weights are re-initialised with a fixed seed (see :func:`reinitialize`).
 
     Everything but the weights is the wrapped adapter's: layers, inputs, tokenisation, pooling.
-    Its cache name is ``<model>@random`` and its provenance carries ``random_init``.
+    Its cache name is ``<model>@random`` and its provenance carries ``random_init`` (the seed and
+    the model's own stream, :func:`model_seed`).
     """
 
     def __init__(self, inner: ModelAdapter, seed: int):
@@ -137,16 +145,18 @@ class RandomInitAdapter(ModelAdapter):
         self.info = inner.info
         self.default_pooling = inner.default_pooling
         self.max_size = inner.max_size
-        self.name = (getattr(inner, "name", None) or inner.info.name) + RANDOM_SUFFIX
+        base = getattr(inner, "name", None) or inner.info.name
+        self.name = base + RANDOM_SUFFIX
+        self.stream = model_seed(self.seed, base)
         self.weights, self.device, self.dtype = inner.weights, inner.device, inner.dtype
-        # the seed is an option, so a cache written with another seed is detected on resume
-        self.options = {**inner.options, "random_init_seed": self.seed}
+        # the seeds are options, so a cache written with other seeds is detected on resume
+        self.options = {**inner.options, "random_init_seed": self.seed, "random_init_stream": self.stream}
         self._loaded = False
         self.init_counts: dict[str, int] = {}
 
     def load(self) -> None:
         self.inner.ensure_loaded()
-        self.init_counts = reinitialize(torch_modules(self.inner), self.seed)
+        self.init_counts = reinitialize(torch_modules(self.inner), self.stream)
 
     def layer_names(self) -> list[str]:
         return self.inner.layer_names()
@@ -158,7 +168,7 @@ class RandomInitAdapter(ModelAdapter):
         self.ensure_loaded()
         prov = dict(self.inner.provenance())
         prov["model"] = self.name
-        prov["random_init"] = {"seed": self.seed, "initialisation": dict(self.init_counts),
+        prov["random_init"] = {"seed": self.seed, "stream": self.stream, "initialisation": dict(self.init_counts),
                                "note": "weights re-initialised: a control, not the trained model"}
         return prov
 

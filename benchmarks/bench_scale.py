@@ -9,8 +9,8 @@
             architecture of esm2_t6_8M_UR50D (6 layers, width 320; random weights, the same cost).
 
 Usage:
-    python benchmarks/bench_scale.py                 # full sizes (about 10-15 minutes on 2 cores)
-    python benchmarks/bench_scale.py --quick         # small sizes, a smoke run (about 1 minute)
+    python benchmarks/bench_scale.py                 # full sizes (about 15 minutes on 2 busy cores)
+    python benchmarks/bench_scale.py --quick         # small sizes, a smoke run (about 2 minutes)
     python benchmarks/bench_scale.py --only knn cka  # a subset
 """
 
@@ -124,7 +124,7 @@ def bench_cka(work: Path, quick: bool):
     write_s = time.perf_counter() - t0
     size = path.stat().st_size / 2**20
     res = run_child("cka", str(path), 8192)
-    print(f"cka: N={n} D={d} float16 cache {size:.0f} MiB (written in {write_s:.1f} s)")
+    print(f"cka: N={n} D={d} float16 cache {size:.0f} MiB (written in {write_s:.1f} s), read in 8192-row blocks")
     print(f"     streamed linear CKA={res['cka']:.6f} in {res['seconds']:.1f} s "
           f"({n / res['seconds']:,.0f} rows/s per layer pair); peak RSS {res['peak_rss_mib']:.0f} MiB "
           f"(after imports {res['rss_after_imports_mib']:.0f} MiB)")

@@ -225,9 +225,11 @@ def _run_shard(shard_path: str, records: list, layers: list, model: str, key: st
 # ----------------------------------------------------------------------------- extraction
 @dataclass
 class DistributedModelRun(ModelRun):
-    """A ModelRun plus what the cluster did: shards, (worker pid, loaded adapter id) pairs, merge time."""
+    """A ModelRun plus what the cluster did: shards, (worker pid, loaded adapter id) pairs, merge time,
+    and ``resumed``: samples a retried shard found already in its shard cache (work a dead worker kept)."""
 
     shards: int = 0
+    resumed: int = 0
     workers: list = field(default_factory=list)
     merge_seconds: float = 0.0
 
@@ -463,6 +465,7 @@ def extract_distributed(
                         client.cancel(futures)  # no-op for finished shards; stops the others after an error
                     run.tokens = sum(r["tokens"] for r in results)
                     run.shards = len(paths)
+                    run.resumed = sum(r["resumed"] for r in results)
                     run.workers = sorted({(r["pid"], r["adapter"]) for r in results})
                     merge_start = time.perf_counter()
                     run.stored = merge_shards(paths, cache, key, overwrite=overwrite)

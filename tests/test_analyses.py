@@ -17,6 +17,7 @@ from analyses.common import (
     RANDOM_SUFFIX,
     best_pairs,
     control_factory,
+    model_seed,
     randomized,
     reinitialize,
     scored_pair,
@@ -114,6 +115,19 @@ def test_reinitialize_rules_seeding_and_global_rng():
     assert not torch.allclose(_params(other)["mix.weight"], after["mix.weight"])
 
 
+def test_same_architecture_controls_are_independent_networks():
+    class OtherTiny(TinyAdapter):  # same architecture and weights, another registered name
+        info = ModelInfo(name="tiny-v2", family="Tiny", modality="protein sequence", input_kind="sequence",
+                         extra="", license="MIT", weights="built in")
+
+    a, b = randomized(TinyAdapter(), 0), randomized(OtherTiny(), 0)
+    a.ensure_loaded()
+    b.ensure_loaded()
+    assert (a.name, b.name) == ("tiny@random", "tiny-v2@random")
+    assert model_seed(0, "tiny") != model_seed(0, "tiny-v2") and model_seed(0, "tiny") == model_seed(0, "tiny")
+    assert not torch.allclose(a.inner.runner.model.mix.weight, b.inner.runner.model.mix.weight)
+
+
 def test_torch_modules_finds_nested_networks_once():
     adapter = TinyAdapter()
     adapter.ensure_loaded()
@@ -134,14 +148,15 @@ def test_control_is_stored_under_its_own_name_with_provenance(tmp_path):
         assert set(c.models) == {"tiny", "tiny@random"}
         prov_control = c.provenance("tiny@random")
         assert prov_control["random_init"]["seed"] == 3 and prov_control["model"] == "tiny@random"
+        assert prov_control["random_init"]["stream"] == model_seed(3, "tiny")
         assert "random_init" not in c.provenance("tiny")
         trained = c.read_layer("tiny", "out", ids=["s0", "s1", "s2"])
         control = c.read_layer("tiny@random", "out", ids=["s0", "s1", "s2"])
     assert not np.allclose(trained, control)
-    # the control equals the trained adapter re-initialised by hand with the same seed
+    # the control equals the trained adapter re-initialised by hand with the model's own stream
     manual = TinyAdapter()
     manual.ensure_loaded()
-    reinitialize(torch_modules(manual), seed=3)
+    reinitialize(torch_modules(manual), seed=model_seed(3, "tiny"))
     expected = np.stack([f.tokens["out"].mean(axis=0) for f in manual.forward(records, ["out"])])
     np.testing.assert_allclose(control, expected, rtol=1e-5, atol=1e-6)
     # another seed on resume is a changed option, not silently mixed features

@@ -181,7 +181,7 @@ def test_killed_worker_loses_no_sample(client, tiny_esm2, esm_inputs, tmp_path):
     def run():
         try:
             result["runs"] = extract_distributed(records, [f"hf:{tiny_esm2}"], out, cluster=client, layers=["all"],
-                                                 batch_tokens=160, shard_tokens=1, quiet=True)
+                                                 batch_tokens=160, shard_tokens=300, quiet=True)
         except BaseException as exc:  # reported by the assertion below
             error["exc"] = exc
 
@@ -203,6 +203,8 @@ def test_killed_worker_loses_no_sample(client, tiny_esm2, esm_inputs, tmp_path):
     assert killed is not None, "the run ended before a worker could be killed"
     assert killed not in client.run(os.getpid).values()
     assert_same_cache(out, ref)
+    run = result["runs"][0]
+    assert run.stored == len(records) and run.shards >= 2
 
 
 @pytest.mark.slow

@@ -122,6 +122,8 @@ class CHGNetAdapter(ModelAdapter):
                 record.id,
             )
         reject_flat_cell(record)
+        if pbc.all() and np.linalg.norm(atoms.cell.array, axis=1).min() < _ATOM_GRAPH_CUTOFF:
+            return  # every atom's own periodic image is a neighbour: none can be isolated
         from ase.neighborlist import neighbor_list
 
         # CHGNet's graph cannot hold an atom without a neighbour (periodic images count)
