@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from repalign import __version__
 from repalign.errors import RepalignError
@@ -52,6 +51,7 @@ def cmd_compare(args) -> int:
         normalize=None if args.normalize == "none" else args.normalize,
         k=args.k, kernel=args.kernel, sigma=args.sigma, dim=args.dim,
         permutations=args.permutations, ci=args.ci, n_subsamples=args.subsamples, seed=args.seed,
+        cluster=args.cluster, knn=args.knn, block_rows=args.block_rows,
     )
     print(result.summary())
     if args.output:
@@ -75,13 +75,18 @@ def cmd_extract(args) -> int:
     if args.loops:
         options["loops"] = args.loops
     records = read_inputs(args.inputs)
-    runs = extract(
-        records, _flat(args.model), args.output,
+    kwargs = dict(
         layers=_flat(args.layers) or None, pool=args.pool, tokens=_flat(args.tokens),
         device=args.device, dtype=args.dtype, store_dtype=args.store_dtype, batch_tokens=args.batch_tokens,
         limit=args.limit, overwrite=args.overwrite, skip_invalid=args.skip_invalid, weights=args.weights,
         options=options, quiet=args.quiet,
     )
+    if args.cluster:
+        from repalign.distributed import extract_distributed
+
+        runs = extract_distributed(records, _flat(args.model), args.output, cluster=args.cluster, **kwargs)
+    else:
+        runs = extract(records, _flat(args.model), args.output, **kwargs)
     for run in runs:
         rate = f", {run.tokens / run.seconds:,.0f} tokens/s" if run.seconds > 0 else ""
         print(f"{run.model}: stored {run.stored} samples x {len(run.layers)} layers "
@@ -159,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--loops", help="ESMFold2 trunk loops to keep: last, all or 0,5,20")
     e.add_argument("--overwrite", action="store_true", help="replace a model stored with other options")
     e.add_argument("--skip-invalid", action="store_true", help="skip invalid samples with a warning instead of failing")
+    e.add_argument("--cluster", help="run on Dask: local:N, tcp://HOST:PORT or slurm:CONFIG.yaml (docs/scaling.md)")
     e.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     e.set_defaults(func=cmd_extract)
 
@@ -180,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ci", type=float, help="confidence level of subsampling intervals, e.g. 0.95")
     c.add_argument("--subsamples", type=int, default=100, help="subsamples for --ci (default 100)")
     c.add_argument("--seed", type=int, default=0, help="seed of permutations and subsamples (default 0)")
+    c.add_argument("--cluster", help="spread per-layer work over Dask: local:N, tcp://HOST:PORT or slurm:CONFIG.yaml")
+    c.add_argument("--knn", default="exact", choices=("exact", "faiss-hnsw", "faiss-ivf"),
+                   help="neighbour search; approximate ones report their recall (default exact)")
+    c.add_argument("--block-rows", type=int, help="read layers in row blocks (out of core; kNN metrics, linear CKA)")
     c.add_argument("-o", "--output", help="write the tidy table (.csv, .tsv or .parquet)")
     c.set_defaults(func=cmd_compare)
 

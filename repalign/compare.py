@@ -88,6 +88,10 @@ def compare_models(
     ci: float | None = None,
     n_subsamples: int = 100,
     seed: int = 0,
+    cluster=None,
+    knn: str = "exact",
+    knn_options: dict | None = None,
+    block_rows: int | None = None,
     **params,
 ) -> Comparison:
     """Score every layer of ``model_a`` against every layer of ``model_b`` with each metric.
@@ -96,7 +100,10 @@ def compare_models(
     ``permutations`` > 0 adds permutation p-values (per pair and for the best pair against the null
     of the maximum), null means and calibrated scores; ``ci`` adds subsampling intervals
     (:mod:`repalign.stats`). Reliability warnings (N small for k, degenerate layers) are in
-    ``Comparison.warnings``. Returns a :class:`Comparison` whose ``table`` is the tidy long table
+    ``Comparison.warnings``. ``cluster`` (a Dask spec such as ``local:4`` or a Client), ``knn``
+    (``exact``, ``faiss-hnsw``, ``faiss-ivf``) and ``block_rows`` (out-of-core row blocks) route the
+    computation through :func:`repalign.distributed.align_layers_distributed`; approximate
+    neighbour lists add a ``knn_recall`` column. Returns a :class:`Comparison` whose ``table`` is the tidy long table
     (model_a, layer_a, model_b, layer_b, metric, params, score, n_samples).
     """
     from embeddings_cache import Cache, align_ids
@@ -122,13 +129,20 @@ def compare_models(
     names_b = select_layers(cb.layers(model_b), layers_b, model_b)
     ids = align_ids(ca, model_a, cb, model_b)
 
-    mats_a = [ca.read_layer(model_a, name, ids=ids) for name in names_a]
-    mats_b = [cb.read_layer(model_b, name, ids=ids) for name in names_b]
-
     # a parameter left unset (None) takes each metric's default; one no metric accepts is an error
     params = {k: v for k, v in params.items() if v is not None}
     accepted = {p for name in canonical for p in get_metric(name).params}
     params = {k: v for k, v in params.items() if k in accepted or k not in _COMMON_CLI_PARAMS}
+
+    if cluster is not None or knn != "exact" or block_rows is not None:
+        if permutations or ci:
+            raise RepalignError("--permutations/--ci run in one process on in-memory layers; "
+                                "drop --cluster/--knn/--block-rows for them")
+        return _compare_distributed(ca, cb, model_a, model_b, names_a, names_b, ids, canonical, normalize,
+                                    cluster, knn, knn_options, block_rows, params)
+
+    mats_a = [ca.read_layer(model_a, name, ids=ids) for name in names_a]
+    mats_b = [cb.read_layer(model_b, name, ids=ids) for name in names_b]
     alignments = align_layers_multi(
         mats_a, mats_b, metrics=canonical, names_a=names_a, names_b=names_b, normalize=normalize, **params
     )
@@ -149,6 +163,31 @@ def compare_models(
     table = pd.concat(frames, ignore_index=True)
     return Comparison(table=table, model_a=model_a, model_b=model_b, n_samples=len(ids), alignments=alignments,
                       warnings=list(dict.fromkeys(warnings)))
+
+
+def _compare_distributed(ca, cb, model_a, model_b, names_a, names_b, ids, metrics, normalize, cluster, knn,
+                         knn_options, block_rows, params) -> Comparison:
+    """Per-layer work on Dask workers and/or out of core / with approximate neighbours."""
+    import contextlib
+
+    from repalign.distributed import CacheLayer, align_layers_distributed, open_client
+    from repalign.metrics import get_metric
+
+    src_a = [CacheLayer(str(ca.path), model_a, n, tuple(ids)) for n in names_a]
+    src_b = [CacheLayer(str(cb.path), model_b, n, tuple(ids)) for n in names_b]
+    with (open_client(cluster) if cluster is not None else contextlib.nullcontext(None)) as client:
+        alignments, recall = align_layers_distributed(
+            client, src_a, src_b, metrics, names_a, names_b, normalize, knn=knn, knn_options=knn_options,
+            block_rows=block_rows, n_samples=len(ids), **params)
+    frames = []
+    for al in alignments:
+        frame = al.to_frame(model_a=model_a, model_b=model_b)
+        if recall and get_metric(al.metric).is_knn:
+            frame["knn_recall"] = [min(recall[("a", la)], recall[("b", lb)])
+                                   for la, lb in zip(frame["layer_a"], frame["layer_b"])]
+        frames.append(frame)
+    return Comparison(table=pd.concat(frames, ignore_index=True), model_a=model_a, model_b=model_b,
+                      n_samples=len(ids), alignments=alignments)
 
 
 def check_table_path(path: str | os.PathLike) -> Path:

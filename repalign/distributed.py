@@ -41,8 +41,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from repalign.errors import InvalidInput, RepalignError
-from repalign.extract import ModelRun
+from repalign.errors import RepalignError
+from repalign.extract import ModelRun, plan_model, split_stored
 from repalign.inputs import Record
 
 log = logging.getLogger("repalign.distributed")
@@ -234,34 +234,6 @@ class DistributedModelRun(ModelRun):
     merge_seconds: float = 0.0
 
 
-def _plan_model(name, records, layers, pool, tokens, device, dtype, weights, options, skip_invalid, factory):
-    """Resolve layers and validate inputs as repalign.extract.extract does, on the client."""
-    from repalign.extract import resolve_layers
-
-    adapter = factory(name, weights=weights, device=device, dtype=dtype, **(options or {}))
-    chosen = resolve_layers(adapter, layers)
-    model_pool = pool or adapter.default_pooling
-    token_layers = chosen if model_pool == "none" else (resolve_layers(adapter, tokens) if tokens else [])
-    unknown_tok = [t for t in token_layers if t not in chosen]
-    if unknown_tok:
-        raise RepalignError(f"--tokens layers {unknown_tok} are not among the extracted layers; add them to --layers")
-    good, invalid = [], {}
-    for r in records:
-        try:
-            adapter.validate(r)
-            if adapter.max_size is not None and adapter.size(r) > adapter.max_size:
-                raise InvalidInput(
-                    f"{r.id}: {adapter.size(r)} tokens/atoms, longer than {adapter.info.name} accepts "
-                    f"({adapter.max_size}); shorten it, split it, or pass --skip-invalid", r.id)
-        except InvalidInput as exc:
-            if not skip_invalid:
-                raise
-            invalid[r.id] = str(exc)
-        else:
-            good.append(r)
-    return adapter, chosen, model_pool, token_layers, good, invalid
-
-
 def _todo(cache: Path, key: str, records: list[Record], overwrite: bool) -> tuple[list[Record], int]:
     """Records not yet in the target cache (same rule as a single-process resume)."""
     from embeddings_cache import Cache
@@ -270,17 +242,7 @@ def _todo(cache: Path, key: str, records: list[Record], overwrite: bool) -> tupl
         return list(records), 0
     with Cache(cache) as c:
         stored = dict(zip(c.ids(key), c.hashes(key))) if key in c.models else {}
-    todo, skipped = [], 0
-    for r in records:
-        old = stored.get(r.id)
-        if old is None:
-            todo.append(r)
-        elif old == r.content_hash:
-            skipped += 1
-        else:
-            raise RepalignError(f"sample {r.id} is already stored for {key} with different content; "
-                                f"give the new input another id, or pass --overwrite to re-extract the model")
-    return todo, skipped
+    return split_stored(records, stored, key)
 
 
 def plan_shards(sizes: Sequence[int], batch_tokens: int, shard_tokens: int) -> list[list[int]]:
@@ -430,7 +392,7 @@ def extract_distributed(
         raise RepalignError(f"folder {cache.parent} does not exist; create it first")
     spec = cluster if not isinstance(cluster, str) else parse_cluster(cluster)  # bad specs fail before any work
 
-    plans = [_plan_model(name, records, layers, pool, tokens, device, dtype, weights, options, skip_invalid, factory)
+    plans = [plan_model(name, records, layers, pool, tokens, device, dtype, weights, options, skip_invalid, factory)
              for name in models]
     runs = []
     with open_client(spec) as client:

@@ -182,30 +182,8 @@ def extract(
         raise RepalignError("--weights applies to one model; run one 'repalign extract' per model with its weights")
 
     # Resolve and validate everything for every model before writing anything.
-    plans = []
-    for name in models:
-        adapter = adapter_factory(name, weights=weights, device=device, dtype=dtype, **(options or {}))
-        chosen = resolve_layers(adapter, layers)
-        model_pool = pool or adapter.default_pooling
-        token_layers = chosen if model_pool == "none" else (resolve_layers(adapter, tokens) if tokens else [])
-        unknown_tok = [t for t in token_layers if t not in chosen]
-        if unknown_tok:
-            raise RepalignError(f"--tokens layers {unknown_tok} are not among the extracted layers; add them to --layers")
-        good, invalid = [], {}
-        for r in records:
-            try:
-                adapter.validate(r)
-                if adapter.max_size is not None and adapter.size(r) > adapter.max_size:
-                    raise InvalidInput(
-                        f"{r.id}: {adapter.size(r)} tokens/atoms, longer than {adapter.info.name} accepts "
-                        f"({adapter.max_size}); shorten it, split it, or pass --skip-invalid", r.id)
-            except InvalidInput as exc:
-                if not skip_invalid:
-                    raise
-                invalid[r.id] = str(exc)
-            else:
-                good.append(r)
-        plans.append((adapter, chosen, model_pool, token_layers, good, invalid))
+    plans = [plan_model(name, records, layers, pool, tokens, device, dtype, weights, options, skip_invalid,
+                        adapter_factory) for name in models]
 
     runs = []
     for adapter, chosen, model_pool, token_layers, good, invalid in plans:
@@ -215,6 +193,55 @@ def extract(
         _extract_one(adapter, run, good, cache, model_pool, token_layers, store_dtype, batch_tokens, overwrite, quiet)
         runs.append(run)
     return runs
+
+
+def plan_model(name, records, layers, pool, tokens, device, dtype, weights, options, skip_invalid, factory):
+    """Build one model's adapter, resolve its layers and pooling, and validate every input.
+
+    Returns (adapter, layers, pool, token_layers, valid records, {invalid id: reason}); raises on the
+    first invalid record unless ``skip_invalid``. Nothing is loaded or written here.
+    """
+    adapter = factory(name, weights=weights, device=device, dtype=dtype, **(options or {}))
+    chosen = resolve_layers(adapter, layers)
+    model_pool = pool or adapter.default_pooling
+    token_layers = chosen if model_pool == "none" else (resolve_layers(adapter, tokens) if tokens else [])
+    unknown_tok = [t for t in token_layers if t not in chosen]
+    if unknown_tok:
+        raise RepalignError(f"--tokens layers {unknown_tok} are not among the extracted layers; add them to --layers")
+    good, invalid = [], {}
+    for r in records:
+        try:
+            adapter.validate(r)
+            if adapter.max_size is not None and adapter.size(r) > adapter.max_size:
+                raise InvalidInput(
+                    f"{r.id}: {adapter.size(r)} tokens/atoms, longer than {adapter.info.name} accepts "
+                    f"({adapter.max_size}); shorten it, split it, or pass --skip-invalid", r.id)
+        except InvalidInput as exc:
+            if not skip_invalid:
+                raise
+            invalid[r.id] = str(exc)
+        else:
+            good.append(r)
+    return adapter, chosen, model_pool, token_layers, good, invalid
+
+
+def split_stored(records: Sequence[Record], stored: dict[str, str], key: str) -> tuple[list[Record], int]:
+    """Records still to extract, and how many are already stored with the same content hash.
+
+    A stored id whose hash differs is an error: the input changed under the same id.
+    """
+    todo, skipped = [], 0
+    for r in records:
+        old = stored.get(r.id)
+        if old is None:
+            todo.append(r)
+        elif old == r.content_hash:
+            skipped += 1
+        else:
+            raise RepalignError(
+                f"sample {r.id} is already stored for {key} with different content; "
+                f"give the new input another id, or pass --overwrite to re-extract the model")
+    return todo, skipped
 
 
 def model_key(adapter: ModelAdapter) -> str:
@@ -241,18 +268,7 @@ def _extract_one(adapter, run, records, cache, pool, token_layers, store_dtype, 
     pooled_layers = [] if pool == "none" else run.layers
     with CacheWriter(cache, key, provenance=prov, layers=pooled_layers, token_layers=token_layers,
                      dtype=store_dtype, overwrite=overwrite) as writer:
-        stored = writer.stored()
-        todo = []
-        for r in records:
-            old = stored.get(r.id)
-            if old is None:
-                todo.append(r)
-            elif old == r.content_hash:
-                run.skipped_existing += 1
-            else:
-                raise RepalignError(
-                    f"sample {r.id} is already stored for {key} with different content; "
-                    f"give the new input another id, or pass --overwrite to re-extract the model")
+        todo, run.skipped_existing = split_stored(records, writer.stored(), key)
         if not todo:
             return
         sizes = [adapter.size(r) for r in todo]

@@ -262,7 +262,6 @@ def masked_kernel_stats(idx_k, sim_k, idx_l, sim_l):
     same lists twice gives the statistics of mask_K⊙K with itself.
     """
     n, k = idx_k.shape
-    kl = idx_l.shape[1]
     col_sum_a = np.zeros(n)
     row_sum_b = np.zeros(n)
     sum_a = 0.0

@@ -211,8 +211,6 @@ class ANI1xAdapter(ModelAdapter):
 
     def _hidden(self, species, aev) -> dict:
         """Hidden activations of member ``member``, (molecules, atoms, sum of element widths) each."""
-        import torch
-
         network = self._ensemble.neural_networks[self.options["member"]]
         nets = [network[element] for element in ELEMENTS]
         # hidden layer k is the output of the activation at position 2k+1 of each Sequential
