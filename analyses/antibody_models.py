@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from analyses.common import (
@@ -34,6 +35,7 @@ from analyses.common import (
     scored_pair,
     write_csv,
 )
+from repalign.errors import RepalignError
 
 STUDY = "antibody_models"
 MODELS = ("antiberty", "iglm", "igfold")
@@ -66,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ma, mb = a + suffix, b + suffix
                 shared = align_ids(c, ma, c, mb)
                 if sorted(shared) != sorted(ids):
-                    raise RuntimeError(f"{ma} and {mb} do not share all {len(ids)} antibodies")
+                    raise RepalignError(f"{ma} and {mb} in {cache} do not share all {len(ids)} antibodies; delete the cache folder and rerun")
                 names_a, mats_a = pooled_layers(c, ma, ids)
                 names_b, mats_b = pooled_layers(c, mb, ids)
                 for metric in METRICS:
@@ -138,7 +140,7 @@ still align with the language model it is conditioned on (AntiBERTy), and with a
 model it never saw (IgLM)? How much of that alignment would random-initialised networks of the same
 architectures show on the same antibodies?
 
-**Command** (offline, CPU; {elapsed / 60:.1f} min for this run, features cached in `.cache/`):
+**Command** (offline, CPU; {elapsed / 60:.1f} min for this run, which skipped the extraction of models already in `.cache/`: see the extraction times below; a run from scratch adds them):
 
     {command}
 
@@ -157,7 +159,7 @@ IgFold's control re-initialises its AntiBERTy too. Extraction time (s, this run;
 **Outputs.** `scores.csv` (every layer pair, metric and level, with p_value, null_mean, calibrated,
 ci_low, ci_high, p_value_best), `best_pairs.csv`, and the figures
 {', '.join(f'`{p.name}`' for p in figures)} (heatmaps: trained left, control right, grey hatching
-= p >= 0.05; depth plots: IgFold layer vs its best-matching layer of each LM, shaded = interval).
+= p >= 0.05, each panel with its own colour scale, so compare the numbers, not the colours; depth plots: IgFold layer vs its best-matching layer of each LM, shaded = interval).
 
 ## Best layer pair per model pair
 
@@ -167,6 +169,14 @@ ci_low, ci_high, p_value_best), `best_pairs.csv`, and the figures
 
 {markdown_table(gap)}
 
+## Per IgFold layer: best match in each language model (mutual kNN, k={cfg['k']})
+
+Each cell is the best score of that IgFold layer over all layers of the LM, with its interval.
+`antiberty` is IgFold's input (the AntiBERTy embedding), `node_proj` its linear projection; the
+structure module proper is `graph.*`, `template_ipa` and `structure_ipa.*`.
+
+{markdown_table(per_layer(table, "mutual_knn"))}
+
 ## Reading
 
 {chr(10).join(lines_reading)}
@@ -174,6 +184,20 @@ ci_low, ci_high, p_value_best), `best_pairs.csv`, and the figures
 {interpretation(table, best, gap, cfg)}
 """
     (out / "README.md").write_text(text)
+
+
+def per_layer(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """IgFold layer x (LM, trained/control): best score over the LM's layers, 'score [low, high]'."""
+    columns = {}
+    layers = None
+    for ref in ("antiberty", "iglm"):
+        for level, suffix in (("trained", ""), ("random_init", RANDOM_SUFFIX)):
+            rows = table[(table.metric == metric) & (table.model_a == "igfold" + suffix) & (table.model_b == ref + suffix)]
+            best = rows.loc[rows.groupby("layer_a", sort=False)["score"].idxmax()]
+            layers = list(best.layer_a)
+            label = f"vs {ref}" + (" (control)" if suffix else "")
+            columns[label] = [f"{r.score:.3f} [{r.ci_low:.2f}, {r.ci_high:.2f}] ({r.layer_b})" for r in best.itertuples()]
+    return pd.DataFrame({"igfold layer": layers, **columns})
 
 
 def interpretation(table, best, gap, cfg) -> str:
@@ -201,6 +225,26 @@ def interpretation(table, best, gap, cfg) -> str:
     higher = [f"{a} vs {b} (+{v:.3f})" for (a, b), v in g.items() if v > 0.02]
     if higher:
         parts.append(f"- Trained models align above their controls for {', '.join(higher)} (best-pair mutual kNN).")
+    structure = [n for n in table.layer_a.unique() if n.startswith(("graph.", "template_ipa", "structure_ipa."))]
+    for ref in ("antiberty", "iglm"):
+        tr = t[(t.model_a == "igfold") & (t.model_b == ref) & t.layer_a.isin(structure)]
+        co = r[(r.model_a == "igfold" + RANDOM_SUFFIX) & (r.model_b == ref + RANDOM_SUFFIX) & r.layer_a.isin(structure)]
+        if len(tr) and len(co):
+            bt, bc = tr.loc[tr.score.idxmax()], co.loc[co.score.idxmax()]
+            parts.append(
+                f"- Structure module only (graph, template and structure IPA blocks) vs {ref}: best trained pair "
+                f"{bt.layer_a} ~ {bt.layer_b} = {bt.score:.3f} [{bt.ci_low:.3f}, {bt.ci_high:.3f}], best control pair "
+                f"{bc.layer_a} ~ {bc.layer_b} = {bc.score:.3f} [{bc.ci_low:.3f}, {bc.ci_high:.3f}] "
+                f"(chance {bt.chance_level:.3f}).")
+    ig = table[(table.model_a == "igfold") & (table.metric == "mutual_knn")]
+    same_as_proj = [n for n in ("graph.0", "graph.1", "graph.2", "graph.3")
+                    if np.array_equal(ig[ig.layer_a == n].score.to_numpy(), ig[ig.layer_a == "node_proj"].score.to_numpy())]
+    if same_as_proj:
+        parts.append(
+            f"- IgFold's {', '.join(same_as_proj)} score exactly like `node_proj`: in this checkpoint those graph-transformer "
+            "blocks return their input node features unchanged (checked by hooking the blocks directly: the "
+            "output equals the input to the bit), so only the last graph block, the template IPA and the structure "
+            "IPA transform the node features.")
     parts.append(
         "- IgFold's `antiberty` stage is the AntiBERTy embedding IgFold consumes (from the antiberty 1.x "
         "package with the 0.1.3 weights), so its alignment with AntiBERTy's last layer is a sanity check, "

@@ -235,7 +235,7 @@ much of the language model (ESMC) survives in each stage?
 
     {command}
 
-(this run: {elapsed / 60:.1f} min on CPU). With real weights, on a GPU:
+(this run: {elapsed / 60:.1f} min on CPU, skipping the extraction of models already in `.cache/`; see the extraction times below). With real weights, on a GPU:
 
     python -m analyses.esmfold2_stages --weights /path/to/ESMFold2 --esmc esmc-300m \\
         --esmc-weights /path/to/ESMC-300M --fasta proteins.fasta --device cuda

@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_csv(best, out / "best_pairs.csv")
 
     figures = [matrix_figure(best, "crystals", g, out) for g in ("structure", "atom")]
-    a, b = cfg["crystal_models"][0], cfg["crystal_models"][-1] if args.quick else "sevennet-0"
+    a, b = cfg["crystal_models"][0], (cfg["crystal_models"][-1] if args.quick else "sevennet-0")
     for dataset, (ma, mb) in (("crystals", (a, b)), ("molecules", MOLECULE_MODELS)):
         for g in ("structure", "atom"):
             sub = table[(table.dataset == dataset) & (table.granularity == g)]
@@ -173,7 +173,7 @@ architectures, training sets and functionals) learn aligned representations of t
 and the same atoms? How does their alignment compare with random-initialised controls of the same
 architectures?
 
-**Command** (offline, CPU; {elapsed / 60:.1f} min for this run, features cached in `.cache/`):
+**Command** (offline, CPU; {elapsed / 60:.1f} min for this run, which skipped the extraction of models already in `.cache/`: see the extraction times below; a run from scratch adds them):
 
     {command}
 
@@ -191,7 +191,9 @@ Extraction time (s; 0 = cached): {', '.join(f'{m} {s}' for m, s in seconds.items
 
 **Outputs.** `scores.csv` (every layer pair, with dataset, granularity, level, p_value, null_mean,
 calibrated, ci_low, ci_high, p_value_best), `best_pairs.csv`, figures
-{', '.join(f'`{p.name}`' for p in figures)}.
+{', '.join(f'`{p.name}`' for p in figures)} (matrices: best-pair mutual kNN on one 0-1 scale;
+heatmaps: trained left, control right, grey hatching = p >= 0.05, each panel with its own colour
+scale, so compare the numbers, not the colours).
 
 ## Summary of best-pair mutual kNN over model pairs
 
@@ -230,8 +232,12 @@ def interpretation(table, best, cfg, elemental, n_crystals) -> str:
             r = mk[(mk.dataset == dataset) & (mk.granularity == g) & (mk.level == "random_init")].score
             if t.empty or r.empty:
                 continue
-            verdict = ("the random-init controls align about as much as the trained models" if r.mean() >= t.mean() - 0.05
-                       else "the trained models align more than their random-init controls")
+            if r.mean() > t.mean() + 0.05:
+                verdict = "the random-init controls align MORE than the trained models"
+            elif r.mean() >= t.mean() - 0.05:
+                verdict = "the random-init controls align about as much as the trained models"
+            else:
+                verdict = "the trained models align more than their random-init controls"
             parts.append(f"- {dataset}, per {g}: mean best-pair mutual kNN {t.mean():.3f} trained vs "
                          f"{r.mean():.3f} for controls: {verdict}.")
     parts.append(
@@ -247,7 +253,7 @@ def interpretation(table, best, cfg, elemental, n_crystals) -> str:
         "p-values from atom permutations are optimistic; per-structure results are the safer reading."
     )
     parts.append(
-        f"- Caveats: small and simple data sets (bulk primitive cells of 1-5 atoms, G2 molecules); "
+        "- Caveats: small and simple data sets (bulk primitive cells of 1-5 atoms, G2 molecules); "
         "one seed per control; mean pooling over atoms."
     )
     return "\n".join(parts)
