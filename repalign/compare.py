@@ -209,6 +209,7 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     path = check_table_path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a table is an ordinary file
     try:
         suffix = path.suffix.lower()
         if suffix == ".parquet":
@@ -220,6 +221,12 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:

@@ -351,7 +351,12 @@ def layer_heatmap(
                 ax.add_patch(PathPatch(_cells_path(cells), facecolor=NOT_SIGNIFICANT_COLOR, alpha=0.6, hatch="////",
                                        edgecolor="white", linewidth=0, zorder=1.5, gid="not-significant"))
 
-        i, j = np.unravel_index(np.nanargmax(scores), scores.shape)
+        search = scores.astype(float)
+        if ma == mb:  # a model against itself: a layer with itself is trivially 1, not a finding
+            same = np.equal.outer(np.asarray(names_a, dtype=object), np.asarray(names_b, dtype=object))
+            if not same.all():
+                search[same] = np.nan
+        i, j = np.unravel_index(np.nanargmax(search), search.shape)
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=MARKER_COLOR, linewidth=1.2,
                                zorder=3, gid="best-pair"))
         bar = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02)

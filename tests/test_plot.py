@@ -74,6 +74,22 @@ def test_heatmap_draws_the_table_and_marks_the_best_pair(table):
     assert plot.hatched_cells(fig) == []  # no p_value column: nothing hatched
 
 
+def test_heatmap_of_a_model_with_itself_marks_the_best_off_diagonal_pair():
+    from repalign.metrics import align_layers
+
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((60, 6))
+    layers = [base + s * rng.standard_normal((60, 6)) for s in (0.1, 0.2, 3.0)]
+    frame = align_layers(layers, layers, metric="cka", names_a=["l0", "l1", "l2"],
+                         names_b=["l0", "l1", "l2"]).to_frame(model_a="m", model_b="m")
+    fig = plot.layer_heatmap(frame, "cka", "m", "m")
+    (best,) = [p for p in fig.axes[0].patches if p.get_gid() == "best-pair"]
+    scores = frame["score"].to_numpy().reshape(3, 3)
+    off = np.where(np.eye(3, dtype=bool), -np.inf, scores)
+    i, j = np.unravel_index(np.argmax(off), off.shape)
+    assert i != j and best.get_xy() == (j - 0.5, i - 0.5)
+
+
 def test_heatmap_of_the_reversed_pair_is_the_transpose(table):
     fig = plot.layer_heatmap(table, "mutual_knn", "lm", "fold")
     expected, _, _ = reference_matrix(table, "mutual_knn")
