@@ -367,22 +367,11 @@ def extract_distributed(
     run per model: a ``repalign.extract.ModelRun`` with ``shards``, ``workers`` (pairs of worker
     pid and loaded-model id: one per worker process) and ``merge_seconds`` added.
     """
-    from repalign.extract import POOLINGS, model_key
+    from repalign.extract import check_extract_args, model_key
     from repalign.models import get_adapter
 
     factory = adapter_factory or get_adapter
-    if pool is not None and pool not in POOLINGS:
-        raise RepalignError(f"unknown pooling {pool!r}; use one of {', '.join(POOLINGS)}")
-    if store_dtype not in ("float32", "float16"):
-        raise RepalignError(f"unknown storage dtype {store_dtype!r}; use float32 or float16")
-    if not records:
-        raise RepalignError("no input samples; give a FASTA, CSV or structure file with at least one sample")
-    if limit is not None:
-        if limit < 1:
-            raise RepalignError(f"--limit must be positive, got {limit}")
-        records = list(records)[:limit]
-    if weights is not None and len(models) > 1:
-        raise RepalignError("--weights applies to one model; run one 'repalign extract' per model with its weights")
+    records = check_extract_args(records, models, pool, store_dtype, limit, weights)
     if shard_tokens is not None and (isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < 1):
         raise RepalignError(f"shard_tokens={shard_tokens!r} must be a positive whole number of tokens")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:

@@ -168,18 +168,7 @@ def extract(
     tokens: layers (names or patterns) whose per-residue / per-atom features are also stored (ragged).
     options: model-specific options (``--option KEY=VALUE``), recorded in the provenance.
     """
-    if pool is not None and pool not in POOLINGS:
-        raise RepalignError(f"unknown pooling {pool!r}; use one of {', '.join(POOLINGS)}")
-    if store_dtype not in ("float32", "float16"):
-        raise RepalignError(f"unknown storage dtype {store_dtype!r}; use float32 or float16")
-    if not records:
-        raise RepalignError("no input samples; give a FASTA, CSV or structure file with at least one sample")
-    if limit is not None:
-        if limit < 1:
-            raise RepalignError(f"--limit must be positive, got {limit}")
-        records = list(records)[:limit]
-    if weights is not None and len(models) > 1:
-        raise RepalignError("--weights applies to one model; run one 'repalign extract' per model with its weights")
+    records = check_extract_args(records, models, pool, store_dtype, limit, weights)
 
     # Resolve and validate everything for every model before writing anything.
     plans = [plan_model(name, records, layers, pool, tokens, device, dtype, weights, options, skip_invalid,
@@ -193,6 +182,23 @@ def extract(
         _extract_one(adapter, run, good, cache, model_pool, token_layers, store_dtype, batch_tokens, overwrite, quiet)
         runs.append(run)
     return runs
+
+
+def check_extract_args(records, models, pool, store_dtype, limit, weights) -> list[Record]:
+    """Validate the run-wide arguments of an extraction; returns the records after ``limit``."""
+    if pool is not None and pool not in POOLINGS:
+        raise RepalignError(f"unknown pooling {pool!r}; use one of {', '.join(POOLINGS)}")
+    if store_dtype not in ("float32", "float16"):
+        raise RepalignError(f"unknown storage dtype {store_dtype!r}; use float32 or float16")
+    if not records:
+        raise RepalignError("no input samples; give a FASTA, CSV or structure file with at least one sample")
+    if limit is not None:
+        if limit < 1:
+            raise RepalignError(f"--limit must be positive, got {limit}")
+        records = list(records)[:limit]
+    if weights is not None and len(models) > 1:
+        raise RepalignError("--weights applies to one model; run one 'repalign extract' per model with its weights")
+    return list(records)
 
 
 def plan_model(name, records, layers, pool, tokens, device, dtype, weights, options, skip_invalid, factory):
