@@ -45,7 +45,25 @@ def _provenance_extra(path: Path, hub_id: str) -> dict[str, Any]:
     return out
 
 
-class EsmFold2Adapter(ModelAdapter):
+class _HubCheckpointAdapter(ModelAdapter):
+    """A model whose checkpoint is a local folder (``weights``) or a hub id found in the offline HF cache."""
+
+    hub_id: ClassVar[str]
+    _path: Path | None = None
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return _unavailable()
+
+    def _checkpoint(self) -> Path:
+        from esmfold2_model.load import resolve_checkpoint
+
+        if self._path is None:
+            self._path = resolve_checkpoint(self.weights, self.hub_id)
+        return self._path
+
+
+class EsmFold2Adapter(_HubCheckpointAdapter):
     """ESMFold2 (with its MSA encoder; fed the single-sequence MSA), every stage as features."""
 
     hub_id: ClassVar[str] = "biohub/ESMFold2"
@@ -72,18 +90,7 @@ class EsmFold2Adapter(ModelAdapter):
         self.model = None
         self.extractor = None
 
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        return _unavailable()
-
     # ---- loading ---------------------------------------------------------------------------------
-    def _checkpoint(self) -> Path:
-        from esmfold2_model.load import resolve_checkpoint
-
-        if self._path is None:
-            self._path = resolve_checkpoint(self.weights, self.hub_id)
-        return self._path
-
     def config(self):
         """The checkpoint's EsmFold2Config (read without loading the weights)."""
         if self._config is None:
@@ -191,7 +198,7 @@ class EsmFold2FastAdapter(EsmFold2Adapter):
     )
 
 
-class EsmcAdapter(ModelAdapter):
+class EsmcAdapter(_HubCheckpointAdapter):
     """An ESMC backbone alone; layers ``esmc.0`` (embeddings) ... ``esmc.N`` (last layer, normed).
 
     Chains of a complex run in one sequence ``<cls> A <eos> <cls> B <eos>`` with chain-aware attention,
@@ -219,17 +226,6 @@ class EsmcAdapter(ModelAdapter):
         self._path: Path | None = None
         self._config = None
         self.model = None
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        return _unavailable()
-
-    def _checkpoint(self) -> Path:
-        from esmfold2_model.load import resolve_checkpoint
-
-        if self._path is None:
-            self._path = resolve_checkpoint(self.weights, self.hub_id)
-        return self._path
 
     def config(self):
         if self._config is None:
