@@ -36,27 +36,37 @@ class Comparison:
     warnings: list = field(default_factory=list)  # reliability warnings (N small for k, degenerate layers)
 
     def summary(self) -> str:
-        """A few readable lines per metric: best layer pair, its score and the chance level."""
-        from repalign.metrics import get_metric
-
+        """A few readable lines per metric: best layer pair, its score, and beside it the chance
+        level, or for a biased metric without one the permutation null mean."""
         lines = [f"{self.model_a} vs {self.model_b}: {self.n_samples} shared samples"]
         for al in self.alignments:
             i, j, score = al.best
-            metric = get_metric(al.metric)
-            settable = {k: v for k, v in al.params.items() if k in metric.params}
-            chance = metric.chance_level(self.n_samples, **settable)
-            chance_txt = f"  (chance {chance:.4f})" if chance is not None else ""
             params = ", ".join(f"{k}={v}" for k, v in sorted(al.params.items()) if v is not None)
-            rows = self.table[self.table["metric"] == al.metric]
-            p_txt = ""
-            if "p_value_best" in rows and rows["p_value_best"].notna().any():
-                p_txt = f", p(best, corrected for the layer search) = {rows['p_value_best'].iloc[0]:.3g}"
-            lines.append(
-                f"  {al.metric} [{params}]: best {al.names_a[i]} ~ {al.names_b[j]} = {score:.4f}{chance_txt}{p_txt}; "
-                f"{len(al.names_a)}x{len(al.names_b)} layer pairs"
-            )
+            rows = self.table[(self.table["metric"] == al.metric) & (self.table["layer_a"] == al.names_a[i])
+                              & (self.table["layer_b"] == al.names_b[j])]
+            lines.append(f"  {al.metric} [{params}]: best {al.names_a[i]} ~ {al.names_b[j]} = {score:.4f}"
+                         f"{_reference_text(al, rows)}; {len(al.names_a)}x{len(al.names_b)} layer pairs")
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def _reference_text(al, best_row: pd.DataFrame) -> str:
+    """What the best score is to be read against: chance level, null mean, adjusted p-value."""
+    from repalign.metrics import get_metric
+
+    metric = get_metric(al.metric)
+    row = best_row.iloc[0] if len(best_row) else {}
+    parts = []
+    chance = metric.chance_level(al.n_samples, **{k: v for k, v in al.params.items() if k in metric.params})
+    if chance is not None:
+        parts.append(f"chance {chance:.4f}")
+    if "null_mean" in best_row and pd.notna(row["null_mean"]):
+        parts.append(f"null mean {row['null_mean']:.4f}")
+    elif chance is None and metric.is_biased(al.params):
+        parts.append("biased, no chance level: add --permutations for its null mean")
+    if "p_value_best" in best_row and pd.notna(row["p_value_best"]):
+        parts.append(f"p adjusted for the layer search = {row['p_value_best']:.3g}")
+    return f"  ({'; '.join(parts)})" if parts else ""
 
 
 def select_layers(available: Sequence[str], requested: Sequence[str] | None, what: str) -> list[str]:
@@ -88,6 +98,7 @@ def compare_models(
     ci: float | None = None,
     n_subsamples: int = 100,
     seed: int = 0,
+    alpha: float = 0.05,
     cluster=None,
     knn: str = "exact",
     knn_options: dict | None = None,
@@ -96,29 +107,42 @@ def compare_models(
 ) -> Comparison:
     """Score every layer of ``model_a`` against every layer of ``model_b`` with each metric.
 
-    Parameters such as ``k``, ``sigma``, ``kernel`` or ``dim`` go to the metrics that accept them.
-    ``permutations`` > 0 adds permutation p-values (per pair and for the best pair against the null
-    of the maximum), null means and calibrated scores; ``ci`` adds subsampling intervals
-    (:mod:`repalign.stats`). Reliability warnings (N small for k, degenerate layers) are in
-    ``Comparison.warnings``. ``cluster`` (a Dask spec such as ``local:4`` or a Client), ``knn``
-    (``exact``, ``faiss-hnsw``, ``faiss-ivf``) and ``block_rows`` (out-of-core row blocks) route the
-    computation through :func:`repalign.distributed.align_layers_distributed`; approximate
-    neighbour lists add a ``knn_recall`` column. Returns a :class:`Comparison` whose ``table`` is the tidy long table
-    (model_a, layer_a, model_b, layer_b, metric, params, score, n_samples).
+    Parameters such as ``k``, ``sigma``, ``kernel``, ``variance`` or ``dim`` go to the metrics that
+    accept them. ``permutations`` > 0 adds permutation p-values, p-values adjusted for the search
+    over all layer pairs (max-T), null means and calibrated scores; ``ci`` adds subsampling
+    intervals where the metric has a valid one (NaN and a ``note`` otherwise) (:mod:`repalign.stats`).
+    The ``best`` column marks the best layer pair; when a model is compared with itself, the
+    trivial pairs of a layer with itself are left out of that search and of the max-T null.
+    Reliability warnings (N small for k, degenerate layers) are in ``Comparison.warnings``.
+
+    Where the neighbour lists come from is an option of the layer states
+    (:mod:`repalign.metrics.engine`): ``knn`` (``exact``, ``faiss-hnsw``, ``faiss-ivf``; approximate
+    lists add a ``knn_recall`` column) and ``block_rows`` (layers read in row blocks, out of core).
+    ``cluster`` (a Dask spec such as ``local:4`` or a Client) builds the layer states on workers
+    (:func:`repalign.distributed.align_layers_distributed`). Returns a :class:`Comparison` whose
+    ``table`` is the tidy long table (model_a, layer_a, model_b, layer_b, metric, params, score,
+    n_samples, best, and the statistics columns when requested).
     """
     from embeddings_cache import Cache, align_ids
     from repalign import stats
     from repalign.metrics import align_layers_multi, get_metric
+    from repalign.metrics.engine import check_backend, layer_state, resolve_metrics, score_matrix
+    from repalign.metrics.layers import LayerAlignment
 
     if isinstance(metrics, str):
         metrics = [metrics]
     if not metrics:
         raise RepalignError("no metric given; pass --metric NAME (see 'repalign compare --help')")
-    canonical = []
-    for m in metrics:
-        name = get_metric(m).name  # raises for unknown names before any reading
-        if name not in canonical:
-            canonical.append(name)
+    canonical = list(dict.fromkeys(get_metric(m).name for m in metrics))  # unknown names fail before any reading
+    if ci is not None:
+        stats._check_fraction(ci, "ci", "0.95")
+    if permutations:
+        stats._check_count(permutations, "permutations", 1)
+    knn_options = check_backend(knn, block_rows, knn_options)
+    if (permutations or ci) and cluster is not None:
+        raise RepalignError("--permutations/--ci run in this process; drop --cluster for them")
+    if ci and block_rows is not None:
+        raise RepalignError("--ci rebuilds every layer on subsamples and needs the layers in memory; drop --block-rows for it")
 
     ca = Cache(cache)
     cb = Cache(cache_b) if cache_b is not None else ca
@@ -128,66 +152,85 @@ def compare_models(
     names_a = select_layers(ca.layers(model_a), layers_a, model_a)
     names_b = select_layers(cb.layers(model_b), layers_b, model_b)
     ids = align_ids(ca, model_a, cb, model_b)
+    n = len(ids)
+    self_pair = model_a == model_b and Path(ca.path).resolve() == Path(cb.path).resolve()
+    exclude = np.array([[self_pair and x == y for y in names_b] for x in names_a], dtype=bool)
+    if exclude.all():
+        raise RepalignError(f"comparing {model_a} with itself on the same single layer is trivial; choose other layers with --layers-a/--layers-b")
 
     # a parameter left unset (None) takes each metric's default; one no metric accepts is an error
     params = {k: v for k, v in params.items() if v is not None}
     accepted = {p for name in canonical for p in get_metric(name).params}
     params = {k: v for k, v in params.items() if k in accepted or k not in _COMMON_CLI_PARAMS}
+    resolved = resolve_metrics(canonical, n, params)
 
-    if cluster is not None or knn != "exact" or block_rows is not None:
-        if permutations or ci:
-            raise RepalignError("--permutations/--ci run in one process on in-memory layers; "
-                                "drop --cluster/--knn/--block-rows for them")
-        return _compare_distributed(ca, cb, model_a, model_b, names_a, names_b, ids, canonical, normalize,
-                                    cluster, knn, knn_options, block_rows, params)
+    if block_rows is not None or cluster is not None:
+        from repalign.distributed import CacheLayer
 
-    mats_a = [ca.read_layer(model_a, name, ids=ids) for name in names_a]
-    mats_b = [cb.read_layer(model_b, name, ids=ids) for name in names_b]
-    alignments = align_layers_multi(
-        mats_a, mats_b, metrics=canonical, names_a=names_a, names_b=names_b, normalize=normalize, **params
-    )
+        items_a = [CacheLayer(str(ca.path), model_a, x, tuple(ids)) for x in names_a]
+        items_b = [CacheLayer(str(cb.path), model_b, x, tuple(ids)) for x in names_b]
+    else:
+        items_a = [ca.read_layer(model_a, x, ids=ids) for x in names_a]
+        items_b = [cb.read_layer(model_b, x, ids=ids) for x in names_b]
+    options = dict(normalize=normalize, knn=knn, knn_options=knn_options, block_rows=block_rows)
+    results: list = [None] * len(resolved)
+    intervals: list = [None] * len(resolved)
+    if cluster is not None:
+        from repalign.distributed import align_layers_distributed, open_client
+
+        with open_client(cluster) as client:
+            alignments = align_layers_distributed(client, items_a, items_b, canonical, names_a, names_b,
+                                                  n_samples=n, **options, **params)
+    elif permutations:
+        # all states are kept for the permutation loop (without it side A is streamed)
+        sources_a = [_source(x, block_rows) for x in items_a]
+        sources_b = [_source(x, block_rows) for x in items_b]
+        states_a = [layer_state(x, resolved, name=nm, n_samples=n, **options) for x, nm in zip(sources_a, names_a)]
+        states_b = [layer_state(x, resolved, name=nm, n_samples=n, **options) for x, nm in zip(sources_b, names_b)]
+        observed = [score_matrix(metric, p, m, states_a, states_b) for m, (metric, p) in enumerate(resolved)]
+        results = stats.permutation_tests(states_a, states_b, resolved, permutations, seed, alpha, exclude, observed)
+        alignments = [LayerAlignment(observed[m], names_a, names_b, metric.name,
+                                     {**p, "normalize": normalize, "clip_quantile": None}, n)
+                      for m, (metric, p) in enumerate(resolved)]
+        recall = {**{("a", s.name): s.recall for s in states_a}, **{("b", s.name): s.recall for s in states_b}}
+        for al, (metric, _) in zip(alignments, resolved):
+            if knn != "exact" and metric.is_knn:
+                al.params["knn"] = knn
+                al.recall = recall
+    else:
+        sources_a = [_source(x, block_rows) for x in items_a]
+        sources_b = [_source(x, block_rows) for x in items_b]
+        alignments = align_layers_multi(sources_a, sources_b, metrics=canonical, names_a=names_a, names_b=names_b,
+                                        n_samples=n if block_rows else None, **options, **params)
+    if ci:
+        intervals = stats.subsample_intervals(items_a, items_b, resolved, ci=ci, n_subsamples=n_subsamples, seed=seed,
+                                              normalize=normalize, full=[al.scores for al in alignments])
+
     frames, warnings = [], []
-    for al in alignments:
+    in_memory = block_rows is None and cluster is None
+    layers = {**{f"{model_a}:{x}": a for x, a in zip(names_a, items_a)},
+              **{f"{model_b}:{x}": b for x, b in zip(names_b, items_b)}} if in_memory else None
+    for al, (metric, p), result, interval in zip(alignments, resolved, results, intervals):
+        al.exclude = exclude
         frame = al.to_frame(model_a=model_a, model_b=model_b)
-        metric_args = {k: v for k, v in params.items() if k in get_metric(al.metric).params}
-        warnings += stats.check_reliability(len(ids), al.metric, metric_args, layers=mats_a + mats_b,
-                                            normalize=normalize, permutations=permutations or None)
-        if permutations or ci:
-            common = dict(metric=al.metric, normalize=normalize, seed=seed, **metric_args)
-            result = stats.permutation_test(mats_a, mats_b, permutations=permutations, names_a=names_a,
-                                            names_b=names_b, **common) if permutations else None
-            interval = stats.subsample_interval(mats_a, mats_b, ci=ci, n_subsamples=n_subsamples,
-                                                **common) if ci else None
-            frame = pd.concat([frame, stats.stats_columns(result, interval)], axis=1)
+        settable = {k: v for k, v in p.items() if k in metric.params}
+        warnings += stats.check_reliability(n, metric.name, settable, layers=layers, normalize=normalize,
+                                            permutations=permutations or None, alpha=alpha)
+        if al.recall:
+            frame["knn_recall"] = [min(al.recall[("a", x)], al.recall[("b", y)]) for x, y in zip(frame["layer_a"], frame["layer_b"])]
+        if result is not None or interval is not None:
+            frame = pd.concat([frame, stats.stats_columns(result, interval, shape=al.scores.shape)], axis=1)
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
-    return Comparison(table=table, model_a=model_a, model_b=model_b, n_samples=len(ids), alignments=alignments,
+    return Comparison(table=table, model_a=model_a, model_b=model_b, n_samples=n, alignments=alignments,
                       warnings=list(dict.fromkeys(warnings)))
 
 
-def _compare_distributed(ca, cb, model_a, model_b, names_a, names_b, ids, metrics, normalize, cluster, knn,
-                         knn_options, block_rows, params) -> Comparison:
-    """Per-layer work on Dask workers and/or out of core / with approximate neighbours."""
-    import contextlib
-
-    from repalign.distributed import CacheLayer, align_layers_distributed, open_client
-    from repalign.metrics import get_metric
-
-    src_a = [CacheLayer(str(ca.path), model_a, n, tuple(ids)) for n in names_a]
-    src_b = [CacheLayer(str(cb.path), model_b, n, tuple(ids)) for n in names_b]
-    with (open_client(cluster) if cluster is not None else contextlib.nullcontext(None)) as client:
-        alignments, recall = align_layers_distributed(
-            client, src_a, src_b, metrics, names_a, names_b, normalize, knn=knn, knn_options=knn_options,
-            block_rows=block_rows, n_samples=len(ids), **params)
-    frames = []
-    for al in alignments:
-        frame = al.to_frame(model_a=model_a, model_b=model_b)
-        if recall and get_metric(al.metric).is_knn:
-            frame["knn_recall"] = [min(recall[("a", la)], recall[("b", lb)])
-                                   for la, lb in zip(frame["layer_a"], frame["layer_b"])]
-        frames.append(frame)
-    return Comparison(table=pd.concat(frames, ignore_index=True), model_a=model_a, model_b=model_b,
-                      n_samples=len(ids), alignments=alignments)
+def _source(item, block_rows):
+    """What the engine reads: an array, or a CacheLayer's row blocks when computing out of core."""
+    if block_rows is None or not hasattr(item, "blocks"):
+        return item
+    return lambda: item.blocks(block_rows)
 
 
 def check_table_path(path: str | os.PathLike) -> Path:
@@ -239,15 +282,3 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     if suffix in (".csv", ".tsv"):
         return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
     raise RepalignError(f"{path}: unknown table format; use .csv, .tsv or .parquet")
-
-
-def score_matrix(table: pd.DataFrame, metric: str | None = None) -> tuple[np.ndarray, list[str], list[str]]:
-    """The La×Lb score matrix of one model pair and metric from a tidy table, rows and columns in stored order."""
-    if metric is not None:
-        table = table[table["metric"] == metric]
-    if table.empty:
-        raise RepalignError(f"no rows for metric {metric!r} in the table")
-    rows = list(dict.fromkeys(table["layer_a"]))
-    cols = list(dict.fromkeys(table["layer_b"]))
-    pivot = table.pivot_table(index="layer_a", columns="layer_b", values="score", aggfunc="first")
-    return pivot.loc[rows, cols].to_numpy(dtype=float), rows, cols

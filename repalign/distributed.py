@@ -17,11 +17,10 @@ a virtual dataset would leave the target depending on many files, skip the targe
 and checksums, and bypass the journal that makes every append atomic; the merge copies each row
 once through the public writer instead.
 
-Comparison (:func:`align_layers_distributed`): each layer's metric states (neighbour lists,
-centred features ...) are built on a worker, once, and every layer pair is scored where the
-states are; the numbers are those of :func:`repalign.metrics.align_layers_multi`. With
-``block_rows`` the layers are read in row blocks (:mod:`repalign.metrics.outofcore`), and with
-``knn="faiss-hnsw"|"faiss-ivf"`` the neighbour lists are approximate and their recall is reported.
+Comparison (:func:`align_layers_distributed`): the layer-state engine
+(:func:`repalign.metrics.engine.layer_state`, with its neighbour backend) is mapped over the
+layers on workers, once per layer, and every layer pair is scored where the states are; the
+numbers are those of :func:`repalign.metrics.align_layers_multi`.
 """
 
 from __future__ import annotations
@@ -527,102 +526,31 @@ class CacheLayer:
                     yield c.read_layer(self.model, self.layer, ids=ids[s:s + block_rows])
 
 
-def _load(item) -> np.ndarray:
+def _layer_source(item, block_rows: int | None):
+    """What the engine reads on a worker: the array, or with ``block_rows`` a block source."""
     if isinstance(item, CacheLayer):
-        return item.read()
-    if callable(item):
+        return (lambda: item.blocks(block_rows)) if block_rows is not None else item.read()
+    if callable(item) and block_rows is None:
         return item()
     return item
 
 
-def _block_source(item, block_rows: int):
-    if isinstance(item, CacheLayer):
-        return lambda: item.blocks(block_rows)
-    if callable(item):
-        return item  # a callable already yielding blocks
-    arr = np.asarray(item)
-    return lambda: (arr[s:s + block_rows] for s in range(0, arr.shape[0], block_rows))
+def _state_on_worker(item, resolved, name, label, options):
+    """The engine's per-layer state, built where the layer is read (runs on a worker)."""
+    from repalign.metrics.engine import layer_state
+
+    return layer_state(_layer_source(item, options["block_rows"]), resolved, name=name, label=label, **options)
 
 
-@dataclass(frozen=True)
-class _StreamedCka:
-    """Out-of-core linear CKA has no per-layer state: the pair is streamed from both layers' blocks."""
-
-    item: Any
-
-
-def _layer_states(item, label, metric_names, resolved, normalize, clip_quantile, knn, knn_options, block_rows, n_samples):
-    """Build every requested metric's state of one layer (runs on a worker); returns (states, recall)."""
-    from repalign.metrics import get_metric
-    from repalign.metrics._validate import as_features
-    from repalign.metrics.prepare import prepare_valid
-
-    metrics = [get_metric(m) for m in metric_names]
-    recall = None
-    try:
-        if block_rows is not None:
-            from repalign.metrics.outofcore import blocked_knn_state
-
-            source = _block_source(item, block_rows)
-            cache: dict = {}
-            out = []
-            for metric, p in zip(metrics, resolved):
-                if metric.name == "cka" and p.get("kernel") == "linear" and not p.get("unbiased"):
-                    out.append(_StreamedCka(item))  # scored per pair from both layers' blocks
-                    continue
-                if not metric.is_knn:
-                    raise RepalignError(f"metric {metric.name} cannot run out of core (--block-rows); use mknn, cycle_knn, lcs_knn, edit_distance_knn, cknna or linear cka, or drop --block-rows")
-                key = ("knn", p["k"])
-                if key not in cache:
-                    cache[key] = blocked_knn_state(source, p["k"], normalize, clip_quantile, n_samples=n_samples, name=label)
-                out.append(metric.state(None, p, cache))
-            return out, recall
-        X = prepare_valid(as_features(_load(item), label), normalize, clip_quantile)
-        if X.shape[0] != n_samples:
-            raise RepalignError(f"it has {X.shape[0]} samples but the other layers have {n_samples}; all layers must hold the same samples in the same order")
-        cache = {}
-        if knn != "exact":
-            from repalign.metrics.approx import approximate_knn
-
-            # Pre-filled neighbour lists are picked up by every kNN metric's state (registry cache key).
-            for metric, p in zip(metrics, resolved):
-                if metric.is_knn and ("knn", p["k"]) not in cache:
-                    cache[("knn", p["k"])], r = approximate_knn(X, p["k"], knn, **knn_options)
-                    recall = r if recall is None else min(recall, r)
-        out = []
-        for metric, p in zip(metrics, resolved):
-            key = metric.state_key(p)
-            if key not in cache:
-                cache[key] = metric.state(X, p, cache)
-            out.append(cache[key])
-        return out, recall
-    except RepalignError as exc:
-        raise RepalignError(f"{label}: {exc}") from None
-
-
-def _score_row(states_a, states_b_list, metric_names, resolved, name_a, names_b, block_rows, normalize):
+def _score_row(state_a, states_b, resolved) -> np.ndarray:
     """Scores of one layer of A against every layer of B, for every metric: array (M, Lb)."""
-    from repalign.metrics import get_metric
+    from repalign.metrics.engine import score_matrix
 
-    metrics = [get_metric(m) for m in metric_names]
-    out = np.empty((len(metrics), len(states_b_list)))
-    for m, (metric, p) in enumerate(zip(metrics, resolved)):
-        for j, (states_b, name_b) in enumerate(zip(states_b_list, names_b)):
-            a, b = states_a[0][m], states_b[0][m]
-            try:
-                if isinstance(a, _StreamedCka):
-                    from repalign.metrics.outofcore import streamed_linear_cka
-
-                    out[m, j] = streamed_linear_cka(_block_source(a.item, block_rows), _block_source(b.item, block_rows), normalize)
-                else:
-                    out[m, j] = metric.score(a, b, p)
-            except RepalignError as exc:
-                raise RepalignError(f"{metric.name} of layer {name_a!r} (X) with layer {name_b!r} (Y): {exc}") from None
-    return out
+    return np.stack([score_matrix(metric, p, m, [state_a], states_b)[0] for m, (metric, p) in enumerate(resolved)])
 
 
-def _recall_of(states: tuple):
-    return states[1]
+def _recall_of(state) -> float | None:
+    return state.recall
 
 
 def _n_rows(item) -> int:
@@ -657,101 +585,62 @@ def align_layers_distributed(
     n_samples: int | None = None,
     **params,
 ):
-    """:func:`repalign.metrics.align_layers_multi` with the per-layer work spread over Dask workers.
+    """:func:`repalign.metrics.align_layers_multi` with the per-layer states built on Dask workers.
 
-    client: a ``distributed.Client``, or None to run the same steps in this process (for
-    ``knn`` and ``block_rows`` without a cluster).
-
-    layers_a, layers_b: per-layer (N, D) arrays, :class:`CacheLayer` references (read on the
-    worker), or callables returning the array (or, with ``block_rows``, an iterator of row blocks).
-    Each layer's states are built once on a worker and stay there; each layer of A is then scored
-    against every layer of B on one worker. Same numbers as the single-process engine.
-
-    knn: "exact", "faiss-hnsw" or "faiss-ivf" (approximate neighbour lists for every kNN metric,
-    see :func:`repalign.metrics.approx.approximate_knn`, options in ``knn_options``).
-    block_rows: read layers in blocks of this many rows (out of core): kNN metrics use the exact
-    blocked search (memory O(N·k) per layer), linear CKA streams sufficient statistics per pair;
-    other metrics are refused.
-
-    Returns (alignments, recall): one LayerAlignment per metric (params include ``knn``), and
-    recall a dict {("a"|"b", layer name): recall} of the approximate lists (empty for exact).
+    client: a ``distributed.Client``. layers_a, layers_b: per-layer (N, D) arrays,
+    :class:`CacheLayer` references (read on the worker), or callables returning the array.
+    The engine's :func:`repalign.metrics.engine.layer_state` runs once per layer on a worker (with
+    the neighbour backend ``knn`` / ``knn_options`` / ``block_rows``) and its states stay there;
+    each layer of A is then scored against every layer of B on one worker. Same numbers as
+    the single-process engine. Returns one LayerAlignment per metric (approximate neighbours:
+    ``recall`` set, params include ``knn``).
     """
-    from repalign.metrics import LayerAlignment, get_metric
-    from repalign.metrics.approx import check_knn_options
-    from repalign.metrics.layers import _names
+    from repalign.metrics import LayerAlignment
+    from repalign.metrics.engine import check_backend, resolve_metrics
     from repalign.metrics.prepare import check_prepare_options
 
-    if client is not None:
-        _dask()
-    if isinstance(metrics, str):
-        metrics = [metrics]
-    metric_objs = [get_metric(m) for m in metrics]
-    if not metric_objs:
-        raise RepalignError("no metric requested; pass e.g. metrics=['mknn']")
-    accepted = set().union(*(m.params for m in metric_objs))
-    unknown = sorted(set(params) - accepted)
-    if unknown:
-        raise RepalignError(f"parameter(s) {', '.join(unknown)} not accepted by metric(s) {', '.join(m.name for m in metric_objs)}; accepted: {', '.join(sorted(accepted)) or 'none'}")
+    _dask()
     check_prepare_options(normalize, clip_quantile)
-    knn_options = check_knn_options(knn, **(knn_options or {}))
-    if block_rows is not None:
-        if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
-            raise RepalignError(f"block_rows={block_rows!r} must be a positive whole number of rows, e.g. 65536")
-        if knn != "exact":
-            raise RepalignError("--block-rows computes exact neighbours out of core; use --knn exact with it, or drop --block-rows")
+    knn_options = check_backend(knn, block_rows, knn_options)
     items_a, items_b = list(layers_a), list(layers_b)
     if not items_a or not items_b:
         raise RepalignError("layers_a and layers_b must each hold at least one layer")
-    names_a = _names(names_a, len(items_a), "a")
-    names_b = _names(names_b, len(items_b), "b")
-    if n_samples is None:
-        n_samples = _n_rows(items_a[0])
-    resolved = [m.resolve(n_samples, **{k: v for k, v in params.items() if k in m.params}) for m in metric_objs]
-    metric_names = [m.name for m in metric_objs]
+    names_a = [str(x) for x in names_a] if names_a is not None else [str(i) for i in range(len(items_a))]
+    names_b = [str(x) for x in names_b] if names_b is not None else [str(i) for i in range(len(items_b))]
+    if len(names_a) != len(items_a) or len(names_b) != len(items_b):
+        raise RepalignError("pass one name per layer in names_a and names_b")
+    n_samples = _n_rows(items_a[0]) if n_samples is None else int(n_samples)
+    resolved = resolve_metrics(metrics, n_samples, params)
+    options = dict(normalize=normalize, clip_quantile=clip_quantile, knn=knn, knn_options=knn_options,
+                   block_rows=block_rows, n_samples=n_samples)
 
-    state_args = (metric_names, resolved, normalize, clip_quantile, knn, knn_options, block_rows, n_samples)
-    if client is None:
-        # the same per-layer and per-row functions, run here (no Dask needed for knn= or block_rows=)
-        done_b: dict[int, tuple] = {}
-        for item, name in zip(items_b, names_b):
-            if id(item) not in done_b:
-                done_b[id(item)] = _layer_states(item, f"layer {name!r} of layers_b", *state_args)
-        states_b_local = [done_b[id(item)] for item in items_b]
-        rows_out, recalls_a = [], []
-        for item, name in zip(items_a, names_a):
-            sa = done_b.get(id(item)) or _layer_states(item, f"layer {name!r} of layers_a", *state_args)
-            recalls_a.append(sa[1])
-            rows_out.append(_score_row(sa, states_b_local, metric_names, resolved, name, names_b, block_rows, normalize))
-        scores = np.stack(rows_out, axis=1)
-        recalls_b = [s[1] for s in states_b_local]
-    else:
-        futures_b = {}
-        for item, name in zip(items_b, names_b):
-            if id(item) not in futures_b:
-                futures_b[id(item)] = client.submit(_layer_states, item, f"layer {name!r} of layers_b", *state_args, pure=False)
-        states_b = [futures_b[id(item)] for item in items_b]
-        rows, futures_a = [], []
-        for item, name in zip(items_a, names_a):
-            fa = futures_b.get(id(item)) or client.submit(_layer_states, item, f"layer {name!r} of layers_a", *state_args, pure=False)
-            futures_a.append(fa)
-            rows.append(client.submit(_score_row, fa, states_b, metric_names, resolved, name, names_b, block_rows,
-                                      normalize, pure=False))
-        try:
-            scores = np.stack(client.gather(rows), axis=1)  # (M, La, Lb)
-            recalls_a = client.gather([client.submit(_recall_of, f, pure=False) for f in futures_a])
-            recalls_b = client.gather([client.submit(_recall_of, f, pure=False) for f in states_b])
-        finally:
-            client.cancel(list(futures_b.values()) + futures_a + rows)
-    recall = {}
-    if knn != "exact":
-        recall = {**{("a", n): r for n, r in zip(names_a, recalls_a)}, **{("b", n): r for n, r in zip(names_b, recalls_b)}}
-    extra = {"normalize": normalize, "clip_quantile": clip_quantile}
-    if knn != "exact":
-        extra["knn"] = knn
-    alignments = [
-        LayerAlignment(scores[m], list(names_a), list(names_b), metric.name,
-                       {**p, **extra} if metric.is_knn else {**p, "normalize": normalize, "clip_quantile": clip_quantile},
-                       int(n_samples))
-        for m, (metric, p) in enumerate(zip(metric_objs, resolved))
-    ]
-    return alignments, recall
+    futures_b: dict[int, Any] = {}
+    for item, name in zip(items_b, names_b):
+        if id(item) not in futures_b:
+            futures_b[id(item)] = client.submit(_state_on_worker, item, resolved, name, f"layer {name!r} of layers_b",
+                                                options, pure=False)
+    states_b = [futures_b[id(item)] for item in items_b]
+    rows, futures_a = [], []
+    for item, name in zip(items_a, names_a):
+        fa = futures_b.get(id(item)) or client.submit(_state_on_worker, item, resolved, name,
+                                                      f"layer {name!r} of layers_a", options, pure=False)
+        futures_a.append(fa)
+        rows.append(client.submit(_score_row, fa, states_b, resolved, pure=False))
+    try:
+        scores = np.stack(client.gather(rows), axis=1)  # (M, La, Lb)
+        recall = {}
+        if knn != "exact":
+            recalls = client.gather([client.submit(_recall_of, f, pure=False) for f in futures_a + states_b])
+            recall = {**{("a", x): r for x, r in zip(names_a, recalls[:len(names_a)])},
+                      **{("b", x): r for x, r in zip(names_b, recalls[len(names_a):])}}
+    finally:
+        client.cancel(list(futures_b.values()) + futures_a + rows)
+    out = []
+    for m, (metric, p) in enumerate(resolved):
+        params_m = {**p, "normalize": normalize, "clip_quantile": clip_quantile}
+        approximate = knn != "exact" and metric.is_knn
+        if approximate:
+            params_m["knn"] = knn
+        out.append(LayerAlignment(scores[m], list(names_a), list(names_b), metric.name, params_m, n_samples,
+                                  recall=recall if approximate else None))
+    return out

@@ -1,20 +1,23 @@
-"""Statistics on top of the alignment metrics: permutation nulls, calibrated scores, intervals.
+"""Statistics on top of the alignment metrics: permutation nulls, adjusted p-values, calibrated
+scores, intervals and reliability warnings.
 
 Raw alignment scores are not comparable across metrics, k, N or layer widths, and the score of
 the best layer pair is inflated by the maximum over La×Lb pairs. This module gives, for every
 layer pair and for the best pair:
 
 * :func:`permutation_test`: a permutation null (model B's samples shuffled, the same shuffle for all
-  of its layers), p-values (Phipson & Smyth, 2010), the null mean and a calibrated score; the best
-  pair is tested against the null distribution of the maximum over all pairs.
+  of its layers), p-values (Phipson & Smyth, 2010), p-values adjusted for the search over all layer
+  pairs (single-step max-T, Westfall & Young, 1993), the null mean and a calibrated score.
 * :func:`subsample_interval`: confidence intervals from subsamples drawn without replacement
-  (a random delete-d jackknife, Shao & Wu 1989; Politis, Romano & Wolf 1999).
+  (a random delete-d jackknife, Shao & Wu 1989; Politis, Romano & Wolf 1999), for the metrics whose
+  coverage is checked; NaN with a note for the others.
 * :func:`check_reliability` and :func:`participation_ratio`: warnings where a score cannot be trusted.
 * :func:`stats_columns`: the statistics as tidy columns for the comparison table.
 
-Per-layer metric states (neighbour lists, centred features, Gram matrices, ...) are computed once;
-a permutation relabels the states of side B instead of recomputing them. Formulas, defaults and
-caveats: docs/statistics.md.
+Everything runs on the layer-state engine (:mod:`repalign.metrics.engine`): per-layer states
+(neighbour lists, centred features, Gram matrices, ...) are computed once, and a permutation
+relabels the states of side B, which equals a fresh computation on the permuted rows (the states'
+definitions, ties included, do not depend on sample order). Formulas: docs/statistics.md.
 """
 
 from __future__ import annotations
@@ -23,18 +26,18 @@ import contextlib
 import dataclasses
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import numba
 import numpy as np
 import pandas as pd
 
 from repalign.errors import RepalignError
-from repalign.metrics._validate import as_features
-from repalign.metrics.cca import SvccaState
-from repalign.metrics.distance import DistanceState
-from repalign.metrics.kernel import CknnaState, KernelState
-from repalign.metrics.knn import KnnState
+from repalign.metrics._validate import as_features, check_permutation
+from repalign.metrics.engine import LayerState, layer_state, resolve_metrics, score_matrix
+from repalign.metrics.kernel import KernelState
+from repalign.metrics.layers import validate_layers
 from repalign.metrics.prepare import prepare
 from repalign.metrics.registry import Metric, get_metric
 
@@ -43,34 +46,30 @@ __all__ = [
     "check_reliability",
     "participation_ratio",
     "permutation_test",
+    "permutation_tests",
     "permute_state",
     "stats_columns",
     "subsample_interval",
+    "subsample_intervals",
 ]
 
 # Null scores within this relative distance of the observed score count as ">= observed": scores
 # equal in exact arithmetic can differ in the last bits after a permutation changes the summation
 # order, and counting such near-ties makes the p-value conservative rather than anti-conservative.
 _TIE_TOLERANCE = 1e-12
-# Every metric in the registry has a maximum of 1 (identical representations).
-_SCORE_MAX = 1.0
 # Below this many samples one pair score takes microseconds and starting numba's parallel threads
 # for it costs far more (25x slower measured for N=40 on 2 busy cores), so the resampling loops,
 # which call the score thousands of times, run numba kernels on one thread.
 _SERIAL_BELOW = 10_000
 # Memory the permutation test may spend on N×N Gram matrices for linear CKA (see _gram_states).
 _GRAM_BUDGET_BYTES = 2 * 1024**3
+INTERVAL_NOTE = "no valid interval for {metric}: {why}"
 
 
 @contextlib.contextmanager
 def _numba_threads_for(n_samples: int):
     """One numba thread for small N inside the resampling loops; the caller's setting is restored."""
     if n_samples >= _SERIAL_BELOW:
-        yield
-        return
-    try:
-        import numba
-    except ImportError:  # the metrics then run their numpy twins: nothing to restrict
         yield
         return
     previous = numba.get_num_threads()
@@ -103,10 +102,13 @@ def _rng(seed) -> tuple[np.random.Generator, int]:
     return np.random.default_rng(int(seed)), int(seed)
 
 
-def _layers(layers, side: str) -> list[np.ndarray]:
+def _layers(layers, side: str) -> tuple[list, list[str] | None]:
+    """Per-layer matrices and their names when given as a mapping."""
     if isinstance(layers, np.ndarray) and layers.ndim == 2:
         raise RepalignError(f"layers_{side} is a single 2-D matrix; pass a sequence of per-layer matrices, e.g. [X]")
+    names = None
     if isinstance(layers, Mapping):
+        names = [str(n) for n in layers]
         layers = list(layers.values())
     try:
         items = list(layers)
@@ -114,138 +116,66 @@ def _layers(layers, side: str) -> list[np.ndarray]:
         raise RepalignError(f"layers_{side} is not a sequence; pass a list of per-layer (N, D) matrices") from None
     if not items:
         raise RepalignError(f"layers_{side} is empty; pass at least one per-layer (N, D) matrix")
-    return [as_features(item, f"layer {i} of layers_{side}") for i, item in enumerate(items)]
+    return items, names
 
 
-def _names(names, layers, count: int, side: str) -> list[str]:
+def _names(names, given, count: int, side: str) -> list[str]:
     if names is None:
-        return [str(n) for n in layers] if isinstance(layers, Mapping) else [str(i) for i in range(count)]
+        return given if given is not None else [str(i) for i in range(count)]
     names = [str(n) for n in names]
     if len(names) != count:
         raise RepalignError(f"names_{side} has {len(names)} entries but layers_{side} has {count} layers; pass one name per layer")
     return names
 
 
-def _n_samples(mats_a: list[np.ndarray], mats_b: list[np.ndarray]) -> int:
-    n = mats_a[0].shape[0]
-    for side, mats in (("a", mats_a), ("b", mats_b)):
-        for i, X in enumerate(mats):
-            if X.shape[0] != n:
-                raise RepalignError(
-                    f"layer {i} of layers_{side} has {X.shape[0]} samples but layer 0 of layers_a has {n}; all layers must hold the same samples in the same order"
-                )
-    return n
-
-
 @dataclass
-class _Setup:
-    metric: Metric
-    params: dict  # resolved metric parameters (no preprocessing)
+class _Layers:
+    """Validated inputs of the array-level functions: matrices, names, N."""
+
     mats_a: list[np.ndarray]
     mats_b: list[np.ndarray]
     names_a: list[str]
     names_b: list[str]
     n: int
-    normalize: Any
-    clip_quantile: Any
-
-    @property
-    def settable(self) -> dict:
-        """The resolved parameters a caller may set (fixed ones left out), for resolve/chance_level."""
-        return {k: v for k, v in self.params.items() if k in self.metric.defaults}
-
-    @property
-    def recorded_params(self) -> dict:
-        return {**self.params, "normalize": self.normalize, "clip_quantile": self.clip_quantile}
-
-    def states(self, mats: list[np.ndarray], rows=None) -> list:
-        """One metric state per layer, from the layers' rows ``rows`` (all rows when None).
-
-        Preprocessing runs on the selected rows, as it would on a data set holding only them
-        (centring and the clipping threshold depend on the rows present)."""
-        out, seen = [], {}
-        for X in mats:
-            if id(X) not in seen:  # an array listed twice gets one state
-                Z = X if rows is None else X[rows]
-                seen[id(X)] = self.metric.state(prepare(Z, self.normalize, self.clip_quantile), self.params)
-            out.append(seen[id(X)])
-        return out
-
-    def scores(self, states_a: list, states_b: list) -> np.ndarray:
-        out = np.empty((len(states_a), len(states_b)))
-        for i, sa in enumerate(states_a):
-            for j, sb in enumerate(states_b):
-                out[i, j] = self.metric.score(sa, sb, self.params)
-        return out
 
 
-def _setup(layers_a, layers_b, metric, names_a, names_b, normalize, clip_quantile, params) -> _Setup:
-    metric_obj = get_metric(metric)
-    mats_a = _layers(layers_a, "a")
-    mats_b = _layers(layers_b, "b")
-    n = _n_samples(mats_a, mats_b)
-    resolved = metric_obj.resolve(n, **params)  # defaults, then params, then the metric's fixed ones
-    return _Setup(
-        metric_obj, resolved, mats_a, mats_b,
-        _names(names_a, layers_a, len(mats_a), "a"), _names(names_b, layers_b, len(mats_b), "b"),
-        n, normalize, clip_quantile,
-    )
+def _inputs(layers_a, layers_b, names_a=None, names_b=None) -> _Layers:
+    items_a, given_a = _layers(layers_a, "a")
+    items_b, given_b = _layers(layers_b, "b")
+    names_a = _names(names_a, given_a, len(items_a), "a")
+    names_b = _names(names_b, given_b, len(items_b), "b")
+    n = validate_layers(items_a, items_b, names_a, names_b)
+    return _Layers([as_features(x) for x in items_a], [as_features(x) for x in items_b], names_a, names_b, n)
+
+
+def _states(mats: list[np.ndarray], names: list[str], resolved, normalize, clip_quantile, rows=None) -> list[LayerState]:
+    """One LayerState per layer (an array listed twice gets one), from the rows ``rows`` (all when None).
+
+    Preprocessing runs on the selected rows, as it would on a data set holding only them
+    (centring and the clipping threshold depend on the rows present)."""
+    seen: dict[int, LayerState] = {}
+    out = []
+    for X, name in zip(mats, names):
+        if id(X) not in seen:
+            seen[id(X)] = layer_state(X if rows is None else X[rows], resolved, normalize=normalize,
+                                      clip_quantile=clip_quantile, name=name)
+        out.append(seen[id(X)])
+    return out
 
 
 # ----------------------------------------------------------------------------- relabelling states
-def _inverse(perm: np.ndarray) -> np.ndarray:
-    inverse = np.empty(perm.size, dtype=np.int64)
-    inverse[perm] = np.arange(perm.size)
-    return inverse
+def permute_state(state, perm):
+    """Metric state of ``X[perm]`` from the state of ``X`` without redoing the per-layer work.
 
-
-def _check_perm(perm, n: int) -> np.ndarray:
-    perm = np.asarray(perm)
-    if perm.shape != (n,) or not np.issubdtype(perm.dtype, np.integer) or not np.array_equal(np.sort(perm), np.arange(n)):
-        raise RepalignError(f"perm must be a permutation of 0..{n - 1}; pass e.g. numpy.random.default_rng(seed).permutation({n})")
-    return perm.astype(np.int64, copy=False)
-
-
-def _state_samples(state) -> int:
-    if isinstance(state, KnnState):
-        return state.n_samples
-    if isinstance(state, CknnaState):
-        return state.knn.n_samples
-    if isinstance(state, KernelState):
-        return state.n
-    if isinstance(state, SvccaState):
-        return state.basis.shape[0]
-    if isinstance(state, DistanceState):
-        return state.centred.shape[0]
-    raise RepalignError(f"no permutation rule for metric state {type(state).__name__}; permutation tests support the metrics in repalign.metrics.METRICS")
-
-
-def _permuted(state, perm: np.ndarray, inverse: np.ndarray):
-    """State of X[perm] from the state of X (perm already validated, inverse = perm⁻¹)."""
-    if isinstance(state, KnnState):
-        # Row i of X[perm] is old sample perm[i]; its neighbours are old perm[i]'s neighbours,
-        # renamed old label -> new label, i.e. inverse[...].
-        return KnnState(inverse[state.indices[perm]], state.similarities[perm])
-    if isinstance(state, CknnaState):
-        # the masked self-HSIC is a sum over all pairs, unchanged by relabelling
-        return CknnaState(_permuted(state.knn, perm, inverse), state.self_sim)
-    if isinstance(state, KernelState):
-        # Permuting samples permutes rows of the centred features and rows+columns of the Gram;
-        # column means, totals and self-HSIC are unchanged, so only the cross term is recomputed.
-        return dataclasses.replace(
-            state,
-            features=None if state.features is None else state.features[perm],
-            row_sq=None if state.row_sq is None else state.row_sq[perm],
-            gram=None if state.gram is None else state.gram[np.ix_(perm, perm)],
-            gram_row_sums=None if state.gram_row_sums is None else state.gram_row_sums[perm],
-        )
-    if isinstance(state, SvccaState):
-        # standardisation and the SVD commute with a row permutation: U -> U[perm]
-        return SvccaState(state.basis[perm])
-    if isinstance(state, DistanceState):
-        return DistanceState(state.centred[np.ix_(perm, perm)], state.dvar)
-    _state_samples(state)  # raises for an unknown type
-    raise AssertionError("unreachable")
+    Sample i of the result is old sample ``perm[i]``; every state type of the engine knows how to
+    relabel itself (``state.permuted``): neighbour lists are renamed and re-sorted (their tie
+    levels and weights are defined by the data alone), rows of centred features and rows and
+    columns of Gram or distance matrices are permuted, the SVCCA basis' rows are permuted. The
+    result equals a fresh computation on the permuted rows.
+    """
+    if not hasattr(state, "permuted"):
+        raise RepalignError(f"no permutation rule for metric state {type(state).__name__}; permutation tests support the metrics of repalign.metrics.metric_names()")
+    return state.permuted(perm)
 
 
 def _linear_gram_state(state: KernelState) -> KernelState:
@@ -262,7 +192,7 @@ def _linear_gram_state(state: KernelState) -> KernelState:
     return dataclasses.replace(state, gram=gram, gram_row_sums=row_sums, gram_total=float(row_sums.sum()))
 
 
-def _gram_states(states_a: list, states_b: list, n: int) -> tuple[list, list]:
+def _gram_states(states_a: list[LayerState], states_b: list[LayerState], n: int) -> tuple[list, list]:
     """States for the permutation loop: linear CKA switched to Gram matrices where that is cheaper.
 
     A permuted pair costs N·Da·Db multiply-adds from centred features (‖XcᵀPYc‖², a BLAS product)
@@ -270,51 +200,44 @@ def _gram_states(states_a: list, states_b: list, n: int) -> tuple[list, list]:
     Gram operations are memory-bound: measured at N = 2000, one Gram element costs about 16
     multiply-adds of the product and one reordered element about 48, hence the weights below.
     Grams must also fit in _GRAM_BUDGET_BYTES. Scores are the same in exact arithmetic."""
-    distinct = {id(s): s for s in (*states_a, *states_b)}.values()
-    linear = [s for s in distinct if isinstance(s, KernelState) and s.features is not None and s.gram is None]
-    if not linear:
+    def linear(layer):
+        return [s for s in layer.states if isinstance(s, KernelState) and s.features is not None and s.gram is None]
+
+    distinct = {id(s): s for layer in (*states_a, *states_b) for s in linear(layer)}
+    if not distinct:
         return states_a, states_b
-    feature_cost = sum(n * a.features.shape[1] * b.features.shape[1] for a in states_a for b in states_b)
+    width = {id(layer): max((s.features.shape[1] for s in linear(layer)), default=0) for layer in (*states_a, *states_b)}
+    feature_cost = sum(n * width[id(a)] * width[id(b)] for a in states_a for b in states_b)
     gram_cost = n * n * (16 * len(states_a) * len(states_b) + 48 * len(states_b))
-    if gram_cost >= feature_cost or 8 * n * n * len(linear) > _GRAM_BUDGET_BYTES:
+    if gram_cost >= feature_cost or 8 * n * n * len(distinct) > _GRAM_BUDGET_BYTES:
         return states_a, states_b
-    converted = {id(s): _linear_gram_state(s) for s in linear}
-    return [converted.get(id(s), s) for s in states_a], [converted.get(id(s), s) for s in states_b]
+    converted = {key: _linear_gram_state(s) for key, s in distinct.items()}
 
+    def swap(layer):
+        return dataclasses.replace(layer, states=[converted.get(id(s), s) for s in layer.states])
 
-def permute_state(state, perm):
-    """Metric state of ``X[perm]`` computed from the state of ``X`` without redoing the per-layer work.
-
-    Sample i of the result is old sample ``perm[i]``. Neighbour lists (kNN metrics, CKNNA): the list
-    of new sample i is the list of old sample perm[i] with every label j renamed to perm⁻¹(j),
-    similarities carried along. Kernel states (CKA): rows of the centred features and rows and
-    columns of the (centred) Gram are permuted; totals and self-HSIC are invariant. SVCCA: rows
-    of the orthonormal basis. Distance correlation: rows and columns of the centred distances.
-
-    Exact, except that among neighbours with exactly equal similarity the lists keep the old
-    labels' order, while a fresh search would order them by the new (lower) index; scores of
-    order-free metrics (mknn, cycle_knn, CKNNA) are unaffected, lcs/edit-distance kNN can differ
-    only at such exact ties.
-    """
-    n = _state_samples(state)
-    perm = _check_perm(perm, n)
-    return _permuted(state, perm, _inverse(perm))
+    return [swap(x) for x in states_a], [swap(x) for x in states_b]
 
 
 # ----------------------------------------------------------------------------- permutation test
 @dataclass
 class PermutationResult:
-    """Permutation test of every (layer_a, layer_b) pair and of the best pair.
+    """Permutation test of every (layer_a, layer_b) pair and of the best pair, for one metric.
 
-    scores, p_value, null_mean, null_quantile, calibrated: float64 (La, Lb). null: (permutations,
-    La, Lb) scores of every permutation; null_max: (permutations,) maximum over all pairs of each
-    permutation. best: (i, j) of the highest observed score (first in row-major order), with
-    score_best, p_value_best (against null_max), null_mean_best and calibrated_best.
-    chance_level: the metric's closed-form expectation for independent data, or None.
+    scores, p_value, p_value_adjusted, null_mean, null_quantile, calibrated: float64 (La, Lb).
+    p_value_adjusted is the single-step max-T p-value over all compared pairs (NaN for pairs left
+    out by ``exclude``). null: (permutations, La, Lb) scores of every permutation; null_max:
+    (permutations,) maximum over the compared pairs of each permutation. best: (i, j) of the highest
+    observed score among the compared pairs (first in row-major order), with score_best,
+    p_value_best (= p_value_adjusted at best), null_mean_best and calibrated_best.
+    exclude: bool (La, Lb), pairs left out of the layer search (e.g. the diagonal of a model
+    compared with itself). chance_level: the metric's closed-form expectation for independent
+    data, or None.
     """
 
     scores: np.ndarray
     p_value: np.ndarray
+    p_value_adjusted: np.ndarray
     null_mean: np.ndarray
     null_quantile: np.ndarray
     calibrated: np.ndarray
@@ -334,9 +257,10 @@ class PermutationResult:
     n_samples: int
     names_a: list[str]
     names_b: list[str]
+    exclude: np.ndarray = field(default=None)
 
     def summary(self) -> str:
-        """One line per layer pair (score, chance level, null mean, p, calibrated) and one for the best pair."""
+        """One line per layer pair (score, chance level, null mean, p, adjusted p, calibrated) and one for the best pair."""
         chance = f"{self.chance_level:.4f}" if self.chance_level is not None else "n/a"
         lines = [
             f"{self.metric} [{', '.join(f'{k}={v}' for k, v in sorted(self.params.items()))}], N={self.n_samples}, "
@@ -346,12 +270,12 @@ class PermutationResult:
             for j, b in enumerate(self.names_b):
                 lines.append(
                     f"  {a} ~ {b}: score {self.scores[i, j]:.4f}  null mean {self.null_mean[i, j]:.4f}  "
-                    f"p {self.p_value[i, j]:.4g}  calibrated {self.calibrated[i, j]:.4f}"
+                    f"p {self.p_value[i, j]:.4g}  adjusted p {self.p_value_adjusted[i, j]:.4g}  calibrated {self.calibrated[i, j]:.4f}"
                 )
         i, j = self.best
         lines.append(
             f"  best {self.names_a[i]} ~ {self.names_b[j]}: score {self.score_best:.4f}  null max mean {self.null_mean_best:.4f}  "
-            f"p (max over {self.scores.size} pairs) {self.p_value_best:.4g}  calibrated {self.calibrated_best:.4f}"
+            f"p (max over {int((~self.exclude).sum())} pairs) {self.p_value_best:.4g}  calibrated {self.calibrated_best:.4f}"
         )
         return "\n".join(lines)
 
@@ -362,27 +286,100 @@ def _p_values(null: np.ndarray, observed: np.ndarray) -> np.ndarray:
     return (1.0 + np.sum(null >= threshold, axis=0)) / (1.0 + null.shape[0])
 
 
-def _calibrate(observed, quantile):
-    """(observed − q) / (max − q), clipped to [0, 1]; 0 where the null quantile already reaches the maximum."""
+def _calibrate(observed, quantile, top: float):
+    """(observed − q) / (top − q), clipped to [0, 1]; 0 where the null quantile already reaches the maximum."""
     observed = np.asarray(observed, dtype=np.float64)
     quantile = np.asarray(quantile, dtype=np.float64)
-    room = _SCORE_MAX - quantile
+    room = top - quantile
     with np.errstate(divide="ignore", invalid="ignore"):
         value = np.where(room > 0, (observed - quantile) / np.where(room > 0, room, 1.0), 0.0)
     return np.clip(value, 0.0, 1.0)
 
 
-def _fill_null(null: np.ndarray, setup: _Setup, states_a: list, states_b: list, rng: np.random.Generator) -> None:
-    """null[t] = all pair scores with B's samples permuted by the t-th permutation of ``rng``."""
-    for t in range(null.shape[0]):
-        perm = rng.permutation(setup.n)
-        inverse = _inverse(perm)
-        # one relabelled state per distinct B state (a layer repeated in the list is permuted once)
-        relabelled: dict[int, Any] = {}
-        for state in states_b:
-            if id(state) not in relabelled:
-                relabelled[id(state)] = _permuted(state, perm, inverse)
-        null[t] = setup.scores(states_a, [relabelled[id(state)] for state in states_b])
+def _check_exclude(exclude, shape) -> np.ndarray:
+    if exclude is None:
+        return np.zeros(shape, dtype=bool)
+    mask = np.asarray(exclude)
+    if mask.shape != shape or mask.dtype != bool:
+        raise RepalignError(f"exclude must be a boolean array of shape {shape} (True = pair left out of the layer search)")
+    if mask.all():
+        raise RepalignError("exclude leaves no layer pair to test; exclude fewer pairs")
+    return mask
+
+
+def _result(observed, null, metric: Metric, params: dict, exclude, alpha, n, seed, names_a, names_b) -> PermutationResult:
+    permutations = null.shape[0]
+    family = ~exclude
+    null_max = null[:, family].max(axis=1)
+    adjusted = np.where(family, (1.0 + np.sum(null_max[:, None, None] >= observed[None] - _TIE_TOLERANCE
+                                              * np.maximum(1.0, np.abs(observed))[None], axis=0)) / (1.0 + permutations), np.nan)
+    searched = np.where(family, observed, -np.inf)
+    best = divmod(int(np.argmax(searched)), observed.shape[1])
+    score_best = float(observed[best])
+    top = metric.bounds[1]
+    null_quantile = np.quantile(null, 1.0 - alpha, axis=0)
+    settable = {k: v for k, v in params.items() if k in metric.defaults}
+    return PermutationResult(
+        scores=observed,
+        p_value=_p_values(null, observed),
+        p_value_adjusted=adjusted,
+        null_mean=null.mean(axis=0),
+        null_quantile=null_quantile,
+        calibrated=_calibrate(observed, null_quantile, top),
+        null=null,
+        null_max=null_max,
+        best=(int(best[0]), int(best[1])),
+        score_best=score_best,
+        p_value_best=float(adjusted[best]),
+        null_mean_best=float(null_max.mean()),
+        calibrated_best=float(_calibrate(score_best, np.quantile(null_max, 1.0 - alpha), top)),
+        chance_level=metric.chance_level(n, **settable),
+        metric=metric.name,
+        params=params,
+        permutations=permutations,
+        seed=seed,
+        alpha=alpha,
+        n_samples=n,
+        names_a=list(names_a),
+        names_b=list(names_b),
+        exclude=exclude,
+    )
+
+
+def permutation_tests(states_a: Sequence[LayerState], states_b: Sequence[LayerState], resolved, permutations: int = 200,
+                      seed: int | None = 0, alpha: float = 0.05, exclude=None, observed: Sequence[np.ndarray] | None = None,
+                      ) -> list[PermutationResult]:
+    """:func:`permutation_test` on layer states from the engine, for several metrics at once.
+
+    ``resolved`` is the (Metric, params) list the states were built with (see
+    :func:`repalign.metrics.engine.resolve_metrics`); every permutation relabels each distinct state
+    of side B once and scores every metric from it. ``observed``: the scores, if already computed.
+    Returns one PermutationResult per metric (params without preprocessing).
+    """
+    permutations = _check_count(permutations, "permutations", 1)
+    alpha = _check_fraction(alpha, "alpha", "0.05")
+    rng, seed = _rng(seed)
+    n = states_a[0].n_samples
+    shape = (len(states_a), len(states_b))
+    exclude = _check_exclude(exclude, shape)
+    with _numba_threads_for(n):
+        if observed is None:
+            observed = [score_matrix(metric, p, m, states_a, states_b) for m, (metric, p) in enumerate(resolved)]
+        fast_a, fast_b = _gram_states(list(states_a), list(states_b), n)
+        null = np.empty((len(resolved), permutations, *shape))
+        for t in range(permutations):
+            perm = rng.permutation(n)
+            relabelled: dict[int, LayerState] = {}
+            for state in fast_b:
+                if id(state) not in relabelled:
+                    relabelled[id(state)] = state.permuted(perm)
+            permuted_b = [relabelled[id(state)] for state in fast_b]
+            for m, (metric, p) in enumerate(resolved):
+                null[m, t] = score_matrix(metric, p, m, fast_a, permuted_b)
+    names_a = [s.name for s in states_a]
+    names_b = [s.name for s in states_b]
+    return [_result(np.asarray(observed[m], dtype=np.float64), null[m], metric, dict(p), exclude, alpha, n, seed, names_a, names_b)
+            for m, (metric, p) in enumerate(resolved)]
 
 
 def permutation_test(
@@ -397,6 +394,7 @@ def permutation_test(
     clip_quantile=None,
     names_a=None,
     names_b=None,
+    exclude=None,
     **metric_params,
 ) -> PermutationResult:
     """Permutation test of the alignment of every layer pair, and of the best pair.
@@ -404,17 +402,22 @@ def permutation_test(
     Null hypothesis: the samples of model B are unrelated to those of model A. Each permutation π
     (drawn by ``numpy.random.default_rng(seed)``) shuffles the rows of every layer of B the same
     way, B_l -> B_l[π], and all La×Lb scores are recomputed from relabelled per-layer states
-    (:func:`permute_state`); nothing is searched or factorised again. With T = ``permutations``:
+    (:func:`permute_state`), which equal states computed afresh on the shuffled rows. With
+    T = ``permutations`` and the family F of compared pairs (all pairs not in ``exclude``):
 
-        p_ij      = (1 + #{t : null_t,ij ≥ score_ij}) / (1 + T)            (Phipson & Smyth, 2010)
-        null_mean = mean_t null_t,ij
-        q_ij      = (1 − alpha) quantile of null_·,ij (numpy's linear interpolation)
-        calibrated_ij = clip((score_ij − q_ij) / (1 − q_ij), 0, 1)        (1 is every metric's maximum)
+        p_ij          = (1 + #{t : null_t,ij ≥ score_ij}) / (1 + T)           (Phipson & Smyth, 2010)
+        M_t           = max_{(i,j) ∈ F} null_t,ij
+        p_adjusted_ij = (1 + #{t : M_t ≥ score_ij}) / (1 + T)                 (single-step max-T,
+                                                                               Westfall & Young, 1993)
+        null_mean     = mean_t null_t,ij
+        q_ij          = (1 − alpha) quantile of null_·,ij (numpy's linear interpolation)
+        calibrated_ij = clip((score_ij − q_ij) / (max − q_ij), 0, 1)      (max: the metric's upper bound)
 
-    The best pair (i*, j*) = argmax score is tested against the maximum over all pairs of each
-    permutation, M_t = max_ij null_t,ij: p_best = (1 + #{t : M_t ≥ score_i*j*}) / (1 + T), which
-    accounts for the search over La×Lb layer pairs (a max-T correction, Westfall & Young, 1993).
-    Null scores within a relative 1e-12 of the observed score count as ≥ (conservative).
+    The best pair (i*, j*) = argmax over F of the score; p_best = p_adjusted at (i*, j*), which
+    accounts for the search over the layer pairs. ``exclude``: bool (La, Lb), pairs left out of the
+    search and of M_t (e.g. the trivial diagonal when a model is compared with itself); their
+    p_adjusted is NaN. Null scores within a relative 1e-12 of the observed score count as ≥
+    (conservative).
 
     Parameters are those of :func:`repalign.metrics.align_layers`: ``layers_a``/``layers_b``
     sequences (or name -> array mappings) of (N, D_l) matrices whose row i is the same sample,
@@ -422,53 +425,85 @@ def permutation_test(
     The smallest attainable p-value is 1/(1 + T).
     """
     permutations = _check_count(permutations, "permutations", 1)
-    alpha = _check_fraction(alpha, "alpha", "0.05")
-    rng, seed = _rng(seed)
-    setup = _setup(layers_a, layers_b, metric, names_a, names_b, normalize, clip_quantile, metric_params)
-
-    with _numba_threads_for(setup.n):
-        states_a = setup.states(setup.mats_a)
-        states_b = setup.states(setup.mats_b)
-        observed = setup.scores(states_a, states_b)
-        null = np.empty((permutations, *observed.shape))
-        _fill_null(null, setup, *_gram_states(states_a, states_b, setup.n), rng)
-
-    null_max = null.reshape(permutations, -1).max(axis=1)
-    null_quantile = np.quantile(null, 1.0 - alpha, axis=0)
-    flat = int(np.argmax(observed))
-    best = divmod(flat, observed.shape[1])
-    score_best = float(observed[best])
-    chance = setup.metric.chance_level(setup.n, **setup.settable)
-    return PermutationResult(
-        scores=observed,
-        p_value=_p_values(null, observed),
-        null_mean=null.mean(axis=0),
-        null_quantile=null_quantile,
-        calibrated=_calibrate(observed, null_quantile),
-        null=null,
-        null_max=null_max,
-        best=(int(best[0]), int(best[1])),
-        score_best=score_best,
-        p_value_best=float(_p_values(null_max, np.float64(score_best))),
-        null_mean_best=float(null_max.mean()),
-        calibrated_best=float(_calibrate(score_best, np.quantile(null_max, 1.0 - alpha))),
-        chance_level=chance,
-        metric=setup.metric.name,
-        params=setup.recorded_params,
-        permutations=permutations,
-        seed=seed,
-        alpha=alpha,
-        n_samples=setup.n,
-        names_a=setup.names_a,
-        names_b=setup.names_b,
-    )
+    _check_fraction(alpha, "alpha", "0.05")
+    _rng(seed)
+    inputs = _inputs(layers_a, layers_b, names_a, names_b)
+    _check_exclude(exclude, (len(inputs.mats_a), len(inputs.mats_b)))
+    resolved = resolve_metrics([metric], inputs.n, metric_params)
+    with _numba_threads_for(inputs.n):
+        states_a = _states(inputs.mats_a, inputs.names_a, resolved, normalize, clip_quantile)
+        states_b = _states(inputs.mats_b, inputs.names_b, resolved, normalize, clip_quantile)
+    result = permutation_tests(states_a, states_b, resolved, permutations, seed, alpha, exclude)[0]
+    result.params = {**result.params, "normalize": normalize, "clip_quantile": clip_quantile}
+    return result
 
 
 # ----------------------------------------------------------------------------- subsampling intervals
+def subsample_intervals(mats_a: Sequence[np.ndarray], mats_b: Sequence[np.ndarray], resolved, *, ci: float = 0.95,
+                        n_subsamples: int = 100, fraction: float = 0.8, seed: int | None = 0, normalize="l2",
+                        clip_quantile=None, full: Sequence[np.ndarray] | None = None) -> list[tuple]:
+    """:func:`subsample_interval` for several metrics at once, on validated matrices.
+
+    Returns one (low, high, note) per metric: for a metric without a valid interval
+    (``Metric.interval`` False) both arrays are NaN and ``note`` says why; otherwise note is "".
+    ``full``: the full-data scores, if already computed.
+    """
+    ci = _check_fraction(ci, "ci", "0.95")
+    n_subsamples = _check_count(n_subsamples, "n_subsamples", 2)
+    fraction = _check_fraction(fraction, "fraction", "0.8")
+    rng, _ = _rng(seed)
+    n = mats_a[0].shape[0]
+    shape = (len(mats_a), len(mats_b))
+    m = int(math.floor(fraction * n))
+    if m >= n or m < 2:
+        raise RepalignError(f"fraction={fraction} keeps m={m} of N={n} samples; a subsample needs 2 <= m < N, so choose a fraction between {2 / n:.3g} and {(n - 1) / n:.3g}")
+    valid = [i for i, (metric, p) in enumerate(resolved) if metric.has_interval(p)]
+    out: list[tuple] = [None] * len(resolved)
+    for i, (metric, p) in enumerate(resolved):
+        if not metric.has_interval(p):
+            why = ("the score's expectation depends on N at fixed k, so subsamples estimate another quantity"
+                   if metric.is_knn else "its bias depends on N and the layer widths, so subsampling intervals do not "
+                   "cover; use unbiased_cka or bias_corrected_distance_correlation")
+            out[i] = (np.full(shape, np.nan), np.full(shape, np.nan), INTERVAL_NOTE.format(metric=metric.name, why=why))
+    if not valid:
+        return out
+    sub_resolved = [resolved[i] for i in valid]
+    for metric, p in sub_resolved:
+        try:
+            metric.resolve(m, **{k: v for k, v in p.items() if k in metric.defaults})
+        except RepalignError as exc:
+            raise RepalignError(f"subsamples of m={m} samples (fraction={fraction} of N={n}) are too small for {metric.name}: {exc}") from None
+    names_a = [str(i) for i in range(len(mats_a))]
+    names_b = [str(i) for i in range(len(mats_b))]
+    with _numba_threads_for(n):
+        if full is None:
+            sa = _states(list(mats_a), names_a, sub_resolved, normalize, clip_quantile)
+            sb = _states(list(mats_b), names_b, sub_resolved, normalize, clip_quantile)
+            full_scores = [score_matrix(metric, p, j, sa, sb) for j, (metric, p) in enumerate(sub_resolved)]
+        else:
+            full_scores = [np.asarray(full[i], dtype=np.float64) for i in valid]
+        sub = np.empty((len(valid), n_subsamples, *shape))
+        for b in range(n_subsamples):
+            rows = np.sort(rng.choice(n, size=m, replace=False))
+            sa = _states(list(mats_a), names_a, sub_resolved, normalize, clip_quantile, rows)
+            sb = _states(list(mats_b), names_b, sub_resolved, normalize, clip_quantile, rows)
+            for j, (metric, p) in enumerate(sub_resolved):
+                sub[j, b] = score_matrix(metric, p, j, sa, sb)
+    scale = math.sqrt(m / (n - m))
+    tail = (1.0 - ci) / 2.0
+    for j, i in enumerate(valid):
+        low_bound, high_bound = resolved[i][0].bounds
+        deviations = sub[j] - sub[j].mean(axis=0)
+        low = full_scores[j] - scale * np.quantile(deviations, 1.0 - tail, axis=0)
+        high = full_scores[j] - scale * np.quantile(deviations, tail, axis=0)
+        out[i] = (np.clip(low, low_bound, high_bound), np.clip(high, low_bound, high_bound), "")
+    return out
+
+
 def subsample_interval(
     layers_a: Sequence,
     layers_b: Sequence,
-    metric: str = "mknn",
+    metric: str = "cka",
     ci: float = 0.95,
     n_subsamples: int = 100,
     fraction: float = 0.8,
@@ -482,50 +517,28 @@ def subsample_interval(
 
     Each of B = ``n_subsamples`` subsamples keeps m = floor(fraction·N) of the N samples (the same
     rows for every layer of both models), drawn without replacement; every layer is preprocessed
-    and its state rebuilt on those rows (same metric parameters, e.g. the same k), giving
-    scores s_b. With s = the full-data score, s̄ = mean_b s_b and d_b = s_b − s̄:
+    and its state rebuilt on those rows, giving scores s_b. With s = the full-data score,
+    s̄ = mean_b s_b and d_b = s_b − s̄:
 
         c    = √(m / (N − m))                   (delete-d jackknife scale, d = N − m)
         low  = s − c · quantile(d, (1 + ci)/2)
-        high = s − c · quantile(d, (1 − ci)/2),   high clipped to 1
+        high = s − c · quantile(d, (1 − ci)/2),   both clipped to the metric's range
 
     This is the subsampling interval of Politis & Romano (1994) with the finite-population rate
-    √(m/(1 − m/N)) that makes it valid when m/N does not tend to 0 (it is then a random-subset
-    delete-d jackknife, Shao & Wu, 1989). The deviations are centred on the subsample mean s̄
-    rather than on s because a subsample is a smaller data set: mknn's chance level k/(m − 1)
-    exceeds k/(N − 1) and neighbourhoods widen, so the subsample scores are shifted, and that shift
-    must not move the interval; the interval describes the sampling variability of the score at
-    size N. Never bootstrap kNN or kernel metrics WITH replacement: duplicated samples become each
-    other's nearest neighbours (and perfectly matching kernel entries) and inflate the scores.
+    √(m/(1 − m/N)), valid for statistics that converge at the √N rate to a population value that
+    does not depend on N: ``cka``, ``unbiased_cka``, ``cka_rbf``, ``svcca``, ``svcca_platonic``,
+    ``distance_correlation`` and ``bias_corrected_distance_correlation`` (coverage checked by
+    simulation in the tests). kNN metrics and CKNNA at a fixed k have no such target (their
+    expectation changes with N: mknn's chance level is k/(N − 1)), so they get NaN, with the
+    reason in :func:`subsample_intervals`' note. Never bootstrap kNN or kernel metrics WITH
+    replacement: duplicated samples become each other's nearest neighbours and inflate the scores.
 
-    Returns (low, high), float64 (La, Lb). Needs N − m ≥ 1 and m large enough for the metric
-    (e.g. k ≤ m − 1).
+    Returns (low, high), float64 (La, Lb).
     """
-    ci = _check_fraction(ci, "ci", "0.95")
-    n_subsamples = _check_count(n_subsamples, "n_subsamples", 2)
-    fraction = _check_fraction(fraction, "fraction", "0.8")
-    rng, _ = _rng(seed)
-    setup = _setup(layers_a, layers_b, metric, None, None, normalize, clip_quantile, metric_params)
-    n = setup.n
-    m = int(math.floor(fraction * n))
-    if m >= n or m < 2:
-        raise RepalignError(f"fraction={fraction} keeps m={m} of N={n} samples; a subsample needs 2 <= m < N, so choose a fraction between {2 / n:.3g} and {(n - 1) / n:.3g}")
-    try:
-        setup.metric.resolve(m, **setup.settable)
-    except RepalignError as exc:
-        raise RepalignError(f"subsamples of m={m} samples (fraction={fraction} of N={n}) are too small for {setup.metric.name}: {exc}") from None
-
-    with _numba_threads_for(n):
-        full = setup.scores(setup.states(setup.mats_a), setup.states(setup.mats_b))
-        sub = np.empty((n_subsamples, *full.shape))
-        for b in range(n_subsamples):
-            rows = np.sort(rng.choice(n, size=m, replace=False))
-            sub[b] = setup.scores(setup.states(setup.mats_a, rows), setup.states(setup.mats_b, rows))
-    deviations = sub - sub.mean(axis=0)
-    scale = math.sqrt(m / (n - m))
-    tail = (1.0 - ci) / 2.0
-    low = full - scale * np.quantile(deviations, 1.0 - tail, axis=0)
-    high = np.minimum(full - scale * np.quantile(deviations, tail, axis=0), _SCORE_MAX)
+    inputs = _inputs(layers_a, layers_b)
+    resolved = resolve_metrics([metric], inputs.n, metric_params)
+    low, high, _ = subsample_intervals(inputs.mats_a, inputs.mats_b, resolved, ci=ci, n_subsamples=n_subsamples,
+                                       fraction=fraction, seed=seed, normalize=normalize, clip_quantile=clip_quantile)[0]
     return low, high
 
 
@@ -620,45 +633,54 @@ def check_reliability(
 
 
 # ----------------------------------------------------------------------------- table columns
-STATS_COLUMNS = ("chance_level", "p_value", "null_mean", "calibrated", "ci_low", "ci_high", "p_value_best")
+STATS_COLUMNS = ("chance_level", "p_value", "p_value_adjusted", "null_mean", "calibrated", "ci_low", "ci_high",
+                 "p_value_best", "note")
 
 
-def stats_columns(result: PermutationResult | None = None, interval: tuple | None = None) -> pd.DataFrame:
+def stats_columns(result: PermutationResult | None = None, interval: tuple | None = None, shape: tuple | None = None
+                  ) -> pd.DataFrame:
     """Statistics as tidy columns, one row per layer pair in LayerAlignment.to_frame order (layer_a-major).
 
-    Columns: chance_level, p_value, null_mean, calibrated, ci_low, ci_high, p_value_best (the
-    same value on every row of the model pair). Columns without a source (no ``result`` or no
-    ``interval``) are NaN. Concatenate column-wise with ``LayerAlignment.to_frame()`` of the same
-    metric and layers: ``pd.concat([alignment.to_frame(...), stats_columns(res, ci)], axis=1)``.
+    Columns: chance_level, p_value, p_value_adjusted (max-T over the compared pairs), null_mean,
+    calibrated, ci_low, ci_high, p_value_best (on the best compared pair's row only, the row that
+    ``LayerAlignment.to_frame``'s ``best`` column marks; NaN elsewhere) and note (why an interval is
+    missing, or ""). ``interval`` is the (low, high) pair of :func:`subsample_interval` or the
+    (low, high, note) triple of :func:`subsample_intervals`. Columns without a source are NaN;
+    ``shape`` (La, Lb) is needed when neither is given. Concatenate column-wise with
+    ``LayerAlignment.to_frame()`` of the same metric and layers.
     """
-    if result is None and interval is None:
-        raise RepalignError("stats_columns needs a permutation_test result, a subsample_interval (low, high) pair, or both")
-    shape = result.scores.shape if result is not None else None
+    note = ""
     if interval is not None:
         try:
-            low, high = (np.asarray(x, dtype=np.float64) for x in interval)
+            low, high, *rest = interval
+            note = rest[0] if rest else ""
+            low, high = (np.asarray(x, dtype=np.float64) for x in (low, high))
         except (TypeError, ValueError):
             raise RepalignError("interval must be the (low, high) pair returned by subsample_interval") from None
-        if low.shape != high.shape or low.ndim != 2 or (shape is not None and low.shape != shape):
-            raise RepalignError(
-                f"interval arrays have shapes {low.shape} and {high.shape} but the result has {shape}; compute both on the same layers"
-            )
+        if low.shape != high.shape or low.ndim != 2 or (result is not None and low.shape != result.scores.shape):
+            expected = result.scores.shape if result is not None else "the same shape"
+            raise RepalignError(f"interval arrays have shapes {low.shape} and {high.shape} but the result has {expected}; compute both on the same layers")
         shape = low.shape
+    if result is not None:
+        shape = result.scores.shape
+    if shape is None:
+        raise RepalignError("stats_columns needs a permutation_test result, a subsample_interval (low, high) pair, or shape=(La, Lb)")
     rows = shape[0] * shape[1]
     nan = np.full(rows, np.nan)
+    best = np.zeros(rows, dtype=bool)
+    columns: dict[str, Any] = {name: nan for name in STATS_COLUMNS}
     if result is not None:
-        chance = np.full(rows, np.nan if result.chance_level is None else result.chance_level)
-        columns = {
-            "chance_level": chance,
-            "p_value": result.p_value.ravel(),
-            "null_mean": result.null_mean.ravel(),
-            "calibrated": result.calibrated.ravel(),
-        }
-        best = np.full(rows, result.p_value_best)
-    else:
-        columns = {"chance_level": nan, "p_value": nan, "null_mean": nan, "calibrated": nan}
-        best = nan
-    columns["ci_low"] = low.ravel() if interval is not None else nan
-    columns["ci_high"] = high.ravel() if interval is not None else nan
-    columns["p_value_best"] = best
-    return pd.DataFrame({name: np.asarray(columns[name], dtype=np.float64) for name in STATS_COLUMNS})
+        best[result.best[0] * shape[1] + result.best[1]] = True
+        columns.update(
+            chance_level=np.full(rows, np.nan if result.chance_level is None else result.chance_level),
+            p_value=result.p_value.ravel(),
+            p_value_adjusted=result.p_value_adjusted.ravel(),
+            null_mean=result.null_mean.ravel(),
+            calibrated=result.calibrated.ravel(),
+            p_value_best=np.where(best, result.p_value_best, np.nan),
+        )
+    if interval is not None:
+        columns.update(ci_low=low.ravel(), ci_high=high.ravel())
+    frame = pd.DataFrame({name: np.asarray(columns[name], dtype=np.float64) for name in STATS_COLUMNS if name != "note"})
+    frame["note"] = note
+    return frame

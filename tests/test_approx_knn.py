@@ -29,7 +29,7 @@ def test_exact_method_is_the_exact_search(clustered):
     X, _ = clustered
     state, recall = approximate_knn(X, 7, "exact")
     assert recall == 1.0
-    np.testing.assert_array_equal(state.indices, nearest_neighbors(X, 7)[0])
+    np.testing.assert_array_equal(state.ordered()[0], nearest_neighbors(X, 7)[0])
 
 
 def test_recall_of_a_list_against_reference():
@@ -46,16 +46,18 @@ def test_approximate_lists_follow_the_knn_convention_and_report_true_recall(clus
     k = 8
     state, recall = approximate_knn(X, k, method, recall_queries=10_000, **options)  # all rows measured
     exact = brute_force_lists(X, k)
-    assert recall == pytest.approx(knn_recall(state.indices, exact))
+    indices, similarities = state.ordered()
+    assert recall == pytest.approx(knn_recall(indices, exact))
     assert 0.8 <= recall <= 1.0
     n = X.shape[0]
-    assert state.indices.shape == (n, k) and state.indices.dtype == np.int64
-    assert not np.any(state.indices == np.arange(n)[:, None])  # self excluded
-    assert all(len(set(row)) == k for row in state.indices)
-    # similarities are the exact inner products of the listed pairs, sorted by the tie rule
-    sims = np.einsum("ij,ikj->ik", X.astype(np.float64), X[state.indices].astype(np.float64))
-    np.testing.assert_allclose(state.similarities, sims, rtol=0, atol=1e-12)
-    assert np.all(np.diff(state.similarities, axis=1) <= 0)
+    assert indices.shape == (n, k) and indices.dtype == np.int64
+    assert not np.any(indices == np.arange(n)[:, None])  # self excluded
+    assert all(len(set(row)) == k for row in indices)
+    assert np.allclose(state.weights.sum(axis=1), k)  # every list holds k neighbours' worth of weight
+    # similarities are the exact inner products of the listed pairs, in decreasing order
+    sims = np.einsum("ij,ikj->ik", X.astype(np.float64), X[indices].astype(np.float64))
+    np.testing.assert_allclose(similarities, sims, rtol=0, atol=1e-12)
+    assert np.all(np.diff(similarities, axis=1) <= 0)
     # scores from approximate lists are close to exact ones when recall is high
     other, _ = approximate_knn(Y, k, method, **options)
     approx_score = mutual_knn_from_states(state, other, k)
@@ -67,7 +69,7 @@ def test_recall_is_measured_on_a_sample_when_n_is_large(clustered):
     X, _ = clustered
     _, sampled = approximate_knn(X, 5, "faiss-hnsw", hnsw_m=4, ef_search=5, recall_queries=200, seed=1)
     state, full = approximate_knn(X, 5, "faiss-hnsw", hnsw_m=4, ef_search=5, recall_queries=10_000, seed=1)
-    assert full == pytest.approx(knn_recall(state.indices, brute_force_lists(X, 5)))
+    assert full == pytest.approx(knn_recall(state.ordered()[0], brute_force_lists(X, 5)))
     assert abs(sampled - full) < 0.1
 
 

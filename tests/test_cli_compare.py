@@ -125,21 +125,42 @@ def test_compare_with_permutations_and_intervals(two_model_cache, tmp_path):
 
     path, fa, fb = two_model_cache
     out = tmp_path / "scores.parquet"
-    res = run_cli("compare", path, "--a", "ma", "--b", "mb", "--metric", "mknn", "--k", 5,
+    res = run_cli("compare", path, "--a", "ma", "--b", "mb", "--metric", "mknn", "unbiased_cka", "--k", 5,
                   "--permutations", 49, "--ci", 0.9, "--subsamples", 20, "-o", out)
     assert res.returncode == 0, res.stderr
-    assert "p(best" in res.stdout
+    assert "p adjusted for the layer search" in res.stdout and "chance 0.0420" in res.stdout
     table = pd.read_parquet(out)
-    for col in ("p_value", "null_mean", "calibrated", "ci_low", "ci_high", "p_value_best"):
+    for col in ("p_value", "p_value_adjusted", "null_mean", "calibrated"):
         assert table[col].notna().all(), col
-    assert table["p_value_best"].nunique() == 1
     assert ((table["p_value"] > 0) & (table["p_value"] <= 1)).all()
-    assert (table["ci_low"] <= table["ci_high"]).all()
+    assert (table["p_value_adjusted"] >= table["p_value"]).all()
+    for metric, rows in table.groupby("metric"):
+        # the best pair is marked once, and p_value_best sits on its row only
+        assert rows["best"].sum() == 1 and rows["p_value_best"].notna().sum() == 1
+        assert rows.loc[rows["best"], "p_value_best"].iloc[0] == rows.loc[rows["best"], "p_value_adjusted"].iloc[0]
+    knn_rows, cka_rows = table[table.metric == "mutual_knn"], table[table.metric == "unbiased_cka"]
+    # kNN metrics at fixed k get no interval, and the table says why; unbiased CKA gets one
+    assert knn_rows["ci_low"].isna().all() and knn_rows["note"].str.startswith("no valid interval for mutual_knn").all()
+    assert cka_rows["ci_low"].notna().all() and (cka_rows["ci_low"] <= cka_rows["ci_high"]).all()
     # the CLI's p-values are those of the Python API on the same aligned layers
     ref = permutation_test([fa[n] for n in ("a0", "a1", "a2")], [fb[n] for n in ("b0", "b1")],
                            metric="mknn", permutations=49, seed=0, k=5)
-    np.testing.assert_allclose(table["p_value"].to_numpy(), ref.p_value.ravel())
-    assert table["p_value_best"].iloc[0] == pytest.approx(ref.p_value_best)
+    np.testing.assert_allclose(knn_rows["p_value"].to_numpy(), ref.p_value.ravel())
+    np.testing.assert_allclose(knn_rows["p_value_adjusted"].to_numpy(), ref.p_value_adjusted.ravel())
+    assert knn_rows.loc[knn_rows["best"], "p_value_best"].iloc[0] == pytest.approx(ref.p_value_best)
+
+
+def test_model_compared_with_itself_leaves_the_trivial_pairs_out(two_model_cache):
+    path, fa, _ = two_model_cache
+    result = compare_models(path, "ma", "ma", ["mknn"], k=5, permutations=19)
+    table = result.table
+    diagonal = table.layer_a == table.layer_b
+    assert (table.loc[diagonal, "score"] == 1.0).all()  # a layer with itself
+    best = table[table.best]
+    assert len(best) == 1 and not (best.layer_a == best.layer_b).any()  # the best pair is a real pair
+    assert table.loc[diagonal, "p_value_adjusted"].isna().all()  # left out of the max-T family
+    assert table.loc[~diagonal, "p_value_adjusted"].notna().all()
+    assert best["p_value_best"].iloc[0] < 1
 
 
 def test_out_of_core_and_approximate_neighbours_match_the_in_memory_engine(two_model_cache, tmp_path):
@@ -161,5 +182,9 @@ def test_out_of_core_and_approximate_neighbours_match_the_in_memory_engine(two_m
     exact = ref[ref.metric == "mutual_knn"]["score"].to_numpy()
     perfect = approx["knn_recall"].to_numpy() == 1.0
     np.testing.assert_allclose(approx["score"].to_numpy()[perfect], exact[perfect], atol=1e-12)
-    res = run_cli("compare", path, "--a", "ma", "--b", "mb", "--block-rows", 10, "--permutations", 9)
-    assert res.returncode != 0 and "--permutations" in res.stderr and "Traceback" not in res.stderr
+    # one path: permutation tests and reliability warnings out of core too
+    blocked = compare_models(path, "ma", "mb", ["mknn"], k=5, block_rows=10, permutations=9).table
+    in_memory = compare_models(path, "ma", "mb", ["mknn"], k=5, permutations=9).table
+    np.testing.assert_array_equal(blocked["p_value"], in_memory["p_value"])
+    res = run_cli("compare", path, "--a", "ma", "--b", "mb", "--block-rows", 10, "--ci", 0.9)
+    assert res.returncode != 0 and "--ci" in res.stderr and "Traceback" not in res.stderr

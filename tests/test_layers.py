@@ -8,7 +8,7 @@ import pytest
 
 import repalign.metrics as M
 from repalign.errors import RepalignError
-from repalign.metrics import kernel, knn
+from repalign.metrics import kernel, neighbors
 
 
 def make_layers(n, dims, seed):
@@ -31,7 +31,7 @@ def test_scores_equal_pairwise_metric_on_prepared_layers():
 
 
 @pytest.mark.parametrize("metric, params", [("cka", {}), ("unbiased_cka", {}), ("cka_rbf", {"sigma": 0.8}), ("cknna", {"k": 4}),
-                                            ("svcca", {"dim": 3}), ("dcor", {}), ("cycle_knn", {"k": 3})])
+                                            ("svcca_platonic", {"dim": 3}), ("svcca", {}), ("dcor", {}), ("cycle_knn", {"k": 3})])
 def test_every_metric_through_the_engine(metric, params):
     A = make_layers(30, [6, 5], seed=2)
     B = make_layers(30, [4, 9, 6], seed=3)
@@ -43,13 +43,13 @@ def test_every_metric_through_the_engine(metric, params):
 
 def test_each_layer_searched_once_and_states_shared_between_metrics(monkeypatch):
     calls = []
-    real = knn.knn_state
+    real = neighbors.knn_state
 
     def counting(X, k, *args, **kwargs):
         calls.append(X.shape)
         return real(X, k, *args, **kwargs)
 
-    monkeypatch.setattr(knn, "knn_state", counting)
+    monkeypatch.setattr(neighbors, "knn_state", counting)
     A = make_layers(30, [5, 6, 7, 8], seed=4)
     B = make_layers(30, [4, 5, 6], seed=5)
     results = M.align_layers(A, B, metric=["mknn", "cycle_knn", "lcs_knn", "cknna"], k=4)
@@ -78,7 +78,8 @@ def test_to_frame_is_tidy():
     B = make_layers(20, [4, 5, 3], seed=9)
     res = M.align_layers(A, B, metric="mknn", names_a=["l0", "l1"], k=3)
     frame = res.to_frame(model_a="esm2", model_b="prott5")
-    assert list(frame.columns) == ["model_a", "layer_a", "model_b", "layer_b", "metric", "params", "score", "n_samples"]
+    assert list(frame.columns) == ["model_a", "layer_a", "model_b", "layer_b", "metric", "params", "score", "n_samples", "best"]
+    assert frame["best"].sum() == 1 and frame.loc[frame["best"], "score"].iloc[0] == res.scores.max()
     assert len(frame) == 6
     assert set(frame["params"]) == {"k=3,normalize=l2"}
     pivot = frame.pivot(index="layer_a", columns="layer_b", values="score").loc[["l0", "l1"], ["0", "1", "2"]]

@@ -112,19 +112,24 @@ def ref_knn_from_kernel(P, k):
     return [sorted((j for j in range(n) if j != i), key=lambda j: (-P[i, j], j))[:k] for i in range(n)]
 
 
-def ref_svcca(X, Y, dim):
+def ref_svcca(X, Y, dim=None, variance=None):
+    """Standardised features and a fixed dim (platonic-rep's variant), or centred features and the
+    directions explaining ``variance`` (Raghu et al., 2017); then textbook CCA."""
     def reduce(Z):
         Z = np.asarray(Z, dtype=np.float64)
         Z = Z - Z.mean(0)
-        sd = Z.std(0, ddof=1)
-        Z = Z / np.where(sd > 0, sd, 1)
+        if dim is not None:
+            sd = Z.std(0, ddof=1)
+            Z = Z / np.where(sd > 0, sd, 1)
         U, s, Vt = np.linalg.svd(Z, full_matrices=False)
-        return Z @ Vt[:dim].T  # projections onto the top directions (= U s), not orthonormalised
+        keep = dim if dim is not None else next(i + 1 for i in range(len(s)) if np.sum(s[:i + 1] ** 2) >= variance * np.sum(s**2))
+        return Z @ Vt[:keep].T  # projections onto the top directions (= U s), not orthonormalised
 
     A, B = reduce(X), reduce(Y)
     # Textbook CCA: singular values of Σaa^{-1/2} Σab Σbb^{-1/2}.
     n = len(A)
     Saa, Sbb, Sab = A.T @ A / (n - 1), B.T @ B / (n - 1), A.T @ B / (n - 1)
+    # min(da, db) canonical correlations
 
     def inv_sqrt(S):
         w, V = np.linalg.eigh(S)
@@ -212,8 +217,14 @@ def test_kernel_and_other_metrics_match_reference(n, dx, dy, k):
             got = M.cka(X, Y, kernel="rbf", sigma=sigma, unbiased=unbiased)
             assert got == pytest.approx(ref_cka(X, Y, "rbf", sigma, unbiased), rel=1e-9, abs=1e-12)
     dim = min(4, dx, dy)
-    assert M.svcca(X, Y, dim=dim) == pytest.approx(ref_svcca(X, Y, dim), rel=1e-8)
+    assert M.svcca_platonic(X, Y, dim=dim) == pytest.approx(ref_svcca(X, Y, dim), rel=1e-8)
+    for variance in (0.99, 0.8):
+        assert M.svcca(X, Y, variance=variance) == pytest.approx(ref_svcca(X, Y, variance=variance), rel=1e-8)
     assert M.distance_correlation(X, Y) == pytest.approx(ref_dcor(X, Y), rel=1e-9)
+    # the bias-corrected statistic against the dcor package (Székely & Rizzo, 2014)
+    dcor = pytest.importorskip("dcor")
+    assert M.bias_corrected_distance_correlation(X, Y) == pytest.approx(
+        dcor.u_distance_correlation_sqr(np.asarray(X, float), np.asarray(Y, float)), rel=1e-9, abs=1e-12)
 
 
 def test_linear_cka_feature_space_equals_gram_path_when_d_exceeds_n():

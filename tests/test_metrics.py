@@ -33,35 +33,79 @@ def test_topk_blocked_matches_numpy_twin(n, d, k, block):
     np.testing.assert_allclose(sims, ref_sims, rtol=0, atol=1e-12)
 
 
+def tied_lists(n, k, rng):
+    """Random tie-aware lists: a few sure levels then one boundary level with weight r/m."""
+    idx, w, lev = [], [], []
+    for i in range(n):
+        others = rng.permutation([j for j in range(n) if j != i])
+        sure = int(rng.integers(0, k))
+        m = int(rng.integers(k - sure, k - sure + 4))
+        members = others[:sure + m]
+        # sure members spread over contiguous levels 0..top-1 (several may share one)
+        levels = list(np.unique(rng.integers(0, sure, sure), return_inverse=True)[1]) if sure else []
+        top = max(levels) + 1 if levels else 0
+        weights = [1.0] * sure + [(k - sure) / m] * m
+        row_lev = levels + [top] * m
+        order = np.argsort(members)
+        idx.append(members[order]); w.append(np.array(weights)[order]); lev.append(np.array(row_lev)[order])
+    width = max(len(r) for r in idx)
+    pad = lambda rows, fill, dt: np.array([np.concatenate([r, np.full(width - len(r), fill)]) for r in rows], dtype=dt)
+    return pad(idx, n, np.int64), pad(w, 0.0, np.float64), pad(lev, -1, np.int64)
+
+
 def test_list_kernels_match_numpy_twins():
     rng = np.random.default_rng(5)
-    n, k = 40, 7
-    a = np.array([rng.choice(n, k, replace=False) for _ in range(n)], dtype=np.int64)
-    b = np.array([rng.choice(n, k, replace=False) for _ in range(n)], dtype=np.int64)
-    b[:10] = a[:10]  # some identical rows
-    b[10:15] = a[10:15, ::-1]  # some reversed rows
-    np.testing.assert_array_equal(_numba.overlap_counts(a, b), _numba.overlap_counts_numpy(a, b))
-    np.testing.assert_array_equal(_numba.cycle_hits(a, b), _numba.cycle_hits_numpy(a, b))
-    np.testing.assert_array_equal(_numba.lcs_lengths(a, b), _numba.lcs_lengths_numpy(a, b))
-    np.testing.assert_array_equal(_numba.levenshtein_distances(a, b), _numba.levenshtein_distances_numpy(a, b))
-    assert (_numba.lcs_lengths(a, b)[:10] == k).all() and (_numba.levenshtein_distances(a, b)[:10] == 0).all()
+    n, k = 30, 5
+    ai, aw, alev = tied_lists(n, k, rng)
+    bi, bw, blev = tied_lists(n, k, rng)
+    bi[:6], bw[:6], blev[:6] = ai[:6], aw[:6], alev[:6]  # some identical rows
+    np.testing.assert_allclose(_numba.expected_overlap(ai, aw, bi, bw), _numba.expected_overlap_numpy(ai, aw, bi, bw), atol=1e-12)
+    np.testing.assert_allclose(_numba.cycle_probabilities(ai, aw, bi, bw, k), _numba.cycle_probabilities_numpy(ai, aw, bi, bw, k), atol=1e-12)
+    np.testing.assert_allclose(_numba.group_lcs(ai, aw, alev, bi, bw, blev), _numba.group_lcs_numpy(ai, aw, alev, bi, bw, blev), atol=1e-12)
+    np.testing.assert_allclose(_numba.group_levenshtein(ai, aw, alev, bi, bw, blev),
+                               _numba.group_levenshtein_numpy(ai, aw, alev, bi, bw, blev), atol=1e-12)
+    # identical rows: the whole expected overlap, and the list matched with itself level by level
+    np.testing.assert_allclose(_numba.group_lcs(ai, aw, alev, ai, aw, alev), _numba.expected_overlap(ai, aw, ai, aw), atol=1e-12)
+
+
+def state_of_ordered(idx):
+    """KnnState of tie-free ordered lists (N, k): each neighbour its own level, rank = level."""
+    from repalign.metrics.knn import KnnState
+
+    n, k = idx.shape
+    order = np.argsort(idx, axis=1)
+    levels = np.broadcast_to(np.arange(k), idx.shape)
+    return KnnState(np.take_along_axis(idx, order, axis=1).astype(np.int64), np.zeros(idx.shape), np.ones(idx.shape),
+                    np.take_along_axis(levels, order, axis=1).astype(np.int64), k)
 
 
 def test_known_lcs_and_levenshtein_values():
-    a = np.array([[1, 2, 3, 4]] * 3, dtype=np.int64)
-    b = np.array([[1, 2, 4, 3], [5, 6, 7, 8], [2, 3, 4, 5]], dtype=np.int64)
+    from repalign.metrics.knn import edit_distance_knn_from_states, lcs_knn_from_states
+
+    # 9 samples (labels must be sample indices); rows 3.. compare a list with itself
+    same = [[0, 1, 2, 3]] * 6
+    a = state_of_ordered(np.array([[1, 2, 3, 4]] * 3 + same))
+    b = state_of_ordered(np.array([[1, 2, 4, 3], [5, 6, 7, 8], [2, 3, 4, 5]] + same))
     # swapped tail: LCS "123", two substitutions; disjoint: nothing shared, four substitutions;
     # shifted: LCS "234", delete 1 and append 5.
-    np.testing.assert_array_equal(_numba.lcs_lengths(a, b), [3, 0, 3])
-    np.testing.assert_array_equal(_numba.levenshtein_distances(a, b), [2, 4, 2])
+    lcs = _numba.group_lcs(a.indices, a.weights, a.levels, b.indices, b.weights, b.levels)
+    lev = _numba.group_levenshtein(a.indices, a.weights, a.levels, b.indices, b.weights, b.levels)
+    np.testing.assert_array_equal(lcs, [3, 0, 3] + [4] * 6)
+    np.testing.assert_array_equal(lev, [2, 4, 2] + [0] * 6)
+    assert lcs_knn_from_states(a, b, 4) == pytest.approx((6 + 24) / 36)
+    assert edit_distance_knn_from_states(a, b, 4) == pytest.approx(1 - 8 / 36)
 
 
 def test_masked_kernel_stats_and_unbiased_hsic_match_twins():
+    from repalign.metrics.neighbors import knn_state
+
     X, Y = pair(35, 6, 8, seed=2)
-    a, sa = _numba.topk_numpy(X, 6)
-    b, sb = _numba.topk_numpy(Y, 6)
-    got = _numba.masked_kernel_stats(a, sa, b, sb)
-    np.testing.assert_allclose(got, _numba.masked_kernel_stats_numpy(a, sa, b, sb), rtol=1e-12, atol=1e-12)
+    X[5:9] = X[4]  # duplicates: tie levels with weights below 1
+    a, b = knn_state(X, 6), knn_state(Y, 6)
+    assert (a.weights[(a.weights > 0)] < 1).any()
+    got = _numba.masked_kernel_stats(a.indices, a.similarities, a.weights, b.indices, b.similarities, b.weights)
+    ref = _numba.masked_kernel_stats_numpy(a.indices, a.similarities, a.weights, b.indices, b.similarities, b.weights)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
     rng = np.random.default_rng(0)
     K, L = rng.standard_normal((2, 20, 20))  # non-symmetric on purpose
     Kt, Lt = K * (1 - np.eye(20)), L * (1 - np.eye(20))
@@ -121,10 +165,10 @@ def test_mknn_chance_level_for_independent_data():
 
 def test_svcca_is_deterministic_and_invariant_to_feature_scaling():
     X, Y = pair(60, 12, 10, seed=9)
-    first = M.svcca(X, Y, dim=5)
-    assert all(M.svcca(X, Y, dim=5) == first for _ in range(3))
+    first = M.svcca_platonic(X, Y, dim=5)
+    assert all(M.svcca_platonic(X, Y, dim=5) == first for _ in range(3))
     col_scale = np.random.default_rng(1).uniform(0.1, 10, size=12)
-    assert M.svcca(X * col_scale, Y, dim=5) == pytest.approx(first, rel=1e-9)
+    assert M.svcca_platonic(X * col_scale, Y, dim=5) == pytest.approx(first, rel=1e-9)
 
 
 def test_dcor_invariant_to_similarity_transform():
@@ -182,10 +226,15 @@ def test_knn_state_permutation_relabels_without_new_search():
     X, _ = pair(50, 7, 7, seed=14)
     perm = np.random.default_rng(0).permutation(50)
     state = M.get_metric("mknn").state(X, {"k": 6})
+    X[30:33] = X[7]  # duplicates: tie levels must relabel too
+    state = M.get_metric("mknn").state(X, {"k": 6})
     permuted = state.permuted(perm)
+    fresh = M.get_metric("mknn").state(X[perm], {"k": 6})
+    # the lists are a function of the data: relabelling equals a fresh search, to the bit
+    for field in ("indices", "similarities", "weights", "levels"):
+        np.testing.assert_array_equal(getattr(permuted, field), getattr(fresh, field))
     idx, sims = M.nearest_neighbors(X[perm], k=6)
-    np.testing.assert_array_equal(permuted.indices, idx)
-    np.testing.assert_allclose(permuted.similarities, sims, atol=1e-12)
+    np.testing.assert_array_equal(permuted.ordered()[0], idx)
 
 
 @pytest.mark.parametrize("name", ["mknn", "cycle_knn", "lcs_knn", "edit_distance_knn", "cknna"])
@@ -231,9 +280,10 @@ def test_bad_input_raises_one_line_errors():
     one_line_error(M.cka, X, Y, kernel="poly", match="linear")
     one_line_error(M.cka, X, Y, sigma=1.0, match="rbf")
     one_line_error(M.cka, X, Y, kernel="rbf", sigma=-1.0, match="sigma")
-    one_line_error(M.svcca, X, Y, dim=5, match="dim=5")
+    one_line_error(M.svcca_platonic, X, Y, dim=5, match="dim=5")
     rank_one = np.outer(np.arange(1.0, 21.0), np.ones(4)) + np.arange(4.0)
-    one_line_error(M.svcca, rank_one, Y, dim=2, match="rank")
+    one_line_error(M.svcca_platonic, rank_one, Y, dim=2, match="rank")
+    one_line_error(M.svcca, X, Y, variance=1.5, match="variance=1.5")
     one_line_error(M.dcor, np.ones((6, 3)), Y[:6], match="zero distance variance")
     one_line_error(M.prepare, np.vstack([X, np.zeros(4)]), match="all zeros")
     one_line_error(M.prepare, X, normalize="zscore", match="normalize")

@@ -7,6 +7,7 @@ from embeddings_cache import Cache, CacheWriter
 from repalign.errors import RepalignError
 from repalign.metrics import cka, mknn, nearest_neighbors, prepare
 from repalign.metrics.knn import KnnState, mutual_knn_from_states
+from repalign.metrics.neighbors import knn_state
 from repalign.metrics.outofcore import (
     LinearCkaStats,
     blocked_knn_state,
@@ -34,31 +35,40 @@ def reference_linear_cka(X, Y):
 def data():
     rng = np.random.default_rng(3)
     X = rng.standard_normal((700, 20)).astype(np.float32)
-    X[400:405] = X[17]  # exact ties: equal similarities must go to the lower index
+    X[400:405] = X[17]  # exact duplicates: tied neighbours, whatever BLAS does with their products
     X[600] = 2 * X[5]  # same direction, different norm: a tie after l2 normalisation
     Y = (X[:, :12] @ rng.standard_normal((12, 9)) + rng.standard_normal((700, 9))).astype(np.float32)
     return X, Y
 
 
-@pytest.mark.parametrize("source_rows, block", [(700, 2048), (97, 128), (128, 128), (33, 50)])
-def test_blocked_knn_equals_in_memory_search_bit_for_bit(data, source_rows, block):
+def assert_same_state(a, b):
+    for field in ("indices", "similarities", "weights", "levels"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+
+@pytest.mark.parametrize("source_rows, block", [(700, 2048), (97, 128), (128, 128), (33, 50), (700, 7)])
+def test_blocked_knn_equals_in_memory_search_whatever_the_blocks(data, source_rows, block):
+    """With duplicate rows in the data, every block size and source cut gives the same state, to the
+    bit: ties are decided on the rows' content and on index-order float64 sums, not on BLAS blocks."""
     X, _ = data
-    ref_idx, ref_sim = nearest_neighbors(prepare(X), k=8, block=block)
+    ref = knn_state(prepare(X), 8)  # in memory, the default block
+    assert_same_state(blocked_knn_state(blocks_of(X, source_rows), k=8, block=block), ref)
     idx, sim = blocked_nearest_neighbors(blocks_of(X, source_rows), k=8, block=block)
-    np.testing.assert_array_equal(idx, ref_idx)
-    np.testing.assert_array_equal(sim, ref_sim)
-    # and the lists are the exact ones (independent brute force with the tie rule, up to float32 rounding)
+    np.testing.assert_array_equal(idx, nearest_neighbors(prepare(X), k=8)[0])
+    # and the lists are the exact ones (independent brute force, up to float32 rounding)
     Xp = prepare(X).astype(np.float64)
     S = Xp @ Xp.T
     np.fill_diagonal(S, -np.inf)
     np.testing.assert_allclose(sim, -np.sort(-S, axis=1)[:, :8], atol=1e-6)
+    # the duplicated rows are each other's (tied) neighbours with inclusion probability 1 (5 + 1 copies of row 17, k=8)
+    row = list(ref.indices[17])
+    assert {400, 401, 402, 403, 404} <= set(row) and all(ref.weights[17, row.index(j)] == 1.0 for j in range(400, 405))
 
 
 def test_blocked_knn_without_normalisation_and_mknn(data):
     X, Y = data
     a = blocked_knn_state(blocks_of(X, 64), k=6, normalize=None, block=100)
-    ref = nearest_neighbors(X, k=6, block=100)
-    np.testing.assert_array_equal(a.indices, ref[0])
+    assert_same_state(a, knn_state(X, 6))
     b = blocked_knn_state(lambda: iter(blocks_of(Y, 200)), k=6, block=100)
     assert mutual_knn_from_states(blocked_knn_state(blocks_of(X, 64), k=6, block=100), b, 6) == mknn(prepare(X), prepare(Y), k=6)
     assert isinstance(a, KnnState)
@@ -100,7 +110,7 @@ def test_layers_streamed_from_a_real_cache(tmp_path, data):
     Xs, Ys = c.read_layer("m", "x"), c.read_layer("m", "y")  # float16 values widened to float32
     src_x = lambda: c.iter_row_blocks("m", "x", block_rows=111)  # noqa: E731
     src_y = lambda: c.iter_row_blocks("m", "y", block_rows=111)  # noqa: E731
-    np.testing.assert_array_equal(blocked_nearest_neighbors(src_x, k=5, block=256)[0], nearest_neighbors(prepare(Xs), 5, block=256)[0])
+    assert_same_state(blocked_knn_state(src_x, k=5, block=256), knn_state(prepare(Xs), 5))
     assert streamed_linear_cka(src_x, src_y) == pytest.approx(cka(prepare(Xs), prepare(Ys)), rel=1e-5)
 
 

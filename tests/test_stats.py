@@ -17,11 +17,12 @@ from repalign.stats import (
     permute_state,
     stats_columns,
     subsample_interval,
+    subsample_intervals,
 )
 
 ALL_METRICS = [
     ("mknn", {"k": 5}), ("cycle_knn", {"k": 4}), ("lcs_knn", {"k": 4}), ("edit_distance_knn", {"k": 4}),
-    ("cknna", {"k": 5}), ("cka", {}), ("unbiased_cka", {}), ("cka_rbf", {}), ("svcca", {"dim": 3}), ("dcor", {}),
+    ("cknna", {"k": 5}), ("cka", {}), ("unbiased_cka", {}), ("cka_rbf", {}), ("svcca_platonic", {"dim": 3}), ("svcca", {}), ("dcor", {}),
 ]
 
 
@@ -50,12 +51,13 @@ def test_permuted_neighbour_lists_equal_a_fresh_search_on_permuted_rows():
     perm = rng.permutation(60)
     state = M.get_metric("mknn").state(X, {"k": 6})
     moved = permute_state(state, perm)
-    np.testing.assert_array_equal(moved.indices, brute_neighbours(X[perm], 6))
-    np.testing.assert_allclose(moved.similarities, np.take_along_axis(X[perm] @ X[perm].T, moved.indices, axis=1))
+    ordered, sims = moved.ordered()
+    np.testing.assert_array_equal(ordered, brute_neighbours(X[perm], 6))
+    np.testing.assert_allclose(sims, np.take_along_axis(X[perm] @ X[perm].T, ordered, axis=1))
     # the rule written out: new list of i = perm⁻¹ applied to the old list of perm[i]
     inverse = np.argsort(perm)
     for i in (0, 17, 59):
-        assert list(moved.indices[i]) == [inverse[j] for j in state.indices[perm[i]]]
+        assert list(moved.indices[i]) == sorted(inverse[j] for j in state.indices[perm[i]])
 
 
 @pytest.mark.parametrize("metric, params", ALL_METRICS)
@@ -141,9 +143,10 @@ def test_linear_cka_null_from_grams_equals_the_reference(metric, func):
 
     A = shared_layers(200, [150], seed=30, noise=3.0)
     B = shared_layers(200, [140], seed=31, noise=3.0)
-    m = M.get_metric(metric)
-    states = [m.state(M.prepare(X), m.resolve(200)) for X in (A[0], B[0])]
-    assert states[0].gram is None and all(s.gram is not None for s in sum(_gram_states([states[0]], [states[1]], 200), []))
+    resolved = M.resolve_metrics([metric], 200, {})
+    a, b = (M.layer_state(X, resolved) for X in (A[0], B[0]))
+    assert a.states[0].gram is None
+    assert all(layer.states[0].gram is not None for layer in sum(_gram_states([a], [b], 200), []))
     res = permutation_test(A, B, metric, permutations=4, seed=2)
     _, null, p, calibrated, _, _ = reference_permutation_test(A, B, func, 4, 2, 0.05)
     np.testing.assert_allclose(res.null, null, rtol=1e-9, atol=1e-12)
@@ -245,7 +248,7 @@ def test_uncorrected_best_pair_would_be_inflated():
 
 
 # ----------------------------------------------------------------------------- subsampling intervals
-def test_bootstrap_with_replacement_inflates_mknn_and_subsampling_does_not():
+def test_bootstrap_with_replacement_inflates_mknn_and_knn_metrics_get_no_interval():
     rng = np.random.default_rng(20)
     n, k = 100, 10
     X, Y = M.prepare(rng.standard_normal((n, 8))), M.prepare(rng.standard_normal((n, 8)))
@@ -256,69 +259,90 @@ def test_bootstrap_with_replacement_inflates_mknn_and_subsampling_does_not():
         boot.append(M.mutual_knn(X[rows] + 0.0, Y[rows] + 0.0, k=k))
     boot = np.array(boot)
     assert np.quantile(boot, 0.025) > full + 0.05  # the bootstrap distribution lies entirely above the data's score
-    low, high = subsample_interval([X], [Y], "mknn", n_subsamples=60, seed=1, k=k)
-    assert low[0, 0] <= full <= high[0, 0]
-    assert abs((low[0, 0] + high[0, 0]) / 2 - full) < 0.25 * (high[0, 0] - low[0, 0])  # centred, not shifted upward
+    # at fixed k a subsample estimates another quantity (chance k/(m-1) instead of k/(N-1)): no interval, and why
+    for metric in ("mknn", "cknna", "cka", "dcor", "svcca"):
+        resolved = M.resolve_metrics([metric], n, {"k": k} if M.get_metric(metric).is_knn else {})
+        low, high, note = subsample_intervals([X], [Y], resolved, n_subsamples=5)[0]
+        assert np.isnan(low).all() and np.isnan(high).all() and note.startswith(f"no valid interval for {M.get_metric(metric).name}")
 
 
-def draw_pair(rng, n, aligned):
-    """One data set: independent X, Y, or X and Y reading the same 3 latent factors (fixed loadings) plus noise."""
-    if not aligned:
-        return rng.standard_normal((n, 6)), rng.standard_normal((n, 6))
-    loadings = np.random.default_rng(99).standard_normal((2, 3, 6))
-    Z = rng.standard_normal((n, 3))
-    return Z @ loadings[0] + rng.standard_normal((n, 6)), Z @ loadings[1] + rng.standard_normal((n, 6))
+def draw_pair(rng, n, width, loadings):
+    """X (n, width) Gaussian and Y = X·loadings + unit noise: population values are known."""
+    X = rng.standard_normal((n, width))
+    return X, X @ loadings + rng.standard_normal((n, loadings.shape[1]))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("metric, params, aligned, widest", [("mknn", {"k": 5}, False, 2.0), ("cka", {}, True, 1.5)])
-def test_subsample_intervals_cover_the_expected_score_with_the_right_width(metric, params, aligned, widest):
-    """90% intervals on repeated data sets cover the expected score (for independent data mknn's is
-    k/(N-1) exactly; otherwise a Monte Carlo mean), and their width matches the spread of the score
-    across data sets. A percentile interval of the raw subsample scores would be half as wide at
-    fraction 0.8 (the lower bound 0.8 catches that); kNN intervals are conservative (documented)."""
-    n, repeats = 60, 60
-    func = M.get_metric(metric).function
-    if aligned:
-        truth = np.mean([func(*map(M.prepare, draw_pair(np.random.default_rng(10_000 + r), n, True)), **params) for r in range(300)])
-    else:
-        truth = params["k"] / (n - 1)
-    covered, widths, scores = 0, [], []
+@pytest.mark.parametrize("width", [5, 40])
+def test_interval_coverage_is_nominal_where_intervals_are_offered(width):
+    """Nominal 90% intervals cover the population value in 85-95% of 200 simulated data sets.
+
+    Population values: linear CKA of X and Y = XW + E (Σxx = I, Σxy = W, Σyy = WᵀW + I) is
+    ‖W‖²_F / (‖I‖_F ‖WᵀW + I‖_F), the target of unbiased CKA; the bias-corrected distance
+    correlation's target is its value on 4,000 samples (its estimate is unbiased). Biased CKA has a
+    bias that grows with width/N, which is why it is not offered an interval: at width 40 its
+    intervals would miss (checked below)."""
+    n, repeats = 200, 200
+    loadings = np.random.default_rng(123).standard_normal((width, 4)) * (0.5 if width == 5 else 0.15)
+    population = {"unbiased_cka": np.sum(loadings**2) / np.sqrt(width * np.sum((loadings.T @ loadings + np.eye(4)) ** 2))}
+    population["bias_corrected_distance_correlation"] = M.bias_corrected_distance_correlation(
+        *draw_pair(np.random.default_rng(9), 4000, width, loadings))
+    resolved = M.resolve_metrics(list(population), n, {})
+    biased = M.resolve_metrics(["cka"], n, {})
+    hits = dict.fromkeys(population, 0)
+    biased_hits = 0
     for r in range(repeats):
-        X, Y = draw_pair(np.random.default_rng(3000 + r), n, aligned)
-        low, high = subsample_interval([X], [Y], metric, ci=0.9, n_subsamples=50, seed=r, **params)
-        covered += low[0, 0] <= truth <= high[0, 0]
-        widths.append(high[0, 0] - low[0, 0])
-        scores.append(func(M.prepare(X), M.prepare(Y), **params))
-    assert covered >= 0.75 * repeats
-    ratio = np.mean(widths) / (2 * sps.norm.ppf(0.95) * np.std(scores, ddof=1))
-    assert 0.8 < ratio < widest, ratio
+        X, Y = draw_pair(np.random.default_rng(r), n, width, loadings)
+        for (metric, _), (low, high, note) in zip(resolved, subsample_intervals([X], [Y], resolved, ci=0.9, n_subsamples=50,
+                                                                                seed=r, normalize=None)):
+            assert note == ""
+            hits[metric.name] += low[0, 0] <= population[metric.name] <= high[0, 0]
+        if width == 40 and r < 60:  # what biased CKA would give with the same construction
+            score = M.cka(X, Y)
+            biased_hits += abs(score - population["unbiased_cka"]) < 0.05
+    for name, count in hits.items():
+        assert 0.85 * repeats <= count <= 0.95 * repeats, (name, count / repeats)
+    if width == 40:
+        assert biased_hits == 0  # biased CKA sits far from the population value at width 40, N = 200
 
 
-def test_interval_brackets_every_metric_and_is_reproducible():
+def test_interval_brackets_every_metric_that_has_one_and_is_reproducible():
     A = shared_layers(40, [6, 5], seed=21, noise=1.0)
     B = shared_layers(40, [4], seed=22, noise=1.0)
     for metric, params in ALL_METRICS:
         low, high = subsample_interval(A, B, metric, n_subsamples=10, seed=3, **params)
         full = M.align_layers(A, B, metric, **params).scores
         assert low.shape == high.shape == (2, 1)
-        assert (low <= full + 1e-12).all() and (full <= high + 1e-12).all() and (high <= 1).all(), metric
-    again = subsample_interval(A, B, "mknn", n_subsamples=10, seed=3, k=5)
-    np.testing.assert_array_equal(again[0], subsample_interval(A, B, "mknn", n_subsamples=10, seed=3, k=5)[0])
+        m = M.get_metric(metric)
+        if not m.has_interval(m.resolve(40, **params)):
+            assert np.isnan(low).all() and np.isnan(high).all(), metric
+            continue
+        assert (low <= full + 1e-12).all() and (full <= high + 1e-12).all(), metric
+        assert (low >= m.bounds[0]).all() and (high <= m.bounds[1]).all(), metric  # clipped to the metric's range
+    again = subsample_interval(A, B, "unbiased_cka", n_subsamples=10, seed=3)
+    np.testing.assert_array_equal(again[0], subsample_interval(A, B, "unbiased_cka", n_subsamples=10, seed=3)[0])
+
+
+def test_interval_is_clipped_to_the_metric_range():
+    rng = np.random.default_rng(4)
+    Z = rng.standard_normal((30, 2))
+    A, B = [Z + 0.01 * rng.standard_normal((30, 2))], [Z + 0.01 * rng.standard_normal((30, 2))]
+    low, high = subsample_interval(A, B, "unbiased_cka", n_subsamples=20, normalize=None)
+    assert high[0, 0] <= 1.0 and low[0, 0] >= -1.0
 
 
 def test_interval_rejects_bad_settings():
     A = shared_layers(20, [4], seed=23)
-    with pytest.raises(RepalignError, match="too small for mutual_knn"):
-        subsample_interval(A, A, "mknn", fraction=0.5, k=12)
+    with pytest.raises(RepalignError, match="too small for unbiased_cka"):
+        subsample_interval(A, A, "unbiased_cka", fraction=0.16)
     with pytest.raises(RepalignError, match="fraction"):
-        subsample_interval(A, A, "mknn", fraction=1.0)
+        subsample_interval(A, A, "unbiased_cka", fraction=1.0)
     with pytest.raises(RepalignError, match="keeps m=1"):
-        subsample_interval(A, A, "mknn", fraction=0.09, k=1)
+        subsample_interval(A, A, "unbiased_cka", fraction=0.09)
     with pytest.raises(RepalignError, match="ci"):
-        subsample_interval(A, A, "mknn", ci=95)
+        subsample_interval(A, A, "unbiased_cka", ci=95)
     with pytest.raises(RepalignError, match="n_subsamples"):
-        subsample_interval(A, A, "mknn", n_subsamples=1)
+        subsample_interval(A, A, "unbiased_cka", n_subsamples=1)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -336,7 +360,7 @@ def test_permutation_test_rejects_bad_input():
         permutation_test(A[0], A)
     with pytest.raises(RepalignError, match="unknown metric"):
         permutation_test(A, A, "nope")
-    with pytest.raises(RepalignError, match="does not take"):
+    with pytest.raises(RepalignError, match="k not accepted by metric"):
         permutation_test(A, A, "cka", k=3)
     with pytest.raises(RepalignError, match="NaN"):
         permutation_test(A, [np.full((20, 3), np.nan)])
@@ -388,9 +412,9 @@ def test_stats_columns_line_up_with_the_layer_table():
     A = shared_layers(30, [4, 5, 3], seed=28, noise=1.0)
     B = shared_layers(30, [6, 2], seed=29, noise=1.0)
     names_a, names_b = ["a0", "a1", "a2"], ["b0", "b1"]
-    res = permutation_test(A, B, "mknn", permutations=19, k=4, names_a=names_a, names_b=names_b)
-    interval = subsample_interval(A, B, "mknn", n_subsamples=5, k=4)
-    table = pd.concat([M.align_layers(A, B, "mknn", k=4, names_a=names_a, names_b=names_b).to_frame("A", "B"),
+    res = permutation_test(A, B, "unbiased_cka", permutations=19, names_a=names_a, names_b=names_b)
+    interval = subsample_interval(A, B, "unbiased_cka", n_subsamples=5)
+    table = pd.concat([M.align_layers(A, B, "unbiased_cka", names_a=names_a, names_b=names_b).to_frame("A", "B"),
                        stats_columns(res, interval)], axis=1)
     assert list(table.columns[-len(STATS_COLUMNS):]) == list(STATS_COLUMNS)
     for i, a in enumerate(names_a):
@@ -398,9 +422,13 @@ def test_stats_columns_line_up_with_the_layer_table():
             row = table[(table.layer_a == a) & (table.layer_b == b)].iloc[0]
             assert row.score == res.scores[i, j]
             assert (row.p_value, row.null_mean, row.calibrated) == (res.p_value[i, j], res.null_mean[i, j], res.calibrated[i, j])
+            assert row.p_value_adjusted == res.p_value_adjusted[i, j] >= row.p_value
             assert (row.ci_low, row.ci_high) == (interval[0][i, j], interval[1][i, j])
-            assert row.chance_level == pytest.approx(4 / 29)
-    assert (table.p_value_best == res.p_value_best).all()
+            assert row.chance_level == 0.0
+    # p_value_best only on the best pair's row, which the layer table's "best" column marks
+    assert table.p_value_best.notna().sum() == 1
+    assert table.loc[table.best, "p_value_best"].iloc[0] == res.p_value_best
+    assert table.loc[table.best, ["layer_a", "layer_b"]].values.tolist() == [[names_a[res.best[0]], names_b[res.best[1]]]]
     only_ci = stats_columns(interval=interval)
     assert only_ci.p_value.isna().all() and not only_ci.ci_low.isna().any()
     with pytest.raises(RepalignError, match="same layers"):

@@ -1,28 +1,35 @@
 """Alignment metrics between two feature matrices whose row i is the same sample.
 
 Pure functions on arrays (no files, no models): kNN metrics (mutual_knn / mknn, cycle_knn,
-lcs_knn, edit_distance_knn), kernel metrics (cka, unbiased_cka, cka_rbf, cknna, hsic), svcca,
-distance_correlation; ``prepare`` for explicit preprocessing; the registry (``get_metric``,
-``metric_names``) and the layer engine (``align_layers``). Conventions: docs/metrics.md.
+lcs_knn, edit_distance_knn), kernel metrics (cka, unbiased_cka, cka_rbf, cknna, hsic), svcca
+(Raghu et al.) and svcca_platonic, distance_correlation and its bias-corrected version;
+``prepare`` for explicit preprocessing; the registry (``get_metric``, ``metric_names``,
+``register_metric``); the layer-state engine (``layer_state``, ``score``; :mod:`.engine`) and the
+layer matrix built on it (``align_layers``). Conventions, ties included: docs/metrics.md.
 """
 
-from repalign.metrics.cca import svcca
-from repalign.metrics.distance import distance_correlation
+from repalign.metrics.cca import svcca, svcca_platonic
+from repalign.metrics.distance import bias_corrected_distance_correlation, distance_correlation
+from repalign.metrics.engine import LayerState, layer_state, resolve_metrics, score
 from repalign.metrics.kernel import cka, cknna, hsic, unbiased_cka
 from repalign.metrics.knn import KnnState, cycle_knn, edit_distance_knn, lcs_knn, mknn, mutual_knn, nearest_neighbors
 from repalign.metrics.layers import LayerAlignment, align_layers, align_layers_multi, format_params
 from repalign.metrics.prepare import prepare
-from repalign.metrics.registry import METRICS, Metric, cka_rbf, get_metric, metric_names
+from repalign.metrics.registry import METRICS, Metric, cka_rbf, get_metric, metric_names, register_metric
 
 dcor = distance_correlation
+bcdcor = bias_corrected_distance_correlation
 
 __all__ = [
     "KnnState",
     "LayerAlignment",
+    "LayerState",
     "METRICS",
     "Metric",
     "align_layers",
     "align_layers_multi",
+    "bcdcor",
+    "bias_corrected_distance_correlation",
     "cka",
     "cka_rbf",
     "cknna",
@@ -33,12 +40,17 @@ __all__ = [
     "format_params",
     "get_metric",
     "hsic",
+    "layer_state",
     "lcs_knn",
     "metric_names",
     "mknn",
     "mutual_knn",
     "nearest_neighbors",
     "prepare",
+    "register_metric",
+    "resolve_metrics",
+    "score",
     "svcca",
+    "svcca_platonic",
     "unbiased_cka",
 ]

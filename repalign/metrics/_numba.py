@@ -115,115 +115,430 @@ def topk_numpy(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return order.astype(np.int64), np.take_along_axis(S, order, axis=1)
 
 
-# ----------------------------------------------------------------------------- list comparisons
+# ----------------------------------------------------------------------------- exact similarities
+@njit(cache=True, inline="always")
+def _dot64(x, y):
+    """Inner product summed in float64 in index order: the value depends only on the two rows
+    (not on BLAS blocking or thread count), and dot(x, y) == dot(y, x) exactly."""
+    s = 0.0
+    for t in range(x.shape[0]):
+        s += np.float64(x[t]) * np.float64(y[t])
+    return s
+
+
 @njit(parallel=True, cache=True)
-def overlap_counts(a, b):
-    """|a[i] ∩ b[i]| for every row (lists hold distinct indices)."""
-    n, k = a.shape
-    out = np.zeros(n, dtype=np.int64)
+def row_dots(X):
+    """_dot64 of every row with itself."""
+    out = np.empty(X.shape[0])
+    for i in prange(X.shape[0]):
+        out[i] = _dot64(X[i], X[i])
+    return out
+
+
+@njit(parallel=True, cache=True)
+def candidate_dots(Xr, r0, Xc, c0, ptr, cand, out):
+    """out[e] = _dot64(row u, row cand[e]) for the candidates e of rows u in [r0, r0 + len(Xr)) whose
+    candidate lies in [c0, c0 + len(Xc)); ``ptr`` is the CSR row pointer of the candidate lists."""
+    nc = Xc.shape[0]
+    for r in prange(Xr.shape[0]):
+        u = r0 + r
+        for e in range(ptr[u], ptr[u + 1]):
+            v = cand[e]
+            if c0 <= v < c0 + nc:
+                out[e] = _dot64(Xr[r], Xc[v - c0])
+
+
+@njit(parallel=True, cache=True)
+def pair_dots(Xq, qi, Xc, cj):
+    """_dot64(Xq[qi[t]], Xc[cj[t]]) for every t."""
+    out = np.empty(qi.shape[0])
+    for t in prange(qi.shape[0]):
+        out[t] = _dot64(Xq[qi[t]], Xc[cj[t]])
+    return out
+
+
+# ----------------------------------------------------------------------------- tie levels
+@njit(parallel=True, cache=True)
+def tie_levels(ptr, sims, mult, k, weight, level):
+    """Neighbour lists with ties, one CSR row per distinct row of the data.
+
+    Row u lists candidate groups e (ptr[u]..ptr[u+1]) with similarity sims[e] and mult[e] samples.
+    Groups are ranked by decreasing similarity; equal similarities form one level. Levels are
+    taken while fewer than k samples are above them; the level where the count reaches k (the
+    boundary, m samples, r = k − samples above it slots left) is taken with weight r/m: each of
+    its samples is a neighbour with probability r/m under uniformly random tie-breaking. Writes
+    weight[e] (1, r/m, or 0 = not a neighbour) and level[e] (rank of e's level, −1 if not taken).
+    """
+    for u in prange(ptr.shape[0] - 1):
+        s0 = ptr[u]
+        seg = sims[s0:ptr[u + 1]]
+        order = np.argsort(-seg, kind="mergesort")
+        above = 0
+        rank = 0
+        t = 0
+        done = False
+        while t < order.shape[0]:
+            value = seg[order[t]]
+            t2 = t
+            count = 0
+            while t2 < order.shape[0] and seg[order[t2]] == value:
+                count += mult[s0 + order[t2]]
+                t2 += 1
+            if done:
+                w = 0.0
+                lev = -1
+            elif above + count >= k:
+                r = k - above
+                w = 1.0 if r == count else r / count
+                lev = rank
+                done = True
+            else:
+                w = 1.0
+                lev = rank
+                above += count
+                rank += 1
+            for e in range(t, t2):
+                weight[s0 + order[e]] = w
+                level[s0 + order[e]] = lev
+            t = t2
+
+
+@njit(cache=True)
+def list_widths(group, ptr, mult, level):
+    """Entries of each sample's expanded list (members of every taken group, self excluded)."""
+    widths = np.zeros(ptr.shape[0] - 1, dtype=np.int64)
+    for u in range(ptr.shape[0] - 1):
+        for e in range(ptr[u], ptr[u + 1]):
+            if level[e] >= 0:
+                widths[u] += mult[e]
+    return widths
+
+
+@njit(parallel=True, cache=True)
+def expand_lists(group, mptr, members, ptr, cand, sims, weight, level, out_idx, out_sim, out_w, out_lev):
+    """Sample-level lists from the lists of distinct rows: sample i of group u gets every member j ≠ i
+    of each group taken in u's list, with that group's similarity, weight and level; rows sorted
+    by sample index and padded with index N (weight 0, level −1)."""
+    n, width = out_idx.shape
     for i in prange(n):
+        u = group[i]
         c = 0
-        for p in range(k):
-            v = a[i, p]
-            for q in range(b.shape[1]):
-                if b[i, q] == v:
-                    c += 1
-                    break
-        out[i] = c
-    return out
+        for e in range(ptr[u], ptr[u + 1]):
+            if level[e] < 0:
+                continue
+            v = cand[e]
+            for t in range(mptr[v], mptr[v + 1]):
+                j = members[t]
+                if j == i:
+                    continue
+                out_idx[i, c] = j
+                out_sim[i, c] = sims[e]
+                out_w[i, c] = weight[e]
+                out_lev[i, c] = level[e]
+                c += 1
+        order = np.argsort(out_idx[i, :c])
+        idx = out_idx[i, :c][order]
+        sim = out_sim[i, :c][order]
+        w = out_w[i, :c][order]
+        lev = out_lev[i, :c][order]
+        for t in range(c):
+            out_idx[i, t] = idx[t]
+            out_sim[i, t] = sim[t]
+            out_w[i, t] = w[t]
+            out_lev[i, t] = lev[t]
+        for t in range(c, width):
+            out_idx[i, t] = n
+            out_sim[i, t] = 0.0
+            out_w[i, t] = 0.0
+            out_lev[i, t] = -1
 
 
-def overlap_counts_numpy(a, b):
-    return np.array([len(set(x) & set(y)) for x, y in zip(a.tolist(), b.tolist())], dtype=np.int64)
+@njit(cache=True)
+def relabel_rows(idx, sim, w, lev, perm, inverse):
+    """Lists of X[perm] from the lists of X: row i is old row perm[i], labels renamed by inverse
+    (the padding label N stays N), each row re-sorted by its new labels."""
+    n, width = idx.shape
+    o_idx = np.empty_like(idx)
+    o_sim = np.empty_like(sim)
+    o_w = np.empty_like(w)
+    o_lev = np.empty_like(lev)
+    for i in range(n):
+        src = perm[i]
+        new = np.empty(width, dtype=np.int64)
+        for t in range(width):
+            j = idx[src, t]
+            new[t] = n if j >= n else inverse[j]
+        order = np.argsort(new)
+        for t in range(width):
+            o_idx[i, t] = new[order[t]]
+            o_sim[i, t] = sim[src, order[t]]
+            o_w[i, t] = w[src, order[t]]
+            o_lev[i, t] = lev[src, order[t]]
+    return o_idx, o_sim, o_w, o_lev
+
+
+# ----------------------------------------------------------------------------- list comparisons
+@njit(cache=True, inline="always")
+def _find(row, value):
+    """Position of value in the ascending row (padding N sorts last), or −1."""
+    lo = 0
+    hi = row.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if row[mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < row.shape[0] and row[lo] == value:
+        return lo
+    return -1
 
 
 @njit(parallel=True, cache=True)
-def cycle_hits(a, b):
-    """hit[i] = 1 if i is in a[j] for some j in b[i] (a Y-neighbour of i has i as an X-neighbour)."""
-    n, k = a.shape
-    out = np.zeros(n, dtype=np.int64)
+def expected_overlap(ai, aw, bi, bw):
+    """Σ_j aw_ij·bw_ij over the labels j in both rows: the expected |N_X(i) ∩ N_Y(i)| under
+    independent random tie-breaking on the two sides (rows sorted by label).
+
+    A row's weights are 1 or its boundary weight α (likewise 1 or β), so the sum is formed from
+    integer counts as c11 + c1β·β + cα1·α + cαβ·αβ: exactly the same whatever the labels' order."""
+    n, wa = ai.shape
+    wb = bi.shape[1]
+    out = np.zeros(n)
     for i in prange(n):
-        hit = 0
-        for q in range(b.shape[1]):
-            j = b[i, q]
-            for p in range(k):
-                if a[j, p] == i:
-                    hit = 1
-                    break
-            if hit:
+        p = 0
+        q = 0
+        alpha = 1.0
+        beta = 1.0
+        c11 = 0
+        c1b = 0
+        ca1 = 0
+        cab = 0
+        while p < wa and q < wb:
+            x = ai[i, p]
+            y = bi[i, q]
+            if x >= n or y >= n:
                 break
-        out[i] = hit
-    return out
-
-
-def cycle_hits_numpy(a, b):
-    return np.array([int(any(i in set(a[j].tolist()) for j in b[i].tolist())) for i in range(len(a))], dtype=np.int64)
-
-
-@njit(parallel=True, cache=True)
-def lcs_lengths(a, b):
-    """Longest common subsequence length of the ordered lists a[i] and b[i]."""
-    n, ka = a.shape
-    kb = b.shape[1]
-    out = np.zeros(n, dtype=np.int64)
-    for i in prange(n):
-        prev = np.zeros(kb + 1, dtype=np.int64)
-        cur = np.zeros(kb + 1, dtype=np.int64)
-        for p in range(1, ka + 1):
-            for q in range(1, kb + 1):
-                if a[i, p - 1] == b[i, q - 1]:
-                    cur[q] = prev[q - 1] + 1
+            if x == y:
+                sure_a = aw[i, p] >= 1.0
+                sure_b = bw[i, q] >= 1.0
+                if not sure_a:
+                    alpha = aw[i, p]
+                if not sure_b:
+                    beta = bw[i, q]
+                if sure_a and sure_b:
+                    c11 += 1
+                elif sure_a:
+                    c1b += 1
+                elif sure_b:
+                    ca1 += 1
                 else:
-                    cur[q] = max(prev[q], cur[q - 1])
-            for q in range(kb + 1):
-                prev[q] = cur[q]
-        out[i] = prev[kb]
+                    cab += 1
+                p += 1
+                q += 1
+            elif x < y:
+                p += 1
+            else:
+                q += 1
+        out[i] = c11 + c1b * beta + ca1 * alpha + cab * (alpha * beta)
+    return out
+
+
+def _dense(idx, values, n):
+    out = np.zeros((n, n + 1))
+    np.put_along_axis(out, idx, values, axis=1)
+    return out[:, :n]
+
+
+def expected_overlap_numpy(ai, aw, bi, bw):
+    n = ai.shape[0]
+    return (_dense(ai, aw, n) * _dense(bi, bw, n)).sum(axis=1)
+
+
+@njit(parallel=True, cache=True)
+def cycle_probabilities(ai, aw, bi, bw, k):
+    """P(i ∈ N_X(j) for some j ∈ N_Y(i)) under independent random tie-breaking of every list.
+
+    The Y-list of i holds f sure members and a uniformly random r-subset of its m tied members
+    (r = k − f); with q_j = 1 − P(i ∈ N_X(j)), the probability of no hit is
+    Π_sure q_j · e_r(q_tied) / C(m, r), e_r the elementary symmetric polynomial, computed by the
+    recurrence M(t, s) = ((t − s)/t)·M(t − 1, s) + (s/t)·q_t·M(t − 1, s − 1) of its mean form.
+    """
+    n, wb = bi.shape
+    out = np.zeros(n)
+    for i in prange(n):
+        sure = 1.0
+        fixed = 0
+        sure_q = np.empty(wb)
+        n_sure = 0
+        q = np.empty(wb)
+        m = 0
+        for t in range(wb):
+            j = bi[i, t]
+            if j >= n:
+                break
+            pos = _find(ai[j], i)
+            p_in = aw[j, pos] if pos >= 0 else 0.0
+            if bw[i, t] >= 1.0:
+                fixed += 1
+                if p_in >= 1.0:
+                    sure = 0.0
+                elif p_in > 0.0:
+                    sure_q[n_sure] = 1.0 - p_in
+                    n_sure += 1
+            else:
+                q[m] = 1.0 - p_in
+                m += 1
+        for t in np.sort(sure_q[:n_sure]):
+            sure *= t
+        r = k - fixed
+        # sorted factors: the result does not depend on the order of the labels
+        q = np.sort(q[:m])
+        mean = np.zeros(r + 1)
+        mean[0] = 1.0
+        for t in range(1, m + 1):
+            for s in range(min(t, r), 0, -1):
+                mean[s] = ((t - s) / t) * mean[s] + (s / t) * q[t - 1] * mean[s - 1]
+        out[i] = 1.0 - sure * mean[r]
+    return out
+
+
+def cycle_probabilities_numpy(ai, aw, bi, bw, k):
+    """Twin by enumeration of the r-subsets of each Y-list's tied members (small cases only)."""
+    import itertools
+
+    n = ai.shape[0]
+    A = _dense(ai, aw, n)  # A[j, i] = P(i in N_X(j))
+    out = np.zeros(n)
+    for i in range(n):
+        row = [(j, w) for j, w in zip(bi[i], bw[i]) if j < n]
+        sure = [j for j, w in row if w >= 1.0]
+        tied = [j for j, w in row if w < 1.0]
+        r = k - len(sure)
+        base = np.prod([1.0 - A[j, i] for j in sure])
+        subsets = list(itertools.combinations(tied, r))
+        miss = np.mean([np.prod([1.0 - A[j, i] for j in s]) for s in subsets]) if subsets else 1.0
+        out[i] = 1.0 - base * miss
+    return out
+
+
+@njit(cache=True)
+def _group_grid(ai, aw, alev, bi, bw, blev, i):
+    """Overlap grid c[p, q] = Σ_j aw·bw over labels j in level p of row i of A and level q of B,
+    and the level sizes (sum of weights: members, or r for the boundary level)."""
+    n = ai.shape[0]
+    na = 0
+    for t in range(ai.shape[1]):
+        if alev[i, t] + 1 > na:
+            na = alev[i, t] + 1
+    nb = 0
+    for t in range(bi.shape[1]):
+        if blev[i, t] + 1 > nb:
+            nb = blev[i, t] + 1
+    c = np.zeros((na, nb))
+    size_a = np.zeros(na)
+    size_b = np.zeros(nb)
+    for t in range(bi.shape[1]):
+        if bi[i, t] < n:
+            size_b[blev[i, t]] += bw[i, t]
+    for t in range(ai.shape[1]):
+        j = ai[i, t]
+        if j >= n:
+            break
+        size_a[alev[i, t]] += aw[i, t]
+        q = _find(bi[i], j)
+        if q >= 0:
+            c[alev[i, t], blev[i, q]] += aw[i, t] * bw[i, q]
+    return c, size_a, size_b
+
+
+@njit(parallel=True, cache=True)
+def group_lcs(ai, aw, alev, bi, bw, blev):
+    """Longest common subsequence of the two rows' sequences of tie levels, matching level with
+    level (one-to-one, in order) for a gain of their expected overlap. Without ties every level
+    holds one neighbour and this is the LCS of the ordered lists."""
+    n = ai.shape[0]
+    out = np.zeros(n)
+    for i in prange(n):
+        c, size_a, size_b = _group_grid(ai, aw, alev, bi, bw, blev, i)
+        na, nb = c.shape
+        dp = np.zeros((na + 1, nb + 1))
+        for p in range(1, na + 1):
+            for q in range(1, nb + 1):
+                dp[p, q] = max(dp[p - 1, q], dp[p, q - 1], dp[p - 1, q - 1] + c[p - 1, q - 1])
+        out[i] = dp[na, nb]
     return out
 
 
 @njit(parallel=True, cache=True)
-def levenshtein_distances(a, b):
-    """Levenshtein distance (unit insert / delete / substitute) between a[i] and b[i]."""
-    n, ka = a.shape
-    kb = b.shape[1]
-    out = np.zeros(n, dtype=np.int64)
+def group_levenshtein(ai, aw, alev, bi, bw, blev):
+    """Levenshtein distance between the rows' sequences of tie levels: deleting or inserting a level
+    costs its size, aligning level P with level Q costs max(|P|, |Q|) − overlap(P, Q) (matched
+    members free, the rest substituted, the size difference inserted or deleted). Without ties
+    this is the unit-cost Levenshtein distance of the ordered lists."""
+    n = ai.shape[0]
+    out = np.zeros(n)
     for i in prange(n):
-        prev = np.arange(kb + 1).astype(np.int64)
-        cur = np.zeros(kb + 1, dtype=np.int64)
-        for p in range(1, ka + 1):
-            cur[0] = p
-            for q in range(1, kb + 1):
-                cost = 0 if a[i, p - 1] == b[i, q - 1] else 1
-                cur[q] = min(prev[q] + 1, cur[q - 1] + 1, prev[q - 1] + cost)
-            for q in range(kb + 1):
-                prev[q] = cur[q]
-        out[i] = prev[kb]
+        c, size_a, size_b = _group_grid(ai, aw, alev, bi, bw, blev, i)
+        na, nb = c.shape
+        d = np.zeros((na + 1, nb + 1))
+        for p in range(1, na + 1):
+            d[p, 0] = d[p - 1, 0] + size_a[p - 1]
+        for q in range(1, nb + 1):
+            d[0, q] = d[0, q - 1] + size_b[q - 1]
+        for p in range(1, na + 1):
+            for q in range(1, nb + 1):
+                d[p, q] = min(d[p - 1, q] + size_a[p - 1], d[p, q - 1] + size_b[q - 1],
+                              d[p - 1, q - 1] + max(size_a[p - 1], size_b[q - 1]) - c[p - 1, q - 1])
+        out[i] = d[na, nb]
     return out
 
 
-def _lcs_py(x, y):
-    table = [[0] * (len(y) + 1) for _ in range(len(x) + 1)]
-    for p in range(1, len(x) + 1):
-        for q in range(1, len(y) + 1):
-            table[p][q] = table[p - 1][q - 1] + 1 if x[p - 1] == y[q - 1] else max(table[p - 1][q], table[p][q - 1])
-    return table[-1][-1]
+def _levels_numpy(idx, w, lev, n):
+    """Per row: list of (set of labels, weight of each, size) per level, in level order."""
+    rows = []
+    for r_idx, r_w, r_lev in zip(idx.tolist(), w.tolist(), lev.tolist()):
+        levels: dict = {}
+        for j, x, l in zip(r_idx, r_w, r_lev):
+            if j < n:
+                levels.setdefault(l, {})[j] = x
+        rows.append([levels[l] for l in sorted(levels)])
+    return rows
 
 
-def _levenshtein_py(x, y):
-    table = [[p + q if p == 0 or q == 0 else 0 for q in range(len(y) + 1)] for p in range(len(x) + 1)]
-    for p in range(1, len(x) + 1):
-        for q in range(1, len(y) + 1):
-            table[p][q] = min(table[p - 1][q] + 1, table[p][q - 1] + 1, table[p - 1][q - 1] + (x[p - 1] != y[q - 1]))
-    return table[-1][-1]
+def _grid_numpy(la, lb):
+    c = np.array([[sum(wa * P_b[j] for j, wa in P_a.items() if j in P_b) for P_b in lb] for P_a in la]).reshape(len(la), len(lb))
+    return c, [sum(P.values()) for P in la], [sum(P.values()) for P in lb]
 
 
-def lcs_lengths_numpy(a, b):
-    return np.array([_lcs_py(x, y) for x, y in zip(a.tolist(), b.tolist())], dtype=np.int64)
+def group_lcs_numpy(ai, aw, alev, bi, bw, blev):
+    n = ai.shape[0]
+    out = []
+    for la, lb in zip(_levels_numpy(ai, aw, alev, n), _levels_numpy(bi, bw, blev, n)):
+        c, _, _ = _grid_numpy(la, lb)
+        dp = [[0.0] * (len(lb) + 1) for _ in range(len(la) + 1)]
+        for p in range(1, len(la) + 1):
+            for q in range(1, len(lb) + 1):
+                dp[p][q] = max(dp[p - 1][q], dp[p][q - 1], dp[p - 1][q - 1] + c[p - 1, q - 1])
+        out.append(dp[-1][-1])
+    return np.array(out)
 
 
-def levenshtein_distances_numpy(a, b):
-    return np.array([_levenshtein_py(x, y) for x, y in zip(a.tolist(), b.tolist())], dtype=np.int64)
-
+def group_levenshtein_numpy(ai, aw, alev, bi, bw, blev):
+    n = ai.shape[0]
+    out = []
+    for la, lb in zip(_levels_numpy(ai, aw, alev, n), _levels_numpy(bi, bw, blev, n)):
+        c, sa, sb = _grid_numpy(la, lb)
+        d = [[0.0] * (len(lb) + 1) for _ in range(len(la) + 1)]
+        for p in range(1, len(la) + 1):
+            d[p][0] = d[p - 1][0] + sa[p - 1]
+        for q in range(1, len(lb) + 1):
+            d[0][q] = d[0][q - 1] + sb[q - 1]
+        for p in range(1, len(la) + 1):
+            for q in range(1, len(lb) + 1):
+                d[p][q] = min(d[p - 1][q] + sa[p - 1], d[p][q - 1] + sb[q - 1],
+                              d[p - 1][q - 1] + max(sa[p - 1], sb[q - 1]) - c[p - 1, q - 1])
+        out.append(d[-1][-1])
+    return np.array(out)
 
 # ----------------------------------------------------------------------------- HSIC statistics
 @njit(cache=True)
@@ -246,64 +561,51 @@ def hsic_unbiased_numpy(K, L):
 
 
 @njit(cache=True)
-def _position(row, value):
-    for p in range(row.shape[0]):
-        if row[p] == value:
-            return p
-    return -1
+def masked_kernel_stats(ai, asim, aw, bi, bsim, bw):
+    """Statistics of A = M⊙K and B = M⊙L with M[i, j] = P_K(j ∈ N(i))·P_L(j ∈ N(i)).
 
-
-@njit(cache=True)
-def masked_kernel_stats(idx_k, sim_k, idx_l, sim_l):
-    """Statistics of A = M⊙K and B = M⊙L with M[i, j] = [j ∈ idx_k[i]]·[j ∈ idx_l[i]].
-
-    K[i, j] for j in idx_k[i] is sim_k[i, ·] (likewise L). Returns (tr(AB), 1ᵀA1, 1ᵀB1, 1ᵀAB1)
-    in float64; A and B have zero diagonals because neighbour lists exclude self. Passing the
-    same lists twice gives the statistics of mask_K⊙K with itself.
+    Rows hold neighbour labels sorted ascending (padding N), kernel values (K[i, j] = asim for j in
+    row i of ``ai``; likewise L) and inclusion probabilities (1 without ties). Returns
+    (tr(AB), 1ᵀA1, 1ᵀB1, 1ᵀAB1) in float64; A and B have zero diagonals because lists exclude
+    self. Passing the same lists twice gives the statistics of (P_K⊙P_K)⊙K with itself.
     """
-    n, k = idx_k.shape
+    n, width = ai.shape
     col_sum_a = np.zeros(n)
     row_sum_b = np.zeros(n)
     sum_a = 0.0
     sum_b = 0.0
     trace_ab = 0.0
     for i in range(n):
-        for p in range(k):
-            j = idx_k[i, p]
-            q = _position(idx_l[i], j)
+        for p in range(width):
+            j = ai[i, p]
+            if j >= n:
+                break
+            q = _find(bi[i], j)
             if q < 0:
                 continue
-            a_ij = sim_k[i, p]
-            b_ij = sim_l[i, q]
+            m_ij = aw[i, p] * bw[i, q]
+            a_ij = m_ij * asim[i, p]
+            b_ij = m_ij * bsim[i, q]
             sum_a += a_ij
             sum_b += b_ij
             col_sum_a[j] += a_ij
             row_sum_b[i] += b_ij
             # tr(AB) = Σ_ij A_ij B_ji: B_ji is non-zero only if i is in both lists of j.
-            pk = _position(idx_k[j], i)
-            if pk >= 0:
-                pl = _position(idx_l[j], i)
-                if pl >= 0:
-                    trace_ab += a_ij * sim_l[j, pl]
+            pa = _find(ai[j], i)
+            if pa >= 0:
+                pb = _find(bi[j], i)
+                if pb >= 0:
+                    trace_ab += a_ij * aw[j, pa] * bw[j, pb] * bsim[j, pb]
     sum_ab = 0.0
     for m in range(n):
         sum_ab += col_sum_a[m] * row_sum_b[m]
     return trace_ab, sum_a, sum_b, sum_ab
 
 
-def masked_kernel_stats_numpy(idx_k, sim_k, idx_l, sim_l):
+def masked_kernel_stats_numpy(ai, asim, aw, bi, bsim, bw):
     """Twin of :func:`masked_kernel_stats` with dense N×N masks and kernels."""
-    n = idx_k.shape[0]
-    rows = np.arange(n)[:, None]
-    K = np.zeros((n, n))
-    L = np.zeros((n, n))
-    K[rows, idx_k] = sim_k
-    L[rows, idx_l] = sim_l
-    mask_k = np.zeros((n, n), dtype=bool)
-    mask_l = np.zeros((n, n), dtype=bool)
-    mask_k[rows, idx_k] = True
-    mask_l[rows, idx_l] = True
-    M = mask_k & mask_l
-    A = np.where(M, K, 0.0)
-    B = np.where(M, L, 0.0)
+    n = ai.shape[0]
+    M = _dense(ai, aw, n) * _dense(bi, bw, n)
+    A = M * _dense(ai, asim, n)
+    B = M * _dense(bi, bsim, n)
     return np.trace(A @ B), A.sum(), B.sum(), (A @ B).sum()

@@ -75,3 +75,11 @@ def check_k(k, n: int, low: int = 1) -> int:
 def check_min_samples(n: int, minimum: int, what: str) -> None:
     if n < minimum:
         raise RepalignError(f"{what} needs at least {minimum} samples but got {n}; add samples")
+
+
+def check_permutation(perm, n: int) -> np.ndarray:
+    """perm as int64 if it is a permutation of 0..n-1, else a one-line RepalignError."""
+    perm = np.asarray(perm)
+    if perm.shape != (n,) or not np.issubdtype(perm.dtype, np.integer) or not np.array_equal(np.sort(perm), np.arange(n)):
+        raise RepalignError(f"perm must be a permutation of 0..{n - 1}; pass e.g. numpy.random.default_rng(seed).permutation({n})")
+    return np.ascontiguousarray(perm, dtype=np.int64)

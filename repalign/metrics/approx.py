@@ -1,9 +1,10 @@
 """Approximate nearest neighbours for very large N (optional: ``pip install 'repalign[faiss]'``).
 
-:func:`approximate_knn` returns neighbour lists in the :class:`~repalign.metrics.KnnState`
-convention (inner product, self excluded, decreasing similarity, ties to the lower index,
-similarities recomputed exactly in float64) together with their measured recall against exact
-lists on a random sample of queries, so every score computed from them can be reported with it.
+:func:`approximate_knn` returns neighbour lists as a :class:`~repalign.metrics.KnnState` (the
+tie-aware lists of :mod:`repalign.metrics.neighbors`: faiss only proposes the candidates among the
+distinct rows, which are then finished exactly as in the exact search) together with their
+measured recall against exact lists on a random sample of queries, so every score computed from
+them can be reported with it.
 
 Methods (Johnson, Douze & Jégou, 2019, "Billion-scale similarity search with GPUs", faiss):
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from repalign.errors import RepalignError
 from repalign.metrics._validate import as_features, check_int, check_k
-from repalign.metrics.knn import KnnState, knn_state
+from repalign.metrics.neighbors import DistinctRows, KnnState, build_knn_state, duplicate_groups, knn_state, row_digests
 
 KNN_METHODS = ("exact", "faiss-hnsw", "faiss-ivf")
 
@@ -57,45 +58,17 @@ def knn_recall(indices: np.ndarray, exact_indices: np.ndarray) -> float:
     return float(hits / (k * len(indices)))
 
 
-def _pair_similarities(X: np.ndarray, rows: np.ndarray, idx: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """float64 inner products of X[rows[i]] with X[idx[i, j]], in row chunks to bound memory."""
-    out = np.empty(idx.shape)
-    for s in range(0, len(rows), chunk):
-        q = X[rows[s:s + chunk]].astype(np.float64)
-        out[s:s + chunk] = np.einsum("ij,ikj->ik", q, X[idx[s:s + chunk]].astype(np.float64))
-    return out
-
-
-def _finish_lists(X: np.ndarray, raw: np.ndarray, k: int) -> KnnState:
-    """From faiss results (k+1 columns, -1 = missing): drop self, recompute similarities in float64, sort by the tie rule."""
-    n = X.shape[0]
-    rows = np.arange(n)[:, None]
-    raw = np.where((raw < 0) | (raw == rows), n, raw)  # self and missing become the sentinel n
-    # a missing entry (graph search found fewer than k+1 points) is rare: such rows are searched exactly
-    bad = np.flatnonzero((raw != n).sum(axis=1) < k)
-    # keep the k best non-sentinel candidates of each row, ordered by (-similarity, index)
-    cand = raw.copy()
-    valid = cand != n
-    sims = np.where(valid, _pair_similarities(X, np.arange(n), np.where(valid, cand, 0)), -np.inf)
-    order = np.lexsort((cand, -sims), axis=1)[:, :k]
-    idx = np.take_along_axis(cand, order, axis=1)
-    sim = np.take_along_axis(sims, order, axis=1)
-    if bad.size:
-        idx[bad] = exact_neighbors_of(X, bad, k)
-        sim[bad] = _pair_similarities(X, bad, idx[bad])
-    return KnnState(np.ascontiguousarray(idx), np.ascontiguousarray(sim))
-
-
 def approximate_knn(X, k=10, method="faiss-hnsw", *, hnsw_m=32, ef_construction=80, ef_search=128,
                     nlist=None, nprobe=16, recall_queries=1000, seed=0, threads=None) -> tuple[KnnState, float]:
     """Approximate k nearest neighbours of every row of X (inner product; cosine for unit rows).
 
     X should be prepared already (``prepare(X, "l2")``). Returns ``(state, recall)``: ``state`` is
-    a KnnState (indices int64 (N, k), similarities float64 (N, k), recomputed exactly; self
-    excluded; decreasing similarity, ties to the lower index) usable by every kNN metric, and
-    ``recall`` the mean |approximate ∩ exact| / k over ``recall_queries`` random rows (all rows
-    when N is smaller; exact lists by brute force with the same tie rule), i.e. the fraction of
-    true neighbours found. method="exact" gives the exact lists and recall 1.0.
+    a tie-aware KnnState usable by every kNN metric (faiss proposes candidates among the distinct
+    rows; similarities, ties and boundaries are then computed exactly, and rows whose boundary
+    lies near the last candidate are searched exactly), and ``recall`` the mean
+    |approximate ∩ exact| / k over ``recall_queries`` random rows (all rows when N is smaller;
+    exact lists by brute force, ties to the lower index), i.e. the fraction of true neighbours
+    found. method="exact" gives the exact lists and recall 1.0.
 
     hnsw_m, ef_construction, ef_search: HNSW graph degree and search widths (faiss-hnsw).
     nlist, nprobe: number of k-means cells (default round(4·√N), at most N/39 so each cell
@@ -113,31 +86,50 @@ def approximate_knn(X, k=10, method="faiss-hnsw", *, hnsw_m=32, ef_construction=
     faiss = _faiss()
     if threads is not None:
         faiss.omp_set_num_threads(check_int(threads, "threads", 1))
-    X32 = np.ascontiguousarray(X, dtype=np.float32)
-    search_k = min(k + 1, n)
-    if method == "faiss-hnsw":
-        hnsw_m = check_int(hnsw_m, "hnsw_m", 2)
-        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = check_int(ef_construction, "ef_construction", 1)
-        index.hnsw.efSearch = max(check_int(ef_search, "ef_search", 1), search_k)
-        index.add(X32)
-    else:
-        max_cells = max(1, n // 39)
-        if nlist is None:
-            nlist = int(min(max_cells, max(1, round(4 * np.sqrt(n)))))
-        nlist = check_int(nlist, "nlist", 1, n, f" (the number of k-means cells cannot exceed N = {n})")
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = int(seed)
-        index.train(X32)
-        index.add(X32)
-        index.nprobe = check_int(nprobe, "nprobe", 1, nlist, f" (at most nlist = {nlist})")
-    _, raw = index.search(X32, search_k)
-    state = _finish_lists(X, raw.astype(np.int64), k)
+
+    def search(rows, ks):
+        U = np.ascontiguousarray(next(rows.blocks())[1], dtype=np.float32)
+        g = U.shape[0]
+        if method == "faiss-hnsw":
+            index = faiss.IndexHNSWFlat(d, check_int(hnsw_m, "hnsw_m", 2), faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = check_int(ef_construction, "ef_construction", 1)
+            index.hnsw.efSearch = max(check_int(ef_search, "ef_search", 1), ks + 1)
+            index.add(U)
+        else:
+            cells = _nlist(nlist, g)
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, cells, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = int(seed)
+            index.train(U)
+            index.add(U)
+            index.nprobe = check_int(nprobe, "nprobe", 1, cells, f" (at most nlist = {cells})")
+        sims, raw = index.search(U, ks + 1)
+        rows_u = np.arange(g)[:, None]
+        valid = (raw >= 0) & (raw != rows_u)
+        # keep the ks best non-self candidates of each row, in faiss's (decreasing) order
+        order = np.argsort(~valid, axis=1, kind="stable")[:, :ks]
+        idx = np.where(np.take_along_axis(valid, order, axis=1), np.take_along_axis(raw, order, axis=1), g)
+        sim = np.where(idx < g, np.take_along_axis(sims, order, axis=1).astype(np.float64), -np.inf)
+        # a row with fewer than ks candidates (the graph search came up short) is searched exactly
+        short = np.flatnonzero((idx < g).sum(axis=1) < ks)
+        if short.size:
+            idx[short] = exact_neighbors_of(U, short, ks)
+            sim[short] = np.einsum("ij,ikj->ik", U[short].astype(np.float64), U[idx[short]].astype(np.float64))
+        return idx.astype(np.int64), sim
+
+    groups = duplicate_groups(row_digests(X))
+    state = build_knn_state(groups, DistinctRows.in_memory(np.ascontiguousarray(X[groups.first])), k, search,
+                            complete_search=False)
     rng = np.random.default_rng(seed)
     queries = np.arange(n) if n <= recall_queries else np.sort(rng.choice(n, recall_queries, replace=False))
-    recall = knn_recall(state.indices[queries], exact_neighbors_of(X, queries, k))
+    recall = knn_recall(state.ordered()[0][queries], exact_neighbors_of(X, queries, k))
     return state, recall
+
+
+def _nlist(nlist, n: int) -> int:
+    """k-means cells: default round(4·√N), at most N/39 so each cell trains on ≥ 39 points."""
+    if nlist is None:
+        nlist = int(min(max(1, n // 39), max(1, round(4 * np.sqrt(n)))))
+    return check_int(nlist, "nlist", 1, n, f" (the number of k-means cells cannot exceed the {n} distinct rows)")
 
 
 def check_knn_options(knn, **options) -> dict:

@@ -1,48 +1,110 @@
-"""SVCCA (Raghu et al., 2017), computed deterministically with exact SVD and exact CCA."""
+"""SVCCA, computed deterministically with exact SVD and exact CCA.
+
+Two variants:
+
+* :func:`svcca`, the definition of Raghu et al. (2017), "SVCCA: Singular Vector Canonical
+  Correlation Analysis for Deep Learning Dynamics and Interpretability": centre each feature, keep
+  the top singular directions that explain ``variance`` (99%) of each side's variance, and average
+  the canonical correlations of the two reduced subspaces.
+* :func:`svcca_platonic`, the variant of platonic-rep (minyoungg/platonic-rep, ``metrics.py``):
+  standardise each feature, keep a fixed number ``dim`` of singular directions.
+"""
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from repalign.errors import RepalignError
-from repalign.metrics._validate import as_pair, check_int
+from repalign.metrics._validate import as_pair, check_int, check_permutation
 
 
 @dataclass(frozen=True)
 class SvccaState:
-    """Orthonormal basis U (N, dim) of the top-``dim`` singular directions of the standardised features."""
+    """Orthonormal basis U (N, d) of the kept singular directions of the centred features."""
 
     basis: np.ndarray
 
+    @property
+    def n_samples(self) -> int:
+        return self.basis.shape[0]
 
-def svcca_state(X: np.ndarray, dim: int, side: str = "X") -> SvccaState:
+    def permuted(self, perm) -> "SvccaState":
+        """State of X[perm]: centring, standardising and the SVD commute with a row permutation."""
+        return SvccaState(self.basis[check_permutation(perm, self.n_samples)])
+
+
+def _centred_svd(X: np.ndarray, standardize: bool):
+    Z = X.astype(np.float64)
+    Z -= Z.mean(axis=0)
+    if standardize:
+        std = Z.std(axis=0, ddof=1) if Z.shape[0] > 1 else np.zeros(Z.shape[1])
+        Z[:, std > 0] /= std[std > 0]
+    U, s, _ = np.linalg.svd(Z, full_matrices=False)
+    tol = s[0] * max(Z.shape) * np.finfo(np.float64).eps if s.size and s[0] > 0 else np.inf
+    return U, s, int(np.count_nonzero(s > tol))
+
+
+def svcca_state(X: np.ndarray, variance: float = 0.99, side: str = "X") -> SvccaState:
+    """Raghu et al.'s SV step: the fewest top singular directions of the centred X whose squared
+    singular values reach ``variance`` of the total (internal: no checks)."""
+    U, s, rank = _centred_svd(X, standardize=False)
+    if rank == 0:
+        raise RepalignError(f"{side} has zero variance after centring (all rows identical); SVCCA is undefined, check the input")
+    share = np.cumsum(s[:rank] ** 2) / np.sum(s[:rank] ** 2)
+    dim = int(np.searchsorted(share, variance - 1e-12) + 1)
+    return SvccaState(U[:, :min(dim, rank)])
+
+
+def svcca_platonic_state(X: np.ndarray, dim: int, side: str = "X") -> SvccaState:
     """Top-``dim`` left singular vectors of X after standardising each feature (internal: no checks).
 
     Standardisation: subtract each column's mean and divide by its standard deviation
     (ddof=1); constant columns stay zero (platonic-rep divides by std + 1e-8, same effect).
     """
-    Z = X.astype(np.float64)
-    Z -= Z.mean(axis=0)
-    std = Z.std(axis=0, ddof=1) if Z.shape[0] > 1 else np.zeros(Z.shape[1])
-    Z[:, std > 0] /= std[std > 0]
-    U, s, _ = np.linalg.svd(Z, full_matrices=False)
-    tol = s[0] * max(Z.shape) * np.finfo(np.float64).eps if s.size and s[0] > 0 else np.inf
-    rank = int(np.count_nonzero(s > tol))
+    U, _, rank = _centred_svd(X, standardize=True)
     if rank < dim:
         raise RepalignError(f"{side} has rank {rank} after centring, below dim={dim}; lower dim to at most {rank}")
     return SvccaState(U[:, :dim])
 
 
 def svcca_from_states(a: SvccaState, b: SvccaState) -> float:
-    # Canonical correlations of two orthonormal bases are the singular values of UaᵀUb.
+    # Canonical correlations of two orthonormal (centred) bases are the singular values of UaᵀUb;
+    # there are min(da, db) of them.
     rho = np.linalg.svd(a.basis.T @ b.basis, compute_uv=False)
     return float(np.mean(np.clip(rho, 0.0, 1.0)))
 
 
-def svcca(X, Y, dim=10) -> float:
+def check_variance(variance) -> float:
+    if isinstance(variance, bool) or not isinstance(variance, numbers.Real) or not 0.0 < float(variance) <= 1.0:
+        raise RepalignError(f"variance={variance!r} is invalid; pass the share of variance the kept directions explain, in (0, 1], e.g. 0.99")
+    return float(variance)
+
+
+def svcca(X, Y, variance=0.99) -> float:
     """Singular-vector canonical correlation analysis (Raghu et al., 2017), deterministic.
+
+    1. Centre each feature of X and Y.
+    2. SV step: keep the top left singular vectors U_X (N, d_X) whose squared singular values
+       explain ``variance`` (default 99%) of X's total variance; likewise U_Y.
+    3. CCA step: the canonical correlations ρ_1..ρ_m, m = min(d_X, d_Y), of the two subspaces are
+       the singular values of U_Xᵀ U_Y; return their mean.
+
+    In [0, 1]. Caveat: when d_X + d_Y approaches N − 1 (wide layers, few samples) the two subspaces
+    share directions by dimension alone and the score approaches 1 for unrelated data; use N well
+    above the kept dimensions (``check_reliability`` warns). Exact LAPACK SVDs: reproducible.
+    """
+    X, Y = as_pair(X, Y)
+    if X.shape[0] < 2:
+        raise RepalignError(f"svcca needs at least 2 samples; got {X.shape[0]}")
+    variance = check_variance(variance)
+    return svcca_from_states(svcca_state(X, variance, "X"), svcca_state(Y, variance, "Y"))
+
+
+def svcca_platonic(X, Y, dim=10) -> float:
+    """SVCCA as platonic-rep computes it (``svcca`` in minyoungg/platonic-rep ``metrics.py``), deterministic.
 
     1. Standardise each feature (centre; divide by its sample std, ddof=1).
     2. SVD-reduce each side to its top ``dim`` left singular vectors U_X, U_Y (N, dim), by exact
@@ -50,14 +112,14 @@ def svcca(X, Y, dim=10) -> float:
     3. Return the mean of the ``dim`` canonical correlations between U_X and U_Y, i.e. the mean
        singular value of U_Xᵀ U_Y (the bases are orthonormal and centred).
 
-    Differences from platonic-rep's ``svcca``: it uses ``torch.svd_lowrank`` (randomised) and
-    scikit-learn's iterative ``CCA`` plus 1e-10 random jitter, so its value varies from run to run;
-    ours is exact and reproducible. Requires dim ≤ rank of each centred side (< N).
+    platonic-rep uses ``torch.svd_lowrank`` (randomised) and scikit-learn's iterative ``CCA`` plus
+    1e-10 random jitter, so its value varies from run to run; this one is exact and reproducible.
+    Requires dim ≤ rank of each centred side (< N).
     """
     X, Y = as_pair(X, Y)
     n = X.shape[0]
     limit = min(n - 1, X.shape[1], Y.shape[1])
     if limit < 1:
-        raise RepalignError(f"svcca needs at least 2 samples; got {n}")
+        raise RepalignError(f"svcca_platonic needs at least 2 samples; got {n}")
     dim = check_int(dim, "dim", 1, limit, f" (at most min(N - 1, Dx, Dy) = {limit}); lower dim")
-    return svcca_from_states(svcca_state(X, dim, "X"), svcca_state(Y, dim, "Y"))
+    return svcca_from_states(svcca_platonic_state(X, dim, "X"), svcca_platonic_state(Y, dim, "Y"))

@@ -18,7 +18,7 @@ import numpy as np
 
 from repalign.errors import RepalignError
 from repalign.metrics import _numba
-from repalign.metrics._validate import as_features, as_pair, check_k, check_min_samples
+from repalign.metrics._validate import as_features, as_pair, check_k, check_min_samples, check_permutation
 from repalign.metrics.knn import KnnState, knn_state
 
 KERNELS = ("linear", "rbf")
@@ -68,6 +68,22 @@ class KernelState:
     gram_total: float
     self_hsic: float
     sigma: float | None
+
+    @property
+    def n_samples(self) -> int:
+        return self.n
+
+    def permuted(self, perm) -> "KernelState":
+        """State of X[perm]: rows of the centred features and rows and columns of the Gram follow
+        the permutation; column means, totals and the self-HSIC do not change."""
+        perm = check_permutation(perm, self.n)
+        return dataclasses.replace(
+            self,
+            features=None if self.features is None else self.features[perm],
+            row_sq=None if self.row_sq is None else self.row_sq[perm],
+            gram=None if self.gram is None else self.gram[np.ix_(perm, perm)],
+            gram_row_sums=None if self.gram_row_sums is None else self.gram_row_sums[perm],
+        )
 
 
 def _median_distance(X: np.ndarray) -> float:
@@ -211,21 +227,23 @@ class CknnaState:
     knn: KnnState
     self_sim: float
 
+    @property
+    def n_samples(self) -> int:
+        return self.knn.n_samples
+
     def permuted(self, perm) -> "CknnaState":
         """State of X[perm]: relabelled lists; the self-term does not depend on sample order."""
         return CknnaState(self.knn.permuted(perm), self.self_sim)
 
 
 def cknna_state(X: np.ndarray, k: int, knn: KnnState | None = None) -> CknnaState:
-    """CKNNA statistics of one validated matrix; reuses ``knn`` lists if given (internal: no checks)."""
-    knn = knn_state(X, k) if knn is None else knn.truncated(k)
+    """CKNNA statistics of one validated matrix; reuses ``knn`` lists (same k) if given (internal: no checks)."""
+    knn = knn_state(X, k) if knn is None else knn
     return CknnaState(knn, _masked_hsic(knn, knn))
 
 
 def _masked_hsic(a: KnnState, b: KnnState) -> float:
-    idx_a = np.ascontiguousarray(a.indices)
-    idx_b = np.ascontiguousarray(b.indices)
-    stats = _numba.masked_kernel_stats(idx_a, np.ascontiguousarray(a.similarities), idx_b, np.ascontiguousarray(b.similarities))
+    stats = _numba.masked_kernel_stats(a.indices, a.similarities, a.weights, b.indices, b.similarities, b.weights)
     return float(_numba.hsic_unbiased_from_stats(*stats, float(a.n_samples)))
 
 
@@ -239,7 +257,8 @@ def cknna(X, Y, k=10) -> float:
     """Centered kernel nearest-neighbour alignment (Huh et al., 2024).
 
     With K = X Xᵀ, L = Y Yᵀ and mask_P[i, j] = 1 iff j is among the k nearest neighbours of i
-    under P (self excluded, ties to the lower index):
+    under P (self excluded; with exact ties at the k-th neighbour, the probability of that under
+    uniformly random tie-breaking, docs/metrics.md):
 
         sim(K, L) = HSIC_u(M ⊙ K, M ⊙ L),  M = mask_K ⊙ mask_L
         CKNNA     = sim(K, L) / √(sim(K, K) · sim(L, L))

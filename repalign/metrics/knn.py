@@ -2,77 +2,33 @@
 
 Neighbour convention (all four metrics): neighbours are ranked by the inner product of rows,
 i.e. cosine similarity once rows are L2-normalised (``prepare(X, normalize="l2")``, which
-:func:`repalign.metrics.align_layers` does by default); a sample is never its own neighbour;
-lists are ordered by decreasing similarity; equal similarities are broken in favour of the lower
-sample index. platonic-rep (minyoungg/platonic-rep, ``metrics.py``) uses the same ranking but
-leaves ties to ``torch.argsort``, so results can differ there only when exact ties occur.
+:func:`repalign.metrics.align_layers` does by default); a sample is never its own neighbour.
+Exact ties (duplicate rows above all) are part of the definition, not left to sample order: see
+:mod:`repalign.metrics.neighbors` and docs/metrics.md. Without ties the values are platonic-rep's
+(minyoungg/platonic-rep, ``metrics.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
 import numpy as np
 
 from repalign.errors import RepalignError
 from repalign.metrics import _numba
 from repalign.metrics._validate import as_features, as_pair, check_k
+from repalign.metrics.neighbors import DEFAULT_BLOCK, KnnState, knn_state
 
-# Rows per block of the similarity matrix: a float32 block is 16 MiB, small next to the features.
-DEFAULT_BLOCK = 2048
-
-
-@dataclass(frozen=True)
-class KnnState:
-    """Neighbour lists of one feature matrix, computed once and reused for every comparison.
-
-    indices: int64 (N, k), neighbours of each sample by decreasing similarity (ties: lower index).
-    similarities: float64 (N, k), the matching inner products (CKNNA uses them as kernel values).
-    """
-
-    indices: np.ndarray
-    similarities: np.ndarray
-
-    @property
-    def n_samples(self) -> int:
-        return self.indices.shape[0]
-
-    @property
-    def k(self) -> int:
-        return self.indices.shape[1]
-
-    def truncated(self, k: int) -> "KnnState":
-        """The lists of the k nearest neighbours (lists are sorted, so a prefix is exact)."""
-        if k > self.k:
-            raise RepalignError(f"neighbour lists hold k={self.k} entries but k={k} was asked; compute the state with a larger k")
-        return KnnState(self.indices[:, :k], self.similarities[:, :k])
-
-    def permuted(self, perm) -> "KnnState":
-        """State of X[perm] without a new neighbour search: sample i of the result is old sample perm[i].
-
-        Lists are relabelled, which is exact except that the order among exactly tied
-        neighbours keeps the old labels' order rather than the new lower-index rule.
-        """
-        perm = np.asarray(perm)
-        n = self.n_samples
-        if perm.shape != (n,) or not np.array_equal(np.sort(perm), np.arange(n)):
-            raise RepalignError(f"perm must be a permutation of 0..{n - 1}; pass e.g. numpy.random.default_rng(seed).permutation({n})")
-        inverse = np.empty(n, dtype=np.int64)
-        inverse[perm] = np.arange(n)
-        return KnnState(inverse[self.indices[perm]], self.similarities[perm])
-
-
-def knn_state(X: np.ndarray, k: int, block: int = DEFAULT_BLOCK) -> KnnState:
-    """Neighbour lists of an already validated matrix (internal: no checks)."""
-    indices, sims = _numba.topk_blocked(X, k, block)
-    return KnnState(indices, sims)
+__all__ = ["KnnState", "cycle_knn", "edit_distance_knn", "knn_state", "lcs_knn", "mknn", "mutual_knn", "nearest_neighbors"]
 
 
 def nearest_neighbors(X, k=10, block=DEFAULT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours of every row of X by inner product (cosine for unit rows).
 
-    Self excluded, lists by decreasing similarity, ties broken by the lower index. The search
-    runs over blocks of X Xᵀ, so memory is O(N·k + block²) rather than O(N²).
+    Self excluded, lists by decreasing similarity; samples tied with the k-th neighbour are taken
+    in increasing index (the kNN metrics themselves use every tied sample, weighted). The search
+    runs over blocks of X Xᵀ, so memory is O(N·k + block²) rather than O(N²); similarities are
+    float64 sums in index order.
 
     Returns (indices int64 (N, k), similarities float64 (N, k)).
     """
@@ -80,8 +36,7 @@ def nearest_neighbors(X, k=10, block=DEFAULT_BLOCK) -> tuple[np.ndarray, np.ndar
     k = check_k(k, X.shape[0])
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise RepalignError(f"block={block!r} is invalid; pass a positive number of rows, e.g. 2048")
-    state = knn_state(X, k, block)
-    return state.indices, state.similarities
+    return knn_state(X, k, block).ordered()
 
 
 def _states(X, Y, k):
@@ -91,24 +46,28 @@ def _states(X, Y, k):
 
 
 # ----------------------------------------------------------------------------- pair scores from states
+def _mean(values: np.ndarray) -> float:
+    """Correctly rounded mean (math.fsum): the same for any order of the samples."""
+    return math.fsum(values.tolist()) / values.shape[0]
+
+
 def mutual_knn_from_states(a: KnnState, b: KnnState, k: int) -> float:
-    counts = _numba.overlap_counts(a.indices[:, :k], b.indices[:, :k])
-    return float(counts.sum(dtype=np.float64) / (k * counts.shape[0]))
+    overlap = _numba.expected_overlap(a.indices, a.weights, b.indices, b.weights)
+    return _mean(overlap) / k
 
 
 def cycle_knn_from_states(a: KnnState, b: KnnState, k: int) -> float:
-    hits = _numba.cycle_hits(np.ascontiguousarray(a.indices[:, :k]), np.ascontiguousarray(b.indices[:, :k]))
-    return float(hits.mean(dtype=np.float64))
+    return _mean(_numba.cycle_probabilities(a.indices, a.weights, b.indices, b.weights, k))
 
 
 def lcs_knn_from_states(a: KnnState, b: KnnState, k: int) -> float:
-    lengths = _numba.lcs_lengths(a.indices[:, :k], b.indices[:, :k])
-    return float(lengths.mean(dtype=np.float64) / k)
+    lengths = _numba.group_lcs(a.indices, a.weights, a.levels, b.indices, b.weights, b.levels)
+    return _mean(lengths) / k
 
 
 def edit_distance_knn_from_states(a: KnnState, b: KnnState, k: int) -> float:
-    distances = _numba.levenshtein_distances(a.indices[:, :k], b.indices[:, :k])
-    return float(1.0 - distances.mean(dtype=np.float64) / k)
+    distances = _numba.group_levenshtein(a.indices, a.weights, a.levels, b.indices, b.weights, b.levels)
+    return 1.0 - _mean(distances) / k
 
 
 # ----------------------------------------------------------------------------- public metrics
@@ -117,9 +76,11 @@ def mutual_knn(X, Y, k=10) -> float:
 
         mknn = (1/N) Σ_i |N_X(i) ∩ N_Y(i)| / k
 
-    where N_X(i) are the k nearest neighbours of sample i in X (inner product, self excluded,
-    ties to the lower index). 1 means identical neighbourhoods; for independent X and Y the
-    expected value is k/(N-1). Same value as platonic-rep's ``mutual_knn``.
+    where N_X(i) are the k nearest neighbours of sample i in X (inner product, self excluded).
+    With exact ties at the k-th neighbour the score is its expectation under independent, uniformly
+    random tie-breaking in X and Y (docs/metrics.md). 1 means identical neighbourhoods; for
+    independent X and Y the expected value is k/(N-1). Same value as platonic-rep's ``mutual_knn``
+    when there are no ties.
     """
     a, b, k = _states(X, Y, k)
     return mutual_knn_from_states(a, b, k)
@@ -134,7 +95,8 @@ def cycle_knn(X, Y, k=10) -> float:
         cycle = (1/N) Σ_i [ ∃ j ∈ N_Y(i) : i ∈ N_X(j) ]
 
     Asymmetric in (X, Y). As in platonic-rep's ``cycle_knn`` (``knn_A[knn_B]``). cycle_knn(X, X)
-    is the fraction of samples having at least one mutual neighbour, which can be below 1.
+    is the fraction of samples having at least one mutual neighbour, which can be below 1. With
+    exact ties: the probability of the event under independent random tie-breaking of every list.
     """
     a, b, k = _states(X, Y, k)
     return cycle_knn_from_states(a, b, k)
@@ -146,7 +108,8 @@ def lcs_knn(X, Y, k=10) -> float:
         lcs = (1/N) Σ_i LCS(N_X(i), N_Y(i)) / k,  in [0, 1]
 
     platonic-rep's ``lcs_knn`` does NOT divide by k (it reports the raw mean length in [0, k]);
-    multiply our value by k to compare.
+    multiply our value by k to compare. With exact ties the lists are sequences of tie levels
+    (unordered sets) and levels are matched with levels (docs/metrics.md).
     """
     a, b, k = _states(X, Y, k)
     return lcs_knn_from_states(a, b, k)
@@ -158,7 +121,8 @@ def edit_distance_knn(X, Y, k=10) -> float:
         ed = 1 − (1/N) Σ_i Lev(N_X(i), N_Y(i)) / k,  in [0, 1]
 
     Unit cost for insertion, deletion and substitution of a neighbour index. Same value as
-    platonic-rep's ``edit_distance_knn``.
+    platonic-rep's ``edit_distance_knn`` without ties; with exact ties the lists are sequences of
+    tie levels (docs/metrics.md).
     """
     a, b, k = _states(X, Y, k)
     return edit_distance_knn_from_states(a, b, k)

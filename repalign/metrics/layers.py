@@ -8,16 +8,17 @@ redo both sides for each of the La×Lb pairs. Several metrics requested together
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from repalign.errors import RepalignError
-from repalign.metrics._validate import as_features, storage_array
-from repalign.metrics.prepare import check_prepare_options, prepare_valid
-from repalign.metrics.registry import Metric, get_metric
+from repalign.metrics._validate import as_features
+from repalign.metrics.engine import check_backend, layer_state, resolve_metrics, row_blocks, score_matrix
+from repalign.metrics.outofcore import count_rows
+from repalign.metrics.prepare import check_prepare_options
 
 
 def format_params(params: dict) -> str:
@@ -39,7 +40,9 @@ class LayerAlignment:
 
     scores: float64 (La, Lb); names_a / names_b: layer names; metric: canonical metric name;
     params: every effective parameter, preprocessing included (normalize, clip_quantile, k, ...);
-    n_samples: N. ``best`` is (row, col, score) of the highest score (first in row-major order).
+    n_samples: N. exclude: optional bool (La, Lb), pairs left out of the search for the best pair
+    (e.g. a layer with itself when a model is compared with itself). ``best`` is (row, col, score)
+    of the highest score among the other pairs (first in row-major order).
     """
 
     scores: np.ndarray
@@ -48,17 +51,22 @@ class LayerAlignment:
     metric: str
     params: dict[str, Any]
     n_samples: int
-    best: tuple[int, int, float] = field(init=False)
+    recall: dict | None = None  # approximate neighbours: {("a"|"b", layer): measured recall}
+    exclude: np.ndarray | None = None
 
-    def __post_init__(self):
-        flat = int(np.argmax(self.scores))
-        row, col = divmod(flat, self.scores.shape[1])
-        self.best = (row, col, float(self.scores[row, col]))
+    @property
+    def best(self) -> tuple[int, int, float]:
+        searched = self.scores if self.exclude is None else np.where(self.exclude, -np.inf, self.scores)
+        row, col = divmod(int(np.argmax(searched)), self.scores.shape[1])
+        return row, col, float(self.scores[row, col])
 
     def to_frame(self, model_a: str = "A", model_b: str = "B") -> pd.DataFrame:
         """Tidy table: one row per layer pair with columns
-        model_a, layer_a, model_b, layer_b, metric, params, score, n_samples."""
+        model_a, layer_a, model_b, layer_b, metric, params, score, n_samples, best."""
         la, lb = self.scores.shape
+        row, col, _ = self.best
+        best = np.zeros(la * lb, dtype=bool)
+        best[row * lb + col] = True
         return pd.DataFrame(
             {
                 "model_a": [model_a] * (la * lb),
@@ -69,6 +77,7 @@ class LayerAlignment:
                 "params": [format_params(self.params)] * (la * lb),
                 "score": self.scores.ravel().astype(np.float64),
                 "n_samples": np.full(la * lb, self.n_samples, dtype=np.int64),
+                "best": best,
             }
         )
 
@@ -102,39 +111,70 @@ def align_layers_multi(
     names_b=None,
     normalize="l2",
     clip_quantile=None,
+    *,
+    knn: str = "exact",
+    knn_options: dict | None = None,
+    block_rows: int | None = None,
+    n_samples: int | None = None,
     **params,
 ) -> list[LayerAlignment]:
     """Score every layer pair for several metrics, sharing per-layer work between them.
 
-    layers_a, layers_b: sequences of (N, D_l) matrices, row i the same sample everywhere.
-    Each layer is preprocessed once with :func:`repalign.metrics.prepare` (``normalize``,
-    ``clip_quantile``) and turned into one state per metric; side B's states are kept while side
-    A is streamed, so memory holds Lb + 1 layers' states. ``params`` go to every metric that
-    accepts them (e.g. ``k`` to the kNN metrics); a parameter no requested metric accepts is an
-    error. Passing the same array object
-    on both sides (e.g. ``layers_b=layers_a``) reuses its states.
+    layers_a, layers_b: sequences of (N, D_l) matrices, row i the same sample everywhere (with
+    ``block_rows``: block sources, see :func:`repalign.metrics.engine.layer_state`). Each layer is
+    preprocessed once with :func:`repalign.metrics.prepare` (``normalize``, ``clip_quantile``) and
+    turned into one state per metric by the layer-state engine (:mod:`repalign.metrics.engine`,
+    which also takes the neighbour backend: ``knn``, ``knn_options``, ``block_rows``); side B's
+    states are kept while side A is streamed, so memory holds Lb + 1 layers' states. ``params`` go
+    to every metric that accepts them (e.g. ``k`` to the kNN metrics); a parameter no requested
+    metric accepts is an error. Passing the same array object on both sides (e.g.
+    ``layers_b=layers_a``) reuses its states. ``n_samples``: N of block sources (counted when None).
 
-    Returns one LayerAlignment per metric, in the order requested.
+    Returns one LayerAlignment per metric, in the order requested; with approximate neighbours
+    each has ``recall`` {("a"|"b", layer name): recall}.
     """
     if isinstance(metrics, str):
         metrics = [metrics]
-    metric_objs: list[Metric] = [get_metric(m) for m in metrics]
-    if not metric_objs:
-        raise RepalignError("no metric requested; pass e.g. metrics=['mknn']")
-    accepted = set().union(*(m.params for m in metric_objs))
-    unknown = sorted(set(params) - accepted)
-    if unknown:
-        raise RepalignError(
-            f"parameter(s) {', '.join(unknown)} not accepted by metric(s) {', '.join(m.name for m in metric_objs)}; accepted: {', '.join(sorted(accepted)) or 'none'}"
-        )
-
     items_a = _layer_list(layers_a, "a")
     items_b = _layer_list(layers_b, "b")
     names_a = _names(names_a, len(items_a), "a")
     names_b = _names(names_b, len(items_b), "b")
-
-    # Validate every layer before any metric work, so bad input never yields partial results.
+    knn_options = check_backend(knn, block_rows, knn_options)
     check_prepare_options(normalize, clip_quantile)
+    # Validate every layer before any metric work, so bad input never yields partial results.
+    if block_rows is None:
+        n_samples = validate_layers(items_a, items_b, names_a, names_b)
+    elif n_samples is None:
+        n_samples = count_rows(row_blocks(items_a[0], block_rows), names_a[0])
+    resolved = resolve_metrics(metrics, n_samples, params)
+    options = dict(normalize=normalize, clip_quantile=clip_quantile, knn=knn, knn_options=knn_options,
+                   block_rows=block_rows, n_samples=n_samples)
+
+    states_b: dict[int, object] = {}
+    for item, name in zip(items_b, names_b):
+        if id(item) not in states_b:
+            states_b[id(item)] = layer_state(item, resolved, name=name, label=f"layer {name!r} of layers_b", **options)
+    sb = [states_b[id(item)] for item in items_b]
+    rows, recall = [], {}
+    for item, name in zip(items_a, names_a):
+        sa = states_b.get(id(item)) or layer_state(item, resolved, name=name, label=f"layer {name!r} of layers_a", **options)
+        recall[("a", name)] = sa.recall
+        rows.append([score_matrix(metric, p, m, [sa], sb)[0] for m, (metric, p) in enumerate(resolved)])
+    recall.update({("b", s.name): s.recall for s in sb})
+    extra = {"normalize": normalize, "clip_quantile": clip_quantile}
+    out = []
+    for m, (metric, p) in enumerate(resolved):
+        params_m = {**p, **extra, **({"knn": knn} if metric.is_knn and knn != "exact" else {})}
+        alignment = LayerAlignment(np.array([row[m] for row in rows]), list(names_a), list(names_b), metric.name,
+                                   params_m, int(n_samples))
+        if knn != "exact" and metric.is_knn:
+            alignment.recall = recall
+        out.append(alignment)
+    return out
+
+
+def validate_layers(items_a: list, items_b: list, names_a: list[str], names_b: list[str]) -> int:
+    """Check every layer is a valid (N, D) matrix with the same N; returns N."""
     n_samples = None
     for side, items, names in (("a", items_a, names_a), ("b", items_b, names_b)):
         for item, name in zip(items, names):
@@ -145,48 +185,7 @@ def align_layers_multi(
                 raise RepalignError(
                     f"layer {name!r} of layers_{side} has {X.shape[0]} samples but the first layer has {n_samples}; all layers must hold the same samples in the same order"
                 )
-    resolved = [m.resolve(n_samples, **{k: v for k, v in params.items() if k in m.params}) for m in metric_objs]
-
-    def layer_states(item, label: str) -> list:
-        """Preprocess one layer once and build the states of every requested metric from it.
-
-        Metrics with equal state keys get the same object (one neighbour search for mknn,
-        cycle_knn, cknna ... with the same k)."""
-        try:
-            X = prepare_valid(storage_array(item), normalize, clip_quantile)
-            cache: dict = {}
-            out = []
-            for metric, p in zip(metric_objs, resolved):
-                key = metric.state_key(p)
-                if key not in cache:
-                    cache[key] = metric.state(X, p, cache)
-                out.append(cache[key])
-            return out
-        except RepalignError as exc:
-            raise RepalignError(f"{label}: {exc}") from None
-
-    # Side B's states are kept; side A is streamed one layer at a time, so memory holds Lb + 1
-    # layers' states (N×N states such as distance matrices stay affordable). An array passed on
-    # both sides reuses its B states.
-    states_b: dict[int, list] = {}
-    for item, name in zip(items_b, names_b):
-        if id(item) not in states_b:
-            states_b[id(item)] = layer_states(item, f"layer {name!r} of layers_b")
-    scores = [np.empty((len(items_a), len(items_b))) for _ in metric_objs]
-    for i, (item, name_a) in enumerate(zip(items_a, names_a)):
-        states_a = states_b.get(id(item)) or layer_states(item, f"layer {name_a!r} of layers_a")
-        for m, (metric, p) in enumerate(zip(metric_objs, resolved)):
-            for j, (item_b, name_b) in enumerate(zip(items_b, names_b)):
-                try:
-                    scores[m][i, j] = metric.score(states_a[m], states_b[id(item_b)][m], p)
-                except RepalignError as exc:  # X / Y in the message are these two layers
-                    raise RepalignError(f"{metric.name} of layer {name_a!r} (X) with layer {name_b!r} (Y): {exc}") from None
-
-    preprocessing = {"normalize": normalize, "clip_quantile": clip_quantile}
-    return [
-        LayerAlignment(scores[m], list(names_a), list(names_b), metric.name, {**p, **preprocessing}, int(n_samples))
-        for m, (metric, p) in enumerate(zip(metric_objs, resolved))
-    ]
+    return int(n_samples)
 
 
 def align_layers(

@@ -6,8 +6,8 @@ iterator over row blocks (n_b, D) of one layer, always in the same sample order 
 Several passes are made over a source, so a one-shot iterator is refused.
 
 - :func:`blocked_knn_state` / :func:`blocked_nearest_neighbors`: exact k nearest neighbours with
-  memory O(N·k + block²), the same lists (bit for bit) as :func:`repalign.metrics.nearest_neighbors`
-  with the same ``block`` (it runs the same upper-triangular blocked search, rows fetched on demand).
+  memory O(N·k + block²) and the same tie-aware lists as the in-memory search for any block size
+  (the definition does not depend on BLAS blocking, :mod:`repalign.metrics.neighbors`).
 - :class:`LinearCkaStats` / :func:`streamed_linear_cka`: linear CKA from sufficient statistics
   accumulated over blocks, memory O(D_x·D_y) whatever N.
 
@@ -27,7 +27,15 @@ import numpy as np
 from repalign.errors import RepalignError
 from repalign.metrics import _numba
 from repalign.metrics._validate import as_features, check_k, check_min_samples
-from repalign.metrics.knn import DEFAULT_BLOCK, KnnState
+from repalign.metrics.neighbors import (
+    DEFAULT_BLOCK,
+    DistinctRows,
+    KnnState,
+    build_knn_state,
+    duplicate_groups,
+    exact_search,
+    row_digests,
+)
 from repalign.metrics.prepare import check_prepare_options, prepare_valid
 
 # Rows per update of the CKA statistics: (rows x D) float64 copies stay small next to D x D sums.
@@ -105,53 +113,58 @@ def count_rows(source, name: str = "source") -> int:
 # ----------------------------------------------------------------------------- exact kNN
 def blocked_knn_state(source, k: int = 10, normalize="l2", clip_quantile=None, block: int = DEFAULT_BLOCK,
                       n_samples: int | None = None, name: str = "layer") -> KnnState:
-    """Exact neighbour lists of a layer read in row blocks: the :class:`KnnState` of :func:`blocked_nearest_neighbors`."""
+    """Tie-aware neighbour lists of a layer read in row blocks: the same :class:`KnnState` as the
+    in-memory search gives (:mod:`repalign.metrics.neighbors`), whatever the block sizes.
+
+    Passes over the source: one to hash rows into duplicate groups, then the blocked search over
+    the distinct rows (about B²/2 block reads for B blocks), one more B² pass for the float64
+    similarities of the candidates, and a rare completion pass. Memory: O(N·k + block·D).
+    """
     _check_options(normalize, clip_quantile, allow_center=False, what="kNN")
     if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
         raise RepalignError(f"block={block!r} is invalid; pass a positive number of rows, e.g. 2048")
     source = as_block_source(source, name)
-    n = count_rows(source, name) if n_samples is None else int(n_samples)
-    k = check_k(k, n)
-    block = int(block)
     width: list = [None]
-    best_sim = np.full((n, k), -np.inf)
-    best_idx = np.full((n, k), n, dtype=np.int64)
-    seen = 0
-    # Same blocks and order as repalign.metrics._numba.topk_blocked: row block r against key blocks
-    # c >= r, each similarity block merged into the rows' and (transposed) the columns' lists.
-    for r_index, Xr in enumerate(_rechunk(_prepared_blocks(source, normalize, name, width), block)):
-        r0 = r_index * block
-        seen = r0 + Xr.shape[0]
-        if seen > n:
-            raise RepalignError(f"{name} yielded more than the {n} rows announced; the block source must give the same rows each pass")
-        for c_index, Xc in enumerate(_rechunk(_prepared_blocks(source, normalize, name, width), block)):
-            if c_index < r_index:
-                continue  # the pair (c, r) was merged when c was the row block
-            c0 = c_index * block
-            if c0 + Xc.shape[0] > n:
+    digests, norms = [], []
+    dtype = None
+    for X in _prepared_blocks(source, normalize, name, width):
+        dtype = X.dtype
+        digests.append(row_digests(X))
+        norms.append(np.sqrt(_numba.row_dots(X)))
+    n = sum(d.shape[0] for d in digests)
+    if n_samples is not None and n != int(n_samples):
+        raise RepalignError(f"{name} yielded {n} rows but {n_samples} were expected; the block source must give the same rows each pass")
+    k = check_k(k, n)
+    groups = duplicate_groups(np.concatenate(digests))
+    keep = np.zeros(n, dtype=bool)
+    keep[groups.first] = True
+
+    def distinct_blocks():
+        row0 = 0
+        out0 = 0
+        for X in _prepared_blocks(source, normalize, name, width):
+            if row0 + X.shape[0] > n:
                 raise RepalignError(f"{name} yielded more than the {n} rows announced; the block source must give the same rows each pass")
-            S = Xr @ Xc.T
-            _numba.topk_update_rows(S, r0, c0, best_sim, best_idx, c0 == r0)
-            _numba.topk_update_cols(S, r0, c0, best_sim, best_idx, c0 == r0)
-            del S  # so the next block's product does not coexist with this one (block² floats each)
-    if seen != n:
-        raise RepalignError(f"{name} yielded {seen} rows but {n} were expected; the block source must give the same rows each pass")
-    return KnnState(best_idx, best_sim)
+            D = np.ascontiguousarray(X[keep[row0:row0 + X.shape[0]]])
+            row0 += X.shape[0]
+            if D.shape[0]:
+                yield out0, D
+                out0 += D.shape[0]
+
+    rows = DistinctRows(distinct_blocks, groups.n_groups, width[0], dtype, np.concatenate(norms)[groups.first])
+    return build_knn_state(groups, rows, k, lambda r, ks: exact_search(r, ks, int(block)))
 
 
 def blocked_nearest_neighbors(source, k: int = 10, normalize="l2", block: int = DEFAULT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours of every row of a layer given as row blocks.
 
-    Same definition as :func:`repalign.metrics.nearest_neighbors` (inner product of the
-    ``normalize``-d rows, self excluded, decreasing similarity, ties to the lower index) and the
-    same result bit for bit when ``block`` is equal: the source's blocks are re-cut into ``block``
-    rows, and the upper triangle of X Xᵀ is formed block by block, each key block read again for
-    each query block (I/O: about B²/2 block reads for B blocks). Memory: O(N·k + block·D).
+    Same definition and the same lists as :func:`repalign.metrics.nearest_neighbors` (inner
+    product of the ``normalize``-d rows, self excluded, decreasing similarity, samples tied with
+    the k-th taken in increasing index), whatever ``block`` is. Memory: O(N·k + block·D).
 
     Returns (indices int64 (N, k), similarities float64 (N, k)).
     """
-    state = blocked_knn_state(source, k, normalize, None, block)
-    return state.indices, state.similarities
+    return blocked_knn_state(source, k, normalize, None, block).ordered()
 
 
 # ----------------------------------------------------------------------------- streamed linear CKA

@@ -8,13 +8,13 @@ pairwise ``score`` of two states, so layer matrices and permutation tests comput
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from repalign.errors import RepalignError
-from repalign.metrics import cca, distance, kernel, knn
-from repalign.metrics._validate import check_int, check_k, check_min_samples
+from repalign.metrics import cca, distance, kernel, knn, neighbors
+from repalign.metrics._validate import check_int, check_k, check_min_samples, check_permutation
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,13 @@ class Metric:
     name: canonical name. function: the public f(X, Y, **params) -> float. defaults: default
     value of every accepted parameter. fixed: parameters this entry pins (e.g. unbiased=True for
     ``unbiased_cka``), recorded with the scores but not settable. is_knn: built on neighbour
-    lists (takes ``k``). aliases: other accepted names.
+    lists (takes ``k``). aliases: other accepted names. bounds: (low, high), the range of the
+    score (intervals are clipped to it). interval: whether ``subsample_interval`` gives an interval
+    whose coverage was checked by simulation (only for estimators without a bias that depends on
+    N and the width: unbiased CKA and the bias-corrected distance correlation; not for kNN metrics
+    at fixed k, whose target moves with N), as a bool or a function of the resolved parameters.
+    biased: the score is not centred at 0 for unrelated data and has no closed-form chance level
+    (report it next to its permutation null mean); a bool or a function of the parameters.
     """
 
     name: str
@@ -34,11 +40,22 @@ class Metric:
     description: str
     fixed: Mapping[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
+    bounds: tuple[float, float] = (0.0, 1.0)
+    interval: bool | Callable[[Mapping[str, Any]], bool] = False
+    biased: bool | Callable[[Mapping[str, Any]], bool] = False
     _chance: Callable[[int, Mapping[str, Any]], float | None] | None = None
     _key: Callable[[Mapping[str, Any]], tuple] | None = None
     _state: Callable[..., Any] | None = None
     _score: Callable[[Any, Any, Mapping[str, Any]], float] | None = None
     _check: Callable[[int, Mapping[str, Any]], dict] | None = None
+
+    def has_interval(self, params: Mapping[str, Any]) -> bool:
+        """Whether subsampling intervals cover for this metric with these (resolved) parameters."""
+        return bool(self.interval(params) if callable(self.interval) else self.interval)
+
+    def is_biased(self, params: Mapping[str, Any]) -> bool:
+        """Whether the score sits above 0 for unrelated data without a closed-form chance level."""
+        return bool(self.biased(params) if callable(self.biased) else self.biased)
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -95,13 +112,22 @@ def _check_cka(n, p):
 
 
 def _check_svcca(n, p):
-    if n < 2:
-        raise RepalignError(f"svcca needs at least 2 samples; got {n}")
+    check_min_samples(n, 2, "svcca")
+    return {**p, "variance": cca.check_variance(p["variance"])}
+
+
+def _check_svcca_platonic(n, p):
+    check_min_samples(n, 2, "svcca_platonic")
     return {**p, "dim": check_int(p["dim"], "dim", 1, n - 1, f" (at most N - 1 = {n - 1}); lower dim")}
 
 
 def _check_dcor(n, p):
     check_min_samples(n, 2, "distance correlation")
+    return dict(p)
+
+
+def _check_bcdcor(n, p):
+    check_min_samples(n, 4, "bias-corrected distance correlation")
     return dict(p)
 
 
@@ -113,7 +139,7 @@ def _knn_key(p):
 def _knn_state(X, p, cache):
     key = ("knn", p["k"])
     if key not in cache:
-        cache[key] = knn.knn_state(X, p["k"])
+        cache[key] = neighbors.knn_state(X, p["k"])
     return cache[key]
 
 
@@ -144,9 +170,10 @@ def cka_rbf(X, Y, sigma=None, unbiased=False) -> float:
 
 
 _KNN = dict(is_knn=True, _key=_knn_key, _state=_knn_state, _check=_check_knn)
-_CKA = dict(is_knn=False, _key=_cka_key, _state=_cka_state, _score=lambda a, b, p: kernel.cka_from_states(a, b), _check=_check_cka)
+_CKA = dict(is_knn=False, _key=_cka_key, _state=_cka_state, _score=lambda a, b, p: kernel.cka_from_states(a, b), _check=_check_cka,
+            interval=lambda p: bool(p["unbiased"]), biased=lambda p: not p["unbiased"])
 
-METRICS: tuple[Metric, ...] = (
+_BUILTIN: list[Metric] = [
     Metric("mutual_knn", knn.mutual_knn, {"k": 10}, description="mean fraction of shared k nearest neighbours",
            aliases=("mknn",), _chance=lambda n, p: p["k"] / (n - 1), _score=_knn_score(knn.mutual_knn_from_states), **_KNN),
     Metric("cycle_knn", knn.cycle_knn, {"k": 10}, description="fraction of samples reached back through a Y-neighbour's X-neighbours",
@@ -158,23 +185,97 @@ METRICS: tuple[Metric, ...] = (
     Metric("cka", kernel.cka, {"kernel": "linear", "sigma": None, "unbiased": False}, description="centered kernel alignment (biased HSIC unless unbiased=True)",
            aliases=("linear_cka", "cka_linear"), **_CKA),
     Metric("unbiased_cka", kernel.unbiased_cka, {"kernel": "linear", "sigma": None}, fixed={"unbiased": True},
-           description="CKA with the unbiased HSIC of Song et al. (2012)", aliases=("ucka",), _chance=lambda n, p: 0.0, **_CKA),
+           description="CKA with the unbiased HSIC of Song et al. (2012)", aliases=("ucka",), _chance=lambda n, p: 0.0,
+           bounds=(-1.0, 1.0), **_CKA),
     Metric("cka_rbf", cka_rbf, {"sigma": None, "unbiased": False}, fixed={"kernel": "rbf"},
            description="CKA with an RBF kernel (sigma: median pairwise distance when None)", aliases=("rbf_cka",), **_CKA),
     Metric("cknna", kernel.cknna, {"k": 10}, is_knn=True, description="CKA restricted to mutual k-nearest-neighbour pairs (unbiased HSIC)",
-           _key=lambda p: ("cknna", p["k"]), _state=_cknna_state, _score=lambda a, b, p: kernel.cknna_from_states(a, b), _check=_check_cknna),
-    Metric("svcca", cca.svcca, {"dim": 10}, is_knn=False, description="mean canonical correlation of the top-dim SVD directions",
-           _key=lambda p: ("svcca", p["dim"]), _state=lambda X, p, c: cca.svcca_state(X, p["dim"]),
-           _score=lambda a, b, p: cca.svcca_from_states(a, b), _check=_check_svcca),
-    Metric("distance_correlation", distance.distance_correlation, {}, is_knn=False, description="Székely's distance correlation (V-statistic)",
+           _key=lambda p: ("cknna", p["k"]), _state=_cknna_state, _score=lambda a, b, p: kernel.cknna_from_states(a, b), _check=_check_cknna,
+           bounds=(-1.0, 1.0)),
+    Metric("svcca", cca.svcca, {"variance": 0.99}, is_knn=False,
+           description="mean canonical correlation of the singular directions explaining 99% of variance (Raghu et al. 2017)",
+           _key=lambda p: ("svcca", p["variance"]), _state=lambda X, p, c: cca.svcca_state(X, p["variance"]),
+           _score=lambda a, b, p: cca.svcca_from_states(a, b), _check=_check_svcca, biased=True),
+    Metric("svcca_platonic", cca.svcca_platonic, {"dim": 10}, is_knn=False,
+           description="platonic-rep's SVCCA: standardised features, top-dim singular directions",
+           _key=lambda p: ("svcca_platonic", p["dim"]), _state=lambda X, p, c: cca.svcca_platonic_state(X, p["dim"]),
+           _score=lambda a, b, p: cca.svcca_from_states(a, b), _check=_check_svcca_platonic, biased=True),
+    Metric("distance_correlation", distance.distance_correlation, {}, is_knn=False, description="Székely's distance correlation (V-statistic, biased)",
            aliases=("dcor",), _key=lambda p: ("dcor",), _state=lambda X, p, c: distance.distance_state(X),
-           _score=lambda a, b, p: distance.distance_correlation_from_states(a, b), _check=_check_dcor),
-)
+           _score=lambda a, b, p: distance.distance_correlation_from_states(a, b), _check=_check_dcor, biased=True),
+    Metric("bias_corrected_distance_correlation", distance.bias_corrected_distance_correlation, {}, is_knn=False,
+           description="bias-corrected squared distance correlation R* (Székely & Rizzo 2014)", aliases=("bcdcor",),
+           _chance=lambda n, p: 0.0, _key=lambda p: ("bcdcor",), _state=lambda X, p, c: distance.u_centred_state(X),
+           _score=lambda a, b, p: distance.bias_corrected_distance_correlation_from_states(a, b), _check=_check_bcdcor,
+           bounds=(-1.0, 1.0), interval=True),
+]
 
 _BY_NAME: dict[str, Metric] = {}
-for _metric in METRICS:
-    for _name in (_metric.name, *_metric.aliases):
-        _BY_NAME[_name] = _metric
+METRICS: list[Metric] = []  # built-in metrics, then those added by register_metric
+
+
+def _add(metric: Metric) -> None:
+    for name in (metric.name, *metric.aliases):
+        _BY_NAME[name] = metric
+    METRICS.append(metric)
+
+
+for _metric in _BUILTIN:
+    _add(_metric)
+
+
+@dataclass(frozen=True)
+class ArrayState:
+    """State of a user-registered metric: the preprocessed layer itself."""
+
+    X: np.ndarray
+
+    @property
+    def n_samples(self) -> int:
+        return self.X.shape[0]
+
+    def permuted(self, perm) -> "ArrayState":
+        return ArrayState(self.X[check_permutation(perm, self.n_samples)])
+
+
+def register_metric(name: str, function: Callable[..., float], *, defaults: Mapping[str, Any] | None = None,
+                    aliases: Sequence[str] = (), description: str = "", bounds: tuple[float, float] = (0.0, 1.0),
+                    chance: Callable[[int, Mapping[str, Any]], float] | None = None, interval: bool = False,
+                    biased: bool = False) -> Metric:
+    """Add a metric ``function(X, Y, **params) -> float`` to the registry.
+
+    It then works everywhere a built-in metric does: :func:`repalign.metrics.align_layers`,
+    ``repalign compare --metric NAME`` (in the same process, e.g. a plugin imported first), the
+    permutation test and intervals of :mod:`repalign.stats`. X and Y arrive preprocessed
+    (``normalize``, ``clip_quantile``) as float arrays with row i the same sample. defaults: its
+    parameters and their default values. bounds: the score's range. chance: optional closed-form
+    expectation f(n_samples, params) for unrelated data. interval: True only if you have checked
+    that subsampling intervals cover for it. The name must not be taken.
+    """
+    key = str(name).strip().lower().replace("-", "_")
+    if not key.isidentifier():
+        raise RepalignError(f"metric name {name!r} is invalid; use letters, digits and '_' (e.g. 'my_metric')")
+    for alias in (key, *aliases):
+        if alias in _BY_NAME:
+            raise RepalignError(f"metric name {alias!r} is taken (by {_BY_NAME[alias].name}); choose another name")
+    if not callable(function):
+        raise RepalignError(f"function for metric {key!r} is not callable; pass f(X, Y, **params) -> float")
+    defaults = dict(defaults or {})
+
+    def _score(a, b, p):
+        value = function(a.X, b.X, **{k: v for k, v in p.items() if k in defaults})
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise RepalignError(f"metric {key} returned {type(value).__name__}, not a number") from None
+        return value
+
+    metric = Metric(key, function, defaults, is_knn=False, description=description or f"user metric {key}",
+                    aliases=tuple(aliases), bounds=tuple(bounds), interval=bool(interval), biased=bool(biased),
+                    _chance=chance, _key=lambda p: (key, tuple(sorted((k, repr(v)) for k, v in p.items()))),
+                    _state=lambda X, p, c: ArrayState(X), _score=_score)
+    _add(metric)
+    return metric
 
 
 def metric_names(aliases: bool = True) -> list[str]:
