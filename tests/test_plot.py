@@ -65,12 +65,15 @@ def test_heatmap_draws_the_table_and_marks_the_best_pair(table):
     ax = fig.axes[0]
     expected, la, lb = reference_matrix(table, "cka")
     np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), expected)
-    assert [t.get_text() for t in ax.get_yticklabels()] == la
-    assert [t.get_text() for t in ax.get_xticklabels()] == lb
+    # several stages on A's axis: the bracket names the stage, the tick the rest of the layer name
+    assert la == FOLD_LAYERS
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "", "0", "0", "1", "single"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == lb  # one stage: full names
     (best,) = [p for p in ax.patches if p.get_gid() == "best-pair"]
     i, j = np.unravel_index(np.argmax(expected), expected.shape)
     assert best.get_xy() == (j - 0.5, i - 0.5)
-    assert "cka" in fig.axes[1].get_ylabel() and "kernel=linear" in fig.axes[1].get_ylabel()
+    label = fig.axes[1].get_ylabel().replace("\n", " ")
+    assert "cka" in label and "kernel=linear" in label
     assert plot.hatched_cells(fig) == []  # no p_value column: nothing hatched
 
 
@@ -98,7 +101,7 @@ def test_heatmap_of_the_reversed_pair_is_the_transpose(table):
 
 def test_metric_aliases_resolve_to_the_stored_name(table):
     fig = plot.layer_heatmap(table, "mknn")
-    assert "mutual_knn" in fig.axes[1].get_ylabel()
+    assert "mutual_knn" in fig.axes[1].get_ylabel().replace("\n", " ")
 
 
 def test_layer_groups_follow_the_name_prefixes():
@@ -159,6 +162,7 @@ def test_calibrated_variant_draws_calibrated_scores(table):
     expected, _, _ = reference_matrix(t, "mutual_knn", "calibrated")
     np.testing.assert_allclose(np.asarray(fig.axes[0].images[0].get_array()), expected)
     assert fig.axes[1].get_ylabel().startswith("calibrated")
+    assert fig.axes[0].images[0].get_clim() == (0.0, 1.0)
     with pytest.raises(RepalignError, match="no calibrated scores"):
         plot.layer_heatmap(table, "cka", value="calibrated")
 
@@ -259,16 +263,19 @@ def test_figure_files_png_dpi_pdf_fonts_svg_text(table, tmp_path):
     with Image.open(tmp_path / "fig.png") as im:
         assert np.allclose(im.info["dpi"], (300, 300), atol=0.01)
         width_in = im.size[0] / 300
-    assert width_in == pytest.approx(3.5, abs=1 / 300)  # one journal column
+    assert width_in == pytest.approx(3.3, abs=1 / 300)  # one journal column
     pdf = (tmp_path / "fig.pdf").read_bytes()
     assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType (Type 42) embedded, no Type 3
     root = ET.parse(tmp_path / "fig.svg").getroot()
     texts = ["".join(e.itertext()) for e in root.iter("{http://www.w3.org/2000/svg}text")]
-    assert any("fold vs lm" in t for t in texts) and "esmc.0" in texts
+    assert any("fold vs lm" in t for t in texts) and "ESMC" in texts and "layer.0" in texts
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.pdf", "fig.png", "fig.svg"]  # no temporaries left
-    wide = plot.plot_table(table, tmp_path / "wide", "models", ["png"], metric="cka", columns=2)[0]
+    wide = plot.plot_table(table, tmp_path / "wide", "models", ["png"], metric="cka", width="double")[0]
     with Image.open(wide) as im:
-        assert im.size[0] / 300 == pytest.approx(7.2, abs=1 / 300)  # two columns
+        assert im.size[0] / 300 == pytest.approx(6.85, abs=1 / 300)  # two columns
+    points = plot.plot_table(table, tmp_path / "pt", "layers", ["png"], metric="cka", width=300)[0]
+    with Image.open(points) as im:
+        assert im.size[0] / 300 == pytest.approx(300 / 72, abs=1 / 300)
 
 
 def test_dots_in_the_stem_are_kept_and_files_are_not_private(table, tmp_path):
