@@ -9,11 +9,12 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, Locator
 
 from repalign.errors import RepalignError
 from repalign.plot.style import (FONT_PT, MARKER_COLOR, NOT_SIGNIFICANT_COLOR, SEQUENTIAL_CMAP, colour_bar,
-                                 colour_scale, figure_width, metric_label, new_figure, reference_note, style,
+                                 colour_scale, figure_renderer, figure_width, metric_label, new_figure, reference_note, style,
                                  text_size, value_column, wrap)
 from repalign.table import best_flags, metric_rows, numbers, pair_matrix, select_pair, significance_column
 
@@ -213,11 +214,13 @@ class _Brackets:
         n = self.groups[-1].stop
         length = self._length_pt()
         cell = length / n
-        line_h = text_size("Ag")[1]
-        if self.which == "y" or self.rotated:
-            sizes = [line_h for _ in self.groups]
-        else:
-            sizes = [text_size(g.label)[0] for g in self.groups]
+        fig = self.ax.figure
+        renderer = figure_renderer(fig)
+        to_pt = 72 / fig.dpi
+        # the drawn extents along the axis, padding and descent included
+        boxes = [Text.get_window_extent(label, renderer) for label in self.labels]  # without the leader line
+        sizes = [(b.height if self.which == "y" else b.width) * to_pt for b in boxes]
+        line_h = max(sizes) if self.which == "y" or self.rotated else text_size("Ag")[1]
         # positions measured from the first layer's edge along the axis, in points
         centres = [((g.start + g.stop) / 2) * cell for g in self.groups]
         margin = 0.5 * line_h
@@ -270,8 +273,11 @@ def finish_layout(fig, brackets: Sequence[_Brackets], own_figure: bool) -> None:
     for b in brackets:
         b.place()
     if own_figure:
-        # freeze: the labels were spread for these axes sizes
+        # labels moved past the axis ends can change the layout once more: place them again for the
+        # final axes, then keep that layout
         fig.draw_without_rendering()
+        for b in brackets:
+            b.place()
         fig.set_layout_engine("none")
 
 

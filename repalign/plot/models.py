@@ -162,12 +162,7 @@ def model_matrix(
         im = ax.imshow(s, cmap=SEQUENTIAL_CMAP, vmin=cscale.vmin, vmax=cscale.vmax, interpolation="nearest")
         for side in ("top", "right"):
             ax.spines[side].set_visible(True)
-        widest = max(text_size(n)[0] for n in names)
-        # names slanted when the cells are wide enough for slanted text, else upright
-        cell_guess = 0.55 * width_in * 72 / len(names)
-        slant = cell_guess >= 1.5 * text_size("Ag")[1] and widest > cell_guess
-        ax.set_xticks(range(len(names)), names, rotation=45 if slant else 90, ha="right" if slant else "center",
-                      rotation_mode="anchor" if slant else "default")
+        ax.set_xticks(range(len(names)), names, rotation=90)
         ax.set_yticks(range(len(names)), names)
         hatched = 0
         if p is not None:

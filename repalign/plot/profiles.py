@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from repalign.errors import RepalignError
 from repalign.plot.style import (CB_COLORS, NOT_SIGNIFICANT_COLOR, colour_scale, figure_width, metric_label,
@@ -230,6 +231,13 @@ def size_scores(
     return result.sort_values(["family", "size"], kind="stable").reset_index(drop=True)
 
 
+def _size_text(value: float) -> str:
+    for factor, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:g}{suffix}"
+    return f"{value:g}"
+
+
 def size_scaling(
     table: pd.DataFrame,
     metric: str | None = None,
@@ -255,6 +263,12 @@ def size_scaling(
             color = CB_COLORS[n % len(CB_COLORS)]
             ax.plot(part["size"], part["score"], marker="o", color=color, label=family, gid=f"size-{family}")
         ax.set_xscale("log")
+        # whole decades, labelled 10M, 100M, 1B: minor ticks unlabelled so no two labels collide
+        low, high = np.floor(np.log10(data["size"].min())), np.ceil(np.log10(data["size"].max()))
+        ax.set_xlim(10 ** (low - 0.05), 10 ** (high + 0.05))
+        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=12))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, pos: _size_text(v)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("model size (parameters)")
         _finish_lines(fig, ax, own, rows, f"{metric_label(rows)} vs {data.attrs['model_b']}", width_in, height, scale)
     return fig

@@ -96,13 +96,21 @@ def figure_width(width: str | float | int = "single") -> float:
 
 def new_figure(width, height_in: float, ax=None):
     """A bare Figure (no pyplot state, no GUI backend) of the given width and height, constrained layout."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     width_in = figure_width(width)
     if ax is not None:
         return ax.figure, ax
     fig = Figure(figsize=(width_in, height_in), layout="constrained")
+    FigureCanvasAgg(fig)  # a renderer for measuring text during the layout
     return fig, fig.subplots()
+
+
+def figure_renderer(fig):
+    """The renderer that draws ``fig`` (for measuring its texts)."""
+    canvas = fig.canvas
+    return canvas.get_renderer() if hasattr(canvas, "get_renderer") else fig._get_renderer()
 
 
 # ---- text -----------------------------------------------------------------------------------------
