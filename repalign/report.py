@@ -225,7 +225,7 @@ def summary_rows(table: pd.DataFrame, pairs: list[PairResult]) -> list[dict]:
     """One row per compared model pair and metric: best layer pair, score, chance level (or null
     mean), calibrated score, p-value adjusted for the layer search, interval."""
     from repalign.plot import best_rows
-    from repalign.table import check_table, metric_rows
+    from repalign.table import chance_levels, check_table, metric_rows
 
     if table.empty:
         return []
@@ -250,7 +250,7 @@ def summary_rows(table: pd.DataFrame, pairs: list[PairResult]) -> list[dict]:
             p = value("p_value_best")
             if np.isnan(p):
                 p = value("p_value_adjusted")
-            reference = value("chance_level")
+            reference = float(chance_levels(best)[0])
             what = "chance"
             if np.isnan(reference):
                 reference, what = value("null_mean"), "null mean"

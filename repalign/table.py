@@ -226,12 +226,52 @@ def best_flags(rows: pd.DataFrame) -> np.ndarray | None:
     return flags if flags.any() else None
 
 
+def _param_value(text: str):
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def chance_levels(rows: pd.DataFrame) -> np.ndarray:
+    """Each row's chance level: the ``chance_level`` column where it holds a value, else the metric's
+    closed form (:meth:`repalign.metrics.Metric.chance_level`) from the row's metric, params and
+    n_samples; NaN where neither exists (e.g. biased CKA, which has no closed form)."""
+    from repalign.metrics import get_metric
+
+    given = numbers(rows, "chance_level") if "chance_level" in rows.columns else np.full(len(rows), np.nan)
+    if np.isfinite(given).all() or "n_samples" not in rows.columns:
+        return given
+    out = given.copy()
+    memo: dict = {}
+    params = rows["params"] if "params" in rows.columns else pd.Series("", index=rows.index)
+    for i, (name, text, n) in enumerate(zip(rows["metric"], params, numbers(rows, "n_samples"))):
+        if np.isfinite(out[i]) or not np.isfinite(n):
+            continue
+        key = (name, text, n)
+        if key not in memo:
+            memo[key] = np.nan
+            try:
+                metric = get_metric(name)
+                pairs = [p.split("=", 1) for p in ("" if pd.isna(text) else str(text)).split(",") if "=" in p]
+                settable = {k: _param_value(v) for k, v in pairs if k in metric.params}
+                level = metric.chance_level(int(n), **settable)
+                memo[key] = np.nan if level is None else float(level)
+            except (RepalignError, TypeError, ValueError):
+                pass  # an unregistered metric or foreign parameters: no closed form here
+        out[i] = memo[key]
+    return out
+
+
 def reference_level(rows: pd.DataFrame) -> tuple[str, float, float] | None:
-    """What unrelated data would score, for reading a biased score: ('chance', level, level) from the
-    closed-form ``chance_level`` (its largest value, when pairs differ in N), else ('null mean',
-    low, high) over the ``null_mean`` column (permutation null), else None."""
-    if has_values(rows, "chance_level"):
-        level = float(np.nanmax(numbers(rows, "chance_level")))
+    """What unrelated data would score, for reading a biased score: ('chance', level, level) from
+    :func:`chance_levels` (the largest, when pairs differ in N), else ('null mean', low, high) over
+    the ``null_mean`` column (permutation null), else None."""
+    chance = chance_levels(rows)
+    if np.isfinite(chance).any():
+        level = float(np.nanmax(chance))
         return "chance", level, level
     if has_values(rows, "null_mean"):
         values = numbers(rows, "null_mean")
