@@ -256,7 +256,7 @@ def summary_rows(table: pd.DataFrame, pairs: list[PairResult]) -> list[dict]:
                 reference, what = value("null_mean"), "null mean"
             params = row["params"]
             out.append({
-                "pair": f"{row['model_a']} vs {row['model_b']}", "metric": f"{metric} ({params})" if params else metric,
+                "pair": f"{row['model_a']} vs {row['model_b']}", "metric": f"{metric} ({params.replace(',', ', ')})" if params else metric,
                 "samples": pair.n_samples, "best": f"{row['layer_a']} ~ {row['layer_b']}", "score": value("score"),
                 "reference": reference, "reference_kind": what if not np.isnan(reference) else "",
                 "calibrated": value("calibrated"), "p": p, "ci_low": value("ci_low"), "ci_high": value("ci_high"),
@@ -283,11 +283,11 @@ body { font-family: system-ui, sans-serif; font-size: 14px; line-height: 1.4; ma
        max-width: 72em; color: #222; overflow-wrap: anywhere; }
 h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; margin-top: 2em; }
 table { border-collapse: collapse; font-size: 12px; } th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: left; }
-th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+th { background: #f3f3f3; overflow-wrap: normal; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 p.lead { color: #444; margin-top: 0; }
 pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 12px; }
 figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; max-width: 100%; }
-figure img { max-width: 100%; height: auto; } figcaption { font-size: 12px; color: #555; max-width: 32em; }
+figure img { width: 30em; max-width: 100%; height: auto; } figcaption { font-size: 12px; color: #555; max-width: 32em; }
 .scroll { max-width: 100%; overflow: auto; } .tall { max-height: 30em; }
 ul.not-comparable { font-size: 12px; color: #555; padding-left: 1.2em; }
 """
@@ -324,20 +324,25 @@ def _number(value, digits: int = 3) -> str:
 
 
 def summary_html(rows: list[dict]) -> str:
-    head = ("<tr><th>model pair</th><th>metric</th><th>samples</th><th>best layer pair</th><th>score</th>"
-            "<th>chance / null mean</th><th>calibrated</th><th>p, adjusted for the layer search</th>"
-            "<th>interval</th></tr>")
-    body = []
-    for r in rows:
-        reference = f"{_number(r['reference'])} ({r['reference_kind']})" if r["reference_kind"] else ""
-        interval = (f"{_number(r['ci_low'])} to {_number(r['ci_high'])}"
-                    if not (np.isnan(r["ci_low"]) or np.isnan(r["ci_high"])) else "")
-        body.append(f"<tr><td>{_esc(r['pair'])}</td><td>{_esc(r['metric'])}</td>{_cell(r['samples'])}"
-                    f"<td>{_esc(r['best'])}</td>{_cell(r['score'])}<td class=\"num\">{_esc(reference)}</td>"
-                    f"{_cell(r['calibrated'])}<td class=\"num\">{_number(r['p'], 2)}</td>"
-                    f"<td class=\"num\">{_esc(interval)}</td></tr>")
-    return (f'<div class="scroll"><table id="summary-table"><thead>{head}</thead><tbody>\n'
-            + "\n".join(body) + "\n</tbody></table></div>")
+    """The summary table; statistics columns that no row has (no permutations, no intervals) are left out."""
+    columns = [("model pair", lambda r: f"<td>{_esc(r['pair'])}</td>"),
+               ("metric", lambda r: f"<td>{_esc(r['metric'])}</td>"),
+               ("samples", lambda r: _cell(r["samples"])),
+               ("best layer pair", lambda r: f"<td>{_esc(r['best'])}</td>"),
+               ("score", lambda r: _cell(r["score"]))]
+    if any(r["reference_kind"] for r in rows):
+        columns.append(("chance / null mean", lambda r: f'<td class="num">{_number(r["reference"])} ({r["reference_kind"]})</td>'
+                        if r["reference_kind"] else '<td class="num"></td>'))
+    if any(not np.isnan(r["calibrated"]) for r in rows):
+        columns.append(("calibrated", lambda r: _cell(r["calibrated"])))
+    if any(not np.isnan(r["p"]) for r in rows):
+        columns.append(("p, adjusted for the layer search", lambda r: f'<td class="num">{_number(r["p"], 2)}</td>'))
+    if any(not (np.isnan(r["ci_low"]) or np.isnan(r["ci_high"])) for r in rows):
+        columns.append(("interval", lambda r: f'<td class="num">{_number(r["ci_low"])} to {_number(r["ci_high"])}</td>'
+                        if not (np.isnan(r["ci_low"]) or np.isnan(r["ci_high"])) else '<td class="num"></td>'))
+    head = "<tr>" + "".join(f"<th>{_esc(name)}</th>" for name, _ in columns) + "</tr>"
+    body = "\n".join("<tr>" + "".join(cell(r) for _, cell in columns) + "</tr>" for r in rows)
+    return f'<div class="scroll"><table id="summary-table"><thead>{head}</thead><tbody>\n{body}\n</tbody></table></div>'
 
 
 def _html(cache_path: Path, output: Path, table: pd.DataFrame, pairs: list[PairResult], figures: list[dict],

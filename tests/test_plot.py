@@ -554,7 +554,7 @@ def test_best_column_marks_the_best_pair_not_the_argmax(table):
     fig = plot.layer_heatmap(t)
     (box,) = [p for p in fig.axes[0].patches if p.get_gid() == "best-pair"]
     assert box.get_xy() == (worst[1] - 0.5, worst[0] - 0.5)
-    assert f"best {la[worst[0]]} ~ {lb[worst[1]]}" in fig.texts[0].get_text() and "p(best) = 0.004" in fig.texts[0].get_text()
+    assert f"best {la[worst[0]]} ~ {lb[worst[1]]}" in fig.texts[0].get_text() and "p(best)\u00a0=\u00a00.004" in fig.texts[0].get_text()
     # the CSV round trip gives text 'True'/'False'; the same cell is marked
     t2 = t.assign(best=t["best"].astype(str))
     (box2,) = [p for p in plot.layer_heatmap(t2).axes[0].patches if p.get_gid() == "best-pair"]

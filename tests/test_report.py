@@ -297,6 +297,9 @@ def test_summary_comes_first_with_the_best_pair_of_every_pair(report):
     rows = page.tables["summary-table"][1:]
     csv = pd.read_csv(report.parent / "scores.csv")
     assert len(rows) == 3 * 2  # one row per compared pair and metric
+    header = [c["text"] for c in page.tables["summary-table"][0]]
+    # no permutations, no intervals: no empty statistics columns
+    assert header == ["model pair", "metric", "samples", "best layer pair", "score", "chance / null mean"]
     for row in rows:
         a, b = row[0]["text"].split(" vs ")
         metric = row[1]["text"].split(" (")[0]
@@ -314,7 +317,9 @@ def test_summary_comes_first_with_the_best_pair_of_every_pair(report):
 def test_summary_reports_adjusted_p_values_and_calibrated_scores(cache, tmp_path):
     index = build_report(cache, tmp_path / "r", metrics=["mknn"], k=4, permutations=19, seed=3)
     csv = pd.read_csv(index.parent / "scores.csv")
-    rows = Page(index.read_text()).tables["summary-table"][1:]
+    page = Page(index.read_text())
+    assert [c["text"] for c in page.tables["summary-table"][0]][6:] == ["calibrated", "p, adjusted for the layer search"]
+    rows = page.tables["summary-table"][1:]
     assert len(rows) == 3
     for row in rows:
         a, b = row[0]["text"].split(" vs ")

@@ -389,7 +389,7 @@ def layer_heatmap(
             best += f" ({note})"
         p_best = numbers(rows, "p_value_best") if "p_value_best" in rows.columns else np.array([])
         if np.isfinite(p_best).any():
-            best += f", p(best) = {float(p_best[np.isfinite(p_best)][0]):.2g}"
+            best += f", p(best)\u00a0=\u00a0{float(p_best[np.isfinite(p_best)][0]):.2g}"  # kept on one line
         lines = [f"{ma} vs {mb}", best]
         if hatched:
             lines.append(f"hatched: {'adjusted ' if sig == 'p_value_adjusted' else ''}p \u2265 {alpha:g}")
