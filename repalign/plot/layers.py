@@ -204,9 +204,8 @@ class _Brackets:
             across = max(widths)
         else:
             across = text_size("Ag")[1]
-        tick_labels_pt = self.offset_pt - 2 - 1.5 - 2
-        pad = self.offset_pt - tick_labels_pt - 1.5 + 6 + across + 2
-        (self.ax.yaxis if self.which == "y" else self.ax.xaxis).labelpad = pad
+        # from the tick labels: the gap to the bracket, the label's offset (6 pt when moved), the label, a gap
+        (self.ax.yaxis if self.which == "y" else self.ax.xaxis).labelpad = 2 + 6 + across + 2
 
     def place(self) -> None:
         """Spread the labels along the axis (no overlap), draw leader lines to moved ones, and leave
