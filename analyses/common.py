@@ -329,7 +329,7 @@ def pair_heatmaps(table: pd.DataFrame, pairs: Sequence[tuple[str, str]], metric:
     from repalign.plot import layer_heatmap, style
 
     if len(pairs) == 1:  # one pair: the full two-column figure, room for many stage labels
-        return save_figure(layer_heatmap(table, metric, *pairs[0], columns=2), out, stem)[0]
+        return save_figure(layer_heatmap(table, metric, *pairs[0], width="double"), out, stem)[0]
     with style():
         fig = Figure(figsize=(3.6 * len(pairs), 3.4), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, len(pairs)))

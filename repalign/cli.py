@@ -111,13 +111,13 @@ def cmd_demo(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from repalign.compare import read_table
     from repalign.plot import figure_options, plot_table
+    from repalign.table import read_table
 
     options = figure_options(
-        args.kind, metric=args.metric, a=args.a, b=args.b, layer_b=args.layer_b, columns=args.columns,
-        calibrated=args.calibrated, alpha=args.alpha, order=args.order, layers=_options(args.layer),
-        sizes=_options(args.size),
+        args.kind, metric=args.metric, a=args.a, b=args.b, layer_b=args.layer_b, width=args.width,
+        scale=args.scale, calibrated=args.calibrated, alpha=args.alpha, order=args.order,
+        layers=_options(args.layer), sizes=_options(args.size),
     )
     table = read_table(args.table)
     for path in plot_table(table, args.output, args.kind, args.format, **options):
@@ -129,7 +129,7 @@ def cmd_report(args) -> int:
     from repalign.report import build_report
 
     path = build_report(args.cache, args.output, metrics=_flat(args.metric) or ["mknn", "cka"], k=args.k,
-                        permutations=args.permutations, quiet=args.quiet)
+                        permutations=args.permutations, force=args.force, quiet=args.quiet)
     print(f"wrote {path}")
     return 0
 
@@ -225,13 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="size: the size of MODEL (default: parsed from names like esmc-300m)")
     pl.add_argument("--calibrated", action="store_true", help="layers/models: draw calibrated scores (needs permutations)")
     pl.add_argument("--alpha", type=float, default=0.05, help="significance level for hatching (default 0.05)")
-    pl.add_argument("--columns", type=int, default=1, choices=(1, 2), help="figure width: 1 (3.5 in) or 2 (7.2 in) columns")
+    pl.add_argument("--width", default="single",
+                    help="figure width: single (3.3 in), double (6.85 in) or a number of points, e.g. 246 (default single)")
+    pl.add_argument("--scale", default="fixed", choices=("fixed", "data"),
+                    help="colours/values: the metric's fixed 0-1 range (default) or this figure's data range")
     pl.add_argument("--format", default="png,pdf,svg", help="comma-separated formats: png, pdf, svg (default all)")
     pl.set_defaults(func=cmd_plot)
 
     rp = sub.add_parser("report", help="compare every model pair of a cache and write a self-contained HTML report")
     rp.add_argument("cache", help="cache file (HDF5)")
-    rp.add_argument("-o", "--output", required=True, help="report folder (index.html, scores.csv); replaced atomically")
+    rp.add_argument("-o", "--output", required=True,
+                    help="report folder (index.html, scores.csv): new, empty or an earlier report, whose own files are replaced")
+    rp.add_argument("--force", action="store_true",
+                    help="write into a folder that holds other files (they are never replaced or removed)")
     rp.add_argument("--metric", action="append", nargs="+", help="metric name(s) (default: mknn cka)")
     rp.add_argument("--k", type=int, default=10, help="neighbours for kNN metrics and CKNNA (default 10)")
     rp.add_argument("--permutations", type=int, default=0,

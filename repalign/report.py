@@ -1,23 +1,26 @@
 """A self-contained HTML report of every model pair in a cache: the Python side of ``repalign report``.
 
-The report folder holds ``index.html`` (figures embedded as SVG data URIs, tables, provenance and the
-commands that reproduce it: no scripts, no external files, opens from disk with no network) and
-``scores.csv`` (the tidy table every figure is drawn from). It is built in a temporary folder next
-to the output and renamed into place, so a failed run leaves no half report. Layout: docs/figures.md.
+The report folder holds ``index.html`` (a summary table of every pair first, then figures embedded
+as SVG data URIs, provenance and the commands that reproduce it: no scripts, no external files,
+opens from disk with no network), ``scores.csv`` (the tidy table every figure is drawn from) and
+``.repalign-report`` (the manifest: the files this report wrote and their SHA-256). A report only
+ever replaces files its manifest lists, unchanged since; it refuses a folder holding anything
+else unless ``force`` (then it writes beside those files and still never replaces one of them).
+Files are written under temporary names and renamed, so a failed run leaves the old report.
+Layout: docs/figures.md.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
 import numbers
 import os
 import shlex
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +33,10 @@ from repalign.errors import RepalignError
 
 SCORES_FILE = "scores.csv"
 INDEX_FILE = "index.html"
+MANIFEST_FILE = ".repalign-report"
+REPORT_FILES = (SCORES_FILE, INDEX_FILE)
 DEFAULT_METRICS = ("mknn", "cka")
+ALPHA = 0.05
 
 
 @dataclass
@@ -53,18 +59,56 @@ def _check_int(value, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _check_output(output: str | os.PathLike) -> Path:
-    output = Path(os.path.abspath(output))  # '.' or 'a/..' get a real name to rename
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(folder: Path) -> dict[str, list[str]]:
+    """file name -> SHA-256 digests this report wrote under that name ({} without a readable manifest)."""
+    try:
+        data = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+        files = data["files"]
+        return {str(k): [str(d) for d in (v if isinstance(v, list) else [v])] for k, v in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def own_files(folder: str | os.PathLike) -> list[str]:
+    """Names in ``folder`` that an earlier report wrote and nobody changed since (manifest digests match)."""
+    folder = Path(folder)
+    listed = _manifest(folder)
+    return sorted(name for name, digests in listed.items()
+                  if name in REPORT_FILES and (folder / name).is_file() and _sha256(folder / name) in digests)
+
+
+def _check_output(output: str | os.PathLike, force: bool = False) -> Path:
+    output = Path(os.path.abspath(output))  # '.' or 'a/..' get a real name
     parent = output.parent
     if not parent.is_dir():
         raise RepalignError(f"{parent}: no such folder; create it or choose another report folder")
-    if not os.access(parent, os.W_OK):
-        raise RepalignError(f"{parent}: folder is not writable; choose another report folder")
     if output.exists() and not output.is_dir():
         raise RepalignError(f"{output} is a file; give a folder for the report")
-    if output.is_dir() and any(output.iterdir()) and not (output / INDEX_FILE).is_file():
-        # only an earlier report is replaced, never an unrelated folder
-        raise RepalignError(f"{output} is a non-empty folder that holds no report; choose a new or empty folder")
+    if not output.exists():
+        if not os.access(parent, os.W_OK):
+            raise RepalignError(f"{parent}: folder is not writable; choose another report folder")
+        return output
+    if not os.access(output, os.W_OK):
+        raise RepalignError(f"{output}: folder is not writable; choose another report folder")
+    ours = set(own_files(output))
+    for name in REPORT_FILES:
+        if (output / name).exists() and name not in ours:
+            # never replaced, even with --force: it is someone else's file or was edited
+            raise RepalignError(f"{output / name} was not written by 'repalign report' or was changed since; "
+                                "move it away or choose another report folder")
+    others = sorted(set(os.listdir(output)) - ours - {MANIFEST_FILE})
+    if others and not force:
+        shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+        raise RepalignError(f"{output} holds files the report did not write ({shown}); choose a new or empty "
+                            "folder, or pass --force to write the report beside them")
     return output
 
 
@@ -118,55 +162,134 @@ def _svg_data_uri(fig) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _caption(rows: pd.DataFrame, what: str) -> str:
+    """What a reader needs to read a figure: the colour scale, the reference level, the hatching."""
+    from repalign.plot.style import reference_note
+    from repalign.table import significance_column
+
+    parts = [what, "Colours: one fixed 0-1 scale per metric, the same in every figure of this report."]
+    note = reference_note(rows)
+    if note:
+        parts.append(f"Line on the colour bar: {note} (what unrelated data would score).")
+    sig = significance_column(rows)
+    if sig is not None:
+        parts.append(f"Hatched: {'adjusted ' if sig == 'p_value_adjusted' else ''}p \u2265 {ALPHA:g} (not significant).")
+    return " ".join(parts)
+
+
 def _figures(table: pd.DataFrame, pairs: list[PairResult], metrics: list[str]) -> list[dict]:
-    """(section, title, data URI, command) of each figure of the report."""
+    """(section, title, caption, data URI, command) of each figure of the report."""
     from repalign import plot
+    from repalign.table import check_table, metric_rows, select_pair
 
     if table.empty:
         return []
     figures = []
-    has_p = "p_value" in table.columns and table["p_value"].notna().any()
-    stored = list(dict.fromkeys(table["metric"]))
-    for metric in stored:
+    checked = check_table(table)
+    for metric in dict.fromkeys(checked["metric"]):
+        rows = metric_rows(checked, metric)
+        models = set(rows["model_a"]) | set(rows["model_b"])
+        if len(models) >= 3:
+            fig = plot.model_matrix(table, metric, alpha=ALPHA)
+            figures.append({"section": "overview", "title": f"{metric}: model x model, best layer pair",
+                            "caption": _caption(rows, f"{metric}: model x model, best layer pair of each model pair."),
+                            "uri": _svg_data_uri(fig),
+                            "command": ["repalign", "plot", SCORES_FILE, "--kind", "models", "--metric", metric,
+                                        "-o", f"models-{metric}"]})
+            fig = plot.depth_profile(table, metric, alpha=ALPHA)
+            reference = plot.depth_scores(table, metric).attrs["model_b"]
+            figures.append({"section": "overview", "title": f"{metric}: score versus relative depth, against {reference}",
+                            "caption": f"{metric}: each layer's best score against {reference}, by relative depth; "
+                                       "value axis fixed at 0-1; hollow points: not significant.",
+                            "uri": _svg_data_uri(fig),
+                            "command": ["repalign", "plot", SCORES_FILE, "--kind", "depth", "--metric", metric,
+                                        "--b", reference, "-o", f"depth-{metric}"]})
         for pair in pairs:
             if not pair.compared:
                 continue
-            fig = plot.layer_heatmap(table, metric, pair.model_a, pair.model_b)
+            fig = plot.layer_heatmap(table, metric, pair.model_a, pair.model_b, alpha=ALPHA)
+            title = f"{metric}: layer x layer, {pair.model_a} vs {pair.model_b}"
             figures.append({
                 "section": f"{pair.model_a} vs {pair.model_b}",
-                "title": f"{metric}: layer x layer, {pair.model_a} vs {pair.model_b}"
-                         + ("; hatched: p >= 0.05" if has_p else ""),
+                "title": title,
+                "caption": _caption(select_pair(table, metric, pair.model_a, pair.model_b),
+                                    f"{title}; boxed: the best layer pair."),
                 "uri": _svg_data_uri(fig),
                 "command": ["repalign", "plot", SCORES_FILE, "--kind", "layers", "--metric", metric,
                             "--a", pair.model_a, "--b", pair.model_b, "-o", f"layers-{pair.model_a}-{pair.model_b}-{metric}"],
             })
-        models = set(table.loc[table["metric"] == metric, "model_a"]) | set(table.loc[table["metric"] == metric, "model_b"])
-        if len(models) >= 3:
-            fig = plot.model_matrix(table, metric)
-            figures.append({"section": "overview", "title": f"{metric}: model x model, best layer pair",
-                            "uri": _svg_data_uri(fig),
-                            "command": ["repalign", "plot", SCORES_FILE, "--kind", "models", "--metric", metric,
-                                        "-o", f"models-{metric}"]})
-            fig = plot.depth_profile(table, metric)
-            reference = plot.depth_scores(table, metric).attrs["model_b"]
-            figures.append({"section": "overview", "title": f"{metric}: score versus relative depth, against {reference}",
-                            "uri": _svg_data_uri(fig),
-                            "command": ["repalign", "plot", SCORES_FILE, "--kind", "depth", "--metric", metric,
-                                        "--b", reference, "-o", f"depth-{metric}"]})
     return figures
+
+
+def summary_rows(table: pd.DataFrame, pairs: list[PairResult]) -> list[dict]:
+    """One row per compared model pair and metric: best layer pair, score, chance level (or null
+    mean), calibrated score, p-value adjusted for the layer search, interval."""
+    from repalign.plot import best_rows
+    from repalign.table import chance_levels, check_table, metric_rows
+
+    if table.empty:
+        return []
+    checked = check_table(table)
+    out = []
+    for pair in pairs:
+        if not pair.compared:
+            continue
+        for metric in dict.fromkeys(checked["metric"]):
+            rows = metric_rows(checked, metric)
+            rows = rows[((rows["model_a"] == pair.model_a) & (rows["model_b"] == pair.model_b))
+                        | ((rows["model_a"] == pair.model_b) & (rows["model_b"] == pair.model_a))]
+            best = best_rows(rows, metric)
+            if best.empty:
+                continue
+            row = best.iloc[0]
+
+            def value(column):
+                v = pd.to_numeric(pd.Series([row.get(column, np.nan)]), errors="coerce").iloc[0]
+                return float(v)
+
+            p = value("p_value_best")
+            if np.isnan(p):
+                p = value("p_value_adjusted")
+            reference = float(chance_levels(best)[0])
+            what = "chance"
+            if np.isnan(reference):
+                reference, what = value("null_mean"), "null mean"
+            params = row["params"]
+            out.append({
+                "pair": f"{row['model_a']} vs {row['model_b']}", "metric": f"{metric} ({params.replace(',', ', ')})" if params else metric,
+                "samples": pair.n_samples, "best": f"{row['layer_a']} ~ {row['layer_b']}", "score": value("score"),
+                "reference": reference, "reference_kind": what if not np.isnan(reference) else "",
+                "calibrated": value("calibrated"), "p": p, "ci_low": value("ci_low"), "ci_high": value("ci_high"),
+            })
+    return out
+
+
+def _short_reason(reason: str, cache_path: Path) -> str:
+    """A few words for the summary; the full message stays in the line's tooltip."""
+    if "share no sample ids" in reason:
+        return "no shared samples"
+    if "different inputs" in reason:
+        return "same ids, different inputs (content hashes differ)"
+    if "no pooled layers" in reason:
+        return reason
+    short = reason.replace(str(cache_path), cache_path.name)
+    return short if len(short) <= 90 else short[:87] + "..."
 
 
 # ---- HTML ------------------------------------------------------------------------------------------------
 
 _CSS = """
-body { font-family: system-ui, sans-serif; font-size: 14px; line-height: 1.4; margin: 2em auto; max-width: 70em; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; margin-top: 2em; } h3 { font-size: 1.05em; }
+body { font-family: system-ui, sans-serif; font-size: 14px; line-height: 1.4; margin: 1.5em auto; padding: 0 1em;
+       max-width: 72em; color: #222; overflow-wrap: anywhere; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; margin-top: 2em; }
 table { border-collapse: collapse; font-size: 12px; } th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f3; overflow-wrap: normal; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+p.lead { color: #444; margin-top: 0; }
 pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 12px; }
-figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }
-figure img { max-width: 100%; } figcaption { font-size: 12px; color: #555; max-width: 40em; }
-.scroll { max-height: 30em; overflow: auto; }
+figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; max-width: 100%; }
+figure img { width: 30em; max-width: 100%; height: auto; } figcaption { font-size: 12px; color: #555; max-width: 32em; }
+.scroll { max-width: 100%; overflow: auto; } .tall { max-height: 30em; }
+ul.not-comparable { font-size: 12px; color: #555; padding-left: 1.2em; }
 """
 
 
@@ -196,6 +319,32 @@ def _command(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(str(a)) for a in argv)
 
 
+def _number(value, digits: int = 3) -> str:
+    return "" if value is None or np.isnan(value) else f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}"
+
+
+def summary_html(rows: list[dict]) -> str:
+    """The summary table; statistics columns that no row has (no permutations, no intervals) are left out."""
+    columns = [("model pair", lambda r: f"<td>{_esc(r['pair'])}</td>"),
+               ("metric", lambda r: f"<td>{_esc(r['metric'])}</td>"),
+               ("samples", lambda r: _cell(r["samples"])),
+               ("best layer pair", lambda r: f"<td>{_esc(r['best'])}</td>"),
+               ("score", lambda r: _cell(r["score"]))]
+    if any(r["reference_kind"] for r in rows):
+        columns.append(("chance / null mean", lambda r: f'<td class="num">{_number(r["reference"])} ({r["reference_kind"]})</td>'
+                        if r["reference_kind"] else '<td class="num"></td>'))
+    if any(not np.isnan(r["calibrated"]) for r in rows):
+        columns.append(("calibrated", lambda r: _cell(r["calibrated"])))
+    if any(not np.isnan(r["p"]) for r in rows):
+        columns.append(("p, adjusted for the layer search", lambda r: f'<td class="num">{_number(r["p"], 2)}</td>'))
+    if any(not (np.isnan(r["ci_low"]) or np.isnan(r["ci_high"])) for r in rows):
+        columns.append(("interval", lambda r: f'<td class="num">{_number(r["ci_low"])} to {_number(r["ci_high"])}</td>'
+                        if not (np.isnan(r["ci_low"]) or np.isnan(r["ci_high"])) else '<td class="num"></td>'))
+    head = "<tr>" + "".join(f"<th>{_esc(name)}</th>" for name, _ in columns) + "</tr>"
+    body = "\n".join("<tr>" + "".join(cell(r) for _, cell in columns) + "</tr>" for r in rows)
+    return f'<div class="scroll"><table id="summary-table"><thead>{head}</thead><tbody>\n{body}\n</tbody></table></div>'
+
+
 def _html(cache_path: Path, output: Path, table: pd.DataFrame, pairs: list[PairResult], figures: list[dict],
           provenance: list[dict], metrics: list[str], k: int, permutations: int) -> str:
     from repalign import __version__
@@ -209,6 +358,8 @@ def _html(cache_path: Path, output: Path, table: pd.DataFrame, pairs: list[PairR
          "-o", f"{p.model_a}-{p.model_b}.csv"]
         for p in pairs if p.compared
     ]
+    compared = [p for p in pairs if p.compared]
+    skipped = [p for p in pairs if not p.compared]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -216,20 +367,39 @@ def _html(cache_path: Path, output: Path, table: pd.DataFrame, pairs: list[PairR
         f"<title>repalign report: {_esc(cache_path.name)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>repalign report: {_esc(cache_path.name)}</h1>",
-        f"<p>Cache <code>{_esc(cache_path)}</code>; {len(provenance)} model(s), "
-        f"{sum(p.compared for p in pairs)} of {len(pairs)} pair(s) compared with metrics "
+        f'<p class="lead">{len(provenance)} model(s); {len(compared)} of {len(pairs)} pair(s) compared with '
         f"{_esc(', '.join(metrics))} (k = {k}; {permutations} permutations). "
-        f"Generated {now} by repalign {_esc(__version__)}. Scores: <a href=\"{SCORES_FILE}\">{SCORES_FILE}</a>.</p>",
-        '<h2 id="reproduce">Reproduce</h2>',
-        "<p>The whole report:</p>",
-        f"<pre>{_esc(_command(report_cmd))}</pre>",
+        f"Scores: <a href=\"{SCORES_FILE}\">{SCORES_FILE}</a>. "
+        '<a href="#reproduce">Reproduce</a> \u00b7 <a href="#models">Models</a> \u00b7 <a href="#scores">All scores</a></p>',
+        '<h2 id="summary">Summary</h2>',
     ]
-    if compare_cmds:
-        parts.append("<p>Each pair's table:</p>")
-        parts.append("<pre>" + "\n".join(_esc(_command(c)) for c in compare_cmds) + "</pre>")
-    if figures:
-        parts.append(f"<p>Each figure from {SCORES_FILE} (add <code>--format png,pdf,svg --columns 1|2</code> to restyle):</p>")
-        parts.append("<pre>" + "\n".join(_esc(_command(f["command"])) for f in figures) + "</pre>")
+    rows = summary_rows(table, pairs)
+    if rows:
+        parts.append(summary_html(rows))
+        if not permutations:
+            parts.append("<p>No permutations were run: no p-values or calibrated scores. Add "
+                         "<code>--permutations 1000</code> for them.</p>")
+    else:
+        why = "the cache holds a single model" if not pairs else "no model pair shares samples"
+        parts.append(f"<p>Nothing was compared: {why}.</p>")
+    if skipped:
+        parts.append(f'<p>Not comparable ({len(skipped)}):</p><ul class="not-comparable">')
+        for p in skipped:
+            parts.append(f'<li class="not-comparable" title="{_esc(p.reason)}">{_esc(p.model_a)} / {_esc(p.model_b)}: '
+                         f"{_esc(_short_reason(p.reason, cache_path))}</li>")
+        parts.append("</ul>")
+
+    overview = [f for f in figures if f["section"] == "overview"]
+    if overview:
+        parts.append('<h2 id="overview">Overview</h2>')
+        parts.extend(_figure_html(f) for f in overview)
+    for p in compared:
+        section = f"{p.model_a} vs {p.model_b}"
+        parts.append(f"<h2>{_esc(section)}</h2>")
+        parts.append(f"<pre>{_esc(p.summary)}</pre>")
+        if p.warnings:
+            parts.append('<ul class="warnings">' + "".join(f"<li>{_esc(w)}</li>" for w in p.warnings) + "</ul>")
+        parts.extend(_figure_html(f) for f in figures if f["section"] == section)
 
     parts.append('<h2 id="models">Models</h2>')
     parts.append("<table id=\"models-table\"><thead><tr><th>model</th><th>samples</th><th>pooled layers</th>"
@@ -243,41 +413,32 @@ def _html(cache_path: Path, output: Path, table: pd.DataFrame, pairs: list[PairR
                      f"<pre class=\"provenance\" data-model=\"{_esc(m['model'])}\">"
                      f"{_esc(json.dumps(m['provenance'], indent=2, sort_keys=True))}</pre></details>")
 
-    skipped = [p for p in pairs if not p.compared]
-    if skipped:
-        parts.append('<h2 id="not-comparable">Not comparable</h2><ul>')
-        for p in skipped:
-            parts.append(f'<li class="not-comparable">{_esc(p.model_a)} / {_esc(p.model_b)}: {_esc(p.reason)}</li>')
-        parts.append("</ul>")
+    parts += [
+        '<h2 id="reproduce">Reproduce</h2>',
+        f"<p>Cache <code>{_esc(cache_path)}</code>; generated {now} by repalign {_esc(__version__)}. The whole report:</p>",
+        f"<pre>{_esc(_command(report_cmd))}</pre>",
+    ]
+    if compare_cmds:
+        parts.append("<p>Each pair's table:</p>")
+        parts.append("<pre>" + "\n".join(_esc(_command(c)) for c in compare_cmds) + "</pre>")
+    if figures:
+        parts.append(f"<p>Each figure from {SCORES_FILE} (add <code>--format png,pdf,svg --width single|double</code> "
+                     "to restyle):</p>")
+        parts.append("<pre>" + "\n".join(_esc(_command(f["command"])) for f in figures) + "</pre>")
 
-    overview = [f for f in figures if f["section"] == "overview"]
-    if overview:
-        parts.append('<h2 id="overview">Overview</h2>')
-        parts.extend(_figure_html(f) for f in overview)
-    for p in pairs:
-        if not p.compared:
-            continue
-        section = f"{p.model_a} vs {p.model_b}"
-        parts.append(f"<h2>{_esc(section)}</h2>")
-        parts.append(f"<pre>{_esc(p.summary)}</pre>")
-        if p.warnings:
-            parts.append('<ul class="warnings">' + "".join(f"<li>{_esc(w)}</li>" for w in p.warnings) + "</ul>")
-        parts.extend(_figure_html(f) for f in figures if f["section"] == section)
-
-    parts.append('<h2 id="scores">Scores</h2>')
-    if table.empty:
-        why = "the cache holds a single model" if not pairs else "no model pair shares samples"
-        parts.append(f"<p>Nothing was compared: {why}.</p>")
-    else:
+    parts.append('<h2 id="scores">All scores</h2>')
+    if not table.empty:
         parts.append(f"<p>{len(table)} rows, identical to {SCORES_FILE}.</p>")
-        parts.append('<div class="scroll">' + table_html(table, "scores-table") + "</div>")
+        parts.append('<div class="scroll tall">' + table_html(table, "scores-table") + "</div>")
+    else:
+        parts.append("<p>No scores.</p>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
 def _figure_html(fig: dict) -> str:
     return (f'<figure><img src="{fig["uri"]}" alt="{_esc(fig["title"])}">'
-            f"<figcaption>{_esc(fig['title'])}</figcaption></figure>")
+            f"<figcaption>{_esc(fig['caption'])}</figcaption></figure>")
 
 
 # ---- entry point -------------------------------------------------------------------------------------------
@@ -291,19 +452,22 @@ def build_report(
     permutations: int = 0,
     *,
     seed: int = 0,
+    force: bool = False,
     quiet: bool = True,
 ) -> Path:
     """Compare every model pair of ``cache`` and write ``output/index.html`` and ``output/scores.csv``.
 
     Pairs are compared with :func:`repalign.compare.compare_models` (every layer pair, each metric,
     ``k`` for the kNN metrics); with ``permutations`` > 0 it adds permutation p-values, null means
-    and calibrated scores (:func:`repalign.stats.permutation_test`, seeded by ``seed``). An existing report at
-    ``output`` is replaced atomically; any other non-empty folder is refused. Returns the path of
-    index.html.
+    and calibrated scores (:func:`repalign.stats.permutation_test`, seeded by ``seed``).
+    ``output`` may be new, empty, or an earlier report: only files that an earlier report wrote
+    (listed in its manifest, unchanged since) are replaced. A folder holding anything else is
+    refused unless ``force``; even then no file the report did not write is replaced or removed.
+    Every check runs before any comparison. Returns the path of index.html.
     """
     from embeddings_cache import Cache
-    from repalign.compare import write_table
     from repalign.metrics import get_metric
+    from repalign.table import atomic_files
 
     if isinstance(metrics, str):
         metrics = [metrics]
@@ -312,7 +476,7 @@ def build_report(
         raise RepalignError("no metric given; pass --metric NAME, e.g. --metric mknn cka")
     k = _check_int(k, "k", 1)
     permutations = _check_int(permutations, "permutations", 0)
-    output = _check_output(output)
+    output = _check_output(output, force)
     cache_path = Path(cache)
 
     with Cache(cache_path) as c:
@@ -323,27 +487,33 @@ def build_report(
     table, pairs = compare_all(cache_path, metrics, k, permutations, seed, quiet)
     figures = _figures(table, pairs, metrics)
     page = _html(cache_path, output, table, pairs, figures, provenance, metrics, k, permutations)
+    if table.empty:
+        table = pd.DataFrame(columns=["model_a", "layer_a", "model_b", "layer_b", "metric", "params", "score", "n_samples"])
 
-    parent = output.parent
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
+    created = not output.exists()
+    if created:
+        output.mkdir()
+    _check_output(output, force)  # the folder may have changed while comparing
     try:
-        if table.empty:
-            table = pd.DataFrame(columns=["model_a", "layer_a", "model_b", "layer_b", "metric", "params", "score", "n_samples"])
-        write_table(table, tmp / SCORES_FILE)
-        (tmp / INDEX_FILE).write_text(page, encoding="utf-8")
-        # temporary files and folders are private; a report is meant to be shared
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)
-        os.chmod(tmp / SCORES_FILE, 0o666 & ~mask)
-        if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=parent))
-            os.replace(output, old / "report")
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        old = _manifest(output)
+        with atomic_files([output / SCORES_FILE, output / INDEX_FILE]) as (tmp_scores, tmp_index):
+            table.to_csv(tmp_scores, index=False)  # the format of repalign.compare.write_table for .csv
+            tmp_index.write_text(page, encoding="utf-8")
+            new = {SCORES_FILE: _sha256(tmp_scores), INDEX_FILE: _sha256(tmp_index)}
+            # the manifest lists old and new digests while the files are renamed, so an interrupted
+            # run leaves a folder the next run still recognises as its own
+            _write_manifest(output, {name: sorted(set(old.get(name, [])) | {new[name]}) for name in REPORT_FILES})
+        _write_manifest(output, {name: [new[name]] for name in REPORT_FILES})
+    except BaseException:
+        if created and not any(output.iterdir()):
+            output.rmdir()
+        raise
     return output / INDEX_FILE
+
+
+def _write_manifest(folder: Path, files: dict[str, list[str]]) -> None:
+    from repalign.table import atomic_files
+
+    with atomic_files([folder / MANIFEST_FILE]) as (tmp,):
+        tmp.write_text(json.dumps({"written_by": "repalign report", "files": files}, indent=1, sort_keys=True) + "\n",
+                       encoding="utf-8")

@@ -65,12 +65,15 @@ def test_heatmap_draws_the_table_and_marks_the_best_pair(table):
     ax = fig.axes[0]
     expected, la, lb = reference_matrix(table, "cka")
     np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), expected)
-    assert [t.get_text() for t in ax.get_yticklabels()] == la
-    assert [t.get_text() for t in ax.get_xticklabels()] == lb
+    # several stages on A's axis: the bracket names the stage, the tick the rest of the layer name
+    assert la == FOLD_LAYERS
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "", "0", "0", "1", "single"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == lb  # one stage: full names
     (best,) = [p for p in ax.patches if p.get_gid() == "best-pair"]
     i, j = np.unravel_index(np.argmax(expected), expected.shape)
     assert best.get_xy() == (j - 0.5, i - 0.5)
-    assert "cka" in fig.axes[1].get_ylabel() and "kernel=linear" in fig.axes[1].get_ylabel()
+    label = fig.axes[1].get_ylabel().replace("\n", " ")
+    assert "cka" in label and "kernel=linear" in label
     assert plot.hatched_cells(fig) == []  # no p_value column: nothing hatched
 
 
@@ -98,7 +101,7 @@ def test_heatmap_of_the_reversed_pair_is_the_transpose(table):
 
 def test_metric_aliases_resolve_to_the_stored_name(table):
     fig = plot.layer_heatmap(table, "mknn")
-    assert "mutual_knn" in fig.axes[1].get_ylabel()
+    assert "mutual_knn" in fig.axes[1].get_ylabel().replace("\n", " ")
 
 
 def test_layer_groups_follow_the_name_prefixes():
@@ -159,6 +162,7 @@ def test_calibrated_variant_draws_calibrated_scores(table):
     expected, _, _ = reference_matrix(t, "mutual_knn", "calibrated")
     np.testing.assert_allclose(np.asarray(fig.axes[0].images[0].get_array()), expected)
     assert fig.axes[1].get_ylabel().startswith("calibrated")
+    assert fig.axes[0].images[0].get_clim() == (0.0, 1.0)
     with pytest.raises(RepalignError, match="no calibrated scores"):
         plot.layer_heatmap(table, "cka", value="calibrated")
 
@@ -259,16 +263,19 @@ def test_figure_files_png_dpi_pdf_fonts_svg_text(table, tmp_path):
     with Image.open(tmp_path / "fig.png") as im:
         assert np.allclose(im.info["dpi"], (300, 300), atol=0.01)
         width_in = im.size[0] / 300
-    assert width_in == pytest.approx(3.5, abs=1 / 300)  # one journal column
+    assert width_in == pytest.approx(3.3, abs=1 / 300)  # one journal column
     pdf = (tmp_path / "fig.pdf").read_bytes()
     assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType (Type 42) embedded, no Type 3
     root = ET.parse(tmp_path / "fig.svg").getroot()
     texts = ["".join(e.itertext()) for e in root.iter("{http://www.w3.org/2000/svg}text")]
-    assert any("fold vs lm" in t for t in texts) and "esmc.0" in texts
+    assert any("fold vs lm" in t for t in texts) and "ESMC" in texts and "layer.0" in texts
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.pdf", "fig.png", "fig.svg"]  # no temporaries left
-    wide = plot.plot_table(table, tmp_path / "wide", "models", ["png"], metric="cka", columns=2)[0]
+    wide = plot.plot_table(table, tmp_path / "wide", "models", ["png"], metric="cka", width="double")[0]
     with Image.open(wide) as im:
-        assert im.size[0] / 300 == pytest.approx(7.2, abs=1 / 300)  # two columns
+        assert im.size[0] / 300 == pytest.approx(6.85, abs=1 / 300)  # two columns
+    points = plot.plot_table(table, tmp_path / "pt", "layers", ["png"], metric="cka", width=300)[0]
+    with Image.open(points) as im:
+        assert im.size[0] / 300 == pytest.approx(300 / 72, abs=1 / 300)
 
 
 def test_dots_in_the_stem_are_kept_and_files_are_not_private(table, tmp_path):
@@ -350,3 +357,247 @@ def test_cli_size_with_given_sizes(tmp_path):
     (tmp_path / "size.svg").unlink()
     assert main(["plot", str(src), "--kind", "size", "--size", "esmc-600m=lots", "-o", str(stem)]) == 1
     assert not list(tmp_path.glob("size.*"))
+
+
+# ---- layout: nothing clipped, nothing overlapping, at both journal widths -----------------------------
+
+ESMFOLD2_LAYERS = ([f"esmc.{i}" for i in range(31)] + ["input_embedder.single", "input_embedder.pair", "language_model",
+                   "lm_encoder.0", "lm_encoder.1"] + [f"folding_trunk.{i}" for i in range(48)]
+                   + ["parcae", "distogram", "diffusion.single", "confidence.single"])
+LM30_LAYERS = ["embeddings"] + [f"layer.{i}" for i in range(29)]
+
+
+@pytest.fixture(scope="module")
+def big_table():
+    """ESMFold2's 88 stored layers against a 30-layer LM: real mutual kNN scores on related features."""
+    from repalign.metrics import align_layers
+
+    rng = np.random.default_rng(5)
+    n = 60
+    base = rng.standard_normal((n, 8))
+    a = [base + (0.2 + 2 * abs(i / 88 - 0.5)) * rng.standard_normal((n, 8)) for i in range(len(ESMFOLD2_LAYERS))]
+    b = [base + (0.2 + 2 * (j / 30)) * rng.standard_normal((n, 8)) for j in range(len(LM30_LAYERS))]
+    frame = align_layers(a, b, metric="mknn", k=5, names_a=ESMFOLD2_LAYERS, names_b=LM30_LAYERS)
+    return frame.to_frame(model_a="esmfold2", model_b="esm2-650m").assign(chance_level=5 / (n - 1))
+
+
+def six_models():
+    rng = np.random.default_rng(1)
+    names = ["esmc-300m", "esmc-600m", "esm2_t33_650M_UR50D", "esm2-35m", "antiberty", "esmfold2-fast"]
+    pairs = [(a, b, 0.4 + 0.5 * rng.random()) for i, a in enumerate(names) for b in names[i + 1:]]
+    t = hand_table(pairs, layers=4)
+    return t.assign(null_mean=0.3, p_value_adjusted=np.where(t["score"] > 0.5, 0.01, 0.3))
+
+
+def text_problems(fig) -> list[str]:
+    """Texts outside the canvas, texts under 7 pt, and overlapping tick labels or stage labels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    problems = []
+
+    def drawn_ticklabels(axis):
+        # labels of ticks outside the view limits exist but are not drawn
+        low, high = sorted(axis.get_view_interval())
+        return [t for minor in (False, True)
+                for loc, t in zip(axis.get_ticklocs(minor=minor), axis.get_ticklabels(minor=minor))
+                if low - 1e-9 <= loc <= high + 1e-9]
+
+    hidden = {id(t) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis) for minor in (False, True)
+              for t in axis.get_ticklabels(minor=minor)}
+    hidden -= {id(t) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis) for t in drawn_ticklabels(axis)}
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and id(t) not in hidden]
+    assert texts
+    for t in texts:
+        box = t.get_window_extent(renderer)
+        if box.x0 < -0.5 or box.y0 < -0.5 or box.x1 > width + 0.5 or box.y1 > height + 0.5:
+            problems.append(f"clipped: {t.get_text()!r} {box.bounds} in {width}x{height}")
+        if t.get_fontsize() < 7:
+            problems.append(f"{t.get_fontsize()} pt: {t.get_text()!r}")
+
+    def overlaps(items, what):
+        # the text itself: an annotation's extent would include its leader line
+        boxes = [(t.get_text(), Text.get_window_extent(t, renderer)) for t in items if t.get_visible() and t.get_text().strip()]
+        for n, (ta, a) in enumerate(boxes):
+            for tb, b in boxes[n + 1:]:
+                if min(a.x1, b.x1) - max(a.x0, b.x0) > 0.5 and min(a.y1, b.y1) - max(a.y0, b.y0) > 0.5:
+                    problems.append(f"{what} overlap: {ta!r} and {tb!r}")
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            overlaps(drawn_ticklabels(axis), "tick labels")
+        for which in ("x", "y"):
+            overlaps([t for t in ax.texts if (t.get_gid() or "").startswith(f"stage-label-{which}")], "stage labels")
+    return problems
+
+
+FIGURES = {
+    "layers": lambda t, big, w: plot.layer_heatmap(t, "cka", width=w),
+    "layers-esmfold2": lambda t, big, w: plot.layer_heatmap(big, width=w),
+    "layers-transposed": lambda t, big, w: plot.layer_heatmap(big, model_a="esm2-650m", model_b="esmfold2", width=w),
+    "models": lambda t, big, w: plot.model_matrix(six_models(), width=w),
+    "depth": lambda t, big, w: plot.depth_profile(six_models(), model_b="esmfold2-fast", width=w),
+    "size": lambda t, big, w: plot.size_scaling(six_models(), model_b="esmfold2-fast", width=w),
+}
+
+
+@pytest.mark.parametrize("width", ["single", "double"])
+@pytest.mark.parametrize("kind", sorted(FIGURES))
+def test_every_figure_kind_fits_its_width_without_overlaps(table, big_table, kind, width):
+    fig = FIGURES[kind](table, big_table, width)
+    assert fig.get_figwidth() == plot.WIDTHS_IN[width]
+    assert text_problems(fig) == []
+
+
+def test_ninety_layers_get_thinned_ticks_and_one_bracket_per_stage(big_table):
+    fig = plot.layer_heatmap(big_table)
+    ax = fig.axes[0]
+    groups = plot.layer_groups(ESMFOLD2_LAYERS)
+    assert [g.label for g in groups] == ["ESMC", "input emb.", "LM", "LM encoder", "trunk", "parcae", "distogram",
+                                         "diffusion", "confidence"]
+    labels = sorted(t.get_gid() for t in ax.texts if (t.get_gid() or "").startswith("stage-label-y"))
+    assert labels == sorted(f"stage-label-y-{g.start}" for g in groups)  # once per stage, on one side only
+    assert not [t for t in ax.texts if (t.get_gid() or "").startswith("stage-label-x-")] or \
+        {t.get_text() for t in ax.texts if (t.get_gid() or "").startswith("stage-label-x-")} == {"embeddings", "layer"}
+    ticks = [int(v) for v in ax.get_yticks()]
+    assert 5 < len(ticks) < len(ESMFOLD2_LAYERS)  # thinned, not dropped
+    # within the trunk, ticks fall on every step-th block counted from block 0
+    trunk = next(g for g in groups if g.label == "trunk")
+    local = [i - trunk.start for i in ticks if trunk.start <= i < trunk.stop]
+    step = local[1] - local[0]
+    assert local[0] == 0 and step in plot.layers.TICK_STEPS and all(x % step == 0 for x in local)
+    shown = {int(v): t.get_text() for v, t in zip(ax.get_yticks(), ax.get_yticklabels())}
+    assert all(shown[i] == ESMFOLD2_LAYERS[i].split(".", 1)[1] for i in ticks if "." in ESMFOLD2_LAYERS[i])
+    # the axis label sits outside the brackets and their labels
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    r = canvas.get_renderer()
+    ylabel = ax.yaxis.label.get_window_extent(r)
+    stage = [t.get_window_extent(r) for t in ax.texts if (t.get_gid() or "").startswith("stage-label-y")]
+    assert ylabel.x1 <= min(b.x0 for b in stage)
+
+
+def test_tick_positions_fit_the_axis():
+    groups = plot.layer_groups([f"a.{i}" for i in range(10)] + [f"b.{i}" for i in range(30)])
+    # 400 pt for 40 layers: 10 pt per layer, every layer fits
+    assert plot.tick_positions(groups, 40, 400, 7) == list(range(40))
+    # 100 pt: 2.5 pt per layer, labels 9.1 pt apart -> every 5th layer of each group
+    got = plot.tick_positions(groups, 40, 100, 7)
+    assert got == [0, 5, 10, 15, 20, 25, 30, 35]
+    assert all(b - a >= 9.1 / 2.5 for a, b in zip(got, got[1:]))
+
+
+def test_spread_keeps_labels_apart_and_in_bounds():
+    from repalign.plot.layers import spread
+
+    assert spread([10, 50, 90], [8, 8, 8], 0, 100) == [10, 50, 90]  # nothing to move
+    got = spread([50, 51, 52, 53], [8, 8, 8, 8], 0, 100)
+    assert all(b - a >= 9 - 1e-9 for a, b in zip(got, got[1:]))  # 8 pt labels, 1 pt gap
+    assert np.mean(got) == pytest.approx(51.5)  # moved symmetrically around where they belong
+    got = spread([1, 2, 3], [8, 8, 8], 0, 100)
+    assert got[0] >= 4 - 1e-9 and all(b - a >= 9 - 1e-9 for a, b in zip(got, got[1:]))  # kept inside
+    got = spread([96, 97, 98], [8, 8, 8], 0, 100)
+    assert got[-1] <= 96 + 1e-9 and all(b - a >= 9 - 1e-9 for a, b in zip(got, got[1:]))
+
+
+# ---- colour scales, significance, best pair ---------------------------------------------------------------
+
+
+def test_colours_use_one_fixed_scale_with_the_chance_level_marked(big_table):
+    low = big_table.assign(score=big_table["score"] * 0.3)
+    figs = [plot.layer_heatmap(t) for t in (big_table, low)]
+    assert [f.axes[0].images[0].get_clim() for f in figs] == [(0.0, 1.0), (0.0, 1.0)]
+    for fig in figs:
+        (line,) = [ln for ln in fig.axes[1].get_lines() if ln.get_gid() == "reference-chance"]
+        assert np.allclose(line.get_ydata(), 5 / 59)
+        assert "(chance 0.0847)" in fig.texts[0].get_text()
+    data = plot.layer_heatmap(low, scale="data")
+    scores = low["score"].to_numpy()
+    assert data.axes[0].images[0].get_clim() == pytest.approx((scores.min(), scores.max()))
+    assert "this panel's range" in data.texts[0].get_text().replace("\n", " ")
+
+
+def test_null_means_are_a_band_on_the_colour_bar():
+    t = six_models()
+    t["null_mean"] = np.linspace(0.2, 0.3, len(t))
+    fig = plot.model_matrix(t)
+    bar = fig.axes[1]
+    (band,) = [p for p in bar.patches if p.get_gid() == "reference-band"]
+    assert band.get_y() == pytest.approx(0.2) and band.get_height() == pytest.approx(0.1)
+    assert "null mean 0.2-0.3" in fig.texts[0].get_text()
+    assert fig.axes[0].images[0].get_clim() == (0.0, 1.0)
+
+
+def test_adjusted_p_values_decide_the_hatching_when_present(table):
+    t = with_stats(table)
+    t["p_value"] = 0.001  # every pair significant on its own
+    rng = np.random.default_rng(8)
+    t["p_value_adjusted"] = rng.choice([0.01, 0.2], size=len(t))
+    fig = plot.layer_heatmap(t, "cka")
+    p, _, _ = reference_matrix(t, "cka", "p_value_adjusted")
+    assert plot.hatched_cells(fig) == sorted(map(tuple, np.argwhere(p >= 0.05).tolist()))
+    assert "adjusted p" in fig.texts[0].get_text()
+
+
+def test_best_column_marks_the_best_pair_not_the_argmax(table):
+    t = table[table["metric"] == "cka"].copy()
+    scores, la, lb = reference_matrix(t, "cka")
+    worst = np.unravel_index(np.argmin(scores), scores.shape)
+    t["best"] = (t["layer_a"] == la[worst[0]]) & (t["layer_b"] == lb[worst[1]])
+    t["p_value_best"] = np.where(t["best"], 0.004, np.nan)
+    fig = plot.layer_heatmap(t)
+    (box,) = [p for p in fig.axes[0].patches if p.get_gid() == "best-pair"]
+    assert box.get_xy() == (worst[1] - 0.5, worst[0] - 0.5)
+    assert f"best {la[worst[0]]} ~ {lb[worst[1]]}" in fig.texts[0].get_text() and "p(best)\u00a0=\u00a00.004" in fig.texts[0].get_text()
+    # the CSV round trip gives text 'True'/'False'; the same cell is marked
+    t2 = t.assign(best=t["best"].astype(str))
+    (box2,) = [p for p in plot.layer_heatmap(t2).axes[0].patches if p.get_gid() == "best-pair"]
+    assert box2.get_xy() == box.get_xy()
+    # the model matrix shows the flagged row's score, not the maximum
+    assert plot.model_scores(t).loc["fold", "lm"] == pytest.approx(scores[worst])
+
+
+@pytest.mark.parametrize("width, inches", [("single", 3.3), ("double", 6.85), (246, 246 / 72), ("246pt", 246 / 72),
+                                           ("85mm", 85 / 25.4), ("3.5in", 3.5)])
+def test_width_presets_and_points(width, inches):
+    assert plot.figure_width(width) == pytest.approx(inches)
+
+
+@pytest.mark.parametrize("width", ["triple", 50, "30cm", True, "-3"])
+def test_bad_widths_are_refused(width):
+    with pytest.raises(RepalignError, match="width"):
+        plot.figure_width(width)
+
+
+# ---- unreadable tables: one line, no traceback, from a real process --------------------------------------
+
+
+def _self_pair_nan(path):
+    rows = [{"model_a": "m", "layer_a": f"l{i}", "model_b": "m", "layer_b": f"l{j}", "metric": "cka", "params": "",
+             "score": 1.0 if i == j else np.nan, "n_samples": 10} for i in range(3) for j in range(3)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("name, make, message", [
+    ("empty.csv", lambda p: p.write_bytes(b""), "is an empty file"),
+    ("binary.csv", lambda p: p.write_bytes(bytes(range(256)) * 8), "is a binary file"),
+    ("table.parquet", lambda p: p.write_text("model_a,layer_a\nx,y\n"), "is not a readable Parquet table"),
+    ("garbage.tsv", lambda p: p.write_bytes("\u00e9\u00e8".encode("latin-1") * 100), "is not a readable TSV table"),
+    ("self.csv", _self_pair_nan, "off the diagonal is missing (NaN)"),
+])
+def test_cli_plot_unreadable_tables_fail_in_one_line(tmp_path, name, make, message):
+    src = tmp_path / name
+    make(src)
+    (tmp_path / "out").mkdir()
+    res = subprocess.run([sys.executable, "-m", "repalign", "plot", str(src), "-o", str(tmp_path / "out" / "fig")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.startswith("repalign: error: ") and res.stderr.count("\n") == 1, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert list((tmp_path / "out").iterdir()) == []

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -110,7 +111,7 @@ class Page(HTMLParser):
 
 
 def test_report_folder_holds_the_page_and_the_table(report):
-    assert sorted(p.name for p in report.parent.iterdir()) == ["index.html", "scores.csv"]
+    assert sorted(p.name for p in report.parent.iterdir()) == [".repalign-report", "index.html", "scores.csv"]
     assert sorted(p.name for p in report.parent.parent.iterdir()) == ["report"]  # no temporary folder left
     mask = os.umask(0)
     os.umask(mask)
@@ -132,7 +133,10 @@ def test_every_pair_sharing_samples_is_compared(report, cache):
         pd.testing.assert_frame_equal(mine[direct.columns], direct, check_dtype=False)
     assert set(table.loc[table["model_b"] == "fold", "n_samples"]) == {20}
     page = Page(report.read_text())
-    assert len(page.not_comparable) == 3 and all("other" in li and "share no sample ids" in li for li in page.not_comparable)
+    # one short line per pair that could not be compared; the full message is its tooltip
+    assert len(page.not_comparable) == 3 and all("other" in li and li.endswith(": no shared samples")
+                                                 for li in page.not_comparable)
+    assert str(cache) not in "".join(page.not_comparable)
 
 
 def test_page_is_self_contained(report):
@@ -248,7 +252,7 @@ def test_existing_report_is_replaced_and_a_failed_run_keeps_it(cache, tmp_path):
 
 @pytest.mark.parametrize("setup, kwargs, message", [
     ("file", {}, "is a file"),
-    ("foreign", {}, "holds no report"),
+    ("foreign", {}, r"holds files the report did not write \(notes.txt\)"),
     ("nofolder", {}, "no such folder"),
     (None, {"metrics": ["nonsense"]}, "nonsense"),
     (None, {"k": 0}, "k must be an integer >= 1"),
@@ -284,28 +288,143 @@ def test_cli_report_end_to_end(cache, tmp_path):
     assert not (tmp_path / "rep2").exists()
 
 
-# Marks every <img> with whether it decoded and its natural size, once the page has loaded.
+def test_summary_comes_first_with_the_best_pair_of_every_pair(report):
+    text = report.read_text()
+    page = Page(text)
+    # the summary table precedes every figure, the provenance and the reproducing commands
+    assert text.index('id="summary-table"') < min(text.index("<img"), text.index('id="models"'),
+                                                  text.index('id="reproduce"'))
+    rows = page.tables["summary-table"][1:]
+    csv = pd.read_csv(report.parent / "scores.csv")
+    assert len(rows) == 3 * 2  # one row per compared pair and metric
+    header = [c["text"] for c in page.tables["summary-table"][0]]
+    # no permutations, no intervals: no empty statistics columns
+    assert header == ["model pair", "metric", "samples", "best layer pair", "score", "chance / null mean"]
+    for row in rows:
+        a, b = row[0]["text"].split(" vs ")
+        metric = row[1]["text"].split(" (")[0]
+        part = csv[(csv["model_a"] == a) & (csv["model_b"] == b) & (csv["metric"] == metric)]
+        best = part.loc[part["score"].idxmax()]
+        assert row[3]["text"] == f"{best['layer_a']} ~ {best['layer_b']}"
+        assert float(row[4]["value"]) == best["score"]
+        assert int(row[2]["text"]) == best["n_samples"]
+        if metric == "mutual_knn":  # closed-form chance level k / (N - 1), k = 4
+            assert row[5]["text"] == f"{4 / (best['n_samples'] - 1):.3f} (chance)"
+        else:  # biased CKA has no closed form and no permutations were run
+            assert row[5]["text"] == ""
+
+
+def test_summary_reports_adjusted_p_values_and_calibrated_scores(cache, tmp_path):
+    index = build_report(cache, tmp_path / "r", metrics=["mknn"], k=4, permutations=19, seed=3)
+    csv = pd.read_csv(index.parent / "scores.csv")
+    page = Page(index.read_text())
+    assert [c["text"] for c in page.tables["summary-table"][0]][6:] == ["calibrated", "p, adjusted for the layer search"]
+    rows = page.tables["summary-table"][1:]
+    assert len(rows) == 3
+    for row in rows:
+        a, b = row[0]["text"].split(" vs ")
+        part = csv[(csv["model_a"] == a) & (csv["model_b"] == b)]
+        best = part.loc[part["score"].idxmax()] if "best" not in part else part[part["best"].astype(bool)].iloc[0]
+        assert float(row[6]["value"]) == best["calibrated"]
+        assert float(row[7]["text"]) == pytest.approx(best["p_value_best"], rel=0.01)
+
+
+def _listing(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+def test_report_into_a_project_folder_never_deletes_the_users_files(cache, tmp_path):
+    """The reproduction: a project folder with the cache, notes and an index.html of the user's."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copy(cache, proj / "cache.h5")
+    (proj / "notes.txt").write_text("n\n")
+    (proj / "index.html").write_text("<html>\n")
+    before = _listing(proj)
+    for extra in ([], ["--force"]):
+        res = subprocess.run([sys.executable, "-m", "repalign", "report", "cache.h5", "-o", ".", "--metric", "cka", *extra],
+                             capture_output=True, text=True, cwd=proj)
+        assert res.returncode == 1, res.stdout
+        assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+        assert _listing(proj) == before  # not one byte changed, nothing added
+    assert "index.html was not written by 'repalign report'" in res.stderr
+    # without a foreign index.html: refused unless --force, then written beside the user's files
+    (proj / "index.html").unlink()
+    before = _listing(proj)
+    res = subprocess.run([sys.executable, "-m", "repalign", "report", "cache.h5", "-o", ".", "--metric", "cka"],
+                         capture_output=True, text=True, cwd=proj)
+    assert res.returncode == 1 and "holds files the report did not write (cache.h5, notes.txt)" in res.stderr
+    assert _listing(proj) == before
+    res = subprocess.run([sys.executable, "-m", "repalign", "report", "cache.h5", "-o", ".", "--metric", "cka", "--force"],
+                         capture_output=True, text=True, cwd=proj)
+    assert res.returncode == 0, res.stderr
+    after = _listing(proj)
+    assert {k: after[k] for k in before} == before
+    assert sorted(set(after) - set(before)) == [".repalign-report", "index.html", "scores.csv"]
+
+
+def test_files_added_to_a_report_folder_are_kept(cache, tmp_path):
+    out = tmp_path / "r"
+    build_report(cache, out, metrics=["cka"])
+    (out / "notes.txt").write_text("mine")
+    (out / "sub").mkdir()
+    (out / "sub" / "fig.png").write_bytes(b"\x89PNG")
+    with pytest.raises(RepalignError, match=r"holds files the report did not write \(notes.txt, sub\)"):
+        build_report(cache, out, metrics=["mknn"], k=3)
+    build_report(cache, out, metrics=["mknn"], k=3, force=True)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "sub" / "fig.png").read_bytes() == b"\x89PNG"
+    assert set(pd.read_csv(out / "scores.csv")["metric"]) == {"mutual_knn"}
+    # a report file the user edited is theirs now: never replaced, even with force
+    (out / "index.html").write_text((out / "index.html").read_text() + "<!-- my note -->")
+    edited = (out / "index.html").read_bytes()
+    with pytest.raises(RepalignError, match="index.html was not written by 'repalign report' or was changed"):
+        build_report(cache, out, metrics=["cka"], force=True)
+    assert (out / "index.html").read_bytes() == edited
+
+
+def test_an_empty_folder_is_used_and_an_earlier_report_is_recognised(cache, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    build_report(cache, out, metrics=["cka"])
+    manifest = json.loads((out / ".repalign-report").read_text())
+    assert sorted(manifest["files"]) == ["index.html", "scores.csv"]
+    for name, digests in manifest["files"].items():
+        assert digests == [hashlib.sha256((out / name).read_bytes()).hexdigest()]
+    build_report(cache, out, metrics=["mknn"], k=3)  # its own files: replaced without --force
+    assert sorted(p.name for p in out.iterdir()) == [".repalign-report", "index.html", "scores.csv"]
+
+
+# Marks every <img> with whether it decoded and its natural size, and the page with its layout
+# numbers, once the page has loaded.
 PROBE = """<script>
 window.addEventListener('load', () => {
   for (const img of document.images) {
     img.setAttribute('data-probe', img.complete + ':' + img.naturalWidth + 'x' + img.naturalHeight);
   }
+  const root = document.documentElement;
   document.body.setAttribute('data-probed', String(document.images.length));
+  document.body.setAttribute('data-layout', [root.scrollWidth, window.innerWidth, window.innerHeight,
+    Math.round(document.getElementById('summary-table').getBoundingClientRect().bottom)].join(','));
 });
 </script>"""
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
-def test_headless_browser_renders_every_figure(report, tmp_path):
-    probed = tmp_path / "probed.html"
-    probed.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+def _chromium(tmp_path, page, *args):
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()]
+           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900", "--virtual-time-budget=10000",
+           *args, page.as_uri()]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
-    dom = res.stdout
+    return res.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_headless_browser_renders_every_figure_without_overflow(report, tmp_path):
+    probed = tmp_path / "probed.html"
+    probed.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+    dom = _chromium(tmp_path, probed, "--dump-dom")
     n_images = len(Page(report.read_text()).imgs)
     assert f'data-probed="{n_images}"' in dom
     probes = re.findall(r'data-probe="([^"]*)"', dom)
@@ -314,6 +433,19 @@ def test_headless_browser_renders_every_figure(report, tmp_path):
         complete, size = probe.split(":")
         width, height = map(int, size.split("x"))
         assert complete == "true" and width > 100 and height > 100, probe
+    scroll_width, inner_width, inner_height, summary_bottom = map(int, re.search(r'data-layout="([^"]*)"', dom).group(1).split(","))
+    assert inner_width == 1280
+    assert scroll_width <= inner_width  # nothing wider than the window: no horizontal scrolling
+    assert summary_bottom <= inner_height  # the results are on the first screen
+    # a screenshot of the first screen for the test log
+    shot = Path(os.environ.get("REPALIGN_TEST_ARTIFACTS", tmp_path)) / "report-1280.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    _chromium(tmp_path, report, f"--screenshot={shot}")
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        assert im.size == (1280, 900)
+    print(f"report screenshot: {shot}")
 
 
 def test_single_model_cache_gives_a_report_with_nothing_compared(tmp_path):

@@ -1,0 +1,203 @@
+"""Model x model matrix of the best (or chosen) layer pair, ordered by hierarchical clustering."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from repalign.errors import RepalignError
+from repalign.plot.style import (FONT_PT, NOT_SIGNIFICANT_COLOR, SEQUENTIAL_CMAP, colour_bar, colour_scale,
+                                 figure_width, metric_label, new_figure, reference_note, style, text_size,
+                                 value_column, wrap)
+from repalign.table import (best_flags, check_table, metric_rows, models_of, numbers, significance_column,
+                            swap_sides)
+
+
+def best_rows(
+    table: pd.DataFrame,
+    metric: str | None = None,
+    layers: Mapping[str, str] | None = None,
+    value: str = "score",
+) -> pd.DataFrame:
+    """One row per stored model pair (model_a, model_b as stored): the row the matrix shows.
+
+    That is the row flagged in the ``best`` column when the table has one and no layer is fixed,
+    else the row of the largest ``value`` over all layer pairs; for models named in ``layers``
+    (model -> layer) only rows at that layer take part.
+    """
+    table = check_table(table)
+    sub = metric_rows(table, metric)
+    column = value_column(sub, value)
+    layers = dict(layers or {})
+    models = models_of(sub)
+    both = pd.concat([sub, swap_sides(sub)], ignore_index=True)
+    for model, layer in layers.items():
+        if model not in models:
+            raise RepalignError(f"model {model!r} is not in the table; it holds: {', '.join(models)}")
+        if layer not in set(both.loc[both["model_a"] == model, "layer_a"]):
+            raise RepalignError(f"layer {layer!r} of {model!r} is not in the table; choose a stored layer")
+    keep = np.ones(len(sub), dtype=bool)
+    for model, layer in layers.items():
+        keep &= ~((sub["model_a"] == model) & (sub["layer_a"] != layer)).to_numpy()
+        keep &= ~((sub["model_b"] == model) & (sub["layer_b"] != layer)).to_numpy()
+    chosen = sub[keep].assign(_value=numbers(sub[keep], column))
+    out = []
+    for _, part in chosen.groupby(["model_a", "model_b"], sort=False):
+        flags = best_flags(part) if value == "score" and not layers else None
+        if flags is not None:
+            out.append(part[flags].iloc[0])
+        elif part["_value"].notna().any():
+            out.append(part.loc[part["_value"].idxmax()])
+    if not out:
+        return chosen.iloc[:0].drop(columns="_value")
+    return pd.DataFrame(out).drop(columns="_value").reset_index(drop=True)
+
+
+def _square(rows: pd.DataFrame, models: list[str], column: str) -> pd.DataFrame:
+    out = pd.DataFrame(np.nan, index=models, columns=models)
+    for a, b, v in zip(rows["model_a"], rows["model_b"], numbers(rows, column)):
+        out.loc[a, b] = v
+        if a != b and np.isnan(out.loc[b, a]):
+            out.loc[b, a] = v  # every metric is symmetric in A and B
+    return out
+
+
+def model_scores(
+    table: pd.DataFrame,
+    metric: str | None = None,
+    layers: Mapping[str, str] | None = None,
+    value: str = "score",
+) -> pd.DataFrame:
+    """Symmetric model x model matrix (DataFrame) of one metric, from :func:`best_rows`.
+
+    Entry (a, b) is the best layer pair of a and b (the ``best`` row, else the maximum), or, for
+    models named in ``layers`` (model -> layer), the best at that layer. Pairs never compared are
+    NaN; the diagonal is NaN unless the table compares a model with itself.
+    """
+    sub = metric_rows(check_table(table), metric)
+    return _square(best_rows(table, metric, layers, value), models_of(sub), value_column(sub, value))
+
+
+def cluster_order(matrix: pd.DataFrame, method: str = "average") -> list[str]:
+    """Models ordered by hierarchical clustering of the distance 1 - score (scipy linkage).
+
+    Missing pairs count as the largest distance (1 - min score, at least 1); the leaf order is
+    scipy's ``leaves_list`` with ``optimal_ordering=True`` (Bar-Joseph et al., 2001), so adjacent
+    models are as similar as the tree allows.
+    """
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    names = list(matrix.index)
+    if len(names) < 3:
+        return names
+    s = matrix.to_numpy(dtype=float)
+    s = np.fmax(s, s.T)  # either direction of a pair, whichever was stored
+    dist = 1.0 - s
+    worst = max(1.0, float(np.nanmax(dist))) if np.isfinite(dist).any() else 1.0
+    dist = np.where(np.isnan(dist), worst, dist)
+    dist = np.clip(dist, 0.0, None)
+    np.fill_diagonal(dist, 0.0)
+    tree = linkage(squareform(dist, checks=False), method=method, optimal_ordering=True)
+    return [names[i] for i in leaves_list(tree)]
+
+
+def model_matrix(
+    table: pd.DataFrame,
+    metric: str | None = None,
+    *,
+    layers: Mapping[str, str] | None = None,
+    order: str | Sequence[str] = "cluster",
+    value: str = "score",
+    alpha: float = 0.05,
+    width: str | float = "single",
+    scale: str = "fixed",
+    ax=None,
+):
+    """Model x model matrix of :func:`model_scores`, values written in the cells where they fit.
+
+    ``order`` is 'cluster' (:func:`cluster_order`), 'table' (first appearance) or an explicit list
+    of every model. Colours use the fixed 0-1 scale (``scale='data'``: this figure's range) with
+    the chance level or null means marked on the colour bar; a pair whose best cell is not
+    significant (``p_value_best``, else the adjusted or plain p-value of that cell, >= ``alpha``)
+    is hatched. Returns the Figure; the order used is ``fig.repalign_order``.
+    """
+    from matplotlib.patches import Rectangle
+
+    figure_width(width)
+    rows = metric_rows(check_table(table), metric)
+    column = value_column(rows, value)
+    chosen = best_rows(table, metric, layers, value)
+    scores = _square(chosen, models_of(rows), column)
+    names = list(scores.index)
+    if len(names) < 2:
+        raise RepalignError("a model x model matrix needs at least two models in the table")
+    if isinstance(order, str):
+        if order == "cluster":
+            names = cluster_order(scores)
+        elif order != "table":
+            raise RepalignError(f"order {order!r} is not 'cluster', 'table' or a list of models")
+    else:
+        order = [str(m) for m in order]
+        if sorted(order) != sorted(names):
+            raise RepalignError(f"order must list every model once: {', '.join(names)}")
+        names = order
+    s = scores.loc[names, names].to_numpy(dtype=float)
+    if np.isnan(s).all():
+        raise RepalignError("every best score of this metric is missing (NaN); nothing to draw")
+    p = None
+    if "p_value_best" in chosen.columns and np.isfinite(numbers(chosen, "p_value_best")).any():
+        p = _square(chosen, list(scores.index), "p_value_best").loc[names, names].to_numpy(dtype=float)
+    elif significance_column(chosen) is not None:
+        p = _square(chosen, list(scores.index), significance_column(chosen)).loc[names, names].to_numpy(dtype=float)
+    cscale = colour_scale(rows, column, s, scale)
+    width_in = figure_width(width)
+
+    with style():
+        own = ax is None
+        height = min(max(2.4, 0.9 * width_in if width_in < 5 else 0.55 * width_in), 6.0)
+        fig, ax = new_figure(width, height, ax)
+        im = ax.imshow(s, cmap=SEQUENTIAL_CMAP, vmin=cscale.vmin, vmax=cscale.vmax, interpolation="nearest")
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(True)
+        ax.set_xticks(range(len(names)), names, rotation=90)
+        ax.set_yticks(range(len(names)), names)
+        hatched = 0
+        if p is not None:
+            for i, j in np.argwhere(p >= alpha):
+                hatched += 1
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="none", edgecolor=NOT_SIGNIFICANT_COLOR,
+                                       hatch="////", linewidth=0, zorder=1.5, gid=f"not-significant-{i}-{j}"))
+        what = "chosen layers" if layers else "best layer pair"
+        colour_bar(fig, ax, im, f"{metric_label(rows, value)}, {what}", rows, column, cscale, s,
+                   height * 72, shrink=0.7)
+        lines = [f"{metric_label(rows, value)}: {what}"]
+        note = reference_note(rows, column)
+        if note:
+            lines.append(f"line on the colour bar: {note}")
+        if hatched:
+            lines.append(f"hatched: p \u2265 {alpha:g} for the best pair")
+        if cscale.kind != "fixed":
+            lines.append(cscale.describe())
+        title = wrap("\n".join(lines), 0.97 * width_in * 72)
+        if own:
+            fig.suptitle(title)
+        else:
+            ax.set_title(title)
+        fig.draw_without_rendering()
+        box = ax.get_window_extent()
+        cell_pt = min(box.width, box.height) * 72 / fig.dpi / len(names)
+        if text_size("0.00")[0] + 2 <= cell_pt:  # values only where 7 pt numbers fit in a cell
+            mid = (cscale.vmin + cscale.vmax) / 2
+            for i in range(len(names)):
+                for j in range(len(names)):
+                    if np.isnan(s[i, j]):
+                        continue
+                    # cividis is dark below its middle: white text there, black above
+                    color = "white" if s[i, j] < mid else "black"
+                    ax.text(j, i, f"{s[i, j]:.2f}", ha="center", va="center", fontsize=FONT_PT, color=color,
+                            gid=f"cell-{i}-{j}")
+    fig.repalign_order = names
+    return fig

@@ -1,0 +1,274 @@
+"""Score versus relative depth and versus model size: line plots against one reference model."""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from repalign.errors import RepalignError
+from repalign.plot.style import (CB_COLORS, NOT_SIGNIFICANT_COLOR, colour_scale, figure_width, metric_label,
+                                 new_figure, style, text_size, wrap)
+from repalign.table import check_table, metric_rows, models_of, reference_level, swap_sides
+
+def _reference_model(sub: pd.DataFrame, model_b: str | None, layer_b: str | None = None) -> str:
+    models = models_of(sub)
+    if model_b is not None:
+        if model_b not in models:
+            raise RepalignError(f"model {model_b!r} is not in the table; it holds: {', '.join(models)}")
+        return model_b
+    if layer_b is not None:
+        # the reference is the model that owns the given layer
+        owners = list(dict.fromkeys(list(sub.loc[sub["layer_a"] == layer_b, "model_a"])
+                                    + list(sub.loc[sub["layer_b"] == layer_b, "model_b"])))
+        if len(owners) == 1:
+            return owners[0]
+        if not owners:
+            raise RepalignError(f"no model in the table has a layer {layer_b!r}; choose a stored layer")
+        models = owners
+    counts = pd.concat([sub["model_a"], sub["model_b"]]).drop_duplicates().tolist()
+    partners = {m: set(sub.loc[sub["model_b"] == m, "model_a"]) | set(sub.loc[sub["model_a"] == m, "model_b"]) for m in counts}
+    # the model compared with the most others; ties go to the first in table order
+    return max(models, key=lambda m: (len(partners[m] - {m}), -models.index(m)))
+
+
+def _against(sub: pd.DataFrame, model_b: str, layer_b: str | None) -> pd.DataFrame:
+    """Rows comparing every other model (as model_a) with ``model_b`` (as model_b)."""
+    rows = pd.concat([sub[sub["model_b"] == model_b], swap_sides(sub[sub["model_a"] == model_b])], ignore_index=True)
+    rows = rows[rows["model_a"] != model_b]
+    if layer_b is not None:
+        if layer_b not in set(rows["layer_b"]):
+            raise RepalignError(f"layer {layer_b!r} of {model_b!r} is not in the table; choose a stored layer")
+        rows = rows[rows["layer_b"] == layer_b]
+    if rows.empty:
+        raise RepalignError(f"the table compares no other model with {model_b!r}")
+    return rows
+
+
+def depth_scores(
+    table: pd.DataFrame,
+    metric: str | None = None,
+    model_b: str | None = None,
+    layer_b: str | None = None,
+    models: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Per-layer scores of every model against the reference model B, with relative depth.
+
+    For layer i of a model with L layers (stored order), depth = i / (L - 1) (0 = first stored
+    layer, 1 = last; 0 when L = 1), and score = max over B's layers of score(i, j), or
+    score(i, layer_b) when ``layer_b`` is given. B defaults to the model compared with the most
+    others. Returns columns model, layer, depth, score, layer_b and, when the table has them,
+    ci_low, ci_high, p_value, p_value_adjusted of the chosen cell.
+    """
+    table = check_table(table)
+    sub = metric_rows(table, metric)
+    model_b = _reference_model(sub, model_b, layer_b)
+    rows = _against(sub, model_b, layer_b)
+    if models is not None:
+        missing = [m for m in models if m not in set(rows["model_a"])]
+        if missing:
+            raise RepalignError(f"models {missing} are not compared with {model_b!r} in the table")
+        rows = rows[rows["model_a"].isin(models)]
+    out = []
+    for model, part in rows.groupby("model_a", sort=False):
+        part = part.assign(score=pd.to_numeric(part["score"], errors="coerce"))
+        names = list(dict.fromkeys(part["layer_a"]))
+        for i, name in enumerate(names):
+            cells = part[part["layer_a"] == name]
+            best = cells.loc[cells["score"].idxmax()] if cells["score"].notna().any() else cells.iloc[0]
+            rec = {"model": model, "layer": name, "depth": i / (len(names) - 1) if len(names) > 1 else 0.0,
+                   "score": float(best["score"]), "layer_b": best["layer_b"]}
+            for extra in ("ci_low", "ci_high", "p_value", "p_value_adjusted"):
+                if extra in cells.columns:
+                    rec[extra] = float(pd.to_numeric(pd.Series([best[extra]]), errors="coerce").iloc[0])
+            out.append(rec)
+    result = pd.DataFrame(out)
+    result.attrs["model_b"] = model_b
+    return result
+
+
+def _finish_lines(fig, ax, own: bool, rows: pd.DataFrame, ylabel: str, width_in: float, height_in: float,
+                  scale: str) -> None:
+    """Shared by the line plots: the fixed 0-1 value axis (``scale='data'``: matplotlib's), the
+    chance level (dashed) or null means (band), the wrapped value label and the legend under the axes."""
+    values = np.concatenate([line.get_ydata() for line in ax.get_lines()]).astype(float)
+    vscale = colour_scale(rows, "score", values, scale)
+    if vscale.kind != "data":
+        ax.set_ylim(vscale.vmin - 0.02 * (vscale.vmax - vscale.vmin), vscale.vmax + 0.02 * (vscale.vmax - vscale.vmin))
+    ref = reference_level(rows)
+    if ref is not None:
+        what, low, high = ref
+        if np.isclose(low, high, atol=5e-4):
+            ax.axhline(low, color=NOT_SIGNIFICANT_COLOR, linestyle="--", linewidth=0.6, label=what,
+                       gid=f"{what.replace(' ', '-')}-level")
+        else:
+            ax.axhspan(low, high, color=NOT_SIGNIFICANT_COLOR, alpha=0.25, linewidth=0, label=f"{what} (range)",
+                       gid=f"{what.replace(' ', '-')}-band")
+    ax.set_ylabel(wrap(ylabel, 0.6 * height_in * 72))
+    handles, labels = ax.get_legend_handles_labels()
+    widest = max(text_size(t)[0] for t in labels) + 30  # handle, padding and column gap, points
+    ncols = max(1, min(len(labels), int(0.95 * width_in * 72 // widest)))
+    if own:
+        fig.legend(handles, labels, loc="outside lower center", ncols=ncols, handlelength=1.5, columnspacing=1.0)
+    else:
+        ax.legend(handles, labels, ncols=ncols, handlelength=1.5, columnspacing=1.0)
+
+
+def depth_profile(
+    table: pd.DataFrame,
+    metric: str | None = None,
+    model_b: str | None = None,
+    *,
+    layer_b: str | None = None,
+    models: Sequence[str] | None = None,
+    alpha: float = 0.05,
+    width: str | float = "single",
+    scale: str = "fixed",
+    ax=None,
+):
+    """Score versus relative depth (:func:`depth_scores`) of several models in one plot.
+
+    The value axis is the metric's fixed 0-1 range (``scale='data'``: fitted to the data).
+    Intervals (ci_low, ci_high) are drawn as bands when present; points with ``p_value_adjusted``
+    (else ``p_value``) >= alpha are drawn hollow; the chance level is a dashed line (its largest
+    value, when pairs differ in N), or the range of null means a grey band. Returns the Figure.
+    """
+    rows = metric_rows(check_table(table), metric)
+    data = depth_scores(table, metric, model_b, layer_b, models)
+    ref = data.attrs["model_b"]
+    width_in = figure_width(width)
+    sig_col = next((c for c in ("p_value_adjusted", "p_value") if c in data and data[c].notna().any()), None)
+    with style():
+        own = ax is None
+        height = 2.6 if width_in < 5 else 3.0
+        fig, ax = new_figure(width, height, ax)
+        for n, (model, part) in enumerate(data.groupby("model", sort=False)):
+            color = CB_COLORS[n % len(CB_COLORS)]
+            ax.plot(part["depth"], part["score"], color=color, label=model, gid=f"depth-{model}")
+            if "ci_low" in part and part["ci_low"].notna().any():
+                ax.fill_between(part["depth"], part["ci_low"], part["ci_high"], color=color, alpha=0.2, linewidth=0)
+            sig = ~(part[sig_col] >= alpha) if sig_col else pd.Series(True, index=part.index)
+            ax.scatter(part["depth"][sig], part["score"][sig], color=color, s=6, zorder=3)
+            ax.scatter(part["depth"][~sig], part["score"][~sig], facecolor="white", edgecolor=color, s=6,
+                       linewidth=0.6, zorder=3)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel("relative depth (layer / last layer)")
+        against = f"{ref} {layer_b}" if layer_b else f"best layer of {ref}"
+        _finish_lines(fig, ax, own, rows, f"{metric_label(rows)} vs {against}", width_in, height, scale)
+    return fig
+
+
+_SIZE_SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+_SIZE_WITH_UNIT = re.compile(r"(?<![a-z0-9.])(\d+(?:\.\d+)?)([kmbgt])(?![a-z])", re.IGNORECASE)
+_SIZE_TRAILING = re.compile(r"[-_](\d+(?:\.\d+)?)$")
+
+
+def parse_model_size(name: str) -> tuple[str, float] | None:
+    """(family, size) from a model name: 'esmc-300m' -> ('esmc', 3e8), 'unirep-1900' -> ('unirep', 1900).
+
+    A number with a k/m/b/t suffix is scaled (esm2_t33_650M -> 6.5e8, family 'esm2_t33'); a bare
+    trailing number after '-' or '_' is taken as is. The family is the name without the size
+    token. None when the name holds no size.
+    """
+    hits = list(_SIZE_WITH_UNIT.finditer(name))
+    if hits:
+        m = hits[-1]
+        size = float(m.group(1)) * _SIZE_SUFFIX[m.group(2).lower()]
+    else:
+        m = _SIZE_TRAILING.search(name)
+        if not m:
+            return None
+        size = float(m.group(1))
+    family = (name[: m.start()] + name[m.end():]).strip("-_ ") or name
+    family = re.sub(r"([-_])[-_]+", r"\1", family)  # the separators around the size token become one
+    return family, size
+
+
+def size_scores(
+    table: pd.DataFrame,
+    metric: str | None = None,
+    model_b: str | None = None,
+    *,
+    layer_b: str | None = None,
+    sizes: Mapping[str, float] | None = None,
+    families: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """Best score of every model against reference B (max over both models' layers, or over the
+    model's layers at B's ``layer_b``), with family and size (``sizes`` mapping, else parsed by
+    :func:`parse_model_size`). Columns model, family, size, score. Models without a size, and
+    families with a single size, are left out.
+    """
+    data = depth_scores(table, metric, model_b, layer_b)
+    sizes, families = dict(sizes or {}), dict(families or {})
+    out = []
+    for model, part in data.groupby("model", sort=False):
+        parsed = parse_model_size(model)
+        size = sizes.get(model, parsed[1] if parsed else None)
+        family = families.get(model, parsed[0] if parsed else model)
+        if size is None:
+            continue
+        try:
+            size = float(size)
+        except (TypeError, ValueError):
+            raise RepalignError(f"size of {model!r} is {size!r}, not a number; give sizes as MODEL=NUMBER") from None
+        if not size > 0:
+            raise RepalignError(f"size of {model!r} is {size}; sizes must be positive")
+        best = part.loc[part["score"].idxmax()]
+        out.append({"model": model, "family": family, "size": size, "score": float(best["score"])})
+    result = pd.DataFrame(out, columns=["model", "family", "size", "score"])
+    # a family with one size says nothing about scaling
+    several = result.groupby("family")["size"].transform("nunique") >= 2
+    result = result[several]
+    if result.empty:
+        raise RepalignError(
+            "no model family with several sizes in the table; name models like esmc-300m / esmc-600m "
+            "or give sizes with --size MODEL=NUMBER"
+        )
+    result.attrs["model_b"] = data.attrs["model_b"]
+    return result.sort_values(["family", "size"], kind="stable").reset_index(drop=True)
+
+
+def _size_text(value: float) -> str:
+    for factor, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:g}{suffix}"
+    return f"{value:g}"
+
+
+def size_scaling(
+    table: pd.DataFrame,
+    metric: str | None = None,
+    model_b: str | None = None,
+    *,
+    layer_b: str | None = None,
+    sizes: Mapping[str, float] | None = None,
+    families: Mapping[str, str] | None = None,
+    width: str | float = "single",
+    scale: str = "fixed",
+    ax=None,
+):
+    """Best score versus model size (log axis), one line per family (:func:`size_scores`); the value
+    axis is the metric's fixed 0-1 range unless ``scale='data'``."""
+    rows = metric_rows(check_table(table), metric)
+    data = size_scores(table, metric, model_b, layer_b=layer_b, sizes=sizes, families=families)
+    width_in = figure_width(width)
+    with style():
+        own = ax is None
+        height = 2.6 if width_in < 5 else 3.0
+        fig, ax = new_figure(width, height, ax)
+        for n, (family, part) in enumerate(data.groupby("family", sort=False)):
+            color = CB_COLORS[n % len(CB_COLORS)]
+            ax.plot(part["size"], part["score"], marker="o", color=color, label=family, gid=f"size-{family}")
+        ax.set_xscale("log")
+        # whole decades, labelled 10M, 100M, 1B: minor ticks unlabelled so no two labels collide
+        low, high = np.floor(np.log10(data["size"].min())), np.ceil(np.log10(data["size"].max()))
+        ax.set_xlim(10 ** (low - 0.05), 10 ** (high + 0.05))
+        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=12))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, pos: _size_text(v)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("model size (parameters)")
+        _finish_lines(fig, ax, own, rows, f"{metric_label(rows)} vs {data.attrs['model_b']}", width_in, height, scale)
+    return fig

@@ -1,0 +1,260 @@
+"""Publication style: journal widths, fonts of at least 7 pt, text measuring and wrapping, colour scales."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from repalign.errors import RepalignError
+from repalign.table import has_values, numbers, reference_level
+
+#: Journal column widths in inches: single fits Nature (89 mm), Cell (85 mm), PNAS (8.7 cm);
+#: double fits Cell (174 mm), Nature (183 mm), PNAS (17.8 cm).
+WIDTHS_IN = {"single": 3.3, "double": 6.85}
+MIN_WIDTH_IN, MAX_WIDTH_IN = 2.5, 10.0
+FONT_PT = 7  # the smallest text of every figure: journals ask for 5-7 pt at print size
+PNG_DPI = 300
+
+# Okabe & Ito (2008) colour-blind-safe palette, for lines and markers
+CB_COLORS = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+SEQUENTIAL_CMAP = "cividis"
+MARKER_COLOR = "#D55E00"  # vermillion: visible on every cividis shade
+NOT_SIGNIFICANT_COLOR = "#9a9a9a"
+
+STYLE = {
+    "font.family": "DejaVu Sans",
+    "font.size": FONT_PT,
+    "axes.titlesize": FONT_PT,
+    "axes.labelsize": FONT_PT,
+    "xtick.labelsize": FONT_PT,
+    "ytick.labelsize": FONT_PT,
+    "legend.fontsize": FONT_PT,
+    "figure.titlesize": FONT_PT,
+    "axes.linewidth": 0.5,
+    "lines.linewidth": 1.0,
+    "lines.markersize": 3,
+    "xtick.major.width": 0.5,
+    "ytick.major.width": 0.5,
+    "xtick.major.size": 2,
+    "ytick.major.size": 2,
+    "xtick.major.pad": 1.5,
+    "ytick.major.pad": 1.5,
+    "axes.titlepad": 4,
+    "axes.labelpad": 2,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.frameon": False,
+    "hatch.linewidth": 0.4,
+    "image.cmap": SEQUENTIAL_CMAP,
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "svg.fonttype": "none",
+    "svg.hashsalt": "repalign",  # deterministic element ids: the same table gives the same SVG bytes
+    "savefig.dpi": PNG_DPI,
+    "savefig.bbox": None,  # exactly the chosen width; the layout keeps every label inside
+    "figure.constrained_layout.h_pad": 0.03,
+    "figure.constrained_layout.w_pad": 0.03,
+}
+
+
+@contextlib.contextmanager
+def style():
+    """The publication style as a matplotlib rc context (fonts embeddable, CB-safe colours)."""
+    import matplotlib
+
+    with matplotlib.rc_context(STYLE):
+        yield
+
+
+_UNITS_IN = {"in": 1.0, "pt": 1 / 72, "mm": 1 / 25.4, "cm": 1 / 2.54}
+_WIDTH = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(in|pt|mm|cm)?\s*$", re.IGNORECASE)
+
+
+def figure_width(width: str | float | int = "single") -> float:
+    """Width in inches of a preset ('single' 3.3 in, 'double' 6.85 in) or of a number of points
+    (``246`` or ``'246pt'``; ``'85mm'``, ``'8.5cm'`` and ``'3.3in'`` work too)."""
+    if isinstance(width, str) and width.strip().lower() in WIDTHS_IN:
+        return WIDTHS_IN[width.strip().lower()]
+    if isinstance(width, bool):
+        value = None
+    elif isinstance(width, (int, float)):
+        value = float(width) / 72
+    else:
+        m = _WIDTH.match(str(width))
+        value = float(m.group(1)) * _UNITS_IN[(m.group(2) or "pt").lower()] if m else None
+    if value is None:
+        raise RepalignError(f"width {width!r} is not 'single', 'double' or a number of points such as 246 (or 85mm)")
+    if not MIN_WIDTH_IN <= value <= MAX_WIDTH_IN:
+        raise RepalignError(f"width {width!r} is {value:.2f} in; give {MIN_WIDTH_IN:g} to {MAX_WIDTH_IN:g} in "
+                            f"({MIN_WIDTH_IN * 72:.0f} to {MAX_WIDTH_IN * 72:.0f} pt) so that {FONT_PT} pt text fits")
+    return value
+
+
+def new_figure(width, height_in: float, ax=None):
+    """A bare Figure (no pyplot state, no GUI backend) of the given width and height, constrained layout."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    width_in = figure_width(width)
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=(width_in, height_in), layout="constrained")
+    FigureCanvasAgg(fig)  # a renderer for measuring text during the layout
+    return fig, fig.subplots()
+
+
+def figure_renderer(fig):
+    """The renderer that draws ``fig`` (for measuring its texts)."""
+    canvas = fig.canvas
+    return canvas.get_renderer() if hasattr(canvas, "get_renderer") else fig._get_renderer()
+
+
+# ---- text -----------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _renderer():
+    from matplotlib.backends.backend_agg import RendererAgg
+
+    return RendererAgg(10, 10, 72)  # 72 dpi: one pixel is one point
+
+
+@functools.lru_cache(maxsize=4096)
+def text_size(text: str, size: float = FONT_PT) -> tuple[float, float]:
+    """(width, height) in points of one line of ``text`` in the figure font at ``size`` pt."""
+    from matplotlib.font_manager import FontProperties
+
+    if not text:
+        return 0.0, 0.0
+    prop = FontProperties(family=STYLE["font.family"], size=size)
+    w, h, _ = _renderer().get_text_width_height_descent(text, prop, ismath=False)
+    return float(w), float(h)
+
+
+def wrap(text: str, width_pt: float, size: float = FONT_PT) -> str:
+    """Greedy line breaks at spaces so that every line of ``text`` is at most ``width_pt`` wide
+    (a single word longer than that stays whole); existing line breaks are kept."""
+    lines = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            trial = f"{line} {word}" if line else word
+            if line and text_size(trial, size)[0] > width_pt:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def metric_label(rows, value: str = "score") -> str:
+    """'mutual_knn (k=4, normalize=l2)', prefixed 'calibrated' for calibrated scores."""
+    metric, params = rows["metric"].iloc[0], rows["params"].iloc[0]
+    label = metric if not params else f"{metric} ({params.replace(',', ', ')})"
+    return f"calibrated {label}" if value == "calibrated" else label
+
+
+def value_column(rows, value: str) -> str:
+    if value not in ("score", "calibrated"):
+        raise RepalignError(f"value {value!r} is not 'score' or 'calibrated'")
+    if value == "calibrated" and not has_values(rows, "calibrated"):
+        raise RepalignError("the table has no calibrated scores; compare with --permutations N, or draw raw scores")
+    return value
+
+
+# ---- colour scales ------------------------------------------------------------------------------------
+
+SCALES = ("fixed", "data")
+
+
+@dataclass(frozen=True)
+class ColourScale:
+    """vmin/vmax of the colours; ``kind``: 'fixed' (the metric's range, the same in every figure),
+    'table' (an unregistered metric: the range of all its rows in the table) or 'data' (this panel)."""
+
+    vmin: float
+    vmax: float
+    kind: str
+
+    def extend(self, values: np.ndarray) -> str:
+        """Colour bar ends for values outside the scale (drawn with the end colours)."""
+        low = bool(np.nanmin(values) < self.vmin - 1e-12) if np.isfinite(values).any() else False
+        high = bool(np.nanmax(values) > self.vmax + 1e-12) if np.isfinite(values).any() else False
+        return {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[(low, high)]
+
+    def describe(self) -> str:
+        if self.kind == "fixed":
+            return f"colour scale fixed at {self.vmin:g}-{self.vmax:g}"
+        if self.kind == "table":
+            return f"colour scale {self.vmin:.3g}-{self.vmax:.3g}: every score of this metric in the table"
+        return f"colour scale: this panel's range {self.vmin:.3g}-{self.vmax:.3g}, not comparable across panels"
+
+
+def colour_scale(metric_rows, column: str, panel: np.ndarray, scale: str = "fixed") -> ColourScale:
+    """The colour scale of one panel.
+
+    'fixed' (default): 0-1 for every registered metric and for calibrated scores, so a colour
+    means the same number in every panel and every figure (all registered metrics have maximum 1;
+    unbiased estimators can fall below 0 by chance, drawn with the lowest colour); an
+    unregistered metric gets the range of all its rows in ``metric_rows``. 'data': this panel's
+    own range.
+    """
+    if scale not in SCALES:
+        raise RepalignError(f"scale {scale!r} is not 'fixed' or 'data'")
+    finite = panel[np.isfinite(panel)]
+    if scale == "data":
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        return ColourScale(lo, hi if hi > lo else lo + 1e-9, "data")
+    if column == "calibrated":
+        return ColourScale(0.0, 1.0, "fixed")
+    from repalign.metrics import get_metric
+
+    try:
+        get_metric(str(metric_rows["metric"].iloc[0]))
+        return ColourScale(0.0, 1.0, "fixed")
+    except RepalignError:
+        values = numbers(metric_rows, column)
+        values = values[np.isfinite(values)]
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+        return ColourScale(lo, hi if hi > lo else lo + 1e-9, "table")
+
+
+def reference_note(rows, column: str = "score") -> str:
+    """'chance 0.133' or 'null mean 0.41-0.47' for the caption of biased scores; '' for calibrated."""
+    if column == "calibrated":
+        return ""
+    ref = reference_level(rows)
+    if ref is None:
+        return ""
+    what, low, high = ref
+    return f"{what} {low:.3g}" if np.isclose(low, high, atol=5e-4) else f"{what} {low:.3g}-{high:.3g}"
+
+
+def colour_bar(fig, ax, image, label: str, rows, column: str, scale: ColourScale, values: np.ndarray,
+               length_pt: float, shrink: float = 0.85):
+    """A vertical colour bar right of ``ax`` with the label wrapped to the bar's length, and the chance
+    level (a line) or the range of null means (a band and a line at its middle) marked on it."""
+    from matplotlib.patches import Rectangle
+
+    bar = fig.colorbar(image, ax=ax, shrink=shrink, pad=0.02, aspect=25, extend=scale.extend(values))
+    bar.outline.set_linewidth(0.5)
+    bar.ax.tick_params(labelsize=FONT_PT)
+    bar.set_label(wrap(label, 0.95 * shrink * length_pt))
+    if scale.kind == "fixed":
+        bar.set_ticks([0, 0.25, 0.5, 0.75, 1.0], labels=["0", "0.25", "0.5", "0.75", "1"])
+    ref = reference_level(rows) if column != "calibrated" else None
+    if ref is not None:
+        what, low, high = ref
+        lo, hi = max(low, scale.vmin), min(high, scale.vmax)
+        if lo <= hi:
+            if hi - lo > 0.002 * (scale.vmax - scale.vmin):
+                bar.ax.add_patch(Rectangle((0, lo), 1, hi - lo, transform=bar.ax.get_yaxis_transform(),
+                                           facecolor="white", alpha=0.5, edgecolor="none", gid="reference-band"))
+            bar.ax.axhline((lo + hi) / 2, color="white", linewidth=1.6, gid="reference-halo")
+            bar.ax.axhline((lo + hi) / 2, color="black", linewidth=0.8, gid=f"reference-{what.replace(' ', '-')}")
+    return bar

@@ -1,0 +1,279 @@
+"""Tidy score tables: reading them safely, selecting rows, pair matrices, and writing files atomically.
+
+A score table has one row per (model_a, layer_a, model_b, layer_b, metric, params) with a
+``score`` and, after ``--permutations``/``--ci``, statistics columns (chance_level, null_mean,
+p_value, p_value_adjusted, calibrated, ci_low, ci_high, best, p_value_best, note). Figures and
+reports read tables through this module only, so a table from disk, from ``compare_models`` or
+built by hand behaves the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from repalign.errors import RepalignError
+
+REQUIRED_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "metric", "score")
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+
+
+# ---- files --------------------------------------------------------------------------------------
+
+
+def file_mode() -> int:
+    """The mode a new ordinary file gets here (0o666 minus the umask); temporary files are private."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_files(targets: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
+    """Temporary paths next to each target; on success all are renamed into place, on failure removed.
+
+    ``with atomic_files([a, b]) as (tmp_a, tmp_b): write(tmp_a); write(tmp_b)``: a reader sees
+    the old files or the new ones, never a half-written one. The new files get the usual
+    permissions (:func:`file_mode`), not the private mode of temporary files.
+    """
+    targets = [Path(t) for t in targets]
+    temps: list[Path] = []
+    try:
+        for target in targets:
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            temps.append(Path(tmp))
+        yield temps
+        mode = file_mode()
+        for tmp, target in zip(temps, targets):
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
+    finally:
+        for tmp in temps:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a .csv, .tsv or .parquet score table; anything unreadable is one RepalignError naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise RepalignError(f"{path} is a folder; give a .csv, .tsv or .parquet table written by 'repalign compare -o'")
+    if not path.is_file():
+        raise RepalignError(f"{path}: no such table; give a .csv, .tsv or .parquet written by 'repalign compare -o'")
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise RepalignError(f"{path}: unknown table format {path.suffix!r}; use a .csv, .tsv or .parquet file")
+    if path.stat().st_size == 0:
+        raise RepalignError(f"{path} is an empty file; give a table written by 'repalign compare -o'")
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+        if b"\0" in head:
+            raise RepalignError(f"{path} is a binary file, not a {suffix[1:].upper()} table; give the table "
+                                "written by 'repalign compare -o'")
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    except RepalignError:
+        raise
+    except ImportError:
+        raise RepalignError("reading .parquet needs pyarrow: pip install 'repalign[parquet]', or use a .csv table") from None
+    except (ValueError, OSError, UnicodeError, pd.errors.ParserError) as exc:
+        # pyarrow's and pandas' errors differ by version; the first line of either names the fault
+        kind = "Parquet" if suffix == ".parquet" else suffix[1:].upper()
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RepalignError(f"{path} is not a readable {kind} table ({detail}); give the table written by "
+                            "'repalign compare -o'") from None
+
+
+# ---- validation and selection ---------------------------------------------------------------------
+
+
+def check_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A validated copy: required columns present, at least one row, numeric scores, text names."""
+    if not isinstance(table, pd.DataFrame):
+        raise RepalignError(f"expected a pandas DataFrame score table, got {type(table).__name__}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise RepalignError(f"the score table lacks columns {missing}; give a table written by 'repalign compare -o'")
+    if table.empty:
+        raise RepalignError("the score table is empty; run 'repalign compare ... -o TABLE' first")
+    try:
+        scores = pd.to_numeric(table["score"])
+    except (TypeError, ValueError):
+        raise RepalignError("the score column holds non-numbers; give a table written by 'repalign compare -o'") from None
+    out = table.copy()
+    out["score"] = scores.astype(float)
+    for col in ("model_a", "layer_a", "model_b", "layer_b", "metric"):
+        out[col] = out[col].astype(str)
+    if "params" in out.columns:
+        # a CSV with no parameters reads back as a float column of NaN
+        out["params"] = ["" if pd.isna(v) else str(v) for v in out["params"]]
+    else:
+        out["params"] = ""
+    return out
+
+
+def has_values(rows: pd.DataFrame, column: str) -> bool:
+    """Whether ``column`` exists and holds at least one number."""
+    return column in rows.columns and pd.to_numeric(rows[column], errors="coerce").notna().any()
+
+
+def numbers(rows: pd.DataFrame, column: str) -> np.ndarray:
+    """``column`` as float64 (non-numbers become NaN)."""
+    return pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float)
+
+
+def resolve_metric(table: pd.DataFrame, metric: str | None = None) -> str:
+    """The table's metric named ``metric`` (an alias such as 'mknn' is accepted); default: the first."""
+    stored = list(dict.fromkeys(table["metric"]))
+    if metric is None:
+        return stored[0]
+    if metric in stored:
+        return metric
+    from repalign.metrics import get_metric
+
+    try:
+        canonical = get_metric(metric).name
+    except RepalignError:
+        canonical = None
+    if canonical in stored:
+        return canonical
+    raise RepalignError(f"metric {metric!r} is not in the table; it holds: {', '.join(stored)}; pass one with --metric")
+
+
+def metric_rows(table: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+    """Rows of one metric and one parameter setting (the first stored, when several)."""
+    metric = resolve_metric(table, metric)
+    sub = table[table["metric"] == metric]
+    return sub[sub["params"] == sub["params"].iloc[0]]
+
+
+def swap_sides(rows: pd.DataFrame) -> pd.DataFrame:
+    """The same rows seen from the other side: A and B exchanged (every metric is symmetric in A, B)."""
+    return rows.rename(columns={"model_a": "model_b", "model_b": "model_a", "layer_a": "layer_b", "layer_b": "layer_a"})
+
+
+def models_of(rows: pd.DataFrame) -> list[str]:
+    """Model names in order of first appearance (as A or B)."""
+    return list(dict.fromkeys(list(rows["model_a"]) + list(rows["model_b"])))
+
+
+def select_pair(table: pd.DataFrame, metric=None, model_a=None, model_b=None) -> pd.DataFrame:
+    """Rows of one model pair and metric (one parameter setting), model A's layers first.
+
+    Defaults: the table's first metric and first pair. A pair stored as (B, A) is returned
+    exchanged, so model A is always the rows of :func:`pair_matrix`.
+    """
+    table = check_table(table)
+    sub = metric_rows(table, metric)
+    models = models_of(sub)
+    for name in (model_a, model_b):
+        if name is not None and name not in models:
+            raise RepalignError(f"model {name!r} is not in the table for this metric; it holds: {', '.join(models)}")
+    if model_a is None and model_b is None:
+        model_a, model_b = sub["model_a"].iloc[0], sub["model_b"].iloc[0]
+    elif model_b is None:
+        partners = sub.loc[sub["model_a"] == model_a, "model_b"].tolist() or sub.loc[sub["model_b"] == model_a, "model_a"].tolist()
+        model_b = partners[0]
+    elif model_a is None:
+        partners = sub.loc[sub["model_b"] == model_b, "model_a"].tolist() or sub.loc[sub["model_a"] == model_b, "model_b"].tolist()
+        model_a = partners[0]
+    rows = sub[(sub["model_a"] == model_a) & (sub["model_b"] == model_b)]
+    if rows.empty:
+        rows = swap_sides(sub[(sub["model_a"] == model_b) & (sub["model_b"] == model_a)])
+    if rows.empty:
+        raise RepalignError(f"the table has no rows comparing {model_a!r} with {model_b!r}; compare them first")
+    return rows
+
+
+def pair_matrix(rows: pd.DataFrame, column: str = "score") -> tuple[np.ndarray, list[str], list[str]]:
+    """The La x Lb matrix of ``column`` for one pair's rows, layers in stored (first-seen) order."""
+    la = list(dict.fromkeys(rows["layer_a"]))
+    lb = list(dict.fromkeys(rows["layer_b"]))
+    ia = {n: i for i, n in enumerate(la)}
+    ib = {n: j for j, n in enumerate(lb)}
+    out = np.full((len(la), len(lb)), np.nan)
+    for a, b, v in zip(rows["layer_a"], rows["layer_b"], numbers(rows, column)):
+        out[ia[a], ib[b]] = v
+    return out, la, lb
+
+
+def significance_column(rows: pd.DataFrame) -> str | None:
+    """The p-value column that decides significance: ``p_value_adjusted`` (max-T over the layer
+    pairs) when it holds values, else the per-pair ``p_value``, else None."""
+    for column in ("p_value_adjusted", "p_value"):
+        if has_values(rows, column):
+            return column
+    return None
+
+
+def best_flags(rows: pd.DataFrame) -> np.ndarray | None:
+    """The ``best`` column as booleans (CSV gives text 'True'/'False'), or None when absent or all false."""
+    if "best" not in rows.columns:
+        return None
+    values = rows["best"]
+    if values.dtype != bool:
+        values = values.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0", "yes"))
+    flags = values.to_numpy(dtype=bool)
+    return flags if flags.any() else None
+
+
+def _param_value(text: str):
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def chance_levels(rows: pd.DataFrame) -> np.ndarray:
+    """Each row's chance level: the ``chance_level`` column where it holds a value, else the metric's
+    closed form (:meth:`repalign.metrics.Metric.chance_level`) from the row's metric, params and
+    n_samples; NaN where neither exists (e.g. biased CKA, which has no closed form)."""
+    from repalign.metrics import get_metric
+
+    given = numbers(rows, "chance_level") if "chance_level" in rows.columns else np.full(len(rows), np.nan)
+    if np.isfinite(given).all() or "n_samples" not in rows.columns:
+        return given
+    out = given.copy()
+    memo: dict = {}
+    params = rows["params"] if "params" in rows.columns else pd.Series("", index=rows.index)
+    for i, (name, text, n) in enumerate(zip(rows["metric"], params, numbers(rows, "n_samples"))):
+        if np.isfinite(out[i]) or not np.isfinite(n):
+            continue
+        key = (name, text, n)
+        if key not in memo:
+            memo[key] = np.nan
+            try:
+                metric = get_metric(name)
+                pairs = [p.split("=", 1) for p in ("" if pd.isna(text) else str(text)).split(",") if "=" in p]
+                settable = {k: _param_value(v) for k, v in pairs if k in metric.params}
+                level = metric.chance_level(int(n), **settable)
+                memo[key] = np.nan if level is None else float(level)
+            except (RepalignError, TypeError, ValueError):
+                pass  # an unregistered metric or foreign parameters: no closed form here
+        out[i] = memo[key]
+    return out
+
+
+def reference_level(rows: pd.DataFrame) -> tuple[str, float, float] | None:
+    """What unrelated data would score, for reading a biased score: ('chance', level, level) from
+    :func:`chance_levels` (the largest, when pairs differ in N), else ('null mean', low, high) over
+    the ``null_mean`` column (permutation null), else None."""
+    chance = chance_levels(rows)
+    if np.isfinite(chance).any():
+        level = float(np.nanmax(chance))
+        return "chance", level, level
+    if has_values(rows, "null_mean"):
+        values = numbers(rows, "null_mean")
+        return "null mean", float(np.nanmin(values)), float(np.nanmax(values))
+    return None
