@@ -297,7 +297,7 @@ def cache_dir(out: Path, cache: str | os.PathLike | None) -> Path:
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> Path:
-    from repalign.compare import write_table
+    from repalign.table import write_table
 
     return write_table(table.round(6), path)
 

@@ -7,7 +7,7 @@ pair; CKA with explicit centring matrices, tr(K H L H). Both must give the same 
 Usage:
     python benchmarks/bench_metrics.py            # everything (several minutes on 2 cores)
     python benchmarks/bench_metrics.py --quick    # small sizes, a smoke run
-    python benchmarks/bench_metrics.py --only pair matrix cka memory
+    python benchmarks/bench_metrics.py --only pair matrix cka ties memory
 """
 
 from __future__ import annotations
@@ -149,6 +149,28 @@ def bench_cka(n, d, la, lb, dense_pairs):
         c_engine, c_dense / dense_pairs * la * lb)
 
 
+def bench_ties(n, d, k):
+    """The neighbour search against its floor, the BLAS Gram X Xᵀ alone, and what tie handling costs.
+
+    Tie handling = hashing the rows into duplicate groups + float64 index-order similarities of
+    the candidates (+ any completion pass); measured on data without and with 40% duplicate rows."""
+    from repalign.metrics.neighbors import duplicate_groups, knn_state, row_digests
+
+    warm_up()
+    rng = np.random.default_rng(7)
+    X = make_layers(n, d, 1, seed=6)[0]
+    dup = X.copy()
+    copies = rng.choice(n, int(0.4 * n), replace=False)
+    dup[copies] = dup[rng.choice(np.setdiff1d(np.arange(n), copies), copies.size)]
+    floor = min(timed(np.matmul, X, X.T)[1] for _ in range(3))
+    for label, data in (("no duplicates", X), ("40% duplicate rows", dup)):
+        t_state = min(timed(knn_state, data, k)[1] for _ in range(3))
+        t_hash = min(timed(lambda Z: duplicate_groups(row_digests(Z)), data)[1] for _ in range(3))
+        print(f"| neighbour lists, N={n}, D={d}, k={k}, {label} | {t_state:.2f} | {floor:.2f} (Gram X Xᵀ) | "
+              f"{floor / t_state:.2f}x | - | search / Gram floor = {t_state / floor:.2f}; hashing rows into duplicate "
+              f"groups {t_hash:.3f} s ({t_hash / t_state:.0%} of the search) |", flush=True)
+
+
 def _peak_rss_kib() -> int:
     """Peak resident memory of this process image (VmHWM). Unlike getrusage's ru_maxrss it is not
     inherited from the parent through fork/exec, so the child measures only itself."""
@@ -211,7 +233,8 @@ def machine() -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run of every part)")
-    parser.add_argument("--only", nargs="+", choices=["pair", "matrix", "cka", "memory"], default=["pair", "matrix", "cka", "memory"])
+    parser.add_argument("--only", nargs="+", choices=["pair", "matrix", "cka", "ties", "memory"],
+                        default=["pair", "matrix", "cka", "ties", "memory"])
     args = parser.parse_args(argv)
     print(f"machine: {machine()}")
     print("| case | engine (s) | dense reference (s) | ratio (wall) | CPU s engine / dense | notes |")
@@ -226,6 +249,8 @@ def main(argv=None):
         bench_matrix(n, d, la, lb, 10, dense_pairs=3)
     if "cka" in args.only:
         bench_cka(n, d, la, lb, dense_pairs=1)
+    if "ties" in args.only:
+        bench_ties(n, d, 10)
     print(f"load average now {os.getloadavg()[0]:.1f}")
     if "memory" in args.only:
         peak = bench_memory(big, 512, 10)

@@ -41,7 +41,8 @@ def _options(pairs) -> dict[str, str]:
 
 
 def cmd_compare(args) -> int:
-    from repalign.compare import check_table_path, compare_models, write_table
+    from repalign.compare import compare_models
+    from repalign.table import check_table_path, write_table
 
     if args.output:
         check_table_path(args.output)  # fail before computing anything
@@ -49,7 +50,7 @@ def cmd_compare(args) -> int:
         args.cache, args.a, args.b, _flat(args.metric) or ["mknn"],
         cache_b=args.cache_b, layers_a=_flat(args.layers_a), layers_b=_flat(args.layers_b),
         normalize=None if args.normalize == "none" else args.normalize,
-        k=args.k, kernel=args.kernel, sigma=args.sigma, dim=args.dim,
+        k=args.k, kernel=args.kernel, sigma=args.sigma, dim=args.dim, variance=args.variance,
         permutations=args.permutations, ci=args.ci, n_subsamples=args.subsamples, seed=args.seed,
         cluster=args.cluster, knn=args.knn, block_rows=args.block_rows,
     )
@@ -177,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--k", type=int, default=10, help="neighbours for kNN metrics and CKNNA (default 10)")
     c.add_argument("--kernel", choices=("linear", "rbf"), help="CKA kernel (default linear)")
     c.add_argument("--sigma", type=float, help="rbf bandwidth (default: median pairwise distance)")
-    c.add_argument("--dim", type=int, help="SVCCA dimensions (default 10)")
+    c.add_argument("--dim", type=int, help="svcca_platonic: singular directions kept (default 10)")
+    c.add_argument("--variance", type=float, help="svcca: share of variance the kept directions explain (default 0.99)")
     c.add_argument("--normalize", default="l2", choices=("l2", "center", "none"), help="row preprocessing (default l2)")
     c.add_argument("--layers-a", action="append", nargs="+", help="layers of A (names or patterns)")
     c.add_argument("--layers-b", action="append", nargs="+", help="layers of B (names or patterns)")

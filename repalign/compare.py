@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -19,9 +18,8 @@ import pandas as pd
 
 from repalign.errors import RepalignError
 
-TABLE_SUFFIXES = (".csv", ".parquet", ".tsv")
 # parameters the CLI always passes; each is dropped for calls whose metrics do not take it
-_COMMON_CLI_PARAMS = {"k", "kernel", "sigma", "dim"}
+_COMMON_CLI_PARAMS = {"k", "kernel", "sigma", "dim", "variance"}
 
 
 @dataclass
@@ -231,54 +229,3 @@ def _source(item, block_rows):
     if block_rows is None or not hasattr(item, "blocks"):
         return item
     return lambda: item.blocks(block_rows)
-
-
-def check_table_path(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if path.suffix.lower() not in TABLE_SUFFIXES:
-        raise RepalignError(f"{path}: unknown table format {path.suffix!r}; use a .csv, .tsv or .parquet file name")
-    if not path.parent.exists():
-        raise RepalignError(f"{path.parent}: no such folder; create it or choose another output path")
-    if path.suffix.lower() == ".parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise RepalignError("writing .parquet needs pyarrow: pip install 'repalign[parquet]', or write .csv") from None
-    return path
-
-
-def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a tidy table atomically (a temporary file renamed into place), so no partial table is left."""
-    path = check_table_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a table is an ordinary file
-    try:
-        suffix = path.suffix.lower()
-        if suffix == ".parquet":
-            table.to_parquet(tmp, index=False)
-        else:
-            table.to_csv(tmp, index=False, sep="\t" if suffix == ".tsv" else ",")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise RepalignError(f"{path}: no such table; give a .csv or .parquet written by 'repalign compare -o'")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return pd.read_parquet(path)
-    if suffix in (".csv", ".tsv"):
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-    raise RepalignError(f"{path}: unknown table format; use .csv, .tsv or .parquet")

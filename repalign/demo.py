@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from repalign.compare import compare_models, write_table
+from repalign.compare import compare_models
+from repalign.table import write_table
 from repalign.extract import extract
 from repalign.plot import save_layer_heatmap
 

@@ -497,7 +497,7 @@ def build_report(
     try:
         old = _manifest(output)
         with atomic_files([output / SCORES_FILE, output / INDEX_FILE]) as (tmp_scores, tmp_index):
-            table.to_csv(tmp_scores, index=False)  # the format of repalign.compare.write_table for .csv
+            table.to_csv(tmp_scores, index=False)  # the format of repalign.table.write_table for .csv
             tmp_index.write_text(page, encoding="utf-8")
             new = {SCORES_FILE: _sha256(tmp_scores), INDEX_FILE: _sha256(tmp_index)}
             # the manifest lists old and new digests while the files are renamed, so an interrupted

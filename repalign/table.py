@@ -93,6 +93,35 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
                             "'repalign compare -o'") from None
 
 
+def check_table_path(path: str | os.PathLike) -> Path:
+    """An output table path that can be written: known suffix, existing folder, not a folder itself
+    (checked before any computation)."""
+    path = Path(path)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise RepalignError(f"{path}: unknown table format {path.suffix!r}; use a .csv, .tsv or .parquet file name")
+    if path.is_dir():
+        raise RepalignError(f"{path} is a folder; give a file name for the table, e.g. {path / 'scores.csv'}")
+    if not path.parent.is_dir():
+        raise RepalignError(f"{path.parent}: no such folder; create it or choose another output path")
+    if path.suffix.lower() == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise RepalignError("writing .parquet needs pyarrow: pip install 'repalign[parquet]', or write .csv") from None
+    return path
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a tidy table atomically (a temporary file renamed into place), so no partial table is left."""
+    path = check_table_path(path)
+    with atomic_files([path]) as (tmp,):
+        if path.suffix.lower() == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+    return path
+
+
 # ---- validation and selection ---------------------------------------------------------------------
 
 

@@ -298,3 +298,40 @@ def test_metrics_package_imports_no_file_or_model_libraries():
     code = "import sys, repalign.metrics; bad = [m for m in ('h5py', 'torch', 'embeddings_cache') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_a_registered_metric_works_in_the_engine_the_statistics_and_compare(tmp_path):
+    """register_metric: a user function becomes a metric of align_layers, permutation_test and compare_models."""
+    import uuid
+
+    from embeddings_cache import CacheWriter
+    from repalign.compare import compare_models
+    from repalign.stats import permutation_test
+
+    name = f"norm_rank_{uuid.uuid4().hex[:8]}"
+
+    def norm_rank(X, Y, power=1.0):
+        from scipy.stats import spearmanr
+
+        return float(spearmanr(np.linalg.norm(X, axis=1) ** power, np.linalg.norm(Y, axis=1) ** power)[0])
+
+    M.register_metric(name, norm_rank, defaults={"power": 1.0}, bounds=(-1.0, 1.0), chance=lambda n, p: 0.0)
+    assert name in M.metric_names() and M.get_metric(name).chance_level(30) == 0.0
+    with pytest.raises(RepalignError, match="is taken"):
+        M.register_metric(name, norm_rank)
+    rng = np.random.default_rng(3)
+    A = [rng.standard_normal((40, 5)) * rng.uniform(0.5, 2, (40, 1)) for _ in range(2)]
+    B = [np.hstack([a, a]) * 2 for a in A]  # norms rank the same way as A's
+    res = M.align_layers(A, B, metric=name, normalize=None, power=2.0)
+    np.testing.assert_allclose(res.scores, [[norm_rank(a, b, 2.0) for b in B] for a in A])
+    test = permutation_test(A, B, name, permutations=19, normalize=None)
+    assert test.p_value[0, 0] == pytest.approx(1 / 20) and test.scores[0, 0] == pytest.approx(1.0)
+    path = tmp_path / "c.h5"
+    ids, hashes = [f"s{i}" for i in range(40)], [f"{i:064x}" for i in range(40)]
+    for model, mats in (("A", A), ("B", B)):
+        with CacheWriter(path, model, provenance={"options": {}}, layers=["l0", "l1"]) as w:
+            w.append(ids, hashes, {"l0": mats[0], "l1": mats[1]})
+    table = compare_models(path, "A", "B", [name], normalize=None).table
+    # the cache stores float32: the same function on the stored values
+    stored = [[norm_rank(a.astype(np.float32), b.astype(np.float32)) for b in B] for a in A]
+    np.testing.assert_allclose(table["score"].to_numpy(), np.ravel(stored), rtol=1e-6)

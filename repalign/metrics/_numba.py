@@ -118,11 +118,26 @@ def topk_numpy(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- exact similarities
 @njit(cache=True, inline="always")
 def _dot64(x, y):
-    """Inner product summed in float64 in index order: the value depends only on the two rows
-    (not on BLAS blocking or thread count), and dot(x, y) == dot(y, x) exactly."""
-    s = 0.0
-    for t in range(x.shape[0]):
+    """Inner product in float64 with a fixed summation order (four interleaved partial sums, then
+    ((s0 + s1) + (s2 + s3)) + tail): the value depends only on the two rows, not on BLAS blocking,
+    alignment or thread count, and dot(x, y) == dot(y, x) exactly. The four independent sums let
+    the compiler use vector registers without reordering any addition."""
+    d = x.shape[0]
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    t = 0
+    while t + 4 <= d:
+        s0 += np.float64(x[t]) * np.float64(y[t])
+        s1 += np.float64(x[t + 1]) * np.float64(y[t + 1])
+        s2 += np.float64(x[t + 2]) * np.float64(y[t + 2])
+        s3 += np.float64(x[t + 3]) * np.float64(y[t + 3])
+        t += 4
+    s = (s0 + s1) + (s2 + s3)
+    while t < d:
         s += np.float64(x[t]) * np.float64(y[t])
+        t += 1
     return s
 
 

@@ -13,8 +13,10 @@ def as_features(X, name: str = "X") -> np.ndarray:
     """Return X as a C-contiguous float32 or float64 (N, D) array, or raise a one-line RepalignError.
 
     float32 input stays float32 (the storage type of cached activations); anything else becomes
-    float64. Rejects non-numeric, non-2-D, empty, zero-width and non-finite arrays.
+    float64. Torch tensors on any device are accepted (detached, moved to the CPU; bfloat16 and
+    float16 widened to float32). Rejects non-numeric, non-2-D, empty, zero-width and non-finite arrays.
     """
+    X = _from_tensor(X)
     try:
         arr = np.asarray(X)
     except Exception as exc:  # ragged lists and the like
@@ -35,6 +37,16 @@ def as_features(X, name: str = "X") -> np.ndarray:
         bad = int(np.count_nonzero(~np.isfinite(arr).all(axis=1)))
         raise RepalignError(f"{name} contains NaN or infinite values in {bad} row(s); drop or repair those samples before computing alignment")
     return arr
+
+
+def _from_tensor(X):
+    """A torch tensor as a numpy array (torch is not imported: any object with detach/cpu/numpy)."""
+    if type(X).__module__.split(".")[0] != "torch" or not hasattr(X, "detach"):
+        return X
+    t = X.detach().cpu()
+    if t.is_floating_point() and t.element_size() < 4:  # bfloat16 / float16: numpy has no bfloat16
+        t = t.float()
+    return t.numpy()
 
 
 def storage_array(X) -> np.ndarray:

@@ -86,6 +86,14 @@ class KernelState:
         )
 
 
+def _overflow_safe_scale(X: np.ndarray) -> float:
+    """1, or a power of two bringing max|X| to about 1 when squares summed in float32 could overflow."""
+    top = float(np.max(np.abs(X))) if X.size else 0.0
+    if top < 2.0**40:
+        return 1.0
+    return 2.0 ** -np.ceil(np.log2(top))
+
+
 def _median_distance(X: np.ndarray) -> float:
     sq = np.sum(X.astype(np.float64) ** 2, axis=1)
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (X.astype(np.float64) @ X.astype(np.float64).T), 0.0)
@@ -118,6 +126,9 @@ def kernel_state(X: np.ndarray, kernel: str = "linear", sigma=None, unbiased: bo
     if kernel == "linear":
         Xc64 = X.astype(np.float64)
         Xc64 -= Xc64.mean(axis=0)
+        # CKA is scale-invariant: a power-of-two rescaling (exact) keeps the products of huge
+        # activations (~1e38 in float32) from overflowing, and changes nothing otherwise.
+        Xc64 *= _overflow_safe_scale(Xc64)
         features = Xc64.astype(X.dtype, copy=False)
         row_sq = np.einsum("ij,ij->i", Xc64, Xc64)
         gram = row_sums = None

@@ -25,6 +25,7 @@ thread count.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -338,8 +339,22 @@ def _replace_rows(ptr, cand, sims, mult, flagged, found_v, found_s, counts):
     return new_ptr, np.concatenate(rows_v), np.concatenate(rows_s), np.concatenate(rows_m).astype(np.int64)
 
 
+def overflow_scale(top: float) -> float:
+    """1, or the power of two that brings the largest |value| ``top`` to about 1 when inner products
+    could overflow (unnormalised activations near 1e38): exact, and neighbour ranks do not change."""
+    return 1.0 if top < 2.0**40 else float(2.0 ** -np.ceil(np.log2(top)))
+
+
+def unscaled(state: KnnState, scale: float) -> KnnState:
+    """The state of the unscaled rows from that of rows multiplied by ``scale`` (similarities / scale²)."""
+    if scale == 1.0:
+        return state
+    return dataclasses.replace(state, similarities=state.similarities / (scale * scale))
+
+
 def knn_state(X: np.ndarray, k: int, block: int = DEFAULT_BLOCK) -> KnnState:
     """Tie-aware neighbour lists of an already validated, preprocessed matrix (internal: no checks)."""
     groups = duplicate_groups(row_digests(X))
-    U = np.ascontiguousarray(X[groups.first])
-    return build_knn_state(groups, DistinctRows.in_memory(U), k, lambda rows, ks: exact_search(rows, ks, block))
+    scale = overflow_scale(float(np.max(np.abs(X))))
+    U = np.ascontiguousarray(X[groups.first] * X.dtype.type(scale))
+    return unscaled(build_knn_state(groups, DistinctRows.in_memory(U), k, lambda rows, ks: exact_search(rows, ks, block)), scale)

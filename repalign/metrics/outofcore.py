@@ -34,7 +34,9 @@ from repalign.metrics.neighbors import (
     build_knn_state,
     duplicate_groups,
     exact_search,
+    overflow_scale,
     row_digests,
+    unscaled,
 )
 from repalign.metrics.prepare import check_prepare_options, prepare_valid
 
@@ -127,10 +129,13 @@ def blocked_knn_state(source, k: int = 10, normalize="l2", clip_quantile=None, b
     width: list = [None]
     digests, norms = [], []
     dtype = None
+    top = 0.0
     for X in _prepared_blocks(source, normalize, name, width):
         dtype = X.dtype
         digests.append(row_digests(X))
         norms.append(np.sqrt(_numba.row_dots(X)))
+        top = max(top, float(np.max(np.abs(X))))
+    scale = overflow_scale(top)
     n = sum(d.shape[0] for d in digests)
     if n_samples is not None and n != int(n_samples):
         raise RepalignError(f"{name} yielded {n} rows but {n_samples} were expected; the block source must give the same rows each pass")
@@ -145,14 +150,14 @@ def blocked_knn_state(source, k: int = 10, normalize="l2", clip_quantile=None, b
         for X in _prepared_blocks(source, normalize, name, width):
             if row0 + X.shape[0] > n:
                 raise RepalignError(f"{name} yielded more than the {n} rows announced; the block source must give the same rows each pass")
-            D = np.ascontiguousarray(X[keep[row0:row0 + X.shape[0]]])
+            D = np.ascontiguousarray(X[keep[row0:row0 + X.shape[0]]] * X.dtype.type(scale))
             row0 += X.shape[0]
             if D.shape[0]:
                 yield out0, D
                 out0 += D.shape[0]
 
-    rows = DistinctRows(distinct_blocks, groups.n_groups, width[0], dtype, np.concatenate(norms)[groups.first])
-    return build_knn_state(groups, rows, k, lambda r, ks: exact_search(r, ks, int(block)))
+    rows = DistinctRows(distinct_blocks, groups.n_groups, width[0], dtype, scale * np.concatenate(norms)[groups.first])
+    return unscaled(build_knn_state(groups, rows, k, lambda r, ks: exact_search(r, ks, int(block))), scale)
 
 
 def blocked_nearest_neighbors(source, k: int = 10, normalize="l2", block: int = DEFAULT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
