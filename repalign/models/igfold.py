@@ -90,8 +90,10 @@ class IgFold(ModelAdapter):
     default_pooling = "mean"
     max_size = 2 * 510
 
+    OPTIONS = ("checkpoint", "antiberty_weights")
+
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
-        reject_unknown_options("igfold", options, ("checkpoint", "antiberty_weights"))
+        reject_unknown_options("igfold", options, self.OPTIONS)
         check_device_dtype(device, dtype)
         if dtype != "float32":
             raise RepalignError("igfold runs in float32 only (its IPA layers force full precision); drop --dtype")

@@ -85,8 +85,10 @@ class IgLM(ModelAdapter):
     default_pooling = "mean"
     max_size = 2 * 509  # 512 positions less the two conditioning tokens and [SEP], per chain
 
+    OPTIONS = ("checkpoint", "species", "single_chain")
+
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
-        reject_unknown_options("iglm", options, ("checkpoint", "species", "single_chain"))
+        reject_unknown_options("iglm", options, self.OPTIONS)
         check_device_dtype(device, dtype)
         checkpoint = str(options.get("checkpoint", "IgLM"))
         species = str(options.get("species", "human")).lower()
