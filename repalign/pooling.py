@@ -72,7 +72,8 @@ def repool(cache: str | os.PathLike, model: str, pool: str, *, name: str | None 
     name: the new model (default ``<model>.<pool>``); its pooled layers are the token layers of
     ``model`` (or ``layers``, a subset), rows in the same order with the same ids and content hashes.
     The source model is left as it is. The run is crash-safe and resumable like an extraction: a
-    second call skips the samples already pooled.
+    second call with the same source and pooling skips the samples already pooled; any other model
+    of that name is replaced only with ``overwrite``.
     """
     from embeddings_cache import Cache, CacheWriter
 
@@ -97,7 +98,9 @@ def repool(cache: str | os.PathLike, model: str, pool: str, *, name: str | None 
             raise RepalignError(f"model {model!r} stores no token features of {missing}; its token layers: {token_layers}")
         if target == model:
             raise RepalignError(f"the pooled model needs a name other than {model!r}; pass another name")
-        if target in c.models and not overwrite:
+        same_run = target in c.models and c.provenance(target).get("repooled_from") == model \
+            and (c.provenance(target).get("options") or {}).get("pool") == pool
+        if target in c.models and not overwrite and not same_run:
             raise RepalignError(
                 f"model {target!r} is already in {cache}; pass --overwrite to replace it, or choose another name"
             )

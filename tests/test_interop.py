@@ -282,10 +282,12 @@ def test_imported_model_compares_with_the_extracted_one_by_id(tiny_esm2, tmp_pat
     key = "hf:tiny"
     with Cache(cache) as c:
         layers = c.layers(key)
-        stack = np.stack([c[key][l] for l in layers], axis=1)
+        stack = np.stack([c[key].layer(l, ids=[r.id for r in records]) for l in layers], axis=1)
     # written by another tool in another row order, with a little noise: bound by id, not position
     perm = np.random.default_rng(2).permutation(N)
-    noisy = stack[perm] + np.random.default_rng(3).normal(scale=1e-3, size=stack.shape).astype(np.float32)
+    # (noise small against the spread between samples, which is small in a random-weight model)
+    spread = stack.std(axis=0, keepdims=True)
+    noisy = (stack + 1e-3 * spread * np.random.default_rng(3).normal(size=stack.shape)).astype(np.float32)[perm]
     np.save(tmp_path / "other.npy", noisy)
     ordered = tmp_path / "ordered.fasta"
     ordered.write_text("".join(f">{records[i].id}\n{records[i].payload}\n" for i in perm))
