@@ -32,6 +32,12 @@ REGISTRY: dict[str, str] = {
     "esmc-300m": "esmfold2_model.adapters:EsmcAdapter",
     "esmc-600m": "esmfold2_model.adapters:Esmc600mAdapter",
     "esmc-6b": "esmfold2_model.adapters:Esmc6bAdapter",
+    "esm2-8m": "repalign.models.hub_lms:ESM2_8M",
+    "esm2-35m": "repalign.models.hub_lms:ESM2_35M",
+    "esm2-150m": "repalign.models.hub_lms:ESM2_150M",
+    "esm2-650m": "repalign.models.hub_lms:ESM2_650M",
+    "esm2-3b": "repalign.models.hub_lms:ESM2_3B",
+    "prott5": "repalign.models.hub_lms:ProtT5",
 }
 
 HF_PREFIX = "hf:"
