@@ -119,3 +119,15 @@ def test_missing_or_other_checkpoints_are_one_line_errors(hub, tmp_path):
     # the layer list is known without weights
     assert get_adapter("esm2-3b").layer_names()[-1] == "layer.35"
     assert len(get_adapter("prott5").layer_names()) == 25
+
+
+def test_a_bad_layer_name_suggests_a_command_that_exists(tmp_path):
+    from repalign.cli import build_parser
+    from repalign.errors import RepalignError
+
+    with pytest.raises(RepalignError, match="no layer matching 'layer.99'") as info:
+        extract(records(), ["esm2-8m"], tmp_path / "c.h5", layers=["layer.99"], quiet=True)
+    command = str(info.value).split("'repalign ")[-1].split("'")[0].split()
+    assert command == ["models", "--layers"]
+    build_parser().parse_args(command)  # parses: the suggested command exists
+    assert not (tmp_path / "c.h5").exists()
