@@ -365,9 +365,9 @@ def _read_h5(path: Path, pool: str = "mean", keep_tokens: bool = True, **_: Any)
     if rank == 1:
         return Features("h5", len(ids), ["layer.0"], pooled={"layer.0": np.stack(_same_width(arrays, path))},
                         ids=ids, named=False)
-    per_layer = [arrays] if rank == 2 else [[a[k] for a in arrays] for k in range(index[0].shape[0])]
     if rank == 3 and len({a.shape[0] for a in arrays}) != 1:
         raise RepalignError(f"{path}: datasets hold different numbers of layers; give (layers, L, D) alike")
+    per_layer = [arrays] if rank == 2 else [[a[k] for a in arrays] for k in range(index[0].shape[0])]
     names = [f"layer.{k}" for k in range(len(per_layer))]
     feats = Features("h5", len(ids), names, ids=ids, named=False)
     for name, rows in zip(names, per_layer):

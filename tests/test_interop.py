@@ -303,6 +303,10 @@ def test_imported_model_compares_with_the_extracted_one_by_id(tiny_esm2, tmp_pat
     assert wrong[wrong["layer_a"] == wrong["layer_b"]]["score"].max() < 0.9  # rows bound to the wrong ids
     report = build_report(cache, tmp_path / "report", metrics=["cka"], k=3, quiet=True)
     assert "imported" in Path(report).read_text()
+    from repalign.plot import plot_table
+
+    written = plot_table(table, tmp_path / "heatmap", "layers", "png", metric="cka", model_a=key, model_b="imported")
+    assert all(Path(w).stat().st_size > 0 for w in written) and written
 
 
 def test_ids_only_models_are_matched_by_id_and_the_log_says_so(tmp_path, fasta, caplog):
@@ -446,3 +450,17 @@ def test_cli_import_compare_export(tmp_path, fasta):
     np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["layer.2"], x[:, 2])
     res = run_cli("cache", "export", cache, "--model", "nope", "-o", tmp_path / "n.npz")
     assert res.returncode == 1 and "not in" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_import_waits_for_no_one_while_a_writer_holds_the_cache(tmp_path, fasta):
+    from embeddings_cache import CacheWriter
+
+    np.save(tmp_path / "ok.npy", features())
+    cache = tmp_path / "c.h5"
+    with CacheWriter(cache, "other", {"options": {}}, ["l"]):
+        before = cache_state(cache)
+        with pytest.raises(RepalignError, match="being written by another process"):
+            import_features(tmp_path / "ok.npy", cache, "mine", inputs=read_inputs(fasta))
+        assert cache_state(cache) == before
+    with Cache(cache) as c:
+        assert c.models == ["other"]
