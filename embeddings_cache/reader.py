@@ -207,9 +207,6 @@ class Cache:
     def __iter__(self) -> Iterator[str]:
         return iter(self.models)
 
-    def __len__(self) -> int:
-        return len(self._views)
-
     # ---- metadata -----------------------------------------------------------------------------
     @property
     def models(self) -> list[str]:

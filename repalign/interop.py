@@ -27,6 +27,9 @@ alone). Per-token features are stored as token layers and pooled (``pool``) into
 ESM's integer layer keys are named like the ``hf:`` and ``esm2-*`` models: 0 -> ``embeddings``,
 i -> ``layer.{i-1}``.
 
+The cache stores float32 (or float16 with ``store_dtype``): float64 features are rounded to float32
+on import.
+
 Export writes one model to ``.h5ad`` (obs names = ids, one ``obsm`` entry per layer, provenance in
 ``uns``), ``.npz`` (ids, hashes, one array per layer, token rows), ``.parquet`` (one row per
 sample: id, content hash, one list column per layer) or a folder of per-sample ``.pt`` files laid
@@ -36,6 +39,7 @@ out like ESM's. Import then export gives the same arrays and ids.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -50,6 +54,8 @@ import numpy as np
 
 from repalign.errors import RepalignError
 from repalign.pooling import POOLINGS, check_pool, pool_rows
+
+log = logging.getLogger("repalign.interop")
 
 IMPORT_FORMATS = ("npy", "npz", "pt", "esm-pt-folder", "h5", "h5ad")
 EXPORT_FORMATS = {".h5ad": "h5ad", ".npz": "npz", ".parquet": "parquet"}
@@ -699,6 +705,9 @@ def export_features(cache: str | os.PathLike, model: str, out: str | os.PathLike
                 chosen.update(hits)
             pooled = [l for l in pooled if l in chosen]
             tokens = [l for l in tokens if l in chosen]
+        if fmt in ("h5ad", "parquet") and tokens:
+            log.warning("model %s: token layers %s are not written to %s (per-sample rows only); export them to "
+                        ".npz or a folder of .pt files", model, tokens, fmt)
         if fmt in ("h5ad", "parquet") and not pooled:
             raise RepalignError(f"model {model!r} has no pooled layers to write to {fmt}; export token layers to "
                                 ".npz or a folder, or pool them first (repalign cache repool)")

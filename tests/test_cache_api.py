@@ -33,7 +33,7 @@ def cache(tmp_path):
 def test_model_object_reads_layers_ids_and_provenance(cache):
     path, ids, x, toks = cache
     with Cache(path) as c:
-        assert "antiberty" in c and list(c) == ["antiberty"] and len(c) == 1
+        assert "antiberty" in c and list(c) == ["antiberty"] and bool(c)
         m = c["antiberty"]
         assert m.ids == ids and m.hashes == [sha(i) for i in ids] and len(m) == 9
         assert m.provenance["model"] == "antiberty" and "created" in m.provenance

@@ -17,7 +17,8 @@ chains (Kabat et al. 1991), and rejects a chain with neither or both as invalid 
 The species is ``[HUMAN]`` unless the option ``species=`` names another. The two conditioning tokens and ``[SEP]`` are removed from the features, as is padding.
 Because the model is causal, every residue row has seen the conditioning tokens but no later residue.
 Each chain of a pair runs as its own sequence and the rows are concatenated (heavy then light).
-No ``cls`` vector is given (a left-to-right model has no CLS token); pooling is the mean.
+No ``cls`` vector is given (a left-to-right model has no CLS token); pooling is the mean by default;
+``--pool last`` takes the last residue row (of the last chain), the one that has read the whole chain.
 
 Layer names, in model order: ``embeddings`` (hidden_states[0]: token + position embeddings), then
 ``layer.0`` ... ``layer.{N-1}`` (block outputs; the last one after GPT-2's final LayerNorm, as
