@@ -11,8 +11,9 @@ file                      read as
                           ``tokens/<layer>`` (T, D) + ``offsets/<layer>`` (N+1,) token rows
 ``.pt``                   a tensor as for ``.npy``; platonic-rep's ``{"feats": (N, L, D), ...}``; a
                           dict of (N, D) tensors (optional ``ids``); one ESM ``extract.py`` file
-folder of ``.pt``         ESM ``extract.py`` output, one file per sequence (``label``,
-                          ``representations``, ``mean_representations``, ``bos_representations``)
+folder of ``.pt``         ESM ``extract.py`` output, one file per sequence (``label``: the FASTA header,
+                          whose first word is the id; ``representations``, ``mean_representations``,
+                          ``bos_representations``)
 ``.h5`` / ``.hdf5``       bio_embeddings style: one dataset per sample id, (D,), (L, D) or (K, L, D)
 ``.h5ad``                 AnnData: ``obsm`` entries, ``layers`` and ``X``, ids = ``obs_names``
 ========================  ==========================================================================
@@ -318,9 +319,12 @@ def _esm_features(objs: list, files: list[Path], pool: str, keep_tokens: bool) -
     for obj, f in zip(objs, files):
         if not isinstance(obj, dict) or ESM_LABEL not in obj:
             raise RepalignError(f"{f}: not an ESM extract.py file (no 'label'); keep only those in the folder")
-        ids.append(str(obj[ESM_LABEL]))
-        if ESM_HASH in obj:
+        label = str(obj[ESM_LABEL])
+        if ESM_HASH in obj:  # written by export: the label is the id
             hashes.append(str(obj[ESM_HASH]))
+        elif label.split():  # ESM's label is the whole FASTA header; the id is its first word
+            label = label.split()[0]
+        ids.append(label)
         kinds = {k: {_esm_layer_name(layer): v for layer, v in obj[k].items()}
                  for k in (ESM_TOKENS, ESM_MEAN, ESM_BOS) if isinstance(obj.get(k), dict)}
         keys = {k: list(v) for k, v in kinds.items()}

@@ -141,7 +141,7 @@ def test_esm_extract_folder(tmp_path):
     folder.mkdir()
     files = {}
     for k in range(5):
-        files[f"seq{k}"] = esm_file(f"seq{k}", 4 + k, seed=k)
+        files[f"seq{k}"] = esm_file(f"seq{k} some description" if k % 2 else f"seq{k}", 4 + k, seed=k)
         torch.save(files[f"seq{k}"], folder / f"seq{k}.pt")
     cache = tmp_path / "c.h5"
     import_features(folder, cache, "esm")
