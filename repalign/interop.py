@@ -69,6 +69,8 @@ ESM_LABEL, ESM_TOKENS, ESM_MEAN, ESM_BOS, ESM_HASH = (
 FOLDER_INFO = "provenance.json"
 #: samples appended to the cache per batch
 IMPORT_BATCH = 1024
+#: rows checked for NaN/Inf at a time (bounds the memory of the check on memory-mapped files)
+CHECK_ROWS = 8192
 
 
 @dataclass
@@ -174,7 +176,8 @@ def _layers_from_array(arr: np.ndarray, path: Path, fmt: str, key: str | None = 
 
 def _read_npy(path: Path, **_: Any) -> Features:
     try:
-        arr = np.load(path, allow_pickle=False)
+        # memory-mapped: rows are read when checked and when written, a batch at a time
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
         raise RepalignError(f"{path}: refused, it holds Python objects that only pickle can load (which could run "
                             f"code); save a numeric array ({_first(e)})") from None
@@ -452,8 +455,9 @@ def _check_features(feats: Features, path: Path) -> None:
                 raise RepalignError(f"{path}: layer {layer!r} has {arr.shape[0]} rows for {feats.n} samples")
             if arr.shape[1] == 0:
                 raise RepalignError(f"{path}: layer {layer!r} has width 0")
-            if not np.isfinite(arr).all():
-                bad = int((~np.isfinite(arr)).any(axis=1).sum())
+            bad = sum(int((~np.isfinite(arr[i:i + CHECK_ROWS])).any(axis=1).sum())
+                      for i in range(0, feats.n, CHECK_ROWS))
+            if bad:
                 raise RepalignError(f"{path}: layer {layer!r} holds NaN or infinite values in {bad} samples; "
                                     "fix or drop those samples before importing")
     for layer, rows in feats.tokens.items():
