@@ -22,12 +22,13 @@ from repalign.errors import InvalidInput, RepalignError
 from repalign.inputs import Record
 from repalign.models import ModelAdapter, SampleFeatures, get_adapter
 from repalign.options import check_options, options_for_model
-from repalign.pooling import POOLINGS, pool_rows
+from repalign.pooling import POOLINGS as VECTOR_POOLINGS
+from repalign.pooling import pool_rows
 
 log = logging.getLogger("repalign.extract")
 
 #: per-sample poolings (repalign.pooling), and "none": token features only
-POOLINGS = POOLINGS + ("none",)
+POOLINGS = VECTOR_POOLINGS + ("none",)
 
 
 @dataclass
