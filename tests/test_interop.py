@@ -271,6 +271,7 @@ def test_import_export_round_trips_are_exact(tmp_path, fasta):
                 np.testing.assert_array_equal(back[l], pooled[l])
 
 
+@pytest.mark.slow
 def test_imported_model_compares_with_the_extracted_one_by_id(tiny_esm2, tmp_path, fasta):
     from repalign.compare import compare_models
     from repalign.extract import extract

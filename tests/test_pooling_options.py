@@ -27,6 +27,7 @@ def test_pool_rows_against_numpy():
         pool_rows(np.zeros((0, 3)), "max")
 
 
+@pytest.mark.slow
 def test_extract_max_and_last_pool_the_stored_token_rows_and_repool_matches(tiny_esm2, tmp_path):
     from repalign.extract import extract
 
@@ -86,15 +87,23 @@ def test_plain_options_reach_the_models_that_take_them_and_scoped_ones_their_mod
         check_options({"iglm:species": "human"}, ["antiberty"])
 
 
-def test_scoped_option_builds_both_adapters():
+def test_antiberty_and_iglm_in_one_run_with_a_plain_or_a_scoped_option():
+    """The run that used to fail with "model antiberty: unknown option(s) single_chain"."""
+    from repalign.extract import plan_model
     from repalign.models import get_adapter
-    from repalign.options import options_for_model
+    from repalign.options import check_options
 
     pytest.importorskip("iglm")
-    opts = {"single_chain": "heavy"}
-    iglm = get_adapter("iglm", **options_for_model("iglm", opts))
-    antiberty = get_adapter("antiberty", **options_for_model("antiberty", opts))
-    assert iglm.options["single_chain"] == "heavy" and antiberty.options == {}
+    records = [sequence_record("h1", "EVQLVESGGGLVQPGGSLRLSCAASGFTFSSYAMSWVRQAPGKGLEWVS")]
+    for opts in ({"single_chain": "heavy"}, {"iglm:single_chain": "heavy"}):
+        check_options(opts, ["antiberty", "iglm"])
+        plans = {m: plan_model(m, records, None, None, (), "cpu", "float32", None, opts, False, get_adapter)
+                 for m in ("antiberty", "iglm")}
+        assert plans["iglm"][0].options == {"single_chain": "heavy"}
+        assert plans["antiberty"][0].options == {}
+    with pytest.raises(RepalignError, match="unknown option"):
+        plan_model("antiberty", records, None, None, (), "cpu", "float32", None, {"antiberty:single_chain": "x"},
+                   False, get_adapter)
 
 
 def test_cli_unknown_plain_option_is_one_line(tmp_path):
