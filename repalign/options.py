@@ -27,6 +27,21 @@ def accepted_options(model: str) -> tuple[str, ...] | None:
     return get_adapter_class(model).option_names()
 
 
+def resolve_scoped(model: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``options`` with the scoped entries resolved for ``model``: ``MODEL:KEY`` becomes ``KEY``, other
+    models' entries are dropped, plain entries are kept (the adapter rejects those it does not take).
+    A scoped value wins over a plain one."""
+    me = model.strip().lower()
+    plain, scoped = {}, {}
+    for key, value in (options or {}).items():
+        owner, name = split_key(key)
+        if owner is None:
+            plain[name] = value
+        elif owner == me:
+            scoped[name] = value
+    return {**plain, **scoped}
+
+
 def options_for_model(model: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
     """The options that reach ``model``: its scoped ones, and the plain ones its adapter accepts."""
     if not options:

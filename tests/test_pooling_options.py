@@ -113,3 +113,13 @@ def test_cli_unknown_plain_option_is_one_line(tmp_path):
                           "--option", "nope=1", "-o", tmp_path / "c.h5"], capture_output=True, text=True)
     assert res.returncode == 1 and "no model of this run takes option 'nope'" in res.stderr
     assert res.stderr.count("\n") == 1 and not (tmp_path / "c.h5").exists()
+
+
+def test_get_adapter_resolves_scoped_options_for_any_caller():
+    from repalign.models import get_adapter
+
+    pytest.importorskip("iglm")
+    a = get_adapter("iglm", **{"iglm:species": "mouse", "antiberty:x": 1, "iglm:single_chain": "heavy"})
+    assert a.options == {"species": "mouse", "single_chain": "heavy"}
+    with pytest.raises(RepalignError, match="unknown option"):  # plain options still checked by the adapter
+        get_adapter("antiberty", single_chain="heavy")

@@ -65,7 +65,13 @@ def get_adapter_class(name: str) -> type[ModelAdapter]:
 def get_adapter(
     name: str, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options
 ) -> ModelAdapter:
-    """Instantiate (not load) the adapter for a registered name or ``hf:<path-or-repo-id>``."""
+    """Instantiate (not load) the adapter for a registered name or ``hf:<path-or-repo-id>``.
+
+    Options scoped to a model (``MODEL:KEY``, see :mod:`repalign.options`) reach that model only.
+    """
+    from repalign.options import resolve_scoped
+
+    options = resolve_scoped(name, options)
     cls = get_adapter_class(name)
     if name.lower().startswith(HF_PREFIX):
         return cls(name[len(HF_PREFIX):], weights=weights, device=device, dtype=dtype, **options)
