@@ -1,14 +1,22 @@
 """embeddings_cache: the HDF5 store of layer activations (the only code in the project using h5py).
 
 - :class:`CacheWriter` appends one model's features batch by batch, crash-safely, one writer at a time.
-- :class:`Cache` reads a cache (layers one at a time, rows by id) without taking any lock.
+- :class:`Cache` reads a cache (layers one at a time, rows by id) without taking any lock;
+  ``Cache(path)["model"]`` is a :class:`CachedModel` (ids, provenance, layers as arrays, AnnData and
+  xarray conversion).
 - :func:`align_ids` gives the samples two models share, checking the inputs are the same.
+- :func:`index_per_id_h5` / :func:`read_per_id_h5` read bio_embeddings-style HDF5 feature files.
 
 The file layout, versioning rule and crash-safety design are in docs/cache-format.md.
 """
 
-from embeddings_cache.format import FORMAT_VERSION, CacheError
+from embeddings_cache.foreign import PerIdDataset, index_per_id_h5, read_per_id_h5
+from embeddings_cache.format import FORMAT_VERSION, UNKNOWN_HASH, CacheError
+from embeddings_cache.model import CachedModel
 from embeddings_cache.reader import Cache, align_ids
 from embeddings_cache.writer import CacheWriter
 
-__all__ = ["Cache", "CacheWriter", "CacheError", "align_ids", "FORMAT_VERSION"]
+__all__ = [
+    "Cache", "CachedModel", "CacheWriter", "CacheError", "align_ids", "FORMAT_VERSION", "UNKNOWN_HASH",
+    "PerIdDataset", "index_per_id_h5", "read_per_id_h5",
+]

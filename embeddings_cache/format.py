@@ -43,6 +43,9 @@ CHUNK_BYTES = 1 << 20
 
 ID_DTYPE = h5py.string_dtype("utf-8")
 HASH_DTYPE = np.dtype("S64")
+#: content hash of samples whose input is not known (features imported with ids only): such
+#: samples are matched to other models by id alone
+UNKNOWN_HASH = "0" * 64
 UUID_DTYPE = np.dtype("S32")
 
 PART_SUFFIX = ".h5"

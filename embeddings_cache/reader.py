@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from embeddings_cache.format import (
     TOKEN_DATA,
     TOKEN_OFFSETS,
     TOKENS,
+    UNKNOWN_HASH,
     CacheError,
     check_format,
     few,
@@ -31,6 +33,8 @@ from embeddings_cache.format import (
     read_strings,
 )
 from embeddings_cache.journal import applied_uuids, model_header
+
+log = logging.getLogger("embeddings_cache")
 
 #: rows read from HDF5 at a time when gathering scattered rows: bounds memory, not results
 _READ_BLOCK_BYTES = 64 << 20
@@ -189,6 +193,20 @@ class Cache:
     def __repr__(self) -> str:
         return f"Cache({str(self.path)!r}, models={self.models})"
 
+    # ---- one model as an object ---------------------------------------------------------------
+    def __getitem__(self, model: str) -> "CachedModel":
+        """``cache["antiberty"]``: one model (its ids, provenance, layers as arrays)."""
+        from embeddings_cache.model import CachedModel
+
+        self._view(model)  # a clear error for an unknown model
+        return CachedModel(self, model)
+
+    def __contains__(self, model: object) -> bool:
+        return model in self._views
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.models)
+
     # ---- metadata -----------------------------------------------------------------------------
     @property
     def models(self) -> list[str]:
@@ -277,9 +295,19 @@ class Cache:
             yield self._retrying(model, None, lambda r: self._gather(model, r, name, out_dtype), rows=rows)
 
     # ---- description --------------------------------------------------------------------------
-    def summary(self) -> list[dict[str, Any]]:
+    def summary(self):
+        """A pandas DataFrame with one row per stored array (see :meth:`records` for the columns);
+        ``dim`` is a nullable integer (missing for outputs and layers with no rows yet)."""
+        import pandas as pd
+
+        columns = ["model", "kind", "name", "position", "n_samples", "rows", "dim", "dtype", "provenance"]
+        table = pd.DataFrame(self.records(), columns=columns)
+        table["dim"] = table["dim"].astype("Int64")
+        return table
+
+    def records(self) -> list[dict[str, Any]]:
         """One record per stored array: model, kind ("pooled", "tokens", "output"), name, position,
-        n_samples, rows, dim, dtype, provenance (JSON). ``pandas.DataFrame(cache.summary())``."""
+        n_samples, rows, dim, dtype, provenance (JSON)."""
         records = []
         for model in self.models:
             view = self._view(model)
@@ -310,7 +338,7 @@ class Cache:
 
     def describe(self) -> str:
         """Human-readable summary: models, layers in stored order, shapes, dtypes, counts, provenance."""
-        records = self.summary()
+        records = self.records()
         lines = [
             f"cache {self.path} (format version {self.format_version}): {len(self.models)} model(s)"
             + (f", {self.n_pending_parts} batch(es) not yet consolidated" if self.n_pending_parts else "")
@@ -549,7 +577,9 @@ def align_ids(
 
     cache_b defaults to cache_a and model_b to model_a (the same model in another cache). The same
     id must name the same input in both (equal content hashes); otherwise, or when an id repeats
-    within a model or no id is shared, CacheError names the ids.
+    within a model or no id is shared, CacheError names the ids. Samples stored without a content
+    hash (:data:`UNKNOWN_HASH`, features imported with ids only) are matched by id alone, with a
+    logged warning saying so.
     """
     with _opened(cache_a) as a, _opened(cache_a if cache_b is None else cache_b) as b:
         model_b = model_a if model_b is None else model_b
@@ -563,7 +593,14 @@ def align_ids(
                 f"models {name_a} and {name_b} share no sample ids (first ids: {ids_a[:3]} vs {ids_b[:3]}); "
                 "extract both models from the same input files"
             )
-        changed = [i for i in common if hashes_a[i] != hashes_b[i]]
+        unknown = [i for i in common if UNKNOWN_HASH in (hashes_a[i], hashes_b[i])]
+        if unknown:
+            log.warning(
+                "%d of %d shared samples of %s and %s have no content hash (features imported with ids only): "
+                "they are matched by id alone, so the same id must name the same input in both",
+                len(unknown), len(common), name_a, name_b,
+            )
+        changed = [i for i in common if hashes_a[i] != hashes_b[i] and UNKNOWN_HASH not in (hashes_a[i], hashes_b[i])]
         if changed:
             raise CacheError(
                 f"ids {few(changed)} name different inputs in {name_a} and {name_b} (content hashes differ); "

@@ -68,6 +68,42 @@ def cmd_cache_info(args) -> int:
     return 0
 
 
+def cmd_cache_import(args) -> int:
+    from repalign.interop import import_features, read_id_list
+    from repalign.inputs import read_inputs
+
+    if args.inputs and args.ids:
+        raise RepalignError("give --inputs (ids and content hashes) or --ids (ids only), not both")
+    records = read_inputs(args.inputs) if args.inputs else None
+    ids = read_id_list(args.ids) if args.ids else None
+    run = import_features(args.file, args.output, args.model, inputs=records, ids=ids, layers=_flat(args.layers) or None,
+                          pool=args.pool, keep_tokens=not args.no_tokens, store_dtype=args.store_dtype,
+                          overwrite=args.overwrite)
+    tokens = f" (+ {len(run.token_layers)} token layers)" if run.token_layers else ""
+    print(f"{run.model}: stored {run.n_samples} samples x {len(run.layers)} layers{tokens} from {run.format} "
+          f"{args.file} (ids from {run.ids_from}) -> {args.output}")
+    return 0
+
+
+def cmd_cache_export(args) -> int:
+    from repalign.interop import export_features
+
+    path = export_features(args.cache, args.model, args.output, layers=_flat(args.layers) or None,
+                           overwrite=args.overwrite)
+    print(f"wrote model {args.model} to {path}")
+    return 0
+
+
+def cmd_cache_repool(args) -> int:
+    from repalign.pooling import repool
+
+    run = repool(args.cache, args.model, args.pool, name=args.name, layers=_flat(args.layers) or None,
+                 overwrite=args.overwrite)
+    print(f"{run.model}: {run.pool}-pooled {run.stored} samples x {len(run.layers)} layers of {run.source} "
+          f"({run.skipped_existing} already there) -> {args.cache}")
+    return 0
+
+
 def cmd_extract(args) -> int:
     from repalign.extract import extract
     from repalign.inputs import read_inputs
@@ -153,7 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registered model name (see 'repalign models'), or hf:PATH-OR-REPO; repeatable")
     e.add_argument("-o", "--output", required=True, help="cache file (HDF5), created or appended to")
     e.add_argument("--layers", action="append", nargs="+", help="layer names or patterns ('esmc.*'), or 'all'")
-    e.add_argument("--pool", choices=("mean", "cls", "none"), help="per-sample pooling (default: the model's)")
+    e.add_argument("--pool", choices=("mean", "cls", "last", "max", "none"),
+                   help="per-sample pooling over residues/atoms, special tokens and padding excluded: mean, max, "
+                        "last (last residue), cls (the model's CLS/BOS vector), none (token features only); "
+                        "default: the model's")
     e.add_argument("--tokens", action="append", nargs="+", help="layers whose per-residue/atom features are stored too")
     e.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     e.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="compute dtype")
@@ -161,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-tokens", type=int, default=4096, help="token/atom budget per batch (default 4096)")
     e.add_argument("--limit", type=int, help="only the first N inputs")
     e.add_argument("--weights", help="local weights directory or file (one model)")
-    e.add_argument("--option", action="append", nargs="+", metavar="KEY=VALUE", help="model-specific option")
+    e.add_argument("--option", action="append", nargs="+", metavar="[MODEL:]KEY=VALUE",
+                   help="model option: KEY=VALUE goes to every model that takes KEY, MODEL:KEY=VALUE to MODEL only")
     e.add_argument("--loops", help="ESMFold2 trunk loops to keep: last, all or 0,5,20")
     e.add_argument("--overwrite", action="store_true", help="replace a model stored with other options")
     e.add_argument("--skip-invalid", action="store_true", help="skip invalid samples with a warning instead of failing")
@@ -195,11 +235,43 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="write the tidy table (.csv, .tsv or .parquet)")
     c.set_defaults(func=cmd_compare)
 
-    cache = sub.add_parser("cache", help="inspect a cache")
+    cache = sub.add_parser("cache", help="inspect a cache, import and export features, pool again")
     cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
     info = cache_sub.add_parser("info", help="models, layers, shapes, dtypes, sample counts and provenance")
     info.add_argument("cache")
     info.set_defaults(func=cmd_cache_info)
+
+    im = cache_sub.add_parser("import", help="store features computed elsewhere (.npy .npz .pt ESM folder .h5 .h5ad)")
+    im.add_argument("file", help="feature file or folder of ESM extract.py .pt files")
+    im.add_argument("--model", "-m", required=True, help="name of the model in the cache")
+    im.add_argument("--inputs", nargs="+", help="the inputs, in row order (FASTA/CSV/structures): ids and content hashes")
+    im.add_argument("--ids", help="file of sample ids, one per line, in row order (no content hashes)")
+    im.add_argument("-o", "--output", required=True, help="cache file (HDF5), created or added to")
+    im.add_argument("--layers", action="append", nargs="+",
+                    help="names of an unnamed array's layers, or the layers (names/patterns) to keep")
+    im.add_argument("--pool", default="mean", choices=("mean", "cls", "last", "max"),
+                    help="pooling of per-token features (default mean)")
+    im.add_argument("--no-tokens", action="store_true", help="do not store per-token features, only pooled ones")
+    im.add_argument("--store-dtype", default="float32", choices=("float32", "float16"), help="storage dtype")
+    im.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
+    im.set_defaults(func=cmd_cache_import)
+
+    ex = cache_sub.add_parser("export", help="write one model to .h5ad, .npz, .parquet or a folder of .pt files")
+    ex.add_argument("cache")
+    ex.add_argument("--model", "-m", required=True, help="model to export")
+    ex.add_argument("-o", "--output", required=True, help="OUT.h5ad, OUT.npz, OUT.parquet, or a folder (per-sample .pt)")
+    ex.add_argument("--layers", action="append", nargs="+", help="layers to write (names or patterns; default all)")
+    ex.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    ex.set_defaults(func=cmd_cache_export)
+
+    rp_ = cache_sub.add_parser("repool", help="pool stored token features another way, without running the model")
+    rp_.add_argument("cache")
+    rp_.add_argument("--model", "-m", required=True, help="model whose token features are pooled")
+    rp_.add_argument("--pool", required=True, choices=("mean", "last", "max"), help="pooling")
+    rp_.add_argument("--name", help="name of the new model (default MODEL.POOL)")
+    rp_.add_argument("--layers", action="append", nargs="+", help="token layers to pool (default all)")
+    rp_.add_argument("--overwrite", action="store_true", help="replace a model of the new name")
+    rp_.set_defaults(func=cmd_cache_repool)
 
     m = sub.add_parser("models", help="list registered models, their modality, layers, weights and licence")
     m.add_argument("--layers", action="store_true", help="also list every model's layer names")

@@ -21,10 +21,14 @@ import numpy as np
 from repalign.errors import InvalidInput, RepalignError
 from repalign.inputs import Record
 from repalign.models import ModelAdapter, SampleFeatures, get_adapter
+from repalign.options import check_options, options_for_model
+from repalign.pooling import POOLINGS as VECTOR_POOLINGS
+from repalign.pooling import pool_rows
 
 log = logging.getLogger("repalign.extract")
 
-POOLINGS = ("mean", "cls", "none")
+#: per-sample poolings (repalign.pooling), and "none": token features only
+POOLINGS = VECTOR_POOLINGS + ("none",)
 
 
 @dataclass
@@ -54,7 +58,7 @@ def resolve_layers(adapter: ModelAdapter, requested: Sequence[str] | None) -> li
             shown = ", ".join(available[:10]) + (", ..." if len(available) > 10 else "")
             raise RepalignError(
                 f"model {adapter.info.name} has no layer matching {pat!r}; its layers: {shown} "
-                f"(see 'repalign models --layers {adapter.info.name}')"
+                "(all of them: 'repalign models --layers')"
             )
         chosen.update(hits)
     return [n for n in available if n in chosen]
@@ -83,19 +87,19 @@ def length_batches(records: Sequence[Record], sizes: Sequence[int], batch_tokens
 
 
 def pool_features(feats: SampleFeatures, layers: Sequence[str], pool: str, sample_id: str) -> dict[str, np.ndarray]:
-    """One pooled vector per layer: mean over tokens (float64 accumulation) or the CLS vector."""
+    """One pooled vector per layer: the CLS vector, or mean / max / last of the token rows
+    (:func:`repalign.pooling.pool_rows`)."""
     out = {}
     for layer in layers:
         if pool == "cls":
             if layer not in feats.cls:
                 raise RepalignError(f"layer {layer} has no CLS vector for {sample_id}; use --pool mean")
-            vec = np.asarray(feats.cls[layer], dtype=np.float64)
+            out[layer] = np.asarray(feats.cls[layer], dtype=np.float32)
         else:
             tok = feats.tokens.get(layer)
             if tok is None or len(tok) == 0:
                 raise RepalignError(f"model returned no features of layer {layer} for {sample_id}")
-            vec = np.asarray(tok, dtype=np.float64).mean(axis=0)
-        out[layer] = vec.astype(np.float32)
+            out[layer] = pool_rows(tok, pool, f"{sample_id} layer {layer}")
     return out
 
 
@@ -164,11 +168,15 @@ def extract(
     """Extract features of ``records`` with each model in ``models`` into ``cache``.
 
     layers: names or patterns (``all`` for every layer; default: the model's default layers).
-    pool: ``mean`` over residues/atoms, ``cls``, or ``none`` (token features only); default: the model's.
+    pool: ``mean``, ``max`` or ``last`` over residues/atoms, ``cls``, or ``none`` (token features only);
+        default: the model's (:mod:`repalign.pooling`).
     tokens: layers (names or patterns) whose per-residue / per-atom features are also stored (ragged).
-    options: model-specific options (``--option KEY=VALUE``), recorded in the provenance.
+    options: model-specific options, recorded in the provenance: ``KEY`` applies to every model
+        that accepts it (an error only if none does), ``MODEL:KEY`` to that model alone
+        (:mod:`repalign.options`).
     """
     records = check_extract_args(records, models, pool, store_dtype, limit, weights)
+    check_options(options, models)
 
     # Resolve and validate everything for every model before writing anything.
     plans = [plan_model(name, records, layers, pool, tokens, device, dtype, weights, options, skip_invalid,
@@ -207,7 +215,7 @@ def plan_model(name, records, layers, pool, tokens, device, dtype, weights, opti
     Returns (adapter, layers, pool, token_layers, valid records, {invalid id: reason}); raises on the
     first invalid record unless ``skip_invalid``. Nothing is loaded or written here.
     """
-    adapter = factory(name, weights=weights, device=device, dtype=dtype, **(options or {}))
+    adapter = factory(name, weights=weights, device=device, dtype=dtype, **options_for_model(name, options))
     chosen = resolve_layers(adapter, layers)
     model_pool = pool or adapter.default_pooling
     token_layers = chosen if model_pool == "none" else (resolve_layers(adapter, tokens) if tokens else [])

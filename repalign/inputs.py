@@ -5,8 +5,12 @@ content hash, so a cache can tell a re-run on the same input from a changed inpu
 
 - FASTA: ``>id`` then the sequence; complexes (and antibody heavy/light pairs) are written with the
   chains joined by ``:``, as ColabFold does (``HEAVY:LIGHT``).
-- CSV: an ``id`` column and either a ``sequence`` column or a ``path`` column (structure files,
-  relative to the CSV).
+- CSV / TSV (by extension: ``.csv`` or ``.tsv``): an ``id`` column and either a ``sequence`` column
+  or a ``path`` column (structure files, relative to the table). An id holding a line break is an
+  error (it would not survive in any output table).
+- FASTA, CSV and TSV may be gzipped (``x.fasta.gz``) and may start with a UTF-8 byte-order mark;
+  ``-`` reads FASTA, CSV or TSV from standard input (told apart by the first character: ``>`` is
+  FASTA, a tab in the header line is TSV, otherwise CSV).
 - Structures: any format ASE reads (extxyz, CIF, POSCAR, PDB, ...), one file, a multi-frame file
   (ids from each frame's ``id`` key where extxyz has one, else ``stem:0``, ``stem:1``, ...), or a
   folder of such files.
@@ -15,7 +19,9 @@ content hash, so a cache can tell a re-run on the same input from a changed inpu
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,8 @@ import numpy as np
 from repalign.errors import RepalignError
 
 SEQUENCE_SUFFIXES = {".fasta", ".fa", ".faa", ".fas"}
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+STDIN = "-"
 STRUCTURE_SUFFIXES = {".xyz", ".extxyz", ".cif", ".pdb", ".vasp", ".poscar", ".traj", ".json", ".mmcif"}
 
 
@@ -66,9 +74,10 @@ def structure_record(id_: str, atoms) -> Record:
     return Record(id_, "structure", atoms, h.hexdigest())
 
 
-def read_fasta(path: str | Path) -> list[Record]:
+def read_fasta(path: str | Path, text: str | None = None) -> list[Record]:
+    """Records of a FASTA file (or of ``text``, read from ``path`` when None)."""
     path = Path(path)
-    text = _read_text(path)
+    text = _read_text(path) if text is None else text
     records: list[Record] = []
     id_, lines = None, []
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -100,9 +109,15 @@ def _fasta_record(path: Path, id_: str, lines: list[str]) -> Record:
     return sequence_record(id_, seq)
 
 
-def read_csv(path: str | Path) -> list[Record]:
+def read_csv(path: str | Path, text: str | None = None, delimiter: str | None = None) -> list[Record]:
+    """Records of a CSV or TSV table (delimiter from the extension unless given; ``text`` read
+    from ``path`` when None)."""
     path = Path(path)
-    rows = list(csv.DictReader(_read_text(path).splitlines()))
+    text = _read_text(path) if text is None else text
+    if delimiter is None:
+        delimiter = TABLE_SUFFIXES.get(_base_suffix(path), ",")
+    # newline="" semantics: quoted fields keep their line breaks, so an id holding one is seen
+    rows = list(csv.DictReader(text.splitlines(keepends=True), delimiter=delimiter))
     if not rows:
         raise RepalignError(f"{path}: no rows; the CSV needs a header and one row per sample")
     cols = set(rows[0])
@@ -115,6 +130,10 @@ def read_csv(path: str | Path) -> list[Record]:
         id_ = (row.get("id") or "").strip()
         if not id_:
             raise RepalignError(f"{path}:{i}: empty id; give every row an id")
+        if "\n" in id_ or "\r" in id_ or "\x00" in id_:
+            raise RepalignError(
+                f"{path}: id {id_!r} holds a line break or NUL character; give ids on one line (remove the quotes around the line break)"
+            )
         if "sequence" in cols:
             seq = (row.get("sequence") or "").strip()
             if not seq:
@@ -157,14 +176,23 @@ def read_inputs(paths: str | Path | list) -> list[Record]:
     if isinstance(paths, (str, Path)):
         paths = [paths]
     records: list[Record] = []
-    for p in map(Path, paths):
+    for p in paths:
+        if str(p) == STDIN:
+            records.extend(read_stdin())
+            continue
+        p = Path(p)
         if not p.exists():
             raise RepalignError(f"{p}: no such file or folder; check the path")
-        suffix = p.suffix.lower()
+        suffix = _base_suffix(p)
         if suffix in SEQUENCE_SUFFIXES:
             records.extend(read_fasta(p))
-        elif suffix in {".csv", ".tsv"}:
+        elif suffix in TABLE_SUFFIXES:
             records.extend(read_csv(p))
+        elif p.suffix.lower() == ".gz":
+            raise RepalignError(
+                f"{p}: a gzipped file must be FASTA, CSV or TSV named like x.fasta.gz or x.csv.gz; "
+                "gunzip structure files first"
+            )
         else:
             records.extend(read_structures(p))
     check_unique_ids(records)
@@ -183,13 +211,45 @@ def check_unique_ids(records: list[Record]) -> None:
         raise RepalignError(f"duplicate sample ids: {shown}; every input needs a unique id")
 
 
+def read_stdin(stream=None) -> list[Record]:
+    """FASTA, CSV or TSV from standard input (``-``), told apart by its first line."""
+    stream = sys.stdin if stream is None else stream
+    data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
+    text = _decode(data if isinstance(data, bytes) else data.encode(), Path("<stdin>"))
+    first = text.lstrip().split("\n", 1)[0]
+    if not first:
+        raise RepalignError("standard input is empty; pipe a FASTA, CSV or TSV into '-'")
+    if first.startswith((">", ";")):
+        return read_fasta(STDIN, text)
+    return read_csv(STDIN, text, delimiter="\t" if "\t" in first else ",")
+
+
+def _base_suffix(path: Path) -> str:
+    """The format suffix, looking through ``.gz``: x.fasta.gz -> .fasta."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""
+
+
+def _decode(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8-sig")  # drops a byte-order mark written by spreadsheet programs
+    except UnicodeDecodeError:
+        raise RepalignError(f"{path}: not UTF-8 text; give a FASTA, CSV or TSV file (gzipped or not)") from None
+
+
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise RepalignError(f"{path}: no such file; check the path") from None
-    except UnicodeDecodeError:
-        raise RepalignError(f"{path}: not a text file; give a FASTA or CSV file") from None
+    if data[:2] == b"\x1f\x8b":  # gzip magic: read through it whatever the name says
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise RepalignError(f"{path}: damaged gzip file ({exc}); compress it again") from None
+    return _decode(data, path)
 
 
 def _read_atoms(path: Path) -> list:

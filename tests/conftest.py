@@ -7,8 +7,8 @@ import pytest
 ESM_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
 
 
-def save_tiny_esm2(folder: Path) -> Path:
-    """A random-initialised 2-layer ESM-2 checkpoint with its tokenizer, saved with save_pretrained."""
+def save_tiny_esm2(folder: Path, layers: int = 2) -> Path:
+    """A random-initialised ESM-2 checkpoint (2 layers unless told) with its tokenizer, saved with save_pretrained."""
     import torch
     from transformers import EsmConfig, EsmModel, EsmTokenizer
 
@@ -16,7 +16,7 @@ def save_tiny_esm2(folder: Path) -> Path:
     (folder / "vocab.txt").write_text("\n".join(ESM_TOKENS) + "\n")
     tokenizer = EsmTokenizer(vocab_file=str(folder / "vocab.txt"))
     config = EsmConfig(
-        vocab_size=len(ESM_TOKENS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(ESM_TOKENS), hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=300, pad_token_id=1, mask_token_id=32,
         position_embedding_type="rotary", token_dropout=True,
     )

@@ -151,7 +151,7 @@ def test_layer_order_is_the_writer_order_and_dots_are_kept(tmp_path):
         assert c.layers("m") == LAYERS
         for k, layer in enumerate(LAYERS):
             np.testing.assert_array_equal(c.read_layer("m", layer), np.full((2, 3), k, dtype=np.float32))
-        assert [r["name"] for r in c.summary() if r["kind"] == "pooled"] == LAYERS
+        assert [r["name"] for r in c.records() if r["kind"] == "pooled"] == LAYERS
 
 
 def test_iter_row_blocks_equals_read_layer_across_main_and_parts(tmp_path):
@@ -453,7 +453,7 @@ def test_describe_and_summary(tmp_path):
                  tokens={"l.1": [np.ones((n, 4)) for n in (1, 2, 3)]}, outputs={"plddt": [1.0, 2.0, 3.0]})
     with Cache(path) as c:
         text = c.describe()
-        records = c.summary()
+        records = c.records()
     assert text.index("l.2") < text.index("l.1") and "(3, 5)" in text and "(6 tokens, 4)" in text
     assert '"model": "esm2"' in text and "3 samples" in text and "plddt" in text
     table = [(r["kind"], r["name"], r["position"], r["rows"], r["dim"], r["dtype"]) for r in records]

@@ -93,3 +93,65 @@ def test_extxyz_frames_keep_their_own_ids(tmp_path):
     water.info["id"] = "water"
     ase.io.write(tmp_path / "m.extxyz", [water, methane])
     assert [r.id for r in read_inputs(tmp_path / "m.extxyz")] == ["water", "m:1"]
+
+
+# ---- formats: gzip, TSV, byte-order mark, standard input -------------------------------------------
+
+
+def test_gzipped_fasta_and_csv_read_like_plain_ones(tmp_path):
+    import gzip
+
+    plain = read_inputs(write(tmp_path, "p.fasta", ">a\nMKT\n>b\nGGA:CC\n"))
+    (tmp_path / "z.fasta.gz").write_bytes(gzip.compress(b">a\nMKT\n>b\nGGA:CC\n"))
+    assert read_inputs(tmp_path / "z.fasta.gz") == plain
+    (tmp_path / "z.csv.gz").write_bytes(gzip.compress(b"id,sequence\na,MKT\nb,GGA:CC\n"))
+    assert read_inputs(tmp_path / "z.csv.gz") == plain
+
+
+def test_tsv_is_split_on_tabs(tmp_path):
+    recs = read_inputs(write(tmp_path, "s.tsv", "id\tsequence\nx,1\tMKT\ny\tGGA\n"))
+    assert [(r.id, r.payload) for r in recs] == [("x,1", "MKT"), ("y", "GGA")]
+
+
+def test_csv_with_byte_order_mark(tmp_path):
+    p = tmp_path / "bom.csv"
+    p.write_bytes("id,sequence\nx,MKT\n".encode("utf-8-sig"))
+    assert p.read_bytes()[:3] == b"\xef\xbb\xbf"
+    assert [(r.id, r.payload) for r in read_inputs(p)] == [("x", "MKT")]
+    f = tmp_path / "bom.fasta"
+    f.write_bytes(">x\nMKT\n".encode("utf-8-sig"))
+    assert [r.id for r in read_inputs(f)] == ["x"]
+
+
+def test_csv_id_with_a_line_break_is_an_error(tmp_path):
+    p = write(tmp_path, "nl.csv", 'id,sequence\n"x\ny",MKT\nz,GGA\n')
+    with pytest.raises(RepalignError, match="line break") as info:
+        read_inputs(p)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (">a\nMKT\n>b\nGG\n", [("a", "MKT"), ("b", "GG")]),
+        ("id,sequence\na,MKT\n", [("a", "MKT")]),
+        ("id\tsequence\na,b\tMKT\n", [("a,b", "MKT")]),
+    ],
+)
+def test_standard_input_in_a_real_subprocess(tmp_path, text, expected):
+    import os
+    import subprocess
+    import sys
+
+    code = "from repalign.inputs import read_inputs; print([(r.id, r.payload) for r in read_inputs('-')])"
+    out = subprocess.run([sys.executable, "-c", code], input=text.encode("utf-8-sig"), capture_output=True,
+                         env=dict(os.environ), check=True)
+    assert out.stdout.decode().strip() == repr(expected)
+
+
+def test_gzipped_structure_name_is_refused_clearly(tmp_path):
+    import gzip
+
+    (tmp_path / "s.cif.gz").write_bytes(gzip.compress(b"data_x\n"))
+    with pytest.raises(RepalignError, match="gunzip"):
+        read_inputs(tmp_path / "s.cif.gz")

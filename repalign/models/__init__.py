@@ -32,6 +32,12 @@ REGISTRY: dict[str, str] = {
     "esmc-300m": "esmfold2_model.adapters:EsmcAdapter",
     "esmc-600m": "esmfold2_model.adapters:Esmc600mAdapter",
     "esmc-6b": "esmfold2_model.adapters:Esmc6bAdapter",
+    "esm2-8m": "repalign.models.hub_lms:ESM2_8M",
+    "esm2-35m": "repalign.models.hub_lms:ESM2_35M",
+    "esm2-150m": "repalign.models.hub_lms:ESM2_150M",
+    "esm2-650m": "repalign.models.hub_lms:ESM2_650M",
+    "esm2-3b": "repalign.models.hub_lms:ESM2_3B",
+    "prott5": "repalign.models.hub_lms:ProtT5",
 }
 
 HF_PREFIX = "hf:"
@@ -59,7 +65,13 @@ def get_adapter_class(name: str) -> type[ModelAdapter]:
 def get_adapter(
     name: str, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options
 ) -> ModelAdapter:
-    """Instantiate (not load) the adapter for a registered name or ``hf:<path-or-repo-id>``."""
+    """Instantiate (not load) the adapter for a registered name or ``hf:<path-or-repo-id>``.
+
+    Options scoped to a model (``MODEL:KEY``, see :mod:`repalign.options`) reach that model only.
+    """
+    from repalign.options import resolve_scoped
+
+    options = resolve_scoped(name, options)
     cls = get_adapter_class(name)
     if name.lower().startswith(HF_PREFIX):
         return cls(name[len(HF_PREFIX):], weights=weights, device=device, dtype=dtype, **options)

@@ -87,9 +87,11 @@ class ANI1xAdapter(ModelAdapter):
         description="ANI-1x ensemble (H, C, N, O; wB97X/6-31G(d)); AEV + 3 hidden layers of one member",
     )
 
+    OPTIONS = ("member",)
+
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
-        reject_unknown_options(self.info.name, self.options, ("member",))
+        reject_unknown_options(self.info.name, self.options, self.OPTIONS)
         member = self.options.get("member", 0)
         try:
             member = int(member)

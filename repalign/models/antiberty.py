@@ -212,8 +212,10 @@ class AntiBERTy(ModelAdapter):
     default_pooling = "mean"
     max_size = 2 * MAX_CHAIN_LENGTH
 
+    OPTIONS = ()
+
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
-        reject_unknown_options("antiberty", options)
+        reject_unknown_options("antiberty", options, self.OPTIONS)
         check_device_dtype(device, dtype)
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
         self._encoder: AntiBERTyEncoder | None = None

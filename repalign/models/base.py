@@ -62,6 +62,9 @@ class ModelAdapter(abc.ABC):
     default_pooling: ClassVar[str] = "mean"
     #: largest input size (tokens or atoms) the model accepts; None for no limit
     max_size: ClassVar[int | None] = None
+    #: names of the options (``--option KEY=VALUE``) the adapter takes; None: not declared, so every
+    #: plain option reaches it (see repalign.options)
+    OPTIONS: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
         """weights: a local directory/file (or hub id resolved offline) overriding the default weights.
@@ -87,6 +90,11 @@ class ModelAdapter(abc.ABC):
         if not self._loaded:
             self.load()
             self._loaded = True
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...] | None:
+        """The options this adapter takes (``OPTIONS``); None when it does not declare them."""
+        return cls.OPTIONS
 
     # ---- description ----------------------------------------------------------------------------
     @abc.abstractmethod

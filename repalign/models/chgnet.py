@@ -64,6 +64,8 @@ class CHGNetAdapter(ModelAdapter):
 
     checkpoint: ClassVar[str]  # CHGNet.load model_name, also the pretrained/ subfolder
 
+    OPTIONS = ()
+
     @classmethod
     def unavailable_reason(cls) -> str | None:
         return missing_package_reason("chgnet", "pymatgen")
@@ -83,7 +85,7 @@ class CHGNetAdapter(ModelAdapter):
 
     def load(self) -> None:
         check_loadable(self)
-        reject_unknown_options(self.info.name, self.options)
+        reject_unknown_options(self.info.name, self.options, self.OPTIONS)
         import torch
         from chgnet.model import CHGNet
 

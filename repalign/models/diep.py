@@ -57,6 +57,8 @@ class DIEPAdapter(ModelAdapter):
         description="DIEP (PyG), MatPES r2SCAN, fold 1; 3 graph blocks, 64 features per atom",
     )
 
+    OPTIONS = ()
+
     @classmethod
     def unavailable_reason(cls) -> str | None:
         return missing_package_reason("diep", "torch_geometric", "pymatgen")
@@ -78,7 +80,7 @@ class DIEPAdapter(ModelAdapter):
 
     def load(self) -> None:
         check_loadable(self)
-        reject_unknown_options(self.info.name, self.options)
+        reject_unknown_options(self.info.name, self.options, self.OPTIONS)
         from diep.ext.ase import Atoms2Graph
         from diep.pretrained import load_potential
 

@@ -173,12 +173,13 @@ class HFProteinLM(ModelAdapter):
         description="any transformers protein language model with hidden states (ESM-2, ESM C, ProtBERT, ...)",
     )
     default_pooling = "mean"
+    OPTIONS = ()
 
     def __init__(self, path_or_repo: str, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
         path_or_repo = str(path_or_repo).strip()
         if not path_or_repo:
             raise RepalignError("hf: needs a checkpoint, e.g. hf:facebook/esm2_t6_8M_UR50D or hf:/path/to/checkpoint")
-        reject_unknown_options(f"hf:{path_or_repo}", options)
+        reject_unknown_options(f"hf:{path_or_repo}", options, self.OPTIONS)
         check_device_dtype(device, dtype)
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
         self.path_or_repo = path_or_repo

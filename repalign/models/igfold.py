@@ -28,7 +28,7 @@ Inputs: one chain (a nanobody, run as chain ``H``) or ``HEAVY:LIGHT`` (chains ``
 standard amino acids only, at most 510 residues per chain. Each record runs alone (IgFold's own
 embedding path takes one antibody at a time), so its features never depend on the batch.
 ``outputs['mean_prmsd']`` is IgFold's predicted per-atom RMSD (Angstrom), averaged over the backbone.
-No ``cls`` vector: pooling is the mean.
+No ``cls`` vector: pooling is the mean by default (``max`` and ``last`` also work on the residue rows).
 """
 
 from __future__ import annotations
@@ -90,8 +90,10 @@ class IgFold(ModelAdapter):
     default_pooling = "mean"
     max_size = 2 * 510
 
+    OPTIONS = ("checkpoint", "antiberty_weights")
+
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
-        reject_unknown_options("igfold", options, ("checkpoint", "antiberty_weights"))
+        reject_unknown_options("igfold", options, self.OPTIONS)
         check_device_dtype(device, dtype)
         if dtype != "float32":
             raise RepalignError("igfold runs in float32 only (its IPA layers force full precision); drop --dtype")

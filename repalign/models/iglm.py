@@ -17,7 +17,8 @@ chains (Kabat et al. 1991), and rejects a chain with neither or both as invalid 
 The species is ``[HUMAN]`` unless the option ``species=`` names another. The two conditioning tokens and ``[SEP]`` are removed from the features, as is padding.
 Because the model is causal, every residue row has seen the conditioning tokens but no later residue.
 Each chain of a pair runs as its own sequence and the rows are concatenated (heavy then light).
-No ``cls`` vector is given (a left-to-right model has no CLS token); pooling is the mean.
+No ``cls`` vector is given (a left-to-right model has no CLS token); pooling is the mean by default;
+``--pool last`` takes the last residue row (of the last chain), the one that has read the whole chain.
 
 Layer names, in model order: ``embeddings`` (hidden_states[0]: token + position embeddings), then
 ``layer.0`` ... ``layer.{N-1}`` (block outputs; the last one after GPT-2's final LayerNorm, as
@@ -85,8 +86,10 @@ class IgLM(ModelAdapter):
     default_pooling = "mean"
     max_size = 2 * 509  # 512 positions less the two conditioning tokens and [SEP], per chain
 
+    OPTIONS = ("checkpoint", "species", "single_chain")
+
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
-        reject_unknown_options("iglm", options, ("checkpoint", "species", "single_chain"))
+        reject_unknown_options("iglm", options, self.OPTIONS)
         check_device_dtype(device, dtype)
         checkpoint = str(options.get("checkpoint", "IgLM"))
         species = str(options.get("species", "human")).lower()

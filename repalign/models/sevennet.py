@@ -77,9 +77,13 @@ class SevenNetAdapter(ModelAdapter):
     modals: ClassVar[tuple[str, ...]] = ()  # fidelities of a multi-fidelity checkpoint
     default_modal: ClassVar[str | None] = None
 
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return ("modal",) if cls.modals else ()
+
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
-        reject_unknown_options(self.info.name, self.options, ("modal",) if self.modals else ())
+        reject_unknown_options(self.info.name, self.options, self.option_names())
         if self.modals:
             modal = str(self.options.get("modal", self.default_modal))
             matches = [m for m in self.modals if m.lower() == modal.lower()]

@@ -50,8 +50,10 @@ class _UniRep(ModelAdapter):
     n_layers: ClassVar[int]
     default_pooling = "mean"
 
+    OPTIONS = ()
+
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
-        reject_unknown_options(self.info.name, options)
+        reject_unknown_options(self.info.name, options, self.OPTIONS)
         if dtype != "float32":
             raise RepalignError(f"{self.info.name} runs in float32 only; drop --dtype")
         if device != "cpu":

@@ -1,0 +1,87 @@
+"""Readers of HDF5 feature files written by other tools (this package is the only code using h5py).
+
+bio_embeddings-style files hold one dataset per sample at the root of the file, named by the
+sample id, or by a hash of the sequence with the id in the dataset attribute ``original_id``
+(bio_embeddings' ``embeddings_file.h5`` and ``reduced_embeddings_file.h5``). A dataset is one
+per-sample vector ``(D,)``, per-residue rows ``(L, D)``, or per-residue rows of several layers
+``(K, L, D)`` (SeqVec); every dataset of a file has the same number of dimensions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+from embeddings_cache.format import FORMAT_NAME, CacheError, few, first_line, open_h5
+
+#: dataset attribute bio_embeddings uses for the id when datasets are named by sequence hash
+ORIGINAL_ID = "original_id"
+
+
+@dataclass(frozen=True)
+class PerIdDataset:
+    """One sample of a per-id HDF5 file: its id, the dataset's name in the file, shape and dtype."""
+
+    id: str
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def index_per_id_h5(path: str | os.PathLike) -> list[PerIdDataset]:
+    """The samples of a bio_embeddings-style file, in the file's order; nothing is read but metadata.
+
+    CacheError (one line) when the file is not such a file: not HDF5, a repalign cache, a member
+    that is a group or not numeric, datasets of different ranks, or an id given twice.
+    """
+    path = Path(path)
+    out: list[PerIdDataset] = []
+    with open_h5(path) as f:
+        if f.attrs.get("format") in (FORMAT_NAME, FORMAT_NAME.encode()):
+            raise CacheError(
+                f"{path} is a repalign embeddings cache, not a feature file to import; "
+                "compare it directly (repalign compare) or export a model from it (repalign cache export)"
+            )
+        try:
+            for key, item in f.items():
+                if not isinstance(item, h5py.Dataset):
+                    raise CacheError(
+                        f"{path}: member {key!r} is a group; a per-id feature file holds one dataset per sample at its root"
+                    )
+                if item.dtype.kind not in "fiu":
+                    raise CacheError(f"{path}: dataset {key!r} has dtype {item.dtype}; features must be numbers")
+                original = item.attrs.get(ORIGINAL_ID)
+                if isinstance(original, bytes):
+                    original = original.decode()
+                sample = str(original) if original is not None else key
+                out.append(PerIdDataset(sample, key, tuple(int(d) for d in item.shape), item.dtype.name))
+        except OSError as e:
+            raise CacheError(f"{path} is damaged ({first_line(e)}); write it again")
+    if not out:
+        raise CacheError(f"{path} holds no datasets; a per-id feature file holds one dataset per sample")
+    ranks = sorted({len(d.shape) for d in out})
+    if len(ranks) > 1 or ranks[0] not in (1, 2, 3):
+        raise CacheError(
+            f"{path}: datasets have {'/'.join(map(str, ranks))} dimensions; give (D,) vectors, (L, D) per-residue "
+            "rows or (layers, L, D) for every sample alike"
+        )
+    seen: set[str] = set()
+    dups = sorted({d.id for d in out if d.id in seen or seen.add(d.id)})
+    if dups:
+        raise CacheError(f"{path}: sample ids given twice: {few(dups)}; give each sample once")
+    return out
+
+
+def read_per_id_h5(path: str | os.PathLike, keys: Sequence[str]) -> list[np.ndarray]:
+    """The datasets named ``keys`` (see :func:`index_per_id_h5`), as numpy arrays, in that order."""
+    path = Path(path)
+    with open_h5(path) as f:
+        try:
+            return [np.asarray(f[key][()]) for key in keys]
+        except (OSError, KeyError) as e:
+            raise CacheError(f"cannot read {path} ({first_line(e)}); the file changed or is damaged")

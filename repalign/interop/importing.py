@@ -1,0 +1,223 @@
+"""Binding features to samples and storing them: :func:`import_features` (``repalign cache import``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from repalign.errors import RepalignError
+from repalign.interop.readers import Features, read_features
+from repalign.pooling import check_pool, pool_rows
+
+#: samples appended to the cache per batch
+IMPORT_BATCH = 1024
+
+
+@dataclass
+class ImportRun:
+    """What :func:`import_features` stored."""
+
+    model: str
+    format: str
+    n_samples: int
+    layers: list[str]
+    token_layers: list[str]
+    ids_from: str  # "inputs", "ids" or "file"
+
+
+def read_id_list(path: str | os.PathLike) -> list[str]:
+    """Ids, one per line (blank lines ignored; UTF-8, a byte-order mark is dropped; ``-``: stdin)."""
+    import sys
+
+    if str(path) == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(path).read_bytes().decode("utf-8-sig")
+        except FileNotFoundError:
+            raise RepalignError(f"{path}: no such ids file; check the path") from None
+        except UnicodeDecodeError:
+            raise RepalignError(f"{path}: not UTF-8 text; give one id per line") from None
+    ids = [line.strip() for line in text.splitlines()]
+    ids = [i for i in ids if i]
+    if not ids:
+        raise RepalignError(f"{path}: no ids; give one id per line")
+    return ids
+
+
+def check_ids(ids: Sequence[str], where: str) -> list[str]:
+    """Ids must be non-empty strings without NUL or line breaks, each given once."""
+    ids = list(ids)
+    for i in ids:
+        if not isinstance(i, str) or not i.strip():
+            raise RepalignError(f"{where}: sample id {i!r} is empty; give every sample an id")
+        if any(c in i for c in "\x00\n\r"):
+            raise RepalignError(f"{where}: sample id {i!r} holds a NUL or line break; give ids on one line")
+    seen: set[str] = set()
+    dups = sorted({i for i in ids if i in seen or seen.add(i)})
+    if dups:
+        shown = ", ".join(repr(d) for d in dups[:5])
+        raise RepalignError(f"{where}: sample ids given more than once: {shown}; give each sample once")
+    return ids
+
+
+def _bind(feats: Features, path: Path, inputs, ids) -> tuple[list[str], list[str], str]:
+    """(ids, content hashes, where the ids came from) for the rows of ``feats``."""
+    from embeddings_cache import UNKNOWN_HASH
+
+    if inputs is not None and ids is not None:
+        raise RepalignError("give either inputs (ids and content hashes) or ids, not both")
+    if feats.ids is not None:
+        row_ids = check_ids(feats.ids, str(path))
+        if inputs is not None:
+            by_id = {r.id: r.content_hash for r in inputs}
+            missing = [i for i in row_ids if i not in by_id]
+            if missing:
+                raise RepalignError(
+                    f"{path}: {len(missing)} sample id(s) of the file are not in the inputs (first: {missing[:3]}); "
+                    "give the inputs the features were computed from")
+            hashes = [by_id[i] for i in row_ids]
+            if feats.hashes is not None:
+                changed = [i for i, h, g in zip(row_ids, hashes, feats.hashes) if h != g and g != UNKNOWN_HASH]
+                if changed:
+                    raise RepalignError(f"{path}: samples {changed[:3]} carry other content hashes than the inputs; "
+                                        "the inputs changed since the features were computed")
+            return row_ids, hashes, "inputs"
+        if ids is not None:
+            given = check_ids(ids, "ids")
+            if sorted(given) != sorted(row_ids):
+                extra = sorted(set(given) - set(row_ids))[:3]
+                lacking = sorted(set(row_ids) - set(given))[:3]
+                raise RepalignError(f"{path} names its samples, and the ids given differ (only in ids: {extra}, "
+                                    f"only in the file: {lacking}); drop --ids to use the file's ids")
+        hashes = feats.hashes if feats.hashes is not None else [UNKNOWN_HASH] * len(row_ids)
+        return row_ids, list(hashes), "file"
+    if inputs is None and ids is None:
+        raise RepalignError(f"{path} does not name its samples; give the inputs in row order (--inputs) or their "
+                            "ids (--ids FILE, one per line)")
+    if inputs is not None:
+        inputs = list(inputs)
+        row_ids = check_ids([r.id for r in inputs], "inputs")
+        hashes, source = [r.content_hash for r in inputs], "inputs"
+    else:
+        row_ids = check_ids(ids, "ids")
+        hashes, source = [UNKNOWN_HASH] * len(row_ids), "ids"
+    if len(row_ids) != feats.n:
+        raise RepalignError(f"{path}: {feats.n} rows of features but {len(row_ids)} {source}; give one "
+                            f"{'input' if source == 'inputs' else 'id'} per row, in row order")
+    return row_ids, hashes, source
+
+
+def _select_layers(feats: Features, layers: Sequence[str] | None, path: Path) -> None:
+    """Rename unnamed layers (``layers`` = new names) or keep the named ones ``layers`` selects."""
+    import fnmatch
+
+    from embeddings_cache.format import check_name
+
+    if layers:
+        layers = list(layers)
+        if not feats.named:
+            if len(layers) != len(feats.order):
+                raise RepalignError(f"{path} holds {len(feats.order)} unnamed layer(s); give that many names, "
+                                    f"got {len(layers)}: {layers}")
+            rename = dict(zip(feats.order, layers))
+            for kind in ("pooled", "tokens", "cls"):
+                setattr(feats, kind, {rename[k]: v for k, v in getattr(feats, kind).items()})
+            feats.order = layers
+        else:
+            chosen = []
+            for pat in layers:
+                hits = [n for n in feats.order if fnmatch.fnmatchcase(n, pat)]
+                if not hits:
+                    raise RepalignError(f"{path}: no layer matches {pat!r}; its layers: {', '.join(feats.order[:10])}")
+                chosen.extend(h for h in hits if h not in chosen)
+            feats.order = [n for n in feats.order if n in chosen]
+            for kind in ("pooled", "tokens", "cls"):
+                setattr(feats, kind, {k: v for k, v in getattr(feats, kind).items() if k in chosen})
+    try:
+        for name in feats.order:
+            check_name(name, "layer")
+    except RepalignError as e:
+        raise RepalignError(f"{path}: {e}") from None
+
+
+def import_features(
+    path: str | os.PathLike,
+    cache: str | os.PathLike,
+    model: str,
+    *,
+    inputs=None,
+    ids: Sequence[str] | None = None,
+    layers: Sequence[str] | None = None,
+    pool: str = "mean",
+    keep_tokens: bool = True,
+    store_dtype: str = "float32",
+    overwrite: bool = False,
+) -> ImportRun:
+    """Store the features of a file (see the module docstring) as ``model`` in ``cache``.
+
+    inputs: records (:func:`repalign.inputs.read_inputs`) naming the rows: ids and content hashes,
+        so the model compares with extracted ones exactly as those compare with each other;
+    ids: sample ids only (no content hashes: compare matches by id alone and says so); neither is
+        needed when the file names its samples (then inputs only add the hashes).
+    layers: names for the layers of an unnamed array (``.npy``, tensors, bio_embeddings), or the
+        layers (names or patterns) to keep of a file that names them.
+    pool: how per-token rows become per-sample vectors (mean, max, last; cls from ESM's
+        ``bos_representations``); keep_tokens: store the per-token rows too (token layers).
+    Everything is read and checked before the cache is opened: bad input leaves it unchanged. An
+    existing ``model`` is an error unless ``overwrite``.
+    """
+    from embeddings_cache import Cache, CacheWriter
+    from embeddings_cache.format import check_name
+
+    from repalign.models._common import package_versions, sha256_of_file, sha256_of_files
+
+    path, cache = Path(path), Path(cache)
+    check_name(model, "model")
+    check_pool(pool)
+    if store_dtype not in ("float32", "float16"):
+        raise RepalignError(f"unknown storage dtype {store_dtype!r}; use float32 or float16")
+    if cache.exists() and not overwrite:
+        with Cache(cache) as c:
+            if model in c.models:
+                raise RepalignError(f"model {model!r} is already in {cache}; pass --overwrite to replace it, "
+                                    "or import under another name")
+    feats = read_features(path, pool=pool, keep_tokens=keep_tokens)
+    row_ids, hashes, source = _bind(feats, path, inputs, ids)
+    _select_layers(feats, layers, path)
+    if pool == "cls":
+        if not feats.cls:
+            raise RepalignError(f"{path} holds no CLS/BOS vectors; import with --pool mean, max or last")
+        feats.pooled = dict(feats.cls)
+    else:
+        for layer, rows in feats.tokens.items():  # token rows without pooled vectors in the file
+            if layer not in feats.pooled:
+                feats.pooled[layer] = np.stack([pool_rows(r, pool, f"{path} sample {i!r} layer {layer}")
+                                                for r, i in zip(rows, row_ids)])
+    pooled_layers = [l for l in feats.order if l in feats.pooled]
+    token_layers = [l for l in feats.order if l in feats.tokens] if keep_tokens else []
+    if not pooled_layers and not token_layers:
+        raise RepalignError(f"{path}: no layer left to import; check --layers and --pool")
+
+    digest = sha256_of_files(sorted(p for p in path.iterdir() if p.suffix == ".pt")) if path.is_dir() \
+        else sha256_of_file(path)
+    source_info = {"path": str(path.resolve()), "format": feats.format, "sha256": digest, "entry": feats.key,
+                   "ids_from": source}
+    prov = {
+        "model": model, "family": "imported", "source": source_info,
+        "packages": package_versions("numpy", "torch", "anndata", "repalign"),
+        "options": {"pool": pool, "token_layers": token_layers, "store_dtype": store_dtype, "source_sha256": digest,
+                    "format": feats.format},
+    }
+    with CacheWriter(cache, model, prov, layers=pooled_layers, token_layers=token_layers, dtype=store_dtype,
+                     overwrite=overwrite) as writer:
+        for start in range(0, feats.n, IMPORT_BATCH):
+            stop = min(start + IMPORT_BATCH, feats.n)
+            writer.append(row_ids[start:stop], hashes[start:stop],
+                          {l: feats.pooled[l][start:stop] for l in pooled_layers},
+                          tokens={l: feats.tokens[l][start:stop] for l in token_layers})
+    return ImportRun(model, feats.format, feats.n, pooled_layers, token_layers, source)

@@ -1,0 +1,412 @@
+"""Readers of foreign feature files (see :mod:`repalign.interop`): each returns :class:`Features`,
+validated (numbers, finite, consistent shapes) and not yet bound to samples."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from repalign.errors import RepalignError
+from repalign.interop.formats import (
+    CHECK_ROWS,
+    ESM_BOS,
+    ESM_HASH,
+    ESM_LABEL,
+    ESM_MEAN,
+    ESM_TOKENS,
+    FOLDER_INFO,
+    NPZ_HASHES,
+    NPZ_IDS,
+    NPZ_OFFSETS,
+    NPZ_TOKENS,
+)
+from repalign.interop.formats import first_line as _first
+from repalign.pooling import pool_rows
+
+
+@dataclass
+class Features:
+    """Features read from a file, before they are bound to samples.
+
+    pooled: layer -> (n, D) per-sample vectors; tokens: layer -> n arrays (L_i, D); cls: layer ->
+    (n, D) CLS/BOS vectors. ``named`` says whether the layer names come from the file (else they
+    are ``layer.0`` ... and ``layers`` may rename them).
+    """
+
+    format: str
+    n: int
+    order: list[str]
+    pooled: dict[str, np.ndarray] = field(default_factory=dict)
+    tokens: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    cls: dict[str, np.ndarray] = field(default_factory=dict)
+    ids: list[str] | None = None
+    hashes: list[str] | None = None
+    named: bool = True
+    key: str | None = None  # the entry of the file the features came from (e.g. "feats")
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    path = Path(path)
+    if path.is_dir():
+        return "esm-pt-folder"
+    suffix = path.suffix.lower()
+    formats = {".npy": "npy", ".npz": "npz", ".pt": "pt", ".pth": "pt", ".h5": "h5", ".hdf5": "h5", ".h5ad": "h5ad"}
+    if suffix not in formats:
+        raise RepalignError(
+            f"{path}: unknown feature file type {suffix or '(no suffix)'!r}; give .npy, .npz, .pt, a folder of ESM .pt "
+            "files, a bio_embeddings .h5 or an AnnData .h5ad"
+        )
+    return formats[suffix]
+
+
+def read_features(path: str | os.PathLike, pool: str = "mean", keep_tokens: bool = True) -> Features:
+    """Read a feature file (see the module docstring) into memory, validated: numbers, finite,
+    consistent shapes. ``keep_tokens=False`` pools per-token rows while reading and keeps only
+    the pooled vectors (less memory for large per-residue files)."""
+    path = Path(path)
+    if not path.exists():
+        raise RepalignError(f"{path}: no such file or folder; check the path")
+    fmt = detect_format(path)
+    reader = {"npy": _read_npy, "npz": _read_npz, "pt": _read_pt, "esm-pt-folder": _read_esm_folder,
+              "h5": _read_h5, "h5ad": _read_h5ad}[fmt]
+    feats = reader(path, pool=pool, keep_tokens=keep_tokens)
+    _check_features(feats, path)
+    return feats
+
+
+def _array(value: Any, path: Path, what: str) -> np.ndarray:
+    """A float array from a numpy array or a torch tensor (any device, detached, bfloat16 widened)."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiu":
+        raise RepalignError(f"{path}: {what} has dtype {arr.dtype}; features must be numbers")
+    return arr
+
+
+def _strings(value: Any, path: Path, what: str) -> list[str]:
+    arr = np.asarray(value)
+    if arr.ndim != 1 or arr.dtype.kind not in "US":
+        raise RepalignError(f"{path}: {what} must be a 1-D array of strings, got {arr.dtype} with shape {arr.shape}")
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in arr.tolist()]
+
+
+def _layers_from_array(arr: np.ndarray, path: Path, fmt: str, key: str | None = None) -> Features:
+    """(N, D) -> one layer, (N, L, D) -> L layers named layer.0 ... (renamable)."""
+    what = f"array {key!r}" if key else "the array"
+    if arr.ndim == 2:
+        mats = [arr]
+    elif arr.ndim == 3:
+        mats = [arr[:, i, :] for i in range(arr.shape[1])]
+    else:
+        raise RepalignError(
+            f"{path}: {what} has shape {arr.shape}; give (samples, D) for one layer or (samples, layers, D)"
+            + ("; a 1-D array holds one value per sample, not features" if arr.ndim == 1 else "")
+        )
+    names = [f"layer.{i}" for i in range(len(mats))]
+    return Features(fmt, arr.shape[0], names, pooled=dict(zip(names, mats)), named=False, key=key)
+
+
+def _read_npy(path: Path, **_: Any) -> Features:
+    try:
+        # memory-mapped: rows are read when checked and when written, a batch at a time
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise RepalignError(f"{path}: refused, it holds Python objects that only pickle can load (which could run "
+                            f"code); save a numeric array ({_first(e)})") from None
+    except (OSError, EOFError) as e:
+        raise RepalignError(f"{path}: not a readable .npy file ({_first(e)}); write it with numpy.save") from None
+    return _layers_from_array(_array(arr, path, "the array"), path, "npy")
+
+
+def _read_npz(path: Path, **_: Any) -> Features:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            entries = {}
+            for key in z.files:
+                try:
+                    entries[key] = z[key]
+                except ValueError as e:
+                    raise RepalignError(
+                        f"{path}: refused, entry {key!r} holds Python objects that only pickle can load (which could "
+                        f"run code); save numeric arrays ({_first(e)})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise RepalignError(f"{path}: not a readable .npz file ({_first(e)}); write it with numpy.savez") from None
+    ids = _strings(entries.pop(NPZ_IDS), path, "'ids'") if NPZ_IDS in entries else None
+    hashes = _strings(entries.pop(NPZ_HASHES), path, "'hashes'") if NPZ_HASHES in entries else None
+    tokens: dict[str, list[np.ndarray]] = {}
+    for key in [k for k in entries if k.startswith(NPZ_TOKENS)]:
+        layer = key[len(NPZ_TOKENS):]
+        data = _array(entries.pop(key), path, f"entry {key!r}")
+        if NPZ_OFFSETS + layer not in entries:
+            raise RepalignError(f"{path}: {key!r} has no {NPZ_OFFSETS + layer!r}; give the (N+1,) row offsets too")
+        offsets = np.asarray(entries.pop(NPZ_OFFSETS + layer))
+        if (offsets.ndim != 1 or offsets.dtype.kind not in "iu" or len(offsets) < 1 or offsets[0] != 0
+                or np.any(np.diff(offsets) < 0) or offsets[-1] != len(data) or data.ndim != 2):
+            raise RepalignError(f"{path}: offsets of {layer!r} do not describe the rows of {key!r}; "
+                                "offsets must rise from 0 to the row count")
+        tokens[layer] = [data[offsets[k]:offsets[k + 1]] for k in range(len(offsets) - 1)]
+    stray = [k for k in entries if k.startswith(NPZ_OFFSETS)]
+    if stray:
+        raise RepalignError(f"{path}: {stray} have no matching 'tokens/<layer>' entries")
+    if not entries and not tokens:
+        raise RepalignError(f"{path}: the .npz holds no feature arrays; save one (samples, D) array per layer")
+    pooled = {}
+    for key, value in entries.items():
+        arr = _array(value, path, f"entry {key!r}")
+        if arr.ndim != 2:
+            raise RepalignError(f"{path}: entry {key!r} has shape {arr.shape}; each layer must be a (samples, D) array"
+                                + ("; a 1-D array is not features" if arr.ndim == 1 else ""))
+        pooled[key] = arr
+    n = _common_n(path, {k: len(v) for k, v in pooled.items()} | {k: len(v) for k, v in tokens.items()})
+    return Features("npz", n, list(pooled) + [t for t in tokens if t not in pooled], pooled=pooled, tokens=tokens,
+                    ids=ids, hashes=hashes)
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise RepalignError(f"{path}: reading .pt files needs torch; pip install 'repalign[models]'") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise RepalignError(
+            f"{path}: refused, it holds Python objects beyond tensors and plain containers, which only full pickle "
+            f"can load and which could run code ({_first(e)}); save tensors or dicts/lists of tensors") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise RepalignError(f"{path}: not a readable torch file ({_first(e)}); write it with torch.save") from None
+
+
+def _read_pt(path: Path, pool: str = "mean", keep_tokens: bool = True, **_: Any) -> Features:
+    obj = _torch_load(path)
+    if isinstance(obj, dict) and ESM_LABEL in obj:
+        return _esm_features([obj], [path], pool, keep_tokens)
+    if isinstance(obj, dict) and "feats" in obj:  # platonic-rep: {"feats": (N, L, D), "num_params": ..., ...}
+        return _layers_from_array(_array(obj["feats"], path, "'feats'"), path, "pt", key="feats")
+    if isinstance(obj, dict):
+        obj = dict(obj)
+        ids = None
+        if NPZ_IDS in obj:
+            ids = obj.pop(NPZ_IDS)
+            if not isinstance(ids, (list, tuple)) or not all(isinstance(i, str) for i in ids):
+                raise RepalignError(f"{path}: 'ids' must be a list of strings")
+            ids = list(ids)
+        if not obj:
+            raise RepalignError(f"{path}: the dict holds no feature tensors; give one (samples, D) tensor per layer")
+        pooled = {}
+        for key, value in obj.items():
+            arr = _array(value, path, f"entry {key!r}")
+            if arr.ndim != 2:
+                raise RepalignError(f"{path}: entry {key!r} has shape {arr.shape}; each layer must be (samples, D)")
+            pooled[str(key)] = arr
+        n = _common_n(path, {k: len(v) for k, v in pooled.items()})
+        return Features("pt", n, list(pooled), pooled=pooled, ids=ids)
+    if hasattr(obj, "shape"):
+        return _layers_from_array(_array(obj, path, "the tensor"), path, "pt")
+    raise RepalignError(f"{path}: holds a {type(obj).__name__}; give a tensor, a dict of tensors, platonic-rep's "
+                        "{'feats': ...} or an ESM extract.py file")
+
+
+def _read_esm_folder(path: Path, pool: str = "mean", keep_tokens: bool = True, **_: Any) -> Features:
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".pt" and not p.name.startswith("."))
+    if not files:
+        raise RepalignError(f"{path}: no .pt files in the folder; give the output folder of ESM's extract.py")
+    feats = _esm_features([_torch_load(f) for f in files], files, pool, keep_tokens)
+    return _in_exported_order(feats, path)
+
+
+def _in_exported_order(feats: Features, folder: Path) -> Features:
+    """Samples in the order an export wrote them (``provenance.json``), else in file-name order."""
+    try:
+        order = json.loads((folder / FOLDER_INFO).read_text()).get("ids")
+    except (OSError, ValueError, AttributeError):
+        return feats
+    if not isinstance(order, list) or sorted(map(str, order)) != sorted(feats.ids):
+        return feats
+    at = {i: k for k, i in enumerate(feats.ids)}
+    rows = [at[str(i)] for i in order]
+    feats.ids = [feats.ids[k] for k in rows]
+    if feats.hashes is not None:
+        feats.hashes = [feats.hashes[k] for k in rows]
+    for kind in ("pooled", "cls"):
+        setattr(feats, kind, {l: a[rows] for l, a in getattr(feats, kind).items()})
+    feats.tokens = {l: [r[k] for k in rows] for l, r in feats.tokens.items()}
+    return feats
+
+
+def _esm_layer_name(key: Any) -> str:
+    """ESM's repr layer i is hidden state i: 0 -> embeddings, i -> layer.{i-1} (as hf: models name them)."""
+    if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+        i = int(key)
+        return "embeddings" if i == 0 else f"layer.{i - 1}"
+    return str(key)
+
+
+def _esm_features(objs: list, files: list[Path], pool: str, keep_tokens: bool) -> Features:
+    """Features of ESM extract.py files, one per sample. Pooled vectors: ``mean_representations``
+    for ``pool="mean"`` where the file has them, else ``pool`` over the per-token rows; ``cls``:
+    ``bos_representations``."""
+    ids, hashes = [], []
+    tokens: dict[str, list] = {}
+    pooled: dict[str, list] = {}
+    cls: dict[str, list] = {}
+    first_keys = None
+    for obj, f in zip(objs, files):
+        if not isinstance(obj, dict) or ESM_LABEL not in obj:
+            raise RepalignError(f"{f}: not an ESM extract.py file (no 'label'); keep only those in the folder")
+        label = str(obj[ESM_LABEL])
+        if ESM_HASH in obj:  # written by export: the label is the id
+            hashes.append(str(obj[ESM_HASH]))
+        elif label.split():  # ESM's label is the whole FASTA header; the id is its first word
+            label = label.split()[0]
+        ids.append(label)
+        kinds = {k: {_esm_layer_name(layer): v for layer, v in obj[k].items()}
+                 for k in (ESM_TOKENS, ESM_MEAN, ESM_BOS) if isinstance(obj.get(k), dict)}
+        keys = {k: list(v) for k, v in kinds.items()}
+        if first_keys is None:
+            first_keys = keys
+            if not any(keys.get(k) for k in (ESM_TOKENS, ESM_MEAN)):
+                raise RepalignError(f"{f}: no representations; run ESM's extract.py with --include mean or per_tok")
+        elif keys != first_keys:
+            raise RepalignError(f"{f}: holds other layers or kinds ({keys}) than {files[0].name} ({first_keys}); "
+                                "give files of one extract.py run")
+        rows_of = {layer: _array(v, f, f"representations[{layer}]") for layer, v in kinds.get(ESM_TOKENS, {}).items()}
+        means = {layer: _array(v, f, f"mean_representations[{layer}]") for layer, v in kinds.get(ESM_MEAN, {}).items()}
+        for layer, rows in rows_of.items():
+            if rows.ndim != 2:
+                raise RepalignError(f"{f}: representations of {layer} have shape {rows.shape}; expected (L, D)")
+            if keep_tokens:
+                tokens.setdefault(layer, []).append(rows)
+        for layer in dict.fromkeys(list(rows_of) + list(means)):
+            if pool == "mean" and layer in means:
+                pooled.setdefault(layer, []).append(means[layer])
+            elif pool in ("mean", "max", "last") and layer in rows_of:
+                pooled.setdefault(layer, []).append(pool_rows(rows_of[layer], pool, f"{f} layer {layer}"))
+            elif pool in ("max", "last"):
+                raise RepalignError(f"{f}: layer {layer} has mean vectors only; {pool} pooling needs the per-token "
+                                    "representations (extract.py --include per_tok), or import with --pool mean")
+        for layer, value in kinds.get(ESM_BOS, {}).items():
+            cls.setdefault(layer, []).append(_array(value, f, f"bos_representations[{layer}]"))
+    if hashes and len(hashes) != len(ids):
+        raise RepalignError(f"{files[0].parent}: some files carry a content_hash and some do not")
+    order = list(dict.fromkeys([l for k in first_keys.values() for l in k]))
+    feats = Features("esm-pt" if len(files) == 1 else "esm-pt-folder", len(ids), order,
+                     tokens=tokens, ids=ids, hashes=hashes or None)
+    for name, values in (("pooled", pooled), ("cls", cls)):
+        for layer, vecs in values.items():
+            if len({np.shape(v) for v in vecs}) != 1 or np.ndim(vecs[0]) != 1:
+                raise RepalignError(f"{files[0].parent}: {name} vectors of {layer} differ in shape between files")
+            getattr(feats, name)[layer] = np.stack(vecs)
+    return feats
+
+
+def _read_h5(path: Path, pool: str = "mean", keep_tokens: bool = True, **_: Any) -> Features:
+    from embeddings_cache import index_per_id_h5, read_per_id_h5
+
+    index = index_per_id_h5(path)
+    arrays = read_per_id_h5(path, [d.key for d in index])
+    ids = [d.id for d in index]
+    rank = len(index[0].shape)
+    if rank == 1:
+        return Features("h5", len(ids), ["layer.0"], pooled={"layer.0": np.stack(_same_width(arrays, path))},
+                        ids=ids, named=False)
+    if rank == 3 and len({a.shape[0] for a in arrays}) != 1:
+        raise RepalignError(f"{path}: datasets hold different numbers of layers; give (layers, L, D) alike")
+    per_layer = [arrays] if rank == 2 else [[a[k] for a in arrays] for k in range(index[0].shape[0])]
+    names = [f"layer.{k}" for k in range(len(per_layer))]
+    feats = Features("h5", len(ids), names, ids=ids, named=False)
+    for name, rows in zip(names, per_layer):
+        _same_width(rows, path)
+        if keep_tokens:
+            feats.tokens[name] = rows
+        if pool != "cls":
+            feats.pooled[name] = np.stack([pool_rows(r, pool, f"{path} sample {i!r}") for r, i in zip(rows, ids)])
+    return feats
+
+
+def _read_h5ad(path: Path, **_: Any) -> Features:
+    try:
+        import anndata
+    except ImportError:
+        raise RepalignError(f"{path}: reading .h5ad needs anndata; pip install 'repalign[anndata]'") from None
+    try:
+        adata = anndata.read_h5ad(path)
+    except Exception as e:  # anndata wraps HDF5 and format errors in many types
+        raise RepalignError(f"{path}: not a readable AnnData file ({_first(e)}); write it with AnnData.write_h5ad") from None
+    ids = [str(i) for i in adata.obs_names]
+    hashes = [str(h) for h in adata.obs["content_hash"]] if "content_hash" in adata.obs else None
+    pooled: dict[str, np.ndarray] = {}
+
+    def add(name: str, value: Any, where: str) -> None:
+        if hasattr(value, "toarray"):
+            value = value.toarray()
+        elif hasattr(value, "to_numpy"):
+            value = value.to_numpy()
+        arr = _array(value, path, where)
+        if arr.ndim != 2:
+            raise RepalignError(f"{path}: {where} has shape {arr.shape}; layers must be (samples, D)")
+        if name in pooled:
+            raise RepalignError(f"{path}: two matrices are named {name!r} (obsm, layers, X); rename one")
+        pooled[name] = arr
+
+    for key in adata.obsm.keys():
+        add(key, adata.obsm[key], f"obsm[{key!r}]")
+    if adata.n_vars:
+        for key in adata.layers.keys():
+            add(key, adata.layers[key], f"layers[{key!r}]")
+        if adata.X is not None:
+            add("X", adata.X, "X")
+    if not pooled:
+        raise RepalignError(f"{path}: the AnnData object holds no matrices (obsm, layers or X) to import")
+    order = list(pooled)
+    stored_order = adata.uns.get("layers") if hasattr(adata, "uns") else None
+    if stored_order is not None and sorted(map(str, stored_order)) == sorted(order):
+        order = [str(x) for x in stored_order]  # the layer order export wrote
+    return Features("h5ad", adata.n_obs, order, pooled=pooled, ids=ids, hashes=hashes)
+
+
+def _same_width(arrays: list[np.ndarray], path: Path) -> list[np.ndarray]:
+    widths = {a.shape[-1] for a in arrays}
+    if len(widths) != 1:
+        raise RepalignError(f"{path}: samples have features of different widths {sorted(widths)}; give one width")
+    return arrays
+
+
+def _common_n(path: Path, lengths: dict[str, int]) -> int:
+    if len(set(lengths.values())) != 1:
+        raise RepalignError(f"{path}: layers have different sample counts {lengths}; give one row per sample in each")
+    return next(iter(lengths.values()))
+
+
+def _check_features(feats: Features, path: Path) -> None:
+    if feats.n == 0:
+        raise RepalignError(f"{path}: holds no samples")
+    for kind in ("pooled", "cls"):
+        for layer, arr in getattr(feats, kind).items():
+            if arr.shape[0] != feats.n:
+                raise RepalignError(f"{path}: layer {layer!r} has {arr.shape[0]} rows for {feats.n} samples")
+            if arr.shape[1] == 0:
+                raise RepalignError(f"{path}: layer {layer!r} has width 0")
+            bad = sum(int((~np.isfinite(arr[i:i + CHECK_ROWS])).any(axis=1).sum())
+                      for i in range(0, feats.n, CHECK_ROWS))
+            if bad:
+                raise RepalignError(f"{path}: layer {layer!r} holds NaN or infinite values in {bad} samples; "
+                                    "fix or drop those samples before importing")
+    for layer, rows in feats.tokens.items():
+        if len(rows) != feats.n:
+            raise RepalignError(f"{path}: token layer {layer!r} has {len(rows)} samples, expected {feats.n}")
+        if any(r.ndim != 2 for r in rows) or len({r.shape[1] for r in rows}) != 1:
+            raise RepalignError(f"{path}: token rows of {layer!r} must be (L_i, D) with one D")
+        if not all(np.isfinite(r).all() for r in rows):
+            raise RepalignError(f"{path}: token layer {layer!r} holds NaN or infinite values; fix them before importing")
