@@ -368,9 +368,11 @@ def extract_distributed(
     """
     from repalign.extract import check_extract_args, model_key
     from repalign.models import get_adapter
+    from repalign.options import check_options, options_for_model
 
     factory = adapter_factory or get_adapter
     records = check_extract_args(records, models, pool, store_dtype, limit, weights)
+    check_options(options, models)
     if shard_tokens is not None and (isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < 1):
         raise RepalignError(f"shard_tokens={shard_tokens!r} must be a positive whole number of tokens")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -404,7 +406,8 @@ def extract_distributed(
                     _remove_stale_shards(folder, key, paths)
                     futures = [
                         client.submit(_run_shard, path, shard, chosen, adapter_name(adapter), key, model_pool,
-                                      token_layers, store_dtype, batch_tokens, factory, weights, device, dtype, options,
+                                      token_layers, store_dtype, batch_tokens, factory, weights, device, dtype,
+                                      options_for_model(adapter_name(adapter), options),
                                       key=f"repalign-shard-{Path(path).stem}-{uuid.uuid4().hex[:8]}", retries=retries,
                                       pure=False)
                         for path, shard in zip(paths, shards)
