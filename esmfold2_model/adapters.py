@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Sequence
 
 from esmfold2_model import stages
 from esmfold2_model.featurize import check_sequence, esmc_token_ids, featurize_sequence
+from esmfold2_model.load import check_weight_files
 from repalign.errors import InvalidInput, RepalignError
 from repalign.inputs import Record
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
@@ -85,6 +86,9 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
         torch_dtype_for(device, dtype)  # validate now, not after loading gigabytes
         self.settings = ExtractionOptions.parse(options, self.info.name)
+        # Recorded with the extraction options whether given or not, so a cache extracted in one
+        # LM-dropout mode is never resumed in the other.
+        self.options["lm_dropout"] = self.settings.lm_dropout
         self._path: Path | None = None
         self._config = None
         self.model = None
@@ -99,8 +103,7 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
             cfg = load_config(self._checkpoint())
             if getattr(cfg, "model_type", None) != "esmfold2":
                 raise RepalignError(f"{self._checkpoint()}: a {cfg.model_type!r} checkpoint, not ESMFold2; check weights=")
-            if self.settings.deterministic:
-                cfg.lm_encoder.lm_dropout = 0.0
+            check_weight_files(self._checkpoint())  # a truncated download fails here, before any model work
             self._config = cfg
         return self._config
 
@@ -108,7 +111,7 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
         from esmfold2_model.extractor import EsmFold2Extractor
         from esmfold2_model.load import load_esmfold2
 
-        self.model = load_esmfold2(self._checkpoint(), self.device, self.dtype, self.settings.deterministic)
+        self.model = load_esmfold2(self._checkpoint(), self.device, self.dtype)
         self._config = self.model.config
         self.extractor = EsmFold2Extractor(self.model, self.settings)
 
@@ -119,8 +122,14 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
         return stages.layer_names(stage_layout(self.config(), self.settings))
 
     def provenance(self) -> dict[str, Any]:
+        from esmfold2_model.extractor import lm_dropout_rate
+
         prov = super().provenance()
         prov.update(_provenance_extra(self._checkpoint(), self.hub_id))
+        lm = self.config().lm_encoder
+        prov["lm_dropout"] = {"mode": self.settings.lm_dropout, "p_applied": lm_dropout_rate(self.config(), self.settings),
+                              "p_released": lm.lm_dropout, "per_loop": lm.per_loop_lm_dropout,
+                              "masks": "seeded by (seed, trunk loop), drawn per sample on the model's device"}
         return prov
 
     # ---- inputs ----------------------------------------------------------------------------------
@@ -235,6 +244,7 @@ class EsmcAdapter(_HubCheckpointAdapter):
             cfg = getattr(cfg, "esmc_config", None) or cfg  # an ESMFold2 checkpoint's backbone config
             if getattr(cfg, "model_type", None) != "esmc":
                 raise RepalignError(f"{self._checkpoint()}: not an ESMC checkpoint; check weights=")
+            check_weight_files(self._checkpoint())
             self._config = cfg
         return self._config
 

@@ -29,13 +29,13 @@ STAGE_MODULES: dict[str, tuple[str, str, str]] = {
     "lm_encoder.<i>": ("lm_encoder.layers[i]", "output", "pair"),
     "folding_trunk[.loop<j>].<i>": ("folding_trunk.layers[i] during trunk loop j", "output", "pair"),
     "parcae": ("parcae.output_stack", "output (decoded recurrence state)", "pair"),
-    "distogram": ("distogram_head", "input (pair + pair^T)", "pair"),
+    "distogram": ("distogram_head", "input (parcae + parcae^T, derived from parcae)", "pair"),
     "diffusion.conditioning.pair": ("structure_head.conditioning.pair_transition_1", "output", "pair"),
     "diffusion[.step<k>].single": ("structure_head.conditioning", "output (noise-conditioned single)", "single"),
     "diffusion[.step<k>].atom_encoder": ("structure_head.atom_encoder", "output[0] per-token", "single"),
     "diffusion[.step<k>].token_transformer.<i>": ("structure_head.token_transformer.layers[i]", "output", "single"),
     "confidence.input": ("confidence_head.input_embedder", "output", "pair"),
-    "confidence.pair.<i>": ("confidence_head.folding_trunk.layers[i]", "output", "pair"),
+    "confidence.pair.<i>": ("confidence_head.folding_trunk.layers[i]", "stack input + output (what the heads read)", "pair"),
     "confidence.single": ("confidence_head.row_attention_pooling", "output", "single"),
 }
 

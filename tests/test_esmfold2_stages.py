@@ -70,13 +70,14 @@ def test_layer_names_round_trip_through_the_parser():
 def test_option_parsing_from_cli_strings():
     o = ExtractionOptions.parse({"loops": "0,5,-1", "diffusion_samples": "2", "pair_reduction": "rowcol",
                                  "raw_pair_layers": "parcae, distogram", "max_memory_gb": "1.5", "seed": "3",
-                                 "deterministic": "false"}, "esmfold2")
+                                 "lm_dropout": "OFF"}, "esmfold2")
     assert o.loops == (0, 5, -1) and o.diffusion_samples == 2 and o.pair_reduction == "rowcol"
     assert o.raw_pair_layers == ("parcae", "distogram") and o.max_memory_gb == 1.5 and o.seed == 3
-    assert o.deterministic is False
+    assert o.lm_dropout == "off" and ExtractionOptions().lm_dropout == "on"
     for bad, match in [({"colour": "red"}, "unknown option"), ({"pair_reduction": "max"}, "pair_reduction"),
                        ({"diffusion_samples": "0"}, "at least 1"), ({"loops": "first"}, "loops"),
-                       ({"raw_pair_layers": "esmc.3"}, "not a pair layer"), ({"max_memory_gb": "lots"}, "number")]:
+                       ({"raw_pair_layers": "esmc.3"}, "not a pair layer"), ({"max_memory_gb": "lots"}, "number"),
+                       ({"lm_dropout": "0.1"}, "use on .* or off"), ({"deterministic": "true"}, "lm_dropout=off")]:
         with pytest.raises(RepalignError, match=match):
             ExtractionOptions.parse(bad, "esmfold2")
 
