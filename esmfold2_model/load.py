@@ -8,6 +8,7 @@ disk is a one-line :class:`~repalign.errors.ModelUnavailable` giving the command
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -98,7 +99,6 @@ def check_weight_files(path: Path) -> None:
     Reads only the headers (kilobytes), so a half-finished download is caught before any model work.
     """
     import json
-    import struct
 
     files = sorted(Path(path).glob("*.safetensors"))
     index = Path(path) / "model.safetensors.index.json"
@@ -113,18 +113,43 @@ def check_weight_files(path: Path) -> None:
                                    f"download the checkpoint again")
     for f in files:
         size = f.stat().st_size
-        try:
-            with open(f, "rb") as fh:
-                (n,) = struct.unpack("<Q", fh.read(8))
-                if n > size:
-                    raise ValueError("header longer than the file")
-                header = json.loads(fh.read(n))
-            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-        except (struct.error, ValueError, KeyError, TypeError, IndexError):
-            raise ModelUnavailable(f"{f}: not a readable safetensors file (damaged header); download it again") from None
+        n, header = _safetensors_header(f)
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
         if size != 8 + n + end:
             raise ModelUnavailable(f"{f}: truncated or damaged safetensors file ({size} bytes, its header describes "
                                    f"{8 + n + end}); download it again")
+
+
+def _safetensors_header(f: Path) -> tuple[int, dict]:
+    """(header length, header) of a safetensors file; ModelUnavailable naming it when unreadable."""
+    import json
+    import struct
+
+    size = f.stat().st_size
+    try:
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > size:
+                raise ValueError("header longer than the file")
+            header = json.loads(fh.read(n))
+        for k, v in header.items():
+            if k != "__metadata__":
+                int(v["data_offsets"][1]), list(v["shape"])
+    except (struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        raise ModelUnavailable(f"{f}: not a readable safetensors file (damaged header); download it again") from None
+    return n, header
+
+
+def parameter_count(path: Path, prefix: str = "") -> int:
+    """Parameters stored in the checkpoint's safetensors files (from their headers, no data read),
+    counting only tensor names starting with ``prefix``."""
+    total = 0
+    for f in sorted(Path(path).glob("*.safetensors")):
+        _, header = _safetensors_header(f)
+        for k, v in header.items():
+            if k != "__metadata__" and k.startswith(prefix):
+                total += math.prod(int(d) for d in v["shape"])
+    return total
 
 
 def load_esmc(path: Path, device: str = "cpu", dtype: str = "float32"):
