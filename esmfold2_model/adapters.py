@@ -147,7 +147,7 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
         return estimate_peak_bytes(lengths, self.config(), self.settings, full, self._bytes_per_value()) / 1e9
 
     def weights_gb(self) -> float:
-        """Memory of the parameters at the compute dtype, from the checkpoint's file headers."""
+        """Memory of the weights (parameters and stored buffers) at the compute dtype, from the file headers."""
         from esmfold2_model.load import parameter_count
 
         return parameter_count(self._checkpoint()) * self._bytes_per_value() / 1e9

@@ -457,3 +457,116 @@ def test_bad_inputs_are_one_line_errors(adapter):
         adapter.forward([SHORT], ["parcae.raw"])
     with pytest.raises(RepalignError, match="only on a GPU"):
         get_adapter("esmfold2", dtype="bfloat16")
+
+
+def _cli_error(capsys, argv):
+    from repalign.cli import main
+
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("repalign: error: ") and "Traceback" not in err
+    return err
+
+
+def test_bad_inputs_fail_in_one_line_before_any_model_work(ckpt, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from esmfold2_model.adapters import EsmFold2Adapter
+
+    def no_loading(self):
+        raise AssertionError("model loaded")
+
+    monkeypatch.setattr(EsmFold2Adapter, "load", no_loading)
+    out = tmp_path / "c.h5"
+
+    def run(fasta_text, *extra, weights=ckpt, model="esmfold2"):
+        fasta = tmp_path / "in.fasta"
+        fasta.write_text(fasta_text)
+        return _cli_error(capsys, ["extract", str(fasta), "-m", model, "-o", str(out), "--weights", str(weights),
+                                   "--layers", "parcae", *extra])
+
+    good = ">ok\nMKTAYIAK\n"
+    assert "residue 'J' at position 3" in run(good + ">bad\nMKJLV\n") and "bad:" in run(good + ">bad\nMKJLV\n")
+    err = run(good + ">cplx\nMKV::GGA\n")  # the FASTA reader refuses it, naming file and sample
+    assert "in.fasta: sequence 'cplx'" in err and "empty chain" in err
+    with pytest.raises(InvalidInput, match="^cplx: chain 2 is empty"):  # the adapter too, for Python callers
+        get_adapter("esmfold2", weights=str(ckpt)).validate(sequence_record("cplx", "MKV::GGA"))
+    assert "long: 19 residues need an estimated" in run(">long\n" + PROTEIN.payload + "\n", "--option", "max_memory_gb=0.00001")
+    # weights of another architecture: the bundled ESMC backbone given to esmfold2, ESMFold2 given to nothing
+    assert "a 'esmc' checkpoint, not ESMFold2" in run(good, weights=ckpt / "esmc")
+    # a truncated download
+    broken = tmp_path / "broken"
+    shutil.copytree(ckpt, broken, ignore=shutil.ignore_patterns("esmc"))
+    weights = broken / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    err = run(good, weights=broken)
+    assert f"{weights}: truncated or damaged safetensors file" in err and "download it again" in err
+    with open(weights, "wb") as f:
+        f.write(b"\xff" * 16)
+    assert "not a readable safetensors file" in run(good, weights=broken)
+    assert not out.exists()  # nothing was written
+
+
+def test_esmc_refuses_other_architectures_and_truncated_weights(ckpt, tmp_path, tiny_esm2):
+    import shutil
+
+    with pytest.raises(RepalignError, match="not an ESMC checkpoint"):
+        get_adapter("esmc-300m", weights=str(tiny_esm2)).layer_names()
+    broken = tmp_path / "esmc"
+    shutil.copytree(ckpt / "esmc", broken)
+    weights = broken / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size - 10)
+    a = get_adapter("esmc-300m", weights=str(broken))
+    with pytest.raises(ModelUnavailable, match="truncated or damaged safetensors"):
+        a.layer_names()
+    assert a.model is None
+
+
+def test_dry_run_plan_from_the_config_alone(ckpt, tmp_path, capsys, monkeypatch):
+    from embeddings_cache import Cache
+    from esmfold2_model.adapters import EsmcAdapter, EsmFold2Adapter
+    from repalign.extract import extract
+    from repalign.extract_plan import format_plan, plan_extraction
+
+    recs = [PROTEIN, COMPLEX, SHORT, sequence_record("p4", "MKTAYIAKQRQ")]
+    layers = ["esmc.1", "lm_encoder.0", "parcae", "parcae.raw", "diffusion.single", "confidence.single"]
+    opts = dict(raw_pair_layers="parcae", pair_reduction="rowcol")
+    cache = tmp_path / "c.h5"
+    (run,) = extract(recs[:1], ["esmfold2"], cache, layers=layers, tokens=["parcae.raw", "esmc.1"], weights=str(ckpt),
+                     options=opts, quiet=True)
+
+    def no_loading(self):
+        raise AssertionError("model loaded")
+
+    monkeypatch.setattr(EsmFold2Adapter, "load", no_loading)
+    monkeypatch.setattr(EsmcAdapter, "load", no_loading)
+    (plan,) = plan_extraction(recs, ["esmfold2"], cache, layers=layers, tokens=["parcae.raw", "esmc.1"],
+                              weights=str(ckpt), options=opts, batch_tokens=30, device="cuda")
+    assert plan.cached == 1 and sorted(i for b in plan.batches for i in b.ids) == ["c1", "p2", "p4"]
+    assert max(plan.batches[0].sizes) == 15  # largest first on CUDA
+    probe = get_adapter("esmfold2", weights=str(ckpt), **opts)
+    for b in plan.batches:
+        assert b.estimate_gb == pytest.approx(probe.estimate_gb(b.sizes))
+    # disk: the widths and rows the real extraction stored
+    with Cache(cache) as c:
+        key = c.models[0]
+        pooled = sum(c.read_layer(key, n).shape[1] for n in layers)
+        tok = {n: c.read_tokens(key, n, ids=["p1"])[0] for n in ("parcae.raw", "esmc.1")}
+    sizes = [r.size for r in recs[1:]]
+    assert plan.pooled_bytes == 3 * pooled * 4
+    assert tok["parcae.raw"].shape[0] == 19 * 19
+    assert plan.token_bytes == 4 * sum(s * s * tok["parcae.raw"].shape[1] + s * tok["esmc.1"].shape[1] for s in sizes)
+    n_params = sum(t.numel() for t in stored_tensors(ckpt))  # parameters and persistent buffers
+    assert plan.weights_gb == pytest.approx(n_params * 4 / 1e9)
+    text = format_plan([plan], cache)
+    assert "1 already cached, 3 to extract" in text and "(largest first: CUDA)" in text and "working memory" in text
+    (esmc_plan,) = plan_extraction(recs, ["esmc-300m"], tmp_path / "none.h5", weights=str(ckpt / "esmc"))
+    assert esmc_plan.cached == 0 and esmc_plan.batches[0].estimate_gb > 0 and esmc_plan.pooled_bytes == 4 * 3 * ESMC_WIDTH * 4
+
+
+def stored_tensors(ckpt):
+    from transformers.models.esmfold2 import EsmFold2Model
+
+    return EsmFold2Model.from_pretrained(str(ckpt)).state_dict().values()
