@@ -570,3 +570,17 @@ def stored_tensors(ckpt):
     from transformers.models.esmfold2 import EsmFold2Model
 
     return EsmFold2Model.from_pretrained(str(ckpt)).state_dict().values()
+
+
+def test_a_cache_is_never_resumed_in_the_other_lm_dropout_mode(ckpt, tmp_path):
+    from embeddings_cache import Cache
+    from repalign.extract import extract
+
+    cache = tmp_path / "c.h5"
+    extract([SHORT], ["esmfold2"], cache, layers=["esmc.1"], weights=str(ckpt), quiet=True)
+    with Cache(cache) as c:
+        prov = c.provenance("esmfold2")
+    assert prov["options"]["model"]["lm_dropout"] == "on" and prov["lm_dropout"]["p_applied"] == 0.25
+    with pytest.raises(RepalignError, match="other options.*lm_dropout"):
+        extract([PROTEIN], ["esmfold2"], cache, layers=["esmc.1"], weights=str(ckpt), options={"lm_dropout": "off"},
+                quiet=True)
