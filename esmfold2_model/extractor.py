@@ -482,7 +482,6 @@ class EsmFold2Extractor:
                 return (apply_lm_dropout(args[0], lengths, p, self.opts.seed, lm_loop["loop"]),) + tuple(args[1:])
 
             handles.append(model.lm_encoder.register_forward_pre_hook(drop))
-        lm_config.lm_dropout = 0.0  # restored below
         # Same input in every loop (the MSA encoder always; the LM encoder without dropout):
         # compute once, reuse (bit-identical).
         for module in (model.msa_encoder,) + ((model.lm_encoder,) if p == 0 else ()):
@@ -496,6 +495,7 @@ class EsmFold2Extractor:
         if model.msa_encoder is not None:
             kwargs.update({k: feats[k] for k in ("msa", "has_deletion", "deletion_value", "msa_attention_mask")})
         try:
+            lm_config.lm_dropout = 0.0  # the seeded hook above replaces the port's draw; restored below
             trunk = model(attention_mask=mask, atom_inputs=atom_inputs, lm_hidden_states=lm_hidden,
                           num_loops=self.num_loops, **kwargs)
         except _StopRun:
