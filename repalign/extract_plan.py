@@ -234,9 +234,9 @@ def format_plan(plans: Sequence[ModelPlan], cache: str | os.PathLike, max_batche
         lines.append(f"  batches: {len(p.batches)} under a budget of {p.batch_tokens} padded tokens/atoms"
                      + (" (largest first: CUDA)" if p.device.startswith("cuda") else ""))
         limit = f", limit {p.memory_limit_gb:.1f} GB" if p.memory_limit_gb is not None else ""
-        weights = f"; weights {p.weights_gb:.2f} GB" if p.weights_gb is not None else ""
+        weights = f"; weights {_gb(p.weights_gb * 1e9)}" if p.weights_gb is not None else ""
         for i, b in enumerate(p.batches[:max_batches]):
-            est = f", working memory ~{b.estimate_gb:.2f} GB" if b.estimate_gb is not None else ""
+            est = f", working memory ~{_gb(b.estimate_gb * 1e9)}" if b.estimate_gb is not None else ""
             over = " (over the limit: runs in parts)" if (
                 b.estimate_gb is not None and p.memory_limit_gb is not None and b.estimate_gb > p.memory_limit_gb) else ""
             lines.append(f"    {i + 1:>4}: {len(b.ids)} samples, longest {max(b.sizes)}, "
@@ -245,7 +245,7 @@ def format_plan(plans: Sequence[ModelPlan], cache: str | os.PathLike, max_batche
             lines.append(f"    ... {len(p.batches) - max_batches} more batches")
         peak = max((b.estimate_gb for b in p.batches if b.estimate_gb is not None), default=None)
         if peak is not None:
-            lines.append(f"  memory: largest batch ~{peak:.2f} GB working memory{limit}{weights}")
+            lines.append(f"  memory: largest batch ~{_gb(peak * 1e9)} working memory{limit}{weights}")
         elif weights:
             lines.append(f"  memory: no estimate for this model{weights}")
         lines.append(f"  layers stored: {len(p.layers) if p.pool != 'none' else 0} pooled ({p.pool}), "
