@@ -239,7 +239,7 @@ def format_plan(plans: Sequence[ModelPlan], cache: str | os.PathLike, max_batche
             est = f", working memory ~{_gb(b.estimate_gb * 1e9)}" if b.estimate_gb is not None else ""
             over = " (over the limit: runs in parts)" if (
                 b.estimate_gb is not None and p.memory_limit_gb is not None and b.estimate_gb > p.memory_limit_gb) else ""
-            lines.append(f"    {i + 1:>4}: {len(b.ids)} samples, longest {max(b.sizes)}, "
+            lines.append(f"    {i + 1:>4}: {len(b.ids)} sample{'s' if len(b.ids) != 1 else ''}, longest {max(b.sizes)}, "
                          f"{b.padded_tokens} padded{est}{over}")
         if len(p.batches) > max_batches:
             lines.append(f"    ... {len(p.batches) - max_batches} more batches")
