@@ -95,7 +95,7 @@ def cmd_extract(args) -> int:
               f"({run.skipped_existing} already in the cache{rate}) -> {args.output}")
         if run.invalid:
             print(f"{run.model}: skipped {len(run.invalid)} invalid samples: {', '.join(sorted(run.invalid))}")
-        if getattr(run, "retries", None):
+        if run.retries:
             print(f"{run.model}: {len(run.retries)} batches split after out-of-memory errors "
                   f"(features do not depend on the batch)")
     return 0
