@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Sequence
 
 from esmfold2_model import stages
 from esmfold2_model.featurize import check_sequence, esmc_token_ids, featurize_sequence
+from esmfold2_model.load import check_weight_files
 from repalign.errors import InvalidInput, RepalignError
 from repalign.inputs import Record
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
@@ -85,6 +86,9 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
         torch_dtype_for(device, dtype)  # validate now, not after loading gigabytes
         self.settings = ExtractionOptions.parse(options, self.info.name)
+        # Recorded with the extraction options whether given or not, so a cache extracted in one
+        # LM-dropout mode is never resumed in the other.
+        self.options["lm_dropout"] = self.settings.lm_dropout
         self._path: Path | None = None
         self._config = None
         self.model = None
@@ -99,8 +103,7 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
             cfg = load_config(self._checkpoint())
             if getattr(cfg, "model_type", None) != "esmfold2":
                 raise RepalignError(f"{self._checkpoint()}: a {cfg.model_type!r} checkpoint, not ESMFold2; check weights=")
-            if self.settings.deterministic:
-                cfg.lm_encoder.lm_dropout = 0.0
+            check_weight_files(self._checkpoint())  # a truncated download fails here, before any model work
             self._config = cfg
         return self._config
 
@@ -108,7 +111,7 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
         from esmfold2_model.extractor import EsmFold2Extractor
         from esmfold2_model.load import load_esmfold2
 
-        self.model = load_esmfold2(self._checkpoint(), self.device, self.dtype, self.settings.deterministic)
+        self.model = load_esmfold2(self._checkpoint(), self.device, self.dtype)
         self._config = self.model.config
         self.extractor = EsmFold2Extractor(self.model, self.settings)
 
@@ -119,8 +122,14 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
         return stages.layer_names(stage_layout(self.config(), self.settings))
 
     def provenance(self) -> dict[str, Any]:
+        from esmfold2_model.extractor import lm_dropout_rate
+
         prov = super().provenance()
         prov.update(_provenance_extra(self._checkpoint(), self.hub_id))
+        lm = self.config().lm_encoder
+        prov["lm_dropout"] = {"mode": self.settings.lm_dropout, "p_applied": lm_dropout_rate(self.config(), self.settings),
+                              "p_released": lm.lm_dropout, "per_loop": lm.per_loop_lm_dropout,
+                              "masks": "seeded by (seed, trunk loop), drawn per sample on the model's device"}
         return prov
 
     # ---- inputs ----------------------------------------------------------------------------------
@@ -136,6 +145,37 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
         from esmfold2_model.extractor import estimate_peak_bytes
 
         return estimate_peak_bytes(lengths, self.config(), self.settings, full, self._bytes_per_value()) / 1e9
+
+    def weights_gb(self) -> float:
+        """Memory of the weights (parameters and stored buffers) at the compute dtype, from the file headers."""
+        from esmfold2_model.load import parameter_count
+
+        return parameter_count(self._checkpoint()) * self._bytes_per_value() / 1e9
+
+    def layer_widths(self) -> dict[str, int]:
+        """Feature width of every layer, from the config alone (docs/esmfold2-layers.md)."""
+        cfg = self.config()
+        pair = cfg.pairwise_hidden_size
+        out = {}
+        for name in self.layer_names():
+            ref = stages.parse_layer(name)
+            if ref.raw:
+                out[name] = pair
+            elif ref.is_pair:
+                out[name] = pair * (2 if self.settings.pair_reduction == "rowcol" else 1)
+            elif ref.stage == "esmc":
+                out[name] = cfg.esmc_config.hidden_size
+            elif ref.stage == "input_embedder":
+                out[name] = cfg.single_inputs_size
+            elif ref.stage == "diffusion":
+                out[name] = cfg.structure_head.diffusion_module.hidden_size
+            else:  # confidence.single
+                out[name] = cfg.hidden_size
+        return out
+
+    def token_rows(self, layer: str, size: int) -> int:
+        """Stored rows per sample of a per-token layer: L, or L*L for a raw pair layer."""
+        return size * size if layer.endswith(stages.RAW_SUFFIX) else size
 
     def validate(self, record: Record) -> None:
         super().validate(record)
@@ -223,6 +263,13 @@ class EsmcAdapter(_HubCheckpointAdapter):
         unknown = sorted(set(options) - set(self.OPTIONS))
         if unknown:
             raise RepalignError(f"model {self.info.name}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(self.OPTIONS)}")
+        if options.get("max_memory_gb") not in (None, ""):
+            try:
+                ok = float(options["max_memory_gb"]) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise RepalignError(f"option max_memory_gb={options['max_memory_gb']!r} is not a positive number; pass e.g. max_memory_gb=64")
         self._path: Path | None = None
         self._config = None
         self.model = None
@@ -235,6 +282,7 @@ class EsmcAdapter(_HubCheckpointAdapter):
             cfg = getattr(cfg, "esmc_config", None) or cfg  # an ESMFold2 checkpoint's backbone config
             if getattr(cfg, "model_type", None) != "esmc":
                 raise RepalignError(f"{self._checkpoint()}: not an ESMC checkpoint; check weights=")
+            check_weight_files(self._checkpoint())
             self._config = cfg
         return self._config
 
@@ -246,6 +294,39 @@ class EsmcAdapter(_HubCheckpointAdapter):
 
     def layer_names(self) -> list[str]:
         return [f"esmc.{i}" for i in range(self.config().num_hidden_layers + 1)]
+
+    def layer_widths(self) -> dict[str, int]:
+        return {name: self.config().hidden_size for name in self.layer_names()}
+
+    def _bytes_per_value(self) -> int:
+        return 4 if self.dtype == "float32" else 2
+
+    def weights_gb(self) -> float:
+        """Memory of the backbone's parameters at the compute dtype, from the checkpoint's file headers
+        (an ESMFold2 checkpoint counts its ``esmc.*`` tensors only)."""
+        from esmfold2_model.load import load_config, parameter_count
+
+        bundled = getattr(load_config(self._checkpoint()), "model_type", None) == "esmfold2"
+        return parameter_count(self._checkpoint(), "esmc." if bundled else "") * self._bytes_per_value() / 1e9
+
+    def memory_limit_gb(self) -> float:
+        from esmfold2_model.extractor import default_memory_limit_gb
+
+        value = self.options.get("max_memory_gb")
+        return float(value) if value not in (None, "") else default_memory_limit_gb(self.device)
+
+    def estimate_gb(self, lengths: Sequence[int]) -> float:
+        """Working memory of one padded batch (weights excluded), T = longest length + 2 special tokens:
+
+        B*T*D*(layers + 1)*b   every hidden state is kept (output_hidden_states)
+        + B*H*T^2*b*2          attention scores and probabilities of one layer
+        + B*T*I*b*2            the feed-forward intermediate of one layer
+        """
+        cfg = self.config()
+        b, t, nbytes = len(lengths), max(lengths) + 2, self._bytes_per_value()
+        total = b * t * cfg.hidden_size * (cfg.num_hidden_layers + 1) * nbytes
+        total += b * cfg.num_attention_heads * t * t * nbytes * 2 + b * t * cfg.intermediate_size * nbytes * 2
+        return total / 1e9
 
     def provenance(self) -> dict[str, Any]:
         prov = super().provenance()

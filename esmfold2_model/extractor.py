@@ -1,4 +1,4 @@
-"""Run ESMFold2 as a feature extractor: only the stages the requested layers need, deterministically.
+"""Run ESMFold2 as a feature extractor: the released model, only the stages the layers need, reproducibly.
 
 The order of work for one batch:
 
@@ -12,11 +12,18 @@ The order of work for one batch:
    a sample's structure and features are then the same alone or in a batch.
 4. The confidence head on the sampled coordinates: pLDDT, pTM, ipTM and its own layers.
 
-Deterministic mode (the default): LM dropout off (see :func:`esmfold2_model.load.load_esmfold2`),
-no residue masking (the port masks none at inference), the initial pair state drawn from a
-generator seeded with ``seed`` for each sample at its own length, and the diffusion noise likewise.
-With dropout off the LM encoder and the MSA encoder get the same input in every trunk loop, so
-their output is computed once and reused (bit-identical, and ~1/4 of the trunk's work saved).
+The model runs as released (``lm_dropout=on``, the default): the released config keeps the
+language-model dropout on at inference (``lm_encoder.lm_dropout = 0.25``, resampled in every trunk
+loop, ``per_loop_lm_dropout = True``), and so does this extractor. Every random draw comes from a
+generator seeded per sample, so two runs give identical features and a sample's features do not
+depend on its batch: the LM dropout mask of loop j (:func:`lm_dropout_mask`, seeded by ``seed`` and
+j), the initial pair state (seeded by ``seed``, drawn at the sample's own length) and the diffusion
+noise (seeded by ``seed`` and the diffusion-sample number). The port's ``forward`` / ``fold`` given
+the same draws produce the same pair states, coordinates and scores (tested).
+
+``lm_dropout=off`` runs the model without that dropout. The MSA encoder gets the same input in
+every loop in both modes, and the LM encoder too when dropout is off, so their output is computed
+once and reused (bit-identical, up to ~1/4 of the trunk's work saved).
 
 Pair layers are reduced to per-residue features inside the hook (:func:`stages.reduce_pair`), so a
 request for many pair layers costs ``O(L * C)`` memory each, not ``O(L^2 * C)``.
@@ -24,6 +31,7 @@ request for many pair layers costs ``O(L * C)`` memory each, not ``O(L^2 * C)``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -39,8 +47,9 @@ from repalign.errors import RepalignError
 OPTION_NAMES = (
     "loops", "num_loops", "diffusion_steps", "diffusion_samples", "sampling_steps_to_keep",
     "pair_reduction", "raw_pair_layers", "max_memory_gb", "seed", "structures_dir", "structure_format",
-    "deterministic",
+    "lm_dropout",
 )
+LM_DROPOUT_MODES = ("on", "off")
 
 # Peak-memory model (bytes), see docs/esmfold2-layers.md: the trunk holds about TRUNK_PAIR_COPIES
 # pair-sized tensors at once (recurrence state, initial and LM pair states, the triangle update's
@@ -48,6 +57,7 @@ OPTION_NAMES = (
 # CONFIDENCE_PAIR_COPIES per diffusion sample.
 TRUNK_PAIR_COPIES = 16
 CONFIDENCE_PAIR_COPIES = 8
+LM_DROPOUT_PAIR_COPIES = 2  # the dropped copy of the LM pair state and one sample's mask
 
 
 class _StopRun(Exception):
@@ -86,6 +96,44 @@ def default_memory_limit_gb(device: str) -> float:
         return 16.0
 
 
+def stream_seed(seed: int, stream: str, index: int) -> int:
+    """The seed of one named random stream (``lm_dropout``) at one index (the trunk loop): a 63-bit
+    hash of the three, so streams and loops never share draws whatever the seed."""
+    digest = hashlib.sha256(f"{stream}/{seed}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def lm_dropout_rate(config, opts: "ExtractionOptions") -> float:
+    """The LM dropout probability the run applies in every trunk loop: the config's ``lm_dropout``
+    when the config resamples it per loop (``per_loop_lm_dropout``, as released) and the option
+    ``lm_dropout`` is on; else 0 (the port applies no LM dropout at inference without per-loop)."""
+    lm = config.lm_encoder
+    if opts.lm_dropout == "off" or not lm.per_loop_lm_dropout:
+        return 0.0
+    return float(lm.lm_dropout or 0.0)
+
+
+def lm_dropout_mask(n: int, channels: int, p: float, seed: int, loop: int,
+                    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Keep-mask ``(n, n, channels)`` of the LM dropout in trunk loop ``loop``: independent
+    Bernoulli(1 - p) draws, as ``F.dropout`` makes, from a generator on ``device`` seeded by
+    ``(seed, loop)`` only, so a protein gets the same masks alone or in any batch. CPU and CUDA
+    generators are different algorithms: the same seed gives other (equally valid) masks on a GPU."""
+    g = torch.Generator(device=device).manual_seed(stream_seed(seed, "lm_dropout", loop))
+    return torch.empty((n, n, channels), device=device, dtype=dtype).bernoulli_(1.0 - p, generator=g)
+
+
+def apply_lm_dropout(pair: torch.Tensor, lengths: Sequence[int], p: float, seed: int, loop: int) -> torch.Tensor:
+    """``F.dropout(pair, p, training=True)`` with the seeded masks of :func:`lm_dropout_mask`:
+    ``z_ij * m_ij / (1 - p)`` on each sample's real ``n x n`` block; padding is left as it is
+    (masked out downstream). pair: ``(B, L, L, C)``; lengths: real residues per sample."""
+    out = pair.clone()
+    for b, n in enumerate(lengths):
+        mask = lm_dropout_mask(n, pair.shape[-1], p, seed, loop, pair.device, pair.dtype)
+        out[b, :n, :n] = pair[b, :n, :n] * mask / (1.0 - p)
+    return out
+
+
 @dataclass(frozen=True)
 class ExtractionOptions:
     """Model options (``--option KEY=VALUE``; strings are parsed). See docs/esmfold2-layers.md."""
@@ -101,10 +149,13 @@ class ExtractionOptions:
     seed: int = 0
     structures_dir: str | None = None
     structure_format: str = "pdb"  # "pdb" | "cif"
-    deterministic: bool = True
+    lm_dropout: str = "on"  # "on": as released (seeded per sample and loop); "off": without LM dropout
 
     @classmethod
     def parse(cls, options: dict[str, Any], model: str) -> "ExtractionOptions":
+        if "deterministic" in options:
+            raise RepalignError("option deterministic is gone: features are always reproducible now; "
+                                "pass --option lm_dropout=off to run without the LM dropout")
         unknown = sorted(set(options) - set(OPTION_NAMES))
         if unknown:
             raise RepalignError(f"model {model}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(OPTION_NAMES)}")
@@ -153,11 +204,11 @@ class ExtractionOptions:
             if fmt not in ("pdb", "cif"):
                 raise RepalignError(f"option structure_format={o['structure_format']!r}; use pdb or cif")
             kw["structure_format"] = fmt
-        if "deterministic" in o:
-            text = str(o["deterministic"]).strip().lower()
-            if text not in ("true", "false", "1", "0", "yes", "no"):
-                raise RepalignError(f"option deterministic={o['deterministic']!r}; use true or false")
-            kw["deterministic"] = text in ("true", "1", "yes")
+        if "lm_dropout" in o:
+            text = str(o["lm_dropout"]).strip().lower()
+            if text not in LM_DROPOUT_MODES:
+                raise RepalignError(f"option lm_dropout={o['lm_dropout']!r}; use on (as released, the default) or off")
+            kw["lm_dropout"] = text
         return cls(**kw)
 
 
@@ -209,7 +260,7 @@ def stage_layout(config, opts: ExtractionOptions) -> stages.StageLayout:
 def estimate_peak_bytes(lengths: Sequence[int], config, opts: ExtractionOptions, runs_confidence: bool, dtype_bytes: int) -> int:
     """Estimated peak memory of one padded batch (see docs/esmfold2-layers.md, "Memory guard").
 
-    trunk:      B * L^2 * C * dtype_bytes * TRUNK_PAIR_COPIES
+    trunk:      B * L^2 * C * dtype_bytes * (TRUNK_PAIR_COPIES + LM_DROPOUT_PAIR_COPIES when LM dropout is on)
     raw layers: B * L^2 * C * 4 * len(raw_pair_layers)          (kept in float32 until returned)
     confidence: B * S * L^2 * C * dtype_bytes * CONFIDENCE_PAIR_COPIES   (S diffusion samples)
     diffusion pair biases (B * L^2 * heads * layers) are small beside these and are included.
@@ -217,7 +268,8 @@ def estimate_peak_bytes(lengths: Sequence[int], config, opts: ExtractionOptions,
     b, n = len(lengths), max(lengths)
     c = config.pairwise_hidden_size
     pair = b * n * n * c
-    total = pair * dtype_bytes * TRUNK_PAIR_COPIES + pair * 4 * len(opts.raw_pair_layers)
+    copies = TRUNK_PAIR_COPIES + (LM_DROPOUT_PAIR_COPIES if lm_dropout_rate(config, opts) > 0 else 0)
+    total = pair * dtype_bytes * copies + pair * 4 * len(opts.raw_pair_layers)
     if runs_confidence:
         diff = config.structure_head.diffusion_module
         total += b * n * n * diff.num_attention_heads * diff.num_hidden_layers * dtype_bytes
@@ -251,6 +303,7 @@ class EsmFold2Extractor:
         self.layout = stage_layout(self.config, opts)
         self.hooks_enabled = hooks  # False only for measuring hook overhead
         self.num_loops = self.config.num_loops if opts.num_loops is None else opts.num_loops
+        self.lm_dropout_p = lm_dropout_rate(self.config, opts)
         self.device = next(model.parameters()).device
 
     # ---- planning --------------------------------------------------------------------------------
@@ -416,11 +469,24 @@ class EsmFold2Extractor:
             add(model.parcae.output_stack, lambda m, a, o: keep("parcae", o, True))
             add(model.distogram_head, lambda m, a: keep("distogram", a[0], True), pre=True)
 
-        if self.opts.deterministic:
-            # Same input in every loop once dropout is off: compute once, reuse (bit-identical).
-            for module in (model.lm_encoder, model.msa_encoder):
-                if module is not None:
-                    restore.append(_compute_once_per_input(module))
+        p = self.lm_dropout_p
+        lm_config = self.config.lm_encoder
+        released_p = lm_config.lm_dropout
+        if p > 0:
+            # The port's own draw (F.dropout on the global generator) is replaced by the seeded one,
+            # applied to the LM encoder's input in every loop, exactly where the port applies it.
+            lm_loop = {"loop": -1}
+
+            def drop(m, args):
+                lm_loop["loop"] += 1
+                return (apply_lm_dropout(args[0], lengths, p, self.opts.seed, lm_loop["loop"]),) + tuple(args[1:])
+
+            handles.append(model.lm_encoder.register_forward_pre_hook(drop))
+        # Same input in every loop (the MSA encoder always; the LM encoder without dropout):
+        # compute once, reuse (bit-identical).
+        for module in (model.msa_encoder,) + ((model.lm_encoder,) if p == 0 else ()):
+            if module is not None:
+                restore.append(_compute_once_per_input(module))
         model._init_pair_state = self._init_pair_state(lengths)
         atom_inputs = EsmFold2AtomInputs(**{k: feats[k] for k in (
             "ref_pos", "ref_charge", "atom_attention_mask", "ref_element", "ref_atom_name_chars", "ref_space_uid", "atom_to_token")})
@@ -429,11 +495,13 @@ class EsmFold2Extractor:
         if model.msa_encoder is not None:
             kwargs.update({k: feats[k] for k in ("msa", "has_deletion", "deletion_value", "msa_attention_mask")})
         try:
+            lm_config.lm_dropout = 0.0  # the seeded hook above replaces the port's draw; restored below
             trunk = model(attention_mask=mask, atom_inputs=atom_inputs, lm_hidden_states=lm_hidden,
                           num_loops=self.num_loops, **kwargs)
         except _StopRun:
             trunk = None
         finally:
+            lm_config.lm_dropout = released_p
             for h in handles:
                 h.remove()
             for undo in restore:
@@ -565,8 +633,14 @@ class EsmFold2Extractor:
 
         if self.hooks_enabled and req.confidence:
             handles.append(head.input_embedder.register_forward_hook(lambda m, a, o: keep("confidence.input", o, True)))
+            # The heads read stack input + stack output (the head adds its input back after the
+            # residual stack), so block i is captured as input + block i's output: for the last
+            # block, exactly the pair tensor the pLDDT / PAE / PDE heads and the pooling read.
+            stack_in = {}
+            handles.append(head.folding_trunk.register_forward_pre_hook(lambda m, a: stack_in.__setitem__("pair", a[0])))
             for i, layer in enumerate(head.folding_trunk.layers):
-                handles.append(layer.register_forward_hook(lambda m, a, o, i=i: keep(f"confidence.pair.{i}", o, True)))
+                handles.append(layer.register_forward_hook(
+                    lambda m, a, o, i=i: keep(f"confidence.pair.{i}", stack_in["pair"].float() + o.float(), True)))
             handles.append(head.row_attention_pooling.register_forward_hook(lambda m, a, o: keep("confidence.single", o, False)))
         try:
             conf = head(

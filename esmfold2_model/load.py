@@ -8,6 +8,7 @@ disk is a one-line :class:`~repalign.errors.ModelUnavailable` giving the command
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -71,24 +72,84 @@ def torch_dtype_for(device: str, dtype: str):
     return torch.float32 if dtype == "float32" else torch.bfloat16
 
 
-def load_esmfold2(path: Path, device: str = "cpu", dtype: str = "float32", deterministic: bool = True):
-    """EsmFold2Model from a checkpoint directory, in eval mode on ``device``.
+def load_esmfold2(path: Path, device: str = "cpu", dtype: str = "float32"):
+    """EsmFold2Model from a checkpoint directory, in eval mode on ``device``, its config as released.
 
-    deterministic: turn off the language-model dropout. The released config sets
-    ``lm_encoder.lm_dropout=0.25`` with ``per_loop_lm_dropout=True``, which the port applies with
-    ``training=True`` even in eval mode, so two runs of the same input differ unless it is zeroed.
+    The released config keeps the language-model dropout on at inference (``lm_encoder.lm_dropout =
+    0.25``, ``per_loop_lm_dropout = True``); the extractor applies it with seeded masks, or not at
+    all with ``lm_dropout=off`` (see :mod:`esmfold2_model.extractor`). The config is not changed here.
     """
     from transformers.models.esmfold2 import EsmFold2Model
 
     torch_dtype = torch_dtype_for(device, dtype)
+    check_weight_files(path)
     try:
         model = EsmFold2Model.from_pretrained(str(path), dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelUnavailable(f"{path}: cannot load as an ESMFold2 checkpoint ({first}); check the weights directory") from None
-    if deterministic:
-        model.config.lm_encoder.lm_dropout = 0.0
     return model.to(device).eval()
+
+
+def check_weight_files(path: Path) -> None:
+    """Refuse a checkpoint whose ``*.safetensors`` files are truncated or damaged, before loading.
+
+    A safetensors file is an 8-byte little-endian header length, a JSON header giving each tensor's
+    byte range, then the data: the file must be exactly ``8 + header + largest end offset`` bytes.
+    Reads only the headers (kilobytes), so a half-finished download is caught before any model work.
+    """
+    import json
+
+    files = sorted(Path(path).glob("*.safetensors"))
+    index = Path(path) / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError):
+            raise ModelUnavailable(f"{index}: unreadable shard index; download the checkpoint again") from None
+        missing = [s for s in shards if not (Path(path) / s).is_file()]
+        if missing:
+            raise ModelUnavailable(f"{path}: shard {missing[0]} listed in model.safetensors.index.json is missing; "
+                                   f"download the checkpoint again")
+    for f in files:
+        size = f.stat().st_size
+        n, header = _safetensors_header(f)
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        if size != 8 + n + end:
+            raise ModelUnavailable(f"{f}: truncated or damaged safetensors file ({size} bytes, its header describes "
+                                   f"{8 + n + end}); download it again")
+
+
+def _safetensors_header(f: Path) -> tuple[int, dict]:
+    """(header length, header) of a safetensors file; ModelUnavailable naming it when unreadable."""
+    import json
+    import struct
+
+    size = f.stat().st_size
+    try:
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > size:
+                raise ValueError("header longer than the file")
+            header = json.loads(fh.read(n))
+        for k, v in header.items():
+            if k != "__metadata__":
+                int(v["data_offsets"][1]), list(v["shape"])
+    except (struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        raise ModelUnavailable(f"{f}: not a readable safetensors file (damaged header); download it again") from None
+    return n, header
+
+
+def parameter_count(path: Path, prefix: str = "") -> int:
+    """Parameters stored in the checkpoint's safetensors files (from their headers, no data read),
+    counting only tensor names starting with ``prefix``."""
+    total = 0
+    for f in sorted(Path(path).glob("*.safetensors")):
+        _, header = _safetensors_header(f)
+        for k, v in header.items():
+            if k != "__metadata__" and k.startswith(prefix):
+                total += math.prod(int(d) for d in v["shape"])
+    return total
 
 
 def load_esmc(path: Path, device: str = "cpu", dtype: str = "float32"):
@@ -96,6 +157,7 @@ def load_esmc(path: Path, device: str = "cpu", dtype: str = "float32"):
     from transformers.models.esmc import EsmcModel
 
     torch_dtype = torch_dtype_for(device, dtype)
+    check_weight_files(path)
     try:
         model = EsmcModel.from_pretrained(str(path), dtype=torch_dtype)
     except (OSError, ValueError) as exc:

@@ -118,6 +118,8 @@ def cmd_extract(args) -> int:
         limit=args.limit, overwrite=args.overwrite, skip_invalid=args.skip_invalid, weights=args.weights,
         options=options, quiet=args.quiet,
     )
+    if args.dry_run:
+        return print_extraction_plan(records, _flat(args.model), args.output, kwargs)
     if args.cluster:
         from repalign.distributed import extract_distributed
 
@@ -130,6 +132,18 @@ def cmd_extract(args) -> int:
               f"({run.skipped_existing} already in the cache{rate}) -> {args.output}")
         if run.invalid:
             print(f"{run.model}: skipped {len(run.invalid)} invalid samples: {', '.join(sorted(run.invalid))}")
+        if run.retries:
+            print(f"{run.model}: {len(run.retries)} batches split after out-of-memory errors "
+                  f"(features do not depend on the batch)")
+    return 0
+
+
+def print_extraction_plan(records, models, output, kwargs) -> int:
+    """``extract --dry-run``: the plan, without loading weights or writing anything."""
+    from repalign.extract_plan import format_plan, plan_extraction
+
+    plan_args = {k: v for k, v in kwargs.items() if k not in ("overwrite", "quiet")}
+    print(format_plan(plan_extraction(records, models, output, **plan_args), output))
     return 0
 
 
@@ -207,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--skip-invalid", action="store_true", help="skip invalid samples with a warning instead of failing")
     e.add_argument("--cluster", help="run on Dask: local:N, tcp://HOST:PORT or slurm:CONFIG.yaml (docs/scaling.md)")
     e.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    e.add_argument("--dry-run", action="store_true",
+                   help="print the plan (cached samples, batches, memory and disk estimates) without loading weights")
     e.set_defaults(func=cmd_extract)
 
     c = sub.add_parser("compare", help="compare two models layer by layer")

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from repalign.errors import InvalidInput, RepalignError
+from repalign.extract_plan import Retry, forward_with_retry, order_batches
 from repalign.inputs import Record
 from repalign.models import ModelAdapter, SampleFeatures, get_adapter
 from repalign.options import check_options, options_for_model
@@ -42,6 +43,7 @@ class ModelRun:
     invalid: dict[str, str] = field(default_factory=dict)  # id -> reason (with skip_invalid)
     seconds: float = 0.0
     tokens: int = 0
+    retries: list[Retry] = field(default_factory=list)  # batches split after out-of-memory errors
 
 
 def resolve_layers(adapter: ModelAdapter, requested: Sequence[str] | None) -> list[str]:
@@ -288,9 +290,9 @@ def _extract_one(adapter, run, records, cache, pool, token_layers, store_dtype, 
         sizes = [adapter.size(r) for r in todo]
         progress = Progress(key, len(todo), quiet=quiet)
         try:
-            for batch in length_batches(todo, sizes, batch_tokens):
+            for batch in order_batches(length_batches(todo, sizes, batch_tokens), sizes, adapter.device):
                 recs = [todo[i] for i in batch]
-                feats = adapter.forward(recs, run.layers)
+                feats = forward_with_retry(adapter, recs, run.layers, run.retries)
                 if len(feats) != len(recs):
                     raise RepalignError(f"model {key} returned {len(feats)} results for {len(recs)} inputs")
                 pooled_rows = [pool_features(f, run.layers, pool, r.id) for f, r in zip(feats, recs)] \

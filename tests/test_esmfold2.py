@@ -101,20 +101,49 @@ def test_every_stage_present_with_shapes(adapter):
     assert "iptm" not in feats.outputs
 
 
-def test_two_runs_identical_and_lm_dropout_off(ckpt, adapter):
+def test_two_runs_identical_with_released_lm_dropout(ckpt, adapter):
     names = adapter.layer_names()
+    assert adapter.model.config.lm_encoder.lm_dropout == 0.25 and adapter.extractor.lm_dropout_p == 0.25
     again = get_adapter("esmfold2", weights=str(ckpt))  # a fresh load, not the same object
     a = adapter.forward([PROTEIN], names)[0]
+    torch.manual_seed(123)  # the global generator plays no part
     b = again.forward([PROTEIN], names)[0]
     for n in names:
         np.testing.assert_array_equal(a.tokens[n], b.tokens[n], err_msg=n)
     assert a.outputs == b.outputs
-    # The released config resamples LM dropout in every loop even in eval mode; deterministic=false keeps it.
-    noisy = get_adapter("esmfold2", weights=str(ckpt), deterministic="false")
-    assert noisy.config().lm_encoder.lm_dropout > 0
-    x = noisy.forward([PROTEIN], ["parcae"])[0].tokens["parcae"]
-    y = noisy.forward([PROTEIN], ["parcae"])[0].tokens["parcae"]
-    assert not np.allclose(x, y)
+    assert adapter.model.config.lm_encoder.lm_dropout == 0.25  # the released config is left as it was
+    off = get_adapter("esmfold2", weights=str(ckpt), lm_dropout="off")
+    c = off.forward([PROTEIN], names)[0]
+    for n in names:  # upstream of the LM encoder nothing changes; from the LM encoder on, the features do
+        if n.startswith(("esmc.", "input_embedder.", "language_model", "msa_encoder.")):
+            np.testing.assert_array_equal(a.tokens[n], c.tokens[n], err_msg=n)
+        elif n.startswith(("lm_encoder.", "folding_trunk.", "parcae")):
+            assert not np.allclose(a.tokens[n], c.tokens[n], atol=1e-4), n
+    # another seed draws other masks
+    other = get_adapter("esmfold2", weights=str(ckpt), seed="1").forward([PROTEIN], ["lm_encoder.0"])[0]
+    assert not np.allclose(other.tokens["lm_encoder.0"], a.tokens["lm_encoder.0"], atol=1e-4)
+    # the mode is recorded with the options (resume refuses the other mode) and in the provenance
+    assert adapter.options["lm_dropout"] == "on" and off.options["lm_dropout"] == "off"
+    assert adapter.provenance()["lm_dropout"]["p_applied"] == 0.25 and off.provenance()["lm_dropout"]["p_applied"] == 0.0
+
+
+def test_lm_dropout_masks_are_seeded_bernoulli():
+    from esmfold2_model.extractor import apply_lm_dropout, lm_dropout_mask
+
+    m = lm_dropout_mask(40, 32, 0.25, seed=0, loop=0)
+    assert set(torch.unique(m).tolist()) == {0.0, 1.0}
+    assert abs(float(1 - m.mean()) - 0.25) < 0.01  # 51200 draws: 4 standard errors = 0.008
+    assert torch.equal(m, lm_dropout_mask(40, 32, 0.25, seed=0, loop=0))
+    assert not torch.equal(m, lm_dropout_mask(40, 32, 0.25, seed=0, loop=1))
+    assert not torch.equal(m, lm_dropout_mask(40, 32, 0.25, seed=1, loop=0))
+    # a sample's block is the same in any batch; padding is left untouched
+    x = torch.randn(2, 7, 7, 4, generator=torch.Generator().manual_seed(0))
+    both = apply_lm_dropout(x, [7, 5], 0.25, 0, 3)
+    alone = apply_lm_dropout(x[1:, :5, :5], [5], 0.25, 0, 3)
+    assert torch.equal(both[1, :5, :5], alone[0])
+    assert torch.equal(both[1, 5:], x[1, 5:]) and torch.equal(both[1, :, 5:], x[1, :, 5:])
+    kept = both[0] != 0
+    torch.testing.assert_close(both[0][kept], x[0][kept] / 0.75)
 
 
 def test_batch_equals_alone(adapter):
@@ -129,9 +158,33 @@ def test_batch_equals_alone(adapter):
             assert got.outputs[k] == pytest.approx(alone.outputs[k], abs=1e-5)
 
 
-def test_matches_the_port_forward(adapter):
-    """Our trunk orchestration (ESMC run separately, LM/MSA encoders computed once, seeded initial pair
-    state, hooks) against the port's own forward from input ids, with the same initial pair state."""
+def seeded_port_dropout(monkeypatch, seed=0):
+    """Make the port's own per-loop LM dropout (``F.dropout(..., training=True)`` in every trunk loop)
+    draw the masks the extractor promises for one protein: loop j's mask from ``lm_dropout_mask``
+    (seed, j), applied as F.dropout does (z * m / (1 - p)). Returns the list of rates seen per loop."""
+    import torch.nn.functional as F
+
+    from esmfold2_model.extractor import lm_dropout_mask
+
+    real = F.dropout
+    calls = []
+
+    def dropout(x, p=0.5, training=True, inplace=False):
+        if not training or p == 0:
+            return real(x, p, training, inplace)
+        assert x.shape[0] == 1
+        mask = lm_dropout_mask(x.shape[1], x.shape[-1], p, seed, len(calls), x.device, x.dtype)
+        calls.append(p)
+        return x * mask[None] / (1.0 - p)
+
+    monkeypatch.setattr(F, "dropout", dropout)
+    return calls
+
+
+def test_matches_the_port_forward(adapter, monkeypatch):
+    """Our trunk orchestration (ESMC run separately, the MSA encoder computed once, seeded LM dropout
+    and initial pair state, hooks) against the port's own forward from input ids, as released (LM
+    dropout on, resampled in every loop), given the same dropout masks and initial pair state."""
     from esmfold2_model.featurize import featurize_sequence
     from transformers.models.esmfold2.modeling_esmfold2 import EsmFold2AtomInputs
 
@@ -146,6 +199,7 @@ def test_matches_the_port_forward(adapter):
         return out
 
     model._init_pair_state = seeded_init
+    dropout_calls = seeded_port_dropout(monkeypatch)
     try:
         atom_keys = ("ref_pos", "ref_charge", "atom_attention_mask", "ref_element", "ref_atom_name_chars", "ref_space_uid", "atom_to_token")
         with torch.no_grad():
@@ -153,6 +207,7 @@ def test_matches_the_port_forward(adapter):
                         **{k: v for k, v in f.items() if k not in atom_keys and k != "distogram_atom_idx"})
     finally:
         del model._init_pair_state
+    assert dropout_calls == [0.25] * 3  # the port applied its LM dropout in each of the 3 loops
     pair = ref.pair_states[0].numpy()
     got = adapter.forward([PROTEIN], ["parcae", "distogram"])[0].tokens
     np.testing.assert_allclose(got["parcae"], pair.mean(axis=1), atol=1e-5, rtol=1e-5)
@@ -160,9 +215,10 @@ def test_matches_the_port_forward(adapter):
 
 
 def test_full_run_matches_the_port_fold(adapter, monkeypatch):
-    """End to end against EsmFold2Model.fold: with every random draw replaced by the same fixed
-    pattern (the port draws from the global generator, the extractor from per-sample generators),
-    and the same initial pair state, the sampled coordinates, pLDDT and pTM agree."""
+    """End to end against EsmFold2Model.fold as released: with the same LM dropout masks and initial
+    pair state, and the diffusion draws replaced by the same fixed pattern (the port draws from the
+    global generator, the extractor from per-sample generators), the sampled coordinates, pLDDT and
+    pTM agree, and confidence.pair.<last> is the pair tensor the confidence heads read."""
     from esmfold2_model.featurize import featurize_sequence
 
     model = adapter.model
@@ -186,13 +242,20 @@ def test_full_run_matches_the_port_fold(adapter, monkeypatch):
     sample = featurize_sequence(PROTEIN.payload)
     f = {k: v[None] for k, v in sample.features.items()}
     model._init_pair_state = seeded_init
+    dropout_calls = seeded_port_dropout(monkeypatch)
+    head_input = []  # what the PAE head reads: the confidence pair tensor after the stack
+    handle = model.confidence_head.pae_layernorm.register_forward_pre_hook(lambda m, a: head_input.append(a[0].float()))
     try:
         with torch.no_grad():
             ref = model.fold(**f, num_diffusion_samples=1)
     finally:
         del model._init_pair_state
-    (tokens, outputs, structure), = adapter.extractor.run([sample], ["confidence.single"])
+        handle.remove()
+    assert dropout_calls == [0.25] * 3
+    last = f"confidence.pair.{model.config.confidence_head.num_hidden_layers - 1}"
+    (tokens, outputs, structure), = adapter.extractor.run([sample], ["confidence.single", last])
     monkeypatch.setattr(torch, "randn", real_randn)
+    np.testing.assert_allclose(tokens[last], head_input[0][0].mean(1).numpy(), atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(structure["coords"][0], ref.sample_atom_coords[0, : sample.num_atoms].numpy(), atol=1e-3, rtol=1e-4)
     assert outputs["ptm"] == pytest.approx(float(ref.ptm[0]), abs=1e-5)
     assert outputs["plddt"] == pytest.approx(float(ref.plddt[0].mean()), abs=1e-5)
@@ -221,7 +284,7 @@ def test_runs_only_the_stages_requested(adapter):
         early = run(["lm_encoder.1"])  # stops inside the first trunk loop
         assert early["lm_encoder"] == 1 and early["folding_trunk"] == 0
         trunk = run(["folding_trunk.1", "parcae"])
-        assert trunk["folding_trunk"] == 3 and trunk["lm_encoder"] == 1  # 3 loops; the LM encoder once
+        assert trunk["folding_trunk"] == 3 and trunk["lm_encoder"] == 3  # 3 loops, fresh LM dropout in each
         assert trunk["structure_head"] == 0 and trunk["confidence_head"] == 0
         steps = adapter.extractor.layout.diffusion_steps
         assert steps > 2
@@ -232,6 +295,17 @@ def test_runs_only_the_stages_requested(adapter):
     finally:
         for _, handle in counters.values():
             handle.remove()
+
+
+def test_without_lm_dropout_the_lm_encoder_runs_once(ckpt):
+    off = get_adapter("esmfold2", weights=str(ckpt), lm_dropout="off")
+    off.ensure_loaded()
+    calls, handle = _count_calls(off.model.lm_encoder.layers[0])
+    try:
+        feats = off.forward([SHORT], ["folding_trunk.1"])[0]
+    finally:
+        handle.remove()
+    assert len(calls) == 1 and feats.tokens["folding_trunk.1"].shape == (6, PAIR_WIDTH)
 
 
 def test_sampler_stops_after_the_last_step_asked_for(ckpt):
@@ -383,3 +457,130 @@ def test_bad_inputs_are_one_line_errors(adapter):
         adapter.forward([SHORT], ["parcae.raw"])
     with pytest.raises(RepalignError, match="only on a GPU"):
         get_adapter("esmfold2", dtype="bfloat16")
+
+
+def _cli_error(capsys, argv):
+    from repalign.cli import main
+
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("repalign: error: ") and "Traceback" not in err
+    return err
+
+
+def test_bad_inputs_fail_in_one_line_before_any_model_work(ckpt, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from esmfold2_model.adapters import EsmFold2Adapter
+
+    def no_loading(self):
+        raise AssertionError("model loaded")
+
+    monkeypatch.setattr(EsmFold2Adapter, "load", no_loading)
+    out = tmp_path / "c.h5"
+
+    def run(fasta_text, *extra, weights=ckpt, model="esmfold2"):
+        fasta = tmp_path / "in.fasta"
+        fasta.write_text(fasta_text)
+        return _cli_error(capsys, ["extract", str(fasta), "-m", model, "-o", str(out), "--weights", str(weights),
+                                   "--layers", "parcae", *extra])
+
+    good = ">ok\nMKTAYIAK\n"
+    assert "residue 'J' at position 3" in run(good + ">bad\nMKJLV\n") and "bad:" in run(good + ">bad\nMKJLV\n")
+    err = run(good + ">cplx\nMKV::GGA\n")  # the FASTA reader refuses it, naming file and sample
+    assert "in.fasta: sequence 'cplx'" in err and "empty chain" in err
+    with pytest.raises(InvalidInput, match="^cplx: chain 2 is empty"):  # the adapter too, for Python callers
+        get_adapter("esmfold2", weights=str(ckpt)).validate(sequence_record("cplx", "MKV::GGA"))
+    assert "long: 19 residues need an estimated" in run(">long\n" + PROTEIN.payload + "\n", "--option", "max_memory_gb=0.00001")
+    # weights of another architecture: the bundled ESMC backbone given to esmfold2, ESMFold2 given to nothing
+    assert "a 'esmc' checkpoint, not ESMFold2" in run(good, weights=ckpt / "esmc")
+    # a truncated download
+    broken = tmp_path / "broken"
+    shutil.copytree(ckpt, broken, ignore=shutil.ignore_patterns("esmc"))
+    weights = broken / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    err = run(good, weights=broken)
+    assert f"{weights}: truncated or damaged safetensors file" in err and "download it again" in err
+    with open(weights, "wb") as f:
+        f.write(b"\xff" * 16)
+    assert "not a readable safetensors file" in run(good, weights=broken)
+    assert not out.exists()  # nothing was written
+
+
+def test_esmc_refuses_other_architectures_and_truncated_weights(ckpt, tmp_path, tiny_esm2):
+    import shutil
+
+    with pytest.raises(RepalignError, match="not an ESMC checkpoint"):
+        get_adapter("esmc-300m", weights=str(tiny_esm2)).layer_names()
+    broken = tmp_path / "esmc"
+    shutil.copytree(ckpt / "esmc", broken)
+    weights = broken / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size - 10)
+    a = get_adapter("esmc-300m", weights=str(broken))
+    with pytest.raises(ModelUnavailable, match="truncated or damaged safetensors"):
+        a.layer_names()
+    assert a.model is None
+
+
+def test_dry_run_plan_from_the_config_alone(ckpt, tmp_path, capsys, monkeypatch):
+    from embeddings_cache import Cache
+    from esmfold2_model.adapters import EsmcAdapter, EsmFold2Adapter
+    from repalign.extract import extract
+    from repalign.extract_plan import format_plan, plan_extraction
+
+    recs = [PROTEIN, COMPLEX, SHORT, sequence_record("p4", "MKTAYIAKQRQ")]
+    layers = ["esmc.1", "lm_encoder.0", "parcae", "parcae.raw", "diffusion.single", "confidence.single"]
+    opts = dict(raw_pair_layers="parcae", pair_reduction="rowcol")
+    cache = tmp_path / "c.h5"
+    (run,) = extract(recs[:1], ["esmfold2"], cache, layers=layers, tokens=["parcae.raw", "esmc.1"], weights=str(ckpt),
+                     options=opts, quiet=True)
+
+    def no_loading(self):
+        raise AssertionError("model loaded")
+
+    monkeypatch.setattr(EsmFold2Adapter, "load", no_loading)
+    monkeypatch.setattr(EsmcAdapter, "load", no_loading)
+    (plan,) = plan_extraction(recs, ["esmfold2"], cache, layers=layers, tokens=["parcae.raw", "esmc.1"],
+                              weights=str(ckpt), options=opts, batch_tokens=30, device="cuda")
+    assert plan.cached == 1 and sorted(i for b in plan.batches for i in b.ids) == ["c1", "p2", "p4"]
+    assert max(plan.batches[0].sizes) == 15  # largest first on CUDA
+    probe = get_adapter("esmfold2", weights=str(ckpt), **opts)
+    for b in plan.batches:
+        assert b.estimate_gb == pytest.approx(probe.estimate_gb(b.sizes))
+    # disk: the widths and rows the real extraction stored
+    with Cache(cache) as c:
+        key = c.models[0]
+        pooled = sum(c.read_layer(key, n).shape[1] for n in layers)
+        tok = {n: c.read_tokens(key, n, ids=["p1"])[0] for n in ("parcae.raw", "esmc.1")}
+    sizes = [r.size for r in recs[1:]]
+    assert plan.pooled_bytes == 3 * pooled * 4
+    assert tok["parcae.raw"].shape[0] == 19 * 19
+    assert plan.token_bytes == 4 * sum(s * s * tok["parcae.raw"].shape[1] + s * tok["esmc.1"].shape[1] for s in sizes)
+    n_params = sum(t.numel() for t in stored_tensors(ckpt))  # parameters and persistent buffers
+    assert plan.weights_gb == pytest.approx(n_params * 4 / 1e9)
+    text = format_plan([plan], cache)
+    assert "1 already cached, 3 to extract" in text and "(largest first: CUDA)" in text and "working memory" in text
+    (esmc_plan,) = plan_extraction(recs, ["esmc-300m"], tmp_path / "none.h5", weights=str(ckpt / "esmc"))
+    assert esmc_plan.cached == 0 and esmc_plan.batches[0].estimate_gb > 0 and esmc_plan.pooled_bytes == 4 * 3 * ESMC_WIDTH * 4
+
+
+def stored_tensors(ckpt):
+    from transformers.models.esmfold2 import EsmFold2Model
+
+    return EsmFold2Model.from_pretrained(str(ckpt)).state_dict().values()
+
+
+def test_a_cache_is_never_resumed_in_the_other_lm_dropout_mode(ckpt, tmp_path):
+    from embeddings_cache import Cache
+    from repalign.extract import extract
+
+    cache = tmp_path / "c.h5"
+    extract([SHORT], ["esmfold2"], cache, layers=["esmc.1"], weights=str(ckpt), quiet=True)
+    with Cache(cache) as c:
+        prov = c.provenance("esmfold2")
+    assert prov["options"]["model"]["lm_dropout"] == "on" and prov["lm_dropout"]["p_applied"] == 0.25
+    with pytest.raises(RepalignError, match="other options.*lm_dropout"):
+        extract([PROTEIN], ["esmfold2"], cache, layers=["esmc.1"], weights=str(ckpt), options={"lm_dropout": "off"},
+                quiet=True)

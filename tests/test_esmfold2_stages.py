@@ -70,13 +70,14 @@ def test_layer_names_round_trip_through_the_parser():
 def test_option_parsing_from_cli_strings():
     o = ExtractionOptions.parse({"loops": "0,5,-1", "diffusion_samples": "2", "pair_reduction": "rowcol",
                                  "raw_pair_layers": "parcae, distogram", "max_memory_gb": "1.5", "seed": "3",
-                                 "deterministic": "false"}, "esmfold2")
+                                 "lm_dropout": "OFF"}, "esmfold2")
     assert o.loops == (0, 5, -1) and o.diffusion_samples == 2 and o.pair_reduction == "rowcol"
     assert o.raw_pair_layers == ("parcae", "distogram") and o.max_memory_gb == 1.5 and o.seed == 3
-    assert o.deterministic is False
+    assert o.lm_dropout == "off" and ExtractionOptions().lm_dropout == "on"
     for bad, match in [({"colour": "red"}, "unknown option"), ({"pair_reduction": "max"}, "pair_reduction"),
                        ({"diffusion_samples": "0"}, "at least 1"), ({"loops": "first"}, "loops"),
-                       ({"raw_pair_layers": "esmc.3"}, "not a pair layer"), ({"max_memory_gb": "lots"}, "number")]:
+                       ({"raw_pair_layers": "esmc.3"}, "not a pair layer"), ({"max_memory_gb": "lots"}, "number"),
+                       ({"lm_dropout": "0.1"}, "use on .* or off"), ({"deterministic": "true"}, "lm_dropout=off")]:
         with pytest.raises(RepalignError, match=match):
             ExtractionOptions.parse(bad, "esmfold2")
 
@@ -115,3 +116,20 @@ def test_esmc_tokens_skip_special_tokens():
     ids, seq_id, pos = esmc_token_ids(["MK", "G"])
     assert ids[0] == 0 and ids[3] == 2 and ids[4] == 0 and ids[-1] == 2
     assert pos == [1, 2, 5] and seq_id == [0, 0, 0, 0, 1, 1, 1]
+
+
+def test_reduce_pair_accumulates_bfloat16_in_float32():
+    """A bf16 pair tensor (GPU runs) is averaged in float32: the result equals the float64 mean of the
+    bf16 values to float32 precision (a bf16 result would be off by ~1e-3 relative: 8 bits of mantissa)."""
+    rng = np.random.default_rng(2)
+    n = 512
+    values = rng.uniform(0, 1, size=(1, 4, n, 2))
+    values[..., 0, :] = 1000.0  # one large partner: a bf16 running sum would drop the small ones
+    pair = torch.zeros(1, n, n, 2, dtype=torch.bfloat16)
+    pair[:, :4] = torch.from_numpy(values).to(torch.bfloat16)
+    exact = pair[:, :4].double().mean(2).numpy()
+    got = stages.reduce_pair(pair, torch.ones(1, n, dtype=torch.bool), "row")
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got[:, :4].numpy(), exact, rtol=1e-6)
+    as_bf16 = torch.from_numpy(exact).to(torch.bfloat16).double().numpy()
+    assert np.abs(as_bf16 - exact).max() / exact.max() > 1e-4  # the precision a bf16 result would have
