@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Sequence
 
 
 from esmfold2_model import stages
+from esmfold2_model.extractor import OPTION_NAMES
 from esmfold2_model.featurize import check_sequence, esmc_token_ids, featurize_sequence
 from esmfold2_model.load import check_weight_files
 from repalign.errors import InvalidInput, RepalignError
@@ -78,6 +79,7 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
         weights="biohub/ESMFold2 from the local Hugging Face cache (hf download biohub/ESMFold2) or weights=DIR",
         description="ESMFold2 structure predictor: ESMC -> pair trunk -> diffusion -> confidence, every stage",
     )
+    OPTIONS: ClassVar[tuple[str, ...]] = OPTION_NAMES
 
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
         from esmfold2_model.extractor import ExtractionOptions
