@@ -219,8 +219,12 @@ def test_permutation_columns_match_repalign_stats(cache, tmp_path):
 
     index = build_report(cache, tmp_path / "r", metrics=["mknn"], k=4, permutations=9, seed=7)
     table = pd.read_csv(index.parent / "scores.csv")
-    for column in ("p_value", "null_mean", "calibrated", "p_value_best"):
+    for column in ("p_value", "p_value_adjusted", "null_mean", "calibrated"):
         assert table[column].notna().all()
+    # p_value_best once per model pair, on the row the "best" column marks
+    for _, rows in table.groupby(["model_a", "model_b", "metric"]):
+        assert rows["p_value_best"].notna().sum() == 1 == rows["best"].sum()
+        assert rows.loc[rows["best"], "p_value_best"].notna().all()
     rows = table[(table["model_a"] == "esm2-8m") & (table["model_b"] == "esmc-300m")]
     with Cache(cache) as c:
         ids = c.ids("esm2-8m")

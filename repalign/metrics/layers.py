@@ -128,7 +128,8 @@ def align_layers_multi(
     states are kept while side A is streamed, so memory holds Lb + 1 layers' states. ``params`` go
     to every metric that accepts them (e.g. ``k`` to the kNN metrics); a parameter no requested
     metric accepts is an error. Passing the same array object on both sides (e.g.
-    ``layers_b=layers_a``) reuses its states. ``n_samples``: N of block sources (counted when None).
+    ``layers_b=layers_a``) reuses its states, and the pairs of such a layer with itself are left
+    out of the best-pair search. ``n_samples``: N of block sources (counted when None).
 
     Returns one LayerAlignment per metric, in the order requested; with approximate neighbours
     each has ``recall`` {("a"|"b", layer name): recall}.
@@ -162,11 +163,14 @@ def align_layers_multi(
         rows.append([score_matrix(metric, p, m, [sa], sb)[0] for m, (metric, p) in enumerate(resolved)])
     recall.update({("b", s.name): s.recall for s in sb})
     extra = {"normalize": normalize, "clip_quantile": clip_quantile}
+    # a layer passed on both sides is compared with itself: a trivial pair, left out of the best-pair search
+    exclude = np.array([[a is b for b in items_b] for a in items_a], dtype=bool)
+    exclude = exclude if exclude.any() and not exclude.all() else None
     out = []
     for m, (metric, p) in enumerate(resolved):
         params_m = {**p, **extra, **({"knn": knn} if metric.is_knn and knn != "exact" else {})}
         alignment = LayerAlignment(np.array([row[m] for row in rows]), list(names_a), list(names_b), metric.name,
-                                   params_m, int(n_samples))
+                                   params_m, int(n_samples), exclude=exclude)
         if knn != "exact" and metric.is_knn:
             alignment.recall = recall
         out.append(alignment)
