@@ -40,7 +40,7 @@ from repalign.metrics._validate import check_permutation
 DEFAULT_BLOCK = 2048
 # Candidates searched per distinct row beyond k, so that a boundary blurred by BLAS rounding rarely
 # needs the completion pass.
-_EXTRA_CANDIDATES = 10
+_EXTRA_CANDIDATES = 2
 # Entries (samples × list width) a state may hold; heavy duplication widens every list of a tie.
 _MAX_ENTRIES = 1 << 27
 # Query rows per BLAS product in the completion pass.
