@@ -3,12 +3,13 @@
 - :class:`CacheWriter` appends one model's features batch by batch, crash-safely, one writer at a time.
 - :class:`Cache` reads a cache (layers one at a time, rows by id) without taking any lock.
 - :func:`align_ids` gives the samples two models share, checking the inputs are the same.
+- :func:`check_can_append` makes a writer's checks without opening one (before loading a model).
 
 The file layout, versioning rule and crash-safety design are in docs/cache-format.md.
 """
 
 from embeddings_cache.format import FORMAT_VERSION, CacheError
 from embeddings_cache.reader import Cache, align_ids
-from embeddings_cache.writer import CacheWriter
+from embeddings_cache.writer import CacheWriter, check_can_append
 
-__all__ = ["Cache", "CacheWriter", "CacheError", "align_ids", "FORMAT_VERSION"]
+__all__ = ["Cache", "CacheWriter", "CacheError", "align_ids", "check_can_append", "FORMAT_VERSION"]
