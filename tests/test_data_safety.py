@@ -64,7 +64,13 @@ def expected(run: str, n: int, dim: int = 64) -> tuple[list[str], np.ndarray]:
     return [i for bt in batches for i in bt[0]], np.concatenate([bt[2]["l"] for bt in batches]).astype(np.float32)
 
 
-def start_writer(path, run, n, overwrite, pause, *extra, preexec=None) -> subprocess.Popen:
+def interruptible() -> None:
+    """In the child: Ctrl-C raises KeyboardInterrupt as in a terminal, also when the tests run as a
+    background job (whose SIGINT is ignored, which Python would keep)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_writer(path, run, n, overwrite, pause, *extra, preexec=interruptible) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", WRITER, str(path), run, str(n), "1" if overwrite else "0",
                              str(pause), *map(str, extra)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV, preexec_fn=preexec)
@@ -351,7 +357,8 @@ def test_ctrl_c_during_extract_overwrite_keeps_the_old_samples(tiny_esm2, tmp_pa
         old = c.read_layer(MODEL_KEY, c.layers(MODEL_KEY)[-1])
     proc = subprocess.Popen([sys.executable, "-m", "repalign", "extract", str(fasta), "-m", model, "-o", str(cache),
                              "--pool", "cls", "--overwrite", "--batch-tokens", "40", "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=interruptible)
     parts = tmp_path / "c.h5.parts"
     deadline = time.time() + 120
     while time.time() < deadline and not any(p.suffix == ".h5" for p in parts.iterdir()):
