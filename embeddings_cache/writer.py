@@ -483,7 +483,7 @@ def config_difference(stored: dict[str, Any], options: Mapping[str, Any] | None,
     return None
 
 
-def check_can_append(path: str | os.PathLike, model: str, *, options: Mapping[str, Any] | None = None,
+def check_can_append(path: str | os.PathLike, model: str | None = None, *, options: Mapping[str, Any] | None = None,
                      layers: Sequence[str] | None = None, token_layers: Sequence[str] | None = None,
                      dtype: str | None = None, overwrite: bool = False) -> None:
     """The checks a :class:`CacheWriter` would make at opening, without opening one (no lock, no
@@ -494,6 +494,8 @@ def check_can_append(path: str | os.PathLike, model: str, *, options: Mapping[st
     path = Path(path)
     real = Path(os.path.realpath(path))
     check_target(path, real)
+    if model is None:
+        return
     check_name(model, "model")
     if overwrite or not real.exists():
         return

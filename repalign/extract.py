@@ -8,6 +8,7 @@ each batch to the cache, where it is durable as soon as ``append`` returns.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
@@ -169,6 +170,9 @@ def extract(
     options: model-specific options (``--option KEY=VALUE``), recorded in the provenance.
     """
     records = check_extract_args(records, models, pool, store_dtype, limit, weights, batch_tokens)
+    from embeddings_cache import check_can_append
+
+    check_can_append(cache)  # the output path, before any model is built
 
     # Resolve and validate everything for every model before loading a model or writing anything.
     plans = [plan_model(name, records, layers, pool, tokens, device, dtype, weights, options, skip_invalid,
@@ -233,7 +237,8 @@ def plan_model(name, records, layers, pool, tokens, device, dtype, weights, opti
     first invalid record unless ``skip_invalid``. Nothing is loaded or written here.
     """
     adapter = factory(name, weights=weights, device=device, dtype=dtype, **(options or {}))
-    chosen = resolve_layers(adapter, layers)
+    with weight_errors(adapter):  # some adapters load their checkpoint to list its layers
+        chosen = resolve_layers(adapter, layers)
     model_pool = pool or adapter.default_pooling
     token_layers = chosen if model_pool == "none" else (resolve_layers(adapter, tokens) if tokens else [])
     unknown_tok = [t for t in token_layers if t not in chosen]
@@ -335,8 +340,15 @@ def _extract_one(adapter, run, records, cache, pool, token_layers, store_dtype, 
 
 def load_model(adapter: ModelAdapter) -> None:
     """Load the weights; a damaged checkpoint (truncated or foreign file) is a one-line error."""
-    try:
+    with weight_errors(adapter):
         adapter.ensure_loaded()
+
+
+@contextlib.contextmanager
+def weight_errors(adapter: ModelAdapter):
+    """Turn the errors of loading a damaged checkpoint into one RepalignError naming it."""
+    try:
+        yield
     except RepalignError:
         raise
     except Exception as exc:  # torch, safetensors and transformers raise many types for a bad file

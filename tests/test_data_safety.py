@@ -334,13 +334,13 @@ def test_extract_checks_arguments_and_the_cache_before_loading_the_model(tiny_es
     nul = tmp_path / "nul.fasta"
     nul.write_text(">a\x00b\nMKV\n")
     one_line_error(run_cli("extract", nul, "-m", model, "-o", tmp_path / "c.h5"), "NUL character")
-    # a stored model with other options: refused before loading (the model would fail to load)
+    # a stored model with other options: the CLI's wording names the flag
     cache = tmp_path / "c.h5"
     good = f"hf:{tiny_esm2}"
     assert run_cli("extract", fasta, "-m", good, "-o", cache, "-q").returncode == 0
-    (tmp_path / "tiny").symlink_to(broken_checkpoint)  # same model key, damaged weights
-    res = run_cli("extract", fasta, "-m", f"hf:{tmp_path / 'tiny'}", "-o", cache, "--pool", "cls", "-q")
+    res = run_cli("extract", fasta, "-m", good, "-o", cache, "--pool", "cls", "-q")
     one_line_error(res, "other options (pool: 'mean' -> 'cls')", "pass --overwrite")
+    (tmp_path / "tiny").symlink_to(broken_checkpoint)  # same model key, damaged weights
     # and the damaged checkpoint itself is a one-line error
     res = run_cli("extract", fasta, "-m", f"hf:{tmp_path / 'tiny'}", "-o", cache, "--overwrite", "-q")
     one_line_error(res, "cannot load the weights", "download it again")
