@@ -404,3 +404,74 @@ def test_a_nan_sample_is_named_and_skip_invalid_stores_the_rest(tmp_path):
     with Cache(cache) as c:  # the failed overwrite left the float16 run in place
         assert sorted(c.ids("chgnet-0.3.0")) == ["Al", "Cu", "Ni"] and c.storage_dtype("chgnet-0.3.0") == "float16"
     assert digest(cache) != before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["random bytes", "truncated"])
+def test_a_damaged_pytorch_model_bin_is_a_one_line_error(tmp_path, damage):
+    from repalign.models.antiberty import find_weights_dir
+
+    source = find_weights_dir()
+    if source is None:
+        pytest.skip("the antiberty weights are not installed (python -m repalign.models.antiberty install-weights)")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "config.json").write_bytes((source / "config.json").read_bytes())
+    good = (source / "pytorch_model.bin").read_bytes()
+    bad = np.random.default_rng(0).bytes(5000) if damage == "random bytes" else good[: len(good) // 2]
+    (weights / "pytorch_model.bin").write_bytes(bad)
+    fasta = tmp_path / "ab.fasta"
+    fasta.write_text(">h1\nEVQLVESGGGLVQPGGSLRLSCAASGFTFS\n")
+    res = run_cli("extract", fasta, "-m", "antiberty", "--weights", weights, "-o", tmp_path / "c.h5", "-q")
+    one_line_error(res, "cannot load the weights of model antiberty", str(weights))
+    assert not (tmp_path / "c.h5").exists()
+
+
+@pytest.mark.slow
+def test_extract_under_a_file_size_limit_is_a_one_line_error_and_a_rerun_completes(tiny_esm2, tmp_path):
+    """The issue's `ulimit -f` case through the command line."""
+    fasta = random_fasta(tmp_path / "in.fasta", 40, seed=2)
+    cache = tmp_path / "c.h5"
+    model = f"hf:{tiny_esm2}"
+    args = ["extract", fasta, "-m", model, "-o", cache, "--layers", "all", "--tokens", "all", "--batch-tokens", "200",
+            "-q"]
+    assert run_cli(*args, "--limit", "4").returncode == 0
+    before = digest(cache)
+    res = subprocess.run([sys.executable, "-m", "repalign", *map(str, args)], capture_output=True, text=True, env=ENV,
+                         preexec_fn=_file_size_limit(cache.stat().st_size + 20_000))
+    one_line_error(res, "file size limit", "ulimit -f")
+    assert digest(cache) == before
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    with Cache(cache) as c:
+        assert c.n_samples(MODEL_KEY) == 40
+
+
+KILLED_AT_COMMIT = WRITER.replace("from embeddings_cache import CacheWriter", '''from embeddings_cache import CacheWriter
+import os, signal
+import embeddings_cache.journal as journal
+
+def killed(*args):  # a real SIGKILL the moment the redo log is durable, before the main file changes
+    os.kill(os.getpid(), signal.SIGKILL)
+
+journal.commit_lock = killed''')
+
+
+def test_a_writer_killed_at_the_commit_point_leaves_a_redo_log_that_readers_and_writers_apply(tmp_path):
+    path = tmp_path / "c.h5"
+    assert start_writer(path, "old", 2, False, 0).wait(timeout=120) == 0
+    proc = subprocess.run([sys.executable, "-c", KILLED_AT_COMMIT, str(path), "old", "5", "0", "0"], env=ENV,
+                          capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL and proc.stdout.count("done") == 3
+    redo = tmp_path / "c.h5.redo"
+    assert redo.exists()
+    before = digest(path)
+    assert_holds(path, "old", 5)  # the reader applies the redo log in memory
+    assert digest(path) == before and redo.exists()  # and changes nothing
+    with h5py.File(path, "r") as f:  # plain h5py reads the main file as it was before the commit
+        assert f["models/m/ids"].shape == (8,)
+    with CacheWriter(path, "m", {"options": {"run": "old"}}, ["l"]) as w:  # a writer finishes the commit
+        assert len(w.stored()) == 20
+    assert not redo.exists()
+    assert_holds(path, "old", 5)
+    assert list((tmp_path / "c.h5.parts").iterdir()) == []

@@ -93,3 +93,22 @@ def test_extxyz_frames_keep_their_own_ids(tmp_path):
     water.info["id"] = "water"
     ase.io.write(tmp_path / "m.extxyz", [water, methane])
     assert [r.id for r in read_inputs(tmp_path / "m.extxyz")] == ["water", "m:1"]
+
+
+def test_skip_invalid_skips_files_of_a_structure_folder_that_are_not_structures(tmp_path, caplog):
+    pytest.importorskip("ase")
+    import ase.io
+    from ase.build import bulk
+
+    folder = tmp_path / "crystals"
+    folder.mkdir()
+    ase.io.write(folder / "cu.extxyz", bulk("Cu", a=3.6))
+    (folder / "README.md").write_text("crystals for the paper\n")
+    with pytest.raises(RepalignError, match="README.md"):
+        read_inputs(folder)
+    records = read_inputs(folder, skip_invalid=True)
+    assert [r.id for r in records] == ["cu"]
+    assert "README.md" in caplog.text
+    # a file given by name is never skipped: the user asked for it
+    with pytest.raises(RepalignError, match="README.md"):
+        read_inputs(folder / "README.md", skip_invalid=True)
