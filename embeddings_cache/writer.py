@@ -142,7 +142,12 @@ class CacheWriter:
         if not self._file.parent.is_dir():
             raise CacheError(f"folder {self.path.parent} does not exist; create it first")
         lock = lock_path(self._file)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise CacheError(
+                f"cannot create the lock file {lock} ({e.strerror}); writing a cache needs a writable folder"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

@@ -169,9 +169,9 @@ def extract(
     tokens: layers (names or patterns) whose per-residue / per-atom features are also stored (ragged).
     options: model-specific options (``--option KEY=VALUE``), recorded in the provenance.
     """
-    records = check_extract_args(records, models, pool, store_dtype, limit, weights, batch_tokens)
     from embeddings_cache import check_can_append
 
+    records = check_extract_args(records, models, pool, store_dtype, limit, weights, batch_tokens)
     check_can_append(cache)  # the output path, before any model is built
 
     # Resolve and validate everything for every model before loading a model or writing anything.
@@ -371,22 +371,29 @@ def _finite_samples(recs, feats, pooled_rows, token_layers, store_dtype, skip_in
     for k, (r, f) in enumerate(zip(recs, feats)):
         arrays = [(f"pooled layer {l}", v) for l, v in (pooled_rows[k].items() if pooled_rows else ())]
         arrays += [(f"token layer {l}", f.tokens.get(l)) for l in token_layers]
-        reason = None
-        for what, values in arrays:
-            values = np.asarray(values, dtype=np.float64)
-            with np.errstate(over="ignore", invalid="ignore"):
-                if not np.isfinite(values).all() or not np.isfinite(values.astype(dtype)).all():
-                    reason = (f"{r.id}: {what} holds NaN or values beyond the {dtype.name} range "
-                              "(the model failed on this input; check it, or pass --skip-invalid)")
-                    break
+        reason = next((f"{r.id}: {what} holds NaN or values beyond the {dtype.name} range"
+                       for what, values in arrays if not _finite_in(values, dtype)), None)
         if reason is None:
             keep.append(k)
         elif skip_invalid:
             invalid[r.id] = reason
             log.warning("skipped %s", reason)
         else:
-            raise InvalidInput(reason, r.id)
+            raise InvalidInput(f"{reason}; the model failed on this input: check it, or pass --skip-invalid", r.id)
     return keep
+
+
+def _finite_in(values, dtype: np.dtype) -> bool:
+    """All values finite, also once cast to ``dtype`` (1e39 is finite in float64, inf in float32)."""
+    values = np.asarray(values)
+    if values.dtype.kind != "f":
+        values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        return False
+    if values.dtype.itemsize > dtype.itemsize:
+        with np.errstate(over="ignore"):
+            return bool(np.isfinite(values.astype(dtype)).all())
+    return True
 
 
 def _weights_identity(prov: dict) -> str | None:
