@@ -477,3 +477,49 @@ def test_a_writer_killed_at_the_commit_point_leaves_a_redo_log_that_readers_and_
     assert not redo.exists()
     assert_holds(path, "old", 5)
     assert list((tmp_path / "c.h5.parts").iterdir()) == []
+
+
+READER = r'''
+import sys, numpy as np
+from embeddings_cache import Cache
+sys.path.insert(0, sys.argv[2])
+path, rounds = sys.argv[1], int(sys.argv[3])
+ns = {}
+exec(open(sys.argv[4]).read(), ns)
+seen = set()
+with Cache(path) as c:
+    for r in range(rounds):
+        ids = c.ids("m")
+        values = c.read_layer("m", "l", ids=ids[-8:] if ids else [])
+        n = len(ids) // 4
+        want_ids, want = ns["expected"]("old", n)
+        assert ids[-8:] == want_ids[-8:], (ids[-8:], want_ids[-8:])
+        np.testing.assert_array_equal(values, want[-8:])
+        seen.add(n)
+        if r % 3 == 0:  # a new snapshot; otherwise the reader reopens by itself after each commit
+            c.close(); c.__init__(path)
+print("ok", len(seen), flush=True)
+'''
+
+
+def test_readers_in_another_process_see_whole_commits_while_a_writer_appends_in_place(tmp_path):
+    path = tmp_path / "c.h5"
+    script = WRITER.replace("        w.append(ids, hashes, pooled)\n", "        w.append(ids, hashes, pooled)\n"
+                            "        w.close(); w = CacheWriter(path, 'm', {'options': {'run': run}}, ['l'])\n")
+    assert start_writer(path, "old", 1, False, 0).wait(timeout=120) == 0
+    helper = tmp_path / "expected.py"
+    helper.write_text(WRITER.split("path, run")[0] + "\n" + "\n".join(
+        ["def expected(run, n, dim=64):",
+         "    batches = [batch(run, b, dim) for b in range(n)]",
+         "    return [i for bt in batches for i in bt[0]], np.concatenate([bt[2]['l'] for bt in batches]).astype(np.float32)"]))
+    writer = subprocess.Popen([sys.executable, "-c", script, str(path), "old", "60", "0", "0.02"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    readers = [subprocess.Popen([sys.executable, "-c", READER, str(path), str(REPO), "150", str(helper)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(2)]
+    for reader in readers:
+        out, err = reader.communicate(timeout=300)
+        assert reader.returncode == 0 and out.startswith("ok"), err
+        assert int(out.split()[1]) >= 3  # it read the cache at several commits
+    _, err = writer.communicate(timeout=300)
+    assert writer.returncode == 0, err
+    assert_holds(path, "old", 60)
