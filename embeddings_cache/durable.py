@@ -35,11 +35,6 @@ _RECORD = struct.Struct("<QQ")  # offset, length
 _COMMIT_BYTE = 64
 #: where the lock file holds the commit generation (8 bytes), bumped by every commit
 _GENERATION_AT = 72
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
-class WriteFailed(OSError):
-    """A write under HDF5 failed; the file was closed cleanly and must be discarded."""
 
 
 class GuardedFile:
