@@ -453,9 +453,11 @@ def _append_in_place(path: Path, todo: list[PartInfo], needed: int) -> None:
             except OSError as e:
                 raise _write_error(e, path, needed)
         except BaseException:
-            # nothing below the old end was written: dropping the appended bytes restores the file
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, base)
+            # nothing below the old end was written: dropping the appended bytes restores the file,
+            # unless the redo log was renamed into place (the commit point passed: recover() finishes it)
+            if not redo_path(path).exists():
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, base)
             raise
     finally:
         os.close(fd)
