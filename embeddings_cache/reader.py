@@ -149,7 +149,7 @@ class Cache:
                 _close(main, fd)
                 return False
             done = applied_uuids(main, self.path) if infos else set()
-            pending, _ = plan_parts(infos, done)
+            pending, staged = plan_parts(infos, done)
             for info in pending:
                 try:
                     self._add_part(views, info.path)
@@ -163,6 +163,8 @@ class Cache:
         self._main, self._main_fd = main, fd
         self._views = views
         self.n_pending_parts = len(pending)
+        #: models with an overwrite interrupted before it completed -> its staged batches (not read)
+        self.unfinished_overwrites = {m: sum(p.model == m for p in staged) for m in sorted({p.model for p in staged})}
         return True
 
     def _views_of_main(self, main: h5py.File) -> dict[str, _ModelView]:
@@ -346,6 +348,9 @@ class Cache:
             f"cache {self.path} (format version {self.format_version}): {len(self.models)} model(s)"
             + (f", {self.n_pending_parts} batch(es) not yet consolidated" if self.n_pending_parts else "")
         ]
+        for model, n in self.unfinished_overwrites.items():
+            lines.append(f"model {model!r}: an overwrite was interrupted after {n} batch(es); its old data is shown "
+                         "until the same overwrite is run again to the end")
         for model in self.models:
             view = self._view(model)
             lines.append(f"model {model!r}: {view.n} samples, stored as {view.header['dtype']}")

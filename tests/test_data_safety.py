@@ -119,6 +119,8 @@ def test_interrupted_overwrite_keeps_the_old_model_and_the_rerun_replaces_it(tmp
     assert new.returncode != 0
     with Cache(path) as c:  # the interrupted overwrite left the old model whole, also for readers
         assert c.provenance("m")["options"] == {"run": "old"}
+        if when == "after some batches":
+            assert c.unfinished_overwrites["m"] >= 2 and "an overwrite was interrupted" in c.describe()
     assert_holds(path, "old", 3)
     rerun = start_writer(path, "new", 8, True, 0)
     out, err = rerun.communicate(timeout=120)
