@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from repalign.errors import RepalignError
 FORMAT_NAME = "repalign-embeddings-cache"
 #: version of the layout written here; readers accept this version and older ones
 FORMAT_VERSION = 1
+#: version of the journal parts of an overwrite run (staged until committed): versions that do
+#: not know staging refuse them instead of applying them at once
+JOURNAL_VERSION = 2
 
 MODELS_GROUP = "models"
 JOURNAL_GROUP = "journal"
@@ -40,6 +44,8 @@ COMPRESSIONS = ("gzip", "lzf", None)
 GZIP_LEVEL = 1  # higher levels cost twice the time for ~1% on float features
 #: target size of one chunk; HDF5 reads whole chunks, so ~1 MB keeps single-row reads cheap
 CHUNK_BYTES = 1 << 20
+#: chunk size of 1-D datasets (ids, hashes, offsets, outputs): small, so a small cache stays small
+CHUNK_BYTES_1D = 1 << 16
 
 ID_DTYPE = h5py.string_dtype("utf-8")
 HASH_DTYPE = np.dtype("S64")
@@ -170,6 +176,10 @@ def chunk_rows(dim: int, itemsize: int) -> int:
     return max(1, CHUNK_BYTES // max(1, dim * itemsize))
 
 
+def chunk_rows_1d(itemsize: int) -> int:
+    return max(1, CHUNK_BYTES_1D // max(1, itemsize))
+
+
 def filter_options(compression: str | None, checksum: bool = True) -> dict[str, Any]:
     """HDF5 filters of every dataset: a checksum per chunk (a damaged chunk is an error on read,
     not silently wrong numbers), shuffle (groups the bytes of floats by significance, which is
@@ -188,22 +198,42 @@ def filter_options(compression: str | None, checksum: bool = True) -> dict[str, 
 def open_h5(path: Path, mode: str = "r") -> h5py.File:
     """Open an HDF5 file; any failure becomes a one-line CacheError.
 
-    HDF5's own file locking is off: this package locks with ``<cache>.lock`` and only ever writes
-    files nobody reads yet (temporary names), and HDF5 locks fail on some network filesystems.
+    The file is opened through a Python file object: HDF5 shares one open file (and its cached
+    metadata) among all handles of a process on the same path, which would show a reader opened
+    before a writer's in-place commit the old metadata forever. HDF5's own file locking is off:
+    this package locks with ``<cache>.lock``, and HDF5 locks fail on some network filesystems.
     """
+    check_regular(path)
     try:
-        return h5py.File(path, mode, locking=False)
-    except FileNotFoundError:
-        raise CacheError(f"{path} does not exist; check the path")
+        fobj = open(path, "rb" if mode == "r" else "r+b", buffering=0)
     except OSError as e:
+        raise CacheError(f"cannot open {path} ({e.strerror}); check its permissions")
+    try:
+        return h5py.File(fobj, mode, locking=False)
+    except OSError as e:
+        fobj.close()
         raise CacheError(
             f"{path} is not a readable HDF5 file ({first_line(e)}); it is truncated, corrupt or not a cache: "
             "check the path, or delete it and extract again"
         )
 
 
-def check_format(f: h5py.File, path: Path) -> int:
-    """Return the file's format version; CacheError if it is not a cache or is too new."""
+def check_regular(path: Path) -> None:
+    """CacheError unless ``path`` is a regular file (opening a FIFO would wait forever)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CacheError(f"{path} does not exist; check the path")
+    except OSError as e:
+        raise CacheError(f"cannot read {path} ({e.strerror}); check the path and its permissions")
+    if stat.S_ISDIR(st.st_mode):
+        raise CacheError(f"{path} is a folder, not a cache file; give the path of the .h5 file")
+    if not stat.S_ISREG(st.st_mode):
+        raise CacheError(f"{path} is not a regular file (a pipe or device); give the path of a cache file")
+
+
+def check_format(f: h5py.File, path: Path, newest: int = FORMAT_VERSION) -> int:
+    """Return the file's format version; CacheError if it is not a cache or is newer than ``newest``."""
     try:
         name = f.attrs.get("format")
         version = f.attrs.get("format_version")
@@ -214,9 +244,9 @@ def check_format(f: h5py.File, path: Path) -> int:
     if name != FORMAT_NAME or version is None:
         raise CacheError(f"{path} is an HDF5 file but not an embeddings cache; check the path")
     version = int(version)
-    if version > FORMAT_VERSION:
+    if version > newest:
         raise CacheError(
-            f"{path} has cache format version {version}, this version of repalign reads up to {FORMAT_VERSION}; "
+            f"{path} has cache format version {version}, this version of repalign reads up to {newest}; "
             "upgrade repalign (pip install -U repalign)"
         )
     return version

@@ -1,25 +1,39 @@
 """The journal: each completed batch is a small HDF5 "part" file next to the cache; consolidation
-copies the main file, appends the parts to the copy and atomically replaces the main file.
+appends the parts to the main file in place, behind a redo log (embeddings_cache.durable), and
+deletes them.
 
 Why: HDF5 keeps metadata in memory and writes it back later, so a process killed while appending
-in place can leave a file that no longer opens. Here the main file is only ever replaced whole by a
-complete, fsynced file (``os.replace`` is atomic), and a part becomes visible only once complete
-(written under a temporary name, fsynced, renamed). The main file records the uuid of every part it
-contains, so a kill between the replace and the deletion of the parts never counts a batch twice.
+in place can leave a file that no longer opens. Here a part becomes visible only once complete
+(written under a temporary name, fsynced, renamed), and the main file's own bytes change only
+through a complete, fsynced redo log: a kill leaves the old file plus the parts, or the new file.
+The main file records the uuid of every part it contains, so a kill between the commit and the
+deletion of the parts never counts a batch twice. An overwrite stages its parts under a run id
+and replaces the model only when its commit part is written, at the end of a successful run.
 The guarantees are spelled out in docs/cache-format.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import uuid as uuidlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from embeddings_cache.durable import (
+    GuardedFile,
+    apply_redo,
+    commit_lock,
+    create_like,
+    describe_write_failure,
+    folder_mode,
+    redo_path,
+    write_redo,
+)
 from embeddings_cache.format import (
     APPLIED_PARTS,
     HASH_DTYPE,
@@ -27,6 +41,7 @@ from embeddings_cache.format import (
     ID_DTYPE,
     IDS,
     JOURNAL_GROUP,
+    JOURNAL_VERSION,
     MODELS_GROUP,
     OUTPUTS,
     POOLED,
@@ -38,11 +53,14 @@ from embeddings_cache.format import (
     CacheError,
     check_format,
     chunk_rows,
+    chunk_rows_1d,
     consolidating_path,
     filter_options,
+    first_line,
     from_json,
     fsync_path,
     list_parts,
+    lock_path,
     open_h5,
     parts_dir,
     read_strings,
@@ -56,6 +74,19 @@ _CHUNK_CACHE_SLOTS = 100_003  # a prime, as HDF5 recommends for the hash table o
 HEADER_ATTRS = ("provenance", "layers", "token_layers", "outputs", "dtype", "compression")
 
 
+@dataclass(frozen=True)
+class PartInfo:
+    """What a journal part is, from its name and attributes."""
+
+    seq: int
+    uuid: str
+    path: Path
+    model: str
+    starts_model: bool
+    run: str  # "" for a plain batch; the run id of an overwrite (staged until committed)
+    commit: bool  # the commit record of run ``run``: its staged parts replace the model
+
+
 def write_part(
     path: Path,
     seq: int,
@@ -67,22 +98,36 @@ def write_part(
     pooled: dict[str, np.ndarray],
     tokens: dict[str, tuple[np.ndarray, np.ndarray]],
     outputs: dict[str, np.ndarray],
+    run: str = "",
+    commit: bool = False,
 ) -> str:
     """Write one batch as a part file; durable (fsynced and renamed) when this returns its uuid.
 
     starts_model: applying this part (re)creates the model group from ``header``, dropping what
     was stored before (a new model, or a model being overwritten).
+    run: parts of an overwrite carry its run id and stay aside until the run's commit part
+    (``commit=True``) is written: the old data stays readable until the new run is complete.
+    The part gets the permission bits and group of the cache file.
     """
     folder = parts_dir(path)
     if not folder.is_dir():
         folder.mkdir()
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(folder, folder_mode(path.stat().st_mode))
         fsync_path(folder.parent)  # the new folder's entry must survive a power loss too
     part_uuid = uuidlib.uuid4().hex
     tmp = folder / f"{TMP_PREFIX}{part_uuid}.h5"
     final = folder / f"{seq:08d}-{part_uuid}.h5"
+    needed = sum(a.nbytes for a in pooled.values()) + sum(d.nbytes + o.nbytes for d, o in tokens.values())
+    fd = create_like(tmp, path if path.exists() else None)
     try:
-        with h5py.File(tmp, "w", locking=False) as f:
+        guard = GuardedFile(fd)
+        with _guarded(guard), h5py.File(guard, "w", locking=False) as f:
             write_root_attrs(f)
+            if run:
+                f.attrs["format_version"] = JOURNAL_VERSION  # older versions would apply it at once
+                f.attrs["run"] = run
+                f.attrs["commit"] = bool(commit)
             f.attrs["part_uuid"] = part_uuid
             f.attrs["model"] = model
             f.attrs["starts_model"] = bool(starts_model)
@@ -97,23 +142,91 @@ def write_part(
                 f.create_dataset(f"{TOKENS}/{layer}/{TOKEN_OFFSETS}", data=offsets)
             for name, arr in outputs.items():
                 f.create_dataset(f"{OUTPUTS}/{name}", data=arr)
-        fsync_path(tmp)
+        if guard.error is not None:
+            raise _write_error(guard.error, tmp, needed + (1 << 16))
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            raise _write_error(e, tmp, needed + (1 << 16))
+        os.close(fd)
+        fd = -1
         os.replace(tmp, final)
         fsync_path(folder)
     except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
         raise
     return part_uuid
 
 
-def applied_uuids(f: h5py.File) -> set[str]:
+@contextlib.contextmanager
+def _guarded(guard: GuardedFile):
+    """After a failed write, later writes were discarded and HDF5 may fail on what it reads back:
+    the write error (checked by the caller) is the one to report."""
+    try:
+        yield
+    except Exception:
+        if guard.error is None:
+            raise
+
+
+def _write_error(error: OSError, path: Path, needed: int) -> CacheError:
+    return CacheError(describe_write_failure(error, path, needed) + "; completed batches are kept, rerun to resume")
+
+
+def applied_uuids(f: h5py.File, path: Path) -> set[str]:
     """Uuids of the parts already consolidated into a main file."""
-    if JOURNAL_GROUP in f and APPLIED_PARTS in f[JOURNAL_GROUP]:
-        return set(read_strings(f[JOURNAL_GROUP][APPLIED_PARTS]))
+    try:
+        if JOURNAL_GROUP in f and APPLIED_PARTS in f[JOURNAL_GROUP]:
+            return set(read_strings(f[JOURNAL_GROUP][APPLIED_PARTS]))
+    except (OSError, KeyError, ValueError) as e:
+        raise CacheError(
+            f"{path}: its list of applied journal parts (/{JOURNAL_GROUP}/{APPLIED_PARTS}) is damaged "
+            f"({first_line(e)}), so the batches in {parts_dir(path)} cannot be matched; delete the cache and "
+            "its journal and extract again"
+        )
     return set()
+
+
+def part_info(seq: int, part_uuid: str, part: Path) -> PartInfo:
+    """Read a part's attributes (CacheError if it is damaged, FileNotFoundError if it vanished)."""
+    if not part.exists():
+        raise FileNotFoundError(part)
+    with open_h5(part) as p:
+        check_format(p, part, newest=JOURNAL_VERSION)
+        try:
+            attrs = p.attrs
+            return PartInfo(
+                seq, part_uuid, part, str(attrs["model"]), bool(attrs["starts_model"]),
+                str(attrs.get("run", "")), bool(attrs.get("commit", False)),
+            )
+        except (OSError, KeyError, ValueError) as e:
+            raise CacheError(
+                f"journal part {part} is damaged ({first_line(e)}); delete that file "
+                "(its batch will be extracted again on resume)"
+            )
+
+
+def plan_parts(parts: list[PartInfo], done: set[str]) -> tuple[list[PartInfo], list[PartInfo]]:
+    """(parts to apply, in order; staged parts of overwrites not committed yet).
+
+    A plain part applies at its place in the sequence; the parts of an overwrite run apply, in
+    order, where its commit part stands; those of a run without commit part are left aside.
+    """
+    todo: list[PartInfo] = []
+    staged: dict[str, list[PartInfo]] = {}
+    for p in parts:
+        if p.uuid in done:
+            continue
+        if not p.run:
+            todo.append(p)
+        elif p.commit:
+            todo.extend(staged.pop(p.run, []))
+            todo.append(p)
+        else:
+            staged.setdefault(p.run, []).append(p)
+    return todo, [p for run in staged.values() for p in run]
 
 
 class _Appender:
@@ -136,7 +249,7 @@ class _Appender:
     def append(self, group: h5py.Group, name: str, arr: np.ndarray, compression: str | None) -> None:
         if name not in group:
             if arr.ndim == 1:
-                rows = 65536 if arr.dtype.kind != "O" else 4096
+                rows = chunk_rows_1d(16 if arr.dtype.kind == "O" else arr.dtype.itemsize)
             else:
                 rows = chunk_rows(int(np.prod(arr.shape[1:])), arr.dtype.itemsize)
             group.create_dataset(
@@ -182,7 +295,7 @@ def _compression(header: Any) -> str | None:
 def _apply_part(f: h5py.File, part: Path, out: _Appender) -> str:
     """Append one part's batch to an open main file; return the part's uuid."""
     with open_h5(part) as p:
-        check_format(p, part)
+        check_format(p, part, newest=JOURNAL_VERSION)
         model = str(p.attrs["model"])
         models = f.require_group(MODELS_GROUP)
         if bool(p.attrs["starts_model"]):
@@ -221,16 +334,23 @@ def _apply_part(f: h5py.File, part: Path, out: _Appender) -> str:
         return str(p.attrs["part_uuid"])
 
 
-def _parts_replacing_stored_models(main: Path, pending: list[tuple[int, str, Path]]) -> set[str]:
+def _apply_parts(f: h5py.File, todo: list[PartInfo]) -> None:
+    # a chunk cache larger than a chunk (set where f is opened) lets the batches fill the last
+    # chunk in memory and compress it once, instead of once per batch
+    out = _Appender()
+    try:
+        uuids = [_apply_part(f, p.path, out) for p in todo]
+        out.append(f.require_group(JOURNAL_GROUP), APPLIED_PARTS, np.array(uuids, dtype=UUID_DTYPE), None)
+    finally:
+        out.close()
+
+
+def _models_with_rows(path: Path, todo: list[PartInfo]) -> set[str]:
     """Models with stored rows that a pending part re-creates (overwrite): their old data is dropped."""
-    starts = set()
-    for _, _, part in pending:
-        with open_h5(part) as p:
-            if bool(p.attrs["starts_model"]):
-                starts.add(str(p.attrs["model"]))
-    if not starts or not main.exists():
+    starts = {p.model for p in todo if p.starts_model}
+    if not starts:
         return set()
-    with open_h5(main) as f:
+    with open_h5(path) as f:
         models = f.get(MODELS_GROUP, {})
         return {m for m in starts if m in models and models[m][IDS].shape[0] > 0}
 
@@ -238,21 +358,31 @@ def _parts_replacing_stored_models(main: Path, pending: list[tuple[int, str, Pat
 def create_empty(path: Path) -> None:
     """Create an empty cache file atomically (so a kill never leaves a half-made main file)."""
     tmp = consolidating_path(path)
-    with h5py.File(tmp, "w", locking=False) as f:
-        write_root_attrs(f)
-        f.create_group(MODELS_GROUP)
-        _Appender().append(f.create_group(JOURNAL_GROUP), APPLIED_PARTS, np.array([], dtype=UUID_DTYPE), None)
-    fsync_path(tmp)
+    fd = create_like(tmp, None)
+    try:
+        guard = GuardedFile(fd)
+        with _guarded(guard), h5py.File(guard, "w", locking=False) as f:
+            write_root_attrs(f)
+            f.create_group(MODELS_GROUP)
+            _Appender().append(f.create_group(JOURNAL_GROUP), APPLIED_PARTS, np.array([], dtype=UUID_DTYPE), None)
+        if guard.error is not None:
+            raise _write_error(guard.error, path, 1 << 16)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
     os.replace(tmp, path)
     fsync_path(path.parent)
 
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Delete leftovers of a killed writer: parts never completed and an unfinished consolidation.
-
-    Only a writer holding the lock may call this.
-    """
+    """Delete leftovers of a killed writer: parts never completed and an unfinished consolidation
+    or redo log. Only a writer holding the lock may call this."""
     consolidating_path(path).unlink(missing_ok=True)
+    redo = redo_path(path)
+    redo.with_name(redo.name + ".tmp").unlink(missing_ok=True)
     folder = parts_dir(path)
     if folder.is_dir():
         for name in os.listdir(folder):
@@ -260,51 +390,115 @@ def remove_stale_temporaries(path: Path) -> None:
                 (folder / name).unlink(missing_ok=True)
 
 
-def consolidate(path: Path) -> int:
-    """Move every completed part into the main file; return how many batches were moved.
+def list_part_infos(path: Path) -> list[PartInfo]:
+    return [part_info(*p) for p in list_parts(path)]
 
-    Only a writer holding the lock may call this. At any kill point the cache on disk is either the
-    old main file plus the parts, or the new main file (plus parts it already records as applied).
+
+def consolidate(path: Path) -> int:
+    """Move every completed part (and committed overwrite) into the main file; return how many
+    parts were moved. Parts of an overwrite not committed yet stay in the journal.
+
+    Only a writer holding the lock may call this. The main file is appended to in place, with a
+    redo log as commit record (embeddings_cache.durable), or rebuilt under a temporary name when an
+    overwrite drops a model's data. At any kill point the cache on disk is the old main file plus
+    the parts, or the new main file (plus parts it already records as applied).
     """
-    parts = list_parts(path)
+    recover(path)
+    parts = list_part_infos(path)
     if not parts:
         return 0
     with open_h5(path) as f:
         check_format(f, path)
-        done = applied_uuids(f)
-    pending = [p for p in parts if p[1] not in done]
-    if pending:
-        tmp = consolidating_path(path)
-        replaced = _parts_replacing_stored_models(path, pending)
+        done = applied_uuids(f, path)
+    todo, staged = plan_parts(parts, done)
+    if todo:
+        needed = sum(p.path.stat().st_size for p in todo) + (1 << 20)
+        replaced = _models_with_rows(path, todo)
         if replaced:
-            _rebuild_without(path, tmp, replaced)  # reclaims the space of the overwritten models
+            _rebuild(path, replaced, todo, needed + path.stat().st_size)
         else:
-            shutil.copyfile(path, tmp)
-        # a chunk cache larger than a chunk lets the batches fill the last chunk in memory and
-        # compress it once, instead of re-reading and re-compressing it for every batch
-        with h5py.File(tmp, "r+", locking=False, rdcc_nbytes=_CHUNK_CACHE_BYTES, rdcc_nslots=_CHUNK_CACHE_SLOTS) as f:
-            out = _Appender()
-            uuids = [_apply_part(f, part, out) for _, _, part in pending]
-            out.append(f.require_group(JOURNAL_GROUP), APPLIED_PARTS, np.array(uuids, dtype=UUID_DTYPE), None)
-            out.close()
-        fsync_path(tmp)
+            _append_in_place(path, todo, needed)
+    keep = {p.uuid for p in staged}
+    for p in parts:
+        if p.uuid not in keep:
+            p.path.unlink(missing_ok=True)
+    fsync_path(parts_dir(path))
+    return len(todo)
+
+
+def recover(path: Path) -> None:
+    """Finish a commit whose writer was killed after its redo log became durable."""
+    try:
+        apply_redo(path)
+    except OSError as e:
+        raise CacheError(f"cannot finish the interrupted commit of {path} ({first_line(e)}); check the disk and rerun")
+
+
+def _append_in_place(path: Path, todo: list[PartInfo], needed: int) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        base = os.fstat(fd).st_size
+        guard = GuardedFile(fd, base)
+        try:
+            with _guarded(guard), h5py.File(
+                guard, "r+", locking=False, rdcc_nbytes=_CHUNK_CACHE_BYTES, rdcc_nslots=_CHUNK_CACHE_SLOTS
+            ) as f:
+                _apply_parts(f, todo)
+            if guard.error is not None:
+                raise _write_error(guard.error, path, needed)
+            try:
+                os.fsync(fd)  # the appended bytes, before the metadata that points to them
+                final_size = guard.final_size if guard.final_size is not None else os.fstat(fd).st_size
+                write_redo(path, guard.overlay, final_size, mode_of=path)
+            except OSError as e:
+                raise _write_error(e, path, needed)
+        except BaseException:
+            # nothing below the old end was written: dropping the appended bytes restores the file,
+            # unless the redo log was renamed into place (the commit point passed: recover() finishes it)
+            if not redo_path(path).exists():
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, base)
+            raise
+    finally:
+        os.close(fd)
+    # the commit point has passed (the redo log is durable): from here a kill is finished by recover()
+    with commit_lock(lock_path(path)):
+        recover(path)
+
+
+def _rebuild(path: Path, drop: set[str], todo: list[PartInfo], needed: int) -> None:
+    """Write a new main file without the models in ``drop`` (HDF5 does not reclaim the space of
+    deleted datasets), apply the parts, and replace the main file with it atomically."""
+    tmp = consolidating_path(path)
+    fd = create_like(tmp, path)
+    try:
+        guard = GuardedFile(fd)
+        with _guarded(guard), open_h5(path) as src, h5py.File(
+            guard, "w", locking=False, rdcc_nbytes=_CHUNK_CACHE_BYTES, rdcc_nslots=_CHUNK_CACHE_SLOTS
+        ) as dst:
+            for key, value in src.attrs.items():
+                dst.attrs[key] = value
+            dst_models = dst.create_group(MODELS_GROUP)
+            for name, group in src[MODELS_GROUP].items():
+                if name not in drop:
+                    src.copy(group, dst_models, name=name)
+            src.copy(src[JOURNAL_GROUP], dst, name=JOURNAL_GROUP)
+            if guard.error is None:
+                _apply_parts(dst, todo)
+        if guard.error is not None:
+            raise _write_error(guard.error, path, needed)
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            raise _write_error(e, path, needed)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    with commit_lock(lock_path(path)):
         os.replace(tmp, path)
         fsync_path(path.parent)
-    for _, _, part in parts:
-        part.unlink(missing_ok=True)
-    fsync_path(parts_dir(path))
-    return len(pending)
-
-
-def _rebuild_without(src_path: Path, dst_path: Path, drop: set[str]) -> None:
-    with open_h5(src_path) as src, h5py.File(dst_path, "w", locking=False) as dst:
-        for key, value in src.attrs.items():
-            dst.attrs[key] = value
-        dst_models = dst.create_group(MODELS_GROUP)
-        for name, group in src[MODELS_GROUP].items():
-            if name not in drop:
-                src.copy(group, dst_models, name=name)
-        src.copy(src[JOURNAL_GROUP], dst, name=JOURNAL_GROUP)
 
 
 def model_header(group: Any) -> dict[str, Any]:

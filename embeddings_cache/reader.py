@@ -23,16 +23,20 @@ from embeddings_cache.format import (
     TOKEN_DATA,
     TOKEN_OFFSETS,
     TOKENS,
+    JOURNAL_VERSION,
     UNKNOWN_HASH,
     CacheError,
     check_format,
+    check_regular,
     few,
     first_line,
     list_parts,
+    lock_path,
     open_h5,
     read_strings,
 )
-from embeddings_cache.journal import applied_uuids, model_header
+from embeddings_cache.durable import OverlayReader, read_lock, read_redo
+from embeddings_cache.journal import applied_uuids, model_header, part_info, plan_parts
 
 log = logging.getLogger("embeddings_cache")
 
@@ -85,57 +89,86 @@ class Cache:
     """Read-only view of an embeddings cache: the main file plus completed journal parts.
 
     Opening reads only ids, hashes and attributes; layers are read on demand, one at a time.
-    Readers take no lock and can open a cache while a writer appends to it: they see every batch
-    completed before they opened it. Use as a context manager or call :meth:`close`.
+    Readers can open a cache while a writer appends to it: they see every batch completed before
+    they opened it (not the staged batches of an unfinished overwrite). Each read holds a shared
+    lock that only a writer's commit (a few milliseconds) waits for; after a commit the reader
+    reopens the file. Use as a context manager or call :meth:`close`.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.exists():
             raise CacheError(f"no cache at {self.path}; check the path (caches are written by CacheWriter)")
-        if self.path.is_dir():
-            raise CacheError(f"{self.path} is a folder, not a cache file; give the path of the .h5 file")
+        check_regular(self.path)
         self._file = Path(os.path.realpath(self.path))  # its journal lives next to the real file
         self._main: h5py.File | None = None
+        self._main_fd: int | None = None
+        self._generation = 0
         self._load()
 
     # ---- loading ------------------------------------------------------------------------------
     def _load(self) -> None:
+        with read_lock(lock_path(self._file)) as generation:
+            self._load_locked(generation)
+
+    def _load_locked(self, generation: int) -> None:
         for _ in range(20):
             if self._try_load():
+                self._generation = generation
                 return
         raise CacheError(f"{self.path} kept changing while being opened; open it again when the writer is idle")
+
+    def _open_main(self) -> tuple[h5py.File, int | None]:
+        """The main file as committed: with the redo log of a writer killed while committing
+        applied in memory (the next writer applies it on disk)."""
+        try:
+            redo = read_redo(self._file)
+        except OSError as e:
+            raise CacheError(f"{self.path}: {first_line(e)}; delete that file and extract again")
+        if redo is None:
+            return open_h5(self._file), None
+        fd = os.open(self._file, os.O_RDONLY)
+        try:
+            return h5py.File(OverlayReader(fd, *redo), "r", locking=False), fd
+        except OSError as e:
+            os.close(fd)
+            raise CacheError(f"{self.path} is not a readable HDF5 file ({first_line(e)}); delete it and extract again")
 
     def _try_load(self) -> bool:
         """Snapshot main file + parts; False when a writer replaced the main file meanwhile."""
         before = _identity(self._file)
-        main = open_h5(self._file)
+        main, fd = self._open_main()
         try:
             self.format_version = check_format(main, self.path)
             parts = list_parts(self._file)
             # parts are deleted only after the main file holding them replaced the old one: an
             # unchanged main file guarantees the listed parts are exactly the pending ones
             if _identity(self._file) != before:
-                main.close()
+                _close(main, fd)
                 return False
             views = self._views_of_main(main)
-            done = applied_uuids(main)
-            pending = [p for p in parts if p[1] not in done]
-            for _, _, part in pending:
+            try:
+                infos = [part_info(*p) for p in parts]
+            except FileNotFoundError:
+                _close(main, fd)
+                return False
+            done = applied_uuids(main, self.path) if infos else set()
+            pending, staged = plan_parts(infos, done)
+            for info in pending:
                 try:
-                    self._add_part(views, part)
+                    self._add_part(views, info.path)
                 except _PartVanished:
-                    main.close()
+                    _close(main, fd)
                     return False
         except BaseException:
-            if main.id.valid:
-                main.close()
+            _close(main, fd)
             raise
-        if self._main is not None:
-            self._main.close()
-        self._main = main
+        self.close()
+        self._main, self._main_fd = main, fd
         self._views = views
         self.n_pending_parts = len(pending)
+        #: models with an overwrite interrupted before it completed -> its staged batches (not read)
+        self.unfinished_overwrites = {m: sum(p.model == m for p in staged) for m in sorted({p.model for p in staged})}
         return True
 
     def _views_of_main(self, main: h5py.File) -> dict[str, _ModelView]:
@@ -155,7 +188,7 @@ class Cache:
             raise _PartVanished
         try:
             with open_h5(part) as p:
-                check_format(p, part)
+                check_format(p, part, newest=JOURNAL_VERSION)
                 model = str(p.attrs["model"])
                 header = model_header(p)
                 ids, hashes = read_strings(p[IDS]), read_strings(p[HASHES])
@@ -181,8 +214,8 @@ class Cache:
     # ---- context ------------------------------------------------------------------------------
     def close(self) -> None:
         if self._main is not None:
-            self._main.close()
-            self._main = None
+            _close(self._main, self._main_fd)
+            self._main, self._main_fd = None, None
 
     def __enter__(self) -> "Cache":
         return self
@@ -343,6 +376,9 @@ class Cache:
             f"cache {self.path} (format version {self.format_version}): {len(self.models)} model(s)"
             + (f", {self.n_pending_parts} batch(es) not yet consolidated" if self.n_pending_parts else "")
         ]
+        for model, n in self.unfinished_overwrites.items():
+            lines.append(f"model {model!r}: an overwrite was interrupted after {n} batch(es); its old data is shown "
+                         "until the same overwrite is run again to the end")
         for model in self.models:
             view = self._view(model)
             lines.append(f"model {model!r}: {view.n} samples, stored as {view.header['dtype']}")
@@ -393,14 +429,16 @@ class Cache:
             rows = self._rows(model, ids)
         wanted = None
         for _ in range(5):
-            try:
-                return read(rows)
-            except _PartVanished:
-                pass
-            # a writer consolidated the parts this snapshot read from: reopen, read the same samples
-            if wanted is None:
-                wanted = [view.ids[r] for r in rows] if ids is None else list(ids)
-            self._load()
+            with read_lock(lock_path(self._file)) as generation:
+                if generation == self._generation:
+                    try:
+                        return read(rows)
+                    except _PartVanished:
+                        pass
+                # a writer committed since this snapshot: reopen, read the same samples
+                if wanted is None:
+                    wanted = [view.ids[r] for r in rows] if ids is None else list(ids)
+                self._load_locked(generation)
             try:
                 rows = self._rows(model, wanted)
             except CacheError:
@@ -443,21 +481,26 @@ class Cache:
 
     def _shape(self, model: str, kind: str, name: str) -> tuple[int, int | None]:
         """(rows, dim) of a stored array over all segments; dim None for outputs or no rows."""
-        view = self._view(model)
-        rows, dim = 0, None
-        for seg in view.segments:
-            if seg.n == 0:
-                continue
-            try:
-                with self._segment(seg, model) as group:
-                    ds = self._dataset(group, name + (f"/{TOKEN_DATA}" if kind == "tokens" else ""), model, seg)
-                    rows += ds.shape[0]
-                    if ds.ndim == 2:
-                        dim = ds.shape[1]
-            except _PartVanished:
-                self._load()
-                return self._shape(model, kind, name)
-        return rows, dim
+        with read_lock(lock_path(self._file)) as generation:
+            if generation != self._generation:
+                self._load_locked(generation)
+            view = self._view(model)
+            rows, dim = 0, None
+            for seg in view.segments:
+                if seg.n == 0:
+                    continue
+                try:
+                    with self._segment(seg, model) as group:
+                        ds = self._dataset(group, name + (f"/{TOKEN_DATA}" if kind == "tokens" else ""), model, seg)
+                        rows += ds.shape[0]
+                        if ds.ndim == 2:
+                            dim = ds.shape[1]
+                except _PartVanished:
+                    self._load_locked(generation)
+                    break
+            else:
+                return rows, dim
+        return self._shape(model, kind, name)
 
     def _split(self, model: str, rows: np.ndarray) -> Iterator[tuple[_Segment, np.ndarray, np.ndarray]]:
         """Per segment: the positions (in ``rows``) it serves and their local row numbers, sorted."""
@@ -535,6 +578,13 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     first = np.cumsum(lengths) - lengths
     return np.arange(total, dtype=np.int64) - np.repeat(first, lengths) + np.repeat(starts, lengths)
+
+
+def _close(main: h5py.File, fd: int | None) -> None:
+    if main.id.valid:
+        main.close()
+    if fd is not None:
+        os.close(fd)
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:

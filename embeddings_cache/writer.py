@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
+import uuid as uuidlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,10 +25,12 @@ from embeddings_cache.format import (
     TOKEN_DATA,
     TOKENS,
     CacheError,
+    OUTPUTS,
     check_format,
     check_hash,
     check_name,
     check_names,
+    check_regular,
     few,
     first_line,
     list_parts,
@@ -35,10 +39,14 @@ from embeddings_cache.format import (
     read_strings,
     to_json,
 )
+from embeddings_cache.durable import is_read_only
 from embeddings_cache.journal import (
+    PartInfo,
     consolidate,
     create_empty,
+    list_part_infos,
     model_header,
+    recover,
     remove_stale_temporaries,
     write_part,
 )
@@ -60,14 +68,20 @@ class CacheWriter:
     dtype : storage dtype of features, "float32" or "float16" (float16 halves the file; values
         beyond +-65504 are refused).
     overwrite : replace this model's stored data. Without it, an existing model is resumed, and
-        different options or layers are an error. The old data stays readable until the first
-        batch of the new run is durable (or until ``close`` when no batch is appended).
+        different options or layers are an error. The new run's batches are staged in the journal
+        and replace the old data only when the writer closes without an error (a successful
+        run); until then readers see the old data. An interrupted overwrite is resumed by the
+        next ``overwrite=True`` writer with the same options, or discarded by one with others.
     compression : "lzf" (default: fast; any h5py reads it), "gzip" (about 5x slower to write and
         read, readable by every HDF5 tool) or None.
 
     Every :meth:`append` is durable when it returns: a process killed at any moment keeps every
     completed batch, and a new writer resumes from there (see :meth:`stored`). Use as a context
-    manager; completed batches are kept when the block raises.
+    manager; completed batches are kept when the block raises (an overwrite is then not
+    committed: the old data stays).
+
+    The cache file keeps its permission bits and group; a cache without any write permission bit
+    (``chmod a-w``) is refused, also for root.
     """
 
     def __init__(
@@ -114,6 +128,7 @@ class CacheWriter:
         }
         self._closed = True
         self._lock_fd: int | None = None
+        check_target(self.path, self._file)  # before the lock file is created next to it
         self._lock_fd = self._acquire_lock()
         try:
             self._open(overwrite)
@@ -127,7 +142,12 @@ class CacheWriter:
         if not self._file.parent.is_dir():
             raise CacheError(f"folder {self.path.parent} does not exist; create it first")
         lock = lock_path(self._file)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise CacheError(
+                f"cannot create the lock file {lock} ({e.strerror}); writing a cache needs a writable folder"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -139,9 +159,9 @@ class CacheWriter:
                     "wait for it or write to another file"
                 ) from None
             raise CacheError(f"cannot lock {lock} ({e}); put the cache on a local filesystem") from None
-        # the lock file outlives the writer on purpose: deleting it would race with a waiting writer
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        # the lock file outlives the writer on purpose: deleting it would race with a waiting writer.
+        # Its first 32 bytes hold the pid; later bytes belong to readers (embeddings_cache.durable)
+        os.pwrite(fd, str(os.getpid()).encode().ljust(32), 0)
         return fd
 
     def _release_lock(self) -> None:
@@ -156,10 +176,13 @@ class CacheWriter:
         if not self._file.exists():
             create_empty(self._file)
         else:
+            check_target(self.path, self._file)  # again, now that no other writer can change it
+            recover(self._file)
             with open_h5(self._file) as f:
                 check_format(f, self._file)
         # a previous writer was killed: fold its completed batches in first
         consolidate(self._file)
+        self._run = ""  # the run id when this writer stages an overwrite
         self._seq = 0
         self._stored: dict[str, str] = {}
         self._dims: dict[str, int] = {}
@@ -181,6 +204,15 @@ class CacheWriter:
                         f"model {self.model!r} in {self.path} is damaged ({first_line(e)}); "
                         "pass overwrite=True to re-extract it"
                     )
+            try:
+                has_rows = group is not None and group[IDS].shape[0] > 0
+            except (OSError, KeyError):
+                has_rows = True  # damaged: an overwrite stages, the old data goes only at its commit
+        staged = [p for p in list_part_infos(self._file) if p.model == self.model]  # only staged parts remain
+        if overwrite:
+            if self._resume_staged(staged):
+                return
+            self._run = uuidlib.uuid4().hex if has_rows else ""  # stage only when there is data to keep
         if group is None or overwrite or not ids:
             # a new model, a model to replace, or one with no rows yet (nothing to keep)
             self._starts_model = True
@@ -192,28 +224,39 @@ class CacheWriter:
             self._token_dims = token_dims
             self._output_names = list(stored["outputs"])
             self._header["provenance"] = to_json(stored["provenance"], "provenance")
-        if self._starts_model and not overwrite:
-            # make the model visible at once; for overwrite, the old data stays until the first batch
+        if self._starts_model and not self._run:
+            # make the model visible at once; an overwrite keeps the old data until it commits
             self._write(ids=[], hashes=[], pooled={}, tokens={}, outputs={})
 
+    def _resume_staged(self, staged: list[PartInfo]) -> bool:
+        """Continue an interrupted overwrite of this model run with the same options; True if so.
+        Staged runs with other options are deleted (this overwrite supersedes them)."""
+        runs: dict[str, list[PartInfo]] = {}
+        for p in staged:
+            runs.setdefault(p.run, []).append(p)
+        resumed = None
+        for run, parts in runs.items():
+            contents = _staged_contents(parts) if resumed is None else None
+            if contents is not None and self._config_difference(contents["header"]) is None:
+                resumed = run
+                self._run, self._starts_model = run, False
+                self._stored = dict(zip(contents["ids"], contents["hashes"]))
+                self._dims, self._token_dims = contents["dims"], contents["token_dims"]
+                self._output_names = contents["outputs"]
+                self._header["provenance"] = to_json(contents["header"]["provenance"], "provenance")
+            else:
+                for p in parts:
+                    p.path.unlink(missing_ok=True)
+        return resumed is not None
+
     def _check_same_config(self, stored: dict[str, Any]) -> None:
-        what = f"model {self.model!r} in {self.path}"
-        fix = "pass overwrite=True to replace its data, or write to another cache file"
-        stored_options = stored["provenance"].get("options", {})
-        if to_json(stored_options, "options") != to_json(self.options, "options"):
-            keys = sorted(
-                k
-                for k in set(stored_options) | set(self.options)
-                if to_json(stored_options.get(k), "o") != to_json(self.options.get(k), "o")
-            )
-            diff = ", ".join(f"{k}: {stored_options.get(k)!r} -> {self.options.get(k)!r}" for k in keys)
-            raise CacheError(f"{what} was extracted with other options ({diff}); {fix}")
-        for key, label in (("layers", "layers"), ("token_layers", "token layers")):
-            mine = getattr(self, key)
-            if stored[key] != mine:
-                raise CacheError(f"{what} has {label} {stored[key]}, this run asks for {mine}; {fix}")
-        if stored["dtype"] != self.dtype.name:
-            raise CacheError(f"{what} is stored as {stored['dtype']}, this run asks for {self.dtype.name}; {fix}")
+        problem = self._config_difference(stored)
+        if problem is not None:
+            fix = "pass overwrite=True to replace its data, or write to another cache file"
+            raise CacheError(f"model {self.model!r} in {self.path} {problem}; {fix}")
+
+    def _config_difference(self, stored: dict[str, Any]) -> str | None:
+        return config_difference(stored, self.options, self.layers, self.token_layers, self.dtype.name)
 
     # ---- public API ---------------------------------------------------------------------------
     def stored(self) -> dict[str, str]:
@@ -250,15 +293,22 @@ class CacheWriter:
             self._token_dims[layer] = data.shape[1]
         self._output_names = list(batch["outputs"])
 
-    def close(self) -> None:
-        """Consolidate this run's batches into the main file and release the lock."""
+    def close(self, commit: bool = True) -> None:
+        """Consolidate this run's batches into the main file and release the lock.
+
+        commit: for an overwrite, replace the model's old data with this run's (the run is
+        complete). False keeps the old data and leaves this run's batches in the journal, for the
+        next overwrite with the same options to resume. The context manager passes False when
+        its block raised.
+        """
         if self._closed:
             return
         self._closed = True
         try:
-            if self._starts_model:
-                # overwrite with no batch appended: the model is replaced by an empty one
-                self._write(ids=[], hashes=[], pooled={}, tokens={}, outputs={})
+            if self._run and commit:
+                if self._starts_model:  # no batch: the model is replaced by an empty one
+                    self._write(ids=[], hashes=[], pooled={}, tokens={}, outputs={})
+                self._write(ids=[], hashes=[], pooled={}, tokens={}, outputs={}, commit=True)
             consolidate(self._file)
         finally:
             self._release_lock()
@@ -266,16 +316,17 @@ class CacheWriter:
     def __enter__(self) -> "CacheWriter":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(commit=exc_type is None)
 
     # ---- internals ----------------------------------------------------------------------------
-    def _write(self, **batch: Any) -> None:
+    def _write(self, commit: bool = False, **batch: Any) -> None:
         parts = list_parts(self._file)
         self._seq = max(self._seq, parts[-1][0] + 1 if parts else 0)
         header = dict(self._header)
         header["outputs"] = to_json(list(batch["outputs"]), "outputs")
-        write_part(self._file, self._seq, self.model, header, self._starts_model, **batch)
+        write_part(self._file, self._seq, self.model, header, self._starts_model, run=self._run, commit=commit,
+                   **batch)
         self._seq += 1
         self._starts_model = False
 
@@ -288,8 +339,7 @@ class CacheWriter:
         if len(hashes) != n:
             raise CacheError(f"{n} ids but {len(hashes)} content hashes; give one hash per id")
         for i in ids:
-            if not isinstance(i, str) or not i:
-                raise CacheError(f"sample id {i!r} is not a non-empty string; give string ids")
+            check_sample_id(i)
         dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != n else []
         if dup:
             raise CacheError(f"ids repeated within the batch: {few(dup)}; give each sample once")
@@ -312,7 +362,7 @@ class CacheWriter:
 
         pooled_arrays = {}
         for layer in self.layers:
-            arr = self._features(pooled[layer], f"pooled layer {layer!r}")
+            arr = self._features(pooled[layer], f"pooled layer {layer!r}", ids)
             if arr.ndim != 2 or arr.shape[0] != n:
                 raise CacheError(f"pooled layer {layer!r} has shape {arr.shape}, expected ({n}, D) for {n} ids")
             self._check_dim(layer, arr.shape[1], self._dims, "pooled layer")
@@ -322,7 +372,7 @@ class CacheWriter:
             rows = tokens[layer]
             if isinstance(rows, (str, bytes, Mapping)) or not hasattr(rows, "__len__") or len(rows) != n:
                 raise CacheError(f"token layer {layer!r} needs a list of {n} arrays (L_i, D), one per id")
-            mats = [self._features(r, f"token layer {layer!r} of sample {i!r}") for r, i in zip(rows, ids)]
+            mats = [self._features(r, f"token layer {layer!r}", [i], per_row=False) for r, i in zip(rows, ids)]
             dims = {m.shape[1] if m.ndim == 2 else -1 for m in mats}
             if -1 in dims or len(dims) != 1:
                 shapes = [m.shape for m in mats[:5]]
@@ -346,7 +396,9 @@ class CacheWriter:
             output_arrays[name] = arr
         return {"ids": ids, "hashes": hashes, "pooled": pooled_arrays, "tokens": token_arrays, "outputs": output_arrays}
 
-    def _features(self, value: Any, what: str) -> np.ndarray:
+    def _features(self, value: Any, what: str, ids: list[str], per_row: bool = True) -> np.ndarray:
+        """The array in the storage dtype; CacheError naming the sample when a value is not finite
+        before or after the cast (a float32 overflow is as wrong as a NaN)."""
         try:
             arr = np.asarray(value)
         except (TypeError, ValueError, RuntimeError) as e:
@@ -355,12 +407,20 @@ class CacheWriter:
             )
         if arr.dtype.kind not in "fiu":
             raise CacheError(f"{what} has dtype {arr.dtype}; give real numbers (float32 for bfloat16 tensors)")
-        if not np.isfinite(arr).all():
-            raise CacheError(f"{what} holds NaN or infinite values; check the model run (dtype, inputs)")
         with np.errstate(over="ignore"):  # overflow is reported below, as an error
             stored = arr.astype(self.dtype)
-        if not np.isfinite(stored).all():
-            raise CacheError(f"{what} has values beyond the float16 range (+-65504); use dtype='float32'")
+        for values, problem in ((arr, "NaN or infinite values"), (stored, None)):
+            finite = np.isfinite(values)
+            if finite.all():
+                continue
+            sample = ids[int(np.argwhere(~finite)[0][0])] if per_row and values.ndim >= 1 else ids[0]
+            if problem is None:
+                limit = np.finfo(self.dtype).max
+                fix = "use dtype='float32'" if self.dtype == np.float16 else "check the model run (dtype, inputs)"
+                problem = f"values beyond the {self.dtype.name} range (+-{limit:.6g})"
+            else:
+                fix = "check the model run (dtype, inputs)"
+            raise CacheError(f"{what} of sample {sample!r} holds {problem}; {fix}")
         return stored
 
     def _check_keys(self, given: Mapping, expected: list[str], what: str) -> None:
@@ -378,3 +438,106 @@ class CacheWriter:
                 f"{what} {layer!r} of model {self.model!r} has width {dim}, earlier batches {known[layer]}; "
                 "the same layer must keep its width"
             )
+
+
+def check_sample_id(sample_id: Any) -> str:
+    """Sample ids are stored as HDF5 strings: non-empty, no NUL character."""
+    if not isinstance(sample_id, str) or not sample_id:
+        raise CacheError(f"sample id {sample_id!r} is not a non-empty string; give string ids")
+    if "\x00" in sample_id:
+        raise CacheError(f"sample id {sample_id!r} contains a NUL character; remove it from the input")
+    return sample_id
+
+
+def check_target(path: Path, real: Path | None = None) -> None:
+    """CacheError unless a writer may write the cache at ``path``: its folder exists and it is
+    absent or a writable cache file. Checks only; nothing is created."""
+    real = real or Path(os.path.realpath(path))
+    if not real.parent.is_dir():
+        raise CacheError(f"folder {path.parent} does not exist; create it first")
+    if not os.path.lexists(real):
+        return
+    check_regular(real)
+    if is_read_only(os.stat(real)):
+        raise CacheError(
+            f"cache {path} is read-only (mode {stat.S_IMODE(os.stat(real).st_mode):04o}); "
+            f"make it writable (chmod u+w {path}) to add to it, or write to another file"
+        )
+    with open_h5(real) as f:
+        check_format(f, real)
+
+
+def config_difference(stored: dict[str, Any], options: Mapping[str, Any] | None, layers: list[str] | None,
+                      token_layers: list[str] | None, dtype: str | None) -> str | None:
+    """How a stored model's header differs from a run's configuration, or None.
+
+    Arguments given as None are not compared."""
+    stored_options = stored["provenance"].get("options", {})
+    if options is not None and to_json(stored_options, "options") != to_json(options, "options"):
+        keys = sorted(
+            k for k in set(stored_options) | set(options)
+            if to_json(stored_options.get(k), "o") != to_json(options.get(k), "o")
+        )
+        diff = ", ".join(f"{k}: {stored_options.get(k)!r} -> {options.get(k)!r}" for k in keys)
+        return f"was extracted with other options ({diff})"
+    for key, label, mine in (("layers", "layers", layers), ("token_layers", "token layers", token_layers)):
+        if mine is not None and stored[key] != mine:
+            return f"has {label} {stored[key]}, this run asks for {mine}"
+    if dtype is not None and stored["dtype"] != dtype:
+        return f"is stored as {stored['dtype']}, this run asks for {dtype}"
+    return None
+
+
+def check_can_append(path: str | os.PathLike, model: str | None = None, *, options: Mapping[str, Any] | None = None,
+                     layers: Sequence[str] | None = None, token_layers: Sequence[str] | None = None,
+                     dtype: str | None = None, overwrite: bool = False) -> None:
+    """The checks a :class:`CacheWriter` would make at opening, without opening one (no lock, no
+    file created): the target is usable and, unless ``overwrite``, a stored model with samples has
+    the same configuration. ``options`` may hold only the options known so far (those not given
+    are not compared), so a caller can check before the expensive part of its work (loading a
+    model). Raises CacheError with the writer's message."""
+    path = Path(path)
+    real = Path(os.path.realpath(path))
+    check_target(path, real)
+    if model is None:
+        return
+    check_name(model, "model")
+    if overwrite or not real.exists():
+        return
+    with open_h5(real) as f:
+        models = f.get(MODELS_GROUP, {})
+        if model not in models or models[model][IDS].shape[0] == 0:
+            return
+        stored = model_header(models[model])
+    if options is not None:
+        stored_options = stored["provenance"].get("options", {})
+        stored["provenance"] = {"options": {k: v for k, v in stored_options.items() if k in options}}
+    problem = config_difference(stored, options, None if layers is None else list(layers),
+                                None if token_layers is None else list(token_layers), dtype)
+    if problem is not None:
+        raise CacheError(f"model {model!r} in {path} {problem}; "
+                         "pass overwrite=True to replace its data, or write to another cache file")
+
+
+def _staged_contents(parts: list[PartInfo]) -> dict[str, Any] | None:
+    """Header, ids, hashes, widths and output names of a staged overwrite run; None if unusable."""
+    if not parts or not parts[0].starts_model:
+        return None
+    out: dict[str, Any] = {"ids": [], "hashes": [], "dims": {}, "token_dims": {}, "outputs": None}
+    try:
+        for part in parts:
+            with open_h5(part.path) as p:
+                if part is parts[0]:
+                    out["header"] = model_header(p)
+                ids = read_strings(p[IDS])
+                if ids and out["outputs"] is None:
+                    out["outputs"] = sorted(p.get(OUTPUTS, {}))
+                out["ids"] += ids
+                out["hashes"] += read_strings(p[HASHES])
+                for layer, ds in p.get(POOLED, {}).items():
+                    out["dims"][layer] = ds.shape[1]
+                for layer, g in p.get(TOKENS, {}).items():
+                    out["token_dims"][layer] = g[TOKEN_DATA].shape[1]
+    except (CacheError, OSError, KeyError, ValueError):
+        return None  # a damaged staged run is not resumed: it is deleted and extracted again
+    return out

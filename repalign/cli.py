@@ -37,6 +37,38 @@ def _options(pairs) -> dict[str, str]:
     return opts
 
 
+def check_output_file(path, flag: str) -> None:
+    """An output file path must not name a folder or a special file (checked before any work)."""
+    import os
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise RepalignError(f"{flag} {path}: {exc.strerror}; choose another output path") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise RepalignError(f"{flag} {path} is a folder; give a file name inside it, e.g. {os.path.join(path, 'scores.csv')}")
+    if not stat.S_ISREG(st.st_mode):
+        raise RepalignError(f"{flag} {path} is not a regular file; choose another output path")
+
+
+#: library wording -> command-line wording, for messages shown to CLI users
+_CLI_WORDING = {
+    "pass overwrite=True": "pass --overwrite",
+    "with overwrite=True": "with --overwrite",
+}
+
+
+def cli_message(exc: BaseException) -> str:
+    """First line of an error, with Python parameter names replaced by the matching flags."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    for python, flag in _CLI_WORDING.items():
+        text = text.replace(python, flag)
+    return text
+
+
 # ---- subcommands ------------------------------------------------------------------------------------
 
 
@@ -44,7 +76,10 @@ def cmd_compare(args) -> int:
     from repalign.compare import compare_models
     from repalign.table import check_table_path, write_table
 
+    if args.ci is not None and not 0 < args.ci < 1:
+        raise RepalignError(f"--ci {args.ci} is not a confidence level; give a number between 0 and 1, e.g. 0.95")
     if args.output:
+        check_output_file(args.output, "-o")
         check_table_path(args.output)  # fail before computing anything
     result = compare_models(
         args.cache, args.a, args.b, _flat(args.metric) or ["mknn"],
@@ -111,7 +146,7 @@ def cmd_extract(args) -> int:
     options = _options(args.option)
     if args.loops:
         options["loops"] = args.loops
-    records = read_inputs(args.inputs)
+    records = read_inputs(args.inputs, skip_invalid=args.skip_invalid)
     kwargs = dict(
         layers=_flat(args.layers) or None, pool=args.pool, tokens=_flat(args.tokens),
         device=args.device, dtype=args.dtype, store_dtype=args.store_dtype, batch_tokens=args.batch_tokens,
@@ -350,10 +385,21 @@ def main(argv=None) -> int:
     except RepalignError as exc:
         if args.debug:
             raise
-        print(f"repalign: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        print(f"repalign: error: {cli_message(exc)}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # the reader of our output went away (`repalign cache info X | head -1`): not an error
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return 0
     except KeyboardInterrupt:
-        print("repalign: interrupted; completed batches are kept in the cache", file=sys.stderr)
+        message = "interrupted"
+        if args.command == "extract":
+            message += ("; completed batches are kept (a model being overwritten keeps its old data): "
+                        "rerun the same command to resume")
+        print(f"repalign: {message}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (OSError, MemoryError) as exc:
         if args.debug:

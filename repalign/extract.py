@@ -8,6 +8,7 @@ each batch to the cache, where it is durable as soon as ``append`` returns.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
@@ -177,25 +178,33 @@ def extract(
         that accepts it (an error only if none does), ``MODEL:KEY`` to that model alone
         (:mod:`repalign.options`).
     """
-    records = check_extract_args(records, models, pool, store_dtype, limit, weights)
-    check_options(options, models)
+    from embeddings_cache import check_can_append
 
-    # Resolve and validate everything for every model before writing anything.
+    records = check_extract_args(records, models, pool, store_dtype, limit, weights, batch_tokens)
+    check_options(options, models)
+    check_can_append(cache)  # the output path, before any model is built
+
+    # Resolve and validate everything for every model before loading a model or writing anything.
     plans = [plan_model(name, records, layers, pool, tokens, device, dtype, weights, options, skip_invalid,
                         adapter_factory) for name in models]
+    for adapter, chosen, model_pool, token_layers, _, _ in plans:
+        check_cache_target(cache, adapter, chosen, model_pool, token_layers, store_dtype, overwrite)
 
     runs = []
     for adapter, chosen, model_pool, token_layers, good, invalid in plans:
         run = ModelRun(model_key(adapter), chosen, invalid=invalid)
         for sid, reason in invalid.items():
             log.warning("skipped %s: %s", sid, reason)
-        _extract_one(adapter, run, good, cache, model_pool, token_layers, store_dtype, batch_tokens, overwrite, quiet)
+        _extract_one(adapter, run, good, cache, model_pool, token_layers, store_dtype, batch_tokens, overwrite, quiet,
+                     skip_invalid)
         runs.append(run)
     return runs
 
 
-def check_extract_args(records, models, pool, store_dtype, limit, weights) -> list[Record]:
+def check_extract_args(records, models, pool, store_dtype, limit, weights, batch_tokens=4096) -> list[Record]:
     """Validate the run-wide arguments of an extraction; returns the records after ``limit``."""
+    if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, (int, np.integer)) or batch_tokens < 1:
+        raise RepalignError(f"--batch-tokens must be a positive integer, got {batch_tokens}")
     if pool is not None and pool not in POOLINGS:
         raise RepalignError(f"unknown pooling {pool!r}; use one of {', '.join(POOLINGS)}")
     if store_dtype not in ("float32", "float16"):
@@ -208,7 +217,27 @@ def check_extract_args(records, models, pool, store_dtype, limit, weights) -> li
         records = list(records)[:limit]
     if weights is not None and len(models) > 1:
         raise RepalignError("--weights applies to one model; run one 'repalign extract' per model with its weights")
+    for r in records:
+        if "\x00" in r.id:
+            raise RepalignError(f"sample id {r.id!r} contains a NUL character; remove it from the input")
     return list(records)
+
+
+def extraction_options(adapter: ModelAdapter, pool: str, token_layers: Sequence[str], store_dtype: str) -> dict:
+    """The options recorded in the cache (and compared on resume), without the weights' identity,
+    which needs the loaded model."""
+    return {"pool": pool, "token_layers": list(token_layers), "store_dtype": store_dtype, "dtype": adapter.dtype,
+            "model": dict(adapter.options)}
+
+
+def check_cache_target(cache, adapter, layers, pool, token_layers, store_dtype, overwrite) -> None:
+    """Refuse, before any model loads, what the cache writer would refuse after: a missing
+    folder, a path that is not a cache, a read-only cache, a stored model with other options."""
+    from embeddings_cache import check_can_append
+
+    check_can_append(cache, model_key(adapter), options=extraction_options(adapter, pool, token_layers, store_dtype),
+                     layers=[] if pool == "none" else list(layers), token_layers=list(token_layers),
+                     dtype=store_dtype, overwrite=overwrite)
 
 
 def plan_model(name, records, layers, pool, tokens, device, dtype, weights, options, skip_invalid, factory):
@@ -218,7 +247,8 @@ def plan_model(name, records, layers, pool, tokens, device, dtype, weights, opti
     first invalid record unless ``skip_invalid``. Nothing is loaded or written here.
     """
     adapter = factory(name, weights=weights, device=device, dtype=dtype, **options_for_model(name, options))
-    chosen = resolve_layers(adapter, layers)
+    with weight_errors(adapter):  # some adapters load their checkpoint to list its layers
+        chosen = resolve_layers(adapter, layers)
     model_pool = pool or adapter.default_pooling
     token_layers = chosen if model_pool == "none" else (resolve_layers(adapter, tokens) if tokens else [])
     unknown_tok = [t for t in token_layers if t not in chosen]
@@ -271,13 +301,14 @@ def model_key(adapter: ModelAdapter) -> str:
     return name
 
 
-def _extract_one(adapter, run, records, cache, pool, token_layers, store_dtype, batch_tokens, overwrite, quiet):
+def _extract_one(adapter, run, records, cache, pool, token_layers, store_dtype, batch_tokens, overwrite, quiet,
+                 skip_invalid=False):
     from embeddings_cache import CacheWriter
 
-    adapter.ensure_loaded()
+    load_model(adapter)
     prov = dict(adapter.provenance())
-    extraction = {"pool": pool, "token_layers": list(token_layers), "store_dtype": store_dtype, "dtype": adapter.dtype}
-    prov["options"] = {**extraction, "model": dict(adapter.options), "weights": _weights_identity(prov)}
+    extraction = extraction_options(adapter, pool, token_layers, store_dtype)
+    prov["options"] = {**extraction, "weights": _weights_identity(prov)}
     prov["device"] = adapter.device
     key = run.model
     start = time.perf_counter()
@@ -297,6 +328,13 @@ def _extract_one(adapter, run, records, cache, pool, token_layers, store_dtype, 
                     raise RepalignError(f"model {key} returned {len(feats)} results for {len(recs)} inputs")
                 pooled_rows = [pool_features(f, run.layers, pool, r.id) for f, r in zip(feats, recs)] \
                     if pool != "none" else []
+                keep = _finite_samples(recs, feats, pooled_rows, token_layers, store_dtype, skip_invalid, run.invalid)
+                if len(keep) < len(recs):
+                    recs, feats = [recs[k] for k in keep], [feats[k] for k in keep]
+                    pooled_rows = [pooled_rows[k] for k in keep] if pooled_rows else []
+                    batch = [batch[k] for k in keep]
+                    if not recs:
+                        continue
                 pooled = {l: np.stack([p[l] for p in pooled_rows]) for l in run.layers} if pooled_rows else {}
                 toks = {l: [np.asarray(f.tokens[l], dtype=np.float32) for f in feats] for l in token_layers}
                 outputs = _collect_outputs(feats)
@@ -308,6 +346,64 @@ def _extract_one(adapter, run, records, cache, pool, token_layers, store_dtype, 
         finally:
             progress.close()
     run.seconds = time.perf_counter() - start
+
+
+def load_model(adapter: ModelAdapter) -> None:
+    """Load the weights; a damaged checkpoint (truncated or foreign file) is a one-line error."""
+    with weight_errors(adapter):
+        adapter.ensure_loaded()
+
+
+@contextlib.contextmanager
+def weight_errors(adapter: ModelAdapter):
+    """Turn the errors of loading a damaged checkpoint into one RepalignError naming it."""
+    try:
+        yield
+    except RepalignError:
+        raise
+    except Exception as exc:  # torch, safetensors and transformers raise many types for a bad file
+        where = f" from {adapter.weights}" if getattr(adapter, "weights", None) else ""
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RepalignError(
+            f"cannot load the weights of model {adapter.info.name}{where} ({type(exc).__name__}: {text[:200]}); "
+            "the checkpoint is incomplete or not this model's: download it again or give other --weights"
+        ) from exc
+
+
+def _finite_samples(recs, feats, pooled_rows, token_layers, store_dtype, skip_invalid, invalid) -> list[int]:
+    """Positions of the batch's samples whose features are finite in the storage dtype.
+
+    A sample with NaN or overflowing values is named; with ``skip_invalid`` it is left out (and
+    recorded in ``invalid``) and the rest of its batch is stored, otherwise the run stops.
+    """
+    dtype = np.dtype(store_dtype)
+    keep = []
+    for k, (r, f) in enumerate(zip(recs, feats)):
+        arrays = [(f"pooled layer {l}", v) for l, v in (pooled_rows[k].items() if pooled_rows else ())]
+        arrays += [(f"token layer {l}", f.tokens.get(l)) for l in token_layers]
+        reason = next((f"{r.id}: {what} holds NaN or values beyond the {dtype.name} range"
+                       for what, values in arrays if not _finite_in(values, dtype)), None)
+        if reason is None:
+            keep.append(k)
+        elif skip_invalid:
+            invalid[r.id] = reason
+            log.warning("skipped %s", reason)
+        else:
+            raise InvalidInput(f"{reason}; the model failed on this input: check it, or pass --skip-invalid", r.id)
+    return keep
+
+
+def _finite_in(values, dtype: np.dtype) -> bool:
+    """All values finite, also once cast to ``dtype`` (1e39 is finite in float64, inf in float32)."""
+    values = np.asarray(values)
+    if values.dtype.kind != "f":
+        values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        return False
+    if values.dtype.itemsize > dtype.itemsize:
+        with np.errstate(over="ignore"):
+            return bool(np.isfinite(values.astype(dtype)).all())
+    return True
 
 
 def _weights_identity(prov: dict) -> str | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from repalign.errors import RepalignError
+
+log = logging.getLogger("repalign.inputs")
 
 SEQUENCE_SUFFIXES = {".fasta", ".fa", ".faa", ".fas"}
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
@@ -147,7 +150,9 @@ def read_csv(path: str | Path, text: str | None = None, delimiter: str | None = 
     return records
 
 
-def read_structures(path: str | Path) -> list[Record]:
+def read_structures(path: str | Path, skip_invalid: bool = False) -> list[Record]:
+    """Structures of one file or of every file in a folder. With ``skip_invalid``, files of a
+    folder that are not structures (a README, notes) are skipped with a warning."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -157,7 +162,13 @@ def read_structures(path: str | Path) -> list[Record]:
         files = [path]
     records = []
     for f in files:
-        frames = _read_atoms(f)
+        try:
+            frames = _read_atoms(f)
+        except RepalignError as exc:
+            if not (skip_invalid and path.is_dir()):
+                raise
+            log.warning("skipped %s", exc)
+            continue
         if len(frames) == 1:
             records.append(structure_record(_frame_id(frames[0], f.stem), frames[0]))
         else:
@@ -171,8 +182,11 @@ def _frame_id(atoms, default: str) -> str:
     return str(own) if own not in (None, "") else default
 
 
-def read_inputs(paths: str | Path | list) -> list[Record]:
-    """Read one or more input paths (FASTA, CSV, structure files or folders); ids must be unique."""
+def read_inputs(paths: str | Path | list, skip_invalid: bool = False) -> list[Record]:
+    """Read one or more input paths (FASTA, CSV, structure files or folders); ids must be unique.
+
+    skip_invalid: skip (with a warning) files of a structure folder that cannot be read as structures.
+    """
     if isinstance(paths, (str, Path)):
         paths = [paths]
     records: list[Record] = []
@@ -194,7 +208,7 @@ def read_inputs(paths: str | Path | list) -> list[Record]:
                 "gunzip structure files first"
             )
         else:
-            records.extend(read_structures(p))
+            records.extend(read_structures(p, skip_invalid=skip_invalid))
     check_unique_ids(records)
     return records
 

@@ -282,22 +282,22 @@ def test_changed_options_or_layers_need_overwrite(tmp_path):
         assert c.provenance("m")["options"] == {"pool": "mean", "chunk": 1}
 
 
-def test_overwrite_keeps_old_data_until_the_first_new_batch(tmp_path):
+def test_overwrite_keeps_old_data_until_the_new_run_completes(tmp_path):
     path = tmp_path / "c.h5"
     write_batches(path, "m", [ids_range("old", 0, 50)], dims=(64, 64))
     write_batches(path, "other", [ids_range("s", 0, 2)])
     size_before = path.stat().st_size
     w = CacheWriter(path, "m", {"options": {"pool": "cls"}}, ["new"], overwrite=True)
     assert w.stored() == {}
-    with Cache(path) as c:
-        assert c.ids("m") == ids_range("old", 0, 50) and c.layers("m") == ["l.0", "l.1"]
     w.append(["n0"], [sha("n0")], {"new": np.ones((1, 2))})
-    with Cache(path) as c:  # the new run's first durable batch replaces the model
+    with Cache(path) as c:  # staged: readers still see the old model
+        assert c.ids("m") == ids_range("old", 0, 50) and c.layers("m") == ["l.0", "l.1"]
+        assert c.n_pending_parts == 0
+    w.close()  # the run completed: its batches replace the model
+    with Cache(path) as c:
         assert c.ids("m") == ["n0"] and c.layers("m") == ["new"]
         assert c.provenance("m")["options"] == {"pool": "cls"}
-    w.close()
-    with Cache(path) as c:
-        assert c.ids("m") == ["n0"] and c.ids("other") == ids_range("s", 0, 2)
+        assert c.ids("other") == ids_range("s", 0, 2)
         other = features(ids_range("s", 0, 2), 6, 0).astype(np.float32)
         np.testing.assert_array_equal(c.read_layer("other", "l.0"), other)
     assert path.stat().st_size < size_before  # the old model's space was reclaimed
@@ -306,6 +306,38 @@ def test_overwrite_keeps_old_data_until_the_first_new_batch(tmp_path):
     with Cache(path) as c:
         assert c.n_samples("m") == 0 and c.layers("m") == ["x"]
         assert c.read_layer("m", "x").shape[0] == 0
+
+
+def test_a_failed_overwrite_keeps_the_old_data_and_resumes(tmp_path):
+    path = tmp_path / "c.h5"
+    write_batches(path, "m", [ids_range("old", 0, 12)])
+    old = features(ids_range("old", 0, 12), 6, 0).astype(np.float32)
+    new_prov = {"options": {"pool": "cls"}}
+    with pytest.raises(RuntimeError, match="model crashed"):
+        with CacheWriter(path, "m", new_prov, ["new"], overwrite=True) as w:
+            w.append(["n0", "n1"], [sha("n0"), sha("n1")], {"new": features(["n0", "n1"], 3, 5)})
+            raise RuntimeError("model crashed")
+    with Cache(path) as c:  # the old model, whole
+        assert c.ids("m") == ids_range("old", 0, 12)
+        np.testing.assert_array_equal(c.read_layer("m", "l.0"), old)
+    # the staged batches of the failed run were kept and a second overwrite with its options resumes them
+    with CacheWriter(path, "m", new_prov, ["new"], overwrite=True) as w:
+        assert w.stored() == {"n0": sha("n0"), "n1": sha("n1")}
+        w.append(["n2"], [sha("n2")], {"new": features(["n2"], 3, 5)})
+    with Cache(path) as c:
+        assert c.ids("m") == ["n0", "n1", "n2"]
+        np.testing.assert_array_equal(c.read_layer("m", "new"), features(["n0", "n1", "n2"], 3, 5).astype(np.float32))
+    assert list((tmp_path / "c.h5.parts").iterdir()) == []
+    # a failed overwrite is discarded by an overwrite with other options, and resuming without overwrite ignores it
+    with pytest.raises(RuntimeError):
+        with CacheWriter(path, "m", {"options": {"pool": "max"}}, ["new"], overwrite=True) as w:
+            w.append(["z"], [sha("z")], {"new": np.ones((1, 3))})
+            raise RuntimeError
+    with CacheWriter(path, "m", new_prov, ["new"]) as w:
+        assert set(w.stored()) == {"n0", "n1", "n2"}
+    with CacheWriter(path, "m", {"options": {"pool": "mean"}}, ["new"], overwrite=True) as w:
+        assert w.stored() == {}
+    assert list((tmp_path / "c.h5.parts").iterdir()) == []
 
 
 def test_provenance_is_stored_with_creation_time_and_format_version(tmp_path):

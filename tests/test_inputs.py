@@ -155,3 +155,22 @@ def test_gzipped_structure_name_is_refused_clearly(tmp_path):
     (tmp_path / "s.cif.gz").write_bytes(gzip.compress(b"data_x\n"))
     with pytest.raises(RepalignError, match="gunzip"):
         read_inputs(tmp_path / "s.cif.gz")
+
+
+def test_skip_invalid_skips_files_of_a_structure_folder_that_are_not_structures(tmp_path, caplog):
+    pytest.importorskip("ase")
+    import ase.io
+    from ase.build import bulk
+
+    folder = tmp_path / "crystals"
+    folder.mkdir()
+    ase.io.write(folder / "cu.extxyz", bulk("Cu", a=3.6))
+    (folder / "README.md").write_text("crystals for the paper\n")
+    with pytest.raises(RepalignError, match="README.md"):
+        read_inputs(folder)
+    records = read_inputs(folder, skip_invalid=True)
+    assert [r.id for r in records] == ["cu"]
+    assert "README.md" in caplog.text
+    # a file given by name is never skipped: the user asked for it
+    with pytest.raises(RepalignError, match="README.md"):
+        read_inputs(folder / "README.md", skip_invalid=True)
