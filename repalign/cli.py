@@ -86,7 +86,7 @@ def cmd_compare(args) -> int:
         cache_b=args.cache_b, layers_a=_flat(args.layers_a), layers_b=_flat(args.layers_b),
         normalize=None if args.normalize == "none" else args.normalize,
         k=args.k, kernel=args.kernel, sigma=args.sigma, dim=args.dim, variance=args.variance,
-        permutations=args.permutations, ci=args.ci, n_subsamples=args.subsamples, seed=args.seed,
+        permutations=args.permutations, ci=args.ci, n_subsamples=args.subsamples, fraction=args.fraction, seed=args.seed,
         cluster=args.cluster, knn=args.knn, block_rows=args.block_rows,
     )
     print(result.summary())
@@ -278,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="permutations for p-values and calibrated scores (e.g. 200; default 0: none)")
     c.add_argument("--ci", type=float, help="confidence level of subsampling intervals, e.g. 0.95")
     c.add_argument("--subsamples", type=int, default=100, help="subsamples for --ci (default 100)")
+    c.add_argument("--fraction", type=float, default=0.8, help="share of the samples in each subsample for --ci (default 0.8)")
     c.add_argument("--seed", type=int, default=0, help="seed of permutations and subsamples (default 0)")
     c.add_argument("--cluster", help="spread per-layer work over Dask: local:N, tcp://HOST:PORT or slurm:CONFIG.yaml")
     c.add_argument("--knn", default="exact", choices=("exact", "faiss-hnsw", "faiss-ivf"),

@@ -95,6 +95,7 @@ def compare_models(
     permutations: int = 0,
     ci: float | None = None,
     n_subsamples: int = 100,
+    fraction: float = 0.8,
     seed: int = 0,
     alpha: float = 0.05,
     cluster=None,
@@ -108,7 +109,8 @@ def compare_models(
     Parameters such as ``k``, ``sigma``, ``kernel``, ``variance`` or ``dim`` go to the metrics that
     accept them. ``permutations`` > 0 adds permutation p-values, p-values adjusted for the search
     over all layer pairs (max-T), null means and calibrated scores; ``ci`` adds subsampling
-    intervals where the metric has a valid one (NaN and a ``note`` otherwise) (:mod:`repalign.stats`).
+    intervals where the metric has a valid one (NaN and a ``note`` otherwise; ``n_subsamples``
+    subsets of ``fraction`` of the samples) (:mod:`repalign.stats`).
     The ``best`` column marks the best layer pair; when a model is compared with itself, the
     trivial pairs of a layer with itself are left out of that search and of the max-T null.
     Reliability warnings (N small for k, degenerate layers) are in ``Comparison.warnings``.
@@ -201,8 +203,9 @@ def compare_models(
         alignments = align_layers_multi(sources_a, sources_b, metrics=canonical, names_a=names_a, names_b=names_b,
                                         n_samples=n if block_rows else None, **options, **params)
     if ci:
-        intervals = stats.subsample_intervals(items_a, items_b, resolved, ci=ci, n_subsamples=n_subsamples, seed=seed,
-                                              normalize=normalize, full=[al.scores for al in alignments])
+        intervals = stats.subsample_intervals(items_a, items_b, resolved, ci=ci, n_subsamples=n_subsamples,
+                                              fraction=fraction, seed=seed, normalize=normalize,
+                                              full=[al.scores for al in alignments])
 
     frames, warnings = [], []
     in_memory = block_rows is None and cluster is None
