@@ -32,11 +32,14 @@ class Comparison:
     n_samples: int
     alignments: list = field(default_factory=list)  # one LayerAlignment per metric
     warnings: list = field(default_factory=list)  # reliability warnings (N small for k, degenerate layers)
+    level: str | None = None  # "token" for token rows (compare_tokens); None for pooled layers
+    n_units: int | None = None  # token rows: the samples the rows belong to
 
     def summary(self) -> str:
         """A few readable lines per metric: best layer pair, its score, and beside it the chance
         level, or for a biased metric without one the permutation null mean."""
-        lines = [f"{self.model_a} vs {self.model_b}: {self.n_samples} shared samples"]
+        lines = [f"{self.model_a} vs {self.model_b}: {self.n_samples} shared samples" if self.level is None else
+                 f"{self.model_a} vs {self.model_b}: {self.n_samples} token rows of {self.n_units} shared samples"]
         for al in self.alignments:
             i, j, score = al.best
             params = ", ".join(f"{k}={v}" for k, v in sorted(al.params.items()) if v is not None)
@@ -160,8 +163,6 @@ def compare_models(
     params = {k: v for k, v in params.items() if v is not None}
     accepted = {p for name in canonical for p in get_metric(name).params}
     params = {k: v for k, v in params.items() if k in accepted or k not in _COMMON_CLI_PARAMS}
-    resolved = resolve_metrics(canonical, n, params)
-
     if block_rows is not None or cluster is not None:
         from repalign.distributed import CacheLayer
 
@@ -170,6 +171,56 @@ def compare_models(
     else:
         items_a = [ca.read_layer(model_a, x, ids=ids) for x in names_a]
         items_b = [cb.read_layer(model_b, x, ids=ids) for x in names_b]
+    return _compare_items(_Run(model_a, model_b, names_a, names_b, canonical, params, n, exclude, normalize, permutations,
+                               ci, n_subsamples, seed, alpha, cluster, knn, knn_options, block_rows), items_a, items_b)
+
+
+@dataclass
+class _Run:
+    """What one comparison computes, shared by pooled (:func:`compare_models`) and token-level
+    (:func:`compare_tokens`) comparisons. ``n``: rows of every layer; ``draw``: the permutation of
+    rows (None: uniform); ``offsets``: the samples' rows when rows are tokens (intervals resample
+    samples); ``extra``: parameters recorded in the table's params; ``level``: the table's level column."""
+
+    model_a: str
+    model_b: str
+    names_a: list
+    names_b: list
+    canonical: list
+    params: dict
+    n: int
+    exclude: np.ndarray
+    normalize: str | None
+    permutations: int
+    ci: float | None
+    n_subsamples: int
+    seed: int
+    alpha: float
+    cluster: object
+    knn: str
+    knn_options: dict
+    block_rows: int | None
+    draw: object = None
+    offsets: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+    level: str | None = None
+    n_units: int | None = None
+    warnings: list = field(default_factory=list)
+
+
+def _compare_items(run: _Run, items_a: list, items_b: list) -> Comparison:
+    """Score the layers (arrays, or cache references read in blocks) and build the table and statistics."""
+    from repalign import stats
+    from repalign.metrics import align_layers_multi, get_metric
+    from repalign.metrics.engine import layer_state, resolve_metrics, score_matrix
+    from repalign.metrics.layers import LayerAlignment
+
+    (model_a, model_b, names_a, names_b, canonical, params, n, exclude, normalize, permutations, ci, n_subsamples,
+     seed, alpha, cluster, knn, knn_options, block_rows) = (
+        run.model_a, run.model_b, run.names_a, run.names_b, run.canonical, run.params, run.n, run.exclude, run.normalize,
+        run.permutations, run.ci, run.n_subsamples, run.seed, run.alpha, run.cluster, run.knn, run.knn_options,
+        run.block_rows)
+    resolved = resolve_metrics(canonical, n, params)
     options = dict(normalize=normalize, knn=knn, knn_options=knn_options, block_rows=block_rows)
     results: list = [None] * len(resolved)
     intervals: list = [None] * len(resolved)
@@ -186,7 +237,8 @@ def compare_models(
         states_a = [layer_state(x, resolved, name=nm, n_samples=n, **options) for x, nm in zip(sources_a, names_a)]
         states_b = [layer_state(x, resolved, name=nm, n_samples=n, **options) for x, nm in zip(sources_b, names_b)]
         observed = [score_matrix(metric, p, m, states_a, states_b) for m, (metric, p) in enumerate(resolved)]
-        results = stats.permutation_tests(states_a, states_b, resolved, permutations, seed, alpha, exclude, observed)
+        results = stats.permutation_tests(states_a, states_b, resolved, permutations, seed, alpha, exclude, observed,
+                                           draw=run.draw)
         alignments = [LayerAlignment(observed[m], names_a, names_b, metric.name,
                                      {**p, "normalize": normalize, "clip_quantile": None}, n)
                       for m, (metric, p) in enumerate(resolved)]
@@ -202,7 +254,8 @@ def compare_models(
                                         n_samples=n if block_rows else None, **options, **params)
     if ci:
         intervals = stats.subsample_intervals(items_a, items_b, resolved, ci=ci, n_subsamples=n_subsamples, seed=seed,
-                                              normalize=normalize, full=[al.scores for al in alignments])
+                                              normalize=normalize, full=[al.scores for al in alignments],
+                                              offsets=run.offsets)
 
     frames, warnings = [], []
     in_memory = block_rows is None and cluster is None
@@ -210,7 +263,11 @@ def compare_models(
               **{f"{model_b}:{x}": b for x, b in zip(names_b, items_b)}} if in_memory else None
     for al, (metric, p), result, interval in zip(alignments, resolved, results, intervals):
         al.exclude = exclude
+        al.params.update(run.extra)
         frame = al.to_frame(model_a=model_a, model_b=model_b)
+        if run.level is not None:
+            frame.insert(frame.columns.get_loc("n_samples") + 1, "n_units", run.n_units)
+            frame.insert(frame.columns.get_loc("metric"), "level", run.level)
         settable = {k: v for k, v in p.items() if k in metric.params}
         warnings += stats.check_reliability(n, metric.name, settable, layers=layers, normalize=normalize,
                                             permutations=permutations or None, alpha=alpha)
@@ -221,7 +278,7 @@ def compare_models(
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     return Comparison(table=table, model_a=model_a, model_b=model_b, n_samples=n, alignments=alignments,
-                      warnings=list(dict.fromkeys(warnings)))
+                      warnings=list(dict.fromkeys(run.warnings + warnings)), level=run.level, n_units=run.n_units)
 
 
 def _source(item, block_rows):
