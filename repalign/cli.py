@@ -41,19 +41,30 @@ def _options(pairs) -> dict[str, str]:
 
 
 def cmd_compare(args) -> int:
-    from repalign.compare import compare_models
+    from repalign.compare import compare_models, compare_tokens
     from repalign.table import check_table_path, write_table
 
     if args.output:
         check_table_path(args.output)  # fail before computing anything
-    result = compare_models(
-        args.cache, args.a, args.b, _flat(args.metric) or ["mknn"],
+    token_flags = [flag for flag, value in (("--max-tokens", args.max_tokens), ("--group-by", args.group_by),
+                                            ("--inputs", args.inputs), ("--subsample", args.subsample)) if value is not None]
+    if token_flags and not args.tokens:
+        raise RepalignError(f"{token_flags[0]} applies to token rows; add --tokens")
+    if args.tokens and args.cluster:
+        raise RepalignError("--tokens runs in this process; drop --cluster (use --block-rows for large token layers)")
+    common = dict(
         cache_b=args.cache_b, layers_a=_flat(args.layers_a), layers_b=_flat(args.layers_b),
         normalize=None if args.normalize == "none" else args.normalize,
         k=args.k, kernel=args.kernel, sigma=args.sigma, dim=args.dim, variance=args.variance,
         permutations=args.permutations, ci=args.ci, n_subsamples=args.subsamples, seed=args.seed,
-        cluster=args.cluster, knn=args.knn, block_rows=args.block_rows,
+        knn=args.knn, block_rows=args.block_rows,
     )
+    if args.tokens:
+        result = compare_tokens(args.cache, args.a, args.b, _flat(args.metric) or ["mknn"], max_tokens=args.max_tokens,
+                                subsample=args.subsample or "samples", group_by=args.group_by,
+                                inputs=args.inputs, **common)
+    else:
+        result = compare_models(args.cache, args.a, args.b, _flat(args.metric) or ["mknn"], cluster=args.cluster, **common)
     print(result.summary())
     if args.output:
         path = write_table(result.table, args.output)
@@ -232,6 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--knn", default="exact", choices=("exact", "faiss-hnsw", "faiss-ivf"),
                    help="neighbour search; approximate ones report their recall (default exact)")
     c.add_argument("--block-rows", type=int, help="read layers in row blocks (out of core; kNN metrics, linear CKA)")
+    c.add_argument("--tokens", action="store_true",
+                   help="compare token layers row by row (residues, atoms); permutations and --ci move whole samples")
+    c.add_argument("--max-tokens", type=int, help="with --tokens: use at most this many rows, drawn with --seed")
+    c.add_argument("--subsample", choices=("samples", "uniform"),
+                   help="with --max-tokens: draw whole samples (default) or rows uniformly")
+    c.add_argument("--group-by", help="with --tokens: mean-pool the tokens of each group per sample: chain or residue "
+                                      "(sequences), element (structures); needs --inputs")
+    c.add_argument("--inputs", nargs="+", help="with --tokens: the input files the models were extracted from "
+                                               "(checks one row per residue/atom; labels for --group-by)")
     c.add_argument("-o", "--output", help="write the tidy table (.csv, .tsv or .parquet)")
     c.set_defaults(func=cmd_compare)
 
