@@ -305,3 +305,35 @@ def test_inputs_check_names_a_model_that_kept_special_tokens(tmp_path):
     write_tokens(path, "bos2", ids, hashes, {"t": [rng.standard_normal((7, 3)).astype(np.float32) for _ in ids]})
     with pytest.raises(RepalignError, match="bos stores 7 token rows for sample 'r0', which has 5 residues"):
         compare_tokens(path, "bos", "bos2", inputs=records)
+
+
+# ----------------------------------------------------------------------------- tables, plots, report
+def test_report_shows_token_pairs_beside_pooled_and_plot_reads_token_rows(tmp_path):
+    from repalign.report import build_report
+    from repalign.table import level_rows, levels, read_table
+
+    rng = np.random.default_rng(11)
+    records = [sequence_record(f"s{i:02d}", "ACDEFGHIK"[: 4 + i % 3]) for i in range(30)]
+    ids, hashes = [r.id for r in records], [r.content_hash for r in records]
+    path = tmp_path / "both.h5"
+    base = clustered(rng, [r.size for r in records], 6)
+    for model, width in (("ma", 6), ("mb", 5)):
+        w = rng.standard_normal((6, width))
+        toks = [(x @ w + 0.5 * rng.standard_normal((len(x), width))).astype(np.float32) for x in base]
+        with CacheWriter(path, model, provenance={"model": model, "options": {}}, layers=["l0"], token_layers=["l0"]) as wr:
+            wr.append(ids, hashes, {"l0": np.stack([t.mean(0) for t in toks])}, tokens={"l0": toks})
+    out = tmp_path / "report"
+    build_report(path, out, metrics=["mknn"], k=3, permutations=19)
+    table = read_table(out / "scores.csv")
+    assert levels(table) == ["pooled", "token"]
+    token = level_rows(table, "token")
+    assert len(token) == 1 and int(token["n_samples"].iloc[0]) == sum(r.size for r in records)
+    assert token["p_value"].notna().all()
+    page = (out / "index.html").read_text()
+    assert "ma vs mb (token level)" in page and "layer x layer, ma vs mb (token level)" in page
+    res = run_cli("plot", out / "scores.csv", "--level", "token", "--kind", "layers", "-o", tmp_path / "tok", "--format", "png")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "tok.png").stat().st_size > 0
+    level_rows(table, "pooled").to_csv(tmp_path / "pooled.csv", index=False)
+    res = run_cli("plot", tmp_path / "pooled.csv", "--level", "token", "--kind", "layers", "-o", tmp_path / "y")
+    assert res.returncode == 1 and "the table has no token rows; it holds: pooled" in res.stderr
