@@ -337,3 +337,21 @@ def test_report_shows_token_pairs_beside_pooled_and_plot_reads_token_rows(tmp_pa
     level_rows(table, "pooled").to_csv(tmp_path / "pooled.csv", index=False)
     res = run_cli("plot", tmp_path / "pooled.csv", "--level", "token", "--kind", "layers", "-o", tmp_path / "y")
     assert res.returncode == 1 and "the table has no token rows; it holds: pooled" in res.stderr
+
+
+def test_uniform_subsample_keeps_rows_paired_when_samples_drop_out(tmp_path):
+    rng = np.random.default_rng(12)
+    records = [sequence_record(f"u{i:02d}", "ACDEFG"[: 3 + i % 3]) for i in range(20)]
+    ids, hashes = [r.id for r in records], [r.content_hash for r in records]
+    feats = clustered(rng, [r.size for r in records], 5, within=1.0)
+    path = tmp_path / "u.h5"
+    write_tokens(path, "ma", ids, hashes, {"x": feats})
+    # B is A rotated row by row (stored in reverse sample order): linear CKA is 1 only if rows stay paired
+    q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    write_tokens(path, "mb", ids[::-1], hashes[::-1], {"y": [(f @ q).astype(np.float32) for f in feats][::-1]})
+    res = compare_tokens(path, "ma", "mb", ["cka"], normalize=None, max_tokens=12, subsample="uniform", seed=4)
+    assert int(res.table["n_samples"].iloc[0]) == 12 and int(res.table["n_units"].iloc[0]) < 12  # samples dropped out
+    assert res.table["score"].iloc[0] == pytest.approx(1.0, abs=1e-5)
+    blocked = compare_tokens(path, "ma", "mb", ["cka"], normalize=None, max_tokens=12, subsample="uniform", seed=4,
+                             block_rows=4)
+    assert blocked.table["score"].iloc[0] == pytest.approx(1.0, abs=1e-5)
