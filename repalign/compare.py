@@ -484,6 +484,9 @@ def compare_tokens(
         records = {r.id: r for r in (inputs if isinstance(inputs, (list, tuple)) and inputs and hasattr(inputs[0], "kind")
                                      else read_inputs(inputs))}
     if group_by is not None:
+        known = sorted({c for columns in GROUP_COLUMNS.values() for c in columns})
+        if group_by not in known:
+            raise RepalignError(f"unknown grouping column {group_by!r}; available: {', '.join(known)}")
         if records is None:
             raise RepalignError(f"--group-by {group_by} labels tokens from the inputs; add --inputs with the files the models were extracted from")
         kinds = {r.kind for r in records.values()}

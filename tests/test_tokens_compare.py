@@ -273,6 +273,7 @@ def mismatched(tmp_path):
     (["--a", "plain", "--b", "pooled"], "'pooled'"),
     (["--a", "plain", "--b", "special", "--max-tokens", "0"], "max_tokens=0 is invalid"),
     (["--a", "plain", "--b", "plain", "--layers-a", "t", "--layers-b", "t"], "trivial"),
+    (["--a", "plain", "--b", "special", "--group-by", "chainz"], "unknown grouping column 'chainz'; available: chain, element, residue"),
 ])
 def test_bad_token_input_is_one_line(mismatched, args, fragment):
     res = run_cli("compare", mismatched, "--tokens", *args)
