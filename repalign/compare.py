@@ -309,11 +309,14 @@ class TokenRows:
     keep: np.ndarray | None = None
     groups: np.ndarray | None = None
     offsets: np.ndarray = None
+    stored: np.ndarray = field(init=False, repr=False)  # (n+1,) first stored row of each sample
+
+    def __post_init__(self):
+        object.__setattr__(self, "stored", np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64))
 
     def transform(self, start: int, stop: int, data: np.ndarray) -> np.ndarray:
         """The rows used from samples start:stop, whose stored rows are ``data``."""
-        stored = np.concatenate([[0], np.cumsum(self.counts)])
-        lo, hi = stored[start], stored[stop]
+        lo, hi = self.stored[start], self.stored[stop]
         if self.keep is not None:
             a, b = np.searchsorted(self.keep, [lo, hi])
             data = data[self.keep[a:b] - lo]
