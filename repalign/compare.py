@@ -126,9 +126,8 @@ def compare_models(
     """
     from embeddings_cache import Cache, align_ids
     from repalign import stats
-    from repalign.metrics import align_layers_multi, get_metric
-    from repalign.metrics.engine import check_backend, layer_state, resolve_metrics, score_matrix
-    from repalign.metrics.layers import LayerAlignment
+    from repalign.metrics import get_metric
+    from repalign.metrics.engine import check_backend, resolve_metrics
 
     if isinstance(metrics, str):
         metrics = [metrics]
@@ -163,6 +162,7 @@ def compare_models(
     params = {k: v for k, v in params.items() if v is not None}
     accepted = {p for name in canonical for p in get_metric(name).params}
     params = {k: v for k, v in params.items() if k in accepted or k not in _COMMON_CLI_PARAMS}
+    resolve_metrics(canonical, n, params)  # parameter errors before any reading
     if block_rows is not None or cluster is not None:
         from repalign.distributed import CacheLayer
 
@@ -211,7 +211,7 @@ class _Run:
 def _compare_items(run: _Run, items_a: list, items_b: list) -> Comparison:
     """Score the layers (arrays, or cache references read in blocks) and build the table and statistics."""
     from repalign import stats
-    from repalign.metrics import align_layers_multi, get_metric
+    from repalign.metrics import align_layers_multi
     from repalign.metrics.engine import layer_state, resolve_metrics, score_matrix
     from repalign.metrics.layers import LayerAlignment
 

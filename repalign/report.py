@@ -17,6 +17,7 @@ import hashlib
 import html
 import io
 import json
+import logging
 import numbers
 import os
 import shlex
@@ -25,8 +26,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
-
-import logging
 
 import numpy as np
 import pandas as pd
