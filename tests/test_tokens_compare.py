@@ -360,3 +360,22 @@ def test_uniform_subsample_keeps_rows_paired_when_samples_drop_out(tmp_path):
     blocked = compare_tokens(path, "ma", "mb", ["cka"], normalize=None, max_tokens=12, subsample="uniform", seed=4,
                              block_rows=4)
     assert blocked.table["score"].iloc[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_permutations_need_samples_that_can_move(tmp_path):
+    rng = np.random.default_rng(13)
+    records = [sequence_record(f"d{i}", "ACDEFGHIKLMN"[: 3 + i]) for i in range(6)]  # all lengths differ
+    ids, hashes = [r.id for r in records], [r.content_hash for r in records]
+    path = tmp_path / "d.h5"
+    for model in ("ma", "mb"):
+        write_tokens(path, model, ids, hashes, {"t": [rng.standard_normal((r.size, 3)).astype(np.float32) for r in records]})
+    with pytest.raises(RepalignError, match="no two of the 6 samples have the same number of rows"):
+        compare_tokens(path, "ma", "mb", ["mknn"], k=2, permutations=19)
+    # two equal lengths: 2 block permutations exist, fewer than 1/alpha: a warning says so
+    records2 = [sequence_record(f"e{i}", "ACDEFGHIKLMN"[: 3 + min(i, 4)]) for i in range(6)]
+    path2 = tmp_path / "e.h5"
+    for model in ("ma", "mb"):
+        write_tokens(path2, model, [r.id for r in records2], [r.content_hash for r in records2],
+                     {"t": [rng.standard_normal((r.size, 3)).astype(np.float32) for r in records2]})
+    res = compare_tokens(path2, "ma", "mb", ["mknn"], k=2, permutations=19)
+    assert any("only 2 distinct block permutations exist" in w for w in res.warnings), res.warnings
