@@ -310,6 +310,11 @@ class Cache:
         out_dtype = _float_dtype(dtype)
         return self._retrying(model, ids, lambda rows: self._gather_tokens(model, rows, layer, out_dtype))
 
+    def read_token_counts(self, model: str, layer: str, ids: Sequence[str] | None = None) -> np.ndarray:
+        """Number of token rows of each sample of a token layer, (n,) int64, without reading the rows."""
+        self._check_layer(model, layer, "token_layers", "token layers")
+        return self._retrying(model, ids, lambda rows: self._gather_counts(model, rows, layer))
+
     def iter_row_blocks(
         self, model: str, layer: str, block_rows: int = 65536, dtype: Any = np.float32
     ) -> Iterator[np.ndarray]:
@@ -548,6 +553,14 @@ class Cache:
             # the piece holds its samples in sorted-row order; move each to its requested place
             out[_ranges(out_offsets[positions], piece_lengths)] = data
         return out, out_offsets
+
+    def _gather_counts(self, model: str, rows: np.ndarray, layer: str) -> np.ndarray:
+        counts = np.zeros(len(rows), dtype=np.int64)
+        for seg, positions, local in self._split(model, rows):
+            with self._segment(seg, model) as group:
+                offsets = self._read(self._dataset(group, f"{TOKENS}/{layer}/{TOKEN_OFFSETS}", model, seg), (), model)
+            counts[positions] = offsets[local + 1] - offsets[local]
+        return counts
 
     def _read_sorted(self, ds: h5py.Dataset, local: np.ndarray, dtype: np.dtype, model: str) -> np.ndarray:
         """Rows ``local`` (sorted, repeats allowed) of a dataset, reading spans of bounded size."""

@@ -73,7 +73,7 @@ def cli_message(exc: BaseException) -> str:
 
 
 def cmd_compare(args) -> int:
-    from repalign.compare import compare_models
+    from repalign.compare import compare_models, compare_tokens
     from repalign.table import check_table_path, write_table
 
     if args.ci is not None and not 0 < args.ci < 1:
@@ -81,14 +81,25 @@ def cmd_compare(args) -> int:
     if args.output:
         check_output_file(args.output, "-o")
         check_table_path(args.output)  # fail before computing anything
-    result = compare_models(
-        args.cache, args.a, args.b, _flat(args.metric) or ["mknn"],
+    token_flags = [flag for flag, value in (("--max-tokens", args.max_tokens), ("--group-by", args.group_by),
+                                            ("--inputs", args.inputs), ("--subsample", args.subsample)) if value is not None]
+    if token_flags and not args.tokens:
+        raise RepalignError(f"{token_flags[0]} applies to token rows; add --tokens")
+    if args.tokens and args.cluster:
+        raise RepalignError("--tokens runs in this process; drop --cluster (use --block-rows for large token layers)")
+    common = dict(
         cache_b=args.cache_b, layers_a=_flat(args.layers_a), layers_b=_flat(args.layers_b),
         normalize=None if args.normalize == "none" else args.normalize,
         k=args.k, kernel=args.kernel, sigma=args.sigma, dim=args.dim, variance=args.variance,
         permutations=args.permutations, ci=args.ci, n_subsamples=args.subsamples, fraction=args.fraction, seed=args.seed,
-        cluster=args.cluster, knn=args.knn, block_rows=args.block_rows,
+        knn=args.knn, block_rows=args.block_rows,
     )
+    if args.tokens:
+        result = compare_tokens(args.cache, args.a, args.b, _flat(args.metric) or ["mknn"], max_tokens=args.max_tokens,
+                                subsample=args.subsample or "samples", group_by=args.group_by,
+                                inputs=args.inputs, **common)
+    else:
+        result = compare_models(args.cache, args.a, args.b, _flat(args.metric) or ["mknn"], cluster=args.cluster, **common)
     print(result.summary())
     if args.output:
         path = write_table(result.table, args.output)
@@ -206,6 +217,10 @@ def cmd_plot(args) -> int:
         layers=_options(args.layer), sizes=_options(args.size),
     )
     table = read_table(args.table)
+    if args.level:
+        from repalign.table import level_rows
+
+        table = level_rows(table, args.level)
     for path in plot_table(table, args.output, args.kind, args.format, **options):
         print(f"wrote {path}")
     return 0
@@ -284,6 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--knn", default="exact", choices=("exact", "faiss-hnsw", "faiss-ivf"),
                    help="neighbour search; approximate ones report their recall (default exact)")
     c.add_argument("--block-rows", type=int, help="read layers in row blocks (out of core; kNN metrics, linear CKA)")
+    c.add_argument("--tokens", action="store_true",
+                   help="compare token layers row by row (residues, atoms); permutations and --ci move whole samples")
+    c.add_argument("--max-tokens", type=int, help="with --tokens: use at most this many rows, drawn with --seed")
+    c.add_argument("--subsample", choices=("samples", "uniform"),
+                   help="with --max-tokens: draw whole samples (default) or rows uniformly")
+    c.add_argument("--group-by", help="with --tokens: mean-pool the tokens of each group per sample: chain or residue "
+                                      "(sequences), element (structures); needs --inputs")
+    c.add_argument("--inputs", nargs="+", help="with --tokens: the input files the models were extracted from "
+                                               "(checks one row per residue/atom; labels for --group-by)")
     c.add_argument("-o", "--output", help="write the tidy table (.csv, .tsv or .parquet)")
     c.set_defaults(func=cmd_compare)
 
@@ -342,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "depth; size: score vs model size (default layers)")
     pl.add_argument("--metric", help="metric to draw (default: the table's first)")
     pl.add_argument("--a", help="layers: model A; depth: models to draw, comma separated (default: all)")
+    pl.add_argument("--level", choices=("pooled", "token"),
+                    help="rows of this level only, for tables holding pooled and token-level (compare --tokens) rows")
     pl.add_argument("--b", help="layers: model B; depth/size: the reference model (default: the most compared)")
     pl.add_argument("--layer-b", help="depth/size: score against this layer of B instead of B's best layer")
     pl.add_argument("--layer", action="append", nargs="+", metavar="MODEL=LAYER",

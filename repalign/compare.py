@@ -32,11 +32,14 @@ class Comparison:
     n_samples: int
     alignments: list = field(default_factory=list)  # one LayerAlignment per metric
     warnings: list = field(default_factory=list)  # reliability warnings (N small for k, degenerate layers)
+    level: str | None = None  # "token" for token rows (compare_tokens); None for pooled layers
+    n_units: int | None = None  # token rows: the samples the rows belong to
 
     def summary(self) -> str:
         """A few readable lines per metric: best layer pair, its score, and beside it the chance
         level, or for a biased metric without one the permutation null mean."""
-        lines = [f"{self.model_a} vs {self.model_b}: {self.n_samples} shared samples"]
+        lines = [f"{self.model_a} vs {self.model_b}: {self.n_samples} shared samples" if self.level is None else
+                 f"{self.model_a} vs {self.model_b}: {self.n_samples} token rows of {self.n_units} shared samples"]
         for al in self.alignments:
             i, j, score = al.best
             params = ", ".join(f"{k}={v}" for k, v in sorted(al.params.items()) if v is not None)
@@ -125,9 +128,8 @@ def compare_models(
     """
     from embeddings_cache import Cache, align_ids
     from repalign import stats
-    from repalign.metrics import align_layers_multi, get_metric
-    from repalign.metrics.engine import check_backend, layer_state, resolve_metrics, score_matrix
-    from repalign.metrics.layers import LayerAlignment
+    from repalign.metrics import get_metric
+    from repalign.metrics.engine import check_backend, resolve_metrics
 
     if isinstance(metrics, str):
         metrics = [metrics]
@@ -162,8 +164,7 @@ def compare_models(
     params = {k: v for k, v in params.items() if v is not None}
     accepted = {p for name in canonical for p in get_metric(name).params}
     params = {k: v for k, v in params.items() if k in accepted or k not in _COMMON_CLI_PARAMS}
-    resolved = resolve_metrics(canonical, n, params)
-
+    resolve_metrics(canonical, n, params)  # parameter errors before any reading
     if block_rows is not None or cluster is not None:
         from repalign.distributed import CacheLayer
 
@@ -172,6 +173,58 @@ def compare_models(
     else:
         items_a = [ca.read_layer(model_a, x, ids=ids) for x in names_a]
         items_b = [cb.read_layer(model_b, x, ids=ids) for x in names_b]
+    return _compare_items(_Run(model_a, model_b, names_a, names_b, canonical, params, n, exclude, normalize, permutations,
+                               ci, n_subsamples, seed, alpha, cluster, knn, knn_options, block_rows, fraction=fraction),
+                          items_a, items_b)
+
+
+@dataclass
+class _Run:
+    """What one comparison computes, shared by pooled (:func:`compare_models`) and token-level
+    (:func:`compare_tokens`) comparisons. ``n``: rows of every layer; ``draw``: the permutation of
+    rows (None: uniform); ``offsets``: the samples' rows when rows are tokens (intervals resample
+    samples); ``extra``: parameters recorded in the table's params; ``level``: the table's level column."""
+
+    model_a: str
+    model_b: str
+    names_a: list
+    names_b: list
+    canonical: list
+    params: dict
+    n: int
+    exclude: np.ndarray
+    normalize: str | None
+    permutations: int
+    ci: float | None
+    n_subsamples: int
+    seed: int
+    alpha: float
+    cluster: object
+    knn: str
+    knn_options: dict
+    block_rows: int | None
+    fraction: float = 0.8
+    draw: object = None
+    offsets: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+    level: str | None = None
+    n_units: int | None = None
+    warnings: list = field(default_factory=list)
+
+
+def _compare_items(run: _Run, items_a: list, items_b: list) -> Comparison:
+    """Score the layers (arrays, or cache references read in blocks) and build the table and statistics."""
+    from repalign import stats
+    from repalign.metrics import align_layers_multi
+    from repalign.metrics.engine import layer_state, resolve_metrics, score_matrix
+    from repalign.metrics.layers import LayerAlignment
+
+    (model_a, model_b, names_a, names_b, canonical, params, n, exclude, normalize, permutations, ci, n_subsamples,
+     seed, alpha, cluster, knn, knn_options, block_rows) = (
+        run.model_a, run.model_b, run.names_a, run.names_b, run.canonical, run.params, run.n, run.exclude, run.normalize,
+        run.permutations, run.ci, run.n_subsamples, run.seed, run.alpha, run.cluster, run.knn, run.knn_options,
+        run.block_rows)
+    resolved = resolve_metrics(canonical, n, params)
     options = dict(normalize=normalize, knn=knn, knn_options=knn_options, block_rows=block_rows)
     results: list = [None] * len(resolved)
     intervals: list = [None] * len(resolved)
@@ -188,7 +241,8 @@ def compare_models(
         states_a = [layer_state(x, resolved, name=nm, n_samples=n, **options) for x, nm in zip(sources_a, names_a)]
         states_b = [layer_state(x, resolved, name=nm, n_samples=n, **options) for x, nm in zip(sources_b, names_b)]
         observed = [score_matrix(metric, p, m, states_a, states_b) for m, (metric, p) in enumerate(resolved)]
-        results = stats.permutation_tests(states_a, states_b, resolved, permutations, seed, alpha, exclude, observed)
+        results = stats.permutation_tests(states_a, states_b, resolved, permutations, seed, alpha, exclude, observed,
+                                           draw=run.draw)
         alignments = [LayerAlignment(observed[m], names_a, names_b, metric.name,
                                      {**p, "normalize": normalize, "clip_quantile": None}, n)
                       for m, (metric, p) in enumerate(resolved)]
@@ -204,8 +258,8 @@ def compare_models(
                                         n_samples=n if block_rows else None, **options, **params)
     if ci:
         intervals = stats.subsample_intervals(items_a, items_b, resolved, ci=ci, n_subsamples=n_subsamples,
-                                              fraction=fraction, seed=seed, normalize=normalize,
-                                              full=[al.scores for al in alignments])
+                                              fraction=run.fraction, seed=seed, normalize=normalize,
+                                              full=[al.scores for al in alignments], offsets=run.offsets)
 
     frames, warnings = [], []
     in_memory = block_rows is None and cluster is None
@@ -213,7 +267,11 @@ def compare_models(
               **{f"{model_b}:{x}": b for x, b in zip(names_b, items_b)}} if in_memory else None
     for al, (metric, p), result, interval in zip(alignments, resolved, results, intervals):
         al.exclude = exclude
+        al.params.update(run.extra)
         frame = al.to_frame(model_a=model_a, model_b=model_b)
+        if run.level is not None:
+            frame.insert(frame.columns.get_loc("n_samples") + 1, "n_units", run.n_units)
+            frame.insert(frame.columns.get_loc("metric"), "level", run.level)
         settable = {k: v for k, v in p.items() if k in metric.params}
         warnings += stats.check_reliability(n, metric.name, settable, layers=layers, normalize=normalize,
                                             permutations=permutations or None, alpha=alpha)
@@ -224,7 +282,7 @@ def compare_models(
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     return Comparison(table=table, model_a=model_a, model_b=model_b, n_samples=n, alignments=alignments,
-                      warnings=list(dict.fromkeys(warnings)))
+                      warnings=list(dict.fromkeys(run.warnings + warnings)), level=run.level, n_units=run.n_units)
 
 
 def _source(item, block_rows):
@@ -232,3 +290,309 @@ def _source(item, block_rows):
     if block_rows is None or not hasattr(item, "blocks"):
         return item
     return lambda: item.blocks(block_rows)
+
+
+# ----------------------------------------------------------------------------- token rows
+#: grouping columns per input kind: what one token row is labelled with
+GROUP_COLUMNS = {"sequence": ("chain", "residue"), "structure": ("element",)}
+TOKEN_SUBSAMPLES = ("samples", "uniform")
+
+
+@dataclass(frozen=True)
+class TokenRows:
+    """Which rows of the shared samples' stored token layers a comparison uses, and how.
+
+    ids: the samples, in order; counts: stored token rows of each sample; keep: sorted indices of
+    the stored rows kept (a uniform subsample; None = all); groups: per stored row, the index of its
+    group within its sample (rows of a group are mean-pooled into one row; None = no pooling);
+    offsets (n+1,): the rows of each sample after selection and pooling.
+    """
+
+    ids: tuple
+    counts: np.ndarray
+    keep: np.ndarray | None = None
+    groups: np.ndarray | None = None
+    offsets: np.ndarray = None
+    stored: np.ndarray = field(init=False, repr=False)  # (n+1,) first stored row of each sample
+
+    def __post_init__(self):
+        object.__setattr__(self, "stored", np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64))
+
+    def transform(self, start: int, stop: int, data: np.ndarray) -> np.ndarray:
+        """The rows used from samples start:stop, whose stored rows are ``data``."""
+        lo, hi = self.stored[start], self.stored[stop]
+        if self.keep is not None:
+            a, b = np.searchsorted(self.keep, [lo, hi])
+            data = data[self.keep[a:b] - lo]
+        if self.groups is not None:
+            sample = np.repeat(np.arange(stop - start), self.counts[start:stop])
+            first = self.offsets[start:stop] - self.offsets[start]  # first output row of each sample
+            target = first[sample] + self.groups[lo:hi]
+            sums = np.zeros((int(self.offsets[stop] - self.offsets[start]), data.shape[1]), dtype=np.float64)
+            np.add.at(sums, target, data)
+            data = (sums / np.bincount(target, minlength=len(sums))[:, None]).astype(np.float32)
+        return data
+
+
+@dataclass(frozen=True)
+class TokenLayer:
+    """A reference to one token layer of a cache restricted to :class:`TokenRows`, read whole or in blocks."""
+
+    path: str
+    model: str
+    layer: str
+    rows: TokenRows
+
+    def read(self) -> np.ndarray:
+        return np.concatenate(list(self.blocks(None)), axis=0)
+
+    def blocks(self, block_rows: int | None = 65536):
+        """Row blocks of at most ``block_rows`` rows; samples are read a few at a time, so memory is
+        bounded by ``block_rows`` rows plus the longest sample."""
+        from embeddings_cache import Cache
+
+        ids, counts = list(self.rows.ids), self.rows.counts
+        with Cache(self.path) as c:
+            start = 0
+            while start < len(ids):
+                stop, total = start + 1, counts[start]
+                while block_rows is not None and stop < len(ids) and total + counts[stop] <= block_rows:
+                    total += counts[stop]
+                    stop += 1
+                if block_rows is None:
+                    stop = len(ids)
+                data, _ = c.read_tokens(self.model, self.layer, ids=ids[start:stop])
+                data = self.rows.transform(start, stop, data)
+                step = block_rows or max(len(data), 1)
+                for s in range(0, len(data), step):
+                    yield data[s:s + step]
+                start = stop
+
+
+def _token_counts(cache, model: str, names: list[str], ids: list[str]) -> np.ndarray:
+    """Rows per sample of a model's chosen token layers (equal across them, or a one-line error)."""
+    counts = cache.read_token_counts(model, names[0], ids=ids)
+    for name in names[1:]:
+        other = cache.read_token_counts(model, name, ids=ids)
+        if not np.array_equal(counts, other):
+            i = int(np.flatnonzero(counts != other)[0])
+            raise RepalignError(f"{model}: token layers {names[0]} and {name} store {counts[i]} and {other[i]} rows for sample "
+                                f"{ids[i]!r}; the cache is inconsistent: extract {model} again")
+    return counts
+
+
+def _check_inputs(records, ids, counts, hashes, model):
+    """The stored rows of every shared sample are its residues / atoms: same input, one row each."""
+    from embeddings_cache import UNKNOWN_HASH
+
+    for i, sample in enumerate(ids):
+        rec = records.get(sample)
+        if rec is None:
+            raise RepalignError(f"sample {sample!r} of {model} is not in --inputs; give the input files {model} was extracted from")
+        if hashes[i] != UNKNOWN_HASH and hashes[i] != rec.content_hash:
+            raise RepalignError(f"sample {sample!r} in --inputs differs from the input {model} was extracted from (content hashes differ); "
+                                "give the same input files")
+        if counts[i] != rec.size:
+            unit = "residues" if rec.kind == "sequence" else "atoms"
+            raise RepalignError(f"{model} stores {counts[i]} token rows for sample {sample!r}, which has {rec.size} {unit}; "
+                                f"its rows are not one per {unit[:-1]} (special tokens or padding kept?): extract it again")
+
+
+def _group_codes(records, ids, column: str) -> np.ndarray:
+    """Per token row of every sample (in order), its group's index within the sample (groups in order of first row)."""
+    codes = []
+    for sample in ids:
+        rec = records[sample]
+        if rec.kind == "sequence":
+            labels = (np.repeat(np.arange(len(rec.chains)), [len(c) for c in rec.chains]) if column == "chain"
+                      else np.array(list("".join(rec.chains))))
+        else:
+            labels = np.asarray(rec.payload.get_chemical_symbols())
+        _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        codes.append(rank[inverse.ravel()])
+    return np.concatenate(codes)
+
+
+def compare_tokens(
+    cache: str | os.PathLike,
+    model_a: str,
+    model_b: str,
+    metrics: Sequence[str] = ("mknn",),
+    *,
+    cache_b: str | os.PathLike | None = None,
+    layers_a: Sequence[str] | None = None,
+    layers_b: Sequence[str] | None = None,
+    max_tokens: int | None = None,
+    subsample: str = "samples",
+    group_by: str | None = None,
+    inputs=None,
+    normalize: str | None = "l2",
+    permutations: int = 0,
+    ci: float | None = None,
+    n_subsamples: int = 100,
+    fraction: float = 0.8,
+    seed: int = 0,
+    alpha: float = 0.05,
+    knn: str = "exact",
+    knn_options: dict | None = None,
+    block_rows: int | None = None,
+    **params,
+) -> Comparison:
+    """Score every token layer of ``model_a`` against every token layer of ``model_b``, row by row.
+
+    The Python side of ``repalign compare --tokens``. A row is one token (residue, atom) of a shared
+    sample, the same token in both models: both must store the same number of rows for every
+    shared sample (checked first; the error names the first sample that differs). With ``inputs``
+    (input files or records, as for ``extract``), every sample must also be the same input as
+    stored (content hash) with exactly one row per residue / atom.
+
+    What a row is: every token (default); at most ``max_tokens`` rows drawn with ``seed``, by whole
+    samples (``subsample="samples"``: samples in a seeded random order, as many as fit) or
+    uniformly over rows (``"uniform"``); or, with ``group_by`` (``chain`` or ``residue`` for
+    sequences, ``element`` for structures; needs ``inputs``), the mean of the tokens of each group
+    within each sample. These choices are recorded in the table's ``params``.
+
+    Statistics respect the samples: ``permutations`` move whole samples
+    (:func:`repalign.stats.block_permutation`: all rows of a sample onto another sample with the
+    same row count), ``ci`` resamples whole samples (:func:`repalign.stats.subsample_intervals`
+    with ``offsets``). ``block_rows`` reads the layers in row blocks (out of core; kNN metrics and
+    linear CKA). The table has ``level = "token"`` and ``n_units`` (samples) beside ``n_samples``
+    (rows). Other parameters are those of :func:`compare_models`.
+    """
+    from embeddings_cache import Cache, align_ids
+    from repalign import stats
+    from repalign.metrics import get_metric
+    from repalign.metrics.engine import check_backend, resolve_metrics
+
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if not metrics:
+        raise RepalignError("no metric given; pass --metric NAME (see 'repalign compare --help')")
+    canonical = list(dict.fromkeys(get_metric(m).name for m in metrics))
+    if ci is not None:
+        stats._check_fraction(ci, "ci", "0.95")
+    if permutations:
+        stats._check_count(permutations, "permutations", 1)
+    if max_tokens is not None:
+        stats._check_count(max_tokens, "max_tokens", 1)
+    if subsample not in TOKEN_SUBSAMPLES:
+        raise RepalignError(f"subsample={subsample!r} is not one of {', '.join(TOKEN_SUBSAMPLES)}")
+    if group_by is not None and max_tokens is not None:
+        raise RepalignError("--group-by pools tokens into few rows per sample; drop --max-tokens with it")
+    knn_options = check_backend(knn, block_rows, knn_options)
+    if ci and block_rows is not None:
+        raise RepalignError("--ci rebuilds every layer on subsamples and needs the layers in memory; drop --block-rows for it")
+
+    records = None
+    if inputs is not None:
+        from repalign.inputs import read_inputs
+
+        records = {r.id: r for r in (inputs if isinstance(inputs, (list, tuple)) and inputs and hasattr(inputs[0], "kind")
+                                     else read_inputs(inputs))}
+    if group_by is not None:
+        known = sorted({c for columns in GROUP_COLUMNS.values() for c in columns})
+        if group_by not in known:
+            raise RepalignError(f"unknown grouping column {group_by!r}; available: {', '.join(known)}")
+        if records is None:
+            raise RepalignError(f"--group-by {group_by} labels tokens from the inputs; add --inputs with the files the models were extracted from")
+        kinds = {r.kind for r in records.values()}
+        available = sorted({c for k in kinds for c in GROUP_COLUMNS[k]})
+        if any(group_by not in GROUP_COLUMNS[k] for k in kinds):
+            raise RepalignError(f"unknown grouping column {group_by!r} for these inputs; available: {', '.join(available)}")
+
+    ca = Cache(cache)
+    cb = Cache(cache_b) if cache_b is not None else ca
+    for c, m in ((ca, model_a), (cb, model_b)):
+        if m not in c.models:
+            raise RepalignError(f"model {m!r} is not in {c.path}; it holds: {', '.join(c.models) or 'no models'}")
+        if not c.token_layers(m):
+            raise RepalignError(f"model {m!r} in {c.path} stores no token layers; extract it with --tokens LAYERS "
+                                "(or compare pooled layers without --tokens)")
+    names_a = select_layers(ca.token_layers(model_a), layers_a, f"{model_a} (token layers)")
+    names_b = select_layers(cb.token_layers(model_b), layers_b, f"{model_b} (token layers)")
+    ids = align_ids(ca, model_a, cb, model_b)
+    counts = _token_counts(ca, model_a, names_a, ids)
+    counts_b = _token_counts(cb, model_b, names_b, ids)
+    if not np.array_equal(counts, counts_b):
+        i = int(np.flatnonzero(counts != counts_b)[0])
+        raise RepalignError(f"{model_a} and {model_b} tokenise sample {ids[i]!r} differently ({counts[i]} vs {counts_b[i]} rows; "
+                            "special tokens or padding kept by one?); per-token alignment needs the same tokens in both")
+    if records is not None:
+        hashes_a = dict(zip(ca.ids(model_a), ca.hashes(model_a)))
+        hashes_b = dict(zip(cb.ids(model_b), cb.hashes(model_b)))
+        _check_inputs(records, ids, counts, [hashes_a[i] for i in ids], model_a)
+        _check_inputs(records, ids, counts, [hashes_b[i] for i in ids], model_b)
+
+    # what a row is
+    rng = np.random.default_rng(stats._rng(seed)[1])
+    extra: dict = {"level": "token"}
+    keep = groups = None
+    rows_per_sample = counts
+    if group_by is not None:
+        groups = _group_codes(records, ids, group_by)
+        stored = np.concatenate([[0], np.cumsum(counts)])
+        rows_per_sample = np.array([groups[stored[i]:stored[i + 1]].max() + 1 for i in range(len(ids))], dtype=np.int64)
+        extra["group_by"] = group_by
+    elif max_tokens is not None:
+        extra.update(max_tokens=int(max_tokens), subsample=subsample, seed=seed)
+        if counts.sum() > max_tokens:
+            if subsample == "samples":
+                order = rng.permutation(len(ids))
+                fits = np.cumsum(counts[order]) <= max_tokens
+                chosen = np.sort(order[:int(np.argmin(fits)) if not fits.all() else len(order)])
+                if len(chosen) == 0:
+                    raise RepalignError(f"max_tokens={max_tokens} is smaller than the first drawn sample ({counts[order[0]]} rows); "
+                                        "raise --max-tokens or use --subsample uniform")
+                ids = [ids[i] for i in chosen]
+                counts = rows_per_sample = counts[chosen]
+            else:
+                keep = np.sort(rng.choice(int(counts.sum()), size=int(max_tokens), replace=False))
+                stored = np.concatenate([[0], np.cumsum(counts)])
+                rows_per_sample = np.diff(np.searchsorted(keep, stored))
+                if np.any(rows_per_sample == 0):  # samples left without a row drop out
+                    kept_samples = np.flatnonzero(rows_per_sample > 0)
+                    starts = stored[kept_samples]
+                    new_stored = np.concatenate([[0], np.cumsum(counts[kept_samples])])
+                    sample_of = np.searchsorted(stored, keep, side="right") - 1
+                    position = np.searchsorted(kept_samples, sample_of)
+                    keep = keep - starts[position] + new_stored[position]
+                    ids = [ids[i] for i in kept_samples]
+                    counts, rows_per_sample = counts[kept_samples], rows_per_sample[kept_samples]
+    offsets = np.concatenate([[0], np.cumsum(rows_per_sample)]).astype(np.int64)
+    token_rows = TokenRows(tuple(ids), counts, keep, groups, offsets)
+    n = int(offsets[-1])
+
+    self_pair = model_a == model_b and Path(ca.path).resolve() == Path(cb.path).resolve()
+    exclude = np.array([[self_pair and x == y for y in names_b] for x in names_a], dtype=bool)
+    if exclude.all():
+        raise RepalignError(f"comparing {model_a} with itself on the same single layer is trivial; choose other layers with --layers-a/--layers-b")
+    params = {k: v for k, v in params.items() if v is not None}
+    accepted = {p for name in canonical for p in get_metric(name).params}
+    params = {k: v for k, v in params.items() if k in accepted or k not in _COMMON_CLI_PARAMS}
+    resolve_metrics(canonical, n, params)  # parameter errors before any reading
+
+    draw, warnings = None, []
+    if permutations:
+        draw = stats.block_permutation(offsets)
+        if draw.movable == 0:
+            raise RepalignError(f"no two of the {len(ids)} samples have the same number of rows, so no block permutation moves a sample; "
+                                "use --group-by, or compare pooled layers (without --tokens) for p-values")
+        if draw.count < 1.0 / alpha:
+            warnings.append(f"only {draw.count:.0f} distinct block permutations exist (samples move only onto samples with the "
+                            f"same number of rows): no p-value can reach alpha={alpha}")
+        elif draw.movable < len(ids):
+            warnings.append(f"{len(ids) - draw.movable} of {len(ids)} samples have a row count no other sample has and stay in "
+                            "place under block permutations (the test stays exact, with less power)")
+
+    items_a = [TokenLayer(str(ca.path), model_a, x, token_rows) for x in names_a]
+    items_b = [TokenLayer(str(cb.path), model_b, x, token_rows) for x in names_b]
+    if block_rows is None:
+        items_a = [x.read() for x in items_a]
+        items_b = [x.read() for x in items_b]
+    run = _Run(model_a, model_b, names_a, names_b, canonical, params, n, exclude, normalize, permutations, ci, n_subsamples,
+               seed, alpha, None, knn, knn_options, block_rows, fraction=fraction, draw=draw, offsets=offsets, extra=extra,
+               level="token",
+               n_units=len(ids), warnings=warnings)
+    return _compare_items(run, items_a, items_b)

@@ -17,6 +17,7 @@ import hashlib
 import html
 import io
 import json
+import logging
 import numbers
 import os
 import shlex
@@ -36,6 +37,7 @@ INDEX_FILE = "index.html"
 MANIFEST_FILE = ".repalign-report"
 REPORT_FILES = (SCORES_FILE, INDEX_FILE)
 DEFAULT_METRICS = ("mknn", "cka")
+log = logging.getLogger(__name__)
 ALPHA = 0.05
 
 
@@ -146,8 +148,28 @@ def compare_all(cache_path: str | os.PathLike, metrics: Sequence[str] = DEFAULT_
                 pair.n_samples, pair.summary = result.n_samples, result.summary()
                 pair.warnings = list(getattr(result, "warnings", []))
                 tables.append(result.table)
+                tokens = _token_comparison(cache, cache_path, model_a, model_b, metrics, k, permutations, seed)
+                if tokens is not None:
+                    pair.summary += "\n" + tokens.summary()
+                    pair.warnings += tokens.warnings
+                    tables.append(tokens.table)
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     return table, pairs
+
+
+def _token_comparison(cache, cache_path, model_a, model_b, metrics, k, permutations, seed):
+    """The token-level comparison of a pair whose models both store token layers with the same
+    tokens (repalign.compare.compare_tokens), or None. Metrics that cannot run on the token rows
+    and pairs whose tokens differ are left out: the pooled comparison stands for them."""
+    from repalign.compare import compare_tokens
+
+    if not (cache.token_layers(model_a) and cache.token_layers(model_b)):
+        return None
+    try:
+        return compare_tokens(cache_path, model_a, model_b, metrics, k=k, permutations=permutations, seed=seed)
+    except RepalignError as exc:
+        log.info("%s vs %s: no token-level comparison (%s)", model_a, model_b, str(exc).splitlines()[0])
+        return None
 
 
 # ---- figures -----------------------------------------------------------------------------------------
@@ -179,53 +201,71 @@ def _caption(rows: pd.DataFrame, what: str) -> str:
 
 def _figures(table: pd.DataFrame, pairs: list[PairResult], metrics: list[str]) -> list[dict]:
     """(section, title, caption, data URI, command) of each figure of the report."""
-    from repalign import plot
-    from repalign.table import check_table, metric_rows, select_pair
+    from repalign.table import check_table, level_rows, levels
 
     if table.empty:
         return []
-    figures = []
     checked = check_table(table)
+    figures = []
+    for level in levels(checked):
+        figures += _level_figures(level_rows(checked, level), pairs, level)
+    return figures
+
+
+def _level_figures(table: pd.DataFrame, pairs: list[PairResult], level: str) -> list[dict]:
+    """The figures of one level of rows (pooled layers, or token rows beside them)."""
+    from repalign import plot
+    from repalign.table import POOLED_LEVEL, metric_rows, select_pair
+
+    figures = []
+    checked = table
+    suffix = "" if level == POOLED_LEVEL else f" ({level} level)"
+    option = [] if level == POOLED_LEVEL else ["--level", level]
     for metric in dict.fromkeys(checked["metric"]):
         rows = metric_rows(checked, metric)
         models = set(rows["model_a"]) | set(rows["model_b"])
         if len(models) >= 3:
             fig = plot.model_matrix(table, metric, alpha=ALPHA)
-            figures.append({"section": "overview", "title": f"{metric}: model x model, best layer pair",
+            figures.append({"section": "overview", "title": f"{metric}: model x model, best layer pair{suffix}",
                             "caption": _caption(rows, f"{metric}: model x model, best layer pair of each model pair."),
                             "uri": _svg_data_uri(fig),
-                            "command": ["repalign", "plot", SCORES_FILE, "--kind", "models", "--metric", metric,
-                                        "-o", f"models-{metric}"]})
+                            "command": ["repalign", "plot", SCORES_FILE, *option, "--kind", "models", "--metric", metric,
+                                        "-o", f"models-{metric}{suffix and '-' + level}"]})
             fig = plot.depth_profile(table, metric, alpha=ALPHA)
             reference = plot.depth_scores(table, metric).attrs["model_b"]
-            figures.append({"section": "overview", "title": f"{metric}: score versus relative depth, against {reference}",
+            figures.append({"section": "overview", "title": f"{metric}: score versus relative depth, against {reference}{suffix}",
                             "caption": f"{metric}: each layer's best score against {reference}, by relative depth; "
                                        "value axis fixed at 0-1; hollow points: not significant.",
                             "uri": _svg_data_uri(fig),
-                            "command": ["repalign", "plot", SCORES_FILE, "--kind", "depth", "--metric", metric,
-                                        "--b", reference, "-o", f"depth-{metric}"]})
+                            "command": ["repalign", "plot", SCORES_FILE, *option, "--kind", "depth", "--metric", metric,
+                                        "--b", reference, "-o", f"depth-{metric}{suffix and '-' + level}"]})
         for pair in pairs:
-            if not pair.compared:
+            if not pair.compared or not _has_pair(rows, pair):
                 continue
             fig = plot.layer_heatmap(table, metric, pair.model_a, pair.model_b, alpha=ALPHA)
-            title = f"{metric}: layer x layer, {pair.model_a} vs {pair.model_b}"
+            title = f"{metric}: layer x layer, {pair.model_a} vs {pair.model_b}{suffix}"
             figures.append({
                 "section": f"{pair.model_a} vs {pair.model_b}",
                 "title": title,
                 "caption": _caption(select_pair(table, metric, pair.model_a, pair.model_b),
                                     f"{title}; boxed: the best layer pair."),
                 "uri": _svg_data_uri(fig),
-                "command": ["repalign", "plot", SCORES_FILE, "--kind", "layers", "--metric", metric,
-                            "--a", pair.model_a, "--b", pair.model_b, "-o", f"layers-{pair.model_a}-{pair.model_b}-{metric}"],
+                "command": ["repalign", "plot", SCORES_FILE, *option, "--kind", "layers", "--metric", metric, "--a",
+                            pair.model_a, "--b", pair.model_b, "-o", f"layers-{pair.model_a}-{pair.model_b}-{metric}{suffix and '-' + level}"],
             })
     return figures
+
+
+def _has_pair(rows: pd.DataFrame, pair: PairResult) -> bool:
+    return bool((((rows["model_a"] == pair.model_a) & (rows["model_b"] == pair.model_b))
+                 | ((rows["model_a"] == pair.model_b) & (rows["model_b"] == pair.model_a))).any())
 
 
 def summary_rows(table: pd.DataFrame, pairs: list[PairResult]) -> list[dict]:
     """One row per compared model pair and metric: best layer pair, score, chance level (or null
     mean), calibrated score, p-value adjusted for the layer search, interval."""
     from repalign.plot import best_rows
-    from repalign.table import chance_levels, check_table, metric_rows
+    from repalign.table import POOLED_LEVEL, chance_levels, check_table, levels, metric_rows
 
     if table.empty:
         return []
@@ -234,8 +274,11 @@ def summary_rows(table: pd.DataFrame, pairs: list[PairResult]) -> list[dict]:
     for pair in pairs:
         if not pair.compared:
             continue
-        for metric in dict.fromkeys(checked["metric"]):
-            rows = metric_rows(checked, metric)
+        for level, metric in ((lv, m) for lv in levels(checked) for m in dict.fromkeys(checked["metric"])):
+            try:
+                rows = metric_rows(checked, metric, level)
+            except RepalignError:  # a metric not computed at this level
+                continue
             rows = rows[((rows["model_a"] == pair.model_a) & (rows["model_b"] == pair.model_b))
                         | ((rows["model_a"] == pair.model_b) & (rows["model_b"] == pair.model_a))]
             best = best_rows(rows, metric)
@@ -256,8 +299,9 @@ def summary_rows(table: pd.DataFrame, pairs: list[PairResult]) -> list[dict]:
                 reference, what = value("null_mean"), "null mean"
             params = row["params"]
             out.append({
-                "pair": f"{row['model_a']} vs {row['model_b']}", "metric": f"{metric} ({params.replace(',', ', ')})" if params else metric,
-                "samples": pair.n_samples, "best": f"{row['layer_a']} ~ {row['layer_b']}", "score": value("score"),
+                "pair": f"{row['model_a']} vs {row['model_b']}" + ("" if level == POOLED_LEVEL else f" ({level} level)"),
+                "metric": f"{metric} ({params.replace(',', ', ')})" if params else metric,
+                "samples": pair.n_samples if level == POOLED_LEVEL else int(value("n_samples")), "best": f"{row['layer_a']} ~ {row['layer_b']}", "score": value("score"),
                 "reference": reference, "reference_kind": what if not np.isnan(reference) else "",
                 "calibrated": value("calibrated"), "p": p, "ci_low": value("ci_low"), "ci_high": value("ci_high"),
             })

@@ -43,6 +43,7 @@ from repalign.metrics.registry import Metric, get_metric
 
 __all__ = [
     "PermutationResult",
+    "block_permutation",
     "check_reliability",
     "participation_ratio",
     "permutation_test",
@@ -348,13 +349,15 @@ def _result(observed, null, metric: Metric, params: dict, exclude, alpha, n, see
 
 def permutation_tests(states_a: Sequence[LayerState], states_b: Sequence[LayerState], resolved, permutations: int = 200,
                       seed: int | None = 0, alpha: float = 0.05, exclude=None, observed: Sequence[np.ndarray] | None = None,
-                      ) -> list[PermutationResult]:
+                      draw=None) -> list[PermutationResult]:
     """:func:`permutation_test` on layer states from the engine, for several metrics at once.
 
     ``resolved`` is the (Metric, params) list the states were built with (see
     :func:`repalign.metrics.engine.resolve_metrics`); every permutation relabels each distinct state
     of side B once and scores every metric from it. ``observed``: the scores, if already computed.
-    Returns one PermutationResult per metric (params without preprocessing).
+    ``draw``: a callable ``draw(rng) -> perm`` giving each permutation of the rows (default: a
+    uniform permutation, ``rng.permutation(N)``); :func:`block_permutation` gives one that moves
+    whole samples of token rows. Returns one PermutationResult per metric (params without preprocessing).
     """
     permutations = _check_count(permutations, "permutations", 1)
     alpha = _check_fraction(alpha, "alpha", "0.05")
@@ -368,7 +371,7 @@ def permutation_tests(states_a: Sequence[LayerState], states_b: Sequence[LayerSt
         fast_a, fast_b = _gram_states(list(states_a), list(states_b), n)
         null = np.empty((len(resolved), permutations, *shape))
         for t in range(permutations):
-            perm = rng.permutation(n)
+            perm = rng.permutation(n) if draw is None else draw(rng)
             relabelled: dict[int, LayerState] = {}
             for state in fast_b:
                 if id(state) not in relabelled:
@@ -380,6 +383,68 @@ def permutation_tests(states_a: Sequence[LayerState], states_b: Sequence[LayerSt
     names_b = [s.name for s in states_b]
     return [_result(np.asarray(observed[m], dtype=np.float64), null[m], metric, dict(p), exclude, alpha, n, seed, names_a, names_b)
             for m, (metric, p) in enumerate(resolved)]
+
+
+def _check_offsets(offsets, n_rows: int | None = None) -> np.ndarray:
+    offsets = np.asarray(offsets)
+    if (offsets.ndim != 1 or offsets.size < 2 or not np.issubdtype(offsets.dtype, np.integer) or offsets[0] != 0
+            or np.any(np.diff(offsets) < 1)):
+        raise RepalignError("offsets must be increasing integers starting at 0 (sample i owns rows offsets[i]:offsets[i+1], "
+                            "at least one row each)")
+    if n_rows is not None and offsets[-1] != n_rows:
+        raise RepalignError(f"offsets cover {int(offsets[-1])} rows but the layers have {n_rows}; pass the offsets of these rows")
+    return offsets.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class BlockPermutation:
+    """Permutations of token rows that move whole samples (see :func:`block_permutation`).
+
+    Call it with a numpy Generator to draw one: ``perm = draw(rng)``, an (T,) row permutation.
+    ``movable``: samples that share their row count with another sample; ``count``: the number of
+    distinct block permutations, Π_g n_g! over the groups of equal row counts (inf when huge).
+    """
+
+    offsets: np.ndarray
+    strata: tuple  # one array of sample indices per row count
+
+    def __call__(self, rng: np.random.Generator) -> np.ndarray:
+        source = np.arange(len(self.offsets) - 1)
+        for members in self.strata:
+            if len(members) > 1:
+                source[members] = members[rng.permutation(len(members))]
+        starts, lengths = self.offsets[source], np.diff(self.offsets)
+        # row r of sample s takes row r of sample source[s] (same row count)
+        return np.repeat(starts - self.offsets[:-1], lengths) + np.arange(self.offsets[-1])
+
+    @property
+    def movable(self) -> int:
+        return int(sum(len(m) for m in self.strata if len(m) > 1))
+
+    @property
+    def count(self) -> float:
+        log = sum(math.lgamma(len(m) + 1) for m in self.strata)
+        return math.exp(log) if log < 700 else math.inf
+
+
+def block_permutation(offsets) -> BlockPermutation:
+    """Row permutations that move every sample's rows together, onto a sample with the same row count.
+
+    ``offsets`` (n+1,): sample i owns rows offsets[i]:offsets[i+1] (the ragged token layout of the
+    cache). Each draw permutes the samples within groups of equal row count uniformly and maps the
+    sample permutation σ to rows: row offsets[s] + r of the result is row offsets[σ(s)] + r. Under
+    the null that model B's samples are unrelated to model A's (B's samples exchangeable among
+    samples of the same size), every such relabelling leaves the joint distribution unchanged, so
+    the test stays exact whatever the dependence between the tokens of a sample; a uniform
+    permutation of token rows does not (it breaks the within-sample dependence of B and makes the
+    null too narrow). A sample alone with its row count never moves (docs/statistics.md, "Token
+    rows: block permutations").
+    """
+    offsets = _check_offsets(offsets)
+    lengths = np.diff(offsets)
+    order = np.argsort(lengths, kind="stable")
+    cuts = np.flatnonzero(np.diff(lengths[order])) + 1
+    return BlockPermutation(offsets, tuple(np.split(order, cuts)))
 
 
 def permutation_test(
@@ -441,22 +506,30 @@ def permutation_test(
 # ----------------------------------------------------------------------------- subsampling intervals
 def subsample_intervals(mats_a: Sequence[np.ndarray], mats_b: Sequence[np.ndarray], resolved, *, ci: float = 0.95,
                         n_subsamples: int = 100, fraction: float = 0.8, seed: int | None = 0, normalize="l2",
-                        clip_quantile=None, full: Sequence[np.ndarray] | None = None) -> list[tuple]:
+                        clip_quantile=None, full: Sequence[np.ndarray] | None = None, offsets=None) -> list[tuple]:
     """:func:`subsample_interval` for several metrics at once, on validated matrices.
 
     Returns one (low, high, note) per metric: for a metric without a valid interval
     (``Metric.interval`` False) both arrays are NaN and ``note`` says why; otherwise note is "".
-    ``full``: the full-data scores, if already computed.
+    ``full``: the full-data scores, if already computed. ``offsets`` (n+1,): the rows are token rows
+    of n samples (sample i owns rows offsets[i]:offsets[i+1]); subsamples then draw whole samples,
+    m = floor(fraction·n) of the n samples with all their rows, and N, m in the formulas count
+    samples (the independent units), not rows.
     """
     ci = _check_fraction(ci, "ci", "0.95")
     n_subsamples = _check_count(n_subsamples, "n_subsamples", 2)
     fraction = _check_fraction(fraction, "fraction", "0.8")
     rng, _ = _rng(seed)
-    n = mats_a[0].shape[0]
+    rows_total = mats_a[0].shape[0]
+    if offsets is not None:
+        offsets = _check_offsets(offsets, rows_total)
+        lengths = np.diff(offsets)
+    n = rows_total if offsets is None else len(offsets) - 1
     shape = (len(mats_a), len(mats_b))
     m = int(math.floor(fraction * n))
     if m >= n or m < 2:
         raise RepalignError(f"fraction={fraction} keeps m={m} of N={n} samples; a subsample needs 2 <= m < N, so choose a fraction between {2 / n:.3g} and {(n - 1) / n:.3g}")
+    smallest = m if offsets is None else int(np.sort(lengths)[:m].sum())  # fewest rows a subsample can have
     valid = [i for i, (metric, p) in enumerate(resolved) if metric.has_interval(p)]
     out: list[tuple] = [None] * len(resolved)
     for i, (metric, p) in enumerate(resolved):
@@ -470,7 +543,7 @@ def subsample_intervals(mats_a: Sequence[np.ndarray], mats_b: Sequence[np.ndarra
     sub_resolved = [resolved[i] for i in valid]
     for metric, p in sub_resolved:
         try:
-            metric.resolve(m, **{k: v for k, v in p.items() if k in metric.defaults})
+            metric.resolve(smallest, **{k: v for k, v in p.items() if k in metric.defaults})
         except RepalignError as exc:
             raise RepalignError(f"subsamples of m={m} samples (fraction={fraction} of N={n}) are too small for {metric.name}: {exc}") from None
     names_a = [str(i) for i in range(len(mats_a))]
@@ -485,6 +558,9 @@ def subsample_intervals(mats_a: Sequence[np.ndarray], mats_b: Sequence[np.ndarra
         sub = np.empty((len(valid), n_subsamples, *shape))
         for b in range(n_subsamples):
             rows = np.sort(rng.choice(n, size=m, replace=False))
+            if offsets is not None:  # whole samples: all rows of each drawn sample
+                rows = np.repeat(offsets[rows], lengths[rows]) + (np.arange(lengths[rows].sum())
+                                                                 - np.repeat(np.cumsum(lengths[rows]) - lengths[rows], lengths[rows]))
             sa = _states(list(mats_a), names_a, sub_resolved, normalize, clip_quantile, rows)
             sb = _states(list(mats_b), names_b, sub_resolved, normalize, clip_quantile, rows)
             for j, (metric, p) in enumerate(sub_resolved):
