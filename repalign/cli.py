@@ -217,10 +217,10 @@ def cmd_plot(args) -> int:
         layers=_options(args.layer), sizes=_options(args.size),
     )
     table = read_table(args.table)
-    if args.level:
-        from repalign.table import level_rows
+    if args.granularity:
+        from repalign.table import granularity_rows
 
-        table = level_rows(table, args.level)
+        table = granularity_rows(table, args.granularity)
     for path in plot_table(table, args.output, args.kind, args.format, **options):
         print(f"wrote {path}")
     return 0
@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "depth; size: score vs model size (default layers)")
     pl.add_argument("--metric", help="metric to draw (default: the table's first)")
     pl.add_argument("--a", help="layers: model A; depth: models to draw, comma separated (default: all)")
-    pl.add_argument("--level", choices=("pooled", "token"),
+    pl.add_argument("--granularity", choices=("pooled", "token"),
                     help="rows of this level only, for tables holding pooled and token-level (compare --tokens) rows")
     pl.add_argument("--b", help="layers: model B; depth/size: the reference model (default: the most compared)")
     pl.add_argument("--layer-b", help="depth/size: score against this layer of B instead of B's best layer")

@@ -271,7 +271,7 @@ def _compare_items(run: _Run, items_a: list, items_b: list) -> Comparison:
         frame = al.to_frame(model_a=model_a, model_b=model_b)
         if run.level is not None:
             frame.insert(frame.columns.get_loc("n_samples") + 1, "n_units", run.n_units)
-            frame.insert(frame.columns.get_loc("metric"), "level", run.level)
+            frame.insert(frame.columns.get_loc("metric"), "granularity", run.level)
         settable = {k: v for k, v in p.items() if k in metric.params}
         warnings += stats.check_reliability(n, metric.name, settable, layers=layers, normalize=normalize,
                                             permutations=permutations or None, alpha=alpha)
@@ -527,7 +527,7 @@ def compare_tokens(
 
     # what a row is
     rng = np.random.default_rng(stats._rng(seed)[1])
-    extra: dict = {"level": "token"}
+    extra: dict = {"granularity": "token"}
     keep = groups = None
     rows_per_sample = counts
     if group_by is not None:

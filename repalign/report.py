@@ -201,26 +201,26 @@ def _caption(rows: pd.DataFrame, what: str) -> str:
 
 def _figures(table: pd.DataFrame, pairs: list[PairResult], metrics: list[str]) -> list[dict]:
     """(section, title, caption, data URI, command) of each figure of the report."""
-    from repalign.table import check_table, level_rows, levels
+    from repalign.table import check_table, granularities, granularity_rows
 
     if table.empty:
         return []
     checked = check_table(table)
     figures = []
-    for level in levels(checked):
-        figures += _level_figures(level_rows(checked, level), pairs, level)
+    for level in granularities(checked):
+        figures += _level_figures(granularity_rows(checked, level), pairs, level)
     return figures
 
 
 def _level_figures(table: pd.DataFrame, pairs: list[PairResult], level: str) -> list[dict]:
     """The figures of one level of rows (pooled layers, or token rows beside them)."""
     from repalign import plot
-    from repalign.table import POOLED_LEVEL, metric_rows, select_pair
+    from repalign.table import POOLED, metric_rows, select_pair
 
     figures = []
     checked = table
-    suffix = "" if level == POOLED_LEVEL else f" ({level} level)"
-    option = [] if level == POOLED_LEVEL else ["--level", level]
+    suffix = "" if level == POOLED else f" ({level} level)"
+    option = [] if level == POOLED else ["--granularity", level]
     for metric in dict.fromkeys(checked["metric"]):
         rows = metric_rows(checked, metric)
         models = set(rows["model_a"]) | set(rows["model_b"])
@@ -265,7 +265,7 @@ def summary_rows(table: pd.DataFrame, pairs: list[PairResult]) -> list[dict]:
     """One row per compared model pair and metric: best layer pair, score, chance level (or null
     mean), calibrated score, p-value adjusted for the layer search, interval."""
     from repalign.plot import best_rows
-    from repalign.table import POOLED_LEVEL, chance_levels, check_table, levels, metric_rows
+    from repalign.table import POOLED, chance_levels, check_table, granularities, metric_rows
 
     if table.empty:
         return []
@@ -274,7 +274,7 @@ def summary_rows(table: pd.DataFrame, pairs: list[PairResult]) -> list[dict]:
     for pair in pairs:
         if not pair.compared:
             continue
-        for level, metric in ((lv, m) for lv in levels(checked) for m in dict.fromkeys(checked["metric"])):
+        for level, metric in ((lv, m) for lv in granularities(checked) for m in dict.fromkeys(checked["metric"])):
             try:
                 rows = metric_rows(checked, metric, level)
             except RepalignError:  # a metric not computed at this level
@@ -299,9 +299,9 @@ def summary_rows(table: pd.DataFrame, pairs: list[PairResult]) -> list[dict]:
                 reference, what = value("null_mean"), "null mean"
             params = row["params"]
             out.append({
-                "pair": f"{row['model_a']} vs {row['model_b']}" + ("" if level == POOLED_LEVEL else f" ({level} level)"),
+                "pair": f"{row['model_a']} vs {row['model_b']}" + ("" if level == POOLED else f" ({level} level)"),
                 "metric": f"{metric} ({params.replace(',', ', ')})" if params else metric,
-                "samples": pair.n_samples if level == POOLED_LEVEL else int(value("n_samples")), "best": f"{row['layer_a']} ~ {row['layer_b']}", "score": value("score"),
+                "samples": pair.n_samples if level == POOLED else int(value("n_samples")), "best": f"{row['layer_a']} ~ {row['layer_b']}", "score": value("score"),
                 "reference": reference, "reference_kind": what if not np.isnan(reference) else "",
                 "calibrated": value("calibrated"), "p": p, "ci_low": value("ci_low"), "ci_high": value("ci_high"),
             })

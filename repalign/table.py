@@ -21,8 +21,8 @@ import pandas as pd
 from repalign.errors import RepalignError
 
 REQUIRED_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "metric", "score")
-#: the ``level`` column: what a row of the compared layers is; tables without it hold pooled layers
-POOLED_LEVEL = "pooled"
+#: the ``granularity`` column: what a row of the compared layers is; tables without it hold pooled layers
+POOLED = "pooled"
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 
 
@@ -144,8 +144,8 @@ def check_table(table: pd.DataFrame) -> pd.DataFrame:
     out["score"] = scores.astype(float)
     for col in ("model_a", "layer_a", "model_b", "layer_b", "metric"):
         out[col] = out[col].astype(str)
-    if "level" in out.columns:  # token-level rows (compare --tokens) beside pooled ones
-        out["level"] = [POOLED_LEVEL if pd.isna(v) or v == "" else str(v) for v in out["level"]]
+    if "granularity" in out.columns:  # token-level rows (compare --tokens) beside pooled ones
+        out["granularity"] = [POOLED if pd.isna(v) or v == "" else str(v) for v in out["granularity"]]
     if "params" in out.columns:
         # a CSV with no parameters reads back as a float column of NaN
         out["params"] = ["" if pd.isna(v) else str(v) for v in out["params"]]
@@ -182,30 +182,30 @@ def resolve_metric(table: pd.DataFrame, metric: str | None = None) -> str:
     raise RepalignError(f"metric {metric!r} is not in the table; it holds: {', '.join(stored)}; pass one with --metric")
 
 
-def levels(table: pd.DataFrame) -> list[str]:
+def granularities(table: pd.DataFrame) -> list[str]:
     """The table's levels in order of first appearance: ``pooled`` (rows are samples), ``token``
     (rows are residues or atoms, from ``repalign compare --tokens``)."""
-    if "level" not in table.columns:
-        return [POOLED_LEVEL]
-    return list(dict.fromkeys(POOLED_LEVEL if pd.isna(v) or v == "" else str(v) for v in table["level"]))
+    if "granularity" not in table.columns:
+        return [POOLED]
+    return list(dict.fromkeys(POOLED if pd.isna(v) or v == "" else str(v) for v in table["granularity"]))
 
 
-def level_rows(table: pd.DataFrame, level: str | None = None) -> pd.DataFrame:
+def granularity_rows(table: pd.DataFrame, level: str | None = None) -> pd.DataFrame:
     """Rows of one level (``pooled`` or ``token``); None: all rows."""
     if level is None:
         return table
-    if level not in levels(table):
-        raise RepalignError(f"the table has no {level} rows; it holds: {', '.join(levels(table))}")
-    if "level" not in table.columns:
+    if level not in granularities(table):
+        raise RepalignError(f"the table has no {level} rows; it holds: {', '.join(granularities(table))}")
+    if "granularity" not in table.columns:
         return table
-    values = table["level"].map(lambda v: POOLED_LEVEL if pd.isna(v) or v == "" else str(v))
+    values = table["granularity"].map(lambda v: POOLED if pd.isna(v) or v == "" else str(v))
     return table[values == level]
 
 
 def metric_rows(table: pd.DataFrame, metric: str | None = None, level: str | None = None) -> pd.DataFrame:
     """Rows of one metric and one parameter setting (the first stored, when several), of one level
     when ``level`` is given (a token-level setting differs from a pooled one in params anyway)."""
-    table = level_rows(table, level)
+    table = granularity_rows(table, level)
     metric = resolve_metric(table, metric)
     sub = table[table["metric"] == metric]
     return sub[sub["params"] == sub["params"].iloc[0]]

@@ -61,14 +61,14 @@ def test_token_scores_match_direct_metric_calls_on_stacked_rows(token_cache):
     path, _, fa, fb = token_cache
     res = compare_tokens(path, "ma", "mb", ["mknn", "cka"], k=5)
     table = res.table
-    assert (table["level"] == "token").all() and (table["n_samples"] == sum(LENGTHS)).all()
+    assert (table["granularity"] == "token").all() and (table["n_samples"] == sum(LENGTHS)).all()
     assert (table["n_units"] == len(LENGTHS)).all()
     for _, row in table.iterrows():
         x = prepare(np.concatenate(fa[row.layer_a]).astype(np.float64), normalize="l2")
         y = prepare(np.concatenate(fb[row.layer_b]).astype(np.float64), normalize="l2")
         expected = mutual_knn(x, y, k=5) if row.metric == "mutual_knn" else cka(x, y)
         assert row.score == pytest.approx(expected, abs=1e-6)
-        assert "level=token" in row.params
+        assert "granularity=token" in row.params
 
 
 def test_block_permutation_moves_whole_samples_onto_samples_of_the_same_length():
@@ -315,7 +315,7 @@ def test_inputs_check_names_a_model_that_kept_special_tokens(tmp_path):
 # ----------------------------------------------------------------------------- tables, plots, report
 def test_report_shows_token_pairs_beside_pooled_and_plot_reads_token_rows(tmp_path):
     from repalign.report import build_report
-    from repalign.table import level_rows, levels, read_table
+    from repalign.table import granularities, granularity_rows, read_table
 
     rng = np.random.default_rng(11)
     records = [sequence_record(f"s{i:02d}", "ACDEFGHIK"[: 4 + i % 3]) for i in range(30)]
@@ -330,17 +330,17 @@ def test_report_shows_token_pairs_beside_pooled_and_plot_reads_token_rows(tmp_pa
     out = tmp_path / "report"
     build_report(path, out, metrics=["mknn"], k=3, permutations=19)
     table = read_table(out / "scores.csv")
-    assert levels(table) == ["pooled", "token"]
-    token = level_rows(table, "token")
+    assert granularities(table) == ["pooled", "token"]
+    token = granularity_rows(table, "token")
     assert len(token) == 1 and int(token["n_samples"].iloc[0]) == sum(r.size for r in records)
     assert token["p_value"].notna().all()
     page = (out / "index.html").read_text()
     assert "ma vs mb (token level)" in page and "layer x layer, ma vs mb (token level)" in page
-    res = run_cli("plot", out / "scores.csv", "--level", "token", "--kind", "layers", "-o", tmp_path / "tok", "--format", "png")
+    res = run_cli("plot", out / "scores.csv", "--granularity", "token", "--kind", "layers", "-o", tmp_path / "tok", "--format", "png")
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "tok.png").stat().st_size > 0
-    level_rows(table, "pooled").to_csv(tmp_path / "pooled.csv", index=False)
-    res = run_cli("plot", tmp_path / "pooled.csv", "--level", "token", "--kind", "layers", "-o", tmp_path / "y")
+    granularity_rows(table, "pooled").to_csv(tmp_path / "pooled.csv", index=False)
+    res = run_cli("plot", tmp_path / "pooled.csv", "--granularity", "token", "--kind", "layers", "-o", tmp_path / "y")
     assert res.returncode == 1 and "the table has no token rows; it holds: pooled" in res.stderr
 
 
