@@ -5,7 +5,8 @@ Cluster specs (:func:`parse_cluster`, :func:`open_client`):
 - ``local:N``           a LocalCluster of N worker processes, one thread each, on this machine;
 - ``tcp://HOST:PORT``   an existing scheduler (``dask scheduler`` + ``dask worker`` started by hand);
 - ``slurm:CONFIG.yaml`` a dask-jobqueue SLURMCluster whose keyword arguments are the YAML mapping
-  (plus ``jobs: N``, the number of jobs to start); see docs/scaling.md.
+  (plus ``jobs: N``, the number of jobs to start, and ``start_timeout: S``, the seconds to wait for
+  the first job to start); see docs/scaling.md.
 
 Extraction (:func:`extract_distributed`): the samples still to do are ordered and batched exactly
 as :func:`repalign.extract.extract` would (``length_batches``), the batch list is cut into shards
@@ -56,6 +57,9 @@ SLURM_KEYS = frozenset({
     "scheduler_options", "name", "silence_logs", "dashboard_address", "host", "shared_temp_directory",
 })
 SLURM_REQUIRED = ("cores", "memory")
+# Seconds to wait for a scheduler to answer, and for the first worker (tcp) or SLURM job to start.
+CONNECT_TIMEOUT_S = 30
+WORKER_TIMEOUT_S = 600
 
 
 def _dask():
@@ -93,9 +97,13 @@ def read_slurm_config(path: str | os.PathLike) -> tuple[dict, int]:
         raise RepalignError(f"slurm config {path} is not valid YAML{at}; fix the syntax (see docs/scaling.md for an example)") from None
     if not isinstance(conf, dict):
         raise RepalignError(f"slurm config {path} must be a mapping of SLURMCluster settings (cores: 8, memory: 64GB, ...), got {type(conf).__name__}")
-    unknown = sorted(str(k) for k in conf if k not in SLURM_KEYS and k != "jobs")
+    unknown = sorted(str(k) for k in conf if k not in SLURM_KEYS and k not in ("jobs", "start_timeout"))
     if unknown:
-        raise RepalignError(f"slurm config {path}: unknown key(s) {', '.join(unknown)}; accepted: jobs, {', '.join(sorted(SLURM_KEYS))}")
+        raise RepalignError(f"slurm config {path}: unknown key(s) {', '.join(unknown)}; accepted: jobs, start_timeout, "
+                            f"{', '.join(sorted(SLURM_KEYS))}")
+    wait = conf.get("start_timeout", WORKER_TIMEOUT_S)
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait > 0:
+        raise RepalignError(f"slurm config {path}: start_timeout={wait!r} must be a positive number of seconds, e.g. 600")
     missing = [k for k in SLURM_REQUIRED if k not in conf]
     if missing:
         raise RepalignError(f"slurm config {path}: missing {', '.join(missing)}; every job needs e.g. 'cores: 8' and 'memory: 64GB'")
@@ -134,6 +142,9 @@ def open_client(cluster) -> Iterator[Any]:
     """A ``distributed.Client`` for a spec string or ClusterSpec; a Client passed in is used as is.
 
     Clusters started here (local, slurm) are shut down on exit; an existing scheduler (tcp) is left running.
+    Every way of waiting is bounded: a scheduler that does not answer fails after
+    :data:`CONNECT_TIMEOUT_S`; a scheduler without workers, or SLURM jobs that never start, after
+    :data:`WORKER_TIMEOUT_S` (SLURM: the config's ``start_timeout``), each with a one-line error.
     """
     distributed = _dask()
     if isinstance(cluster, distributed.Client):
@@ -142,23 +153,84 @@ def open_client(cluster) -> Iterator[Any]:
     spec = cluster if isinstance(cluster, ClusterSpec) else parse_cluster(cluster)
     if spec.kind == "tcp":
         try:
-            client = distributed.Client(spec.address, timeout="30s")
+            client = distributed.Client(spec.address, timeout=f"{CONNECT_TIMEOUT_S}s")
         except OSError as exc:
-            raise RepalignError(f"cannot reach the Dask scheduler at {spec.address} ({exc}); start it with 'dask scheduler' or check the address") from None
+            raise RepalignError(f"cannot reach the Dask scheduler at {spec.address} within {CONNECT_TIMEOUT_S} s "
+                                f"({_first_line(exc)}); start it with 'dask scheduler' or check the address") from None
         with client:
+            _wait_for_workers(client, WORKER_TIMEOUT_S,
+                              f"the Dask scheduler at {spec.address} has no worker after {WORKER_TIMEOUT_S} s; "
+                              f"start workers with 'dask worker {spec.address}'")
             yield client
         return
     if spec.kind == "local":
         cm = distributed.LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
-    else:
-        try:
-            from dask_jobqueue import SLURMCluster
-        except ImportError:
-            raise RepalignError("slurm clusters need dask-jobqueue: pip install 'repalign[dask]'") from None
-        cm = SLURMCluster(**spec.slurm)
-        cm.scale(jobs=spec.jobs)
-    with cm as cl, distributed.Client(cl) as client:
+        with cm as cl, distributed.Client(cl) as client:
+            yield client
+        return
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise RepalignError("slurm clusters need dask-jobqueue: pip install 'repalign[dask]'") from None
+    settings = dict(spec.slurm)
+    start_timeout = settings.pop("start_timeout", WORKER_TIMEOUT_S)
+    check_slurm_queue(settings.get("queue"))
+    with SLURMCluster(**settings) as cl, distributed.Client(cl) as client:
+        cl.scale(jobs=spec.jobs)
+        _wait_for_workers(client, start_timeout, lambda: (
+            f"no SLURM job started within {start_timeout} s ({_pending_reason(cl)}); free resources, choose "
+            f"another queue, or raise start_timeout in the slurm config"))
         yield client
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _wait_for_workers(client, timeout: float, message) -> None:
+    """At least one worker within ``timeout`` seconds, else a RepalignError (``message``: text or callable)."""
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        raise RepalignError(message() if callable(message) else message) from None
+
+
+def check_slurm_queue(queue: str | None) -> None:
+    """Refuse a partition that ``sinfo`` does not list (sbatch would fail in the background and the
+    jobs never appear), and say so when the SLURM commands are missing."""
+    import subprocess
+
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        raise RepalignError("slurm clusters need the SLURM commands (sbatch, sinfo) on PATH; run on a SLURM login node")
+    if queue is None:
+        return
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=CONNECT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise RepalignError(f"sinfo did not answer within {CONNECT_TIMEOUT_S} s; is slurmctld running?") from None
+    if out.returncode != 0:
+        raise RepalignError(f"sinfo failed ({(out.stderr.strip().splitlines() or ['no output'])[0]}); is slurmctld running?")
+    partitions = sorted(set(out.stdout.split()))
+    if queue not in partitions:
+        raise RepalignError(f"SLURM partition {queue!r} does not exist; the partitions are {', '.join(partitions) or 'none'}: "
+                            f"set queue in the slurm config to one of them")
+
+
+def _pending_reason(cluster) -> str:
+    """What squeue says about the cluster's jobs, for the error when none starts."""
+    import subprocess
+
+    ids = [str(j.job_id) for j in getattr(cluster, "workers", {}).values() if getattr(j, "job_id", None)]
+    if not ids or shutil.which("squeue") is None:
+        return "no job was accepted by sbatch" if not ids else f"jobs {','.join(ids)}"
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T %r"], capture_output=True, text=True,
+                             timeout=CONNECT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"jobs {','.join(ids)}; squeue did not answer"
+    states = "; ".join(line.strip() for line in out.stdout.splitlines() if line.strip())
+    return f"squeue: {states}" if states else f"jobs {','.join(ids)} are no longer queued"
 
 
 # ----------------------------------------------------------------------------- worker side
