@@ -719,3 +719,83 @@ def align_layers_distributed(
         out.append(LayerAlignment(scores[m], list(names_a), list(names_b), metric.name, params_m, n_samples,
                                   recall=recall if approximate else None))
     return out
+
+
+# ----------------------------------------------------------------------------- one layer across workers
+class DaskCandidateSearch:
+    """A candidate search (:data:`repalign.metrics.neighbors.CandidateSearch`) spread over Dask workers.
+
+    The distinct rows are cut into B blocks of ``block`` rows and scattered to the workers once; each
+    of the B(B+1)/2 row block × column block products above the diagonal is one task
+    (:func:`repalign.metrics.neighbors.block_pair_topk`), and each row block's partial lists are
+    merged by one more task (:func:`repalign.metrics.neighbors.merge_topk`). The lists it returns are
+    only candidates: :func:`repalign.metrics.neighbors.build_knn_state` finishes them with float64
+    index-order similarities, so the neighbour lists are those of the single-process search,
+    whatever ``block`` and the number of workers.
+
+    After a call: ``tasks`` (products run) and ``pids`` (worker processes that ran them).
+    """
+
+    def __init__(self, client, block: int = 2048):
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+            raise RepalignError(f"block={block!r} must be a positive whole number of rows, e.g. 8192")
+        self.client = client
+        self.block = int(block)
+        self.tasks = 0
+        self.pids: set[int] = set()
+
+    def __call__(self, rows, ks: int) -> tuple[np.ndarray, np.ndarray]:
+        from repalign.metrics.neighbors import rechunked_rows
+
+        client = self.client
+        starts, blocks = [], []
+        for r0, X in rechunked_rows(rows, self.block):
+            starts.append(r0)
+            blocks.append(client.scatter(X))
+        pairs = {}
+        for i, (r0, Xr) in enumerate(zip(starts, blocks)):
+            for j in range(i, len(blocks)):
+                pairs[i, j] = client.submit(_pair_task, Xr, blocks[j], r0, starts[j], ks, rows.n, pure=False)
+        merged = []
+        for b in range(len(blocks)):
+            parts = [(pairs[b, j], 0) for j in range(b, len(blocks))] + [(pairs[i, b], 1) for i in range(b + 1)]
+            merged.append(client.submit(_merge_task, parts, ks, pure=False))
+        try:
+            results = client.gather(merged)
+        finally:
+            client.cancel(merged + list(pairs.values()) + blocks)
+        self.tasks += len(pairs)
+        self.pids.update(pid for r in results for pid in r[2])
+        if not results:
+            return np.empty((0, ks), dtype=np.int64), np.empty((0, ks))
+        return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
+
+
+def _pair_task(Xr, Xc, r0, c0, ks, n):
+    from repalign.metrics.neighbors import block_pair_topk
+
+    return os.getpid(), block_pair_topk(Xr, Xc, r0, c0, ks, n)
+
+
+def _merge_task(parts, ks):
+    from repalign.metrics.neighbors import merge_topk
+
+    idx, sim = merge_topk([result[1][side] for result, side in parts], ks)
+    return idx, sim, {result[0] for result, _ in parts}
+
+
+def distributed_knn_state(client, layer, k: int = 10, normalize="l2", clip_quantile=None, block: int = 2048,
+                          name: str = "layer"):
+    """Tie-aware neighbour lists of one layer with its search spread over the workers of ``client``.
+
+    layer: an (N, D) array or a block source (a callable returning a fresh iterator of row blocks,
+    e.g. ``CacheLayer.blocks``); the rows are read here, in blocks, and scattered once. The same
+    :class:`repalign.metrics.neighbors.KnnState` as the in-memory and out-of-core searches
+    (:func:`repalign.metrics.outofcore.blocked_knn_state` with a :class:`DaskCandidateSearch`).
+    """
+    from repalign.metrics.engine import row_blocks
+    from repalign.metrics.outofcore import blocked_knn_state
+
+    search = DaskCandidateSearch(client, block)
+    source = row_blocks(layer, search.block)
+    return blocked_knn_state(source, k, normalize, clip_quantile, search.block, name=name, search=search)
