@@ -175,12 +175,24 @@ def open_client(cluster) -> Iterator[Any]:
     settings = dict(spec.slurm)
     start_timeout = settings.pop("start_timeout", WORKER_TIMEOUT_S)
     check_slurm_queue(settings.get("queue"))
-    with SLURMCluster(**settings) as cl, distributed.Client(cl) as client:
+    with _quiet_dask(), SLURMCluster(**settings) as cl, distributed.Client(cl) as client:
         cl.scale(jobs=spec.jobs)
         _wait_for_workers(client, start_timeout, lambda: (
             f"no SLURM job started within {start_timeout} s ({_pending_reason(cl)}); free resources, choose "
             f"another queue, or raise start_timeout in the slurm config"))
         yield client
+
+
+@contextlib.contextmanager
+def _quiet_dask() -> Iterator[None]:
+    """The scheduler a SLURMCluster starts in this process logs every event at INFO; keep warnings only."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _first_line(exc: BaseException) -> str:
