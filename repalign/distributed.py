@@ -670,6 +670,7 @@ def align_layers_distributed(
     knn_options: dict | None = None,
     block_rows: int | None = None,
     n_samples: int | None = None,
+    search_block: int | None = None,
     **params,
 ):
     """:func:`repalign.metrics.align_layers_multi` with the per-layer states built on Dask workers.
@@ -681,6 +682,11 @@ def align_layers_distributed(
     each layer of A is then scored against every layer of B on one worker. Same numbers as
     the single-process engine. Returns one LayerAlignment per metric (approximate neighbours:
     ``recall`` set, params include ``knn``).
+
+    search_block: instead of one task per layer, spread each layer's exact neighbour search over
+    all workers (:class:`DaskCandidateSearch` with blocks of ``search_block`` rows; for a few
+    layers of very many samples). The layers are then read here in blocks of ``block_rows``
+    (default ``search_block``) and the finished states are sent to the workers that score them.
     """
     from repalign.metrics import LayerAlignment
     from repalign.metrics.engine import check_backend, resolve_metrics
@@ -698,19 +704,30 @@ def align_layers_distributed(
         raise RepalignError("pass one name per layer in names_a and names_b")
     n_samples = _n_rows(items_a[0]) if n_samples is None else int(n_samples)
     resolved = resolve_metrics(metrics, n_samples, params)
+    if search_block is not None:
+        if knn != "exact":
+            raise RepalignError("search_block splits the exact neighbour search; use knn='exact' with it")
+        search = DaskCandidateSearch(client, search_block)
+        block_rows = block_rows or search.block
     options = dict(normalize=normalize, clip_quantile=clip_quantile, knn=knn, knn_options=knn_options,
                    block_rows=block_rows, n_samples=n_samples)
+
+    def state(item, name, label):
+        if search_block is None:
+            return client.submit(_state_on_worker, item, resolved, name, label, options, pure=False)
+        from repalign.metrics.engine import layer_state
+
+        built = layer_state(_layer_source(item, block_rows), resolved, name=name, label=label, knn_search=search, **options)
+        return client.scatter(built)
 
     futures_b: dict[int, Any] = {}
     for item, name in zip(items_b, names_b):
         if id(item) not in futures_b:
-            futures_b[id(item)] = client.submit(_state_on_worker, item, resolved, name, f"layer {name!r} of layers_b",
-                                                options, pure=False)
+            futures_b[id(item)] = state(item, name, f"layer {name!r} of layers_b")
     states_b = [futures_b[id(item)] for item in items_b]
     rows, futures_a = [], []
     for item, name in zip(items_a, names_a):
-        fa = futures_b.get(id(item)) or client.submit(_state_on_worker, item, resolved, name,
-                                                      f"layer {name!r} of layers_a", options, pure=False)
+        fa = futures_b.get(id(item)) or state(item, name, f"layer {name!r} of layers_a")
         futures_a.append(fa)
         rows.append(client.submit(_score_row, fa, states_b, resolved, pure=False))
     try:

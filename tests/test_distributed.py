@@ -334,3 +334,17 @@ def test_one_layer_search_split_over_workers_gives_the_same_lists(client, block)
     assert search.tasks == b * (b + 1) // 2 and 1 <= len(search.pids) <= 2
     with pytest.raises(RepalignError, match="block=0"):
         DaskCandidateSearch(client, 0)
+
+
+def test_comparison_with_each_layer_search_split_over_workers(client, layer_data):
+    """search_block: every layer's search spread over both workers; the scores of the single-process engine."""
+    a, b = layer_data
+    ref = align_layers_multi(a, b, ["mknn", "cknna", "cka"], k=7)
+    got = align_layers_distributed(client, a, b, ["mknn", "cknna", "cka"], k=7, search_block=64)
+    for r, g in zip(ref, got):
+        if r.metric == "cka":  # streamed statistics: equal up to float64 rounding
+            np.testing.assert_allclose(g.scores, r.scores, rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(g.scores, r.scores)
+    with pytest.raises(RepalignError, match="search_block splits the exact"):
+        align_layers_distributed(client, a, b, ["mknn"], knn="faiss-hnsw", search_block=64)
