@@ -175,6 +175,9 @@ def open_client(cluster) -> Iterator[Any]:
     settings = dict(spec.slurm)
     start_timeout = settings.pop("start_timeout", WORKER_TIMEOUT_S)
     check_slurm_queue(settings.get("queue"))
+    if "dashboard_address" not in settings and "dashboard_address" not in (settings.get("scheduler_options") or {}):
+        # any free port: dask-jobqueue's fixed 8787 clashes with other schedulers on the same host
+        settings["scheduler_options"] = {**(settings.get("scheduler_options") or {}), "dashboard_address": ":0"}
     with _quiet_dask(), SLURMCluster(**settings) as cl, distributed.Client(cl) as client:
         cl.scale(jobs=spec.jobs)
         _wait_for_workers(client, start_timeout, lambda: (
