@@ -5,7 +5,8 @@ Cluster specs (:func:`parse_cluster`, :func:`open_client`):
 - ``local:N``           a LocalCluster of N worker processes, one thread each, on this machine;
 - ``tcp://HOST:PORT``   an existing scheduler (``dask scheduler`` + ``dask worker`` started by hand);
 - ``slurm:CONFIG.yaml`` a dask-jobqueue SLURMCluster whose keyword arguments are the YAML mapping
-  (plus ``jobs: N``, the number of jobs to start); see docs/scaling.md.
+  (plus ``jobs: N``, the number of jobs to start, and ``start_timeout: S``, the seconds to wait for
+  the first job to start); see docs/scaling.md.
 
 Extraction (:func:`extract_distributed`): the samples still to do are ordered and batched exactly
 as :func:`repalign.extract.extract` would (``length_batches``), the batch list is cut into shards
@@ -56,6 +57,9 @@ SLURM_KEYS = frozenset({
     "scheduler_options", "name", "silence_logs", "dashboard_address", "host", "shared_temp_directory",
 })
 SLURM_REQUIRED = ("cores", "memory")
+# Seconds to wait for a scheduler to answer, and for the first worker (tcp) or SLURM job to start.
+CONNECT_TIMEOUT_S = 30
+WORKER_TIMEOUT_S = 600
 
 
 def _dask():
@@ -93,9 +97,13 @@ def read_slurm_config(path: str | os.PathLike) -> tuple[dict, int]:
         raise RepalignError(f"slurm config {path} is not valid YAML{at}; fix the syntax (see docs/scaling.md for an example)") from None
     if not isinstance(conf, dict):
         raise RepalignError(f"slurm config {path} must be a mapping of SLURMCluster settings (cores: 8, memory: 64GB, ...), got {type(conf).__name__}")
-    unknown = sorted(str(k) for k in conf if k not in SLURM_KEYS and k != "jobs")
+    unknown = sorted(str(k) for k in conf if k not in SLURM_KEYS and k not in ("jobs", "start_timeout"))
     if unknown:
-        raise RepalignError(f"slurm config {path}: unknown key(s) {', '.join(unknown)}; accepted: jobs, {', '.join(sorted(SLURM_KEYS))}")
+        raise RepalignError(f"slurm config {path}: unknown key(s) {', '.join(unknown)}; accepted: jobs, start_timeout, "
+                            f"{', '.join(sorted(SLURM_KEYS))}")
+    wait = conf.get("start_timeout", WORKER_TIMEOUT_S)
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait > 0:
+        raise RepalignError(f"slurm config {path}: start_timeout={wait!r} must be a positive number of seconds, e.g. 600")
     missing = [k for k in SLURM_REQUIRED if k not in conf]
     if missing:
         raise RepalignError(f"slurm config {path}: missing {', '.join(missing)}; every job needs e.g. 'cores: 8' and 'memory: 64GB'")
@@ -134,6 +142,9 @@ def open_client(cluster) -> Iterator[Any]:
     """A ``distributed.Client`` for a spec string or ClusterSpec; a Client passed in is used as is.
 
     Clusters started here (local, slurm) are shut down on exit; an existing scheduler (tcp) is left running.
+    Every way of waiting is bounded: a scheduler that does not answer fails after
+    :data:`CONNECT_TIMEOUT_S`; a scheduler without workers, or SLURM jobs that never start, after
+    :data:`WORKER_TIMEOUT_S` (SLURM: the config's ``start_timeout``), each with a one-line error.
     """
     distributed = _dask()
     if isinstance(cluster, distributed.Client):
@@ -142,23 +153,99 @@ def open_client(cluster) -> Iterator[Any]:
     spec = cluster if isinstance(cluster, ClusterSpec) else parse_cluster(cluster)
     if spec.kind == "tcp":
         try:
-            client = distributed.Client(spec.address, timeout="30s")
+            client = distributed.Client(spec.address, timeout=f"{CONNECT_TIMEOUT_S}s")
         except OSError as exc:
-            raise RepalignError(f"cannot reach the Dask scheduler at {spec.address} ({exc}); start it with 'dask scheduler' or check the address") from None
+            raise RepalignError(f"cannot reach the Dask scheduler at {spec.address} within {CONNECT_TIMEOUT_S} s "
+                                f"({_first_line(exc)}); start it with 'dask scheduler' or check the address") from None
         with client:
+            _wait_for_workers(client, WORKER_TIMEOUT_S,
+                              f"the Dask scheduler at {spec.address} has no worker after {WORKER_TIMEOUT_S} s; "
+                              f"start workers with 'dask worker {spec.address}'")
             yield client
         return
     if spec.kind == "local":
         cm = distributed.LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
-    else:
-        try:
-            from dask_jobqueue import SLURMCluster
-        except ImportError:
-            raise RepalignError("slurm clusters need dask-jobqueue: pip install 'repalign[dask]'") from None
-        cm = SLURMCluster(**spec.slurm)
-        cm.scale(jobs=spec.jobs)
-    with cm as cl, distributed.Client(cl) as client:
+        with cm as cl, distributed.Client(cl) as client:
+            yield client
+        return
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise RepalignError("slurm clusters need dask-jobqueue: pip install 'repalign[dask]'") from None
+    settings = dict(spec.slurm)
+    start_timeout = settings.pop("start_timeout", WORKER_TIMEOUT_S)
+    check_slurm_queue(settings.get("queue"))
+    if "dashboard_address" not in settings and "dashboard_address" not in (settings.get("scheduler_options") or {}):
+        # any free port: dask-jobqueue's fixed 8787 clashes with other schedulers on the same host
+        settings["scheduler_options"] = {**(settings.get("scheduler_options") or {}), "dashboard_address": ":0"}
+    with _quiet_dask(), SLURMCluster(**settings) as cl, distributed.Client(cl) as client:
+        cl.scale(jobs=spec.jobs)
+        _wait_for_workers(client, start_timeout, lambda: (
+            f"no SLURM job started within {start_timeout} s ({_pending_reason(cl)}); free resources, choose "
+            f"another queue, or raise start_timeout in the slurm config"))
         yield client
+
+
+@contextlib.contextmanager
+def _quiet_dask() -> Iterator[None]:
+    """The scheduler a SLURMCluster starts in this process logs every event at INFO; keep warnings only."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _wait_for_workers(client, timeout: float, message) -> None:
+    """At least one worker within ``timeout`` seconds, else a RepalignError (``message``: text or callable)."""
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        raise RepalignError(message() if callable(message) else message) from None
+
+
+def check_slurm_queue(queue: str | None) -> None:
+    """Refuse a partition that ``sinfo`` does not list (sbatch would fail in the background and the
+    jobs never appear), and say so when the SLURM commands are missing."""
+    import subprocess
+
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        raise RepalignError("slurm clusters need the SLURM commands (sbatch, sinfo) on PATH; run on a SLURM login node")
+    if queue is None:
+        return
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=CONNECT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise RepalignError(f"sinfo did not answer within {CONNECT_TIMEOUT_S} s; is slurmctld running?") from None
+    if out.returncode != 0:
+        raise RepalignError(f"sinfo failed ({(out.stderr.strip().splitlines() or ['no output'])[0]}); is slurmctld running?")
+    partitions = sorted(set(out.stdout.split()))
+    if queue not in partitions:
+        raise RepalignError(f"SLURM partition {queue!r} does not exist; the partitions are {', '.join(partitions) or 'none'}: "
+                            f"set queue in the slurm config to one of them")
+
+
+def _pending_reason(cluster) -> str:
+    """What squeue says about the cluster's jobs, for the error when none starts."""
+    import subprocess
+
+    ids = [str(j.job_id) for j in getattr(cluster, "workers", {}).values() if getattr(j, "job_id", None)]
+    if not ids or shutil.which("squeue") is None:
+        return "no job was accepted by sbatch" if not ids else f"jobs {','.join(ids)}"
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T %r"], capture_output=True, text=True,
+                             timeout=CONNECT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"jobs {','.join(ids)}; squeue did not answer"
+    states = "; ".join(line.strip() for line in out.stdout.splitlines() if line.strip())
+    return f"squeue: {states}" if states else f"jobs {','.join(ids)} are no longer queued"
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -586,6 +673,7 @@ def align_layers_distributed(
     knn_options: dict | None = None,
     block_rows: int | None = None,
     n_samples: int | None = None,
+    search_block: int | None = None,
     **params,
 ):
     """:func:`repalign.metrics.align_layers_multi` with the per-layer states built on Dask workers.
@@ -597,6 +685,11 @@ def align_layers_distributed(
     each layer of A is then scored against every layer of B on one worker. Same numbers as
     the single-process engine. Returns one LayerAlignment per metric (approximate neighbours:
     ``recall`` set, params include ``knn``).
+
+    search_block: instead of one task per layer, spread each layer's exact neighbour search over
+    all workers (:class:`DaskCandidateSearch` with blocks of ``search_block`` rows; for a few
+    layers of very many samples). The layers are then read here in blocks of ``block_rows``
+    (default ``search_block``) and the finished states are sent to the workers that score them.
     """
     from repalign.metrics import LayerAlignment
     from repalign.metrics.engine import check_backend, resolve_metrics
@@ -614,19 +707,30 @@ def align_layers_distributed(
         raise RepalignError("pass one name per layer in names_a and names_b")
     n_samples = _n_rows(items_a[0]) if n_samples is None else int(n_samples)
     resolved = resolve_metrics(metrics, n_samples, params)
+    if search_block is not None:
+        if knn != "exact":
+            raise RepalignError("search_block splits the exact neighbour search; use knn='exact' with it")
+        search = DaskCandidateSearch(client, search_block)
+        block_rows = block_rows or search.block
     options = dict(normalize=normalize, clip_quantile=clip_quantile, knn=knn, knn_options=knn_options,
                    block_rows=block_rows, n_samples=n_samples)
+
+    def state(item, name, label):
+        if search_block is None:
+            return client.submit(_state_on_worker, item, resolved, name, label, options, pure=False)
+        from repalign.metrics.engine import layer_state
+
+        built = layer_state(_layer_source(item, block_rows), resolved, name=name, label=label, knn_search=search, **options)
+        return client.scatter(built)
 
     futures_b: dict[int, Any] = {}
     for item, name in zip(items_b, names_b):
         if id(item) not in futures_b:
-            futures_b[id(item)] = client.submit(_state_on_worker, item, resolved, name, f"layer {name!r} of layers_b",
-                                                options, pure=False)
+            futures_b[id(item)] = state(item, name, f"layer {name!r} of layers_b")
     states_b = [futures_b[id(item)] for item in items_b]
     rows, futures_a = [], []
     for item, name in zip(items_a, names_a):
-        fa = futures_b.get(id(item)) or client.submit(_state_on_worker, item, resolved, name,
-                                                      f"layer {name!r} of layers_a", options, pure=False)
+        fa = futures_b.get(id(item)) or state(item, name, f"layer {name!r} of layers_a")
         futures_a.append(fa)
         rows.append(client.submit(_score_row, fa, states_b, resolved, pure=False))
     try:
@@ -647,3 +751,83 @@ def align_layers_distributed(
         out.append(LayerAlignment(scores[m], list(names_a), list(names_b), metric.name, params_m, n_samples,
                                   recall=recall if approximate else None))
     return out
+
+
+# ----------------------------------------------------------------------------- one layer across workers
+class DaskCandidateSearch:
+    """A candidate search (:data:`repalign.metrics.neighbors.CandidateSearch`) spread over Dask workers.
+
+    The distinct rows are cut into B blocks of ``block`` rows and scattered to the workers once; each
+    of the B(B+1)/2 row block × column block products above the diagonal is one task
+    (:func:`repalign.metrics.neighbors.block_pair_topk`), and each row block's partial lists are
+    merged by one more task (:func:`repalign.metrics.neighbors.merge_topk`). The lists it returns are
+    only candidates: :func:`repalign.metrics.neighbors.build_knn_state` finishes them with float64
+    index-order similarities, so the neighbour lists are those of the single-process search,
+    whatever ``block`` and the number of workers.
+
+    After a call: ``tasks`` (products run) and ``pids`` (worker processes that ran them).
+    """
+
+    def __init__(self, client, block: int = 2048):
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+            raise RepalignError(f"block={block!r} must be a positive whole number of rows, e.g. 8192")
+        self.client = client
+        self.block = int(block)
+        self.tasks = 0
+        self.pids: set[int] = set()
+
+    def __call__(self, rows, ks: int) -> tuple[np.ndarray, np.ndarray]:
+        from repalign.metrics.neighbors import rechunked_rows
+
+        client = self.client
+        starts, blocks = [], []
+        for r0, X in rechunked_rows(rows, self.block):
+            starts.append(r0)
+            blocks.append(client.scatter(X))
+        pairs = {}
+        for i, (r0, Xr) in enumerate(zip(starts, blocks)):
+            for j in range(i, len(blocks)):
+                pairs[i, j] = client.submit(_pair_task, Xr, blocks[j], r0, starts[j], ks, rows.n, pure=False)
+        merged = []
+        for b in range(len(blocks)):
+            parts = [(pairs[b, j], 0) for j in range(b, len(blocks))] + [(pairs[i, b], 1) for i in range(b + 1)]
+            merged.append(client.submit(_merge_task, parts, ks, pure=False))
+        try:
+            results = client.gather(merged)
+        finally:
+            client.cancel(merged + list(pairs.values()) + blocks)
+        self.tasks += len(pairs)
+        self.pids.update(pid for r in results for pid in r[2])
+        if not results:
+            return np.empty((0, ks), dtype=np.int64), np.empty((0, ks))
+        return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
+
+
+def _pair_task(Xr, Xc, r0, c0, ks, n):
+    from repalign.metrics.neighbors import block_pair_topk
+
+    return os.getpid(), block_pair_topk(Xr, Xc, r0, c0, ks, n)
+
+
+def _merge_task(parts, ks):
+    from repalign.metrics.neighbors import merge_topk
+
+    idx, sim = merge_topk([result[1][side] for result, side in parts], ks)
+    return idx, sim, {result[0] for result, _ in parts}
+
+
+def distributed_knn_state(client, layer, k: int = 10, normalize="l2", clip_quantile=None, block: int = 2048,
+                          name: str = "layer"):
+    """Tie-aware neighbour lists of one layer with its search spread over the workers of ``client``.
+
+    layer: an (N, D) array or a block source (a callable returning a fresh iterator of row blocks,
+    e.g. ``CacheLayer.blocks``); the rows are read here, in blocks, and scattered once. The same
+    :class:`repalign.metrics.neighbors.KnnState` as the in-memory and out-of-core searches
+    (:func:`repalign.metrics.outofcore.blocked_knn_state` with a :class:`DaskCandidateSearch`).
+    """
+    from repalign.metrics.engine import row_blocks
+    from repalign.metrics.outofcore import blocked_knn_state
+
+    search = DaskCandidateSearch(client, block)
+    source = row_blocks(layer, search.block)
+    return blocked_knn_state(source, k, normalize, clip_quantile, search.block, name=name, search=search)

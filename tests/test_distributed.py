@@ -308,3 +308,43 @@ def test_distributed_approximate_knn_reports_recall(client, layer_data):
     exact = align_layers_multi(a[:1], b[:1], ["mknn"], k=5)[0].scores
     assert got[0].params["knn"] == "faiss-hnsw"
     assert abs(got[0].scores[0, 0] - exact[0, 0]) < 0.05
+
+
+# ----------------------------------------------------------------------------- one layer across workers
+@pytest.mark.parametrize("block", [64, 200])
+def test_one_layer_search_split_over_workers_gives_the_same_lists(client, block):
+    """Row block × column block tasks with top-k merges: the very lists of the in-memory search
+    (small integer features: many exactly tied similarities; duplicated rows)."""
+    from repalign.distributed import DaskCandidateSearch, distributed_knn_state
+    from repalign.metrics.neighbors import knn_state
+    from repalign.metrics.outofcore import blocked_knn_state
+    from repalign.metrics.prepare import prepare_valid
+
+    rng = np.random.default_rng(4)
+    X = rng.integers(-2, 3, size=(500, 6)).astype(np.float32)
+    X[40:48] = X[5]
+    ref = knn_state(prepare_valid(X, "l2", None), 9)
+    got = distributed_knn_state(client, X, k=9, block=block)
+    for field in ("indices", "similarities", "weights", "levels"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(ref, field))
+    search = DaskCandidateSearch(client, block)
+    blocked_knn_state(lambda: (X[s:s + 97] for s in range(0, 500, 97)), 9, "l2", search=search)
+    n_distinct = len(np.unique(X, axis=0))
+    b = -(-n_distinct // block)
+    assert search.tasks == b * (b + 1) // 2 and 1 <= len(search.pids) <= 2
+    with pytest.raises(RepalignError, match="block=0"):
+        DaskCandidateSearch(client, 0)
+
+
+def test_comparison_with_each_layer_search_split_over_workers(client, layer_data):
+    """search_block: every layer's search spread over both workers; the scores of the single-process engine."""
+    a, b = layer_data
+    ref = align_layers_multi(a, b, ["mknn", "cknna", "cka"], k=7)
+    got = align_layers_distributed(client, a, b, ["mknn", "cknna", "cka"], k=7, search_block=64)
+    for r, g in zip(ref, got):
+        if r.metric == "cka":  # streamed statistics: equal up to float64 rounding
+            np.testing.assert_allclose(g.scores, r.scores, rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(g.scores, r.scores)
+    with pytest.raises(RepalignError, match="search_block splits the exact"):
+        align_layers_distributed(client, a, b, ["mknn"], knn="faiss-hnsw", search_block=64)

@@ -116,6 +116,7 @@ def layer_state(
     n_samples: int | None = None,
     name: str = "layer",
     label: str | None = None,
+    knn_search=None,
 ) -> LayerState:
     """Build the state of every metric in ``metrics`` (from :func:`resolve_metrics`) for one layer.
 
@@ -124,7 +125,9 @@ def layer_state(
     in blocks of ``block_rows`` rows: kNN metrics and CKNNA use the exact blocked search, linear
     (biased) CKA is streamed per pair, other metrics are refused. ``knn`` selects approximate
     neighbour lists (faiss; ``knn_options`` such as ef_search). ``n_samples``: the expected N
-    (checked). Errors start with ``label`` (default: the layer's name).
+    (checked). Errors start with ``label`` (default: the layer's name). ``knn_search`` (with
+    ``block_rows``): the candidate search of the exact neighbour lists, e.g.
+    :class:`repalign.distributed.DaskCandidateSearch`; the lists do not depend on it.
     """
     label = label or f"layer {name!r}"
     check_prepare_options(normalize, clip_quantile)
@@ -132,7 +135,7 @@ def layer_state(
         X = as_features(layer, label)
     try:
         if block_rows is not None:
-            return _blocked_state(layer, metrics, normalize, clip_quantile, int(block_rows), n_samples, name)
+            return _blocked_state(layer, metrics, normalize, clip_quantile, int(block_rows), n_samples, name, knn_search)
         X = prepare_valid(X, normalize, clip_quantile)
         if n_samples is not None and X.shape[0] != n_samples:
             raise RepalignError(f"it has {X.shape[0]} samples but the other layers have {n_samples}; all layers must hold the same samples in the same order")
@@ -157,7 +160,7 @@ def layer_state(
         raise RepalignError(f"{label}: {exc}") from None
 
 
-def _blocked_state(source, metrics, normalize, clip_quantile, block_rows, n_samples, name) -> LayerState:
+def _blocked_state(source, metrics, normalize, clip_quantile, block_rows, n_samples, name, knn_search=None) -> LayerState:
     from repalign.metrics.outofcore import as_block_source, blocked_knn_state, count_rows
 
     source = row_blocks(source, block_rows)
@@ -173,7 +176,7 @@ def _blocked_state(source, metrics, normalize, clip_quantile, block_rows, n_samp
                                 f"edit_distance_knn, cknna or linear cka, or drop --block-rows")
         if ("knn", p["k"]) not in cache:
             cache[("knn", p["k"])] = blocked_knn_state(as_block_source(source, name), p["k"], normalize, clip_quantile,
-                                                       n_samples=n, name=name)
+                                                       n_samples=n, name=name, search=knn_search)
         key = metric.state_key(p)
         if key not in cache:
             cache[key] = metric.state(None, p, cache)

@@ -173,6 +173,36 @@ def exact_search(rows: DistinctRows, ks: int, block: int = DEFAULT_BLOCK) -> tup
     return best_idx, best_sim
 
 
+def block_pair_topk(Xr: np.ndarray, Xc: np.ndarray, r0: int, c0: int, ks: int, n: int) -> tuple[tuple, tuple]:
+    """One task of a search split into row block × column block (``r0 <= c0``, the blocks' first rows).
+
+    Returns the top-ks candidates (indices with sentinel ``n``, BLAS similarities, sorted as
+    :func:`exact_search` sorts) of the rows of ``Xr`` among the rows of ``Xc``, and of the rows of
+    ``Xc`` among the rows of ``Xr`` (one product, read in both directions; on the diagonal block only
+    the pairs above the diagonal). :func:`merge_topk` combines the parts of one block."""
+    diagonal = r0 == c0
+    S = Xr @ Xc.T
+    row_sim, row_idx = np.full((Xr.shape[0], ks), -np.inf), np.full((Xr.shape[0], ks), n, dtype=np.int64)
+    col_sim, col_idx = np.full((Xc.shape[0], ks), -np.inf), np.full((Xc.shape[0], ks), n, dtype=np.int64)
+    _numba.topk_update_rows(S, 0, c0, row_sim, row_idx, diagonal)
+    _numba.topk_update_cols(S, r0, 0, col_sim, col_idx, diagonal)
+    return (row_idx, row_sim), (col_idx, col_sim)
+
+
+def merge_topk(parts, ks: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top-ks of candidate lists of the same rows over disjoint column sets: (indices, similarities)
+    by decreasing similarity, equal similarities in increasing index (the order of :func:`exact_search`)."""
+    idx = np.concatenate([p[0] for p in parts], axis=1)
+    sim = np.concatenate([p[1] for p in parts], axis=1)
+    order = np.lexsort((idx, -sim), axis=1)[:, :ks]
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(sim, order, axis=1)
+
+
+def rechunked_rows(rows: DistinctRows, block: int) -> Iterator[tuple[int, np.ndarray]]:
+    """The distinct rows re-cut into blocks of ``block`` rows: (first row, block) pairs."""
+    return _rechunked(rows, block)
+
+
 def _rechunked(rows: DistinctRows, block: int) -> Iterator[tuple[int, np.ndarray]]:
     """The distinct rows re-cut into blocks of ``block`` rows (the last may be shorter)."""
     pending: list[np.ndarray] = []

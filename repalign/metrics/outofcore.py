@@ -114,13 +114,15 @@ def count_rows(source, name: str = "source") -> int:
 
 # ----------------------------------------------------------------------------- exact kNN
 def blocked_knn_state(source, k: int = 10, normalize="l2", clip_quantile=None, block: int = DEFAULT_BLOCK,
-                      n_samples: int | None = None, name: str = "layer") -> KnnState:
+                      n_samples: int | None = None, name: str = "layer", search=None) -> KnnState:
     """Tie-aware neighbour lists of a layer read in row blocks: the same :class:`KnnState` as the
     in-memory search gives (:mod:`repalign.metrics.neighbors`), whatever the block sizes.
 
     Passes over the source: one to hash rows into duplicate groups, then the blocked search over
     the distinct rows (about B²/2 block reads for B blocks), one more B² pass for the float64
     similarities of the candidates, and a rare completion pass. Memory: O(N·k + block·D).
+    ``search``: another candidate search (a :data:`repalign.metrics.neighbors.CandidateSearch`, e.g.
+    one spread over Dask workers); the lists do not depend on it.
     """
     _check_options(normalize, clip_quantile, allow_center=False, what="kNN")
     if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
@@ -157,7 +159,8 @@ def blocked_knn_state(source, k: int = 10, normalize="l2", clip_quantile=None, b
                 out0 += D.shape[0]
 
     rows = DistinctRows(distinct_blocks, groups.n_groups, width[0], dtype, scale * np.concatenate(norms)[groups.first])
-    return unscaled(build_knn_state(groups, rows, k, lambda r, ks: exact_search(r, ks, int(block))), scale)
+    search = search or (lambda r, ks: exact_search(r, ks, int(block)))
+    return unscaled(build_knn_state(groups, rows, k, search), scale)
 
 
 def blocked_nearest_neighbors(source, k: int = 10, normalize="l2", block: int = DEFAULT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
