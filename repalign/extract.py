@@ -167,7 +167,11 @@ def extract(
     pool: ``mean`` over residues/atoms, ``cls``, or ``none`` (token features only); default: the model's.
     tokens: layers (names or patterns) whose per-residue / per-atom features are also stored (ragged).
     options: model-specific options (``--option KEY=VALUE``), recorded in the provenance.
+    records may be a :class:`repalign.datasets.dataset.Dataset`: its provenance (builder, seed,
+    size, content hash) is stored under ``dataset`` in each model's provenance (that of the first run).
     """
+    describe = getattr(records, "provenance", None)
+    dataset = describe() if callable(describe) else None
     records = check_extract_args(records, models, pool, store_dtype, limit, weights)
 
     # Resolve and validate everything for every model before writing anything.
@@ -179,7 +183,8 @@ def extract(
         run = ModelRun(model_key(adapter), chosen, invalid=invalid)
         for sid, reason in invalid.items():
             log.warning("skipped %s: %s", sid, reason)
-        _extract_one(adapter, run, good, cache, model_pool, token_layers, store_dtype, batch_tokens, overwrite, quiet)
+        _extract_one(adapter, run, good, cache, model_pool, token_layers, store_dtype, batch_tokens, overwrite, quiet,
+                     dataset)
         runs.append(run)
     return runs
 
@@ -261,11 +266,14 @@ def model_key(adapter: ModelAdapter) -> str:
     return name
 
 
-def _extract_one(adapter, run, records, cache, pool, token_layers, store_dtype, batch_tokens, overwrite, quiet):
+def _extract_one(adapter, run, records, cache, pool, token_layers, store_dtype, batch_tokens, overwrite, quiet,
+                 dataset=None):
     from embeddings_cache import CacheWriter
 
     adapter.ensure_loaded()
     prov = dict(adapter.provenance())
+    if dataset is not None:
+        prov["dataset"] = dataset
     extraction = {"pool": pool, "token_layers": list(token_layers), "store_dtype": store_dtype, "dtype": adapter.dtype}
     prov["options"] = {**extraction, "model": dict(adapter.options), "weights": _weights_identity(prov)}
     prov["device"] = adapter.device

@@ -1,7 +1,8 @@
 """Registry of model adapters: registered name -> "module:Class", imported only when used.
 
 Adding a model is adding one module under ``repalign/models/`` (or a package such as
-``esmfold2_model``) and one line here.
+``esmfold2_model``) and one line here. Random-initialised controls of any torch model are the
+spec ``NAME@random:SEED`` (:mod:`repalign.models.controls`), not registry lines.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ REGISTRY: dict[str, str] = {
     "esmc-300m": "esmfold2_model.adapters:EsmcAdapter",
     "esmc-600m": "esmfold2_model.adapters:Esmc600mAdapter",
     "esmc-6b": "esmfold2_model.adapters:Esmc6bAdapter",
+    # domain-knowledge baselines (provenance level = baseline): hand-crafted features, no training
+    "elements": "repalign.models.baselines_atoms:ElementComposition",
+    "soap": "repalign.models.baselines_atoms:Soap",
+    "acsf": "repalign.models.baselines_atoms:Acsf",
+    "morgan": "repalign.models.baselines_molecules:MorganFingerprint",
+    "aa-composition": "repalign.models.baselines_sequence:AminoAcidComposition",
+    "kmer-composition": "repalign.models.baselines_sequence:KmerComposition",
+    "blosum62": "repalign.models.baselines_sequence:Blosum62Profile",
+    "onehot": "repalign.models.baselines_sequence:OneHotPositions",
 }
 
 HF_PREFIX = "hf:"
@@ -59,7 +69,15 @@ def get_adapter_class(name: str) -> type[ModelAdapter]:
 def get_adapter(
     name: str, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options
 ) -> ModelAdapter:
-    """Instantiate (not load) the adapter for a registered name or ``hf:<path-or-repo-id>``."""
+    """Instantiate (not load) the adapter for a registered name or ``hf:<path-or-repo-id>``.
+
+    ``NAME@random:SEED`` gives the random-initialised control of NAME (:mod:`repalign.models.controls`).
+    """
+    from repalign.models.controls import parse_control, randomized
+
+    control = parse_control(name)
+    if control is not None:
+        return randomized(get_adapter(control[0], weights=weights, device=device, dtype=dtype, **options), control[1])
     cls = get_adapter_class(name)
     if name.lower().startswith(HF_PREFIX):
         return cls(name[len(HF_PREFIX):], weights=weights, device=device, dtype=dtype, **options)
