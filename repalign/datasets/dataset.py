@@ -76,6 +76,16 @@ class Dataset(Sequence[Record]):
     def ids(self) -> list[str]:
         return [r.id for r in self.records]
 
+    def head(self, n: int) -> "Dataset":
+        """The first ``n`` records as a dataset (``params['first_of']`` = this dataset's size), for a
+        slow model run on a subset that its partners share."""
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= self.size:
+            raise RepalignError(f"dataset {self.name}: head({n!r}); ask for 1 to {self.size} records")
+        if n == self.size:
+            return self
+        return Dataset(self.name, self.records[:n], self.seed, {**self.params, "first_of": self.size}, dict(self.source),
+                       self.annotations[:n] if self.annotations else ())
+
     def provenance(self) -> dict[str, Any]:
         """What identifies this dataset in a cache: builder, seed, size, parameters, content hash, source."""
         return {"builder": self.name, "seed": self.seed, "size": self.size, "params": dict(self.params),

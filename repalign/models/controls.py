@@ -150,6 +150,50 @@ def reinitialize(modules: Sequence, seed: int) -> dict[str, int]:
     return counts
 
 
+def equinox_modules(obj: Any) -> dict[str, Any]:
+    """Attributes of ``obj`` that are Equinox (JAX) modules, by attribute name (empty without equinox)."""
+    import importlib.util
+
+    if importlib.util.find_spec("equinox") is None:
+        return {}
+    import equinox as eqx
+
+    return {name: value for name, value in vars(obj).items() if isinstance(value, eqx.Module)}
+
+
+def reinitialize_equinox(obj: Any, seed: int) -> dict[str, int]:
+    """Re-initialise the Equinox modules held by ``obj``'s attributes (replaced on ``obj``: Equinox
+    modules are immutable), deterministically from ``seed``.
+
+    JAX layers have no ``reset_parameters``, so every floating-point array gets N(0, s^2) with s the
+    standard deviation of its trained values (the scaled-normal rule of :func:`reinitialize`), except
+    all-positive vectors (kept, as in :func:`reinitialize`); integer arrays and static fields are kept.
+    """
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    modules = equinox_modules(obj)
+    if not modules:
+        raise RepalignError("no Equinox modules found to re-initialise; this model cannot have a random-init control")
+    rng = np.random.default_rng(seed)
+    counts = {"reset_parameters": 0, "scaled_normal": 0, "kept": 0}
+
+    def draw(leaf):
+        value = np.asarray(leaf)
+        if value.ndim <= 1 and value.size and bool((value > 0).all()):
+            counts["kept"] += 1
+            return leaf
+        scale = float(value.astype(np.float64).std()) if value.size > 1 else 0.0
+        counts["scaled_normal"] += 1
+        return jnp.asarray(rng.standard_normal(value.shape) * scale, dtype=value.dtype)
+
+    for name, module in sorted(modules.items()):
+        params, static = eqx.partition(module, eqx.is_inexact_array)
+        setattr(obj, name, eqx.combine(jax.tree_util.tree_map(draw, params), static))
+    return counts
+
+
 def model_seed(seed: int, model: str) -> int:
     """The seed of one model's control: drawn from (seed, model name), so two models of the same
     architecture (e.g. CHGNet 0.3.0 and 0.2.0) get independent random networks, not the same one."""
@@ -185,7 +229,11 @@ class RandomInitAdapter(ModelAdapter):
 
     def load(self) -> None:
         self.inner.ensure_loaded()
-        self.init_counts = reinitialize(torch_modules(self.inner), self.stream)
+        modules = torch_modules(self.inner)
+        if not modules and equinox_modules(self.inner):
+            self.init_counts = reinitialize_equinox(self.inner, self.stream)
+        else:
+            self.init_counts = reinitialize(modules, self.stream)
 
     def layer_names(self) -> list[str]:
         return self.inner.layer_names()
@@ -228,5 +276,5 @@ def randomized(model: str | ModelAdapter, seed: int = 0, **adapter_args) -> Rand
     return RandomInitAdapter(model, seed)
 
 
-__all__ = ["RANDOM_TAG", "RandomInitAdapter", "base_model", "control_name", "is_control", "model_seed",
-           "parse_control", "randomized", "reinitialize", "torch_modules"]
+__all__ = ["RANDOM_TAG", "RandomInitAdapter", "base_model", "control_name", "equinox_modules", "is_control",
+           "model_seed", "parse_control", "randomized", "reinitialize", "reinitialize_equinox", "torch_modules"]
