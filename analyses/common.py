@@ -213,6 +213,21 @@ def extract_plans(records, plans: Sequence[ModelPlan], cache: Path, times_csv: P
     return pd.DataFrame(rows)
 
 
+def extract_models(records, models: Sequence[str], cache: Path, **options) -> dict[str, float]:
+    """Extract every layer of each model (``NAME@random:SEED`` for a control) into ``cache``; resumable.
+
+    Returns model -> seconds spent extracting in this run (0 when everything was already cached).
+    """
+    from repalign.extract import extract
+
+    seconds = {}
+    for model in models:
+        runs = extract(records, [model], cache, layers=["all"], quiet=True, **options)
+        seconds[model] = round(runs[0].seconds, 1)
+        print(f"  {model}: {runs[0].stored} extracted, {runs[0].skipped_existing} cached, {runs[0].seconds:.1f} s", flush=True)
+    return seconds
+
+
 SCORE_COLUMNS = ("dataset", "level", "seed", "model_a", "layer_a", "model_b", "layer_b", "metric", "score",
                  "n_samples", "p_value", "p_value_adjusted", "ci_low", "ci_high")
 

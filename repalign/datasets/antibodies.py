@@ -480,33 +480,38 @@ def _rearrange(rng: np.random.Generator, locus: str, max_tries: int = 1000) -> _
 
 
 def _mutate(rng: np.random.Generator, chain: _Rearrangement, rate: float, residue: str) -> tuple[str, int]:
-    """Somatic point mutations at ``rate`` per nucleotide; a mutation that makes a stop codon or
-    changes the conserved Cys or Trp/Phe is not kept (such cells are lost to selection) and another
-    position is drawn. Returns (protein, number of mutations)."""
-    nt = list(chain.nucleotides)
-    coding = len(nt) // 3 * 3
+    """Somatic point mutations at ``rate`` per nucleotide. A mutation that makes a stop codon or changes
+    the conserved Cys or the framework-4 motif (Trp/Phe-Gly-x-Gly) is not kept (such cells are lost to
+    selection) and another position is drawn; a mutated chain that gains the other chain type's
+    motif is mutated again from its germline. Returns (protein, number of mutations)."""
+    coding = len(chain.nucleotides) // 3 * 3
     target = int(rng.binomial(coding, rate)) if rate > 0 else 0
-    done, tries = 0, 0
-    protected = {chain.v_anchor // 3: "C", chain.j_anchor // 3: residue}
-    while done < target and tries < 20 * target:
-        tries += 1
-        pos = int(rng.integers(coding))
-        old = nt[pos]
-        if old not in _TRANSITION:
-            continue
-        if rng.random() < TRANSITION_SHARE:
-            new = _TRANSITION[old]
-        else:
-            new = [b for b in _NT if b not in (old, _TRANSITION[old])][int(rng.integers(2))]
-        codon_start = pos - pos % 3
-        codon = "".join(nt[codon_start:codon_start + 3])
-        mutated = codon[: pos % 3] + new + codon[pos % 3 + 1:]
-        aa = CODON_TABLE[mutated]
-        if aa == "*" or protected.get(codon_start // 3, aa) != aa:
-            continue
-        nt[pos] = new
-        done += 1
-    return translate("".join(nt)), done
+    j = chain.j_anchor // 3
+    protected = {chain.v_anchor // 3: "C", j: residue, j + 1: "G", j + 3: "G"}
+    for _ in range(20):
+        nt = list(chain.nucleotides)
+        done, tries = 0, 0
+        while done < target and tries < 20 * target:
+            tries += 1
+            pos = int(rng.integers(coding))
+            old = nt[pos]
+            if old not in _TRANSITION:
+                continue
+            if rng.random() < TRANSITION_SHARE:
+                new = _TRANSITION[old]
+            else:
+                new = [b for b in _NT if b not in (old, _TRANSITION[old])][int(rng.integers(2))]
+            codon_start = pos - pos % 3
+            codon = "".join(nt[codon_start:codon_start + 3])
+            aa = CODON_TABLE[codon[: pos % 3] + new + codon[pos % 3 + 1:]]
+            if aa == "*" or protected.get(codon_start // 3, aa) != aa:
+                continue
+            nt[pos] = new
+            done += 1
+        protein = translate("".join(nt))
+        if _has_one_j_motif(protein, residue):
+            return protein, done
+    raise RepalignError("somatic mutation kept creating a second framework-4 motif; use another seed")
 
 
 def repertoire_records(size: int = 1000, seed: int = 0):
