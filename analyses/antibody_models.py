@@ -28,6 +28,7 @@ from analyses.common import (
     base_parser,
     cache_root,
     extract_plans,
+    first_seeds,
     model_plans,
     output_dir,
     run_main,
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plans = plans_for(cfg)
     cache = datasets.cache_path("antibodies", args.quick, root)
     print(f"extracting {len(antibodies)} antibodies into {cache}", flush=True)
-    extract_plans(antibodies, plans, cache, out / "extraction_times.csv", dataset="antibodies")
+    extract_plans(antibodies, first_seeds(plans, args.control_seeds), cache, out / "extraction_times.csv", dataset="antibodies")
     if args.extract_only:
         return 0
 

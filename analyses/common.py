@@ -165,13 +165,22 @@ class ModelPlan:
 
 def model_plans(trained: Sequence[str], baselines: dict[str, dict] | None = None, seeds: Sequence[int] = CONTROL_SEEDS,
                 tokens: bool = False, subsets: dict[str, int] | None = None) -> list[ModelPlan]:
-    """Baselines first (cheap), then the trained models, then every control seed of each."""
+    """Baselines first (cheap), then the trained models, then the controls seed by seed (all models of
+    seed 0, then of seed 1, ...), so a partial extraction has complete seeds."""
     subsets = subsets or {}
     plans = [ModelPlan(name, "baseline", tuple(sorted((opts or {}).items())), tokens) for name, opts in (baselines or {}).items()]
     plans += [ModelPlan(name, "trained", (), tokens, subsets.get(name)) for name in trained]
     plans += [ModelPlan(control_name(name, seed), "random_init", (), tokens, subsets.get(name))
-              for name in trained for seed in seeds]
+              for seed in seeds for name in trained]
     return plans
+
+
+def first_seeds(plans: Sequence[ModelPlan], count: int | None) -> list[ModelPlan]:
+    """The plans without the controls of seeds beyond the first ``count`` (None: all)."""
+    if count is None:
+        return list(plans)
+    seeds = sorted({p.seed for p in plans if p.level == "random_init"})[:count]
+    return [p for p in plans if p.level != "random_init" or p.seed in seeds]
 
 
 def level_of(model: str, provenance: dict | None = None) -> str:
@@ -188,7 +197,8 @@ def extract_plans(records, plans: Sequence[ModelPlan], cache: Path, times_csv: P
     ``records`` is a Dataset or a list of records; a plan with ``subset`` gets the first ``subset``
     records. Samples a model cannot take are skipped and counted. The time of each run is appended
     to ``times_csv`` (dataset, model, level, extracted, cached, invalid, seconds, seconds per sample),
-    so a study run in several parts keeps the cost of each part. Returns this run's rows.
+    so a study run in several parts keeps the cost of each part. A model that fails is reported and
+    skipped, so the others still extract. Returns this run's rows.
     """
     from repalign.extract import extract
 
@@ -197,8 +207,13 @@ def extract_plans(records, plans: Sequence[ModelPlan], cache: Path, times_csv: P
         subset = records
         if plan.subset is not None and plan.subset < len(records):
             subset = records.head(plan.subset) if hasattr(records, "head") else list(records)[: plan.subset]
-        runs = extract(subset, [plan.model], cache, layers=["all"], tokens=["all"] if plan.tokens else (),
-                       options=dict(plan.options), skip_invalid=True, quiet=True)
+        try:
+            runs = extract(subset, [plan.model], cache, layers=["all"], tokens=["all"] if plan.tokens else (),
+                           options=dict(plan.options), skip_invalid=True, quiet=True)
+        except RepalignError as exc:  # one model failing leaves the others to extract; the error is logged
+            print(f"  {dataset} {plan.model}: FAILED: {exc}", flush=True)
+            rows.append({"dataset": dataset, "model": plan.model, "level": plan.level, "error": str(exc)})
+            continue
         run = runs[0]
         row = {"dataset": dataset, "model": plan.model, "level": plan.level, "extracted": run.stored,
                "cached": run.skipped_existing, "invalid": len(run.invalid), "seconds": round(run.seconds, 2),
@@ -397,6 +412,8 @@ def base_parser(study: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--cache", help="feature cache folder (default: OUT/.cache, git-ignored)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data sets and of the statistics")
     parser.add_argument("--extract-only", action="store_true", help="extract (resumable) and stop before scoring")
+    parser.add_argument("--control-seeds", type=int, default=None, metavar="K",
+                        help="with --extract-only: extract the controls of the first K seeds only (default: all)")
     return parser
 
 

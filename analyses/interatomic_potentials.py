@@ -26,6 +26,7 @@ from analyses.common import (
     base_parser,
     cache_root,
     extract_plans,
+    first_seeds,
     model_plans,
     output_dir,
     run_main,
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parts.append(("molecules", molecules, molecule_plans(cfg), datasets.cache_path("molecules", args.quick, root)))
     for name, data, plans, cache in parts:
         print(f"extracting {len(data)} {name} ({sum(r.size for r in data)} atoms) into {cache}", flush=True)
-        extract_plans(data, plans, cache, out / "extraction_times.csv", dataset=name)
+        extract_plans(data, first_seeds(plans, args.control_seeds), cache, out / "extraction_times.csv", dataset=name)
     if args.extract_only:
         return 0
 

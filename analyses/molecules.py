@@ -20,7 +20,7 @@ from typing import Sequence
 import pandas as pd
 
 from analyses import datasets
-from analyses.common import base_parser, cache_root, extract_plans, output_dir, run_main, score_pooled, score_tokens, study_pairs, write_csv
+from analyses.common import base_parser, cache_root, extract_plans, first_seeds, output_dir, run_main, score_pooled, score_tokens, study_pairs, write_csv
 from analyses.interatomic_potentials import FULL, METRICS, QUICK, molecule_plans
 
 STUDY = "molecules"
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plans = molecule_plans(cfg)
     cache = datasets.cache_path("molecules", args.quick, root)
     print(f"extracting {len(molecules)} molecules ({sum(r.size for r in molecules)} atoms) into {cache}", flush=True)
-    extract_plans(molecules, plans, cache, out / "extraction_times.csv", dataset="molecules")
+    extract_plans(molecules, first_seeds(plans, args.control_seeds), cache, out / "extraction_times.csv", dataset="molecules")
     if args.extract_only:
         return 0
 

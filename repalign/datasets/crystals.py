@@ -29,6 +29,9 @@ probability 1/2 (at least one):
   atoms, with pymatgen's empirical atomic radii (a Vegard-like estimate; structures are not relaxed);
   a draw that puts two atoms closer than 0.7 x the sum of their covalent radii is redrawn.
 
+Every crystal kept has a neighbour within 4.5 A of each atom (graph-based potentials such as
+CHGNet, whose atom graph has a 5 A cutoff, cannot take an isolated atom; this drops, e.g., bcc Cs).
+
 Ids: ``<reduced formula>__<AFLOW label>`` (``__ase-<lattice>`` for ASE crystals), with a counter
 when two substitutions give the same formula on the same prototype. Annotations: ``formula``,
 ``prototype``, ``source`` (``ase``, ``aflow`` or ``substituted``), ``n_atoms``.
@@ -47,6 +50,7 @@ from repalign.datasets.dataset import Dataset, check_size_seed, package_version
 from repalign.errors import RepalignError
 
 MAX_ATOMS = 40
+NEIGHBOUR_CUTOFF = 4.5  # A; every atom needs a neighbour this close (CHGNet's graph cutoff is 5 A)
 #: elements the bundled interatomic potentials were all trained on, without noble gases, the
 #: radioactive Tc and Pm, and heavier than Bi
 ELEMENTS = tuple(
@@ -122,7 +126,8 @@ def _ion_candidates(element: str, state: int) -> tuple[tuple[str, ...], np.ndarr
     model = _substitution_model()
     fixed = Species(element, state)
     names, weights = [], []
-    for sp in model.species:
+    # the model's species are a set: sorted, so the draw does not depend on the interpreter's hash seed
+    for sp in sorted(model.species, key=str):
         if sp.oxi_state == state and sp.symbol != element and sp.symbol in ELEMENTS:
             w = model.cond_prob(sp, fixed)
             if w > 0:
@@ -201,6 +206,15 @@ def _substitute(label: str, structure, rng: np.random.Generator):
     return new, mapping
 
 
+def _isolated(atoms, cutoff: float = NEIGHBOUR_CUTOFF) -> bool:
+    """True if an atom has no neighbour (periodic images included) within ``cutoff`` A: graph-based
+    potentials (CHGNet's atom graph uses 5 A) cannot take such a crystal."""
+    from ase.neighborlist import neighbor_list
+
+    first = neighbor_list("i", atoms, cutoff)
+    return len(set(first.tolist())) < len(atoms)
+
+
 def _too_close(structure) -> bool:
     """True if two atoms are closer than 0.7 x the sum of their covalent radii (ASE's table):
     the rescaled cell squeezed a pair that the prototype's geometry cannot hold."""
@@ -251,6 +265,8 @@ def aflow_crystals(size: int = 1000, seed: int = 0, *, max_atoms: int = MAX_ATOM
     records, notes, seen_ids, seen_keys = [], [], set(), set()
 
     def add(id_, atoms, formula, prototype, source):
+        if _isolated(atoms):
+            return
         atoms.info.clear()
         atoms.set_initial_magnetic_moments(None)
         records.append(structure_record(id_, atoms))
