@@ -367,3 +367,31 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
                            "--out", str(tmp_path / "o")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_control_spec_on_the_command_line_for_a_jax_model(tmp_path):
+    """`repalign extract --model unirep-64@random:2`: a real JAX model re-initialised, stored under the spec."""
+    from embeddings_cache import Cache
+
+    fasta = tmp_path / "s.fasta"
+    fasta.write_text(">a\nMKTAYIAKQRQISFVKSHFSRQ\n>b\nGSHMLEDPVDAFQ\n>c\nEVQLVESGGGLVQPGG\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name in ("c1.h5", "c2.h5"):
+        proc = subprocess.run([sys.executable, "-m", "repalign", "extract", str(fasta), "--model", "unirep-64",
+                               "--model", "unirep-64@random:2", "-o", str(tmp_path / name)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    with Cache(tmp_path / "c1.h5") as c1, Cache(tmp_path / "c2.h5") as c2:
+        assert set(c1.models) == {"unirep-64", "unirep-64@random:2"}
+        prov = c1.provenance("unirep-64@random:2")
+        assert prov["level"] == "random_init" and prov["random_init"]["seed"] == 2
+        assert prov["random_init"]["initialisation"]["scaled_normal"] > 0
+        ids = ["a", "b", "c"]
+        trained, control = c1.read_layer("unirep-64", "layer.3", ids=ids), c1.read_layer("unirep-64@random:2", "layer.3", ids=ids)
+        assert not np.allclose(trained, control, atol=1e-3)
+        np.testing.assert_allclose(c2.read_layer("unirep-64@random:2", "layer.3", ids=ids), control, rtol=1e-5, atol=1e-6)
+    bad = subprocess.run([sys.executable, "-m", "repalign", "extract", str(fasta), "--model", "unirep-64@random",
+                          "-o", str(tmp_path / "c3.h5")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "NAME@random:SEED" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c3.h5").exists()
