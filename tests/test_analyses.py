@@ -395,3 +395,25 @@ def test_control_spec_on_the_command_line_for_a_jax_model(tmp_path):
                           "-o", str(tmp_path / "c3.h5")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "NAME@random:SEED" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "c3.h5").exists()
+
+
+def test_study_scoring_on_real_features_with_a_subset(tmp_path):
+    """extract_plans + score_pooled on baselines: the study columns, shared ids of a subset, levels."""
+    from analyses.common import SCORE_COLUMNS, Pair, extract_plans, score_pooled
+    from repalign.datasets.antibodies import repertoire_records
+
+    data = repertoire_records(12, seed=5)
+    plans = [ModelPlan("aa-composition", "baseline"), ModelPlan("blosum62", "baseline", subset=8)]
+    times = tmp_path / "times.csv"
+    rows = extract_plans(data, plans, tmp_path / "c.h5", times, dataset="antibodies")
+    assert list(rows.extracted) == [12, 8] and len(pd.read_csv(times)) == 2
+    again = extract_plans(data, plans, tmp_path / "c.h5", times, dataset="antibodies")  # resumed: nothing new
+    assert list(again.extracted) == [0, 0] and list(again.cached) == [12, 8] and len(pd.read_csv(times)) == 2
+    table = score_pooled(tmp_path / "c.h5", "antibodies", [Pair("baseline", "aa-composition", "blosum62")],
+                         ["mknn", "cka"], k=3, permutations=30, ci=0.9, n_subsamples=10)
+    assert list(table.columns[: len(SCORE_COLUMNS)]) == list(SCORE_COLUMNS)
+    assert set(table.n_samples) == {8} and set(table.metric) == {"mutual_knn", "cka"}
+    assert (table.level == "baseline").all() and table.seed.isna().all()
+    assert ((table.p_value > 0) & (table.p_value <= 1)).all() and (table.ci_low <= table.ci_high).all()
+    # a BLOSUM62 profile is a linear map of the composition: linear CKA sees them as closely related
+    assert table[table.metric == "cka"].score.iloc[0] > 0.5
