@@ -41,9 +41,12 @@ CRYSTAL_MODELS = ("chgnet-0.3.0", "chgnet-0.2.0", "chgnet-r2scan", "sevennet-0",
 MOLECULE_MODELS = ("ani-1x", "chgnet-0.3.0", "sevennet-0")
 METRICS = ("mknn", "cka")
 FULL = dict(crystal_models=CRYSTAL_MODELS, molecule_models=MOLECULE_MODELS, seeds=CONTROL_SEEDS, k=10, k_atoms=10,
-            permutations=500, ci=0.95, n_subsamples=100)
+            permutations=500, ci=0.95, n_subsamples=100, with_molecules=True,
+            crystal_baselines=("elements", "soap"), molecule_baselines=("elements", "soap", "acsf", "morgan"))
+# the quick run checks the crystal path; the molecule path is the molecules study's quick run
 QUICK = dict(crystal_models=("chgnet-0.3.0", "diep"), molecule_models=("ani-1x", "chgnet-0.3.0"), seeds=(0, 1), k=3,
-             k_atoms=5, permutations=20, ci=0.95, n_subsamples=5)
+             k_atoms=5, permutations=20, ci=0.95, n_subsamples=5, with_molecules=False,
+             crystal_baselines=("elements",), molecule_baselines=("elements", "morgan"))
 
 
 def crystal_plans(dataset, cfg):
@@ -51,13 +54,14 @@ def crystal_plans(dataset, cfg):
     linearly with them), the potentials and their controls, token rows stored for per-atom scores."""
     species = sorted({s for r in dataset for s in r.payload.get_chemical_symbols()},
                      key=lambda s: __import__("ase.data").data.atomic_numbers[s])
-    soap = {"species": ",".join(species), "compression": "mu1nu1", "n_max": 3, "l_max": 3, "r_cut": 5.0}
-    return model_plans(cfg["crystal_models"], {"elements": {}, "soap": soap}, cfg["seeds"], tokens=True)
+    options = {"elements": {}, "soap": {"species": ",".join(species), "compression": "mu1nu1", "n_max": 3, "l_max": 3,
+                                        "r_cut": 5.0}}
+    return model_plans(cfg["crystal_models"], {b: options[b] for b in cfg["crystal_baselines"]}, cfg["seeds"], tokens=True)
 
 
 def molecule_plans(cfg, models=None):
-    return model_plans(models or cfg["molecule_models"], {"elements": {}, "soap": {}, "acsf": {}, "morgan": {}},
-                       cfg["seeds"], tokens=True)
+    return model_plans(models or cfg["molecule_models"], {b: {} for b in cfg["molecule_baselines"]}, cfg["seeds"],
+                       tokens=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,8 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parts = []
     crystals = datasets.build("crystals", sizes["crystals"], args.seed)
     parts.append(("crystals", crystals, crystal_plans(crystals, cfg), datasets.cache_path("crystals", args.quick, root)))
-    molecules = datasets.build("molecules", sizes["molecules"], args.seed)
-    parts.append(("molecules", molecules, molecule_plans(cfg), datasets.cache_path("molecules", args.quick, root)))
+    if cfg["with_molecules"]:
+        molecules = datasets.build("molecules", sizes["molecules"], args.seed)
+        parts.append(("molecules", molecules, molecule_plans(cfg), datasets.cache_path("molecules", args.quick, root)))
     for name, data, plans, cache in parts:
         print(f"extracting {len(data)} {name} ({sum(r.size for r in data)} atoms) into {cache}", flush=True)
         extract_plans(data, first_seeds(plans, args.control_seeds), cache, out / "extraction_times.csv", dataset=name)

@@ -317,6 +317,19 @@ def test_antibody_study_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_interatomic_study_quick(tmp_path):
+    out = tmp_path / "potentials"
+    _run_study("interatomic_potentials", out)
+    table = _check_scores(out, {0, 1})
+    assert set(table.dataset) == {"crystals"} and set(table.granularity) == {"structure", "atom"}
+    atoms = table[table.granularity == "atom"].n_samples
+    assert atoms.min() > table[table.granularity == "structure"].n_samples.max()
+    times = pd.read_csv(out / "extraction_times.csv")
+    assert {"chgnet-0.3.0", "diep@random:1", "elements"} <= set(times.model)
+    _check_cache_provenance(out / ".cache" / "crystals-quick.h5", "aflow_crystals", 12)
+
+
+@pytest.mark.slow
 def test_molecule_study_quick(tmp_path):
     out = tmp_path / "molecules"
     _run_study("molecules", out)
