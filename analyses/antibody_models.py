@@ -52,6 +52,22 @@ def plans_for(cfg):
     return model_plans(cfg["models"], BASELINES, cfg["seeds"], subsets={"igfold": cfg["igfold_subset"]})
 
 
+def trained_pairs(models):
+    """Every pair of models, IgFold always on side a (its stages are the rows of its tables)."""
+    import itertools
+
+    others = [m for m in models if m != "igfold"]
+    return [("igfold", m) for m in others if "igfold" in models] + list(itertools.combinations(others, 2))
+
+
+def identity_rows(table: pd.DataFrame) -> list[bool]:
+    """True where either side is an identity stage (IgFold's input, AntiBERTy's last layer)."""
+    def flag(models, layers):
+        return [layer in IDENTITY_STAGES.get(model.split("@")[0], ()) for model, layer in zip(models, layers)]
+
+    return [a or b for a, b in zip(flag(table.model_a, table.layer_a), flag(table.model_b, table.layer_b))]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = base_parser(STUDY, __doc__.splitlines()[0]).parse_args(argv)
     cfg = QUICK if args.quick else FULL
@@ -68,10 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.extract_only:
         return 0
 
-    table = score_pooled(cache, "antibodies", study_pairs(plans), METRICS, k=cfg["k"], permutations=cfg["permutations"],
+    table = score_pooled(cache, "antibodies", study_pairs(plans, trained_pairs(cfg["models"])), METRICS, k=cfg["k"], permutations=cfg["permutations"],
                          ci=cfg["ci"], n_subsamples=cfg["n_subsamples"], seed=args.seed)
-    table["identity_stage"] = [layer in IDENTITY_STAGES.get(model, ()) for model, layer in
-                               zip(table.model_a.map(lambda m: m.split("@")[0]), table.layer_a)]
+    table["identity_stage"] = identity_rows(table)
     write_csv(table, out / "scores.csv")
     print(f"wrote {out / 'scores.csv'} ({len(table)} rows) in {time.perf_counter() - start:.0f} s")
     return 0
