@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints-dev.txt
-EXTRAS ?= test,zoo,germline,esmfold2,parquet,unirep,dask,faiss
+EXTRAS ?= test,zoo,germline,esmfold2,parquet,unirep,dask,faiss,baselines,datasets
 
 .PHONY: setup demo test bench clean
 

@@ -1,10 +1,8 @@
-"""Pieces shared by the studies: random-initialised controls, scoring with statistics, outputs.
+"""Pieces shared by the studies: extraction of models, controls and baselines, scoring, outputs.
 
-Random-initialised controls (:func:`randomized`) keep a model's architecture, tokeniser, input
-featurisation and buffers, and replace every trainable weight by a fixed-seed initialisation; they
-answer "how much of an alignment comes from the architecture and the input statistics alone?".
-They are stored in the cache under ``<model>@random`` with ``random_init`` in their provenance, so a
-control can never be read as the trained model.
+Random-initialised controls are the library's (:mod:`repalign.models.controls`): the spec
+``NAME@random:SEED`` names the control of NAME with that seed, stored under that name with
+``level = random_init`` in its provenance; baselines carry ``level = baseline``.
 """
 
 from __future__ import annotations
@@ -12,197 +10,17 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from repalign.errors import RepalignError
-from repalign.models import ModelAdapter, get_adapter
+from repalign.models.controls import base_model, control_name, is_control, parse_control
 
-RANDOM_SUFFIX = "@random"
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
-
-
-# ----------------------------------------------------------------------------- random-initialised controls
-def torch_modules(obj: Any, depth: int = 2) -> list:
-    """The distinct top-level ``torch.nn.Module`` objects held by ``obj``'s attributes.
-
-    Looks ``depth`` attribute levels deep, because adapters often hold a runner object that holds the
-    network (e.g. an encoder wrapper with a ``.model``). Submodules of a found module are not listed
-    again.
-    """
-    import torch
-
-    found: dict[int, torch.nn.Module] = {}
-    seen: set[int] = set()
-
-    def visit(value: Any, level: int) -> None:
-        if id(value) in seen or value is None or isinstance(value, (str, bytes, int, float, bool, Path, np.ndarray)):
-            return
-        seen.add(id(value))
-        if isinstance(value, torch.nn.Module):
-            found[id(value)] = value
-            return
-        if level >= depth:
-            return
-        if isinstance(value, (list, tuple)):
-            children = list(value)
-        elif isinstance(value, dict):
-            children = list(value.values())
-        else:
-            children = list(getattr(value, "__dict__", {}).values())
-        for child in children:
-            visit(child, level + 1)
-
-    for attr in vars(obj).values():
-        visit(attr, 1)
-    # a module that is a submodule of another found module is re-initialised with its parent
-    inner = {id(sub) for m in found.values() for sub in m.modules() if sub is not m}
-    return [m for key, m in found.items() if key not in inner]
-
-
-def reinitialize(modules: Sequence, seed: int) -> dict[str, int]:
-    """Re-initialise every parameter of ``modules`` in place, deterministically from ``seed``.
-
-    Modules that define ``reset_parameters()`` (Linear, Embedding, LayerNorm, convolutions,
-    BatchNorm, ...) use their own PyTorch default initialisation (BatchNorm also resets its running
-    statistics to mean 0, variance 1). Every other trainable parameter (custom layers, e.g.
-    equivariant tensor-product weights stored as flat vectors, GPT-2's Conv1D) gets N(0, s^2) with
-    s the standard deviation of its trained values, so activations keep a comparable magnitude
-    whatever the layer's own weight parametrisation (one number per tensor is kept from training).
-    Kept as they are: frozen parameters (``requires_grad=False``: normalisation constants such as
-    an average neighbour count, reference energies), all-positive vectors outside modules with
-    ``reset_parameters`` (in these models: radial/Fourier basis frequencies, initialised
-    deterministically to n·pi/r_cut by their libraries and only nudged by training; setting them to
-    one value would collapse the basis), and buffers. Frozen parameters are restored even when a
-    ``reset_parameters()`` touched them.
-    The global torch RNG is left as it was. Returns counts of parameters per initialisation rule.
-    """
-    import torch
-
-    if not modules:
-        raise RepalignError("no torch modules found to re-initialise; this model cannot have a random-init control")
-    counts = {"reset_parameters": 0, "scaled_normal": 0, "kept": 0}
-    frozen = [(p, p.detach().clone()) for module in modules for p in module.parameters() if not p.requires_grad]
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
-        covered: set[int] = set()
-        for module in modules:
-            for sub in module.modules():
-                reset = getattr(sub, "reset_parameters", None)
-                if callable(reset):
-                    try:
-                        reset()
-                    except (TypeError, NotImplementedError):  # a custom signature: fall back below
-                        continue
-                    for p in sub.parameters(recurse=True):
-                        covered.add(id(p))
-        generator = torch.Generator().manual_seed(seed + 1)
-        frozen_ids = {id(p) for p, _ in frozen}
-        for module in modules:
-            for p in module.parameters():
-                if id(p) in frozen_ids:
-                    continue
-                if id(p) in covered:
-                    counts["reset_parameters"] += 1
-                    continue
-                covered.add(id(p))
-                if p.ndim <= 1 and p.numel() and bool((p > 0).all()):
-                    counts["kept"] += 1
-                    continue
-                scale = float(p.detach().float().std()) if p.numel() > 1 else 0.0
-                draw = torch.randn(p.shape, generator=generator, dtype=torch.float32) * scale
-                p.copy_(draw.to(device=p.device, dtype=p.dtype))
-                counts["scaled_normal"] += 1
-        for p, value in frozen:
-            p.copy_(value)
-            counts["kept"] += 1
-    return counts
-
-
-def model_seed(seed: int, model: str) -> int:
-    """The seed of one model's control: drawn from (seed, model name), so two models of the same
-    architecture (e.g. CHGNet 0.3.0 and 0.2.0) get independent random networks, not the same one."""
-    return int(np.random.SeedSequence([int(seed), zlib.crc32(model.encode())]).generate_state(1)[0] % (2**31 - 2))
-
-
-class RandomInitAdapter(ModelAdapter):
-    """A model adapter whose weights are re-initialised with a fixed seed (see :func:`reinitialize`).
-
-    Everything but the weights is the wrapped adapter's: layers, inputs, tokenisation, pooling.
-    Its cache name is ``<model>@random`` and its provenance carries ``random_init`` (the seed and
-    the model's own stream, :func:`model_seed`).
-    """
-
-    def __init__(self, inner: ModelAdapter, seed: int):
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise RepalignError(f"random-init seed must be an integer, got {seed!r}")
-        self.inner = inner
-        self.seed = int(seed)
-        self.info = inner.info
-        self.default_pooling = inner.default_pooling
-        self.max_size = inner.max_size
-        base = getattr(inner, "name", None) or inner.info.name
-        self.name = base + RANDOM_SUFFIX
-        self.stream = model_seed(self.seed, base)
-        self.weights, self.device, self.dtype = inner.weights, inner.device, inner.dtype
-        # the seeds are options, so a cache written with other seeds is detected on resume
-        self.options = {**inner.options, "random_init_seed": self.seed, "random_init_stream": self.stream}
-        self._loaded = False
-        self.init_counts: dict[str, int] = {}
-
-    def load(self) -> None:
-        self.inner.ensure_loaded()
-        self.init_counts = reinitialize(torch_modules(self.inner), self.stream)
-
-    def layer_names(self) -> list[str]:
-        return self.inner.layer_names()
-
-    def default_layers(self) -> list[str]:
-        return self.inner.default_layers()
-
-    def provenance(self) -> dict[str, Any]:
-        self.ensure_loaded()
-        prov = dict(self.inner.provenance())
-        prov["model"] = self.name
-        prov["random_init"] = {"seed": self.seed, "stream": self.stream, "initialisation": dict(self.init_counts),
-                               "note": "weights re-initialised: a control, not the trained model"}
-        return prov
-
-    def validate(self, record) -> None:
-        self.inner.validate(record)
-
-    def size(self, record) -> int:
-        return self.inner.size(record)
-
-    def forward(self, records, layers):
-        self.ensure_loaded()
-        return self.inner.forward(records, layers)
-
-
-def randomized(adapter: ModelAdapter, seed: int = 0) -> RandomInitAdapter:
-    """The random-initialised control of ``adapter`` (loaded lazily, re-initialised with ``seed``)."""
-    return RandomInitAdapter(adapter, seed)
-
-
-def control_factory(seed: int = 0, base_factory: Callable[..., ModelAdapter] = get_adapter) -> Callable[..., ModelAdapter]:
-    """An ``adapter_factory`` for :func:`repalign.extract.extract`: ``NAME@random`` gives the control of
-    NAME; other names go to ``base_factory`` (the model registry by default)."""
-
-    def factory(name: str, weights=None, device="cpu", dtype="float32", **options) -> ModelAdapter:
-        if name.endswith(RANDOM_SUFFIX):
-            base = name[: -len(RANDOM_SUFFIX)]
-            return randomized(base_factory(base, weights=weights, device=device, dtype=dtype, **options), seed)
-        return base_factory(name, weights=weights, device=device, dtype=dtype, **options)
-
-    return factory
-
-
-def is_control(model: str) -> bool:
-    return model.endswith(RANDOM_SUFFIX)
 
 
 # ----------------------------------------------------------------------------- reading features
@@ -296,6 +114,14 @@ def cache_dir(out: Path, cache: str | os.PathLike | None) -> Path:
     return path
 
 
+def cache_root(args, out: Path) -> Path | None:
+    """Where a study's caches go: ``--cache``; else OUT/.cache when ``--out`` is given; else None
+    (each data set's default under analyses/results/<owner>/.cache/)."""
+    if args.cache:
+        return Path(args.cache)
+    return out / ".cache" if args.out else None
+
+
 def write_csv(table: pd.DataFrame, path: Path) -> Path:
     from repalign.table import write_table
 
@@ -308,8 +134,102 @@ def save_figure(fig, out: Path, stem: str) -> list[Path]:
     return save(fig, out / stem, formats=("png",))
 
 
-def extract_models(records, models: Sequence[str], cache: Path, seed: int, **options) -> dict[str, float]:
-    """Extract every layer of each model (``NAME@random`` for a control) into ``cache``; resumable.
+CONTROL_SEEDS = (0, 1, 2, 3, 4)
+LEVELS = ("trained", "random_init", "baseline")
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model of a study on one data set: what to extract and how it is labelled.
+
+    model: registered name, or ``NAME@random:SEED`` for a control; level: trained, random_init or
+    baseline; options: adapter options (``--option``); tokens: also store per-atom/per-residue rows;
+    subset: extract only the first ``subset`` records (a slow model on the largest subset that fits).
+    """
+
+    model: str
+    level: str
+    options: tuple = ()
+    tokens: bool = False
+    subset: int | None = None
+
+    @property
+    def seed(self) -> int | None:
+        parsed = parse_control(self.model)
+        return parsed[1] if parsed else None
+
+    @property
+    def base(self) -> str:
+        return base_model(self.model)
+
+
+def model_plans(trained: Sequence[str], baselines: dict[str, dict] | None = None, seeds: Sequence[int] = CONTROL_SEEDS,
+                tokens: bool = False, subsets: dict[str, int] | None = None) -> list[ModelPlan]:
+    """Baselines first (cheap), then the trained models, then the controls seed by seed (all models of
+    seed 0, then of seed 1, ...), so a partial extraction has complete seeds."""
+    subsets = subsets or {}
+    plans = [ModelPlan(name, "baseline", tuple(sorted((opts or {}).items())), tokens) for name, opts in (baselines or {}).items()]
+    plans += [ModelPlan(name, "trained", (), tokens, subsets.get(name)) for name in trained]
+    plans += [ModelPlan(control_name(name, seed), "random_init", (), tokens, subsets.get(name))
+              for seed in seeds for name in trained]
+    return plans
+
+
+def first_seeds(plans: Sequence[ModelPlan], count: int | None) -> list[ModelPlan]:
+    """The plans without the controls of seeds beyond the first ``count`` (None: all)."""
+    if count is None:
+        return list(plans)
+    seeds = sorted({p.seed for p in plans if p.level == "random_init"})[:count]
+    return [p for p in plans if p.level != "random_init" or p.seed in seeds]
+
+
+def level_of(model: str, provenance: dict | None = None) -> str:
+    """trained / random_init / baseline of a cached model (from its provenance when given)."""
+    if provenance and provenance.get("level") in LEVELS:
+        return provenance["level"]
+    return "random_init" if is_control(model) else "trained"
+
+
+def extract_plans(records, plans: Sequence[ModelPlan], cache: Path, times_csv: Path | None = None,
+                  dataset: str = "") -> pd.DataFrame:
+    """Extract every plan into ``cache`` (every layer; resumable: stored samples are skipped).
+
+    ``records`` is a Dataset or a list of records; a plan with ``subset`` gets the first ``subset``
+    records. Samples a model cannot take are skipped and counted. The time of each run is appended
+    to ``times_csv`` (dataset, model, level, extracted, cached, invalid, seconds, seconds per sample),
+    so a study run in several parts keeps the cost of each part. A model that fails is reported and
+    skipped, so the others still extract. Returns this run's rows.
+    """
+    from repalign.extract import extract
+
+    rows = []
+    for plan in plans:
+        subset = records
+        if plan.subset is not None and plan.subset < len(records):
+            subset = records.head(plan.subset) if hasattr(records, "head") else list(records)[: plan.subset]
+        try:
+            runs = extract(subset, [plan.model], cache, layers=["all"], tokens=["all"] if plan.tokens else (),
+                           options=dict(plan.options), skip_invalid=True, quiet=True)
+        except RepalignError as exc:  # one model failing leaves the others to extract; the error is logged
+            print(f"  {dataset} {plan.model}: FAILED: {exc}", flush=True)
+            rows.append({"dataset": dataset, "model": plan.model, "level": plan.level, "error": str(exc)})
+            continue
+        run = runs[0]
+        row = {"dataset": dataset, "model": plan.model, "level": plan.level, "extracted": run.stored,
+               "cached": run.skipped_existing, "invalid": len(run.invalid), "seconds": round(run.seconds, 2),
+               "seconds_per_sample": round(run.seconds / run.stored, 4) if run.stored else float("nan"),
+               "finished": pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")}
+        rows.append(row)
+        print(f"  {dataset} {plan.model}: {run.stored} extracted, {run.skipped_existing} cached, "
+              f"{len(run.invalid)} invalid, {run.seconds:.1f} s", flush=True)
+        if times_csv is not None and run.stored:
+            previous = pd.read_csv(times_csv) if times_csv.exists() else pd.DataFrame()
+            write_csv(pd.concat([previous, pd.DataFrame([row])], ignore_index=True), times_csv)
+    return pd.DataFrame(rows)
+
+
+def extract_models(records, models: Sequence[str], cache: Path, **options) -> dict[str, float]:
+    """Extract every layer of each model (``NAME@random:SEED`` for a control) into ``cache``; resumable.
 
     Returns model -> seconds spent extracting in this run (0 when everything was already cached).
     """
@@ -317,10 +237,112 @@ def extract_models(records, models: Sequence[str], cache: Path, seed: int, **opt
 
     seconds = {}
     for model in models:
-        runs = extract(records, [model], cache, layers=["all"], adapter_factory=control_factory(seed), quiet=True, **options)
+        runs = extract(records, [model], cache, layers=["all"], quiet=True, **options)
         seconds[model] = round(runs[0].seconds, 1)
         print(f"  {model}: {runs[0].stored} extracted, {runs[0].skipped_existing} cached, {runs[0].seconds:.1f} s", flush=True)
     return seconds
+
+
+SCORE_COLUMNS = ("dataset", "level", "seed", "model_a", "layer_a", "model_b", "layer_b", "metric", "score",
+                 "n_samples", "p_value", "p_value_adjusted", "ci_low", "ci_high")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One model pair to score; ``level`` and ``seed`` label its rows (see :func:`study_pairs`)."""
+
+    level: str
+    model_a: str
+    model_b: str
+    seed: int | None = None
+
+
+def study_pairs(plans: Sequence[ModelPlan], trained_pairs: Sequence[tuple[str, str]] | None = None) -> list[Pair]:
+    """The comparisons of a study, from its plans.
+
+    - ``trained``: trained model vs trained model (``trained_pairs``, default every pair);
+    - ``random_init``: the same pairs, control vs control of the same seed, one row set per seed;
+    - ``baseline``: every trained model and every control vs every baseline (``seed`` = the control's).
+    """
+    import itertools
+
+    trained = [p.model for p in plans if p.level == "trained"]
+    baselines = [p.model for p in plans if p.level == "baseline"]
+    seeds = sorted({p.seed for p in plans if p.level == "random_init"})
+    controls = {p.model for p in plans if p.level == "random_init"}
+    pairs = list(trained_pairs) if trained_pairs is not None else list(itertools.combinations(trained, 2))
+    out = [Pair("trained", a, b) for a, b in pairs]
+    for seed in seeds:
+        out += [Pair("random_init", control_name(a, seed), control_name(b, seed), seed) for a, b in pairs
+                if control_name(a, seed) in controls and control_name(b, seed) in controls]
+    for base in baselines:
+        out += [Pair("baseline", model, base) for model in trained]
+        out += [Pair("baseline", control_name(model, seed), base, seed) for model in trained for seed in seeds
+                if control_name(model, seed) in controls]
+    return out
+
+
+def tidy_scores(frame: pd.DataFrame, dataset: str, pair: Pair, **labels) -> pd.DataFrame:
+    """A comparison table with the study columns first (:data:`SCORE_COLUMNS`), then the rest.
+
+    ``p_value_adjusted`` is taken from the statistics when they provide it, else left empty.
+    """
+    frame = frame.copy()
+    frame["dataset"], frame["level"] = dataset, pair.level
+    frame["seed"] = pd.array([pair.seed] * len(frame), dtype="Int64")
+    for key, value in labels.items():
+        frame[key] = value
+    for column in SCORE_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = np.nan
+    first = list(SCORE_COLUMNS) + list(labels)
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def score_pooled(cache: Path, dataset: str, pairs: Sequence[Pair], metrics: Sequence[str], *, k: int,
+                 permutations: int, ci: float, n_subsamples: int, seed: int = 0) -> pd.DataFrame:
+    """Every pair with :func:`repalign.compare.compare_models` (pooled features, shared ids),
+    permutation p-values and subsampling intervals; study columns first."""
+    from repalign.compare import compare_models
+
+    frames = []
+    for pair in pairs:
+        result = compare_models(cache, pair.model_a, pair.model_b, list(metrics), k=k, permutations=permutations,
+                                ci=ci, n_subsamples=n_subsamples, seed=seed)
+        frames.append(tidy_scores(result.table, dataset, pair, granularity="structure"))
+        print(f"  scored {dataset} {pair.model_a} vs {pair.model_b} (N={result.n_samples})", flush=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+def score_tokens(cache: Path, dataset: str, pairs: Sequence[Pair], metrics: Sequence[str], *, k: int,
+                 permutations: int, n_subsamples: int, seed: int = 0) -> pd.DataFrame:
+    """Every pair per atom / residue: token rows of the shared samples, paired row by row."""
+    from embeddings_cache import Cache, align_ids
+
+    frames = []
+    with Cache(cache) as c:
+        for pair in pairs:
+            ids = align_ids(c, pair.model_a, c, pair.model_b)
+            names_a, mats_a, off_a = token_layers(c, pair.model_a, ids)
+            names_b, mats_b, off_b = token_layers(c, pair.model_b, ids)
+            check_same_tokens(off_a, off_b, pair.model_a, pair.model_b)
+            for metric in metrics:
+                params = {"k": k} if metric in ("mknn", "mutual_knn", "cknna") else {}
+                frame = scored_pair(mats_a, mats_b, names_a, names_b, pair.model_a, pair.model_b, metric,
+                                    permutations=permutations, n_subsamples=n_subsamples, seed=seed, **params)
+                frames.append(tidy_scores(frame, dataset, pair, granularity="atom"))
+            print(f"  scored {dataset} per atom {pair.model_a} vs {pair.model_b} ({len(mats_a[0])} atoms)", flush=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+def chance_and_null(n: int, k: int, quantile: float = 0.95, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Mutual kNN of unrelated features at N samples and k neighbours: the chance level k/(N-1) and
+    the ``quantile`` of the score between independent random neighbour lists (each sample's k
+    neighbours drawn uniformly from the N-1 others; the overlap of two such lists is
+    hypergeometric, mean k/(N-1)), drawn ``draws`` times."""
+    rng = np.random.default_rng(seed)
+    overlaps = rng.hypergeometric(k, n - 1 - k, k, size=(draws, n)) / k
+    return k / (n - 1), float(np.quantile(overlaps.mean(axis=1), quantile))
 
 
 def pair_heatmaps(table: pd.DataFrame, pairs: Sequence[tuple[str, str]], metric: str, out: Path, stem: str) -> Path:
@@ -339,7 +361,7 @@ def pair_heatmaps(table: pd.DataFrame, pairs: Sequence[tuple[str, str]], metric:
 
 
 def depth_figure(table: pd.DataFrame, model: str, references: Sequence[str], metric: str, out: Path, stem: str,
-                 ylabel: str | None = None) -> Path:
+                 ylabel: str | None = None, control_seed: int = 0) -> Path:
     """Score of each layer of ``model`` (best over the reference's layers) against each reference,
     trained (solid) and random-init control (dashed), with the subsampling interval of that cell."""
     from matplotlib.figure import Figure
@@ -350,7 +372,8 @@ def depth_figure(table: pd.DataFrame, model: str, references: Sequence[str], met
         ax = fig.subplots()
         for colour, ref in zip(CB_COLORS, references):
             for a, b, dashes, label in ((model, ref, "-", f"vs {ref}"),
-                                        (model + RANDOM_SUFFIX, ref + RANDOM_SUFFIX, "--", f"vs {ref} (random init)")):
+                                        (control_name(model, control_seed), control_name(ref, control_seed), "--",
+                                         f"vs {ref} (random init, seed {control_seed})")):
                 rows = table[(table.metric == metric) & (table.model_a == a) & (table.model_b == b)]
                 if rows.empty:
                     continue
@@ -387,7 +410,10 @@ def base_parser(study: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="a small smoke version (minutes), for tests")
     parser.add_argument("--out", help=f"output folder (default: analyses/results/{study})")
     parser.add_argument("--cache", help="feature cache folder (default: OUT/.cache, git-ignored)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random-init controls and of the statistics")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data sets and of the statistics")
+    parser.add_argument("--extract-only", action="store_true", help="extract (resumable) and stop before scoring")
+    parser.add_argument("--control-seeds", type=int, default=None, metavar="K",
+                        help="with --extract-only: extract the controls of the first K seeds only (default: all)")
     return parser
 
 

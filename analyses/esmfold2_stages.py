@@ -28,7 +28,6 @@ from typing import Sequence
 import pandas as pd
 
 from analyses.common import (
-    RANDOM_SUFFIX,
     base_parser,
     best_pairs,
     cache_dir,
@@ -165,18 +164,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = read_proteins(args.fasta, cfg["n"])
     cache = cdir / ("features-smoke-quick.h5" if smoke and args.quick else "features-smoke.h5" if smoke else "features.h5")
     main_models = ["esmfold2", args.esmc]
-    models = main_models + ([] if args.no_controls else [m + RANDOM_SUFFIX for m in main_models])
+    control = f"@random:{args.seed}"  # the spec NAME@random:SEED (repalign.models.controls)
+    models = main_models + ([] if args.no_controls else [m + control for m in main_models])
     print(f"extracting {len(records)} proteins with {', '.join(models)} into {cache}", flush=True)
     seconds = {}
     for model in models:
         w = weights if model.startswith("esmfold2") else esmc_weights
-        seconds.update(extract_models(records, [model], cache, args.seed, weights=w, device=args.device))
+        seconds.update(extract_models(records, [model], cache, weights=w, device=args.device))
 
     from embeddings_cache import Cache
 
     ids = [r.id for r in records]
     frames = []
-    levels = [("trained" if not smoke else "random_weights", "")] + ([] if args.no_controls else [("random_init", RANDOM_SUFFIX)])
+    levels = [("trained" if not smoke else "random_weights", "")] + ([] if args.no_controls else [("random_init", control)])
     with Cache(cache) as c:
         for level, suffix in levels:
             for a, b in (("esmfold2", "esmfold2"), ("esmfold2", args.esmc)):

@@ -177,8 +177,13 @@ def extract(
     options: model-specific options, recorded in the provenance: ``KEY`` applies to every model
         that accepts it (an error only if none does), ``MODEL:KEY`` to that model alone
         (:mod:`repalign.options`).
+    records may be a :class:`repalign.datasets.dataset.Dataset`: its provenance (builder, seed,
+    size, content hash) is stored under ``dataset`` in each model's provenance (that of the first run).
     """
     from embeddings_cache import check_can_append
+
+    describe = getattr(records, "provenance", None)
+    dataset = describe() if callable(describe) else None
 
     records = check_extract_args(records, models, pool, store_dtype, limit, weights, batch_tokens)
     check_options(options, models)
@@ -196,7 +201,7 @@ def extract(
         for sid, reason in invalid.items():
             log.warning("skipped %s: %s", sid, reason)
         _extract_one(adapter, run, good, cache, model_pool, token_layers, store_dtype, batch_tokens, overwrite, quiet,
-                     skip_invalid)
+                     skip_invalid, dataset)
         runs.append(run)
     return runs
 
@@ -302,11 +307,13 @@ def model_key(adapter: ModelAdapter) -> str:
 
 
 def _extract_one(adapter, run, records, cache, pool, token_layers, store_dtype, batch_tokens, overwrite, quiet,
-                 skip_invalid=False):
+                 skip_invalid=False, dataset=None):
     from embeddings_cache import CacheWriter
 
     load_model(adapter)
     prov = dict(adapter.provenance())
+    if dataset is not None:
+        prov["dataset"] = dataset
     extraction = extraction_options(adapter, pool, token_layers, store_dtype)
     prov["options"] = {**extraction, "weights": _weights_identity(prov)}
     prov["device"] = adapter.device

@@ -13,16 +13,23 @@ import pytest
 import torch
 
 from analyses.common import (
-    RANDOM_SUFFIX,
+    ModelPlan,
     best_pairs,
-    control_factory,
-    model_seed,
-    randomized,
-    reinitialize,
+    chance_and_null,
+    model_plans,
     scored_pair,
-    torch_modules,
+    study_pairs,
 )
 from repalign.inputs import sequence_record
+from repalign.models.controls import (
+    control_name,
+    is_control,
+    model_seed,
+    parse_control,
+    randomized,
+    reinitialize,
+    torch_modules,
+)
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +84,10 @@ class TinyAdapter(ModelAdapter):
 
 
 def tiny_factory(name, weights=None, device="cpu", dtype="float32", **options):
+    """The registry's rule for controls (NAME@random:SEED) over a registry that knows only 'tiny'."""
+    control = parse_control(name)
+    if control is not None:
+        return randomized(tiny_factory(control[0], weights=weights, device=device, dtype=dtype, **options), control[1])
     assert name == "tiny"
     return TinyAdapter(weights=weights, device=device, dtype=dtype, **options)
 
@@ -122,7 +133,7 @@ def test_same_architecture_controls_are_independent_networks():
     a, b = randomized(TinyAdapter(), 0), randomized(OtherTiny(), 0)
     a.ensure_loaded()
     b.ensure_loaded()
-    assert (a.name, b.name) == ("tiny@random", "tiny-v2@random")
+    assert (a.name, b.name) == ("tiny@random:0", "tiny-v2@random:0")
     assert model_seed(0, "tiny") != model_seed(0, "tiny-v2") and model_seed(0, "tiny") == model_seed(0, "tiny")
     assert not torch.allclose(a.inner.runner.model.mix.weight, b.inner.runner.model.mix.weight)
 
@@ -140,17 +151,19 @@ def test_control_is_stored_under_its_own_name_with_provenance(tmp_path):
     from repalign.extract import extract
 
     records = [sequence_record(f"s{i}", seq) for i, seq in enumerate(["MKTAYIAK", "GSHMLEWW", "ACDEFGHIK"])]
-    factory = control_factory(seed=3, base_factory=tiny_factory)
     cache = tmp_path / "c.h5"
-    extract(records, ["tiny", "tiny" + RANDOM_SUFFIX], cache, layers=["all"], adapter_factory=factory, quiet=True)
+    extract(records, ["tiny", "tiny@random:3", "tiny@random:4"], cache, layers=["all"], adapter_factory=tiny_factory,
+            quiet=True)
     with Cache(cache) as c:
-        assert set(c.models) == {"tiny", "tiny@random"}
-        prov_control = c.provenance("tiny@random")
-        assert prov_control["random_init"]["seed"] == 3 and prov_control["model"] == "tiny@random"
-        assert prov_control["random_init"]["stream"] == model_seed(3, "tiny")
+        assert set(c.models) == {"tiny", "tiny@random:3", "tiny@random:4"}
+        prov_control = c.provenance("tiny@random:3")
+        assert prov_control["random_init"]["seed"] == 3 and prov_control["model"] == "tiny@random:3"
+        assert prov_control["random_init"]["stream"] == model_seed(3, "tiny") and prov_control["level"] == "random_init"
         assert "random_init" not in c.provenance("tiny")
         trained = c.read_layer("tiny", "out", ids=["s0", "s1", "s2"])
-        control = c.read_layer("tiny@random", "out", ids=["s0", "s1", "s2"])
+        control = c.read_layer("tiny@random:3", "out", ids=["s0", "s1", "s2"])
+        other_seed = c.read_layer("tiny@random:4", "out", ids=["s0", "s1", "s2"])
+    assert not np.allclose(control, other_seed)
     assert not np.allclose(trained, control)
     # the control equals the trained adapter re-initialised by hand with the model's own stream
     manual = TinyAdapter()
@@ -158,11 +171,52 @@ def test_control_is_stored_under_its_own_name_with_provenance(tmp_path):
     reinitialize(torch_modules(manual), seed=model_seed(3, "tiny"))
     expected = np.stack([f.tokens["out"].mean(axis=0) for f in manual.forward(records, ["out"])])
     np.testing.assert_allclose(control, expected, rtol=1e-5, atol=1e-6)
-    # another seed on resume is a changed option, not silently mixed features
-    from repalign.errors import RepalignError
+    # a resumed control skips what is stored: nothing is re-extracted or mixed
+    runs = extract(records, ["tiny@random:3"], cache, layers=["all"], adapter_factory=tiny_factory, quiet=True)
+    assert (runs[0].stored, runs[0].skipped_existing) == (0, 3)
 
-    with pytest.raises(RepalignError):
-        extract(records, ["tiny@random"], cache, layers=["all"], adapter_factory=control_factory(4, tiny_factory), quiet=True)
+
+def test_control_specs_parse_and_refuse_bad_forms():
+    from repalign.errors import RepalignError
+    from repalign.models import get_adapter
+
+    assert parse_control("antiberty@random:3") == ("antiberty", 3) and parse_control("antiberty") is None
+    assert control_name("chgnet-0.3.0", 2) == "chgnet-0.3.0@random:2" and is_control("chgnet-0.3.0@random:2")
+    for bad in ("antiberty@random", "antiberty@random:x", "antiberty@random:-1"):
+        with pytest.raises(RepalignError, match="NAME@random:SEED"):
+            get_adapter(bad)
+    with pytest.raises(RepalignError, match="already a random-init control"):
+        randomized(randomized(TinyAdapter(), 0), 1)
+    # a baseline has no weights: its control is refused when it would load, with the reason
+    control = get_adapter("aa-composition@random:0")
+    with pytest.raises(RepalignError, match="cannot have a random-init control"):
+        control.ensure_loaded()
+
+
+def test_study_pairs_cover_levels_and_seeds():
+    plans = model_plans(["a", "b"], {"base": {}}, seeds=(0, 1))
+    assert [p.level for p in plans] == ["baseline", "trained", "trained"] + ["random_init"] * 4
+    pairs = study_pairs(plans)
+    keys = {(p.level, p.model_a, p.model_b, p.seed) for p in pairs}
+    assert ("trained", "a", "b", None) in keys
+    assert {("random_init", "a@random:0", "b@random:0", 0), ("random_init", "a@random:1", "b@random:1", 1)} <= keys
+    assert ("random_init", "a@random:0", "b@random:1", 0) not in keys  # controls meet controls of the same seed
+    assert {("baseline", m, "base", s) for m, s in (("a", None), ("b", None), ("a@random:1", 1))} <= keys
+    assert len(pairs) == 1 + 2 + 2 + 4
+    assert ModelPlan("x@random:4", "random_init").seed == 4 and ModelPlan("x", "trained").base == "x"
+
+
+def test_chance_level_and_null_quantile_match_simulated_random_neighbours():
+    n, k = 200, 10
+    chance, q95 = chance_and_null(n, k, draws=4000)
+    assert chance == pytest.approx(k / (n - 1))
+    # independent simulation: mutual kNN between two random point clouds of the same samples
+    from repalign.metrics import mutual_knn
+
+    rng = np.random.default_rng(1)
+    scores = [mutual_knn(rng.normal(size=(n, 8)), rng.normal(size=(n, 8)), k=k) for _ in range(200)]
+    assert np.mean(scores) == pytest.approx(chance, abs=0.01)
+    assert q95 == pytest.approx(np.quantile(scores, 0.95), abs=0.012)
 
 
 def _mknn_reference(X, Y, k):
@@ -211,73 +265,101 @@ def _run_study(name, out, timeout=900):
     return proc
 
 
-def _check_outputs(out: Path, controls: set[str]):
+SCORE_COLUMNS = ["dataset", "level", "seed", "model_a", "layer_a", "model_b", "layer_b", "metric", "score",
+                 "n_samples", "p_value", "p_value_adjusted", "ci_low", "ci_high"]
+
+
+def _check_scores(out: Path, seeds: set[int]):
+    """The columns of the issue, levels, seeds and valid statistics in a study's scores.csv."""
     table = pd.read_csv(out / "scores.csv")
-    best = pd.read_csv(out / "best_pairs.csv")
+    assert list(table.columns[: len(SCORE_COLUMNS)]) == SCORE_COLUMNS
     assert table.score.between(-1e-9, 1 + 1e-9).all(), "mutual kNN and linear CKA lie in [0, 1]"
     assert ((table.p_value > 0) & (table.p_value <= 1)).all()
-    assert ((table.p_value_best > 0) & (table.p_value_best <= 1)).all()
     assert (table.ci_low <= table.ci_high + 1e-12).all()
-    assert set(table.metric) == {"mutual_knn", "cka"}
-    assert "random_init" in set(table.level)
-    control_rows = table[table.level == "random_init"]
-    assert control_rows.model_a.str.endswith(RANDOM_SUFFIX).all() and control_rows.model_b.str.endswith(RANDOM_SUFFIX).all()
-    assert controls <= set(control_rows.model_a) | set(control_rows.model_b)
-    assert not table[table.level != "random_init"].model_a.str.endswith(RANDOM_SUFFIX).any()
-    # best_pairs is the argmax of scores.csv for each group
-    for row in best.itertuples():
-        group = table[(table.level == row.level) & (table.metric == row.metric) & (table.model_a == row.model_a)
-                      & (table.model_b == row.model_b)]
-        if "dataset" in table.columns:
-            group = group[(group.dataset == row.dataset) & (group.granularity == row.granularity)]
-        group = group[(group.model_a != group.model_b) | (group.layer_a != group.layer_b)]
-        assert row.score == pytest.approx(group.score.max(), abs=1e-6)
-    pngs = list(out.glob("*.png"))
-    assert pngs and all(p.stat().st_size > 5000 for p in pngs)
-    readme = (out / "README.md").read_text()
-    assert "--quick" in readme and "random" in readme
-    return table, best, readme
+    assert set(table.level) == {"trained", "random_init", "baseline"}
+    controls = table[table.level == "random_init"]
+    assert controls.model_a.str.contains("@random:").all() and controls.model_b.str.contains("@random:").all()
+    assert set(controls.seed.astype(int)) == seeds
+    # a control meets a control of its own seed
+    assert (controls.model_a.str.split(":").str[-1].astype(int) == controls.seed).all()
+    assert (controls.model_b.str.split(":").str[-1].astype(int) == controls.seed).all()
+    trained = table[table.level == "trained"]
+    assert not trained.model_a.str.contains("@").any() and trained.seed.isna().all()
+    return table
 
 
-def _check_cache_provenance(cache_file: Path):
+def _check_cache_provenance(cache_file: Path, builder: str, size: int):
     from embeddings_cache import Cache
 
     with Cache(cache_file) as c:
         for model in c.models:
             prov = c.provenance(model)
-            assert ("random_init" in prov) == model.endswith(RANDOM_SUFFIX)
+            assert ("random_init" in prov) == ("@random:" in model)
+            assert prov["dataset"]["builder"] == builder and prov["dataset"]["size"] in (size, *range(1, size))
+            assert len(prov["dataset"]["content_hash"]) == 64
 
 
 @pytest.mark.slow
 def test_antibody_study_quick(tmp_path):
     out = tmp_path / "antibody"
     _run_study("antibody_models", out)
-    table, best, readme = _check_outputs(out, {"igfold@random", "antiberty@random", "iglm@random"})
-    assert set(table.model_a) >= {"igfold", "antiberty"} and set(table.n_samples) == {5}
-    # IgFold's 'antiberty' stage is the AntiBERTy embedding it consumes: it must match AntiBERTy's last layer
+    table = _check_scores(out, {0, 1})
+    # IgFold runs on its subset, and its partners are scored on the same antibodies
+    igfold = table[(table.model_a.str.startswith("igfold")) | (table.model_b.str.startswith("igfold"))]
+    assert set(igfold.n_samples) == {5} and set(table[~table.index.isin(igfold.index)].n_samples) == {8}
+    # IgFold's 'antiberty' stage is the AntiBERTy embedding it consumes: it matches AntiBERTy's last layer,
+    # and it is flagged so no headline rests on it
     row = table[(table.model_a == "igfold") & (table.model_b == "antiberty") & (table.layer_a == "antiberty")
                 & (table.layer_b == "layer.7") & (table.metric == "cka")]
-    assert row.score.iloc[0] > 0.99
-    _check_cache_provenance(out / ".cache" / "features-quick.h5")
+    assert row.score.iloc[0] > 0.99 and row.identity_stage.all()
+    assert not table[table.layer_a != "antiberty"].identity_stage.any()
+    _check_cache_provenance(out / ".cache" / "antibodies-quick.h5", "repertoire_records", 8)
 
 
 @pytest.mark.slow
 def test_interatomic_study_quick(tmp_path):
     out = tmp_path / "potentials"
     _run_study("interatomic_potentials", out)
-    table, best, readme = _check_outputs(out, {"chgnet-0.3.0@random", "diep@random", "ani-1x@random"})
+    table = _check_scores(out, {0, 1})
+    assert set(table.dataset) == {"crystals"} and set(table.granularity) == {"structure", "atom"}
+    atoms = table[table.granularity == "atom"].n_samples
+    assert atoms.min() > table[table.granularity == "structure"].n_samples.max()
+    times = pd.read_csv(out / "extraction_times.csv")
+    assert {"chgnet-0.3.0", "diep@random:1", "elements"} <= set(times.model)
+    _check_cache_provenance(out / ".cache" / "crystals-quick.h5", "aflow_crystals", 12)
+
+
+@pytest.mark.slow
+def test_molecule_study_quick(tmp_path):
+    out = tmp_path / "molecules"
+    _run_study("molecules", out)
+    table = _check_scores(out, {0, 1})
     assert set(table.granularity) == {"structure", "atom"}
-    atoms = table[(table.granularity == "atom") & (table.dataset == "molecules")].n_samples
-    structures = table[(table.granularity == "structure") & (table.dataset == "molecules")].n_samples
+    atoms = table[table.granularity == "atom"].n_samples
+    structures = table[table.granularity == "structure"].n_samples
     assert atoms.min() > structures.max()  # per-atom rows are atoms, not molecules
-    _check_cache_provenance(out / ".cache" / "crystals-quick.h5")
+    assert {"morgan", "elements"} <= set(table.model_b)
+    _check_cache_provenance(out / ".cache" / "molecules-quick.h5", "ccd_molecules", 12)
+
+
+def _check_outputs(out: Path, controls: set[str]):
+    table = pd.read_csv(out / "scores.csv")
+    best = pd.read_csv(out / "best_pairs.csv")
+    assert table.score.between(-1e-9, 1 + 1e-9).all(), "mutual kNN and linear CKA lie in [0, 1]"
+    assert ((table.p_value > 0) & (table.p_value <= 1)).all()
+    assert (table.ci_low <= table.ci_high + 1e-12).all()
+    control_rows = table[table.level == "random_init"]
+    assert controls <= set(control_rows.model_a) | set(control_rows.model_b)
+    readme = (out / "README.md").read_text()
+    assert "--quick" in readme and "random" in readme
+    return table, best, readme
 
 
 @pytest.mark.slow
 def test_esmfold2_study_quick(tmp_path):
     out = tmp_path / "esmfold2"
     _run_study("esmfold2_stages", out)
-    table, best, readme = _check_outputs(out, {"esmfold2@random", "esmc-300m@random"})
+    table, best, readme = _check_outputs(out, {"esmfold2@random:0", "esmc-300m@random:0"})
     assert "not findings" in readme
     # the stand-alone ESMC is the backbone saved from the same checkpoint: same layer, same features
     same = table[(table.model_a == "esmfold2") & (table.model_b == "esmc-300m") & (table.layer_a == table.layer_b)
@@ -285,7 +367,11 @@ def test_esmfold2_study_quick(tmp_path):
     assert len(same) >= 3 and (same.score > 0.9999).all()
     layers = set(table[table.model_a == "esmfold2"].layer_a)
     assert {"folding_trunk.0", "parcae", "distogram", "confidence.single"} <= layers
-    _check_cache_provenance(out / ".cache" / "features-smoke-quick.h5")
+    from embeddings_cache import Cache
+
+    with Cache(out / ".cache" / "features-smoke-quick.h5") as c:
+        for model in c.models:
+            assert ("random_init" in c.provenance(model)) == ("@random:" in model)
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
@@ -294,3 +380,53 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
                            "--out", str(tmp_path / "o")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_control_spec_on_the_command_line_for_a_jax_model(tmp_path):
+    """`repalign extract --model unirep-64@random:2`: a real JAX model re-initialised, stored under the spec."""
+    from embeddings_cache import Cache
+
+    fasta = tmp_path / "s.fasta"
+    fasta.write_text(">a\nMKTAYIAKQRQISFVKSHFSRQ\n>b\nGSHMLEDPVDAFQ\n>c\nEVQLVESGGGLVQPGG\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name in ("c1.h5", "c2.h5"):
+        proc = subprocess.run([sys.executable, "-m", "repalign", "extract", str(fasta), "--model", "unirep-64",
+                               "--model", "unirep-64@random:2", "-o", str(tmp_path / name)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    with Cache(tmp_path / "c1.h5") as c1, Cache(tmp_path / "c2.h5") as c2:
+        assert set(c1.models) == {"unirep-64", "unirep-64@random:2"}
+        prov = c1.provenance("unirep-64@random:2")
+        assert prov["level"] == "random_init" and prov["random_init"]["seed"] == 2
+        assert prov["random_init"]["initialisation"]["scaled_normal"] > 0
+        ids = ["a", "b", "c"]
+        trained, control = c1.read_layer("unirep-64", "layer.3", ids=ids), c1.read_layer("unirep-64@random:2", "layer.3", ids=ids)
+        assert not np.allclose(trained, control, atol=1e-3)
+        np.testing.assert_allclose(c2.read_layer("unirep-64@random:2", "layer.3", ids=ids), control, rtol=1e-5, atol=1e-6)
+    bad = subprocess.run([sys.executable, "-m", "repalign", "extract", str(fasta), "--model", "unirep-64@random",
+                          "-o", str(tmp_path / "c3.h5")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "NAME@random:SEED" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c3.h5").exists()
+
+
+def test_study_scoring_on_real_features_with_a_subset(tmp_path):
+    """extract_plans + score_pooled on baselines: the study columns, shared ids of a subset, levels."""
+    from analyses.common import SCORE_COLUMNS, Pair, extract_plans, score_pooled
+    from repalign.datasets.antibodies import repertoire_records
+
+    data = repertoire_records(12, seed=5)
+    plans = [ModelPlan("aa-composition", "baseline"), ModelPlan("blosum62", "baseline", subset=8)]
+    times = tmp_path / "times.csv"
+    rows = extract_plans(data, plans, tmp_path / "c.h5", times, dataset="antibodies")
+    assert list(rows.extracted) == [12, 8] and len(pd.read_csv(times)) == 2
+    again = extract_plans(data, plans, tmp_path / "c.h5", times, dataset="antibodies")  # resumed: nothing new
+    assert list(again.extracted) == [0, 0] and list(again.cached) == [12, 8] and len(pd.read_csv(times)) == 2
+    table = score_pooled(tmp_path / "c.h5", "antibodies", [Pair("baseline", "aa-composition", "blosum62")],
+                         ["mknn", "cka"], k=3, permutations=30, ci=0.9, n_subsamples=10)
+    assert list(table.columns[: len(SCORE_COLUMNS)]) == list(SCORE_COLUMNS)
+    assert set(table.n_samples) == {8} and set(table.metric) == {"mutual_knn", "cka"}
+    assert (table.level == "baseline").all() and table.seed.isna().all()
+    assert ((table.p_value > 0) & (table.p_value <= 1)).all() and (table.ci_low <= table.ci_high).all()
+    # a BLOSUM62 profile is a linear map of the composition: linear CKA sees them as closely related
+    assert table[table.metric == "cka"].score.iloc[0] > 0.5

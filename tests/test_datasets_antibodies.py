@@ -216,3 +216,65 @@ def test_translate_matches_biopython():
     assert translate("atgtgg") == "MW"
     with pytest.raises(RepalignError, match="not made of A, C, G, T"):
         translate("ATGNNN")
+
+
+# ---- sampled repertoires (V(D)J recombination + somatic mutations) ----------------------------------
+from repalign.datasets.antibodies import repertoire_records  # noqa: E402
+
+REPERTOIRE = repertoire_records(300, seed=11)
+
+
+def test_repertoire_chains_are_productive_variable_domains():
+    table = REPERTOIRE.table()
+    assert len(REPERTOIRE) == 300 and len({r.payload for r in REPERTOIRE}) == 300
+    for record, row in zip(REPERTOIRE, table.itertuples()):
+        heavy, light = record.chains
+        assert set(heavy + light) <= AMINO_ACIDS
+        assert chain_type(heavy) == "heavy" and chain_type(light) == "light"
+        assert (row.length_heavy, row.length_light) == (len(heavy), len(light))
+        assert row.light_j.startswith("IGK" if row.light_locus == "kappa" else "IGL")
+
+
+def test_unmutated_chains_start_with_their_germline_v_gene():
+    """Unmutated antibodies carry their V genes unchanged up to the conserved Cys (genes read here from
+    olga's files and translated with Biopython)."""
+    table = REPERTOIRE.table()
+    naive = table[table.mutation_rate == 0]
+    assert (naive.mutations_heavy == 0).all() and (naive.mutations_light == 0).all() and len(naive) > 100
+    for row in naive.head(60).itertuples():
+        heavy, light = REPERTOIRE[REPERTOIRE.ids.index(row.id)].chains
+        for chain, gene, locus in ((heavy, row.heavy_v, "heavy"), (light, row.light_v, row.light_locus)):
+            anchors = read_anchors(locus, "V")
+            prefixes = {protein(nt)[: anchors[allele] // 3 + 1] for allele, nt in read_genes(locus, "V")[gene]
+                        if allele in anchors}
+            assert any(chain.startswith(p) and p.endswith("C") for p in prefixes), (row.id, gene)
+
+
+def test_repertoire_statistics_are_realistic():
+    table = REPERTOIRE.table()
+    n = len(table)
+    # kappa:lambda 60:40 and half of the antibodies unmutated, within 4 binomial standard deviations
+    assert abs((table.light_locus == "kappa").mean() - 0.6) < 4 * np.sqrt(0.24 / n)
+    assert abs((table.mutation_rate == 0).mean() - 0.5) < 4 * np.sqrt(0.25 / n)
+    # human IMGT CDR3 lengths: heavy about 15 residues on average (Briney et al., Nature 566, 393 (2019)), kappa/lambda about 9-11
+    assert 13 < table.cdr3_heavy.mean() < 18 and 8 < table.cdr3_light.mean() < 12
+    # mutation counts follow the drawn per-nucleotide rate (binomial over the coding nucleotides)
+    mutated = table[table.mutation_rate > 0]
+    expected = (mutated.mutation_rate * 3 * (mutated.length_heavy + mutated.length_light)).sum()
+    observed = (mutated.mutations_heavy + mutated.mutations_light).sum()
+    assert abs(observed / expected - 1) < 0.1
+    # the mutations are real: a mutated heavy chain differs from every allele of its V gene
+    row = mutated.sort_values("mutations_heavy").iloc[-1]
+    heavy = REPERTOIRE[REPERTOIRE.ids.index(row.id)].chains[0]
+    assert all(not heavy.startswith(protein(nt)[:90]) for _, nt in read_genes("heavy", "V")[row.heavy_v])
+
+
+def test_repertoire_seed_and_prefix_property():
+    again = repertoire_records(300, seed=11)
+    assert again.content_hash == REPERTOIRE.content_hash
+    first = repertoire_records(40, seed=11)  # a smaller set is the start of the larger one (IgFold's subset)
+    assert [r.payload for r in first] == [r.payload for r in REPERTOIRE.records[:40]] and first.ids == REPERTOIRE.ids[:40]
+    assert repertoire_records(40, seed=12).content_hash != first.content_hash
+    assert REPERTOIRE.provenance()["builder"] == "repertoire_records"
+    with pytest.raises(RepalignError, match="size"):
+        repertoire_records(0)

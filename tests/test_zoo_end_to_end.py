@@ -26,6 +26,15 @@ CASES = {
     "sevennet-mf-0": ("crystals", "chgnet-0.3.0"),
     "diep": ("crystals", "chgnet-0.3.0"),
     "ani-1x": ("molecules", "chgnet-0.3.0"),
+    # domain-knowledge baselines (default SOAP/ACSF species H, C, N, O: the molecules)
+    "elements": ("crystals", "chgnet-0.3.0"),
+    "soap": ("molecules", "ani-1x"),
+    "acsf": ("molecules", "ani-1x"),
+    "morgan": ("molecules", "ani-1x"),
+    "aa-composition": ("antibodies", "antiberty"),
+    "kmer-composition": ("antibodies", "antiberty"),
+    "blosum62": ("antibodies", "antiberty"),
+    "onehot": ("antibodies", "antiberty"),
 }
 INPUTS = {"antibodies": lambda: antibody_records(5), "crystals": lambda: crystal_records(6),
           "molecules": lambda: molecule_records(6)}

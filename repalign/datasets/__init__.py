@@ -1,1 +1,8 @@
-"""Small real input sets built from data that installed packages ship (used by the demo and tests)."""
+"""Real input sets built from data that installed packages ship (no download).
+
+Study-scale builders, one function ``builder(size, seed=0, **params) -> Dataset`` each
+(:class:`repalign.datasets.dataset.Dataset`: records plus builder, seed, size and content hash):
+``molecules.ccd_molecules``, ``crystals.aflow_crystals``, ``antibodies.repertoire_records``.
+Small fixed sets for the demo and tests: ``structures.crystal_records`` / ``molecule_records`` and
+``antibodies.antibody_records``.
+"""

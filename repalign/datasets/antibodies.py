@@ -339,3 +339,225 @@ def antibody_records(n: int = 48) -> list[Record]:
     if n > len(ANTIBODIES):
         records += [sequence_record(p.id, f"{p.heavy}:{p.light}") for p in germline_fv_pairs(int(n) - len(ANTIBODIES))]
     return records
+
+
+# ---- sampled repertoires: V(D)J recombination with insertions, deletions and somatic mutations ------
+#
+# The recombination model is the one the germline pairs above read genes from: OLGA's human B-cell
+# models (IGoR fits to real human repertoires; Marcou et al., Nat. Commun. 9, 561 (2018)). Its
+# marginals give, in this order, V, J given V, D given V and J (heavy chain), the 3' deletion of V
+# given V, the 5' and 3' deletions of D given D, the 5' deletion of J given J, the number of
+# N-nucleotides inserted at each junction and a first-order Markov chain over the inserted bases.
+# Negative deletions are palindromic (P) nucleotides: the reverse complement of the gene end is
+# appended. The DJ insertion is drawn from the J side and reversed, as OLGA does.
+
+LIGHT_KAPPA_SHARE = 0.6  # human kappa:lambda usage is about 60:40
+NAIVE_FRACTION = 0.5  # share of antibodies left unmutated (naive B cells)
+#: per-nucleotide mutation rate of the mutated antibodies: Gamma(shape 2, scale 0.025), mean 5 %
+#: (IGHV mutation levels of human memory B cells and plasmablasts, typically 2-10 %), capped at 15 %
+SHM_SHAPE, SHM_SCALE, SHM_MAX = 2.0, 0.025, 0.15
+TRANSITION_SHARE = 0.5  # somatic mutations are about half transitions
+_TRANSITION = {"A": "G", "G": "A", "C": "T", "T": "C"}
+_COMPLEMENT = str.maketrans("ACGT", "TGCA")
+_NT = "ACGT"
+
+
+def _revcomp(nt: str) -> str:
+    return nt.translate(_COMPLEMENT)[::-1]
+
+
+@lru_cache(maxsize=None)
+def _event_values(locus: str) -> dict[str, np.ndarray]:
+    """Deletion and insertion events of ``model_params.txt``: nickname -> value of each index."""
+    values: dict[str, dict[int, int]] = {}
+    nickname = None
+    for line in _model_file(locus, "model_params.txt").read_text().splitlines():
+        if line.startswith("#Deletion;") or line.startswith("#Insertion;"):
+            nickname = line.split(";")[-1].strip()
+            values[nickname] = {}
+        elif line.startswith(("#", "@")):
+            nickname = None
+        elif nickname and line.startswith("%"):
+            value, index = line[1:].split(";")
+            values[nickname][int(index)] = int(value)
+    return {k: np.array([v[i] for i in range(len(v))]) for k, v in values.items()}
+
+
+def _draw(rng: np.random.Generator, probabilities: np.ndarray, allowed: np.ndarray | None = None) -> int:
+    p = np.asarray(probabilities, dtype=float).copy()
+    if allowed is not None:
+        p[~allowed] = 0.0
+    total = p.sum()
+    if not total > 0:
+        raise RepalignError(f"olga's B-cell model has an empty distribution; reinstall it: pip install '{OLGA_REQUIREMENT}'")
+    return int(rng.choice(len(p), p=p / total))
+
+
+def _markov(marginal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P(next | previous) as a 4x4 row-stochastic matrix, its stationary distribution); bases A, C, G, T."""
+    raw = np.asarray(marginal, dtype=float).reshape(4, 4)
+    transition = raw / raw.sum(axis=1, keepdims=True)
+    values, vectors = np.linalg.eig(transition.T)
+    stationary = np.abs(np.real(vectors[:, np.argmin(np.abs(values - 1))]))
+    return transition, stationary / stationary.sum()
+
+
+def _insertion(rng: np.random.Generator, length: int, chain: tuple[np.ndarray, np.ndarray]) -> str:
+    transition, first = chain
+    if length <= 0:
+        return ""
+    bases = [_draw(rng, first)]
+    for _ in range(length - 1):
+        bases.append(_draw(rng, transition[bases[-1]]))
+    return "".join(_NT[b] for b in bases)
+
+
+def _cut_right(nt: str, deletion: int) -> str:
+    return nt[: len(nt) - deletion] if deletion >= 0 else nt + _revcomp(nt[len(nt) + deletion:])
+
+
+def _cut_left(nt: str, deletion: int) -> str:
+    return nt[deletion:] if deletion >= 0 else _revcomp(nt[:-deletion]) + nt
+
+
+@dataclass(frozen=True)
+class _Rearrangement:
+    nucleotides: str
+    protein: str
+    v_anchor: int  # nucleotide index of the conserved Cys codon
+    j_anchor: int  # nucleotide index of the conserved Trp / Phe codon
+    genes: tuple[str, ...]
+
+    @property
+    def cdr3_length(self) -> int:
+        """IMGT CDR3 length in residues (between the conserved Cys and Trp/Phe, both excluded)."""
+        return (self.j_anchor - self.v_anchor) // 3 - 1
+
+
+def _rearrange(rng: np.random.Generator, locus: str, max_tries: int = 1000) -> _Rearrangement:
+    """One productive rearrangement of ``locus`` drawn from the model (unproductive draws redrawn)."""
+    data = _load_locus(locus)
+    genes, marg, values = data.genes, data.marginals, _event_values(locus)
+    v_ok = np.zeros(len(genes["V"]), dtype=bool)
+    v_ok[list(data.v_order)] = True
+    j_ok = np.array([g.anchor is not None for g in genes["J"]])
+    residue = "W" if locus == "heavy" else "F"
+    heavy = locus == "heavy"
+    if heavy:
+        d_ok = np.array(["/OR" not in g.name for g in genes["D"]])
+        vd_chain, dj_chain = _markov(marg["vd_dinucl"][()]), _markov(marg["dj_dinucl"][()])
+    else:
+        vj_chain = _markov(marg["vj_dinucl"][()])
+    for _ in range(max_tries):
+        v = _draw(rng, marg["v_choice"][()], v_ok)
+        j = _draw(rng, marg["j_choice"][(v,)], j_ok)
+        vg, jg = genes["V"][v], genes["J"][j]
+        del_v = int(values["v_3_del"][_draw(rng, marg["v_3_del"][(v,)])])
+        del_j = int(values["j_5_del"][_draw(rng, marg["j_5_del"][(j,)])])
+        v_nt, j_nt = _cut_right(vg.sequence, del_v), _cut_left(jg.sequence, del_j)
+        if heavy:
+            d = _draw(rng, marg["d_gene"][(v, j)], d_ok)
+            i5 = _draw(rng, marg["d_5_del"][(d,)])
+            i3 = _draw(rng, marg["d_3_del"][(d, i5)])
+            d_nt = _cut_right(_cut_left(genes["D"][d].sequence, int(values["d_5_del"][i5])), int(values["d_3_del"][i3]))
+            n1 = _insertion(rng, int(values["vd_ins"][_draw(rng, marg["vd_ins"][()])]), vd_chain)
+            n2 = _insertion(rng, int(values["dj_ins"][_draw(rng, marg["dj_ins"][()])]), dj_chain)[::-1]
+            middle, names = n1 + d_nt + n2, (vg.name, genes["D"][d].name, jg.name)
+        else:
+            middle = _insertion(rng, int(values["vj_ins"][_draw(rng, marg["vj_ins"][()])]), vj_chain)
+            names = (vg.name, jg.name)
+        j_anchor = len(v_nt) + len(middle) + jg.anchor - del_j
+        if j_anchor % 3 or jg.anchor - del_j < 0 or vg.anchor + 3 > len(v_nt) or j_anchor <= vg.anchor:
+            continue
+        nt = v_nt + middle + j_nt
+        protein = translate(nt)
+        if "*" in protein or protein[vg.anchor // 3] != "C" or protein[j_anchor // 3] != residue:
+            continue
+        if not _has_one_j_motif(protein, residue):
+            continue
+        return _Rearrangement(nt, protein, vg.anchor, j_anchor, names)
+    raise RepalignError(f"no productive {locus} rearrangement in {max_tries} draws; reinstall olga: pip install '{OLGA_REQUIREMENT}'")
+
+
+def _mutate(rng: np.random.Generator, chain: _Rearrangement, rate: float, residue: str) -> tuple[str, int]:
+    """Somatic point mutations at ``rate`` per nucleotide. A mutation that makes a stop codon or changes
+    the conserved Cys or the framework-4 motif (Trp/Phe-Gly-x-Gly) is not kept (such cells are lost to
+    selection) and another position is drawn; a mutated chain that gains the other chain type's
+    motif is mutated again from its germline. Returns (protein, number of mutations)."""
+    coding = len(chain.nucleotides) // 3 * 3
+    target = int(rng.binomial(coding, rate)) if rate > 0 else 0
+    j = chain.j_anchor // 3
+    protected = {chain.v_anchor // 3: "C", j: residue, j + 1: "G", j + 3: "G"}
+    for _ in range(20):
+        nt = list(chain.nucleotides)
+        done, tries = 0, 0
+        while done < target and tries < 20 * target:
+            tries += 1
+            pos = int(rng.integers(coding))
+            old = nt[pos]
+            if old not in _TRANSITION:
+                continue
+            if rng.random() < TRANSITION_SHARE:
+                new = _TRANSITION[old]
+            else:
+                new = [b for b in _NT if b not in (old, _TRANSITION[old])][int(rng.integers(2))]
+            codon_start = pos - pos % 3
+            codon = "".join(nt[codon_start:codon_start + 3])
+            aa = CODON_TABLE[codon[: pos % 3] + new + codon[pos % 3 + 1:]]
+            if aa == "*" or protected.get(codon_start // 3, aa) != aa:
+                continue
+            nt[pos] = new
+            done += 1
+        protein = translate("".join(nt))
+        if _has_one_j_motif(protein, residue):
+            return protein, done
+    raise RepalignError("somatic mutation kept creating a second framework-4 motif; use another seed")
+
+
+def repertoire_records(size: int = 1000, seed: int = 0):
+    """``size`` paired heavy:light antibodies sampled from OLGA's human B-cell recombination models,
+    with somatic point mutations (see the comments above this function).
+
+    Each antibody: a productive heavy rearrangement (V, D, J, deletions, P and N nucleotides) and a
+    productive light one (kappa with probability 0.6, else lambda), both translated from the V
+    start to the end of J (the trailing partial codon dropped). Unproductive draws (out of frame,
+    stop codon, conserved Cys or Trp/Phe lost, chain type not recognisable from the FR4 motif)
+    are redrawn, as selection removes them in vivo. Then a share of 0.5 stays unmutated and the
+    others get point mutations at a per-nucleotide rate drawn from Gamma(2, 0.025) (mean 5 %,
+    at most 15 %), the same rate on both chains. Ids ``ab<seed>-<index>``; a repeated protein pair is
+    redrawn. Returns a :class:`repalign.datasets.dataset.Dataset` with per-antibody annotations
+    (genes, CDR3 lengths, mutation rate and counts).
+    """
+    from repalign.datasets.dataset import Dataset, check_size_seed, package_version
+
+    size, seed = check_size_seed(size, seed, "repertoire_records")
+    rng = np.random.default_rng(seed)
+    records, notes, seen = [], [], set()
+    while len(records) < size:
+        heavy = _rearrange(rng, "heavy")
+        locus = "kappa" if rng.random() < LIGHT_KAPPA_SHARE else "lambda"
+        light = _rearrange(rng, locus)
+        rate = 0.0 if rng.random() < NAIVE_FRACTION else float(min(rng.gamma(SHM_SHAPE, SHM_SCALE), SHM_MAX))
+        heavy_protein, heavy_mutations = _mutate(rng, heavy, rate, "W")
+        light_protein, light_mutations = _mutate(rng, light, rate, "F")
+        pair = f"{heavy_protein}:{light_protein}"
+        if pair in seen:
+            continue
+        seen.add(pair)
+        id_ = f"ab{seed}-{len(records):05d}"
+        records.append(sequence_record(id_, pair))
+        hv, hd, hj = (_gene_name(Gene(n, "")) for n in heavy.genes)
+        lv, lj = (_gene_name(Gene(n, "")) for n in light.genes)
+        notes.append({"heavy_v": hv, "heavy_d": hd, "heavy_j": hj, "light_v": lv, "light_j": lj, "light_locus": locus,
+                      "cdr3_heavy": heavy.cdr3_length, "cdr3_light": light.cdr3_length, "mutation_rate": round(rate, 5),
+                      "mutations_heavy": heavy_mutations, "mutations_light": light_mutations,
+                      "length_heavy": len(heavy_protein), "length_light": len(light_protein)})
+    return Dataset(
+        name="repertoire_records", records=tuple(records), seed=seed,
+        params={"light_kappa_share": LIGHT_KAPPA_SHARE, "naive_fraction": NAIVE_FRACTION,
+                "shm_gamma_shape": SHM_SHAPE, "shm_gamma_scale": SHM_SCALE, "shm_max": SHM_MAX,
+                "transition_share": TRANSITION_SHARE},
+        source={"data": "OLGA human_B_heavy / human_B_kappa / human_B_lambda model files (IMGT genes, IGoR marginals)",
+                "olga": package_version("olga")},
+        annotations=tuple(notes),
+    )

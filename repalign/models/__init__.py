@@ -1,7 +1,8 @@
 """Registry of model adapters: registered name -> "module:Class", imported only when used.
 
 Adding a model is adding one module under ``repalign/models/`` (or a package such as
-``esmfold2_model``) and one line here.
+``esmfold2_model``) and one line here. Random-initialised controls of any torch model are the
+spec ``NAME@random:SEED`` (:mod:`repalign.models.controls`), not registry lines.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ REGISTRY: dict[str, str] = {
     "esm2-650m": "repalign.models.hub_lms:ESM2_650M",
     "esm2-3b": "repalign.models.hub_lms:ESM2_3B",
     "prott5": "repalign.models.hub_lms:ProtT5",
+    # domain-knowledge baselines (provenance level = baseline): hand-crafted features, no training
+    "elements": "repalign.models.baselines_atoms:ElementComposition",
+    "soap": "repalign.models.baselines_atoms:Soap",
+    "acsf": "repalign.models.baselines_atoms:Acsf",
+    "morgan": "repalign.models.baselines_molecules:MorganFingerprint",
+    "aa-composition": "repalign.models.baselines_sequence:AminoAcidComposition",
+    "kmer-composition": "repalign.models.baselines_sequence:KmerComposition",
+    "blosum62": "repalign.models.baselines_sequence:Blosum62Profile",
+    "onehot": "repalign.models.baselines_sequence:OneHotPositions",
 }
 
 HF_PREFIX = "hf:"
@@ -48,7 +58,11 @@ def model_names() -> list[str]:
 
 
 def get_adapter_class(name: str) -> type[ModelAdapter]:
-    key = name.strip().lower()
+    """The adapter class of a registered name, ``hf:<path>``, or a control ``NAME@random:SEED`` (NAME's class)."""
+    from repalign.models.controls import parse_control
+
+    control = parse_control(name)
+    key = (control[0] if control else name).strip().lower()
     if key.startswith(HF_PREFIX):
         key = HF_PREFIX
         target = "repalign.models.hf_protein_lm:HFProteinLM"
@@ -67,11 +81,16 @@ def get_adapter(
 ) -> ModelAdapter:
     """Instantiate (not load) the adapter for a registered name or ``hf:<path-or-repo-id>``.
 
-    Options scoped to a model (``MODEL:KEY``, see :mod:`repalign.options`) reach that model only.
+    Options scoped to a model (``MODEL:KEY``, see :mod:`repalign.options`) reach that model only;
+    ``NAME@random:SEED`` gives the random-initialised control of NAME (:mod:`repalign.models.controls`).
     """
+    from repalign.models.controls import parse_control, randomized
     from repalign.options import resolve_scoped
 
     options = resolve_scoped(name, options)
+    control = parse_control(name)
+    if control is not None:
+        return randomized(get_adapter(control[0], weights=weights, device=device, dtype=dtype, **options), control[1])
     cls = get_adapter_class(name)
     if name.lower().startswith(HF_PREFIX):
         return cls(name[len(HF_PREFIX):], weights=weights, device=device, dtype=dtype, **options)

@@ -1,0 +1,280 @@
+"""Random-initialised controls: a model's architecture with its trained weights replaced.
+
+A control keeps a model's architecture, tokeniser, input featurisation and buffers, and replaces
+every trainable weight by a fixed-seed initialisation (:func:`reinitialize`). It answers "how much
+of an alignment comes from the architecture and the input statistics alone?".
+
+Controls are models like any other: the spec ``NAME@random:SEED`` (e.g. ``antiberty@random:3``)
+works wherever a model name does (``repalign extract --model antiberty@random:3``,
+:func:`repalign.models.get_adapter`). The control is stored in the cache under that name, with
+``random_init`` (seed, stream, initialisation counts) and ``level = random_init`` in its
+provenance, so it can never be read as the trained model. Controls of several seeds of the same
+model are independent networks, and so are controls of two models of the same architecture
+(:func:`model_seed`).
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from repalign.errors import RepalignError
+from repalign.models.base import ModelAdapter
+
+RANDOM_TAG = "@random"
+_SPEC = re.compile(r"^(?P<base>.+)@random:(?P<seed>\d+)$")
+
+
+def parse_control(name: str) -> tuple[str, int] | None:
+    """(base model, seed) of a control spec ``NAME@random:SEED``; None for any other name."""
+    if RANDOM_TAG not in name:
+        return None
+    match = _SPEC.match(name.strip())
+    if not match:
+        raise RepalignError(f"model {name!r}: a random-init control is written NAME@random:SEED, e.g. antiberty@random:0")
+    return match["base"], int(match["seed"])
+
+
+def control_name(model: str, seed: int) -> str:
+    """The spec (and cache name) of ``model``'s control with ``seed``: ``NAME@random:SEED``."""
+    return f"{model}{RANDOM_TAG}:{int(seed)}"
+
+
+def is_control(model: str) -> bool:
+    return RANDOM_TAG in model
+
+
+def base_model(model: str) -> str:
+    """The trained model a name refers to (the name itself for a trained model or a baseline)."""
+    parsed = parse_control(model)
+    return parsed[0] if parsed else model
+
+
+def torch_modules(obj: Any, depth: int = 2) -> list:
+    """The distinct top-level ``torch.nn.Module`` objects held by ``obj``'s attributes.
+
+    Looks ``depth`` attribute levels deep, because adapters often hold a runner object that holds the
+    network (e.g. an encoder wrapper with a ``.model``). Submodules of a found module are not listed
+    again.
+    """
+    import torch
+
+    found: dict[int, torch.nn.Module] = {}
+    seen: set[int] = set()
+
+    def visit(value: Any, level: int) -> None:
+        if id(value) in seen or value is None or isinstance(value, (str, bytes, int, float, bool, Path, np.ndarray)):
+            return
+        seen.add(id(value))
+        if isinstance(value, torch.nn.Module):
+            found[id(value)] = value
+            return
+        if level >= depth:
+            return
+        if isinstance(value, (list, tuple)):
+            children = list(value)
+        elif isinstance(value, dict):
+            children = list(value.values())
+        else:
+            children = list(getattr(value, "__dict__", {}).values())
+        for child in children:
+            visit(child, level + 1)
+
+    for attr in vars(obj).values():
+        visit(attr, 1)
+    # a module that is a submodule of another found module is re-initialised with its parent
+    inner = {id(sub) for m in found.values() for sub in m.modules() if sub is not m}
+    return [m for key, m in found.items() if key not in inner]
+
+
+def reinitialize(modules: Sequence, seed: int) -> dict[str, int]:
+    """Re-initialise every parameter of ``modules`` in place, deterministically from ``seed``.
+
+    Modules that define ``reset_parameters()`` (Linear, Embedding, LayerNorm, convolutions,
+    BatchNorm, ...) use their own PyTorch default initialisation (BatchNorm also resets its running
+    statistics to mean 0, variance 1). Every other trainable parameter (custom layers, e.g.
+    equivariant tensor-product weights stored as flat vectors, GPT-2's Conv1D) gets N(0, s^2) with
+    s the standard deviation of its trained values, so activations keep a comparable magnitude
+    whatever the layer's own weight parametrisation (one number per tensor is kept from training).
+    Kept as they are: frozen parameters (``requires_grad=False``: normalisation constants such as
+    an average neighbour count, reference energies), all-positive vectors outside modules with
+    ``reset_parameters`` (in these models: radial/Fourier basis frequencies, initialised
+    deterministically to n·pi/r_cut by their libraries and only nudged by training; setting them to
+    one value would collapse the basis), and buffers. Frozen parameters are restored even when a
+    ``reset_parameters()`` touched them.
+    The global torch RNG is left as it was. Returns counts of parameters per initialisation rule.
+    """
+    import torch
+
+    if not modules:
+        raise RepalignError("no torch modules found to re-initialise; this model cannot have a random-init control")
+    counts = {"reset_parameters": 0, "scaled_normal": 0, "kept": 0}
+    frozen = [(p, p.detach().clone()) for module in modules for p in module.parameters() if not p.requires_grad]
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        covered: set[int] = set()
+        for module in modules:
+            for sub in module.modules():
+                reset = getattr(sub, "reset_parameters", None)
+                if callable(reset):
+                    try:
+                        reset()
+                    except (TypeError, NotImplementedError):  # a custom signature: fall back below
+                        continue
+                    for p in sub.parameters(recurse=True):
+                        covered.add(id(p))
+        generator = torch.Generator().manual_seed(seed + 1)
+        frozen_ids = {id(p) for p, _ in frozen}
+        for module in modules:
+            for p in module.parameters():
+                if id(p) in frozen_ids:
+                    continue
+                if id(p) in covered:
+                    counts["reset_parameters"] += 1
+                    continue
+                covered.add(id(p))
+                if p.ndim <= 1 and p.numel() and bool((p > 0).all()):
+                    counts["kept"] += 1
+                    continue
+                scale = float(p.detach().float().std()) if p.numel() > 1 else 0.0
+                draw = torch.randn(p.shape, generator=generator, dtype=torch.float32) * scale
+                p.copy_(draw.to(device=p.device, dtype=p.dtype))
+                counts["scaled_normal"] += 1
+        for p, value in frozen:
+            p.copy_(value)
+            counts["kept"] += 1
+    return counts
+
+
+def equinox_modules(obj: Any) -> dict[str, Any]:
+    """Attributes of ``obj`` that are Equinox (JAX) modules, by attribute name (empty without equinox)."""
+    import importlib.util
+
+    if importlib.util.find_spec("equinox") is None:
+        return {}
+    import equinox as eqx
+
+    return {name: value for name, value in vars(obj).items() if isinstance(value, eqx.Module)}
+
+
+def reinitialize_equinox(obj: Any, seed: int) -> dict[str, int]:
+    """Re-initialise the Equinox modules held by ``obj``'s attributes (replaced on ``obj``: Equinox
+    modules are immutable), deterministically from ``seed``.
+
+    JAX layers have no ``reset_parameters``, so every floating-point array gets N(0, s^2) with s the
+    standard deviation of its trained values (the scaled-normal rule of :func:`reinitialize`), except
+    all-positive vectors (kept, as in :func:`reinitialize`); integer arrays and static fields are kept.
+    """
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    modules = equinox_modules(obj)
+    if not modules:
+        raise RepalignError("no Equinox modules found to re-initialise; this model cannot have a random-init control")
+    rng = np.random.default_rng(seed)
+    counts = {"reset_parameters": 0, "scaled_normal": 0, "kept": 0}
+
+    def draw(leaf):
+        value = np.asarray(leaf)
+        if value.ndim <= 1 and value.size and bool((value > 0).all()):
+            counts["kept"] += 1
+            return leaf
+        scale = float(value.astype(np.float64).std()) if value.size > 1 else 0.0
+        counts["scaled_normal"] += 1
+        return jnp.asarray(rng.standard_normal(value.shape) * scale, dtype=value.dtype)
+
+    for name, module in sorted(modules.items()):
+        params, static = eqx.partition(module, eqx.is_inexact_array)
+        setattr(obj, name, eqx.combine(jax.tree_util.tree_map(draw, params), static))
+    return counts
+
+
+def model_seed(seed: int, model: str) -> int:
+    """The seed of one model's control: drawn from (seed, model name), so two models of the same
+    architecture (e.g. CHGNet 0.3.0 and 0.2.0) get independent random networks, not the same one."""
+    return int(np.random.SeedSequence([int(seed), zlib.crc32(model.encode())]).generate_state(1)[0] % (2**31 - 2))
+
+
+class RandomInitAdapter(ModelAdapter):
+    """A model adapter whose weights are re-initialised with a fixed seed (see :func:`reinitialize`).
+
+    Everything but the weights is the wrapped adapter's: layers, inputs, tokenisation, pooling.
+    Its cache name is ``<model>@random:<seed>`` and its provenance carries ``random_init`` (the seed
+    and the model's own stream, :func:`model_seed`) and ``level = random_init``.
+    """
+
+    def __init__(self, inner: ModelAdapter, seed: int):
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise RepalignError(f"random-init seed must be a non-negative integer, got {seed!r}")
+        if isinstance(inner, RandomInitAdapter):
+            raise RepalignError(f"{inner.name} is already a random-init control; pass the trained model")
+        self.inner = inner
+        self.seed = int(seed)
+        self.info = inner.info
+        self.default_pooling = inner.default_pooling
+        self.max_size = inner.max_size
+        base = getattr(inner, "name", None) or inner.info.name
+        self.name = control_name(base, self.seed)
+        self.stream = model_seed(self.seed, base)
+        self.weights, self.device, self.dtype = inner.weights, inner.device, inner.dtype
+        # the seeds are options, so a cache written with other seeds is detected on resume
+        self.options = {**inner.options, "random_init_seed": self.seed, "random_init_stream": self.stream}
+        self._loaded = False
+        self.init_counts: dict[str, int] = {}
+
+    def load(self) -> None:
+        self.inner.ensure_loaded()
+        modules = torch_modules(self.inner)
+        if not modules and equinox_modules(self.inner):
+            self.init_counts = reinitialize_equinox(self.inner, self.stream)
+        else:
+            self.init_counts = reinitialize(modules, self.stream)
+
+    def layer_names(self) -> list[str]:
+        return self.inner.layer_names()
+
+    def default_layers(self) -> list[str]:
+        return self.inner.default_layers()
+
+    def provenance(self) -> dict[str, Any]:
+        self.ensure_loaded()
+        prov = dict(self.inner.provenance())
+        prov["model"] = self.name
+        prov["level"] = "random_init"
+        prov["random_init"] = {"seed": self.seed, "stream": self.stream, "initialisation": dict(self.init_counts),
+                               "note": "weights re-initialised: a control, not the trained model"}
+        return prov
+
+    def validate(self, record) -> None:
+        self.inner.validate(record)
+
+    def size(self, record) -> int:
+        return self.inner.size(record)
+
+    def forward(self, records, layers):
+        self.ensure_loaded()
+        return self.inner.forward(records, layers)
+
+
+def randomized(model: str | ModelAdapter, seed: int = 0, **adapter_args) -> RandomInitAdapter:
+    """The random-initialised control of ``model`` (a registered name or an adapter), re-initialised
+    with ``seed`` when first used. ``adapter_args`` (weights, device, dtype, options) go to
+    :func:`repalign.models.get_adapter` when ``model`` is a name."""
+    if isinstance(model, str):
+        from repalign.models import get_adapter
+
+        model = get_adapter(model, **adapter_args)
+    elif adapter_args:
+        raise RepalignError("randomized: weights/device/options apply to a model name, not to an adapter")
+    if not isinstance(model, ModelAdapter):
+        raise RepalignError(f"randomized: expected a model name or adapter, got {type(model).__name__}")
+    return RandomInitAdapter(model, seed)
+
+
+__all__ = ["RANDOM_TAG", "RandomInitAdapter", "base_model", "control_name", "equinox_modules", "is_control",
+           "model_seed", "parse_control", "randomized", "reinitialize", "reinitialize_equinox", "torch_modules"]
