@@ -73,14 +73,15 @@ def scored_pair(
     """Tidy table of one model pair and metric: scores, permutation p-values and subsampling intervals.
 
     Columns: those of ``LayerAlignment.to_frame`` plus ``repalign.stats.stats_columns``
-    (chance_level, p_value, null_mean, calibrated, ci_low, ci_high, p_value_best).
+    (chance_level, p_value, p_value_adjusted, null_mean, calibrated, ci_low, ci_high, p_value_best, note).
     """
-    from repalign.metrics import align_layers
-    from repalign.stats import permutation_test, stats_columns, subsample_interval
+    from repalign.metrics import align_layers, resolve_metrics
+    from repalign.stats import permutation_test, stats_columns, subsample_intervals
 
     result = permutation_test(mats_a, mats_b, metric=metric, permutations=permutations, seed=seed,
                               names_a=list(names_a), names_b=list(names_b), **metric_params)
-    interval = subsample_interval(mats_a, mats_b, metric=metric, n_subsamples=n_subsamples, seed=seed, **metric_params)
+    resolved = resolve_metrics([metric], len(mats_a[0]), metric_params)
+    interval = subsample_intervals(list(mats_a), list(mats_b), resolved, n_subsamples=n_subsamples, seed=seed)[0]
     alignment = align_layers(mats_a, mats_b, metric=metric, names_a=list(names_a), names_b=list(names_b), **metric_params)
     if not np.allclose(alignment.scores, result.scores, atol=1e-9, equal_nan=True):
         raise RepalignError(f"{model_a} vs {model_b}: permutation-test scores differ from align_layers scores")

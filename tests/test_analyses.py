@@ -240,8 +240,9 @@ def test_scored_pair_matches_reference_and_has_valid_statistics():
     assert list(table.layer_a) == ["shared", "noise"]
     for i, row in table.iterrows():
         assert row.score == pytest.approx(_mknn_reference(a[i], b[0], 4), abs=1e-12)
-    assert ((table.p_value > 0) & (table.p_value <= 1)).all()
-    assert (table.ci_low <= table.ci_high).all()
+    assert ((table.p_value > 0) & (table.p_value <= 1)).all() and (table.p_value_adjusted >= table.p_value).all()
+    # mknn at a fixed k has no valid subsampling interval: NaN, and the table says why
+    assert table.ci_low.isna().all() and table.note.str.startswith("no valid interval for mutual_knn").all()
     shared, noise = table.iloc[0], table.iloc[1]
     assert shared.p_value == pytest.approx(1 / 51)  # no permutation reaches a real shared structure
     assert shared.score > noise.score
@@ -427,6 +428,8 @@ def test_study_scoring_on_real_features_with_a_subset(tmp_path):
     assert list(table.columns[: len(SCORE_COLUMNS)]) == list(SCORE_COLUMNS)
     assert set(table.n_samples) == {8} and set(table.metric) == {"mutual_knn", "cka"}
     assert (table.level == "baseline").all() and table.seed.isna().all()
-    assert ((table.p_value > 0) & (table.p_value <= 1)).all() and (table.ci_low <= table.ci_high).all()
+    assert ((table.p_value > 0) & (table.p_value <= 1)).all() and table.p_value_adjusted.notna().all()
+    # neither mknn nor biased CKA has a valid interval: NaN with the reason
+    assert table.ci_low.isna().all() and table.note.str.startswith("no valid interval").all()
     # a BLOSUM62 profile is a linear map of the composition: linear CKA sees them as closely related
     assert table[table.metric == "cka"].score.iloc[0] > 0.5
