@@ -82,7 +82,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         if b"\0" in head:
             raise RepalignError(f"{path} is a binary file, not a {suffix[1:].upper()} table; give the table "
                                 "written by 'repalign compare -o'")
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", float_precision="round_trip")
     except RepalignError:
         raise
     except ImportError:

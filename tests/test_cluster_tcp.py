@@ -159,7 +159,7 @@ def test_tcp_compare_cli_equals_single_process(scheduler, layer_cache, tmp_path)
     assert done.returncode == 0, done.stderr
     import pandas as pd
 
-    got = pd.read_csv(table)
+    got = pd.read_csv(table, float_precision="round_trip")
     ref = compare_models(path, "A", "B", ["mknn", "cknna", "cka"], k=5).table
     assert len(got) == len(ref) == 3 * 3 * 2
     key = ["metric", "layer_a", "layer_b"]

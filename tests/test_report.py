@@ -122,7 +122,7 @@ def test_report_folder_holds_the_page_and_the_table(report):
 
 
 def test_every_pair_sharing_samples_is_compared(report, cache):
-    table = pd.read_csv(report.parent / "scores.csv")
+    table = pd.read_csv(report.parent / "scores.csv", float_precision="round_trip")
     pairs = sorted(set(zip(table["model_a"], table["model_b"])))
     assert pairs == [("esm2-8m", "esmc-300m"), ("esm2-8m", "fold"), ("esmc-300m", "fold")]
     assert sorted(set(table["metric"])) == ["cka", "mutual_knn"]
@@ -166,7 +166,7 @@ def test_embedded_figures_are_valid_svg(report):
 
 
 def test_scores_table_matches_the_csv(report):
-    csv = pd.read_csv(report.parent / "scores.csv", keep_default_na=False)
+    csv = pd.read_csv(report.parent / "scores.csv", keep_default_na=False, float_precision="round_trip")
     page = Page(report.read_text())
     rows = page.tables["scores-table"]
     assert [c["text"] for c in rows[0]] == list(csv.columns)
@@ -218,7 +218,7 @@ def test_permutation_columns_match_repalign_stats(cache, tmp_path):
     from repalign.stats import permutation_test
 
     index = build_report(cache, tmp_path / "r", metrics=["mknn"], k=4, permutations=9, seed=7)
-    table = pd.read_csv(index.parent / "scores.csv")
+    table = pd.read_csv(index.parent / "scores.csv", float_precision="round_trip")
     for column in ("p_value", "p_value_adjusted", "null_mean", "calibrated"):
         assert table[column].notna().all()
     # p_value_best once per model pair, on the row the "best" column marks
@@ -242,10 +242,10 @@ def test_permutation_columns_match_repalign_stats(cache, tmp_path):
 def test_existing_report_is_replaced_and_a_failed_run_keeps_it(cache, tmp_path):
     out = tmp_path / "r"
     build_report(cache, out, metrics=["cka"])
-    first = pd.read_csv(out / "scores.csv")
+    first = pd.read_csv(out / "scores.csv", float_precision="round_trip")
     assert set(first["metric"]) == {"cka"}
     build_report(cache, out, metrics=["mknn"], k=3)
-    assert set(pd.read_csv(out / "scores.csv")["metric"]) == {"mutual_knn"}
+    assert set(pd.read_csv(out / "scores.csv", float_precision="round_trip")["metric"]) == {"mutual_knn"}
     before = (out / "index.html").read_bytes()
     # k larger than the samples of a pair fails inside the comparison, after checks passed
     with pytest.raises(RepalignError):
@@ -299,7 +299,7 @@ def test_summary_comes_first_with_the_best_pair_of_every_pair(report):
     assert text.index('id="summary-table"') < min(text.index("<img"), text.index('id="models"'),
                                                   text.index('id="reproduce"'))
     rows = page.tables["summary-table"][1:]
-    csv = pd.read_csv(report.parent / "scores.csv")
+    csv = pd.read_csv(report.parent / "scores.csv", float_precision="round_trip")
     assert len(rows) == 3 * 2  # one row per compared pair and metric
     header = [c["text"] for c in page.tables["summary-table"][0]]
     # no permutations, no intervals: no empty statistics columns
@@ -320,7 +320,7 @@ def test_summary_comes_first_with_the_best_pair_of_every_pair(report):
 
 def test_summary_reports_adjusted_p_values_and_calibrated_scores(cache, tmp_path):
     index = build_report(cache, tmp_path / "r", metrics=["mknn"], k=4, permutations=19, seed=3)
-    csv = pd.read_csv(index.parent / "scores.csv")
+    csv = pd.read_csv(index.parent / "scores.csv", float_precision="round_trip")
     page = Page(index.read_text())
     assert [c["text"] for c in page.tables["summary-table"][0]][6:] == ["calibrated", "p, adjusted for the layer search"]
     rows = page.tables["summary-table"][1:]
@@ -377,7 +377,7 @@ def test_files_added_to_a_report_folder_are_kept(cache, tmp_path):
         build_report(cache, out, metrics=["mknn"], k=3)
     build_report(cache, out, metrics=["mknn"], k=3, force=True)
     assert (out / "notes.txt").read_text() == "mine" and (out / "sub" / "fig.png").read_bytes() == b"\x89PNG"
-    assert set(pd.read_csv(out / "scores.csv")["metric"]) == {"mutual_knn"}
+    assert set(pd.read_csv(out / "scores.csv", float_precision="round_trip")["metric"]) == {"mutual_knn"}
     # a report file the user edited is theirs now: never replaced, even with force
     (out / "index.html").write_text((out / "index.html").read_text() + "<!-- my note -->")
     edited = (out / "index.html").read_bytes()
@@ -456,7 +456,7 @@ def test_single_model_cache_gives_a_report_with_nothing_compared(tmp_path):
     path = tmp_path / "one.h5"
     _write(path, "solo", ["l.0"], [f"s{i}" for i in range(5)], seed=1)
     index = build_report(path, tmp_path / "r")
-    assert pd.read_csv(index.parent / "scores.csv").empty
+    assert pd.read_csv(index.parent / "scores.csv", float_precision="round_trip").empty
     page = Page(index.read_text())
     assert page.imgs == [] and list(page.provenance) == ["solo"]
     assert "Nothing was compared: the cache holds a single model." in index.read_text()
