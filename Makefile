@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints-dev.txt
 EXTRAS ?= test,zoo,germline,esmfold2,parquet,unirep,dask,faiss,baselines,datasets
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,8 +20,15 @@ $(VENV)/.installed: pyproject.toml constraints-dev.txt
 demo: setup
 	$(BIN)/repalign demo -o demo-output
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q
+
+# the suite without the tests marked slow (real models, clusters, studies): minutes instead of half an hour
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
 
 bench: setup
 	$(BIN)/python benchmarks/bench_metrics.py

@@ -349,6 +349,7 @@ def chance_and_null(n: int, k: int, quantile: float = 0.95, draws: int = 2000, s
 def pair_heatmaps(table: pd.DataFrame, pairs: Sequence[tuple[str, str]], metric: str, out: Path, stem: str) -> Path:
     """Side-by-side layer heatmaps (non-significant cells hatched), one panel per model pair."""
     from matplotlib.figure import Figure
+
     from repalign.plot import layer_heatmap, style
 
     if len(pairs) == 1:  # one pair: the full two-column figure, room for many stage labels
@@ -366,6 +367,7 @@ def depth_figure(table: pd.DataFrame, model: str, references: Sequence[str], met
     """Score of each layer of ``model`` (best over the reference's layers) against each reference,
     trained (solid) and random-init control (dashed), with the subsampling interval of that cell."""
     from matplotlib.figure import Figure
+
     from repalign.plot import CB_COLORS, style
 
     with style():

@@ -14,16 +14,17 @@ from typing import Any
 import h5py
 import numpy as np
 
+from embeddings_cache.durable import OverlayReader, read_lock, read_redo
 from embeddings_cache.format import (
     HASHES,
     IDS,
+    JOURNAL_VERSION,
     MODELS_GROUP,
     OUTPUTS,
     POOLED,
     TOKEN_DATA,
     TOKEN_OFFSETS,
     TOKENS,
-    JOURNAL_VERSION,
     UNKNOWN_HASH,
     CacheError,
     check_format,
@@ -34,7 +35,6 @@ from embeddings_cache.format import (
     lock_path,
     open_h5,
 )
-from embeddings_cache.durable import OverlayReader, read_lock, read_redo
 from embeddings_cache.journal import applied_uuids, model_header, part_info, plan_parts
 
 log = logging.getLogger("embeddings_cache")

@@ -14,18 +14,19 @@ from typing import Any
 
 import numpy as np
 
+from embeddings_cache.durable import is_read_only
 from embeddings_cache.format import (
     COMPRESSIONS,
     FORMAT_VERSION,
     HASHES,
     IDS,
     MODELS_GROUP,
+    OUTPUTS,
     POOLED,
     STORAGE_DTYPES,
     TOKEN_DATA,
     TOKENS,
     CacheError,
-    OUTPUTS,
     check_format,
     check_hash,
     check_name,
@@ -39,7 +40,6 @@ from embeddings_cache.format import (
     read_strings,
     to_json,
 )
-from embeddings_cache.durable import is_read_only
 from embeddings_cache.journal import (
     PartInfo,
     consolidate,

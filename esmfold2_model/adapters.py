@@ -11,7 +11,6 @@ import hashlib
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-
 from esmfold2_model import stages
 from esmfold2_model.extractor import OPTION_NAMES
 from esmfold2_model.featurize import check_sequence, esmc_token_ids, featurize_sequence

@@ -115,8 +115,8 @@ def cmd_cache_info(args) -> int:
 
 
 def cmd_cache_import(args) -> int:
-    from repalign.interop import import_features, read_id_list
     from repalign.inputs import read_inputs
+    from repalign.interop import import_features, read_id_list
 
     if args.inputs and args.ids:
         raise RepalignError("give --inputs (ids and content hashes) or --ids (ids only), not both")

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from repalign.errors import RepalignError
-from repalign.metrics._validate import as_features, check_permutation
+from repalign.metrics._validate import as_features
 from repalign.metrics.engine import LayerState, layer_state, resolve_metrics, score_matrix
 from repalign.metrics.kernel import KernelState
 from repalign.metrics.layers import validate_layers

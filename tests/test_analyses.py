@@ -21,6 +21,7 @@ from analyses.common import (
     study_pairs,
 )
 from repalign.inputs import sequence_record
+from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 from repalign.models.controls import (
     control_name,
     is_control,
@@ -30,7 +31,6 @@ from repalign.models.controls import (
     reinitialize,
     torch_modules,
 )
-from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
 ROOT = Path(__file__).resolve().parents[1]
 AMINO = "ACDEFGHIKLMNPQRSTVWY"

@@ -21,12 +21,12 @@ import pytest
 pytest.importorskip("distributed")
 
 from distributed import Client  # noqa: E402
+from test_distributed import KEY, assert_same_cache, esm_inputs, random_fasta  # noqa: E402,F401
 
-from embeddings_cache import Cache, CacheWriter  # noqa: E402
+from embeddings_cache import CacheWriter  # noqa: E402
 from repalign.compare import compare_models  # noqa: E402
 from repalign.distributed import CacheLayer, align_layers_distributed, shard_folder  # noqa: E402
 from repalign.metrics import align_layers_multi  # noqa: E402
-from test_distributed import KEY, assert_same_cache, esm_inputs, random_fasta  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK_CLI = str(Path(sys.executable).with_name("dask"))  # the console script next to this Python

@@ -16,8 +16,8 @@ def test_molecules_pass_the_filters_checked_independently():
 
     import biotite.structure.info as info
     from ase.neighborlist import natural_cutoffs, neighbor_list
-    from scipy.sparse.csgraph import connected_components
     from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
     assert len(SET) == 60 and len({r.content_hash for r in SET}) == 60
     for record in SET.records[:25]:

@@ -185,8 +185,9 @@ def test_matches_the_port_forward(adapter, monkeypatch):
     """Our trunk orchestration (ESMC run separately, the MSA encoder computed once, seeded LM dropout
     and initial pair state, hooks) against the port's own forward from input ids, as released (LM
     dropout on, resampled in every loop), given the same dropout masks and initial pair state."""
-    from esmfold2_model.featurize import featurize_sequence
     from transformers.models.esmfold2.modeling_esmfold2 import EsmFold2AtomInputs
+
+    from esmfold2_model.featurize import featurize_sequence
 
     model = adapter.model
     f = {k: v[None] for k, v in featurize_sequence(PROTEIN.payload).features.items()}

@@ -6,7 +6,6 @@ and resume after SIGKILL of a real extraction process.
 """
 
 import hashlib
-import os
 import signal
 import subprocess
 import sys

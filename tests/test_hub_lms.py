@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import save_tiny_esm2
+
 from embeddings_cache import Cache
 from repalign.errors import ModelUnavailable
 from repalign.extract import extract

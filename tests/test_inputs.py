@@ -59,8 +59,8 @@ def test_missing_path_is_clear(tmp_path):
 
 def test_structures_folder_multiframe_and_hash(tmp_path):
     ase = pytest.importorskip("ase")
-    from ase.build import bulk, molecule
     import ase.io
+    from ase.build import bulk, molecule
 
     folder = tmp_path / "s"
     folder.mkdir()
@@ -86,8 +86,8 @@ def test_unreadable_structure_is_clear(tmp_path):
 
 def test_extxyz_frames_keep_their_own_ids(tmp_path):
     pytest.importorskip("ase")
-    from ase.build import molecule
     import ase.io
+    from ase.build import molecule
 
     water, methane = molecule("H2O"), molecule("CH4")
     water.info["id"] = "water"

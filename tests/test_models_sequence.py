@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ESM_TOKENS, save_tiny_esm2
+
 from repalign.datasets.antibodies import ANTIBODIES, antibody_records
 from repalign.errors import InvalidInput, ModelUnavailable, RepalignError
 from repalign.inputs import sequence_record

@@ -201,8 +201,9 @@ def test_page_lists_the_reproducing_commands(report, cache, tmp_path):
     commands = re.findall(r"repalign plot [^\n<]*", html.unescape(text))
     assert len(commands) == 10
     shutil.copy(report.parent / "scores.csv", tmp_path / "scores.csv")
-    from repalign.cli import main
     import shlex
+
+    from repalign.cli import main
 
     argv = shlex.split(commands[0])[1:] + ["--format", "svg"]
     old = os.getcwd()

@@ -173,7 +173,6 @@ def import_features(
     """
     from embeddings_cache import Cache, CacheWriter
     from embeddings_cache.format import check_name
-
     from repalign.models._common import package_versions, sha256_of_file, sha256_of_files
 
     path, cache = Path(path), Path(cache)

@@ -52,10 +52,10 @@ from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 from repalign.models.hf_protein_lm import (
     STANDARD_AMINO_ACIDS,
     _assemble,
-    check_device_dtype,
-    check_sequence_record,
     chain_rows,
     chains_of,
+    check_device_dtype,
+    check_sequence_record,
     quiet_transformers,
     run_padded,
     start_forward,

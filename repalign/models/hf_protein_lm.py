@@ -34,7 +34,6 @@ from repalign.errors import InvalidInput, ModelUnavailable, RepalignError
 from repalign.inputs import Record
 from repalign.models._common import (  # re-exported: other modules import these from here
     missing_modules,
-    package_versions,
     provenance_record,
     raise_if_unavailable,
     reject_unknown_options,

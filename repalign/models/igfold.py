@@ -40,9 +40,6 @@ import numpy as np
 
 from repalign.errors import ModelUnavailable, RepalignError
 from repalign.inputs import Record
-from repalign.models.antiberty import INSTALL_HINT as ANTIBERTY_HINT
-from repalign.models.antiberty import WEIGHTS_VERSION as ANTIBERTY_VERSION
-from repalign.models.antiberty import find_weights_dir
 from repalign.models._common import (
     captured_outputs,
     missing_modules,
@@ -51,6 +48,9 @@ from repalign.models._common import (
     reject_unknown_options,
     sha256_of_files,
 )
+from repalign.models.antiberty import INSTALL_HINT as ANTIBERTY_HINT
+from repalign.models.antiberty import WEIGHTS_VERSION as ANTIBERTY_VERSION
+from repalign.models.antiberty import find_weights_dir
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 from repalign.models.hf_protein_lm import (
     STANDARD_AMINO_ACIDS,

@@ -20,14 +20,11 @@ Modules: ``style`` (widths, fonts, colour scales), ``layers``, ``models``, ``pro
 Conventions and formulas: docs/figures.md.
 """
 
-from repalign.plot.files import (FORMATS, KINDS, check_formats, check_stem, draw, figure_options, plot_table,
-                                 save_figure, save_layer_heatmap)
-from repalign.plot.layers import (STAGE_LABELS, LayerGroup, best_cell, hatched_cells, layer_groups, layer_heatmap,
-                                  tick_labels, tick_positions)
+from repalign.plot.files import FORMATS, KINDS, check_formats, check_stem, draw, figure_options, plot_table, save_figure, save_layer_heatmap
+from repalign.plot.layers import STAGE_LABELS, LayerGroup, best_cell, hatched_cells, layer_groups, layer_heatmap, tick_labels, tick_positions
 from repalign.plot.models import best_rows, cluster_order, model_matrix, model_scores
 from repalign.plot.profiles import depth_profile, depth_scores, parse_model_size, size_scaling, size_scores
-from repalign.plot.style import (CB_COLORS, FONT_PT, SEQUENTIAL_CMAP, PNG_DPI, SCALES, WIDTHS_IN, ColourScale, colour_scale, figure_width,
-                                 style, text_size, wrap)
+from repalign.plot.style import CB_COLORS, FONT_PT, PNG_DPI, SCALES, SEQUENTIAL_CMAP, WIDTHS_IN, ColourScale, colour_scale, figure_width, style, text_size, wrap
 from repalign.table import check_table, pair_matrix, resolve_metric, select_pair
 
 __all__ = [

@@ -13,9 +13,23 @@ from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, Locator
 
 from repalign.errors import RepalignError
-from repalign.plot.style import (FONT_PT, MARKER_COLOR, NOT_SIGNIFICANT_COLOR, SEQUENTIAL_CMAP, colour_bar,
-                                 colour_scale, figure_renderer, figure_width, metric_label, new_figure, reference_note, style,
-                                 text_size, value_column, wrap)
+from repalign.plot.style import (
+    FONT_PT,
+    MARKER_COLOR,
+    NOT_SIGNIFICANT_COLOR,
+    SEQUENTIAL_CMAP,
+    colour_bar,
+    colour_scale,
+    figure_renderer,
+    figure_width,
+    metric_label,
+    new_figure,
+    reference_note,
+    style,
+    text_size,
+    value_column,
+    wrap,
+)
 from repalign.table import best_flags, metric_rows, numbers, pair_matrix, select_pair, significance_column
 
 #: readable names of ESMFold2 stages (the prefix of a layer name before its first '.')

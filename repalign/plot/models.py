@@ -8,11 +8,22 @@ import numpy as np
 import pandas as pd
 
 from repalign.errors import RepalignError
-from repalign.plot.style import (FONT_PT, NOT_SIGNIFICANT_COLOR, SEQUENTIAL_CMAP, colour_bar, colour_scale,
-                                 figure_width, metric_label, new_figure, reference_note, style, text_size,
-                                 value_column, wrap)
-from repalign.table import (best_flags, check_table, metric_rows, models_of, numbers, significance_column,
-                            swap_sides)
+from repalign.plot.style import (
+    FONT_PT,
+    NOT_SIGNIFICANT_COLOR,
+    SEQUENTIAL_CMAP,
+    colour_bar,
+    colour_scale,
+    figure_width,
+    metric_label,
+    new_figure,
+    reference_note,
+    style,
+    text_size,
+    value_column,
+    wrap,
+)
+from repalign.table import best_flags, check_table, metric_rows, models_of, numbers, significance_column, swap_sides
 
 
 def best_rows(

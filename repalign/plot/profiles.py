@@ -10,9 +10,9 @@ import pandas as pd
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from repalign.errors import RepalignError
-from repalign.plot.style import (CB_COLORS, NOT_SIGNIFICANT_COLOR, colour_scale, figure_width, metric_label,
-                                 new_figure, style, text_size, wrap)
+from repalign.plot.style import CB_COLORS, NOT_SIGNIFICANT_COLOR, colour_scale, figure_width, metric_label, new_figure, style, text_size, wrap
 from repalign.table import check_table, metric_rows, models_of, reference_level, swap_sides
+
 
 def _reference_model(sub: pd.DataFrame, model_b: str | None, layer_b: str | None = None) -> str:
     models = models_of(sub)
