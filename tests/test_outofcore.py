@@ -8,10 +8,12 @@ from repalign.errors import RepalignError
 from repalign.metrics import cka, mknn, nearest_neighbors, prepare
 from repalign.metrics.knn import KnnState, mutual_knn_from_states
 from repalign.metrics.neighbors import knn_state
+from repalign.metrics.engine import layer_state, resolve_metrics, score
 from repalign.metrics.outofcore import (
     LinearCkaStats,
     blocked_knn_state,
     blocked_nearest_neighbors,
+    linear_cka_moments,
     linear_cka_stats,
     streamed_linear_cka,
 )
@@ -112,6 +114,36 @@ def test_layers_streamed_from_a_real_cache(tmp_path, data):
     src_y = lambda: c.iter_row_blocks("m", "y", block_rows=111)  # noqa: E731
     assert_same_state(blocked_knn_state(src_x, k=5, block=256), knn_state(prepare(Xs), 5))
     assert streamed_linear_cka(src_x, src_y) == pytest.approx(cka(prepare(Xs), prepare(Ys)), rel=1e-5)
+
+
+def test_layer_moments_are_the_self_terms_and_pairs_reuse_them(data):
+    X, Y = data
+    for normalize in ("l2", None):
+        Xp = np.asarray(prepare(X, normalize=normalize) if normalize else X, dtype=np.float64)
+        Xc = Xp - Xp.mean(axis=0)
+        moments = linear_cka_moments(blocks_of(X, 97), normalize=normalize)
+        assert moments.n == X.shape[0]
+        assert moments.self_term == pytest.approx(np.sum((Xc.T @ Xc) ** 2), rel=1e-6)  # float32 block products
+        both = linear_cka_moments(blocks_of(Y, 64), normalize=normalize)
+        assert streamed_linear_cka(blocks_of(X, 100), blocks_of(Y, 230), normalize, moments, both) == pytest.approx(
+            reference_linear_cka(Xp, prepare(Y, normalize=normalize) if normalize else Y), rel=1e-6)
+    # through the engine: each layer's state carries its moments, computed once; pairs stream XᵀY only
+    metrics = resolve_metrics(["cka"], X.shape[0], {})
+    passes = {"x": 0, "y": 0}
+
+    def counted(name, arr):
+        def source():
+            passes[name] += 1
+            return iter(blocks_of(arr, 128))
+        return source
+
+    sx = layer_state(counted("x", X), metrics, block_rows=128, name="x", n_samples=X.shape[0])
+    sy = layer_state(counted("y", Y), metrics, block_rows=128, name="y", n_samples=Y.shape[0])
+    assert passes == {"x": 1, "y": 1}  # the moments pass; no cross product yet
+    assert sx.states[0].moments.self_term == pytest.approx(linear_cka_moments(blocks_of(X, 50)).self_term, rel=1e-6)
+    got = [score(metrics[0][0], metrics[0][1], sx.states[0], sy.states[0]) for _ in range(3)]
+    assert passes == {"x": 4, "y": 4}  # one pass of each layer per pair
+    assert got[0] == pytest.approx(cka(prepare(X), prepare(Y)), rel=1e-5)
 
 
 def test_bad_sources_and_options_fail_clearly(data):

@@ -33,12 +33,15 @@ KNN_BACKENDS = ("exact", "faiss-hnsw", "faiss-ivf")
 
 @dataclass(frozen=True)
 class StreamedLinearCka:
-    """Linear CKA of a layer read in row blocks has no per-layer state small enough to keep: a
-    pair is scored by streaming both layers' blocks (:func:`repalign.metrics.outofcore.streamed_linear_cka`)."""
+    """Linear CKA of a layer read in row blocks: the layer's own statistics (column sums,
+    ‖XcᵀXc‖_F², :class:`~repalign.metrics.outofcore.LayerCkaMoments`) are computed once, here; a
+    pair streams only the two layers' cross product
+    (:func:`repalign.metrics.outofcore.streamed_linear_cka`)."""
 
     source: Callable
     normalize: Any
     n_samples: int
+    moments: Any
 
     def permuted(self, perm):
         raise RepalignError("linear CKA computed out of core (--block-rows) has no permutation test; "
@@ -161,7 +164,7 @@ def layer_state(
 
 
 def _blocked_state(source, metrics, normalize, clip_quantile, block_rows, n_samples, name, knn_search=None) -> LayerState:
-    from repalign.metrics.outofcore import as_block_source, blocked_knn_state, count_rows
+    from repalign.metrics.outofcore import as_block_source, blocked_knn_state, count_rows, linear_cka_moments
 
     source = row_blocks(source, block_rows)
     n = count_rows(source, name) if n_samples is None else int(n_samples)
@@ -169,7 +172,9 @@ def _blocked_state(source, metrics, normalize, clip_quantile, block_rows, n_samp
     states = []
     for metric, p in metrics:
         if metric.name == "cka" and p.get("kernel") == "linear" and not p.get("unbiased"):
-            states.append(StreamedLinearCka(source, normalize, n))
+            if "cka_moments" not in cache:
+                cache["cka_moments"] = linear_cka_moments(source, normalize)
+            states.append(StreamedLinearCka(source, normalize, n, cache["cka_moments"]))
             continue
         if not metric.is_knn:
             raise RepalignError(f"metric {metric.name} cannot run out of core (--block-rows); use mknn, cycle_knn, lcs_knn, "
@@ -197,7 +202,7 @@ def score(metric: Metric, params: Mapping[str, Any], state_a, state_b) -> float:
     if isinstance(state_a, StreamedLinearCka):
         from repalign.metrics.outofcore import streamed_linear_cka
 
-        return streamed_linear_cka(state_a.source, state_b.source, state_a.normalize)
+        return streamed_linear_cka(state_a.source, state_b.source, state_a.normalize, state_a.moments, state_b.moments)
     return metric.score(state_a, state_b, params)
 
 

@@ -9,7 +9,8 @@ Several passes are made over a source, so a one-shot iterator is refused.
   memory O(N·k + block²) and the same tie-aware lists as the in-memory search for any block size
   (the definition does not depend on BLAS blocking, :mod:`repalign.metrics.neighbors`).
 - :class:`LinearCkaStats` / :func:`streamed_linear_cka`: linear CKA from sufficient statistics
-  accumulated over blocks, memory O(D_x·D_y) whatever N.
+  accumulated over blocks, memory O(D_x·D_y) whatever N; :class:`LayerCkaMoments` holds the
+  per-layer part, computed once per layer and reused by every pair.
 
 Preprocessing is applied per block: ``normalize="l2"`` (and ``None``) are row-local, so block-safe.
 ``normalize="center"`` needs the column means of all rows: kNN refuses it (centre in memory
@@ -199,12 +200,13 @@ class LinearCkaStats:
     xtx: np.ndarray | None = None
     yty: np.ndarray | None = None
 
-    def update(self, X: np.ndarray, Y: np.ndarray) -> "LinearCkaStats":
+    def update(self, X: np.ndarray, Y: np.ndarray, self_products: bool = True) -> "LinearCkaStats":
         """Add the rows of one block pair (X_b, Y_b), same samples in the same order.
 
         Products are formed in the blocks' precision (float32 for cached layers, as the in-memory
         :func:`~repalign.metrics.cka` does, and 3x faster than float64 here) over at most a block
-        of rows, and summed across blocks in float64.
+        of rows, and summed across blocks in float64. ``self_products=False`` accumulates XᵀY only,
+        for a pair whose layers' own statistics are known (:class:`LayerCkaMoments`).
         """
         X = np.asarray(X)
         Y = np.asarray(Y)
@@ -223,8 +225,9 @@ class LinearCkaStats:
         self.sum_x += X.sum(axis=0, dtype=np.float64)
         self.sum_y += Y.sum(axis=0, dtype=np.float64)
         self.xty += X.T @ Y
-        self.xtx += X.T @ X
-        self.yty += Y.T @ Y
+        if self_products:
+            self.xtx += X.T @ X
+            self.yty += Y.T @ Y
         return self
 
     def merge(self, other: "LinearCkaStats") -> "LinearCkaStats":
@@ -238,24 +241,64 @@ class LinearCkaStats:
         return LinearCkaStats(self.n + other.n, self.sum_x + other.sum_x, self.sum_y + other.sum_y,
                               self.xty + other.xty, self.xtx + other.xtx, self.yty + other.yty)
 
-    def cka(self) -> float:
-        """Linear CKA (biased HSIC) of the accumulated rows."""
+    def cka(self, self_x: float | None = None, self_y: float | None = None) -> float:
+        """Linear CKA (biased HSIC) of the accumulated rows; ``self_x``/``self_y`` (‖C_xx‖_F²,
+        ‖C_yy‖_F²) are taken as given when the self products were not accumulated."""
         if self.xty is None:
             raise RepalignError("no rows were accumulated; the block sources yielded nothing")
         check_min_samples(self.n, 2, "CKA")
         n = float(self.n)
         cxy = self.xty - np.outer(self.sum_x, self.sum_y) / n
-        cxx = self.xtx - np.outer(self.sum_x, self.sum_x) / n
-        cyy = self.yty - np.outer(self.sum_y, self.sum_y) / n
-        self_x = float(np.einsum("ij,ij->", cxx, cxx))
-        self_y = float(np.einsum("ij,ij->", cyy, cyy))
+        if self_x is None:
+            self_x = _centred_square_norm(self.xtx, self.sum_x, self.n)
+        if self_y is None:
+            self_y = _centred_square_norm(self.yty, self.sum_y, self.n)
         for value, side in ((self_x, "X"), (self_y, "Y")):
             if not value > 0.0:
-                raise RepalignError(f"{side} has zero (or negative) HSIC self-similarity ({value:.3g}), e.g. all rows identical after preprocessing; the score is undefined, check the input or preprocessing")
+                raise RepalignError(f"{side} has zero (or negative) HSIC self-similarity ({value:.3g}), e.g. all rows identical after preprocessing; "
+                                    "the score is undefined, check the input or preprocessing")
         return float(np.einsum("ij,ij->", cxy, cxy) / np.sqrt(self_x * self_y))
 
 
-def linear_cka_stats(source_x, source_y, normalize="l2", clip_quantile=None) -> LinearCkaStats:
+def _centred_square_norm(gram: np.ndarray, col_sum: np.ndarray, n: int) -> float:
+    """‖XᵀX − s sᵀ/n‖_F², the HSIC self-term of one layer from its raw statistics."""
+    centred = gram - np.outer(col_sum, col_sum) / float(n)
+    return float(np.einsum("ij,ij->", centred, centred))
+
+
+@dataclass(frozen=True)
+class LayerCkaMoments:
+    """The statistics of one layer that every linear-CKA pair it enters needs: n, the column sums
+    and ‖XcᵀXc‖_F². Computed once per layer (one pass, :func:`linear_cka_moments`), so a pair
+    streams only its cross product XᵀY: Dx·Dy instead of (Dx + Dy)² + Dx·Dy flops per row."""
+
+    n: int
+    col_sum: np.ndarray
+    self_term: float
+
+
+def linear_cka_moments(source, normalize="l2") -> LayerCkaMoments:
+    """One pass over a block source -> :class:`LayerCkaMoments` (preprocessing as in :func:`linear_cka_stats`)."""
+    _check_options(normalize, None, allow_center=True, what="linear CKA")
+    width: list = [None]
+    n, col_sum, gram = 0, None, None
+    for block in _prepared_blocks(as_block_source(source, "source"), _cka_normalize(normalize), "source", width):
+        if gram is None:
+            col_sum, gram = np.zeros(block.shape[1]), np.zeros((block.shape[1], block.shape[1]))
+        n += block.shape[0]
+        col_sum += block.sum(axis=0, dtype=np.float64)
+        gram += block.T @ block
+    if gram is None:
+        raise RepalignError("no rows were accumulated; the block source yielded nothing")
+    return LayerCkaMoments(n, col_sum, _centred_square_norm(gram, col_sum, n))
+
+
+def _cka_normalize(normalize):
+    # "center" is dropped: CKA centres its inputs, so pre-centring does not change the value.
+    return "l2" if normalize == "l2" else None
+
+
+def linear_cka_stats(source_x, source_y, normalize="l2", clip_quantile=None, self_products: bool = True) -> LinearCkaStats:
     """One pass over two block sources (same samples, same order; block sizes may differ) -> :class:`LinearCkaStats`."""
     _check_options(normalize, clip_quantile, allow_center=True, what="linear CKA")
     source_x = as_block_source(source_x, "source_x")
@@ -263,8 +306,7 @@ def linear_cka_stats(source_x, source_y, normalize="l2", clip_quantile=None) -> 
     stats = LinearCkaStats()
     wx: list = [None]
     wy: list = [None]
-    # "center" is dropped: CKA centres its inputs, so pre-centring does not change the value.
-    norm = "l2" if normalize == "l2" else None
+    norm = _cka_normalize(normalize)
     # both streams are re-cut to the same rows, so the sources may use different block sizes
     blocks_x = _rechunk(_prepared_blocks(source_x, norm, "source_x", wx), _CKA_ROWS)
     blocks_y = _rechunk(_prepared_blocks(source_y, norm, "source_y", wy), _CKA_ROWS)
@@ -276,17 +318,26 @@ def linear_cka_stats(source_x, source_y, normalize="l2", clip_quantile=None) -> 
             if bx is not by:
                 raise RepalignError("source_x and source_y yielded different numbers of rows; both must give the same samples in the same order")
             break
-        stats.update(bx, by)
+        stats.update(bx, by, self_products)
     return stats
 
 
-def streamed_linear_cka(source_x, source_y, normalize="l2") -> float:
+def streamed_linear_cka(source_x, source_y, normalize="l2", moments_x: LayerCkaMoments | None = None,
+                        moments_y: LayerCkaMoments | None = None) -> float:
     """Linear CKA (biased HSIC, Kornblith et al., 2019) of two layers streamed in row blocks.
 
         CKA = ‖XcᵀYc‖_F² / (‖XcᵀXc‖_F · ‖YcᵀYc‖_F),  Xc = X − 1 x̄ᵀ,
 
     from the float64 statistics of :class:`LinearCkaStats` (one pass, memory O((Dx + Dy)²),
     independent of N). Equals :func:`repalign.metrics.cka` on ``prepare(X, normalize)`` up to
-    float64 rounding. Unbiased and RBF CKA are not available out of core.
+    float64 rounding. Unbiased and RBF CKA are not available out of core. With both layers'
+    :class:`LayerCkaMoments` (computed once per layer, with the same ``normalize``) only the
+    cross product is streamed.
     """
-    return linear_cka_stats(source_x, source_y, normalize).cka()
+    if moments_x is None or moments_y is None:
+        return linear_cka_stats(source_x, source_y, normalize).cka()
+    stats = linear_cka_stats(source_x, source_y, normalize, self_products=False)
+    if stats.n != moments_x.n or stats.n != moments_y.n:
+        raise RepalignError(f"the layers yielded {stats.n} rows but their moments were computed on {moments_x.n} and {moments_y.n}; "
+                            "recompute the layer states")
+    return stats.cka(moments_x.self_term, moments_y.self_term)
