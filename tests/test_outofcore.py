@@ -6,9 +6,9 @@ import pytest
 from embeddings_cache import Cache, CacheWriter
 from repalign.errors import RepalignError
 from repalign.metrics import cka, mknn, nearest_neighbors, prepare
+from repalign.metrics.engine import layer_state, resolve_metrics, score
 from repalign.metrics.knn import KnnState, mutual_knn_from_states
 from repalign.metrics.neighbors import knn_state
-from repalign.metrics.engine import layer_state, resolve_metrics, score
 from repalign.metrics.outofcore import (
     LinearCkaStats,
     blocked_knn_state,
