@@ -82,19 +82,21 @@ def _numba_threads_for(n_samples: int):
 
 
 # ----------------------------------------------------------------------------- argument checks
-def _check_count(value, name: str, low: int) -> int:
+def check_count(value, name: str, low: int) -> int:
+    """``value`` as an int when it is a whole number >= ``low``, else a one-line error naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise RepalignError(f"{name}={value!r} is invalid; pass a whole number >= {low}")
     return int(value)
 
 
-def _check_fraction(value, name: str, example: str) -> float:
+def check_fraction(value, name: str, example: str) -> float:
+    """``value`` as a float when it lies strictly between 0 and 1, else a one-line error naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) < 1.0:
         raise RepalignError(f"{name}={value!r} is invalid; pass a number strictly between 0 and 1, e.g. {example}")
     return float(value)
 
 
-def _rng(seed) -> tuple[np.random.Generator, int]:
+def seeded_rng(seed) -> tuple[np.random.Generator, int]:
     """Generator and the integer seed that reproduces it (seed=None draws one and records it)."""
     if seed is None:
         seed = int(np.random.SeedSequence().entropy)
@@ -359,9 +361,9 @@ def permutation_tests(states_a: Sequence[LayerState], states_b: Sequence[LayerSt
     uniform permutation, ``rng.permutation(N)``); :func:`block_permutation` gives one that moves
     whole samples of token rows. Returns one PermutationResult per metric (params without preprocessing).
     """
-    permutations = _check_count(permutations, "permutations", 1)
-    alpha = _check_fraction(alpha, "alpha", "0.05")
-    rng, seed = _rng(seed)
+    permutations = check_count(permutations, "permutations", 1)
+    alpha = check_fraction(alpha, "alpha", "0.05")
+    rng, seed = seeded_rng(seed)
     n = states_a[0].n_samples
     shape = (len(states_a), len(states_b))
     exclude = _check_exclude(exclude, shape)
@@ -489,9 +491,9 @@ def permutation_test(
     ``normalize`` and ``clip_quantile`` preprocessing, ``metric_params`` such as ``k``.
     The smallest attainable p-value is 1/(1 + T).
     """
-    permutations = _check_count(permutations, "permutations", 1)
-    _check_fraction(alpha, "alpha", "0.05")
-    _rng(seed)
+    permutations = check_count(permutations, "permutations", 1)
+    check_fraction(alpha, "alpha", "0.05")
+    seeded_rng(seed)
     inputs = _inputs(layers_a, layers_b, names_a, names_b)
     _check_exclude(exclude, (len(inputs.mats_a), len(inputs.mats_b)))
     resolved = resolve_metrics([metric], inputs.n, metric_params)
@@ -516,10 +518,10 @@ def subsample_intervals(mats_a: Sequence[np.ndarray], mats_b: Sequence[np.ndarra
     m = floor(fraction·n) of the n samples with all their rows, and N, m in the formulas count
     samples (the independent units), not rows.
     """
-    ci = _check_fraction(ci, "ci", "0.95")
-    n_subsamples = _check_count(n_subsamples, "n_subsamples", 2)
-    fraction = _check_fraction(fraction, "fraction", "0.8")
-    rng, _ = _rng(seed)
+    ci = check_fraction(ci, "ci", "0.95")
+    n_subsamples = check_count(n_subsamples, "n_subsamples", 2)
+    fraction = check_fraction(fraction, "fraction", "0.8")
+    rng, _ = seeded_rng(seed)
     rows_total = mats_a[0].shape[0]
     if offsets is not None:
         offsets = _check_offsets(offsets, rows_total)
@@ -665,7 +667,7 @@ def check_reliability(
     sequence, or name -> array mapping, of (N, D) matrices (optional).
     """
     metric_obj = get_metric(metric)
-    n = _check_count(n_samples, "n_samples", 1)
+    n = check_count(n_samples, "n_samples", 1)
     params = dict(params or {})
     resolved = metric_obj.resolve(n, **{k: v for k, v in params.items() if k not in metric_obj.fixed})
     warnings: list[str] = []
@@ -698,8 +700,8 @@ def check_reliability(
                 )
 
     if permutations is not None:
-        permutations = _check_count(permutations, "permutations", 1)
-        alpha = _check_fraction(alpha, "alpha", "0.05")
+        permutations = check_count(permutations, "permutations", 1)
+        alpha = check_fraction(alpha, "alpha", "0.05")
         if 1.0 / (1.0 + permutations) > alpha:
             warnings.append(
                 f"permutations={permutations}: the smallest possible p-value is {1.0 / (1.0 + permutations):.3g} > alpha={alpha}; "
