@@ -23,6 +23,7 @@ from repalign.errors import RepalignError
 from repalign.inputs import read_inputs
 from repalign.metrics import LayerAlignment, align_layers_multi, get_metric
 from repalign.metrics.engine import check_backend, layer_state, resolve_metrics, score_matrix
+from repalign.metrics.layers import layer_alignments
 
 # parameters the CLI always passes; each is dropped for calls whose metrics do not take it
 _COMMON_CLI_PARAMS = {"k", "kernel", "sigma", "dim", "variance"}
@@ -289,14 +290,9 @@ def _permutation_alignments(run: _Run, resolved: list, items_a: list, items_b: l
     observed = [score_matrix(metric, p, m, states_a, states_b) for m, (metric, p) in enumerate(resolved)]
     results = stats.permutation_tests(states_a, states_b, resolved, run.permutations, run.seed, run.alpha,
                                       run.exclude, observed, draw=run.draw)
-    alignments = [LayerAlignment(observed[m], run.names_a, run.names_b, metric.name,
-                                 {**p, "normalize": run.normalize, "clip_quantile": None}, run.n)
-                  for m, (metric, p) in enumerate(resolved)]
     recall = {**{("a", s.name): s.recall for s in states_a}, **{("b", s.name): s.recall for s in states_b}}
-    for al, (metric, _) in zip(alignments, resolved):
-        if run.knn != "exact" and metric.is_knn:
-            al.params["knn"] = run.knn
-            al.recall = recall
+    alignments = layer_alignments(observed, resolved, run.names_a, run.names_b, run.n, normalize=run.normalize,
+                                  knn=run.knn, recall=recall)
     return alignments, results
 
 

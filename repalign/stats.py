@@ -37,7 +37,7 @@ from repalign.errors import RepalignError
 from repalign.metrics._validate import as_features
 from repalign.metrics.engine import LayerState, layer_state, resolve_metrics, score_matrix
 from repalign.metrics.kernel import KernelState
-from repalign.metrics.layers import validate_layers
+from repalign.metrics.layers import layer_list, layer_names, validate_layers
 from repalign.metrics.prepare import prepare
 from repalign.metrics.registry import Metric, get_metric
 
@@ -105,32 +105,6 @@ def seeded_rng(seed) -> tuple[np.random.Generator, int]:
     return np.random.default_rng(int(seed)), int(seed)
 
 
-def _layers(layers, side: str) -> tuple[list, list[str] | None]:
-    """Per-layer matrices and their names when given as a mapping."""
-    if isinstance(layers, np.ndarray) and layers.ndim == 2:
-        raise RepalignError(f"layers_{side} is a single 2-D matrix; pass a sequence of per-layer matrices, e.g. [X]")
-    names = None
-    if isinstance(layers, Mapping):
-        names = [str(n) for n in layers]
-        layers = list(layers.values())
-    try:
-        items = list(layers)
-    except TypeError:
-        raise RepalignError(f"layers_{side} is not a sequence; pass a list of per-layer (N, D) matrices") from None
-    if not items:
-        raise RepalignError(f"layers_{side} is empty; pass at least one per-layer (N, D) matrix")
-    return items, names
-
-
-def _names(names, given, count: int, side: str) -> list[str]:
-    if names is None:
-        return given if given is not None else [str(i) for i in range(count)]
-    names = [str(n) for n in names]
-    if len(names) != count:
-        raise RepalignError(f"names_{side} has {len(names)} entries but layers_{side} has {count} layers; pass one name per layer")
-    return names
-
-
 @dataclass
 class _Layers:
     """Validated inputs of the array-level functions: matrices, names, N."""
@@ -143,10 +117,10 @@ class _Layers:
 
 
 def _inputs(layers_a, layers_b, names_a=None, names_b=None) -> _Layers:
-    items_a, given_a = _layers(layers_a, "a")
-    items_b, given_b = _layers(layers_b, "b")
-    names_a = _names(names_a, given_a, len(items_a), "a")
-    names_b = _names(names_b, given_b, len(items_b), "b")
+    items_a, given_a = layer_list(layers_a, "a")
+    items_b, given_b = layer_list(layers_b, "b")
+    names_a = layer_names(names_a, len(items_a), "a", given_a)
+    names_b = layer_names(names_b, len(items_b), "b", given_b)
     n = validate_layers(items_a, items_b, names_a, names_b)
     return _Layers([as_features(x) for x in items_a], [as_features(x) for x in items_b], names_a, names_b, n)
 
