@@ -1,7 +1,8 @@
 """The ``repalign`` command line: one subcommand per verb, each a thin layer over the Python API.
 
 Errors in user input print one line (``repalign: error: ...``) and exit with status 1; ``--debug``
-shows the traceback instead.
+shows the traceback instead. Each subcommand imports the modules it runs when it runs (marked
+"lazy: CLI start-up"), so ``repalign --help`` does not load numpy, pandas, h5py or matplotlib.
 """
 
 from __future__ import annotations
