@@ -29,6 +29,8 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from embeddings_cache.atomic import atomic_files, fsync_path
+
 _REDO_MAGIC = b"repalign-redo-1\n"
 _RECORD = struct.Struct("<QQ")  # offset, length
 #: byte of the lock file that readers lock shared while reading, and a commit locks exclusive
@@ -172,17 +174,13 @@ def write_redo(path: Path, records: list[tuple[int, bytes]], final_size: int, mo
     for offset, data in records:
         body += _RECORD.pack(offset, len(data)) + data
     body += hashlib.sha256(body).digest()
-    fd = create_like(tmp, mode_of)
-    try:
-        write_all(fd, bytes(body))
-        os.fsync(fd)
-    except OSError:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, final)
-    fsync_dir(path.parent)
+    with atomic_files([final], temps=[tmp], like=mode_of, durable=True):
+        fd = os.open(tmp, os.O_WRONLY)
+        try:
+            write_all(fd, bytes(body))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def read_redo(path: Path) -> tuple[list[tuple[int, bytes]], int] | None:
@@ -222,7 +220,7 @@ def apply_redo(path: Path) -> bool:
     finally:
         os.close(fd)
     redo_path(path).unlink()
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
     return True
 
 
@@ -273,44 +271,6 @@ def write_all(fd: int, data: bytes, offset: int | None = None) -> None:
         view = view[n:]
         if offset is not None:
             offset += n
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def create_like(path: Path, like: Path | None, flags: int = os.O_RDWR) -> int:
-    """Create ``path`` (truncating it) with the permission bits and group of ``like`` when it exists.
-
-    A private (0600) cache keeps its journal and replacements private; a group-writable one stays so.
-    """
-    fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        copy_permissions(fd, like)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def copy_permissions(fd: int, like: Path | None) -> None:
-    try:
-        st = os.stat(like) if like is not None else None
-    except FileNotFoundError:
-        st = None
-    if st is None:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        return
-    with contextlib.suppress(OSError):  # a group the user is not a member of cannot be given
-        if os.fstat(fd).st_gid != st.st_gid:
-            os.fchown(fd, -1, st.st_gid)
-    os.fchmod(fd, stat.S_IMODE(st.st_mode))
 
 
 def folder_mode(file_mode: int) -> int:

@@ -257,15 +257,6 @@ def write_root_attrs(f: h5py.File) -> None:
     f.attrs["format_version"] = FORMAT_VERSION
 
 
-def fsync_path(path: Path) -> None:
-    """Flush a file (or a folder's entries, after a rename) to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def read_strings(ds: h5py.Dataset) -> list[str]:
     if ds.shape[0] == 0:
         return []

@@ -24,11 +24,11 @@ from typing import Any
 import h5py
 import numpy as np
 
+from embeddings_cache.atomic import atomic_files, fsync_path
 from embeddings_cache.durable import (
     GuardedFile,
     apply_redo,
     commit_lock,
-    create_like,
     describe_write_failure,
     folder_mode,
     redo_path,
@@ -58,7 +58,6 @@ from embeddings_cache.format import (
     filter_options,
     first_line,
     from_json,
-    fsync_path,
     list_parts,
     lock_path,
     open_h5,
@@ -119,44 +118,38 @@ def write_part(
     tmp = folder / f"{TMP_PREFIX}{part_uuid}.h5"
     final = folder / f"{seq:08d}-{part_uuid}.h5"
     needed = sum(a.nbytes for a in pooled.values()) + sum(d.nbytes + o.nbytes for d, o in tokens.values())
-    fd = create_like(tmp, path if path.exists() else None)
-    try:
-        guard = GuardedFile(fd)
-        with _guarded(guard), h5py.File(guard, "w", locking=False) as f:
-            write_root_attrs(f)
-            if run:
-                f.attrs["format_version"] = JOURNAL_VERSION  # older versions would apply it at once
-                f.attrs["run"] = run
-                f.attrs["commit"] = bool(commit)
-            f.attrs["part_uuid"] = part_uuid
-            f.attrs["model"] = model
-            f.attrs["starts_model"] = bool(starts_model)
-            for key in HEADER_ATTRS:
-                f.attrs[key] = header[key]
-            f.create_dataset(IDS, data=np.array(ids, dtype=object), dtype=ID_DTYPE)
-            f.create_dataset(HASHES, data=np.array(hashes, dtype=HASH_DTYPE))
-            for layer, arr in pooled.items():
-                f.create_dataset(f"{POOLED}/{layer}", data=arr)
-            for layer, (data, offsets) in tokens.items():
-                f.create_dataset(f"{TOKENS}/{layer}/{TOKEN_DATA}", data=data)
-                f.create_dataset(f"{TOKENS}/{layer}/{TOKEN_OFFSETS}", data=offsets)
-            for name, arr in outputs.items():
-                f.create_dataset(f"{OUTPUTS}/{name}", data=arr)
-        if guard.error is not None:
-            raise _write_error(guard.error, tmp, needed + (1 << 16))
+    with atomic_files([final], temps=[tmp], like=path, durable=True):
+        fd = os.open(tmp, os.O_RDWR)
         try:
-            os.fsync(fd)
-        except OSError as e:
-            raise _write_error(e, tmp, needed + (1 << 16))
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, final)
-        fsync_path(folder)
-    except BaseException:
-        if fd >= 0:
+            guard = GuardedFile(fd)
+            with _guarded(guard), h5py.File(guard, "w", locking=False) as f:
+                write_root_attrs(f)
+                if run:
+                    f.attrs["format_version"] = JOURNAL_VERSION  # older versions would apply it at once
+                    f.attrs["run"] = run
+                    f.attrs["commit"] = bool(commit)
+                f.attrs["part_uuid"] = part_uuid
+                f.attrs["model"] = model
+                f.attrs["starts_model"] = bool(starts_model)
+                for key in HEADER_ATTRS:
+                    f.attrs[key] = header[key]
+                f.create_dataset(IDS, data=np.array(ids, dtype=object), dtype=ID_DTYPE)
+                f.create_dataset(HASHES, data=np.array(hashes, dtype=HASH_DTYPE))
+                for layer, arr in pooled.items():
+                    f.create_dataset(f"{POOLED}/{layer}", data=arr)
+                for layer, (data, offsets) in tokens.items():
+                    f.create_dataset(f"{TOKENS}/{layer}/{TOKEN_DATA}", data=data)
+                    f.create_dataset(f"{TOKENS}/{layer}/{TOKEN_OFFSETS}", data=offsets)
+                for name, arr in outputs.items():
+                    f.create_dataset(f"{OUTPUTS}/{name}", data=arr)
+            if guard.error is not None:
+                raise _write_error(guard.error, tmp, needed + (1 << 16))
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                raise _write_error(e, tmp, needed + (1 << 16))
+        finally:
             os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
     return part_uuid
 
 
@@ -358,23 +351,19 @@ def _models_with_rows(path: Path, todo: list[PartInfo]) -> set[str]:
 def create_empty(path: Path) -> None:
     """Create an empty cache file atomically (so a kill never leaves a half-made main file)."""
     tmp = consolidating_path(path)
-    fd = create_like(tmp, None)
-    try:
-        guard = GuardedFile(fd)
-        with _guarded(guard), h5py.File(guard, "w", locking=False) as f:
-            write_root_attrs(f)
-            f.create_group(MODELS_GROUP)
-            _Appender().append(f.create_group(JOURNAL_GROUP), APPLIED_PARTS, np.array([], dtype=UUID_DTYPE), None)
-        if guard.error is not None:
-            raise _write_error(guard.error, path, 1 << 16)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    fsync_path(path.parent)
+    with atomic_files([path], temps=[tmp], durable=True):
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            guard = GuardedFile(fd)
+            with _guarded(guard), h5py.File(guard, "w", locking=False) as f:
+                write_root_attrs(f)
+                f.create_group(MODELS_GROUP)
+                _Appender().append(f.create_group(JOURNAL_GROUP), APPLIED_PARTS, np.array([], dtype=UUID_DTYPE), None)
+            if guard.error is not None:
+                raise _write_error(guard.error, path, 1 << 16)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def remove_stale_temporaries(path: Path) -> None:
@@ -470,35 +459,30 @@ def _rebuild(path: Path, drop: set[str], todo: list[PartInfo], needed: int) -> N
     """Write a new main file without the models in ``drop`` (HDF5 does not reclaim the space of
     deleted datasets), apply the parts, and replace the main file with it atomically."""
     tmp = consolidating_path(path)
-    fd = create_like(tmp, path)
-    try:
-        guard = GuardedFile(fd)
-        with _guarded(guard), open_h5(path) as src, h5py.File(
-            guard, "w", locking=False, rdcc_nbytes=_CHUNK_CACHE_BYTES, rdcc_nslots=_CHUNK_CACHE_SLOTS
-        ) as dst:
-            for key, value in src.attrs.items():
-                dst.attrs[key] = value
-            dst_models = dst.create_group(MODELS_GROUP)
-            for name, group in src[MODELS_GROUP].items():
-                if name not in drop:
-                    src.copy(group, dst_models, name=name)
-            src.copy(src[JOURNAL_GROUP], dst, name=JOURNAL_GROUP)
-            if guard.error is None:
-                _apply_parts(dst, todo)
-        if guard.error is not None:
-            raise _write_error(guard.error, path, needed)
+    with atomic_files([path], temps=[tmp], like=path, durable=True, lock=commit_lock(lock_path(path))):
+        fd = os.open(tmp, os.O_RDWR)
         try:
-            os.fsync(fd)
-        except OSError as e:
-            raise _write_error(e, path, needed)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    with commit_lock(lock_path(path)):
-        os.replace(tmp, path)
-        fsync_path(path.parent)
+            guard = GuardedFile(fd)
+            with _guarded(guard), open_h5(path) as src, h5py.File(
+                guard, "w", locking=False, rdcc_nbytes=_CHUNK_CACHE_BYTES, rdcc_nslots=_CHUNK_CACHE_SLOTS
+            ) as dst:
+                for key, value in src.attrs.items():
+                    dst.attrs[key] = value
+                dst_models = dst.create_group(MODELS_GROUP)
+                for name, group in src[MODELS_GROUP].items():
+                    if name not in drop:
+                        src.copy(group, dst_models, name=name)
+                src.copy(src[JOURNAL_GROUP], dst, name=JOURNAL_GROUP)
+                if guard.error is None:
+                    _apply_parts(dst, todo)
+            if guard.error is not None:
+                raise _write_error(guard.error, path, needed)
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                raise _write_error(e, path, needed)
+        finally:
+            os.close(fd)
 
 
 def model_header(group: Any) -> dict[str, Any]:

@@ -1,14 +1,18 @@
 """The ``repalign`` command line: one subcommand per verb, each a thin layer over the Python API.
 
 Errors in user input print one line (``repalign: error: ...``) and exit with status 1; ``--debug``
-shows the traceback instead.
+shows the traceback instead. Each subcommand imports the modules it runs when it runs (marked
+"lazy: CLI start-up"), so ``repalign --help`` does not load numpy, pandas, h5py or matplotlib.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import stat
 import sys
+from typing import Mapping
 
 from repalign import __version__
 from repalign.errors import RepalignError
@@ -39,9 +43,6 @@ def _options(pairs) -> dict[str, str]:
 
 def check_output_file(path, flag: str) -> None:
     """An output file path must not name a folder or a special file (checked before any work)."""
-    import os
-    import stat
-
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -73,8 +74,8 @@ def cli_message(exc: BaseException) -> str:
 
 
 def cmd_compare(args) -> int:
-    from repalign.compare import compare_models, compare_tokens
-    from repalign.table import check_table_path, write_table
+    from repalign.compare import compare_models, compare_tokens  # lazy: CLI start-up
+    from repalign.table import check_table_path, write_table  # lazy: CLI start-up
 
     if args.ci is not None and not 0 < args.ci < 1:
         raise RepalignError(f"--ci {args.ci} is not a confidence level; give a number between 0 and 1, e.g. 0.95")
@@ -108,15 +109,15 @@ def cmd_compare(args) -> int:
 
 
 def cmd_cache_info(args) -> int:
-    from embeddings_cache import Cache
+    from embeddings_cache import Cache  # lazy: CLI start-up
 
     print(Cache(args.cache).describe())
     return 0
 
 
 def cmd_cache_import(args) -> int:
-    from repalign.inputs import read_inputs
-    from repalign.interop import import_features, read_id_list
+    from repalign.inputs import read_inputs  # lazy: CLI start-up
+    from repalign.interop import import_features, read_id_list  # lazy: CLI start-up
 
     if args.inputs and args.ids:
         raise RepalignError("give --inputs (ids and content hashes) or --ids (ids only), not both")
@@ -132,7 +133,7 @@ def cmd_cache_import(args) -> int:
 
 
 def cmd_cache_export(args) -> int:
-    from repalign.interop import export_features
+    from repalign.interop import export_features  # lazy: CLI start-up
 
     path = export_features(args.cache, args.model, args.output, layers=_flat(args.layers) or None,
                            overwrite=args.overwrite)
@@ -141,7 +142,7 @@ def cmd_cache_export(args) -> int:
 
 
 def cmd_cache_repool(args) -> int:
-    from repalign.pooling import repool
+    from repalign.pooling import repool  # lazy: CLI start-up
 
     run = repool(args.cache, args.model, args.pool, name=args.name, layers=_flat(args.layers) or None,
                  overwrite=args.overwrite)
@@ -194,22 +195,79 @@ def print_extraction_plan(records, models, output, kwargs) -> int:
 
 
 def cmd_models(args) -> int:
-    from repalign.zoo import describe_models
+    from repalign.zoo import describe_models  # lazy: CLI start-up
 
     print(describe_models(show_layers=args.layers))
     return 0
 
 
 def cmd_demo(args) -> int:
-    from repalign.demo import run_demo
+    from repalign.demo import run_demo  # lazy: CLI start-up
 
     run_demo(args.output, quiet=args.quiet)
     return 0
 
 
+def figure_options(
+    kind: str,
+    *,
+    metric: str | None = None,
+    a: str | None = None,
+    b: str | None = None,
+    layer_b: str | None = None,
+    width: str | float = "single",
+    scale: str = "fixed",
+    calibrated: bool = False,
+    alpha: float = 0.05,
+    order: str | None = None,
+    layers: Mapping[str, str] | None = None,
+    sizes: Mapping[str, str] | None = None,
+) -> dict:
+    """Keyword arguments of the figure function of ``kind`` (:data:`repalign.plot.FIGURES`) from the
+    ``repalign plot`` options.
+
+    An option that the kind does not use is an error rather than silently ignored.
+    """
+    from repalign.plot import KINDS, SCALES, figure_width  # lazy: matplotlib only when plotting (CLI start-up)
+
+    if kind not in KINDS:
+        raise RepalignError(f"figure kind {kind!r} is unknown; use one of {', '.join(KINDS)}")
+    figure_width(width)
+    if scale not in SCALES:
+        raise RepalignError(f"scale {scale!r} is not 'fixed' or 'data'")
+    uses = {
+        "layers": {"a", "b", "calibrated", "alpha"},
+        "models": {"calibrated", "order", "layers", "alpha"},
+        "depth": {"a", "b", "layer_b", "alpha"},
+        "size": {"b", "layer_b", "sizes"},
+    }[kind]
+    given = {"a": a, "b": b, "layer_b": layer_b, "calibrated": calibrated or None, "order": order,
+             "layers": layers or None, "sizes": sizes or None}
+    unused = [f"--{name.replace('_', '-')}" for name, v in given.items() if v is not None and name not in uses]
+    if unused:
+        verb = "does" if len(unused) == 1 else "do"
+        raise RepalignError(f"{', '.join(unused)} {verb} not apply to --kind {kind}; see 'repalign plot --help'")
+    opts: dict = {"metric": metric, "width": width, "scale": scale}
+    value = "calibrated" if calibrated else "score"
+    if kind == "layers":
+        opts.update(model_a=a, model_b=b, value=value, alpha=alpha)
+    elif kind == "models":
+        if order is None or order in ("cluster", "table"):
+            opts["order"] = order or "cluster"
+        else:
+            opts["order"] = [m.strip() for m in order.split(",") if m.strip()]
+        opts.update(layers=layers, value=value, alpha=alpha)
+    elif kind == "depth":
+        opts.update(model_b=b, layer_b=layer_b, alpha=alpha,
+                    models=[m.strip() for m in a.split(",") if m.strip()] if a else None)
+    else:
+        opts.update(model_b=b, layer_b=layer_b, sizes=sizes)
+    return opts
+
+
 def cmd_plot(args) -> int:
-    from repalign.plot import figure_options, plot_table
-    from repalign.table import read_table
+    from repalign.plot import plot_table  # lazy: CLI start-up
+    from repalign.table import granularity_rows, read_table  # lazy: CLI start-up
 
     options = figure_options(
         args.kind, metric=args.metric, a=args.a, b=args.b, layer_b=args.layer_b, width=args.width,
@@ -218,8 +276,6 @@ def cmd_plot(args) -> int:
     )
     table = read_table(args.table)
     if args.granularity:
-        from repalign.table import granularity_rows
-
         table = granularity_rows(table, args.granularity)
     for path in plot_table(table, args.output, args.kind, args.format, **options):
         print(f"wrote {path}")
@@ -227,7 +283,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from repalign.report import build_report
+    from repalign.report import build_report  # lazy: CLI start-up
 
     path = build_report(args.cache, args.output, metrics=_flat(args.metric) or ["mknn", "cka"], k=args.k,
                         permutations=args.permutations, force=args.force, quiet=args.quiet)
@@ -416,8 +472,6 @@ def main(argv=None) -> int:
         return EXIT_ERROR
     except BrokenPipeError:
         # the reader of our output went away (`repalign cache info X | head -1`): not an error
-        import os
-
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
         return 0

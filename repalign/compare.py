@@ -16,7 +16,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from embeddings_cache import UNKNOWN_HASH, Cache, align_ids
+from repalign import stats
+from repalign.distributed import CacheLayer, align_layers_distributed, open_client
 from repalign.errors import RepalignError
+from repalign.inputs import read_inputs
+from repalign.metrics import LayerAlignment, align_layers_multi, get_metric
+from repalign.metrics.engine import check_backend, layer_state, resolve_metrics, score_matrix
+from repalign.metrics.layers import layer_alignments
 
 # parameters the CLI always passes; each is dropped for calls whose metrics do not take it
 _COMMON_CLI_PARAMS = {"k", "kernel", "sigma", "dim", "variance"}
@@ -53,8 +60,6 @@ class Comparison:
 
 def _reference_text(al, best_row: pd.DataFrame) -> str:
     """What the best score is to be read against: chance level, null mean, adjusted p-value."""
-    from repalign.metrics import get_metric
-
     metric = get_metric(al.metric)
     row = best_row.iloc[0] if len(best_row) else {}
     parts = []
@@ -83,6 +88,57 @@ def select_layers(available: Sequence[str], requested: Sequence[str] | None, wha
         chosen.extend(h for h in hits if h not in chosen)
     # keep model order whatever order the patterns came in
     return [name for name in available if name in chosen]
+
+
+def _check_request(metrics, *, ci, permutations, knn, knn_options, block_rows) -> tuple[list[str], dict]:
+    """The canonical metric names and neighbour options of a comparison: argument errors before any reading."""
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if not metrics:
+        raise RepalignError("no metric given; pass --metric NAME (see 'repalign compare --help')")
+    canonical = list(dict.fromkeys(get_metric(m).name for m in metrics))  # unknown names fail before any reading
+    if ci is not None:
+        stats.check_fraction(ci, "ci", "0.95")
+    if permutations:
+        stats.check_count(permutations, "permutations", 1)
+    knn_options = check_backend(knn, block_rows, knn_options)
+    if ci and block_rows is not None:
+        raise RepalignError("--ci rebuilds every layer on subsamples and needs the layers in memory; drop --block-rows for it")
+    return canonical, knn_options
+
+
+def _open_models(cache, cache_b, model_a: str, model_b: str, tokens: bool = False) -> tuple[Cache, Cache]:
+    """The caches holding model A and model B (the same object when ``cache_b`` is None); with
+    ``tokens``, both models must store token layers."""
+    ca = Cache(cache)
+    cb = Cache(cache_b) if cache_b is not None else ca
+    for c, m in ((ca, model_a), (cb, model_b)):
+        if m not in c.models:
+            raise RepalignError(f"model {m!r} is not in {c.path}; it holds: {', '.join(c.models) or 'no models'}")
+        if tokens and not c.token_layers(m):
+            raise RepalignError(f"model {m!r} in {c.path} stores no token layers; extract it with --tokens LAYERS "
+                                "(or compare pooled layers without --tokens)")
+    return ca, cb
+
+
+def _trivial_pairs(ca: Cache, cb: Cache, model_a: str, model_b: str, names_a: list, names_b: list) -> np.ndarray:
+    """(La, Lb) mask of the pairs of a layer with itself (a model compared with itself), left out of
+    the best-pair search; an error when nothing else is left."""
+    self_pair = model_a == model_b and Path(ca.path).resolve() == Path(cb.path).resolve()
+    exclude = np.array([[self_pair and x == y for y in names_b] for x in names_a], dtype=bool)
+    if exclude.all():
+        raise RepalignError(f"comparing {model_a} with itself on the same single layer is trivial; choose other layers with --layers-a/--layers-b")
+    return exclude
+
+
+def _metric_params(canonical: list[str], n: int, params: dict) -> dict:
+    """The parameters the metrics take; parameter errors before any reading."""
+    # a parameter left unset (None) takes each metric's default; one no metric accepts is an error
+    params = {k: v for k, v in params.items() if v is not None}
+    accepted = {p for name in canonical for p in get_metric(name).params}
+    params = {k: v for k, v in params.items() if k in accepted or k not in _COMMON_CLI_PARAMS}
+    resolve_metrics(canonical, n, params)
+    return params
 
 
 def compare_models(
@@ -126,56 +182,27 @@ def compare_models(
     ``table`` is the tidy long table (model_a, layer_a, model_b, layer_b, metric, params, score,
     n_samples, best, and the statistics columns when requested).
     """
-    from embeddings_cache import Cache, align_ids
-    from repalign import stats
-    from repalign.metrics import get_metric
-    from repalign.metrics.engine import check_backend, resolve_metrics
-
-    if isinstance(metrics, str):
-        metrics = [metrics]
-    if not metrics:
-        raise RepalignError("no metric given; pass --metric NAME (see 'repalign compare --help')")
-    canonical = list(dict.fromkeys(get_metric(m).name for m in metrics))  # unknown names fail before any reading
-    if ci is not None:
-        stats._check_fraction(ci, "ci", "0.95")
-    if permutations:
-        stats._check_count(permutations, "permutations", 1)
-    knn_options = check_backend(knn, block_rows, knn_options)
+    canonical, knn_options = _check_request(metrics, ci=ci, permutations=permutations, knn=knn,
+                                            knn_options=knn_options, block_rows=block_rows)
     if (permutations or ci) and cluster is not None:
         raise RepalignError("--permutations/--ci run in this process; drop --cluster for them")
-    if ci and block_rows is not None:
-        raise RepalignError("--ci rebuilds every layer on subsamples and needs the layers in memory; drop --block-rows for it")
-
-    ca = Cache(cache)
-    cb = Cache(cache_b) if cache_b is not None else ca
-    for c, m in ((ca, model_a), (cb, model_b)):
-        if m not in c.models:
-            raise RepalignError(f"model {m!r} is not in {c.path}; it holds: {', '.join(c.models) or 'no models'}")
+    ca, cb = _open_models(cache, cache_b, model_a, model_b)
     names_a = select_layers(ca.layers(model_a), layers_a, model_a)
     names_b = select_layers(cb.layers(model_b), layers_b, model_b)
     ids = align_ids(ca, model_a, cb, model_b)
-    n = len(ids)
-    self_pair = model_a == model_b and Path(ca.path).resolve() == Path(cb.path).resolve()
-    exclude = np.array([[self_pair and x == y for y in names_b] for x in names_a], dtype=bool)
-    if exclude.all():
-        raise RepalignError(f"comparing {model_a} with itself on the same single layer is trivial; choose other layers with --layers-a/--layers-b")
-
-    # a parameter left unset (None) takes each metric's default; one no metric accepts is an error
-    params = {k: v for k, v in params.items() if v is not None}
-    accepted = {p for name in canonical for p in get_metric(name).params}
-    params = {k: v for k, v in params.items() if k in accepted or k not in _COMMON_CLI_PARAMS}
-    resolve_metrics(canonical, n, params)  # parameter errors before any reading
+    exclude = _trivial_pairs(ca, cb, model_a, model_b, names_a, names_b)
+    params = _metric_params(canonical, len(ids), params)
     if block_rows is not None or cluster is not None:
-        from repalign.distributed import CacheLayer
-
         items_a = [CacheLayer(str(ca.path), model_a, x, tuple(ids)) for x in names_a]
         items_b = [CacheLayer(str(cb.path), model_b, x, tuple(ids)) for x in names_b]
     else:
         items_a = [ca.read_layer(model_a, x, ids=ids) for x in names_a]
         items_b = [cb.read_layer(model_b, x, ids=ids) for x in names_b]
-    return _compare_items(_Run(model_a, model_b, names_a, names_b, canonical, params, n, exclude, normalize, permutations,
-                               ci, n_subsamples, seed, alpha, cluster, knn, knn_options, block_rows, fraction=fraction),
-                          items_a, items_b)
+    run = _Run(model_a=model_a, model_b=model_b, names_a=names_a, names_b=names_b, canonical=canonical, params=params,
+               n=len(ids), exclude=exclude, normalize=normalize, permutations=permutations, ci=ci,
+               n_subsamples=n_subsamples, fraction=fraction, seed=seed, alpha=alpha, cluster=cluster, knn=knn,
+               knn_options=knn_options, block_rows=block_rows)
+    return _compare_items(run, items_a, items_b)
 
 
 @dataclass
@@ -199,10 +226,10 @@ class _Run:
     n_subsamples: int
     seed: int
     alpha: float
-    cluster: object
     knn: str
     knn_options: dict
     block_rows: int | None
+    cluster: object = None
     fraction: float = 0.8
     draw: object = None
     offsets: np.ndarray | None = None
@@ -211,78 +238,77 @@ class _Run:
     n_units: int | None = None
     warnings: list = field(default_factory=list)
 
+    @property
+    def engine_options(self) -> dict:
+        """Preprocessing and neighbour backend, as :func:`repalign.metrics.engine.layer_state` takes them."""
+        return dict(normalize=self.normalize, knn=self.knn, knn_options=self.knn_options, block_rows=self.block_rows)
+
 
 def _compare_items(run: _Run, items_a: list, items_b: list) -> Comparison:
     """Score the layers (arrays, or cache references read in blocks) and build the table and statistics."""
-    from repalign import stats
-    from repalign.metrics import align_layers_multi
-    from repalign.metrics.engine import layer_state, resolve_metrics, score_matrix
-    from repalign.metrics.layers import LayerAlignment
-
-    (model_a, model_b, names_a, names_b, canonical, params, n, exclude, normalize, permutations, ci, n_subsamples,
-     seed, alpha, cluster, knn, knn_options, block_rows) = (
-        run.model_a, run.model_b, run.names_a, run.names_b, run.canonical, run.params, run.n, run.exclude, run.normalize,
-        run.permutations, run.ci, run.n_subsamples, run.seed, run.alpha, run.cluster, run.knn, run.knn_options,
-        run.block_rows)
-    resolved = resolve_metrics(canonical, n, params)
-    options = dict(normalize=normalize, knn=knn, knn_options=knn_options, block_rows=block_rows)
+    resolved = resolve_metrics(run.canonical, run.n, run.params)
     results: list = [None] * len(resolved)
     intervals: list = [None] * len(resolved)
-    if cluster is not None:
-        from repalign.distributed import align_layers_distributed, open_client
-
-        with open_client(cluster) as client:
-            alignments = align_layers_distributed(client, items_a, items_b, canonical, names_a, names_b,
-                                                  n_samples=n, **options, **params)
-    elif permutations:
-        # all states are kept for the permutation loop (without it side A is streamed)
-        sources_a = [_source(x, block_rows) for x in items_a]
-        sources_b = [_source(x, block_rows) for x in items_b]
-        states_a = [layer_state(x, resolved, name=nm, n_samples=n, **options) for x, nm in zip(sources_a, names_a)]
-        states_b = [layer_state(x, resolved, name=nm, n_samples=n, **options) for x, nm in zip(sources_b, names_b)]
-        observed = [score_matrix(metric, p, m, states_a, states_b) for m, (metric, p) in enumerate(resolved)]
-        results = stats.permutation_tests(states_a, states_b, resolved, permutations, seed, alpha, exclude, observed,
-                                           draw=run.draw)
-        alignments = [LayerAlignment(observed[m], names_a, names_b, metric.name,
-                                     {**p, "normalize": normalize, "clip_quantile": None}, n)
-                      for m, (metric, p) in enumerate(resolved)]
-        recall = {**{("a", s.name): s.recall for s in states_a}, **{("b", s.name): s.recall for s in states_b}}
-        for al, (metric, _) in zip(alignments, resolved):
-            if knn != "exact" and metric.is_knn:
-                al.params["knn"] = knn
-                al.recall = recall
+    if run.cluster is not None:
+        with open_client(run.cluster) as client:
+            alignments = align_layers_distributed(client, items_a, items_b, run.canonical, run.names_a, run.names_b,
+                                                  n_samples=run.n, **run.engine_options, **run.params)
+    elif run.permutations:
+        alignments, results = _permutation_alignments(run, resolved, items_a, items_b)
     else:
-        sources_a = [_source(x, block_rows) for x in items_a]
-        sources_b = [_source(x, block_rows) for x in items_b]
-        alignments = align_layers_multi(sources_a, sources_b, metrics=canonical, names_a=names_a, names_b=names_b,
-                                        n_samples=n if block_rows else None, **options, **params)
-    if ci:
-        intervals = stats.subsample_intervals(items_a, items_b, resolved, ci=ci, n_subsamples=n_subsamples,
-                                              fraction=run.fraction, seed=seed, normalize=normalize,
+        sources_a = [_source(x, run.block_rows) for x in items_a]
+        sources_b = [_source(x, run.block_rows) for x in items_b]
+        alignments = align_layers_multi(sources_a, sources_b, metrics=run.canonical, names_a=run.names_a,
+                                        names_b=run.names_b, n_samples=run.n if run.block_rows else None,
+                                        **run.engine_options, **run.params)
+    if run.ci:
+        intervals = stats.subsample_intervals(items_a, items_b, resolved, ci=run.ci, n_subsamples=run.n_subsamples,
+                                              fraction=run.fraction, seed=run.seed, normalize=run.normalize,
                                               full=[al.scores for al in alignments], offsets=run.offsets)
-
+    in_memory = run.block_rows is None and run.cluster is None
+    layers = {**{f"{run.model_a}:{x}": a for x, a in zip(run.names_a, items_a)},
+              **{f"{run.model_b}:{x}": b for x, b in zip(run.names_b, items_b)}} if in_memory else None
     frames, warnings = [], []
-    in_memory = block_rows is None and cluster is None
-    layers = {**{f"{model_a}:{x}": a for x, a in zip(names_a, items_a)},
-              **{f"{model_b}:{x}": b for x, b in zip(names_b, items_b)}} if in_memory else None
     for al, (metric, p), result, interval in zip(alignments, resolved, results, intervals):
-        al.exclude = exclude
-        al.params.update(run.extra)
-        frame = al.to_frame(model_a=model_a, model_b=model_b)
-        if run.level is not None:
-            frame.insert(frame.columns.get_loc("n_samples") + 1, "n_units", run.n_units)
-            frame.insert(frame.columns.get_loc("metric"), "granularity", run.level)
         settable = {k: v for k, v in p.items() if k in metric.params}
-        warnings += stats.check_reliability(n, metric.name, settable, layers=layers, normalize=normalize,
-                                            permutations=permutations or None, alpha=alpha)
-        if al.recall:
-            frame["knn_recall"] = [min(al.recall[("a", x)], al.recall[("b", y)]) for x, y in zip(frame["layer_a"], frame["layer_b"])]
-        if result is not None or interval is not None:
-            frame = pd.concat([frame, stats.stats_columns(result, interval, shape=al.scores.shape)], axis=1)
-        frames.append(frame)
-    table = pd.concat(frames, ignore_index=True)
-    return Comparison(table=table, model_a=model_a, model_b=model_b, n_samples=n, alignments=alignments,
-                      warnings=list(dict.fromkeys(run.warnings + warnings)), level=run.level, n_units=run.n_units)
+        warnings += stats.check_reliability(run.n, metric.name, settable, layers=layers, normalize=run.normalize,
+                                            permutations=run.permutations or None, alpha=run.alpha)
+        frames.append(_frame(run, al, result, interval))
+    return Comparison(table=pd.concat(frames, ignore_index=True), model_a=run.model_a, model_b=run.model_b,
+                      n_samples=run.n, alignments=alignments, warnings=list(dict.fromkeys(run.warnings + warnings)),
+                      level=run.level, n_units=run.n_units)
+
+
+def _permutation_alignments(run: _Run, resolved: list, items_a: list, items_b: list) -> tuple[list, list]:
+    """Observed scores and permutation results; every layer's state is kept for the permutation loop
+    (without permutations side A is streamed)."""
+    options = run.engine_options
+    states_a = [layer_state(_source(x, run.block_rows), resolved, name=nm, n_samples=run.n, **options)
+                for x, nm in zip(items_a, run.names_a)]
+    states_b = [layer_state(_source(x, run.block_rows), resolved, name=nm, n_samples=run.n, **options)
+                for x, nm in zip(items_b, run.names_b)]
+    observed = [score_matrix(metric, p, m, states_a, states_b) for m, (metric, p) in enumerate(resolved)]
+    results = stats.permutation_tests(states_a, states_b, resolved, run.permutations, run.seed, run.alpha,
+                                      run.exclude, observed, draw=run.draw)
+    recall = {**{("a", s.name): s.recall for s in states_a}, **{("b", s.name): s.recall for s in states_b}}
+    alignments = layer_alignments(observed, resolved, run.names_a, run.names_b, run.n, normalize=run.normalize,
+                                  knn=run.knn, recall=recall)
+    return alignments, results
+
+
+def _frame(run: _Run, al: LayerAlignment, result, interval) -> pd.DataFrame:
+    """The tidy rows of one metric: scores, the level columns of token rows, recall and statistics."""
+    al.exclude = run.exclude
+    al.params.update(run.extra)
+    frame = al.to_frame(model_a=run.model_a, model_b=run.model_b)
+    if run.level is not None:
+        frame.insert(frame.columns.get_loc("n_samples") + 1, "n_units", run.n_units)
+        frame.insert(frame.columns.get_loc("metric"), "granularity", run.level)
+    if al.recall:
+        frame["knn_recall"] = [min(al.recall[("a", x)], al.recall[("b", y)]) for x, y in zip(frame["layer_a"], frame["layer_b"])]
+    if result is not None or interval is not None:
+        frame = pd.concat([frame, stats.stats_columns(result, interval, shape=al.scores.shape)], axis=1)
+    return frame
 
 
 def _source(item, block_rows):
@@ -349,8 +375,6 @@ class TokenLayer:
     def blocks(self, block_rows: int | None = 65536):
         """Row blocks of at most ``block_rows`` rows; samples are read a few at a time, so memory is
         bounded by ``block_rows`` rows plus the longest sample."""
-        from embeddings_cache import Cache
-
         ids, counts = list(self.rows.ids), self.rows.counts
         with Cache(self.path) as c:
             start = 0
@@ -383,8 +407,6 @@ def _token_counts(cache, model: str, names: list[str], ids: list[str]) -> np.nda
 
 def _check_inputs(records, ids, counts, hashes, model):
     """The stored rows of every shared sample are its residues / atoms: same input, one row each."""
-    from embeddings_cache import UNKNOWN_HASH
-
     for i, sample in enumerate(ids):
         rec = records.get(sample)
         if rec is None:
@@ -461,72 +483,83 @@ def compare_tokens(
     linear CKA). The table has ``level = "token"`` and ``n_units`` (samples) beside ``n_samples``
     (rows). Other parameters are those of :func:`compare_models`.
     """
-    from embeddings_cache import Cache, align_ids
-    from repalign import stats
-    from repalign.metrics import get_metric
-    from repalign.metrics.engine import check_backend, resolve_metrics
+    canonical, knn_options = _check_request(metrics, ci=ci, permutations=permutations, knn=knn,
+                                            knn_options=knn_options, block_rows=block_rows)
+    _check_token_options(max_tokens, subsample, group_by)
+    records = _token_records(inputs, group_by)
+    ca, cb = _open_models(cache, cache_b, model_a, model_b, tokens=True)
+    names_a = select_layers(ca.token_layers(model_a), layers_a, f"{model_a} (token layers)")
+    names_b = select_layers(cb.token_layers(model_b), layers_b, f"{model_b} (token layers)")
+    ids = align_ids(ca, model_a, cb, model_b)
+    counts = _shared_token_counts(ca, cb, model_a, model_b, names_a, names_b, ids)
+    if records is not None:
+        for c, m in ((ca, model_a), (cb, model_b)):
+            stored = dict(zip(c.ids(m), c.hashes(m)))
+            _check_inputs(records, ids, counts, [stored[i] for i in ids], m)
+    token_rows, extra = _token_rows(ids, counts, records, group_by, max_tokens, subsample, seed)
+    n = int(token_rows.offsets[-1])
+    exclude = _trivial_pairs(ca, cb, model_a, model_b, names_a, names_b)
+    params = _metric_params(canonical, n, params)
+    draw, warnings = _block_draw(token_rows.offsets, alpha) if permutations else (None, [])
+    items_a = [TokenLayer(str(ca.path), model_a, x, token_rows) for x in names_a]
+    items_b = [TokenLayer(str(cb.path), model_b, x, token_rows) for x in names_b]
+    if block_rows is None:
+        items_a = [x.read() for x in items_a]
+        items_b = [x.read() for x in items_b]
+    run = _Run(model_a=model_a, model_b=model_b, names_a=names_a, names_b=names_b, canonical=canonical, params=params,
+               n=n, exclude=exclude, normalize=normalize, permutations=permutations, ci=ci, n_subsamples=n_subsamples,
+               fraction=fraction, seed=seed, alpha=alpha, knn=knn, knn_options=knn_options, block_rows=block_rows,
+               draw=draw, offsets=token_rows.offsets, extra=extra, level="token", n_units=len(token_rows.ids),
+               warnings=warnings)
+    return _compare_items(run, items_a, items_b)
 
-    if isinstance(metrics, str):
-        metrics = [metrics]
-    if not metrics:
-        raise RepalignError("no metric given; pass --metric NAME (see 'repalign compare --help')")
-    canonical = list(dict.fromkeys(get_metric(m).name for m in metrics))
-    if ci is not None:
-        stats._check_fraction(ci, "ci", "0.95")
-    if permutations:
-        stats._check_count(permutations, "permutations", 1)
+
+def _check_token_options(max_tokens, subsample: str, group_by) -> None:
     if max_tokens is not None:
-        stats._check_count(max_tokens, "max_tokens", 1)
+        stats.check_count(max_tokens, "max_tokens", 1)
     if subsample not in TOKEN_SUBSAMPLES:
         raise RepalignError(f"subsample={subsample!r} is not one of {', '.join(TOKEN_SUBSAMPLES)}")
     if group_by is not None and max_tokens is not None:
         raise RepalignError("--group-by pools tokens into few rows per sample; drop --max-tokens with it")
-    knn_options = check_backend(knn, block_rows, knn_options)
-    if ci and block_rows is not None:
-        raise RepalignError("--ci rebuilds every layer on subsamples and needs the layers in memory; drop --block-rows for it")
 
+
+def _token_records(inputs, group_by) -> dict | None:
+    """The input records by id (None without inputs), checked to label tokens by ``group_by``."""
     records = None
     if inputs is not None:
-        from repalign.inputs import read_inputs
+        given = isinstance(inputs, (list, tuple)) and inputs and hasattr(inputs[0], "kind")
+        records = {r.id: r for r in (inputs if given else read_inputs(inputs))}
+    if group_by is None:
+        return records
+    known = sorted({c for columns in GROUP_COLUMNS.values() for c in columns})
+    if group_by not in known:
+        raise RepalignError(f"unknown grouping column {group_by!r}; available: {', '.join(known)}")
+    if records is None:
+        raise RepalignError(f"--group-by {group_by} labels tokens from the inputs; add --inputs with the files the models were extracted from")
+    kinds = {r.kind for r in records.values()}
+    available = sorted({c for k in kinds for c in GROUP_COLUMNS[k]})
+    if any(group_by not in GROUP_COLUMNS[k] for k in kinds):
+        raise RepalignError(f"unknown grouping column {group_by!r} for these inputs; available: {', '.join(available)}")
+    return records
 
-        records = {r.id: r for r in (inputs if isinstance(inputs, (list, tuple)) and inputs and hasattr(inputs[0], "kind")
-                                     else read_inputs(inputs))}
-    if group_by is not None:
-        known = sorted({c for columns in GROUP_COLUMNS.values() for c in columns})
-        if group_by not in known:
-            raise RepalignError(f"unknown grouping column {group_by!r}; available: {', '.join(known)}")
-        if records is None:
-            raise RepalignError(f"--group-by {group_by} labels tokens from the inputs; add --inputs with the files the models were extracted from")
-        kinds = {r.kind for r in records.values()}
-        available = sorted({c for k in kinds for c in GROUP_COLUMNS[k]})
-        if any(group_by not in GROUP_COLUMNS[k] for k in kinds):
-            raise RepalignError(f"unknown grouping column {group_by!r} for these inputs; available: {', '.join(available)}")
 
-    ca = Cache(cache)
-    cb = Cache(cache_b) if cache_b is not None else ca
-    for c, m in ((ca, model_a), (cb, model_b)):
-        if m not in c.models:
-            raise RepalignError(f"model {m!r} is not in {c.path}; it holds: {', '.join(c.models) or 'no models'}")
-        if not c.token_layers(m):
-            raise RepalignError(f"model {m!r} in {c.path} stores no token layers; extract it with --tokens LAYERS "
-                                "(or compare pooled layers without --tokens)")
-    names_a = select_layers(ca.token_layers(model_a), layers_a, f"{model_a} (token layers)")
-    names_b = select_layers(cb.token_layers(model_b), layers_b, f"{model_b} (token layers)")
-    ids = align_ids(ca, model_a, cb, model_b)
+def _shared_token_counts(ca: Cache, cb: Cache, model_a: str, model_b: str, names_a: list, names_b: list,
+                         ids: list) -> np.ndarray:
+    """Rows per shared sample, the same in both models' chosen token layers (or a one-line error)."""
     counts = _token_counts(ca, model_a, names_a, ids)
     counts_b = _token_counts(cb, model_b, names_b, ids)
     if not np.array_equal(counts, counts_b):
         i = int(np.flatnonzero(counts != counts_b)[0])
         raise RepalignError(f"{model_a} and {model_b} tokenise sample {ids[i]!r} differently ({counts[i]} vs {counts_b[i]} rows; "
                             "special tokens or padding kept by one?); per-token alignment needs the same tokens in both")
-    if records is not None:
-        hashes_a = dict(zip(ca.ids(model_a), ca.hashes(model_a)))
-        hashes_b = dict(zip(cb.ids(model_b), cb.hashes(model_b)))
-        _check_inputs(records, ids, counts, [hashes_a[i] for i in ids], model_a)
-        _check_inputs(records, ids, counts, [hashes_b[i] for i in ids], model_b)
+    return counts
 
-    # what a row is
-    rng = np.random.default_rng(stats._rng(seed)[1])
+
+def _token_rows(ids: list, counts: np.ndarray, records, group_by, max_tokens, subsample: str,
+                seed) -> tuple[TokenRows, dict]:
+    """What a row is (every token, a subsample, or one row per group of each sample), and the
+    parameters that record it in the table."""
+    rng = np.random.default_rng(stats.seeded_rng(seed)[1])  # the seed is checked whatever is drawn
     extra: dict = {"granularity": "token"}
     keep = groups = None
     rows_per_sample = counts
@@ -539,60 +572,55 @@ def compare_tokens(
         extra.update(max_tokens=int(max_tokens), subsample=subsample, seed=seed)
         if counts.sum() > max_tokens:
             if subsample == "samples":
-                order = rng.permutation(len(ids))
-                fits = np.cumsum(counts[order]) <= max_tokens
-                chosen = np.sort(order[:int(np.argmin(fits)) if not fits.all() else len(order)])
-                if len(chosen) == 0:
-                    raise RepalignError(f"max_tokens={max_tokens} is smaller than the first drawn sample ({counts[order[0]]} rows); "
-                                        "raise --max-tokens or use --subsample uniform")
-                ids = [ids[i] for i in chosen]
-                counts = rows_per_sample = counts[chosen]
+                ids, counts = _whole_samples(ids, counts, max_tokens, rng)
+                rows_per_sample = counts
             else:
-                keep = np.sort(rng.choice(int(counts.sum()), size=int(max_tokens), replace=False))
-                stored = np.concatenate([[0], np.cumsum(counts)])
-                rows_per_sample = np.diff(np.searchsorted(keep, stored))
-                if np.any(rows_per_sample == 0):  # samples left without a row drop out
-                    kept_samples = np.flatnonzero(rows_per_sample > 0)
-                    starts = stored[kept_samples]
-                    new_stored = np.concatenate([[0], np.cumsum(counts[kept_samples])])
-                    sample_of = np.searchsorted(stored, keep, side="right") - 1
-                    position = np.searchsorted(kept_samples, sample_of)
-                    keep = keep - starts[position] + new_stored[position]
-                    ids = [ids[i] for i in kept_samples]
-                    counts, rows_per_sample = counts[kept_samples], rows_per_sample[kept_samples]
+                ids, counts, keep, rows_per_sample = _uniform_rows(ids, counts, max_tokens, rng)
     offsets = np.concatenate([[0], np.cumsum(rows_per_sample)]).astype(np.int64)
-    token_rows = TokenRows(tuple(ids), counts, keep, groups, offsets)
-    n = int(offsets[-1])
+    return TokenRows(tuple(ids), counts, keep, groups, offsets), extra
 
-    self_pair = model_a == model_b and Path(ca.path).resolve() == Path(cb.path).resolve()
-    exclude = np.array([[self_pair and x == y for y in names_b] for x in names_a], dtype=bool)
-    if exclude.all():
-        raise RepalignError(f"comparing {model_a} with itself on the same single layer is trivial; choose other layers with --layers-a/--layers-b")
-    params = {k: v for k, v in params.items() if v is not None}
-    accepted = {p for name in canonical for p in get_metric(name).params}
-    params = {k: v for k, v in params.items() if k in accepted or k not in _COMMON_CLI_PARAMS}
-    resolve_metrics(canonical, n, params)  # parameter errors before any reading
 
-    draw, warnings = None, []
-    if permutations:
-        draw = stats.block_permutation(offsets)
-        if draw.movable == 0:
-            raise RepalignError(f"no two of the {len(ids)} samples have the same number of rows, so no block permutation moves a sample; "
-                                "use --group-by, or compare pooled layers (without --tokens) for p-values")
-        if draw.count < 1.0 / alpha:
-            warnings.append(f"only {draw.count:.0f} distinct block permutations exist (samples move only onto samples with the "
-                            f"same number of rows): no p-value can reach alpha={alpha}")
-        elif draw.movable < len(ids):
-            warnings.append(f"{len(ids) - draw.movable} of {len(ids)} samples have a row count no other sample has and stay in "
-                            "place under block permutations (the test stays exact, with less power)")
+def _whole_samples(ids: list, counts: np.ndarray, max_tokens: int, rng) -> tuple[list, np.ndarray]:
+    """Samples in a seeded random order, as many as fit in ``max_tokens`` rows (kept in stored order)."""
+    order = rng.permutation(len(ids))
+    fits = np.cumsum(counts[order]) <= max_tokens
+    chosen = np.sort(order[:int(np.argmin(fits)) if not fits.all() else len(order)])
+    if len(chosen) == 0:
+        raise RepalignError(f"max_tokens={max_tokens} is smaller than the first drawn sample ({counts[order[0]]} rows); "
+                            "raise --max-tokens or use --subsample uniform")
+    return [ids[i] for i in chosen], counts[chosen]
 
-    items_a = [TokenLayer(str(ca.path), model_a, x, token_rows) for x in names_a]
-    items_b = [TokenLayer(str(cb.path), model_b, x, token_rows) for x in names_b]
-    if block_rows is None:
-        items_a = [x.read() for x in items_a]
-        items_b = [x.read() for x in items_b]
-    run = _Run(model_a, model_b, names_a, names_b, canonical, params, n, exclude, normalize, permutations, ci, n_subsamples,
-               seed, alpha, None, knn, knn_options, block_rows, fraction=fraction, draw=draw, offsets=offsets, extra=extra,
-               level="token",
-               n_units=len(ids), warnings=warnings)
-    return _compare_items(run, items_a, items_b)
+
+def _uniform_rows(ids: list, counts: np.ndarray, max_tokens: int, rng) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+    """``max_tokens`` stored rows drawn uniformly: (ids, counts, kept rows, rows per sample); samples
+    left without a row drop out."""
+    keep = np.sort(rng.choice(int(counts.sum()), size=int(max_tokens), replace=False))
+    stored = np.concatenate([[0], np.cumsum(counts)])
+    rows_per_sample = np.diff(np.searchsorted(keep, stored))
+    if np.any(rows_per_sample == 0):
+        kept_samples = np.flatnonzero(rows_per_sample > 0)
+        starts = stored[kept_samples]
+        new_stored = np.concatenate([[0], np.cumsum(counts[kept_samples])])
+        sample_of = np.searchsorted(stored, keep, side="right") - 1
+        position = np.searchsorted(kept_samples, sample_of)
+        keep = keep - starts[position] + new_stored[position]
+        ids = [ids[i] for i in kept_samples]
+        counts, rows_per_sample = counts[kept_samples], rows_per_sample[kept_samples]
+    return ids, counts, keep, rows_per_sample
+
+
+def _block_draw(offsets: np.ndarray, alpha: float) -> tuple[stats.BlockPermutation, list[str]]:
+    """The block permutations that move whole samples, and warnings about their number."""
+    n_samples = len(offsets) - 1
+    draw = stats.block_permutation(offsets)
+    warnings = []
+    if draw.movable == 0:
+        raise RepalignError(f"no two of the {n_samples} samples have the same number of rows, so no block permutation moves a sample; "
+                            "use --group-by, or compare pooled layers (without --tokens) for p-values")
+    if draw.count < 1.0 / alpha:
+        warnings.append(f"only {draw.count:.0f} distinct block permutations exist (samples move only onto samples with the "
+                        f"same number of rows): no p-value can reach alpha={alpha}")
+    elif draw.movable < n_samples:
+        warnings.append(f"{n_samples - draw.movable} of {n_samples} samples have a row count no other sample has and stay in "
+                        "place under block permutations (the test stays exact, with less power)")
+    return draw, warnings

@@ -30,7 +30,23 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from embeddings_cache import Cache, align_ids
+from repalign import __version__, plot
+from repalign.compare import compare_models, compare_tokens
 from repalign.errors import RepalignError
+from repalign.metrics import get_metric
+from repalign.plot.style import reference_note
+from repalign.table import (
+    POOLED,
+    atomic_files,
+    chance_levels,
+    check_table,
+    granularities,
+    granularity_rows,
+    metric_rows,
+    select_pair,
+    significance_column,
+)
 
 SCORES_FILE = "scores.csv"
 INDEX_FILE = "index.html"
@@ -122,9 +138,6 @@ def compare_all(cache_path: str | os.PathLike, metrics: Sequence[str] = DEFAULT_
     samples, or whose shared ids name different inputs, or models without pooled layers, are
     listed with the reason instead of compared.
     """
-    from embeddings_cache import Cache, align_ids
-    from repalign.compare import compare_models
-
     tables, pairs = [], []
     with Cache(cache_path) as cache:
         models = cache.models
@@ -161,8 +174,6 @@ def _token_comparison(cache, cache_path, model_a, model_b, metrics, k, permutati
     """The token-level comparison of a pair whose models both store token layers with the same
     tokens (repalign.compare.compare_tokens), or None. Metrics that cannot run on the token rows
     and pairs whose tokens differ are left out: the pooled comparison stands for them."""
-    from repalign.compare import compare_tokens
-
     if not (cache.token_layers(model_a) and cache.token_layers(model_b)):
         return None
     try:
@@ -176,19 +187,14 @@ def _token_comparison(cache, cache_path, model_a, model_b, metrics, k, permutati
 
 
 def _svg_data_uri(fig) -> str:
-    from repalign.plot import style
-
     buffer = io.BytesIO()
-    with style():
+    with plot.style():
         fig.savefig(buffer, format="svg", metadata={"Date": None})
     return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _caption(rows: pd.DataFrame, what: str) -> str:
     """What a reader needs to read a figure: the colour scale, the reference level, the hatching."""
-    from repalign.plot.style import reference_note
-    from repalign.table import significance_column
-
     parts = [what, "Colours: one fixed 0-1 scale per metric, the same in every figure of this report."]
     note = reference_note(rows)
     if note:
@@ -201,8 +207,6 @@ def _caption(rows: pd.DataFrame, what: str) -> str:
 
 def _figures(table: pd.DataFrame, pairs: list[PairResult], metrics: list[str]) -> list[dict]:
     """(section, title, caption, data URI, command) of each figure of the report."""
-    from repalign.table import check_table, granularities, granularity_rows
-
     if table.empty:
         return []
     checked = check_table(table)
@@ -214,9 +218,6 @@ def _figures(table: pd.DataFrame, pairs: list[PairResult], metrics: list[str]) -
 
 def _level_figures(table: pd.DataFrame, pairs: list[PairResult], level: str) -> list[dict]:
     """The figures of one level of rows (pooled layers, or token rows beside them)."""
-    from repalign import plot
-    from repalign.table import POOLED, metric_rows, select_pair
-
     figures = []
     checked = table
     suffix = "" if level == POOLED else f" ({level} level)"
@@ -264,9 +265,6 @@ def _has_pair(rows: pd.DataFrame, pair: PairResult) -> bool:
 def summary_rows(table: pd.DataFrame, pairs: list[PairResult]) -> list[dict]:
     """One row per compared model pair and metric: best layer pair, score, chance level (or null
     mean), calibrated score, p-value adjusted for the layer search, interval."""
-    from repalign.plot import best_rows
-    from repalign.table import POOLED, chance_levels, check_table, granularities, metric_rows
-
     if table.empty:
         return []
     checked = check_table(table)
@@ -281,31 +279,34 @@ def summary_rows(table: pd.DataFrame, pairs: list[PairResult]) -> list[dict]:
                 continue
             rows = rows[((rows["model_a"] == pair.model_a) & (rows["model_b"] == pair.model_b))
                         | ((rows["model_a"] == pair.model_b) & (rows["model_b"] == pair.model_a))]
-            best = best_rows(rows, metric)
-            if best.empty:
-                continue
-            row = best.iloc[0]
-
-            def value(column):
-                v = pd.to_numeric(pd.Series([row.get(column, np.nan)]), errors="coerce").iloc[0]
-                return float(v)
-
-            p = value("p_value_best")
-            if np.isnan(p):
-                p = value("p_value_adjusted")
-            reference = float(chance_levels(best)[0])
-            what = "chance"
-            if np.isnan(reference):
-                reference, what = value("null_mean"), "null mean"
-            params = row["params"]
-            out.append({
-                "pair": f"{row['model_a']} vs {row['model_b']}" + ("" if level == POOLED else f" ({level} level)"),
-                "metric": f"{metric} ({params.replace(',', ', ')})" if params else metric,
-                "samples": pair.n_samples if level == POOLED else int(value("n_samples")), "best": f"{row['layer_a']} ~ {row['layer_b']}", "score": value("score"),
-                "reference": reference, "reference_kind": what if not np.isnan(reference) else "",
-                "calibrated": value("calibrated"), "p": p, "ci_low": value("ci_low"), "ci_high": value("ci_high"),
-            })
+            best = plot.best_rows(rows, metric)
+            if not best.empty:
+                out.append(_summary_row(best, metric, level, pair))
     return out
+
+
+def _summary_row(best: pd.DataFrame, metric: str, level: str, pair: PairResult) -> dict:
+    """The summary of one pair and metric from its best row."""
+    row = best.iloc[0]
+
+    def value(column):
+        return float(pd.to_numeric(pd.Series([row.get(column, np.nan)]), errors="coerce").iloc[0])
+
+    p = value("p_value_best")
+    if np.isnan(p):
+        p = value("p_value_adjusted")
+    reference, what = float(chance_levels(best)[0]), "chance"
+    if np.isnan(reference):
+        reference, what = value("null_mean"), "null mean"
+    params = row["params"]
+    return {
+        "pair": f"{row['model_a']} vs {row['model_b']}" + ("" if level == POOLED else f" ({level} level)"),
+        "metric": f"{metric} ({params.replace(',', ', ')})" if params else metric,
+        "samples": pair.n_samples if level == POOLED else int(value("n_samples")),
+        "best": f"{row['layer_a']} ~ {row['layer_b']}", "score": value("score"),
+        "reference": reference, "reference_kind": what if not np.isnan(reference) else "",
+        "calibrated": value("calibrated"), "p": p, "ci_low": value("ci_low"), "ci_high": value("ci_high"),
+    }
 
 
 def _short_reason(reason: str, cache_path: Path) -> str:
@@ -391,19 +392,7 @@ def summary_html(rows: list[dict]) -> str:
 
 def _html(cache_path: Path, output: Path, table: pd.DataFrame, pairs: list[PairResult], figures: list[dict],
           provenance: list[dict], metrics: list[str], k: int, permutations: int) -> str:
-    from repalign import __version__
-
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    report_cmd = ["repalign", "report", str(cache_path), "-o", str(output), "--metric", *metrics, "--k", str(k),
-                  "--permutations", str(permutations)]
-    compare_cmds = [
-        ["repalign", "compare", str(cache_path), "--a", p.model_a, "--b", p.model_b, "--metric", *metrics,
-         "--k", str(k), *(["--permutations", str(permutations)] if permutations else []),
-         "-o", f"{p.model_a}-{p.model_b}.csv"]
-        for p in pairs if p.compared
-    ]
     compared = [p for p in pairs if p.compared]
-    skipped = [p for p in pairs if not p.compared]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -415,8 +404,24 @@ def _html(cache_path: Path, output: Path, table: pd.DataFrame, pairs: list[PairR
         f"{_esc(', '.join(metrics))} (k = {k}; {permutations} permutations). "
         f"Scores: <a href=\"{SCORES_FILE}\">{SCORES_FILE}</a>. "
         '<a href="#reproduce">Reproduce</a> \u00b7 <a href="#models">Models</a> \u00b7 <a href="#scores">All scores</a></p>',
-        '<h2 id="summary">Summary</h2>',
+        *_summary_html(cache_path, table, pairs, permutations),
+        *_figure_sections(compared, figures),
+        *_models_html(provenance),
+        *_reproduce_html(cache_path, output, compared, figures, metrics, k, permutations),
+        '<h2 id="scores">All scores</h2>',
     ]
+    if not table.empty:
+        parts.append(f"<p>{len(table)} rows, identical to {SCORES_FILE}.</p>")
+        parts.append('<div class="scroll tall">' + table_html(table, "scores-table") + "</div>")
+    else:
+        parts.append("<p>No scores.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _summary_html(cache_path: Path, table: pd.DataFrame, pairs: list[PairResult], permutations: int) -> list[str]:
+    """The summary section: one row per compared pair and metric, then the pairs not comparable."""
+    parts = ['<h2 id="summary">Summary</h2>']
     rows = summary_rows(table, pairs)
     if rows:
         parts.append(summary_html(rows))
@@ -426,13 +431,19 @@ def _html(cache_path: Path, output: Path, table: pd.DataFrame, pairs: list[PairR
     else:
         why = "the cache holds a single model" if not pairs else "no model pair shares samples"
         parts.append(f"<p>Nothing was compared: {why}.</p>")
+    skipped = [p for p in pairs if not p.compared]
     if skipped:
         parts.append(f'<p>Not comparable ({len(skipped)}):</p><ul class="not-comparable">')
         for p in skipped:
             parts.append(f'<li class="not-comparable" title="{_esc(p.reason)}">{_esc(p.model_a)} / {_esc(p.model_b)}: '
                          f"{_esc(_short_reason(p.reason, cache_path))}</li>")
         parts.append("</ul>")
+    return parts
 
+
+def _figure_sections(compared: list[PairResult], figures: list[dict]) -> list[str]:
+    """The overview figures, then one section per compared pair: its summary, warnings and figures."""
+    parts = []
     overview = [f for f in figures if f["section"] == "overview"]
     if overview:
         parts.append('<h2 id="overview">Overview</h2>')
@@ -444,10 +455,14 @@ def _html(cache_path: Path, output: Path, table: pd.DataFrame, pairs: list[PairR
         if p.warnings:
             parts.append('<ul class="warnings">' + "".join(f"<li>{_esc(w)}</li>" for w in p.warnings) + "</ul>")
         parts.extend(_figure_html(f) for f in figures if f["section"] == section)
+    return parts
 
-    parts.append('<h2 id="models">Models</h2>')
-    parts.append("<table id=\"models-table\"><thead><tr><th>model</th><th>samples</th><th>pooled layers</th>"
-                 "<th>storage</th></tr></thead><tbody>")
+
+def _models_html(provenance: list[dict]) -> list[str]:
+    """The models table and each model's provenance."""
+    parts = ['<h2 id="models">Models</h2>',
+             "<table id=\"models-table\"><thead><tr><th>model</th><th>samples</th><th>pooled layers</th>"
+             "<th>storage</th></tr></thead><tbody>"]
     for m in provenance:
         parts.append(f"<tr><td>{_esc(m['model'])}</td>{_cell(m['n_samples'])}{_cell(m['n_layers'])}"
                      f"<td>{_esc(m['dtype'])}</td></tr>")
@@ -456,8 +471,22 @@ def _html(cache_path: Path, output: Path, table: pd.DataFrame, pairs: list[PairR
         parts.append(f"<details><summary>provenance of {_esc(m['model'])}</summary>"
                      f"<pre class=\"provenance\" data-model=\"{_esc(m['model'])}\">"
                      f"{_esc(json.dumps(m['provenance'], indent=2, sort_keys=True))}</pre></details>")
+    return parts
 
-    parts += [
+
+def _reproduce_html(cache_path: Path, output: Path, compared: list[PairResult], figures: list[dict],
+                    metrics: list[str], k: int, permutations: int) -> list[str]:
+    """The commands that reproduce the report, each pair's table and each figure."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report_cmd = ["repalign", "report", str(cache_path), "-o", str(output), "--metric", *metrics, "--k", str(k),
+                  "--permutations", str(permutations)]
+    compare_cmds = [
+        ["repalign", "compare", str(cache_path), "--a", p.model_a, "--b", p.model_b, "--metric", *metrics,
+         "--k", str(k), *(["--permutations", str(permutations)] if permutations else []),
+         "-o", f"{p.model_a}-{p.model_b}.csv"]
+        for p in compared
+    ]
+    parts = [
         '<h2 id="reproduce">Reproduce</h2>',
         f"<p>Cache <code>{_esc(cache_path)}</code>; generated {now} by repalign {_esc(__version__)}. The whole report:</p>",
         f"<pre>{_esc(_command(report_cmd))}</pre>",
@@ -469,15 +498,7 @@ def _html(cache_path: Path, output: Path, table: pd.DataFrame, pairs: list[PairR
         parts.append(f"<p>Each figure from {SCORES_FILE} (add <code>--format png,pdf,svg --width single|double</code> "
                      "to restyle):</p>")
         parts.append("<pre>" + "\n".join(_esc(_command(f["command"])) for f in figures) + "</pre>")
-
-    parts.append('<h2 id="scores">All scores</h2>')
-    if not table.empty:
-        parts.append(f"<p>{len(table)} rows, identical to {SCORES_FILE}.</p>")
-        parts.append('<div class="scroll tall">' + table_html(table, "scores-table") + "</div>")
-    else:
-        parts.append("<p>No scores.</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    return parts
 
 
 def _figure_html(fig: dict) -> str:
@@ -509,10 +530,6 @@ def build_report(
     refused unless ``force``; even then no file the report did not write is replaced or removed.
     Every check runs before any comparison. Returns the path of index.html.
     """
-    from embeddings_cache import Cache
-    from repalign.metrics import get_metric
-    from repalign.table import atomic_files
-
     if isinstance(metrics, str):
         metrics = [metrics]
     metrics = list(dict.fromkeys(get_metric(m).name for m in metrics))  # unknown names raise here
@@ -556,8 +573,6 @@ def build_report(
 
 
 def _write_manifest(folder: Path, files: dict[str, list[str]]) -> None:
-    from repalign.table import atomic_files
-
     with atomic_files([folder / MANIFEST_FILE]) as (tmp,):
         tmp.write_text(json.dumps({"written_by": "repalign report", "files": files}, indent=1, sort_keys=True) + "\n",
                        encoding="utf-8")

@@ -37,7 +37,7 @@ from repalign.errors import RepalignError
 from repalign.metrics._validate import as_features
 from repalign.metrics.engine import LayerState, layer_state, resolve_metrics, score_matrix
 from repalign.metrics.kernel import KernelState
-from repalign.metrics.layers import validate_layers
+from repalign.metrics.layers import layer_list, layer_names, validate_layers
 from repalign.metrics.prepare import prepare
 from repalign.metrics.registry import Metric, get_metric
 
@@ -82,51 +82,27 @@ def _numba_threads_for(n_samples: int):
 
 
 # ----------------------------------------------------------------------------- argument checks
-def _check_count(value, name: str, low: int) -> int:
+def check_count(value, name: str, low: int) -> int:
+    """``value`` as an int when it is a whole number >= ``low``, else a one-line error naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise RepalignError(f"{name}={value!r} is invalid; pass a whole number >= {low}")
     return int(value)
 
 
-def _check_fraction(value, name: str, example: str) -> float:
+def check_fraction(value, name: str, example: str) -> float:
+    """``value`` as a float when it lies strictly between 0 and 1, else a one-line error naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) < 1.0:
         raise RepalignError(f"{name}={value!r} is invalid; pass a number strictly between 0 and 1, e.g. {example}")
     return float(value)
 
 
-def _rng(seed) -> tuple[np.random.Generator, int]:
+def seeded_rng(seed) -> tuple[np.random.Generator, int]:
     """Generator and the integer seed that reproduces it (seed=None draws one and records it)."""
     if seed is None:
         seed = int(np.random.SeedSequence().entropy)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise RepalignError(f"seed={seed!r} is invalid; pass a non-negative integer (or None to draw one, recorded in the result)")
     return np.random.default_rng(int(seed)), int(seed)
-
-
-def _layers(layers, side: str) -> tuple[list, list[str] | None]:
-    """Per-layer matrices and their names when given as a mapping."""
-    if isinstance(layers, np.ndarray) and layers.ndim == 2:
-        raise RepalignError(f"layers_{side} is a single 2-D matrix; pass a sequence of per-layer matrices, e.g. [X]")
-    names = None
-    if isinstance(layers, Mapping):
-        names = [str(n) for n in layers]
-        layers = list(layers.values())
-    try:
-        items = list(layers)
-    except TypeError:
-        raise RepalignError(f"layers_{side} is not a sequence; pass a list of per-layer (N, D) matrices") from None
-    if not items:
-        raise RepalignError(f"layers_{side} is empty; pass at least one per-layer (N, D) matrix")
-    return items, names
-
-
-def _names(names, given, count: int, side: str) -> list[str]:
-    if names is None:
-        return given if given is not None else [str(i) for i in range(count)]
-    names = [str(n) for n in names]
-    if len(names) != count:
-        raise RepalignError(f"names_{side} has {len(names)} entries but layers_{side} has {count} layers; pass one name per layer")
-    return names
 
 
 @dataclass
@@ -141,10 +117,10 @@ class _Layers:
 
 
 def _inputs(layers_a, layers_b, names_a=None, names_b=None) -> _Layers:
-    items_a, given_a = _layers(layers_a, "a")
-    items_b, given_b = _layers(layers_b, "b")
-    names_a = _names(names_a, given_a, len(items_a), "a")
-    names_b = _names(names_b, given_b, len(items_b), "b")
+    items_a, given_a = layer_list(layers_a, "a")
+    items_b, given_b = layer_list(layers_b, "b")
+    names_a = layer_names(names_a, len(items_a), "a", given_a)
+    names_b = layer_names(names_b, len(items_b), "b", given_b)
     n = validate_layers(items_a, items_b, names_a, names_b)
     return _Layers([as_features(x) for x in items_a], [as_features(x) for x in items_b], names_a, names_b, n)
 
@@ -359,9 +335,9 @@ def permutation_tests(states_a: Sequence[LayerState], states_b: Sequence[LayerSt
     uniform permutation, ``rng.permutation(N)``); :func:`block_permutation` gives one that moves
     whole samples of token rows. Returns one PermutationResult per metric (params without preprocessing).
     """
-    permutations = _check_count(permutations, "permutations", 1)
-    alpha = _check_fraction(alpha, "alpha", "0.05")
-    rng, seed = _rng(seed)
+    permutations = check_count(permutations, "permutations", 1)
+    alpha = check_fraction(alpha, "alpha", "0.05")
+    rng, seed = seeded_rng(seed)
     n = states_a[0].n_samples
     shape = (len(states_a), len(states_b))
     exclude = _check_exclude(exclude, shape)
@@ -489,9 +465,9 @@ def permutation_test(
     ``normalize`` and ``clip_quantile`` preprocessing, ``metric_params`` such as ``k``.
     The smallest attainable p-value is 1/(1 + T).
     """
-    permutations = _check_count(permutations, "permutations", 1)
-    _check_fraction(alpha, "alpha", "0.05")
-    _rng(seed)
+    permutations = check_count(permutations, "permutations", 1)
+    check_fraction(alpha, "alpha", "0.05")
+    seeded_rng(seed)
     inputs = _inputs(layers_a, layers_b, names_a, names_b)
     _check_exclude(exclude, (len(inputs.mats_a), len(inputs.mats_b)))
     resolved = resolve_metrics([metric], inputs.n, metric_params)
@@ -516,10 +492,10 @@ def subsample_intervals(mats_a: Sequence[np.ndarray], mats_b: Sequence[np.ndarra
     m = floor(fraction·n) of the n samples with all their rows, and N, m in the formulas count
     samples (the independent units), not rows.
     """
-    ci = _check_fraction(ci, "ci", "0.95")
-    n_subsamples = _check_count(n_subsamples, "n_subsamples", 2)
-    fraction = _check_fraction(fraction, "fraction", "0.8")
-    rng, _ = _rng(seed)
+    ci = check_fraction(ci, "ci", "0.95")
+    n_subsamples = check_count(n_subsamples, "n_subsamples", 2)
+    fraction = check_fraction(fraction, "fraction", "0.8")
+    rng, _ = seeded_rng(seed)
     rows_total = mats_a[0].shape[0]
     if offsets is not None:
         offsets = _check_offsets(offsets, rows_total)
@@ -665,7 +641,7 @@ def check_reliability(
     sequence, or name -> array mapping, of (N, D) matrices (optional).
     """
     metric_obj = get_metric(metric)
-    n = _check_count(n_samples, "n_samples", 1)
+    n = check_count(n_samples, "n_samples", 1)
     params = dict(params or {})
     resolved = metric_obj.resolve(n, **{k: v for k, v in params.items() if k not in metric_obj.fixed})
     warnings: list[str] = []
@@ -698,8 +674,8 @@ def check_reliability(
                 )
 
     if permutations is not None:
-        permutations = _check_count(permutations, "permutations", 1)
-        alpha = _check_fraction(alpha, "alpha", "0.05")
+        permutations = check_count(permutations, "permutations", 1)
+        alpha = check_fraction(alpha, "alpha", "0.05")
         if 1.0 / (1.0 + permutations) > alpha:
             warnings.append(
                 f"permutations={permutations}: the smallest possible p-value is {1.0 / (1.0 + permutations):.3g} > alpha={alpha}; "

@@ -9,15 +9,13 @@ built by hand behaves the same.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
+from embeddings_cache.atomic import atomic_files  # re-exported: tables, figures and reports write through it
 from repalign.errors import RepalignError
 
 REQUIRED_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "metric", "score")
@@ -27,39 +25,6 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 
 
 # ---- files --------------------------------------------------------------------------------------
-
-
-def file_mode() -> int:
-    """The mode a new ordinary file gets here (0o666 minus the umask); temporary files are private."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-@contextlib.contextmanager
-def atomic_files(targets: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
-    """Temporary paths next to each target; on success all are renamed into place, on failure removed.
-
-    ``with atomic_files([a, b]) as (tmp_a, tmp_b): write(tmp_a); write(tmp_b)``: a reader sees
-    the old files or the new ones, never a half-written one. The new files get the usual
-    permissions (:func:`file_mode`), not the private mode of temporary files.
-    """
-    targets = [Path(t) for t in targets]
-    temps: list[Path] = []
-    try:
-        for target in targets:
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            os.close(fd)
-            temps.append(Path(tmp))
-        yield temps
-        mode = file_mode()
-        for tmp, target in zip(temps, targets):
-            os.chmod(tmp, mode)
-            os.replace(tmp, target)
-    finally:
-        for tmp in temps:
-            if tmp.exists():
-                tmp.unlink()
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:

@@ -6,13 +6,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from embeddings_cache.atomic import atomic_files
 from repalign.errors import RepalignError
 from repalign.interop.formats import (
     ESM_HASH,
@@ -80,29 +80,15 @@ def export_features(cache: str | os.PathLike, model: str, out: str | os.PathLike
         if fmt in ("h5ad", "parquet") and not pooled:
             raise RepalignError(f"model {model!r} has no pooled layers to write to {fmt}; export token layers to "
                                 ".npz or a folder, or pool them first (repalign cache repool)")
-        tmp = _temporary(out)
-        try:
+        with atomic_files([out], create=False) as (tmp,):  # the writers make a file or a folder there
             {"h5ad": _write_h5ad, "npz": _write_npz, "parquet": _write_parquet, "pt-folder": _write_pt_folder}[fmt](
                 m, pooled, tokens, tmp)
-            if out.exists():
+            if out.exists():  # a rename puts neither a folder nor a file over a folder
                 if out.is_dir() and not out.is_symlink():
                     shutil.rmtree(out)
                 else:
                     out.unlink()
-            os.replace(tmp, out)
-        finally:
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            elif tmp.exists():
-                tmp.unlink()
     return out
-
-
-def _temporary(out: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    os.unlink(name)
-    return Path(name)
 
 
 def _write_h5ad(m, pooled: list[str], tokens: list[str], tmp: Path) -> None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from embeddings_cache import UNKNOWN_HASH, Cache, CacheWriter
+from embeddings_cache.format import check_name
 from repalign.errors import RepalignError
 from repalign.interop.readers import Features, read_features
+from repalign.models._common import package_versions, sha256_of_file, sha256_of_files
 from repalign.pooling import check_pool, pool_rows
 
 #: samples appended to the cache per batch
@@ -31,8 +36,6 @@ class ImportRun:
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
     """Ids, one per line (blank lines ignored; UTF-8, a byte-order mark is dropped; ``-``: stdin)."""
-    import sys
-
     if str(path) == "-":
         text = sys.stdin.read()
     else:
@@ -67,8 +70,6 @@ def check_ids(ids: Sequence[str], where: str) -> list[str]:
 
 def _bind(feats: Features, path: Path, inputs, ids) -> tuple[list[str], list[str], str]:
     """(ids, content hashes, where the ids came from) for the rows of ``feats``."""
-    from embeddings_cache import UNKNOWN_HASH
-
     if inputs is not None and ids is not None:
         raise RepalignError("give either inputs (ids and content hashes) or ids, not both")
     if feats.ids is not None:
@@ -114,10 +115,6 @@ def _bind(feats: Features, path: Path, inputs, ids) -> tuple[list[str], list[str
 
 def _select_layers(feats: Features, layers: Sequence[str] | None, path: Path) -> None:
     """Rename unnamed layers (``layers`` = new names) or keep the named ones ``layers`` selects."""
-    import fnmatch
-
-    from embeddings_cache.format import check_name
-
     if layers:
         layers = list(layers)
         if not feats.named:
@@ -171,10 +168,6 @@ def import_features(
     Everything is read and checked before the cache is opened: bad input leaves it unchanged. An
     existing ``model`` is an error unless ``overwrite``.
     """
-    from embeddings_cache import Cache, CacheWriter
-    from embeddings_cache.format import check_name
-    from repalign.models._common import package_versions, sha256_of_file, sha256_of_files
-
     path, cache = Path(path), Path(cache)
     check_name(model, "model")
     check_pool(pool)
@@ -188,30 +181,13 @@ def import_features(
     feats = read_features(path, pool=pool, keep_tokens=keep_tokens)
     row_ids, hashes, source = _bind(feats, path, inputs, ids)
     _select_layers(feats, layers, path)
-    if pool == "cls":
-        if not feats.cls:
-            raise RepalignError(f"{path} holds no CLS/BOS vectors; import with --pool mean, max or last")
-        feats.pooled = dict(feats.cls)
-    else:
-        for layer, rows in feats.tokens.items():  # token rows without pooled vectors in the file
-            if layer not in feats.pooled:
-                feats.pooled[layer] = np.stack([pool_rows(r, pool, f"{path} sample {i!r} layer {layer}")
-                                                for r, i in zip(rows, row_ids)])
+    _pool(feats, pool, path, row_ids)
     pooled_layers = [l for l in feats.order if l in feats.pooled]
     token_layers = [l for l in feats.order if l in feats.tokens] if keep_tokens else []
     if not pooled_layers and not token_layers:
         raise RepalignError(f"{path}: no layer left to import; check --layers and --pool")
 
-    digest = sha256_of_files(sorted(p for p in path.iterdir() if p.suffix == ".pt")) if path.is_dir() \
-        else sha256_of_file(path)
-    source_info = {"path": str(path.resolve()), "format": feats.format, "sha256": digest, "entry": feats.key,
-                   "ids_from": source}
-    prov = {
-        "model": model, "family": "imported", "source": source_info,
-        "packages": package_versions("numpy", "torch", "anndata", "repalign"),
-        "options": {"pool": pool, "token_layers": token_layers, "store_dtype": store_dtype, "source_sha256": digest,
-                    "format": feats.format},
-    }
+    prov = _provenance(feats, path, model, source, pool, token_layers, store_dtype)
     with CacheWriter(cache, model, prov, layers=pooled_layers, token_layers=token_layers, dtype=store_dtype,
                      overwrite=overwrite) as writer:
         for start in range(0, feats.n, IMPORT_BATCH):
@@ -220,3 +196,32 @@ def import_features(
                           {l: feats.pooled[l][start:stop] for l in pooled_layers},
                           tokens={l: feats.tokens[l][start:stop] for l in token_layers})
     return ImportRun(model, feats.format, feats.n, pooled_layers, token_layers, source)
+
+
+def _pool(feats: Features, pool: str, path: Path, row_ids: list[str]) -> None:
+    """Per-sample vectors of every layer: the file's CLS/BOS vectors (``pool='cls'``), else the
+    file's pooled vectors, else the token rows pooled here."""
+    if pool == "cls":
+        if not feats.cls:
+            raise RepalignError(f"{path} holds no CLS/BOS vectors; import with --pool mean, max or last")
+        feats.pooled = dict(feats.cls)
+        return
+    for layer, rows in feats.tokens.items():  # token rows without pooled vectors in the file
+        if layer not in feats.pooled:
+            feats.pooled[layer] = np.stack([pool_rows(r, pool, f"{path} sample {i!r} layer {layer}")
+                                            for r, i in zip(rows, row_ids)])
+
+
+def _provenance(feats: Features, path: Path, model: str, source: str, pool: str, token_layers: list[str],
+                store_dtype: str) -> dict:
+    """The imported model's provenance: the source file (path, format, SHA-256) and how it was stored."""
+    digest = sha256_of_files(sorted(p for p in path.iterdir() if p.suffix == ".pt")) if path.is_dir() \
+        else sha256_of_file(path)
+    source_info = {"path": str(path.resolve()), "format": feats.format, "sha256": digest, "entry": feats.key,
+                   "ids_from": source}
+    return {
+        "model": model, "family": "imported", "source": source_info,
+        "packages": package_versions("numpy", "torch", "anndata", "repalign"),
+        "options": {"pool": pool, "token_layers": token_layers, "store_dtype": store_dtype, "source_sha256": digest,
+                    "format": feats.format},
+    }

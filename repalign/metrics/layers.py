@@ -9,7 +9,7 @@ redo both sides for each of the La×Lb pairs. Several metrics requested together
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -82,25 +82,46 @@ class LayerAlignment:
         )
 
 
-def _layer_list(layers, side: str) -> list:
+def layer_list(layers, side: str) -> tuple[list, list[str] | None]:
+    """The per-layer items of ``layers_a`` / ``layers_b`` (``side`` 'a' or 'b'), and their names when
+    given as a mapping name -> matrix; a one-line error for a single matrix or an empty sequence."""
     if isinstance(layers, np.ndarray) and layers.ndim == 2:
         raise RepalignError(f"layers_{side} is a single 2-D matrix; pass a sequence of per-layer matrices, e.g. [X]")
+    names = None
+    if isinstance(layers, Mapping):
+        names = [str(n) for n in layers]
+        layers = list(layers.values())
     try:
         items = list(layers)
     except TypeError:
         raise RepalignError(f"layers_{side} is not a sequence; pass a list of per-layer (N, D) matrices") from None
     if not items:
         raise RepalignError(f"layers_{side} is empty; pass at least one per-layer (N, D) matrix")
-    return items
+    return items, names
 
 
-def _names(names, count: int, side: str) -> list[str]:
+def layer_names(names, count: int, side: str, given: list[str] | None = None) -> list[str]:
+    """``names`` as text, one per layer; by default the names ``given`` with the layers, else '0', '1', ..."""
     if names is None:
-        return [str(i) for i in range(count)]
+        return given if given is not None else [str(i) for i in range(count)]
     names = [str(n) for n in names]
     if len(names) != count:
         raise RepalignError(f"names_{side} has {len(names)} entries but layers_{side} has {count} layers; pass one name per layer")
     return names
+
+
+def layer_alignments(scores: Sequence[np.ndarray], resolved: list, names_a: Sequence[str], names_b: Sequence[str],
+                     n_samples: int, *, normalize="l2", clip_quantile=None, knn: str = "exact", recall: dict | None = None,
+                     exclude: np.ndarray | None = None) -> list[LayerAlignment]:
+    """One LayerAlignment per resolved (metric, params), from its (La, Lb) ``scores``; the params record
+    the preprocessing and, for kNN metrics on approximate neighbours, ``knn`` (then ``recall`` is kept)."""
+    out = []
+    for m, (metric, p) in enumerate(resolved):
+        approximate = knn != "exact" and metric.is_knn
+        params_m = {**p, "normalize": normalize, "clip_quantile": clip_quantile, **({"knn": knn} if approximate else {})}
+        out.append(LayerAlignment(np.asarray(scores[m]), list(names_a), list(names_b), metric.name, params_m, int(n_samples),
+                                  recall=recall if approximate else None, exclude=exclude))
+    return out
 
 
 def align_layers_multi(
@@ -120,7 +141,8 @@ def align_layers_multi(
 ) -> list[LayerAlignment]:
     """Score every layer pair for several metrics, sharing per-layer work between them.
 
-    layers_a, layers_b: sequences of (N, D_l) matrices, row i the same sample everywhere (with
+    layers_a, layers_b: sequences of (N, D_l) matrices (or mappings name -> matrix), row i the same
+    sample everywhere (with
     ``block_rows``: block sources, see :func:`repalign.metrics.engine.layer_state`). Each layer is
     preprocessed once with :func:`repalign.metrics.prepare` (``normalize``, ``clip_quantile``) and
     turned into one state per metric by the layer-state engine (:mod:`repalign.metrics.engine`,
@@ -136,10 +158,10 @@ def align_layers_multi(
     """
     if isinstance(metrics, str):
         metrics = [metrics]
-    items_a = _layer_list(layers_a, "a")
-    items_b = _layer_list(layers_b, "b")
-    names_a = _names(names_a, len(items_a), "a")
-    names_b = _names(names_b, len(items_b), "b")
+    items_a, given_a = layer_list(layers_a, "a")
+    items_b, given_b = layer_list(layers_b, "b")
+    names_a = layer_names(names_a, len(items_a), "a", given_a)
+    names_b = layer_names(names_b, len(items_b), "b", given_b)
     knn_options = check_backend(knn, block_rows, knn_options)
     check_prepare_options(normalize, clip_quantile)
     # Validate every layer before any metric work, so bad input never yields partial results.
@@ -162,19 +184,12 @@ def align_layers_multi(
         recall[("a", name)] = sa.recall
         rows.append([score_matrix(metric, p, m, [sa], sb)[0] for m, (metric, p) in enumerate(resolved)])
     recall.update({("b", s.name): s.recall for s in sb})
-    extra = {"normalize": normalize, "clip_quantile": clip_quantile}
     # a layer passed on both sides is compared with itself: a trivial pair, left out of the best-pair search
     exclude = np.array([[a is b for b in items_b] for a in items_a], dtype=bool)
     exclude = exclude if exclude.any() and not exclude.all() else None
-    out = []
-    for m, (metric, p) in enumerate(resolved):
-        params_m = {**p, **extra, **({"knn": knn} if metric.is_knn and knn != "exact" else {})}
-        alignment = LayerAlignment(np.array([row[m] for row in rows]), list(names_a), list(names_b), metric.name,
-                                   params_m, int(n_samples), exclude=exclude)
-        if knn != "exact" and metric.is_knn:
-            alignment.recall = recall
-        out.append(alignment)
-    return out
+    scores = [np.array([row[m] for row in rows]) for m in range(len(resolved))]
+    return layer_alignments(scores, resolved, names_a, names_b, n_samples, normalize=normalize,
+                            clip_quantile=clip_quantile, knn=knn, recall=recall, exclude=exclude)
 
 
 def validate_layers(items_a: list, items_b: list, names_a: list[str], names_b: list[str]) -> int:
@@ -187,7 +202,8 @@ def validate_layers(items_a: list, items_b: list, names_a: list[str], names_b: l
                 n_samples = X.shape[0]
             elif X.shape[0] != n_samples:
                 raise RepalignError(
-                    f"layer {name!r} of layers_{side} has {X.shape[0]} samples but the first layer has {n_samples}; all layers must hold the same samples in the same order"
+                    f"layer {name!r} of layers_{side} has {X.shape[0]} samples but the first layer has {n_samples}; "
+                    "all layers must hold the same samples in the same order"
                 )
     return int(n_samples)
 

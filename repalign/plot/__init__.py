@@ -16,22 +16,23 @@ Widths: 'single' (3.3 in) or 'double' (6.85 in) journal columns, or a number of 
 is at least 7 pt at that width. Colours: one fixed 0-1 scale per metric, the same in every panel,
 with the chance level or null mean marked (``scale='data'`` opts out). :func:`save_figure` writes
 PNG (300 dpi), PDF (TrueType fonts embedded) and SVG (text kept as editable ``<text>``).
-Modules: ``style`` (widths, fonts, colour scales), ``layers``, ``models``, ``profiles``, ``files``.
+Modules: ``style`` (widths, fonts, colour scales), ``layers``, ``models``, ``profiles``, ``files``
+(saving, and :data:`FIGURES`: figure kind -> function, for :func:`draw`). Tables are read and queried
+through :mod:`repalign.table`; the ``repalign plot`` flags are mapped in :mod:`repalign.cli`.
 Conventions and formulas: docs/figures.md.
 """
 
-from repalign.plot.files import FORMATS, KINDS, check_formats, check_stem, draw, figure_options, plot_table, save_figure, save_layer_heatmap
+from repalign.plot.files import FIGURES, FORMATS, KINDS, check_formats, check_stem, draw, plot_table, save_figure, save_layer_heatmap
 from repalign.plot.layers import STAGE_LABELS, LayerGroup, best_cell, hatched_cells, layer_groups, layer_heatmap, tick_labels, tick_positions
 from repalign.plot.models import best_rows, cluster_order, model_matrix, model_scores
 from repalign.plot.profiles import depth_profile, depth_scores, parse_model_size, size_scaling, size_scores
 from repalign.plot.style import CB_COLORS, FONT_PT, PNG_DPI, SCALES, SEQUENTIAL_CMAP, WIDTHS_IN, ColourScale, colour_scale, figure_width, style, text_size, wrap
-from repalign.table import check_table, pair_matrix, resolve_metric, select_pair
 
 __all__ = [
-    "CB_COLORS", "FONT_PT", "FORMATS", "SEQUENTIAL_CMAP", "KINDS", "PNG_DPI", "SCALES", "STAGE_LABELS", "WIDTHS_IN", "ColourScale", "LayerGroup",
-    "best_cell", "best_rows", "check_formats", "check_stem", "check_table", "cluster_order", "colour_scale",
-    "depth_profile", "depth_scores", "draw", "figure_options", "figure_width", "hatched_cells", "layer_groups",
-    "layer_heatmap", "model_matrix", "model_scores", "pair_matrix", "parse_model_size", "plot_table",
-    "resolve_metric", "save_figure", "save_layer_heatmap", "select_pair", "size_scaling", "size_scores", "style",
+    "CB_COLORS", "FIGURES", "FONT_PT", "FORMATS", "SEQUENTIAL_CMAP", "KINDS", "PNG_DPI", "SCALES", "STAGE_LABELS", "WIDTHS_IN", "ColourScale", "LayerGroup",
+    "best_cell", "best_rows", "check_formats", "check_stem", "cluster_order", "colour_scale",
+    "depth_profile", "depth_scores", "draw", "figure_width", "hatched_cells", "layer_groups",
+    "layer_heatmap", "model_matrix", "model_scores", "parse_model_size", "plot_table",
+    "save_figure", "save_layer_heatmap", "size_scaling", "size_scores", "style",
     "text_size", "tick_labels", "tick_positions", "wrap",
 ]

@@ -1,12 +1,13 @@
 """Saving figures (PNG 300 dpi, PDF with TrueType fonts, SVG with text as text) and the dispatch
-behind ``repalign plot``."""
+from a figure kind to its function (``repalign plot``)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import pandas as pd
 
@@ -14,11 +15,13 @@ from repalign.errors import RepalignError
 from repalign.plot.layers import layer_heatmap
 from repalign.plot.models import model_matrix
 from repalign.plot.profiles import depth_profile, size_scaling
-from repalign.plot.style import PNG_DPI, SCALES, figure_width, style
+from repalign.plot.style import PNG_DPI, style
 from repalign.table import atomic_files
 
 FORMATS = ("png", "pdf", "svg")
-KINDS = ("layers", "models", "depth", "size")
+#: figure kind -> the function drawing it from a table: a new kind is one function and one entry here
+FIGURES = {"layers": layer_heatmap, "models": model_matrix, "depth": depth_profile, "size": size_scaling}
+KINDS = tuple(FIGURES)
 
 
 def check_formats(formats: str | Sequence[str]) -> list[str]:
@@ -68,8 +71,6 @@ def save_figure(fig, stem: str | os.PathLike, formats: str | Sequence[str] = ("p
 @contextlib.contextmanager
 def _quiet_font_subsetting():
     """fontTools logs every subsetting step at INFO while the PDF embeds fonts; keep the CLI output readable."""
-    import logging
-
     logger = logging.getLogger("fontTools")
     previous = logger.level
     logger.setLevel(logging.WARNING)
@@ -90,10 +91,9 @@ def _metadata(fmt: str) -> dict:
 
 def draw(table: pd.DataFrame, kind: str = "layers", **options):
     """Dispatch to the figure function of ``kind`` ('layers', 'models', 'depth', 'size')."""
-    functions = {"layers": layer_heatmap, "models": model_matrix, "depth": depth_profile, "size": size_scaling}
-    if kind not in functions:
+    if kind not in FIGURES:
         raise RepalignError(f"figure kind {kind!r} is unknown; use one of {', '.join(KINDS)}")
-    return functions[kind](table, **options)
+    return FIGURES[kind](table, **options)
 
 
 def plot_table(
@@ -117,57 +117,3 @@ def save_layer_heatmap(table, stem, metric=None, model_a=None, model_b=None, for
                        **options) -> list[Path]:
     """Layer heatmap of one pair saved as STEM.png and STEM.pdf (see :func:`layer_heatmap`)."""
     return plot_table(table, stem, "layers", formats, metric=metric, model_a=model_a, model_b=model_b, **options)
-
-
-def figure_options(
-    kind: str,
-    *,
-    metric: str | None = None,
-    a: str | None = None,
-    b: str | None = None,
-    layer_b: str | None = None,
-    width: str | float = "single",
-    scale: str = "fixed",
-    calibrated: bool = False,
-    alpha: float = 0.05,
-    order: str | None = None,
-    layers: Mapping[str, str] | None = None,
-    sizes: Mapping[str, str] | None = None,
-) -> dict:
-    """Keyword arguments of the figure function of ``kind`` from the ``repalign plot`` options.
-
-    An option that the kind does not use is an error rather than silently ignored.
-    """
-    if kind not in KINDS:
-        raise RepalignError(f"figure kind {kind!r} is unknown; use one of {', '.join(KINDS)}")
-    figure_width(width)
-    if scale not in SCALES:
-        raise RepalignError(f"scale {scale!r} is not 'fixed' or 'data'")
-    uses = {
-        "layers": {"a", "b", "calibrated", "alpha"},
-        "models": {"calibrated", "order", "layers", "alpha"},
-        "depth": {"a", "b", "layer_b", "alpha"},
-        "size": {"b", "layer_b", "sizes"},
-    }[kind]
-    given = {"a": a, "b": b, "layer_b": layer_b, "calibrated": calibrated or None, "order": order,
-             "layers": layers or None, "sizes": sizes or None}
-    unused = [f"--{name.replace('_', '-')}" for name, v in given.items() if v is not None and name not in uses]
-    if unused:
-        verb = "does" if len(unused) == 1 else "do"
-        raise RepalignError(f"{', '.join(unused)} {verb} not apply to --kind {kind}; see 'repalign plot --help'")
-    opts: dict = {"metric": metric, "width": width, "scale": scale}
-    value = "calibrated" if calibrated else "score"
-    if kind == "layers":
-        opts.update(model_a=a, model_b=b, value=value, alpha=alpha)
-    elif kind == "models":
-        if order is None or order in ("cluster", "table"):
-            opts["order"] = order or "cluster"
-        else:
-            opts["order"] = [m.strip() for m in order.split(",") if m.strip()]
-        opts.update(layers=layers, value=value, alpha=alpha)
-    elif kind == "depth":
-        opts.update(model_b=b, layer_b=layer_b, alpha=alpha,
-                    models=[m.strip() for m in a.split(",") if m.strip()] if a else None)
-    else:
-        opts.update(model_b=b, layer_b=layer_b, sizes=sizes)
-    return opts

@@ -9,26 +9,29 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.patches import PathPatch, Rectangle
+from matplotlib.path import Path as MplPath
 from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, Locator
+from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 
 from repalign.errors import RepalignError
 from repalign.plot.style import (
     FONT_PT,
     MARKER_COLOR,
     NOT_SIGNIFICANT_COLOR,
-    SEQUENTIAL_CMAP,
     colour_bar,
     colour_scale,
     figure_renderer,
     figure_width,
+    heatmap_image,
     metric_label,
     new_figure,
     reference_note,
+    set_title,
     style,
     text_size,
     value_column,
-    wrap,
 )
 from repalign.table import best_flags, metric_rows, numbers, pair_matrix, select_pair, significance_column
 
@@ -161,8 +164,6 @@ class _Brackets:
     along the axis once the layout is known (:meth:`place`)."""
 
     def __init__(self, ax, groups: list[LayerGroup], which: str, offset_pt: float):
-        from matplotlib.transforms import ScaledTranslation, blended_transform_factory
-
         self.ax, self.groups, self.which = ax, groups, which
         fig = ax.figure
         if which == "y":
@@ -296,8 +297,6 @@ def finish_layout(fig, brackets: Sequence[_Brackets], own_figure: bool) -> None:
 
 def _cells_path(cells: np.ndarray):
     """One Path made of the unit squares centred on the (row, column) cells of an image."""
-    from matplotlib.path import Path as MplPath
-
     square = np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5], [-0.5, -0.5]])
     vertices = (cells[:, None, ::-1].astype(float) + square[None]).reshape(-1, 2)
     codes = np.tile([MplPath.MOVETO, MplPath.LINETO, MplPath.LINETO, MplPath.LINETO, MplPath.CLOSEPOLY], len(cells))
@@ -356,8 +355,6 @@ def layer_heatmap(
     tick labels; tick labels are thinned to what the axis length holds at 7 pt. ``width``:
     'single', 'double' or points. Returns the matplotlib Figure.
     """
-    from matplotlib.patches import PathPatch, Rectangle
-
     if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
         raise RepalignError(f"alpha must be in (0, 1), got {alpha!r}")
     width_in = figure_width(width)
@@ -374,44 +371,43 @@ def layer_heatmap(
         height = min(max(2.6, 1.9 + 0.045 * len(names_a)), 6.0)
         own = ax is None
         fig, ax = new_figure(width, height, ax)
-        im = ax.imshow(scores, cmap=SEQUENTIAL_CMAP, aspect="auto", interpolation="nearest",
-                       vmin=cscale.vmin, vmax=cscale.vmax)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(True)
+        image = heatmap_image(ax, scores, cscale, aspect="auto")
         ax.set_ylabel(f"{ma} layer")
         ax.set_xlabel(f"{mb} layer")
         brackets = [b for b in (_draw_axis(ax, names_a, "y"), _draw_axis(ax, names_b, "x")) if b is not None]
-
         sig = significance_column(rows)
-        hatched = 0
-        if sig is not None:
-            p, _, _ = pair_matrix(rows, sig)
-            cells = np.argwhere(p >= alpha)
-            hatched = len(cells)
-            if hatched:
-                # one compound path for all cells: thousands of separate hatched patches take minutes to draw
-                ax.add_patch(PathPatch(_cells_path(cells), facecolor=NOT_SIGNIFICANT_COLOR, alpha=0.6, hatch="////",
-                                       edgecolor="white", linewidth=0, zorder=1.5, gid="not-significant"))
+        hatched = _hatch_not_significant(ax, rows, sig, alpha)
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=MARKER_COLOR, linewidth=1.2,
                                zorder=3, gid="best-pair"))
-        colour_bar(fig, ax, im, metric_label(rows, column), rows, column, cscale, scores, height * 72)
-
-        best = f"best {names_a[i]} ~ {names_b[j]} = {scores[i, j]:.3f}"
-        note = reference_note(rows, column)
-        if note:
-            best += f" ({note})"
-        p_best = numbers(rows, "p_value_best") if "p_value_best" in rows.columns else np.array([])
-        if np.isfinite(p_best).any():
-            best += f", p(best)\u00a0=\u00a0{float(p_best[np.isfinite(p_best)][0]):.2g}"  # kept on one line
-        lines = [f"{ma} vs {mb}", best]
+        colour_bar(fig, ax, image, metric_label(rows, column), rows, column, cscale, scores, height * 72)
+        lines = [f"{ma} vs {mb}", _best_text(rows, column, f"{names_a[i]} ~ {names_b[j]}", scores[i, j])]
         if hatched:
             lines.append(f"hatched: {'adjusted ' if sig == 'p_value_adjusted' else ''}p \u2265 {alpha:g}")
-        if cscale.kind != "fixed":
-            lines.append(cscale.describe())
-        title = wrap("\n".join(lines), 0.97 * width_in * 72)
-        if own:
-            fig.suptitle(title)
-        else:
-            ax.set_title(title)
+        set_title(fig, ax, own, lines, cscale, width_in)
         finish_layout(fig, brackets, own)
     return fig
+
+
+def _hatch_not_significant(ax, rows: pd.DataFrame, sig: str | None, alpha: float) -> int:
+    """Hatch the cells whose p-value (column ``sig``) is >= ``alpha``; returns how many."""
+    if sig is None:
+        return 0
+    p, _, _ = pair_matrix(rows, sig)
+    cells = np.argwhere(p >= alpha)
+    if len(cells):
+        # one compound path for all cells: thousands of separate hatched patches take minutes to draw
+        ax.add_patch(PathPatch(_cells_path(cells), facecolor=NOT_SIGNIFICANT_COLOR, alpha=0.6, hatch="////",
+                               edgecolor="white", linewidth=0, zorder=1.5, gid="not-significant"))
+    return len(cells)
+
+
+def _best_text(rows: pd.DataFrame, column: str, pair: str, score: float) -> str:
+    """'best A ~ B = 0.812 (chance 0.1), p(best) = 0.005' for the title."""
+    best = f"best {pair} = {score:.3f}"
+    note = reference_note(rows, column)
+    if note:
+        best += f" ({note})"
+    p_best = numbers(rows, "p_value_best") if "p_value_best" in rows.columns else np.array([])
+    if np.isfinite(p_best).any():
+        best += f", p(best)\u00a0=\u00a0{float(p_best[np.isfinite(p_best)][0]):.2g}"  # kept on one line
+    return best

@@ -6,22 +6,25 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.patches import Rectangle
+from scipy.cluster.hierarchy import leaves_list, linkage
+from scipy.spatial.distance import squareform
 
 from repalign.errors import RepalignError
 from repalign.plot.style import (
     FONT_PT,
     NOT_SIGNIFICANT_COLOR,
-    SEQUENTIAL_CMAP,
     colour_bar,
     colour_scale,
     figure_width,
+    heatmap_image,
     metric_label,
     new_figure,
     reference_note,
+    set_title,
     style,
     text_size,
     value_column,
-    wrap,
 )
 from repalign.table import best_flags, check_table, metric_rows, models_of, numbers, significance_column, swap_sides
 
@@ -98,9 +101,6 @@ def cluster_order(matrix: pd.DataFrame, method: str = "average") -> list[str]:
     scipy's ``leaves_list`` with ``optimal_ordering=True`` (Bar-Joseph et al., 2001), so adjacent
     models are as similar as the tree allows.
     """
-    from scipy.cluster.hierarchy import leaves_list, linkage
-    from scipy.spatial.distance import squareform
-
     names = list(matrix.index)
     if len(names) < 3:
         return names
@@ -135,44 +135,23 @@ def model_matrix(
     significant (``p_value_best``, else the adjusted or plain p-value of that cell, >= ``alpha``)
     is hatched. Returns the Figure; the order used is ``fig.repalign_order``.
     """
-    from matplotlib.patches import Rectangle
-
-    figure_width(width)
+    width_in = figure_width(width)
     rows = metric_rows(check_table(table), metric)
     column = value_column(rows, value)
     chosen = best_rows(table, metric, layers, value)
     scores = _square(chosen, models_of(rows), column)
-    names = list(scores.index)
-    if len(names) < 2:
-        raise RepalignError("a model x model matrix needs at least two models in the table")
-    if isinstance(order, str):
-        if order == "cluster":
-            names = cluster_order(scores)
-        elif order != "table":
-            raise RepalignError(f"order {order!r} is not 'cluster', 'table' or a list of models")
-    else:
-        order = [str(m) for m in order]
-        if sorted(order) != sorted(names):
-            raise RepalignError(f"order must list every model once: {', '.join(names)}")
-        names = order
+    names = _model_order(scores, order)
     s = scores.loc[names, names].to_numpy(dtype=float)
     if np.isnan(s).all():
         raise RepalignError("every best score of this metric is missing (NaN); nothing to draw")
-    p = None
-    if "p_value_best" in chosen.columns and np.isfinite(numbers(chosen, "p_value_best")).any():
-        p = _square(chosen, list(scores.index), "p_value_best").loc[names, names].to_numpy(dtype=float)
-    elif significance_column(chosen) is not None:
-        p = _square(chosen, list(scores.index), significance_column(chosen)).loc[names, names].to_numpy(dtype=float)
+    p = _best_p_values(chosen, list(scores.index), names)
     cscale = colour_scale(rows, column, s, scale)
-    width_in = figure_width(width)
 
     with style():
         own = ax is None
         height = min(max(2.4, 0.9 * width_in if width_in < 5 else 0.55 * width_in), 6.0)
         fig, ax = new_figure(width, height, ax)
-        im = ax.imshow(s, cmap=SEQUENTIAL_CMAP, vmin=cscale.vmin, vmax=cscale.vmax, interpolation="nearest")
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(True)
+        image = heatmap_image(ax, s, cscale)
         ax.set_xticks(range(len(names)), names, rotation=90)
         ax.set_yticks(range(len(names)), names)
         hatched = 0
@@ -182,7 +161,7 @@ def model_matrix(
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="none", edgecolor=NOT_SIGNIFICANT_COLOR,
                                        hatch="////", linewidth=0, zorder=1.5, gid=f"not-significant-{i}-{j}"))
         what = "chosen layers" if layers else "best layer pair"
-        colour_bar(fig, ax, im, f"{metric_label(rows, value)}, {what}", rows, column, cscale, s,
+        colour_bar(fig, ax, image, f"{metric_label(rows, value)}, {what}", rows, column, cscale, s,
                    height * 72, shrink=0.7)
         lines = [f"{metric_label(rows, value)}: {what}"]
         note = reference_note(rows, column)
@@ -190,25 +169,48 @@ def model_matrix(
             lines.append(f"line on the colour bar: {note}")
         if hatched:
             lines.append(f"hatched: p \u2265 {alpha:g} for the best pair")
-        if cscale.kind != "fixed":
-            lines.append(cscale.describe())
-        title = wrap("\n".join(lines), 0.97 * width_in * 72)
-        if own:
-            fig.suptitle(title)
-        else:
-            ax.set_title(title)
-        fig.draw_without_rendering()
-        box = ax.get_window_extent()
-        cell_pt = min(box.width, box.height) * 72 / fig.dpi / len(names)
-        if text_size("0.00")[0] + 2 <= cell_pt:  # values only where 7 pt numbers fit in a cell
-            mid = (cscale.vmin + cscale.vmax) / 2
-            for i in range(len(names)):
-                for j in range(len(names)):
-                    if np.isnan(s[i, j]):
-                        continue
-                    # cividis is dark below its middle: white text there, black above
-                    color = "white" if s[i, j] < mid else "black"
-                    ax.text(j, i, f"{s[i, j]:.2f}", ha="center", va="center", fontsize=FONT_PT, color=color,
-                            gid=f"cell-{i}-{j}")
+        set_title(fig, ax, own, lines, cscale, width_in)
+        _write_values(fig, ax, s, cscale)
     fig.repalign_order = names
     return fig
+
+
+def _model_order(scores: pd.DataFrame, order: str | Sequence[str]) -> list[str]:
+    """The models' order: 'cluster' (:func:`cluster_order`), 'table' (first appearance) or every model listed."""
+    names = list(scores.index)
+    if len(names) < 2:
+        raise RepalignError("a model x model matrix needs at least two models in the table")
+    if isinstance(order, str):
+        if order == "cluster":
+            return cluster_order(scores)
+        if order != "table":
+            raise RepalignError(f"order {order!r} is not 'cluster', 'table' or a list of models")
+        return names
+    order = [str(m) for m in order]
+    if sorted(order) != sorted(names):
+        raise RepalignError(f"order must list every model once: {', '.join(names)}")
+    return order
+
+
+def _best_p_values(chosen: pd.DataFrame, models: list[str], names: list[str]) -> np.ndarray | None:
+    """The p-value of each pair's best cell in the order ``names``: ``p_value_best`` where the table
+    has it, else the adjusted or plain p-value of that cell; None without p-values."""
+    column = "p_value_best" if "p_value_best" in chosen.columns and np.isfinite(numbers(chosen, "p_value_best")).any() \
+        else significance_column(chosen)
+    if column is None:
+        return None
+    return _square(chosen, models, column).loc[names, names].to_numpy(dtype=float)
+
+
+def _write_values(fig, ax, s: np.ndarray, cscale) -> None:
+    """Each cell's value in 7 pt text, only where such numbers fit in a cell."""
+    fig.draw_without_rendering()
+    box = ax.get_window_extent()
+    cell_pt = min(box.width, box.height) * 72 / fig.dpi / len(s)
+    if text_size("0.00")[0] + 2 > cell_pt:
+        return
+    mid = (cscale.vmin + cscale.vmax) / 2
+    for i, j in np.argwhere(~np.isnan(s)):
+        # cividis is dark below its middle: white text there, black above
+        color = "white" if s[i, j] < mid else "black"
+        ax.text(j, i, f"{s[i, j]:.2f}", ha="center", va="center", fontsize=FONT_PT, color=color, gid=f"cell-{i}-{j}")

@@ -90,6 +90,17 @@ def depth_scores(
     return result
 
 
+def _line_height(width) -> float:
+    """Height in inches of a line plot: 2.6 at single-column widths, 3.0 wider."""
+    return 2.6 if figure_width(width) < 5 else 3.0
+
+
+def _coloured_groups(data: pd.DataFrame, column: str):
+    """(value, rows, colour) for each value of ``column`` in table order, colours from the CB-safe palette."""
+    for n, (value, part) in enumerate(data.groupby(column, sort=False)):
+        yield value, part, CB_COLORS[n % len(CB_COLORS)]
+
+
 def _finish_lines(fig, ax, own: bool, rows: pd.DataFrame, ylabel: str, width_in: float, height_in: float,
                   scale: str) -> None:
     """Shared by the line plots: the fixed 0-1 value axis (``scale='data'``: matplotlib's), the
@@ -139,14 +150,12 @@ def depth_profile(
     rows = metric_rows(check_table(table), metric)
     data = depth_scores(table, metric, model_b, layer_b, models)
     ref = data.attrs["model_b"]
-    width_in = figure_width(width)
+    width_in, height = figure_width(width), _line_height(width)
     sig_col = next((c for c in ("p_value_adjusted", "p_value") if c in data and data[c].notna().any()), None)
     with style():
         own = ax is None
-        height = 2.6 if width_in < 5 else 3.0
         fig, ax = new_figure(width, height, ax)
-        for n, (model, part) in enumerate(data.groupby("model", sort=False)):
-            color = CB_COLORS[n % len(CB_COLORS)]
+        for model, part, color in _coloured_groups(data, "model"):
             ax.plot(part["depth"], part["score"], color=color, label=model, gid=f"depth-{model}")
             if "ci_low" in part and part["ci_low"].notna().any():
                 ax.fill_between(part["depth"], part["ci_low"], part["ci_high"], color=color, alpha=0.2, linewidth=0)
@@ -254,13 +263,11 @@ def size_scaling(
     axis is the metric's fixed 0-1 range unless ``scale='data'``."""
     rows = metric_rows(check_table(table), metric)
     data = size_scores(table, metric, model_b, layer_b=layer_b, sizes=sizes, families=families)
-    width_in = figure_width(width)
+    width_in, height = figure_width(width), _line_height(width)
     with style():
         own = ax is None
-        height = 2.6 if width_in < 5 else 3.0
         fig, ax = new_figure(width, height, ax)
-        for n, (family, part) in enumerate(data.groupby("family", sort=False)):
-            color = CB_COLORS[n % len(CB_COLORS)]
+        for family, part, color in _coloured_groups(data, "family"):
             ax.plot(part["size"], part["score"], marker="o", color=color, label=family, gid=f"size-{family}")
         ax.set_xscale("log")
         # whole decades, labelled 10M, 100M, 1B: minor ticks unlabelled so no two labels collide

@@ -7,9 +7,15 @@ import functools
 import re
 from dataclasses import dataclass
 
+import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.patches import Rectangle
 
 from repalign.errors import RepalignError
+from repalign.metrics import get_metric
 from repalign.table import has_values, numbers, reference_level
 
 #: Journal column widths in inches: single fits Nature (89 mm), Cell (85 mm), PNAS (8.7 cm);
@@ -64,8 +70,6 @@ STYLE = {
 @contextlib.contextmanager
 def style():
     """The publication style as a matplotlib rc context (fonts embeddable, CB-safe colours)."""
-    import matplotlib
-
     with matplotlib.rc_context(STYLE):
         yield
 
@@ -96,9 +100,6 @@ def figure_width(width: str | float | int = "single") -> float:
 
 def new_figure(width, height_in: float, ax=None):
     """A bare Figure (no pyplot state, no GUI backend) of the given width and height, constrained layout."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     width_in = figure_width(width)
     if ax is not None:
         return ax.figure, ax
@@ -118,16 +119,12 @@ def figure_renderer(fig):
 
 @functools.lru_cache(maxsize=1)
 def _renderer():
-    from matplotlib.backends.backend_agg import RendererAgg
-
     return RendererAgg(10, 10, 72)  # 72 dpi: one pixel is one point
 
 
 @functools.lru_cache(maxsize=4096)
 def text_size(text: str, size: float = FONT_PT) -> tuple[float, float]:
     """(width, height) in points of one line of ``text`` in the figure font at ``size`` pt."""
-    from matplotlib.font_manager import FontProperties
-
     if not text:
         return 0.0, 0.0
     prop = FontProperties(family=STYLE["font.family"], size=size)
@@ -212,8 +209,6 @@ def colour_scale(metric_rows, column: str, panel: np.ndarray, scale: str = "fixe
         return ColourScale(lo, hi if hi > lo else lo + 1e-9, "data")
     if column == "calibrated":
         return ColourScale(0.0, 1.0, "fixed")
-    from repalign.metrics import get_metric
-
     try:
         get_metric(str(metric_rows["metric"].iloc[0]))
         return ColourScale(0.0, 1.0, "fixed")
@@ -239,8 +234,6 @@ def colour_bar(fig, ax, image, label: str, rows, column: str, scale: ColourScale
                length_pt: float, shrink: float = 0.85):
     """A vertical colour bar right of ``ax`` with the label wrapped to the bar's length, and the chance
     level (a line) or the range of null means (a band and a line at its middle) marked on it."""
-    from matplotlib.patches import Rectangle
-
     bar = fig.colorbar(image, ax=ax, shrink=shrink, pad=0.02, aspect=25, extend=scale.extend(values))
     bar.outline.set_linewidth(0.5)
     bar.ax.tick_params(labelsize=FONT_PT)
@@ -258,3 +251,28 @@ def colour_bar(fig, ax, image, label: str, rows, column: str, scale: ColourScale
             bar.ax.axhline((lo + hi) / 2, color="white", linewidth=1.6, gid="reference-halo")
             bar.ax.axhline((lo + hi) / 2, color="black", linewidth=0.8, gid=f"reference-{what.replace(' ', '-')}")
     return bar
+
+
+# ---- shared by the figures ------------------------------------------------------------------------------
+
+
+def heatmap_image(ax, values: np.ndarray, scale: ColourScale, aspect: str = "equal"):
+    """``values`` as an image of square or stretched (``aspect='auto'``) cells in the sequential
+    colours of ``scale``, framed on all four sides."""
+    image = ax.imshow(values, cmap=SEQUENTIAL_CMAP, aspect=aspect, interpolation="nearest",
+                      vmin=scale.vmin, vmax=scale.vmax)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(True)
+    return image
+
+
+def set_title(fig, ax, own: bool, lines: list[str], scale: ColourScale, width_in: float) -> None:
+    """The title lines, plus the colour scale's description when it is not the fixed one, wrapped to
+    the figure's width: above the figure when it is the figure's own axes, else above ``ax``."""
+    if scale.kind != "fixed":
+        lines = [*lines, scale.describe()]
+    title = wrap("\n".join(lines), 0.97 * width_in * 72)
+    if own:
+        fig.suptitle(title)
+    else:
+        ax.set_title(title)
