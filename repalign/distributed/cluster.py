@@ -42,7 +42,7 @@ WORKER_TIMEOUT_S = 600
 def dask_distributed():
     """The ``distributed`` package, or a one-line error saying how to install it (an optional extra)."""
     try:
-        import distributed
+        import distributed  # the optional dask extra
     except ImportError:
         raise RepalignError("running on a cluster needs Dask: pip install 'repalign[dask]'") from None
     return distributed
