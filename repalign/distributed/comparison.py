@@ -96,9 +96,9 @@ def align_layers_distributed(
     metrics: Sequence[str] | str = ("mknn",),
     names_a=None,
     names_b=None,
+    *,
     normalize="l2",
     clip_quantile=None,
-    *,
     knn: str = "exact",
     knn_options: dict | None = None,
     block_rows: int | None = None,
@@ -262,7 +262,7 @@ def _merge_task(parts, ks):
     return idx, sim, {result[0] for result, _ in parts}
 
 
-def distributed_knn_state(client, layer, k: int = 10, normalize="l2", clip_quantile=None, block: int = 2048,
+def distributed_knn_state(client, layer, k: int = 10, normalize="l2", clip_quantile=None, *, block: int = 2048,
                           name: str = "layer"):
     """Tie-aware neighbour lists of one layer with its search spread over the workers of ``client``.
 
