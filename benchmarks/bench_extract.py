@@ -223,9 +223,9 @@ def profile_pipeline(adapter, shims, records, batch_tokens, workdir, top: int) -
     profiler.disable()
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
-    # where the time outside the model goes: what extract() and _extract_one() call, and the
-    # functions with the most own time
-    stats.sort_stats("cumulative").print_callees(r"extract\.py:\d+\((extract|_extract_one)\)")
+    # where the time outside the model goes: what extract(), extract_model() and extract_batch()
+    # call, and the functions with the most own time
+    stats.sort_stats("cumulative").print_callees(r"extract\.py:\d+\((extract|extract_model|extract_batch)\)")
     stats.sort_stats("tottime").print_stats(top)
     return out.getvalue()
 

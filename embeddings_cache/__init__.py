@@ -8,6 +8,8 @@
 - :func:`index_per_id_h5` / :func:`read_per_id_h5` read bio_embeddings-style HDF5 feature files.
 - :func:`check_can_append` makes a writer's checks without opening one (before loading a model).
 - :func:`atomic_files` writes files whole or not at all (temporary names renamed into place).
+- :func:`merge_shards` appends shard caches to a cache in order; :func:`remove_cache` deletes a
+  cache with its journal files.
 
 The file layout, versioning rule and crash-safety design are in docs/cache-format.md.
 """
@@ -17,9 +19,10 @@ from embeddings_cache.foreign import PerIdDataset, index_per_id_h5, read_per_id_
 from embeddings_cache.format import FORMAT_VERSION, UNKNOWN_HASH, CacheError
 from embeddings_cache.model import CachedModel
 from embeddings_cache.reader import Cache, align_ids
+from embeddings_cache.shards import merge_shards, remove_cache
 from embeddings_cache.writer import CacheWriter, check_can_append
 
 __all__ = [
     "Cache", "CachedModel", "CacheWriter", "CacheError", "align_ids", "check_can_append", "FORMAT_VERSION", "UNKNOWN_HASH",
-    "PerIdDataset", "index_per_id_h5", "read_per_id_h5", "atomic_files",
+    "PerIdDataset", "index_per_id_h5", "read_per_id_h5", "atomic_files", "merge_shards", "remove_cache",
 ]

@@ -153,26 +153,27 @@ def cmd_cache_repool(args) -> int:
 
 def cmd_extract(args) -> int:
     from repalign.extract import extract
+    from repalign.extract_options import ExtractOptions
     from repalign.inputs import read_inputs
 
     options = _options(args.option)
     if args.loops:
         options["loops"] = args.loops
     records = read_inputs(args.inputs, skip_invalid=args.skip_invalid)
-    kwargs = dict(
+    settings = ExtractOptions(
         layers=_flat(args.layers) or None, pool=args.pool, tokens=_flat(args.tokens),
         device=args.device, dtype=args.dtype, store_dtype=args.store_dtype, batch_tokens=args.batch_tokens,
         limit=args.limit, overwrite=args.overwrite, skip_invalid=args.skip_invalid, weights=args.weights,
         options=options, quiet=args.quiet,
     )
     if args.dry_run:
-        return print_extraction_plan(records, _flat(args.model), args.output, kwargs)
+        return print_extraction_plan(records, _flat(args.model), args.output, settings)
     if args.cluster:
         from repalign.distributed import extract_distributed
 
-        runs = extract_distributed(records, _flat(args.model), args.output, cluster=args.cluster, **kwargs)
+        runs = extract_distributed(records, _flat(args.model), args.output, cluster=args.cluster, settings=settings)
     else:
-        runs = extract(records, _flat(args.model), args.output, **kwargs)
+        runs = extract(records, _flat(args.model), args.output, settings)
     for run in runs:
         rate = f", {run.tokens / run.seconds:,.0f} tokens/s" if run.seconds > 0 else ""
         print(f"{run.model}: stored {run.stored} samples x {len(run.layers)} layers "
@@ -185,12 +186,11 @@ def cmd_extract(args) -> int:
     return 0
 
 
-def print_extraction_plan(records, models, output, kwargs) -> int:
+def print_extraction_plan(records, models, output, settings) -> int:
     """``extract --dry-run``: the plan, without loading weights or writing anything."""
     from repalign.extract_plan import format_plan, plan_extraction
 
-    plan_args = {k: v for k, v in kwargs.items() if k not in ("overwrite", "quiet")}
-    print(format_plan(plan_extraction(records, models, output, **plan_args), output))
+    print(format_plan(plan_extraction(records, models, output, settings), output))
     return 0
 
 

@@ -1,7 +1,8 @@
-"""Batch order, out-of-memory retries and the dry-run plan of an extraction.
+"""Batches, their order, out-of-memory retries and the dry-run plan of an extraction.
 
-Used by :func:`repalign.extract.extract` for every model:
+Used by :func:`repalign.extract.extract_model` for every model:
 
+- :func:`length_batches`: samples sorted by length and grouped under a padded-token budget.
 - :func:`order_batches`: on CUDA the batches run longest first, so a batch that does not fit in
   GPU memory fails in the first minute of a run, not at its end; elsewhere shortest first.
 - :func:`forward_with_retry`: on ``torch.OutOfMemoryError`` the GPU cache is freed and the batch is
@@ -21,18 +22,42 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+from embeddings_cache import Cache
 from repalign.errors import RepalignError
+from repalign.extract_options import ExtractOptions, ModelPlan, check_records, plan_model, split_stored
 from repalign.inputs import Record
-from repalign.models import ModelAdapter, SampleFeatures, get_adapter
+from repalign.models import ModelAdapter, SampleFeatures
 
 log = logging.getLogger("repalign.extract")
 
 STORE_BYTES = {"float32": 4, "float16": 2}
 
 
-# ---- batch order ------------------------------------------------------------------------------------
+# ---- batches ----------------------------------------------------------------------------------------
+
+
+def length_batches(records: Sequence[Record], sizes: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped so that (longest size in batch) x (batch length) <= batch_tokens.
+
+    Sorting by size first means each batch pads little; a single record longer than the budget
+    forms a batch of its own.
+    """
+    if batch_tokens < 1:
+        raise RepalignError(f"--batch-tokens must be positive, got {batch_tokens}")
+    order = sorted(range(len(records)), key=lambda i: (sizes[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = max([sizes[j] for j in current] + [sizes[i]])
+        if current and longest * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def order_batches(batches: Sequence[Sequence[int]], sizes: Sequence[int], device: str) -> list[list[int]]:
@@ -135,7 +160,7 @@ class BatchPlan:
 
 
 @dataclass
-class ModelPlan:
+class DryRunPlan:
     """What ``extract`` would do for one model, computed without loading its weights."""
 
     model: str
@@ -155,64 +180,47 @@ class ModelPlan:
     token_bytes: int | None = None
 
 
-def plan_extraction(
-    records: Sequence[Record],
-    models: Sequence[str],
-    cache: str | os.PathLike,
-    *,
-    layers: Sequence[str] | None = None,
-    pool: str | None = None,
-    tokens: Sequence[str] = (),
-    device: str = "cpu",
-    dtype: str = "float32",
-    store_dtype: str = "float32",
-    batch_tokens: int = 4096,
-    limit: int | None = None,
-    skip_invalid: bool = False,
-    weights: str | None = None,
-    options: dict | None = None,
-    adapter_factory: Callable[..., ModelAdapter] = get_adapter,
-) -> list[ModelPlan]:
+def plan_extraction(records: Sequence[Record], models: Sequence[str], cache: str | os.PathLike,
+                    settings: ExtractOptions | None = None, **fields: Any) -> list[DryRunPlan]:
     """The plan of ``extract`` with the same arguments (``repalign extract --dry-run``): validates
-    every input as ``extract`` does, reads the cache (if any) without changing it, loads no weights."""
-    from repalign.extract import check_extract_args, length_batches, model_key, plan_model, split_stored
+    every input as ``extract`` does, reads the cache (if any) without changing it, loads no weights.
 
-    records = check_extract_args(records, models, pool, store_dtype, limit, weights)
-    plans = []
-    for name in models:
-        adapter, chosen, model_pool, token_layers, good, invalid = plan_model(
-            name, records, layers, pool, tokens, device, dtype, weights, options, skip_invalid, adapter_factory)
-        key = model_key(adapter)
-        todo, cached = split_stored(good, stored_hashes(cache, key), key)
-        sizes = [adapter.size(r) for r in todo]
-        order = order_batches(length_batches(todo, sizes, batch_tokens), sizes, device) if todo else []
-        plan = ModelPlan(key, device, dtype, batch_tokens, list(chosen), list(token_layers), model_pool,
-                         len(good), invalid, cached)
-        for batch in order:
-            bsizes = [sizes[i] for i in batch]
-            plan.batches.append(BatchPlan([todo[i].id for i in batch], bsizes, memory_estimate_gb(adapter, bsizes)))
-        limit_fn = getattr(adapter, "memory_limit_gb", None)
-        plan.memory_limit_gb = float(limit_fn()) if limit_fn is not None else None
-        weights_fn = getattr(adapter, "weights_gb", None)
-        plan.weights_gb = float(weights_fn()) if weights_fn is not None else None
-        widths_fn = getattr(adapter, "layer_widths", None)
-        if widths_fn is not None:
-            widths = widths_fn()
-            per_value = STORE_BYTES[store_dtype]
-            pooled = [] if model_pool == "none" else chosen
-            plan.pooled_bytes = len(todo) * sum(widths[name] for name in pooled) * per_value
-            rows = getattr(adapter, "token_rows", lambda layer, size: size)
-            plan.token_bytes = sum(rows(name, s) * widths[name] for name in token_layers for s in sizes) * per_value
-        plans.append(plan)
-    return plans
+    settings / fields: as for :func:`repalign.extract.extract` (``overwrite`` and ``quiet`` change nothing here).
+    """
+    options = ExtractOptions.build(settings, **fields)
+    records = check_records(records, models, options)
+    return [dry_run(plan_model(name, records, options), cache, options) for name in models]
+
+
+def dry_run(plan: ModelPlan, cache: str | os.PathLike, options: ExtractOptions) -> DryRunPlan:
+    """One model's batches in run order, memory estimates and disk size, from its plan and the cache."""
+    adapter = plan.adapter
+    todo, cached = split_stored(plan.records, stored_hashes(cache, plan.key), plan.key)
+    sizes = [adapter.size(r) for r in todo]
+    order = order_batches(length_batches(todo, sizes, options.batch_tokens), sizes, options.device) if todo else []
+    out = DryRunPlan(plan.key, options.device, options.dtype, options.batch_tokens, list(plan.layers),
+                     list(plan.token_layers), plan.pool, len(plan.records), plan.invalid, cached)
+    for batch in order:
+        bsizes = [sizes[i] for i in batch]
+        out.batches.append(BatchPlan([todo[i].id for i in batch], bsizes, memory_estimate_gb(adapter, bsizes)))
+    limit_fn = getattr(adapter, "memory_limit_gb", None)
+    out.memory_limit_gb = float(limit_fn()) if limit_fn is not None else None
+    weights_fn = getattr(adapter, "weights_gb", None)
+    out.weights_gb = float(weights_fn()) if weights_fn is not None else None
+    widths_fn = getattr(adapter, "layer_widths", None)
+    if widths_fn is not None:
+        widths = widths_fn()
+        per_value = STORE_BYTES[options.store_dtype]
+        out.pooled_bytes = len(todo) * sum(widths[name] for name in plan.pooled_layers) * per_value
+        rows = getattr(adapter, "token_rows", lambda layer, size: size)
+        out.token_bytes = sum(rows(name, s) * widths[name] for name in plan.token_layers for s in sizes) * per_value
+    return out
 
 
 def stored_hashes(cache: str | os.PathLike, model: str) -> dict[str, str]:
     """id -> content hash of ``model``'s samples in ``cache``; empty when the file or model is absent."""
     if not Path(cache).exists():
         return {}
-    from embeddings_cache import Cache
-
     with Cache(cache) as c:
         if model not in c.models:
             return {}
@@ -223,7 +231,7 @@ def _gb(n_bytes: float) -> str:
     return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e7 else f"{n_bytes / 1e6:.2f} MB"
 
 
-def format_plan(plans: Sequence[ModelPlan], cache: str | os.PathLike, max_batches: int = 20) -> str:
+def format_plan(plans: Sequence[DryRunPlan], cache: str | os.PathLike, max_batches: int = 20) -> str:
     """The dry-run report: one block per model, batches in run order."""
     lines = []
     for p in plans:

@@ -161,11 +161,11 @@ def test_distributed_extraction_equals_single_process(client, tiny_esm2, esm_inp
 
 
 def test_second_distributed_run_on_the_same_target_is_refused(client, tiny_esm2, esm_inputs, tmp_path):
-    from repalign.distributed import _run_lock
+    from repalign.distributed.extraction import run_lock
 
     records, _ = esm_inputs
     out = tmp_path / "locked.h5"
-    with _run_lock(shard_folder(out)):
+    with run_lock(shard_folder(out)):
         with pytest.raises(RepalignError, match="another distributed extraction .* is writing into"):
             extract_distributed(records, [f"hf:{tiny_esm2}"], out, cluster=client, layers=["all"], quiet=True)
     assert not out.exists()

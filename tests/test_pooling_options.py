@@ -89,21 +89,18 @@ def test_plain_options_reach_the_models_that_take_them_and_scoped_ones_their_mod
 
 def test_antiberty_and_iglm_in_one_run_with_a_plain_or_a_scoped_option():
     """The run that used to fail with "model antiberty: unknown option(s) single_chain"."""
-    from repalign.extract import plan_model
-    from repalign.models import get_adapter
+    from repalign.extract_options import ExtractOptions, plan_model
     from repalign.options import check_options
 
     pytest.importorskip("iglm")
     records = [sequence_record("h1", "EVQLVESGGGLVQPGGSLRLSCAASGFTFSSYAMSWVRQAPGKGLEWVS")]
     for opts in ({"single_chain": "heavy"}, {"iglm:single_chain": "heavy"}):
         check_options(opts, ["antiberty", "iglm"])
-        plans = {m: plan_model(m, records, None, None, (), "cpu", "float32", None, opts, False, get_adapter)
-                 for m in ("antiberty", "iglm")}
-        assert plans["iglm"][0].options == {"single_chain": "heavy"}
-        assert plans["antiberty"][0].options == {}
+        plans = {m: plan_model(m, records, ExtractOptions(options=opts)) for m in ("antiberty", "iglm")}
+        assert plans["iglm"].adapter.options == {"single_chain": "heavy"}
+        assert plans["antiberty"].adapter.options == {}
     with pytest.raises(RepalignError, match="unknown option"):
-        plan_model("antiberty", records, None, None, (), "cpu", "float32", None, {"antiberty:single_chain": "x"},
-                   False, get_adapter)
+        plan_model("antiberty", records, ExtractOptions(options={"antiberty:single_chain": "x"}))
 
 
 def test_cli_unknown_plain_option_is_one_line(tmp_path):
