@@ -48,10 +48,9 @@ from repalign.models._common import (
     sha256_of_file,
     sha256_of_files,
 )
-from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
-from repalign.models.hf_protein_lm import (
+from repalign.models._sequence import (
     STANDARD_AMINO_ACIDS,
-    _assemble,
+    assemble,
     chain_rows,
     chains_of,
     check_device_dtype,
@@ -61,6 +60,7 @@ from repalign.models.hf_protein_lm import (
     start_forward,
     torch_dtype,
 )
+from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
 WEIGHTS_VERSION = "0.1.3"
 CHECKPOINT_NAME = "AntiBERTy_md_smooth"
@@ -270,7 +270,7 @@ class AntiBERTy(ModelAdapter):
         per_tokens, per_cls = chain_rows(
             out.hidden_states, index, [slice(1, 1 + len(chain)) for chain in chains], [0] * len(chains)
         )
-        return _assemble(len(records), owner, per_tokens, per_cls, list(index))
+        return assemble(len(records), owner, per_tokens, per_cls, list(index))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
