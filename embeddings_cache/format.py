@@ -54,7 +54,6 @@ HASH_DTYPE = np.dtype("S64")
 UNKNOWN_HASH = "0" * 64
 UUID_DTYPE = np.dtype("S32")
 
-PART_SUFFIX = ".h5"
 PART_NAME = re.compile(r"^(\d{8})-([0-9a-f]{32})\.h5$")
 TMP_PREFIX = ".tmp-"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

@@ -47,9 +47,14 @@ def tied_lists(n, k, rng):
         weights = [1.0] * sure + [(k - sure) / m] * m
         row_lev = levels + [top] * m
         order = np.argsort(members)
-        idx.append(members[order]); w.append(np.array(weights)[order]); lev.append(np.array(row_lev)[order])
+        idx.append(members[order])
+        w.append(np.array(weights)[order])
+        lev.append(np.array(row_lev)[order])
     width = max(len(r) for r in idx)
-    pad = lambda rows, fill, dt: np.array([np.concatenate([r, np.full(width - len(r), fill)]) for r in rows], dtype=dt)
+
+    def pad(rows, fill, dt):
+        return np.array([np.concatenate([r, np.full(width - len(r), fill)]) for r in rows], dtype=dt)
+
     return pad(idx, n, np.int64), pad(w, 0.0, np.float64), pad(lev, -1, np.int64)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,8 +10,11 @@ from typing import Sequence
 
 import numpy as np
 
+from embeddings_cache import UNKNOWN_HASH, Cache, CacheWriter
+from embeddings_cache.format import check_name
 from repalign.errors import RepalignError
 from repalign.interop.readers import Features, read_features
+from repalign.models import package_versions, sha256_of_file, sha256_of_files
 from repalign.pooling import check_pool, pool_rows
 
 #: samples appended to the cache per batch
@@ -67,8 +71,6 @@ def check_ids(ids: Sequence[str], where: str) -> list[str]:
 
 def _bind(feats: Features, path: Path, inputs, ids) -> tuple[list[str], list[str], str]:
     """(ids, content hashes, where the ids came from) for the rows of ``feats``."""
-    from embeddings_cache import UNKNOWN_HASH
-
     if inputs is not None and ids is not None:
         raise RepalignError("give either inputs (ids and content hashes) or ids, not both")
     if feats.ids is not None:
@@ -114,10 +116,6 @@ def _bind(feats: Features, path: Path, inputs, ids) -> tuple[list[str], list[str
 
 def _select_layers(feats: Features, layers: Sequence[str] | None, path: Path) -> None:
     """Rename unnamed layers (``layers`` = new names) or keep the named ones ``layers`` selects."""
-    import fnmatch
-
-    from embeddings_cache.format import check_name
-
     if layers:
         layers = list(layers)
         if not feats.named:
@@ -171,10 +169,6 @@ def import_features(
     Everything is read and checked before the cache is opened: bad input leaves it unchanged. An
     existing ``model`` is an error unless ``overwrite``.
     """
-    from embeddings_cache import Cache, CacheWriter
-    from embeddings_cache.format import check_name
-    from repalign.models._common import package_versions, sha256_of_file, sha256_of_files
-
     path, cache = Path(path), Path(cache)
     check_name(model, "model")
     check_pool(pool)

@@ -187,7 +187,8 @@ def validate_layers(items_a: list, items_b: list, names_a: list[str], names_b: l
                 n_samples = X.shape[0]
             elif X.shape[0] != n_samples:
                 raise RepalignError(
-                    f"layer {name!r} of layers_{side} has {X.shape[0]} samples but the first layer has {n_samples}; all layers must hold the same samples in the same order"
+                    f"layer {name!r} of layers_{side} has {X.shape[0]} samples but the first layer has {n_samples}; "
+                    "all layers must hold the same samples in the same order"
                 )
     return int(n_samples)
 

@@ -150,7 +150,8 @@ def install_weights(wheel: str | None = None, dest: str | None = None, force: bo
                         shutil.copyfileobj(src, out)
             digest = _sha256(staging / CHECKPOINT_NAME / "pytorch_model.bin")
             if digest != WEIGHTS_SHA256:
-                raise RepalignError(f"{wheel}: AntiBERTy weights sha256 {digest} != expected {WEIGHTS_SHA256}; use the antiberty-{WEIGHTS_VERSION} wheel from PyPI")
+                raise RepalignError(f"{wheel}: AntiBERTy weights sha256 {digest} != expected {WEIGHTS_SHA256}; "
+                                    f"use the antiberty-{WEIGHTS_VERSION} wheel from PyPI")
             if root.exists():
                 shutil.rmtree(root)
             os.replace(staging, root)
