@@ -30,8 +30,6 @@ from repalign.metrics.outofcore import as_block_source, blocked_knn_state, count
 from repalign.metrics.prepare import check_prepare_options, prepare_valid
 from repalign.metrics.registry import Metric, get_metric
 
-KNN_BACKENDS = ("exact", "faiss-hnsw", "faiss-ivf")
-
 
 @dataclass(frozen=True)
 class StreamedLinearCka:
