@@ -16,6 +16,7 @@ from repalign.models.base import ModelAdapter, SampleFeatures
 STANDARD_AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 TORCH_DTYPES = ("float32", "float16", "bfloat16")
 
+
 def check_sequence_record(
     record: Record,
     model: str,
