@@ -35,7 +35,13 @@ import platform
 import time
 from collections import defaultdict
 
+import numpy as np
 import torch
+
+from esmfold2_model import stages
+from esmfold2_model.extractor import EsmFold2Extractor, ExtractionOptions
+from esmfold2_model.featurize import featurize_sequence
+from esmfold2_model.load import torch_dtype_for
 
 STAGE_MODULES = ("esmc", "input_embedder", "language_model", "msa_encoder", "lm_encoder", "folding_trunk",
                  "parcae.output_stack", "structure_head", "confidence_head")
@@ -135,8 +141,6 @@ def sequence(length: int) -> str:
 
 def kabsch_rmsd(a, b) -> float:
     """RMSD between two (N, 3) coordinate sets after the optimal rigid superposition of a onto b."""
-    import numpy as np
-
     a = a - a.mean(0)
     b = b - b.mean(0)
     u, _, vt = np.linalg.svd(a.T @ b)
@@ -147,12 +151,6 @@ def kabsch_rmsd(a, b) -> float:
 
 def compare_lm_dropout(model, lengths, num_loops, diffusion_steps) -> None:
     """Released mode (LM dropout on) against off, and off with another seed as the scale of the other draws."""
-    import numpy as np
-
-    from esmfold2_model import stages
-    from esmfold2_model.extractor import EsmFold2Extractor, ExtractionOptions
-    from esmfold2_model.featurize import featurize_sequence
-
     base = dict(num_loops=str(num_loops), diffusion_steps=str(diffusion_steps))
     runs = {"on": ExtractionOptions.parse({**base, "lm_dropout": "on"}, "esmfold2"),
             "off": ExtractionOptions.parse({**base, "lm_dropout": "off"}, "esmfold2"),
@@ -189,7 +187,7 @@ def compare_lm_dropout(model, lengths, num_loops, diffusion_steps) -> None:
                   f"{out['off, seed 1'][1][score]:.4f} vs {out['off'][1][score]:.4f} |")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--num-loops", type=int, default=3, help="trunk loops (the released config runs 10)")
@@ -201,14 +199,76 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--lm-dropout", choices=("on", "off"), default="on")
     ap.add_argument("--compare-lm-dropout", action="store_true", help="features and structures with LM dropout on vs off")
-    args = ap.parse_args()
+    return ap
+
+
+def time_length(model, hooked, bare, layers, length: int, repeats: int, device: str, hook_time: dict):
+    """Best times of one length with and without hooks: (length, stage seconds of the best hooked run
+    with 'hooks' the time inside the capture hooks, best per kind, stage peaks, whole-run peak)."""
+    now = clock(device)
+    cuda = device.startswith("cuda")
+    sample = featurize_sequence(sequence(length))
+    hooked.run([sample], layers)  # warm-up
+    best = {"hooked": float("inf"), "bare": float("inf")}
+    wall = {"hooked": float("inf"), "bare": float("inf")}
+    stage_best: dict[str, float] = {}
+    stage_peak: dict[str, float] = {}
+    run_peak = 0.0
+    for _ in range(repeats):
+        for kind, ex in (("bare", bare), ("hooked", hooked)):
+            totals: dict[str, float] = defaultdict(float)
+            peaks: dict[str, float] = {}
+            hook_time["s"] = 0.0
+            handles = attach_timers(model, totals, peaks, now)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            t, w = now(), time.perf_counter()
+            ex.run([sample], layers)
+            elapsed, wall_s = now() - t, time.perf_counter() - w
+            if cuda:
+                run_peak = max(run_peak, torch.cuda.max_memory_allocated() / 1e9, *peaks.values())
+            for h in handles:
+                h.remove()
+            wall[kind] = min(wall[kind], wall_s)
+            if elapsed < best[kind]:
+                best[kind] = elapsed
+                if kind == "hooked":
+                    stage_best = dict(totals)
+                    stage_best["hooks"] = hook_time["s"]
+                    stage_peak = dict(peaks)
+    print(f"L={length}: s hooked {best['hooked']:.2f}, bare {best['bare']:.2f}; "
+          f"wall s hooked {wall['hooked']:.2f}, bare {wall['bare']:.2f}"
+          + (f"; peak memory {run_peak:.2f} GB" if cuda else ""), flush=True)
+    return length, stage_best, best, stage_peak, run_peak
+
+
+def print_tables(model, rows, cuda: bool) -> None:
+    stage_cols = [m for m in STAGE_MODULES if submodule(model, m) is not None]
+    head = ["L"] + stage_cols + ["other", "total (hooks)", "total (no hooks)", "difference", "inside hooks"]
+    print("\n| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for length, st, best, _, _ in rows:
+        other = best["hooked"] - sum(st.get(m, 0.0) for m in stage_cols)
+        cells = [str(length)] + [f"{st.get(m, 0.0):.2f}" for m in stage_cols] + [f"{other:.2f}"]
+        cells += [f"{best['hooked']:.2f}", f"{best['bare']:.2f}", f"{100 * (best['hooked'] / best['bare'] - 1):+.1f}%",
+                  f"{st['hooks']:.3f} ({100 * st['hooks'] / best['hooked']:.1f}%)"]
+        print("| " + " | ".join(cells) + " |")
+    unit = "Wall seconds (CUDA, synchronised)" if cuda else "CPU seconds"
+    print(f"\n{unit}. Stage columns: time inside each top-level module (folding_trunk: all loops; "
+          "parcae.output_stack: the recurrence decode; structure_head: all denoiser steps; other: featurisation, "
+          "diffusion conditioning, sampler arithmetic, distogram head). 'inside hooks': time spent in the capture "
+          "hooks of the hooked run (the overhead itself, measured directly).")
+    if cuda:
+        head = ["L"] + stage_cols + ["whole run"]
+        print("\nPeak allocated GPU memory (GB) inside each stage, weights included\n\n| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for length, _, _, peaks, run_peak in rows:
+            print("| " + " | ".join([str(length)] + [f"{peaks.get(m, 0.0):.2f}" for m in stage_cols] + [f"{run_peak:.2f}"]) + " |")
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     torch.set_num_threads(args.threads)
-
-    from esmfold2_model import stages
-    from esmfold2_model.extractor import EsmFold2Extractor, ExtractionOptions
-    from esmfold2_model.featurize import featurize_sequence
-    from esmfold2_model.load import torch_dtype_for
-
     t0 = time.perf_counter()
     model = build_model(args.size, args.num_loops, args.diffusion_steps)
     model = model.to(device=args.device, dtype=torch_dtype_for(args.device, args.dtype))
@@ -238,65 +298,8 @@ def main() -> None:
     steps = hooked.layout.diffusion_steps
     print(f"{args.num_loops + 1} trunk loops, {steps} denoiser steps, 1 diffusion sample, {len(layers)} layers captured, "
           f"LM dropout {args.lm_dropout}")
-
-    cuda = args.device.startswith("cuda")
-    rows = []
-    for length in args.lengths:
-        sample = featurize_sequence(sequence(length))
-        hooked.run([sample], layers)  # warm-up
-        best = {"hooked": float("inf"), "bare": float("inf")}
-        wall = {"hooked": float("inf"), "bare": float("inf")}
-        stage_best: dict[str, float] = {}
-        stage_peak: dict[str, float] = {}
-        run_peak = 0.0
-        for _ in range(args.repeats):
-            for kind, ex in (("bare", bare), ("hooked", hooked)):
-                totals: dict[str, float] = defaultdict(float)
-                peaks: dict[str, float] = {}
-                hook_time["s"] = 0.0
-                handles = attach_timers(model, totals, peaks, now)
-                if cuda:
-                    torch.cuda.reset_peak_memory_stats()
-                t, w = now(), time.perf_counter()
-                ex.run([sample], layers)
-                elapsed, wall_s = now() - t, time.perf_counter() - w
-                if cuda:
-                    run_peak = max(run_peak, torch.cuda.max_memory_allocated() / 1e9, *peaks.values())
-                for h in handles:
-                    h.remove()
-                wall[kind] = min(wall[kind], wall_s)
-                if elapsed < best[kind]:
-                    best[kind] = elapsed
-                    if kind == "hooked":
-                        stage_best = dict(totals)
-                        stage_best["hooks"] = hook_time["s"]
-                        stage_peak = dict(peaks)
-        rows.append((length, stage_best, best, stage_peak, run_peak))
-        print(f"L={length}: s hooked {best['hooked']:.2f}, bare {best['bare']:.2f}; "
-              f"wall s hooked {wall['hooked']:.2f}, bare {wall['bare']:.2f}"
-              + (f"; peak memory {run_peak:.2f} GB" if cuda else ""), flush=True)
-
-    stage_cols = [m for m in STAGE_MODULES if submodule(model, m) is not None]
-    head = ["L"] + stage_cols + ["other", "total (hooks)", "total (no hooks)", "difference", "inside hooks"]
-    print("\n| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for length, st, best, _, _ in rows:
-        other = best["hooked"] - sum(st.get(m, 0.0) for m in stage_cols)
-        cells = [str(length)] + [f"{st.get(m, 0.0):.2f}" for m in stage_cols] + [f"{other:.2f}"]
-        cells += [f"{best['hooked']:.2f}", f"{best['bare']:.2f}", f"{100 * (best['hooked'] / best['bare'] - 1):+.1f}%",
-                  f"{st['hooks']:.3f} ({100 * st['hooks'] / best['hooked']:.1f}%)"]
-        print("| " + " | ".join(cells) + " |")
-    unit = "Wall seconds (CUDA, synchronised)" if cuda else "CPU seconds"
-    print(f"\n{unit}. Stage columns: time inside each top-level module (folding_trunk: all loops; "
-          "parcae.output_stack: the recurrence decode; structure_head: all denoiser steps; other: featurisation, "
-          "diffusion conditioning, sampler arithmetic, distogram head). 'inside hooks': time spent in the capture "
-          "hooks of the hooked run (the overhead itself, measured directly).")
-    if cuda:
-        head = ["L"] + stage_cols + ["whole run"]
-        print("\nPeak allocated GPU memory (GB) inside each stage, weights included\n\n| " + " | ".join(head) + " |")
-        print("|" + "---|" * len(head))
-        for length, _, _, peaks, run_peak in rows:
-            print("| " + " | ".join([str(length)] + [f"{peaks.get(m, 0.0):.2f}" for m in stage_cols] + [f"{run_peak:.2f}"]) + " |")
+    rows = [time_length(model, hooked, bare, layers, length, args.repeats, args.device, hook_time) for length in args.lengths]
+    print_tables(model, rows, args.device.startswith("cuda"))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from repalign.datasets.antibodies import antibody_records
+from repalign.datasets.structures import crystal_records
+from repalign.extract import extract
+from repalign.models import get_adapter
+
 OVERHEAD_TARGET = 0.05
 
 
@@ -151,16 +156,10 @@ def chgnet_bare(adapter, records):
 
 def make_case(name: str, n_antibodies: int, n_crystals: int) -> Case:
     if name == "antiberty":
-        from repalign.datasets.antibodies import antibody_records
-
         return Case(name, antibody_records(n_antibodies), lambda a: a._encoder.model, antiberty_bare)
     if name == "iglm":
-        from repalign.datasets.antibodies import antibody_records
-
         return Case(name, antibody_records(n_antibodies), lambda a: a._model, iglm_bare)
     if name.startswith("chgnet"):
-        from repalign.datasets.structures import crystal_records
-
         return Case(name, crystal_records(n_crystals), lambda a: a._model, chgnet_bare)
     raise SystemExit(f"no bare loop written for model {name!r}; use antiberty, iglm or chgnet-*")
 
@@ -191,8 +190,6 @@ class Timing:
 
 
 def run_pipeline(adapter, shims: Shims, records, batch_tokens: int, workdir: str) -> Timing:
-    from repalign.extract import extract
-
     cache_dir = tempfile.mkdtemp(dir=workdir)
     try:
         shims.reset()
@@ -245,7 +242,7 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["antiberty", "chgnet-0.3.0"])
     parser.add_argument("--quick", action="store_true", help="20 antibodies, 20 crystals, 2 repeats")
@@ -257,63 +254,47 @@ def main(argv=None) -> int:
                         help="torch.set_num_threads for every mode (default 1: steadier on a shared machine; 0: torch's own)")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile one batched pipeline run of every model (always done above the target)")
-    args = parser.parse_args(argv)
-    repeats = args.repeats or (2 if args.quick else 3)
-    n_ab = args.n_antibodies or (20 if args.quick else 100)
-    n_cr = args.n_crystals or (20 if args.quick else 40)
+    return parser
 
-    import torch
 
-    from repalign.models import get_adapter
+def bench_model(name: str, case: Case, repeats: int, batch_tokens: int, workdir: str, profile: bool):
+    """Rows (name, mode, samples, tokens, best timing, bare-loop timing, load s) of one model, and
+    the cProfile text of its worse pipeline mode (None unless asked or above the target)."""
+    adapter = get_adapter(name)
+    start = time.perf_counter()
+    adapter.ensure_loaded()
+    load_s = time.perf_counter() - start
+    shims = Shims(adapter, case.module(adapter))
+    samples = len(case.records)
+    tokens = sum(adapter.size(r) for r in case.records)
+    modes = {
+        "pipeline": lambda: run_pipeline(adapter, shims, case.records, batch_tokens, workdir),
+        "pipeline bs1": lambda: run_pipeline(adapter, shims, case.records, 1, workdir),
+        "bare loop": lambda: run_bare(case, adapter),
+    }
+    # warm-up on a few samples: first-call costs (weight hashing for the provenance, package
+    # metadata, allocator and kernel warm-up) are paid here, not in the timed runs
+    head = case.records[:4]
+    run_pipeline(adapter, shims, head, batch_tokens, workdir)
+    run_pipeline(adapter, shims, head, 1, workdir)
+    case.bare(adapter, head)
+    best: dict[str, Timing] = {}
+    for rep in range(repeats):
+        order = list(modes)[rep % 3:] + list(modes)[:rep % 3]  # rotate so no mode always goes first
+        for mode in order:
+            t = modes[mode]()
+            if mode not in best or t.total < best[mode].total:
+                best[mode] = t
+    rows = [(name, mode, samples, tokens, t, best["bare loop"], load_s) for mode, t in best.items()]
+    worst = max(("pipeline", "pipeline bs1"), key=lambda m: best[m].overhead_cpu)
+    text = None
+    if profile or best[worst].overhead_cpu > OVERHEAD_TARGET:
+        budget = batch_tokens if worst == "pipeline" else 1
+        text = (worst, profile_pipeline(adapter, shims, case.records, budget, workdir, 25))
+    return rows, text
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"machine: {machine()}, torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}")
-    print(f"load average at start: {load_average()} (the machine is shared; timings are best of {repeats})")
 
-    workdir = tempfile.mkdtemp(prefix="bench_extract_")
-    rows, profiles = [], {}
-    wall = time.perf_counter()
-    try:
-        for name in args.models:
-            case = make_case(name, n_ab, n_cr)
-            adapter = get_adapter(name)
-            start = time.perf_counter()
-            adapter.ensure_loaded()
-            load_s = time.perf_counter() - start
-            shims = Shims(adapter, case.module(adapter))
-            samples = len(case.records)
-            tokens = sum(adapter.size(r) for r in case.records)
-            modes = {
-                "pipeline": lambda: run_pipeline(adapter, shims, case.records, args.batch_tokens, workdir),
-                "pipeline bs1": lambda: run_pipeline(adapter, shims, case.records, 1, workdir),
-                "bare loop": lambda: run_bare(case, adapter),
-            }
-            # warm-up on a few samples: first-call costs (weight hashing for the provenance, package
-            # metadata, allocator and kernel warm-up) are paid here, not in the timed runs
-            head = case.records[:4]
-            run_pipeline(adapter, shims, head, args.batch_tokens, workdir)
-            run_pipeline(adapter, shims, head, 1, workdir)
-            case.bare(adapter, head)
-            best: dict[str, Timing] = {}
-            for rep in range(repeats):
-                order = list(modes)[rep % 3:] + list(modes)[:rep % 3]  # rotate so no mode always goes first
-                for mode in order:
-                    t = modes[mode]()
-                    if mode not in best or t.total < best[mode].total:
-                        best[mode] = t
-            bare = best["bare loop"]
-            for mode, t in best.items():
-                rows.append((name, mode, samples, tokens, t, bare, load_s))
-            worst = max(("pipeline", "pipeline bs1"), key=lambda m: best[m].overhead_cpu)
-            if args.profile or best[worst].overhead_cpu > OVERHEAD_TARGET:
-                budget = args.batch_tokens if worst == "pipeline" else 1
-                profiles[f"{name}, {worst}"] = profile_pipeline(adapter, shims, case.records, budget, workdir, 25)
-            del adapter, shims
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-    print(f"\nload average at end: {load_average()}; benchmark wall time {time.perf_counter() - wall:.0f} s\n")
+def print_table(rows) -> None:
     print("| model | mode | samples | tokens | best s (wall) | CPU s | samples/s | tokens/s | batches | in adapter.forward s | "
           "model compute s | pipeline overhead: outside forward / model, wall (CPU) | adapter overhead: "
           "(forward - model) / model, wall (CPU) | total / bare loop, wall (CPU) |")
@@ -343,6 +324,36 @@ def main(argv=None) -> int:
               f"{bare.total / batched.total:.2f}x wall ({bare.cpu / batched.cpu:.2f}x CPU); "
               f"largest pipeline overhead {100 * over:.1f}% of model compute (CPU) "
               f"({'within' if over <= OVERHEAD_TARGET else 'ABOVE'} the {100 * OVERHEAD_TARGET:.0f}% target)")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    repeats = args.repeats or (2 if args.quick else 3)
+    n_ab = args.n_antibodies or (20 if args.quick else 100)
+    n_cr = args.n_crystals or (20 if args.quick else 40)
+
+    import torch  # lazy: the models' optional extras
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}, torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}")
+    print(f"load average at start: {load_average()} (the machine is shared; timings are best of {repeats})")
+
+    workdir = tempfile.mkdtemp(prefix="bench_extract_")
+    rows, profiles = [], {}
+    wall = time.perf_counter()
+    try:
+        for name in args.models:
+            model_rows, profile = bench_model(name, make_case(name, n_ab, n_cr), repeats, args.batch_tokens, workdir,
+                                              args.profile)
+            rows += model_rows
+            if profile is not None:
+                profiles[f"{name}, {profile[0]}"] = profile[1]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"\nload average at end: {load_average()}; benchmark wall time {time.perf_counter() - wall:.0f} s\n")
+    print_table(rows)
     for name, text in profiles.items():
         print(f"\n==== cProfile of one pipeline run: {name} ====\n{text}")
     return 0

@@ -23,6 +23,8 @@ import time
 import numpy as np
 
 from repalign.metrics import align_layers, mknn, prepare
+from repalign.metrics.knn import DEFAULT_BLOCK
+from repalign.metrics.neighbors import duplicate_groups, knn_state, row_digests
 
 
 # ----------------------------------------------------------------------------- dense reference
@@ -71,8 +73,6 @@ def make_layers(n, d, count, seed, shared=16):
 
 def warm_up():
     """Load (or compile, on a fresh cache) every numba kernel outside the timings."""
-    from repalign.metrics.knn import DEFAULT_BLOCK
-
     X, Y = make_layers(2 * DEFAULT_BLOCK + 1, 8, 2, seed=99)
     mknn(X, Y, k=10)
 
@@ -154,8 +154,6 @@ def bench_ties(n, d, k):
 
     Tie handling = hashing the rows into duplicate groups + float64 index-order similarities of
     the candidates (+ any completion pass); measured on data without and with 40% duplicate rows."""
-    from repalign.metrics.neighbors import duplicate_groups, knn_state, row_digests
-
     warm_up()
     rng = np.random.default_rng(7)
     X = make_layers(n, d, 1, seed=6)[0]
@@ -191,7 +189,7 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _memory_child(n, d, k):
+def memory_child(n, d, k):
     X, Y = make_layers(n, d, 2, seed=5)
     process_peak = _peak_rss_kib()
     search_peak = -1
@@ -205,7 +203,7 @@ def _memory_child(n, d, k):
 
 def bench_memory(n, d, k):
     # A fresh interpreter, so the peak is this computation's and not the benchmark's other parts.
-    code = f"from benchmarks.bench_metrics import _memory_child; _memory_child({n}, {d}, {k})"
+    code = f"from benchmarks.bench_metrics import memory_child; memory_child({n}, {d}, {k})"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout.split()
     score, t, peak_kib, search_kib = float(out[0]), float(out[1]), int(out[2]), int(out[3])

@@ -53,6 +53,7 @@ def synthetic_layer_blocks(n, d, seed, block=10_000, latent=32, noise=0.3):
 
 def write_pair_cache(path, n, d, dtype):
     """Two models "A" and "B", one layer "x" each, appended in batches of 10,000 rows."""
+    # lazy: the measured child processes import this module; each part imports only what it uses
     from embeddings_cache import CacheWriter
 
     ids = np.char.add("s", np.arange(n).astype(str)).tolist()
@@ -68,6 +69,7 @@ def write_pair_cache(path, n, d, dtype):
 
 # ----------------------------------------------------------------------------- measured in a subprocess
 def child_knn(path, k, block, block_rows):
+    # lazy: the measured child processes import this module; each part imports only what it uses
     from embeddings_cache import Cache
     from repalign.metrics.knn import mutual_knn_from_states
     from repalign.metrics.outofcore import blocked_knn_state
@@ -82,6 +84,7 @@ def child_knn(path, k, block, block_rows):
 
 
 def child_cka(path, block_rows):
+    # lazy: the measured child processes import this module; each part imports only what it uses
     from embeddings_cache import Cache
     from repalign.metrics.outofcore import streamed_linear_cka
 
@@ -134,6 +137,7 @@ def bench_cka(work: Path, quick: bool):
 
 def bench_approx(work: Path, quick: bool):
     """Recall of approximate lists and the resulting mknn error against exact lists, for a few settings."""
+    # lazy: the measured child processes import this module; each part imports only what it uses
     from repalign.metrics import prepare
     from repalign.metrics.approx import approximate_knn
     from repalign.metrics.knn import knn_state, mutual_knn_from_states
@@ -183,6 +187,7 @@ def esm2_8m_shaped(folder: Path) -> Path:
 
 
 def bench_extract(work: Path, quick: bool):
+    # lazy: the dask extra, and the measured child processes import this module
     from distributed import Client, LocalCluster
 
     from repalign.distributed import extract_distributed

@@ -41,6 +41,7 @@ def _peak_rss_mib() -> float:
 
 
 def child(n: int, d: int, k: int, block_rows: int) -> dict:
+    # lazy: the child's peak memory is measured, so it imports only what the search needs
     from repalign.metrics.neighbors import DEFAULT_BLOCK
     from repalign.metrics.outofcore import blocked_knn_state
     from repalign.metrics.prepare import prepare

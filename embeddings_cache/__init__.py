@@ -10,19 +10,45 @@
 - :func:`atomic_files` writes files whole or not at all (temporary names renamed into place).
 - :func:`merge_shards` appends shard caches to a cache in order; :func:`remove_cache` deletes a
   cache with its journal files.
+- :class:`Error` is the root of every error raised on purpose (``repalign.errors.RepalignError`` is
+  the same class); :class:`CacheError` derives from it.
 
 The file layout, versioning rule and crash-safety design are in docs/cache-format.md.
 """
 
-from embeddings_cache.atomic import atomic_files
-from embeddings_cache.foreign import PerIdDataset, index_per_id_h5, read_per_id_h5
-from embeddings_cache.format import FORMAT_VERSION, UNKNOWN_HASH, CacheError
-from embeddings_cache.model import CachedModel
-from embeddings_cache.reader import Cache, align_ids
-from embeddings_cache.shards import merge_shards, remove_cache
-from embeddings_cache.writer import CacheWriter, check_can_append
+import importlib
 
-__all__ = [
-    "Cache", "CachedModel", "CacheWriter", "CacheError", "align_ids", "check_can_append", "FORMAT_VERSION", "UNKNOWN_HASH",
-    "PerIdDataset", "index_per_id_h5", "read_per_id_h5", "atomic_files", "merge_shards", "remove_cache",
-]
+from embeddings_cache.errors import CacheError, Error
+
+# The store's classes load on first use (PEP 562), so importing the errors alone, as every module of
+# repalign does through repalign.errors, does not load h5py and the file code.
+_EXPORTS = {
+    "Cache": "embeddings_cache.reader",
+    "align_ids": "embeddings_cache.reader",
+    "CachedModel": "embeddings_cache.model",
+    "CacheWriter": "embeddings_cache.writer",
+    "check_can_append": "embeddings_cache.writer",
+    "FORMAT_VERSION": "embeddings_cache.format",
+    "UNKNOWN_HASH": "embeddings_cache.format",
+    "PerIdDataset": "embeddings_cache.foreign",
+    "index_per_id_h5": "embeddings_cache.foreign",
+    "read_per_id_h5": "embeddings_cache.foreign",
+    "atomic_files": "embeddings_cache.atomic",
+    "merge_shards": "embeddings_cache.shards",
+    "remove_cache": "embeddings_cache.shards",
+}
+
+__all__ = ["CacheError", "Error", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'embeddings_cache' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -17,7 +17,8 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from embeddings_cache.format import FORMAT_NAME, CacheError, few, first_line, open_h5
+from embeddings_cache.errors import CacheError
+from embeddings_cache.format import FORMAT_NAME, few, first_line, open_h5
 
 #: dataset attribute bio_embeddings uses for the id when datasets are named by sequence hash
 ORIGINAL_ID = "original_id"

@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from repalign.errors import RepalignError
+from embeddings_cache.errors import CacheError
 
 #: value of the root attribute ``format``: tells a cache from any other HDF5 file
 FORMAT_NAME = "repalign-embeddings-cache"
@@ -54,14 +54,9 @@ HASH_DTYPE = np.dtype("S64")
 UNKNOWN_HASH = "0" * 64
 UUID_DTYPE = np.dtype("S32")
 
-PART_SUFFIX = ".h5"
 PART_NAME = re.compile(r"^(\d{8})-([0-9a-f]{32})\.h5$")
 TMP_PREFIX = ".tmp-"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class CacheError(RepalignError):
-    """A cache cannot be read or written as asked. The message is one line with the fix."""
 
 
 # ---- paths ------------------------------------------------------------------------------------------

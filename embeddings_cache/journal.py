@@ -34,6 +34,7 @@ from embeddings_cache.durable import (
     redo_path,
     write_redo,
 )
+from embeddings_cache.errors import CacheError
 from embeddings_cache.format import (
     APPLIED_PARTS,
     HASH_DTYPE,
@@ -50,7 +51,6 @@ from embeddings_cache.format import (
     TOKEN_OFFSETS,
     TOKENS,
     UUID_DTYPE,
-    CacheError,
     check_format,
     chunk_rows,
     chunk_rows_1d,

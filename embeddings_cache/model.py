@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embeddings_cache.format import CacheError
+from embeddings_cache.errors import CacheError
 
 if TYPE_CHECKING:
     from embeddings_cache.reader import Cache

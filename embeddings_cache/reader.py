@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from embeddings_cache.durable import OverlayReader, read_lock, read_redo
+from embeddings_cache.errors import CacheError
 from embeddings_cache.format import (
     HASHES,
     IDS,
@@ -26,7 +27,6 @@ from embeddings_cache.format import (
     TOKEN_OFFSETS,
     TOKENS,
     UNKNOWN_HASH,
-    CacheError,
     check_format,
     check_regular,
     few,
@@ -36,6 +36,7 @@ from embeddings_cache.format import (
     open_h5,
 )
 from embeddings_cache.journal import applied_uuids, model_header, part_info, plan_parts
+from embeddings_cache.model import CachedModel
 
 log = logging.getLogger("embeddings_cache")
 
@@ -250,10 +251,8 @@ class Cache:
         return f"Cache({str(self.path)!r}, models={self.models})"
 
     # ---- one model as an object ---------------------------------------------------------------
-    def __getitem__(self, model: str) -> "CachedModel":
+    def __getitem__(self, model: str) -> CachedModel:
         """``cache["antiberty"]``: one model (its ids, provenance, layers as arrays)."""
-        from embeddings_cache.model import CachedModel
-
         self._view(model)  # a clear error for an unknown model
         return CachedModel(self, model)
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from embeddings_cache.durable import is_read_only
+from embeddings_cache.errors import CacheError
 from embeddings_cache.format import (
     COMPRESSIONS,
     FORMAT_VERSION,
@@ -26,7 +27,6 @@ from embeddings_cache.format import (
     STORAGE_DTYPES,
     TOKEN_DATA,
     TOKENS,
-    CacheError,
     check_format,
     check_hash,
     check_name,

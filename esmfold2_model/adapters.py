@@ -12,11 +12,21 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from esmfold2_model import stages
-from esmfold2_model.extractor import OPTION_NAMES
+from esmfold2_model.extractor import (
+    OPTION_NAMES,
+    EsmFold2Extractor,
+    ExtractionOptions,
+    default_memory_limit_gb,
+    estimate_peak_bytes,
+    lm_dropout_rate,
+    stage_layout,
+)
 from esmfold2_model.featurize import check_sequence, esmc_token_ids, featurize_sequence
-from esmfold2_model.load import check_weight_files
+from esmfold2_model.load import check_weight_files, load_config, load_esmc, load_esmfold2, parameter_count, resolve_checkpoint, torch_dtype_for
+from esmfold2_model.structures import write_structure
 from repalign.errors import InvalidInput, RepalignError
 from repalign.inputs import Record
+from repalign.models import sha256_of_files
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
 
@@ -39,8 +49,6 @@ def _provenance_extra(path: Path, hub_id: str) -> dict[str, Any]:
     if "snapshots" in path.parts:  # a hub cache snapshot directory is named by its commit
         out["version"] = path.name
     else:
-        from repalign.models.hf_protein_lm import sha256_of_files
-
         files = [p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin")]
         out["weights_sha256"] = sha256_of_files(files)
     return out
@@ -57,8 +65,6 @@ class _HubCheckpointAdapter(ModelAdapter):
         return _unavailable()
 
     def _checkpoint(self) -> Path:
-        from esmfold2_model.load import resolve_checkpoint
-
         if self._path is None:
             self._path = resolve_checkpoint(self.weights, self.hub_id)
         return self._path
@@ -81,9 +87,6 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
     OPTIONS: ClassVar[tuple[str, ...]] = OPTION_NAMES
 
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
-        from esmfold2_model.extractor import ExtractionOptions
-        from esmfold2_model.load import torch_dtype_for
-
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
         torch_dtype_for(device, dtype)  # validate now, not after loading gigabytes
         self.settings = ExtractionOptions.parse(options, self.info.name)
@@ -99,8 +102,6 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
     def config(self):
         """The checkpoint's EsmFold2Config (read without loading the weights)."""
         if self._config is None:
-            from esmfold2_model.load import load_config
-
             cfg = load_config(self._checkpoint())
             if getattr(cfg, "model_type", None) != "esmfold2":
                 raise RepalignError(f"{self._checkpoint()}: a {cfg.model_type!r} checkpoint, not ESMFold2; check weights=")
@@ -109,22 +110,15 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
         return self._config
 
     def load(self) -> None:
-        from esmfold2_model.extractor import EsmFold2Extractor
-        from esmfold2_model.load import load_esmfold2
-
         self.model = load_esmfold2(self._checkpoint(), self.device, self.dtype)
         self._config = self.model.config
         self.extractor = EsmFold2Extractor(self.model, self.settings)
 
     # ---- description -----------------------------------------------------------------------------
     def layer_names(self) -> list[str]:
-        from esmfold2_model.extractor import stage_layout
-
         return stages.layer_names(stage_layout(self.config(), self.settings))
 
     def provenance(self) -> dict[str, Any]:
-        from esmfold2_model.extractor import lm_dropout_rate
-
         prov = super().provenance()
         prov.update(_provenance_extra(self._checkpoint(), self.hub_id))
         lm = self.config().lm_encoder
@@ -138,19 +132,13 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
         return 4 if self.dtype == "float32" else 2
 
     def memory_limit_gb(self) -> float:
-        from esmfold2_model.extractor import default_memory_limit_gb
-
         return self.settings.max_memory_gb or default_memory_limit_gb(self.device)
 
     def estimate_gb(self, lengths: Sequence[int], full: bool = True) -> float:
-        from esmfold2_model.extractor import estimate_peak_bytes
-
         return estimate_peak_bytes(lengths, self.config(), self.settings, full, self._bytes_per_value()) / 1e9
 
     def weights_gb(self) -> float:
         """Memory of the weights (parameters and stored buffers) at the compute dtype, from the file headers."""
-        from esmfold2_model.load import parameter_count
-
         return parameter_count(self._checkpoint()) * self._bytes_per_value() / 1e9
 
     def layer_widths(self) -> dict[str, int]:
@@ -217,8 +205,6 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
         return chunks
 
     def _write_structure(self, record: Record, sample, structure: dict) -> None:
-        from esmfold2_model.structures import write_structure
-
         write_structure(self.settings.structures_dir, record.id, sample, structure["coords"], structure["plddt"],
                         structure["ptm"], self.settings.structure_format)
 
@@ -257,8 +243,6 @@ class EsmcAdapter(_HubCheckpointAdapter):
     OPTIONS = ("max_memory_gb",)
 
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
-        from esmfold2_model.load import torch_dtype_for
-
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
         torch_dtype_for(device, dtype)
         unknown = sorted(set(options) - set(self.OPTIONS))
@@ -277,8 +261,6 @@ class EsmcAdapter(_HubCheckpointAdapter):
 
     def config(self):
         if self._config is None:
-            from esmfold2_model.load import load_config
-
             cfg = load_config(self._checkpoint())
             cfg = getattr(cfg, "esmc_config", None) or cfg  # an ESMFold2 checkpoint's backbone config
             if getattr(cfg, "model_type", None) != "esmc":
@@ -288,8 +270,6 @@ class EsmcAdapter(_HubCheckpointAdapter):
         return self._config
 
     def load(self) -> None:
-        from esmfold2_model.load import load_esmc
-
         self.model = load_esmc(self._checkpoint(), self.device, self.dtype)
         self._config = self.model.config
 
@@ -305,14 +285,10 @@ class EsmcAdapter(_HubCheckpointAdapter):
     def weights_gb(self) -> float:
         """Memory of the backbone's parameters at the compute dtype, from the checkpoint's file headers
         (an ESMFold2 checkpoint counts its ``esmc.*`` tensors only)."""
-        from esmfold2_model.load import load_config, parameter_count
-
         bundled = getattr(load_config(self._checkpoint()), "model_type", None) == "esmfold2"
         return parameter_count(self._checkpoint(), "esmc." if bundled else "") * self._bytes_per_value() / 1e9
 
     def memory_limit_gb(self) -> float:
-        from esmfold2_model.extractor import default_memory_limit_gb
-
         value = self.options.get("max_memory_gb")
         return float(value) if value not in (None, "") else default_memory_limit_gb(self.device)
 

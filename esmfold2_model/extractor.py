@@ -422,66 +422,13 @@ class EsmFold2Extractor:
         from transformers.models.esmfold2.modeling_esmfold2 import EsmFold2AtomInputs
 
         model = self.model
-        pending = set(req.trunk)
-        last_loop = self.num_loops  # loops are 0..num_loops
-        state = {"loop": -1}
-        handles = []
+        handles = self._trunk_hooks(req, mask, captured) if self.hooks_enabled and req.trunk else []
         restore = []
-        stop_early = not req.run_diffusion
-
-        def keep(name, tensor, is_pair):
-            if name in pending:
-                self._store(captured, name, tensor, mask, req, is_pair)
-                pending.discard(name)
-                if stop_early and not pending:
-                    raise _StopRun
-
-        def add(module, fn, pre=False):
-            handles.append(module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn))
-
-        if self.hooks_enabled and req.trunk:
-            def embedder_hook(m, a, o):  # a hook's non-None return would replace the output: return None
-                keep("input_embedder.single", o[0], False)
-                keep("input_embedder.pair", o[1], True)
-
-            add(model.input_embedder, embedder_hook)
-            add(model.language_model, lambda m, a, o: keep("language_model", o, True))
-            if model.msa_encoder is not None:
-                for i, layer in enumerate(model.msa_encoder.layers):
-                    add(layer, lambda m, a, o, i=i: keep(f"msa_encoder.{i}", o[1], True))
-            for i, layer in enumerate(model.lm_encoder.layers):
-                add(layer, lambda m, a, o, i=i: keep(f"lm_encoder.{i}", o, True))
-
-            def count_loop(m, a):
-                state["loop"] += 1
-
-            add(model.folding_trunk, count_loop, pre=True)
-            kept = self.layout.kept_loops
-            for i, layer in enumerate(model.folding_trunk.layers):
-                def trunk_hook(m, a, o, i=i):
-                    j = state["loop"]
-                    if kept is None:
-                        if j == last_loop:
-                            keep(f"folding_trunk.{i}", o, True)
-                    elif j in kept:
-                        keep(f"folding_trunk.loop{j}.{i}", o, True)
-                add(layer, trunk_hook)
-            add(model.parcae.output_stack, lambda m, a, o: keep("parcae", o, True))
-            add(model.distogram_head, lambda m, a: keep("distogram", a[0], True), pre=True)
-
         p = self.lm_dropout_p
         lm_config = self.config.lm_encoder
         released_p = lm_config.lm_dropout
         if p > 0:
-            # The port's own draw (F.dropout on the global generator) is replaced by the seeded one,
-            # applied to the LM encoder's input in every loop, exactly where the port applies it.
-            lm_loop = {"loop": -1}
-
-            def drop(m, args):
-                lm_loop["loop"] += 1
-                return (apply_lm_dropout(args[0], lengths, p, self.opts.seed, lm_loop["loop"]),) + tuple(args[1:])
-
-            handles.append(model.lm_encoder.register_forward_pre_hook(drop))
+            handles.append(model.lm_encoder.register_forward_pre_hook(self._seeded_lm_dropout(lengths, p)))
         # Same input in every loop (the MSA encoder always; the LM encoder without dropout):
         # compute once, reuse (bit-identical).
         for module in (model.msa_encoder,) + ((model.lm_encoder,) if p == 0 else ()):
@@ -509,6 +456,70 @@ class EsmFold2Extractor:
             del model._init_pair_state
         return trunk
 
+    def _seeded_lm_dropout(self, lengths, p: float):
+        """Forward pre-hook of the LM encoder applying the seeded dropout to its input in every loop.
+
+        The port's own draw (F.dropout on the global generator) is replaced by this one, applied
+        exactly where the port applies it."""
+        lm_loop = {"loop": -1}
+
+        def drop(m, args):
+            lm_loop["loop"] += 1
+            return (apply_lm_dropout(args[0], lengths, p, self.opts.seed, lm_loop["loop"]),) + tuple(args[1:])
+
+        return drop
+
+    def _trunk_hooks(self, req: _Request, mask, captured) -> list:
+        """Forward hooks keeping the trunk layers asked for; their handles, in registration order.
+
+        Without diffusion to run, the forward stops (_StopRun) once every layer asked for is kept."""
+        model = self.model
+        pending = set(req.trunk)
+        last_loop = self.num_loops  # loops are 0..num_loops
+        state = {"loop": -1}
+        handles = []
+        stop_early = not req.run_diffusion
+
+        def keep(name, tensor, is_pair):
+            if name in pending:
+                self._store(captured, name, tensor, mask, req, is_pair)
+                pending.discard(name)
+                if stop_early and not pending:
+                    raise _StopRun
+
+        def add(module, fn, pre=False):
+            handles.append(module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn))
+
+        def embedder_hook(m, a, o):  # a hook's non-None return would replace the output: return None
+            keep("input_embedder.single", o[0], False)
+            keep("input_embedder.pair", o[1], True)
+
+        add(model.input_embedder, embedder_hook)
+        add(model.language_model, lambda m, a, o: keep("language_model", o, True))
+        if model.msa_encoder is not None:
+            for i, layer in enumerate(model.msa_encoder.layers):
+                add(layer, lambda m, a, o, i=i: keep(f"msa_encoder.{i}", o[1], True))
+        for i, layer in enumerate(model.lm_encoder.layers):
+            add(layer, lambda m, a, o, i=i: keep(f"lm_encoder.{i}", o, True))
+
+        def count_loop(m, a):
+            state["loop"] += 1
+
+        add(model.folding_trunk, count_loop, pre=True)
+        kept = self.layout.kept_loops
+        for i, layer in enumerate(model.folding_trunk.layers):
+            def trunk_hook(m, a, o, i=i):
+                j = state["loop"]
+                if kept is None:
+                    if j == last_loop:
+                        keep(f"folding_trunk.{i}", o, True)
+                elif j in kept:
+                    keep(f"folding_trunk.loop{j}.{i}", o, True)
+            add(layer, trunk_hook)
+        add(model.parcae.output_stack, lambda m, a, o: keep("parcae", o, True))
+        add(model.distogram_head, lambda m, a: keep("distogram", a[0], True), pre=True)
+        return handles
+
     def _sample_generators(self, samples: list[Featurized]) -> list[torch.Generator]:
         """One generator per (sample, diffusion sample): seeded by ``seed`` and the diffusion-sample
         number only, so a protein gets the same noise whatever else is in its batch."""
@@ -516,22 +527,35 @@ class EsmFold2Extractor:
         return [torch.Generator().manual_seed(self.opts.seed * 1_000_003 + s) for _ in samples for s in range(s_count)]
 
     def _run_diffusion(self, feats, trunk, samples, mask, req: _Request, captured):
-        from transformers.models.esmfold2.generation_esmfold2 import _weighted_rigid_align
-
-        model = self.model
-        denoiser = model.structure_head
+        denoiser = self.model.structure_head
         s_count = self.opts.diffusion_samples
-        b_count = len(samples)
+        step = {"step": -1}  # the denoising step running now, read by the hooks
+        handles = []
+        if self.hooks_enabled and req.diffusion:
+            handles = self._diffusion_hooks(req, mask, len(samples), step, captured)
+        try:
+            conditioning = denoiser.prepare_conditioning(
+                atom_inputs=trunk.atom_inputs, pair_trunk=trunk.pair_states,
+                relative_position_encoding=trunk.relative_position_encoding, single_inputs=trunk.single_inputs,
+                attention_mask=mask, num_diffusion_samples=s_count,
+            )
+            return self._denoise(trunk, samples, conditioning, self._last_diffusion_step(req), step)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _diffusion_hooks(self, req: _Request, mask, b_count: int, step: dict, captured) -> list:
+        """Forward hooks keeping the diffusion layers asked for (per-step parts at the steps kept,
+        averaged over the diffusion samples of each protein); their handles."""
+        denoiser = self.model.structure_head
+        s_count = self.opts.diffusion_samples
         batch = b_count * s_count
-        mask_s = mask.repeat_interleave(s_count, 0)
         kept = self.layout.kept_steps
         final = self.layout.diffusion_steps - 1
-        state = {"step": -1}
-        handles = []
 
-        def keep(part, tensor, per_step, is_pair=False, sample_mask=mask_s):
+        def keep(part, tensor, per_step, is_pair=False):
             if per_step:
-                k = state["step"]
+                k = step["step"]
                 if kept is None:
                     if k != final:
                         return
@@ -548,57 +572,64 @@ class EsmFold2Extractor:
                 tensor = tensor.float().view(b_count, s_count, *tensor.shape[1:]).mean(1)
             self._store(captured, name, tensor, mask, req, is_pair)
 
-        if self.hooks_enabled and req.diffusion:
-            cond = denoiser.conditioning
-            handles.append(cond.pair_transition_1.register_forward_hook(lambda m, a, o: keep("conditioning.pair", o, False, True)))
-            handles.append(cond.register_forward_hook(lambda m, a, o: keep("single", o, True)))
-            handles.append(denoiser.atom_encoder.register_forward_hook(lambda m, a, o: keep("atom_encoder", o[0], True)))
-            for i, layer in enumerate(denoiser.token_transformer.layers):
-                handles.append(layer.register_forward_hook(lambda m, a, o, i=i: keep(f"token_transformer.{i}", o, True)))
-        try:
-            conditioning = denoiser.prepare_conditioning(
-                atom_inputs=trunk.atom_inputs, pair_trunk=trunk.pair_states,
-                relative_position_encoding=trunk.relative_position_encoding, single_inputs=trunk.single_inputs,
-                attention_mask=mask, num_diffusion_samples=s_count,
-            )
-            schedule, gammas = model._build_noise_schedule(self.opts.diffusion_steps, self.device)
-            head = self.config.structure_head
-            gens = self._sample_generators(samples)
-            num_atoms = trunk.atom_inputs.atom_to_token.shape[1]
-            real_atoms = [s.num_atoms for s in samples for _ in range(s_count)]
-            atom_mask = trunk.atom_inputs.atom_attention_mask.repeat_interleave(s_count, 0).float()
+        cond = denoiser.conditioning
+        return [
+            cond.pair_transition_1.register_forward_hook(lambda m, a, o: keep("conditioning.pair", o, False, True)),
+            cond.register_forward_hook(lambda m, a, o: keep("single", o, True)),
+            denoiser.atom_encoder.register_forward_hook(lambda m, a, o: keep("atom_encoder", o[0], True)),
+        ] + [
+            layer.register_forward_hook(lambda m, a, o, i=i: keep(f"token_transformer.{i}", o, True))
+            for i, layer in enumerate(denoiser.token_transformer.layers)
+        ]
 
-            def noise(shape_last: int = 3):
-                out = torch.zeros(batch, num_atoms, shape_last)
-                for r, (g, a) in enumerate(zip(gens, real_atoms)):
-                    out[r, :a] = torch.randn(a, shape_last, generator=g)
-                return out.to(self.device)
+    def _last_diffusion_step(self, req: _Request) -> int:
+        """The last denoising step to run: all of them when the structure is needed (confidence),
+        else the last step a layer is asked at (-1: none)."""
+        final = self.layout.diffusion_steps - 1
+        if req.run_confidence:
+            return final
+        asked = [stages.parse_layer(n) for n in req.diffusion]
+        per_step = [r for r in asked if r.part != "conditioning.pair"]
+        return max((final if r.step is None else r.step) for r in per_step) if per_step else -1
 
-            last_step = final
-            if not req.run_confidence:  # no structure needed: stop after the last step asked for
-                asked = [stages.parse_layer(n) for n in req.diffusion]
-                last_step = max((final if r.step is None else r.step) for r in asked if r.part != "conditioning.pair") \
-                    if any(r.part != "conditioning.pair" for r in asked) else -1
-            coords = float(schedule[0]) * noise()
-            prev = None
-            for k, (sigma_prev, sigma_next, gamma) in enumerate(zip(schedule[:-1], schedule[1:], gammas[1:])):
-                if k > last_step:
-                    break
-                state["step"] = k
-                rot, shift = self._random_rigid(gens)
-                coords, prev = _center_rotate_shift(coords, atom_mask, prev, rot, shift)
-                sp = float(sigma_prev)
-                level = sp * (1.0 + float(gamma))
-                churn = head.noise_scale * max(level**2 - sp**2, 0.0) ** 0.5
-                noisy = coords + churn * noise() if churn > 0 else coords
-                denoised = denoiser(noisy_coords=noisy, noise_level=torch.full((batch,), level, device=self.device),
-                                    conditioning=conditioning)
-                noisy = _weighted_rigid_align(noisy, denoised, atom_mask, atom_mask)
-                coords = noisy + head.step_scale * (float(sigma_next) - level) * (noisy - denoised) / level
-                prev = denoised
-        finally:
-            for h in handles:
-                h.remove()
+    def _denoise(self, trunk, samples: list[Featurized], conditioning, last_step: int, step: dict):
+        """The port's sampler, seeded per sample, up to ``last_step``; the final coordinates."""
+        from transformers.models.esmfold2.generation_esmfold2 import _weighted_rigid_align
+
+        model = self.model
+        denoiser = model.structure_head
+        s_count = self.opts.diffusion_samples
+        batch = len(samples) * s_count
+        schedule, gammas = model._build_noise_schedule(self.opts.diffusion_steps, self.device)
+        head = self.config.structure_head
+        gens = self._sample_generators(samples)
+        num_atoms = trunk.atom_inputs.atom_to_token.shape[1]
+        real_atoms = [s.num_atoms for s in samples for _ in range(s_count)]
+        atom_mask = trunk.atom_inputs.atom_attention_mask.repeat_interleave(s_count, 0).float()
+
+        def noise(shape_last: int = 3):
+            out = torch.zeros(batch, num_atoms, shape_last)
+            for r, (g, a) in enumerate(zip(gens, real_atoms)):
+                out[r, :a] = torch.randn(a, shape_last, generator=g)
+            return out.to(self.device)
+
+        coords = float(schedule[0]) * noise()
+        prev = None
+        for k, (sigma_prev, sigma_next, gamma) in enumerate(zip(schedule[:-1], schedule[1:], gammas[1:])):
+            if k > last_step:
+                break
+            step["step"] = k
+            rot, shift = self._random_rigid(gens)
+            coords, prev = _center_rotate_shift(coords, atom_mask, prev, rot, shift)
+            sp = float(sigma_prev)
+            level = sp * (1.0 + float(gamma))
+            churn = head.noise_scale * max(level**2 - sp**2, 0.0) ** 0.5
+            noisy = coords + churn * noise() if churn > 0 else coords
+            denoised = denoiser(noisy_coords=noisy, noise_level=torch.full((batch,), level, device=self.device),
+                                conditioning=conditioning)
+            noisy = _weighted_rigid_align(noisy, denoised, atom_mask, atom_mask)
+            coords = noisy + head.step_scale * (float(sigma_next) - level) * (noisy - denoised) / level
+            prev = denoised
         return coords
 
     def _random_rigid(self, gens):

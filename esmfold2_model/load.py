@@ -14,21 +14,9 @@ import re
 from pathlib import Path
 
 from repalign.errors import ModelUnavailable, RepalignError
+from repalign.models import hub_cache_dir
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def hub_cache_dir() -> str:
-    """The hub cache the environment names now (HF_HUB_CACHE, else HF_HOME/hub, else the default).
-
-    Read at call time: huggingface_hub reads these once at import.
-    """
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
-    )
-    return os.path.join(home, "hub")
 
 
 def resolve_checkpoint(weights: str | os.PathLike | None, default_repo: str) -> Path:

@@ -1,8 +1,15 @@
-"""Errors that reach the user as one line: what is wrong and what to do."""
+"""Errors that reach the user as one line: what is wrong and what to do.
 
+``RepalignError`` is the root error of the store, ``embeddings_cache.errors.Error``, under the
+toolkit's name: the store cannot import the toolkit, and ``except`` matches by inheritance only, so
+the root class lives in the lower layer. ``except RepalignError`` therefore catches cache errors
+(``embeddings_cache.CacheError``) as well as the toolkit's own.
+"""
 
-class RepalignError(ValueError):
-    """Bad input or an unusable resource. The message is one line naming the problem and the fix."""
+from embeddings_cache.errors import CacheError
+from embeddings_cache.errors import Error as RepalignError
+
+__all__ = ["RepalignError", "CacheError", "InvalidInput", "ModelUnavailable"]
 
 
 class InvalidInput(RepalignError):

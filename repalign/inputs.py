@@ -36,7 +36,6 @@ log = logging.getLogger("repalign.inputs")
 SEQUENCE_SUFFIXES = {".fasta", ".fa", ".faa", ".fas"}
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 STDIN = "-"
-STRUCTURE_SUFFIXES = {".xyz", ".extxyz", ".cif", ".pdb", ".vasp", ".poscar", ".traj", ".json", ".mmcif"}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ def split_key(key: str) -> tuple[str | None, str]:
 
 def accepted_options(model: str) -> tuple[str, ...] | None:
     """The option names a model's adapter declares; None when it declares none (it gets them all)."""
-    from repalign.models import get_adapter_class
+    from repalign.models import get_adapter_class  # lazy: circular (repalign.models imports this module)
 
     return get_adapter_class(model).option_names()
 

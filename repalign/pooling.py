@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from embeddings_cache import Cache, CacheWriter
 from repalign.errors import RepalignError
 
 POOLINGS = ("mean", "cls", "last", "max")
@@ -75,8 +76,6 @@ def repool(cache: str | os.PathLike, model: str, pool: str, *, name: str | None 
     second call with the same source and pooling skips the samples already pooled; any other model
     of that name is replaced only with ``overwrite``.
     """
-    from embeddings_cache import Cache, CacheWriter
-
     check_pool(pool, ROW_POOLINGS + ("cls",))
     if pool == "cls":
         pool_rows(np.zeros((1, 1)), "cls", f"model {model}")  # the one-line explanation

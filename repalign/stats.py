@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from repalign.errors import RepalignError
-from repalign.metrics._validate import as_features
+from repalign.metrics import as_features
 from repalign.metrics.engine import LayerState, layer_state, resolve_metrics, score_matrix
 from repalign.metrics.kernel import KernelState
 from repalign.metrics.layers import layer_list, layer_names, validate_layers
@@ -151,7 +151,8 @@ def permute_state(state, perm):
     result equals a fresh computation on the permuted rows.
     """
     if not hasattr(state, "permuted"):
-        raise RepalignError(f"no permutation rule for metric state {type(state).__name__}; permutation tests support the metrics of repalign.metrics.metric_names()")
+        raise RepalignError(f"no permutation rule for metric state {type(state).__name__}; "
+                            "permutation tests support the metrics of repalign.metrics.metric_names()")
     return state.permuted(perm)
 
 
@@ -504,7 +505,8 @@ def subsample_intervals(mats_a: Sequence[np.ndarray], mats_b: Sequence[np.ndarra
     shape = (len(mats_a), len(mats_b))
     m = int(math.floor(fraction * n))
     if m >= n or m < 2:
-        raise RepalignError(f"fraction={fraction} keeps m={m} of N={n} samples; a subsample needs 2 <= m < N, so choose a fraction between {2 / n:.3g} and {(n - 1) / n:.3g}")
+        raise RepalignError(f"fraction={fraction} keeps m={m} of N={n} samples; a subsample needs 2 <= m < N, "
+                            f"so choose a fraction between {2 / n:.3g} and {(n - 1) / n:.3g}")
     smallest = m if offsets is None else int(np.sort(lengths)[:m].sum())  # fewest rows a subsample can have
     valid = [i for i, (metric, p) in enumerate(resolved) if metric.has_interval(p)]
     out: list[tuple] = [None] * len(resolved)

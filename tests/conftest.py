@@ -1,8 +1,14 @@
-"""Shared fixtures: small real checkpoints written by the tests themselves."""
+"""Shared fixtures: small real checkpoints and caches written by the tests themselves."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from cluster_helpers import random_fasta
+
+from embeddings_cache import CacheWriter
+from repalign.extract import extract
+from repalign.inputs import read_inputs
 
 ESM_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
 
@@ -30,3 +36,41 @@ def save_tiny_esm2(folder: Path, layers: int = 2) -> Path:
 @pytest.fixture(scope="session")
 def tiny_esm2(tmp_path_factory):
     return save_tiny_esm2(tmp_path_factory.mktemp("esm2") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def esm_inputs(tiny_esm2, tmp_path_factory):
+    """Records and the single-process reference cache (one torch thread, like a Dask worker)."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("dist_ref")
+    records = read_inputs([str(random_fasta(folder / "in.fasta", 32, seed=5))])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        extract(records, [f"hf:{tiny_esm2}"], folder / "single.h5", layers=["all"], batch_tokens=160, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    return records, folder / "single.h5"
+
+
+@pytest.fixture(scope="module")
+def layer_cache(tmp_path_factory):
+    """A cache with two models of 3 and 2 layers (N=3000) and their arrays."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    base = rng.standard_normal((n, 8))
+    mats = {"A": [(base @ rng.standard_normal((8, d)) + 0.5 * rng.standard_normal((n, d))).astype(np.float32)
+                  for d in (48, 64, 32)],
+            "B": [(base @ rng.standard_normal((8, d)) + 0.7 * rng.standard_normal((n, d))).astype(np.float32)
+                  for d in (40, 56)]}
+    mats["A"][1][100:110] = mats["A"][1][7]  # duplicated rows: tied neighbours
+    path = tmp_path_factory.mktemp("tcp_layers") / "layers.h5"
+    ids = [f"s{i}" for i in range(n)]
+    hashes = [f"{i:064x}" for i in range(n)]
+    for model, arrays in mats.items():
+        names = [f"l{i}" for i in range(len(arrays))]
+        with CacheWriter(path, model, provenance={"options": {}}, layers=names) as w:
+            for s in range(0, n, 500):
+                w.append(ids[s:s + 500], hashes[s:s + 500], {nm: m[s:s + 500] for nm, m in zip(names, arrays)})
+    return path, mats

@@ -20,8 +20,7 @@ import pytest
 
 pytest.importorskip("dask_jobqueue")
 
-from test_cluster_tcp import _cli, _env, _free_port, _start, _stop, layer_cache  # noqa: E402,F401
-from test_distributed import KEY, assert_same_cache, esm_inputs, random_fasta  # noqa: E402,F401
+from cluster_helpers import assert_same_cache, free_port, random_fasta, run_cli, start_process, stop_process, subprocess_env  # noqa: E402
 
 from repalign.compare import compare_models  # noqa: E402
 from repalign.distributed import shard_folder  # noqa: E402
@@ -78,20 +77,20 @@ def slurm(tmp_path_factory):
     key.write_bytes(os.urandom(1024))
     os.chmod(key, 0o400)
     conf = folder / "slurm.conf"
-    conf.write_text(SLURM_CONF.format(folder=folder, ctld_port=_free_port(), d_port=_free_port()))
+    conf.write_text(SLURM_CONF.format(folder=folder, ctld_port=free_port(), d_port=free_port()))
     env = {"SLURM_CONF": str(conf)}
     os.environ.update(env)  # sbatch, sinfo, squeue of this process and its children use this SLURM
     log = open(folder / "daemons.log", "w")
     procs = []
     try:
-        procs.append(_start([_which("munged"), "-F", "--force", f"--socket={folder}/munge.sock", f"--key-file={key}",
+        procs.append(start_process([_which("munged"), "-F", "--force", f"--socket={folder}/munge.sock", f"--key-file={key}",
                              f"--pid-file={folder}/munged.pid", f"--log-file={folder}/munged.log",
                              f"--seed-file={folder}/munge.seed"], log))
         deadline = time.time() + 30
         while not (folder / "munge.sock").exists() and time.time() < deadline:
             time.sleep(0.1)
-        procs.append(_start([_which("slurmctld"), "-D", "-i", "-f", str(conf)], log))
-        procs.append(_start([_which("slurmd"), "-D", "-N", "localhost", "-f", str(conf)], log))
+        procs.append(start_process([_which("slurmctld"), "-D", "-i", "-f", str(conf)], log))
+        procs.append(start_process([_which("slurmd"), "-D", "-N", "localhost", "-f", str(conf)], log))
         deadline = time.time() + 60
         state = ""
         while time.time() < deadline:
@@ -107,7 +106,7 @@ def slurm(tmp_path_factory):
     finally:
         subprocess.run([_which("scancel"), "--user", "root"], capture_output=True, timeout=30) if _which("scancel") else None
         for p in reversed(procs):
-            _stop(p)
+            stop_process(p)
         log.close()
         os.environ.pop("SLURM_CONF", None)
 
@@ -149,7 +148,7 @@ def test_slurm_extraction_with_a_worker_killed_equals_single_process(slurm, tiny
     fasta = ref.parent / "in.fasta"
     out = tmp_path / "slurm.h5"
     conf = slurm_config(slurm, "extract.yaml")
-    env = dict(_env(), SLURM_CONF=os.environ["SLURM_CONF"])
+    env = dict(subprocess_env(), SLURM_CONF=os.environ["SLURM_CONF"])
     proc = subprocess.Popen([sys.executable, "-m", "repalign", "extract", str(fasta), "--model", f"hf:{tiny_esm2}",
                              "-o", str(out), "--layers", "all", "--batch-tokens", "160", "--cluster", f"slurm:{conf}",
                              "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -168,7 +167,7 @@ def test_slurm_extraction_with_a_worker_killed_equals_single_process(slurm, tiny
             time.sleep(0.01)
         stdout, stderr = proc.communicate(timeout=400)
     finally:
-        _stop(proc)
+        stop_process(proc)
     assert proc.returncode == 0, stderr
     assert killed is not None, "the extraction ended before a worker could be killed"
     assert f"stored {len(records)} samples" in stdout
@@ -182,7 +181,7 @@ def test_slurm_compare_equals_single_process(slurm, layer_cache, tmp_path):
     path, _ = layer_cache
     table = tmp_path / "t.csv"
     conf = slurm_config(slurm, "compare.yaml")
-    done = _cli("compare", str(path), "--a", "A", "--b", "B", "--metric", "mknn", "cka", "--k", "5",
+    done = run_cli("compare", str(path), "--a", "A", "--b", "B", "--metric", "mknn", "cka", "--k", "5",
                 "--cluster", f"slurm:{conf}", "-o", str(table), timeout=400)
     assert done.returncode == 0, done.stderr
     got = pd.read_csv(table).sort_values(["metric", "layer_a", "layer_b"]).reset_index(drop=True)
@@ -199,7 +198,7 @@ def test_slurm_unknown_partition_and_pending_jobs_are_one_line_errors(slurm, tin
     fasta = random_fasta(tmp_path / "in.fasta", 4)
     out = tmp_path / "never.h5"
     bad = slurm_config(slurm, "bad.yaml", queue="gpu-a100")
-    done = _cli("extract", str(fasta), "--model", f"hf:{tiny_esm2}", "-o", str(out), "--cluster", f"slurm:{bad}",
+    done = run_cli("extract", str(fasta), "--model", f"hf:{tiny_esm2}", "-o", str(out), "--cluster", f"slurm:{bad}",
                 "--quiet", timeout=120)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1, done.stderr
@@ -207,7 +206,7 @@ def test_slurm_unknown_partition_and_pending_jobs_are_one_line_errors(slurm, tin
     assert not out.exists() and not shard_folder(out).exists()
     # jobs that cannot start for an hour: the error comes after start_timeout (15 s) and names the reason
     pending = slurm_config(slurm, "pending.yaml", start_timeout=15, job_extra_directives=["--begin=now+3600"])
-    done = _cli("extract", str(fasta), "--model", f"hf:{tiny_esm2}", "-o", str(out), "--cluster", f"slurm:{pending}",
+    done = run_cli("extract", str(fasta), "--model", f"hf:{tiny_esm2}", "-o", str(out), "--cluster", f"slurm:{pending}",
                 "--quiet", timeout=180)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1, done.stderr

@@ -20,46 +20,24 @@ import pytest
 
 pytest.importorskip("distributed")
 
+from cluster_helpers import (  # noqa: E402
+    assert_same_cache,
+    free_port,
+    random_fasta,
+    run_cli,
+    start_process,
+    stop_process,
+    subprocess_env,
+)
 from distributed import Client  # noqa: E402
-from test_distributed import KEY, assert_same_cache, esm_inputs, random_fasta  # noqa: E402,F401
 
-from embeddings_cache import CacheWriter  # noqa: E402
 from repalign.compare import compare_models  # noqa: E402
 from repalign.distributed import CacheLayer, align_layers_distributed, shard_folder  # noqa: E402
 from repalign.metrics import align_layers_multi  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 DASK_CLI = str(Path(sys.executable).with_name("dask"))  # the console script next to this Python
 DASK = [DASK_CLI, "scheduler"]
 WORKER = [DASK_CLI, "worker"]
-
-
-def _env():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    return env
-
-
-def _start(cmd, log):
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
-
-
-def _stop(proc):
-    """Kill the process group (the worker's nanny and its child) and reap it."""
-    if proc.poll() is None:
-        with_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with_group(proc, signal.SIGKILL)
-            proc.wait(10)
-
-
-def with_group(proc, sig):
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +46,7 @@ def scheduler(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dask_tcp")
     sched_file = folder / "scheduler.json"
     log = open(folder / "dask.log", "w")
-    procs = [_start(DASK + ["--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+    procs = [start_process(DASK + ["--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                             "--scheduler-file", str(sched_file)], log)]
     try:
         deadline = time.time() + 60
@@ -78,20 +56,15 @@ def scheduler(tmp_path_factory):
         address = json.loads(sched_file.read_text())["address"]
         assert address.startswith("tcp://127.0.0.1:")
         for _ in range(2):
-            procs.append(_start(WORKER + [address, "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard",
+            procs.append(start_process(WORKER + [address, "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard",
                                           "--death-timeout", "60"], log))
         with Client(address, timeout="30s") as c:
             c.wait_for_workers(2, timeout=120)
         yield address
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop_process(p)
         log.close()
-
-
-def _cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "repalign", *args], capture_output=True, text=True, env=_env(),
-                          timeout=timeout)
 
 
 def _worker_pids(client):
@@ -107,7 +80,7 @@ def test_tcp_extraction_with_a_worker_killed_equals_single_process(scheduler, ti
         pids = _worker_pids(client)
         proc = subprocess.Popen([sys.executable, "-m", "repalign", "extract", str(fasta), "--model", f"hf:{tiny_esm2}",
                                  "-o", str(out), "--layers", "all", "--batch-tokens", "160", "--cluster", scheduler,
-                                 "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                                 "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
         killed = None
         deadline = time.time() + 180
         folder = shard_folder(out)
@@ -128,33 +101,11 @@ def test_tcp_extraction_with_a_worker_killed_equals_single_process(scheduler, ti
     assert_same_cache(out, ref, exact=False)
 
 
-@pytest.fixture(scope="module")
-def layer_cache(tmp_path_factory):
-    """A cache with two models of 3 and 2 layers (N=3000) and their arrays."""
-    rng = np.random.default_rng(3)
-    n = 3000
-    base = rng.standard_normal((n, 8))
-    mats = {"A": [(base @ rng.standard_normal((8, d)) + 0.5 * rng.standard_normal((n, d))).astype(np.float32)
-                  for d in (48, 64, 32)],
-            "B": [(base @ rng.standard_normal((8, d)) + 0.7 * rng.standard_normal((n, d))).astype(np.float32)
-                  for d in (40, 56)]}
-    mats["A"][1][100:110] = mats["A"][1][7]  # duplicated rows: tied neighbours
-    path = tmp_path_factory.mktemp("tcp_layers") / "layers.h5"
-    ids = [f"s{i}" for i in range(n)]
-    hashes = [f"{i:064x}" for i in range(n)]
-    for model, arrays in mats.items():
-        names = [f"l{i}" for i in range(len(arrays))]
-        with CacheWriter(path, model, provenance={"options": {}}, layers=names) as w:
-            for s in range(0, n, 500):
-                w.append(ids[s:s + 500], hashes[s:s + 500], {nm: m[s:s + 500] for nm, m in zip(names, arrays)})
-    return path, mats
-
-
 @pytest.mark.slow
 def test_tcp_compare_cli_equals_single_process(scheduler, layer_cache, tmp_path):
     path, _ = layer_cache
     table = tmp_path / "t.csv"
-    done = _cli("compare", str(path), "--a", "A", "--b", "B", "--metric", "mknn", "cknna", "cka", "--k", "5",
+    done = run_cli("compare", str(path), "--a", "A", "--b", "B", "--metric", "mknn", "cknna", "cka", "--k", "5",
                 "--block-rows", "700", "--cluster", scheduler, "-o", str(table))
     assert done.returncode == 0, done.stderr
     import pandas as pd
@@ -209,28 +160,20 @@ def test_tcp_comparison_survives_a_killed_worker(scheduler, layer_cache):
 
 
 # ----------------------------------------------------------------------------- faults
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_scheduler_not_answering_is_one_line_and_writes_nothing(tiny_esm2, tmp_path):
     """Nothing listens on the port: one line within CONNECT_TIMEOUT_S (30 s), no cache, no shard folder."""
     fasta = random_fasta(tmp_path / "in.fasta", 4)
     out = tmp_path / "never.h5"
-    address = f"tcp://127.0.0.1:{_free_port()}"
-    done = _cli("extract", str(fasta), "--model", f"hf:{tiny_esm2}", "-o", str(out), "--cluster", address, "--quiet",
+    address = f"tcp://127.0.0.1:{free_port()}"
+    done = run_cli("extract", str(fasta), "--model", f"hf:{tiny_esm2}", "-o", str(out), "--cluster", address, "--quiet",
                 timeout=120)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach the Dask scheduler at " + address in lines[0] and "within 30 s" in lines[0]
     assert not out.exists() and not shard_folder(out).exists()
     table = tmp_path / "t.csv"
-    done = _cli("compare", str(tmp_path / "none.h5"), "--a", "A", "--b", "B", "--cluster", address, "-o", str(table))
+    done = run_cli("compare", str(tmp_path / "none.h5"), "--a", "A", "--b", "B", "--cluster", address, "-o", str(table))
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
     assert not table.exists()
 
@@ -240,7 +183,7 @@ def test_unknown_slurm_key_from_the_cli_is_one_line(tiny_esm2, tmp_path):
     conf = tmp_path / "slurm.yaml"
     conf.write_text("cores: 1\nmemory: 1GB\npartition: debug\n")  # 'queue' is the SLURMCluster name
     out = tmp_path / "never.h5"
-    done = _cli("extract", str(fasta), "--model", f"hf:{tiny_esm2}", "-o", str(out), "--cluster", f"slurm:{conf}",
+    done = run_cli("extract", str(fasta), "--model", f"hf:{tiny_esm2}", "-o", str(out), "--cluster", f"slurm:{conf}",
                 "--quiet", timeout=120)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()

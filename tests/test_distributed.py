@@ -16,6 +16,7 @@ import pytest
 
 pytest.importorskip("distributed")
 
+from cluster_helpers import KEY, assert_same_cache, random_fasta  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
 from embeddings_cache import Cache, CacheWriter  # noqa: E402
@@ -28,21 +29,8 @@ from repalign.distributed import (  # noqa: E402
     shard_folder,
 )
 from repalign.errors import RepalignError  # noqa: E402
-from repalign.extract import extract, length_batches  # noqa: E402
-from repalign.inputs import read_inputs  # noqa: E402
+from repalign.extract import length_batches  # noqa: E402
 from repalign.metrics import align_layers_multi  # noqa: E402
-
-AA = "ACDEFGHIKLMNPQRSTVWY"
-KEY = "hf:tiny"
-
-
-def random_fasta(path, n, seed=0, lo=8, hi=60):
-    rng = np.random.default_rng(seed)
-    lines = []
-    for i in range(n):
-        lines += [f">p{i:03d}", "".join(rng.choice(list(AA), rng.integers(lo, hi)))]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -50,36 +38,6 @@ def client():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def esm_inputs(tiny_esm2, tmp_path_factory):
-    """Records and the single-process reference cache (one torch thread, like a Dask worker)."""
-    import torch
-
-    folder = tmp_path_factory.mktemp("dist_ref")
-    records = read_inputs([str(random_fasta(folder / "in.fasta", 32, seed=5))])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        extract(records, [f"hf:{tiny_esm2}"], folder / "single.h5", layers=["all"], batch_tokens=160, quiet=True)
-    finally:
-        torch.set_num_threads(threads)
-    return records, folder / "single.h5"
-
-
-def assert_same_cache(path, ref_path, exact=True):
-    ref, got = Cache(ref_path), Cache(path)
-    assert got.models == ref.models == [KEY]
-    assert got.ids(KEY) == ref.ids(KEY)  # same samples, same order, none duplicated
-    assert got.hashes(KEY) == ref.hashes(KEY)
-    assert got.layers(KEY) == ref.layers(KEY)
-    for layer in ref.layers(KEY):
-        a, b = got.read_layer(KEY, layer), ref.read_layer(KEY, layer)
-        if exact:
-            np.testing.assert_array_equal(a, b)
-        else:
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- cluster specs

@@ -58,7 +58,7 @@ def test_missing_path_is_clear(tmp_path):
 
 
 def test_structures_folder_multiframe_and_hash(tmp_path):
-    ase = pytest.importorskip("ase")
+    pytest.importorskip("ase")
     import ase.io
     from ase.build import bulk, molecule
 

@@ -18,9 +18,8 @@ from conftest import ESM_TOKENS, save_tiny_esm2
 from repalign.datasets.antibodies import ANTIBODIES, antibody_records
 from repalign.errors import InvalidInput, ModelUnavailable, RepalignError
 from repalign.inputs import sequence_record
-from repalign.models import get_adapter, get_adapter_class
+from repalign.models import get_adapter, get_adapter_class, sha256_of_files
 from repalign.models.antiberty import AntiBERTy, find_weights_dir, install_weights
-from repalign.models.hf_protein_lm import sha256_of_files
 from repalign.models.igfold import IgFold
 from repalign.models.iglm import IgLM
 

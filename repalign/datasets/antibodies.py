@@ -54,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
+from repalign.datasets.dataset import Dataset, check_size_seed, package_version
 from repalign.errors import RepalignError
 from repalign.inputs import Record, sequence_record
 
@@ -528,8 +529,6 @@ def repertoire_records(size: int = 1000, seed: int = 0):
     redrawn. Returns a :class:`repalign.datasets.dataset.Dataset` with per-antibody annotations
     (genes, CDR3 lengths, mutation rate and counts).
     """
-    from repalign.datasets.dataset import Dataset, check_size_seed, package_version
-
     size, seed = check_size_seed(size, seed, "repertoire_records")
     rng = np.random.default_rng(seed)
     records, notes, seen = [], [], set()

@@ -47,7 +47,9 @@ from pathlib import Path
 import numpy as np
 
 from repalign.datasets.dataset import Dataset, check_size_seed, package_version
+from repalign.datasets.structures import BINARY_COMPOUNDS
 from repalign.errors import RepalignError
+from repalign.inputs import structure_record
 
 MAX_ATOMS = 40
 NEIGHBOUR_CUTOFF = 4.5  # A; every atom needs a neighbour this close (CHGNet's graph cutoff is 5 A)
@@ -234,8 +236,6 @@ def _ase_crystals():
     from ase.build import bulk
     from ase.data import atomic_numbers, reference_states
 
-    from repalign.datasets.structures import BINARY_COMPOUNDS
-
     out = []
     for symbol in ELEMENTS:
         state = reference_states[atomic_numbers[symbol]]
@@ -254,8 +254,6 @@ def aflow_crystals(size: int = 1000, seed: int = 0, *, max_atoms: int = MAX_ATOM
     """``size`` distinct crystals: ASE bulk crystals, AFLOW prototypes and substituted prototypes
     (see the module docstring). Records are periodic ``structure`` records."""
     from pymatgen.io.ase import AseAtomsAdaptor
-
-    from repalign.inputs import structure_record
 
     size, seed = check_size_seed(size, seed, "aflow_crystals")
     if isinstance(max_atoms, bool) or not isinstance(max_atoms, (int, np.integer)) or max_atoms < 1:

@@ -31,6 +31,7 @@ import numpy as np
 
 from repalign.datasets.dataset import Dataset, check_size_seed, package_version
 from repalign.errors import RepalignError
+from repalign.inputs import structure_record
 
 ANI_ELEMENTS = ("H", "C", "N", "O")
 MIN_ATOMS, MAX_ATOMS = 8, 64
@@ -165,8 +166,6 @@ def ccd_molecules(size: int = 1000, seed: int = 0, *, elements=ANI_ELEMENTS, min
     Annotations: ``formula``, ``n_atoms``.
     """
     from ase import Atoms
-
-    from repalign.inputs import structure_record
 
     elements = tuple(sorted({str(e).capitalize() for e in elements}))
     if not elements:

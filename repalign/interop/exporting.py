@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from embeddings_cache import Cache
 from embeddings_cache.atomic import atomic_files
 from repalign.errors import RepalignError
 from repalign.interop.formats import (
@@ -49,10 +51,6 @@ def export_features(cache: str | os.PathLike, model: str, out: str | os.PathLike
     whole or not at all (written under a temporary name, then renamed); an existing ``out`` is
     replaced only with ``overwrite``.
     """
-    import fnmatch
-
-    from embeddings_cache import Cache
-
     out = Path(out)
     fmt = export_format(out)
     if out.exists() and not overwrite:

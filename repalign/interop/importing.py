@@ -15,7 +15,7 @@ from embeddings_cache import UNKNOWN_HASH, Cache, CacheWriter
 from embeddings_cache.format import check_name
 from repalign.errors import RepalignError
 from repalign.interop.readers import Features, read_features
-from repalign.models._common import package_versions, sha256_of_file, sha256_of_files
+from repalign.models import package_versions, sha256_of_file, sha256_of_files
 from repalign.pooling import check_pool, pool_rows
 
 #: samples appended to the cache per batch

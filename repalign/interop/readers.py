@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from embeddings_cache import index_per_id_h5, read_per_id_h5
 from repalign.errors import RepalignError
 from repalign.interop.formats import (
     CHECK_ROWS,
@@ -312,8 +313,6 @@ def _esm_features(objs: list, files: list[Path], pool: str, keep_tokens: bool) -
 
 
 def _read_h5(path: Path, pool: str = "mean", keep_tokens: bool = True, **_: Any) -> Features:
-    from embeddings_cache import index_per_id_h5, read_per_id_h5
-
     index = index_per_id_h5(path)
     arrays = read_per_id_h5(path, [d.key for d in index])
     ids = [d.id for d in index]

@@ -8,6 +8,7 @@ lcs_knn, edit_distance_knn), kernel metrics (cka, unbiased_cka, cka_rbf, cknna, 
 layer matrix built on it (``align_layers``). Conventions, ties included: docs/metrics.md.
 """
 
+from repalign.metrics._validate import as_features
 from repalign.metrics.cca import svcca, svcca_platonic
 from repalign.metrics.distance import bias_corrected_distance_correlation, distance_correlation
 from repalign.metrics.engine import LayerState, layer_state, resolve_metrics, score
@@ -28,6 +29,7 @@ __all__ = [
     "Metric",
     "align_layers",
     "align_layers_multi",
+    "as_features",
     "bcdcor",
     "bias_corrected_distance_correlation",
     "cka",

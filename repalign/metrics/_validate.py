@@ -26,7 +26,8 @@ def as_features(X, name: str = "X") -> np.ndarray:
     if np.iscomplexobj(arr):
         raise RepalignError(f"{name} is complex; pass real-valued features")
     if arr.ndim != 2:
-        raise RepalignError(f"{name} has {arr.ndim} dimension(s) with shape {arr.shape}; pass a 2-D array (n_samples, n_features), e.g. pooled per-sample features")
+        raise RepalignError(f"{name} has {arr.ndim} dimension(s) with shape {arr.shape}; "
+                            "pass a 2-D array (n_samples, n_features), e.g. pooled per-sample features")
     n, d = arr.shape
     if n == 0:
         raise RepalignError(f"{name} has no rows (shape {arr.shape}); pass at least one sample per row")

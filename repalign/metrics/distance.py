@@ -47,7 +47,8 @@ def distance_state(X: np.ndarray) -> DistanceState:
 def distance_correlation_from_states(a: DistanceState, b: DistanceState) -> float:
     for side, state in (("X", a), ("Y", b)):
         if not state.dvar > 0.0:
-            raise RepalignError(f"{side} has zero distance variance (all rows identical after preprocessing); distance correlation is undefined, check the input")
+            raise RepalignError(f"{side} has zero distance variance (all rows identical after preprocessing); "
+                                "distance correlation is undefined, check the input")
     dcov2 = float(np.mean(a.centred * b.centred))
     return float(np.sqrt(max(dcov2, 0.0) / np.sqrt(a.dvar * b.dvar)))
 
@@ -83,7 +84,8 @@ def u_centred_state(X: np.ndarray) -> DistanceState:
 def bias_corrected_distance_correlation_from_states(a: DistanceState, b: DistanceState) -> float:
     for side, state in (("X", a), ("Y", b)):
         if not state.dvar > 0.0:
-            raise RepalignError(f"{side} has zero distance variance (all rows identical after preprocessing); distance correlation is undefined, check the input")
+            raise RepalignError(f"{side} has zero distance variance (all rows identical after preprocessing); "
+                                "distance correlation is undefined, check the input")
     n = a.n_samples
     return float(np.sum(a.centred * b.centred) / (n * (n - 3)) / np.sqrt(a.dvar * b.dvar))
 

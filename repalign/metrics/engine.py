@@ -25,10 +25,10 @@ import numpy as np
 
 from repalign.errors import RepalignError
 from repalign.metrics._validate import as_features, check_permutation
+from repalign.metrics.approx import approximate_knn, check_knn_options
+from repalign.metrics.outofcore import as_block_source, blocked_knn_state, count_rows, linear_cka_moments, streamed_linear_cka
 from repalign.metrics.prepare import check_prepare_options, prepare_valid
 from repalign.metrics.registry import Metric, get_metric
-
-KNN_BACKENDS = ("exact", "faiss-hnsw", "faiss-ivf")
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,6 @@ def resolve_metrics(metrics: Sequence[str] | str, n_samples: int, params: Mappin
 
 def check_backend(knn: str = "exact", block_rows: int | None = None, knn_options: Mapping | None = None) -> dict:
     """Validate the neighbour backend options at a boundary; returns the knn options."""
-    from repalign.metrics.approx import check_knn_options
-
     options = check_knn_options(knn, **dict(knn_options or {}))
     if block_rows is not None:
         if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
@@ -145,8 +143,6 @@ def layer_state(
         cache: dict = {}
         recall = None
         if knn != "exact":
-            from repalign.metrics.approx import approximate_knn
-
             # Pre-filled neighbour lists are picked up by every kNN metric's state (registry cache key).
             for metric, p in metrics:
                 if metric.is_knn and ("knn", p["k"]) not in cache:
@@ -164,8 +160,6 @@ def layer_state(
 
 
 def _blocked_state(source, metrics, normalize, clip_quantile, block_rows, n_samples, name, knn_search=None) -> LayerState:
-    from repalign.metrics.outofcore import as_block_source, blocked_knn_state, count_rows, linear_cka_moments
-
     source = row_blocks(source, block_rows)
     n = count_rows(source, name) if n_samples is None else int(n_samples)
     cache: dict = {}
@@ -200,8 +194,6 @@ def row_blocks(layer, block_rows: int):
 def score(metric: Metric, params: Mapping[str, Any], state_a, state_b) -> float:
     """The score of one metric from the two layers' states (built with the same ``params``)."""
     if isinstance(state_a, StreamedLinearCka):
-        from repalign.metrics.outofcore import streamed_linear_cka
-
         return streamed_linear_cka(state_a.source, state_b.source, state_a.normalize, state_a.moments, state_b.moments)
     return metric.score(state_a, state_b, params)
 

@@ -174,7 +174,8 @@ def _hsic_from_states(a: KernelState, b: KernelState) -> float:
 def _check_self(value: float, side: str, what: str) -> None:
     if not value > 0.0:
         raise RepalignError(
-            f"{side} has zero (or negative) {what} self-similarity ({value:.3g}), e.g. all rows identical after preprocessing; the score is undefined, check the input or preprocessing"
+            f"{side} has zero (or negative) {what} self-similarity ({value:.3g}), e.g. all rows identical after preprocessing; "
+            "the score is undefined, check the input or preprocessing"
         )
 
 

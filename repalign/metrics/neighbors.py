@@ -84,7 +84,6 @@ class KnnState:
     def ordered(self) -> tuple[np.ndarray, np.ndarray]:
         """Plain lists (N, k) by decreasing similarity, ties taken in increasing sample index (the
         convention of :func:`repalign.metrics.nearest_neighbors`)."""
-        n = self.n_samples
         key_level = np.where(self.levels < 0, np.iinfo(np.int64).max, self.levels)
         order = np.lexsort((self.indices, key_level), axis=1)[:, : self.k]
         return np.take_along_axis(self.indices, order, axis=1), np.take_along_axis(self.similarities, order, axis=1)
@@ -120,7 +119,6 @@ def row_digests(X: np.ndarray) -> np.ndarray:
 
 def duplicate_groups(digests: np.ndarray) -> DuplicateGroups:
     """Groups of equal digests (see :func:`row_digests`)."""
-    n = digests.shape[0]
     _, first_sorted, inverse = np.unique(digests, return_index=True, return_inverse=True)
     rank = np.empty(first_sorted.size, dtype=np.int64)
     rank[np.argsort(first_sorted, kind="stable")] = np.arange(first_sorted.size)

@@ -214,7 +214,8 @@ class LinearCkaStats:
         X = np.ascontiguousarray(X, dtype=dtype)
         Y = np.ascontiguousarray(Y, dtype=dtype)
         if X.shape[0] != Y.shape[0]:
-            raise RepalignError(f"block of X has {X.shape[0]} rows but block of Y has {Y.shape[0]}; both sources must yield the same samples in the same blocks")
+            raise RepalignError(f"block of X has {X.shape[0]} rows but block of Y has {Y.shape[0]}; "
+                                "both sources must yield the same samples in the same blocks")
         if self.xty is None:
             dx, dy = X.shape[1], Y.shape[1]
             self.sum_x, self.sum_y = np.zeros(dx), np.zeros(dy)
@@ -255,8 +256,8 @@ class LinearCkaStats:
             self_y = _centred_square_norm(self.yty, self.sum_y, self.n)
         for value, side in ((self_x, "X"), (self_y, "Y")):
             if not value > 0.0:
-                raise RepalignError(f"{side} has zero (or negative) HSIC self-similarity ({value:.3g}), e.g. all rows identical after preprocessing; "
-                                    "the score is undefined, check the input or preprocessing")
+                raise RepalignError(f"{side} has zero (or negative) HSIC self-similarity ({value:.3g}), e.g. all rows identical "
+                                    "after preprocessing; the score is undefined, check the input or preprocessing")
         return float(np.einsum("ij,ij->", cxy, cxy) / np.sqrt(self_x * self_y))
 
 

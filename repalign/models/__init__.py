@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import importlib
 
-from repalign.errors import RepalignError
+from repalign.errors import ModelUnavailable, RepalignError
+from repalign.models._common import package_versions, provenance_record, sha256_of_file, sha256_of_files
+from repalign.models._sequence import hub_cache_dir, hub_offline
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
+from repalign.models.controls import parse_control, randomized
+from repalign.options import resolve_scoped
 
 REGISTRY: dict[str, str] = {
     # filled in by the model families; "hf:<path-or-repo>" is handled by get_adapter_class
@@ -59,8 +63,6 @@ def model_names() -> list[str]:
 
 def get_adapter_class(name: str) -> type[ModelAdapter]:
     """The adapter class of a registered name, ``hf:<path>``, or a control ``NAME@random:SEED`` (NAME's class)."""
-    from repalign.models.controls import parse_control
-
     control = parse_control(name)
     key = (control[0] if control else name).strip().lower()
     if key.startswith(HF_PREFIX):
@@ -84,9 +86,6 @@ def get_adapter(
     Options scoped to a model (``MODEL:KEY``, see :mod:`repalign.options`) reach that model only;
     ``NAME@random:SEED`` gives the random-initialised control of NAME (:mod:`repalign.models.controls`).
     """
-    from repalign.models.controls import parse_control, randomized
-    from repalign.options import resolve_scoped
-
     options = resolve_scoped(name, options)
     control = parse_control(name)
     if control is not None:
@@ -96,10 +95,12 @@ def get_adapter(
         return cls(name[len(HF_PREFIX):], weights=weights, device=device, dtype=dtype, **options)
     reason = cls.unavailable_reason()
     if reason:
-        from repalign.errors import ModelUnavailable
-
         raise ModelUnavailable(f"model {name}: {reason}")
     return cls(weights=weights, device=device, dtype=dtype, **options)
 
 
-__all__ = ["REGISTRY", "ModelAdapter", "ModelInfo", "SampleFeatures", "get_adapter", "get_adapter_class", "model_names"]
+__all__ = [
+    "REGISTRY", "ModelAdapter", "ModelInfo", "SampleFeatures", "get_adapter", "get_adapter_class", "model_names",
+    # for adapters defined outside this package (esmfold2_model) and for imported features
+    "hub_cache_dir", "hub_offline", "package_versions", "provenance_record", "sha256_of_file", "sha256_of_files",
+]

@@ -48,10 +48,9 @@ from repalign.models._common import (
     sha256_of_file,
     sha256_of_files,
 )
-from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
-from repalign.models.hf_protein_lm import (
+from repalign.models._sequence import (
     STANDARD_AMINO_ACIDS,
-    _assemble,
+    assemble,
     chain_rows,
     chains_of,
     check_device_dtype,
@@ -61,6 +60,7 @@ from repalign.models.hf_protein_lm import (
     start_forward,
     torch_dtype,
 )
+from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
 WEIGHTS_VERSION = "0.1.3"
 CHECKPOINT_NAME = "AntiBERTy_md_smooth"
@@ -150,7 +150,8 @@ def install_weights(wheel: str | None = None, dest: str | None = None, force: bo
                         shutil.copyfileobj(src, out)
             digest = _sha256(staging / CHECKPOINT_NAME / "pytorch_model.bin")
             if digest != WEIGHTS_SHA256:
-                raise RepalignError(f"{wheel}: AntiBERTy weights sha256 {digest} != expected {WEIGHTS_SHA256}; use the antiberty-{WEIGHTS_VERSION} wheel from PyPI")
+                raise RepalignError(f"{wheel}: AntiBERTy weights sha256 {digest} != expected {WEIGHTS_SHA256}; "
+                                    f"use the antiberty-{WEIGHTS_VERSION} wheel from PyPI")
             if root.exists():
                 shutil.rmtree(root)
             os.replace(staging, root)
@@ -270,7 +271,7 @@ class AntiBERTy(ModelAdapter):
         per_tokens, per_cls = chain_rows(
             out.hidden_states, index, [slice(1, 1 + len(chain)) for chain in chains], [0] * len(chains)
         )
-        return _assemble(len(records), owner, per_tokens, per_cls, list(index))
+        return assemble(len(records), owner, per_tokens, per_cls, list(index))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from repalign.errors import InvalidInput
 from repalign.inputs import Record
 
 MODALITIES = ("antibody sequence", "protein sequence", "protein structure", "crystal", "molecule")
@@ -113,8 +114,6 @@ class ModelAdapter(abc.ABC):
     def validate(self, record: Record) -> None:
         """Raise InvalidInput (naming ``record.id``) when this model cannot take the record."""
         if record.kind != self.info.input_kind:
-            from repalign.errors import InvalidInput
-
             raise InvalidInput(
                 f"{record.id}: model {self.info.name} takes {self.info.input_kind} inputs, got a {record.kind}; "
                 f"pass {self.info.input_kind} files for this model",

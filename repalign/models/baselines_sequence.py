@@ -28,8 +28,8 @@ from repalign.errors import RepalignError
 from repalign.inputs import Record
 from repalign.models._atomistic import check_layers
 from repalign.models._common import reject_unknown_options
+from repalign.models._sequence import STANDARD_AMINO_ACIDS, check_sequence_record
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
-from repalign.models.hf_protein_lm import STANDARD_AMINO_ACIDS, check_sequence_record
 
 INDEX = {aa: i for i, aa in enumerate(STANDARD_AMINO_ACIDS)}
 

@@ -266,7 +266,7 @@ def randomized(model: str | ModelAdapter, seed: int = 0, **adapter_args) -> Rand
     with ``seed`` when first used. ``adapter_args`` (weights, device, dtype, options) go to
     :func:`repalign.models.get_adapter` when ``model`` is a name."""
     if isinstance(model, str):
-        from repalign.models import get_adapter
+        from repalign.models import get_adapter  # lazy: circular (repalign.models imports this module)
 
         model = get_adapter(model, **adapter_args)
     elif adapter_args:

@@ -27,8 +27,9 @@ import re
 from typing import Any, ClassVar
 
 from repalign.errors import ModelUnavailable
+from repalign.models._sequence import quiet_transformers, torch_dtype
 from repalign.models.base import ModelInfo
-from repalign.models.hf_protein_lm import HFProteinLM, quiet_transformers, torch_dtype
+from repalign.models.hf_protein_lm import HFProteinLM
 
 _RARE = re.compile(r"[UZOB]")
 

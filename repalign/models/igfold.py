@@ -48,17 +48,17 @@ from repalign.models._common import (
     reject_unknown_options,
     sha256_of_files,
 )
-from repalign.models.antiberty import INSTALL_HINT as ANTIBERTY_HINT
-from repalign.models.antiberty import WEIGHTS_VERSION as ANTIBERTY_VERSION
-from repalign.models.antiberty import find_weights_dir
-from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
-from repalign.models.hf_protein_lm import (
+from repalign.models._sequence import (
     STANDARD_AMINO_ACIDS,
     check_device_dtype,
     check_sequence_record,
     quiet_transformers,
     start_forward,
 )
+from repalign.models.antiberty import INSTALL_HINT as ANTIBERTY_HINT
+from repalign.models.antiberty import WEIGHTS_VERSION as ANTIBERTY_VERSION
+from repalign.models.antiberty import find_weights_dir
+from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
 CHECKPOINTS = ("1", "2", "3", "5")
 GRAPH_DEPTH = 4  # TriangleGraphTransformer depth of every shipped checkpoint

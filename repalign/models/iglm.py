@@ -36,10 +36,9 @@ from repalign.errors import InvalidInput, ModelUnavailable, RepalignError
 from repalign.inputs import Record
 from repalign.models import _common
 from repalign.models._common import missing_modules, provenance_record, reject_unknown_options, sha256_of_files
-from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
-from repalign.models.hf_protein_lm import (
+from repalign.models._sequence import (
     STANDARD_AMINO_ACIDS,
-    _assemble,
+    assemble,
     chain_rows,
     chains_of,
     check_device_dtype,
@@ -49,6 +48,7 @@ from repalign.models.hf_protein_lm import (
     start_forward,
     torch_dtype,
 )
+from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
 CHECKPOINTS = ("IgLM", "IgLM-S")
 SPECIES = ("human", "mouse", "camel", "rabbit", "rat", "rhesus")
@@ -209,4 +209,4 @@ class IgLM(ModelAdapter):
         out, _ = run_padded(self._model, ids, self._token_id["[PAD]"], self.device, output_hidden_states=True)
         # the rows after the two conditioning tokens, before [SEP]
         per_tokens, per_cls = chain_rows(out.hidden_states, index, [slice(2, 2 + len(chain)) for chain in chains])
-        return _assemble(len(records), owner, per_tokens, per_cls, list(index))
+        return assemble(len(records), owner, per_tokens, per_cls, list(index))

