@@ -152,7 +152,7 @@ def cmd_cache_repool(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from repalign.extract import extract
+    from repalign.extract import extract  # lazy: CLI start-up
     from repalign.extract_options import ExtractOptions
     from repalign.inputs import read_inputs
 
@@ -169,7 +169,7 @@ def cmd_extract(args) -> int:
     if args.dry_run:
         return print_extraction_plan(records, _flat(args.model), args.output, settings)
     if args.cluster:
-        from repalign.distributed import extract_distributed
+        from repalign.distributed import extract_distributed  # lazy: CLI start-up
 
         runs = extract_distributed(records, _flat(args.model), args.output, cluster=args.cluster, settings=settings)
     else:
@@ -188,7 +188,7 @@ def cmd_extract(args) -> int:
 
 def print_extraction_plan(records, models, output, settings) -> int:
     """``extract --dry-run``: the plan, without loading weights or writing anything."""
-    from repalign.extract_plan import format_plan, plan_extraction
+    from repalign.extract_plan import format_plan, plan_extraction  # lazy: CLI start-up
 
     print(format_plan(plan_extraction(records, models, output, settings), output))
     return 0

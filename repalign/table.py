@@ -136,7 +136,7 @@ def resolve_metric(table: pd.DataFrame, metric: str | None = None) -> str:
         return stored[0]
     if metric in stored:
         return metric
-    from repalign.metrics import get_metric
+    from repalign.metrics import get_metric  # lazy: numba and the metrics load only for a chance level
 
     try:
         canonical = get_metric(metric).name
@@ -259,7 +259,7 @@ def chance_levels(rows: pd.DataFrame) -> np.ndarray:
     """Each row's chance level: the ``chance_level`` column where it holds a value, else the metric's
     closed form (:meth:`repalign.metrics.Metric.chance_level`) from the row's metric, params and
     n_samples; NaN where neither exists (e.g. biased CKA, which has no closed form)."""
-    from repalign.metrics import get_metric
+    from repalign.metrics import get_metric  # lazy: numba and the metrics load only for a chance level
 
     given = numbers(rows, "chance_level") if "chance_level" in rows.columns else np.full(len(rows), np.nan)
     if np.isfinite(given).all() or "n_samples" not in rows.columns:
