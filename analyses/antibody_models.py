@@ -38,6 +38,9 @@ QUICK = dict(models=("antiberty", "iglm", "igfold", "unirep-64"), seeds=(0, 1), 
              permutations={"mknn": 20, "unbiased_cka": 20}, ci=0.95,
              n_subsamples=5)
 
+#: (dataset, model_a, model_b) of the layer x layer heatmaps
+HEATMAPS = [("antibodies", "igfold", "antiberty")]
+
 
 def plans_for(cfg):
     return model_plans(cfg["models"], BASELINES, cfg["seeds"], subsets={"igfold": cfg["igfold_subset"]})
@@ -67,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = score_pooled(cache, "antibodies", study_pairs(plans, trained_pairs(cfg["models"])), METRICS, k=cfg["k"],
                          permutations=cfg["permutations"], ci=cfg["ci"], n_subsamples=cfg["n_subsamples"], seed=args.seed)
     table["identity_stage"] = identity_rows(table)
-    finish(run, table)
+    finish(run, table, heatmaps=HEATMAPS)
     return 0
 
 

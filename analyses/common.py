@@ -421,10 +421,14 @@ class Setup:
     start: float
 
 
-def study_setup(study: str, doc: str, argv, full: dict, quick: dict, sizes: dict) -> Setup:
+def study_setup(study: str, doc: str, argv, full: dict, quick: dict, sizes: dict,
+                options: Callable[[argparse.ArgumentParser], None] | None = None) -> Setup:
     """Parse a study's command line and prepare its output folder; ``sizes``: data set sizes of the
-    full and quick runs (:data:`analyses.datasets.SIZES`)."""
-    args = base_parser(study, doc.splitlines()[0]).parse_args(argv)
+    full and quick runs (:data:`analyses.datasets.SIZES`); ``options`` adds the study's own options."""
+    parser = base_parser(study, doc.splitlines()[0])
+    if options is not None:
+        options(parser)
+    args = parser.parse_args(argv)
     out = output_dir(study, args.out)
     return Setup(args, quick if args.quick else full, sizes["quick" if args.quick else "full"], out,
                  cache_root(args, out), time.perf_counter())

@@ -5,8 +5,9 @@ trained on crystals) on 1,000 molecules of the PDB's Chemical Component Dictiona
 (``repalign.datasets.molecules.ccd_molecules``: neutral single molecules of H, C, N, O with 8-64
 atoms and ideal 3D coordinates), against the baselines ``morgan`` (Morgan count fingerprints),
 ``elements`` (composition), ``soap`` and ``acsf``, with random-initialised controls of 5 seeds.
-Per molecule (mean-pooled) and per element of each molecule (the atoms of one element averaged,
-``compare_tokens(group_by="element")``, block permutations of whole molecules).
+Per molecule (mean-pooled) and, with ``--granularity element`` (and in ``--quick``), per element of
+each molecule (the atoms of one element averaged, ``compare_tokens(group_by="element")``, block
+permutations of whole molecules).
 
     python -m analyses.molecules                  # full study (extraction resumes from .cache/)
     python -m analyses.molecules --extract-only   # extraction only, resumable
@@ -22,13 +23,15 @@ import pandas as pd
 
 from analyses import datasets
 from analyses.common import finish, run_main, score_elements, score_pooled, study_pairs, study_setup
-from analyses.interatomic_potentials import FULL, METRICS, QUICK, molecule_plans
+from analyses.interatomic_potentials import FULL, QUICK, granularity_option, molecule_plans
 
 STUDY = "molecules"
+#: (dataset, model_a, model_b) of the layer x layer heatmaps
+HEATMAPS = [("molecules", "ani-1x", "chgnet-0.3.0")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run = study_setup(STUDY, __doc__, argv, FULL, QUICK, datasets.SIZES)
+    run = study_setup(STUDY, __doc__, argv, FULL, QUICK, datasets.SIZES, options=granularity_option)
     cfg, args = run.cfg, run.args
     molecules, plans, cache = datasets.prepare(run, "molecules", lambda _: molecule_plans(cfg))
     if args.extract_only:
@@ -36,10 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     pairs = study_pairs(plans)
     options = dict(permutations=cfg["molecule_permutations"], ci=cfg["ci"], n_subsamples=cfg["n_subsamples"], seed=args.seed)
-    table = pd.concat([score_pooled(cache, "molecules", pairs, METRICS, k=cfg["k"], **options),
-                       score_elements(cache, "molecules", list(molecules), pairs, METRICS, k=cfg["k_atoms"], **options)],
-                      ignore_index=True)
-    finish(run, table)
+    metrics, granularity = cfg["molecule_metrics"], args.granularity or cfg["granularity"]
+    frames = [score_pooled(cache, "molecules", pairs, metrics, k=cfg["k"], **options)] if "structure" in granularity else []
+    if "element" in granularity:
+        frames.append(score_elements(cache, "molecules", list(molecules), pairs, metrics, k=cfg["k_atoms"], **options))
+    table = pd.concat(frames, ignore_index=True)
+    finish(run, table, heatmaps=HEATMAPS)
     return 0
 
 
