@@ -233,7 +233,7 @@ much of the language model (ESMC) survives in each stage?
 
     {command}
 
-(this run: {elapsed / 60:.1f} min on CPU, skipping the extraction of models already in `.cache/`; see the extraction times below). With real weights, on a GPU:
+(this run: {elapsed / 60:.1f} min on CPU, extraction of the models not yet in `.cache/` included; see the extraction times below). With real weights, on a GPU:
 
     python -m analyses.esmfold2_stages --weights /path/to/ESMFold2 --esmc esmc-300m \\
         --esmc-weights /path/to/ESMC-300M --fasta proteins.fasta --device cuda
@@ -258,7 +258,7 @@ Controls (`@random`): weights re-initialised with seed {args.seed}. Extraction t
 
 - {check} (the stand-alone ESMC is the bundled backbone{' of the same random checkpoint, so 1.0 is expected' if smoke else ''}).
 - Stages that are (nearly) functions of each other score ~1: {identical(table)}.
-- Significance: {100 * (table.p_value < 0.05).mean():.0f} % of layer pairs have p < 0.05 (N = {n}).
+- Significance: {100 * (table.p_value_adjusted < 0.05).mean():.0f} % of layer pairs have an adjusted p < 0.05 (N = {n}).
 - The controls (`@random`) are re-initialised separately, so the control ESMC is not the control
   ESMFold2's backbone; its alignment with the control's stages is the random-network baseline.
 {SMOKE_NOTE if smoke else ''}
