@@ -255,10 +255,9 @@ def available_pairs(cache: Path, pairs: Sequence[Pair]) -> list[Pair]:
     return kept
 
 
-def metric_settings(metric: str, permutations: int | dict, ci: float | None) -> tuple[int, float | None]:
-    """(permutations, ci) of one metric: ``permutations`` is one count or a count per metric (0: no test)."""
-    count = permutations.get(metric, 0) if isinstance(permutations, dict) else permutations
-    return int(count), ci
+def permutations_for(metric: str, permutations: int | dict) -> int:
+    """Permutations of one metric: ``permutations`` is one count or a count per metric (0: no test)."""
+    return int(permutations.get(metric, 0) if isinstance(permutations, dict) else permutations)
 
 
 def score_pooled(cache: Path, dataset: str, pairs: Sequence[Pair], metrics: Sequence[str], *, k: int,
@@ -269,12 +268,12 @@ def score_pooled(cache: Path, dataset: str, pairs: Sequence[Pair], metrics: Sequ
     frames = []
     for pair in available_pairs(cache, pairs):
         for metric in metrics:
-            count, level = metric_settings(metric, permutations, ci)
-            result = compare_models(cache, pair.model_a, pair.model_b, [metric], k=k, permutations=count, ci=level,
+            result = compare_models(cache, pair.model_a, pair.model_b, [metric], k=k,
+                                    permutations=permutations_for(metric, permutations), ci=ci,
                                     n_subsamples=n_subsamples, seed=seed)
             frames.append(tidy_scores(result.table, dataset, pair, granularity="structure"))
         print(f"  scored {dataset} {pair.model_a} vs {pair.model_b} (N={result.n_samples})", flush=True)
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SCORE_COLUMNS))
 
 
 def score_elements(cache: Path, dataset: str, records, pairs: Sequence[Pair], metrics: Sequence[str], *, k: int,
@@ -285,14 +284,14 @@ def score_elements(cache: Path, dataset: str, records, pairs: Sequence[Pair], me
     frames = []
     for pair in available_pairs(cache, pairs):
         for metric in metrics:
-            count, level = metric_settings(metric, permutations, ci)
             result = compare_tokens(cache, pair.model_a, pair.model_b, [metric], group_by="element", inputs=records, k=k,
-                                    permutations=count, ci=level, n_subsamples=n_subsamples, seed=seed)
+                                    permutations=permutations_for(metric, permutations), ci=ci, n_subsamples=n_subsamples,
+                                    seed=seed)
             frame = result.table.drop(columns=["granularity"], errors="ignore")
             frames.append(tidy_scores(frame, dataset, pair, granularity="element"))
         print(f"  scored {dataset} per element {pair.model_a} vs {pair.model_b} ({result.n_samples} rows of "
               f"{result.n_units} structures)", flush=True)
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SCORE_COLUMNS))
 
 
 def chance_and_null(n: int, k: int, quantile: float = 0.95, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -445,6 +444,9 @@ def extract_part(setup: Setup, name: str, data, plans: Sequence[ModelPlan], cach
 
 def finish(setup: Setup, table: pd.DataFrame, heatmaps: Sequence[tuple[str, str, str]] = ()) -> pd.DataFrame:
     """Write ``scores.csv``, ``best_pairs.csv`` and the figures (:func:`study_figures`) and say how long the run took."""
+    if table.empty:
+        raise RepalignError("nothing to score: no pair of the study has both its models in the cache; "
+                            "extract them first (run without --score-only)")
     write_csv(table, setup.out / "scores.csv")
     best = best_pairs(table, by=[c for c in ("dataset", "granularity", "level", "metric", "model_a", "model_b")
                                  if c in table.columns])

@@ -371,6 +371,16 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_score_only_without_features_is_a_one_line_error(tmp_path):
+    """--score-only scores what a cache holds; with nothing to score it says so and writes no table."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "analyses.molecules", "--quick", "--score-only", "--cache", str(tmp_path / "none"),
+                           "--out", str(tmp_path / "o")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "scores.csv").exists()
+
+
 @pytest.mark.slow
 def test_control_spec_on_the_command_line_for_a_jax_model(tmp_path):
     """`repalign extract --model unirep-64@random:2`: a real JAX model re-initialised, stored under the spec."""
