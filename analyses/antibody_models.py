@@ -17,35 +17,29 @@ stage is its input (AntiBERTy's last layer) and is left out of every headline.
 
 from __future__ import annotations
 
-import time
+import itertools
 from typing import Sequence
 
 import pandas as pd
 
 from analyses import datasets
-from analyses.common import (
-    CONTROL_SEEDS,
-    base_parser,
-    cache_root,
-    extract_plans,
-    first_seeds,
-    model_plans,
-    output_dir,
-    run_main,
-    score_pooled,
-    study_pairs,
-    write_csv,
-)
+from analyses.common import CONTROL_SEEDS, finish, model_plans, run_main, score_pooled, study_pairs, study_setup
 
 STUDY = "antibody_models"
 MODELS = ("antiberty", "iglm", "igfold", "unirep-1900")
 BASELINES = {"aa-composition": {}, "kmer-composition": {}, "blosum62": {}, "onehot": {}}
 #: IgFold's input stage is AntiBERTy's last layer: not a finding, excluded from headlines
 IDENTITY_STAGES = {"igfold": ("antiberty",)}
-METRICS = ("mknn", "cka")
-FULL = dict(models=MODELS, seeds=CONTROL_SEEDS, igfold_subset=200, k=10, permutations=500, ci=0.95, n_subsamples=100)
-QUICK = dict(models=("antiberty", "iglm", "igfold", "unirep-64"), seeds=(0, 1), igfold_subset=5, k=2, permutations=20, ci=0.95,
+#: mutual kNN with a permutation test; unbiased CKA with a subsampling interval (no permutation test: its cost)
+METRICS = ("mknn", "unbiased_cka")
+FULL = dict(models=MODELS, seeds=CONTROL_SEEDS, igfold_subset=200, k=10, permutations={"mknn": 199, "unbiased_cka": 0},
+            ci=0.95, n_subsamples=30)
+QUICK = dict(models=("antiberty", "iglm", "igfold", "unirep-64"), seeds=(0, 1), igfold_subset=5, k=2,
+             permutations={"mknn": 20, "unbiased_cka": 20}, ci=0.95,
              n_subsamples=5)
+
+#: (dataset, model_a, model_b) of the layer x layer heatmaps
+HEATMAPS = [("antibodies", "igfold", "antiberty")]
 
 
 def plans_for(cfg):
@@ -54,8 +48,6 @@ def plans_for(cfg):
 
 def trained_pairs(models):
     """Every pair of models, IgFold always on side a (its stages are the rows of its tables)."""
-    import itertools
-
     others = [m for m in models if m != "igfold"]
     return [("igfold", m) for m in others if "igfold" in models] + list(itertools.combinations(others, 2))
 
@@ -69,26 +61,16 @@ def identity_rows(table: pd.DataFrame) -> list[bool]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = base_parser(STUDY, __doc__.splitlines()[0]).parse_args(argv)
-    cfg = QUICK if args.quick else FULL
-    sizes = datasets.SIZES["quick" if args.quick else "full"]
-    out = output_dir(STUDY, args.out)
-    root = cache_root(args, out)
-    start = time.perf_counter()
-
-    antibodies = datasets.build("antibodies", sizes["antibodies"], args.seed)
-    plans = plans_for(cfg)
-    cache = datasets.cache_path("antibodies", args.quick, root)
-    print(f"extracting {len(antibodies)} antibodies into {cache}", flush=True)
-    extract_plans(antibodies, first_seeds(plans, args.control_seeds), cache, out / "extraction_times.csv", dataset="antibodies")
+    run = study_setup(STUDY, __doc__, argv, FULL, QUICK, datasets.SIZES)
+    cfg, args = run.cfg, run.args
+    _, plans, cache = datasets.prepare(run, "antibodies", lambda _: plans_for(cfg))
     if args.extract_only:
         return 0
 
-    table = score_pooled(cache, "antibodies", study_pairs(plans, trained_pairs(cfg["models"])), METRICS, k=cfg["k"], permutations=cfg["permutations"],
-                         ci=cfg["ci"], n_subsamples=cfg["n_subsamples"], seed=args.seed)
+    table = score_pooled(cache, "antibodies", study_pairs(plans, trained_pairs(cfg["models"])), METRICS, k=cfg["k"],
+                         permutations=cfg["permutations"], ci=cfg["ci"], n_subsamples=cfg["n_subsamples"], seed=args.seed)
     table["identity_stage"] = identity_rows(table)
-    write_csv(table, out / "scores.csv")
-    print(f"wrote {out / 'scores.csv'} ({len(table)} rows) in {time.perf_counter() - start:.0f} s")
+    finish(run, table, heatmaps=HEATMAPS)
     return 0
 
 

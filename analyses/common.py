@@ -8,8 +8,11 @@ Random-initialised controls are the library's (:mod:`repalign.models.controls`):
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,77 +20,19 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from embeddings_cache import Cache
+from repalign import plot
+from repalign.compare import compare_models, compare_tokens
 from repalign.errors import RepalignError
-from repalign.models.controls import base_model, control_name, is_control, parse_control
+from repalign.extract import extract
+from repalign.models.controls import base_model, control_name, parse_control
+from repalign.table import write_table
 
-RESULTS_ROOT = Path(__file__).resolve().parent / "results"
-
-
-# ----------------------------------------------------------------------------- reading features
-def pooled_layers(cache, model: str, ids: Sequence[str], layers: Sequence[str] | None = None):
-    """(names, [(N, D) float64 matrices]) of a model's pooled layers, rows in the order of ``ids``."""
-    names = list(layers) if layers else cache.layers(model)
-    return names, [cache.read_layer(model, name, ids=ids).astype(np.float64) for name in names]
-
-
-def token_layers(cache, model: str, ids: Sequence[str], layers: Sequence[str] | None = None):
-    """(names, [(T, D) matrices], offsets) of a model's token (per-atom / per-residue) layers.
-
-    Rows of all samples are stacked in the order of ``ids``; row t of two models is the same atom
-    only when both have the same offsets, which :func:`check_same_tokens` verifies.
-    """
-    names = list(layers) if layers else cache.token_layers(model)
-    mats, offsets = [], None
-    for name in names:
-        data, off = cache.read_tokens(model, name, ids=ids)
-        if offsets is not None and not np.array_equal(off, offsets):
-            raise RepalignError(f"{model}: token layers {names[0]} and {name} have different row counts per sample")
-        offsets = off
-        mats.append(data.astype(np.float64))
-    return names, mats, offsets
-
-
-def check_same_tokens(offsets_a: np.ndarray, offsets_b: np.ndarray, model_a: str, model_b: str) -> None:
-    if not np.array_equal(offsets_a, offsets_b):
-        raise RepalignError(
-            f"{model_a} and {model_b} store different numbers of atoms/residues for the same samples; "
-            "per-token alignment needs the same rows in the same order in both"
-        )
+#: the analyses package; in a source checkout its results/ folder holds the committed results
+PACKAGE = Path(__file__).resolve().parent
 
 
 # ----------------------------------------------------------------------------- scoring
-def scored_pair(
-    mats_a: Sequence[np.ndarray],
-    mats_b: Sequence[np.ndarray],
-    names_a: Sequence[str],
-    names_b: Sequence[str],
-    model_a: str,
-    model_b: str,
-    metric: str,
-    *,
-    permutations: int,
-    n_subsamples: int,
-    seed: int = 0,
-    **metric_params,
-) -> pd.DataFrame:
-    """Tidy table of one model pair and metric: scores, permutation p-values and subsampling intervals.
-
-    Columns: those of ``LayerAlignment.to_frame`` plus ``repalign.stats.stats_columns``
-    (chance_level, p_value, p_value_adjusted, null_mean, calibrated, ci_low, ci_high, p_value_best, note).
-    """
-    from repalign.metrics import align_layers, resolve_metrics
-    from repalign.stats import permutation_test, stats_columns, subsample_intervals
-
-    result = permutation_test(mats_a, mats_b, metric=metric, permutations=permutations, seed=seed,
-                              names_a=list(names_a), names_b=list(names_b), **metric_params)
-    resolved = resolve_metrics([metric], len(mats_a[0]), metric_params)
-    interval = subsample_intervals(list(mats_a), list(mats_b), resolved, n_subsamples=n_subsamples, seed=seed)[0]
-    alignment = align_layers(mats_a, mats_b, metric=metric, names_a=list(names_a), names_b=list(names_b), **metric_params)
-    if not np.allclose(alignment.scores, result.scores, atol=1e-9, equal_nan=True):
-        raise RepalignError(f"{model_a} vs {model_b}: permutation-test scores differ from align_layers scores")
-    return pd.concat([alignment.to_frame(model_a=model_a, model_b=model_b), stats_columns(result, interval)], axis=1)
-
-
 def best_pairs(table: pd.DataFrame, by: Sequence[str] = ("level", "metric", "model_a", "model_b")) -> pd.DataFrame:
     """One row per model pair (and level, metric): the best layer pair with its statistics.
 
@@ -98,13 +43,25 @@ def best_pairs(table: pd.DataFrame, by: Sequence[str] = ("level", "metric", "mod
     table = table[(table.model_a != table.model_b) | (table.layer_a != table.layer_b)]
     index = table.groupby(by, sort=False)["score"].idxmax()
     keep = [c for c in (*by, "layer_a", "layer_b", "score", "ci_low", "ci_high", "chance_level", "null_mean",
-                        "calibrated", "p_value", "p_value_best", "n_samples") if c in table.columns]
+                        "calibrated", "p_value", "p_value_adjusted", "p_value_best", "n_samples", "n_units") if c in table.columns]
     return table.loc[index.to_numpy(), keep].reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- outputs
+def source_checkout() -> bool:
+    """Whether ``analyses`` runs from a source checkout (a ``.git`` or ``pyproject.toml`` beside it),
+    not from an installed copy."""
+    return any((PACKAGE.parent / name).exists() for name in (".git", "pyproject.toml"))
+
+
+def default_results(study: str) -> Path:
+    """``analyses/results/<study>`` in a source checkout; else ``./repalign-results/<study>`` in the
+    working directory (never inside an installed package)."""
+    return PACKAGE / "results" / study if source_checkout() else Path.cwd() / "repalign-results" / study
+
+
 def output_dir(study: str, out: str | os.PathLike | None) -> Path:
-    path = Path(out) if out else RESULTS_ROOT / study
+    path = Path(out) if out else default_results(study)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -117,22 +74,18 @@ def cache_dir(out: Path, cache: str | os.PathLike | None) -> Path:
 
 def cache_root(args, out: Path) -> Path | None:
     """Where a study's caches go: ``--cache``; else OUT/.cache when ``--out`` is given; else None
-    (each data set's default under analyses/results/<owner>/.cache/)."""
+    (each data set's default: the owner study's default results folder, ``.cache/``)."""
     if args.cache:
         return Path(args.cache)
     return out / ".cache" if args.out else None
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> Path:
-    from repalign.table import write_table
-
     return write_table(table.round(6), path)
 
 
 def save_figure(fig, out: Path, stem: str) -> list[Path]:
-    from repalign.plot import save_figure as save
-
-    return save(fig, out / stem, formats=("png",))
+    return plot.save_figure(fig, out / stem, formats=("png",))
 
 
 CONTROL_SEEDS = (0, 1, 2, 3, 4)
@@ -184,13 +137,6 @@ def first_seeds(plans: Sequence[ModelPlan], count: int | None) -> list[ModelPlan
     return [p for p in plans if p.level != "random_init" or p.seed in seeds]
 
 
-def level_of(model: str, provenance: dict | None = None) -> str:
-    """trained / random_init / baseline of a cached model (from its provenance when given)."""
-    if provenance and provenance.get("level") in LEVELS:
-        return provenance["level"]
-    return "random_init" if is_control(model) else "trained"
-
-
 def extract_plans(records, plans: Sequence[ModelPlan], cache: Path, times_csv: Path | None = None,
                   dataset: str = "") -> pd.DataFrame:
     """Extract every plan into ``cache`` (every layer; resumable: stored samples are skipped).
@@ -201,8 +147,6 @@ def extract_plans(records, plans: Sequence[ModelPlan], cache: Path, times_csv: P
     so a study run in several parts keeps the cost of each part. A model that fails is reported and
     skipped, so the others still extract. Returns this run's rows.
     """
-    from repalign.extract import extract
-
     rows = []
     for plan in plans:
         subset = records
@@ -234,8 +178,6 @@ def extract_models(records, models: Sequence[str], cache: Path, **options) -> di
 
     Returns model -> seconds spent extracting in this run (0 when everything was already cached).
     """
-    from repalign.extract import extract
-
     seconds = {}
     for model in models:
         runs = extract(records, [model], cache, layers=["all"], quiet=True, **options)
@@ -265,8 +207,6 @@ def study_pairs(plans: Sequence[ModelPlan], trained_pairs: Sequence[tuple[str, s
     - ``random_init``: the same pairs, control vs control of the same seed, one row set per seed;
     - ``baseline``: every trained model and every control vs every baseline (``seed`` = the control's).
     """
-    import itertools
-
     trained = [p.model for p in plans if p.level == "trained"]
     baselines = [p.model for p in plans if p.level == "baseline"]
     seeds = sorted({p.seed for p in plans if p.level == "random_init"})
@@ -300,40 +240,58 @@ def tidy_scores(frame: pd.DataFrame, dataset: str, pair: Pair, **labels) -> pd.D
     return frame[first + [c for c in frame.columns if c not in first]]
 
 
-def score_pooled(cache: Path, dataset: str, pairs: Sequence[Pair], metrics: Sequence[str], *, k: int,
-                 permutations: int, ci: float, n_subsamples: int, seed: int = 0) -> pd.DataFrame:
-    """Every pair with :func:`repalign.compare.compare_models` (pooled features, shared ids),
-    permutation p-values and subsampling intervals; study columns first."""
-    from repalign.compare import compare_models
-
-    frames = []
-    for pair in pairs:
-        result = compare_models(cache, pair.model_a, pair.model_b, list(metrics), k=k, permutations=permutations,
-                                ci=ci, n_subsamples=n_subsamples, seed=seed)
-        frames.append(tidy_scores(result.table, dataset, pair, granularity="structure"))
-        print(f"  scored {dataset} {pair.model_a} vs {pair.model_b} (N={result.n_samples})", flush=True)
-    return pd.concat(frames, ignore_index=True)
-
-
-def score_tokens(cache: Path, dataset: str, pairs: Sequence[Pair], metrics: Sequence[str], *, k: int,
-                 permutations: int, n_subsamples: int, seed: int = 0) -> pd.DataFrame:
-    """Every pair per atom / residue: token rows of the shared samples, paired row by row."""
-    from embeddings_cache import Cache, align_ids
-
-    frames = []
+def available_pairs(cache: Path, pairs: Sequence[Pair]) -> list[Pair]:
+    """The pairs whose two models are both in ``cache``; each level with missing models is named once
+    (e.g. controls not extracted yet), so a partial cache scores what it holds."""
     with Cache(cache) as c:
-        for pair in pairs:
-            ids = align_ids(c, pair.model_a, c, pair.model_b)
-            names_a, mats_a, off_a = token_layers(c, pair.model_a, ids)
-            names_b, mats_b, off_b = token_layers(c, pair.model_b, ids)
-            check_same_tokens(off_a, off_b, pair.model_a, pair.model_b)
-            for metric in metrics:
-                params = {"k": k} if metric in ("mknn", "mutual_knn", "cknna") else {}
-                frame = scored_pair(mats_a, mats_b, names_a, names_b, pair.model_a, pair.model_b, metric,
-                                    permutations=permutations, n_subsamples=n_subsamples, seed=seed, **params)
-                frames.append(tidy_scores(frame, dataset, pair, granularity="atom"))
-            print(f"  scored {dataset} per atom {pair.model_a} vs {pair.model_b} ({len(mats_a[0])} atoms)", flush=True)
-    return pd.concat(frames, ignore_index=True)
+        present = set(c.models)
+    kept = [p for p in pairs if p.model_a in present and p.model_b in present]
+    skipped: dict[str, set] = {}
+    for p in pairs:
+        if p not in kept:
+            skipped.setdefault(p.level, set()).update({p.model_a, p.model_b} - present)
+    for level, missing in skipped.items():
+        print(f"  note: {level} pairs skipped, not in {Path(cache).name}: {', '.join(sorted(missing))}", flush=True)
+    return kept
+
+
+def permutations_for(metric: str, permutations: int | dict) -> int:
+    """Permutations of one metric: ``permutations`` is one count or a count per metric (0: no test)."""
+    return int(permutations.get(metric, 0) if isinstance(permutations, dict) else permutations)
+
+
+def score_pooled(cache: Path, dataset: str, pairs: Sequence[Pair], metrics: Sequence[str], *, k: int,
+                 permutations: int | dict, ci: float, n_subsamples: int, seed: int = 0) -> pd.DataFrame:
+    """Every pair with :func:`repalign.compare.compare_models` (pooled features, shared ids),
+    permutation p-values (max-T adjusted over the layer pairs) and subsampling intervals where the
+    metric has one; study columns first. Pairs with a model missing from the cache are skipped."""
+    frames = []
+    for pair in available_pairs(cache, pairs):
+        for metric in metrics:
+            result = compare_models(cache, pair.model_a, pair.model_b, [metric], k=k,
+                                    permutations=permutations_for(metric, permutations), ci=ci,
+                                    n_subsamples=n_subsamples, seed=seed)
+            frames.append(tidy_scores(result.table, dataset, pair, granularity="structure"))
+        print(f"  scored {dataset} {pair.model_a} vs {pair.model_b} (N={result.n_samples})", flush=True)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SCORE_COLUMNS))
+
+
+def score_elements(cache: Path, dataset: str, records, pairs: Sequence[Pair], metrics: Sequence[str], *, k: int,
+                   permutations: int | dict, ci: float, n_subsamples: int, seed: int = 0) -> pd.DataFrame:
+    """Every pair per element of each structure: :func:`repalign.compare.compare_tokens` with
+    ``group_by="element"`` (one row per element present in a structure, its atoms' features
+    averaged), block permutations moving whole structures and intervals resampling structures."""
+    frames = []
+    for pair in available_pairs(cache, pairs):
+        for metric in metrics:
+            result = compare_tokens(cache, pair.model_a, pair.model_b, [metric], group_by="element", inputs=records, k=k,
+                                    permutations=permutations_for(metric, permutations), ci=ci, n_subsamples=n_subsamples,
+                                    seed=seed)
+            frame = result.table.drop(columns=["granularity"], errors="ignore")
+            frames.append(tidy_scores(frame, dataset, pair, granularity="element"))
+        print(f"  scored {dataset} per element {pair.model_a} vs {pair.model_b} ({result.n_samples} rows of "
+              f"{result.n_units} structures)", flush=True)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SCORE_COLUMNS))
 
 
 def chance_and_null(n: int, k: int, quantile: float = 0.95, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -350,16 +308,43 @@ def pair_heatmaps(table: pd.DataFrame, pairs: Sequence[tuple[str, str]], metric:
     """Side-by-side layer heatmaps (non-significant cells hatched), one panel per model pair."""
     from matplotlib.figure import Figure
 
-    from repalign.plot import layer_heatmap, style
 
     if len(pairs) == 1:  # one pair: the full two-column figure, room for many stage labels
-        return save_figure(layer_heatmap(table, metric, *pairs[0], width="double"), out, stem)[0]
-    with style():
+        return save_figure(plot.layer_heatmap(table, metric, *pairs[0], width="double"), out, stem)[0]
+    with plot.style():
         fig = Figure(figsize=(3.6 * len(pairs), 3.4), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, len(pairs)))
         for ax, (a, b) in zip(axes, pairs):
-            layer_heatmap(table, metric, a, b, ax=ax)
+            plot.layer_heatmap(table, metric, a, b, ax=ax)
     return save_figure(fig, out, stem)[0]
+
+
+def study_figures(table: pd.DataFrame, out: Path, heatmaps: Sequence[tuple[str, str, str]] = ()) -> list[Path]:
+    """The figures of a study, drawn from its table (mutual kNN, trained models and baselines; controls
+    are compared in the table, not drawn here):
+
+    - ``matrix_<dataset>[_<granularity>].png``: model x model best-pair scores (pairs whose best
+      cell is not significant after the max-T adjustment hatched; baseline x baseline left empty);
+    - ``heatmap_<dataset>[_<granularity>]_<a>_<b>.png``: the layer x layer scores of each
+      (dataset, model_a, model_b) in ``heatmaps``.
+
+    Rows on an identity stage (``identity_stage``) are left out.
+    """
+    rows = table[(table.metric == "mutual_knn") & table.level.isin(["trained", "baseline"])
+                 & ~table.model_a.str.contains("@") & ~table.model_b.str.contains("@")]
+    if "identity_stage" in rows.columns:
+        rows = rows[~rows.identity_stage.astype(bool)]
+    keys = [c for c in ("dataset", "granularity") if c in rows.columns]
+    figures = []
+    for key, sub in rows.groupby(keys, sort=False):
+        stem = "_".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+        if len(set(sub.model_a) | set(sub.model_b)) > 2:
+            figures += save_figure(plot.model_matrix(sub, "mutual_knn", order="table", width="double"), out, f"matrix_{stem}")
+        for dataset, a, b in heatmaps:
+            pair = sub[(sub.model_a == a) & (sub.model_b == b)]
+            if len(pair) and dataset == sub.dataset.iloc[0]:
+                figures.append(pair_heatmaps(pair, [(a, b)], "mutual_knn", out, f"heatmap_{stem}_{a}_{b}"))
+    return figures
 
 
 def depth_figure(table: pd.DataFrame, model: str, references: Sequence[str], metric: str, out: Path, stem: str,
@@ -368,12 +353,11 @@ def depth_figure(table: pd.DataFrame, model: str, references: Sequence[str], met
     trained (solid) and random-init control (dashed), with the subsampling interval of that cell."""
     from matplotlib.figure import Figure
 
-    from repalign.plot import CB_COLORS, style
 
-    with style():
+    with plot.style():
         fig = Figure(figsize=(4.2, 2.8), layout="constrained")
         ax = fig.subplots()
-        for colour, ref in zip(CB_COLORS, references):
+        for colour, ref in zip(plot.CB_COLORS, references):
             for a, b, dashes, label in ((model, ref, "-", f"vs {ref}"),
                                         (control_name(model, control_seed), control_name(ref, control_seed), "--",
                                          f"vs {ref} (random init, seed {control_seed})")):
@@ -411,19 +395,69 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
 def base_parser(study: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m analyses.{study}", description=description)
     parser.add_argument("--quick", action="store_true", help="a small smoke version (minutes), for tests")
-    parser.add_argument("--out", help=f"output folder (default: analyses/results/{study})")
+    parser.add_argument("--out", help=f"output folder (default: analyses/results/{study} in a source checkout, "
+                        f"else ./repalign-results/{study})")
     parser.add_argument("--cache", help="feature cache folder (default: OUT/.cache, git-ignored)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data sets and of the statistics")
     parser.add_argument("--extract-only", action="store_true", help="extract (resumable) and stop before scoring")
+    parser.add_argument("--score-only", action="store_true",
+                        help="score the models already in the cache (no extraction; missing models are skipped with a note)")
     parser.add_argument("--control-seeds", type=int, default=None, metavar="K",
                         help="with --extract-only: extract the controls of the first K seeds only (default: all)")
     return parser
 
 
+@dataclass
+class Setup:
+    """A study run: parsed arguments, its configuration (full or quick), data set sizes, output
+    folder, cache root (None: each data set's default) and start time."""
+
+    args: argparse.Namespace
+    cfg: dict
+    sizes: dict
+    out: Path
+    root: Path | None
+    start: float
+
+
+def study_setup(study: str, doc: str, argv, full: dict, quick: dict, sizes: dict,
+                options: Callable[[argparse.ArgumentParser], None] | None = None) -> Setup:
+    """Parse a study's command line and prepare its output folder; ``sizes``: data set sizes of the
+    full and quick runs (:data:`analyses.datasets.SIZES`); ``options`` adds the study's own options."""
+    parser = base_parser(study, doc.splitlines()[0])
+    if options is not None:
+        options(parser)
+    args = parser.parse_args(argv)
+    out = output_dir(study, args.out)
+    return Setup(args, quick if args.quick else full, sizes["quick" if args.quick else "full"], out,
+                 cache_root(args, out), time.perf_counter())
+
+
+def extract_part(setup: Setup, name: str, data, plans: Sequence[ModelPlan], cache: Path) -> None:
+    """Extract one data set's plans (resumable; controls limited by ``--control-seeds``), unless ``--score-only``."""
+    if setup.args.score_only:
+        print(f"--score-only: scoring the models already in {cache}", flush=True)
+        return
+    print(f"extracting {len(data)} {name} ({sum(r.size for r in data)} atoms/residues) into {cache}", flush=True)
+    extract_plans(data, first_seeds(plans, setup.args.control_seeds), cache, setup.out / "extraction_times.csv", dataset=name)
+
+
+def finish(setup: Setup, table: pd.DataFrame, heatmaps: Sequence[tuple[str, str, str]] = ()) -> pd.DataFrame:
+    """Write ``scores.csv``, ``best_pairs.csv`` and the figures (:func:`study_figures`) and say how long the run took."""
+    if table.empty:
+        raise RepalignError("nothing to score: no pair of the study has both its models in the cache; "
+                            "extract them first (run without --score-only)")
+    write_csv(table, setup.out / "scores.csv")
+    best = best_pairs(table, by=[c for c in ("dataset", "granularity", "level", "metric", "model_a", "model_b")
+                                 if c in table.columns])
+    write_csv(best, setup.out / "best_pairs.csv")
+    study_figures(table, setup.out, heatmaps)
+    print(f"wrote {setup.out / 'scores.csv'} ({len(table)} rows) in {time.perf_counter() - setup.start:.0f} s", flush=True)
+    return best
+
+
 def run_main(main: Callable[[Sequence[str] | None], int], argv=None) -> int:
     """Run a study's main; a RepalignError becomes a one-line message and exit status 1."""
-    import sys
-
     try:
         return main(argv)
     except RepalignError as exc:

@@ -28,23 +28,26 @@ from typing import Sequence
 import pandas as pd
 
 from analyses.common import (
+    Pair,
     base_parser,
     best_pairs,
     cache_dir,
+    chance_and_null,
     depth_figure,
     extract_models,
     markdown_table,
     output_dir,
     pair_heatmaps,
-    pooled_layers,
     run_main,
-    scored_pair,
+    score_pooled,
     write_csv,
 )
 from repalign.errors import RepalignError
+from repalign.inputs import read_fasta, sequence_record
 
 STUDY = "esmfold2_stages"
-METRICS = ("mknn", "cka")
+#: mutual kNN and unbiased CKA (with a subsampling interval), both with permutation tests
+METRICS = ("mknn", "unbiased_cka")
 
 # Short, well-known peptides and mini-proteins (sequences as commonly cited, typed in; used only
 # as realistic inputs for the smoke run; check them against UniProt before drawing findings).
@@ -124,13 +127,9 @@ def build_random_checkpoint(path: Path, width: int, layers: int, seed: int) -> P
 
 
 def read_proteins(fasta: str | None, n: int):
-    from repalign.inputs import sequence_record
-
     if fasta is None:
         chosen = PROTEINS if n >= len(PROTEINS) else sorted(PROTEINS, key=lambda p: len(p[1]))[:n]  # quick: shortest
         return [sequence_record(i, s) for i, s in chosen]
-    from repalign.inputs import read_fasta
-
     records = read_fasta(fasta)
     if len(records) < 5:
         raise RepalignError(f"{fasta}: {len(records)} sequences; an alignment study needs at least 5 (better 50+)")
@@ -172,32 +171,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         w = weights if model.startswith("esmfold2") else esmc_weights
         seconds.update(extract_models(records, [model], cache, weights=w, device=args.device))
 
-    from embeddings_cache import Cache
-
-    ids = [r.id for r in records]
-    frames = []
-    levels = [("trained" if not smoke else "random_weights", "")] + ([] if args.no_controls else [("random_init", control)])
-    with Cache(cache) as c:
-        for level, suffix in levels:
-            for a, b in (("esmfold2", "esmfold2"), ("esmfold2", args.esmc)):
-                ma, mb = a + suffix, b + suffix
-                na, pa = pooled_layers(c, ma, ids)
-                nb, pb = pooled_layers(c, mb, ids)
-                for metric in METRICS:
-                    params = {"k": cfg["k"]} if metric == "mknn" else {}
-                    frame = scored_pair(pa, pb, na, nb, ma, mb, metric, permutations=cfg["permutations"],
-                                        n_subsamples=cfg["n_subsamples"], seed=args.seed, **params)
-                    frame.insert(0, "level", level)
-                    frames.append(frame)
-                print(f"  scored {ma} vs {mb}", flush=True)
-    table = pd.concat(frames, ignore_index=True)
+    pairs = [Pair("trained" if not smoke else "random_weights", "esmfold2", b) for b in ("esmfold2", args.esmc)]
+    if not args.no_controls:
+        pairs += [Pair("random_init", "esmfold2" + control, b + control, args.seed) for b in ("esmfold2", args.esmc)]
+    table = score_pooled(cache, "proteins", pairs, METRICS, k=cfg["k"], permutations=cfg["permutations"], ci=0.95,
+                         n_subsamples=cfg["n_subsamples"], seed=args.seed).drop(columns=["granularity"])
     write_csv(table, out / "scores.csv")
     best = best_pairs(table)
     write_csv(best, out / "best_pairs.csv")
     figures = [pair_heatmaps(table, [("esmfold2", "esmfold2")], "mutual_knn", out, "heatmap_esmfold2_stages"),
-               pair_heatmaps(table, [("esmfold2", args.esmc)], "cka", out, "heatmap_esmfold2_esmc_cka")]
+               pair_heatmaps(table, [("esmfold2", args.esmc)], "unbiased_cka", out, "heatmap_esmfold2_esmc_ucka")]
     if not args.no_controls:
-        figures.append(depth_figure(table, "esmfold2", [args.esmc], "cka", out, "esmfold2_depth_cka"))
+        figures.append(depth_figure(table, "esmfold2", [args.esmc], "unbiased_cka", out, "esmfold2_depth_ucka"))
     elapsed = time.perf_counter() - start
     write_readme(out, table, best, cfg, args, smoke, seconds, elapsed, figures, len(records))
     print(f"wrote {out} in {elapsed:.0f} s")
@@ -205,24 +190,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def identical(table: pd.DataFrame) -> str:
-    """Pairs of different stages of the (non-control) ESMFold2 with linear CKA >= 0.999."""
-    rows = table[(table.metric == "cka") & (table.model_a == "esmfold2") & (table.model_b == "esmfold2")
+    """Pairs of different stages of the (non-control) ESMFold2 with unbiased linear CKA >= 0.999."""
+    rows = table[(table.metric == "unbiased_cka") & (table.model_a == "esmfold2") & (table.model_b == "esmfold2")
                  & (table.layer_a < table.layer_b) & (table.score >= 0.999)]
     rows = rows[rows.layer_a.str.split(".").str[0] != rows.layer_b.str.split(".").str[0]]
     return ", ".join(f"{r.layer_a} ~ {r.layer_b} ({r.score:.4f})" for r in rows.itertuples()) or "none"
 
 
+SMOKE_NOTE = ("- With random weights, stages computed from the same inputs align strongly through the input "
+              "statistics (residue composition and length), which is why even unrelated stages score high here.")
+
+
+def model_text(cfg, args, smoke) -> str:
+    if not smoke:
+        return f"weights {args.weights}"
+    return (f"a small random-initialised ESMFold2 (width {cfg['width']}, {cfg['layers']} blocks per stage, every stage "
+            "present) built and saved by the script, its ESMC backbone saved alone as the ESMC checkpoint")
+
+
 def write_readme(out, table, best, cfg, args, smoke, seconds, elapsed, figures, n) -> None:
     command = "python -m analyses.esmfold2_stages" + (" --quick" if args.quick else "")
     esmc = args.esmc
-    show = best[["level", "metric", "model_a", "model_b", "layer_a", "layer_b", "score", "ci_low", "ci_high", "p_value_best"]]
-    own = table[(table.metric == "cka") & (table.model_a == "esmfold2") & (table.model_b == esmc)]
+    show = best[[c for c in ("level", "metric", "model_a", "model_b", "layer_a", "layer_b", "score", "ci_low", "ci_high",
+                             "p_value_adjusted") if c in best.columns]]
+    own = table[(table.metric == "unbiased_cka") & (table.model_a == "esmfold2") & (table.model_b == esmc)]
     same = own[own.layer_a == own.layer_b]
-    check = (f"ESMFold2's `esmc.*` layers vs the stand-alone ESMC, same layer: linear CKA "
+    check = (f"ESMFold2's `esmc.*` layers vs the stand-alone ESMC, same layer: unbiased linear CKA "
              f"{same.score.min():.4f} to {same.score.max():.4f} over {len(same)} layers")
     warning = ("**These numbers come from random weights and are not findings.** This run checks that the "
                "whole path works (checkpoint loading, every stage hooked, pooling, cache, metrics, permutation "
                "tests, intervals, figures); rerun with real weights for results.") if smoke else ""
+    chance, null95 = chance_and_null(n, cfg["k"])
     text = f"""# ESMFold2 stages against each other and against ESMC
 
 {warning}
@@ -235,15 +233,18 @@ much of the language model (ESMC) survives in each stage?
 
     {command}
 
-(this run: {elapsed / 60:.1f} min on CPU, skipping the extraction of models already in `.cache/`; see the extraction times below). With real weights, on a GPU:
+(this run: {elapsed / 60:.1f} min on CPU, extraction of the models not yet in `.cache/` included; see the extraction times below). With real weights, on a GPU:
 
     python -m analyses.esmfold2_stages --weights /path/to/ESMFold2 --esmc esmc-300m \\
         --esmc-weights /path/to/ESMC-300M --fasta proteins.fasta --device cuda
 
 **Setup.** {n} proteins ({'built-in short sequences' if args.fasta is None else args.fasta});
-{'a small random-initialised ESMFold2 (width ' + str(cfg['width']) + ', ' + str(cfg['layers']) + ' blocks per stage, every stage present) built and saved by the script, its ESMC backbone saved alone as the ESMC checkpoint' if smoke else 'weights ' + str(args.weights)};
-every layer, mean-pooled over residues. Metrics: mutual kNN (k={cfg['k']}) and linear CKA;
-{cfg['permutations']} permutations, {cfg['n_subsamples']} subsamples of 80 % for 95 % intervals.
+{model_text(cfg, args, smoke)};
+every layer, mean-pooled over residues. Metrics: mutual kNN (k={cfg['k']}; chance level k/(N-1) = {chance:.3f},
+95 % quantile of its null {null95:.3f} at this N and k) and unbiased linear CKA (chance level 0);
+{cfg['permutations']} permutations (p-values adjusted for the search over layer pairs by max-T:
+`p_value_adjusted`), {cfg['n_subsamples']} subsamples of 80 % for 95 % intervals (unbiased CKA
+only: mutual kNN at a fixed k has no valid subsampling interval).
 Controls (`@random`): weights re-initialised with seed {args.seed}. Extraction time (s; 0 = cached):
 {', '.join(f'{m} {s}' for m, s in seconds.items())}.
 
@@ -257,10 +258,10 @@ Controls (`@random`): weights re-initialised with seed {args.seed}. Extraction t
 
 - {check} (the stand-alone ESMC is the bundled backbone{' of the same random checkpoint, so 1.0 is expected' if smoke else ''}).
 - Stages that are (nearly) functions of each other score ~1: {identical(table)}.
-- Significance: {100 * (table.p_value < 0.05).mean():.0f} % of layer pairs have p < 0.05 (N = {n}).
+- Significance: {100 * (table.p_value_adjusted < 0.05).mean():.0f} % of layer pairs have an adjusted p < 0.05 (N = {n}).
 - The controls (`@random`) are re-initialised separately, so the control ESMC is not the control
   ESMFold2's backbone; its alignment with the control's stages is the random-network baseline.
-{'- With random weights, stages computed from the same inputs align strongly through the input statistics (residue composition and length), which is why even unrelated stages score high here.' if smoke else ''}
+{SMOKE_NOTE if smoke else ''}
 """
     (out / "README.md").write_text(text)
 

@@ -5,52 +5,46 @@ trained on crystals) on 1,000 molecules of the PDB's Chemical Component Dictiona
 (``repalign.datasets.molecules.ccd_molecules``: neutral single molecules of H, C, N, O with 8-64
 atoms and ideal 3D coordinates), against the baselines ``morgan`` (Morgan count fingerprints),
 ``elements`` (composition), ``soap`` and ``acsf``, with random-initialised controls of 5 seeds.
-Per molecule (mean-pooled) and per atom.
+Per molecule (mean-pooled) and, with ``--granularity element`` (and in ``--quick``), per element of
+each molecule (the atoms of one element averaged, ``compare_tokens(group_by="element")``, block
+permutations of whole molecules).
 
     python -m analyses.molecules                  # full study (extraction resumes from .cache/)
     python -m analyses.molecules --extract-only   # extraction only, resumable
+    python -m analyses.molecules --score-only     # score what the cache holds
     python -m analyses.molecules --quick          # smoke version, for tests
 """
 
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 import pandas as pd
 
 from analyses import datasets
-from analyses.common import base_parser, cache_root, extract_plans, first_seeds, output_dir, run_main, score_pooled, score_tokens, study_pairs, write_csv
-from analyses.interatomic_potentials import FULL, METRICS, QUICK, molecule_plans
+from analyses.common import finish, run_main, score_elements, score_pooled, study_pairs, study_setup
+from analyses.interatomic_potentials import FULL, QUICK, granularity_option, molecule_plans
 
 STUDY = "molecules"
+#: (dataset, model_a, model_b) of the layer x layer heatmaps
+HEATMAPS = [("molecules", "ani-1x", "chgnet-0.3.0")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = base_parser(STUDY, __doc__.splitlines()[0]).parse_args(argv)
-    cfg = QUICK if args.quick else FULL
-    sizes = datasets.SIZES["quick" if args.quick else "full"]
-    out = output_dir(STUDY, args.out)
-    root = cache_root(args, out)
-    start = time.perf_counter()
-
-    molecules = datasets.build("molecules", sizes["molecules"], args.seed)
-    plans = molecule_plans(cfg)
-    cache = datasets.cache_path("molecules", args.quick, root)
-    print(f"extracting {len(molecules)} molecules ({sum(r.size for r in molecules)} atoms) into {cache}", flush=True)
-    extract_plans(molecules, first_seeds(plans, args.control_seeds), cache, out / "extraction_times.csv", dataset="molecules")
+    run = study_setup(STUDY, __doc__, argv, FULL, QUICK, datasets.SIZES, options=granularity_option)
+    cfg, args = run.cfg, run.args
+    molecules, plans, cache = datasets.prepare(run, "molecules", lambda _: molecule_plans(cfg))
     if args.extract_only:
         return 0
 
     pairs = study_pairs(plans)
-    table = pd.concat([
-        score_pooled(cache, "molecules", pairs, METRICS, k=cfg["k"], permutations=cfg["permutations"], ci=cfg["ci"],
-                     n_subsamples=cfg["n_subsamples"], seed=args.seed),
-        score_tokens(cache, "molecules", pairs, METRICS, k=cfg["k_atoms"], permutations=cfg["permutations"],
-                     n_subsamples=cfg["n_subsamples"], seed=args.seed),
-    ], ignore_index=True)
-    write_csv(table, out / "scores.csv")
-    print(f"wrote {out / 'scores.csv'} ({len(table)} rows) in {time.perf_counter() - start:.0f} s")
+    options = dict(permutations=cfg["molecule_permutations"], ci=cfg["ci"], n_subsamples=cfg["n_subsamples"], seed=args.seed)
+    metrics, granularity = cfg["molecule_metrics"], args.granularity or cfg["granularity"]
+    frames = [score_pooled(cache, "molecules", pairs, metrics, k=cfg["k"], **options)] if "structure" in granularity else []
+    if "element" in granularity:
+        frames.append(score_elements(cache, "molecules", list(molecules), pairs, metrics, k=cfg["k_atoms"], **options))
+    table = pd.concat(frames, ignore_index=True)
+    finish(run, table, heatmaps=HEATMAPS)
     return 0
 
 

@@ -17,7 +17,6 @@ from analyses.common import (
     best_pairs,
     chance_and_null,
     model_plans,
-    scored_pair,
     study_pairs,
 )
 from repalign.inputs import sequence_record
@@ -230,24 +229,6 @@ def _mknn_reference(X, Y, k):
     return float(np.mean([len(a & b) / k for a, b in zip(na, nb)]))
 
 
-def test_scored_pair_matches_reference_and_has_valid_statistics():
-    rng = np.random.default_rng(0)
-    n = 30
-    latent = rng.normal(size=(n, 4))
-    a = [latent @ rng.normal(size=(4, 6)) + 0.1 * rng.normal(size=(n, 6)), rng.normal(size=(n, 5))]
-    b = [latent @ rng.normal(size=(4, 7)) + 0.1 * rng.normal(size=(n, 7))]
-    table = scored_pair(a, b, ["shared", "noise"], ["shared"], "A", "B", "mknn", permutations=50, n_subsamples=10, k=4)
-    assert list(table.layer_a) == ["shared", "noise"]
-    for i, row in table.iterrows():
-        assert row.score == pytest.approx(_mknn_reference(a[i], b[0], 4), abs=1e-12)
-    assert ((table.p_value > 0) & (table.p_value <= 1)).all() and (table.p_value_adjusted >= table.p_value).all()
-    # mknn at a fixed k has no valid subsampling interval: NaN, and the table says why
-    assert table.ci_low.isna().all() and table.note.str.startswith("no valid interval for mutual_knn").all()
-    shared, noise = table.iloc[0], table.iloc[1]
-    assert shared.p_value == pytest.approx(1 / 51)  # no permutation reaches a real shared structure
-    assert shared.score > noise.score
-
-
 def test_best_pairs_skips_a_layer_against_itself():
     table = pd.DataFrame({
         "level": "x", "metric": "mutual_knn", "model_a": "m", "model_b": "m",
@@ -274,7 +255,8 @@ def _check_scores(out: Path, seeds: set[int]):
     """The columns of the issue, levels, seeds and valid statistics in a study's scores.csv."""
     table = pd.read_csv(out / "scores.csv")
     assert list(table.columns[: len(SCORE_COLUMNS)]) == SCORE_COLUMNS
-    assert table.score.between(-1e-9, 1 + 1e-9).all(), "mutual kNN and linear CKA lie in [0, 1]"
+    assert table[table.metric == "mutual_knn"].score.between(-1e-9, 1 + 1e-9).all(), "mutual kNN lies in [0, 1]"
+    assert table.score.between(-1 - 1e-9, 1 + 1e-9).all(), "unbiased CKA lies in [-1, 1]"
     assert ((table.p_value > 0) & (table.p_value <= 1)).all()
     # intervals where the metric has a valid one; NaN on both ends otherwise (kNN metrics, biased CKA)
     assert ((table.ci_low <= table.ci_high + 1e-12) | (table.ci_low.isna() & table.ci_high.isna())).all()
@@ -312,7 +294,7 @@ def test_antibody_study_quick(tmp_path):
     # IgFold's 'antiberty' stage is the AntiBERTy embedding it consumes: it matches AntiBERTy's last layer,
     # and it is flagged so no headline rests on it
     row = table[(table.model_a == "igfold") & (table.model_b == "antiberty") & (table.layer_a == "antiberty")
-                & (table.layer_b == "layer.7") & (table.metric == "cka")]
+                & (table.layer_b == "layer.7") & (table.metric == "unbiased_cka")]
     assert row.score.iloc[0] > 0.99 and row.identity_stage.all()
     assert not table[table.layer_a != "antiberty"].identity_stage.any()
     _check_cache_provenance(out / ".cache" / "antibodies-quick.h5", "repertoire_records", 8)
@@ -323,9 +305,12 @@ def test_interatomic_study_quick(tmp_path):
     out = tmp_path / "potentials"
     _run_study("interatomic_potentials", out)
     table = _check_scores(out, {0, 1})
-    assert set(table.dataset) == {"crystals"} and set(table.granularity) == {"structure", "atom"}
-    atoms = table[table.granularity == "atom"].n_samples
-    assert atoms.min() > table[table.granularity == "structure"].n_samples.max()
+    assert set(table.dataset) == {"crystals"} and set(table.granularity) == {"structure", "element"}
+    # per element of each crystal: one row per element present, at least one per crystal
+    elements = table[table.granularity == "element"]
+    assert elements.n_samples.min() > table[table.granularity == "structure"].n_samples.max()
+    assert set(elements.n_units) == {12}
+    assert {"matrix_crystals_structure.png", "matrix_crystals_element.png", "best_pairs.csv"} <= {p.name for p in out.iterdir()}
     times = pd.read_csv(out / "extraction_times.csv")
     assert {"chgnet-0.3.0", "diep@random:1", "elements"} <= set(times.model)
     _check_cache_provenance(out / ".cache" / "crystals-quick.h5", "aflow_crystals", 12)
@@ -336,10 +321,10 @@ def test_molecule_study_quick(tmp_path):
     out = tmp_path / "molecules"
     _run_study("molecules", out)
     table = _check_scores(out, {0, 1})
-    assert set(table.granularity) == {"structure", "atom"}
-    atoms = table[table.granularity == "atom"].n_samples
+    assert set(table.granularity) == {"structure", "element"}
+    elements = table[table.granularity == "element"].n_samples
     structures = table[table.granularity == "structure"].n_samples
-    assert atoms.min() > structures.max()  # per-atom rows are atoms, not molecules
+    assert elements.min() > structures.max()  # rows are the elements of each molecule, not molecules
     assert {"morgan", "elements"} <= set(table.model_b)
     _check_cache_provenance(out / ".cache" / "molecules-quick.h5", "ccd_molecules", 12)
 
@@ -347,7 +332,8 @@ def test_molecule_study_quick(tmp_path):
 def _check_outputs(out: Path, controls: set[str]):
     table = pd.read_csv(out / "scores.csv")
     best = pd.read_csv(out / "best_pairs.csv")
-    assert table.score.between(-1e-9, 1 + 1e-9).all(), "mutual kNN and linear CKA lie in [0, 1]"
+    assert table[table.metric == "mutual_knn"].score.between(-1e-9, 1 + 1e-9).all(), "mutual kNN lies in [0, 1]"
+    assert table.score.between(-1 - 1e-9, 1 + 1e-9).all(), "unbiased CKA lies in [-1, 1]"
     assert ((table.p_value > 0) & (table.p_value <= 1)).all()
     # intervals where the metric has a valid one; NaN on both ends otherwise (kNN metrics, biased CKA)
     assert ((table.ci_low <= table.ci_high + 1e-12) | (table.ci_low.isna() & table.ci_high.isna())).all()
@@ -366,7 +352,7 @@ def test_esmfold2_study_quick(tmp_path):
     assert "not findings" in readme
     # the stand-alone ESMC is the backbone saved from the same checkpoint: same layer, same features
     same = table[(table.model_a == "esmfold2") & (table.model_b == "esmc-300m") & (table.layer_a == table.layer_b)
-                 & (table.metric == "cka")]
+                 & (table.metric == "unbiased_cka")]
     assert len(same) >= 3 and (same.score > 0.9999).all()
     layers = set(table[table.model_a == "esmfold2"].layer_a)
     assert {"folding_trunk.0", "parcae", "distogram", "confidence.single"} <= layers
@@ -383,6 +369,16 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
                            "--out", str(tmp_path / "o")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_score_only_without_features_is_a_one_line_error(tmp_path):
+    """--score-only scores what a cache holds; with nothing to score it says so and writes no table."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "analyses.molecules", "--quick", "--score-only", "--cache", str(tmp_path / "none"),
+                           "--out", str(tmp_path / "o")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "scores.csv").exists()
 
 
 @pytest.mark.slow
@@ -413,6 +409,22 @@ def test_control_spec_on_the_command_line_for_a_jax_model(tmp_path):
     assert not (tmp_path / "c3.h5").exists()
 
 
+def test_results_go_to_the_checkout_or_to_the_working_directory(tmp_path, monkeypatch):
+    """analyses/results/<study> only beside a source checkout; an installed copy writes ./repalign-results/<study>."""
+    import analyses.common as common
+
+    installed = tmp_path / "site-packages" / "analyses"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(common, "PACKAGE", installed)
+    monkeypatch.chdir(tmp_path)
+    assert not common.source_checkout()
+    assert common.output_dir("molecules", None) == tmp_path / "repalign-results" / "molecules"
+    assert not (installed / "results").exists()
+    (installed.parent / "pyproject.toml").write_text("[project]\n")
+    assert common.source_checkout() and common.default_results("molecules") == installed / "results" / "molecules"
+    assert common.output_dir("x", tmp_path / "mine") == tmp_path / "mine"
+
+
 def test_study_scoring_on_real_features_with_a_subset(tmp_path):
     """extract_plans + score_pooled on baselines: the study columns, shared ids of a subset, levels."""
     from analyses.common import SCORE_COLUMNS, Pair, extract_plans, score_pooled
@@ -435,3 +447,21 @@ def test_study_scoring_on_real_features_with_a_subset(tmp_path):
     assert table.ci_low.isna().all() and table.note.str.startswith("no valid interval").all()
     # a BLOSUM62 profile is a linear map of the composition: linear CKA sees them as closely related
     assert table[table.metric == "cka"].score.iloc[0] > 0.5
+
+
+def test_study_scoring_skips_models_missing_from_the_cache(tmp_path, capsys):
+    """Controls not extracted yet: their pairs are skipped with a note; a metric can go without a test."""
+    from analyses.common import Pair, extract_plans, score_pooled
+    from repalign.datasets.antibodies import repertoire_records
+
+    data = repertoire_records(10, seed=3)
+    extract_plans(data, [ModelPlan("aa-composition", "baseline"), ModelPlan("onehot", "baseline")], tmp_path / "c.h5")
+    pairs = [Pair("baseline", "aa-composition", "onehot"), Pair("random_init", "iglm@random:0", "antiberty@random:0", 0)]
+    table = score_pooled(tmp_path / "c.h5", "antibodies", pairs, ["mknn", "unbiased_cka"], k=3,
+                         permutations={"mknn": 30, "unbiased_cka": 0}, ci=0.9, n_subsamples=10)
+    assert set(table.level) == {"baseline"}
+    assert "random_init pairs skipped" in capsys.readouterr().out
+    mknn, ucka = table[table.metric == "mutual_knn"], table[table.metric == "unbiased_cka"]
+    assert mknn.p_value_adjusted.notna().all() and mknn.ci_low.isna().all()
+    # no permutation test asked for unbiased CKA: no p-value; its interval is there and holds the score
+    assert ucka.p_value.isna().all() and (ucka.ci_low <= ucka.score + 1e-12).all() and (ucka.score <= ucka.ci_high + 1e-12).all()
