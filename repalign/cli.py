@@ -86,6 +86,8 @@ def cmd_compare(args) -> int:
                                             ("--inputs", args.inputs), ("--subsample", args.subsample)) if value is not None]
     if token_flags and not args.tokens:
         raise RepalignError(f"{token_flags[0]} applies to token rows; add --tokens")
+    if args.search_block is not None and args.tokens:
+        raise RepalignError("--search-block applies to --cluster comparisons of pooled layers; drop it with --tokens")
     if args.tokens and args.cluster:
         raise RepalignError("--tokens runs in this process; drop --cluster (use --block-rows for large token layers)")
     common = dict(
@@ -100,7 +102,8 @@ def cmd_compare(args) -> int:
                                 subsample=args.subsample or "samples", group_by=args.group_by,
                                 inputs=args.inputs, **common)
     else:
-        result = compare_models(args.cache, args.a, args.b, _flat(args.metric) or ["mknn"], cluster=args.cluster, **common)
+        result = compare_models(args.cache, args.a, args.b, _flat(args.metric) or ["mknn"], cluster=args.cluster,
+                                search_block=args.search_block, **common)
     print(result.summary())
     if args.output:
         path = write_table(result.table, args.output)
@@ -355,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--knn", default="exact", choices=("exact", "faiss-hnsw", "faiss-ivf"),
                    help="neighbour search; approximate ones report their recall (default exact)")
     c.add_argument("--block-rows", type=int, help="read layers in row blocks (out of core; kNN metrics, linear CKA)")
+    c.add_argument("--search-block", type=int, metavar="ROWS",
+                   help="with --cluster: split each layer's exact neighbour search into ROWS x ROWS block tasks over all workers")
     c.add_argument("--tokens", action="store_true",
                    help="compare token layers row by row (residues, atoms); permutations and --ci move whole samples")
     c.add_argument("--max-tokens", type=int, help="with --tokens: use at most this many rows, drawn with --seed")

@@ -161,6 +161,7 @@ def compare_models(
     knn: str = "exact",
     knn_options: dict | None = None,
     block_rows: int | None = None,
+    search_block: int | None = None,
     **params,
 ) -> Comparison:
     """Score every layer of ``model_a`` against every layer of ``model_b`` with each metric.
@@ -178,7 +179,9 @@ def compare_models(
     (:mod:`repalign.metrics.engine`): ``knn`` (``exact``, ``faiss-hnsw``, ``faiss-ivf``; approximate
     lists add a ``knn_recall`` column) and ``block_rows`` (layers read in row blocks, out of core).
     ``cluster`` (a Dask spec such as ``local:4`` or a Client) builds the layer states on workers
-    (:func:`repalign.distributed.align_layers_distributed`). Returns a :class:`Comparison` whose
+    (:func:`repalign.distributed.align_layers_distributed`); with ``search_block`` (rows) each
+    layer's exact neighbour search is itself split into block tasks over all workers, for a few
+    layers of very many samples. Returns a :class:`Comparison` whose
     ``table`` is the tidy long table (model_a, layer_a, model_b, layer_b, metric, params, score,
     n_samples, best, and the statistics columns when requested).
     """
@@ -186,6 +189,11 @@ def compare_models(
                                             knn_options=knn_options, block_rows=block_rows)
     if (permutations or ci) and cluster is not None:
         raise RepalignError("--permutations/--ci run in this process; drop --cluster for them")
+    if search_block is not None:
+        if cluster is None:
+            raise RepalignError("--search-block spreads each layer's neighbour search over a cluster's workers; add --cluster "
+                                "(or drop --search-block)")
+        search_block = stats.check_count(search_block, "search_block", 1)
     ca, cb = _open_models(cache, cache_b, model_a, model_b)
     names_a = select_layers(ca.layers(model_a), layers_a, model_a)
     names_b = select_layers(cb.layers(model_b), layers_b, model_b)
@@ -201,7 +209,7 @@ def compare_models(
     run = _Run(model_a=model_a, model_b=model_b, names_a=names_a, names_b=names_b, canonical=canonical, params=params,
                n=len(ids), exclude=exclude, normalize=normalize, permutations=permutations, ci=ci,
                n_subsamples=n_subsamples, fraction=fraction, seed=seed, alpha=alpha, cluster=cluster, knn=knn,
-               knn_options=knn_options, block_rows=block_rows)
+               knn_options=knn_options, block_rows=block_rows, search_block=search_block)
     return _compare_items(run, items_a, items_b)
 
 
@@ -230,6 +238,7 @@ class _Run:
     knn_options: dict
     block_rows: int | None
     cluster: object = None
+    search_block: int | None = None
     fraction: float = 0.8
     draw: object = None
     offsets: np.ndarray | None = None
@@ -252,7 +261,8 @@ def _compare_items(run: _Run, items_a: list, items_b: list) -> Comparison:
     if run.cluster is not None:
         with open_client(run.cluster) as client:
             alignments = align_layers_distributed(client, items_a, items_b, run.canonical, run.names_a, run.names_b,
-                                                  n_samples=run.n, **run.engine_options, **run.params)
+                                                  n_samples=run.n, search_block=run.search_block, **run.engine_options,
+                                                  **run.params)
     elif run.permutations:
         alignments, results = _permutation_alignments(run, resolved, items_a, items_b)
     else:

@@ -119,6 +119,13 @@ def test_tcp_compare_cli_equals_single_process(scheduler, layer_cache, tmp_path)
     knn = got["metric"] != "cka"
     np.testing.assert_array_equal(got["score"][knn].to_numpy(), ref["score"][knn].to_numpy())
     np.testing.assert_allclose(got["score"][~knn].to_numpy(), ref["score"][~knn].to_numpy(), rtol=1e-6)
+    # each layer's search split into 256 x 256 block tasks over both workers: the same neighbour lists
+    split = tmp_path / "split.csv"
+    done = run_cli("compare", str(path), "--a", "A", "--b", "B", "--metric", "mknn", "cknna", "--k", "5",
+                   "--search-block", "256", "--cluster", scheduler, "-o", str(split))
+    assert done.returncode == 0, done.stderr
+    split = pd.read_csv(split, float_precision="round_trip").sort_values(key).reset_index(drop=True)
+    np.testing.assert_array_equal(split["score"].to_numpy(), ref[knn]["score"].to_numpy())
 
 
 @pytest.mark.slow
