@@ -23,8 +23,7 @@ from typing import Sequence
 import pandas as pd
 
 from analyses import datasets
-from analyses.common import (CONTROL_SEEDS, best_pairs, finish, model_plans, run_main, score_pooled, study_pairs,
-                             study_setup, write_csv)
+from analyses.common import CONTROL_SEEDS, best_pairs, finish, model_plans, run_main, score_pooled, study_pairs, study_setup, write_csv
 
 STUDY = "antibody_models"
 MODELS = ("antiberty", "iglm", "igfold", "unirep-1900")
