@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics, granularity = cfg["molecule_metrics"], args.granularity or cfg["granularity"]
     frames = [score_pooled(cache, "molecules", pairs, metrics, k=cfg["k"], **options)] if "structure" in granularity else []
     if "element" in granularity:
-        frames.append(score_elements(cache, "molecules", list(molecules), pairs, metrics, k=cfg["k_atoms"], **options))
+        frames.append(score_elements(cache, "molecules", list(molecules), pairs, metrics, k=cfg["k_atoms"],
+                                     **{**options, "permutations": cfg["element_permutations"]}))
     table = pd.concat(frames, ignore_index=True)
     finish(run, table, heatmaps=HEATMAPS)
     return 0
