@@ -52,7 +52,7 @@ MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 RealMemory=2000 State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 RealMemory=8000 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -112,7 +112,8 @@ def slurm(tmp_path_factory):
 
 
 def slurm_config(folder, name="slurm.yaml", **extra):
-    settings = {"cores": 1, "memory": "1GB", "processes": 1, "jobs": 2, "queue": "debug", "walltime": "00:30:00",
+    # 2 GB: a worker holding torch and a model uses ~0.8 GB, and Dask pauses a worker at 80% of its limit
+    settings = {"cores": 1, "memory": "2GB", "processes": 1, "jobs": 2, "queue": "debug", "walltime": "00:30:00",
                 "interface": "lo", "death_timeout": 60, "local_directory": str(folder / "spool"),
                 "log_directory": str(folder / "logs"), "start_timeout": 120,
                 "job_script_prologue": ["export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1"], **extra}
@@ -143,8 +144,6 @@ def _worker_processes(folder):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="known open defect: inside the full suite (not alone, 5/5 passes) the extraction can "
-                   "outlive the 400 s limit after its SLURM worker is killed; under investigation, see docs/scaling.md")
 def test_slurm_extraction_with_a_worker_killed_equals_single_process(slurm, tiny_esm2, esm_inputs, tmp_path):
     records, ref = esm_inputs
     fasta = ref.parent / "in.fasta"

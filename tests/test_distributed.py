@@ -166,6 +166,33 @@ def test_killed_worker_loses_no_sample(client, tiny_esm2, esm_inputs, tmp_path):
 
 
 @pytest.mark.slow
+def test_workers_paused_at_their_memory_limit_are_a_one_line_error(tiny_esm2, esm_inputs, tmp_path, monkeypatch):
+    """A worker whose memory limit its model does not fit in is paused by Dask and takes no task;
+    the run fails after PAUSED_TIMEOUT_S with the memory named, instead of waiting forever."""
+    import dask
+
+    import repalign.distributed.cluster as cluster_module
+
+    monkeypatch.setattr(cluster_module, "PAUSED_TIMEOUT_S", 10)
+    records, _ = esm_inputs
+    out = tmp_path / "paused.h5"
+    # pause at 50% of a limit that an idle worker is under and a worker holding torch is over; never kill
+    config = {"distributed.worker.memory.pause": 0.5, "distributed.worker.memory.terminate": False,
+              "distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}
+    with dask.config.set(config), LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="400MiB",
+                                                dashboard_address=":0") as cluster, Client(cluster) as small:
+        start = time.monotonic()
+        with pytest.raises(RepalignError) as info:
+            extract_distributed(records, [f"hf:{tiny_esm2}"], out, cluster=small, layers=["all"], batch_tokens=160,
+                                shard_tokens=300, quiet=True)
+        waited = time.monotonic() - start
+    message = str(info.value)
+    assert "\n" not in message and "paused for 10 s at its memory limit" in message and "of 400 MiB" in message
+    assert waited < 120
+    assert not out.exists()  # nothing merged into the target
+
+
+@pytest.mark.slow
 def test_concurrent_cli_extractions_one_wins_one_fails_clearly(tiny_esm2, tmp_path):
     """Two real `repalign extract` processes on one cache: the second is refused while the first writes.
 

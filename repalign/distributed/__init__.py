@@ -9,25 +9,33 @@
   per-layer states (:func:`repalign.metrics.engine.layer_state`) built on workers; the numbers of
   :func:`repalign.metrics.align_layers_multi`.
 
-See docs/scaling.md.
+See docs/scaling.md. The names below load their module on first use, so a worker that runs a shard
+of an extraction does not import the metrics engine (less memory under a worker's memory limit).
 """
 
-from repalign.distributed.cluster import (
-    CLUSTER_FORMS,
-    CONNECT_TIMEOUT_S,
-    WORKER_TIMEOUT_S,
-    ClusterSpec,
-    check_slurm_queue,
-    open_client,
-    parse_cluster,
-    read_slurm_config,
-)
-from repalign.distributed.comparison import CacheLayer, DaskCandidateSearch, align_layers_distributed, distributed_knn_state
-from repalign.distributed.extraction import DistributedModelRun, extract_distributed, plan_shards, shard_folder
+import importlib
 
-__all__ = [
-    "CLUSTER_FORMS", "CONNECT_TIMEOUT_S", "WORKER_TIMEOUT_S", "ClusterSpec", "check_slurm_queue", "open_client",
-    "parse_cluster", "read_slurm_config",
-    "CacheLayer", "DaskCandidateSearch", "align_layers_distributed", "distributed_knn_state",
-    "DistributedModelRun", "extract_distributed", "plan_shards", "shard_folder",
-]
+_EXPORTS = {
+    **dict.fromkeys(("CLUSTER_FORMS", "CONNECT_TIMEOUT_S", "WORKER_TIMEOUT_S", "PAUSED_TIMEOUT_S", "ClusterSpec",
+                     "check_slurm_queue", "gather_watched", "open_client", "parse_cluster", "read_slurm_config"),
+                    "repalign.distributed.cluster"),
+    **dict.fromkeys(("CacheLayer", "DaskCandidateSearch", "align_layers_distributed", "distributed_knn_state"),
+                    "repalign.distributed.comparison"),
+    **dict.fromkeys(("DistributedModelRun", "extract_distributed", "plan_shards", "shard_folder"),
+                    "repalign.distributed.extraction"),
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'repalign.distributed' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

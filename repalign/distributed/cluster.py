@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,6 +38,9 @@ SLURM_REQUIRED = ("cores", "memory")
 # Seconds to wait for a scheduler to answer, and for the first worker (tcp) or SLURM job to start.
 CONNECT_TIMEOUT_S = 30
 WORKER_TIMEOUT_S = 600
+# Seconds every worker may stay paused at Dask's memory limit, with work pending, before the run fails:
+# a paused worker takes no task, so without this bound the run would wait forever.
+PAUSED_TIMEOUT_S = 120
 
 
 def dask_distributed():
@@ -187,6 +191,48 @@ def _wait_for_workers(client, timeout: float, message) -> None:
         client.wait_for_workers(1, timeout=timeout)
     except TimeoutError:
         raise RepalignError(message() if callable(message) else message) from None
+
+
+def gather_watched(client, futures: list, on_done=None, poll_s: float = 5.0) -> list:
+    """``client.gather(futures)``, with two differences: the first failed task raises at once (or
+    ``on_done(future)`` is called for each finished one, in the order they finish), and a one-line
+    RepalignError when every worker has stayed paused at its memory limit for
+    :data:`PAUSED_TIMEOUT_S` seconds while results are pending (paused workers take no task)."""
+    distributed = dask_distributed()
+    paused_since = None
+    pending = list(futures)
+    while pending:
+        try:
+            distributed.wait(pending, timeout=poll_s, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            pass
+        finished = [f.done() for f in pending]
+        if any(finished):
+            for f in (f for f, done in zip(pending, finished) if done):
+                if on_done is not None:
+                    on_done(f)
+                elif f.status == "error":
+                    f.result()  # raises the task's exception
+            pending = [f for f, done in zip(pending, finished) if not done]
+            paused_since = None
+            continue
+        paused = paused_workers(client)
+        paused_since = None if paused is None else (paused_since or time.monotonic())
+        if paused_since is not None and time.monotonic() - paused_since >= PAUSED_TIMEOUT_S:
+            raise RepalignError(f"every Dask worker has been paused for {PAUSED_TIMEOUT_S} s at its memory limit "
+                                f"({paused}); give each worker more memory ('memory' in a slurm config, fewer "
+                                f"processes per job) or use smaller shards")
+    return client.gather(futures)
+
+
+def paused_workers(client) -> str | None:
+    """None unless every worker is paused (Dask's memory pause); then their memory use against their limit."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    if not workers or any(w.get("status") != "paused" for w in workers.values()):
+        return None
+    mib = 2.0 ** 20
+    return ", ".join(f"{(w.get('metrics') or {}).get('memory', 0) / mib:.0f} of {(w.get('memory_limit') or 0) / mib:.0f} MiB"
+                     for w in workers.values())
 
 
 def check_slurm_queue(queue: str | None) -> None:

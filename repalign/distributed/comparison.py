@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from embeddings_cache import Cache
-from repalign.distributed.cluster import dask_distributed
+from repalign.distributed.cluster import dask_distributed, gather_watched
 from repalign.errors import RepalignError
 from repalign.metrics import LayerAlignment
 from repalign.metrics.engine import check_backend, layer_state, resolve_metrics, row_blocks, score_matrix
@@ -194,10 +194,10 @@ class WorkerStates:
             futures_a.append(fa)
             rows.append(client.submit(_score_row, fa, states_b, self.resolved, pure=False))
         try:
-            scores = np.stack(client.gather(rows), axis=1)  # (M, La, Lb)
+            scores = np.stack(gather_watched(client, rows), axis=1)  # (M, La, Lb)
             recall = {}
             if self.options["knn"] != "exact":
-                recalls = client.gather([client.submit(_recall_of, f, pure=False) for f in futures_a + states_b])
+                recalls = gather_watched(client, [client.submit(_recall_of, f, pure=False) for f in futures_a + states_b])
                 recall = {**{("a", x): r for x, r in zip(names_a, recalls[:len(names_a)])},
                           **{("b", x): r for x, r in zip(names_b, recalls[len(names_a):])}}
         finally:
@@ -243,7 +243,7 @@ class DaskCandidateSearch:
             parts = [(pairs[b, j], 0) for j in range(b, len(blocks))] + [(pairs[i, b], 1) for i in range(b + 1)]
             merged.append(client.submit(_merge_task, parts, ks, pure=False))
         try:
-            results = client.gather(merged)
+            results = gather_watched(client, merged)
         finally:
             client.cancel(merged + list(pairs.values()) + blocks)
         self.tasks += len(pairs)

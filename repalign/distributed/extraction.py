@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from embeddings_cache import merge_shards, remove_cache
-from repalign.distributed.cluster import dask_distributed, open_client, parse_cluster
+from repalign.distributed.cluster import dask_distributed, gather_watched, open_client, parse_cluster
 from repalign.errors import RepalignError
 from repalign.extract import ModelRun, extract_model, load_model, model_writer, plan_run
 from repalign.extract_options import ExtractOptions, ModelPlan, adapter_name, dataset_provenance, split_stored
@@ -307,27 +307,28 @@ def run_shards(client, tasks: list[ShardTask], options: ExtractOptions, retries:
                              retries=retries, pure=False)
                for task in tasks]
     try:
-        return _gather(futures, tasks[0].key, options.quiet)
+        return _gather(client, futures, tasks[0].key, options.quiet)
     finally:
         client.cancel(futures)  # no-op for finished shards; stops the others after an error
 
 
-def _gather(futures, key: str, quiet: bool) -> list[dict]:
-    results = {}
+def _gather(client, futures, key: str, quiet: bool) -> list[dict]:
     done = 0
+
+    def check(fut):
+        nonlocal done
+        res = fut.result()
+        if "error" in res:
+            raise RepalignError(f"extraction of {key} failed: {res['error']}")
+        done += 1
+        if not quiet:
+            log.info("model=%s shards_done=%d/%d", key, done, len(futures))
+
     try:
-        for fut in dask_distributed().as_completed(futures):
-            res = fut.result()
-            if "error" in res:
-                raise RepalignError(f"extraction of {key} failed: {res['error']}")
-            results[fut.key] = res
-            done += 1
-            if not quiet:
-                log.info("model=%s shards_done=%d/%d", key, done, len(futures))
+        return gather_watched(client, futures, on_done=check)
     except RepalignError:
         raise
     except Exception as exc:  # a shard failed after its retries: report the first line
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RepalignError(f"extraction of {key} failed on a worker: {text}; completed shards are kept in "
                             f"their shard caches and a rerun resumes them") from None
-    return [results[f.key] for f in futures]
