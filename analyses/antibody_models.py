@@ -23,7 +23,7 @@ from typing import Sequence
 import pandas as pd
 
 from analyses import datasets
-from analyses.common import CONTROL_SEEDS, best_pairs, finish, model_plans, run_main, score_pooled, study_pairs, study_setup, write_csv
+from analyses.common import CONTROL_SEEDS, finish, model_plans, run_main, score_pooled, study_pairs, study_setup
 
 STUDY = "antibody_models"
 MODELS = ("antiberty", "iglm", "igfold", "unirep-1900")
@@ -60,12 +60,10 @@ def identity_rows(table: pd.DataFrame) -> list[bool]:
     return [a or b for a, b in zip(flag(table.model_a, table.layer_a), flag(table.model_b, table.layer_b))]
 
 
-def headline_pairs(table: pd.DataFrame) -> pd.DataFrame:
-    """Best layer pair per (level, metric, model pair) without the identity stages: otherwise IgFold's
-    best pair with AntiBERTy is its own input (score 1)."""
-    rows = table[~table.identity_stage.astype(bool)]
-    return best_pairs(rows, by=[c for c in ("dataset", "granularity", "level", "metric", "model_a", "model_b")
-                                if c in rows.columns])
+def without_identity_stages(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows headlines may come from: without the identity stages, IgFold's best pair with
+    AntiBERTy would be its own input (score 1)."""
+    return table[~table.identity_stage.astype(bool)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,8 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = score_pooled(cache, "antibodies", study_pairs(plans, trained_pairs(cfg["models"])), METRICS, k=cfg["k"],
                          permutations=cfg["permutations"], ci=cfg["ci"], n_subsamples=cfg["n_subsamples"], seed=args.seed)
     table["identity_stage"] = identity_rows(table)
-    finish(run, table, heatmaps=HEATMAPS)
-    write_csv(headline_pairs(table), run.out / "best_pairs.csv")
+    finish(run, table, heatmaps=HEATMAPS, headline=without_identity_stages)
     return 0
 
 

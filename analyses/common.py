@@ -26,6 +26,7 @@ from repalign.compare import compare_models, compare_tokens
 from repalign.errors import RepalignError
 from repalign.extract import extract
 from repalign.models.controls import base_model, control_name, parse_control
+from repalign.stats import holm, seed_contrast
 from repalign.table import write_table
 
 #: the analyses package; in a source checkout its results/ folder holds the committed results
@@ -45,6 +46,53 @@ def best_pairs(table: pd.DataFrame, by: Sequence[str] = ("level", "metric", "mod
     keep = [c for c in (*by, "layer_a", "layer_b", "score", "ci_low", "ci_high", "chance_level", "null_mean",
                         "calibrated", "p_value", "p_value_adjusted", "p_value_best", "n_samples", "n_units") if c in table.columns]
     return table.loc[index.to_numpy(), keep].reset_index(drop=True)
+
+
+CONTRAST_COLUMNS = ("dataset", "granularity", "metric", "comparison", "model_a", "model_b", "layer_a", "layer_b",
+                    "trained", "control_mean", "control_sd", "n_seeds", "difference", "ci_low", "ci_high", "p_value",
+                    "p_value_adjusted", "n_samples")
+
+
+def control_contrasts(best: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame:
+    """Each trained comparison against the same comparison of its random-initialised controls.
+
+    ``best`` has one row per (dataset, granularity, level, metric, model pair): the best layer pair
+    (:func:`best_pairs`). Both sides use the same selection, the maximum over layer pairs, so its
+    upward bias applies to trained and controls alike. Matched rows:
+
+    - ``comparison = models``: trained A vs trained B against, for each seed s, A@random:s vs B@random:s;
+    - ``comparison = baseline``: trained A vs baseline F against A@random:s vs F.
+
+    Per match, :func:`repalign.stats.seed_contrast` (difference trained − mean control with its
+    interval over seeds; one-sided p of "trained is one more control draw"), and
+    ``p_value_adjusted``: Holm over the matches of one dataset, granularity, metric and comparison.
+    Matches with fewer than 2 control seeds are left out.
+    """
+    if best.empty:
+        return pd.DataFrame(columns=list(CONTRAST_COLUMNS))
+    keys = [c for c in ("dataset", "granularity", "metric") if c in best.columns]
+    frame = best.assign(base_a=best.model_a.map(base_model), base_b=best.model_b.map(base_model),
+                        control=best.model_a.map(parse_control).notna() | best.model_b.map(parse_control).notna(),
+                        comparison=np.where(best.level == "baseline", "baseline", "models"))
+    rows = []
+    for key, group in frame.groupby([*keys, "comparison", "base_a", "base_b"], sort=False):
+        trained, controls = group[~group.control], group[group.control]
+        if len(trained) != 1 or len(controls) < 2:
+            continue
+        t = trained.iloc[0]
+        if (controls.n_samples != t.n_samples).any():
+            raise RepalignError(f"{t.model_a} vs {t.model_b}: controls were scored on other samples than the trained "
+                                f"models; score them on the same subset")
+        c = seed_contrast(float(t.score), controls.score.to_numpy(), ci=ci)
+        rows.append({**dict(zip([*keys, "comparison"], key)), "model_a": t.model_a, "model_b": t.model_b,
+                     "layer_a": t.layer_a, "layer_b": t.layer_b, "trained": c.trained, "control_mean": c.control_mean,
+                     "control_sd": c.control_sd, "n_seeds": c.n_seeds, "difference": c.difference, "ci_low": c.ci_low,
+                     "ci_high": c.ci_high, "p_value": c.p_value, "n_samples": int(t.n_samples)})
+    if not rows:
+        return pd.DataFrame(columns=list(CONTRAST_COLUMNS))
+    out = pd.DataFrame(rows)
+    out["p_value_adjusted"] = out.groupby([*keys, "comparison"], sort=False)["p_value"].transform(lambda p: holm(p.to_numpy()))
+    return out[[c for c in CONTRAST_COLUMNS if c in out.columns]]
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -442,15 +490,22 @@ def extract_part(setup: Setup, name: str, data, plans: Sequence[ModelPlan], cach
     extract_plans(data, first_seeds(plans, setup.args.control_seeds), cache, setup.out / "extraction_times.csv", dataset=name)
 
 
-def finish(setup: Setup, table: pd.DataFrame, heatmaps: Sequence[tuple[str, str, str]] = ()) -> pd.DataFrame:
-    """Write ``scores.csv``, ``best_pairs.csv`` and the figures (:func:`study_figures`) and say how long the run took."""
+def finish(setup: Setup, table: pd.DataFrame, heatmaps: Sequence[tuple[str, str, str]] = (),
+           headline: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pd.DataFrame:
+    """Write ``scores.csv``, ``best_pairs.csv``, ``control_contrasts.csv`` (:func:`control_contrasts`)
+    and the figures (:func:`study_figures`) and say how long the run took.
+
+    headline: the rows a study's best pairs may come from (e.g. without identity stages); default all.
+    """
     if table.empty:
         raise RepalignError("nothing to score: no pair of the study has both its models in the cache; "
                             "extract them first (run without --score-only)")
     write_csv(table, setup.out / "scores.csv")
-    best = best_pairs(table, by=[c for c in ("dataset", "granularity", "level", "metric", "model_a", "model_b")
-                                 if c in table.columns])
+    rows = headline(table) if headline is not None else table
+    best = best_pairs(rows, by=[c for c in ("dataset", "granularity", "level", "metric", "model_a", "model_b")
+                                if c in rows.columns])
     write_csv(best, setup.out / "best_pairs.csv")
+    write_csv(control_contrasts(best, ci=setup.cfg.get("ci", 0.95)), setup.out / "control_contrasts.csv")
     study_figures(table, setup.out, heatmaps)
     print(f"wrote {setup.out / 'scores.csv'} ({len(table)} rows) in {time.perf_counter() - setup.start:.0f} s", flush=True)
     return best

@@ -11,6 +11,9 @@ layer pair and for the best pair:
 * :func:`subsample_interval`: confidence intervals from subsamples drawn without replacement
   (a random delete-d jackknife, Shao & Wu 1989; Politis, Romano & Wolf 1999), for the metrics whose
   coverage is checked; NaN with a note for the others.
+* :func:`seed_contrast`: a trained model's score against the scores of random-initialised
+  controls of several seeds (the difference, its interval and a one-sided p-value); :func:`holm`
+  adjusts a family of such p-values.
 * :func:`check_reliability` and :func:`participation_ratio`: warnings where a score cannot be trusted.
 * :func:`stats_columns`: the statistics as tidy columns for the comparison table.
 
@@ -32,6 +35,7 @@ from typing import Any, Mapping, Sequence
 import numba
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from repalign.errors import RepalignError
 from repalign.metrics import as_features
@@ -44,11 +48,14 @@ from repalign.metrics.registry import Metric, get_metric
 __all__ = [
     "PermutationResult",
     "block_permutation",
+    "SeedContrast",
     "check_reliability",
+    "holm",
     "participation_ratio",
     "permutation_test",
     "permutation_tests",
     "permute_state",
+    "seed_contrast",
     "stats_columns",
     "subsample_interval",
     "subsample_intervals",
@@ -594,6 +601,78 @@ def subsample_interval(
     low, high, _ = subsample_intervals(inputs.mats_a, inputs.mats_b, resolved, ci=ci, n_subsamples=n_subsamples,
                                        fraction=fraction, seed=seed, normalize=normalize, clip_quantile=clip_quantile)[0]
     return low, high
+
+
+# ----------------------------------------------------------------------------- trained vs controls
+@dataclass(frozen=True)
+class SeedContrast:
+    """A trained score against controls of ``n_seeds`` seeds (see :func:`seed_contrast`)."""
+
+    trained: float
+    control_mean: float
+    control_sd: float
+    n_seeds: int
+    difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+
+def seed_contrast(trained: float, controls, ci: float = 0.95) -> SeedContrast:
+    """Does a trained model's score exceed those of random-initialised controls of several seeds?
+
+    With x the trained score and c_1..c_n the controls' scores (one per seed; n >= 2), mean c̄ and
+    sample standard deviation s:
+
+    * difference d = x − c̄, with the interval d ± t_{(1+ci)/2, n−1} · s / √n for x − μ_c (μ_c: the
+      mean over all seeds; the seed-to-seed spread is the uncertainty, x is taken as given);
+    * p-value, one-sided, of "x is one more draw from the controls' distribution":
+      T = d / (s · √(1 + 1/n)) ~ t_{n−1} under normal control scores (a prediction-interval test),
+      p = P(t_{n−1} ≥ T). A small p says training raised the score beyond what another random seed
+      gives. With s = 0 (up to rounding), p is 0 when d > 0 and 1 otherwise.
+
+    Reference: the t prediction interval for a new observation (e.g. Hahn & Meeker, 1991,
+    "Statistical Intervals", ch. 4). Scores must be of the same metric, layers and samples.
+    """
+    c = np.asarray(controls, dtype=np.float64).ravel()
+    x = float(trained)
+    if c.size < 2:
+        raise RepalignError(f"seed_contrast needs the scores of at least 2 control seeds, got {c.size}; "
+                            "extract controls of more seeds")
+    if not (np.isfinite(c).all() and math.isfinite(x)):
+        raise RepalignError("seed_contrast: a trained or control score is NaN or infinite; score those pairs first")
+    ci = check_fraction(ci, "ci", "0.95")
+    n = c.size
+    mean, sd = float(c.mean()), float(c.std(ddof=1))
+    d = x - mean
+    half = float(scipy_stats.t.ppf(0.5 + ci / 2.0, n - 1)) * sd / math.sqrt(n)
+    tolerance = _TIE_TOLERANCE * max(1.0, abs(mean))  # equal scores can differ in the last bits
+    if sd > tolerance:
+        p = float(scipy_stats.t.sf(d / (sd * math.sqrt(1.0 + 1.0 / n)), n - 1))
+    else:
+        p = 0.0 if d > tolerance else 1.0
+    return SeedContrast(x, mean, sd, n, d, d - half, d + half, p)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment (Holm, 1979) of a family of p-values, in their input order.
+
+    Sorted ascending p_(1) ≤ … ≤ p_(m): adjusted p_(i) = max_{j ≤ i} min(1, (m − j + 1) · p_(j)).
+    Controls the family-wise error rate under any dependence. NaN entries are left out of the
+    family and stay NaN.
+    """
+    p = np.asarray(p_values, dtype=np.float64).ravel()
+    out = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    if valid.size == 0:
+        return out
+    if ((p[valid] < 0) | (p[valid] > 1)).any():
+        raise RepalignError("holm: p-values must lie in [0, 1]")
+    order = valid[np.argsort(p[valid], kind="stable")]
+    m = order.size
+    stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(stepped)
+    return out
 
 
 # ----------------------------------------------------------------------------- reliability

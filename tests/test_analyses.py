@@ -269,7 +269,29 @@ def _check_scores(out: Path, seeds: set[int]):
     assert (controls.model_b.str.split(":").str[-1].astype(int) == controls.seed).all()
     trained = table[table.level == "trained"]
     assert not trained.model_a.str.contains("@").any() and trained.seed.isna().all()
+    _check_contrasts(out, table, len(seeds))
     return table
+
+
+def _check_contrasts(out: Path, table: pd.DataFrame, n_seeds: int):
+    """control_contrasts.csv, recomputed from scores.csv: the trained pair's best score against the
+    mean over seeds of its controls' best scores (identity stages left out on both sides)."""
+    contrasts = pd.read_csv(out / "control_contrasts.csv")
+    if "identity_stage" in table.columns:
+        table = table[~table.identity_stage.astype(bool)]
+    assert set(contrasts.comparison) == {"models", "baseline"} and (contrasts.n_seeds == n_seeds).all()
+    granularity = table.granularity if "granularity" in table.columns else pd.Series("structure", index=table.index)
+    for row in contrasts.itertuples():
+        same = table[(table.dataset == row.dataset) & (table.metric == row.metric)
+                     & (granularity.loc[table.index] == getattr(row, "granularity", "structure"))]
+        a, b = same.model_a.str.split("@").str[0], same.model_b.str.split("@").str[0]
+        pair = same[(a == row.model_a) & (b == row.model_b)]
+        trained = pair[~pair.model_a.str.contains("@") & ~pair.model_b.str.contains("@")]
+        controls = pair[pair.model_a.str.contains("@random:") | pair.model_b.str.contains("@random:")]
+        assert row.trained == pytest.approx(trained.score.max(), abs=1e-5)  # the CSVs keep 6 digits
+        per_seed = controls.groupby(["model_a", "model_b"]).score.max()
+        assert len(per_seed) == n_seeds and row.control_mean == pytest.approx(per_seed.mean(), abs=1e-5)
+        assert row.ci_low <= row.difference <= row.ci_high and 0 <= row.p_value <= row.p_value_adjusted <= 1
 
 
 def _check_cache_provenance(cache_file: Path, builder: str, size: int):
