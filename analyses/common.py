@@ -490,6 +490,25 @@ def extract_part(setup: Setup, name: str, data, plans: Sequence[ModelPlan], cach
     extract_plans(data, first_seeds(plans, setup.args.control_seeds), cache, setup.out / "extraction_times.csv", dataset=name)
 
 
+def with_earlier_parts(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``table`` plus the rows of an existing ``scores.csv`` at ``path`` for the (dataset, granularity)
+    parts this run did not score, so a study can be scored in parts (``--datasets``,
+    ``--granularity``); every part kept is named."""
+    if not path.exists():
+        return table
+    old = pd.read_csv(path)
+    if not {"dataset", "granularity"} <= set(old.columns) or "granularity" not in table.columns:
+        return table
+    done = set(zip(table.dataset, table.granularity))
+    kept = old[[part not in done for part in zip(old.dataset, old.granularity)]]
+    if kept.empty:
+        return table
+    for (dataset, granularity), rows in kept.groupby(["dataset", "granularity"], sort=False):
+        print(f"  note: kept {len(rows)} {dataset} rows per {granularity} from the earlier {path.name}", flush=True)
+    kept = kept.astype({"seed": "Int64"}) if "seed" in kept.columns else kept
+    return pd.concat([table, kept], ignore_index=True)
+
+
 def finish(setup: Setup, table: pd.DataFrame, heatmaps: Sequence[tuple[str, str, str]] = (),
            headline: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pd.DataFrame:
     """Write ``scores.csv``, ``best_pairs.csv``, ``control_contrasts.csv`` (:func:`control_contrasts`)
@@ -500,6 +519,7 @@ def finish(setup: Setup, table: pd.DataFrame, heatmaps: Sequence[tuple[str, str,
     if table.empty:
         raise RepalignError("nothing to score: no pair of the study has both its models in the cache; "
                             "extract them first (run without --score-only)")
+    table = with_earlier_parts(table, setup.out / "scores.csv")
     write_csv(table, setup.out / "scores.csv")
     rows = headline(table) if headline is not None else table
     best = best_pairs(rows, by=[c for c in ("dataset", "granularity", "level", "metric", "model_a", "model_b")

@@ -18,6 +18,7 @@ from analyses.common import (
     chance_and_null,
     model_plans,
     study_pairs,
+    with_earlier_parts,
 )
 from repalign.inputs import sequence_record
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
@@ -236,6 +237,23 @@ def test_best_pairs_skips_a_layer_against_itself():
     })
     best = best_pairs(table)
     assert len(best) == 1 and (best.layer_a[0], best.layer_b[0], best.score[0]) == ("l1", "l0", 0.6)
+
+
+def test_a_study_scored_in_parts_keeps_the_parts_it_did_not_rescore(tmp_path, capsys):
+    def part(dataset, granularity, score, n=2):
+        return pd.DataFrame({"dataset": dataset, "granularity": granularity, "level": "trained", "seed": pd.NA,
+                             "model_a": "a", "layer_a": [f"l{i}" for i in range(n)], "score": score})
+
+    path = tmp_path / "scores.csv"
+    pd.concat([part("crystals", "structure", 0.1), part("crystals", "element", 0.2, 3),
+               part("molecules", "structure", 0.3)]).to_csv(path, index=False)
+    merged = with_earlier_parts(part("crystals", "structure", 0.9), path)
+    parts = merged.groupby(["dataset", "granularity"]).score.agg(["first", "size"])
+    assert parts.to_dict("index") == {("crystals", "element"): {"first": 0.2, "size": 3},
+                                      ("crystals", "structure"): {"first": 0.9, "size": 2},
+                                      ("molecules", "structure"): {"first": 0.3, "size": 2}}
+    assert "kept 3 crystals rows per element" in capsys.readouterr().out
+    assert with_earlier_parts(part("x", "structure", 0.5), tmp_path / "none.csv").shape[0] == 2
 
 
 # ----------------------------------------------------------------------------- the studies, end to end
