@@ -48,12 +48,26 @@ def best_pairs(table: pd.DataFrame, by: Sequence[str] = ("level", "metric", "mod
     return table.loc[index.to_numpy(), keep].reset_index(drop=True)
 
 
-CONTRAST_COLUMNS = ("dataset", "granularity", "metric", "comparison", "model_a", "model_b", "layer_a", "layer_b",
+def without_input_layers(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows without each model's first layer (its input embedding: per-element or per-token
+    embeddings, which random-initialised networks share with trained ones through the inputs alone).
+    A model with one layer (a baseline) keeps it. Layers are in model order within each comparison
+    (rows are layer_a-major, as :func:`repalign.compare.compare_models` writes them)."""
+    keys = [c for c in ("dataset", "granularity", "level", "metric", "model_a", "model_b") if c in table.columns]
+    keep = pd.Series(True, index=table.index)
+    for _, rows in table.groupby(keys, sort=False):
+        for side in ("layer_a", "layer_b"):
+            if rows[side].nunique() > 1:
+                keep[rows.index[rows[side] == rows[side].iloc[0]]] = False
+    return table[keep]
+
+
+CONTRAST_COLUMNS = ("dataset", "granularity", "metric", "layers", "comparison", "model_a", "model_b", "layer_a", "layer_b",
                     "trained", "control_mean", "control_sd", "n_seeds", "difference", "ci_low", "ci_high", "p_value",
                     "p_value_adjusted", "n_samples")
 
 
-def control_contrasts(best: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame:
+def control_contrasts(best: pd.DataFrame, ci: float = 0.95, layers: str = "all") -> pd.DataFrame:
     """Each trained comparison against the same comparison of its random-initialised controls.
 
     ``best`` has one row per (dataset, granularity, level, metric, model pair): the best layer pair
@@ -66,7 +80,8 @@ def control_contrasts(best: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame:
     Per match, :func:`repalign.stats.seed_contrast` (difference trained − mean control with its
     interval over seeds; one-sided p of "trained is one more control draw"), and
     ``p_value_adjusted``: Holm over the matches of one dataset, granularity, metric and comparison.
-    Matches with fewer than 2 control seeds are left out.
+    Matches with fewer than 2 control seeds are left out. ``layers`` labels the rows (``all``, or
+    ``hidden`` for a ``best`` taken from :func:`without_input_layers`).
     """
     if best.empty:
         return pd.DataFrame(columns=list(CONTRAST_COLUMNS))
@@ -84,7 +99,7 @@ def control_contrasts(best: pd.DataFrame, ci: float = 0.95) -> pd.DataFrame:
             raise RepalignError(f"{t.model_a} vs {t.model_b}: controls were scored on other samples than the trained "
                                 f"models; score them on the same subset")
         c = seed_contrast(float(t.score), controls.score.to_numpy(), ci=ci)
-        rows.append({**dict(zip([*keys, "comparison"], key)), "model_a": t.model_a, "model_b": t.model_b,
+        rows.append({**dict(zip([*keys, "comparison"], key)), "layers": layers, "model_a": t.model_a, "model_b": t.model_b,
                      "layer_a": t.layer_a, "layer_b": t.layer_b, "trained": c.trained, "control_mean": c.control_mean,
                      "control_sd": c.control_sd, "n_seeds": c.n_seeds, "difference": c.difference, "ci_low": c.ci_low,
                      "ci_high": c.ci_high, "p_value": c.p_value, "n_samples": int(t.n_samples)})
@@ -511,8 +526,9 @@ def with_earlier_parts(table: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 def finish(setup: Setup, table: pd.DataFrame, heatmaps: Sequence[tuple[str, str, str]] = (),
            headline: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pd.DataFrame:
-    """Write ``scores.csv``, ``best_pairs.csv``, ``control_contrasts.csv`` (:func:`control_contrasts`)
-    and the figures (:func:`study_figures`) and say how long the run took.
+    """Write ``scores.csv``, ``best_pairs.csv``, ``control_contrasts.csv`` (:func:`control_contrasts`
+    over all layers and over hidden layers, :func:`without_input_layers`) and the figures
+    (:func:`study_figures`) and say how long the run took.
 
     headline: the rows a study's best pairs may come from (e.g. without identity stages); default all.
     """
@@ -522,10 +538,14 @@ def finish(setup: Setup, table: pd.DataFrame, heatmaps: Sequence[tuple[str, str,
     table = with_earlier_parts(table, setup.out / "scores.csv")
     write_csv(table, setup.out / "scores.csv")
     rows = headline(table) if headline is not None else table
-    best = best_pairs(rows, by=[c for c in ("dataset", "granularity", "level", "metric", "model_a", "model_b")
-                                if c in rows.columns])
+    by = [c for c in ("dataset", "granularity", "level", "metric", "model_a", "model_b") if c in rows.columns]
+    best = best_pairs(rows, by=by)
     write_csv(best, setup.out / "best_pairs.csv")
-    write_csv(control_contrasts(best, ci=setup.cfg.get("ci", 0.95)), setup.out / "control_contrasts.csv")
+    hidden = without_input_layers(table)
+    hidden = best_pairs(headline(hidden) if headline is not None else hidden, by=by)
+    ci = setup.cfg.get("ci", 0.95)
+    contrasts = pd.concat([control_contrasts(best, ci), control_contrasts(hidden, ci, layers="hidden")], ignore_index=True)
+    write_csv(contrasts, setup.out / "control_contrasts.csv")
     study_figures(table, setup.out, heatmaps)
     print(f"wrote {setup.out / 'scores.csv'} ({len(table)} rows) in {time.perf_counter() - setup.start:.0f} s", flush=True)
     return best

@@ -293,17 +293,28 @@ def _check_scores(out: Path, seeds: set[int]):
 
 def _check_contrasts(out: Path, table: pd.DataFrame, n_seeds: int):
     """control_contrasts.csv, recomputed from scores.csv: the trained pair's best score against the
-    mean over seeds of its controls' best scores (identity stages left out on both sides)."""
+    mean over seeds of its controls' best scores (identity stages left out on both sides), over all
+    layers and over hidden layers."""
     contrasts = pd.read_csv(out / "control_contrasts.csv")
-    if "identity_stage" in table.columns:
-        table = table[~table.identity_stage.astype(bool)]
     assert set(contrasts.comparison) == {"models", "baseline"} and (contrasts.n_seeds == n_seeds).all()
-    granularity = table.granularity if "granularity" in table.columns else pd.Series("structure", index=table.index)
+    assert set(contrasts.layers) == {"all", "hidden"}
+
+    def first_layers_dropped(rows):  # a model's first layer is its input embedding; a one-layer baseline stays
+        drop = pd.Series(False, index=rows.index)
+        for _, group in rows.groupby(["metric", "model_a", "model_b"]):
+            for side in ("layer_a", "layer_b"):
+                if group[side].nunique() > 1:
+                    drop[group.index[group[side] == group[side].iloc[0]]] = True
+        return rows[~drop]
+
     for row in contrasts.itertuples():
         same = table[(table.dataset == row.dataset) & (table.metric == row.metric)
-                     & (granularity.loc[table.index] == getattr(row, "granularity", "structure"))]
+                     & (table.granularity == row.granularity)]
         a, b = same.model_a.str.split("@").str[0], same.model_b.str.split("@").str[0]
         pair = same[(a == row.model_a) & (b == row.model_b)]
+        pair = first_layers_dropped(pair) if row.layers == "hidden" else pair
+        if "identity_stage" in pair.columns:  # antibodies: no headline on IgFold's input stage
+            pair = pair[~pair.identity_stage.astype(bool)]
         trained = pair[~pair.model_a.str.contains("@") & ~pair.model_b.str.contains("@")]
         controls = pair[pair.model_a.str.contains("@random:") | pair.model_b.str.contains("@random:")]
         assert row.trained == pytest.approx(trained.score.max(), abs=1e-5)  # the CSVs keep 6 digits
