@@ -18,7 +18,12 @@ from embeddings_cache.durable import OverlayReader, read_lock, read_redo
 from embeddings_cache.errors import CacheError
 from embeddings_cache.format import (
     HASHES,
+    ID_INDEX,
+    ID_INDEX_CHUNK,
+    ID_KEYS,
+    ID_ROWS,
     IDS,
+    INSTANCE,
     JOURNAL_VERSION,
     MODELS_GROUP,
     OUTPUTS,
@@ -31,9 +36,11 @@ from embeddings_cache.format import (
     check_regular,
     few,
     first_line,
+    id_keys,
     list_parts,
     lock_path,
     open_h5,
+    packed_strings,
 )
 from embeddings_cache.journal import applied_uuids, model_header, part_info, plan_parts
 from embeddings_cache.model import CachedModel
@@ -42,6 +49,8 @@ log = logging.getLogger("embeddings_cache")
 
 #: rows read from HDF5 at a time when gathering scattered rows: bounds memory, not results
 _READ_BLOCK_BYTES = 64 << 20
+#: ids read from HDF5 at a time when checking scattered rows of the id index (bounds memory)
+_ID_SPAN = 1 << 15
 
 
 class _PartVanished(Exception):
@@ -57,16 +66,25 @@ class _Segment:
 
 @dataclass
 class _ModelView:
-    """One model's rows over its segments. Ids and content hashes are held packed (numpy byte
-    strings, UTF-8), and ids are found through a sorted permutation, not a dict of Python strings:
-    about (id bytes + hash bytes + 8) bytes per sample instead of some 350 (355 MiB at N = 1M)."""
+    """One model's rows over its segments.
+
+    The main file's rows of a model with an id index that covers them (docs/cache-format.md, "The
+    id index") are found on disk: no id of them is held in memory, only the first key of each
+    index chunk (8 bytes per 8,192 samples). The rows of journal parts not yet consolidated, and
+    all rows of a model stored without the index (a cache written before it existed), are held
+    packed (numpy byte strings, UTF-8) and found through a sorted permutation: (id bytes + hash
+    bytes + 8) bytes per sample. Methods reading the disk take the main file's model group.
+    """
 
     header: dict[str, Any]
+    instance: str | None = None  # the model group's instance uuid (None: written before it existed)
     segments: list[_Segment] = field(default_factory=list)
+    indexed: int = 0  # leading rows (the main file's) looked up through the on-disk index
     _id_parts: list[np.ndarray] = field(default_factory=list)
     _hash_parts: list[np.ndarray] = field(default_factory=list)
-    _packed: tuple[np.ndarray, np.ndarray] | None = None  # (ids, hashes), joined on first use
-    _order: np.ndarray | None = None  # rows sorted by id (stable: the first of equal ids first)
+    _packed: tuple[np.ndarray, np.ndarray] | None = None  # (ids, hashes) of rows indexed.., joined on first use
+    _order: np.ndarray | None = None  # in-memory rows sorted by id (stable: the first of equal ids first)
+    _fences: np.ndarray | None = None  # first key of each chunk of the on-disk index
     n: int = 0
 
     def packed(self) -> tuple[np.ndarray, np.ndarray]:
@@ -76,28 +94,97 @@ class _ModelView:
             self._id_parts, self._hash_parts = [self._packed[0]], [self._packed[1]]
         return self._packed
 
-    def id_list(self, rows: np.ndarray | None = None) -> list[str]:
-        ids = self.packed()[0]
-        return [x.decode() for x in (ids if rows is None else ids[rows])]
+    def id_list(self, group: h5py.Group | None, rows: np.ndarray) -> list[str]:
+        """Ids of ``rows``, read from disk where the index serves them."""
+        return self._strings(group, IDS, self.packed()[0], rows)
 
-    def hash_list(self) -> list[str]:
-        return [x.decode() for x in self.packed()[1]]
+    def hash_list(self, group: h5py.Group | None, rows: np.ndarray) -> list[str]:
+        """Content hashes of ``rows``."""
+        return self._strings(group, HASHES, self.packed()[1], rows)
 
-    def lookup(self, ids: Sequence[Any]) -> tuple[np.ndarray, list]:
+    def _strings(self, group: h5py.Group | None, name: str, memory: np.ndarray, rows: np.ndarray) -> list[str]:
+        rows = np.asarray(rows, dtype=np.int64)
+        disk = rows < self.indexed
+        if not disk.any():
+            return [x.decode() for x in memory[rows - self.indexed]]
+        out = np.empty(len(rows), dtype=object)
+        out[disk] = [x.decode() for x in _packed_rows(group[name], rows[disk])]
+        out[~disk] = [x.decode() for x in memory[rows[~disk] - self.indexed]]
+        return out.tolist()
+
+    def lookup(self, group: h5py.Group | None, ids: Sequence[Any]) -> tuple[np.ndarray, list]:
         """Rows of ``ids`` (the first row of an id stored twice) and the ids not stored."""
-        packed = self.packed()[0]
-        if self._order is None:
-            self._order = np.argsort(packed, kind="stable")
         query = np.array([i.encode() if isinstance(i, str) else b"" for i in ids], dtype="S")
         if not len(query):
             return np.zeros(0, dtype=np.int64), []
-        sorted_ids = packed[self._order]
-        pos = np.minimum(np.searchsorted(sorted_ids, query, "left"), max(len(packed) - 1, 0))
-        found = np.zeros(len(query), dtype=bool) if not len(packed) else (sorted_ids[pos] == query)
         # HDF5 strings cannot hold NUL, and numpy byte strings drop trailing NULs: such ids are never stored
-        found &= np.fromiter((isinstance(i, str) and "\x00" not in i for i in ids), dtype=bool, count=len(query))
+        valid = np.fromiter((isinstance(i, str) and "\x00" not in i for i in ids), dtype=bool, count=len(query))
+        rows = np.full(len(query), -1, dtype=np.int64)
+        if self.indexed:
+            rows = self._lookup_on_disk(group, query)
+        todo = rows < 0  # indexed rows come first: an id found there is the first of its rows
+        packed = self.packed()[0]
+        if todo.any() and len(packed):
+            if self._order is None:
+                self._order = np.argsort(packed, kind="stable")
+            sorted_ids = packed[self._order]
+            q = query[todo]
+            pos = np.minimum(np.searchsorted(sorted_ids, q, "left"), len(packed) - 1)
+            hit = sorted_ids[pos] == q
+            rows[np.flatnonzero(todo)[hit]] = self._order[pos[hit]] + self.indexed
+        found = (rows >= 0) & valid
         missing = [i for i, ok in zip(ids, found) if not ok]
-        return (self._order[pos] if len(packed) else pos).astype(np.int64), missing
+        return np.maximum(rows, 0), missing
+
+    def _lookup_on_disk(self, group: h5py.Group, query: np.ndarray) -> np.ndarray:
+        """Rows of ``query`` (packed ids) among the indexed rows, -1 where absent: the keys are
+        searched chunk by chunk (each chunk of the index read once per call), and every candidate
+        row's stored id is compared, so a collision of keys never gives a wrong row."""
+        index = group[ID_INDEX]
+        keys_ds, rows_ds = index[ID_KEYS], index[ID_ROWS]
+        if self._fences is None:
+            self._fences = np.concatenate([np.zeros(0, dtype=np.uint64)] + [
+                keys_ds[s:s + 1] for s in range(0, self.indexed, ID_INDEX_CHUNK)])
+        keys = id_keys(query)
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        chunk_of = np.maximum(np.searchsorted(self._fences, sorted_keys, "left") - 1, 0)
+        cand_query, cand_rows = [], []
+        bounds = np.flatnonzero(np.diff(chunk_of)) + 1
+        for lo_q, hi_q in zip(np.r_[0, bounds], np.r_[bounds, len(sorted_keys)]):
+            c = int(chunk_of[lo_q])
+            start, stop = c * ID_INDEX_CHUNK, min((c + 1) * ID_INDEX_CHUNK, self.indexed)
+            window = keys_ds[start:stop]
+            # equal keys (a repeated id, a collision) may run on into the next chunks
+            while stop < self.indexed and window[-1] == sorted_keys[hi_q - 1]:
+                stop = min(stop + ID_INDEX_CHUNK, self.indexed)
+                window = keys_ds[start:stop]
+            q = sorted_keys[lo_q:hi_q]
+            first = np.searchsorted(window, q, "left")
+            count = np.searchsorted(window, q, "right") - first
+            if not count.any():
+                continue
+            row_window = rows_ds[start:stop]
+            cand_query.append(np.repeat(order[lo_q:hi_q], count))
+            cand_rows.append(row_window[_ranges(first, count)])
+        rows = np.full(len(query), -1, dtype=np.int64)
+        if not cand_query:
+            return rows
+        cand_q, cand_r = np.concatenate(cand_query), np.concatenate(cand_rows)
+        same = _packed_rows(group[IDS], cand_r) == query[cand_q]
+        cand_q, cand_r = cand_q[same], cand_r[same]
+        # the first (smallest) matching row of each query
+        pick = np.lexsort((cand_r, cand_q))
+        cand_q, cand_r = cand_q[pick], cand_r[pick]
+        first = np.r_[True, cand_q[1:] != cand_q[:-1]]
+        rows[cand_q[first]] = cand_r[first]
+        return rows
+
+    def add_indexed(self, n: int) -> None:
+        """The main file's rows, looked up through its on-disk index (before any other segment)."""
+        assert not self.segments
+        self.segments.append(_Segment(None, 0, n))
+        self.indexed = self.n = n
 
     def add(self, segment_part: Path | None, ids: np.ndarray, hashes: np.ndarray, header: dict[str, Any]) -> None:
         if len(ids) and not self.n:
@@ -107,6 +194,23 @@ class _ModelView:
         self._hash_parts.append(hashes)
         self.n += len(ids)
         self._packed = self._order = None
+
+
+def _packed_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """Entries ``rows`` (any order, repeats allowed) of a string dataset, packed; read in spans of
+    at most ``_ID_SPAN`` rows so that scattered rows never load the whole dataset at once."""
+    rows = np.asarray(rows, dtype=np.int64)
+    unique = np.unique(rows)
+    pieces = []
+    i = 0
+    while i < len(unique):
+        lo = int(unique[i])
+        j = int(np.searchsorted(unique, lo + _ID_SPAN, "left"))
+        block = packed_strings(ds, slice(lo, int(unique[j - 1]) + 1))
+        pieces.append(block[unique[i:j] - lo])
+        i = j
+    values = np.concatenate(pieces) if pieces else np.zeros(0, dtype="S1")
+    return values[np.searchsorted(unique, rows)]
 
 
 class Cache:
@@ -200,8 +304,12 @@ class Cache:
         try:
             for name, group in main.get(MODELS_GROUP, {}).items():
                 header = model_header(group)
-                view = _ModelView(dict(header))
-                view.add(None, _packed_strings(group[IDS]), _packed_strings(group[HASHES]), header)
+                view = _ModelView(dict(header), _text(group.attrs.get(INSTANCE)))
+                n = group[IDS].shape[0]
+                if _index_covers(group, n):
+                    view.add_indexed(n)
+                else:  # written before the index existed (or by such a version since): ids in memory
+                    view.add(None, packed_strings(group[IDS]), packed_strings(group[HASHES]), header)
                 views[name] = view
         except (OSError, KeyError, ValueError) as e:
             raise CacheError(f"{self.path} is damaged ({first_line(e)}); delete it and extract again")
@@ -215,8 +323,9 @@ class Cache:
                 check_format(p, part, newest=JOURNAL_VERSION)
                 model = str(p.attrs["model"])
                 header = model_header(p)
-                ids, hashes = _packed_strings(p[IDS]), _packed_strings(p[HASHES])
+                ids, hashes = packed_strings(p[IDS]), packed_strings(p[HASHES])
                 starts = bool(p.attrs["starts_model"])
+                part_uuid = _text(p.attrs["part_uuid"])
         except CacheError:
             if not part.exists():
                 raise _PartVanished
@@ -227,7 +336,7 @@ class Cache:
                 "(its batch will be extracted again on resume)"
             )
         if starts:
-            views[model] = _ModelView(dict(header))
+            views[model] = _ModelView(dict(header), part_uuid)
         elif model not in views:
             raise CacheError(
                 f"journal part {part} continues model {model!r}, which {self.path} does not hold; "
@@ -288,11 +397,11 @@ class Cache:
 
     def ids(self, model: str) -> list[str]:
         """Sample ids in stored order (the order they were appended)."""
-        return self._view(model).id_list()
+        return self._retrying(model, None, lambda rows: self._view(model).id_list(self._group(model), rows))
 
     def hashes(self, model: str) -> list[str]:
         """Content hashes (sha256 hex) of the inputs, aligned with :meth:`ids`."""
-        return self._view(model).hash_list()
+        return self._retrying(model, None, lambda rows: self._view(model).hash_list(self._group(model), rows))
 
     def n_samples(self, model: str) -> int:
         return self._view(model).n
@@ -435,13 +544,25 @@ class Cache:
         if name not in names:
             raise CacheError(f"model {model!r} in {self.path} has no {what[:-1]} {name!r}; its {what}: {names}")
 
+    def _group(self, model: str) -> h5py.Group | None:
+        """The main file's group of a model (None when only journal parts hold it); call under the read lock."""
+        models = self._main.get(MODELS_GROUP, {})
+        return models[model] if model in models else None
+
     def _rows(self, model: str, ids: Sequence[str] | None) -> np.ndarray:
+        """Rows of ``ids`` in the current snapshot; call under the read lock."""
         view = self._view(model)
         if ids is None:
             return np.arange(view.n, dtype=np.int64)
         if isinstance(ids, str):
             raise CacheError(f"ids must be a list of ids, got the string {ids!r}; wrap it in a list")
-        rows, missing = view.lookup(ids)
+        try:
+            rows, missing = view.lookup(self._group(model) if view.indexed else None, ids)
+        except OSError as e:
+            raise CacheError(
+                f"cannot read the id index of model {model!r} in {self.path} ({first_line(e)}); "
+                "the file is damaged: delete it and extract again"
+            )
         if missing:
             raise CacheError(
                 f"model {model!r} in {self.path} has no samples {few(missing)}; "
@@ -450,27 +571,48 @@ class Cache:
         return rows
 
     def _retrying(self, model: str, ids: Sequence[str] | None, read: Any, rows: np.ndarray | None = None) -> Any:
+        """``read(rows)`` under the read lock; after a writer's commit, the same samples again.
+
+        Rows of a model keep their numbers across commits (appends only add rows) unless the model
+        is replaced (its instance uuid changes): rows given without ids are read again by number
+        from a model of the same instance, by id from one stored without the index.
+        """
+        if isinstance(ids, str):
+            raise CacheError(f"ids must be a list of ids, got the string {ids!r}; wrap it in a list")
         view = self._view(model)
-        if rows is None:
-            rows = self._rows(model, ids)
-        wanted = None
+        if ids is None and rows is None:
+            rows = np.arange(view.n, dtype=np.int64)  # the samples of this snapshot, even after a commit
+        retry = False
         for _ in range(5):
             with read_lock(lock_path(self._file)) as generation:
                 if generation == self._generation:
                     try:
+                        if rows is None:
+                            try:
+                                rows = self._rows(model, ids)
+                            except CacheError:
+                                if not retry:
+                                    raise
+                                raise CacheError(f"model {model!r} in {self.path} was overwritten while being read; "
+                                                 "open the cache again") from None
                         return read(rows)
                     except _PartVanished:
                         pass
                 # a writer committed since this snapshot: reopen, read the same samples
-                if wanted is None:
-                    wanted = view.id_list(rows) if ids is None else list(ids)
+                if ids is None and not view.indexed:
+                    ids = view.id_list(None, rows)  # held in memory: no file needed
+                    rows = None
                 self._load_locked(generation)
-            try:
-                rows = self._rows(model, wanted)
-            except CacheError:
-                raise CacheError(
-                    f"model {model!r} in {self.path} was overwritten while being read; open the cache again"
-                ) from None
+                retry = True
+                if ids is not None:
+                    rows = None  # looked up again in the new snapshot
+                else:
+                    now = self._view(model)
+                    if now.instance != view.instance or (len(rows) and int(rows.max()) >= now.n):
+                        raise CacheError(
+                            f"model {model!r} in {self.path} was overwritten while being read; open the cache again"
+                        )
+                view = self._view(model)
         raise CacheError(f"{self.path} kept changing while being read; read it again when the writer is idle")
 
     @contextlib.contextmanager
@@ -603,17 +745,20 @@ class Cache:
         return out
 
 
-def _packed_strings(ds: h5py.Dataset) -> np.ndarray:
-    """A string dataset as a numpy array of UTF-8 byte strings (no Python object per entry kept)."""
-    if ds.shape[0] == 0:
-        return np.zeros(0, dtype="S1")
-    raw = ds[()]
-    if raw.dtype.kind == "S":
-        return raw
+def _index_covers(group: h5py.Group, n: int) -> bool:
+    """Whether a model group's id index covers its ``n`` rows (a version that did not maintain
+    the index may have appended rows since: then the ids are read into memory, as before)."""
+    index = group.get(ID_INDEX)
+    if index is None:
+        return False
     try:
-        return raw.astype("S")  # variable-length strings arrive as bytes objects
-    except (UnicodeEncodeError, TypeError, ValueError):
-        return np.array([x.encode() if isinstance(x, str) else bytes(x) for x in raw], dtype="S")
+        return int(index.attrs.get("covers", -1)) == n == index[ID_KEYS].shape[0] == index[ID_ROWS].shape[0]
+    except KeyError:
+        return False
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else (None if value is None else str(value))
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
