@@ -173,6 +173,8 @@ class _ModelView:
         cand_q, cand_r = np.concatenate(cand_query), np.concatenate(cand_rows)
         same = _packed_rows(group[IDS], cand_r) == query[cand_q]
         cand_q, cand_r = cand_q[same], cand_r[same]
+        if not len(cand_q):
+            return rows
         # the first (smallest) matching row of each query
         pick = np.lexsort((cand_r, cand_q))
         cand_q, cand_r = cand_q[pick], cand_r[pick]
@@ -231,6 +233,7 @@ class Cache:
         self._file = Path(os.path.realpath(self.path))  # its journal lives next to the real file
         self._main: h5py.File | None = None
         self._main_fd: int | None = None
+        self._snapshot_fd: int | None = None
         self._generation = 0
         self._load()
 
@@ -266,19 +269,22 @@ class Cache:
         """Snapshot main file + parts; False when a writer replaced the main file meanwhile."""
         before = _identity(self._file)
         main, fd = self._open_main()
+        snapshot_fd = None
         try:
+            # held to tell later whether this main file was changed in place since (see _retrying)
+            snapshot_fd = os.open(self._file, os.O_RDONLY)
             self.format_version = check_format(main, self.path)
             parts = list_parts(self._file)
             # parts are deleted only after the main file holding them replaced the old one: an
             # unchanged main file guarantees the listed parts are exactly the pending ones
             if _identity(self._file) != before:
-                _close(main, fd)
+                _close(main, fd, snapshot_fd)
                 return False
             views = self._views_of_main(main)
             try:
                 infos = [part_info(*p) for p in parts]
             except FileNotFoundError:
-                _close(main, fd)
+                _close(main, fd, snapshot_fd)
                 return False
             done = applied_uuids(main, self.path) if infos else set()
             pending, staged = plan_parts(infos, done)
@@ -286,13 +292,14 @@ class Cache:
                 try:
                     self._add_part(views, info.path)
                 except _PartVanished:
-                    _close(main, fd)
+                    _close(main, fd, snapshot_fd)
                     return False
         except BaseException:
-            _close(main, fd)
+            _close(main, fd, snapshot_fd)
             raise
         self.close()
         self._main, self._main_fd = main, fd
+        self._snapshot_fd, self._snapshot = snapshot_fd, before
         self._views = views
         self.n_pending_parts = len(pending)
         #: models with an overwrite interrupted before it completed -> its staged batches (not read)
@@ -347,8 +354,8 @@ class Cache:
     # ---- context ------------------------------------------------------------------------------
     def close(self) -> None:
         if self._main is not None:
-            _close(self._main, self._main_fd)
-            self._main, self._main_fd = None, None
+            _close(self._main, self._main_fd, self._snapshot_fd)
+            self._main, self._main_fd, self._snapshot_fd = None, None, None
 
     def __enter__(self) -> "Cache":
         return self
@@ -451,17 +458,24 @@ class Cache:
     ) -> Iterator[np.ndarray]:
         """Pooled features of a layer in stored order, as blocks of at most ``block_rows`` rows.
 
-        For computations that do not fit in memory; concatenated, the blocks equal read_layer().
+        For computations that do not fit in memory; concatenated, the blocks equal read_layer(). Rows
+        a writer appends meanwhile are not included; a model replaced by an overwrite meanwhile is a
+        CacheError (the blocks would mix two extractions).
         """
         self._check_layer(model, layer, "layers", "pooled layers")
         if not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
             raise CacheError(f"block_rows must be a positive integer, got {block_rows!r}")
         out_dtype = _float_dtype(dtype)
-        n = self._view(model).n
+        view = self._view(model)
+        n, instance = view.n, view.instance
         name = f"{POOLED}/{layer}"
         for start in range(0, n, int(block_rows)):
             rows = np.arange(start, min(start + int(block_rows), n), dtype=np.int64)
-            yield self._retrying(model, None, lambda r: self._gather(model, r, name, out_dtype), rows=rows)
+            block = self._retrying(model, None, lambda r: self._gather(model, r, name, out_dtype), rows=rows)
+            if self._view(model).instance != instance:
+                # replaced by an overwrite since the first block: the next rows are other samples
+                raise CacheError(f"model {model!r} in {self.path} was overwritten while being read; open the cache again")
+            yield block
 
     # ---- description --------------------------------------------------------------------------
     def summary(self):
@@ -549,6 +563,12 @@ class Cache:
         models = self._main.get(MODELS_GROUP, {})
         return models[model] if model in models else None
 
+    def _unchanged_since_load(self) -> bool:
+        """Whether the main file this snapshot reads is byte for byte as it was when loaded (a
+        rebuilt file replaced it) rather than appended to in place."""
+        st = os.fstat(self._snapshot_fd)
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == self._snapshot
+
     def _rows(self, model: str, ids: Sequence[str] | None) -> np.ndarray:
         """Rows of ``ids`` in the current snapshot; call under the read lock."""
         view = self._view(model)
@@ -599,8 +619,9 @@ class Cache:
                     except _PartVanished:
                         pass
                 # a writer committed since this snapshot: reopen, read the same samples
-                if ids is None and not view.indexed:
-                    ids = view.id_list(None, rows)  # held in memory: no file needed
+                if ids is None and (not view.indexed or self._unchanged_since_load()):
+                    # their ids, from memory or from the old main file (replaced, not changed: intact)
+                    ids = view.id_list(self._group(model), rows)
                     rows = None
                 self._load_locked(generation)
                 retry = True
@@ -772,11 +793,12 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) - np.repeat(first, lengths) + np.repeat(starts, lengths)
 
 
-def _close(main: h5py.File, fd: int | None) -> None:
+def _close(main: h5py.File, *fds: int | None) -> None:
     if main.id.valid:
         main.close()
-    if fd is not None:
-        os.close(fd)
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:
