@@ -154,11 +154,11 @@ class _ModelView:
         for lo_q, hi_q in zip(np.r_[0, bounds], np.r_[bounds, len(sorted_keys)]):
             c = int(chunk_of[lo_q])
             start, stop = c * ID_INDEX_CHUNK, min((c + 1) * ID_INDEX_CHUNK, self.indexed)
-            window = keys_ds[start:stop]
-            # equal keys (a repeated id, a collision) may run on into the next chunks
-            while stop < self.indexed and window[-1] == sorted_keys[hi_q - 1]:
+            # a key equal to the next chunks' first keys (a key at a chunk boundary, a repeated id,
+            # a collision) has entries there too
+            while stop < self.indexed and self._fences[stop // ID_INDEX_CHUNK] <= sorted_keys[hi_q - 1]:
                 stop = min(stop + ID_INDEX_CHUNK, self.indexed)
-                window = keys_ds[start:stop]
+            window = keys_ds[start:stop]
             q = sorted_keys[lo_q:hi_q]
             first = np.searchsorted(window, q, "left")
             count = np.searchsorted(window, q, "right") - first

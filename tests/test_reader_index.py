@@ -87,6 +87,19 @@ def test_lookup_matches_a_python_index_in_the_main_file_and_the_journal(tmp_path
         np.testing.assert_array_equal(np.concatenate(blocks), X)
 
 
+def test_every_id_is_found_also_at_the_boundaries_of_the_index_chunks(tmp_path):
+    """All ids of a cache of three index chunks, the ids whose keys open a chunk first."""
+    n = 2 * ID_INDEX_CHUNK + 10
+    ids = [f"s{i}" for i in range(n)]
+    X = write(tmp_path / "c.h5", ids, batch=n)
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        rows = f["models/m"][ID_INDEX]["rows"][()]
+    first_of_chunks = [ids[r] for r in rows[::ID_INDEX_CHUNK]] + [ids[r] for r in rows[ID_INDEX_CHUNK - 1::ID_INDEX_CHUNK]]
+    with Cache(tmp_path / "c.h5") as c:
+        for query in (first_of_chunks, ids[::-1]):
+            np.testing.assert_array_equal(c.read_layer("m", "l", ids=query), X[[int(i[1:]) for i in query]])
+
+
 def test_colliding_keys_are_told_apart_by_the_stored_ids(tmp_path, monkeypatch):
     """With a hash of 64 values every key is shared by ~300 ids and runs over chunk boundaries:
     the lookups still give the first row of each id (the candidates' stored ids are compared)."""
