@@ -12,6 +12,8 @@
             the layer by id in blocks of 16,384 rows (what compare --block-rows does) and in stored
             order (iter_row_blocks); with --code ROOT the reader of another checkout (e.g. the
             version before the on-disk id index) reads the same files, for a before/after table.
+6. compare: peak RSS of `repalign compare --block-rows 4096` (mknn, 2 + 2 layers of width 32 in
+            float16, N = 50,000 and 200,000), with this checkout's reader and those of --code.
 
 Usage:
     python benchmarks/bench_scale.py                 # full sizes (about 15 minutes on 2 busy cores)
@@ -143,6 +145,41 @@ def write_index_cache(path, n, d=8, batch=20_000):
             m = min(batch, n - s)
             w.append([f"s{i}" for i in range(s, s + m)], [f"{i:064x}" for i in range(s, s + m)],
                      {"x": np.random.default_rng(s).standard_normal((m, d)).astype(np.float32)})
+
+
+def bench_compare_memory(work: Path, quick: bool, codes=(None,)):
+    """Peak RSS (/usr/bin/time -f %M) of `repalign compare --metric mknn --k 10 --block-rows 4096` on
+    2 + 2 layers of width 32 stored as float16, ids of 17 characters, with the cache reader of each
+    checkout in ``codes`` (first on PYTHONPATH; repalign itself from this checkout)."""
+    from embeddings_cache import CacheWriter
+
+    sizes = (10_000,) if quick else (50_000, 200_000)
+    here = str(HERE.parents[1])
+    print("| N | reader | peak RSS MiB | wall s |")
+    print("|---|---|---|---|")
+    rows = []
+    for n in sizes:
+        path = work / f"compare{n}.h5"
+        for model, seed in (("A", 1), ("B", 2)):
+            with CacheWriter(path, model, provenance={"options": {}}, layers=["x", "y"], dtype="float16") as w:
+                for s in range(0, n, 20_000):
+                    m = min(20_000, n - s)
+                    rng = np.random.default_rng([seed, s])
+                    w.append([f"UniRef50_A{i:07d}" for i in range(s, s + m)], [f"{i:064x}" for i in range(s, s + m)],
+                             {"x": rng.standard_normal((m, 32)), "y": rng.standard_normal((m, 32))})
+        for code in codes:
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys([code or here, here])))
+            t0 = time.perf_counter()
+            out = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "repalign", "compare", str(path),
+                                  "--a", "A", "--b", "B", "--metric", "mknn", "--k", "10", "--block-rows", "4096",
+                                  "-o", str(work / "t.csv")], capture_output=True, text=True, env=env)
+            if out.returncode:
+                raise SystemExit(out.stderr)
+            peak = int(out.stderr.strip().splitlines()[-1]) / 1024
+            print(f"| {n:,} | {code or here} | {peak:.0f} | {time.perf_counter() - t0:.1f} |", flush=True)
+            rows.append({"n": n, "code": code or here, "peak_mib": peak})
+        path.unlink()
+    return rows
 
 
 def run_child(*args, code=None) -> dict:
@@ -300,8 +337,8 @@ def main():
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    p.add_argument("--only", nargs="+", choices=("knn", "cka", "approx", "extract", "index"),
-                   default=("knn", "cka", "approx", "extract", "index"))
+    p.add_argument("--only", nargs="+", choices=("knn", "cka", "approx", "extract", "index", "compare"),
+                   default=("knn", "cka", "approx", "extract", "index", "compare"))
     p.add_argument("--code", nargs="+", default=None,
                    help="index: also measure the reader of these checkouts (their root folders) on the same files")
     p.add_argument("--workdir", help="folder for the temporary caches (default: a temporary folder)")
@@ -311,9 +348,9 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="bench_scale_", dir=args.workdir))
     try:
         for name in args.only:
-            if name == "index":
+            if name in ("index", "compare"):
                 here = str(HERE.parents[1])
-                bench_index(work, args.quick, [here] + (args.code or []))
+                {"index": bench_index, "compare": bench_compare_memory}[name](work, args.quick, [here] + (args.code or []))
                 continue
             {"knn": bench_knn, "cka": bench_cka, "approx": bench_approx, "extract": bench_extract}[name](work, args.quick)
     finally:

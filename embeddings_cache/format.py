@@ -45,8 +45,9 @@ ID_ROWS = "rows"
 #: attribute of a model group: the uuid of the journal part that created it (tells a reader whether
 #: the model was replaced since it looked)
 INSTANCE = "instance"
-#: entries per chunk of the id index (64 KiB of keys): a lookup of one id reads one chunk
-ID_INDEX_CHUNK = 8192
+#: entries per chunk of the id index (8 KiB of keys): a lookup of one id reads one chunk, and
+#: a small cache stays small (HDF5 allocates whole chunks)
+ID_INDEX_CHUNK = 1024
 
 #: storage dtypes the writer accepts for features
 STORAGE_DTYPES = ("float32", "float16")

@@ -50,7 +50,9 @@ log = logging.getLogger("embeddings_cache")
 #: rows read from HDF5 at a time when gathering scattered rows: bounds memory, not results
 _READ_BLOCK_BYTES = 64 << 20
 #: ids read from HDF5 at a time when checking scattered rows of the id index (bounds memory)
-_ID_SPAN = 1 << 15
+_ID_SPAN = 1 << 12
+#: entries of the id index read at a time (keys and rows: 1 MiB)
+_INDEX_SPAN = 1 << 16
 
 
 class _PartVanished(Exception):
@@ -70,7 +72,7 @@ class _ModelView:
 
     The main file's rows of a model with an id index that covers them (docs/cache-format.md, "The
     id index") are found on disk: no id of them is held in memory, only the first key of each
-    index chunk (8 bytes per 8,192 samples). The rows of journal parts not yet consolidated, and
+    index chunk (8 bytes per 1,024 samples). The rows of journal parts not yet consolidated, and
     all rows of a model stored without the index (a cache written before it existed), are held
     packed (numpy byte strings, UTF-8) and found through a sorted permutation: (id bytes + hash
     bytes + 8) bytes per sample. Methods reading the disk take the main file's model group.
@@ -137,36 +139,42 @@ class _ModelView:
         return np.maximum(rows, 0), missing
 
     def _lookup_on_disk(self, group: h5py.Group, query: np.ndarray) -> np.ndarray:
-        """Rows of ``query`` (packed ids) among the indexed rows, -1 where absent: the keys are
-        searched chunk by chunk (each chunk of the index read once per call), and every candidate
-        row's stored id is compared, so a collision of keys never gives a wrong row."""
+        """Rows of ``query`` (packed ids) among the indexed rows, -1 where absent: only the chunks
+        of the index that the queried keys fall in are read (each once per call, runs of them in
+        one read), and every candidate row's stored id is compared, so a collision of keys never
+        gives a wrong row."""
         index = group[ID_INDEX]
         keys_ds, rows_ds = index[ID_KEYS], index[ID_ROWS]
         if self._fences is None:
             self._fences = np.concatenate([np.zeros(0, dtype=np.uint64)] + [
-                keys_ds[s:s + 1] for s in range(0, self.indexed, ID_INDEX_CHUNK)])
+                keys_ds[s:s + _INDEX_SPAN][::ID_INDEX_CHUNK] for s in range(0, self.indexed, _INDEX_SPAN)])
         keys = id_keys(query)
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         chunk_of = np.maximum(np.searchsorted(self._fences, sorted_keys, "left") - 1, 0)
         cand_query, cand_rows = [], []
-        bounds = np.flatnonzero(np.diff(chunk_of)) + 1
-        for lo_q, hi_q in zip(np.r_[0, bounds], np.r_[bounds, len(sorted_keys)]):
-            c = int(chunk_of[lo_q])
-            start, stop = c * ID_INDEX_CHUNK, min((c + 1) * ID_INDEX_CHUNK, self.indexed)
+        i = 0
+        while i < len(sorted_keys):
+            # one read for a run of consecutive chunks that hold queries (at most _INDEX_SPAN entries)
+            first_chunk = last_chunk = int(chunk_of[i])
+            j = int(np.searchsorted(chunk_of, last_chunk, "right"))
+            while (j < len(sorted_keys) and chunk_of[j] == last_chunk + 1
+                   and (last_chunk + 2 - first_chunk) * ID_INDEX_CHUNK <= _INDEX_SPAN):
+                last_chunk += 1
+                j = int(np.searchsorted(chunk_of, last_chunk, "right"))
+            start, stop = first_chunk * ID_INDEX_CHUNK, min((last_chunk + 1) * ID_INDEX_CHUNK, self.indexed)
             # a key equal to the next chunks' first keys (a key at a chunk boundary, a repeated id,
             # a collision) has entries there too
-            while stop < self.indexed and self._fences[stop // ID_INDEX_CHUNK] <= sorted_keys[hi_q - 1]:
+            while stop < self.indexed and self._fences[stop // ID_INDEX_CHUNK] <= sorted_keys[j - 1]:
                 stop = min(stop + ID_INDEX_CHUNK, self.indexed)
             window = keys_ds[start:stop]
-            q = sorted_keys[lo_q:hi_q]
-            first = np.searchsorted(window, q, "left")
-            count = np.searchsorted(window, q, "right") - first
-            if not count.any():
-                continue
-            row_window = rows_ds[start:stop]
-            cand_query.append(np.repeat(order[lo_q:hi_q], count))
-            cand_rows.append(row_window[_ranges(first, count)])
+            q = sorted_keys[i:j]
+            lo = np.searchsorted(window, q, "left")
+            count = np.searchsorted(window, q, "right") - lo
+            if count.any():
+                cand_query.append(np.repeat(order[i:j], count))
+                cand_rows.append(rows_ds[start:stop][_ranges(lo, count)])
+            i = j
         rows = np.full(len(query), -1, dtype=np.int64)
         if not cand_query:
             return rows

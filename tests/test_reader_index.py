@@ -101,9 +101,9 @@ def test_every_id_is_found_also_at_the_boundaries_of_the_index_chunks(tmp_path):
 
 
 def test_colliding_keys_are_told_apart_by_the_stored_ids(tmp_path, monkeypatch):
-    """With a hash of 64 values every key is shared by ~300 ids and runs over chunk boundaries:
+    """With a hash of 3 values every key is shared by ~850 ids and runs over chunk boundaries:
     the lookups still give the first row of each id (the candidates' stored ids are compared)."""
-    weak = lambda packed: id_keys(packed) % np.uint64(64)  # noqa: E731
+    weak = lambda packed: id_keys(packed) % np.uint64(3)  # noqa: E731
     monkeypatch.setattr(journal, "id_keys", weak)
     monkeypatch.setattr(reader, "id_keys", weak)
     n = 2 * ID_INDEX_CHUNK + 500
@@ -202,7 +202,7 @@ def test_the_reader_memory_does_not_grow_with_the_number_of_samples(tmp_path):
         held_after_open_and_lookup(tmp_path / f"c{n}.h5", query)  # h5py's one-time allocations
         held[n] = held_after_open_and_lookup(tmp_path / f"c{n}.h5", query)
     growth = (held[60_000] - held[10_000]) / 50_000
-    assert growth < 2, (held, growth)  # bytes per sample; fences are 8 bytes per 8,192 samples
+    assert growth < 2, (held, growth)  # bytes per sample; fences are 8 bytes per 1,024 samples
     assert held[60_000] < 1 << 20, held
 
 
