@@ -3,14 +3,18 @@
 For each N: the Gram floor (the BLAS products of the upper triangle of X Xᵀ in the search's own
 blocks, nothing else), the full exact search of one layer read in row blocks
 (``blocked_knn_state``, what ``compare --block-rows`` runs per layer), wall and CPU seconds, the
-load average, and the time the cost model predicts from a calibration at the two smallest N:
+load average, and the times two forms of the cost model predict from a calibration at the two
+smallest N:
 
-    T(N) = a · N · D + c · N² · D / 2
+    from N alone:       T(N) = a · N · D + c · N² · D / 2      (a, c fitted on wall and on CPU seconds)
+    from the BLAS rate: T(N) = κ · F(N),   F(N) = the Gram floor measured in the same process
 
-The quadratic term is the search (products of the upper triangle, top-k merges); the linear one
-is what each row costs once (preparing and copying blocks, the float64 finish of the candidate
-lists). Both wall and CPU seconds are fitted and predicted. Sizes up to ``--repeat-below`` rows
-run ``--repeats`` times and keep the fastest run (a short run is at the mercy of the load).
+The first assumes the process gets the same CPU share at every size; on a shared machine it does
+not, and its wall-time error is the change of that share. The second carries the machine's
+current multiply-add rate (the floor: the same products, nothing else, just before the search),
+so only κ, the search's overhead over its own products (top-k merges, the float64 finish), is
+calibrated. Sizes up to ``--repeat-below`` rows run ``--repeats`` times and keep the fastest run
+(a short run is at the mercy of the load).
 
 Each size runs in a fresh interpreter (``--child``), which also reports its peak RSS (VmHWM).
 
@@ -120,23 +124,27 @@ def fit(rows: list[dict], key: str) -> tuple[float, float]:
 def table(rows: list[dict]) -> str:
     """The markdown table of docs/scaling.md: calibration on the two smallest sizes, the others predicted."""
     wall, cpu = fit(rows, "search_s"), fit(rows, "search_cpu_s")
+    kappa = float(np.mean([r["search_s"] / r["floor_s"] for r in rows[:2]]))
     lines = [f"calibration: wall a = {wall[0]:.3g} s per row·dim, c = {wall[1]:.3g} s per multiply-add; "
-             f"CPU a = {cpu[0]:.3g}, c = {cpu[1]:.3g}",
-             "| N | D | Gram floor s | search s (CPU s) | search / floor | predicted s (CPU s) | "
-             "predicted / measured wall (CPU) | load start-end | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"CPU a = {cpu[0]:.3g}, c = {cpu[1]:.3g}; search / floor kappa = {kappa:.2f}",
+             "| N | D | Gram floor s (CPU s) | search s (CPU s) | search / floor | load start-end | "
+             "from N: predicted s (CPU s) | from N: predicted / measured wall (CPU) | "
+             "κ · floor: predicted s | κ · floor: predicted / measured | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows):
         model = lambda ac: ac[0] * r["n"] * r["d"] + ac[1] * r["n"] ** 2 * r["d"] / 2  # noqa: E731
         if i < 2:
-            predicted, ratio = "(calibration)", "-"
+            predicted = ratio = by_floor = floor_ratio = "(calibration)"
         else:
             predicted = f"{model(wall):.1f} ({model(cpu):.1f})"
             ratio = f"{model(wall) / r['search_s']:.2f} ({model(cpu) / r['search_cpu_s']:.2f})"
-        lines.append(f"| {r['n']:,} | {r['d']} | {r['floor_s']:.1f} | {r['search_s']:.1f} ({r['search_cpu_s']:.1f}) | "
-                     f"{r['search_s'] / r['floor_s']:.2f} | {predicted} | {ratio} | "
-                     f"{r['load_start']:.1f}-{r['load_end']:.1f} | {r['peak_rss_mib']:.0f} |")
+            by_floor = f"{kappa * r['floor_s']:.1f}"
+            floor_ratio = f"{kappa * r['floor_s'] / r['search_s']:.2f}"
+        lines.append(f"| {r['n']:,} | {r['d']} | {r['floor_s']:.1f} ({r['floor_cpu_s']:.1f}) | "
+                     f"{r['search_s']:.1f} ({r['search_cpu_s']:.1f}) | {r['search_s'] / r['floor_s']:.2f} | "
+                     f"{r['load_start']:.1f}-{r['load_end']:.1f} | {predicted} | {ratio} | {by_floor} | {floor_ratio} | "
+                     f"{r['peak_rss_mib']:.0f} |")
     return "\n".join(lines)
-
 
 if __name__ == "__main__":
     main()
