@@ -207,19 +207,30 @@ class _ModelView:
 
 
 def _packed_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-    """Entries ``rows`` (any order, repeats allowed) of a string dataset, packed; read in spans of
-    at most ``_ID_SPAN`` rows so that scattered rows never load the whole dataset at once."""
+    """Entries ``rows`` (any order, repeats allowed) of a string dataset, packed. Dense runs are read
+    as slices of at most ``_ID_SPAN`` rows, scattered rows by point selection (one read per
+    ``_ID_SPAN`` of them), so that neither reads the whole dataset at once."""
     rows = np.asarray(rows, dtype=np.int64)
     unique = np.unique(rows)
-    pieces = []
+    pieces, sparse = [], []  # pieces: (positions in unique, values)
     i = 0
     while i < len(unique):
         lo = int(unique[i])
         j = int(np.searchsorted(unique, lo + _ID_SPAN, "left"))
-        block = packed_strings(ds, slice(lo, int(unique[j - 1]) + 1))
-        pieces.append(block[unique[i:j] - lo])
+        hi = int(unique[j - 1]) + 1
+        if (j - i) * 16 >= hi - lo:  # dense: one slice
+            pieces.append((np.arange(i, j), packed_strings(ds, slice(lo, hi))[unique[i:j] - lo]))
+        else:
+            sparse.append(np.arange(i, j))
         i = j
-    values = np.concatenate(pieces) if pieces else np.zeros(0, dtype="S1")
+    if sparse:
+        at = np.concatenate(sparse)
+        for s in range(0, len(at), _ID_SPAN):
+            pieces.append((at[s:s + _ID_SPAN], packed_strings(ds, unique[at[s:s + _ID_SPAN]])))
+    width = max([1] + [v.dtype.itemsize for _, v in pieces])
+    values = np.zeros(len(unique), dtype=f"S{width}")
+    for positions, v in pieces:
+        values[positions] = v
     return values[np.searchsorted(unique, rows)]
 
 
