@@ -84,7 +84,7 @@ class _ModelView:
     indexed: int = 0  # leading rows (the main file's) looked up through the on-disk index
     _id_parts: list[np.ndarray] = field(default_factory=list)
     _hash_parts: list[np.ndarray] = field(default_factory=list)
-    _packed: tuple[np.ndarray, np.ndarray] | None = None  # (ids, hashes) of rows indexed.., joined on first use
+    _packed: tuple[np.ndarray, np.ndarray] | None = None  # (ids, hashes) of the rows held in memory, joined on first use
     _order: np.ndarray | None = None  # in-memory rows sorted by id (stable: the first of equal ids first)
     _fences: np.ndarray | None = None  # first key of each chunk of the on-disk index
     n: int = 0
