@@ -13,7 +13,7 @@
             order (iter_row_blocks); with --code ROOT the reader of another checkout (e.g. the
             version before the on-disk id index) reads the same files, for a before/after table.
 6. compare: peak RSS of `repalign compare --block-rows 4096` (mknn, 2 + 2 layers of width 32 in
-            float16, N = 50,000 and 200,000), with this checkout's reader and those of --code.
+            float16, N = 50,000; --quick: 10,000), with this checkout's reader and those of --code.
 
 Usage:
     python benchmarks/bench_scale.py                 # full sizes (about 15 minutes on 2 busy cores)
@@ -154,7 +154,7 @@ def bench_compare_memory(work: Path, quick: bool, codes=(None,)):
     checkout in ``codes`` (first on PYTHONPATH; repalign itself from this checkout)."""
     from embeddings_cache import CacheWriter
 
-    sizes = (10_000,) if quick else (50_000, 200_000)
+    sizes = (10_000,) if quick else (50_000,)
     here = str(HERE.parents[1])
     print("| N | reader | peak RSS MiB | wall s |")
     print("|---|---|---|---|")
