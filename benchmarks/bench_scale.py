@@ -7,11 +7,19 @@
 3. approx:  recall of faiss HNSW / IVF lists and the mknn error they cause (N=50,000, D=256).
 4. extract: proteins/s of a 2-worker LocalCluster against one process, on an ESM-2 model with the
             architecture of esm2_t6_8M_UR50D (6 layers, width 320; random weights, the same cost).
+5. index:   peak RSS of a reader (Cache) opening a cache of N = 100,000 and 1,000,000 samples
+            (one layer of width 8, ids of 8-11 characters), looking up 1,000 random ids, reading
+            the layer by id in blocks of 16,384 rows (what compare --block-rows does) and in stored
+            order (iter_row_blocks); with --code ROOT the reader of another checkout (e.g. the
+            version before the on-disk id index) reads the same files, for a before/after table.
+6. compare: peak RSS of `repalign compare --block-rows 4096` (mknn, 2 + 2 layers of width 32 in
+            float16, N = 50,000; --quick: 10,000), with this checkout's reader and those of --code.
 
 Usage:
     python benchmarks/bench_scale.py                 # full sizes (about 15 minutes on 2 busy cores)
     python benchmarks/bench_scale.py --quick         # small sizes, a smoke run (about 2 minutes)
     python benchmarks/bench_scale.py --only knn cka  # a subset
+    python benchmarks/bench_scale.py --only index --code /path/to/older/checkout
 """
 
 from __future__ import annotations
@@ -95,8 +103,90 @@ def child_cka(path, block_rows):
     return {"seconds": time.perf_counter() - t0, "cka": score, "peak_rss_mib": vm_hwm_mib(), "rss_after_imports_mib": base}
 
 
-def run_child(*args) -> dict:
-    out = subprocess.run([sys.executable, str(HERE), "--child", json.dumps(args)], capture_output=True, text=True)
+def child_index(path, n, block_rows):
+    # lazy: the measured child imports only the reader (from the checkout given by PYTHONPATH)
+    import embeddings_cache
+    from embeddings_cache import Cache
+
+    def mib(key):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    out = {"code": str(Path(embeddings_cache.__file__).parents[1]), "rss_after_imports_mib": mib("VmRSS:")}
+    t0 = time.perf_counter()
+    c = Cache(path)
+    out["open_s"], out["peak_open_mib"] = time.perf_counter() - t0, mib("VmHWM:")
+    query = [f"s{i}" for i in np.random.default_rng(0).integers(0, n, 1000)]
+    t0 = time.perf_counter()
+    X = c.read_layer("A", "x", ids=query)
+    out["lookup_1000_s"], out["peak_lookup_mib"] = time.perf_counter() - t0, mib("VmHWM:")
+    t0, c0 = time.perf_counter(), time.process_time()
+    total = 0.0
+    for s in range(0, n, block_rows):  # the block's ids made on the fly: no list of all ids here
+        total += float(c.read_layer("A", "x", ids=[f"s{i}" for i in range(s, min(s + block_rows, n))]).sum())
+    out["blocks_by_id_s"], out["peak_blocks_by_id_mib"] = time.perf_counter() - t0, mib("VmHWM:")
+    out["blocks_by_id_cpu_s"] = time.process_time() - c0
+    t0 = time.perf_counter()
+    total2 = sum(float(b.sum()) for b in c.iter_row_blocks("A", "x", block_rows))
+    out["row_blocks_s"], out["peak_row_blocks_mib"] = time.perf_counter() - t0, mib("VmHWM:")
+    assert X.shape == (1000, 8) and np.isclose(total, total2, rtol=1e-6)
+    c.close()
+    return out
+
+
+def write_index_cache(path, n, d=8, batch=20_000):
+    """Model "A", one layer "x" of width d, ids "s0".."s{n-1}", appended in batches."""
+    # lazy: the measured child processes import this module; each part imports only what it uses
+    from embeddings_cache import CacheWriter
+
+    with CacheWriter(path, "A", provenance={"options": {}}, layers=["x"]) as w:
+        for s in range(0, n, batch):
+            m = min(batch, n - s)
+            w.append([f"s{i}" for i in range(s, s + m)], [f"{i:064x}" for i in range(s, s + m)],
+                     {"x": np.random.default_rng(s).standard_normal((m, d)).astype(np.float32)})
+
+
+def bench_compare_memory(work: Path, quick: bool, codes=(None,)):
+    """Peak RSS (/usr/bin/time -f %M) of `repalign compare --metric mknn --k 10 --block-rows 4096` on
+    2 + 2 layers of width 32 stored as float16, ids of 17 characters, with the cache reader of each
+    checkout in ``codes`` (first on PYTHONPATH; repalign itself from this checkout)."""
+    from embeddings_cache import CacheWriter
+
+    sizes = (10_000,) if quick else (50_000,)
+    here = str(HERE.parents[1])
+    print("| N | reader | peak RSS MiB | wall s |")
+    print("|---|---|---|---|")
+    rows = []
+    for n in sizes:
+        path = work / f"compare{n}.h5"
+        for model, seed in (("A", 1), ("B", 2)):
+            with CacheWriter(path, model, provenance={"options": {}}, layers=["x", "y"], dtype="float16") as w:
+                for s in range(0, n, 20_000):
+                    m = min(20_000, n - s)
+                    rng = np.random.default_rng([seed, s])
+                    w.append([f"UniRef50_A{i:07d}" for i in range(s, s + m)], [f"{i:064x}" for i in range(s, s + m)],
+                             {"x": rng.standard_normal((m, 32)), "y": rng.standard_normal((m, 32))})
+        for code in codes:
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys([code or here, here])))
+            t0 = time.perf_counter()
+            out = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "repalign", "compare", str(path),
+                                  "--a", "A", "--b", "B", "--metric", "mknn", "--k", "10", "--block-rows", "4096",
+                                  "-o", str(work / "t.csv")], capture_output=True, text=True, env=env)
+            if out.returncode:
+                raise SystemExit(out.stderr)
+            peak = int(out.stderr.strip().splitlines()[-1]) / 1024
+            print(f"| {n:,} | {code or here} | {peak:.0f} | {time.perf_counter() - t0:.1f} |", flush=True)
+            rows.append({"n": n, "code": code or here, "peak_mib": peak})
+        path.unlink()
+    return rows
+
+
+def run_child(*args, code=None) -> dict:
+    env = dict(os.environ, PYTHONPATH=code) if code else None
+    out = subprocess.run([sys.executable, str(HERE), "--child", json.dumps(args)], capture_output=True, text=True,
+                         env=env)
     if out.returncode:
         raise SystemExit(out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -219,16 +309,40 @@ def bench_extract(work: Path, quick: bool):
     return {"single_s": single, "dist_s": dist, "startup_s": startup, "n": n, "tokens": tokens}
 
 
+def bench_index(work: Path, quick: bool, codes=(None,)):
+    sizes = (20_000, 100_000) if quick else (100_000, 1_000_000)
+    block_rows = 16_384
+    rows = []
+    print("| N | reader | after imports MiB | peak: open | lookup of 1,000 ids | blocks by id | row blocks | "
+          "open s | blocks by id s (CPU s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n in sizes:
+        path = work / f"index{n}.h5"
+        write_index_cache(path, n)
+        for code in codes:
+            r = run_child("index", str(path), n, block_rows, code=code)
+            base = r["rss_after_imports_mib"]
+            print(f"| {n:,} | {r['code']} | {base:.0f} | +{r['peak_open_mib'] - base:.0f} | "
+                  f"+{r['peak_lookup_mib'] - base:.0f} | +{r['peak_blocks_by_id_mib'] - base:.0f} | "
+                  f"+{r['peak_row_blocks_mib'] - base:.0f} | {r['open_s']:.2f} | {r['blocks_by_id_s']:.1f} "
+                  f"({r['blocks_by_id_cpu_s']:.1f}) |", flush=True)
+            rows.append({"n": n, **r})
+        path.unlink()
+    return rows
+
+
 def main():
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         args = json.loads(sys.argv[2])
-        fn = {"knn": child_knn, "cka": child_cka}[args[0]]
+        fn = {"knn": child_knn, "cka": child_cka, "index": child_index}[args[0]]
         print(json.dumps(fn(*args[1:])))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    p.add_argument("--only", nargs="+", choices=("knn", "cka", "approx", "extract"),
-                   default=("knn", "cka", "approx", "extract"))
+    p.add_argument("--only", nargs="+", choices=("knn", "cka", "approx", "extract", "index", "compare"),
+                   default=("knn", "cka", "approx", "extract", "index", "compare"))
+    p.add_argument("--code", nargs="+", default=None,
+                   help="index: also measure the reader of these checkouts (their root folders) on the same files")
     p.add_argument("--workdir", help="folder for the temporary caches (default: a temporary folder)")
     args = p.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
@@ -236,6 +350,10 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="bench_scale_", dir=args.workdir))
     try:
         for name in args.only:
+            if name in ("index", "compare"):
+                here = str(HERE.parents[1])
+                {"index": bench_index, "compare": bench_compare_memory}[name](work, args.quick, [here] + (args.code or []))
+                continue
             {"knn": bench_knn, "cka": bench_cka, "approx": bench_approx, "extract": bench_extract}[name](work, args.quick)
     finally:
         shutil.rmtree(work, ignore_errors=True)

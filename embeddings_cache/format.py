@@ -37,6 +37,17 @@ TOKENS = "tokens"
 OUTPUTS = "outputs"
 TOKEN_DATA = "data"
 TOKEN_OFFSETS = "offsets"
+#: group of a model holding its id index: ``keys`` (uint64, sorted) and ``rows`` (int64), one entry
+#: per stored row, sorted by (key, row); attribute ``rows`` = how many leading rows it covers
+ID_INDEX = "id_index"
+ID_KEYS = "keys"
+ID_ROWS = "rows"
+#: attribute of a model group: the uuid of the journal part that created it (tells a reader whether
+#: the model was replaced since it looked)
+INSTANCE = "instance"
+#: entries per chunk of the id index (8 KiB of keys): a lookup of one id reads one chunk, and
+#: a small cache stays small (HDF5 allocates whole chunks)
+ID_INDEX_CHUNK = 1024
 
 #: storage dtypes the writer accepts for features
 STORAGE_DTYPES = ("float32", "float16")
@@ -250,6 +261,49 @@ def check_format(f: h5py.File, path: Path, newest: int = FORMAT_VERSION) -> int:
 def write_root_attrs(f: h5py.File) -> None:
     f.attrs["format"] = FORMAT_NAME
     f.attrs["format_version"] = FORMAT_VERSION
+
+
+def packed_strings(ds: h5py.Dataset, selection: Any = ()) -> np.ndarray:
+    """A string dataset (or a slice of it) as a numpy array of UTF-8 byte strings (no Python object
+    per entry kept)."""
+    if ds.shape[0] == 0:
+        return np.zeros(0, dtype="S1")
+    raw = ds[selection]
+    if raw.dtype.kind == "S":
+        return raw
+    if not len(raw):
+        return np.zeros(0, dtype="S1")
+    try:
+        return raw.astype("S")  # variable-length strings arrive as bytes objects
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return np.array([x.encode() if isinstance(x, str) else bytes(x) for x in raw], dtype="S")
+
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def id_keys(packed: np.ndarray) -> np.ndarray:
+    """64-bit FNV-1a hash of each id's UTF-8 bytes (numpy byte strings, as :func:`packed_strings`
+    gives): the sort key of the id index.
+
+    FNV-1a: h = 0xcbf29ce484222325; for each byte b: h = (h XOR b) * 0x100000001b3 mod 2**64
+    (Fowler, Noll, Vo). Ids hold no NUL byte (the writer refuses them), so numpy's NUL padding of
+    shorter strings is told apart by the length of each id. Equal keys do not prove equal ids: the
+    reader compares the stored id of every candidate row.
+    """
+    packed = np.asarray(packed)
+    if packed.dtype.kind != "S":
+        raise TypeError("id_keys takes numpy byte strings (dtype S)")
+    h = np.full(len(packed), _FNV_OFFSET, dtype=np.uint64)
+    width = packed.dtype.itemsize
+    if not len(packed) or width == 0:
+        return h
+    raw = np.ascontiguousarray(packed).view(np.uint8).reshape(len(packed), width)
+    lengths = np.char.str_len(packed)
+    for j in range(int(lengths.max(initial=0))):
+        h = np.where(lengths > j, (h ^ raw[:, j].astype(np.uint64)) * _FNV_PRIME, h)
+    return h
 
 
 def read_strings(ds: h5py.Dataset) -> list[str]:

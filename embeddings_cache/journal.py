@@ -40,7 +40,12 @@ from embeddings_cache.format import (
     HASH_DTYPE,
     HASHES,
     ID_DTYPE,
+    ID_INDEX,
+    ID_INDEX_CHUNK,
+    ID_KEYS,
+    ID_ROWS,
     IDS,
+    INSTANCE,
     JOURNAL_GROUP,
     JOURNAL_VERSION,
     MODELS_GROUP,
@@ -58,9 +63,11 @@ from embeddings_cache.format import (
     filter_options,
     first_line,
     from_json,
+    id_keys,
     list_parts,
     lock_path,
     open_h5,
+    packed_strings,
     parts_dir,
     read_strings,
     write_root_attrs,
@@ -272,6 +279,7 @@ def _new_model_group(models: h5py.Group, model: str, header: Any, out: _Appender
     g = models.create_group(model)
     for key in HEADER_ATTRS:
         g.attrs[key] = header[key]
+    g.attrs[INSTANCE] = header["part_uuid"]
     compression = _compression(header)
     out.append(g, IDS, np.array([], dtype=object), compression)
     out.append(g, HASHES, np.array([], dtype=HASH_DTYPE), compression)
@@ -334,8 +342,61 @@ def _apply_parts(f: h5py.File, todo: list[PartInfo]) -> None:
     try:
         uuids = [_apply_part(f, p.path, out) for p in todo]
         out.append(f.require_group(JOURNAL_GROUP), APPLIED_PARTS, np.array(uuids, dtype=UUID_DTYPE), None)
+        for group in f.require_group(MODELS_GROUP).values():
+            update_id_index(group)  # in the same commit as the rows it indexes
     finally:
         out.close()
+
+
+#: ids hashed at a time while (re)building an id index: bounds the writer's memory, not the result
+_INDEX_BUILD_ROWS = 1 << 18
+
+
+def update_id_index(group: h5py.Group) -> None:
+    """Bring a model's id index (docs/cache-format.md, "The id index") up to its stored rows.
+
+    The rows appended since the index was last written are hashed (:func:`id_keys`) and merged
+    into the sorted (key, row) arrays, which are rewritten from the first changed entry on. A
+    model without an index (a cache written before it existed) or with a stale one (rows appended
+    by a version that did not maintain it) gets it built from all its ids. Called inside a commit,
+    so the index and the rows it indexes become durable together.
+    """
+    ids = group[IDS]
+    n = int(ids.shape[0])
+    if INSTANCE not in group.attrs:
+        group.attrs[INSTANCE] = uuidlib.uuid4().hex  # a model created before the attribute existed
+    index = group.get(ID_INDEX)
+    if index is None:
+        index = group.create_group(ID_INDEX)
+        for name, dtype in ((ID_KEYS, np.uint64), (ID_ROWS, np.int64)):
+            index.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(ID_INDEX_CHUNK,),
+                                 **filter_options(None))
+        covers = 0
+    else:
+        covers = int(index.attrs.get("covers", -1))
+        if not 0 <= covers <= n or index[ID_KEYS].shape[0] != covers or index[ID_ROWS].shape[0] != covers:
+            covers = 0  # stale: rebuilt in place (the datasets are rewritten, not deleted: no space lost)
+    if covers == n and index.attrs.get("covers", -1) == n:
+        return
+    keys = np.concatenate([np.zeros(0, dtype=np.uint64)] + [
+        id_keys(packed_strings(ids, slice(s, min(s + _INDEX_BUILD_ROWS, n)))) for s in range(covers, n, _INDEX_BUILD_ROWS)
+    ])
+    rows = np.arange(covers, n, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")  # equal keys keep row order
+    keys, rows = keys[order], rows[order]
+    key_ds, row_ds = index[ID_KEYS], index[ID_ROWS]
+    first = 0
+    if covers:
+        old_keys, old_rows = key_ds[()], row_ds[()]
+        # new rows come after every stored row: among equal keys they go last
+        at = np.searchsorted(old_keys, keys, "right")
+        first = int(at.min()) if len(at) else covers
+        keys, rows = np.insert(old_keys, at, keys), np.insert(old_rows, at, rows)
+    for ds, values in ((key_ds, keys), (row_ds, rows)):
+        ds.resize((n,))
+        if n > first:
+            ds[first:] = values[first:]
+    index.attrs["covers"] = n
 
 
 def _models_with_rows(path: Path, todo: list[PartInfo]) -> set[str]:

@@ -18,7 +18,12 @@ from embeddings_cache.durable import OverlayReader, read_lock, read_redo
 from embeddings_cache.errors import CacheError
 from embeddings_cache.format import (
     HASHES,
+    ID_INDEX,
+    ID_INDEX_CHUNK,
+    ID_KEYS,
+    ID_ROWS,
     IDS,
+    INSTANCE,
     JOURNAL_VERSION,
     MODELS_GROUP,
     OUTPUTS,
@@ -31,9 +36,11 @@ from embeddings_cache.format import (
     check_regular,
     few,
     first_line,
+    id_keys,
     list_parts,
     lock_path,
     open_h5,
+    packed_strings,
 )
 from embeddings_cache.journal import applied_uuids, model_header, part_info, plan_parts
 from embeddings_cache.model import CachedModel
@@ -42,6 +49,10 @@ log = logging.getLogger("embeddings_cache")
 
 #: rows read from HDF5 at a time when gathering scattered rows: bounds memory, not results
 _READ_BLOCK_BYTES = 64 << 20
+#: ids read from HDF5 at a time when checking scattered rows of the id index (bounds memory)
+_ID_SPAN = 1 << 12
+#: entries of the id index read at a time (keys and rows: 1 MiB)
+_INDEX_SPAN = 1 << 16
 
 
 class _PartVanished(Exception):
@@ -57,16 +68,25 @@ class _Segment:
 
 @dataclass
 class _ModelView:
-    """One model's rows over its segments. Ids and content hashes are held packed (numpy byte
-    strings, UTF-8), and ids are found through a sorted permutation, not a dict of Python strings:
-    about (id bytes + hash bytes + 8) bytes per sample instead of some 350 (355 MiB at N = 1M)."""
+    """One model's rows over its segments.
+
+    The main file's rows of a model with an id index that covers them (docs/cache-format.md, "The
+    id index") are found on disk: no id of them is held in memory, only the first key of each
+    index chunk (8 bytes per 1,024 samples). The rows of journal parts not yet consolidated, and
+    all rows of a model stored without the index (a cache written before it existed), are held
+    packed (numpy byte strings, UTF-8) and found through a sorted permutation: (id bytes + hash
+    bytes + 8) bytes per sample. Methods reading the disk take the main file's model group.
+    """
 
     header: dict[str, Any]
+    instance: str | None = None  # the model group's instance uuid (None: written before it existed)
     segments: list[_Segment] = field(default_factory=list)
+    indexed: int = 0  # leading rows (the main file's) looked up through the on-disk index
     _id_parts: list[np.ndarray] = field(default_factory=list)
     _hash_parts: list[np.ndarray] = field(default_factory=list)
-    _packed: tuple[np.ndarray, np.ndarray] | None = None  # (ids, hashes), joined on first use
-    _order: np.ndarray | None = None  # rows sorted by id (stable: the first of equal ids first)
+    _packed: tuple[np.ndarray, np.ndarray] | None = None  # (ids, hashes) of the rows held in memory, joined on first use
+    _order: np.ndarray | None = None  # in-memory rows sorted by id (stable: the first of equal ids first)
+    _fences: np.ndarray | None = None  # first key of each chunk of the on-disk index
     n: int = 0
 
     def packed(self) -> tuple[np.ndarray, np.ndarray]:
@@ -76,28 +96,105 @@ class _ModelView:
             self._id_parts, self._hash_parts = [self._packed[0]], [self._packed[1]]
         return self._packed
 
-    def id_list(self, rows: np.ndarray | None = None) -> list[str]:
-        ids = self.packed()[0]
-        return [x.decode() for x in (ids if rows is None else ids[rows])]
+    def id_list(self, group: h5py.Group | None, rows: np.ndarray) -> list[str]:
+        """Ids of ``rows``, read from disk where the index serves them."""
+        return self._strings(group, IDS, self.packed()[0], rows)
 
-    def hash_list(self) -> list[str]:
-        return [x.decode() for x in self.packed()[1]]
+    def hash_list(self, group: h5py.Group | None, rows: np.ndarray) -> list[str]:
+        """Content hashes of ``rows``."""
+        return self._strings(group, HASHES, self.packed()[1], rows)
 
-    def lookup(self, ids: Sequence[Any]) -> tuple[np.ndarray, list]:
+    def _strings(self, group: h5py.Group | None, name: str, memory: np.ndarray, rows: np.ndarray) -> list[str]:
+        rows = np.asarray(rows, dtype=np.int64)
+        disk = rows < self.indexed
+        if not disk.any():
+            return [x.decode() for x in memory[rows - self.indexed]]
+        out = np.empty(len(rows), dtype=object)
+        out[disk] = [x.decode() for x in _packed_rows(group[name], rows[disk])]
+        out[~disk] = [x.decode() for x in memory[rows[~disk] - self.indexed]]
+        return out.tolist()
+
+    def lookup(self, group: h5py.Group | None, ids: Sequence[Any]) -> tuple[np.ndarray, list]:
         """Rows of ``ids`` (the first row of an id stored twice) and the ids not stored."""
-        packed = self.packed()[0]
-        if self._order is None:
-            self._order = np.argsort(packed, kind="stable")
         query = np.array([i.encode() if isinstance(i, str) else b"" for i in ids], dtype="S")
         if not len(query):
             return np.zeros(0, dtype=np.int64), []
-        sorted_ids = packed[self._order]
-        pos = np.minimum(np.searchsorted(sorted_ids, query, "left"), max(len(packed) - 1, 0))
-        found = np.zeros(len(query), dtype=bool) if not len(packed) else (sorted_ids[pos] == query)
         # HDF5 strings cannot hold NUL, and numpy byte strings drop trailing NULs: such ids are never stored
-        found &= np.fromiter((isinstance(i, str) and "\x00" not in i for i in ids), dtype=bool, count=len(query))
+        valid = np.fromiter((isinstance(i, str) and "\x00" not in i for i in ids), dtype=bool, count=len(query))
+        rows = np.full(len(query), -1, dtype=np.int64)
+        if self.indexed:
+            rows = self._lookup_on_disk(group, query)
+        todo = rows < 0  # indexed rows come first: an id found there is the first of its rows
+        packed = self.packed()[0]
+        if todo.any() and len(packed):
+            if self._order is None:
+                self._order = np.argsort(packed, kind="stable")
+            sorted_ids = packed[self._order]
+            q = query[todo]
+            pos = np.minimum(np.searchsorted(sorted_ids, q, "left"), len(packed) - 1)
+            hit = sorted_ids[pos] == q
+            rows[np.flatnonzero(todo)[hit]] = self._order[pos[hit]] + self.indexed
+        found = (rows >= 0) & valid
         missing = [i for i, ok in zip(ids, found) if not ok]
-        return (self._order[pos] if len(packed) else pos).astype(np.int64), missing
+        return np.maximum(rows, 0), missing
+
+    def _lookup_on_disk(self, group: h5py.Group, query: np.ndarray) -> np.ndarray:
+        """Rows of ``query`` (packed ids) among the indexed rows, -1 where absent: only the chunks
+        of the index that the queried keys fall in are read (each once per call, runs of them in
+        one read), and every candidate row's stored id is compared, so a collision of keys never
+        gives a wrong row."""
+        index = group[ID_INDEX]
+        keys_ds, rows_ds = index[ID_KEYS], index[ID_ROWS]
+        if self._fences is None:
+            self._fences = np.concatenate([np.zeros(0, dtype=np.uint64)] + [
+                keys_ds[s:s + _INDEX_SPAN][::ID_INDEX_CHUNK] for s in range(0, self.indexed, _INDEX_SPAN)])
+        keys = id_keys(query)
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        chunk_of = np.maximum(np.searchsorted(self._fences, sorted_keys, "left") - 1, 0)
+        cand_query, cand_rows = [], []
+        i = 0
+        while i < len(sorted_keys):
+            # one read for a run of consecutive chunks that hold queries (at most _INDEX_SPAN entries)
+            first_chunk = last_chunk = int(chunk_of[i])
+            j = int(np.searchsorted(chunk_of, last_chunk, "right"))
+            while (j < len(sorted_keys) and chunk_of[j] == last_chunk + 1
+                   and (last_chunk + 2 - first_chunk) * ID_INDEX_CHUNK <= _INDEX_SPAN):
+                last_chunk += 1
+                j = int(np.searchsorted(chunk_of, last_chunk, "right"))
+            start, stop = first_chunk * ID_INDEX_CHUNK, min((last_chunk + 1) * ID_INDEX_CHUNK, self.indexed)
+            # a key equal to the next chunks' first keys (a key at a chunk boundary, a repeated id,
+            # a collision) has entries there too
+            while stop < self.indexed and self._fences[stop // ID_INDEX_CHUNK] <= sorted_keys[j - 1]:
+                stop = min(stop + ID_INDEX_CHUNK, self.indexed)
+            window = keys_ds[start:stop]
+            q = sorted_keys[i:j]
+            lo = np.searchsorted(window, q, "left")
+            count = np.searchsorted(window, q, "right") - lo
+            if count.any():
+                cand_query.append(np.repeat(order[i:j], count))
+                cand_rows.append(rows_ds[start:stop][_ranges(lo, count)])
+            i = j
+        rows = np.full(len(query), -1, dtype=np.int64)
+        if not cand_query:
+            return rows
+        cand_q, cand_r = np.concatenate(cand_query), np.concatenate(cand_rows)
+        same = _packed_rows(group[IDS], cand_r) == query[cand_q]
+        cand_q, cand_r = cand_q[same], cand_r[same]
+        if not len(cand_q):
+            return rows
+        # the first (smallest) matching row of each query
+        pick = np.lexsort((cand_r, cand_q))
+        cand_q, cand_r = cand_q[pick], cand_r[pick]
+        first = np.r_[True, cand_q[1:] != cand_q[:-1]]
+        rows[cand_q[first]] = cand_r[first]
+        return rows
+
+    def add_indexed(self, n: int) -> None:
+        """The main file's rows, looked up through its on-disk index (before any other segment)."""
+        assert not self.segments
+        self.segments.append(_Segment(None, 0, n))
+        self.indexed = self.n = n
 
     def add(self, segment_part: Path | None, ids: np.ndarray, hashes: np.ndarray, header: dict[str, Any]) -> None:
         if len(ids) and not self.n:
@@ -107,6 +204,34 @@ class _ModelView:
         self._hash_parts.append(hashes)
         self.n += len(ids)
         self._packed = self._order = None
+
+
+def _packed_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """Entries ``rows`` (any order, repeats allowed) of a string dataset, packed. Dense runs are read
+    as slices of at most ``_ID_SPAN`` rows, scattered rows by point selection (one read per
+    ``_ID_SPAN`` of them), so that neither reads the whole dataset at once."""
+    rows = np.asarray(rows, dtype=np.int64)
+    unique = np.unique(rows)
+    pieces, sparse = [], []  # pieces: (positions in unique, values)
+    i = 0
+    while i < len(unique):
+        lo = int(unique[i])
+        j = int(np.searchsorted(unique, lo + _ID_SPAN, "left"))
+        hi = int(unique[j - 1]) + 1
+        if (j - i) * 16 >= hi - lo:  # dense: one slice
+            pieces.append((np.arange(i, j), packed_strings(ds, slice(lo, hi))[unique[i:j] - lo]))
+        else:
+            sparse.append(np.arange(i, j))
+        i = j
+    if sparse:
+        at = np.concatenate(sparse)
+        for s in range(0, len(at), _ID_SPAN):
+            pieces.append((at[s:s + _ID_SPAN], packed_strings(ds, unique[at[s:s + _ID_SPAN]])))
+    width = max([1] + [v.dtype.itemsize for _, v in pieces])
+    values = np.zeros(len(unique), dtype=f"S{width}")
+    for positions, v in pieces:
+        values[positions] = v
+    return values[np.searchsorted(unique, rows)]
 
 
 class Cache:
@@ -127,6 +252,7 @@ class Cache:
         self._file = Path(os.path.realpath(self.path))  # its journal lives next to the real file
         self._main: h5py.File | None = None
         self._main_fd: int | None = None
+        self._snapshot_fd: int | None = None
         self._generation = 0
         self._load()
 
@@ -162,19 +288,22 @@ class Cache:
         """Snapshot main file + parts; False when a writer replaced the main file meanwhile."""
         before = _identity(self._file)
         main, fd = self._open_main()
+        snapshot_fd = None
         try:
+            # held to tell later whether this main file was changed in place since (see _retrying)
+            snapshot_fd = os.open(self._file, os.O_RDONLY)
             self.format_version = check_format(main, self.path)
             parts = list_parts(self._file)
             # parts are deleted only after the main file holding them replaced the old one: an
             # unchanged main file guarantees the listed parts are exactly the pending ones
             if _identity(self._file) != before:
-                _close(main, fd)
+                _close(main, fd, snapshot_fd)
                 return False
             views = self._views_of_main(main)
             try:
                 infos = [part_info(*p) for p in parts]
             except FileNotFoundError:
-                _close(main, fd)
+                _close(main, fd, snapshot_fd)
                 return False
             done = applied_uuids(main, self.path) if infos else set()
             pending, staged = plan_parts(infos, done)
@@ -182,13 +311,14 @@ class Cache:
                 try:
                     self._add_part(views, info.path)
                 except _PartVanished:
-                    _close(main, fd)
+                    _close(main, fd, snapshot_fd)
                     return False
         except BaseException:
-            _close(main, fd)
+            _close(main, fd, snapshot_fd)
             raise
         self.close()
         self._main, self._main_fd = main, fd
+        self._snapshot_fd, self._snapshot = snapshot_fd, before
         self._views = views
         self.n_pending_parts = len(pending)
         #: models with an overwrite interrupted before it completed -> its staged batches (not read)
@@ -200,8 +330,12 @@ class Cache:
         try:
             for name, group in main.get(MODELS_GROUP, {}).items():
                 header = model_header(group)
-                view = _ModelView(dict(header))
-                view.add(None, _packed_strings(group[IDS]), _packed_strings(group[HASHES]), header)
+                view = _ModelView(dict(header), _text(group.attrs.get(INSTANCE)))
+                n = group[IDS].shape[0]
+                if _index_covers(group, n):
+                    view.add_indexed(n)
+                else:  # written before the index existed (or by such a version since): ids in memory
+                    view.add(None, packed_strings(group[IDS]), packed_strings(group[HASHES]), header)
                 views[name] = view
         except (OSError, KeyError, ValueError) as e:
             raise CacheError(f"{self.path} is damaged ({first_line(e)}); delete it and extract again")
@@ -215,8 +349,9 @@ class Cache:
                 check_format(p, part, newest=JOURNAL_VERSION)
                 model = str(p.attrs["model"])
                 header = model_header(p)
-                ids, hashes = _packed_strings(p[IDS]), _packed_strings(p[HASHES])
+                ids, hashes = packed_strings(p[IDS]), packed_strings(p[HASHES])
                 starts = bool(p.attrs["starts_model"])
+                part_uuid = _text(p.attrs["part_uuid"])
         except CacheError:
             if not part.exists():
                 raise _PartVanished
@@ -227,7 +362,7 @@ class Cache:
                 "(its batch will be extracted again on resume)"
             )
         if starts:
-            views[model] = _ModelView(dict(header))
+            views[model] = _ModelView(dict(header), part_uuid)
         elif model not in views:
             raise CacheError(
                 f"journal part {part} continues model {model!r}, which {self.path} does not hold; "
@@ -238,8 +373,8 @@ class Cache:
     # ---- context ------------------------------------------------------------------------------
     def close(self) -> None:
         if self._main is not None:
-            _close(self._main, self._main_fd)
-            self._main, self._main_fd = None, None
+            _close(self._main, self._main_fd, self._snapshot_fd)
+            self._main, self._main_fd, self._snapshot_fd = None, None, None
 
     def __enter__(self) -> "Cache":
         return self
@@ -288,11 +423,11 @@ class Cache:
 
     def ids(self, model: str) -> list[str]:
         """Sample ids in stored order (the order they were appended)."""
-        return self._view(model).id_list()
+        return self._retrying(model, None, lambda rows: self._view(model).id_list(self._group(model), rows))
 
     def hashes(self, model: str) -> list[str]:
         """Content hashes (sha256 hex) of the inputs, aligned with :meth:`ids`."""
-        return self._view(model).hash_list()
+        return self._retrying(model, None, lambda rows: self._view(model).hash_list(self._group(model), rows))
 
     def n_samples(self, model: str) -> int:
         return self._view(model).n
@@ -342,17 +477,24 @@ class Cache:
     ) -> Iterator[np.ndarray]:
         """Pooled features of a layer in stored order, as blocks of at most ``block_rows`` rows.
 
-        For computations that do not fit in memory; concatenated, the blocks equal read_layer().
+        For computations that do not fit in memory; concatenated, the blocks equal read_layer(). Rows
+        a writer appends meanwhile are not included; a model replaced by an overwrite meanwhile is a
+        CacheError (the blocks would mix two extractions).
         """
         self._check_layer(model, layer, "layers", "pooled layers")
         if not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
             raise CacheError(f"block_rows must be a positive integer, got {block_rows!r}")
         out_dtype = _float_dtype(dtype)
-        n = self._view(model).n
+        view = self._view(model)
+        n, instance = view.n, view.instance
         name = f"{POOLED}/{layer}"
         for start in range(0, n, int(block_rows)):
             rows = np.arange(start, min(start + int(block_rows), n), dtype=np.int64)
-            yield self._retrying(model, None, lambda r: self._gather(model, r, name, out_dtype), rows=rows)
+            block = self._retrying(model, None, lambda r: self._gather(model, r, name, out_dtype), rows=rows)
+            if self._view(model).instance != instance:
+                # replaced by an overwrite since the first block: the next rows are other samples
+                raise CacheError(f"model {model!r} in {self.path} was overwritten while being read; open the cache again")
+            yield block
 
     # ---- description --------------------------------------------------------------------------
     def summary(self):
@@ -435,13 +577,31 @@ class Cache:
         if name not in names:
             raise CacheError(f"model {model!r} in {self.path} has no {what[:-1]} {name!r}; its {what}: {names}")
 
+    def _group(self, model: str) -> h5py.Group | None:
+        """The main file's group of a model (None when only journal parts hold it); call under the read lock."""
+        models = self._main.get(MODELS_GROUP, {})
+        return models[model] if model in models else None
+
+    def _unchanged_since_load(self) -> bool:
+        """Whether the main file this snapshot reads is byte for byte as it was when loaded (a
+        rebuilt file replaced it) rather than appended to in place."""
+        st = os.fstat(self._snapshot_fd)
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == self._snapshot
+
     def _rows(self, model: str, ids: Sequence[str] | None) -> np.ndarray:
+        """Rows of ``ids`` in the current snapshot; call under the read lock."""
         view = self._view(model)
         if ids is None:
             return np.arange(view.n, dtype=np.int64)
         if isinstance(ids, str):
             raise CacheError(f"ids must be a list of ids, got the string {ids!r}; wrap it in a list")
-        rows, missing = view.lookup(ids)
+        try:
+            rows, missing = view.lookup(self._group(model) if view.indexed else None, ids)
+        except OSError as e:
+            raise CacheError(
+                f"cannot read the id index of model {model!r} in {self.path} ({first_line(e)}); "
+                "the file is damaged: delete it and extract again"
+            )
         if missing:
             raise CacheError(
                 f"model {model!r} in {self.path} has no samples {few(missing)}; "
@@ -450,27 +610,49 @@ class Cache:
         return rows
 
     def _retrying(self, model: str, ids: Sequence[str] | None, read: Any, rows: np.ndarray | None = None) -> Any:
+        """``read(rows)`` under the read lock; after a writer's commit, the same samples again.
+
+        Rows of a model keep their numbers across commits (appends only add rows) unless the model
+        is replaced (its instance uuid changes): rows given without ids are read again by number
+        from a model of the same instance, by id from one stored without the index.
+        """
+        if isinstance(ids, str):
+            raise CacheError(f"ids must be a list of ids, got the string {ids!r}; wrap it in a list")
         view = self._view(model)
-        if rows is None:
-            rows = self._rows(model, ids)
-        wanted = None
+        if ids is None and rows is None:
+            rows = np.arange(view.n, dtype=np.int64)  # the samples of this snapshot, even after a commit
+        retry = False
         for _ in range(5):
             with read_lock(lock_path(self._file)) as generation:
                 if generation == self._generation:
                     try:
+                        if rows is None:
+                            try:
+                                rows = self._rows(model, ids)
+                            except CacheError:
+                                if not retry:
+                                    raise
+                                raise CacheError(f"model {model!r} in {self.path} was overwritten while being read; "
+                                                 "open the cache again") from None
                         return read(rows)
                     except _PartVanished:
                         pass
                 # a writer committed since this snapshot: reopen, read the same samples
-                if wanted is None:
-                    wanted = view.id_list(rows) if ids is None else list(ids)
+                if ids is None and (not view.indexed or self._unchanged_since_load()):
+                    # their ids, from memory or from the old main file (replaced, not changed: intact)
+                    ids = view.id_list(self._group(model), rows)
+                    rows = None
                 self._load_locked(generation)
-            try:
-                rows = self._rows(model, wanted)
-            except CacheError:
-                raise CacheError(
-                    f"model {model!r} in {self.path} was overwritten while being read; open the cache again"
-                ) from None
+                retry = True
+                if ids is not None:
+                    rows = None  # looked up again in the new snapshot
+                else:
+                    now = self._view(model)
+                    if now.instance != view.instance or (len(rows) and int(rows.max()) >= now.n):
+                        raise CacheError(
+                            f"model {model!r} in {self.path} was overwritten while being read; open the cache again"
+                        )
+                view = self._view(model)
         raise CacheError(f"{self.path} kept changing while being read; read it again when the writer is idle")
 
     @contextlib.contextmanager
@@ -603,17 +785,20 @@ class Cache:
         return out
 
 
-def _packed_strings(ds: h5py.Dataset) -> np.ndarray:
-    """A string dataset as a numpy array of UTF-8 byte strings (no Python object per entry kept)."""
-    if ds.shape[0] == 0:
-        return np.zeros(0, dtype="S1")
-    raw = ds[()]
-    if raw.dtype.kind == "S":
-        return raw
+def _index_covers(group: h5py.Group, n: int) -> bool:
+    """Whether a model group's id index covers its ``n`` rows (a version that did not maintain
+    the index may have appended rows since: then the ids are read into memory, as before)."""
+    index = group.get(ID_INDEX)
+    if index is None:
+        return False
     try:
-        return raw.astype("S")  # variable-length strings arrive as bytes objects
-    except (UnicodeEncodeError, TypeError, ValueError):
-        return np.array([x.encode() if isinstance(x, str) else bytes(x) for x in raw], dtype="S")
+        return int(index.attrs.get("covers", -1)) == n == index[ID_KEYS].shape[0] == index[ID_ROWS].shape[0]
+    except KeyError:
+        return False
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else (None if value is None else str(value))
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -627,11 +812,12 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) - np.repeat(first, lengths) + np.repeat(starts, lengths)
 
 
-def _close(main: h5py.File, fd: int | None) -> None:
+def _close(main: h5py.File, *fds: int | None) -> None:
     if main.id.valid:
         main.close()
-    if fd is not None:
-        os.close(fd)
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:
