@@ -23,8 +23,7 @@ from analyses.potential_quality import (
     summarise,
 )
 from repalign.datasets.eos import delta_eos, reference_eos, scaled_crystal
-from repalign.errors import RepalignError
-from repalign.models._atomistic import reject_elements
+from repalign.errors import InvalidInput, RepalignError
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 from repalign.table import read_table
 
@@ -107,7 +106,8 @@ class AnalyticPotential(ModelAdapter):
         return ["energy"]
 
     def validate(self, record):
-        reject_elements(record, self.info.name, {13, 29}, "Al Cu")
+        if set(record.payload.get_chemical_symbols()) - {"Al", "Cu"}:
+            raise InvalidInput(f"{record.id}: element(s) not supported by {self.info.name} (supports Al Cu)", record.id)
 
     def forward(self, records, layers):
         out = []
