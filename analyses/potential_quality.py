@@ -121,7 +121,10 @@ def element_eos(adapter, element: str, changes: Sequence[float], max_shifts: int
             row["shifts"] = shift + 1
     except InvalidInput as exc:
         return {**row, "status": f"skipped: {exc}"}
-    fit = fit_birch_murnaghan(volumes, energies)
+    try:
+        fit = fit_birch_murnaghan(volumes, energies)
+    except (RuntimeError, ValueError) as exc:  # scipy's curve_fit found no optimum
+        return {**row, "status": f"fit failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"}
     ok = volumes.min() < fit["v0"] < volumes.max() and fit["b0"] > 0
     row.update(v0=fit["v0"], b0=fit["b0"], b1=fit["b1"], e0=fit["e0"],
                v0_rel_error=fit["v0"] / ref["v0"] - 1, b0_rel_error=fit["b0"] / ref["b0"] - 1,
