@@ -178,9 +178,11 @@ def summarise(per_element: pd.DataFrame, seconds: dict[str, float] | None = None
 # ----------------------------------------------------------------------------- quality vs alignment
 def model_alignment(scores: pd.DataFrame, models: Sequence[str], dataset: str = "crystals",
                     granularity: str = "structure", metric: str = "mutual_knn") -> pd.DataFrame:
-    """Per model: mean best-layer-pair score with the other trained models (``mean_alignment``), the
-    mean score of the energy-readout layers with each other (``mean_readout_alignment``), and the
-    best score with each baseline (``baseline_<name>``), from a study's ``scores.csv`` rows."""
+    """Per model: mean best-layer-pair score with the other trained models (``mean_alignment``) and with
+    those of other families only (``mean_alignment_other_families``: a release and its own fine-tune,
+    e.g. CHGNet 0.3.0 and r2SCAN, share more than training can explain), the mean score of the
+    energy-readout layers with each other (``mean_readout_alignment``), and the best score with each
+    baseline (``baseline_<name>``), from a study's ``scores.csv`` rows."""
     rows = scores[(scores.dataset == dataset) & (scores.granularity == granularity) & (scores.metric == metric)]
     trained = rows[(rows.level == "trained") & rows.model_a.isin(models) & rows.model_b.isin(models)
                    & (rows.model_a != rows.model_b)]
@@ -194,7 +196,9 @@ def model_alignment(scores: pd.DataFrame, models: Sequence[str], dataset: str = 
     for model in models:
         mine = best[(best.model_a == model) | (best.model_b == model)]
         mine_readout = readout[(readout.model_a == model) | (readout.model_b == model)]
+        other = mine[(mine.model_a.map(family) != family(model)) | (mine.model_b.map(family) != family(model))]
         row = {"model": model, "mean_alignment": mine.score.mean(), "n_partners": len(mine),
+               "mean_alignment_other_families": other.score.mean(), "n_other_families": len(other),
                "mean_readout_alignment": mine_readout.score.mean(), "readout_layer": readout_layer(model),
                "best_layers": ", ".join(sorted(set(mine.layer_a[mine.model_a == model]) | set(mine.layer_b[mine.model_b == model])))}
         for _, b in baselines[baselines.model_a == model].iterrows():
@@ -203,8 +207,13 @@ def model_alignment(scores: pd.DataFrame, models: Sequence[str], dataset: str = 
     return pd.DataFrame(out)
 
 
+def family(model: str) -> str:
+    """The model's family: the part of its name before the first hyphen (``chgnet``, ``sevennet``, ``diep``)."""
+    return model.split("-")[0]
+
+
 def readout_layer(model: str) -> str | None:
-    return next((layer for prefix, layer in READOUT_LAYER.items() if model.startswith(prefix)), None)
+    return READOUT_LAYER.get(family(model))
 
 
 def spearman_exact(x, y) -> tuple[float, float]:
@@ -234,7 +243,8 @@ def quality_vs_alignment(scores: pd.DataFrame, quality: pd.DataFrame, models: Se
     pbe = [m for m in models if TRAINING_DATA.get(m, "").startswith("PBE")]
     for subset, names in (("all", models), ("PBE-trained", pbe)):
         part = per_model[per_model.model.isin(names)]
-        for alignment, error in itertools.product(("mean_alignment", "mean_readout_alignment"),
+        for alignment, error in itertools.product(("mean_alignment", "mean_alignment_other_families",
+                                                   "mean_readout_alignment"),
                                                   ("v0_mare_common", "b0_mare_common")):
             if len(part) < 3:
                 continue
@@ -246,7 +256,7 @@ def quality_vs_alignment(scores: pd.DataFrame, quality: pd.DataFrame, models: Se
         for old, new in zip(order, order[1:]):
             if old not in by_model.index or new not in by_model.index:
                 continue
-            for alignment in ("mean_alignment", "mean_readout_alignment"):
+            for alignment in ("mean_alignment", "mean_alignment_other_families", "mean_readout_alignment"):
                 tests.append({
                     "kind": "family_step", "models": family, "n_models": 2, "alignment": alignment, "error": "",
                     "step": f"{old} -> {new}",

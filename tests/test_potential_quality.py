@@ -170,6 +170,9 @@ def test_alignment_per_model_agrees_with_the_studys_best_pairs():
         mine = best[(best.model_a == row.model) | (best.model_b == row.model)]
         assert row.n_partners == 6 == len(mine)
         assert row.mean_alignment == pytest.approx(mine.score.mean(), abs=1e-9)
+        other = mine[mine.model_a.str[:4] != mine.model_b.str[:4]]  # chgn / seve / diep
+        assert row.mean_alignment_other_families == pytest.approx(other.score.mean(), abs=1e-9)
+        assert row.n_other_families == len(other) == {"chgn": 4, "seve": 4, "diep": 6}[row.model[:4]]
     quality = pd.DataFrame({"model": models, "v0_mare_common": np.arange(7.0), "b0_mare_common": -np.arange(7.0)})
     per_model, tests = quality_vs_alignment(scores, quality, models)
     spearman = tests[(tests.kind == "spearman") & (tests.models == "all") & (tests.alignment == "mean_alignment")]
