@@ -200,6 +200,18 @@ def first_seeds(plans: Sequence[ModelPlan], count: int | None) -> list[ModelPlan
     return [p for p in plans if p.level != "random_init" or p.seed in seeds]
 
 
+def only_models(plans: Sequence[ModelPlan], names: Sequence[str] | None) -> list[ModelPlan]:
+    """The baselines and the plans of the models ``names`` (with their controls); None: every plan.
+    A name that is not one of the study's models is a one-line error."""
+    if names is None:
+        return list(plans)
+    known = {p.base for p in plans if p.level != "baseline"}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise RepalignError(f"--models: {', '.join(unknown)} not in this study; choose from {', '.join(sorted(known))}")
+    return [p for p in plans if p.level == "baseline" or p.base in names]
+
+
 def extract_plans(records, plans: Sequence[ModelPlan], cache: Path, times_csv: Path | None = None,
                   dataset: str = "") -> pd.DataFrame:
     """Extract every plan into ``cache`` (every layer; resumable: stored samples are skipped).
@@ -467,6 +479,9 @@ def base_parser(study: str, description: str) -> argparse.ArgumentParser:
                         help="score the models already in the cache (no extraction; missing models are skipped with a note)")
     parser.add_argument("--control-seeds", type=int, default=None, metavar="K",
                         help="with --extract-only: extract the controls of the first K seeds only (default: all)")
+    parser.add_argument("--models", nargs="+", metavar="NAME", default=None,
+                        help="extract only these models (registered names; their controls come with them) and the "
+                             "study's baselines, e.g. the fast models first and a slow one later (default: all)")
     return parser
 
 
@@ -502,7 +517,8 @@ def extract_part(setup: Setup, name: str, data, plans: Sequence[ModelPlan], cach
         print(f"--score-only: scoring the models already in {cache}", flush=True)
         return
     print(f"extracting {len(data)} {name} ({sum(r.size for r in data)} atoms/residues) into {cache}", flush=True)
-    extract_plans(data, first_seeds(plans, setup.args.control_seeds), cache, setup.out / "extraction_times.csv", dataset=name)
+    plans = only_models(first_seeds(plans, setup.args.control_seeds), setup.args.models)
+    extract_plans(data, plans, cache, setup.out / "extraction_times.csv", dataset=name)
 
 
 def with_earlier_parts(table: pd.DataFrame, path: Path) -> pd.DataFrame:

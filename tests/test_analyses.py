@@ -16,10 +16,13 @@ from analyses.common import (
     ModelPlan,
     best_pairs,
     chance_and_null,
+    first_seeds,
     model_plans,
+    only_models,
     study_pairs,
     with_earlier_parts,
 )
+from repalign.errors import RepalignError
 from repalign.inputs import sequence_record
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 from repalign.models.controls import (
@@ -177,7 +180,6 @@ def test_control_is_stored_under_its_own_name_with_provenance(tmp_path):
 
 
 def test_control_specs_parse_and_refuse_bad_forms():
-    from repalign.errors import RepalignError
     from repalign.models import get_adapter
 
     assert parse_control("antiberty@random:3") == ("antiberty", 3) and parse_control("antiberty") is None
@@ -204,6 +206,17 @@ def test_study_pairs_cover_levels_and_seeds():
     assert {("baseline", m, "base", s) for m, s in (("a", None), ("b", None), ("a@random:1", 1))} <= keys
     assert len(pairs) == 1 + 2 + 2 + 4
     assert ModelPlan("x@random:4", "random_init").seed == 4 and ModelPlan("x", "trained").base == "x"
+
+
+def test_extraction_can_be_limited_to_some_models_and_seeds():
+    """``--models`` keeps the named models with their controls, and the baselines; ``--control-seeds``
+    the first seeds; an unknown model is a one-line error naming the study's models."""
+    plans = model_plans(["fast", "slow"], {"base": {}}, seeds=(0, 1, 2))
+    kept = only_models(first_seeds(plans, 2), ["fast"])
+    assert [p.model for p in kept] == ["base", "fast", "fast@random:0", "fast@random:1"]
+    assert only_models(plans, None) == plans
+    with pytest.raises(RepalignError, match="--models: slo not in this study; choose from fast, slow"):
+        only_models(plans, ["slo"])
 
 
 def test_chance_level_and_null_quantile_match_simulated_random_neighbours():
