@@ -51,12 +51,15 @@ def best_pairs(table: pd.DataFrame, by: Sequence[str] = ("level", "metric", "mod
 def without_input_layers(table: pd.DataFrame) -> pd.DataFrame:
     """The rows without each model's first layer (its input embedding: per-element or per-token
     embeddings, which random-initialised networks share with trained ones through the inputs alone).
-    A model with one layer (a baseline) keeps it. Layers are in model order within each comparison
-    (rows are layer_a-major, as :func:`repalign.compare.compare_models` writes them)."""
+    A model with one layer keeps it, and a baseline (``model_b`` of a ``level = baseline`` row) keeps
+    all of its layers (e.g. Morgan radius 0, 2-mer composition: descriptors, not inputs of a network).
+    Layers are in model order within each comparison (rows are layer_a-major, as
+    :func:`repalign.compare.compare_models` writes them)."""
     keys = [c for c in ("dataset", "granularity", "level", "metric", "model_a", "model_b") if c in table.columns]
     keep = pd.Series(True, index=table.index)
-    for _, rows in table.groupby(keys, sort=False):
-        for side in ("layer_a", "layer_b"):
+    for key, rows in table.groupby(keys, sort=False):
+        level = dict(zip(keys, key)).get("level")
+        for side in ("layer_a",) if level == "baseline" else ("layer_a", "layer_b"):
             if rows[side].nunique() > 1:
                 keep[rows.index[rows[side] == rows[side].iloc[0]]] = False
     return table[keep]
@@ -335,6 +338,16 @@ def permutations_for(metric: str, permutations: int | dict) -> int:
     return int(permutations.get(metric, 0) if isinstance(permutations, dict) else permutations)
 
 
+def pair_statistics(pair: Pair, metric: str, permutations: int | dict, ci: float) -> dict:
+    """Permutations and interval level of one pair and metric. A pair with a random-init control is
+    scored without either (``p_value`` and the interval empty): its score enters the study only
+    through :func:`control_contrasts`, which tests trained against control across seeds; this keeps
+    five seeds of controls affordable (the permutations are most of a pair's cost)."""
+    if pair.seed is not None:
+        return {"permutations": 0, "ci": None}
+    return {"permutations": permutations_for(metric, permutations), "ci": ci}
+
+
 def score_pooled(cache: Path, dataset: str, pairs: Sequence[Pair], metrics: Sequence[str], *, k: int,
                  permutations: int | dict, ci: float, n_subsamples: int, seed: int = 0) -> pd.DataFrame:
     """Every pair with :func:`repalign.compare.compare_models` (pooled features, shared ids),
@@ -343,9 +356,8 @@ def score_pooled(cache: Path, dataset: str, pairs: Sequence[Pair], metrics: Sequ
     frames = []
     for pair in available_pairs(cache, pairs):
         for metric in metrics:
-            result = compare_models(cache, pair.model_a, pair.model_b, [metric], k=k,
-                                    permutations=permutations_for(metric, permutations), ci=ci,
-                                    n_subsamples=n_subsamples, seed=seed)
+            result = compare_models(cache, pair.model_a, pair.model_b, [metric], k=k, n_subsamples=n_subsamples,
+                                    seed=seed, **pair_statistics(pair, metric, permutations, ci))
             frames.append(tidy_scores(result.table, dataset, pair, granularity="structure"))
         print(f"  scored {dataset} {pair.model_a} vs {pair.model_b} (N={result.n_samples})", flush=True)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SCORE_COLUMNS))
@@ -360,8 +372,7 @@ def score_elements(cache: Path, dataset: str, records, pairs: Sequence[Pair], me
     for pair in available_pairs(cache, pairs):
         for metric in metrics:
             result = compare_tokens(cache, pair.model_a, pair.model_b, [metric], group_by="element", inputs=records, k=k,
-                                    permutations=permutations_for(metric, permutations), ci=ci, n_subsamples=n_subsamples,
-                                    seed=seed)
+                                    n_subsamples=n_subsamples, seed=seed, **pair_statistics(pair, metric, permutations, ci))
             frame = result.table.drop(columns=["granularity"], errors="ignore")
             frames.append(tidy_scores(frame, dataset, pair, granularity="element"))
         print(f"  scored {dataset} per element {pair.model_a} vs {pair.model_b} ({result.n_samples} rows of "

@@ -282,15 +282,25 @@ SCORE_COLUMNS = ["dataset", "level", "seed", "model_a", "layer_a", "model_b", "l
                  "n_samples", "p_value", "p_value_adjusted", "ci_low", "ci_high"]
 
 
+def _check_statistics(table: pd.DataFrame):
+    """Valid p-values and intervals where the metric has them; rows with a random-init control carry
+    neither (they enter only through the test across seeds, control_contrasts.csv)."""
+    control = table.model_a.str.contains("@random:") | table.model_b.str.contains("@random:")
+    assert control.any() and table[control][["p_value", "ci_low", "ci_high"]].isna().all().all()
+    tested = table[~control]
+    assert ((tested.p_value > 0) & (tested.p_value <= 1)).all()
+    # intervals where the metric has a valid one; NaN on both ends otherwise (kNN metrics, biased CKA)
+    assert ((tested.ci_low <= tested.ci_high + 1e-12) | (tested.ci_low.isna() & tested.ci_high.isna())).all()
+    assert tested.ci_low.notna().any(), "unbiased CKA rows have intervals"
+
+
 def _check_scores(out: Path, seeds: set[int]):
     """The columns of the issue, levels, seeds and valid statistics in a study's scores.csv."""
     table = pd.read_csv(out / "scores.csv")
     assert list(table.columns[: len(SCORE_COLUMNS)]) == SCORE_COLUMNS
     assert table[table.metric == "mutual_knn"].score.between(-1e-9, 1 + 1e-9).all(), "mutual kNN lies in [0, 1]"
     assert table.score.between(-1 - 1e-9, 1 + 1e-9).all(), "unbiased CKA lies in [-1, 1]"
-    assert ((table.p_value > 0) & (table.p_value <= 1)).all()
-    # intervals where the metric has a valid one; NaN on both ends otherwise (kNN metrics, biased CKA)
-    assert ((table.ci_low <= table.ci_high + 1e-12) | (table.ci_low.isna() & table.ci_high.isna())).all()
+    _check_statistics(table)
     assert set(table.level) == {"trained", "random_init", "baseline"}
     controls = table[table.level == "random_init"]
     assert controls.model_a.str.contains("@random:").all() and controls.model_b.str.contains("@random:").all()
@@ -312,10 +322,10 @@ def _check_contrasts(out: Path, table: pd.DataFrame, n_seeds: int):
     assert set(contrasts.comparison) == {"models", "baseline"} and (contrasts.n_seeds == n_seeds).all()
     assert set(contrasts.layers) == {"all", "hidden"}
 
-    def first_layers_dropped(rows):  # a model's first layer is its input embedding; a one-layer baseline stays
+    def first_layers_dropped(rows, sides):  # a model's first layer is its input embedding; baselines keep theirs
         drop = pd.Series(False, index=rows.index)
         for _, group in rows.groupby(["metric", "model_a", "model_b"]):
-            for side in ("layer_a", "layer_b"):
+            for side in sides:
                 if group[side].nunique() > 1:
                     drop[group.index[group[side] == group[side].iloc[0]]] = True
         return rows[~drop]
@@ -325,7 +335,8 @@ def _check_contrasts(out: Path, table: pd.DataFrame, n_seeds: int):
                      & (table.granularity == row.granularity)]
         a, b = same.model_a.str.split("@").str[0], same.model_b.str.split("@").str[0]
         pair = same[(a == row.model_a) & (b == row.model_b)]
-        pair = first_layers_dropped(pair) if row.layers == "hidden" else pair
+        sides = ("layer_a",) if row.comparison == "baseline" else ("layer_a", "layer_b")  # model_b: the baseline
+        pair = first_layers_dropped(pair, sides) if row.layers == "hidden" else pair
         if "identity_stage" in pair.columns:  # antibodies: no headline on IgFold's input stage
             pair = pair[~pair.identity_stage.astype(bool)]
         trained = pair[~pair.model_a.str.contains("@") & ~pair.model_b.str.contains("@")]
@@ -398,9 +409,7 @@ def _check_outputs(out: Path, controls: set[str]):
     best = pd.read_csv(out / "best_pairs.csv")
     assert table[table.metric == "mutual_knn"].score.between(-1e-9, 1 + 1e-9).all(), "mutual kNN lies in [0, 1]"
     assert table.score.between(-1 - 1e-9, 1 + 1e-9).all(), "unbiased CKA lies in [-1, 1]"
-    assert ((table.p_value > 0) & (table.p_value <= 1)).all()
-    # intervals where the metric has a valid one; NaN on both ends otherwise (kNN metrics, biased CKA)
-    assert ((table.ci_low <= table.ci_high + 1e-12) | (table.ci_low.isna() & table.ci_high.isna())).all()
+    _check_statistics(table)
     control_rows = table[table.level == "random_init"]
     assert controls <= set(control_rows.model_a) | set(control_rows.model_b)
     readme = (out / "README.md").read_text()
