@@ -533,20 +533,21 @@ def extract_part(setup: Setup, name: str, data, plans: Sequence[ModelPlan], cach
 
 
 def with_earlier_parts(table: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """``table`` plus the rows of an existing ``scores.csv`` at ``path`` for the (dataset, granularity)
-    parts this run did not score, so a study can be scored in parts (``--datasets``,
-    ``--granularity``); every part kept is named."""
+    """``table`` plus the rows of an existing ``scores.csv`` at ``path`` for the (dataset,
+    granularity, metric) parts this run did not score, so a study can be scored in parts
+    (``--datasets``, ``--granularity``, ``--metrics``); every part kept is named."""
     if not path.exists():
         return table
     old = pd.read_csv(path)
-    if not {"dataset", "granularity"} <= set(old.columns) or "granularity" not in table.columns:
+    part = ["dataset", "granularity", "metric"]
+    if not set(part) <= set(old.columns) or not set(part) <= set(table.columns):
         return table
-    done = set(zip(table.dataset, table.granularity))
-    kept = old[[part not in done for part in zip(old.dataset, old.granularity)]]
+    done = set(zip(*(table[c] for c in part)))
+    kept = old[[key not in done for key in zip(*(old[c] for c in part))]]
     if kept.empty:
         return table
-    for (dataset, granularity), rows in kept.groupby(["dataset", "granularity"], sort=False):
-        print(f"  note: kept {len(rows)} {dataset} rows per {granularity} from the earlier {path.name}", flush=True)
+    for (dataset, granularity, metric), rows in kept.groupby(part, sort=False):
+        print(f"  note: kept {len(rows)} {dataset} {metric} rows per {granularity} from the earlier {path.name}", flush=True)
     kept = kept.astype({"seed": "Int64"}) if "seed" in kept.columns else kept
     return pd.concat([table, kept], ignore_index=True)
 

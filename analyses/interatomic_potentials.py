@@ -78,9 +78,13 @@ def molecule_plans(cfg, models=None):
 
 
 def granularity_option(parser) -> None:
+    """``--granularity`` and ``--metrics``: which parts of a study to score (the rest of an existing
+    ``scores.csv`` is kept, see :func:`analyses.common.with_earlier_parts`)."""
     parser.add_argument("--granularity", nargs="+", choices=("structure", "element"),
                         help="per structure (mean-pooled) and/or per element of each structure (default: structure; "
                              "--quick: both)")
+    parser.add_argument("--metrics", nargs="+", choices=METRICS,
+                        help=f"score only these metrics (default: {' and '.join(METRICS)})")
 
 
 def add_options(parser) -> None:
@@ -105,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, data, plans, cache in parts:
         pairs = study_pairs(plans)
         perms = cfg["permutations"] if name == "crystals" else cfg["molecule_permutations"]
-        metrics = cfg["crystal_metrics"] if name == "crystals" else cfg["molecule_metrics"]
+        metrics = args.metrics or (cfg["crystal_metrics"] if name == "crystals" else cfg["molecule_metrics"])
         if "structure" in granularity:
             frames.append(score_pooled(cache, name, pairs, metrics, k=cfg["k"], permutations=perms, ci=cfg["ci"],
                                        n_subsamples=cfg["n_subsamples"], seed=args.seed))

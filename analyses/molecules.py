@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     pairs = study_pairs(plans)
     options = dict(permutations=cfg["molecule_permutations"], ci=cfg["ci"], n_subsamples=cfg["n_subsamples"], seed=args.seed)
-    metrics, granularity = cfg["molecule_metrics"], args.granularity or cfg["granularity"]
+    metrics, granularity = args.metrics or cfg["molecule_metrics"], args.granularity or cfg["granularity"]
     frames = [score_pooled(cache, "molecules", pairs, metrics, k=cfg["k"], **options)] if "structure" in granularity else []
     if "element" in granularity:
         frames.append(score_elements(cache, "molecules", list(molecules), pairs, metrics, k=cfg["k_atoms"],

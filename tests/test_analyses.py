@@ -253,19 +253,21 @@ def test_best_pairs_skips_a_layer_against_itself():
 
 
 def test_a_study_scored_in_parts_keeps_the_parts_it_did_not_rescore(tmp_path, capsys):
-    def part(dataset, granularity, score, n=2):
-        return pd.DataFrame({"dataset": dataset, "granularity": granularity, "level": "trained", "seed": pd.NA,
-                             "model_a": "a", "layer_a": [f"l{i}" for i in range(n)], "score": score})
+    def part(dataset, granularity, score, n=2, metric="mutual_knn"):
+        return pd.DataFrame({"dataset": dataset, "granularity": granularity, "metric": metric, "level": "trained",
+                             "seed": pd.NA, "model_a": "a", "layer_a": [f"l{i}" for i in range(n)], "score": score})
 
     path = tmp_path / "scores.csv"
-    pd.concat([part("crystals", "structure", 0.1), part("crystals", "element", 0.2, 3),
-               part("molecules", "structure", 0.3)]).to_csv(path, index=False)
+    pd.concat([part("crystals", "structure", 0.1), part("crystals", "structure", 0.15, metric="unbiased_cka"),
+               part("crystals", "element", 0.2, 3), part("molecules", "structure", 0.3)]).to_csv(path, index=False)
     merged = with_earlier_parts(part("crystals", "structure", 0.9), path)
-    parts = merged.groupby(["dataset", "granularity"]).score.agg(["first", "size"])
-    assert parts.to_dict("index") == {("crystals", "element"): {"first": 0.2, "size": 3},
-                                      ("crystals", "structure"): {"first": 0.9, "size": 2},
-                                      ("molecules", "structure"): {"first": 0.3, "size": 2}}
-    assert "kept 3 crystals rows per element" in capsys.readouterr().out
+    parts = merged.groupby(["dataset", "granularity", "metric"]).score.agg(["first", "size"])
+    assert parts.to_dict("index") == {("crystals", "element", "mutual_knn"): {"first": 0.2, "size": 3},
+                                      ("crystals", "structure", "mutual_knn"): {"first": 0.9, "size": 2},
+                                      ("crystals", "structure", "unbiased_cka"): {"first": 0.15, "size": 2},
+                                      ("molecules", "structure", "mutual_knn"): {"first": 0.3, "size": 2}}
+    out = capsys.readouterr().out
+    assert "kept 3 crystals mutual_knn rows per element" in out and "kept 2 crystals unbiased_cka rows per structure" in out
     assert with_earlier_parts(part("x", "structure", 0.5), tmp_path / "none.csv").shape[0] == 2
 
 
