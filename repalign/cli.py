@@ -90,6 +90,8 @@ def cmd_compare(args) -> int:
         raise RepalignError("--search-block applies to --cluster comparisons of pooled layers; drop it with --tokens")
     if args.tokens and args.cluster:
         raise RepalignError("--tokens runs in this process; drop --cluster (use --block-rows for large token layers)")
+    if args.anchors is not None and args.tokens:
+        raise RepalignError("--anchors compares pooled layers; drop --tokens (or --anchors)")
     common = dict(
         cache_b=args.cache_b, layers_a=_flat(args.layers_a), layers_b=_flat(args.layers_b),
         normalize=None if args.normalize == "none" else args.normalize,
@@ -103,12 +105,23 @@ def cmd_compare(args) -> int:
                                 inputs=args.inputs, **common)
     else:
         result = compare_models(args.cache, args.a, args.b, _flat(args.metric) or ["mknn"], cluster=args.cluster,
-                                search_block=args.search_block, **common)
+                                search_block=args.search_block, anchors=_anchors(args.anchors), **common)
     print(result.summary())
     if args.output:
         path = write_table(result.table, args.output)
         print(f"wrote {len(result.table)} rows to {path}")
     return 0
+
+
+def _anchors(value: str | None):
+    """``--anchors``: a number of anchor samples, or a file of anchor ids (one per line)."""
+    if value is None:
+        return None
+    if value.strip().lstrip("-").isdigit():
+        return int(value)
+    from repalign.interop import read_id_list  # lazy: CLI start-up
+
+    return read_id_list(value)
 
 
 def cmd_cache_info(args) -> int:
@@ -360,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--block-rows", type=int, help="read layers in row blocks (out of core; kNN metrics, linear CKA)")
     c.add_argument("--search-block", type=int, metavar="ROWS",
                    help="with --cluster: split each layer's exact neighbour search into ROWS x ROWS block tasks over all workers")
+    c.add_argument("--anchors", metavar="N|FILE",
+                   help="compare relative representations: each sample's cosine similarities to N anchor samples "
+                        "drawn with --seed, or to the ids in FILE (one per line); the anchors are left out of the scores")
     c.add_argument("--tokens", action="store_true",
                    help="compare token layers row by row (residues, atoms); permutations and --ci move whole samples")
     c.add_argument("--max-tokens", type=int, help="with --tokens: use at most this many rows, drawn with --seed")

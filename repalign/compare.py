@@ -22,6 +22,7 @@ from repalign.distributed import CacheLayer, align_layers_distributed, open_clie
 from repalign.errors import RepalignError
 from repalign.inputs import read_inputs
 from repalign.metrics import LayerAlignment, align_layers_multi, get_metric
+from repalign.metrics.anchors import draw_anchors, relative_representation
 from repalign.metrics.engine import check_backend, layer_state, resolve_metrics, score_matrix
 from repalign.metrics.layers import layer_alignments
 
@@ -162,6 +163,7 @@ def compare_models(
     knn_options: dict | None = None,
     block_rows: int | None = None,
     search_block: int | None = None,
+    anchors: int | Sequence[str] | None = None,
     **params,
 ) -> Comparison:
     """Score every layer of ``model_a`` against every layer of ``model_b`` with each metric.
@@ -181,7 +183,11 @@ def compare_models(
     ``cluster`` (a Dask spec such as ``local:4`` or a Client) builds the layer states on workers
     (:func:`repalign.distributed.align_layers_distributed`); with ``search_block`` (rows) each
     layer's exact neighbour search is itself split into block tasks over all workers, for a few
-    layers of very many samples. Returns a :class:`Comparison` whose
+    layers of very many samples. ``anchors`` (a count, drawn with ``seed``, or sample ids) compares
+    relative representations (:mod:`repalign.metrics.anchors`): each layer's rows become their
+    cosine similarities to the anchor samples' rows of the same layer, and the anchors themselves
+    are left out of the compared samples (``n_samples`` counts the rest; ``params`` records
+    ``anchors=M``). Returns a :class:`Comparison` whose
     ``table`` is the tidy long table (model_a, layer_a, model_b, layer_b, metric, params, score,
     n_samples, best, and the statistics columns when requested).
     """
@@ -199,8 +205,17 @@ def compare_models(
     names_b = select_layers(cb.layers(model_b), layers_b, model_b)
     ids = align_ids(ca, model_a, cb, model_b)
     exclude = _trivial_pairs(ca, cb, model_a, model_b, names_a, names_b)
+    if anchors is not None:
+        if block_rows is not None or cluster is not None:
+            raise RepalignError("--anchors needs the layers in memory; drop --block-rows and --cluster")
+        anchor_ids, ids = _split_anchors(ids, anchors, seed)
     params = _metric_params(canonical, len(ids), params)
-    if block_rows is not None or cluster is not None:
+    if anchors is not None:
+        items_a = [relative_representation(ca.read_layer(model_a, x, ids=ids), ca.read_layer(model_a, x, ids=anchor_ids))
+                   for x in names_a]
+        items_b = [relative_representation(cb.read_layer(model_b, x, ids=ids), cb.read_layer(model_b, x, ids=anchor_ids))
+                   for x in names_b]
+    elif block_rows is not None or cluster is not None:
         items_a = [CacheLayer(str(ca.path), model_a, x, tuple(ids)) for x in names_a]
         items_b = [CacheLayer(str(cb.path), model_b, x, tuple(ids)) for x in names_b]
     else:
@@ -209,8 +224,27 @@ def compare_models(
     run = _Run(model_a=model_a, model_b=model_b, names_a=names_a, names_b=names_b, canonical=canonical, params=params,
                n=len(ids), exclude=exclude, normalize=normalize, permutations=permutations, ci=ci,
                n_subsamples=n_subsamples, fraction=fraction, seed=seed, alpha=alpha, cluster=cluster, knn=knn,
-               knn_options=knn_options, block_rows=block_rows, search_block=search_block)
+               knn_options=knn_options, block_rows=block_rows, search_block=search_block,
+               extra={"anchors": len(anchor_ids)} if anchors is not None else {})
     return _compare_items(run, items_a, items_b)
+
+
+def _split_anchors(ids: Sequence[str], anchors, seed: int) -> tuple[list, list]:
+    """(anchor ids, the other ids in order): ``anchors`` is a count drawn with ``seed``, or ids."""
+    if isinstance(anchors, str):
+        raise RepalignError(f"anchors must be a number or a list of sample ids, got the string {anchors!r}")
+    if isinstance(anchors, Sequence):
+        anchor_ids = list(dict.fromkeys(anchors))
+        missing = [a for a in anchor_ids if a not in set(ids)]
+        if missing:
+            raise RepalignError(f"{len(missing)} anchor id(s) are not samples of both models (first: {missing[0]!r}); "
+                                "choose anchors among the shared samples")
+        if len(anchor_ids) >= len(ids):
+            raise RepalignError(f"{len(anchor_ids)} anchors leave no sample to compare out of {len(ids)}; use fewer anchors")
+    else:
+        anchor_ids = [ids[i] for i in draw_anchors(len(ids), anchors, seed)]
+    chosen = set(anchor_ids)
+    return anchor_ids, [i for i in ids if i not in chosen]
 
 
 @dataclass

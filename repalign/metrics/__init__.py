@@ -3,12 +3,14 @@
 Pure functions on arrays (no files, no models): kNN metrics (mutual_knn / mknn, cycle_knn,
 lcs_knn, edit_distance_knn), kernel metrics (cka, unbiased_cka, cka_rbf, cknna, hsic), svcca
 (Raghu et al.) and svcca_platonic, distance_correlation and its bias-corrected version;
-``prepare`` for explicit preprocessing; the registry (``get_metric``, ``metric_names``,
+``prepare`` for explicit preprocessing; ``relative_representation`` (anchors, Moschella et al.
+2023); the registry (``get_metric``, ``metric_names``,
 ``register_metric``); the layer-state engine (``layer_state``, ``score``; :mod:`.engine`) and the
 layer matrix built on it (``align_layers``). Conventions, ties included: docs/metrics.md.
 """
 
 from repalign.metrics._validate import as_features
+from repalign.metrics.anchors import draw_anchors, relative_representation
 from repalign.metrics.cca import svcca, svcca_platonic
 from repalign.metrics.distance import bias_corrected_distance_correlation, distance_correlation
 from repalign.metrics.engine import LayerState, layer_state, resolve_metrics, score
@@ -37,6 +39,7 @@ __all__ = [
     "cknna",
     "cycle_knn",
     "dcor",
+    "draw_anchors",
     "distance_correlation",
     "edit_distance_knn",
     "format_params",
@@ -49,6 +52,7 @@ __all__ = [
     "mutual_knn",
     "nearest_neighbors",
     "prepare",
+    "relative_representation",
     "register_metric",
     "resolve_metrics",
     "score",
