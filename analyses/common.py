@@ -349,16 +349,25 @@ def pair_statistics(pair: Pair, metric: str, permutations: int | dict, ci: float
 
 
 def score_pooled(cache: Path, dataset: str, pairs: Sequence[Pair], metrics: Sequence[str], *, k: int,
-                 permutations: int | dict, ci: float, n_subsamples: int, seed: int = 0) -> pd.DataFrame:
+                 permutations: int | dict, ci: float, n_subsamples: int, seed: int = 0,
+                 anchors: int | None = None) -> pd.DataFrame:
     """Every pair with :func:`repalign.compare.compare_models` (pooled features, shared ids),
     permutation p-values (max-T adjusted over the layer pairs) and subsampling intervals where the
-    metric has one; study columns first. Pairs with a model missing from the cache are skipped."""
+    metric has one; study columns first. Pairs with a model missing from the cache are skipped.
+
+    anchors: compare relative representations to this many anchor samples (drawn with ``seed``, the
+    same for every pair; :mod:`repalign.metrics.anchors`), rows labelled ``granularity = relative``.
+    They are compared as they are, without l2-normalising the rows again: a sample orthogonal to every
+    anchor (a composition vector sharing no element with them) is a zero row, a valid representation.
+    """
     frames = []
+    granularity = "relative" if anchors else "structure"
     for pair in available_pairs(cache, pairs):
         for metric in metrics:
             result = compare_models(cache, pair.model_a, pair.model_b, [metric], k=k, n_subsamples=n_subsamples,
-                                    seed=seed, **pair_statistics(pair, metric, permutations, ci))
-            frames.append(tidy_scores(result.table, dataset, pair, granularity="structure"))
+                                    seed=seed, anchors=anchors or None, normalize=None if anchors else "l2",
+                                    **pair_statistics(pair, metric, permutations, ci))
+            frames.append(tidy_scores(result.table, dataset, pair, granularity=granularity))
         print(f"  scored {dataset} {pair.model_a} vs {pair.model_b} (N={result.n_samples})", flush=True)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SCORE_COLUMNS))
 

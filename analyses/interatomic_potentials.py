@@ -8,7 +8,10 @@ shared with the ``molecules`` study); every layer of each model, random-initiali
 seeds (``NAME@random:SEED``) and the baselines ``elements`` (composition) and ``soap`` (and ``acsf``
 and ``morgan`` for molecules). Compared per structure (mean-pooled) and, with ``--granularity
 element`` (and in ``--quick``), per element of each structure (the atoms of one element averaged,
-``compare_tokens(group_by="element")``, block permutations of whole structures).
+``compare_tokens(group_by="element")``, block permutations of whole structures); and, for crystals,
+as relative representations (``granularity = relative``: each structure's cosine similarities to
+100 anchor structures drawn from the set, Moschella et al. 2023, as the ICL convergence study put
+seven potentials in one space; :mod:`repalign.metrics.anchors`).
 
     python -m analyses.interatomic_potentials                  # full study (extraction resumes from .cache/)
     python -m analyses.interatomic_potentials --extract-only   # extraction only, resumable
@@ -46,14 +49,14 @@ METRICS = ("mknn", "unbiased_cka")
 #: of each structure (``--granularity element``, 2-4 times the rows) the same with 49 block
 #: permutations. About 2 s per pair and metric per structure at N = 1,000 on two cores.
 FULL = dict(crystal_models=CRYSTAL_MODELS, molecule_models=MOLECULE_MODELS, seeds=CONTROL_SEEDS, k=10, k_atoms=10,
-            crystal_metrics=METRICS, molecule_metrics=METRICS, granularity=("structure",),
+            crystal_metrics=METRICS, molecule_metrics=METRICS, granularity=("structure", "relative"), anchors=100,
             permutations={"mknn": 49, "unbiased_cka": 0}, molecule_permutations={"mknn": 99, "unbiased_cka": 0},
             element_permutations={"mknn": 49, "unbiased_cka": 0},
             ci=0.95, n_subsamples=30, with_molecules=True,
             crystal_baselines=("elements", "soap"), molecule_baselines=("elements", "soap", "acsf", "morgan"))
 # the quick run checks the crystal path; the molecule path is the molecules study's quick run
 QUICK = dict(crystal_models=("chgnet-0.3.0", "diep"), molecule_models=("ani-1x", "chgnet-0.3.0"), seeds=(0, 1), k=3,
-             crystal_metrics=METRICS, molecule_metrics=METRICS, granularity=("structure", "element"),
+             crystal_metrics=METRICS, molecule_metrics=METRICS, granularity=("structure", "element", "relative"), anchors=4,
              k_atoms=3, permutations={"mknn": 20, "unbiased_cka": 20}, molecule_permutations={"mknn": 20, "unbiased_cka": 20},
              element_permutations={"mknn": 20, "unbiased_cka": 20},
              ci=0.95, n_subsamples=5, with_molecules=False,
@@ -80,9 +83,10 @@ def molecule_plans(cfg, models=None):
 def granularity_option(parser) -> None:
     """``--granularity`` and ``--metrics``: which parts of a study to score (the rest of an existing
     ``scores.csv`` is kept, see :func:`analyses.common.with_earlier_parts`)."""
-    parser.add_argument("--granularity", nargs="+", choices=("structure", "element"),
-                        help="per structure (mean-pooled) and/or per element of each structure (default: structure; "
-                             "--quick: both)")
+    parser.add_argument("--granularity", nargs="+", choices=("structure", "element", "relative"),
+                        help="per structure (mean-pooled), per element of each structure, and/or per structure as "
+                             "relative representations to anchor structures (crystals; default: structure and "
+                             "relative; --quick: all three)")
     parser.add_argument("--metrics", nargs="+", choices=METRICS,
                         help=f"score only these metrics (default: {' and '.join(METRICS)})")
 
@@ -113,6 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "structure" in granularity:
             frames.append(score_pooled(cache, name, pairs, metrics, k=cfg["k"], permutations=perms, ci=cfg["ci"],
                                        n_subsamples=cfg["n_subsamples"], seed=args.seed))
+        if name == "crystals" and "relative" in granularity:
+            # models only: anchors put the models in one space; a composition vector's similarities to
+            # anchors are mostly zeros (no shared element), degenerate on small sets
+            models_only = [p for p in pairs if p.level != "baseline"]
+            frames.append(score_pooled(cache, name, models_only, metrics, k=cfg["k"], permutations=perms, ci=cfg["ci"],
+                                       n_subsamples=cfg["n_subsamples"], seed=args.seed, anchors=cfg["anchors"]))
         if name == "crystals" and "element" in granularity:
             frames.append(score_elements(cache, name, list(data), pairs, metrics, k=cfg["k_atoms"],
                                          permutations=cfg["element_permutations"],

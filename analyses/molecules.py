@@ -39,8 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     pairs = study_pairs(plans)
     options = dict(permutations=cfg["molecule_permutations"], ci=cfg["ci"], n_subsamples=cfg["n_subsamples"], seed=args.seed)
-    metrics, granularity = args.metrics or cfg["molecule_metrics"], args.granularity or cfg["granularity"]
+    # relative representations only on request here (the potentials study runs them on crystals)
+    metrics = args.metrics or cfg["molecule_metrics"]
+    granularity = args.granularity or [g for g in cfg["granularity"] if g != "relative"]
     frames = [score_pooled(cache, "molecules", pairs, metrics, k=cfg["k"], **options)] if "structure" in granularity else []
+    if "relative" in granularity:
+        frames.append(score_pooled(cache, "molecules", pairs, metrics, k=cfg["k"], anchors=cfg["anchors"], **options))
     if "element" in granularity:
         frames.append(score_elements(cache, "molecules", list(molecules), pairs, metrics, k=cfg["k_atoms"],
                                      **{**options, "permutations": cfg["element_permutations"]}))

@@ -382,11 +382,15 @@ def test_interatomic_study_quick(tmp_path):
     out = tmp_path / "potentials"
     _run_study("interatomic_potentials", out)
     table = _check_scores(out, {0, 1})
-    assert set(table.dataset) == {"crystals"} and set(table.granularity) == {"structure", "element"}
+    assert set(table.dataset) == {"crystals"} and set(table.granularity) == {"structure", "element", "relative"}
     # per element of each crystal: one row per element present, at least one per crystal
     elements = table[table.granularity == "element"]
     assert elements.n_samples.min() > table[table.granularity == "structure"].n_samples.max()
     assert set(elements.n_units) == {12}
+    # relative representations: the 4 anchor crystals are left out of the scored samples
+    relative = table[table.granularity == "relative"]
+    assert set(relative.n_samples) == {8} and relative.params.str.contains("anchors=4").all()
+    assert {"structure", "element", "relative"} == set(pd.read_csv(out / "control_contrasts.csv").granularity)
     assert {"matrix_crystals_structure.png", "matrix_crystals_element.png", "best_pairs.csv"} <= {p.name for p in out.iterdir()}
     times = pd.read_csv(out / "extraction_times.csv")
     assert {"chgnet-0.3.0", "diep@random:1", "elements"} <= set(times.model)
