@@ -8,6 +8,7 @@ shared by every layer pair and every metric of a call.
 from __future__ import annotations
 
 import fnmatch
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,16 +234,17 @@ def _split_anchors(ids: Sequence[str], anchors, seed: int) -> tuple[list, list]:
     """(anchor ids, the other ids in order): ``anchors`` is a count drawn with ``seed``, or ids."""
     if isinstance(anchors, str):
         raise RepalignError(f"anchors must be a number or a list of sample ids, got the string {anchors!r}")
-    if isinstance(anchors, Sequence):
+    if isinstance(anchors, numbers.Number):  # a count; draw_anchors refuses non-integers
+        anchor_ids = [ids[i] for i in draw_anchors(len(ids), anchors, seed)]
+    else:
         anchor_ids = list(dict.fromkeys(anchors))
-        missing = [a for a in anchor_ids if a not in set(ids)]
+        shared = set(ids)
+        missing = [a for a in anchor_ids if a not in shared]
         if missing:
             raise RepalignError(f"{len(missing)} anchor id(s) are not samples of both models (first: {missing[0]!r}); "
                                 "choose anchors among the shared samples")
         if len(anchor_ids) >= len(ids):
             raise RepalignError(f"{len(anchor_ids)} anchors leave no sample to compare out of {len(ids)}; use fewer anchors")
-    else:
-        anchor_ids = [ids[i] for i in draw_anchors(len(ids), anchors, seed)]
     chosen = set(anchor_ids)
     return anchor_ids, [i for i in ids if i not in chosen]
 

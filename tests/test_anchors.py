@@ -117,6 +117,11 @@ def test_compare_models_refuses_bad_anchors(rotated_cache):
         compare_models(path, "A", "B", anchors=400)
     with pytest.raises(RepalignError, match="in memory"):
         compare_models(path, "A", "B", anchors=10, block_rows=100)
+    with pytest.raises(RepalignError, match="positive number"):
+        compare_models(path, "A", "B", anchors=2.5)
+    # ids in any iterable (a numpy array of ids, duplicates dropped)
+    same = compare_models(path, "A", "B", anchors=np.array(ids[:5] + ids[:2]))
+    assert (same.table.n_samples == 395).all()
 
 
 def test_cli_compare_with_anchors(rotated_cache, tmp_path):
