@@ -13,9 +13,12 @@ extracts one plan into an open cache writer (in this process, or on Dask workers
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -178,6 +181,34 @@ def model_writer(plan: ModelPlan, cache: str | os.PathLike, options: ExtractOpti
                        dtype=options.store_dtype, overwrite=options.overwrite)
 
 
+@contextlib.contextmanager
+def interrupts_between_batches():
+    """Ctrl-C (SIGINT) takes effect between batches: the batch in progress finishes and is kept,
+    then ``check()`` raises KeyboardInterrupt. Python's default handler raises wherever the
+    interpreter is, and there it can be lost (inside a weakref callback) or turn into another error
+    (inside the cache writer). A second Ctrl-C interrupts at once. Only in the main thread and over
+    Python's default handler; elsewhere ``check`` does nothing."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield lambda: None
+        return
+    pending = []
+
+    def on_sigint(signum, frame):
+        pending.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def check():
+        if pending:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def extract_model(plan: ModelPlan, writer: CacheWriter, options: ExtractOptions) -> ModelRun:
     """Extract one model's planned inputs into ``writer`` (from :func:`model_writer`), batch by batch.
 
@@ -196,13 +227,15 @@ def extract_model(plan: ModelPlan, writer: CacheWriter, options: ExtractOptions)
     sizes = [adapter.size(r) for r in todo]
     progress = Progress(plan.key, len(todo), quiet=options.quiet)
     try:
-        for batch in order_batches(length_batches(todo, sizes, options.batch_tokens), sizes, adapter.device):
-            kept = extract_batch(plan, [todo[i] for i in batch], writer, options, run)
-            if kept:
-                ntok = sum(sizes[batch[k]] for k in kept)
-                run.stored += len(kept)
-                run.tokens += ntok
-                progress.update(len(kept), ntok)
+        with interrupts_between_batches() as check_interrupt:
+            for batch in order_batches(length_batches(todo, sizes, options.batch_tokens), sizes, adapter.device):
+                kept = extract_batch(plan, [todo[i] for i in batch], writer, options, run)
+                if kept:
+                    ntok = sum(sizes[batch[k]] for k in kept)
+                    run.stored += len(kept)
+                    run.tokens += ntok
+                    progress.update(len(kept), ntok)
+                check_interrupt()
     finally:
         progress.close()
     run.seconds = time.perf_counter() - start

@@ -358,7 +358,8 @@ def test_extract_checks_arguments_and_the_cache_before_loading_the_model(tiny_es
 
 @pytest.mark.slow
 def test_ctrl_c_during_extract_overwrite_keeps_the_old_samples(tiny_esm2, tmp_path):
-    fasta = random_fasta(tmp_path / "in.fasta", 60, seed=1)
+    # enough samples that the run is still going when Ctrl-C lands (60 could all finish first)
+    fasta = random_fasta(tmp_path / "in.fasta", 400, seed=1)
     cache = tmp_path / "c.h5"
     model = f"hf:{tiny_esm2}"
     assert run_cli("extract", fasta, "-m", model, "-o", cache, "--limit", "12", "-q").returncode == 0
@@ -374,14 +375,14 @@ def test_ctrl_c_during_extract_overwrite_keeps_the_old_samples(tiny_esm2, tmp_pa
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "rerun the same command to resume" in err
+    assert proc.returncode == 130 and "rerun the same command to resume" in err, err[-2000:]
     with Cache(cache) as c:  # the 12 samples of the old run, untouched
         assert c.n_samples(MODEL_KEY) == 12 and c.provenance(MODEL_KEY)["options"]["pool"] == "mean"
         np.testing.assert_array_equal(c.read_layer(MODEL_KEY, c.layers(MODEL_KEY)[-1]), old)
     res = run_cli("extract", fasta, "-m", model, "-o", cache, "--pool", "cls", "--overwrite", "-q")
     assert res.returncode == 0, res.stderr
     with Cache(cache) as c:
-        assert c.n_samples(MODEL_KEY) == 60 and c.provenance(MODEL_KEY)["options"]["pool"] == "cls"
+        assert c.n_samples(MODEL_KEY) == 400 and c.provenance(MODEL_KEY)["options"]["pool"] == "cls"
 
 
 @pytest.mark.slow
