@@ -206,28 +206,29 @@ def compare_models(
     names_b = select_layers(cb.layers(model_b), layers_b, model_b)
     ids = align_ids(ca, model_a, cb, model_b)
     exclude = _trivial_pairs(ca, cb, model_a, model_b, names_a, names_b)
+    anchor_ids = None
     if anchors is not None:
         if block_rows is not None or cluster is not None:
             raise RepalignError("--anchors needs the layers in memory; drop --block-rows and --cluster")
         anchor_ids, ids = _split_anchors(ids, anchors, seed)
     params = _metric_params(canonical, len(ids), params)
     in_memory = block_rows is None and cluster is None
-    items_a = _layer_items(ca, model_a, names_a, ids, in_memory, anchor_ids if anchors is not None else None)
-    items_b = _layer_items(cb, model_b, names_b, ids, in_memory, anchor_ids if anchors is not None else None)
+    items_a = _layer_items(ca, model_a, names_a, ids, in_memory, anchor_ids)
+    items_b = _layer_items(cb, model_b, names_b, ids, in_memory, anchor_ids)
     run = _Run(model_a=model_a, model_b=model_b, names_a=names_a, names_b=names_b, canonical=canonical, params=params,
                n=len(ids), exclude=exclude, normalize=normalize, permutations=permutations, ci=ci,
                n_subsamples=n_subsamples, fraction=fraction, seed=seed, alpha=alpha, cluster=cluster, knn=knn,
                knn_options=knn_options, block_rows=block_rows, search_block=search_block,
-               extra={"anchors": len(anchor_ids)} if anchors is not None else {})
+               extra={"anchors": len(anchor_ids)} if anchor_ids is not None else {})
     return _compare_items(run, items_a, items_b)
 
 
 def _layer_items(cache: Cache, model: str, names: list, ids: list, in_memory: bool, anchor_ids: list | None) -> list:
     """What the engine scores for each layer: its rows (in memory), their relative representation
     to the anchor rows (``anchor_ids``), or a cache reference read in blocks."""
-    if anchor_ids is not None:
-        return [relative_representation(cache.read_layer(model, x, ids=ids), cache.read_layer(model, x, ids=anchor_ids))
-                for x in names]
+    if anchor_ids is not None:  # one read per layer: the compared rows, then the anchors' rows
+        rows = [cache.read_layer(model, x, ids=[*ids, *anchor_ids]) for x in names]
+        return [relative_representation(r[:len(ids)], r[len(ids):]) for r in rows]
     if not in_memory:
         return [CacheLayer(str(cache.path), model, x, tuple(ids)) for x in names]
     return [cache.read_layer(model, x, ids=ids) for x in names]
