@@ -8,6 +8,8 @@ Random-initialised controls are the library's (:mod:`repalign.models.controls`):
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import itertools
 import math
 import os
@@ -15,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -561,6 +563,27 @@ def with_earlier_parts(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     return pd.concat([table, kept], ignore_index=True)
 
 
+RESULTS_LOCK = ".results.lock"
+
+
+@contextlib.contextmanager
+def results_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s results lock (an exclusive ``flock`` on OUT/.results.lock) for the merge and
+    write of a study's tables, so two runs that score different parts cannot drop each other's rows;
+    a second run waits, and says so."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / RESULTS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"  note: another run is writing the results in {out}; waiting for it to finish", flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def finish(setup: Setup, table: pd.DataFrame, heatmaps: Sequence[tuple[str, str, str]] = (),
            headline: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pd.DataFrame:
     """Write ``scores.csv``, ``best_pairs.csv``, ``control_contrasts.csv`` (:func:`control_contrasts`
@@ -572,6 +595,11 @@ def finish(setup: Setup, table: pd.DataFrame, heatmaps: Sequence[tuple[str, str,
     if table.empty:
         raise RepalignError("nothing to score: no pair of the study has both its models in the cache; "
                             "extract them first (run without --score-only)")
+    with results_lock(setup.out):  # another run scoring other parts may be merging into the same scores.csv
+        return _write_results(setup, table, heatmaps, headline)
+
+
+def _write_results(setup: Setup, table: pd.DataFrame, heatmaps, headline) -> pd.DataFrame:
     table = with_earlier_parts(table, setup.out / "scores.csv")
     write_csv(table, setup.out / "scores.csv")
     rows = headline(table) if headline is not None else table

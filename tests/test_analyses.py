@@ -19,6 +19,7 @@ from analyses.common import (
     first_seeds,
     model_plans,
     only_models,
+    results_lock,
     study_pairs,
     with_earlier_parts,
 )
@@ -269,6 +270,40 @@ def test_a_study_scored_in_parts_keeps_the_parts_it_did_not_rescore(tmp_path, ca
     out = capsys.readouterr().out
     assert "kept 3 crystals mutual_knn rows per element" in out and "kept 2 crystals unbiased_cka rows per structure" in out
     assert with_earlier_parts(part("x", "structure", 0.5), tmp_path / "none.csv").shape[0] == 2
+
+
+
+def test_a_second_run_waits_for_the_results_lock_of_the_first(tmp_path, capsys):
+    """Two runs that score different parts merge into one scores.csv: the second merges only after
+    the first has written (another process holds the lock here)."""
+    import threading
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from analyses.common import results_lock\n"
+         "with results_lock(Path(sys.argv[1])):\n    print('held', flush=True); sys.stdin.read()", str(tmp_path)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        entered = threading.Event()
+
+        def second_run():
+            with results_lock(tmp_path):
+                entered.set()
+
+        waiting = threading.Thread(target=second_run)
+        waiting.start()
+        assert not entered.wait(1.0), "the lock was taken while another process held it"
+        holder.stdin.close()  # the first run finishes and releases the lock
+        assert entered.wait(60)
+        waiting.join()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()
+    assert "another run is writing the results" in capsys.readouterr().out
+    with results_lock(tmp_path):  # free again: taken at once, no note
+        pass
+    assert capsys.readouterr().out == ""
 
 
 # ----------------------------------------------------------------------------- the studies, end to end
