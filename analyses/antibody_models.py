@@ -28,8 +28,10 @@ from analyses.common import CONTROL_SEEDS, finish, model_plans, run_main, score_
 STUDY = "antibody_models"
 MODELS = ("antiberty", "iglm", "igfold", "unirep-1900")
 BASELINES = {"aa-composition": {}, "kmer-composition": {}, "blosum62": {}, "onehot": {}}
-#: IgFold's input stage is AntiBERTy's last layer: not a finding, excluded from headlines
-IDENTITY_STAGES = {"igfold": ("antiberty",)}
+#: IgFold's stages before its structure module, not findings (excluded from headlines and contrasts): its input
+#: ``antiberty`` (AntiBERTy's last layer), ``node_proj`` (a linear projection of it) and ``graph.0``-``graph.2``, which
+#: return node_proj's features unchanged in the trained checkpoint (their gated residuals pass the input through)
+INPUT_STAGES = {"igfold": ("antiberty", "node_proj", "graph.0", "graph.1", "graph.2")}
 #: mutual kNN with a permutation test; unbiased CKA with a subsampling interval (no permutation test: its cost)
 METRICS = ("mknn", "unbiased_cka")
 FULL = dict(models=MODELS, seeds=CONTROL_SEEDS, igfold_subset=200, k=10, permutations={"mknn": 199, "unbiased_cka": 0},
@@ -52,18 +54,18 @@ def trained_pairs(models):
     return [("igfold", m) for m in others if "igfold" in models] + list(itertools.combinations(others, 2))
 
 
-def identity_rows(table: pd.DataFrame) -> list[bool]:
-    """True where either side is an identity stage (IgFold's input, AntiBERTy's last layer)."""
+def input_stage_rows(table: pd.DataFrame) -> list[bool]:
+    """True where either side is one of IgFold's input stages (:data:`INPUT_STAGES`)."""
     def flag(models, layers):
-        return [layer in IDENTITY_STAGES.get(model.split("@")[0], ()) for model, layer in zip(models, layers)]
+        return [layer in INPUT_STAGES.get(model.split("@")[0], ()) for model, layer in zip(models, layers)]
 
     return [a or b for a, b in zip(flag(table.model_a, table.layer_a), flag(table.model_b, table.layer_b))]
 
 
-def without_identity_stages(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows headlines may come from: without the identity stages, IgFold's best pair with
-    AntiBERTy would be its own input (score 1)."""
-    return table[~table.identity_stage.astype(bool)]
+def without_input_stages(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows headlines may come from: with its input stages, IgFold's best pair with AntiBERTy
+    would be its own input (score 1) or a linear map of it."""
+    return table[~table.input_stage.astype(bool)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,8 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     table = score_pooled(cache, "antibodies", study_pairs(plans, trained_pairs(cfg["models"])), METRICS, k=cfg["k"],
                          permutations=cfg["permutations"], ci=cfg["ci"], n_subsamples=cfg["n_subsamples"], seed=args.seed)
-    table["identity_stage"] = identity_rows(table)
-    finish(run, table, heatmaps=HEATMAPS, headline=without_identity_stages)
+    table["input_stage"] = input_stage_rows(table)
+    finish(run, table, heatmaps=HEATMAPS, headline=without_input_stages)
     return 0
 
 

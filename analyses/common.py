@@ -425,12 +425,12 @@ def study_figures(table: pd.DataFrame, out: Path, heatmaps: Sequence[tuple[str, 
     - ``heatmap_<dataset>[_<granularity>]_<a>_<b>.png``: the layer x layer scores of each
       (dataset, model_a, model_b) in ``heatmaps``.
 
-    Rows on an identity stage (``identity_stage``) are left out.
+    Rows on an input stage (``input_stage``, e.g. IgFold's own input) are left out.
     """
     rows = table[(table.metric == "mutual_knn") & table.level.isin(["trained", "baseline"])
                  & ~table.model_a.str.contains("@") & ~table.model_b.str.contains("@")]
-    if "identity_stage" in rows.columns:
-        rows = rows[~rows.identity_stage.astype(bool)]
+    if "input_stage" in rows.columns:
+        rows = rows[~rows.input_stage.astype(bool)]
     keys = [c for c in ("dataset", "granularity") if c in rows.columns]
     figures = []
     for key, sub in rows.groupby(keys, sort=False):
@@ -590,7 +590,7 @@ def finish(setup: Setup, table: pd.DataFrame, heatmaps: Sequence[tuple[str, str,
     over all layers and over hidden layers, :func:`without_input_layers`) and the figures
     (:func:`study_figures`) and say how long the run took.
 
-    headline: the rows a study's best pairs may come from (e.g. without identity stages); default all.
+    headline: the rows a study's best pairs may come from (e.g. without input stages); default all.
     """
     if table.empty:
         raise RepalignError("nothing to score: no pair of the study has both its models in the cache; "

@@ -353,7 +353,7 @@ def _check_scores(out: Path, seeds: set[int]):
 
 def _check_contrasts(out: Path, table: pd.DataFrame, n_seeds: int):
     """control_contrasts.csv, recomputed from scores.csv: the trained pair's best score against the
-    mean over seeds of its controls' best scores (identity stages left out on both sides), over all
+    mean over seeds of its controls' best scores (input stages left out on both sides), over all
     layers and over hidden layers."""
     contrasts = pd.read_csv(out / "control_contrasts.csv")
     assert set(contrasts.comparison) == {"models", "baseline"} and (contrasts.n_seeds == n_seeds).all()
@@ -374,8 +374,8 @@ def _check_contrasts(out: Path, table: pd.DataFrame, n_seeds: int):
         pair = same[(a == row.model_a) & (b == row.model_b)]
         sides = ("layer_a",) if row.comparison == "baseline" else ("layer_a", "layer_b")  # model_b: the baseline
         pair = first_layers_dropped(pair, sides) if row.layers == "hidden" else pair
-        if "identity_stage" in pair.columns:  # antibodies: no headline on IgFold's input stage
-            pair = pair[~pair.identity_stage.astype(bool)]
+        if "input_stage" in pair.columns:  # antibodies: no headline on IgFold's input stages
+            pair = pair[~pair.input_stage.astype(bool)]
         trained = pair[~pair.model_a.str.contains("@") & ~pair.model_b.str.contains("@")]
         controls = pair[pair.model_a.str.contains("@random:") | pair.model_b.str.contains("@random:")]
         assert row.trained == pytest.approx(trained.score.max(), abs=1e-5)  # the CSVs keep 6 digits
@@ -403,12 +403,14 @@ def test_antibody_study_quick(tmp_path):
     # IgFold runs on its subset, and its partners are scored on the same antibodies
     igfold = table[(table.model_a.str.startswith("igfold")) | (table.model_b.str.startswith("igfold"))]
     assert set(igfold.n_samples) == {5} and set(table[~table.index.isin(igfold.index)].n_samples) == {8}
-    # IgFold's 'antiberty' stage is the AntiBERTy embedding it consumes: it matches AntiBERTy's last layer,
-    # and it is flagged so no headline rests on it
-    row = table[(table.model_a == "igfold") & (table.model_b == "antiberty") & (table.layer_a == "antiberty")
-                & (table.layer_b == "layer.7") & (table.metric == "unbiased_cka")]
-    assert row.score.iloc[0] > 0.99 and row.identity_stage.all()
-    assert not table[table.layer_a != "antiberty"].identity_stage.any()
+    # IgFold's 'antiberty' stage is the AntiBERTy embedding it consumes: it matches AntiBERTy's last layer;
+    # it and its projections (node_proj, then graph.0-2, which pass it through) are flagged so no headline rests on them
+    igfold_vs_last = table[(table.model_a == "igfold") & (table.model_b == "antiberty") & (table.layer_b == "layer.7")
+                           & (table.metric == "unbiased_cka")].set_index("layer_a")
+    assert igfold_vs_last.score["antiberty"] > 0.99
+    assert igfold_vs_last.score[["graph.0", "graph.1", "graph.2"]].to_numpy() == pytest.approx(igfold_vs_last.score["node_proj"])
+    inputs = table.layer_a.isin(["antiberty", "node_proj", "graph.0", "graph.1", "graph.2"]) & table.model_a.str.startswith("igfold")
+    assert table[inputs].input_stage.all() and not table[~inputs].input_stage.any()
     _check_cache_provenance(out / ".cache" / "antibodies-quick.h5", "repertoire_records", 8)
 
 
