@@ -25,7 +25,9 @@ def merge_shards(shard_paths: Sequence[str | os.PathLike], cache: str | os.PathL
     Goes through the public cache API only (``Cache`` reads, ``CacheWriter.append``), so the
     target keeps its journal, compression and checksums; samples already in the target are skipped,
     which makes a merge interrupted by a crash safe to run again. The provenance, layers, token
-    layers and storage dtype are those of the first shard holding the model.
+    layers and storage dtype are those of the first shard holding the model. Shards may overlap
+    (e.g. two workers that extracted some of the same samples): a sample is taken from the first
+    shard holding it.
     """
     shards = [Cache(p) for p in shard_paths]
     try:
@@ -39,10 +41,9 @@ def merge_shards(shard_paths: Sequence[str | os.PathLike], cache: str | os.PathL
         with CacheWriter(cache, model, provenance=prov, layers=first.layers(model),
                          token_layers=first.token_layers(model), dtype=first.storage_dtype(model),
                          overwrite=overwrite) as writer:
-            stored = writer.stored()
             for shard in shards:
-                if model in shard.models:
-                    added += _append_shard(shard, model, writer, stored, rows_per_append)
+                if model in shard.models:  # stored() includes the earlier shards' rows: shards may overlap
+                    added += _append_shard(shard, model, writer, writer.stored(), rows_per_append)
         return added
     finally:
         for c in shards:

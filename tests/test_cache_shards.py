@@ -47,6 +47,17 @@ def test_merge_appends_shards_in_order_and_is_idempotent(tmp_path):
     assert merge_shards(paths, target, "other") == 0  # no shard holds the model
 
 
+
+def test_overlapping_shards_merge_each_sample_once_from_the_first_shard_holding_it(tmp_path):
+    rng = np.random.default_rng(1)
+    first = write_shard(tmp_path / "a.h5", [f"x{j}" for j in range(6)], rng)
+    second = write_shard(tmp_path / "b.h5", [f"x{j}" for j in range(3, 10)], rng)  # x3-x5 in both
+    target = tmp_path / "target.h5"
+    assert merge_shards([tmp_path / "a.h5", tmp_path / "b.h5"], target, "m", rows_per_append=4) == 10
+    with Cache(target) as c:
+        assert c.ids("m") == [f"x{j}" for j in range(10)]
+        np.testing.assert_array_equal(c.read_layer("m", "l0"), np.concatenate([first[2]["l0"], second[2]["l0"][3:]]))
+
 def test_remove_cache_removes_the_file_and_its_journal(tmp_path):
     rng = np.random.default_rng(1)
     write_shard(tmp_path / "s.h5", ["a", "b", "c"], rng)
