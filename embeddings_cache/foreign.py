@@ -5,6 +5,10 @@ sample id, or by a hash of the sequence with the id in the dataset attribute ``o
 (bio_embeddings' ``embeddings_file.h5`` and ``reduced_embeddings_file.h5``). A dataset is one
 per-sample vector ``(D,)``, per-residue rows ``(L, D)``, or per-residue rows of several layers
 ``(K, L, D)`` (SeqVec); every dataset of a file has the same number of dimensions.
+
+Such files come from elsewhere: every link and dataset is checked (:mod:`embeddings_cache.untrusted`:
+no links, no external or virtual storage, plain dtypes, declared sizes within the allocation bound)
+before any value is read.
 """
 
 from __future__ import annotations
@@ -19,6 +23,15 @@ import numpy as np
 
 from embeddings_cache.errors import CacheError
 from embeddings_cache.format import FORMAT_NAME, few, first_line, open_h5
+from embeddings_cache.untrusted import (
+    check_dataset,
+    check_file,
+    check_links,
+    check_total_size,
+    declared_bytes,
+    member,
+    read_dataset,
+)
 
 #: dataset attribute bio_embeddings uses for the id when datasets are named by sequence hash
 ORIGINAL_ID = "original_id"
@@ -34,11 +47,25 @@ class PerIdDataset:
     dtype: str
 
 
-def index_per_id_h5(path: str | os.PathLike) -> list[PerIdDataset]:
+def check_foreign_h5(path: str | os.PathLike, max_member_bytes: int | None = None) -> None:
+    """CacheError (one line) unless every link and dataset of the HDF5 file at ``path`` may be read
+    (:func:`embeddings_cache.untrusted.check_file`); for readers outside this package (anndata),
+    called before they open the file."""
+    path = Path(path)
+    with open_h5(path) as f:
+        try:
+            check_file(f, path, max_member_bytes)
+        except OSError as e:
+            raise CacheError(f"{path} is damaged ({first_line(e)}); write it again")
+
+
+def index_per_id_h5(path: str | os.PathLike, max_member_bytes: int | None = None) -> list[PerIdDataset]:
     """The samples of a bio_embeddings-style file, in the file's order; nothing is read but metadata.
 
     CacheError (one line) when the file is not such a file: not HDF5, a repalign cache, a member
-    that is a group or not numeric, datasets of different ranks, or an id given twice.
+    that is a group or not numeric, datasets of different ranks, or an id given twice; or when it is
+    not safe to read (links, external or virtual storage, declared sizes beyond the allocation
+    bound: ``max_member_bytes``, see :mod:`embeddings_cache.untrusted`).
     """
     path = Path(path)
     out: list[PerIdDataset] = []
@@ -49,20 +76,14 @@ def index_per_id_h5(path: str | os.PathLike) -> list[PerIdDataset]:
                 "compare it directly (repalign compare) or export a model from it (repalign cache export)"
             )
         try:
-            for key, item in f.items():
-                if not isinstance(item, h5py.Dataset):
-                    raise CacheError(
-                        f"{path}: member {key!r} is a group; a per-id feature file holds one dataset per sample at its root"
-                    )
-                if item.dtype.kind not in "fiu":
-                    raise CacheError(f"{path}: dataset {key!r} has dtype {item.dtype}; features must be numbers")
-                original = item.attrs.get(ORIGINAL_ID)
-                if isinstance(original, bytes):
-                    original = original.decode()
-                sample = str(original) if original is not None else key
-                out.append(PerIdDataset(sample, key, tuple(int(d) for d in item.shape), item.dtype.name))
+            check_links(f, path)
+            for key in f.keys():
+                out.append(_indexed(f[key], key, path, max_member_bytes))
         except OSError as e:
             raise CacheError(f"{path} is damaged ({first_line(e)}); write it again")
+        # the reader holds every sample at once: their sum must fit too
+        total = sum(declared_bytes(d.shape, np.dtype(d.dtype).itemsize) for d in out)
+        check_total_size(total, f"{path}: its {len(out)} datasets together", max_member_bytes)
     if not out:
         raise CacheError(f"{path} holds no datasets; a per-id feature file holds one dataset per sample")
     ranks = sorted({len(d.shape) for d in out})
@@ -78,11 +99,37 @@ def index_per_id_h5(path: str | os.PathLike) -> list[PerIdDataset]:
     return out
 
 
-def read_per_id_h5(path: str | os.PathLike, keys: Sequence[str]) -> list[np.ndarray]:
-    """The datasets named ``keys`` (see :func:`index_per_id_h5`), as numpy arrays, in that order."""
+def _indexed(item: h5py.Dataset | h5py.Group, key: str, path: Path, max_member_bytes: int | None) -> PerIdDataset:
+    if not isinstance(item, h5py.Dataset):
+        raise CacheError(
+            f"{path}: member {key!r} is a group; a per-id feature file holds one dataset per sample at its root"
+        )
+    check_dataset(item, path, max_member_bytes)
+    if item.dtype.kind not in "fiu":
+        raise CacheError(f"{path}: dataset {key!r} has dtype {item.dtype}; features must be numbers")
+    original = item.attrs.get(ORIGINAL_ID)
+    if isinstance(original, bytes):
+        original = original.decode(errors="replace")
+    sample = str(original) if original is not None else key
+    return PerIdDataset(sample, key, tuple(int(d) for d in item.shape), item.dtype.name)
+
+
+def read_per_id_h5(path: str | os.PathLike, keys: Sequence[str], max_member_bytes: int | None = None) -> list[np.ndarray]:
+    """The datasets named ``keys`` (see :func:`index_per_id_h5`), as numpy arrays, in that order.
+
+    The file is checked again (it may have changed since it was indexed), and each dataset is read
+    in blocks of rows, so a damaged chunk is reported with the dataset and its rows."""
     path = Path(path)
     with open_h5(path) as f:
-        try:
-            return [np.asarray(f[key][()]) for key in keys]
-        except (OSError, KeyError) as e:
-            raise CacheError(f"cannot read {path} ({first_line(e)}); the file changed or is damaged")
+        out = []
+        for key in keys:
+            try:
+                item = member(f, key, path)
+            except KeyError:
+                item = None
+            if not isinstance(item, h5py.Dataset):
+                raise CacheError(f"cannot read dataset {key!r} of {path}: the file changed since it was indexed; "
+                                 "import it again")
+            check_dataset(item, path, max_member_bytes)
+            out.append(read_dataset(item, path))
+        return out

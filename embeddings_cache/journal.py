@@ -72,6 +72,7 @@ from embeddings_cache.format import (
     read_strings,
     write_root_attrs,
 )
+from embeddings_cache.untrusted import check_dataset, check_file
 
 _CHUNK_CACHE_BYTES = 4 << 20  # per open dataset: a few ~1 MB chunks
 _CHUNK_CACHE_SLOTS = 100_003  # a prime, as HDF5 recommends for the hash table of cached chunks
@@ -179,7 +180,11 @@ def applied_uuids(f: h5py.File, path: Path) -> set[str]:
     """Uuids of the parts already consolidated into a main file."""
     try:
         if JOURNAL_GROUP in f and APPLIED_PARTS in f[JOURNAL_GROUP]:
-            return set(read_strings(f[JOURNAL_GROUP][APPLIED_PARTS]))
+            ds = f[JOURNAL_GROUP][APPLIED_PARTS]
+            check_dataset(ds, path, memory=False)
+            return set(read_strings(ds))
+    except CacheError:
+        raise
     except (OSError, KeyError, ValueError) as e:
         raise CacheError(
             f"{path}: its list of applied journal parts (/{JOURNAL_GROUP}/{APPLIED_PARTS}) is damaged "
@@ -243,7 +248,10 @@ class _Appender:
     def dataset(self, group: h5py.Group, name: str) -> h5py.Dataset:
         key = f"{group.name}/{name}"
         if key not in self._open:
-            self._open[key] = group[name]
+            ds = group[name]
+            # never append into a crafted dataset (external storage would write into another file)
+            check_dataset(ds, group.file.filename, memory=False)
+            self._open[key] = ds
         return self._open[key]
 
     def append(self, group: h5py.Group, name: str, arr: np.ndarray, compression: str | None) -> None:
@@ -297,6 +305,7 @@ def _apply_part(f: h5py.File, part: Path, out: _Appender) -> str:
     """Append one part's batch to an open main file; return the part's uuid."""
     with open_h5(part) as p:
         check_format(p, part, newest=JOURNAL_VERSION)
+        check_file(p, part, memory=False)  # a crafted part must not bring another file's bytes in
         model = str(p.attrs["model"])
         models = f.require_group(MODELS_GROUP)
         if bool(p.attrs["starts_model"]):
@@ -362,6 +371,7 @@ def update_id_index(group: h5py.Group) -> None:
     so the index and the rows it indexes become durable together.
     """
     ids = group[IDS]
+    check_dataset(ids, group.file.filename, memory=False)
     n = int(ids.shape[0])
     if INSTANCE not in group.attrs:
         group.attrs[INSTANCE] = uuidlib.uuid4().hex  # a model created before the attribute existed
@@ -527,6 +537,7 @@ def _rebuild(path: Path, drop: set[str], todo: list[PartInfo], needed: int) -> N
             with _guarded(guard), open_h5(path) as src, h5py.File(
                 guard, "w", locking=False, rdcc_nbytes=_CHUNK_CACHE_BYTES, rdcc_nslots=_CHUNK_CACHE_SLOTS
             ) as dst:
+                check_file(src, path, memory=False)  # what is copied must be the file's own data
                 for key, value in src.attrs.items():
                     dst.attrs[key] = value
                 dst_models = dst.create_group(MODELS_GROUP)

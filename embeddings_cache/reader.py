@@ -44,6 +44,7 @@ from embeddings_cache.format import (
 )
 from embeddings_cache.journal import applied_uuids, model_header, part_info, plan_parts
 from embeddings_cache.model import CachedModel
+from embeddings_cache.untrusted import check_dataset, check_file, check_links, checked_dataset
 
 log = logging.getLogger("embeddings_cache")
 
@@ -244,8 +245,11 @@ class Cache:
     reopens the file. Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, max_member_bytes: int | None = None):
         self.path = Path(path)
+        #: the allocation bound of the file's datasets (embeddings_cache.untrusted): None, the default
+        #: rule (no dataset declaring more than 1 GiB and 100x what it stores); a number, the largest size
+        self.max_member_bytes = max_member_bytes
         if not self.path.exists():
             raise CacheError(f"no cache at {self.path}; check the path (caches are written by CacheWriter)")
         check_regular(self.path)
@@ -293,6 +297,7 @@ class Cache:
             # held to tell later whether this main file was changed in place since (see _retrying)
             snapshot_fd = os.open(self._file, os.O_RDONLY)
             self.format_version = check_format(main, self.path)
+            check_links(main, self.path)  # from here on, names in the main file lead to its own objects
             parts = list_parts(self._file)
             # parts are deleted only after the main file holding them replaced the old one: an
             # unchanged main file guarantees the listed parts are exactly the pending ones
@@ -331,12 +336,16 @@ class Cache:
             for name, group in main.get(MODELS_GROUP, {}).items():
                 header = model_header(group)
                 view = _ModelView(dict(header), _text(group.attrs.get(INSTANCE)))
+                for ds in _row_datasets(group):  # the datasets read to find rows (the layers: when read)
+                    check_dataset(ds, self.path, self.max_member_bytes, memory=False)
                 n = group[IDS].shape[0]
                 if _index_covers(group, n):
                     view.add_indexed(n)
                 else:  # written before the index existed (or by such a version since): ids in memory
                     view.add(None, packed_strings(group[IDS]), packed_strings(group[HASHES]), header)
                 views[name] = view
+        except CacheError:
+            raise
         except (OSError, KeyError, ValueError) as e:
             raise CacheError(f"{self.path} is damaged ({first_line(e)}); delete it and extract again")
         return views
@@ -347,6 +356,7 @@ class Cache:
         try:
             with open_h5(part) as p:
                 check_format(p, part, newest=JOURNAL_VERSION)
+                check_file(p, part, self.max_member_bytes, memory=False)
                 model = str(p.attrs["model"])
                 header = model_header(p)
                 ids, hashes = packed_strings(p[IDS]), packed_strings(p[HASHES])
@@ -671,9 +681,9 @@ class Cache:
         with part:
             yield part
 
-    def _dataset(self, group: h5py.Group, name: str, model: str, seg: _Segment) -> h5py.Dataset:
+    def _dataset(self, group: h5py.Group, name: str, model: str, seg: _Segment, sizes: bool = True) -> h5py.Dataset:
         try:
-            return group[name]
+            return checked_dataset(group, name, seg.part or self.path, self.max_member_bytes, sizes=sizes)
         except KeyError:
             where = seg.part or self.path
             raise CacheError(f"{where} lacks {name} of model {model!r} for {seg.n} samples; the cache is damaged")
@@ -699,7 +709,9 @@ class Cache:
                     continue
                 try:
                     with self._segment(seg, model) as group:
-                        ds = self._dataset(group, name + (f"/{TOKEN_DATA}" if kind == "tokens" else ""), model, seg)
+                        # shapes only: no values read, so no allocation bound
+                        ds = self._dataset(group, name + (f"/{TOKEN_DATA}" if kind == "tokens" else ""), model, seg,
+                                           sizes=False)
                         rows += ds.shape[0]
                         if ds.ndim == 2:
                             dim = ds.shape[1]
@@ -783,6 +795,13 @@ class Cache:
             out[i:j] = block[local[i:j] - lo]
             i = j
         return out
+
+
+def _row_datasets(group: h5py.Group) -> list[h5py.Dataset]:
+    """The datasets of a model group that give its rows: ids, hashes and the id index."""
+    index = group.get(ID_INDEX)
+    found = [group.get(IDS), group.get(HASHES)] + ([index.get(ID_KEYS), index.get(ID_ROWS)] if index else [])
+    return [ds for ds in found if isinstance(ds, h5py.Dataset)]
 
 
 def _index_covers(group: h5py.Group, n: int) -> bool:

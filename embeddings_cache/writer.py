@@ -50,6 +50,7 @@ from embeddings_cache.journal import (
     remove_stale_temporaries,
     write_part,
 )
+from embeddings_cache.untrusted import check_dataset, check_file, check_links
 
 
 class CacheWriter:
@@ -190,15 +191,20 @@ class CacheWriter:
         self._output_names: list[str] | None = None
         ids: list[str] = []
         with open_h5(self._file) as f:
+            check_links(f, self.path)  # names lead to the file's own objects only
             models = f[MODELS_GROUP]
             group = models[self.model] if self.model in models else None
             if group is not None and not overwrite:
                 try:
+                    for name in (IDS, HASHES):
+                        check_dataset(group[name], self.path, memory=False)
                     stored = model_header(group)
                     ids = read_strings(group[IDS])
                     hashes = read_strings(group[HASHES])
                     dims = {k: v.shape[1] for k, v in group.get(POOLED, {}).items()}
                     token_dims = {k: v[TOKEN_DATA].shape[1] for k, v in group.get(TOKENS, {}).items()}
+                except CacheError:
+                    raise
                 except (OSError, KeyError, ValueError) as e:
                     raise CacheError(
                         f"model {self.model!r} in {self.path} is damaged ({first_line(e)}); "
@@ -527,6 +533,7 @@ def _staged_contents(parts: list[PartInfo]) -> dict[str, Any] | None:
     try:
         for part in parts:
             with open_h5(part.path) as p:
+                check_file(p, part.path, memory=False)
                 if part is parts[0]:
                     out["header"] = model_header(p)
                 ids = read_strings(p[IDS])

@@ -59,6 +59,9 @@ def check_output_file(path, flag: str) -> None:
 _CLI_WORDING = {
     "pass overwrite=True": "pass --overwrite",
     "with overwrite=True": "with --overwrite",
+    "max_member_bytes=": "--max-member-size ",
+    "store_dtype='float32'": "--store-dtype float32",
+    "dtype='float32'": "--store-dtype float32",
 }
 
 
@@ -131,6 +134,24 @@ def cmd_cache_info(args) -> int:
     return 0
 
 
+def _size(text: str | None) -> int | None:
+    """``--max-member-size``: bytes, or a number with K, M, G or T (powers of 1024; ``8G``, ``8GiB``)."""
+    if text is None:
+        return None
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = 1
+    if value[-1:] in ("K", "M", "G", "T"):
+        scale = 1024 ** ("KMGT".index(value[-1]) + 1)
+        value = value[:-1]
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number > 0:
+        raise RepalignError(f"--max-member-size {text!r} is not a size; give bytes or e.g. 8G")
+    return int(number * scale)
+
+
 def cmd_cache_import(args) -> int:
     from repalign.inputs import read_inputs  # lazy: CLI start-up
     from repalign.interop import import_features, read_id_list  # lazy: CLI start-up
@@ -141,7 +162,7 @@ def cmd_cache_import(args) -> int:
     ids = read_id_list(args.ids) if args.ids else None
     run = import_features(args.file, args.output, args.model, inputs=records, ids=ids, layers=_flat(args.layers) or None,
                           pool=args.pool, keep_tokens=not args.no_tokens, store_dtype=args.store_dtype,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, max_member_bytes=_size(args.max_member_size))
     tokens = f" (+ {len(run.token_layers)} token layers)" if run.token_layers else ""
     print(f"{run.model}: stored {run.n_samples} samples x {len(run.layers)} layers{tokens} from {run.format} "
           f"{args.file} (ids from {run.ids_from}) -> {args.output}")
@@ -152,7 +173,7 @@ def cmd_cache_export(args) -> int:
     from repalign.interop import export_features  # lazy: CLI start-up
 
     path = export_features(args.cache, args.model, args.output, layers=_flat(args.layers) or None,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, max_member_bytes=_size(args.max_member_size))
     print(f"wrote model {args.model} to {path}")
     return 0
 
@@ -407,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--no-tokens", action="store_true", help="do not store per-token features, only pooled ones")
     im.add_argument("--store-dtype", default="float32", choices=("float32", "float16"), help="storage dtype")
     im.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
+    im.add_argument("--max-member-size", metavar="SIZE",
+                    help="read members (arrays, datasets) up to SIZE (e.g. 8G) from a trusted file; default: refuse "
+                         "one declaring more than 1 GiB and 100x its size on disk, or half the available memory")
     im.set_defaults(func=cmd_cache_import)
 
     ex = cache_sub.add_parser("export", help="write one model to .h5ad, .npz, .parquet or a folder of .pt files")
@@ -415,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-o", "--output", required=True, help="OUT.h5ad, OUT.npz, OUT.parquet, or a folder (per-sample .pt)")
     ex.add_argument("--layers", action="append", nargs="+", help="layers to write (names or patterns; default all)")
     ex.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    ex.add_argument("--max-member-size", metavar="SIZE",
+                    help="read datasets up to SIZE (e.g. 8G) from a trusted cache; default: refuse one declaring "
+                         "more than 1 GiB and 100x its size on disk")
     ex.set_defaults(func=cmd_cache_export)
 
     rp_ = cache_sub.add_parser("repool", help="pool stored token features another way, without running the model")

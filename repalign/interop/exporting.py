@@ -44,7 +44,8 @@ def export_format(out: str | os.PathLike) -> str:
 
 
 def export_features(cache: str | os.PathLike, model: str, out: str | os.PathLike, *,
-                    layers: Sequence[str] | None = None, overwrite: bool = False) -> Path:
+                    layers: Sequence[str] | None = None, overwrite: bool = False,
+                    max_member_bytes: int | None = None) -> Path:
     """Write one model of a cache to ``out`` (format from its suffix, see the module docstring).
 
     layers: pooled and token layers to write (names or patterns; default all). The file appears
@@ -57,7 +58,7 @@ def export_features(cache: str | os.PathLike, model: str, out: str | os.PathLike
         raise RepalignError(f"{out} already exists; pass --overwrite to replace it, or choose another name")
     if not out.parent.is_dir():
         raise RepalignError(f"folder {out.parent} does not exist; create it first")
-    with Cache(cache) as c:
+    with Cache(cache, max_member_bytes=max_member_bytes) as c:
         if model not in c.models:
             raise RepalignError(f"model {model!r} is not in {cache}; it holds: {', '.join(c.models) or 'no models'}")
         m = c[model]

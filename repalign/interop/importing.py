@@ -154,6 +154,7 @@ def import_features(
     keep_tokens: bool = True,
     store_dtype: str = "float32",
     overwrite: bool = False,
+    max_member_bytes: int | None = None,
 ) -> ImportRun:
     """Store the features of a file (see the module docstring) as ``model`` in ``cache``.
 
@@ -165,6 +166,8 @@ def import_features(
         layers (names or patterns) to keep of a file that names them.
     pool: how per-token rows become per-sample vectors (mean, max, last; cls from ESM's
         ``bos_representations``); keep_tokens: store the per-token rows too (token layers).
+    max_member_bytes: the largest member of the file to read, replacing the default allocation
+        bound (:mod:`embeddings_cache.untrusted`), for trusted files with large members.
     Everything is read and checked before the cache is opened: bad input leaves it unchanged. An
     existing ``model`` is an error unless ``overwrite``.
     """
@@ -178,7 +181,7 @@ def import_features(
             if model in c.models:
                 raise RepalignError(f"model {model!r} is already in {cache}; pass --overwrite to replace it, "
                                     "or import under another name")
-    feats = read_features(path, pool=pool, keep_tokens=keep_tokens)
+    feats = read_features(path, pool=pool, keep_tokens=keep_tokens, max_member_bytes=max_member_bytes)
     row_ids, hashes, source = _bind(feats, path, inputs, ids)
     _select_layers(feats, layers, path)
     _pool(feats, pool, path, row_ids)

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from embeddings_cache import index_per_id_h5, read_per_id_h5
+from embeddings_cache import check_foreign_h5, index_per_id_h5, read_per_id_h5
+from embeddings_cache.untrusted import check_member_size, check_total_size, declared_bytes, size_text
 from repalign.errors import RepalignError
 from repalign.interop.formats import (
     CHECK_ROWS,
@@ -67,17 +68,23 @@ def detect_format(path: str | os.PathLike) -> str:
     return formats[suffix]
 
 
-def read_features(path: str | os.PathLike, pool: str = "mean", keep_tokens: bool = True) -> Features:
+def read_features(path: str | os.PathLike, pool: str = "mean", keep_tokens: bool = True,
+                  max_member_bytes: int | None = None) -> Features:
     """Read a feature file (see the module docstring) into memory, validated: numbers, finite,
     consistent shapes. ``keep_tokens=False`` pools per-token rows while reading and keeps only
-    the pooled vectors (less memory for large per-residue files)."""
+    the pooled vectors (less memory for large per-residue files).
+
+    The file is data from elsewhere: nothing in it runs, its links and storage stay inside it, and
+    no member is read whose declared size exceeds the allocation bound
+    (:mod:`embeddings_cache.untrusted`; ``max_member_bytes`` replaces it by a plain size limit).
+    """
     path = Path(path)
     if not path.exists():
         raise RepalignError(f"{path}: no such file or folder; check the path")
     fmt = detect_format(path)
     reader = {"npy": _read_npy, "npz": _read_npz, "pt": _read_pt, "esm-pt-folder": _read_esm_folder,
               "h5": _read_h5, "h5ad": _read_h5ad}[fmt]
-    feats = reader(path, pool=pool, keep_tokens=keep_tokens)
+    feats = reader(path, pool=pool, keep_tokens=keep_tokens, max_member_bytes=max_member_bytes)
     _check_features(feats, path)
     return feats
 
@@ -85,21 +92,47 @@ def read_features(path: str | os.PathLike, pool: str = "mean", keep_tokens: bool
 def _array(value: Any, path: Path, what: str) -> np.ndarray:
     """A float array from a numpy array or a torch tensor (any device, detached, bfloat16 widened)."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":
-            value = value.float()
-        value = value.numpy()
+        value = _tensor_values(value, path, what)
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiu":
         raise RepalignError(f"{path}: {what} has dtype {arr.dtype}; features must be numbers")
     return arr
 
 
+def _tensor_values(tensor: Any, path: Path, what: str) -> np.ndarray:
+    """A dense tensor's values as numpy; a one-line error for what holds none or is not dense."""
+    layout = str(getattr(tensor, "layout", "torch.strided"))
+    if layout != "torch.strided":
+        raise RepalignError(f"{path}: {what} is a sparse tensor ({layout}); save a dense one (tensor.to_dense())")
+    if getattr(tensor, "is_meta", False):
+        raise RepalignError(f"{path}: {what} is on the meta device, so it holds no values; save the tensor "
+                            "after computing it (not one made with device='meta')")
+    if getattr(tensor, "is_quantized", False):
+        raise RepalignError(f"{path}: {what} is a quantized tensor ({tensor.dtype}); save tensor.dequantize()")
+    try:
+        value = tensor.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        return value.numpy()
+    except (TypeError, RuntimeError, NotImplementedError) as e:
+        raise RepalignError(f"{path}: {what} cannot be read as numbers ({_first(e)}); save a dense tensor of "
+                            "numbers") from None
+
+
 def _strings(value: Any, path: Path, what: str) -> list[str]:
     arr = np.asarray(value)
     if arr.ndim != 1 or arr.dtype.kind not in "US":
         raise RepalignError(f"{path}: {what} must be a 1-D array of strings, got {arr.dtype} with shape {arr.shape}")
-    return [x.decode() if isinstance(x, bytes) else str(x) for x in arr.tolist()]
+    if arr.dtype.kind == "U":
+        return [str(x) for x in arr.tolist()]
+    out = []
+    for k, x in enumerate(arr.tolist()):
+        try:
+            out.append(x.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise RepalignError(f"{path}: {what} entry {k} ({x[:40]!r}) is not UTF-8 text; save the ids as "
+                                "str (numpy.array(ids, dtype=str))") from None
+    return out
 
 
 def _layers_from_array(arr: np.ndarray, path: Path, fmt: str, key: str | None = None) -> Features:
@@ -118,31 +151,114 @@ def _layers_from_array(arr: np.ndarray, path: Path, fmt: str, key: str | None = 
     return Features(fmt, arr.shape[0], names, pooled=dict(zip(names, mats)), named=False, key=key)
 
 
+def _npy_header(fh: Any, path: Path, what: str, strings: bool = False) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of the .npy stream ``fh``, refusing what is not plain numbers
+    before any value is read."""
+    try:
+        version = np.lib.format.read_magic(fh)
+    except ValueError:
+        fh.seek(0)
+        if fh.read(1) == b"\x80":
+            raise RepalignError(f"{path}: refused, {what} is a Python pickle, which could run code; save a numeric "
+                                "array with numpy.save") from None
+        raise RepalignError(f"{path}: {what} is not a NumPy .npy array (no NumPy header); write it with "
+                            "numpy.save") from None
+    try:
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:  # 3.0 exists for structured dtypes with non-Latin-1 field names: not features
+            raise ValueError(f"format version {version[0]}.{version[1]} holds structured data")
+    except (ValueError, SyntaxError, TypeError, EOFError) as e:
+        raise RepalignError(f"{path}: {what} has a damaged NumPy header ({_first(e)}); write it again with "
+                            "numpy.save") from None
+    if dtype.hasobject:
+        raise RepalignError(f"{path}: refused, {what} holds Python objects that only pickle can load (which could "
+                            "run code); save a numeric array")
+    if dtype.kind not in ("fiuSU" if strings else "fiu"):
+        raise RepalignError(f"{path}: {what} has dtype {dtype}; " + ("give strings" if strings else
+                                                                      "features must be numbers"))
+    return tuple(int(d) for d in shape), bool(fortran), dtype
+
+
+def _truncated(path: Path, what: str, shape: tuple[int, ...], dtype: np.dtype, declared: int, held: int) -> str:
+    return (f"{path}: {what} declares shape {shape} {dtype} ({size_text(declared)}) but holds {size_text(held)} "
+            "of values: it is truncated or its header lies; write it again")
+
+
 def _read_npy(path: Path, **_: Any) -> Features:
+    if not path.is_file():
+        raise RepalignError(f"{path} is not a regular file (a device or a pipe); give a .npy file")
+    with open(path, "rb") as fh:
+        shape, _fortran, dtype = _npy_header(fh, path, "the file")
+        held = path.stat().st_size - fh.tell()
+    declared = declared_bytes(shape, dtype.itemsize)
+    if declared > held:
+        raise RepalignError(_truncated(path, "the file", shape, dtype, declared, held))
     try:
         # memory-mapped: rows are read when checked and when written, a batch at a time
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        raise RepalignError(f"{path}: refused, it holds Python objects that only pickle can load (which could run "
-                            f"code); save a numeric array ({_first(e)})") from None
-    except (OSError, EOFError) as e:
+    except (OSError, ValueError, EOFError) as e:
         raise RepalignError(f"{path}: not a readable .npy file ({_first(e)}); write it with numpy.save") from None
     return _layers_from_array(_array(arr, path, "the array"), path, "npy")
 
 
-def _read_npz(path: Path, **_: Any) -> Features:
+def _npz_entries(path: Path, max_member_bytes: int | None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file. Every header is read and checked (plain numbers, sizes within the
+    allocation bound, no more than the member holds) before any array is, and each array is then
+    read in blocks into memory of its declared size."""
+    if not path.is_file():
+        raise RepalignError(f"{path} is not a regular file (a device or a pipe); give an .npz file")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            entries = {}
-            for key in z.files:
-                try:
-                    entries[key] = z[key]
-                except ValueError as e:
-                    raise RepalignError(
-                        f"{path}: refused, entry {key!r} holds Python objects that only pickle can load (which could "
-                        f"run code); save numeric arrays ({_first(e)})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        with zipfile.ZipFile(path) as z:
+            headers = _npz_headers(z, path, max_member_bytes)
+            return {key: _npz_array(z, info, header, path) for key, (info, header) in headers.items()}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError) as e:
         raise RepalignError(f"{path}: not a readable .npz file ({_first(e)}); write it with numpy.savez") from None
+
+
+def _npz_headers(z: zipfile.ZipFile, path: Path, max_member_bytes: int | None) -> dict[str, tuple]:
+    headers: dict[str, tuple] = {}
+    total = 0
+    for info in z.infolist():
+        if info.is_dir():
+            continue
+        key = info.filename[:-4] if info.filename.endswith(".npy") else None
+        if key is None or key in headers:
+            problem = "is not a .npy array" if key is None else "is given twice"
+            raise RepalignError(f"{path}: member {info.filename!r} {problem}; write the file with numpy.savez")
+        what = f"entry {key!r}"
+        with z.open(info) as fh:
+            shape, fortran, dtype = _npy_header(fh, path, what, strings=key in (NPZ_IDS, NPZ_HASHES))
+            offset = fh.tell()
+        declared = declared_bytes(shape, dtype.itemsize)
+        if declared > info.file_size - offset:
+            raise RepalignError(_truncated(path, what, shape, dtype, declared, info.file_size - offset))
+        check_member_size(declared, info.compress_size, f"{path}: {what} {shape} {dtype}", max_member_bytes)
+        total += declared
+        headers[key] = (info, (shape, fortran, dtype, offset))
+    check_total_size(total, f"{path}: its {len(headers)} arrays together", max_member_bytes)
+    return headers
+
+
+def _npz_array(z: zipfile.ZipFile, info: zipfile.ZipInfo, header: tuple, path: Path) -> np.ndarray:
+    shape, fortran, dtype, offset = header
+    out = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    with z.open(info) as fh:
+        fh.read(offset)
+        done = 0
+        while done < len(view):
+            n = fh.readinto(view[done:done + (16 << 20)])
+            if not n:
+                raise RepalignError(_truncated(path, f"entry {info.filename[:-4]!r}", shape, dtype, len(view), done))
+            done += n
+    return out.T if fortran else out
+
+
+def _read_npz(path: Path, max_member_bytes: int | None = None, **_: Any) -> Features:
+    entries = _npz_entries(path, max_member_bytes)
     ids = _strings(entries.pop(NPZ_IDS), path, "'ids'") if NPZ_IDS in entries else None
     hashes = _strings(entries.pop(NPZ_HASHES), path, "'hashes'") if NPZ_HASHES in entries else None
     tokens: dict[str, list[np.ndarray]] = {}
@@ -174,11 +290,15 @@ def _read_npz(path: Path, **_: Any) -> Features:
                     ids=ids, hashes=hashes)
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(path: Path, max_member_bytes: int | None = None) -> Any:
     try:
         import torch
     except ImportError:
         raise RepalignError(f"{path}: reading .pt files needs torch; pip install 'repalign[models]'") from None
+    if not path.is_file():
+        raise RepalignError(f"{path} is not a regular file (a device or a pipe); give a .pt file")
+    if zipfile.is_zipfile(path):  # torch.save's format: each tensor's bytes are a member of the archive
+        _check_zip_members(path, max_member_bytes)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -189,8 +309,22 @@ def _torch_load(path: Path) -> Any:
         raise RepalignError(f"{path}: not a readable torch file ({_first(e)}); write it with torch.save") from None
 
 
-def _read_pt(path: Path, pool: str = "mean", keep_tokens: bool = True, **_: Any) -> Features:
-    obj = _torch_load(path)
+def _check_zip_members(path: Path, max_member_bytes: int | None) -> None:
+    """The allocation bound over the members of a zip archive, from their declared sizes."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise RepalignError(f"{path}: not a readable torch file ({_first(e)}); write it with torch.save") from None
+    for info in infos:
+        check_member_size(info.file_size, info.compress_size, f"{path}: member {info.filename!r}", max_member_bytes)
+    total = sum(info.file_size for info in infos)
+    check_total_size(total, f"{path}: its {len(infos)} members together", max_member_bytes)
+
+
+def _read_pt(path: Path, pool: str = "mean", keep_tokens: bool = True, max_member_bytes: int | None = None,
+             **_: Any) -> Features:
+    obj = _torch_load(path, max_member_bytes)
     if isinstance(obj, dict) and ESM_LABEL in obj:
         return _esm_features([obj], [path], pool, keep_tokens)
     if isinstance(obj, dict) and "feats" in obj:  # platonic-rep: {"feats": (N, L, D), "num_params": ..., ...}
@@ -219,11 +353,12 @@ def _read_pt(path: Path, pool: str = "mean", keep_tokens: bool = True, **_: Any)
                         "{'feats': ...} or an ESM extract.py file")
 
 
-def _read_esm_folder(path: Path, pool: str = "mean", keep_tokens: bool = True, **_: Any) -> Features:
+def _read_esm_folder(path: Path, pool: str = "mean", keep_tokens: bool = True, max_member_bytes: int | None = None,
+                     **_: Any) -> Features:
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".pt" and not p.name.startswith("."))
     if not files:
         raise RepalignError(f"{path}: no .pt files in the folder; give the output folder of ESM's extract.py")
-    feats = _esm_features([_torch_load(f) for f in files], files, pool, keep_tokens)
+    feats = _esm_features([_torch_load(f, max_member_bytes) for f in files], files, pool, keep_tokens)
     return _in_exported_order(feats, path)
 
 
@@ -312,9 +447,10 @@ def _esm_features(objs: list, files: list[Path], pool: str, keep_tokens: bool) -
     return feats
 
 
-def _read_h5(path: Path, pool: str = "mean", keep_tokens: bool = True, **_: Any) -> Features:
-    index = index_per_id_h5(path)
-    arrays = read_per_id_h5(path, [d.key for d in index])
+def _read_h5(path: Path, pool: str = "mean", keep_tokens: bool = True, max_member_bytes: int | None = None,
+             **_: Any) -> Features:
+    index = index_per_id_h5(path, max_member_bytes)
+    arrays = read_per_id_h5(path, [d.key for d in index], max_member_bytes)
     ids = [d.id for d in index]
     rank = len(index[0].shape)
     if rank == 1:
@@ -334,11 +470,12 @@ def _read_h5(path: Path, pool: str = "mean", keep_tokens: bool = True, **_: Any)
     return feats
 
 
-def _read_h5ad(path: Path, **_: Any) -> Features:
+def _read_h5ad(path: Path, max_member_bytes: int | None = None, **_: Any) -> Features:
     try:
         import anndata
     except ImportError:
         raise RepalignError(f"{path}: reading .h5ad needs anndata; pip install 'repalign[anndata]'") from None
+    check_foreign_h5(path, max_member_bytes)  # before anndata follows a link or reads a byte
     try:
         adata = anndata.read_h5ad(path)
     except Exception as e:  # anndata wraps HDF5 and format errors in many types
@@ -348,7 +485,10 @@ def _read_h5ad(path: Path, **_: Any) -> Features:
     pooled: dict[str, np.ndarray] = {}
 
     def add(name: str, value: Any, where: str) -> None:
-        if hasattr(value, "toarray"):
+        if hasattr(value, "toarray"):  # sparse: its dense size comes from a declared shape
+            stored = sum(getattr(value, k).nbytes for k in ("data", "indices", "indptr") if hasattr(value, k))
+            check_member_size(declared_bytes(value.shape, value.dtype.itemsize), stored,
+                              f"{path}: {where} (sparse, {value.shape})", max_member_bytes)
             value = value.toarray()
         elif hasattr(value, "to_numpy"):
             value = value.to_numpy()
