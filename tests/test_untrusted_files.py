@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import shutil
+import subprocess
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -14,13 +16,32 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from cli_helpers import run_main
 
 from embeddings_cache import Cache, CacheError, CacheWriter
+from repalign.cli import main
 from repalign.errors import RepalignError
 from repalign.interop import export_features, import_features
 
 SECRET = b"TOPSECRET-bytes!" * 4  # stands for /etc/shadow: any file of the machine
+
+
+@pytest.fixture
+def run_main(capsys):
+    """`repalign ARGS` in this process (main is the whole CLI): exit code, stdout, stderr."""
+
+    def run(*args) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        root = logging.getLogger()
+        saved = root.handlers[:]
+        root.handlers = []  # main's logging.basicConfig then writes to this call's captured stderr
+        try:
+            code = main([str(a) for a in args])
+        finally:
+            root.handlers = saved
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["repalign", *args], code, out.out, out.err)
+
+    return run
 
 
 @pytest.fixture
@@ -91,7 +112,7 @@ def _replace_obsm(path: Path, make) -> None:
 # ---- another file's bytes --------------------------------------------------------------------------
 
 
-def test_external_storage_in_feature_files_is_refused_and_no_byte_is_read(tmp_path, secret):
+def test_external_storage_in_feature_files_is_refused_and_no_byte_is_read(tmp_path, secret, run_main):
     with h5py.File(tmp_path / "ext.h5", "w") as f:
         f.create_dataset("s0", shape=(4,), dtype="f4", external=[(str(secret), 0, 16)])
     h5ad = _anndata_file(tmp_path / "ext.h5ad")
@@ -105,7 +126,7 @@ def test_external_storage_in_feature_files_is_refused_and_no_byte_is_read(tmp_pa
     _no_secret_anywhere(tmp_path)
 
 
-def test_a_cache_with_external_storage_is_refused_and_export_copies_nothing(tmp_path, secret):
+def test_a_cache_with_external_storage_is_refused_and_export_copies_nothing(tmp_path, secret, run_main):
     crafted = _crafted_cache(tmp_path, "ext-cache.h5", lambda g, shape: g.create_dataset(
         "l", shape=shape, dtype="f4", external=[(str(secret), 0, 32)]))
     res = run_main("cache", "export", crafted, "--model", "m", "-o", tmp_path / "out.npz")
@@ -116,7 +137,7 @@ def test_a_cache_with_external_storage_is_refused_and_export_copies_nothing(tmp_
     _no_secret_anywhere(tmp_path)
 
 
-def test_virtual_datasets_are_refused_in_feature_files_and_caches(tmp_path):
+def test_virtual_datasets_are_refused_in_feature_files_and_caches(tmp_path, run_main):
     with h5py.File(tmp_path / "src.h5", "w") as f:
         f["a"] = np.arange(8.0)
     with h5py.File(tmp_path / "vds.h5", "w") as f:  # importing this crashed h5py (SIGSEGV)
@@ -137,7 +158,7 @@ def test_virtual_datasets_are_refused_in_feature_files_and_caches(tmp_path):
         c.read_layer("m", "l")  # it read back as zeros
 
 
-def test_links_are_refused_as_what_they_are(tmp_path):
+def test_links_are_refused_as_what_they_are(tmp_path, run_main):
     with h5py.File(tmp_path / "src.h5", "w") as f:
         f["a"] = np.arange(8.0)
     cases = {
@@ -161,7 +182,7 @@ def test_links_are_refused_as_what_they_are(tmp_path):
     assert not (tmp_path / "c.h5").exists()
 
 
-def test_compound_object_and_reference_dtypes_are_refused(tmp_path):
+def test_compound_object_and_reference_dtypes_are_refused(tmp_path, run_main):
     with h5py.File(tmp_path / "compound.h5", "w") as f:
         f["s0"] = np.zeros(3, dtype=[("a", "f4"), ("b", "i4")])
     with h5py.File(tmp_path / "vlen.h5", "w") as f:
@@ -198,7 +219,7 @@ def _peak_bytes(call) -> int:
     return peak
 
 
-def test_declared_sizes_beyond_the_bound_are_refused_before_any_allocation(tmp_path):
+def test_declared_sizes_beyond_the_bound_are_refused_before_any_allocation(tmp_path, run_main):
     with h5py.File(tmp_path / "bomb.h5", "w") as f:  # 1.6 KB asking for 93 GiB
         f.create_dataset("s0", shape=(10**5, 250_000), dtype="f4", chunks=(1000, 1000), compression="gzip")
     with zipfile.ZipFile(tmp_path / "lies.npz", "w") as z:  # a header claiming 95 GiB
@@ -235,7 +256,7 @@ def test_declared_sizes_beyond_the_bound_are_refused_before_any_allocation(tmp_p
     assert not (tmp_path / "c.h5").exists() and not (tmp_path / "out.npz").exists()
 
 
-def test_max_member_bytes_is_a_plain_size_limit(tmp_path):
+def test_max_member_bytes_is_a_plain_size_limit(tmp_path, run_main):
     np.savez(tmp_path / "f.npz", ids=np.array(["a", "b"]), x=np.ones((2, 64)))
     with pytest.raises(RepalignError, match=r"entry 'x' \(2, 64\) float64 declares 1.0 KiB, more than "
                                             r"max_member_bytes=100; pass max_member_bytes=1024"):
