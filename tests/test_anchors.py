@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import run_main
 from scipy.stats import ortho_group
 from sklearn.metrics.pairwise import cosine_similarity
 
@@ -126,11 +124,9 @@ def test_compare_models_refuses_bad_anchors(rotated_cache):
 
 def test_cli_compare_with_anchors(rotated_cache, tmp_path):
     path, _, _, ids = rotated_cache
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "repalign", "compare", str(path), "--a", "A", "--b", "B", *args],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        return run_main("compare", path, "--a", "A", "--b", "B", *args, cwd=tmp_path)
 
     (tmp_path / "anchors.txt").write_text("\n".join(ids[:30]) + "\n")
     out = tmp_path / "t.csv"

@@ -1,12 +1,11 @@
 """`repalign compare` and `repalign cache info` end to end, through real subprocesses and real HDF5 files."""
 
 import hashlib
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import run_main
 
 from embeddings_cache import CacheWriter
 from repalign.compare import compare_models
@@ -20,7 +19,7 @@ def h(sample_id):
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "repalign", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    return run_main(*args, cwd=cwd)
 
 
 def _write_model(path, model, ids, layers, seed, shift=0.0):

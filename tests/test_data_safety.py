@@ -21,6 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from cli_helpers import default_signals, run_main
 
 from embeddings_cache import Cache, CacheError, CacheWriter
 
@@ -65,13 +66,7 @@ def expected(run: str, n: int, dim: int = 64) -> tuple[list[str], np.ndarray]:
     return [i for bt in batches for i in bt[0]], np.concatenate(values).astype(np.float32)
 
 
-def interruptible() -> None:
-    """In the child: Ctrl-C raises KeyboardInterrupt as in a terminal, also when the tests run as a
-    background job (whose SIGINT is ignored, which Python would keep)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def start_writer(path, run, n, overwrite, pause, *extra, preexec=interruptible) -> subprocess.Popen:
+def start_writer(path, run, n, overwrite, pause, *extra, preexec=default_signals) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", WRITER, str(path), run, str(n), "1" if overwrite else "0",
                              str(pause), *map(str, extra)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV, preexec_fn=preexec)
@@ -88,7 +83,12 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def run_cli(*args, **kw) -> subprocess.CompletedProcess:
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return run_main(*args)
+
+
+def run_cli_process(*args, **kw) -> subprocess.CompletedProcess:
+    """`python -m repalign ARGS` in a fresh process, where the process boundary is the point."""
     return subprocess.run([sys.executable, "-m", "repalign", *map(str, args)], capture_output=True, text=True,
                           env=ENV, **kw)
 
@@ -298,7 +298,7 @@ def test_cache_info_into_a_closed_pipe_and_on_a_fifo(tmp_path):
     assert res.stdout.startswith("cache ") and res.stderr == ""
     fifo = tmp_path / "pipe.h5"
     os.mkfifo(fifo)
-    res = run_cli("cache", "info", fifo, timeout=60)
+    res = run_cli_process("cache", "info", fifo, timeout=60)
     one_line_error(res, "not a regular file")
 
 
@@ -368,7 +368,7 @@ def test_ctrl_c_during_extract_overwrite_keeps_the_old_samples(tiny_esm2, tmp_pa
     proc = subprocess.Popen([sys.executable, "-m", "repalign", "extract", str(fasta), "-m", model, "-o", str(cache),
                              "--pool", "cls", "--overwrite", "--batch-tokens", "40", "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                            preexec_fn=interruptible)
+                            preexec_fn=default_signals)
     parts = tmp_path / "c.h5.parts"
     deadline = time.time() + 120
     while time.time() < deadline and not any(p.suffix == ".h5" for p in parts.iterdir()):

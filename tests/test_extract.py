@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from cli_helpers import run_main
 
 from embeddings_cache import Cache
 from repalign.extract import extract
@@ -32,9 +33,8 @@ def random_fasta(path, n, seed=0, lo=8, hi=60):
     return path
 
 
-def run_cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "repalign", *map(str, args)], capture_output=True, text=True, **kw)
-
+def run_cli(*args):
+    return run_main(*args)
 
 def direct_mean_features(folder, sequence):
     """Independent reference: tokenise by vocab.txt lookup, call EsmModel, drop <cls>/<eos>, average."""

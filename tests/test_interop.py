@@ -7,12 +7,11 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_main
 
 from embeddings_cache import UNKNOWN_HASH, Cache
 from repalign.errors import RepalignError
@@ -46,9 +45,8 @@ def cache_state(path: Path):
             sorted(os.listdir(parts)) if parts.exists() else [])
 
 
-def run_cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "repalign", *map(str, args)], capture_output=True, text=True, **kw)
-
+def run_cli(*args):
+    return run_main(*args)
 
 # ---- every import format, written by the library that normally writes it -------------------------
 

@@ -1,4 +1,4 @@
-"""Metric values against (1) the published platonic-rep numbers in ../shared/reference and
+"""Metric values against (1) the published platonic-rep numbers in tests/data/platonic_rep and
 (2) an independent float64 implementation written plainly below (full N×N matrices, sorting,
 sets, textbook dynamic programming, explicit centring matrices)."""
 
@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import repalign
 import repalign.metrics as M
 
-REFERENCE_DIR = Path(repalign.__file__).parents[2] / "shared" / "reference"
+REFERENCE_DIR = Path(__file__).parent / "data" / "platonic_rep"  # provenance: its README.md
 
 
 # ----------------------------------------------------------------------------- independent reference

@@ -1,13 +1,12 @@
 """Figures from tidy tables: values drawn, stage groups, markers, hatching, ordering, files and the CLI."""
 
 import hashlib
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import run_main
 
 from embeddings_cache import CacheWriter
 from repalign import plot
@@ -299,9 +298,8 @@ def test_same_table_gives_identical_vector_files(table, tmp_path):
 def test_cli_plot_end_to_end(table, tmp_path):
     src = tmp_path / "scores.csv"
     table.to_csv(src, index=False)
-    res = subprocess.run([sys.executable, "-m", "repalign", "plot", str(src), "--kind", "layers", "--metric", "mknn",
-                          "--a", "lm", "--b", "fold", "--format", "png,svg", "-o", str(tmp_path / "heat")],
-                         capture_output=True, text=True)
+    res = run_main("plot", src, "--kind", "layers", "--metric", "mknn",
+                   "--a", "lm", "--b", "fold", "--format", "png,svg", "-o", tmp_path / "heat")
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["wrote", str(tmp_path / "heat.png"), "wrote", str(tmp_path / "heat.svg")]
     svg = (tmp_path / "heat.svg").read_text()
@@ -595,8 +593,7 @@ def test_cli_plot_unreadable_tables_fail_in_one_line(tmp_path, name, make, messa
     src = tmp_path / name
     make(src)
     (tmp_path / "out").mkdir()
-    res = subprocess.run([sys.executable, "-m", "repalign", "plot", str(src), "-o", str(tmp_path / "out" / "fig")],
-                         capture_output=True, text=True, cwd=tmp_path)
+    res = run_main("plot", src, "-o", tmp_path / "out" / "fig", cwd=tmp_path)
     assert res.returncode == 1, res.stderr
     assert res.stderr.startswith("repalign: error: ") and res.stderr.count("\n") == 1, res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr

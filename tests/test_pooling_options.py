@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from cli_helpers import run_main
 
 from embeddings_cache import Cache
 from repalign.errors import RepalignError
@@ -60,8 +58,7 @@ def test_extract_max_and_last_pool_the_stored_token_rows_and_repool_matches(tiny
         repool(cache, "hf:tiny", "max", name="by_last")
     with pytest.raises(RepalignError, match="stores no token-level features"):
         repool(cache, "hf:tiny.max", "mean")
-    res = subprocess.run([sys.executable, "-m", "repalign", "cache", "repool", cache, "--model", "hf:tiny",
-                          "--pool", "mean", "--name", "m2"], capture_output=True, text=True)
+    res = run_main("cache", "repool", cache, "--model", "hf:tiny", "--pool", "mean", "--name", "m2")
     assert res.returncode == 0, res.stderr
     with Cache(cache) as c:
         np.testing.assert_allclose(c["m2"].layer("layer.1", ids=ids), c["hf:tiny"].layer("layer.1", ids=ids), rtol=1e-6)
@@ -106,8 +103,7 @@ def test_antiberty_and_iglm_in_one_run_with_a_plain_or_a_scoped_option():
 def test_cli_unknown_plain_option_is_one_line(tmp_path):
     fasta = tmp_path / "x.fasta"
     fasta.write_text(">a\nMKT\n")
-    res = subprocess.run([sys.executable, "-m", "repalign", "extract", fasta, "--model", "antiberty",
-                          "--option", "nope=1", "-o", tmp_path / "c.h5"], capture_output=True, text=True)
+    res = run_main("extract", fasta, "--model", "antiberty", "--option", "nope=1", "-o", tmp_path / "c.h5")
     assert res.returncode == 1 and "no model of this run takes option 'nope'" in res.stderr
     assert res.stderr.count("\n") == 1 and not (tmp_path / "c.h5").exists()
 

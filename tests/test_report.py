@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import run_main
 
 from embeddings_cache import Cache, CacheWriter
 from repalign.compare import compare_models
@@ -283,12 +283,10 @@ def test_bad_input_writes_nothing(cache, tmp_path, setup, kwargs, message):
 
 
 def test_cli_report_end_to_end(cache, tmp_path):
-    res = subprocess.run([sys.executable, "-m", "repalign", "report", str(cache), "-o", str(tmp_path / "rep"),
-                          "--metric", "cka", "-q"], capture_output=True, text=True)
+    res = run_main("report", cache, "-o", tmp_path / "rep", "--metric", "cka", "-q")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == f"wrote {tmp_path / 'rep' / 'index.html'}"
-    res = subprocess.run([sys.executable, "-m", "repalign", "report", str(tmp_path / "nope.h5"), "-o",
-                          str(tmp_path / "rep2")], capture_output=True, text=True)
+    res = run_main("report", tmp_path / "nope.h5", "-o", tmp_path / "rep2")
     assert res.returncode == 1 and res.stderr.startswith("repalign: error: no cache at") and res.stderr.count("\n") == 1
     assert not (tmp_path / "rep2").exists()
 
@@ -347,8 +345,7 @@ def test_report_into_a_project_folder_never_deletes_the_users_files(cache, tmp_p
     (proj / "index.html").write_text("<html>\n")
     before = _listing(proj)
     for extra in ([], ["--force"]):
-        res = subprocess.run([sys.executable, "-m", "repalign", "report", "cache.h5", "-o", ".", "--metric", "cka", *extra],
-                             capture_output=True, text=True, cwd=proj)
+        res = run_main("report", "cache.h5", "-o", ".", "--metric", "cka", *extra, cwd=proj)
         assert res.returncode == 1, res.stdout
         assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
         assert _listing(proj) == before  # not one byte changed, nothing added
@@ -356,12 +353,10 @@ def test_report_into_a_project_folder_never_deletes_the_users_files(cache, tmp_p
     # without a foreign index.html: refused unless --force, then written beside the user's files
     (proj / "index.html").unlink()
     before = _listing(proj)
-    res = subprocess.run([sys.executable, "-m", "repalign", "report", "cache.h5", "-o", ".", "--metric", "cka"],
-                         capture_output=True, text=True, cwd=proj)
+    res = run_main("report", "cache.h5", "-o", ".", "--metric", "cka", cwd=proj)
     assert res.returncode == 1 and "holds files the report did not write (cache.h5, notes.txt)" in res.stderr
     assert _listing(proj) == before
-    res = subprocess.run([sys.executable, "-m", "repalign", "report", "cache.h5", "-o", ".", "--metric", "cka", "--force"],
-                         capture_output=True, text=True, cwd=proj)
+    res = run_main("report", "cache.h5", "-o", ".", "--metric", "cka", "--force", cwd=proj)
     assert res.returncode == 0, res.stderr
     after = _listing(proj)
     assert {k: after[k] for k in before} == before

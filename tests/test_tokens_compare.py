@@ -1,12 +1,11 @@
 """Token-level comparisons (`repalign compare --tokens`): rows, checks, out-of-core equality, and
 permutation tests that move whole samples (calibrated under within-sample dependence)."""
 
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import run_main
 from scipy.stats import binom
 
 from embeddings_cache import CacheWriter
@@ -19,8 +18,7 @@ from repalign.stats import block_permutation, permutation_tests, subsample_inter
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "repalign", *map(str, args)], capture_output=True, text=True)
-
+    return run_main(*args)
 
 def write_tokens(path, model, ids, hashes, layers):
     """A model with token layers only: layers maps name -> list of per-sample (L_i, D) arrays."""
