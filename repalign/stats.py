@@ -29,8 +29,8 @@ import contextlib
 import dataclasses
 import math
 import numbers
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence, cast
 
 import numba
 import numpy as np
@@ -106,7 +106,7 @@ def check_fraction(value, name: str, example: str) -> float:
 def seeded_rng(seed) -> tuple[np.random.Generator, int]:
     """Generator and the integer seed that reproduces it (seed=None draws one and records it)."""
     if seed is None:
-        seed = int(np.random.SeedSequence().entropy)
+        seed = int(cast(int, np.random.SeedSequence().entropy))  # a fresh SeedSequence draws an int
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise RepalignError(f"seed={seed!r} is invalid; pass a non-negative integer (or None to draw one, recorded in the result)")
     return np.random.default_rng(int(seed)), int(seed)
@@ -168,6 +168,7 @@ def _linear_gram_state(state: KernelState) -> KernelState:
 
     The features are centred, so K = XcXcᵀ is already doubly centred (biased HSIC uses it as is);
     unbiased HSIC takes K with a zeroed diagonal, its row sums and total."""
+    assert state.features is not None  # called for linear-kernel states only
     features = state.features.astype(np.float64)
     gram = features @ features.T
     if not state.unbiased:
@@ -242,7 +243,7 @@ class PermutationResult:
     n_samples: int
     names_a: list[str]
     names_b: list[str]
-    exclude: np.ndarray = field(default=None)
+    exclude: np.ndarray | None = None
 
     def summary(self) -> str:
         """One line per layer pair (score, chance level, null mean, p, adjusted p, calibrated) and one for the best pair."""
@@ -258,9 +259,10 @@ class PermutationResult:
                     f"p {self.p_value[i, j]:.4g}  adjusted p {self.p_value_adjusted[i, j]:.4g}  calibrated {self.calibrated[i, j]:.4f}"
                 )
         i, j = self.best
+        compared = self.scores.size if self.exclude is None else int((~self.exclude).sum())  # None: no pair left out
         lines.append(
             f"  best {self.names_a[i]} ~ {self.names_b[j]}: score {self.score_best:.4f}  null max mean {self.null_mean_best:.4f}  "
-            f"p (max over {int((~self.exclude).sum())} pairs) {self.p_value_best:.4g}  calibrated {self.calibrated_best:.4f}"
+            f"p (max over {compared} pairs) {self.p_value_best:.4g}  calibrated {self.calibrated_best:.4f}"
         )
         return "\n".join(lines)
 
@@ -516,7 +518,7 @@ def subsample_intervals(mats_a: Sequence[np.ndarray], mats_b: Sequence[np.ndarra
                             f"so choose a fraction between {2 / n:.3g} and {(n - 1) / n:.3g}")
     smallest = m if offsets is None else int(np.sort(lengths)[:m].sum())  # fewest rows a subsample can have
     valid = [i for i, (metric, p) in enumerate(resolved) if metric.has_interval(p)]
-    out: list[tuple] = [None] * len(resolved)
+    out = cast("list[tuple]", [None] * len(resolved))  # placeholders: every metric's slot is filled below
     for i, (metric, p) in enumerate(resolved):
         if not metric.has_interval(p):
             why = ("the score's expectation depends on N at fixed k, so subsamples estimate another quantity"

@@ -149,6 +149,7 @@ def kernel_state(X: np.ndarray, kernel: str = "linear", sigma=None, unbiased: bo
 
 def _frobenius_cross(a: KernelState, b: KernelState) -> float:
     """‖XcᵀYc‖_F² (= ⟨XcXcᵀ, YcYcᵀ⟩) from centred features: product in the input precision, squares summed in float64."""
+    assert a.features is not None and b.features is not None  # linear-kernel states only
     G = a.features.T @ b.features
     G64 = G.astype(np.float64, copy=False)
     return float(np.einsum("ij,ij->", G64, G64))
@@ -162,11 +163,14 @@ def _hsic_from_states(a: KernelState, b: KernelState) -> float:
         cross = _frobenius_cross(a, b)
         if not a.unbiased:
             return cross / (n - 1) ** 2
+        assert a.row_sq is not None and b.row_sq is not None  # set with the features
         rq = float(np.dot(a.row_sq, b.row_sq))
         return float(_numba.hsic_unbiased_from_stats(cross - rq, -a.row_sq.sum(), -b.row_sq.sum(), rq, float(n)))
+    assert a.gram is not None and b.gram is not None  # RBF states, or linear ones with N < D
     if not a.unbiased:
         return float(np.sum(a.gram * b.gram, dtype=np.float64)) / (n - 1) ** 2
     trace = float(np.sum(a.gram * b.gram, dtype=np.float64))  # kernels are symmetric: tr(K̃L̃) = ⟨K̃, L̃⟩
+    assert a.gram_row_sums is not None and b.gram_row_sums is not None  # kept for unbiased HSIC
     sum_kl = float(np.dot(a.gram_row_sums, b.gram_row_sums))
     return float(_numba.hsic_unbiased_from_stats(trace, a.gram_total, b.gram_total, sum_kl, float(n)))
 
@@ -255,8 +259,9 @@ def cknna_state(X: np.ndarray, k: int, knn: KnnState | None = None) -> CknnaStat
 
 
 def _masked_hsic(a: KnnState, b: KnnState) -> float:
-    stats = _numba.masked_kernel_stats(a.indices, a.similarities, a.weights, b.indices, b.similarities, b.weights)
-    return float(_numba.hsic_unbiased_from_stats(*stats, float(a.n_samples)))
+    # unpacked by name: mypy cannot match *stats against the jitted function's parameters
+    trace, sum_a, sum_b, sum_ab = _numba.masked_kernel_stats(a.indices, a.similarities, a.weights, b.indices, b.similarities, b.weights)
+    return float(_numba.hsic_unbiased_from_stats(trace, sum_a, sum_b, sum_ab, float(a.n_samples)))
 
 
 def cknna_from_states(a: CknnaState, b: CknnaState) -> float:

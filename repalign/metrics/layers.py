@@ -16,7 +16,7 @@ import pandas as pd
 
 from repalign.errors import RepalignError
 from repalign.metrics._validate import as_features
-from repalign.metrics.engine import check_backend, layer_state, resolve_metrics, row_blocks, score_matrix
+from repalign.metrics.engine import LayerState, check_backend, layer_state, resolve_metrics, row_blocks, score_matrix
 from repalign.metrics.outofcore import count_rows
 from repalign.metrics.prepare import check_prepare_options
 
@@ -173,7 +173,7 @@ def align_layers_multi(
     options = dict(normalize=normalize, clip_quantile=clip_quantile, knn=knn, knn_options=knn_options,
                    block_rows=block_rows, n_samples=n_samples)
 
-    states_b: dict[int, object] = {}
+    states_b: dict[int, LayerState] = {}
     for item, name in zip(items_b, names_b):
         if id(item) not in states_b:
             states_b[id(item)] = layer_state(item, resolved, name=name, label=f"layer {name!r} of layers_b", **options)
@@ -186,10 +186,10 @@ def align_layers_multi(
     recall.update({("b", s.name): s.recall for s in sb})
     # a layer passed on both sides is compared with itself: a trivial pair, left out of the best-pair search
     exclude = np.array([[a is b for b in items_b] for a in items_a], dtype=bool)
-    exclude = exclude if exclude.any() and not exclude.all() else None
+    exclude_pairs = exclude if exclude.any() and not exclude.all() else None
     scores = [np.array([row[m] for row in rows]) for m in range(len(resolved))]
     return layer_alignments(scores, resolved, names_a, names_b, n_samples, normalize=normalize,
-                            clip_quantile=clip_quantile, knn=knn, recall=recall, exclude=exclude)
+                            clip_quantile=clip_quantile, knn=knn, recall=recall, exclude=exclude_pairs)
 
 
 def validate_layers(items_a: list, items_b: list, names_a: list[str], names_b: list[str]) -> int:
@@ -205,6 +205,7 @@ def validate_layers(items_a: list, items_b: list, names_a: list[str], names_b: l
                     f"layer {name!r} of layers_{side} has {X.shape[0]} samples but the first layer has {n_samples}; "
                     "all layers must hold the same samples in the same order"
                 )
+    assert n_samples is not None  # layer_list refuses an empty side
     return int(n_samples)
 
 

@@ -113,7 +113,7 @@ class DuplicateGroups:
 def row_digests(X: np.ndarray) -> np.ndarray:
     """16-byte BLAKE2b digest of each row's bytes (-0.0 written as 0.0, so equal values hash equal)."""
     Z = np.ascontiguousarray(X + X.dtype.type(0))
-    return np.array([hashlib.blake2b(row, digest_size=16).digest() for row in Z.view(np.uint8).reshape(Z.shape[0], -1)],
+    return np.array([hashlib.blake2b(row.data, digest_size=16).digest() for row in Z.view(np.uint8).reshape(Z.shape[0], -1)],
                     dtype="S16")
 
 

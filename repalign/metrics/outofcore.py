@@ -159,6 +159,7 @@ def blocked_knn_state(source, k: int = 10, normalize="l2", clip_quantile=None, b
                 yield out0, D
                 out0 += D.shape[0]
 
+    assert dtype is not None  # a source without rows was refused by check_k
     rows = DistinctRows(distinct_blocks, groups.n_groups, width[0], dtype, scale * np.concatenate(norms)[groups.first])
     search = search or (lambda r, ks: exact_search(r, ks, int(block)))
     return unscaled(build_knn_state(groups, rows, k, search), scale)
@@ -220,8 +221,8 @@ class LinearCkaStats:
             dx, dy = X.shape[1], Y.shape[1]
             self.sum_x, self.sum_y = np.zeros(dx), np.zeros(dy)
             self.xty, self.xtx, self.yty = np.zeros((dx, dy)), np.zeros((dx, dx)), np.zeros((dy, dy))
-        elif X.shape[1] != self.xtx.shape[0] or Y.shape[1] != self.yty.shape[0]:
-            raise RepalignError(f"block widths ({X.shape[1]}, {Y.shape[1]}) differ from earlier blocks ({self.xtx.shape[0]}, {self.yty.shape[0]})")
+        elif X.shape[1] != self.xty.shape[0] or Y.shape[1] != self.xty.shape[1]:  # xty is (Dx, Dy)
+            raise RepalignError(f"block widths ({X.shape[1]}, {Y.shape[1]}) differ from earlier blocks ({self.xty.shape[0]}, {self.xty.shape[1]})")
         self.n += X.shape[0]
         self.sum_x += X.sum(axis=0, dtype=np.float64)
         self.sum_y += Y.sum(axis=0, dtype=np.float64)
@@ -231,16 +232,20 @@ class LinearCkaStats:
             self.yty += Y.T @ Y
         return self
 
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(sum_x, sum_y, xty, xtx, yty) of statistics with rows: :meth:`update` sets all five together."""
+        assert self.sum_x is not None and self.sum_y is not None and self.xty is not None and self.xtx is not None and self.yty is not None
+        return self.sum_x, self.sum_y, self.xty, self.xtx, self.yty
+
     def merge(self, other: "LinearCkaStats") -> "LinearCkaStats":
         """Statistics of the union of two disjoint row sets."""
         if other.xty is None:
             return self
         if self.xty is None:
-            return LinearCkaStats(other.n, other.sum_x.copy(), other.sum_y.copy(), other.xty.copy(), other.xtx.copy(), other.yty.copy())
+            return LinearCkaStats(other.n, *(a.copy() for a in other._arrays()))
         if other.xty.shape != self.xty.shape:
             raise RepalignError(f"cannot merge statistics of shapes {self.xty.shape} and {other.xty.shape}; they belong to different layers")
-        return LinearCkaStats(self.n + other.n, self.sum_x + other.sum_x, self.sum_y + other.sum_y,
-                              self.xty + other.xty, self.xtx + other.xtx, self.yty + other.yty)
+        return LinearCkaStats(self.n + other.n, *(a + b for a, b in zip(self._arrays(), other._arrays())))
 
     def cka(self, self_x: float | None = None, self_y: float | None = None) -> float:
         """Linear CKA (biased HSIC) of the accumulated rows; ``self_x``/``self_y`` (‖C_xx‖_F²,
@@ -249,11 +254,12 @@ class LinearCkaStats:
             raise RepalignError("no rows were accumulated; the block sources yielded nothing")
         check_min_samples(self.n, 2, "CKA")
         n = float(self.n)
-        cxy = self.xty - np.outer(self.sum_x, self.sum_y) / n
+        sum_x, sum_y, xty, xtx, yty = self._arrays()
+        cxy = xty - np.outer(sum_x, sum_y) / n
         if self_x is None:
-            self_x = _centred_square_norm(self.xtx, self.sum_x, self.n)
+            self_x = _centred_square_norm(xtx, sum_x, self.n)
         if self_y is None:
-            self_y = _centred_square_norm(self.yty, self.sum_y, self.n)
+            self_y = _centred_square_norm(yty, sum_y, self.n)
         for value, side in ((self_x, "X"), (self_y, "Y")):
             if not value > 0.0:
                 raise RepalignError(f"{side} has zero (or negative) HSIC self-similarity ({value:.3g}), e.g. all rows identical "
@@ -289,7 +295,7 @@ def linear_cka_moments(source, normalize="l2") -> LayerCkaMoments:
         n += block.shape[0]
         col_sum += block.sum(axis=0, dtype=np.float64)
         gram += block.T @ block
-    if gram is None:
+    if gram is None or col_sum is None:  # both are set by the first block
         raise RepalignError("no rows were accumulated; the block source yielded nothing")
     return LayerCkaMoments(n, col_sum, _centred_square_norm(gram, col_sum, n))
 
@@ -311,11 +317,10 @@ def linear_cka_stats(source_x, source_y, normalize="l2", clip_quantile=None, sel
     # both streams are re-cut to the same rows, so the sources may use different block sizes
     blocks_x = _rechunk(_prepared_blocks(source_x, norm, "source_x", wx), _CKA_ROWS)
     blocks_y = _rechunk(_prepared_blocks(source_y, norm, "source_y", wy), _CKA_ROWS)
-    sentinel = object()
     while True:
-        bx = next(blocks_x, sentinel)
-        by = next(blocks_y, sentinel)
-        if bx is sentinel or by is sentinel or bx.shape[0] != by.shape[0]:
+        bx = next(blocks_x, None)  # None: that stream is exhausted
+        by = next(blocks_y, None)
+        if bx is None or by is None or bx.shape[0] != by.shape[0]:
             if bx is not by:
                 raise RepalignError("source_x and source_y yielded different numbers of rows; both must give the same samples in the same order")
             break

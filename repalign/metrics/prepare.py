@@ -36,7 +36,8 @@ def check_prepare_options(normalize, clip_quantile) -> None:
     if normalize not in NORMALIZE_CHOICES:
         raise RepalignError(f"normalize={normalize!r} is not supported; use one of 'l2', 'center' or None")
     if clip_quantile is not None:
-        if isinstance(clip_quantile, bool) or not isinstance(clip_quantile, numbers.Real) or not 0.5 < clip_quantile < 1:
+        # ignore: typeshed's numbers.Real has no __gt__, so mypy rejects 0.5 < Real (fine at runtime)
+        if isinstance(clip_quantile, bool) or not isinstance(clip_quantile, numbers.Real) or not 0.5 < clip_quantile < 1:  # type: ignore[operator]
             raise RepalignError(f"clip_quantile={clip_quantile!r} is invalid; pass a number in (0.5, 1), e.g. 0.95, or None")
 
 

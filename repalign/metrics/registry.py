@@ -8,7 +8,7 @@ pairwise ``score`` of two states, so layer matrices and permutation tests comput
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -79,14 +79,17 @@ class Metric:
 
     def state_key(self, params: Mapping[str, Any]) -> tuple:
         """Metrics whose keys are equal can share one per-layer state."""
+        assert self._key is not None  # every registered metric sets _key, _state and _score
         return self._key(params)
 
     def state(self, X: np.ndarray, params: Mapping[str, Any], cache: dict | None = None):
         """Per-layer state of a validated, preprocessed matrix; ``cache`` holds this layer's other states."""
+        assert self._state is not None
         return self._state(X, params, {} if cache is None else cache)
 
     def score(self, state_a, state_b, params: Mapping[str, Any]) -> float:
         """Score of a pair from two states built with the same ``params``."""
+        assert self._score is not None
         return self._score(state_a, state_b, params)
 
 
@@ -169,8 +172,9 @@ def cka_rbf(X, Y, sigma=None, unbiased=False) -> float:
     return kernel.cka(X, Y, kernel="rbf", sigma=sigma, unbiased=unbiased)
 
 
-_KNN = dict(is_knn=True, _key=_knn_key, _state=_knn_state, _check=_check_knn)
-_CKA = dict(is_knn=False, _key=_cka_key, _state=_cka_state, _score=lambda a, b, p: kernel.cka_from_states(a, b), _check=_check_cka,
+# keyword arguments shared by several Metric entries (values of mixed types, hence Any)
+_KNN: dict[str, Any] = dict(is_knn=True, _key=_knn_key, _state=_knn_state, _check=_check_knn)
+_CKA: dict[str, Any] = dict(is_knn=False, _key=_cka_key, _state=_cka_state, _score=lambda a, b, p: kernel.cka_from_states(a, b), _check=_check_cka,
             interval=lambda p: bool(p["unbiased"]), biased=lambda p: not p["unbiased"])
 
 _BUILTIN: list[Metric] = [
@@ -272,7 +276,7 @@ def register_metric(name: str, function: Callable[..., float], *, defaults: Mapp
         return value
 
     metric = Metric(key, function, defaults, is_knn=False, description=description or f"user metric {key}",
-                    aliases=tuple(aliases), bounds=tuple(bounds), interval=bool(interval), biased=bool(biased),
+                    aliases=tuple(aliases), bounds=cast("tuple[float, float]", tuple(bounds)), interval=bool(interval), biased=bool(biased),
                     _chance=chance, _key=lambda p: (key, tuple(sorted((k, repr(v)) for k, v in p.items()))),
                     _state=lambda X, p, c: ArrayState(X), _score=_score)
     _add(metric)
