@@ -12,7 +12,7 @@ import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 import pandas as pd
@@ -239,7 +239,7 @@ def _split_anchors(ids: Sequence[str], anchors, seed: int) -> tuple[list, list]:
     if isinstance(anchors, str):
         raise RepalignError(f"anchors must be a number or a list of sample ids, got the string {anchors!r}")
     if isinstance(anchors, numbers.Number):  # a count; draw_anchors refuses non-integers
-        anchor_ids = [ids[i] for i in draw_anchors(len(ids), anchors, seed)]
+        anchor_ids = [ids[i] for i in draw_anchors(len(ids), cast(int, anchors), seed)]
     else:
         anchor_ids = list(dict.fromkeys(anchors))
         shared = set(ids)
@@ -388,7 +388,7 @@ class TokenRows:
     counts: np.ndarray
     keep: np.ndarray | None = None
     groups: np.ndarray | None = None
-    offsets: np.ndarray = None
+    offsets: np.ndarray = None  # type: ignore[assignment]  # always given (_token_rows); the default only follows field order
     stored: np.ndarray = field(init=False, repr=False)  # (n+1,) first stored row of each sample
 
     def __post_init__(self):
@@ -551,10 +551,10 @@ def compare_tokens(
     exclude = _trivial_pairs(ca, cb, model_a, model_b, names_a, names_b)
     params = _metric_params(canonical, n, params)
     draw, warnings = _block_draw(token_rows.offsets, alpha) if permutations else (None, [])
-    items_a = [TokenLayer(str(ca.path), model_a, x, token_rows) for x in names_a]
-    items_b = [TokenLayer(str(cb.path), model_b, x, token_rows) for x in names_b]
+    items_a: list[Any] = [TokenLayer(str(ca.path), model_a, x, token_rows) for x in names_a]
+    items_b: list[Any] = [TokenLayer(str(cb.path), model_b, x, token_rows) for x in names_b]
     if block_rows is None:
-        items_a = [x.read() for x in items_a]
+        items_a = [x.read() for x in items_a]  # TokenLayers, or their arrays when read whole
         items_b = [x.read() for x in items_b]
     run = _Run(model_a=model_a, model_b=model_b, names_a=names_a, names_b=names_b, canonical=canonical, params=params,
                n=n, exclude=exclude, normalize=normalize, permutations=permutations, ci=ci, n_subsamples=n_subsamples,

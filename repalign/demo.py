@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -62,7 +63,7 @@ def run_demo(output: str | Path = "demo-output", quiet: bool = False) -> dict[st
     for modality, factory, (model_a, model_b) in STUDIES:
         control_a, control_b = control_name(model_a, CONTROL_SEED), control_name(model_b, CONTROL_SEED)
         extract(_records(factory), [model_a, model_b, control_a, control_b], cache, layers=["all"], quiet=quiet)
-        common = dict(k=K, permutations=PERMUTATIONS, seed=CONTROL_SEED)
+        common: dict[str, Any] = dict(k=K, permutations=PERMUTATIONS, seed=CONTROL_SEED)
         trained = compare_models(cache, model_a, model_b, METRICS, **common)
         control = compare_models(cache, control_a, control_b, METRICS, **common)
         if not quiet:

@@ -38,8 +38,9 @@ STORE_BYTES = {"float32": 4, "float16": 2}
 # ---- batches ----------------------------------------------------------------------------------------
 
 
-def length_batches(records: Sequence[Record], sizes: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Indices grouped so that (longest size in batch) x (batch length) <= batch_tokens.
+def length_batches(records: Sequence[object], sizes: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped so that (longest size in batch) x (batch length) <= batch_tokens (only the
+    number of ``records`` is used).
 
     Sorting by size first means each batch pads little; a single record longer than the budget
     forms a batch of its own.
@@ -63,10 +64,10 @@ def length_batches(records: Sequence[Record], sizes: Sequence[int], batch_tokens
 def order_batches(batches: Sequence[Sequence[int]], sizes: Sequence[int], device: str) -> list[list[int]]:
     """The batches in the order they run: on CUDA the largest first (by longest sample, then padded
     tokens), so an out-of-memory batch shows at once; on other devices as given (shortest first)."""
-    batches = [list(b) for b in batches]
+    lists = [list(b) for b in batches]
     if not str(device).startswith("cuda"):
-        return batches
-    return sorted(batches, key=lambda b: (-max(sizes[i] for i in b), -max(sizes[i] for i in b) * len(b)))
+        return lists
+    return sorted(lists, key=lambda b: (-max(sizes[i] for i in b), -max(sizes[i] for i in b) * len(b)))
 
 
 # ---- out-of-memory retries --------------------------------------------------------------------------

@@ -81,7 +81,8 @@ def read_fasta(path: str | Path, text: str | None = None) -> list[Record]:
     path = Path(path)
     text = _read_text(path) if text is None else text
     records: list[Record] = []
-    id_, lines = None, []
+    id_: str | None = None
+    lines: list[str] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith(";"):

@@ -78,5 +78,6 @@ def check_options(options: Mapping[str, Any] | None, models: Sequence[str]) -> N
                     "write MODEL:KEY=VALUE with one of those models"
                 )
         elif not any(a is None or name in a for a in accepted.values()):
-            takes = "; ".join(f"{m}: {', '.join(a) or 'none'}" for m, a in accepted.items())
+            # every a is a tuple here (a None, any option taken, would have made any() true): the filter drops nothing
+            takes = "; ".join(f"{m}: {', '.join(a) or 'none'}" for m, a in accepted.items() if a is not None)
             raise RepalignError(f"no model of this run takes option {name!r} (options taken: {takes}); check the name")

@@ -142,7 +142,7 @@ def resolve_metric(table: pd.DataFrame, metric: str | None = None) -> str:
         canonical = get_metric(metric).name
     except RepalignError:
         canonical = None
-    if canonical in stored:
+    if canonical is not None and canonical in stored:
         return canonical
     raise RepalignError(f"metric {metric!r} is not in the table; it holds: {', '.join(stored)}; pass one with --metric")
 

@@ -154,6 +154,7 @@ def open_client(cluster) -> Iterator[Any]:
         from dask_jobqueue import SLURMCluster  # optional: the dask extra
     except ImportError:
         raise RepalignError("slurm clusters need dask-jobqueue: pip install 'repalign[dask]'") from None
+    assert spec.slurm is not None  # every slurm spec carries its settings (parse_cluster)
     settings = dict(spec.slurm)
     start_timeout = settings.pop("start_timeout", WORKER_TIMEOUT_S)
     check_slurm_queue(settings.get("queue"))

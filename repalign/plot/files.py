@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
@@ -20,7 +20,7 @@ from repalign.table import atomic_files
 
 FORMATS = ("png", "pdf", "svg")
 #: figure kind -> the function drawing it from a table: a new kind is one function and one entry here
-FIGURES = {"layers": layer_heatmap, "models": model_matrix, "depth": depth_profile, "size": size_scaling}
+FIGURES: dict[str, Callable[..., Any]] = {"layers": layer_heatmap, "models": model_matrix, "depth": depth_profile, "size": size_scaling}
 KINDS = tuple(FIGURES)
 
 

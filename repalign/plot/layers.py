@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, cast
 
 import numpy as np
 import pandas as pd
@@ -306,7 +306,7 @@ def _cells_path(cells: np.ndarray):
 def hatched_cells(fig) -> list[tuple[int, int]]:
     """(row, column) of the cells a :func:`layer_heatmap` figure hatches as not significant."""
     ax = fig.axes[0]
-    out = []
+    out: list[tuple[int, int]] = []
     for patch in ax.patches:
         if patch.get_gid() == "not-significant":
             corners = patch.get_path().vertices[::5]
@@ -330,7 +330,7 @@ def best_cell(rows: pd.DataFrame, values: np.ndarray, names_a: list[str], names_
         if np.isnan(search).all():
             raise RepalignError(f"every score of {model_a} against itself off the diagonal is missing (NaN); "
                                 "nothing to draw: recompute the table or check the stored layers")
-    return np.unravel_index(np.nanargmax(search), search.shape)
+    return cast("tuple[int, int]", np.unravel_index(np.nanargmax(search), search.shape))  # numpy integers, used as indices
 
 
 def layer_heatmap(

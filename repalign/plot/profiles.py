@@ -182,6 +182,7 @@ def parse_model_size(name: str) -> tuple[str, float] | None:
     trailing number after '-' or '_' is taken as is. The family is the name without the size
     token. None when the name holds no size.
     """
+    m: re.Match[str] | None
     hits = list(_SIZE_WITH_UNIT.finditer(name))
     if hits:
         m = hits[-1]

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -31,7 +32,7 @@ SEQUENTIAL_CMAP = "cividis"
 MARKER_COLOR = "#D55E00"  # vermillion: visible on every cividis shade
 NOT_SIGNIFICANT_COLOR = "#9a9a9a"
 
-STYLE = {
+STYLE: dict[str, Any] = {
     "font.family": "DejaVu Sans",
     "font.size": FONT_PT,
     "axes.titlesize": FONT_PT,
