@@ -171,7 +171,8 @@ def _read_gene_lists(locus: str) -> dict[str, list[Gene]]:
 def _read_marginals(locus: str) -> dict[str, dict[tuple[int, ...], np.ndarray]]:
     """``model_marginals.txt``: event -> {parent indices (empty tuple: none) -> probabilities}."""
     marginals: dict[str, dict[tuple[int, ...], np.ndarray]] = {}
-    event, parents = None, ()
+    event: str | None = None
+    parents: tuple[int, ...] = ()
     for line in _model_file(locus, "model_marginals.txt").read_text().splitlines():
         if line.startswith("@"):
             event = line[1:].strip()
@@ -228,7 +229,7 @@ def _quantile_index(probabilities: np.ndarray, u: float, allowed: np.ndarray | N
     if allowed is not None:
         p[~allowed] = 0.0
     cdf = np.cumsum(p)
-    return int(min(np.searchsorted(cdf / cdf[-1], u, side="right"), len(p) - 1))
+    return int(min(int(np.searchsorted(cdf / cdf[-1], u, side="right")), len(p) - 1))
 
 
 # ---- assembly ---------------------------------------------------------------------------------------
@@ -449,10 +450,12 @@ def _rearrange(rng: np.random.Generator, locus: str, max_tries: int = 1000) -> _
         vd_chain, dj_chain = _markov(marg["vd_dinucl"][()]), _markov(marg["dj_dinucl"][()])
     else:
         vj_chain = _markov(marg["vj_dinucl"][()])
+    names: tuple[str, ...]  # V, (D,) J gene names
     for _ in range(max_tries):
         v = _draw(rng, marg["v_choice"][()], v_ok)
         j = _draw(rng, marg["j_choice"][(v,)], j_ok)
         vg, jg = genes["V"][v], genes["J"][j]
+        assert vg.anchor is not None and jg.anchor is not None  # v_ok and j_ok admit anchored genes only
         del_v = int(values["v_3_del"][_draw(rng, marg["v_3_del"][(v,)])])
         del_j = int(values["j_5_del"][_draw(rng, marg["j_5_del"][(j,)])])
         v_nt, j_nt = _cut_right(vg.sequence, del_v), _cut_left(jg.sequence, del_j)
@@ -531,7 +534,9 @@ def repertoire_records(size: int = 1000, seed: int = 0):
     """
     size, seed = check_size_seed(size, seed, "repertoire_records")
     rng = np.random.default_rng(seed)
-    records, notes, seen = [], [], set()
+    records: list[Record] = []
+    notes: list[dict] = []
+    seen: set[str] = set()
     while len(records) < size:
         heavy = _rearrange(rng, "heavy")
         locus = "kappa" if rng.random() < LIGHT_KAPPA_SHARE else "lambda"

@@ -43,6 +43,7 @@ import gzip
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -50,6 +51,9 @@ from repalign.datasets.dataset import Dataset, check_size_seed, package_version
 from repalign.datasets.structures import BINARY_COMPOUNDS
 from repalign.errors import RepalignError
 from repalign.inputs import structure_record
+
+if TYPE_CHECKING:  # pymatgen is imported lazily, when crystals are built
+    from pymatgen.core import Molecule, Structure
 
 MAX_ATOMS = 40
 NEIGHBOUR_CUTOFF = 4.5  # A; every atom needs a neighbour this close (CHGNet's graph cutoff is 5 A)
@@ -72,7 +76,7 @@ def _pymatgen():
 
 
 @lru_cache(maxsize=1)
-def _prototypes() -> tuple[tuple[str, object], ...]:
+def _prototypes() -> tuple[tuple[str, Structure | Molecule], ...]:
     """(AFLOW label, pymatgen Structure) of each prototype, in the file's order."""
     import warnings
 

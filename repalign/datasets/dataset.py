@@ -103,7 +103,7 @@ def check_size_seed(size, seed, what: str, largest: int | None = None) -> tuple[
     """Validated (size, seed) of a builder call; one-line errors naming the fix."""
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
         raise RepalignError(f"{what}: size must be a positive integer, got {size!r}")
-    if largest is not None and size > largest:
+    if largest is not None and int(size) > largest:  # int(): exact for an Integral, and typeshed's has no __gt__
         raise RepalignError(f"{what}: size={size} but only {largest} samples pass the filters; ask for at most {largest}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise RepalignError(f"{what}: seed must be a non-negative integer, got {seed!r}")

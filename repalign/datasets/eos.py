@@ -103,7 +103,7 @@ def _choose(size, seed, elements: Sequence[str] | None) -> tuple[list[str], int]
         picks = np.sort(np.random.default_rng(seed).choice(len(pool), size=size, replace=False))
         chosen = [pool[i] for i in picks]
     order = {e: i for i, e in enumerate(reference_elements())}
-    return sorted(chosen, key=order.get), seed
+    return sorted(chosen, key=order.__getitem__), seed  # every element passed reference_eos above
 
 
 def delta_eos(size: int | None = None, seed: int = 0, *, elements: Sequence[str] | None = None,

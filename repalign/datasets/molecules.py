@@ -141,7 +141,7 @@ def _graph_key(symbols, edges) -> tuple:
     """A canonical-enough key of a labelled graph: formula plus the sorted multiset of each atom's
     (element, sorted neighbour elements, sorted second-shell elements). Distinct graphs with equal
     keys are rare and only make the filter keep one fewer molecule."""
-    neighbours = [[] for _ in symbols]
+    neighbours: list[list[int]] = [[] for _ in symbols]
     for a, b in edges:
         neighbours[a].append(b)
         neighbours[b].append(a)

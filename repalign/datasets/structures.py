@@ -19,12 +19,15 @@ disk for the command line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from repalign.errors import RepalignError
 from repalign.inputs import Record, structure_record
+
+if TYPE_CHECKING:  # ase is imported lazily, when structures are built
+    from ase import Atoms
 
 #: elemental crystals; ``ase.build.bulk(symbol)`` takes the structure and lattice constant
 #: from ASE's reference states
@@ -72,13 +75,15 @@ def _rutile_tio2():
     )
 
 
-def _crystal_builders() -> list[tuple[str, object]]:
+def _crystal_builders() -> list[tuple[str, Callable[..., Atoms]]]:
     from ase.build import bulk
     from ase.data import atomic_numbers, reference_states
 
-    builders: list[tuple[str, object]] = []
+    builders: list[tuple[str, Callable[..., Atoms]]] = []  # called without arguments
     for symbol in ELEMENTS:
-        structure = reference_states[atomic_numbers[symbol]]["symmetry"]
+        state = reference_states[atomic_numbers[symbol]]
+        assert state is not None  # every element listed has an ASE reference state
+        structure = state["symmetry"]
         builders.append((f"{symbol}-{structure}", lambda s=symbol: bulk(s)))
     for formula, structure, a, c in BINARY_COMPOUNDS:
         builders.append((f"{formula}-{structure}", lambda f=formula, s=structure, a=a, c=c: bulk(f, s, a=a, c=c)))
