@@ -95,8 +95,8 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
         self.options["lm_dropout"] = self.settings.lm_dropout
         self._path: Path | None = None
         self._config = None
-        self.model = None
-        self.extractor = None
+        self.model: Any = None  # the transformers EsmFold2Model, set by load()
+        self.extractor: EsmFold2Extractor | None = None
 
     # ---- loading ---------------------------------------------------------------------------------
     def config(self):
@@ -148,6 +148,7 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
         out = {}
         for name in self.layer_names():
             ref = stages.parse_layer(name)
+            assert ref is not None  # layer_names() gives parsable names
             if ref.raw:
                 out[name] = pair
             elif ref.is_pair:
@@ -183,6 +184,7 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
         for r in records:
             self.validate(r)  # before loading: a refused input costs no model load
         self.ensure_loaded()
+        assert self.extractor is not None  # set by load()
         want_scores = bool(self.settings.structures_dir)
         results: list[SampleFeatures] = []
         for chunk in self._memory_chunks(records):
@@ -205,6 +207,7 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
         return chunks
 
     def _write_structure(self, record: Record, sample, structure: dict) -> None:
+        assert self.settings.structures_dir is not None  # forward() writes only when it is set
         write_structure(self.settings.structures_dir, record.id, sample, structure["coords"], structure["plddt"],
                         structure["ptm"], self.settings.structure_format)
 
@@ -257,7 +260,7 @@ class EsmcAdapter(_HubCheckpointAdapter):
                 raise RepalignError(f"option max_memory_gb={options['max_memory_gb']!r} is not a positive number; pass e.g. max_memory_gb=64")
         self._path: Path | None = None
         self._config = None
-        self.model = None
+        self.model: Any = None  # the transformers EsmcModel, set by load()
 
     def config(self):
         if self._config is None:

@@ -35,7 +35,7 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 import torch
@@ -218,6 +218,7 @@ def _resolve_indices(key: str, spec: tuple[int, ...] | str, total: int, default:
         return None
     if spec == "all":
         return tuple(range(total))
+    assert not isinstance(spec, str)  # _parse_index_list gives one of the two words above or indices
     out = []
     for i in spec:
         j = i + total if i < 0 else i
@@ -319,6 +320,7 @@ class EsmFold2Extractor:
         req = _Request(refs, self.layout)
         for ref in refs:
             if ref.stage == "esmc":
+                assert ref.index is not None  # esmc.<index> names always carry one
                 req.esmc.append(ref.index)
             elif ref.stage in stages.TRUNK_STAGES:
                 req.trunk.add(ref.base)
@@ -588,7 +590,7 @@ class EsmFold2Extractor:
         final = self.layout.diffusion_steps - 1
         if req.run_confidence:
             return final
-        asked = [stages.parse_layer(n) for n in req.diffusion]
+        asked = [cast(stages.LayerRef, stages.parse_layer(n)) for n in req.diffusion]  # names plan() parsed
         per_step = [r for r in asked if r.part != "conditioning.pair"]
         return max((final if r.step is None else r.step) for r in per_step) if per_step else -1
 
@@ -667,7 +669,7 @@ class EsmFold2Extractor:
             # The heads read stack input + stack output (the head adds its input back after the
             # residual stack), so block i is captured as input + block i's output: for the last
             # block, exactly the pair tensor the pLDDT / PAE / PDE heads and the pooling read.
-            stack_in = {}
+            stack_in: dict[str, torch.Tensor] = {}
             handles.append(head.folding_trunk.register_forward_pre_hook(lambda m, a: stack_in.__setitem__("pair", a[0])))
             for i, layer in enumerate(head.folding_trunk.layers):
                 handles.append(layer.register_forward_hook(
@@ -698,7 +700,7 @@ class EsmFold2Extractor:
                 scores[b]["ptm_best"] = float(ptm[b].max())
 
 
-def _compute_once_per_input(module) -> callable:
+def _compute_once_per_input(module) -> Callable[[], None]:
     """Make ``module`` return its cached output when called again with the very same input objects.
 
     Returns the function that undoes it. Keeps references to the inputs so their ids stay unique.

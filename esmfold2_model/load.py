@@ -76,7 +76,7 @@ def load_esmfold2(path: Path, device: str = "cpu", dtype: str = "float32"):
     except (OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelUnavailable(f"{path}: cannot load as an ESMFold2 checkpoint ({first}); check the weights directory") from None
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers' @wraps'd .to() loses its self binding for mypy
 
 
 def check_weight_files(path: Path) -> None:
@@ -151,7 +151,7 @@ def load_esmc(path: Path, device: str = "cpu", dtype: str = "float32"):
     except (OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelUnavailable(f"{path}: cannot load as an ESMC checkpoint ({first}); check the weights directory") from None
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers' @wraps'd .to() loses its self binding for mypy
 
 
 def load_config(path: Path):

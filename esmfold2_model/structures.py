@@ -48,7 +48,7 @@ def to_mmcif(name: str, sample: Featurized, coords: np.ndarray, plddt: np.ndarra
               "auth_asym_id", "pdbx_PDB_model_num"]
     lines += [f"_atom_site.{k}" for k in fields]
     entity = sample.features["entity_id"].numpy()
-    chain_entity = {}
+    chain_entity: dict[str, int] = {}
     for t, a in enumerate(sample.features["asym_id"].numpy()):
         chain_entity.setdefault(_CHAIN_TAGS[int(a) % len(_CHAIN_TAGS)], int(entity[t]))
     for i, (chain, resnum, resname, atom, element, xyz, b) in enumerate(_atoms(sample, coords, plddt), 1):

@@ -8,6 +8,7 @@ spec ``NAME@random:SEED`` (:mod:`repalign.models.controls`), not registry lines.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, cast
 
 from repalign.errors import ModelUnavailable, RepalignError
 from repalign.models._common import package_versions, provenance_record, sha256_of_file, sha256_of_files
@@ -15,6 +16,9 @@ from repalign.models._sequence import hub_cache_dir, hub_offline
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 from repalign.models.controls import parse_control, randomized
 from repalign.options import resolve_scoped
+
+if TYPE_CHECKING:  # adapter modules are imported only when used
+    from repalign.models.hf_protein_lm import HFProteinLM
 
 REGISTRY: dict[str, str] = {
     # filled in by the model families; "hf:<path-or-repo>" is handled by get_adapter_class
@@ -92,7 +96,8 @@ def get_adapter(
         return randomized(get_adapter(control[0], weights=weights, device=device, dtype=dtype, **options), control[1])
     cls = get_adapter_class(name)
     if name.lower().startswith(HF_PREFIX):
-        return cls(name[len(HF_PREFIX):], weights=weights, device=device, dtype=dtype, **options)
+        # get_adapter_class gives HFProteinLM for hf: names; it takes the path or repo first
+        return cast("type[HFProteinLM]", cls)(name[len(HF_PREFIX):], weights=weights, device=device, dtype=dtype, **options)
     reason = cls.unavailable_reason()
     if reason:
         raise ModelUnavailable(f"model {name}: {reason}")

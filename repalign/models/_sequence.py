@@ -176,8 +176,8 @@ def chain_rows(hidden_states, index: dict[str, int], rows: Sequence, cls_rows: S
     """Per chain ``c`` of a padded batch: layer -> its residue rows ``rows[c]`` (a slice or
     positions) of ``hidden_states[index[layer]]``, and layer -> the CLS row ``cls_rows[c]`` where
     one is given. Returns (per-chain tokens, per-chain cls), the inputs of :func:`assemble`."""
-    per_tokens = [dict() for _ in rows]
-    per_cls = [dict() for _ in rows]
+    per_tokens: list[dict[str, np.ndarray]] = [dict() for _ in rows]
+    per_cls: list[dict[str, np.ndarray]] = [dict() for _ in rows]
     for layer, h_index in index.items():
         h = hidden_states[h_index].float().cpu().numpy()
         for c, selection in enumerate(rows):

@@ -116,7 +116,9 @@ class ANI1xAdapter(ModelAdapter):
         if self.weights:
             path = Path(self.weights)
         else:
-            path = package_dir("torchani") / "resources" / "ani-1x_8x"
+            root = package_dir("torchani")
+            assert root is not None  # torchani is installed: load() checked it
+            path = root / "resources" / "ani-1x_8x"
         needed = [_CONSTANTS_FILE, _SAE_FILE] + [f"train{i}/networks" for i in range(_N_MEMBERS)]
         missing = [n for n in needed if not (path / n).exists()]
         if missing:

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from repalign.errors import ModelUnavailable, RepalignError
 from repalign.inputs import Record
@@ -178,9 +178,10 @@ class AntiBERTyEncoder:
         if missing:
             raise ModelUnavailable(f"model antiberty: vocab.txt in {weights_dir} lacks {missing}; reinstall with: {INSTALL_HINT}")
         with quiet_transformers():
-            model, info = transformers.BertModel.from_pretrained(
+            # a (model, loading info) pair: transformers' annotation omits the output_loading_info form
+            model, info = cast(Any, transformers.BertModel.from_pretrained(
                 str(weights_dir), add_pooling_layer=False, dtype=torch_dtype(dtype), output_loading_info=True
-            )
+            ))
         if info.get("missing_keys"):
             raise ModelUnavailable(f"model antiberty: checkpoint {weights_dir} lacks {sorted(info['missing_keys'])[:3]}; reinstall with: {INSTALL_HINT}")
         self.model = model.to(device).eval()
@@ -244,6 +245,7 @@ class AntiBERTy(ModelAdapter):
 
     def provenance(self) -> dict[str, Any]:
         self.ensure_loaded()
+        assert self._encoder is not None  # set by load()
         weights = {
             "weights": f"antiberty-{WEIGHTS_VERSION}/{CHECKPOINT_NAME}",
             "weights_dir": str(self._encoder.weights_dir),
@@ -266,6 +268,7 @@ class AntiBERTy(ModelAdapter):
         if not records:
             return []
         chains, owner = chains_of(records)
+        assert self._encoder is not None  # start_forward loaded it
         out, _ = self._encoder.run(chains, output_hidden_states=True)
         # drop [CLS], [SEP] and padding; the [CLS] row is the cls vector
         per_tokens, per_cls = chain_rows(

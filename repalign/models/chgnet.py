@@ -169,7 +169,7 @@ class CHGNetAdapter(ModelAdapter):
                     record.id,
                 ) from None
 
-        modules = {"embedding": model.atom_embedding}
+        modules: dict[str, torch.nn.Module] = {"embedding": model.atom_embedding}
         modules.update({f"conv.{i}": m for i, m in enumerate(model.atom_conv_layers)})
         hooked = {name: modules[name] for name in layers}
         with captured_outputs(hooked, lambda _name, out: out.detach().cpu().float().numpy()) as captured:

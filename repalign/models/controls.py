@@ -215,11 +215,12 @@ class RandomInitAdapter(ModelAdapter):
             raise RepalignError(f"{inner.name} is already a random-init control; pass the trained model")
         self.inner = inner
         self.seed = int(seed)
-        self.info = inner.info
-        self.default_pooling = inner.default_pooling
-        self.max_size = inner.max_size
+        # this instance stands for the wrapped adapter: it copies the class-level description
+        self.info = inner.info  # type: ignore[misc]
+        self.default_pooling = inner.default_pooling  # type: ignore[misc]
+        self.max_size = inner.max_size  # type: ignore[misc]
         base = getattr(inner, "name", None) or inner.info.name
-        self.name = control_name(base, self.seed)
+        self.name: str = control_name(base, self.seed)
         self.stream = model_seed(self.seed, base)
         self.weights, self.device, self.dtype = inner.weights, inner.device, inner.dtype
         # the seeds are options, so a cache written with other seeds is detected on resume

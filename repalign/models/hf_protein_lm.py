@@ -72,8 +72,8 @@ class HFProteinLM(ModelAdapter):
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
         self.path_or_repo = path_or_repo
         self.name = f"hf:{path_or_repo}"
-        self._model = None
-        self._tokenizer = None
+        self._model: Any = None  # transformers model and tokenizer, set by load()
+        self._tokenizer: Any = None
         self._checkpoint_dir: str | None = None
         self._n_layers: int | None = None
         self._alphabet: set[str] | None = None
@@ -163,6 +163,7 @@ class HFProteinLM(ModelAdapter):
     # ---- description ----------------------------------------------------------------------------
     def layer_names(self) -> list[str]:
         self.ensure_loaded()
+        assert self._n_layers is not None  # set by load()
         return ["embeddings"] + [f"layer.{i}" for i in range(self._n_layers)]
 
     def provenance(self) -> dict[str, Any]:
@@ -184,6 +185,7 @@ class HFProteinLM(ModelAdapter):
         self.ensure_loaded()
         specials = 2  # CLS/BOS + EOS added by protein LM tokenizers
         max_len = None if self._max_tokens is None else self._max_tokens - specials
+        assert self._alphabet is not None  # set by load()
         check_sequence_record(record, self.name, self._alphabet, max_len, chains=tuple(range(1, 65)))
 
     # ---- running --------------------------------------------------------------------------------

@@ -102,8 +102,8 @@ class IgFold(ModelAdapter):
             raise RepalignError(f"igfold: unknown checkpoint {checkpoint!r}; use one of {', '.join(CHECKPOINTS)}")
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
         self.checkpoint = checkpoint
-        self._model = None
-        self._antiberty = None
+        self._model: Any = None  # IgFold torch module and AntiBERTy runner, set by load()
+        self._antiberty: Any = None
         self._checkpoint_file: Path | None = None
         self._antiberty_dir: Path | None = None
 
@@ -123,7 +123,12 @@ class IgFold(ModelAdapter):
         antiberty_dir = find_weights_dir(self.options.get("antiberty_weights"))
         if antiberty_dir is None or not (antiberty_dir / "config.json").is_file():
             raise ModelUnavailable(f"model igfold: AntiBERTy {ANTIBERTY_VERSION} weights not installed; run: {ANTIBERTY_HINT}")
-        checkpoint = Path(self.weights).expanduser() if self.weights else igfold_weights_dir() / f"igfold_{self.checkpoint}.safetensors"
+        if self.weights:
+            checkpoint = Path(self.weights).expanduser()
+        else:
+            weights_dir = igfold_weights_dir()
+            assert weights_dir is not None  # igfold is installed (checked above)
+            checkpoint = weights_dir / f"igfold_{self.checkpoint}.safetensors"
         if not checkpoint.is_file():
             raise ModelUnavailable(f"model igfold: no IgFold checkpoint {checkpoint}; {INSTALL_HINT}")
         from antiberty import AntiBERTyRunner
@@ -144,6 +149,7 @@ class IgFold(ModelAdapter):
 
     def provenance(self) -> dict[str, Any]:
         self.ensure_loaded()
+        assert self._antiberty_dir is not None and self._checkpoint_file is not None  # set by load()
         antiberty_files = [p for p in self._antiberty_dir.iterdir() if p.name in {"config.json", "pytorch_model.bin", "model.safetensors"}]
         weights = {
             "weights": self._checkpoint_file.name,

@@ -144,7 +144,7 @@ class IgLM(ModelAdapter):
             raise ModelUnavailable(f"model iglm: vocab.txt lacks {lacking}; reinstall: pip install 'repalign[zoo]'")
         with quiet_transformers():
             model = transformers.GPT2Model.from_pretrained(str(weights_dir), dtype=torch_dtype(self.dtype))
-        self._model = model.to(self.device).eval()
+        self._model = model.to(self.device).eval()  # type: ignore[arg-type]  # transformers' @wraps'd .to() loses its self binding for mypy
 
     def _n_layers(self) -> int:
         config = json.loads((self._weights_dir() / "config.json").read_text())
@@ -193,7 +193,9 @@ class IgLM(ModelAdapter):
         if len(chains) == 2:
             types = ["heavy", "light"]
         else:
-            types = [self.single_chain if self.single_chain != "auto" else chain_type(chains[0])]
+            single = self.single_chain if self.single_chain != "auto" else chain_type(chains[0])
+            assert single is not None  # validate() refuses a single chain of unknown type
+            types = [single]
         species = self._token_id[f"[{self.species.upper()}]"]
         return [
             [self._token_id[f"[{kind.upper()}]"], species, *(self._token_id[r] for r in chain), self._token_id["[SEP]"]]

