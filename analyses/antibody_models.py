@@ -27,7 +27,7 @@ from analyses.common import CONTROL_SEEDS, finish, model_plans, run_main, score_
 
 STUDY = "antibody_models"
 MODELS = ("antiberty", "iglm", "igfold", "unirep-1900")
-BASELINES = {"aa-composition": {}, "kmer-composition": {}, "blosum62": {}, "onehot": {}}
+BASELINES: dict[str, dict] = {"aa-composition": {}, "kmer-composition": {}, "blosum62": {}, "onehot": {}}
 #: IgFold's stages before its structure module, not findings (excluded from headlines and contrasts): its input
 #: ``antiberty`` (AntiBERTy's last layer), ``node_proj`` (a linear projection of it) and ``graph.0``-``graph.2``, which
 #: return node_proj's features unchanged in the trained checkpoint (their gated residuals pass the input through)

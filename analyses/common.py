@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, cast
 
 import numpy as np
 import pandas as pd
@@ -201,7 +201,8 @@ def first_seeds(plans: Sequence[ModelPlan], count: int | None) -> list[ModelPlan
     """The plans without the controls of seeds beyond the first ``count`` (None: all)."""
     if count is None:
         return list(plans)
-    seeds = sorted({p.seed for p in plans if p.level == "random_init"})[:count]
+    # controls are named NAME@random:SEED, so each has a seed
+    seeds = sorted(cast("set[int]", {p.seed for p in plans if p.level == "random_init"}))[:count]
     return [p for p in plans if p.level != "random_init" or p.seed in seeds]
 
 
@@ -289,7 +290,7 @@ def study_pairs(plans: Sequence[ModelPlan], trained_pairs: Sequence[tuple[str, s
     """
     trained = [p.model for p in plans if p.level == "trained"]
     baselines = [p.model for p in plans if p.level == "baseline"]
-    seeds = sorted({p.seed for p in plans if p.level == "random_init"})
+    seeds = sorted(cast("set[int]", {p.seed for p in plans if p.level == "random_init"}))  # controls have seeds
     controls = {p.model for p in plans if p.level == "random_init"}
     pairs = list(trained_pairs) if trained_pairs is not None else list(itertools.combinations(trained, 2))
     out = [Pair("trained", a, b) for a, b in pairs]

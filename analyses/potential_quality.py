@@ -33,7 +33,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -91,7 +91,7 @@ def fit_birch_murnaghan(volumes, energies) -> dict[str, float]:
     return {"v0": v0, "e0": e0, "b0": b0 / units.GPa, "b1": b1}
 
 
-def scan_energies(adapter, element: str, changes: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def scan_energies(adapter, element: str, changes: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
     """(volumes per atom, energies per atom) of ``element`` at V0_ref * (1 + change), through the
     adapter (``validate`` then ``forward``; its ``energy_per_atom`` output)."""
     records = [scan_record(element, float(c)) for c in changes]
@@ -106,18 +106,18 @@ def element_eos(adapter, element: str, changes: Sequence[float], max_shifts: int
     """The model's equation of state of ``element`` (a row of ``quality_per_element.csv``)."""
     ref = reference_eos(element)
     row = {"element": element, "v0_ref": ref["v0"], "b0_ref": ref["b0"], "b1_ref": ref["b1"], "shifts": 0}
-    changes = np.asarray(changes, dtype=float)
+    dv = np.asarray(changes, dtype=float)  # the relative volume changes
     try:
         centre = 1.0
         for shift in range(max_shifts + 1):
-            volumes, energies = scan_energies(adapter, element, centre * (1 + changes) - 1)
+            volumes, energies = scan_energies(adapter, element, centre * (1 + dv) - 1)
             lowest = int(np.argmin(energies))
             if 0 < lowest < len(energies) - 1:
                 break
             if shift == max_shifts:
-                low, high = 100 * (centre * (1 + changes[[0, -1]]) - 1)
+                low, high = 100 * (centre * (1 + dv[[0, -1]]) - 1)
                 return {**row, "status": f"no minimum between {low:+.1f} % and {high:+.1f} % of V0_ref"}
-            centre *= 1 + changes[lowest]  # recentre on the lower end
+            centre *= 1 + dv[lowest]  # recentre on the lower end
             row["shifts"] = shift + 1
     except InvalidInput as exc:
         return {**row, "status": f"skipped: {exc}"}
