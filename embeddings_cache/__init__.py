@@ -34,6 +34,7 @@ _EXPORTS = {
     "index_per_id_h5": "embeddings_cache.foreign",
     "read_per_id_h5": "embeddings_cache.foreign",
     "check_foreign_h5": "embeddings_cache.foreign",
+    "new_h5_file": "embeddings_cache.foreign",
     "atomic_files": "embeddings_cache.atomic",
     "merge_shards": "embeddings_cache.shards",
     "remove_cache": "embeddings_cache.shards",

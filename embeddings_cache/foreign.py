@@ -13,7 +13,9 @@ before any value is read.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +23,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
+from embeddings_cache.durable import GuardedFile
 from embeddings_cache.errors import CacheError
 from embeddings_cache.format import FORMAT_NAME, few, first_line, open_h5
 from embeddings_cache.untrusted import (
@@ -92,11 +95,19 @@ def index_per_id_h5(path: str | os.PathLike, max_member_bytes: int | None = None
             f"{path}: datasets have {'/'.join(map(str, ranks))} dimensions; give (D,) vectors, (L, D) per-residue "
             "rows or (layers, L, D) for every sample alike"
         )
-    seen: set[str] = set()
-    dups = sorted({d.id for d in out if d.id in seen or seen.add(d.id)})
+    dups = _repeated([d.id for d in out])
     if dups:
         raise CacheError(f"{path}: sample ids given twice: {few(dups)}; give each sample once")
     return out
+
+
+def _repeated(items: list[str]) -> list[str]:
+    """The items given more than once, sorted."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for item in items:
+        (repeated if item in seen else seen).add(item)
+    return sorted(repeated)
 
 
 def _indexed(item: h5py.Dataset | h5py.Group, key: str, path: Path, max_member_bytes: int | None) -> PerIdDataset:
@@ -133,3 +144,27 @@ def read_per_id_h5(path: str | os.PathLike, keys: Sequence[str], max_member_byte
             check_dataset(item, path, max_member_bytes)
             out.append(read_dataset(item, path))
         return out
+
+
+@contextlib.contextmanager
+def new_h5_file(path: str | os.PathLike) -> Iterator[h5py.File]:
+    """A new HDF5 file at ``path`` for another library to write into (anndata's ``write_elem``).
+
+    HDF5 writing to a full disk or past the file size limit can crash the process when it closes
+    the file; here its writes go through a file object that keeps the first failed write and
+    discards the later ones, so the file closes cleanly, and that failure is raised as the OSError
+    it was (errno ENOSPC, EFBIG, ...). The caller removes the file.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        guard = GuardedFile(fd)
+        try:
+            with h5py.File(guard, "w", locking=False) as f:
+                yield f
+        except Exception:
+            if guard.error is None:
+                raise
+        if guard.error is not None:
+            raise guard.error
+    finally:
+        os.close(fd)

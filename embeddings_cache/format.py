@@ -42,6 +42,9 @@ TOKEN_OFFSETS = "offsets"
 ID_INDEX = "id_index"
 ID_KEYS = "keys"
 ID_ROWS = "rows"
+#: dataset of a journal part: the 64-bit FNV-1a key of each id (:func:`id_keys`), row-aligned and
+#: checksummed, as the id index is for the main file (the ids dataset itself cannot be checksummed)
+PART_ID_KEYS = "id_keys"
 #: attribute of a model group: the uuid of the journal part that created it (tells a reader whether
 #: the model was replaced since it looked)
 INSTANCE = "instance"
@@ -312,3 +315,36 @@ def read_strings(ds: h5py.Dataset) -> list[str]:
     if h5py.check_string_dtype(ds.dtype) is not None and ds.dtype.kind == "O":
         return list(ds.asstr()[()])
     return [x.decode() if isinstance(x, bytes) else str(x) for x in ds[()]]
+
+
+#: entries of the id index read at a time when it is inverted (keys and rows: 1 MiB)
+_KEYS_SPAN = 1 << 16
+
+
+def keys_by_row(index: h5py.Group, n: int, where: str) -> np.ndarray:
+    """The id index's key of each of the first ``n`` rows, in row order: the checksum of each
+    stored id (the index is written from the ids and carries a Fletcher-32 checksum per chunk)."""
+    out = np.zeros(n, dtype=np.uint64)
+    keys_ds, rows_ds = index[ID_KEYS], index[ID_ROWS]
+    for start in range(0, n, _KEYS_SPAN):
+        rows = rows_ds[start:start + _KEYS_SPAN]
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= n):
+            raise CacheError(f"{where}: its id index points outside its {n} rows; the file is damaged: restore it "
+                             "from a copy, or extract the model again with overwrite=True")
+        out[rows] = keys_ds[start:start + _KEYS_SPAN]
+    return out
+
+
+def check_id_keys(packed: np.ndarray, keys: np.ndarray, expected: np.ndarray, rows: np.ndarray, where: str) -> None:
+    """CacheError naming the first stored id (``packed``, with their :func:`id_keys` ``keys``) whose
+    key differs from its checksum ``expected``: a damaged id (one flipped byte) would otherwise drop
+    its sample silently."""
+    bad = np.flatnonzero(keys != expected)
+    if len(bad):
+        k = int(bad[0])
+        stored = bytes(packed[k]).decode("utf-8", errors="replace")
+        raise CacheError(
+            f"{where}: the stored id of row {int(rows[k])} ({stored!r}) does not match its checksum "
+            f"({len(bad)} such row(s)); the file is damaged: restore it from a copy, or extract the model again "
+            "with overwrite=True"
+        )

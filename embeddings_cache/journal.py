@@ -50,6 +50,7 @@ from embeddings_cache.format import (
     JOURNAL_VERSION,
     MODELS_GROUP,
     OUTPUTS,
+    PART_ID_KEYS,
     POOLED,
     TMP_PREFIX,
     TOKEN_DATA,
@@ -57,6 +58,7 @@ from embeddings_cache.format import (
     TOKENS,
     UUID_DTYPE,
     check_format,
+    check_id_keys,
     chunk_rows,
     chunk_rows_1d,
     consolidating_path,
@@ -120,7 +122,10 @@ def write_part(
     if not folder.is_dir():
         folder.mkdir()
         with contextlib.suppress(FileNotFoundError):
-            os.chmod(folder, folder_mode(path.stat().st_mode))
+            st = path.stat()
+            os.chmod(folder, folder_mode(st.st_mode))
+            with contextlib.suppress(OSError):  # the cache's group, as the docs promise (if we may give it)
+                os.chown(folder, -1, st.st_gid)
         fsync_path(folder.parent)  # the new folder's entry must survive a power loss too
     part_uuid = uuidlib.uuid4().hex
     tmp = folder / f"{TMP_PREFIX}{part_uuid}.h5"
@@ -142,6 +147,8 @@ def write_part(
                 for key in HEADER_ATTRS:
                     f.attrs[key] = header[key]
                 f.create_dataset(IDS, data=np.array(ids, dtype=object), dtype=ID_DTYPE)
+                packed = np.array([i.encode() for i in ids], dtype="S") if ids else np.zeros(0, dtype="S1")
+                f.create_dataset(PART_ID_KEYS, data=id_keys(packed), **filter_options(None))
                 f.create_dataset(HASHES, data=np.array(hashes, dtype=HASH_DTYPE))
                 for layer, arr in pooled.items():
                     f.create_dataset(f"{POOLED}/{layer}", data=arr)
@@ -326,7 +333,7 @@ def _apply_part(f: h5py.File, part: Path, out: _Appender) -> str:
             if out.dataset(g, IDS).shape[0] == 0:
                 # the first batch fixes the output names of this model
                 g.attrs["outputs"] = p.attrs["outputs"]
-            out.append(g, IDS, np.array(read_strings(p[IDS]), dtype=object), compression)
+            out.append(g, IDS, np.array(checked_part_ids(p, part), dtype=object), compression)
             out.append(g, HASHES, p[HASHES][()], compression)
             for layer in p.get(POOLED, {}):
                 out.append(g.require_group(POOLED), layer, p[POOLED][layer][()], compression)
@@ -342,6 +349,15 @@ def _apply_part(f: h5py.File, part: Path, out: _Appender) -> str:
             for name in p.get(OUTPUTS, {}):
                 out.append(g.require_group(OUTPUTS), name, p[OUTPUTS][name][()], compression)
         return str(p.attrs["part_uuid"])
+
+
+def checked_part_ids(p: h5py.File, part: Path) -> list[str]:
+    """A journal part's ids, checked against their checksums (parts written before ids had
+    checksums have none: their ids are taken as they are)."""
+    packed = packed_strings(p[IDS])
+    if PART_ID_KEYS in p:
+        check_id_keys(packed, id_keys(packed), p[PART_ID_KEYS][()], np.arange(len(packed)), f"journal part {part}")
+    return [x.decode() for x in packed]
 
 
 def _apply_parts(f: h5py.File, todo: list[PartInfo]) -> None:

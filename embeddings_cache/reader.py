@@ -27,16 +27,19 @@ from embeddings_cache.format import (
     JOURNAL_VERSION,
     MODELS_GROUP,
     OUTPUTS,
+    PART_ID_KEYS,
     POOLED,
     TOKEN_DATA,
     TOKEN_OFFSETS,
     TOKENS,
     UNKNOWN_HASH,
     check_format,
+    check_id_keys,
     check_regular,
     few,
     first_line,
     id_keys,
+    keys_by_row,
     list_parts,
     lock_path,
     open_h5,
@@ -81,6 +84,7 @@ class _ModelView:
 
     header: dict[str, Any]
     instance: str | None = None  # the model group's instance uuid (None: written before it existed)
+    label: str = ""  # "model 'm' in PATH", for messages
     segments: list[_Segment] = field(default_factory=list)
     indexed: int = 0  # leading rows (the main file's) looked up through the on-disk index
     _id_parts: list[np.ndarray] = field(default_factory=list)
@@ -111,7 +115,16 @@ class _ModelView:
         if not disk.any():
             return [x.decode() for x in memory[rows - self.indexed]]
         out = np.empty(len(rows), dtype=object)
-        out[disk] = [x.decode() for x in _packed_rows(group[name], rows[disk])]
+        assert group is not None  # rows on disk: the main file's group holds them
+        try:
+            packed = _packed_rows(group[name], rows[disk])
+        except OSError as e:
+            raise CacheError(f"cannot read the {name} of {self.label} ({first_line(e)}); the file is damaged: "
+                             "restore it from a copy, or extract the model again with overwrite=True") from None
+        if name == IDS:  # every id read from disk is checked against its key in the (checksummed) index
+            expected = keys_by_row(group[ID_INDEX], self.indexed, self.label)[rows[disk]]
+            check_id_keys(packed, id_keys(packed), expected, rows[disk], self.label)
+        out[disk] = [x.decode() for x in packed]
         out[~disk] = [x.decode() for x in memory[rows[~disk] - self.indexed]]
         return out.tolist()
 
@@ -180,7 +193,14 @@ class _ModelView:
         if not cand_query:
             return rows
         cand_q, cand_r = np.concatenate(cand_query), np.concatenate(cand_rows)
-        same = _packed_rows(group[IDS], cand_r) == query[cand_q]
+        stored = _packed_rows(group[IDS], cand_r)
+        same = stored == query[cand_q]
+        if not same.all():
+            # the index key matched and the id did not: a collision of keys, or a damaged stored id
+            # (whose own key then differs from the index key, the query's)
+            other = ~same
+            check_id_keys(stored[other], id_keys(stored[other]), id_keys(query[cand_q[other]]), cand_r[other],
+                          self.label)
         cand_q, cand_r = cand_q[same], cand_r[same]
         if not len(cand_q):
             return rows
@@ -326,7 +346,8 @@ class Cache:
         self._snapshot_fd, self._snapshot = snapshot_fd, before
         self._views = views
         self.n_pending_parts = len(pending)
-        #: models with an overwrite interrupted before it completed -> its staged batches (not read)
+        #: models with an overwrite (or a staged run adding them, CacheWriter(staged=True)) interrupted
+        #: before it completed -> its staged batches (not read)
         self.unfinished_overwrites = {m: sum(p.model == m for p in staged) for m in sorted({p.model for p in staged})}
         return True
 
@@ -335,7 +356,7 @@ class Cache:
         try:
             for name, group in main.get(MODELS_GROUP, {}).items():
                 header = model_header(group)
-                view = _ModelView(dict(header), _text(group.attrs.get(INSTANCE)))
+                view = _ModelView(dict(header), _text(group.attrs.get(INSTANCE)), f"model {name!r} in {self.path}")
                 for ds in _row_datasets(group):  # the datasets read to find rows (the layers: when read)
                     check_dataset(ds, self.path, self.max_member_bytes, memory=False)
                 n = group[IDS].shape[0]
@@ -360,6 +381,8 @@ class Cache:
                 model = str(p.attrs["model"])
                 header = model_header(p)
                 ids, hashes = packed_strings(p[IDS]), packed_strings(p[HASHES])
+                if PART_ID_KEYS in p:  # parts written before ids had checksums have none
+                    check_id_keys(ids, id_keys(ids), p[PART_ID_KEYS][()], np.arange(len(ids)), f"journal part {part}")
                 starts = bool(p.attrs["starts_model"])
                 part_uuid = _text(p.attrs["part_uuid"])
         except CacheError:
@@ -372,7 +395,7 @@ class Cache:
                 "(its batch will be extracted again on resume)"
             )
         if starts:
-            views[model] = _ModelView(dict(header), part_uuid)
+            views[model] = _ModelView(dict(header), part_uuid, f"model {model!r} in {self.path}")
         elif model not in views:
             raise CacheError(
                 f"journal part {part} continues model {model!r}, which {self.path} does not hold; "
@@ -463,7 +486,7 @@ class Cache:
     def read_output(self, model: str, name: str, ids: Sequence[str] | None = None) -> np.ndarray:
         """Per-sample scalar output, (n,) float64, NaN where not available."""
         self._check_layer(model, name, "outputs", "outputs")
-        return self._retrying(model, ids, lambda rows: self._gather(model, rows, f"{OUTPUTS}/{name}", np.float64))
+        return self._retrying(model, ids, lambda rows: self._gather(model, rows, f"{OUTPUTS}/{name}", np.dtype(np.float64)))
 
     def read_tokens(
         self, model: str, layer: str, ids: Sequence[str] | None = None, dtype: Any = np.float32
@@ -556,8 +579,12 @@ class Cache:
             + (f", {self.n_pending_parts} batch(es) not yet consolidated" if self.n_pending_parts else "")
         ]
         for model, n in self.unfinished_overwrites.items():
-            lines.append(f"model {model!r}: an overwrite was interrupted after {n} batch(es); its old data is shown "
-                         "until the same overwrite is run again to the end")
+            if model in self._views:
+                lines.append(f"model {model!r}: an overwrite was interrupted after {n} batch(es); its old data is "
+                             "shown until the same overwrite is run again to the end")
+            else:  # a staged run of a new model (an import): nothing of it is shown
+                lines.append(f"model {model!r}: a run that adds it (an import) was interrupted or failed after {n} "
+                             "batch(es), which are kept aside and not shown; rerun the same command to complete it")
         for model in self.models:
             view = self._view(model)
             lines.append(f"model {model!r}: {view.n} samples, stored as {view.header['dtype']}")
@@ -589,12 +616,14 @@ class Cache:
 
     def _group(self, model: str) -> h5py.Group | None:
         """The main file's group of a model (None when only journal parts hold it); call under the read lock."""
+        assert self._main is not None
         models = self._main.get(MODELS_GROUP, {})
         return models[model] if model in models else None
 
     def _unchanged_since_load(self) -> bool:
         """Whether the main file this snapshot reads is byte for byte as it was when loaded (a
         rebuilt file replaced it) rather than appended to in place."""
+        assert self._snapshot_fd is not None
         st = os.fstat(self._snapshot_fd)
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == self._snapshot
 
@@ -647,9 +676,13 @@ class Cache:
                         return read(rows)
                     except _PartVanished:
                         pass
+                    except OSError as e:  # reads of datasets name them; this names the model at least
+                        raise CacheError(f"cannot read model {model!r} from {self.path} ({first_line(e)}); the file "
+                                         "is damaged: restore it from a copy, or extract the model again") from None
                 # a writer committed since this snapshot: reopen, read the same samples
                 if ids is None and (not view.indexed or self._unchanged_since_load()):
                     # their ids, from memory or from the old main file (replaced, not changed: intact)
+                    assert rows is not None
                     ids = view.id_list(self._group(model), rows)
                     rows = None
                 self._load_locked(generation)
@@ -658,6 +691,7 @@ class Cache:
                     rows = None  # looked up again in the new snapshot
                 else:
                     now = self._view(model)
+                    assert rows is not None
                     if now.instance != view.instance or (len(rows) and int(rows.max()) >= now.n):
                         raise CacheError(
                             f"model {model!r} in {self.path} was overwritten while being read; open the cache again"
@@ -668,6 +702,7 @@ class Cache:
     @contextlib.contextmanager
     def _segment(self, seg: _Segment, model: str) -> Iterator[h5py.Group]:
         if seg.part is None:
+            assert self._main is not None
             yield self._main[MODELS_GROUP][model]
             return
         try:
@@ -915,7 +950,10 @@ def _unique_map(cache: Cache, model: str, ids: list[str], hashes: list[str]) -> 
     mapping = dict(zip(ids, hashes))
     if len(mapping) != len(ids):
         seen: set[str] = set()
-        dups = sorted({i for i in ids if i in seen or seen.add(i)})
+        repeated: set[str] = set()
+        for i in ids:
+            (repeated if i in seen else seen).add(i)
+        dups = sorted(repeated)
         raise CacheError(
             f"model {model!r} in {cache.path} holds duplicated ids {few(dups)}; the cache is damaged: "
             "extract that model again with overwrite=True"

@@ -444,6 +444,11 @@ def test_align_ids_errors_name_the_ids(tmp_path):
     shutil.copyfile(a, dup)
     with h5py.File(dup, "r+") as f:
         f["models/x/ids"][3] = "s1"
+    # the id index is the checksum of the ids: the damaged row is named
+    with pytest.raises(CacheError, match=r"the stored id of row 3 \('s1'\) does not match its checksum"):
+        align_ids(a, "x", dup, "x")
+    with h5py.File(dup, "r+") as f:  # as in a cache written before the id index: no checksum of the ids
+        del f["models/x/id_index"]
     with pytest.raises(CacheError, match=r"duplicated ids 's1'"):
         align_ids(a, "x", dup, "x")
 

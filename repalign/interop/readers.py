@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,12 +246,14 @@ def _npz_headers(z: zipfile.ZipFile, path: Path, max_member_bytes: int | None) -
 def _npz_array(z: zipfile.ZipFile, info: zipfile.ZipInfo, header: tuple, path: Path) -> np.ndarray:
     shape, fortran, dtype, offset = header
     out = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
-    view = memoryview(out.reshape(-1).view(np.uint8))
+    view = memoryview(out.reshape(-1).view(np.uint8).data)
     with z.open(info) as fh:
         fh.read(offset)
         done = 0
         while done < len(view):
-            n = fh.readinto(view[done:done + (16 << 20)])
+            block = fh.read(min(16 << 20, len(view) - done))  # in blocks: a lying stream ends early
+            n = len(block)
+            view[done:done + n] = block
             if not n:
                 raise RepalignError(_truncated(path, f"entry {info.filename[:-4]!r}", shape, dtype, len(view), done))
             done += n
@@ -300,7 +303,9 @@ def _torch_load(path: Path, max_member_bytes: int | None = None) -> Any:
     if zipfile.is_zipfile(path):  # torch.save's format: each tensor's bytes are a member of the archive
         _check_zip_members(path, max_member_bytes)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings about storages would add lines to a one-line error
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise RepalignError(
             f"{path}: refused, it holds Python objects beyond tensors and plain containers, which only full pickle "
@@ -368,11 +373,12 @@ def _in_exported_order(feats: Features, folder: Path) -> Features:
         order = json.loads((folder / FOLDER_INFO).read_text()).get("ids")
     except (OSError, ValueError, AttributeError):
         return feats
-    if not isinstance(order, list) or sorted(map(str, order)) != sorted(feats.ids):
+    ids = feats.ids or []
+    if not isinstance(order, list) or sorted(map(str, order)) != sorted(ids):
         return feats
-    at = {i: k for k, i in enumerate(feats.ids)}
+    at = {i: k for k, i in enumerate(ids)}
     rows = [at[str(i)] for i in order]
-    feats.ids = [feats.ids[k] for k in rows]
+    feats.ids = [ids[k] for k in rows]
     if feats.hashes is not None:
         feats.hashes = [feats.hashes[k] for k in rows]
     for kind in ("pooled", "cls"):
@@ -436,7 +442,7 @@ def _esm_features(objs: list, files: list[Path], pool: str, keep_tokens: bool) -
             cls.setdefault(layer, []).append(_array(value, f, f"bos_representations[{layer}]"))
     if hashes and len(hashes) != len(ids):
         raise RepalignError(f"{files[0].parent}: some files carry a content_hash and some do not")
-    order = list(dict.fromkeys([l for k in first_keys.values() for l in k]))
+    order = list(dict.fromkeys([l for k in (first_keys or {}).values() for l in k]))
     feats = Features("esm-pt" if len(files) == 1 else "esm-pt-folder", len(ids), order,
                      tokens=tokens, ids=ids, hashes=hashes or None)
     for name, values in (("pooled", pooled), ("cls", cls)):
