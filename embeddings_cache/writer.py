@@ -14,12 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from embeddings_cache.atomic import copy_permissions
 from embeddings_cache.durable import is_read_only
 from embeddings_cache.errors import CacheError
 from embeddings_cache.format import (
     COMPRESSIONS,
     FORMAT_VERSION,
     HASHES,
+    ID_INDEX,
+    ID_KEYS,
     IDS,
     MODELS_GROUP,
     OUTPUTS,
@@ -29,19 +32,24 @@ from embeddings_cache.format import (
     TOKENS,
     check_format,
     check_hash,
+    check_id_keys,
     check_name,
     check_names,
     check_regular,
     few,
     first_line,
+    id_keys,
+    keys_by_row,
     list_parts,
     lock_path,
     open_h5,
+    packed_strings,
     read_strings,
     to_json,
 )
 from embeddings_cache.journal import (
     PartInfo,
+    checked_part_ids,
     consolidate,
     create_empty,
     list_part_infos,
@@ -75,6 +83,12 @@ class CacheWriter:
         next ``overwrite=True`` writer with the same options, or discarded by one with others.
     compression : "lzf" (default: fast; any h5py reads it), "gzip" (about 5x slower to write and
         read, readable by every HDF5 tool) or None.
+    staged : a new (or empty) model appears whole or not at all: the run's batches stay in the
+        journal, unseen by readers, until the writer closes without an error, as an overwrite's
+        do. A run interrupted or failed before is resumed by the next staged writer of the model
+        with the same options (:meth:`stored` lists its samples) and discarded by one with other
+        options; ``Cache.describe`` names it meanwhile. (A model that already holds samples is
+        appended to as without it.)
 
     Every :meth:`append` is durable when it returns: a process killed at any moment keeps every
     completed batch, and a new writer resumes from there (see :meth:`stored`). Use as a context
@@ -95,11 +109,13 @@ class CacheWriter:
         dtype: str = "float32",
         overwrite: bool = False,
         compression: str | None = "lzf",
+        staged: bool = False,
     ):
         self.path = Path(path)
         # the real file: a symlinked cache is updated where it lives, and locked there
         self._file = Path(os.path.realpath(self.path))
         self.model = check_name(model, "model")
+        self.staged = bool(staged)
         if not isinstance(provenance, Mapping):
             raise CacheError(f"provenance must be a dict, got {type(provenance).__name__}")
         self.layers = check_names(layers, "layer")
@@ -144,7 +160,12 @@ class CacheWriter:
             raise CacheError(f"folder {self.path.parent} does not exist; create it first")
         lock = lock_path(self._file)
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                # a new lock file gets the mode and group of the cache (of this process if none yet)
+                copy_permissions(fd, self._file if self._file.exists() else None)
+            except FileExistsError:
+                fd = os.open(lock, os.O_RDWR)
         except OSError as e:
             raise CacheError(
                 f"cannot create the lock file {lock} ({e.strerror}); writing a cache needs a writable folder"
@@ -189,50 +210,55 @@ class CacheWriter:
         self._dims: dict[str, int] = {}
         self._token_dims: dict[str, int] = {}
         self._output_names: list[str] | None = None
-        ids: list[str] = []
         with open_h5(self._file) as f:
             check_links(f, self.path)  # names lead to the file's own objects only
             models = f[MODELS_GROUP]
             group = models[self.model] if self.model in models else None
-            if group is not None and not overwrite:
-                try:
-                    for name in (IDS, HASHES):
-                        check_dataset(group[name], self.path, memory=False)
-                    stored = model_header(group)
-                    ids = read_strings(group[IDS])
-                    hashes = read_strings(group[HASHES])
-                    dims = {k: v.shape[1] for k, v in group.get(POOLED, {}).items()}
-                    token_dims = {k: v[TOKEN_DATA].shape[1] for k, v in group.get(TOKENS, {}).items()}
-                except CacheError:
-                    raise
-                except (OSError, KeyError, ValueError) as e:
-                    raise CacheError(
-                        f"model {self.model!r} in {self.path} is damaged ({first_line(e)}); "
-                        "pass overwrite=True to re-extract it"
-                    )
+            found = self._stored_model(group) if group is not None and not overwrite else None
             try:
                 has_rows = group is not None and group[IDS].shape[0] > 0
             except (OSError, KeyError):
                 has_rows = True  # damaged: an overwrite stages, the old data goes only at its commit
         staged = [p for p in list_part_infos(self._file) if p.model == self.model]  # only staged parts remain
-        if overwrite:
+        starts = found is None or not found["ids"]  # a new model, one to replace, or one with no rows yet
+        if overwrite or (self.staged and starts):
             if self._resume_staged(staged):
                 return
-            self._run = uuidlib.uuid4().hex if has_rows else ""  # stage only when there is data to keep
-        if group is None or overwrite or not ids:
-            # a new model, a model to replace, or one with no rows yet (nothing to keep)
+            # stage when there is data to keep, or when asked to (the model appears whole or not at all)
+            self._run = uuidlib.uuid4().hex if has_rows or self.staged else ""
+        if starts:
             self._starts_model = True
         else:
-            self._check_same_config(stored)
+            assert found is not None
+            self._check_same_config(found["header"])
             self._starts_model = False
-            self._stored = dict(zip(ids, hashes))
-            self._dims = dims
-            self._token_dims = token_dims
-            self._output_names = list(stored["outputs"])
-            self._header["provenance"] = to_json(stored["provenance"], "provenance")
+            self._stored = dict(zip(found["ids"], found["hashes"]))
+            self._dims = found["dims"]
+            self._token_dims = found["token_dims"]
+            self._output_names = list(found["header"]["outputs"])
+            self._header["provenance"] = to_json(found["header"]["provenance"], "provenance")
         if self._starts_model and not self._run:
             # make the model visible at once; an overwrite keeps the old data until it commits
             self._write(ids=[], hashes=[], pooled={}, tokens={}, outputs={})
+
+    def _stored_model(self, group: Any) -> dict[str, Any]:
+        """Header, ids (checked), hashes and layer widths of the stored model, to resume it."""
+        try:
+            for name in (IDS, HASHES):
+                check_dataset(group[name], self.path, memory=False)
+            return {
+                "header": model_header(group),
+                "ids": checked_ids(group, f"model {self.model!r} in {self.path}"),
+                "hashes": read_strings(group[HASHES]),
+                "dims": {k: v.shape[1] for k, v in group.get(POOLED, {}).items()},
+                "token_dims": {k: v[TOKEN_DATA].shape[1] for k, v in group.get(TOKENS, {}).items()},
+            }
+        except CacheError:
+            raise
+        except (OSError, KeyError, ValueError) as e:
+            raise CacheError(
+                f"model {self.model!r} in {self.path} is damaged ({first_line(e)}); pass overwrite=True to re-extract it"
+            )
 
     def _resume_staged(self, staged: list[PartInfo]) -> bool:
         """Continue an interrupted overwrite of this model run with the same options; True if so.
@@ -525,6 +551,16 @@ def check_can_append(path: str | os.PathLike, model: str | None = None, *, optio
                          "pass overwrite=True to replace its data, or write to another cache file")
 
 
+def checked_ids(group: Any, where: str) -> list[str]:
+    """A model group's ids, each checked against its key in the id index where the index covers it
+    (a cache written before the index has no checksum of its ids: they are taken as they are)."""
+    packed = packed_strings(group[IDS])
+    index = group.get(ID_INDEX)
+    if index is not None and int(index.attrs.get("covers", -1)) == len(packed) == index[ID_KEYS].shape[0]:
+        check_id_keys(packed, id_keys(packed), keys_by_row(index, len(packed), where), np.arange(len(packed)), where)
+    return [x.decode() for x in packed]
+
+
 def _staged_contents(parts: list[PartInfo]) -> dict[str, Any] | None:
     """Header, ids, hashes, widths and output names of a staged overwrite run; None if unusable."""
     if not parts or not parts[0].starts_model:
@@ -536,7 +572,7 @@ def _staged_contents(parts: list[PartInfo]) -> dict[str, Any] | None:
                 check_file(p, part.path, memory=False)
                 if part is parts[0]:
                     out["header"] = model_header(p)
-                ids = read_strings(p[IDS])
+                ids = checked_part_ids(p, part.path)
                 if ids and out["outputs"] is None:
                     out["outputs"] = sorted(p.get(OUTPUTS, {}))
                 out["ids"] += ids

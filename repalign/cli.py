@@ -164,8 +164,9 @@ def cmd_cache_import(args) -> int:
                           pool=args.pool, keep_tokens=not args.no_tokens, store_dtype=args.store_dtype,
                           overwrite=args.overwrite, max_member_bytes=_size(args.max_member_size))
     tokens = f" (+ {len(run.token_layers)} token layers)" if run.token_layers else ""
+    resumed = f", {run.resumed} of them stored by the interrupted run" if run.resumed else ""
     print(f"{run.model}: stored {run.n_samples} samples x {len(run.layers)} layers{tokens} from {run.format} "
-          f"{args.file} (ids from {run.ids_from}) -> {args.output}")
+          f"{args.file} (ids from {run.ids_from}{resumed}) -> {args.output}")
     return 0
 
 
@@ -528,6 +529,8 @@ def main(argv=None) -> int:
         if args.command == "extract":
             message += ("; completed batches are kept (a model being overwritten keeps its old data): "
                         "rerun the same command to resume")
+        elif getattr(args, "cache_command", None) == "import":
+            message += "; the cache's models are as they were: rerun the same command to complete the import"
         print(f"repalign: {message}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (OSError, MemoryError) as exc:

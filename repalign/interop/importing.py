@@ -14,6 +14,7 @@ import numpy as np
 from embeddings_cache import UNKNOWN_HASH, Cache, CacheWriter
 from embeddings_cache.format import check_name
 from repalign.errors import RepalignError
+from repalign.interop.formats import CHECK_ROWS
 from repalign.interop.readers import Features, read_features
 from repalign.models import package_versions, sha256_of_file, sha256_of_files
 from repalign.pooling import check_pool, pool_rows
@@ -32,6 +33,7 @@ class ImportRun:
     layers: list[str]
     token_layers: list[str]
     ids_from: str  # "inputs", "ids" or "file"
+    resumed: int = 0  # samples already stored by an interrupted run of the same import, not written again
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
@@ -61,7 +63,10 @@ def check_ids(ids: Sequence[str], where: str) -> list[str]:
         if any(c in i for c in "\x00\n\r"):
             raise RepalignError(f"{where}: sample id {i!r} holds a NUL or line break; give ids on one line")
     seen: set[str] = set()
-    dups = sorted({i for i in ids if i in seen or seen.add(i)})
+    repeated: set[str] = set()
+    for i in ids:
+        (repeated if i in seen else seen).add(i)
+    dups = sorted(repeated)
     if dups:
         shown = ", ".join(repr(d) for d in dups[:5])
         raise RepalignError(f"{where}: sample ids given more than once: {shown}; give each sample once")
@@ -126,7 +131,7 @@ def _select_layers(feats: Features, layers: Sequence[str] | None, path: Path) ->
                 setattr(feats, kind, {rename[k]: v for k, v in getattr(feats, kind).items()})
             feats.order = layers
         else:
-            chosen = []
+            chosen: list[str] = []
             for pat in layers:
                 hits = [n for n in feats.order if fnmatch.fnmatchcase(n, pat)]
                 if not hits:
@@ -169,7 +174,11 @@ def import_features(
     max_member_bytes: the largest member of the file to read, replacing the default allocation
         bound (:mod:`embeddings_cache.untrusted`), for trusted files with large members.
     Everything is read and checked before the cache is opened: bad input leaves it unchanged. An
-    existing ``model`` is an error unless ``overwrite``.
+    existing ``model`` is an error unless ``overwrite``. The import is a transaction: the model
+    appears (or replaces the old one) only when every sample is stored; a failed or interrupted
+    import leaves the cache's models as they were, its stored batches kept aside (``repalign cache
+    info`` names them), and running the same import again completes it without redoing them,
+    while an import of another file (or with other options) discards them.
     """
     path, cache = Path(path), Path(cache)
     check_name(model, "model")
@@ -190,15 +199,48 @@ def import_features(
     if not pooled_layers and not token_layers:
         raise RepalignError(f"{path}: no layer left to import; check --layers and --pool")
 
+    _check_storable(feats, pooled_layers, token_layers, store_dtype, path, row_ids)
     prov = _provenance(feats, path, model, source, pool, token_layers, store_dtype)
+    # staged: the model appears whole when the writer closes without an error, or not at all; an
+    # interrupted or failed run is resumed by the same command (same file and options)
     with CacheWriter(cache, model, prov, layers=pooled_layers, token_layers=token_layers, dtype=store_dtype,
-                     overwrite=overwrite) as writer:
-        for start in range(0, feats.n, IMPORT_BATCH):
-            stop = min(start + IMPORT_BATCH, feats.n)
-            writer.append(row_ids[start:stop], hashes[start:stop],
-                          {l: feats.pooled[l][start:stop] for l in pooled_layers},
-                          tokens={l: feats.tokens[l][start:stop] for l in token_layers})
-    return ImportRun(model, feats.format, feats.n, pooled_layers, token_layers, source)
+                     overwrite=overwrite, staged=True) as writer:
+        stored = writer.stored()
+        todo = np.array([k for k, i in enumerate(row_ids) if i not in stored], dtype=np.int64)
+        for start in range(0, len(todo), IMPORT_BATCH):
+            rows = todo[start:start + IMPORT_BATCH]
+            writer.append([row_ids[k] for k in rows], [hashes[k] for k in rows],
+                          {l: _rows(feats.pooled[l], rows) for l in pooled_layers},
+                          tokens={l: [feats.tokens[l][k] for k in rows] for l in token_layers})
+    return ImportRun(model, feats.format, feats.n, pooled_layers, token_layers, source, resumed=feats.n - len(todo))
+
+
+def _rows(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows of an array (a memory-mapped file's too): a slice when they are consecutive."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+        return arr[int(rows[0]):int(rows[-1]) + 1]
+    return arr[rows]
+
+
+def _check_storable(feats: Features, pooled_layers: list[str], token_layers: list[str], store_dtype: str, path: Path,
+                    row_ids: list[str]) -> None:
+    """Every value fits the storage dtype, checked before anything is written (a batch would
+    otherwise fail in the middle of the import)."""
+    limit = float(np.finfo(store_dtype).max)
+    fix = ("import with store_dtype='float32'" if store_dtype == "float16"
+           else "fix or drop that sample before importing")
+    arrays: list[tuple[str, np.ndarray, int | None]] = [(layer, feats.pooled[layer], None) for layer in pooled_layers]
+    arrays += [(layer, rows, k) for layer in token_layers for k, rows in enumerate(feats.tokens[layer])]
+    for layer, arr, sample in arrays:
+        for start in range(0, len(arr), CHECK_ROWS):
+            block = np.asarray(arr[start:start + CHECK_ROWS])
+            if not block.size:
+                continue
+            over = np.abs(block.reshape(len(block), -1)).max(axis=1) > limit
+            if over.any():
+                k = sample if sample is not None else start + int(np.argmax(over))
+                raise RepalignError(f"{path}: layer {layer!r} of sample {row_ids[k]!r} holds values beyond the "
+                                    f"{store_dtype} range (+-{limit:.6g}); {fix}")
 
 
 def _pool(feats: Features, pool: str, path: Path, row_ids: list[str]) -> None:
