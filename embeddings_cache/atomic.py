@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -103,23 +105,46 @@ def atomic_files(
     temporary names free for the writer to create a file or a folder there (removed with its
     contents on failure); lock: a context manager held around the renames only.
     """
-    targets = [Path(t) for t in targets]
-    wanted = [None] * len(targets) if temps is None else [Path(t) for t in temps]
+    paths = [Path(t) for t in targets]
+    wanted: list[Path | None] = [None] * len(paths) if temps is None else [Path(t) for t in temps]
     made: list[Path] = []
     try:
-        for target, temp in zip(targets, wanted):
+        for target, temp in zip(paths, wanted):
             made.append(_reserve(target, temp, create, like))
         yield made
         if durable:
             for temp in made:
                 fsync_path(temp)
         with lock if lock is not None else contextlib.nullcontext():
-            for temp, target in zip(made, targets):
+            for temp, target in zip(made, paths):
                 os.replace(temp, target)
             if durable:
-                for folder in dict.fromkeys(t.parent for t in targets):
+                for folder in dict.fromkeys(t.parent for t in paths):
                     fsync_path(folder)
     finally:
         for temp in made:
             if os.path.lexists(temp):
                 _remove(temp)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an interrupt inside :func:`sigterm_as_interrupt`."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) while the block runs, so ``finally``
+    clauses remove temporary files as on Ctrl-C instead of the process dying with them on disk.
+    Only in the main thread and when SIGTERM has its default action (a caller's handler is kept)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -12,14 +12,18 @@ The score table (``level`` = trained / random_init) and heatmaps are written to 
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from embeddings_cache import Cache
+from embeddings_cache.atomic import sigterm_as_interrupt
 from repalign.compare import compare_models
+from repalign.errors import RepalignError
 from repalign.extract import extract
+from repalign.interop.owned import Manifest, digest
 from repalign.models.controls import control_name
 from repalign.plot import save_layer_heatmap
 from repalign.table import write_table
@@ -54,11 +58,61 @@ def headline(trained: pd.DataFrame, control: pd.DataFrame, skip_a: str, skip_b: 
     return {k: row[k] for k in ("layer_a", "layer_b", "score", "control", "gain", "p_value_adjusted", "chance_level")}
 
 
+#: the manifest of the output folder: the files the demo wrote there and their digests
+DEMO_MANIFEST = ".repalign-demo"
+CACHE_FILE, SCORES_FILE = "demo-cache.h5", "scores.csv"
+_CACHE_MARK = "cache"  # the cache changes as models are added: the manifest lists it without a digest
+
+
+def _figure_stem(modality: str, model_a: str, model_b: str, metric: str) -> str:
+    return f"{modality}-{model_a}-vs-{model_b}-{metric}"
+
+
+def demo_outputs() -> list[str]:
+    """The names the demo writes in its folder (every other file there is left alone)."""
+    figures = [f"{_figure_stem(modality, a, b, metric)}.{fmt}" for modality, _, (a, b) in STUDIES
+               for metric in ("mutual_knn", "unbiased_cka") for fmt in ("png", "pdf")]
+    return [CACHE_FILE, SCORES_FILE, *figures]
+
+
+def check_demo_output(out: Path) -> Manifest:
+    """RepalignError unless every demo output already in ``out`` is one an earlier demo wrote there
+    (listed in its manifest, unchanged since): the user's files are never replaced."""
+    if out.exists() and not out.is_dir():
+        raise RepalignError(f"{out} is a file; give a folder for the demo's output")
+    manifest = Manifest(out, DEMO_MANIFEST, "repalign demo")
+    listed = manifest.files() if out.is_dir() else {}
+    for name in demo_outputs():
+        target = out / name
+        if not os.path.lexists(target):
+            continue
+        ours = (listed.get(name) == [_CACHE_MARK] and target.is_file() and not target.is_symlink()) \
+            if name == CACHE_FILE else manifest.owns(target)
+        if not ours:
+            raise RepalignError(f"{target} was not written by 'repalign demo' (or was changed since); move it away "
+                                "or choose another output folder")
+    return manifest
+
+
 def run_demo(output: str | Path = "demo-output", quiet: bool = False) -> dict[str, list[Path]]:
-    """Run the demo; returns the written files by kind ("table", "figures", "cache")."""
+    """Run the demo; returns the written files by kind ("table", "figures", "cache").
+
+    The demo writes only its own files (:func:`demo_outputs`) into ``output`` and replaces only
+    those an earlier demo wrote there (its manifest ``.repalign-demo``); that is checked before
+    any work. SIGTERM removes temporary files as Ctrl-C does.
+    """
     out = Path(output)
+    check_demo_output(out)
     out.mkdir(parents=True, exist_ok=True)
-    cache = out / "demo-cache.h5"
+    with sigterm_as_interrupt():
+        return _run_demo(out, quiet)
+
+
+def _run_demo(out: Path, quiet: bool) -> dict[str, list[Path]]:
+    manifest = check_demo_output(out)
+    cache = out / CACHE_FILE
+    if not cache.exists():
+        manifest.record(CACHE_FILE, [_CACHE_MARK])  # before extract creates it
     tables, figures, lines = [], [], []
     for modality, factory, (model_a, model_b) in STUDIES:
         control_a, control_b = control_name(model_a, CONTROL_SEED), control_name(model_b, CONTROL_SEED)
@@ -87,8 +141,15 @@ def run_demo(output: str | Path = "demo-output", quiet: bool = False) -> dict[st
                 f"{best['control']:.3f} at the same layers, {best['gain']:+.3f} from training "
                 f"(input layers {inputs[0]}, {inputs[1]} left out)")
         for metric in ("mutual_knn", "unbiased_cka"):
-            figures += save_layer_heatmap(trained.table, out / f"{modality}-{model_a}-vs-{model_b}-{metric}", metric=metric)
-    table_path = write_table(pd.concat(tables, ignore_index=True), out / "scores.csv")
+            check_demo_output(out)  # the folder may have changed during the run
+            saved = save_layer_heatmap(trained.table, out / _figure_stem(modality, model_a, model_b, metric),
+                                       metric=metric)
+            for path in saved:
+                manifest.record(path.name, [str(digest(path))])
+            figures += saved
+    check_demo_output(out)
+    table_path = write_table(pd.concat(tables, ignore_index=True), out / SCORES_FILE)
+    manifest.record(SCORES_FILE, [str(digest(table_path))])
     print("headline (hidden layers, beyond random-init controls):")
     for line in lines:
         print(f"  {line}")

@@ -269,7 +269,6 @@ def test_import_export_round_trips_are_exact(tmp_path, fasta):
                 np.testing.assert_array_equal(back[l], pooled[l])
 
 
-@pytest.mark.slow
 def test_imported_model_compares_with_the_extracted_one_by_id(tiny_esm2, tmp_path, fasta):
     from repalign.compare import compare_models
     from repalign.extract import extract
@@ -417,12 +416,16 @@ def test_export_refuses_to_replace_without_overwrite(tmp_path, fasta):
     (tmp_path / "out.npz").write_bytes(b"keep me")
     with pytest.raises(RepalignError, match="already exists"):
         export_features(cache, "m", tmp_path / "out.npz")
+    with pytest.raises(RepalignError, match="did not write"):  # --overwrite replaces only an earlier export
+        export_features(cache, "m", tmp_path / "out.npz", overwrite=True)
     assert (tmp_path / "out.npz").read_bytes() == b"keep me"
-    export_features(cache, "m", tmp_path / "out.npz", overwrite=True, layers=["layer.1"])
-    assert sorted(np.load(tmp_path / "out.npz").files) == ["hashes", "ids", "layer.1"]
+    export_features(cache, "m", tmp_path / "mine.npz")
+    export_features(cache, "m", tmp_path / "mine.npz", overwrite=True, layers=["layer.1"])
+    assert sorted(np.load(tmp_path / "mine.npz").files) == ["hashes", "ids", "layer.1"]
     with pytest.raises(RepalignError, match="cannot export"):
         export_features(cache, "m", tmp_path / "out.csv")
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+    # the manifest of what export wrote there; no temporary left
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".repalign-exports"]
 
 
 # ---- the command line: import -> compare -> export -----------------------------------------------

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fnmatch
+import io
 import json
 import logging
 import os
-import shutil
 import urllib.parse
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from embeddings_cache import Cache
-from embeddings_cache.atomic import atomic_files
+from embeddings_cache import Cache, new_h5_file
+from embeddings_cache.atomic import sigterm_as_interrupt
+from embeddings_cache.durable import describe_write_failure
 from repalign.errors import RepalignError
 from repalign.interop.formats import (
     ESM_HASH,
@@ -28,8 +31,13 @@ from repalign.interop.formats import (
     NPZ_OFFSETS,
     NPZ_TOKENS,
 )
+from repalign.interop.owned import Manifest, work_folder
 
 log = logging.getLogger("repalign.interop")
+
+#: the manifest of a folder receiving exports: the names export wrote there and their digests
+EXPORTS_MANIFEST = ".repalign-exports"
+EXPORT_WRITER = "repalign cache export"
 
 
 def export_format(out: str | os.PathLike) -> str:
@@ -48,61 +56,124 @@ def export_features(cache: str | os.PathLike, model: str, out: str | os.PathLike
                     max_member_bytes: int | None = None) -> Path:
     """Write one model of a cache to ``out`` (format from its suffix, see the module docstring).
 
-    layers: pooled and token layers to write (names or patterns; default all). The file appears
-    whole or not at all (written under a temporary name, then renamed); an existing ``out`` is
-    replaced only with ``overwrite``.
+    layers: pooled and token layers to write (names or patterns; default all). The output appears
+    whole or not at all: it is written in a hidden work folder beside ``out`` (removed on an error,
+    Ctrl-C or SIGTERM; by the next export there after a kill), then renamed. ``overwrite`` replaces
+    only an earlier export, unchanged since (listed in the folder's manifest ``.repalign-exports``,
+    see :mod:`repalign.interop.owned`): never another file or folder, a link, or the cache.
     """
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # '.' and 'a/..' get a real name
     fmt = export_format(out)
-    if out.exists() and not overwrite:
-        raise RepalignError(f"{out} already exists; pass --overwrite to replace it, or choose another name")
+    manifest = Manifest(out.parent, EXPORTS_MANIFEST, EXPORT_WRITER)
+    _check_target(out, Path(cache), overwrite, manifest)
+    with sigterm_as_interrupt(), Cache(cache, max_member_bytes=max_member_bytes) as c:
+        m, pooled, tokens = _chosen_layers(c, cache, model, layers, fmt)
+        with work_folder(out.parent) as work:
+            tmp = work / out.name
+            _write(fmt, m, pooled, tokens, tmp, out)
+            _check_target(out, Path(cache), overwrite, manifest)  # the folder may have changed meanwhile
+            manifest.replace(tmp, out, work)
+    if fmt in ("h5ad", "parquet") and tokens:  # said after success, so a failure stays one line
+        log.warning("model %s: token layers %s are not written to %s (per-sample rows only); export them to "
+                    ".npz or a folder of .pt files", model, tokens, fmt)
+    return out
+
+
+def _check_target(out: Path, cache: Path, overwrite: bool, manifest: Manifest) -> None:
+    """RepalignError unless ``out`` may be written: never the cache or a folder holding it, never a
+    link, and an existing output only with ``overwrite`` and only when an earlier export wrote it."""
     if not out.parent.is_dir():
         raise RepalignError(f"folder {out.parent} does not exist; create it first")
-    with Cache(cache, max_member_bytes=max_member_bytes) as c:
-        if model not in c.models:
-            raise RepalignError(f"model {model!r} is not in {cache}; it holds: {', '.join(c.models) or 'no models'}")
-        m = c[model]
-        pooled, tokens = m.layers, m.token_layers
-        if layers:
-            chosen = set()
-            for pat in layers:
-                hits = [n for n in pooled + tokens if fnmatch.fnmatchcase(n, pat)]
-                if not hits:
-                    raise RepalignError(f"model {model!r} has no layer matching {pat!r}; "
-                                        f"its layers: {', '.join((pooled + tokens)[:10])}")
-                chosen.update(hits)
-            pooled = [l for l in pooled if l in chosen]
-            tokens = [l for l in tokens if l in chosen]
-        if fmt in ("h5ad", "parquet") and tokens:
-            log.warning("model %s: token layers %s are not written to %s (per-sample rows only); export them to "
-                        ".npz or a folder of .pt files", model, tokens, fmt)
-        if fmt in ("h5ad", "parquet") and not pooled:
-            raise RepalignError(f"model {model!r} has no pooled layers to write to {fmt}; export token layers to "
-                                ".npz or a folder, or pool them first (repalign cache repool)")
-        with atomic_files([out], create=False) as (tmp,):  # the writers make a file or a folder there
-            {"h5ad": _write_h5ad, "npz": _write_npz, "parquet": _write_parquet, "pt-folder": _write_pt_folder}[fmt](
-                m, pooled, tokens, tmp)
-            if out.exists():  # a rename puts neither a folder nor a file over a folder
-                if out.is_dir() and not out.is_symlink():
-                    shutil.rmtree(out)
-                else:
-                    out.unlink()
-    return out
+    real_out, real_cache = os.path.realpath(out), os.path.realpath(cache)
+    journal = {real_cache + suffix for suffix in ("", ".parts", ".lock", ".redo", ".consolidating")}
+    if real_out in journal or real_cache.startswith(real_out.rstrip(os.sep) + os.sep):
+        raise RepalignError(f"{out} is the cache {cache}, a file of it or a folder holding it; export to another "
+                            "name (the cache is never replaced)")
+    if out.name == EXPORTS_MANIFEST:
+        raise RepalignError(f"{out}: that name is the manifest of the exports in {out.parent}; choose another name")
+    manifest.files()  # a manifest file we did not write is an error before anything is done
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink():
+        raise RepalignError(f"{out} is a symbolic link; export never replaces a link (nor what it points to): "
+                            "remove it or choose another name")
+    if not overwrite:
+        raise RepalignError(f"{out} already exists; pass --overwrite to replace an earlier export, or choose "
+                            "another name")
+    if not manifest.owns(out):
+        what = "folder" if out.is_dir() else "file"
+        raise RepalignError(f"{out} is a {what} that 'repalign cache export' did not write (or that was changed "
+                            "since); --overwrite replaces only an earlier export: move it away or choose another name")
+
+
+def _chosen_layers(c: Cache, cache, model: str, layers: Sequence[str] | None, fmt: str) -> tuple[Any, list, list]:
+    """(the model, its pooled layers, its token layers) to export: all, or those ``layers`` names."""
+    if model not in c.models:
+        raise RepalignError(f"model {model!r} is not in {cache}; it holds: {', '.join(c.models) or 'no models'}")
+    m = c[model]
+    pooled, tokens = m.layers, m.token_layers
+    if layers:
+        chosen = set()
+        for pat in layers:
+            hits = [n for n in pooled + tokens if fnmatch.fnmatchcase(n, pat)]
+            if not hits:
+                raise RepalignError(f"model {model!r} has no layer matching {pat!r}; "
+                                    f"its layers: {', '.join((pooled + tokens)[:10])}")
+            chosen.update(hits)
+        pooled = [l for l in pooled if l in chosen]
+        tokens = [l for l in tokens if l in chosen]
+    if fmt in ("h5ad", "parquet") and not pooled:
+        raise RepalignError(f"model {model!r} has no pooled layers to write to {fmt}; export token layers to "
+                            ".npz or a folder, or pool them first (repalign cache repool)")
+    return m, pooled, tokens
+
+
+#: exceptions of writers that report a failed write by its errno inside a message (h5py, torch, pyarrow)
+_ERRNO_TEXT = {"File too large": errno.EFBIG, "errno = 27": errno.EFBIG, "No space left": errno.ENOSPC,
+               "errno = 28": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT}
+
+
+def _write(fmt: str, m, pooled: list[str], tokens: list[str], tmp: Path, out: Path) -> None:
+    """Write the export to ``tmp``; a failed write (full disk, file size limit) is one line naming ``out``."""
+    writer = {"h5ad": _write_h5ad, "npz": _write_npz, "parquet": _write_parquet, "pt-folder": _write_pt_folder}[fmt]
+    try:
+        writer(m, pooled, tokens, tmp)
+    except (OSError, RuntimeError) as e:
+        code = e.errno if isinstance(e, OSError) else None
+        code = code or next((n for text, n in _ERRNO_TEXT.items() if text in str(e)), None)
+        if code is None and not isinstance(e, OSError):
+            raise
+        needed = sum(m.n_samples * 4 * max(1, _width(m, l)) for l in pooled) + (1 << 20)
+        failure = OSError(code, os.strerror(code)) if code else e
+        assert isinstance(failure, OSError)
+        raise RepalignError(describe_write_failure(failure, out, needed) + "; nothing was written") from None
+
+
+def _width(m, layer: str) -> int:
+    dims = [r["dim"] for r in m.cache.records() if r["model"] == m.name and r["name"] == layer]
+    return int(dims[0]) if dims and dims[0] is not None else 1
 
 
 def _write_h5ad(m, pooled: list[str], tokens: list[str], tmp: Path) -> None:
     try:
         import anndata
+        from anndata.io import write_elem
     except ImportError:
-        raise RepalignError("exporting to .h5ad needs anndata; pip install 'repalign[anndata]'") from None
+        try:  # anndata < 0.11
+            import anndata
+            from anndata.experimental import write_elem
+        except ImportError:
+            raise RepalignError("exporting to .h5ad needs anndata; pip install 'repalign[anndata]'") from None
     adata = m.to_anndata(layers=pooled)
+    adata.strings_to_categoricals()  # as AnnData.write_h5ad does
     settings = getattr(anndata, "settings", None)
+    override = contextlib.nullcontext()
     if settings is not None and hasattr(settings, "allow_write_nullable_strings"):
         # pandas >= 3 stores strings as arrow arrays; anndata writes them only when allowed
-        with settings.override(allow_write_nullable_strings=True):
-            adata.write_h5ad(tmp)
-    else:
-        adata.write_h5ad(tmp)
+        override = settings.override(allow_write_nullable_strings=True)
+    # what AnnData.write_h5ad writes, through a file that survives a full disk (HDF5 crashed there)
+    with override, new_h5_file(tmp) as f:
+        write_elem(f, "/", adata)
 
 
 def _write_npz(m, pooled: list[str], tokens: list[str], tmp: Path) -> None:
@@ -115,7 +186,7 @@ def _write_npz(m, pooled: list[str], tokens: list[str], tmp: Path) -> None:
         data, offsets = m.cache.read_tokens(m.name, layer)
         arrays[NPZ_TOKENS + layer], arrays[NPZ_OFFSETS + layer] = data, offsets
     with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its allow_pickle
 
 
 def _write_parquet(m, pooled: list[str], tokens: list[str], tmp: Path) -> None:
@@ -157,7 +228,9 @@ def _write_pt_folder(m, pooled: list[str], tokens: list[str], tmp: Path) -> None
         if name in names:
             name = f"{k:08d}.pt"
         names.add(name)
-        torch.save(obj, tmp / name)
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)  # written by Python: a full disk is an OSError with its errno, not torch's RuntimeError
+        (tmp / name).write_bytes(buffer.getbuffer())
     info = {"model": m.name, "pooled_layers": pooled, "token_layers": tokens, "provenance": m.provenance, "ids": ids}
     (tmp / FOLDER_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
 
