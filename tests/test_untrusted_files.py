@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import shutil
+import stat
 import subprocess
 import tracemalloc
 import zipfile
@@ -270,3 +272,197 @@ def test_max_member_bytes_is_a_plain_size_limit(tmp_path, run_main):
     _one_line_error(res, "--max-member-size 'x' is not a size")
     out = export_features(tmp_path / "c.h5", "m", tmp_path / "out.npz", max_member_bytes=1 << 20)
     assert np.load(out)["x"].shape == (2, 64)
+
+
+# ---- ids: checksummed, checked against the id index ---------------------------------------------------
+
+
+def _flip_id_byte(path: Path, stored: str, damaged: str) -> None:
+    """Replace one stored id's bytes in the file itself (the ids live in HDF5's global heap)."""
+    raw = path.read_bytes()
+    assert raw.count(stored.encode()) == 1 and len(stored) == len(damaged)
+    path.write_bytes(raw.replace(stored.encode(), damaged.encode()))
+
+
+def test_a_flipped_byte_in_a_stored_id_is_an_error_not_a_dropped_sample(tmp_path):
+    path = tmp_path / "c.h5"
+    ids = [f"sample-{i:05d}" for i in range(3000)]
+    with CacheWriter(path, "m", {"options": {}}, ["l"]) as w:
+        w.append(ids, _hashes(ids), {"l": np.ones((3000, 2), np.float32)})
+    _flip_id_byte(path, "sample-01234", "sample-0I234")
+    with Cache(path) as c:
+        with pytest.raises(CacheError, match=r"model 'm' in .*c.h5: the stored id of row 1234 \('sample-0I234'\) "
+                                             r"does not match its checksum \(1 such row\(s\)\); the file is damaged"):
+            c.ids("m")
+        with pytest.raises(CacheError, match="row 1234"):  # looked up by its true id: damaged, not "missing"
+            c.read_layer("m", "l", ids=["sample-01234"])
+        np.testing.assert_array_equal(c.read_layer("m", "l", ids=["sample-00007"]), np.ones((1, 2)))
+    with pytest.raises(CacheError, match="row 1234"):  # a writer resuming the model checks them too
+        CacheWriter(path, "m", {"options": {}}, ["l"])
+
+
+def test_ids_of_journal_parts_are_checksummed_and_old_files_stay_readable(tmp_path):
+    path = tmp_path / "c.h5"
+    ids = ["alpha-1", "alpha-2"]
+    w = CacheWriter(path, "m", {"options": {}}, ["l"])
+    w.append(ids, _hashes(ids), {"l": np.ones((2, 2), np.float32)})
+    part = next(p for p in (tmp_path / "c.h5.parts").glob("*.h5") if b"alpha-2" in p.read_bytes())
+    saved = part.read_bytes()
+    _flip_id_byte(part, "alpha-2", "alpha-Z")
+    with pytest.raises(CacheError, match=r"journal part .*: the stored id of row 1 \('alpha-Z'\)"):
+        Cache(path)
+    part.write_bytes(saved)
+    w.close()
+    # a cache written before ids had checksums: parts without id_keys, a model without an id index
+    old = tmp_path / "old.h5"
+    with CacheWriter(old, "m", {"options": {}}, ["l"]) as w:
+        w.append(ids, _hashes(ids), {"l": np.ones((2, 2), np.float32)})
+    with h5py.File(old, "r+") as f:
+        del f["models/m/id_index"]
+    with Cache(old) as c:
+        assert c.ids("m") == ids
+    w = CacheWriter(old, "m", {"options": {}}, ["l"])
+    w.append(["beta"], _hashes(["beta"]), {"l": np.ones((1, 2), np.float32)})
+    for part in (tmp_path / "old.h5.parts").glob("*.h5"):
+        with h5py.File(part, "r+") as f:
+            del f["id_keys"]
+    with Cache(old) as c:
+        assert c.ids("m") == ids + ["beta"]
+    w.close()
+    with Cache(old) as c:
+        assert c.ids("m") == ids + ["beta"] and c.read_layer("m", "l", ids=["beta"]).shape == (1, 2)
+
+
+# ---- one-line errors naming the file, the member and the fix ------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch: sparse CSR is beta, quantized tensors deprecated
+def test_unreadable_npy_npz_and_pt_files_are_one_line_errors_saying_what_they_are(tmp_path, run_main):
+    torch = pytest.importorskip("torch")
+    ones = torch.ones(3, 4)
+    files = {
+        "text.npz": (b"not a zip", "not a readable .npz file (File is not a zip file)"),
+        "text.npy": (b"plain text, no header", "is not a NumPy .npy array (no NumPy header)"),
+        "cut.npy": (_npy_header((3, 4)) + bytes(40), "declares shape (3, 4) float64 (96 B) but holds 40 B"),
+    }
+    for name, (data, _) in files.items():
+        (tmp_path / name).write_bytes(data)
+    np.savez(tmp_path / "latin1.npz", ids=np.array([b"ok", b"\xff\xfe"]), x=np.zeros((2, 3)))
+    files["latin1.npz"] = (b"", "'ids' entry 1 (b'\\xff\\xfe') is not UTF-8 text; save the ids as str")
+    (tmp_path / "zero.npy").symlink_to("/dev/zero")
+    files["zero.npy"] = (b"", "is not a regular file (a device or a pipe)")
+    tensors = {"coo.pt": (ones.to_sparse(), "is a sparse tensor (torch.sparse_coo); save a dense one"),
+               "csr.pt": ({"emb": ones.to_sparse_csr()}, "entry 'emb' is a sparse tensor (torch.sparse_csr)"),
+               "meta.pt": (torch.empty(3, 4, device="meta"), "is on the meta device, so it holds no values"),
+               "quantized.pt": (torch.quantize_per_tensor(ones, 0.1, 0, torch.qint8),
+                                "is a quantized tensor (torch.qint8); save tensor.dequantize()")}
+    for name, (value, fragment) in tensors.items():
+        torch.save(value, tmp_path / name)
+        files[name] = (b"", fragment)
+    (tmp_path / "ids.txt").write_text("a\nb\nc\n")
+    for name, (_, fragment) in files.items():
+        res = run_main("cache", "import", tmp_path / name, "-m", "m", "--ids", tmp_path / "ids.txt", "-o",
+                       tmp_path / "c.h5")
+        _one_line_error(res, str(tmp_path / name), fragment)
+        assert "pickle" not in res.stderr, name  # they said "holds Python objects that only pickle can load"
+    assert not (tmp_path / "c.h5").exists()
+
+
+def _damage_first_chunk(path: Path, dataset: str) -> None:
+    with h5py.File(path, "r") as f:
+        chunk = f[dataset].id.get_chunk_info(0)
+    raw = bytearray(path.read_bytes())
+    raw[chunk.byte_offset + 10:chunk.byte_offset + 40] = b"\x07" * 30
+    path.write_bytes(bytes(raw))
+
+
+def test_a_damaged_chunk_is_reported_with_the_file_and_the_dataset(tmp_path, run_main):
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "per-id.h5", "w") as f:
+        for i in range(3):
+            f.create_dataset(f"s{i}", data=rng.normal(size=(50, 64)).astype("f4"), compression="gzip")
+    _damage_first_chunk(tmp_path / "per-id.h5", "s1")
+    res = run_main("cache", "import", tmp_path / "per-id.h5", "-m", "m", "-o", tmp_path / "c.h5")
+    _one_line_error(res, "cannot read rows 0-49 of dataset '/s1' of", "per-id.h5", "filter returned failure",
+                    "write it again")
+    cache = _cache(tmp_path / "damaged.h5", n=5000)
+    _damage_first_chunk(cache, "models/m/ids")  # lzf, no checksum: HDF5 said only "filter returned failure"
+    for args in (("cache", "export", cache, "-m", "m", "-o", tmp_path / "out.npz"),
+                 ("compare", cache, "--a", "m", "--b", "m")):
+        _one_line_error(run_main(*args), "cannot read the ids of model 'm' in", "damaged.h5", "the file is damaged")
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_values_beyond_the_storage_dtype_are_refused_before_writing_and_name_the_flag(tmp_path, run_main):
+    x = np.ones((3000, 4))
+    x[2000, 1] = 1e300  # finite in the file, infinite as float32
+    np.save(tmp_path / "big.npy", x)
+    (tmp_path / "ids.txt").write_text("\n".join(_ids(3000)))
+    res = run_main("cache", "import", tmp_path / "big.npy", "-m", "imp", "--ids", tmp_path / "ids.txt",
+                   "-o", tmp_path / "c.h5")
+    _one_line_error(res, "layer 'layer.0' of sample 's2000' holds values beyond the float32 range")
+    assert not (tmp_path / "c.h5").exists()  # found before the first batch was written
+    x[2000, 1] = 1e5
+    np.save(tmp_path / "big.npy", x)
+    with pytest.raises(RepalignError, match=r"beyond the float16 range \(\+-65504\); import with "
+                                            r"store_dtype='float32'"):
+        import_features(tmp_path / "big.npy", tmp_path / "c.h5", "imp", ids=_ids(3000), store_dtype="float16")
+    res = run_main("cache", "import", tmp_path / "big.npy", "-m", "imp", "--ids", tmp_path / "ids.txt",
+                   "-o", tmp_path / "c.h5", "--store-dtype", "float16")
+    _one_line_error(res, "import with --store-dtype float32")
+    # the writer's own message, as extract shows it, names the flag too
+    with CacheWriter(tmp_path / "w.h5", "m", {"options": {}}, ["l"], dtype="float16") as w:
+        with pytest.raises(CacheError, match="use dtype='float32'") as info:
+            w.append(["a"], _hashes(["a"]), {"l": np.full((1, 2), 1e5)})
+    from repalign.cli import cli_message
+
+    assert cli_message(info.value).endswith("use --store-dtype float32")
+
+
+def test_new_journal_folders_and_lock_files_get_the_mode_and_group_of_the_cache(tmp_path):
+    path = _cache(tmp_path / "c.h5")
+    shutil.rmtree(tmp_path / "c.h5.parts")
+    (tmp_path / "c.h5.lock").unlink()
+    gid = next(g for g in (1, 2, 100) if g != os.getgid()) if os.getuid() == 0 else os.getgid()
+    if os.getuid() == 0:
+        os.chown(path, -1, gid)  # root:daemon
+    os.chmod(path, 0o640)
+    with CacheWriter(path, "m", {"options": {}}, ["l"]) as w:
+        w.append(["z"], _hashes(["z"]), {"l": np.ones((1, 4), np.float32)})
+    parts, lock = os.stat(tmp_path / "c.h5.parts"), os.stat(tmp_path / "c.h5.lock")
+    assert (stat.S_IMODE(parts.st_mode), parts.st_gid) == (0o750, gid)  # they were 750 root:root
+    assert (stat.S_IMODE(lock.st_mode), lock.st_gid) == (0o640, gid)  # and 644 root:root
+
+
+# ---- bounded work per structure ----------------------------------------------------------------------------
+
+
+def test_a_degenerate_crystal_is_a_one_line_error_naming_it_and_skippable(tmp_path, run_main):
+    ase = pytest.importorskip("ase")
+    from ase.build import bulk
+    from ase.io import write
+
+    # one Na atom in a 0.3 A cube: ~33,500 neighbours within 6 A, which made CHGNet's graph grow without end
+    frames = [bulk("Cu", "fcc", a=3.6), ase.Atoms("Na", cell=[0.3] * 3, pbc=True), bulk("C", "diamond", a=3.57)]
+    for frame, name in zip(frames, ("cu", "squeezed", "diamond")):
+        frame.info["id"] = name
+    write(tmp_path / "s.extxyz", frames, format="extxyz")
+    res = run_main("extract", tmp_path / "s.extxyz", "-m", "elements", "-o", tmp_path / "s.h5", "-q")
+    _one_line_error(res, "squeezed: 1 atom(s) in a 0.027 A^3 cell would have about 33,510 neighbours per atom",
+                    "pass --skip-invalid")
+    res = run_main("extract", tmp_path / "s.extxyz", "-m", "elements", "-o", tmp_path / "s.h5", "-q", "--skip-invalid")
+    assert res.returncode == 0 and "skipped 1 invalid samples: squeezed" in res.stdout, res.stderr
+    with Cache(tmp_path / "s.h5") as c:
+        assert c.ids("elements") == ["cu", "diamond"]  # diamond, the densest real crystal, passes
+    try:
+        from repalign.models import get_adapter
+
+        chgnet = get_adapter("chgnet-0.3.0")  # its checks run before any weight is loaded
+    except RepalignError:
+        return
+    from repalign.errors import InvalidInput
+    from repalign.inputs import read_inputs
+
+    squeezed = next(r for r in read_inputs(tmp_path / "s.extxyz") if r.id == "squeezed")
+    with pytest.raises(InvalidInput, match="squeezed: .* neighbours per atom within 6 A"):
+        chgnet.validate(squeezed)

@@ -55,11 +55,41 @@ def reject_elements(record: Record, model: str, supported: Collection[int], supp
         )
 
 
+#: radius of the neighbour graphs these potentials build (CHGNet's atom graph: 6 A; SevenNet 5 A)
+GRAPH_CUTOFF_A = 6.0
+#: bounds of one structure's neighbour graph: real matter has under ~200 neighbours per atom within
+#: 6 A (0.2 atoms per cubic A at most); a degenerate cell (one atom in a 0.3 A cube) asks for tens
+#: of thousands per atom, and a potential's graph (with its bond triplets) then grows without end
+MAX_NEIGHBOURS_PER_ATOM = 1000
+MAX_GRAPH_EDGES = 10_000_000
+
+
 def reject_flat_cell(record: Record) -> None:
-    """A periodic structure needs a cell of non-zero volume."""
+    """A periodic structure needs a cell of non-zero volume, and one whose neighbour graph can be
+    built (:func:`reject_dense_neighbour_graph`: every caller of this check builds one)."""
     atoms = record.payload
     if np.asarray(atoms.pbc).any() and abs(atoms.cell.volume) < 1e-6:
         raise InvalidInput(f"{record.id}: periodic structure with a zero-volume cell; give it a full cell", record.id)
+    reject_dense_neighbour_graph(record)
+
+
+def reject_dense_neighbour_graph(record: Record, cutoff: float = GRAPH_CUTOFF_A) -> None:
+    """InvalidInput naming the sample when its periodic neighbour graph would exceed the bounds
+    above. The count is estimated from the density, without building the graph: atoms per volume
+    times the volume of the cutoff sphere is the mean number of neighbours (images included)."""
+    atoms = record.payload
+    if not np.asarray(atoms.pbc).any() or len(atoms) == 0:
+        return  # no periodic images: at most atoms x (atoms - 1) edges, bounded by the structure itself
+    volume = abs(float(atoms.cell.volume))
+    per_atom = len(atoms) / volume * (4.0 / 3.0) * np.pi * cutoff**3
+    edges = per_atom * len(atoms)
+    if per_atom > MAX_NEIGHBOURS_PER_ATOM or edges > MAX_GRAPH_EDGES:
+        raise InvalidInput(
+            f"{record.id}: {len(atoms)} atom(s) in a {volume:.3g} A^3 cell would have about {per_atom:,.0f} "
+            f"neighbours per atom within {cutoff:g} A ({edges:,.0f} graph edges; at most {MAX_NEIGHBOURS_PER_ATOM:,} "
+            f"per atom and {MAX_GRAPH_EDGES:,} in all are built); check its cell and positions, or pass --skip-invalid",
+            record.id,
+        )
 
 
 def energy_outputs(energy: float, n_atoms: int) -> dict[str, float]:
