@@ -199,7 +199,10 @@ def test_an_import_killed_midway_leaves_the_cache_as_it_was_and_resumes(tmp_path
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
     assert _digest(cache) == before
     with Cache(cache) as c:
-        assert c.models == ["m"] and c.unfinished_overwrites["imp"] >= 2  # nothing of it shown, named by info
+        assert c.models == ["m"] and c.unfinished_overwrites["imp"] >= 2  # nothing of it shown
+    info = run_main("cache", "info", cache).stdout  # it showed model 'imp' with part of its samples, unflagged
+    assert "model 'imp': a run that adds it (an import) was interrupted or failed after" in info
+    assert "rerun the same command to complete it" in info and "model 'imp':" not in info.split("\n", 2)[-1]
     res = run_main("cache", "import", tmp_path / "f.npz", "-m", "imp", "-o", cache)
     assert res.returncode == 0, res.stderr
     assert "stored 20000 samples" in res.stdout and "of them stored by the interrupted run" in res.stdout
