@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints-dev.txt
 EXTRAS ?= test,zoo,germline,esmfold2,parquet,unirep,dask,faiss,baselines,datasets
 
-.PHONY: setup demo test test-fast lint bench clean
+# pytest workers: the suite is sized for the 2-core machine; more cores, more workers
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+.PHONY: setup demo test test-slow test-all lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,15 +24,20 @@ $(VENV)/.installed: pyproject.toml constraints-dev.txt
 demo: setup
 	$(BIN)/repalign demo -o demo-output
 
+# first tier: every test but those slow by nature (under 10 minutes on 2 cores)
 test: setup lint
-	$(BIN)/python -m pytest -q
+	$(PYTEST) -m "not slow"
 
-# the suite without the tests marked slow (real models, clusters, studies): minutes instead of half an hour
-test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+# second tier: the tests slow by nature (a real SLURM cluster, the studies' quick runs, the real-model
+# zoo end to end, the demo)
+test-slow: setup
+	$(PYTEST) -m slow
+
+test-all: test test-slow
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python benchmarks/bench_metrics.py

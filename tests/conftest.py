@@ -1,5 +1,6 @@
 """Shared fixtures: small real checkpoints and caches written by the tests themselves."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,26 @@ from cluster_helpers import random_fasta
 from embeddings_cache import CacheWriter
 from repalign.extract import extract
 from repalign.inputs import read_inputs
+
+
+def pytest_configure(config):
+    """Under several pytest-xdist workers, one thread per worker (and per child process it starts):
+    on the 2-core machine two workers with two threads each made torch's OpenMP waits spin against
+    numba's, and real-model tests ran up to 70x slower. A plain `pytest` keeps the default threads.
+    NUMBA_NUM_THREADS keeps its value (numba refuses a change once its threads run), so tests that
+    compare thread counts still can."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) <= 1:
+        return
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"  # children
+    import numba
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    config._thread_limits = threadpool_limits(1)  # held for the session
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+
 
 ESM_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
 

@@ -176,7 +176,6 @@ N_BATCHES = 30
 PER_WRITER = 6  # the worker consolidates every 6 batches: kills land in appends and in consolidations
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("trial", range(8))
 def test_sigkill_at_random_moments_keeps_a_prefix_and_resumes(tmp_path, trial):
     rng = random.Random(1000 + trial)

@@ -71,7 +71,6 @@ def _worker_pids(client):
     return client.run(os.getpid)  # {worker address: pid}
 
 
-@pytest.mark.slow
 def test_tcp_extraction_with_a_worker_killed_equals_single_process(scheduler, tiny_esm2, esm_inputs, tmp_path):
     records, ref = esm_inputs
     fasta = ref.parent / "in.fasta"
@@ -101,7 +100,6 @@ def test_tcp_extraction_with_a_worker_killed_equals_single_process(scheduler, ti
     assert_same_cache(out, ref, exact=False)
 
 
-@pytest.mark.slow
 def test_tcp_compare_cli_equals_single_process(scheduler, layer_cache, tmp_path):
     path, _ = layer_cache
     table = tmp_path / "t.csv"
@@ -128,7 +126,6 @@ def test_tcp_compare_cli_equals_single_process(scheduler, layer_cache, tmp_path)
     np.testing.assert_array_equal(split["score"].to_numpy(), ref[knn]["score"].to_numpy())
 
 
-@pytest.mark.slow
 def test_tcp_comparison_survives_a_killed_worker(scheduler, layer_cache):
     """SIGKILL a worker while it builds a layer state: the task is rerun elsewhere, same scores."""
     path, mats = layer_cache
@@ -167,7 +164,6 @@ def test_tcp_comparison_survives_a_killed_worker(scheduler, layer_cache):
 
 
 # ----------------------------------------------------------------------------- faults
-@pytest.mark.slow
 def test_scheduler_not_answering_is_one_line_and_writes_nothing(tiny_esm2, tmp_path):
     """Nothing listens on the port: one line within CONNECT_TIMEOUT_S (30 s), no cache, no shard folder."""
     fasta = random_fasta(tmp_path / "in.fasta", 4)

@@ -329,7 +329,6 @@ def broken_checkpoint(tiny_esm2, tmp_path):
     return broken
 
 
-@pytest.mark.slow
 def test_extract_checks_arguments_and_the_cache_before_loading_the_model(tiny_esm2, broken_checkpoint, tmp_path):
     fasta = random_fasta(tmp_path / "in.fasta", 3)
     model = f"hf:{broken_checkpoint}"  # loading it would fail: every error below comes before the load
@@ -356,7 +355,6 @@ def test_extract_checks_arguments_and_the_cache_before_loading_the_model(tiny_es
     assert Cache(cache).n_samples(MODEL_KEY) == 3
 
 
-@pytest.mark.slow
 def test_ctrl_c_during_extract_overwrite_keeps_the_old_samples(tiny_esm2, tmp_path):
     # enough samples that the run is still going when Ctrl-C lands (60 could all finish first)
     fasta = random_fasta(tmp_path / "in.fasta", 400, seed=1)
@@ -385,7 +383,6 @@ def test_ctrl_c_during_extract_overwrite_keeps_the_old_samples(tiny_esm2, tmp_pa
         assert c.n_samples(MODEL_KEY) == 400 and c.provenance(MODEL_KEY)["options"]["pool"] == "cls"
 
 
-@pytest.mark.slow
 def test_a_nan_sample_is_named_and_skip_invalid_stores_the_rest(tmp_path):
     """CHGNet gives NaN features for two atoms on one site; the issue's case, end to end."""
     ase_io = pytest.importorskip("ase.io")
@@ -416,7 +413,6 @@ def test_a_nan_sample_is_named_and_skip_invalid_stores_the_rest(tmp_path):
     assert digest(cache) != before
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["random bytes", "truncated"])
 def test_a_damaged_pytorch_model_bin_is_a_one_line_error(tmp_path, damage):
     from repalign.models.antiberty import find_weights_dir
@@ -437,7 +433,6 @@ def test_a_damaged_pytorch_model_bin_is_a_one_line_error(tmp_path, damage):
     assert not (tmp_path / "c.h5").exists()
 
 
-@pytest.mark.slow
 def test_extract_under_a_file_size_limit_is_a_one_line_error_and_a_rerun_completes(tiny_esm2, tmp_path):
     """The issue's `ulimit -f` case through the command line."""
     fasta = random_fasta(tmp_path / "in.fasta", 40, seed=2)

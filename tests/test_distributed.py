@@ -99,7 +99,6 @@ def test_shards_are_runs_of_whole_length_batches():
 
 
 # ----------------------------------------------------------------------------- extraction
-@pytest.mark.slow
 def test_distributed_extraction_equals_single_process(client, tiny_esm2, esm_inputs, tmp_path):
     records, ref = esm_inputs
     out = tmp_path / "dist.h5"
@@ -129,7 +128,6 @@ def test_second_distributed_run_on_the_same_target_is_refused(client, tiny_esm2,
     assert not out.exists()
 
 
-@pytest.mark.slow
 def test_killed_worker_loses_no_sample(client, tiny_esm2, esm_inputs, tmp_path):
     records, ref = esm_inputs
     out = tmp_path / "killed.h5"
@@ -165,7 +163,6 @@ def test_killed_worker_loses_no_sample(client, tiny_esm2, esm_inputs, tmp_path):
     assert run.stored == len(records) and run.shards >= 2
 
 
-@pytest.mark.slow
 def test_workers_paused_at_their_memory_limit_are_a_one_line_error(tiny_esm2, esm_inputs, tmp_path, monkeypatch):
     """A worker whose memory limit its model does not fit in is paused by Dask and takes no task;
     the run fails after PAUSED_TIMEOUT_S with the memory named, instead of waiting forever."""
@@ -192,7 +189,6 @@ def test_workers_paused_at_their_memory_limit_are_a_one_line_error(tiny_esm2, es
     assert not out.exists()  # nothing merged into the target
 
 
-@pytest.mark.slow
 def test_concurrent_cli_extractions_one_wins_one_fails_clearly(tiny_esm2, tmp_path):
     """Two real `repalign extract` processes on one cache: the second is refused while the first writes.
 

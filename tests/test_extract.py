@@ -12,7 +12,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 from cli_helpers import run_main
 
 from embeddings_cache import Cache
@@ -53,7 +52,6 @@ def file_digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
-@pytest.mark.slow
 def test_extract_pools_like_a_direct_model_call_and_batching_does_not_matter(tiny_esm2, tmp_path):
     fasta = random_fasta(tmp_path / "in.fasta", 12)
     records = read_inputs(fasta)
@@ -75,7 +73,6 @@ def test_extract_pools_like_a_direct_model_call_and_batching_does_not_matter(tin
             np.testing.assert_allclose(cb.read_layer(MODEL_KEY, layer, ids=[r.id])[0], ref[li], atol=2e-5)
 
 
-@pytest.mark.slow
 def test_cli_extract_resume_idempotence_options_and_tokens(tiny_esm2, tmp_path):
     fasta = random_fasta(tmp_path / "in.fasta", 10)
     cache = tmp_path / "c.h5"
@@ -110,7 +107,6 @@ def test_cli_extract_resume_idempotence_options_and_tokens(tiny_esm2, tmp_path):
     assert Cache(cache).provenance(MODEL_KEY)["options"]["pool"] == "cls"
 
 
-@pytest.mark.slow
 def test_bad_input_leaves_the_cache_exactly_as_it_was(tiny_esm2, tmp_path):
     good = random_fasta(tmp_path / "good.fasta", 4)
     cache = tmp_path / "c.h5"
@@ -141,7 +137,6 @@ def test_unknown_model_and_layer_are_one_line_errors(tmp_path):
     assert not (tmp_path / "c.h5").exists()
 
 
-@pytest.mark.slow
 def test_resume_after_sigkill_gives_the_same_cache_as_a_clean_run(tiny_esm2, tmp_path):
     fasta = random_fasta(tmp_path / "in.fasta", 40, seed=3)
     model = f"hf:{tiny_esm2}"

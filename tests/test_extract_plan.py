@@ -82,7 +82,6 @@ def test_order_batches_longest_first_on_cuda_only():
     assert order_batches([[0], [1, 3], [4]], [10, 10, 0, 10, 10], "cuda") == [[1, 3], [0], [4]]  # ties: more padded first
 
 
-@pytest.mark.slow
 def test_out_of_memory_batches_are_halved_and_features_equal_an_unsplit_run(tiny_esm2, tmp_path):
     recs = records([30, 31, 32, 33, 34, 35, 36, 60])
     plain, split = tmp_path / "plain.h5", tmp_path / "split.h5"
@@ -104,7 +103,6 @@ def test_out_of_memory_batches_are_halved_and_features_equal_an_unsplit_run(tiny
         np.testing.assert_allclose(b.read_layer(key, layer, ids=ids), a.read_layer(key, layer, ids=ids), atol=2e-5)
 
 
-@pytest.mark.slow
 def test_a_sample_that_fails_alone_is_named_and_on_cuda_fails_first(tiny_esm2, tmp_path):
     recs = records([10, 12, 14, 16, 90])
     # CPU order (shortest first): the short batches are stored, then the 90-residue sample fails alone
@@ -123,7 +121,6 @@ def test_a_sample_that_fails_alone_is_named_and_on_cuda_fails_first(tiny_esm2, t
     assert made[0].calls == [("oom", ["s4"])]
 
 
-@pytest.mark.slow
 def test_dry_run_plans_without_writing(tiny_esm2, tmp_path, capsys):
     recs = records([20, 25, 30, 35, 40, 45])
     cache = tmp_path / "c.h5"

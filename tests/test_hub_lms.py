@@ -58,7 +58,6 @@ def records():
     return [sequence_record(i, s) for i, s in SEQS.items()]
 
 
-@pytest.mark.slow
 def test_esm2_8m_from_the_hub_cache_matches_a_direct_call(hub, tmp_path):
     import torch
     from transformers import EsmModel
@@ -82,7 +81,6 @@ def test_esm2_8m_from_the_hub_cache_matches_a_direct_call(hub, tmp_path):
                                            rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_prott5_runs_the_encoder_only_with_rare_residues_as_x(hub, tmp_path):
     import torch
     from transformers import T5EncoderModel

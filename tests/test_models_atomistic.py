@@ -204,7 +204,6 @@ def test_structure_files_round_trip(tmp_path):
 # ---- the four families --------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", MAIN)
 def test_layers_shapes_and_batching(adapter, name):
     a = adapter(name)
@@ -236,7 +235,6 @@ def test_layers_shapes_and_batching(adapter, name):
         a.forward(records[:1], ["no-such-layer"])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["chgnet-0.3.0", "sevennet-0", "diep"])
 def test_energy_equals_package_calculator(adapter, name):
     a = adapter(name)
@@ -254,7 +252,6 @@ def test_energy_equals_package_calculator(adapter, name):
             assert features.outputs["energy"] == pytest.approx(expected, rel=1e-5, abs=1e-4), record.id
 
 
-@pytest.mark.slow
 def test_ani_energy_equals_torchani_and_hidden_layers_feed_the_readout(adapter):
     import torch
     from torchani.ase import Calculator
@@ -287,7 +284,6 @@ def test_ani_energy_equals_torchani_and_hidden_layers_feed_the_readout(adapter):
         assert hartree2ev(total) == pytest.approx(member0, abs=1e-3), record.id
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", MAIN)
 def test_features_invariant_to_rigid_motion_and_permutation(adapter, name):
     a = adapter(name)
@@ -309,7 +305,6 @@ def test_features_invariant_to_rigid_motion_and_permutation(adapter, name):
         assert p.outputs["energy"] == pytest.approx(b.outputs["energy"], rel=1e-5, abs=1e-3)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "bad_symbol"), [("chgnet-0.3.0", "Am"), ("sevennet-0", "Og"), ("diep", "Og"), ("ani-1x", "S")]
 )
@@ -331,7 +326,6 @@ def test_bad_inputs_raise_invalid_input_naming_the_sample(adapter, name, bad_sym
     assert err.value.sample_id == "seq-1"
 
 
-@pytest.mark.slow
 def test_chgnet_rejects_isolated_atoms_before_running(adapter):
     a = adapter("chgnet-0.3.0")
     lone = ase.Atoms("Cu", cell=[20.0, 20.0, 20.0], pbc=True)
@@ -345,7 +339,6 @@ def test_chgnet_rejects_isolated_atoms_before_running(adapter):
     assert run(a, [near])[0].tokens["conv.3"].shape == (2, 64)
 
 
-@pytest.mark.slow
 def test_periodicity_rules(adapter):
     chgnet, ani = adapter("chgnet-0.3.0"), adapter("ani-1x")
     slab = crystal_inputs()[0].payload.copy()
@@ -358,7 +351,6 @@ def test_periodicity_rules(adapter):
     assert err.value.sample_id == "box-1"
 
 
-@pytest.mark.slow
 def test_chgnet_molecule_box_leaves_no_image_within_cutoff(adapter):
     """A molecule's features equal those of the same molecule in a much larger periodic box."""
     a = adapter("chgnet-0.3.0")
@@ -374,7 +366,6 @@ def test_chgnet_molecule_box_leaves_no_image_within_cutoff(adapter):
     assert features.outputs["energy"] == pytest.approx(reference.outputs["energy"], rel=1e-6)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["chgnet-0.2.0", "chgnet-r2scan", "sevennet-l3i5", "sevennet-mf-0"])
 def test_other_checkpoints_run_and_match_their_calculator(adapter, name):
     a = adapter(name)
@@ -391,7 +382,6 @@ def test_other_checkpoints_run_and_match_their_calculator(adapter, name):
             assert features.outputs["energy"] == pytest.approx(atoms.get_potential_energy(), rel=1e-5, abs=1e-4)
 
 
-@pytest.mark.slow
 def test_sevennet_mf_fidelity_option_changes_the_model(adapter):
     from sevenn.calculator import SevenNetCalculator
 
@@ -407,7 +397,6 @@ def test_sevennet_mf_fidelity_option_changes_the_model(adapter):
     assert r2scan.provenance()["options"] == {"modal": "R2SCAN"}
 
 
-@pytest.mark.slow
 def test_every_crystal_element_is_supported_by_every_crystal_potential(adapter):
     crystals = crystal_records()
     for name in ["chgnet-0.3.0", "sevennet-0", "sevennet-l3i5", "sevennet-mf-0", "diep"]:
@@ -416,7 +405,6 @@ def test_every_crystal_element_is_supported_by_every_crystal_potential(adapter):
             a.validate(record)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", MAIN)
 def test_provenance_hashes_the_weight_files(adapter, name):
     a = adapter(name)

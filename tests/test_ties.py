@@ -117,7 +117,6 @@ def test_duplicates_are_neighbours_with_weights_summing_to_k():
     assert min(row_copies) >= 11
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("data", ["continuous", "duplicates"])
 @pytest.mark.parametrize("metric, params", [("mknn", {"k": 10}), ("cknna", {"k": 10}), ("cka", {}), ("dcor", {})])
 def test_type_one_error_with_and_without_duplicates(data, metric, params):
