@@ -82,7 +82,8 @@ def cmd_compare(args) -> int:
 
     if args.ci is not None and not 0 < args.ci < 1:
         raise RepalignError(f"--ci {args.ci} is not a confidence level; give a number between 0 and 1, e.g. 0.95")
-    if args.output:
+    to_stdout = args.output == "-"  # the table goes to stdout, so everything else goes to stderr
+    if args.output and not to_stdout:
         check_output_file(args.output, "-o")
         check_table_path(args.output)  # fail before computing anything
     token_flags = [flag for flag, value in (("--max-tokens", args.max_tokens), ("--group-by", args.group_by),
@@ -109,10 +110,11 @@ def cmd_compare(args) -> int:
     else:
         result = compare_models(args.cache, args.a, args.b, _flat(args.metric) or ["mknn"], cluster=args.cluster,
                                 search_block=args.search_block, anchors=_anchors(args.anchors), **common)
-    print(result.summary())
+    messages = sys.stderr if to_stdout else sys.stdout
+    print(result.summary(), file=messages)
     if args.output:
         path = write_table(result.table, args.output)
-        print(f"wrote {len(result.table)} rows to {path}")
+        print(f"wrote {len(result.table)} rows to {'standard output' if to_stdout else path}", file=messages)
     return 0
 
 
@@ -323,6 +325,9 @@ def cmd_plot(args) -> int:
 def cmd_report(args) -> int:
     from repalign.report import build_report  # lazy: CLI start-up
 
+    if args.cache == "-":
+        raise RepalignError("report reads a cache (HDF5), which cannot come on standard input; give the cache "
+                            "file, or draw a piped table with 'repalign plot - -o STEM'")
     path = build_report(args.cache, args.output, metrics=_flat(args.metric) or ["mknn", "cka"], k=args.k,
                         permutations=args.permutations, force=args.force, quiet=args.quiet)
     print(f"wrote {path}")
@@ -407,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(sequences), element (structures); needs --inputs")
     c.add_argument("--inputs", nargs="+", help="with --tokens: the input files the models were extracted from "
                                                "(checks one row per residue/atom; labels for --group-by)")
-    c.add_argument("-o", "--output", help="write the tidy table (.csv, .tsv or .parquet)")
+    c.add_argument("-o", "--output", help="write the tidy table (.csv, .tsv or .parquet; - for CSV on standard output)")
     c.set_defaults(func=cmd_compare)
 
     cache = sub.add_parser("cache", help="inspect a cache, import and export features, pool again")
@@ -464,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     pl = sub.add_parser("plot", help="draw a publication figure from a tidy score table (see docs/figures.md)")
-    pl.add_argument("table", help=".csv/.tsv/.parquet written by 'repalign compare -o' or 'repalign report'")
+    pl.add_argument("table", help=".csv/.tsv/.parquet written by 'repalign compare -o' or 'repalign report'; "
+                                   "- reads a CSV table from standard input")
     pl.add_argument("-o", "--output", required=True, help="output path stem: STEM.png (300 dpi), STEM.pdf, STEM.svg")
     pl.add_argument("--kind", default="layers", choices=("layers", "models", "depth", "size"),
                     help="layers: layer x layer heatmap; models: model x model matrix; depth: score vs relative "

@@ -9,7 +9,9 @@ built by hand behaves the same.
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +24,18 @@ REQUIRED_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "metric", "score
 #: the ``granularity`` column: what a row of the compared layers is; tables without it hold pooled layers
 POOLED = "pooled"
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+#: the table path meaning standard input (read_table) or standard output (write_table), always CSV
+STDIO = "-"
 
 
 # ---- files --------------------------------------------------------------------------------------
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a .csv, .tsv or .parquet score table; anything unreadable is one RepalignError naming the file."""
+    """Read a .csv, .tsv or .parquet score table, or a CSV table from standard input when ``path`` is
+    ``-``; anything unreadable is one RepalignError naming the file."""
+    if str(path) == STDIO:
+        return read_stdin_table()
     path = Path(path)
     if path.is_dir():
         raise RepalignError(f"{path} is a folder; give a .csv, .tsv or .parquet table written by 'repalign compare -o'")
@@ -60,9 +67,31 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
                             "'repalign compare -o'") from None
 
 
+def read_stdin_table(stream=None) -> pd.DataFrame:
+    """A CSV table from standard input (``repalign compare ... -o - | repalign plot - ...``)."""
+    stream = sys.stdin if stream is None else stream
+    if stream is None or stream.isatty():
+        raise RepalignError("table '-' reads standard input, which is a terminal; pipe a table in, e.g. "
+                            "'repalign compare CACHE --a A --b B -o - | repalign plot - -o heatmap'")
+    data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
+    text = data.decode("utf-8-sig", errors="replace") if isinstance(data, bytes) else data
+    if not text.strip():
+        raise RepalignError("standard input is empty; pipe a CSV table into '-', e.g. from 'repalign compare ... -o -'")
+    if "\0" in text[:4096]:
+        raise RepalignError("standard input is binary, not a CSV table; pipe the CSV written by 'repalign compare -o -'")
+    try:
+        return pd.read_csv(io.StringIO(text), float_precision="round_trip")
+    except (ValueError, pd.errors.ParserError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RepalignError(f"standard input is not a readable CSV table ({detail}); pipe the table written by "
+                            "'repalign compare -o -'") from None
+
+
 def check_table_path(path: str | os.PathLike) -> Path:
     """An output table path that can be written: known suffix, existing folder, not a folder itself
-    (checked before any computation)."""
+    (checked before any computation); ``-`` is standard output (CSV)."""
+    if str(path) == STDIO:
+        return Path(STDIO)
     path = Path(path)
     if path.suffix.lower() not in TABLE_SUFFIXES:
         raise RepalignError(f"{path}: unknown table format {path.suffix!r}; use a .csv, .tsv or .parquet file name")
@@ -79,8 +108,13 @@ def check_table_path(path: str | os.PathLike) -> Path:
 
 
 def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a tidy table atomically (a temporary file renamed into place), so no partial table is left."""
+    """Write a tidy table atomically (a temporary file renamed into place), so no partial table is left;
+    ``-`` writes CSV to standard output."""
     path = check_table_path(path)
+    if str(path) == STDIO:
+        table.to_csv(sys.stdout, index=False)
+        sys.stdout.flush()
+        return path
     with atomic_files([path]) as (tmp,):
         if path.suffix.lower() == ".parquet":
             table.to_parquet(tmp, index=False)

@@ -1,0 +1,73 @@
+"""Command-line input and output: tables through pipes ('-'), machine-readable listings (--json),
+model availability, repeatable --model, exports that import back exactly, and portable caches."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from cli_helpers import run_main
+
+from embeddings_cache import CacheWriter
+
+N_SAMPLES = 40
+
+
+def write_two_model_cache(path, n: int = N_SAMPLES):
+    """A cache with models A (2 layers) and B (1 layer) over the same n samples."""
+    rng = np.random.default_rng(0)
+    ids = [f"s{i}" for i in range(n)]
+    hashes = [f"{i:064x}" for i in range(n)]
+    base = rng.standard_normal((n, 6)).astype(np.float32)
+    for model, dims in (("A", (8, 5)), ("B", (7,))):
+        names = [f"layer.{i}" for i in range(len(dims))]
+        arrays = {nm: base @ rng.standard_normal((6, d)).astype(np.float32) for nm, d in zip(names, dims)}
+        with CacheWriter(path, model, provenance={"options": {}}, layers=names) as writer:
+            writer.append(ids, hashes, arrays)
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_model_cache(tmp_path_factory):
+    return write_two_model_cache(tmp_path_factory.mktemp("cli_io") / "cache.h5")
+
+
+# ---- 1. '-' as a table path ---------------------------------------------------------------------------
+
+
+def test_compare_writes_csv_to_stdout_and_messages_to_stderr(two_model_cache):
+    res = run_main("compare", two_model_cache, "--a", "A", "--b", "B", "--metric", "mknn", "cka", "--k", "5", "-o", "-")
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(io.StringIO(res.stdout))
+    assert len(table) == 4 and set(table["metric"]) == {"mutual_knn", "cka"}
+    assert "wrote 4 rows to standard output" in res.stderr
+
+
+def test_plot_reads_a_table_from_stdin(two_model_cache, tmp_path):
+    table = run_main("compare", two_model_cache, "--a", "A", "--b", "B", "--k", "5", "-o", "-").stdout
+    res = run_main("plot", "-", "-o", tmp_path / "heatmap", "--format", "png", stdin=table)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "heatmap.png").stat().st_size > 0
+
+
+def test_stdin_table_errors_are_one_line(two_model_cache, tmp_path):
+    res = run_main("plot", "-", "-o", tmp_path / "x", stdin="")
+    assert res.returncode == 1 and res.stderr.startswith("repalign: error: standard input is empty")
+    res = run_main("report", "-", "-o", tmp_path / "report")
+    assert res.returncode == 1 and "repalign plot -" in res.stderr and len(res.stderr.splitlines()) == 1
+
+
+def test_compare_output_pipes_into_pandas(two_model_cache):
+    """The real pipe: compare's stdout is a CSV that another program reads, whatever is logged."""
+    compare = subprocess.Popen([sys.executable, "-m", "repalign", "compare", str(two_model_cache), "--a", "A",
+                                "--b", "B", "--k", "5", "-o", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader = subprocess.run([sys.executable, "-c", "import pandas as pd, sys; t = pd.read_csv(sys.stdin); "
+                             "print(len(t), sorted(t['layer_a']))"], stdin=compare.stdout, capture_output=True, text=True)
+    compare.stdout.close()
+    assert compare.wait() == 0, compare.stderr.read()
+    assert reader.returncode == 0, reader.stderr
+    assert reader.stdout.strip() == "2 ['layer.0', 'layer.1']"
