@@ -14,7 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from embeddings_cache.durable import OverlayReader, read_lock, read_redo
+from embeddings_cache.durable import OverlayReader, read_lock, read_redo, redo_path
 from embeddings_cache.errors import CacheError
 from embeddings_cache.format import (
     HASHES,
@@ -36,6 +36,7 @@ from embeddings_cache.format import (
     check_format,
     check_id_keys,
     check_regular,
+    consolidating_path,
     few,
     first_line,
     id_keys,
@@ -44,6 +45,7 @@ from embeddings_cache.format import (
     lock_path,
     open_h5,
     packed_strings,
+    parts_dir,
 )
 from embeddings_cache.journal import applied_uuids, model_header, part_info, plan_parts
 from embeddings_cache.model import CachedModel
@@ -571,6 +573,38 @@ class Cache:
                     )
         return records
 
+    def files_beside(self) -> list[dict[str, str]]:
+        """The files next to the cache that belong to it (docs/cache-format.md): path and role of each
+        one present. A copy of the cache needs the journal and redo log when they are there."""
+        roles = (
+            (lock_path(self._file), "lock file of the cache's writers and readers; part of the format: keep it, "
+                                    "never delete it while a command writes the cache"),
+            (parts_dir(self._file), f"journal: {self.n_pending_parts} completed batch(es) not yet in the main file; "
+                                    "copy it with the cache, or run any write (e.g. 'repalign extract') to fold it in"),
+            (redo_path(self._file), "redo log of an interrupted commit; copy it with the cache, the next write applies it"),
+            (consolidating_path(self._file), "the next main file of an interrupted overwrite; the next write removes it"),
+        )
+        return [{"path": str(path), "role": role} for path, role in roles if os.path.lexists(path)]
+
+    def info(self) -> dict[str, Any]:
+        """What ``repalign cache info --json`` prints, with stable keys (docs/cache-format.md, "cache info"):
+        path, format_version, pending_batches, unfinished_runs {model: batches}, files_beside [{path,
+        role}], models [{name, n_samples, dtype, pooled_layers, token_layers, outputs, provenance}],
+        each array as {name, position, rows, dim, dtype}."""
+        records = self.records()
+        models = []
+        for model in self.models:
+            view = self._view(model)
+            mine = [r for r in records if r["model"] == model]
+            arrays = {kind: [{key: r[key] for key in ("name", "position", "rows", "dim", "dtype")}
+                             for r in mine if r["kind"] == kind] for kind in ("pooled", "tokens", "output")}
+            models.append({"name": model, "n_samples": int(view.n), "dtype": view.header["dtype"],
+                           "pooled_layers": arrays["pooled"], "token_layers": arrays["tokens"],
+                           "outputs": arrays["output"], "provenance": view.header["provenance"]})
+        return {"path": str(self.path), "format_version": int(self.format_version),
+                "pending_batches": int(self.n_pending_parts), "unfinished_runs": dict(self.unfinished_overwrites),
+                "files_beside": self.files_beside(), "models": models}
+
     def describe(self) -> str:
         """Human-readable summary: models, layers in stored order, shapes, dtypes, counts, provenance."""
         records = self.records()
@@ -606,6 +640,8 @@ class Cache:
             prov = json.dumps(view.header["provenance"], sort_keys=True, indent=2).splitlines()
             lines.append("  provenance: " + prov[0])
             lines.extend("  " + line for line in prov[1:])
+        lines.append("files beside the cache (part of it):")
+        lines.extend(f"  {Path(f['path']).name}: {f['role']}" for f in self.files_beside())
         return "\n".join(lines)
 
     # ---- internals ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ shows the traceback instead. Each subcommand imports the modules it runs when it
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import stat
@@ -132,7 +133,8 @@ def _anchors(value: str | None):
 def cmd_cache_info(args) -> int:
     from embeddings_cache import Cache  # lazy: CLI start-up
 
-    print(Cache(args.cache).describe())
+    with Cache(args.cache) as cache:
+        print(json.dumps(cache.info(), indent=1, default=str) if args.json else cache.describe())
     return 0
 
 
@@ -235,9 +237,12 @@ def print_extraction_plan(records, models, output, settings) -> int:
 
 
 def cmd_models(args) -> int:
-    from repalign.zoo import describe_models  # lazy: CLI start-up
+    from repalign.zoo import describe_models, model_table  # lazy: CLI start-up
 
-    print(describe_models(show_layers=args.layers))
+    if args.json:
+        print(json.dumps(model_table(), indent=1))
+    else:
+        print(describe_models(show_layers=args.layers))
     return 0
 
 
@@ -419,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
     info = cache_sub.add_parser("info", help="models, layers, shapes, dtypes, sample counts and provenance")
     info.add_argument("cache")
+    info.add_argument("--json", action="store_true", help="print one JSON object (keys in docs/cache-format.md)")
     info.set_defaults(func=cmd_cache_info)
 
     im = cache_sub.add_parser("import", help="store features computed elsewhere (.npy .npz .pt ESM folder .h5 .h5ad)")
@@ -461,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list registered models, their modality, layers, weights and licence")
     m.add_argument("--layers", action="store_true", help="also list every model's layer names")
+    m.add_argument("--json", action="store_true", help="print a JSON list, one object per model (keys in the README)")
     m.set_defaults(func=cmd_models)
 
     d = sub.add_parser("demo", help="run the offline end-to-end study on bundled real models and data")

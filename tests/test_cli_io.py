@@ -4,6 +4,7 @@ model availability, repeatable --model, exports that import back exactly, and po
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 
@@ -71,3 +72,32 @@ def test_compare_output_pipes_into_pandas(two_model_cache):
     assert compare.wait() == 0, compare.stderr.read()
     assert reader.returncode == 0, reader.stderr
     assert reader.stdout.strip() == "2 ['layer.0', 'layer.1']"
+
+
+# ---- 2. --json on models and cache info ------------------------------------------------------------------
+
+
+def test_models_json_has_stable_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty Hugging Face cache
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    res = run_main("models", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = {row["name"]: row for row in json.loads(res.stdout)}
+    keys = {"name", "family", "modality", "input", "available", "why_unavailable", "n_layers", "layers",
+            "license", "extra", "weights"}
+    assert all(set(row) == keys for row in rows.values())
+    assert rows["antiberty"]["available"] and rows["antiberty"]["n_layers"] == len(rows["antiberty"]["layers"]) > 1
+
+
+def test_cache_info_json_describes_models_arrays_and_files_beside(two_model_cache):
+    res = run_main("cache", "info", two_model_cache, "--json")
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert set(info) == {"path", "format_version", "pending_batches", "unfinished_runs", "files_beside", "models"}
+    by_name = {m["name"]: m for m in info["models"]}
+    assert by_name["A"]["n_samples"] == N_SAMPLES and by_name["A"]["dtype"] == "float32"
+    assert [(a["name"], a["rows"], a["dim"]) for a in by_name["A"]["pooled_layers"]] == [
+        ("layer.0", N_SAMPLES, 8), ("layer.1", N_SAMPLES, 5)]
+    assert by_name["B"]["token_layers"] == [] and isinstance(by_name["B"]["provenance"], dict)
+    lock = [f for f in info["files_beside"] if f["path"].endswith("cache.h5.lock")]
+    assert lock and "part of the format" in lock[0]["role"]
