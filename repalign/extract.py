@@ -38,8 +38,7 @@ from repalign.extract_options import (
 )
 from repalign.extract_plan import Retry, forward_with_retry, length_batches, order_batches
 from repalign.inputs import Record
-from repalign.models import ModelAdapter, SampleFeatures
-from repalign.options import check_options
+from repalign.models import ModelAdapter, SampleFeatures, check_options
 from repalign.pooling import pool_rows
 
 log = logging.getLogger("repalign.extract")

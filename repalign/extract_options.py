@@ -20,8 +20,7 @@ import numpy as np
 
 from repalign.errors import InvalidInput, RepalignError
 from repalign.inputs import Record
-from repalign.models import ModelAdapter, get_adapter
-from repalign.options import options_for_model
+from repalign.models import ModelAdapter, get_adapter, options_for_model
 from repalign.pooling import POOLINGS as VECTOR_POOLINGS
 
 #: per-sample poolings (repalign.pooling), and "none": token features only

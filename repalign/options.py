@@ -5,11 +5,14 @@
 ``MODEL`` alone (``--option iglm:single_chain=heavy``), and an option ``MODEL`` does not take is an
 error. The model part is everything before the last ``:``, so ``hf:`` names work too
 (``hf:/ckpt/esm2:KEY=VALUE``).
+
+These are the routing rules over declared option names; the registry (:mod:`repalign.models`)
+applies them with each adapter's ``OPTIONS`` (``options_for_model``, ``check_options``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from repalign.errors import RepalignError
 
@@ -20,53 +23,30 @@ def split_key(key: str) -> tuple[str | None, str]:
     return (model.strip().lower(), name.strip()) if sep else (None, key.strip())
 
 
-def accepted_options(model: str) -> tuple[str, ...] | None:
-    """The option names a model's adapter declares; None when it declares none (it gets them all)."""
-    from repalign.models import get_adapter_class  # lazy: circular (repalign.models imports this module)
-
-    return get_adapter_class(model).option_names()
-
-
-def resolve_scoped(model: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``options`` with the scoped entries resolved for ``model``: ``MODEL:KEY`` becomes ``KEY``, other
-    models' entries are dropped, plain entries are kept (the adapter rejects those it does not take).
-    A scoped value wins over a plain one."""
+def route_options(model: str, options: Mapping[str, Any] | None, accepted: tuple[str, ...] | None) -> dict[str, Any]:
+    """The options that reach ``model``: its scoped ones, and the plain ones in ``accepted`` (all
+    plain ones when ``accepted`` is None: the adapter rejects those it does not take). A scoped
+    value wins over a plain one; other models' scoped entries are dropped."""
     me = model.strip().lower()
-    plain, scoped = {}, {}
+    plain: dict[str, Any] = {}
+    scoped: dict[str, Any] = {}
     for key, value in (options or {}).items():
         owner, name = split_key(key)
         if owner is None:
-            plain[name] = value
+            if accepted is None or name in accepted:
+                plain[name] = value
         elif owner == me:
             scoped[name] = value
     return {**plain, **scoped}
 
 
-def options_for_model(model: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The options that reach ``model``: its scoped ones, and the plain ones its adapter accepts."""
-    if not options:
-        return {}
-    me = model.strip().lower()
-    accepted = accepted_options(model)
-    out: dict[str, Any] = {}
-    scoped: dict[str, Any] = {}
-    for key, value in options.items():
-        owner, name = split_key(key)
-        if owner is None:
-            if accepted is None or name in accepted:
-                out[name] = value
-        elif owner == me:
-            scoped[name] = value
-    out.update(scoped)  # a scoped value wins over a plain one
-    return out
-
-
-def check_options(options: Mapping[str, Any] | None, models: Sequence[str]) -> None:
-    """RepalignError when a scoped option names a model not in the run, or no model takes a plain one."""
+def check_routing(options: Mapping[str, Any] | None, accepted: Mapping[str, tuple[str, ...] | None]) -> None:
+    """RepalignError when a scoped option names a model not in ``accepted`` (model -> the option names
+    it takes, None: undeclared), or no model takes a plain one."""
     if not options:
         return
-    names = {m.strip().lower(): m for m in models}
-    accepted = {m: accepted_options(m) for m in models}
+    models = list(accepted)
+    names = {m.strip().lower() for m in models}
     for key in options:
         owner, name = split_key(key)
         if not name:

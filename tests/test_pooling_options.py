@@ -67,7 +67,7 @@ def test_extract_max_and_last_pool_the_stored_token_rows_and_repool_matches(tiny
 
 
 def test_plain_options_reach_the_models_that_take_them_and_scoped_ones_their_model():
-    from repalign.options import check_options, options_for_model
+    from repalign.models import check_options, options_for_model
 
     opts = {"single_chain": "heavy"}
     assert options_for_model("iglm", opts) == {"single_chain": "heavy"}
@@ -86,7 +86,7 @@ def test_plain_options_reach_the_models_that_take_them_and_scoped_ones_their_mod
 def test_antiberty_and_iglm_in_one_run_with_a_plain_or_a_scoped_option():
     """The run that used to fail with "model antiberty: unknown option(s) single_chain"."""
     from repalign.extract_options import ExtractOptions, plan_model
-    from repalign.options import check_options
+    from repalign.models import check_options
 
     pytest.importorskip("iglm")
     records = [sequence_record("h1", "EVQLVESGGGLVQPGGSLRLSCAASGFTFSSYAMSWVRQAPGKGLEWVS")]
@@ -115,3 +115,20 @@ def test_get_adapter_resolves_scoped_options_for_any_caller():
     assert a.options == {"species": "mouse", "single_chain": "heavy"}
     with pytest.raises(RepalignError, match="unknown option"):  # plain options still checked by the adapter
         get_adapter("antiberty", single_chain="heavy")
+
+
+def test_a_plain_option_of_ani_reaches_ani_and_not_a_baseline_in_the_same_run():
+    """The run that used to fail with "model elements: unknown option(s) member": baselines declare OPTIONS."""
+    from repalign.datasets.structures import molecule_records
+    from repalign.extract_options import ExtractOptions, plan_model
+    from repalign.models import check_options, options_for_model
+
+    opts = {"member": "0"}
+    check_options(opts, ["ani-1x", "elements"])
+    assert options_for_model("elements", opts) == {}
+    assert options_for_model("ani-1x", opts) == {"member": "0"}
+    pytest.importorskip("torchani")
+    records = [r for r in molecule_records(None) if r.id in ("H2O", "CH3CH2OH")]
+    plans = {m: plan_model(m, records, ExtractOptions(options=opts)) for m in ("ani-1x", "elements")}
+    assert plans["elements"].adapter.options == {}
+    assert plans["ani-1x"].adapter.options["member"] in ("0", 0)

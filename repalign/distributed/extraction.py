@@ -36,8 +36,7 @@ from repalign.extract import ModelRun, extract_model, load_model, model_writer, 
 from repalign.extract_options import ExtractOptions, ModelPlan, adapter_name, dataset_provenance, split_stored
 from repalign.extract_plan import length_batches, stored_hashes
 from repalign.inputs import Record
-from repalign.models import ModelAdapter
-from repalign.options import options_for_model
+from repalign.models import ModelAdapter, options_for_model
 
 log = logging.getLogger("repalign.distributed")
 

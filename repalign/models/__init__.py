@@ -8,14 +8,14 @@ spec ``NAME@random:SEED`` (:mod:`repalign.models.controls`), not registry lines.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, cast
 
 from repalign.errors import ModelUnavailable, RepalignError
 from repalign.models._common import package_versions, provenance_record, sha256_of_file, sha256_of_files
 from repalign.models._sequence import hub_cache_dir, hub_offline
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 from repalign.models.controls import parse_control, randomized
-from repalign.options import resolve_scoped
+from repalign.options import check_routing, route_options
 
 if TYPE_CHECKING:  # adapter modules are imported only when used
     from repalign.models.hf_protein_lm import HFProteinLM
@@ -90,7 +90,7 @@ def get_adapter(
     Options scoped to a model (``MODEL:KEY``, see :mod:`repalign.options`) reach that model only;
     ``NAME@random:SEED`` gives the random-initialised control of NAME (:mod:`repalign.models.controls`).
     """
-    options = resolve_scoped(name, options)
+    options = route_options(name, options, None)  # plain options all reach a model named directly: it rejects the ones it does not take
     control = parse_control(name)
     if control is not None:
         return randomized(get_adapter(control[0], weights=weights, device=device, dtype=dtype, **options), control[1])
@@ -104,8 +104,23 @@ def get_adapter(
     return cls(weights=weights, device=device, dtype=dtype, **options)
 
 
+def options_for_model(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options of a run that reach model ``name``: its scoped ones, and the plain ones its adapter
+    declares in ``OPTIONS`` (every plain one when it declares none)."""
+    if not options:
+        return {}
+    return route_options(name, options, get_adapter_class(name).option_names())
+
+
+def check_options(options: Mapping[str, Any] | None, models: Sequence[str]) -> None:
+    """RepalignError when a scoped option names a model not in the run, or no model takes a plain one."""
+    if options:
+        check_routing(options, {m: get_adapter_class(m).option_names() for m in models})
+
+
 __all__ = [
     "REGISTRY", "ModelAdapter", "ModelInfo", "SampleFeatures", "get_adapter", "get_adapter_class", "model_names",
+    "check_options", "options_for_model",
     # for adapters defined outside this package (esmfold2_model) and for imported features
     "hub_cache_dir", "hub_offline", "package_versions", "provenance_record", "sha256_of_file", "sha256_of_files",
 ]

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from repalign.errors import ModelUnavailable, RepalignError
+from repalign.errors import ModelUnavailable
 
 if TYPE_CHECKING:
     from repalign.models.base import ModelAdapter
@@ -67,14 +67,6 @@ def package_dir(module: str) -> Path | None:
     """Folder of an installed package (where its shipped weights live), or None when not installed."""
     spec = importlib.util.find_spec(module)
     return Path(spec.origin).parent if spec and spec.origin else None
-
-
-def reject_unknown_options(model: str, options: Mapping[str, Any], known: Sequence[str] = ()) -> None:
-    """RepalignError naming the options a model does not take and the ones it does."""
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        valid = ", ".join(known) if known else "none"
-        raise RepalignError(f"model {model}: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
 
 
 def raise_if_unavailable(adapter: ModelAdapter, name: str | None = None) -> None:

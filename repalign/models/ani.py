@@ -48,7 +48,7 @@ from repalign.models._atomistic import (
     reject_elements,
     reject_empty,
 )
-from repalign.models._common import missing_modules, package_dir, provenance_record, reject_unknown_options, sha256_of_file
+from repalign.models._common import missing_modules, package_dir, provenance_record, sha256_of_file
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
 ELEMENTS = ("H", "C", "N", "O")
@@ -91,7 +91,6 @@ class ANI1xAdapter(ModelAdapter):
 
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
-        reject_unknown_options(self.info.name, self.options, self.OPTIONS)
         member = self.options.get("member", 0)
         try:
             member = int(member)

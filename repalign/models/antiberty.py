@@ -44,7 +44,6 @@ from repalign.models._common import (
     missing_modules,
     package_dir,
     provenance_record,
-    reject_unknown_options,
     sha256_of_file,
     sha256_of_files,
 )
@@ -217,7 +216,6 @@ class AntiBERTy(ModelAdapter):
     OPTIONS = ()
 
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
-        reject_unknown_options("antiberty", options, self.OPTIONS)
         check_device_dtype(device, dtype)
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
         self._encoder: AntiBERTyEncoder | None = None

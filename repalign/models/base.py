@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from repalign.errors import InvalidInput
+from repalign.errors import InvalidInput, RepalignError
 from repalign.inputs import Record
 
 MODALITIES = ("antibody sequence", "protein sequence", "protein structure", "crystal", "molecule")
@@ -55,6 +55,14 @@ class SampleFeatures:
     outputs: dict[str, float] = field(default_factory=dict)
 
 
+def reject_unknown_options(model: str, options: Mapping[str, Any], known: Sequence[str] = ()) -> None:
+    """RepalignError naming the options a model does not take and the ones it does."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        valid = ", ".join(known) if known else "none"
+        raise RepalignError(f"model {model}: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
+
+
 class ModelAdapter(abc.ABC):
     """Base class of every model family. Subclasses set ``info`` and implement the abstract methods."""
 
@@ -63,14 +71,17 @@ class ModelAdapter(abc.ABC):
     default_pooling: ClassVar[str] = "mean"
     #: largest input size (tokens or atoms) the model accepts; None for no limit
     max_size: ClassVar[int | None] = None
-    #: names of the options (``--option KEY=VALUE``) the adapter takes; None: not declared, so every
-    #: plain option reaches it (see repalign.options)
+    #: names of the options (``--option KEY=VALUE``) the adapter takes, checked on construction;
+    #: None: not declared, so every plain option reaches it and the adapter checks them itself
     OPTIONS: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
         """weights: a local directory/file (or hub id resolved offline) overriding the default weights.
         options: model-specific extraction options (``--option KEY=VALUE``), validated by the adapter
         and recorded in the provenance, so a changed option is detected on resume."""
+        declared = self.option_names()
+        if declared is not None:
+            reject_unknown_options(self.info.name, options, declared)
         self.weights = weights
         self.device = device
         self.dtype = dtype

@@ -29,7 +29,7 @@ import numpy as np
 from repalign.errors import InvalidInput, RepalignError
 from repalign.inputs import Record
 from repalign.models._atomistic import check_layers, reject_empty, reject_flat_cell
-from repalign.models._common import missing_modules, package_versions, reject_unknown_options
+from repalign.models._common import missing_modules, package_versions
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
 MAX_Z = 94
@@ -76,10 +76,7 @@ class ElementComposition(_StructureBaseline):
         description="one-hot of each atom's element (Z 1-94); mean-pooled = composition; molecules and crystals",
     )
     layer = "elements"
-
-    def __init__(self, weights=None, device="cpu", dtype="float32", **options):
-        super().__init__(weights=weights, device=device, dtype=dtype, **options)
-        reject_unknown_options(self.info.name, self.options)
+    OPTIONS = ()
 
     def validate(self, record: Record) -> None:
         super().validate(record)
@@ -119,7 +116,6 @@ def _positive(model: str, name: str, value, cast):
 
 class _DscribeBaseline(_StructureBaseline):
     packages = ("dscribe", "ase")
-    known: tuple[str, ...] = ()
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -129,7 +125,6 @@ class _DscribeBaseline(_StructureBaseline):
 
     def __init__(self, weights=None, device="cpu", dtype="float32", **options):
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
-        reject_unknown_options(self.info.name, self.options, self.known)
         self.species = _species_option(self.info.name, self.options.get("species"))
         self.options["species"] = ",".join(self.species)
         self._descriptors: dict[bool, Any] = {}
@@ -162,7 +157,7 @@ class Soap(_DscribeBaseline):
         description="SOAP power spectrum per atom (DScribe); --option species=..., r_cut, n_max, l_max, compression",
     )
     layer = "soap"
-    known = ("species", "r_cut", "n_max", "l_max", "compression")
+    OPTIONS = ("species", "r_cut", "n_max", "l_max", "compression")
 
     def __init__(self, weights=None, device="cpu", dtype="float32", **options):
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
@@ -189,7 +184,7 @@ class Acsf(_DscribeBaseline):
         description="Behler-Parrinello symmetry functions per atom (G2 radial, G4 angular; DScribe); --option species=..., r_cut",
     )
     layer = "acsf"
-    known = ("species", "r_cut")
+    OPTIONS = ("species", "r_cut")
     #: G2 (eta in 1/A^2, R_s in A): 8 Gaussian shells from 0.5 to 5 A; G4 (eta, zeta, lambda)
     G2 = tuple((4.0, r) for r in np.linspace(0.5, 5.0, 8).round(3))
     G4 = ((0.005, 1.0, 1.0), (0.005, 1.0, -1.0), (0.005, 4.0, 1.0), (0.005, 4.0, -1.0))

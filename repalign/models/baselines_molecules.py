@@ -22,7 +22,7 @@ import numpy as np
 from repalign.errors import InvalidInput, RepalignError
 from repalign.inputs import Record
 from repalign.models._atomistic import check_layers, reject_empty
-from repalign.models._common import missing_modules, package_versions, reject_unknown_options
+from repalign.models._common import missing_modules, package_versions
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
 RADII = (0, 1, 2, 3)
@@ -55,10 +55,10 @@ class MorganFingerprint(ModelAdapter):
         license="MIT (repalign); BSD-3-Clause (RDKit)", weights="none: hand-crafted",
         description="Morgan count fingerprint rows per atom (radius 0-3, RDKit) from 3D connectivity; --option fp_size=N",
     )
+    OPTIONS = ("fp_size",)
 
     def __init__(self, weights=None, device="cpu", dtype="float32", **options):
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
-        reject_unknown_options(self.info.name, self.options, ("fp_size",))
         try:
             size = int(self.options.get("fp_size", 2048))
         except (TypeError, ValueError):

@@ -20,14 +20,13 @@ Inputs take the 20 standard residues only (an ``X`` has no BLOSUM62 row here and
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from repalign.errors import RepalignError
 from repalign.inputs import Record
 from repalign.models._atomistic import check_layers
-from repalign.models._common import reject_unknown_options
 from repalign.models._sequence import STANDARD_AMINO_ACIDS, check_sequence_record
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
@@ -62,11 +61,7 @@ BLOSUM62 = np.array([[int(v) for v in row.split()] for row in BLOSUM62_ROWS.stri
 class _SequenceBaseline(ModelAdapter):
     """Sequence input (1 or 2 chains of standard residues), float32 rows, ``level = baseline``."""
 
-    known_options: tuple[str, ...] = ()
-
-    def __init__(self, weights=None, device="cpu", dtype="float32", **options):
-        super().__init__(weights=weights, device=device, dtype=dtype, **options)
-        reject_unknown_options(self.info.name, self.options, self.known_options)
+    OPTIONS: ClassVar[tuple[str, ...] | None] = ()
 
     def load(self) -> None:
         if self.dtype != "float32":
@@ -143,7 +138,7 @@ class Blosum62Profile(_SequenceBaseline):
 
 class OneHotPositions(_SequenceBaseline):
     info = _info("onehot", "one-hot of (chain, position, residue), positions from each chain start up to max_length (option, default 160)")
-    known_options = ("max_length",)
+    OPTIONS = ("max_length",)
 
     def __init__(self, weights=None, device="cpu", dtype="float32", **options):
         super().__init__(weights=weights, device=device, dtype=dtype, **options)

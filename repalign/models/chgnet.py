@@ -47,7 +47,7 @@ from repalign.models._atomistic import (
     reject_flat_cell,
     split_by_structure,
 )
-from repalign.models._common import captured_outputs, provenance_record, reject_unknown_options, sha256_of_file
+from repalign.models._common import captured_outputs, provenance_record, sha256_of_file
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
 _LICENSE = "BSD-3-Clause-LBNL (modified BSD; chgnet package LICENSE)"
@@ -85,7 +85,6 @@ class CHGNetAdapter(ModelAdapter):
 
     def load(self) -> None:
         check_loadable(self)
-        reject_unknown_options(self.info.name, self.options, self.OPTIONS)
         import torch
         from chgnet.model import CHGNet
 

@@ -38,7 +38,7 @@ from repalign.models._atomistic import (
     reject_flat_cell,
     split_by_structure,
 )
-from repalign.models._common import captured_outputs, provenance_record, reject_unknown_options, sha256_of_file
+from repalign.models._common import captured_outputs, provenance_record, sha256_of_file
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
 _WEIGHT_FILES = ("model.json", "model.pt", "state.pt")
@@ -80,7 +80,6 @@ class DIEPAdapter(ModelAdapter):
 
     def load(self) -> None:
         check_loadable(self)
-        reject_unknown_options(self.info.name, self.options, self.OPTIONS)
         from diep.ext.ase import Atoms2Graph
         from diep.pretrained import load_potential
 

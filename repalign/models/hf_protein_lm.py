@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from repalign.errors import ModelUnavailable, RepalignError
 from repalign.inputs import Record
-from repalign.models._common import missing_modules, provenance_record, raise_if_unavailable, reject_unknown_options, sha256_of_files
+from repalign.models._common import missing_modules, provenance_record, raise_if_unavailable, sha256_of_files
 from repalign.models._sequence import (
     assemble,
     chain_rows,
@@ -42,7 +42,7 @@ from repalign.models._sequence import (
     start_forward,
     torch_dtype,
 )
-from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
+from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures, reject_unknown_options
 
 # ---- the adapter ------------------------------------------------------------------------------
 
@@ -67,7 +67,7 @@ class HFProteinLM(ModelAdapter):
         path_or_repo = str(path_or_repo).strip()
         if not path_or_repo:
             raise RepalignError("hf: needs a checkpoint, e.g. hf:facebook/esm2_t6_8M_UR50D or hf:/path/to/checkpoint")
-        reject_unknown_options(f"hf:{path_or_repo}", options, self.OPTIONS)
+        reject_unknown_options(f"hf:{path_or_repo}", options, self.OPTIONS)  # names the checkpoint, unlike the base class check
         check_device_dtype(device, dtype)
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
         self.path_or_repo = path_or_repo

@@ -45,7 +45,6 @@ from repalign.models._common import (
     missing_modules,
     package_dir,
     provenance_record,
-    reject_unknown_options,
     sha256_of_files,
 )
 from repalign.models._sequence import (
@@ -93,7 +92,6 @@ class IgFold(ModelAdapter):
     OPTIONS = ("checkpoint", "antiberty_weights")
 
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
-        reject_unknown_options("igfold", options, self.OPTIONS)
         check_device_dtype(device, dtype)
         if dtype != "float32":
             raise RepalignError("igfold runs in float32 only (its IPA layers force full precision); drop --dtype")

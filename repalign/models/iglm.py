@@ -35,7 +35,7 @@ from typing import Any, Sequence
 from repalign.errors import InvalidInput, ModelUnavailable, RepalignError
 from repalign.inputs import Record
 from repalign.models import _common
-from repalign.models._common import missing_modules, provenance_record, reject_unknown_options, sha256_of_files
+from repalign.models._common import missing_modules, provenance_record, sha256_of_files
 from repalign.models._sequence import (
     STANDARD_AMINO_ACIDS,
     assemble,
@@ -89,7 +89,6 @@ class IgLM(ModelAdapter):
     OPTIONS = ("checkpoint", "species", "single_chain")
 
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
-        reject_unknown_options("iglm", options, self.OPTIONS)
         check_device_dtype(device, dtype)
         checkpoint = str(options.get("checkpoint", "IgLM"))
         species = str(options.get("species", "human")).lower()

@@ -47,7 +47,7 @@ from repalign.models._atomistic import (
     reject_flat_cell,
     split_by_structure,
 )
-from repalign.models._common import captured_outputs, provenance_record, reject_unknown_options, sha256_of_file
+from repalign.models._common import captured_outputs, provenance_record, sha256_of_file
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 
 _LICENSE = "MIT (sevenn package LICENSE)"
@@ -83,7 +83,6 @@ class SevenNetAdapter(ModelAdapter):
 
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
-        reject_unknown_options(self.info.name, self.options, self.option_names())
         if self.modals:
             modal = str(self.options.get("modal", self.default_modal))
             matches = [m for m in self.modals if m.lower() == modal.lower()]

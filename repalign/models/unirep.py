@@ -31,7 +31,6 @@ from repalign.models._common import (
     missing_modules,
     provenance_record,
     raise_if_unavailable,
-    reject_unknown_options,
     sha256_of_files,
 )
 from repalign.models._sequence import assemble, chains_of, check_sequence_record, start_forward
@@ -53,7 +52,6 @@ class _UniRep(ModelAdapter):
     OPTIONS = ()
 
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
-        reject_unknown_options(self.info.name, options, self.OPTIONS)
         if dtype != "float32":
             raise RepalignError(f"{self.info.name} runs in float32 only; drop --dtype")
         if device != "cpu":
