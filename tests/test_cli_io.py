@@ -77,9 +77,23 @@ def test_compare_output_pipes_into_pandas(two_model_cache):
 # ---- 2. --json on models and cache info ------------------------------------------------------------------
 
 
-def test_models_json_has_stable_keys(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty Hugging Face cache
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+def hub_snapshot(cache, repo: str, files: tuple[str, ...]) -> None:
+    """A checkpoint laid out as huggingface_hub stores it: refs/main -> snapshots/COMMIT/FILES."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in files:
+        (snapshot / name).write_text("{}")
+
+
+def test_models_json_has_stable_keys_and_hub_models_are_here_only_when_cached(tmp_path, monkeypatch):
+    hub = tmp_path / "hub"
+    hub_snapshot(hub, "facebook/esm2_t6_8M_UR50D", ("config.json", "model.safetensors"))
+    hub_snapshot(hub, "facebook/esm2_t12_35M_UR50D", ("config.json",))  # weights never fetched
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     res = run_main("models", "--json")
     assert res.returncode == 0, res.stderr
     rows = {row["name"]: row for row in json.loads(res.stdout)}
@@ -87,6 +101,11 @@ def test_models_json_has_stable_keys(tmp_path, monkeypatch):
             "license", "extra", "weights"}
     assert all(set(row) == keys for row in rows.values())
     assert rows["antiberty"]["available"] and rows["antiberty"]["n_layers"] == len(rows["antiberty"]["layers"]) > 1
+    assert rows["esm2-8m"]["available"] and rows["esm2-8m"]["why_unavailable"] == ""
+    assert not rows["esm2-35m"]["available"] and "no weights" in rows["esm2-35m"]["why_unavailable"]
+    for name in ("esm2-150m", "prott5", "esmc-300m", "esmfold2"):
+        assert not rows[name]["available"] and f"({hub})" in rows[name]["why_unavailable"]
+    assert rows["esm2-150m"]["n_layers"] == 31  # the layer list is known without the weights
 
 
 def test_cache_info_json_describes_models_arrays_and_files_beside(two_model_cache):
