@@ -82,8 +82,9 @@ def control_contrasts(best: pd.DataFrame, ci: float = 0.95, layers: str = "all")
     - ``comparison = models``: trained A vs trained B against, for each seed s, A@random:s vs B@random:s;
     - ``comparison = baseline``: trained A vs baseline F against A@random:s vs F.
 
-    Per match, :func:`repalign.stats.seed_contrast` (difference trained − mean control with its
-    interval over seeds; one-sided p of "trained is one more control draw"), and
+    Per match, :func:`repalign.stats.seed_contrast` (difference trained − mean control; one-sided
+    rank-test p of "trained is one more control draw", at least 1/(n_seeds + 1); ci_low / ci_high:
+    the one-sided bounds that invert it, ±inf with fewer than 1/(1 − ci) − 1 seeds), and
     ``p_value_adjusted``: Holm over the matches of one dataset, granularity, metric and comparison.
     Matches with fewer than 2 control seeds are left out. ``layers`` labels the rows (``all``, or
     ``hidden`` for a ``best`` taken from :func:`without_input_layers`).

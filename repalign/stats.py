@@ -12,8 +12,9 @@ layer pair and for the best pair:
   (a random delete-d jackknife, Shao & Wu 1989; Politis, Romano & Wolf 1999), for the metrics whose
   coverage is checked; NaN with a note for the others.
 * :func:`seed_contrast`: a trained model's score against the scores of random-initialised
-  controls of several seeds (the difference, its interval and a one-sided p-value); :func:`holm`
-  adjusts a family of such p-values.
+  controls of several seeds (the difference, a one-sided rank test valid for any control
+  distribution, and the confidence bounds that invert it); :func:`holm` adjusts a family of such
+  p-values.
 * :func:`check_reliability` and :func:`participation_ratio`: warnings where a score cannot be trusted.
 * :func:`stats_columns`: the statistics as tidy columns for the comparison table.
 
@@ -35,7 +36,6 @@ from typing import Any, Mapping, Sequence, cast
 import numba
 import numpy as np
 import pandas as pd
-from scipy import stats as scipy_stats
 
 from repalign.errors import RepalignError
 from repalign.metrics import as_features
@@ -608,7 +608,13 @@ def subsample_interval(
 # ----------------------------------------------------------------------------- trained vs controls
 @dataclass(frozen=True)
 class SeedContrast:
-    """A trained score against controls of ``n_seeds`` seeds (see :func:`seed_contrast`)."""
+    """A trained score against controls of ``n_seeds`` seeds (see :func:`seed_contrast`).
+
+    ``difference`` = trained − control_mean (descriptive); ``p_value``: one-sided rank test;
+    ``ci_low`` / ``ci_high``: one-sided lower / upper confidence bounds at level ``ci`` for the
+    shift of the trained score over a control draw (±inf when ``n_seeds`` is too small for ``ci``);
+    ``min_p_value`` = 1 / (n_seeds + 1), the smallest p-value these seeds can give.
+    """
 
     trained: float
     control_mean: float
@@ -618,23 +624,38 @@ class SeedContrast:
     ci_low: float
     ci_high: float
     p_value: float
+    min_p_value: float
+    ci: float
 
 
 def seed_contrast(trained: float, controls, ci: float = 0.95) -> SeedContrast:
     """Does a trained model's score exceed those of random-initialised controls of several seeds?
 
-    With x the trained score and c_1..c_n the controls' scores (one per seed; n >= 2), mean c̄ and
-    sample standard deviation s:
+    A distribution-free rank (Monte Carlo) test: with x the trained score and c_1..c_n the
+    controls' scores (one per seed, n >= 2), under H0 "x is one more draw from the controls'
+    distribution" (x, c_1..c_n exchangeable) the rank of x among the n + 1 scores is uniform, so
 
-    * difference d = x − c̄, with the interval d ± t_{(1+ci)/2, n−1} · s / √n for x − μ_c (μ_c: the
-      mean over all seeds; the seed-to-seed spread is the uncertainty, x is taken as given);
-    * p-value, one-sided, of "x is one more draw from the controls' distribution":
-      T = d / (s · √(1 + 1/n)) ~ t_{n−1} under normal control scores (a prediction-interval test),
-      p = P(t_{n−1} ≥ T). A small p says training raised the score beyond what another random seed
-      gives. With s = 0 (up to rounding), p is 0 when d > 0 and 1 otherwise.
+        p = (1 + #{i : c_i >= x}) / (n + 1)
 
-    Reference: the t prediction interval for a new observation (e.g. Hahn & Meeker, 1991,
-    "Statistical Intervals", ch. 4). Scores must be of the same metric, layers and samples.
+    is exact, P(p <= alpha) <= alpha for every alpha and every control distribution (normal,
+    skewed, heavy-tailed), ties counted against the trained score (controls within a relative
+    1e-12 of x count as equal to it). The smallest attainable p is ``min_p_value`` = 1/(n + 1).
+
+    Bounds: the test inverted. For a shift δ (x = Y + δ with Y exchangeable with the controls), the
+    test of x − δ rejects at level alpha = 1 − ci when 1 + #{c_i >= x − δ} <= alpha·(n + 1). With
+    r = floor(alpha·(n + 1)) − 1 and c_(1) <= ... <= c_(n) the sorted controls:
+
+        ci_low  = x − c_(n−r)    (the (r+1)-th largest control; δ >= ci_low with confidence ci)
+        ci_high = x − c_(r+1)    (the (r+1)-th smallest; δ <= ci_high with confidence ci)
+
+    so ci_low > 0 exactly when p <= 1 − ci (counts compared, so ci = 0.9 with 9 seeds is not lost
+    to the binary rounding of 1 − ci). Each bound alone has confidence ci; [ci_low, ci_high] has
+    2·ci − 1. When n + 1 < 1/(1 − ci), no shift is rejected: ci_low = −inf and ci_high = +inf.
+
+    ``difference`` = x − mean(c) is the descriptive effect (``control_sd``: the controls' sample
+    SD). Reference: the Monte Carlo test of Barnard (1963) and Besag & Clifford (1989); the
+    bound is the usual inversion of a rank test (Lehmann & Romano, 2005, "Testing Statistical
+    Hypotheses", §3.5). Scores must be of the same metric, layers and samples.
     """
     c = np.asarray(controls, dtype=np.float64).ravel()
     x = float(trained)
@@ -645,15 +666,18 @@ def seed_contrast(trained: float, controls, ci: float = 0.95) -> SeedContrast:
         raise RepalignError("seed_contrast: a trained or control score is NaN or infinite; score those pairs first")
     ci = check_fraction(ci, "ci", "0.95")
     n = c.size
-    mean, sd = float(c.mean()), float(c.std(ddof=1))
-    d = x - mean
-    half = float(scipy_stats.t.ppf(0.5 + ci / 2.0, n - 1)) * sd / math.sqrt(n)
-    tolerance = _TIE_TOLERANCE * max(1.0, abs(mean))  # equal scores can differ in the last bits
-    if sd > tolerance:
-        p = float(scipy_stats.t.sf(d / (sd * math.sqrt(1.0 + 1.0 / n)), n - 1))
+    tolerance = _TIE_TOLERANCE * max(1.0, abs(x))  # equal scores can differ in the last bits
+    tied = np.sort(np.where(np.abs(c - x) <= tolerance, x, c))
+    above = int(np.count_nonzero(tied >= x))
+    # most controls at or above the (shifted) trained score that still reject at level 1 − ci
+    r = math.floor((1.0 - ci) * (n + 1) + 1e-9) - 1
+    if r < 0:
+        low, high = -math.inf, math.inf
     else:
-        p = 0.0 if d > tolerance else 1.0
-    return SeedContrast(x, mean, sd, n, d, d - half, d + half, p)
+        low, high = x - float(tied[n - 1 - r]), x - float(tied[r])
+    mean = float(c.mean())
+    return SeedContrast(trained=x, control_mean=mean, control_sd=float(c.std(ddof=1)), n_seeds=n, difference=x - mean,
+                        ci_low=low, ci_high=high, p_value=(1.0 + above) / (n + 1.0), min_p_value=1.0 / (n + 1.0), ci=ci)
 
 
 def holm(p_values) -> np.ndarray:

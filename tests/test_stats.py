@@ -16,7 +16,6 @@ from repalign.stats import (
     participation_ratio,
     permutation_test,
     permute_state,
-    seed_contrast,
     stats_columns,
     subsample_interval,
     subsample_intervals,
@@ -440,41 +439,6 @@ def test_stats_columns_line_up_with_the_layer_table():
 
 
 # ----------------------------------------------------------------------------- trained vs control seeds
-def test_seed_contrast_agrees_with_scipys_one_sample_t_test():
-    """T = (x − c̄) / (s·√(1 + 1/n)) is scipy's one-sample t of the controls against x, scaled by −1/√(n + 1)."""
-    rng = np.random.default_rng(3)
-    for n in (2, 5, 9):
-        controls = rng.normal(0.2, 0.05, n)
-        trained = 0.2 + rng.normal(0, 0.1)
-        got = seed_contrast(trained, controls)
-        t_scipy = sps.ttest_1samp(controls, trained).statistic
-        assert got.p_value == pytest.approx(sps.t.sf(-t_scipy / np.sqrt(n + 1), n - 1), rel=1e-12)
-        assert got.difference == pytest.approx(trained - controls.mean())
-        half = sps.t.ppf(0.975, n - 1) * controls.std(ddof=1) / np.sqrt(n)
-        assert (got.ci_low, got.ci_high) == pytest.approx((got.difference - half, got.difference + half))
-
-
-def test_seed_contrast_p_values_are_calibrated_and_intervals_cover():
-    """Trained drawn from the controls' distribution: p is uniform (5% below 0.05); with trained fixed, the
-    interval covers x − μ 95% of the time."""
-    rng = np.random.default_rng(0)
-    draws = 4000
-    p = np.array([seed_contrast(rng.normal(), rng.normal(size=5)).p_value for _ in range(draws)])
-    for level in (0.05, 0.25, 0.5):
-        assert abs((p < level).mean() - level) < 4 * np.sqrt(level * (1 - level) / draws)
-    covered = np.mean([(lambda c: c.ci_low <= 1.0 <= c.ci_high)(seed_contrast(1.0, rng.normal(0.0, 2.0, 5)))
-                       for _ in range(draws)])
-    assert abs(covered - 0.95) < 4 * np.sqrt(0.95 * 0.05 / draws)
-
-
-def test_seed_contrast_edges_and_bad_input():
-    assert seed_contrast(0.3, [0.1, 0.1, 0.1]).p_value == 0.0  # no spread, above every control
-    assert seed_contrast(0.1, [0.1, 0.1, 0.1]).p_value == 1.0
-    for controls, fragment in (([0.1], "at least 2 control seeds"), ([0.1, np.nan], "NaN or infinite")):
-        with pytest.raises(RepalignError, match=fragment):
-            seed_contrast(0.2, controls)
-
-
 def test_holm_equals_its_definition():
     rng = np.random.default_rng(1)
     p = rng.uniform(0, 0.2, 12)
