@@ -8,9 +8,12 @@ shows the traceback instead. Each subcommand imports the modules it runs when it
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
 import os
+import re
 import stat
 import sys
 from typing import Mapping
@@ -78,17 +81,15 @@ def cli_message(exc: BaseException) -> str:
 
 
 def cmd_compare(args) -> int:
-    from repalign.compare import compare_models, compare_tokens  # lazy: CLI start-up
+    from repalign.compare import EngineOptions, StatsOptions, TokenOptions, compare_models, compare_tokens  # lazy: CLI start-up
     from repalign.table import check_table_path, write_table  # lazy: CLI start-up
 
-    if args.ci is not None and not 0 < args.ci < 1:
-        raise RepalignError(f"--ci {args.ci} is not a confidence level; give a number between 0 and 1, e.g. 0.95")
     to_stdout = args.output == "-"  # the table goes to stdout, so everything else goes to stderr
     if args.output and not to_stdout:
         check_output_file(args.output, "-o")
         check_table_path(args.output)  # fail before computing anything
-    token_flags = [flag for flag, value in (("--max-tokens", args.max_tokens), ("--group-by", args.group_by),
-                                            ("--inputs", args.inputs), ("--subsample", args.subsample)) if value is not None]
+    token_flags = [COMPARE_FLAGS[name] for name in ("max_tokens", "group_by", "inputs", "subsample")
+                   if getattr(args, name) is not None]
     if token_flags and not args.tokens:
         raise RepalignError(f"{token_flags[0]} applies to token rows; add --tokens")
     if args.search_block is not None and args.tokens:
@@ -97,26 +98,72 @@ def cmd_compare(args) -> int:
         raise RepalignError("--tokens runs in this process; drop --cluster (use --block-rows for large token layers)")
     if args.anchors is not None and args.tokens:
         raise RepalignError("--anchors compares pooled layers; drop --tokens (or --anchors)")
-    common = dict(
-        cache_b=args.cache_b, layers_a=_flat(args.layers_a), layers_b=_flat(args.layers_b),
-        normalize=None if args.normalize == "none" else args.normalize,
-        k=args.k, kernel=args.kernel, sigma=args.sigma, dim=args.dim, variance=args.variance,
-        permutations=args.permutations, ci=args.ci, n_subsamples=args.subsamples, fraction=args.fraction, seed=args.seed,
-        knn=args.knn, block_rows=args.block_rows,
-    )
-    if args.tokens:
-        result = compare_tokens(args.cache, args.a, args.b, _flat(args.metric) or ["mknn"], max_tokens=args.max_tokens,
-                                subsample=args.subsample or "samples", group_by=args.group_by,
-                                inputs=args.inputs, **common)
-    else:
-        result = compare_models(args.cache, args.a, args.b, _flat(args.metric) or ["mknn"], cluster=args.cluster,
-                                search_block=args.search_block, anchors=_anchors(args.anchors), **common)
+    metrics = _flat(args.metric) or ["mknn"]
+    layers = dict(layers_a=_flat(args.layers_a), layers_b=_flat(args.layers_b))
+    with flag_wording():
+        engine = EngineOptions(**_compare_options(args, EngineOptions))
+        stats = StatsOptions(**_compare_options(args, StatsOptions))
+        params = dict(k=args.k, kernel=args.kernel, sigma=args.sigma, dim=args.dim, variance=args.variance)
+        if args.tokens:
+            tokens = TokenOptions(**_compare_options(args, TokenOptions))
+            result = compare_tokens((args.cache, args.cache_b), args.a, args.b, metrics, tokens=tokens, engine=engine,
+                                    stats=stats, **layers, **params)
+        else:
+            result = compare_models((args.cache, args.cache_b), args.a, args.b, metrics, engine=engine, stats=stats,
+                                    **layers, **params)
     messages = sys.stderr if to_stdout else sys.stdout
     print(result.summary(), file=messages)
     if args.output:
         path = write_table(result.table, args.output)
         print(f"wrote {len(result.table)} rows to {'standard output' if to_stdout else path}", file=messages)
     return 0
+
+
+#: Python parameter of repalign.compare (option objects, metrics) -> its `repalign compare` flag: builds the
+#: option objects from the flags, and words the library's errors with the flags
+COMPARE_FLAGS = {
+    "normalize": "--normalize", "knn_options": "--knn-options", "knn": "--knn", "block_rows": "--block-rows",
+    "anchors": "--anchors", "cluster": "--cluster", "search_block": "--search-block",
+    "permutations": "--permutations", "ci": "--ci", "n_subsamples": "--subsamples", "fraction": "--fraction",
+    "seed": "--seed", "max_tokens": "--max-tokens", "subsample": "--subsample", "group_by": "--group-by",
+    "inputs": "--inputs", "metrics": "--metric", "layers_a": "--layers-a", "layers_b": "--layers-b",
+}
+#: the flag values that differ from the Python values
+_COMPARE_VALUES = {"normalize": {"none": None}, "anchors": lambda v: _anchors(v)}
+
+
+def _compare_options(args, cls) -> dict:
+    """The fields of option class ``cls`` that are flags of ``repalign compare``, from ``args``."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        flag = COMPARE_FLAGS.get(f.name)
+        if flag is None or not hasattr(args, flag[2:].replace("-", "_")):
+            continue
+        value = getattr(args, flag[2:].replace("-", "_"))
+        convert = _COMPARE_VALUES.get(f.name)
+        value = convert(value) if callable(convert) else (convert or {}).get(value, value)
+        if value is not None or f.default is None:
+            out[f.name] = value
+    return out
+
+
+@contextlib.contextmanager
+def flag_wording():
+    """Errors raised inside name the flags of ``repalign compare`` instead of the Python parameters."""
+    try:
+        yield
+    except RepalignError as exc:
+        exc.args = (compare_wording(str(exc)), *exc.args[1:])
+        raise
+
+
+def compare_wording(text: str) -> str:
+    """``text`` with each Python parameter of :data:`COMPARE_FLAGS` (``name`` or ``name=value``) as its flag."""
+    for name in sorted(COMPARE_FLAGS, key=len, reverse=True):
+        text = re.sub(rf"(?<![\w'.-]){name}(?:=(?:'([^']*)'|\b))?(?![\w'(])",
+                      lambda m: COMPARE_FLAGS[name] + (f" {m.group(1)}" if m.group(1) is not None else
+                                                       " " if m.group(0).endswith("=") else ""), text)
+    return text
 
 
 def _anchors(value: str | None):
@@ -198,6 +245,7 @@ def cmd_extract(args) -> int:
     from repalign.extract_options import ExtractOptions
     from repalign.inputs import read_inputs
 
+    check_no_model_among_inputs(args.inputs, args.model)
     options = _options(args.option)
     if args.loops:
         options["loops"] = args.loops
@@ -226,6 +274,16 @@ def cmd_extract(args) -> int:
             print(f"{run.model}: {len(run.retries)} batches split after out-of-memory errors "
                   f"(features do not depend on the batch)")
     return 0
+
+
+def check_no_model_among_inputs(inputs: list[str], models: list[str]) -> None:
+    """``extract --model a b x.fasta`` leaves ``b`` among the inputs (--model takes one name): name the fix."""
+    from repalign.models import REGISTRY  # lazy: CLI start-up
+
+    for item in inputs:
+        if item != "-" and not os.path.exists(item) and (item.split("@")[0] in REGISTRY or item.startswith("hf:")):
+            given = " ".join(f"--model {m}" for m in [*models, item])
+            raise RepalignError(f"input {item!r} is a model name, not a file: --model takes one name each; write {given}")
 
 
 def print_extraction_plan(records, models, output, settings) -> int:
@@ -353,8 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("extract", help="run models over inputs and store layer features in a cache")
     e.add_argument("inputs", nargs="+", help="FASTA, CSV (id + sequence/path), structure files or folders")
-    e.add_argument("--model", "-m", action="append", nargs="+", required=True,
-                   help="registered model name (see 'repalign models'), or hf:PATH-OR-REPO; repeatable")
+    e.add_argument("--model", "-m", action="append", required=True,
+                   help="registered model name (see 'repalign models'), or hf:PATH-OR-REPO; one per --model, "
+                        "repeat it for more: --model antiberty --model iglm")
     e.add_argument("-o", "--output", required=True, help="cache file (HDF5), created or appended to")
     e.add_argument("--layers", action="append", nargs="+", help="layer names or patterns ('esmc.*'), or 'all'")
     e.add_argument("--pool", choices=("mean", "cls", "last", "max", "none"),

@@ -120,3 +120,18 @@ def test_cache_info_json_describes_models_arrays_and_files_beside(two_model_cach
     assert by_name["B"]["token_layers"] == [] and isinstance(by_name["B"]["provenance"], dict)
     lock = [f for f in info["files_beside"] if f["path"].endswith("cache.h5.lock")]
     assert lock and "part of the format" in lock[0]["role"]
+
+
+# ---- 4. --model takes one name ---------------------------------------------------------------------------
+
+
+def test_a_second_model_name_after_model_is_a_one_line_error(tmp_path):
+    fasta = tmp_path / "x.fasta"
+    fasta.write_text(">ab1\nEVQLVESGGGLVQPGGSLRLSCAASGFTFS:DIQMTQSPSSLSASVGDRVTITC\n")
+    res = run_main("extract", "--model", "antiberty", "iglm", fasta, "-o", tmp_path / "c.h5")
+    assert res.returncode == 1 and len(res.stderr.splitlines()) == 1
+    assert res.stderr.startswith("repalign: error: input 'iglm' is a model name")
+    assert "--model antiberty --model iglm" in res.stderr and not (tmp_path / "c.h5").exists()
+    res = run_main("extract", fasta, "--model", "onehot", "--model", "aa-composition", "-o", tmp_path / "c.h5", "-q")
+    assert res.returncode == 0, res.stderr
+    assert "onehot: stored 1 samples" in res.stdout and "aa-composition: stored 1 samples" in res.stdout
