@@ -122,14 +122,14 @@ def cmd_compare(args) -> int:
 #: Python parameter of repalign.compare (option objects, metrics) -> its `repalign compare` flag: builds the
 #: option objects from the flags, and words the library's errors with the flags
 COMPARE_FLAGS = {
-    "normalize": "--normalize", "knn_options": "--knn-options", "knn": "--knn", "block_rows": "--block-rows",
+    "normalize": "--normalize", "knn": "--knn", "block_rows": "--block-rows",
     "anchors": "--anchors", "cluster": "--cluster", "search_block": "--search-block",
     "permutations": "--permutations", "ci": "--ci", "n_subsamples": "--subsamples", "fraction": "--fraction",
     "seed": "--seed", "max_tokens": "--max-tokens", "subsample": "--subsample", "group_by": "--group-by",
     "inputs": "--inputs", "metrics": "--metric", "layers_a": "--layers-a", "layers_b": "--layers-b",
 }
 #: the flag values that differ from the Python values
-_COMPARE_VALUES = {"normalize": {"none": None}, "anchors": lambda v: _anchors(v)}
+_COMPARE_VALUES: dict = {"normalize": {"none": None}, "anchors": lambda v: _anchors(v)}
 
 
 def _compare_options(args, cls) -> dict:
@@ -137,13 +137,11 @@ def _compare_options(args, cls) -> dict:
     out = {}
     for f in dataclasses.fields(cls):
         flag = COMPARE_FLAGS.get(f.name)
-        if flag is None or not hasattr(args, flag[2:].replace("-", "_")):
+        given = getattr(args, flag[2:].replace("-", "_"), None) if flag else None
+        if given is None:  # not a flag, or not given: the field's default
             continue
-        value = getattr(args, flag[2:].replace("-", "_"))
         convert = _COMPARE_VALUES.get(f.name)
-        value = convert(value) if callable(convert) else (convert or {}).get(value, value)
-        if value is not None or f.default is None:
-            out[f.name] = value
+        out[f.name] = convert(given) if callable(convert) else (convert or {}).get(given, given)
     return out
 
 
@@ -158,11 +156,10 @@ def flag_wording():
 
 
 def compare_wording(text: str) -> str:
-    """``text`` with each Python parameter of :data:`COMPARE_FLAGS` (``name`` or ``name=value``) as its flag."""
+    """``text`` with each Python parameter of :data:`COMPARE_FLAGS` as its flag (``knn='exact'`` as ``--knn exact``)."""
     for name in sorted(COMPARE_FLAGS, key=len, reverse=True):
-        text = re.sub(rf"(?<![\w'.-]){name}(?:=(?:'([^']*)'|\b))?(?![\w'(])",
-                      lambda m: COMPARE_FLAGS[name] + (f" {m.group(1)}" if m.group(1) is not None else
-                                                       " " if m.group(0).endswith("=") else ""), text)
+        text = re.sub(rf"(?<![\w'.-]){name}(?:='([^']*)')?(?![\w'(])",
+                      lambda m: COMPARE_FLAGS[name] + (f" {m.group(1)}" if m.group(1) is not None else ""), text)
     return text
 
 
@@ -486,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object (keys in docs/cache-format.md)")
     info.set_defaults(func=cmd_cache_info)
 
-    im = cache_sub.add_parser("import", help="store features computed elsewhere (.npy .npz .pt ESM folder .h5 .h5ad)")
+    im = cache_sub.add_parser("import", help="store features computed elsewhere (.npy .npz .pt ESM folder .h5 .h5ad .parquet)")
     im.add_argument("file", help="feature file or folder of ESM extract.py .pt files")
     im.add_argument("--model", "-m", required=True, help="name of the model in the cache")
     im.add_argument("--inputs", nargs="+", help="the inputs, in row order (FASTA/CSV/structures): ids and content hashes")

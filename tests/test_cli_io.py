@@ -135,3 +135,58 @@ def test_a_second_model_name_after_model_is_a_one_line_error(tmp_path):
     res = run_main("extract", fasta, "--model", "onehot", "--model", "aa-composition", "-o", tmp_path / "c.h5", "-q")
     assert res.returncode == 0, res.stderr
     assert "onehot: stored 1 samples" in res.stdout and "aa-composition: stored 1 samples" in res.stdout
+
+
+# ---- 5. every export format imports back exactly ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def token_cache(tmp_path_factory):
+    """One model with two pooled layers and a token layer (ragged rows), ids that need quoting in file names."""
+    rng = np.random.default_rng(1)
+    path = tmp_path_factory.mktemp("export") / "tokens.h5"
+    ids = [f"ab/{i}" if i % 3 else f"s{i}" for i in range(12)]
+    hashes = [f"{i + 7:064x}" for i in range(12)]
+    tokens = [rng.standard_normal((int(rng.integers(2, 6)), 4)).astype(np.float32) for _ in ids]
+    pooled = {"layer.0": rng.standard_normal((12, 6)).astype(np.float32),
+              "layer.1": np.stack([t.mean(axis=0) for t in tokens])}
+    with CacheWriter(path, "m", provenance={"options": {}}, layers=["layer.0", "layer.1"],
+                     token_layers=["layer.1"]) as writer:
+        writer.append(ids, hashes, pooled, tokens={"layer.1": tokens})
+    return path
+
+
+@pytest.mark.parametrize("output", ["m.parquet", "m.npz", "m.h5ad", "pt-folder"])
+def test_an_export_imports_back_with_the_same_arrays_and_ids(token_cache, tmp_path, output):
+    from embeddings_cache import Cache
+
+    exported = tmp_path / output
+    res = run_main("cache", "export", token_cache, "--model", "m", "-o", exported)
+    assert res.returncode == 0, res.stderr
+    res = run_main("cache", "import", exported, "--model", "back", "-o", tmp_path / "back.h5")
+    assert res.returncode == 0, res.stderr
+    with Cache(token_cache) as original, Cache(tmp_path / "back.h5") as back:
+        assert back.ids("back") == original.ids("m") and back.hashes("back") == original.hashes("m")
+        assert back.layers("back") == original.layers("m")
+        for layer in original.layers("m"):
+            np.testing.assert_array_equal(back.read_layer("back", layer), original.read_layer("m", layer))
+        if output in ("m.npz", "pt-folder"):  # the formats that carry token rows
+            assert back.token_layers("back") == ["layer.1"]
+            for got, want in zip(back["back"].tokens("layer.1"), original["m"].tokens("layer.1")):
+                np.testing.assert_array_equal(got, want)
+
+
+def test_a_parquet_import_checks_sizes_and_column_types_before_reading(token_cache, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    exported = tmp_path / "m.parquet"
+    assert run_main("cache", "export", token_cache, "--model", "m", "-o", exported).returncode == 0
+    res = run_main("cache", "import", exported, "--model", "b", "-o", tmp_path / "b.h5", "--max-member-size", "100")
+    assert res.returncode == 1 and "column 'layer.0' (12, 6) declares" in res.stderr and "--max-member-size" in res.stderr
+    odd = tmp_path / "odd.parquet"
+    pq.write_table(pa.table({"id": ["a"], "layer.0": pa.array([[1.0, 2.0]], pa.list_(pa.float32(), 2)),
+                             "notes": pa.array([{"x": 1}])}), odd)
+    res = run_main("cache", "import", odd, "--model", "b", "-o", tmp_path / "b.h5")
+    assert res.returncode == 1 and "column 'notes' has type struct" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert not (tmp_path / "b.h5").exists()

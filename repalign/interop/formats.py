@@ -1,6 +1,6 @@
 """Shared names of the interop package: file formats and the keys used inside them."""
 
-IMPORT_FORMATS = ("npy", "npz", "pt", "esm-pt-folder", "h5", "h5ad")
+IMPORT_FORMATS = ("npy", "npz", "pt", "esm-pt-folder", "h5", "h5ad", "parquet")
 EXPORT_FORMATS = {".h5ad": "h5ad", ".npz": "npz", ".parquet": "parquet"}
 #: npz keys that are not layers
 NPZ_IDS, NPZ_HASHES, NPZ_TOKENS, NPZ_OFFSETS = "ids", "hashes", "tokens/", "offsets/"

@@ -60,11 +60,12 @@ def detect_format(path: str | os.PathLike) -> str:
     if path.is_dir():
         return "esm-pt-folder"
     suffix = path.suffix.lower()
-    formats = {".npy": "npy", ".npz": "npz", ".pt": "pt", ".pth": "pt", ".h5": "h5", ".hdf5": "h5", ".h5ad": "h5ad"}
+    formats = {".npy": "npy", ".npz": "npz", ".pt": "pt", ".pth": "pt", ".h5": "h5", ".hdf5": "h5", ".h5ad": "h5ad",
+               ".parquet": "parquet"}
     if suffix not in formats:
         raise RepalignError(
             f"{path}: unknown feature file type {suffix or '(no suffix)'!r}; give .npy, .npz, .pt, a folder of ESM .pt "
-            "files, a bio_embeddings .h5 or an AnnData .h5ad"
+            "files, a bio_embeddings .h5, an AnnData .h5ad or a .parquet written by 'repalign cache export'"
         )
     return formats[suffix]
 
@@ -84,7 +85,7 @@ def read_features(path: str | os.PathLike, pool: str = "mean", keep_tokens: bool
         raise RepalignError(f"{path}: no such file or folder; check the path")
     fmt = detect_format(path)
     reader = {"npy": _read_npy, "npz": _read_npz, "pt": _read_pt, "esm-pt-folder": _read_esm_folder,
-              "h5": _read_h5, "h5ad": _read_h5ad}[fmt]
+              "h5": _read_h5, "h5ad": _read_h5ad, "parquet": _read_parquet}[fmt]
     feats = reader(path, pool=pool, keep_tokens=keep_tokens, max_member_bytes=max_member_bytes)
     _check_features(feats, path)
     return feats
@@ -368,11 +369,16 @@ def _read_esm_folder(path: Path, pool: str = "mean", keep_tokens: bool = True, m
 
 
 def _in_exported_order(feats: Features, folder: Path) -> Features:
-    """Samples in the order an export wrote them (``provenance.json``), else in file-name order."""
+    """Samples and layers in the order an export wrote them (``provenance.json``), else samples in
+    file-name order and layers in the files' order."""
     try:
-        order = json.loads((folder / FOLDER_INFO).read_text()).get("ids")
-    except (OSError, ValueError, AttributeError):
+        info = json.loads((folder / FOLDER_INFO).read_text())
+        order, layers = info.get("ids"), list(info.get("pooled_layers", [])) + list(info.get("token_layers", []))
+    except (OSError, ValueError, AttributeError, TypeError):
         return feats
+    layers = [str(x) for x in dict.fromkeys(map(str, layers))]
+    if sorted(layers) == sorted(feats.order):
+        feats.order = layers
     ids = feats.ids or []
     if not isinstance(order, list) or sorted(map(str, order)) != sorted(ids):
         return feats
@@ -519,6 +525,60 @@ def _read_h5ad(path: Path, max_member_bytes: int | None = None, **_: Any) -> Fea
     if stored_order is not None and sorted(map(str, stored_order)) == sorted(order):
         order = [str(x) for x in stored_order]  # the layer order export wrote
     return Features("h5ad", adata.n_obs, order, pooled=pooled, ids=ids, hashes=hashes)
+
+
+def _read_parquet(path: Path, max_member_bytes: int | None = None, **_: Any) -> Features:
+    """A table as 'repalign cache export' writes it: ``id``, ``content_hash``, one fixed-size list column
+    of numbers per pooled layer (in the order of the ``repalign.layers`` metadata); scalar number columns
+    (per-sample outputs) are left out. Every size is checked against the footer before a value is read."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise RepalignError(f"{path}: reading .parquet needs pyarrow; pip install 'repalign[parquet]'") from None
+    try:
+        footer = pq.ParquetFile(path)
+        schema, meta = footer.schema_arrow, footer.metadata
+    except Exception as e:  # pyarrow's errors differ by version
+        raise RepalignError(f"{path}: not a readable Parquet file ({_first(e)}); export it with 'repalign cache export'") from None
+    layers = [f.name for f in schema if pa.types.is_fixed_size_list(f.type)]
+    for f in schema:
+        number = pa.types.is_floating(f.type) or pa.types.is_integer(f.type)
+        if f.name not in layers and f.name not in ("id", "content_hash") and not number:
+            raise RepalignError(f"{path}: column {f.name!r} has type {f.type}; a feature table holds 'id', "
+                                "'content_hash' and one fixed-size list of numbers per layer")
+    if not layers:
+        raise RepalignError(f"{path}: no layer columns (fixed-size lists of numbers); export one with 'repalign cache export'")
+    stored = path.stat().st_size
+    for name in layers:
+        kind = schema.field(name).type
+        if not (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
+            raise RepalignError(f"{path}: layer column {name!r} holds {kind.value_type}; features must be numbers")
+        declared = declared_bytes((meta.num_rows, kind.list_size), kind.value_type.bit_width // 8)
+        check_member_size(declared, stored, f"{path}: column {name!r} ({meta.num_rows}, {kind.list_size})", max_member_bytes)
+    check_total_size(sum(declared_bytes((meta.num_rows, schema.field(n).type.list_size), 8) for n in layers),
+                     f"{path}: {len(layers)} layer columns", max_member_bytes)
+    keep = [c for c in ("id", "content_hash") if c in schema.names]
+    try:
+        table = pq.read_table(path, columns=keep + layers)
+    except Exception as e:  # a damaged page: pyarrow's errors differ by version
+        raise RepalignError(f"{path}: not a readable Parquet file ({_first(e)}); export it again") from None
+    pooled = {}
+    for name in layers:
+        column = table.column(name).combine_chunks()
+        if column.null_count or column.flatten().null_count:
+            raise RepalignError(f"{path}: layer column {name!r} has missing values; give every sample a vector")
+        pooled[name] = _array(column.flatten().to_numpy(), path, f"column {name!r}").reshape(len(column), -1)
+    texts = {c: table.column(c).to_pylist() for c in keep}
+    if any(v is None for values in texts.values() for v in values):
+        raise RepalignError(f"{path}: column 'id' or 'content_hash' has missing values; give every sample one")
+    stored_order = (schema.metadata or {}).get(b"repalign.layers")
+    order = json.loads(stored_order) if stored_order else layers
+    if sorted(map(str, order)) != sorted(layers):
+        order = layers
+    return Features("parquet", meta.num_rows, [str(x) for x in order], pooled=pooled,
+                    ids=[str(x) for x in texts["id"]] if "id" in texts else None,
+                    hashes=[str(x) for x in texts["content_hash"]] if "content_hash" in texts else None)
 
 
 def _same_width(arrays: list[np.ndarray], path: Path) -> list[np.ndarray]:
