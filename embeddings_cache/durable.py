@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
+import importlib
 import os
-import resource
 import stat
 import struct
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 from embeddings_cache.atomic import atomic_files, fsync_path
+from embeddings_cache.errors import CacheError
 
 _REDO_MAGIC = b"repalign-redo-1\n"
 _RECORD = struct.Struct("<QQ")  # offset, length
@@ -37,6 +39,41 @@ _RECORD = struct.Struct("<QQ")  # offset, length
 _COMMIT_BYTE = 64
 #: where the lock file holds the commit generation (8 bytes), bumped by every commit
 _GENERATION_AT = 72
+
+
+def _posix_module(name: str) -> ModuleType | None:
+    """``fcntl`` or ``resource`` where the platform has them (not on Windows): readers then work
+    without the shared lock; writers need them (docs/cache-format.md, "Platforms")."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+fcntl = _posix_module("fcntl")
+resource = _posix_module("resource")
+#: whether the warning that reads go without the shared lock was given (once per process)
+_warned_unlocked = False
+
+
+class NoLockWarning(UserWarning):
+    """Caches are read without the shared lock: this platform has no POSIX byte locks (fcntl)."""
+
+
+def read_at(fd: int, size: int, offset: int) -> bytes:
+    """``os.pread`` where it exists (POSIX), else seek and read (the descriptor is this reader's own)."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, size)
+
+
+def require_posix_locks(path: Path) -> ModuleType:
+    """The fcntl module, or a one-line CacheError: writing a cache needs POSIX file locks."""
+    if fcntl is None:
+        raise CacheError(f"cannot write {path}: this platform has no POSIX file locks (fcntl), which writing a cache "
+                         "needs; write it on Linux or macOS and copy the .h5 file here to read it")
+    return fcntl
 
 
 class GuardedFile:
@@ -78,7 +115,12 @@ class GuardedFile:
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
-        n = os.preadv(self.fd, [view], self.pos)
+        if hasattr(os, "preadv"):
+            n = os.preadv(self.fd, [view], self.pos)
+        else:  # not POSIX: a copy
+            data = read_at(self.fd, len(view), self.pos)
+            n = len(data)
+            view[:n] = data
         if n < len(view):  # HDF5 reads past the end of a growing file: zeros
             view[n:] = bytes(len(view) - n)
         self._patch(view, self.pos)
@@ -231,9 +273,10 @@ def apply_redo(path: Path) -> bool:
 def commit_lock(lock_file: Path) -> Iterator[None]:
     """Held exclusive by a writer while it changes the main file in place (readers wait), then
     the commit generation is bumped so readers opened before reopen the file."""
+    locks = require_posix_locks(lock_file)
     fd = os.open(lock_file, os.O_RDWR)
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX, 1, _COMMIT_BYTE)
+        locks.lockf(fd, locks.LOCK_EX, 1, _COMMIT_BYTE)
         yield
         old = os.pread(fd, 8, _GENERATION_AT)
         generation = struct.unpack("<Q", old)[0] + 1 if len(old) == 8 else 1
@@ -251,14 +294,26 @@ def read_lock(lock_file: Path) -> Iterator[int]:
         yield 0  # no writer ever ran here (or the folder is not ours): nothing changes in place
         return
     try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_SH, 1, _COMMIT_BYTE)
-        except OSError:
-            pass  # a filesystem without byte locks: readers still see complete commits mostly
-        raw = os.pread(fd, 8, _GENERATION_AT)
+        if fcntl is None:
+            _warn_unlocked(lock_file)
+        else:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_SH, 1, _COMMIT_BYTE)
+            except OSError:
+                pass  # a filesystem without byte locks: readers still see complete commits mostly
+        raw = read_at(fd, 8, _GENERATION_AT)
         yield struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
     finally:
         os.close(fd)
+
+
+def _warn_unlocked(lock_file: Path) -> None:
+    global _warned_unlocked
+    if not _warned_unlocked:
+        _warned_unlocked = True
+        warnings.warn(f"this platform has no POSIX byte locks (fcntl): {lock_file.name[:-5]} and other caches are read "
+                      "without the shared lock, so a read may see a commit half done; read when no writer runs",
+                      NoLockWarning, stacklevel=4)
 
 
 # ---- files, permissions, errors ----------------------------------------------------------------------
@@ -286,6 +341,8 @@ def is_read_only(st: os.stat_result) -> bool:
 
 
 def file_size_limit() -> int | None:
+    if resource is None:  # not POSIX: no per-process file size limit
+        return None
     soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
     return None if soft == resource.RLIM_INFINITY else soft
 

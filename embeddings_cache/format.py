@@ -55,6 +55,10 @@ ID_INDEX_CHUNK = 1024
 #: storage dtypes the writer accepts for features
 STORAGE_DTYPES = ("float32", "float16")
 COMPRESSIONS = ("gzip", "lzf", None)
+#: compression of a new cache's models: gzip, which every HDF5 tool reads (lzf needs h5py or a plugin)
+DEFAULT_COMPRESSION = "gzip"
+#: the writer's default: DEFAULT_COMPRESSION in a new cache, the existing models' compression in another
+CACHE_COMPRESSION = "default"
 GZIP_LEVEL = 1  # higher levels cost twice the time for ~1% on float features
 #: target size of one chunk; HDF5 reads whole chunks, so ~1 MB keeps single-row reads cheap
 CHUNK_BYTES = 1 << 20

@@ -470,6 +470,10 @@ class Cache:
     def provenance(self, model: str) -> dict[str, Any]:
         return json.loads(json.dumps(self._view(model).header["provenance"]))  # a copy
 
+    def compression(self, model: str) -> str:
+        """The model's compression: ``gzip``, ``lzf`` or ``none``."""
+        return str(self._view(model).header.get("compression") or "none")
+
     def storage_dtype(self, model: str) -> str:
         return str(self._view(model).header["dtype"])
 
@@ -589,7 +593,7 @@ class Cache:
     def info(self) -> dict[str, Any]:
         """What ``repalign cache info --json`` prints, with stable keys (docs/cache-format.md, "cache info"):
         path, format_version, pending_batches, unfinished_runs {model: batches}, files_beside [{path,
-        role}], models [{name, n_samples, dtype, pooled_layers, token_layers, outputs, provenance}],
+        role}], models [{name, n_samples, dtype, compression, pooled_layers, token_layers, outputs, provenance}],
         each array as {name, position, rows, dim, dtype}."""
         records = self.records()
         models = []
@@ -599,6 +603,7 @@ class Cache:
             arrays = {kind: [{key: r[key] for key in ("name", "position", "rows", "dim", "dtype")}
                              for r in mine if r["kind"] == kind] for kind in ("pooled", "tokens", "output")}
             models.append({"name": model, "n_samples": int(view.n), "dtype": view.header["dtype"],
+                           "compression": self.compression(model),
                            "pooled_layers": arrays["pooled"], "token_layers": arrays["tokens"],
                            "outputs": arrays["output"], "provenance": view.header["provenance"]})
         return {"path": str(self.path), "format_version": int(self.format_version),
@@ -621,7 +626,8 @@ class Cache:
                              "batch(es), which are kept aside and not shown; rerun the same command to complete it")
         for model in self.models:
             view = self._view(model)
-            lines.append(f"model {model!r}: {view.n} samples, stored as {view.header['dtype']}")
+            lines.append(f"model {model!r}: {view.n} samples, stored as {view.header['dtype']}, "
+                         f"compression {self.compression(model)}")
             mine = [r for r in records if r["model"] == model]
             for kind, title in (("pooled", "pooled layers"), ("tokens", "token layers"), ("output", "outputs")):
                 rows = [r for r in mine if r["kind"] == kind]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import stat
 import uuid as uuidlib
@@ -15,10 +14,12 @@ from typing import Any
 import numpy as np
 
 from embeddings_cache.atomic import copy_permissions
-from embeddings_cache.durable import is_read_only
+from embeddings_cache.durable import is_read_only, require_posix_locks
 from embeddings_cache.errors import CacheError
 from embeddings_cache.format import (
+    CACHE_COMPRESSION,
     COMPRESSIONS,
+    DEFAULT_COMPRESSION,
     FORMAT_VERSION,
     HASHES,
     ID_INDEX,
@@ -81,8 +82,10 @@ class CacheWriter:
         and replace the old data only when the writer closes without an error (a successful
         run); until then readers see the old data. An interrupted overwrite is resumed by the
         next ``overwrite=True`` writer with the same options, or discarded by one with others.
-    compression : "lzf" (default: fast; any h5py reads it), "gzip" (about 5x slower to write and
-        read, readable by every HDF5 tool) or None.
+    compression : "gzip" (readable by every HDF5 tool), "lzf" (about 4x faster to write and read;
+        other tools than h5py need the lzf filter plugin), None or "none". The default, "default",
+        is gzip in a new cache and the compression of the models already in an existing cache
+        (a model keeps the compression it was created with in any case).
     staged : a new (or empty) model appears whole or not at all: the run's batches stay in the
         journal, unseen by readers, until the writer closes without an error, as an overwrite's
         do. A run interrupted or failed before is resumed by the next staged writer of the model
@@ -108,7 +111,7 @@ class CacheWriter:
         token_layers: Sequence[str] = (),
         dtype: str = "float32",
         overwrite: bool = False,
-        compression: str | None = "lzf",
+        compression: str | None = CACHE_COMPRESSION,
         staged: bool = False,
     ):
         self.path = Path(path)
@@ -123,8 +126,9 @@ class CacheWriter:
         if str(dtype) not in STORAGE_DTYPES:
             raise CacheError(f"storage dtype {dtype!r} is not supported; use one of {list(STORAGE_DTYPES)}")
         self.dtype = np.dtype(str(dtype))
-        if compression not in COMPRESSIONS:
-            raise CacheError(f"compression {compression!r} is not supported; use one of {list(COMPRESSIONS)}")
+        compression = None if compression == "none" else compression
+        if compression not in (*COMPRESSIONS, CACHE_COMPRESSION):
+            raise CacheError(f"compression {compression!r} is not supported; use gzip, lzf or none")
         if not self.layers and not self.token_layers:
             raise CacheError(f"model {model!r}: no layers given; pass at least one layer or token layer")
         self.options = dict(provenance).get("options", {})
@@ -156,6 +160,7 @@ class CacheWriter:
 
     # ---- lock ---------------------------------------------------------------------------------
     def _acquire_lock(self) -> int:
+        locks = require_posix_locks(self.path)  # writers are POSIX-only; readers are not
         if not self._file.parent.is_dir():
             raise CacheError(f"folder {self.path.parent} does not exist; create it first")
         lock = lock_path(self._file)
@@ -171,7 +176,7 @@ class CacheWriter:
                 f"cannot create the lock file {lock} ({e.strerror}); writing a cache needs a writable folder"
             ) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locks.flock(fd, locks.LOCK_EX | locks.LOCK_NB)
         except OSError as e:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
@@ -188,7 +193,8 @@ class CacheWriter:
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            locks = require_posix_locks(self.path)
+            locks.flock(self._lock_fd, locks.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -213,6 +219,8 @@ class CacheWriter:
         with open_h5(self._file) as f:
             check_links(f, self.path)  # names lead to the file's own objects only
             models = f[MODELS_GROUP]
+            if self._header["compression"] == CACHE_COMPRESSION:
+                self._header["compression"] = cache_compression(models)
             group = models[self.model] if self.model in models else None
             found = self._stored_model(group) if group is not None and not overwrite else None
             try:
@@ -549,6 +557,16 @@ def check_can_append(path: str | os.PathLike, model: str | None = None, *, optio
     if problem is not None:
         raise CacheError(f"model {model!r} in {path} {problem}; "
                          "pass overwrite=True to replace its data, or write to another cache file")
+
+
+def cache_compression(models: Any) -> str:
+    """The compression a new model of this cache gets by default: that of its first model (so an
+    existing cache keeps the one it has), else DEFAULT_COMPRESSION."""
+    for name in models:
+        value = models[name].attrs.get("compression")
+        if value is not None:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return DEFAULT_COMPRESSION
 
 
 def checked_ids(group: Any, where: str) -> list[str]:

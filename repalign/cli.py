@@ -210,7 +210,8 @@ def cmd_cache_import(args) -> int:
     ids = read_id_list(args.ids) if args.ids else None
     run = import_features(args.file, args.output, args.model, inputs=records, ids=ids, layers=_flat(args.layers) or None,
                           pool=args.pool, keep_tokens=not args.no_tokens, store_dtype=args.store_dtype,
-                          overwrite=args.overwrite, max_member_bytes=_size(args.max_member_size))
+                          overwrite=args.overwrite, max_member_bytes=_size(args.max_member_size),
+                          compression=args.compression)
     tokens = f" (+ {len(run.token_layers)} token layers)" if run.token_layers else ""
     resumed = f", {run.resumed} of them stored by the interrupted run" if run.resumed else ""
     print(f"{run.model}: stored {run.n_samples} samples x {len(run.layers)} layers{tokens} from {run.format} "
@@ -249,7 +250,8 @@ def cmd_extract(args) -> int:
     records = read_inputs(args.inputs, skip_invalid=args.skip_invalid)
     settings = ExtractOptions(
         layers=_flat(args.layers) or None, pool=args.pool, tokens=_flat(args.tokens),
-        device=args.device, dtype=args.dtype, store_dtype=args.store_dtype, batch_tokens=args.batch_tokens,
+        device=args.device, dtype=args.dtype, store_dtype=args.store_dtype, compression=args.compression,
+        batch_tokens=args.batch_tokens,
         limit=args.limit, overwrite=args.overwrite, skip_invalid=args.skip_invalid, weights=args.weights,
         options=options, quiet=args.quiet,
     )
@@ -394,6 +396,9 @@ def cmd_report(args) -> int:
     return 0
 
 
+COMPRESSION_HELP = ("compression of new models: gzip (every HDF5 tool reads it), lzf (faster; h5py or the lzf "
+                    "plugin reads it), none; default: gzip in a new cache, the cache's own in an existing one")
+
 # ---- parser -------------------------------------------------------------------------------------------
 
 
@@ -421,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     e.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="compute dtype")
     e.add_argument("--store-dtype", default="float32", choices=("float32", "float16"), help="storage dtype")
+    e.add_argument("--compression", choices=("gzip", "lzf", "none"), help=COMPRESSION_HELP)
     e.add_argument("--batch-tokens", type=int, default=4096, help="token/atom budget per batch (default 4096)")
     e.add_argument("--limit", type=int, help="only the first N inputs")
     e.add_argument("--weights", help="local weights directory or file (one model)")
@@ -495,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pooling of per-token features (default mean)")
     im.add_argument("--no-tokens", action="store_true", help="do not store per-token features, only pooled ones")
     im.add_argument("--store-dtype", default="float32", choices=("float32", "float16"), help="storage dtype")
+    im.add_argument("--compression", choices=("gzip", "lzf", "none"), help=COMPRESSION_HELP)
     im.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
     im.add_argument("--max-member-size", metavar="SIZE",
                     help="read members (arrays, datasets) up to SIZE (e.g. 8G) from a trusted file; default: refuse "

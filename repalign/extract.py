@@ -177,7 +177,8 @@ def model_writer(plan: ModelPlan, cache: str | os.PathLike, options: ExtractOpti
     prov["options"] = {**provenance_options(plan, options), "weights": _weights_identity(prov)}
     prov["device"] = plan.adapter.device
     return CacheWriter(cache, plan.key, provenance=prov, layers=plan.pooled_layers, token_layers=plan.token_layers,
-                       dtype=options.store_dtype, overwrite=options.overwrite)
+                       dtype=options.store_dtype, overwrite=options.overwrite,
+                       compression=options.compression or "default")
 
 
 @contextlib.contextmanager

@@ -26,6 +26,8 @@ from repalign.pooling import POOLINGS as VECTOR_POOLINGS
 #: per-sample poolings (repalign.pooling), and "none": token features only
 POOLINGS = VECTOR_POOLINGS + ("none",)
 STORE_DTYPES = ("float32", "float16")
+#: --compression of new models (None: gzip in a new cache, the cache's own in an existing one)
+COMPRESSIONS = ("gzip", "lzf", "none")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class ExtractOptions:
         only); None: the model's default (:mod:`repalign.pooling`).
     tokens: layers (names or patterns) whose per-residue / per-atom features are also stored (ragged).
     device, dtype: where and in which precision the model runs; store_dtype: float32 or float16 on disk.
+    compression: gzip, lzf or none for new models; None: gzip in a new cache, else the cache's own.
     batch_tokens: padded tokens (residues / atoms) per batch. limit: the first N inputs only.
     overwrite: replace a stored model's samples. skip_invalid: leave out (and report) inputs a
         model cannot take, instead of stopping. weights: a checkpoint for the (single) model.
@@ -53,6 +56,7 @@ class ExtractOptions:
     device: str = "cpu"
     dtype: str = "float32"
     store_dtype: str = "float32"
+    compression: str | None = None
     batch_tokens: int = 4096
     limit: int | None = None
     overwrite: bool = False
@@ -70,6 +74,8 @@ class ExtractOptions:
             raise RepalignError(f"unknown pooling {self.pool!r}; use one of {', '.join(POOLINGS)}")
         if self.store_dtype not in STORE_DTYPES:
             raise RepalignError(f"unknown storage dtype {self.store_dtype!r}; use float32 or float16")
+        if self.compression is not None and self.compression not in COMPRESSIONS:
+            raise RepalignError(f"unknown compression {self.compression!r}; use gzip, lzf or none")
         if self.limit is not None and self.limit < 1:
             raise RepalignError(f"--limit must be positive, got {self.limit}")
 

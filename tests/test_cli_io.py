@@ -190,3 +190,93 @@ def test_a_parquet_import_checks_sizes_and_column_types_before_reading(token_cac
     res = run_main("cache", "import", odd, "--model", "b", "-o", tmp_path / "b.h5")
     assert res.returncode == 1 and "column 'notes' has type struct" in res.stderr and len(res.stderr.splitlines()) == 1
     assert not (tmp_path / "b.h5").exists()
+
+
+# ---- 6. portable caches: readers without fcntl/resource, gzip by default, plain HDF5 tools ---------------
+
+
+def test_a_new_cache_is_gzip_and_an_existing_cache_keeps_its_compression(tmp_path):
+    import h5py
+
+    fasta = tmp_path / "x.fasta"
+    fasta.write_text(">p1\nMKTAYIAKQR\n>p2\nMKVLAAGIVG\n")
+    assert run_main("extract", fasta, "--model", "onehot", "-o", tmp_path / "new.h5", "-q").returncode == 0
+    res = run_main("extract", fasta, "--model", "onehot", "--compression", "lzf", "-o", tmp_path / "old.h5", "-q")
+    assert res.returncode == 0, res.stderr
+    assert run_main("extract", fasta, "--model", "aa-composition", "-o", tmp_path / "old.h5", "-q").returncode == 0
+    exported = tmp_path / "onehot.npz"
+    assert run_main("cache", "export", tmp_path / "new.h5", "--model", "onehot", "-o", exported).returncode == 0
+    res = run_main("cache", "import", exported, "--model", "plain", "--compression", "none", "-o", tmp_path / "new.h5")
+    assert res.returncode == 0, res.stderr
+    with h5py.File(tmp_path / "new.h5", "r") as new, h5py.File(tmp_path / "old.h5", "r") as old:
+        def filters(f, model):
+            group = f["models"][model]["pooled"]
+            return {group[layer].compression for layer in group}
+        assert filters(new, "onehot") == {"gzip"} and filters(new, "plain") == {None}
+        assert filters(old, "onehot") == {"lzf"} and filters(old, "aa-composition") == {"lzf"}  # kept its own
+    info = json.loads(run_main("cache", "info", tmp_path / "new.h5", "--json").stdout)
+    assert [m["compression"] for m in info["models"]] == ["gzip", "none"]
+
+
+def test_a_new_cache_reads_with_h5py_alone_by_the_documented_names(two_model_cache):
+    """docs/cache-format.md, "Reading a cache with plain h5py": only the names documented there."""
+    import h5py
+
+    with h5py.File(two_model_cache, "r") as f:
+        assert f.attrs["format"] == "repalign-embeddings-cache" and f.attrs["format_version"] <= 1
+        g = f["models/A"]
+        layers = json.loads(g.attrs["layers"])
+        ids = g["ids"].asstr()[()]
+        hashes = g["hashes"][()].astype(str)
+        X = g["pooled"][layers[-1]][()]
+        assert g["pooled"][layers[-1]].compression == "gzip" and g.attrs["compression"] == "gzip"
+    assert layers == ["layer.0", "layer.1"] and list(ids) == [f"s{i}" for i in range(N_SAMPLES)]
+    assert hashes[3] == f"{3:064x}" and X.shape == (N_SAMPLES, 5) and X.dtype == np.float32
+
+
+def test_h5dump_reads_a_layer_of_a_new_gzip_cache(two_model_cache):
+    import shutil
+
+    from embeddings_cache import Cache
+
+    if shutil.which("h5dump") is None:
+        pytest.skip("h5dump is not installed (Debian package hdf5-tools; .ci/run installs it)")
+    res = subprocess.run(["h5dump", "-d", "/models/B/pooled/layer.0", "-y", "-m", "%.9g", str(two_model_cache)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    data = res.stdout.split("DATA {", 1)[1].split("}", 1)[0]
+    values = np.array([float(v) for v in data.replace(",", " ").split()], dtype=np.float32)
+    with Cache(two_model_cache) as cache:
+        np.testing.assert_array_equal(values.reshape(N_SAMPLES, 7), cache.read_layer("B", "layer.0"))
+
+
+READ_WITHOUT_POSIX = """
+import sys, os, warnings
+sys.modules["fcntl"] = None     # import fcntl raises ImportError, as on Windows
+sys.modules["resource"] = None
+for name in ("pread", "preadv"):
+    delattr(os, name)
+warnings.simplefilter("always")
+from embeddings_cache import Cache, CacheWriter, CacheError
+with warnings.catch_warnings(record=True) as caught:
+    with Cache(sys.argv[1]) as cache:
+        first = cache.read_layer("A", "layer.1")
+    with Cache(sys.argv[1]) as cache:
+        second = cache.read_layer("A", "layer.1")
+no_lock = [w for w in caught if type(w.message).__name__ == "NoLockWarning"]
+print(first.shape[0], (first == second).all(), len(no_lock), [str(w.message) for w in caught])
+try:
+    CacheWriter(sys.argv[1], "C", provenance={}, layers=["x"])
+except CacheError as exc:
+    print(str(exc))
+"""
+
+
+def test_a_cache_reads_where_fcntl_and_resource_do_not_exist(two_model_cache):
+    """A fresh interpreter without the POSIX modules (the point is what imports there)."""
+    res = subprocess.run([sys.executable, "-c", READ_WITHOUT_POSIX, str(two_model_cache)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    shape, same, warned, messages = res.stdout.splitlines()[0].split(" ", 3)
+    assert (shape, same, warned) == (str(N_SAMPLES), "True", "1"), messages
+    assert "no POSIX file locks (fcntl)" in res.stdout.splitlines()[1]

@@ -160,6 +160,7 @@ def import_features(
     store_dtype: str = "float32",
     overwrite: bool = False,
     max_member_bytes: int | None = None,
+    compression: str | None = None,
 ) -> ImportRun:
     """Store the features of a file (see the module docstring) as ``model`` in ``cache``.
 
@@ -173,6 +174,8 @@ def import_features(
         ``bos_representations``); keep_tokens: store the per-token rows too (token layers).
     max_member_bytes: the largest member of the file to read, replacing the default allocation
         bound (:mod:`embeddings_cache.untrusted`), for trusted files with large members.
+    compression: ``gzip``, ``lzf`` or ``none`` for the new model; None: gzip in a new cache, the
+        compression of the cache's models in an existing one.
     Everything is read and checked before the cache is opened: bad input leaves it unchanged. An
     existing ``model`` is an error unless ``overwrite``. The import is a transaction: the model
     appears (or replaces the old one) only when every sample is stored; a failed or interrupted
@@ -185,6 +188,8 @@ def import_features(
     check_pool(pool)
     if store_dtype not in ("float32", "float16"):
         raise RepalignError(f"unknown storage dtype {store_dtype!r}; use float32 or float16")
+    if compression not in (None, "gzip", "lzf", "none"):
+        raise RepalignError(f"unknown compression {compression!r}; use gzip, lzf or none")
     if cache.exists() and not overwrite:
         with Cache(cache) as c:
             if model in c.models:
@@ -204,7 +209,7 @@ def import_features(
     # staged: the model appears whole when the writer closes without an error, or not at all; an
     # interrupted or failed run is resumed by the same command (same file and options)
     with CacheWriter(cache, model, prov, layers=pooled_layers, token_layers=token_layers, dtype=store_dtype,
-                     overwrite=overwrite, staged=True) as writer:
+                     overwrite=overwrite, staged=True, compression=compression or "default") as writer:
         stored = writer.stored()
         todo = np.array([k for k, i in enumerate(row_ids) if i not in stored], dtype=np.int64)
         for start in range(0, len(todo), IMPORT_BATCH):
