@@ -24,7 +24,7 @@ import pandas as pd
 
 from embeddings_cache import Cache
 from repalign import plot
-from repalign.compare import compare_models, compare_tokens
+from repalign.compare import EngineOptions, StatsOptions, TokenOptions, compare_models, compare_tokens
 from repalign.errors import RepalignError
 from repalign.extract import extract
 from repalign.models.controls import base_model, control_name, parse_control
@@ -342,14 +342,14 @@ def permutations_for(metric: str, permutations: int | dict) -> int:
     return int(permutations.get(metric, 0) if isinstance(permutations, dict) else permutations)
 
 
-def pair_statistics(pair: Pair, metric: str, permutations: int | dict, ci: float) -> dict:
+def pair_statistics(pair: Pair, metric: str, permutations: int | dict, ci: float, n_subsamples: int, seed: int) -> StatsOptions:
     """Permutations and interval level of one pair and metric. A pair with a random-init control is
     scored without either (``p_value`` and the interval empty): its score enters the study only
     through :func:`control_contrasts`, which tests trained against control across seeds; this keeps
     five seeds of controls affordable (the permutations are most of a pair's cost)."""
     if pair.seed is not None:
-        return {"permutations": 0, "ci": None}
-    return {"permutations": permutations_for(metric, permutations), "ci": ci}
+        return StatsOptions(n_subsamples=n_subsamples, seed=seed)
+    return StatsOptions(permutations=permutations_for(metric, permutations), ci=ci, n_subsamples=n_subsamples, seed=seed)
 
 
 def score_pooled(cache: Path, dataset: str, pairs: Sequence[Pair], metrics: Sequence[str], *, k: int,
@@ -368,9 +368,9 @@ def score_pooled(cache: Path, dataset: str, pairs: Sequence[Pair], metrics: Sequ
     granularity = "relative" if anchors else "structure"
     for pair in available_pairs(cache, pairs):
         for metric in metrics:
-            result = compare_models(cache, pair.model_a, pair.model_b, [metric], k=k, n_subsamples=n_subsamples,
-                                    seed=seed, anchors=anchors or None, normalize=None if anchors else "l2",
-                                    **pair_statistics(pair, metric, permutations, ci))
+            engine = EngineOptions(anchors=anchors or None, normalize=None if anchors else "l2")
+            result = compare_models(cache, pair.model_a, pair.model_b, [metric], engine=engine, k=k,
+                                    stats=pair_statistics(pair, metric, permutations, ci, n_subsamples, seed))
             frames.append(tidy_scores(result.table, dataset, pair, granularity=granularity))
         print(f"  scored {dataset} {pair.model_a} vs {pair.model_b} (N={result.n_samples})", flush=True)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SCORE_COLUMNS))
@@ -384,8 +384,9 @@ def score_elements(cache: Path, dataset: str, records, pairs: Sequence[Pair], me
     frames = []
     for pair in available_pairs(cache, pairs):
         for metric in metrics:
-            result = compare_tokens(cache, pair.model_a, pair.model_b, [metric], group_by="element", inputs=records, k=k,
-                                    n_subsamples=n_subsamples, seed=seed, **pair_statistics(pair, metric, permutations, ci))
+            result = compare_tokens(cache, pair.model_a, pair.model_b, [metric], k=k,
+                                    tokens=TokenOptions(group_by="element", inputs=records),
+                                    stats=pair_statistics(pair, metric, permutations, ci, n_subsamples, seed))
             frame = result.table.drop(columns=["granularity"], errors="ignore")
             frames.append(tidy_scores(frame, dataset, pair, granularity="element"))
         print(f"  scored {dataset} per element {pair.model_a} vs {pair.model_b} ({result.n_samples} rows of "

@@ -8,7 +8,7 @@ shared with the ``molecules`` study); every layer of each model, random-initiali
 seeds (``NAME@random:SEED``) and the baselines ``elements`` (composition) and ``soap`` (and ``acsf``
 and ``morgan`` for molecules). Compared per structure (mean-pooled) and, with ``--granularity
 element`` (and in ``--quick``), per element of each structure (the atoms of one element averaged,
-``compare_tokens(group_by="element")``, block permutations of whole structures); and, for crystals,
+``compare_tokens(tokens=TokenOptions(group_by="element"))``, block permutations of whole structures); and, for crystals,
 as relative representations (``granularity = relative``: each structure's cosine similarities to
 100 anchor structures drawn from the set, Moschella et al. 2023, as the ICL convergence study put
 seven potentials in one space; :mod:`repalign.metrics.anchors`).

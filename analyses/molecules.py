@@ -6,7 +6,7 @@ trained on crystals) on 1,000 molecules of the PDB's Chemical Component Dictiona
 atoms and ideal 3D coordinates), against the baselines ``morgan`` (Morgan count fingerprints),
 ``elements`` (composition), ``soap`` and ``acsf``, with random-initialised controls of 5 seeds.
 Per molecule (mean-pooled) and, with ``--granularity element`` (and in ``--quick``), per element of
-each molecule (the atoms of one element averaged, ``compare_tokens(group_by="element")``, block
+each molecule (the atoms of one element averaged, ``compare_tokens(tokens=TokenOptions(group_by="element"))``, block
 permutations of whole molecules).
 
     python -m analyses.molecules                  # full study (extraction resumes from .cache/)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from embeddings_cache import Cache
 from embeddings_cache.atomic import sigterm_as_interrupt
-from repalign.compare import compare_models
+from repalign.compare import StatsOptions, compare_models
 from repalign.errors import RepalignError
 from repalign.extract import extract
 from repalign.interop.owned import Manifest, digest
@@ -117,7 +117,7 @@ def _run_demo(out: Path, quiet: bool) -> dict[str, list[Path]]:
     for modality, factory, (model_a, model_b) in STUDIES:
         control_a, control_b = control_name(model_a, CONTROL_SEED), control_name(model_b, CONTROL_SEED)
         extract(_records(factory), [model_a, model_b, control_a, control_b], cache, layers=["all"], quiet=quiet)
-        common: dict[str, Any] = dict(k=K, permutations=PERMUTATIONS, seed=CONTROL_SEED)
+        common: dict[str, Any] = dict(k=K, stats=StatsOptions(permutations=PERMUTATIONS, seed=CONTROL_SEED))
         trained = compare_models(cache, model_a, model_b, METRICS, **common)
         control = compare_models(cache, control_a, control_b, METRICS, **common)
         if not quiet:

@@ -32,7 +32,7 @@ import pandas as pd
 
 from embeddings_cache import Cache, align_ids
 from repalign import __version__, plot
-from repalign.compare import compare_models, compare_tokens
+from repalign.compare import StatsOptions, compare_models, compare_tokens
 from repalign.errors import RepalignError
 from repalign.metrics import get_metric
 from repalign.plot.style import reference_note
@@ -139,6 +139,7 @@ def compare_all(cache_path: str | os.PathLike, metrics: Sequence[str] = DEFAULT_
     listed with the reason instead of compared.
     """
     tables, pairs = [], []
+    stats = StatsOptions(permutations=permutations, seed=seed)
     with Cache(cache_path) as cache:
         models = cache.models
         for i, model_a in enumerate(models):
@@ -156,12 +157,11 @@ def compare_all(cache_path: str | os.PathLike, metrics: Sequence[str] = DEFAULT_
                     continue
                 if not quiet:
                     print(f"comparing {model_a} vs {model_b}", file=sys.stderr, flush=True)
-                result = compare_models(cache_path, model_a, model_b, metrics, k=k, permutations=permutations,
-                                        seed=seed)
+                result = compare_models(cache_path, model_a, model_b, metrics, stats=stats, k=k)
                 pair.n_samples, pair.summary = result.n_samples, result.summary()
                 pair.warnings = list(getattr(result, "warnings", []))
                 tables.append(result.table)
-                tokens = _token_comparison(cache, cache_path, model_a, model_b, metrics, k, permutations, seed)
+                tokens = _token_comparison(cache, cache_path, model_a, model_b, metrics, k, stats)
                 if tokens is not None:
                     pair.summary += "\n" + tokens.summary()
                     pair.warnings += tokens.warnings
@@ -170,14 +170,14 @@ def compare_all(cache_path: str | os.PathLike, metrics: Sequence[str] = DEFAULT_
     return table, pairs
 
 
-def _token_comparison(cache, cache_path, model_a, model_b, metrics, k, permutations, seed):
+def _token_comparison(cache, cache_path, model_a, model_b, metrics, k, stats: StatsOptions):
     """The token-level comparison of a pair whose models both store token layers with the same
     tokens (repalign.compare.compare_tokens), or None. Metrics that cannot run on the token rows
     and pairs whose tokens differ are left out: the pooled comparison stands for them."""
     if not (cache.token_layers(model_a) and cache.token_layers(model_b)):
         return None
     try:
-        return compare_tokens(cache_path, model_a, model_b, metrics, k=k, permutations=permutations, seed=seed)
+        return compare_tokens(cache_path, model_a, model_b, metrics, stats=stats, k=k)
     except RepalignError as exc:
         log.info("%s vs %s: no token-level comparison (%s)", model_a, model_b, str(exc).splitlines()[0])
         return None

@@ -31,8 +31,8 @@ from cluster_helpers import (  # noqa: E402
 )
 from distributed import Client  # noqa: E402
 
-from repalign.compare import compare_models  # noqa: E402
-from repalign.distributed import CacheLayer, align_layers_distributed, shard_folder  # noqa: E402
+from repalign.compare import CacheLayer, compare_models  # noqa: E402
+from repalign.distributed import align_layers_distributed, shard_folder  # noqa: E402
 from repalign.metrics import align_layers_multi  # noqa: E402
 
 DASK_CLI = str(Path(sys.executable).with_name("dask"))  # the console script next to this Python

@@ -20,8 +20,8 @@ from cluster_helpers import KEY, assert_same_cache, random_fasta  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
 from embeddings_cache import Cache, CacheWriter  # noqa: E402
+from repalign.compare import CacheLayer  # noqa: E402
 from repalign.distributed import (  # noqa: E402
-    CacheLayer,
     align_layers_distributed,
     extract_distributed,
     parse_cluster,

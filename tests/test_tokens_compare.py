@@ -273,7 +273,7 @@ def mismatched(tmp_path):
 @pytest.mark.parametrize("args, fragment", [
     (["--a", "plain", "--b", "special"], "tokenise sample 'q2' differently (4 vs 6 rows"),
     (["--a", "plain", "--b", "pooled"], "'pooled'"),
-    (["--a", "plain", "--b", "special", "--max-tokens", "0"], "max_tokens=0 is invalid"),
+    (["--a", "plain", "--b", "special", "--max-tokens", "0"], "--max-tokens=0 is invalid"),
     (["--a", "plain", "--b", "plain", "--layers-a", "t", "--layers-b", "t"], "trivial"),
     (["--a", "plain", "--b", "special", "--group-by", "chainz"], "unknown grouping column 'chainz'; available: chain, element, residue"),
 ])
@@ -290,12 +290,12 @@ def test_bad_token_options_in_python(mismatched, tmp_path):
     fasta.write_text("".join(f">q{i}\nACDE\n" for i in range(6)))
     with pytest.raises(RepalignError, match="unknown grouping column 'element'.*available: chain, residue"):
         compare_tokens(mismatched, "plain", "plain", group_by="element", inputs=[str(fasta)])
-    with pytest.raises(RepalignError, match="--group-by chain labels tokens from the inputs; add --inputs"):
+    with pytest.raises(RepalignError, match="group_by=chain labels tokens from the inputs; add inputs"):
         compare_tokens(mismatched, "plain", "special", group_by="chain")
     res = run_cli("compare", mismatched, "--a", "plain", "--b", "pooled", "--max-tokens", "5")
     assert res.returncode == 1 and "--max-tokens applies to token rows; add --tokens" in res.stderr
     fasta.write_text("".join(f">q{i}\n{'ACDE' if i != 3 else 'ACDEF'}\n" for i in range(6)))
-    with pytest.raises(RepalignError, match="sample 'q3' in --inputs differs"):
+    with pytest.raises(RepalignError, match="sample 'q3' in inputs differs"):
         compare_tokens(mismatched, "plain", "plain", layers_a=["t"], layers_b=["t"], inputs=[str(fasta)], metrics=["cka"])
 
 

@@ -19,7 +19,7 @@ _EXPORTS = {
     **dict.fromkeys(("CLUSTER_FORMS", "CONNECT_TIMEOUT_S", "WORKER_TIMEOUT_S", "PAUSED_TIMEOUT_S", "ClusterSpec",
                      "check_slurm_queue", "gather_watched", "open_client", "parse_cluster", "read_slurm_config"),
                     "repalign.distributed.cluster"),
-    **dict.fromkeys(("CacheLayer", "DaskCandidateSearch", "align_layers_distributed", "distributed_knn_state"),
+    **dict.fromkeys(("DaskCandidateSearch", "align_layers_distributed", "distributed_knn_state"),
                     "repalign.distributed.comparison"),
     **dict.fromkeys(("DistributedModelRun", "extract_distributed", "plan_shards", "shard_folder"),
                     "repalign.distributed.extraction"),

@@ -10,12 +10,10 @@ neighbour search of one layer over all workers instead.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from embeddings_cache import Cache
 from repalign.distributed.cluster import dask_distributed, gather_watched
 from repalign.errors import RepalignError
 from repalign.metrics import LayerAlignment
@@ -26,35 +24,9 @@ from repalign.metrics.prepare import check_prepare_options
 
 
 # ----------------------------------------------------------------------------- comparison
-@dataclass(frozen=True)
-class CacheLayer:
-    """A picklable reference to one pooled layer in a cache, read on the worker that needs it.
-
-    ids: the samples (in this order) to read, e.g. from ``embeddings_cache.align_ids``; None = all, stored order.
-    """
-
-    path: str
-    model: str
-    layer: str
-    ids: tuple | None = None
-
-    def read(self) -> np.ndarray:
-        with Cache(self.path) as c:
-            return c.read_layer(self.model, self.layer, ids=None if self.ids is None else list(self.ids))
-
-    def blocks(self, block_rows: int = 65536) -> Iterator[np.ndarray]:
-        with Cache(self.path) as c:
-            if self.ids is None:
-                yield from c.iter_row_blocks(self.model, self.layer, block_rows)
-            else:
-                ids = list(self.ids)
-                for s in range(0, len(ids), block_rows):
-                    yield c.read_layer(self.model, self.layer, ids=ids[s:s + block_rows])
-
-
 def _layer_source(item, block_rows: int | None):
     """What the engine reads on a worker: the array, or with ``block_rows`` a block source."""
-    if isinstance(item, CacheLayer):
+    if hasattr(item, "blocks"):  # a cache-layer reference (repalign.compare.sources), read on this worker
         return (lambda: item.blocks(block_rows)) if block_rows is not None else item.read()
     if callable(item) and block_rows is None:
         return item()
@@ -76,11 +48,8 @@ def _recall_of(state) -> float | None:
 
 
 def _n_rows(item) -> int:
-    if isinstance(item, CacheLayer):
-        if item.ids is not None:
-            return len(item.ids)
-        with Cache(item.path) as c:
-            return c.n_samples(item.model)
+    if hasattr(item, "n_rows"):  # a cache-layer reference
+        return item.n_rows()
     if callable(item):
         raise RepalignError("a callable layer source needs n_samples=...; pass the number of rows")
     shape = np.shape(item)
@@ -109,7 +78,7 @@ def align_layers_distributed(
     """:func:`repalign.metrics.align_layers_multi` with the per-layer states built on Dask workers.
 
     client: a ``distributed.Client``. layers_a, layers_b: per-layer (N, D) arrays,
-    :class:`CacheLayer` references (read on the worker), or callables returning the array.
+    cache-layer references (:class:`repalign.compare.sources.CacheLayer`, read on the worker), or callables returning the array.
     The engine's :func:`repalign.metrics.engine.layer_state` runs once per layer on a worker (with
     the neighbour backend ``knn`` / ``knn_options`` / ``block_rows``) and its states stay there;
     each layer of A is then scored against every layer of B on one worker. Same numbers as

@@ -5,7 +5,7 @@ with anchors a_1..a_m drawn from the data, a sample x becomes r(x) = (cos(x, a_1
 Two models see the same anchor samples, so their relative representations share coordinates and
 are invariant to rotations and rescalings of either model's space. The method put several
 interatomic potentials in one space with atomic anchors (the ICL convergence study). Used as a
-transform before any metric: ``compare_models(..., anchors=N or ids)``, ``repalign compare --anchors``.
+transform before any metric: ``compare_models(..., engine=EngineOptions(anchors=N or ids))``, ``repalign compare --anchors``.
 """
 
 from __future__ import annotations

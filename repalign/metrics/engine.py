@@ -44,8 +44,8 @@ class StreamedLinearCka:
     moments: Any
 
     def permuted(self, perm):
-        raise RepalignError("linear CKA computed out of core (--block-rows) has no permutation test; "
-                            "compare in memory for --permutations, or use a kNN metric")
+        raise RepalignError("linear CKA computed out of core (block_rows) has no permutation test; "
+                            "compare in memory for permutations, or use a kNN metric")
 
 
 @dataclass
@@ -101,7 +101,7 @@ def check_backend(knn: str = "exact", block_rows: int | None = None, knn_options
         if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
             raise RepalignError(f"block_rows={block_rows!r} must be a positive whole number of rows, e.g. 65536")
         if knn != "exact":
-            raise RepalignError("--block-rows computes exact neighbours out of core; use --knn exact with it, or drop --block-rows")
+            raise RepalignError("block_rows computes exact neighbours out of core; use knn='exact' with it, or drop block_rows")
     return options
 
 
@@ -171,8 +171,8 @@ def _blocked_state(source, metrics, normalize, clip_quantile, block_rows, n_samp
             states.append(StreamedLinearCka(source, normalize, n, cache["cka_moments"]))
             continue
         if not metric.is_knn:
-            raise RepalignError(f"metric {metric.name} cannot run out of core (--block-rows); use mknn, cycle_knn, lcs_knn, "
-                                f"edit_distance_knn, cknna or linear cka, or drop --block-rows")
+            raise RepalignError(f"metric {metric.name} cannot run out of core (block_rows); use mknn, cycle_knn, lcs_knn, "
+                                f"edit_distance_knn, cknna or linear cka, or drop block_rows")
         if ("knn", p["k"]) not in cache:
             cache[("knn", p["k"])] = blocked_knn_state(as_block_source(source, name), p["k"], normalize, clip_quantile,
                                                        n_samples=n, name=name, search=knn_search)
