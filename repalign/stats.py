@@ -211,11 +211,15 @@ class PermutationResult:
     """Permutation test of every (layer_a, layer_b) pair and of the best pair, for one metric.
 
     scores, p_value, p_value_adjusted, null_mean, null_quantile, calibrated: float64 (La, Lb).
-    p_value_adjusted is the single-step max-T p-value over all compared pairs (NaN for pairs left
-    out by ``exclude``). null: (permutations, La, Lb) scores of every permutation; null_max:
+    null_quantile is the calibration threshold τ (the ⌈(1 − alpha)(T + 1)⌉-th smallest of the
+    observed and the T null scores) and calibrated = clip((score − τ) / (top − τ), 0, 1), the null
+    calibration of Gröger, Wen & Brbić (ICML 2026), equal to their ``calibrated-similarity``
+    package on the same permutations. p_value_adjusted is the single-step max-T p-value over all
+    compared pairs (NaN for pairs left out by ``exclude``). null: (permutations, La, Lb) scores of every permutation; null_max:
     (permutations,) maximum over the compared pairs of each permutation. best: (i, j) of the highest
     observed score among the compared pairs (first in row-major order), with score_best,
-    p_value_best (= p_value_adjusted at best), null_mean_best and calibrated_best.
+    p_value_best (= p_value_adjusted at best), null_mean_best and calibrated_best (τ from score_best
+    and null_max, the maximum over pairs of each permutation, one permutation for all layers).
     exclude: bool (La, Lb), pairs left out of the layer search (e.g. the diagonal of a model
     compared with itself). chance_level: the metric's closed-form expectation for independent
     data, or None.
@@ -273,10 +277,27 @@ def _p_values(null: np.ndarray, observed: np.ndarray) -> np.ndarray:
     return (1.0 + np.sum(null >= threshold, axis=0)) / (1.0 + null.shape[0])
 
 
-def _calibrate(observed, quantile, top: float):
-    """(observed − q) / (top − q), clipped to [0, 1]; 0 where the null quantile already reaches the maximum."""
+def _threshold(observed, null: np.ndarray, alpha: float) -> np.ndarray:
+    """Null-calibration threshold τ of Gröger, Wen & Brbić (ICML 2026), elementwise over axis 0.
+
+    τ is the ⌈(1 − α)(K + 1)⌉-th smallest of the K + 1 scores {observed, null_1..null_K} (the
+    observed score counted as one of the permutations, as in the add-one p-value). The index is
+    computed as in their ``calibrated-similarity`` package (0.1.1), same floating-point expression."""
+    null = np.asarray(null, dtype=np.float64)
     observed = np.asarray(observed, dtype=np.float64)
-    quantile = np.asarray(quantile, dtype=np.float64)
+    permutations = null.shape[0]
+    index = min(max(math.ceil((1.0 - alpha) * (permutations + 1)) - 1, 0), permutations)
+    combined = np.concatenate([observed[None], null], axis=0)
+    return np.partition(combined, index, axis=0)[index]
+
+
+def _calibrate(observed, threshold, top: float):
+    """Calibrated score clip((s − τ) / (top − τ), 0, 1) of Gröger, Wen & Brbić (ICML 2026).
+
+    ``threshold``: τ from :func:`_threshold`; ``top``: the metric's upper bound (their ``smax``;
+    1 for every built-in metric, their default). 0 where τ already reaches the maximum."""
+    observed = np.asarray(observed, dtype=np.float64)
+    quantile = np.asarray(threshold, dtype=np.float64)
     room = top - quantile
     with np.errstate(divide="ignore", invalid="ignore"):
         value = np.where(room > 0, (observed - quantile) / np.where(room > 0, room, 1.0), 0.0)
@@ -304,7 +325,7 @@ def _result(observed, null, metric: Metric, params: dict, exclude, alpha, n, see
     best = divmod(int(np.argmax(searched)), observed.shape[1])
     score_best = float(observed[best])
     top = metric.bounds[1]
-    null_quantile = np.quantile(null, 1.0 - alpha, axis=0)
+    null_quantile = _threshold(observed, null, alpha)  # τ per pair (Gröger, Wen & Brbić, 2026)
     settable = {k: v for k, v in params.items() if k in metric.defaults}
     return PermutationResult(
         scores=observed,
@@ -319,7 +340,7 @@ def _result(observed, null, metric: Metric, params: dict, exclude, alpha, n, see
         score_best=score_best,
         p_value_best=float(adjusted[best]),
         null_mean_best=float(null_max.mean()),
-        calibrated_best=float(_calibrate(score_best, np.quantile(null_max, 1.0 - alpha), top)),
+        calibrated_best=float(_calibrate(score_best, _threshold(score_best, null_max, alpha), top)),
         chance_level=metric.chance_level(n, **settable),
         metric=metric.name,
         params=params,

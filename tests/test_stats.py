@@ -111,7 +111,9 @@ def reference_permutation_test(A, B, func, permutations, seed, alpha, **params):
         null.append([[func(a, b[perm], **params) for b in B] for a in A])
     null = np.array(null)
     p = (1 + (null >= observed).sum(axis=0)) / (1 + permutations)
-    q = np.quantile(null, 1 - alpha, axis=0)
+    # calibration of Groeger, Wen & Brbic (2026): tau = the ceil((1 - alpha)(T + 1))-th smallest of observed and null
+    combined = np.sort(np.concatenate([observed[None], null]), axis=0)
+    q = combined[int(np.ceil((1 - alpha) * (permutations + 1))) - 1]
     calibrated = np.clip((observed - q) / (1 - q), 0, 1)
     null_max = null.max(axis=(1, 2))
     p_best = (1 + np.sum(null_max >= observed.max())) / (1 + permutations)
