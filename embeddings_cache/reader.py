@@ -273,7 +273,7 @@ class Cache:
         #: rule (no dataset declaring more than 1 GiB and 100x what it stores); a number, the largest size
         self.max_member_bytes = max_member_bytes
         if not self.path.exists():
-            raise CacheError(f"no cache at {self.path}; check the path (caches are written by CacheWriter)")
+            raise CacheError(f"no cache at {self.path}; check the path (a cache is made by 'repalign extract' or 'repalign cache import')")
         check_regular(self.path)
         self._file = Path(os.path.realpath(self.path))  # its journal lives next to the real file
         self._main: h5py.File | None = None
@@ -920,7 +920,7 @@ def _identity(path: Path) -> tuple[int, int, int, int]:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise CacheError(f"no cache at {path}; check the path (caches are written by CacheWriter)")
+        raise CacheError(f"no cache at {path}; check the path (a cache is made by 'repalign extract' or 'repalign cache import')")
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 

@@ -320,7 +320,7 @@ class CacheWriter:
         Invalid input raises CacheError and writes nothing.
         """
         if self._closed:
-            raise CacheError(f"writer of {self.path} is closed; open a new CacheWriter to append")
+            raise CacheError(f"writer of {self.path} is closed; open the cache for writing again to append")
         batch = self._validate(ids, hashes, pooled, tokens or {}, outputs or {})
         if batch is None:
             return

@@ -77,6 +77,16 @@ def cli_message(exc: BaseException) -> str:
     return text
 
 
+def system_error_text(exc: BaseException) -> str:
+    """An OSError or MemoryError in the user's words: the file and what the system said, no class name."""
+    if isinstance(exc, MemoryError):
+        return "out of memory; use a smaller input or --block-rows / --batch-tokens where the command has them"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        return f"{where}{exc.strerror}"
+    return str(exc).splitlines()[0] if str(exc) else "system error"
+
+
 # ---- subcommands ------------------------------------------------------------------------------------
 
 
@@ -612,7 +622,7 @@ def main(argv=None) -> int:
     except (OSError, MemoryError) as exc:
         if args.debug:
             raise
-        print(f"repalign: error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr)
+        print(f"repalign: error: {system_error_text(exc)} (rerun with --debug for details)", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -3,10 +3,14 @@ model availability, repeatable --model, exports that import back exactly, and po
 
 from __future__ import annotations
 
+import ast
+import errno
 import io
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -280,3 +284,49 @@ def test_a_cache_reads_where_fcntl_and_resource_do_not_exist(two_model_cache):
     shape, same, warned, messages = res.stdout.splitlines()[0].split(" ", 3)
     assert (shape, same, warned) == (str(N_SAMPLES), "True", "1"), messages
     assert "no POSIX file locks (fcntl)" in res.stdout.splitlines()[1]
+
+
+# ---- 7. the files beside a cache, and messages in the user's words ---------------------------------------
+
+
+def test_cache_info_names_the_files_beside_the_cache(two_model_cache, tmp_path):
+    res = run_main("cache", "info", two_model_cache)
+    assert res.returncode == 0, res.stderr
+    beside = res.stdout.split("files beside the cache (part of it):", 1)[1]
+    assert "cache.h5.lock: lock file" in beside and "part of the format" in beside
+    assert "compression gzip" in res.stdout
+    missing = run_main("cache", "info", tmp_path / "none.h5")
+    assert missing.returncode == 1 and "'repalign extract'" in missing.stderr and "CacheWriter" not in missing.stderr
+
+
+INTERNAL_NAMES = re.compile(r"\b(CacheWriter|CachedModel|ModelPlan|ExtractOptions|GuardedFile|OverlayReader|"
+                            r"HFProteinLM|ModelAdapter|LayerState|ImportRun|_[a-z]\w+)\b")
+#: messages only a Python caller can get, about the Python type it passed
+PYTHON_TYPE_ERRORS = {("repalign/extract_options.py", "settings must be an ExtractOptions, got ")}
+
+
+def test_error_messages_name_commands_and_flags_not_internal_classes():
+    """Every string in a raised error of the store and the toolkit (the comparison path aside: another
+    module's rules) is free of internal class and private names."""
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for package in ("embeddings_cache", "repalign", "esmfold2_model"):
+        for path in sorted((root / package).rglob("*.py")):
+            name = path.relative_to(root).as_posix()
+            if name.startswith(("repalign/compare", "repalign/metrics", "repalign/distributed")):
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                    for text in [c.value for c in ast.walk(node.exc) if isinstance(c, ast.Constant)
+                                 and isinstance(c.value, str)]:
+                        if INTERNAL_NAMES.search(text) and (name, text) not in PYTHON_TYPE_ERRORS:
+                            found.append(f"{name}:{node.lineno}: {text!r}")
+    assert not found, "\n".join(found)
+
+
+def test_a_system_error_is_one_line_without_a_class_name():
+    from repalign.cli import system_error_text
+
+    assert system_error_text(PermissionError(errno.EACCES, "Permission denied", "scores.csv")) == \
+        "scores.csv: Permission denied"
+    assert system_error_text(MemoryError()).startswith("out of memory")
