@@ -499,7 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object (keys in docs/cache-format.md)")
     info.set_defaults(func=cmd_cache_info)
 
-    im = cache_sub.add_parser("import", help="store features computed elsewhere (.npy .npz .pt ESM folder .h5 .h5ad .parquet)")
+    im = cache_sub.add_parser(
+        "import", help="store features computed elsewhere (.npy .npz .pt ESM folder .h5 .h5ad .parquet)",
+        description="Store features computed elsewhere as a model of a cache. ESM extract.py layers are renumbered "
+                    "as repalign names the same model's layers (esm2-*, hf:): repr layer 0 is 'embeddings' and repr "
+                    "layer i is 'layer.{i-1}' (ESM's layer 6 becomes layer.5), so an imported layer meets the "
+                    "extracted one of the same depth under one name.")
     im.add_argument("file", help="feature file or folder of ESM extract.py .pt files")
     im.add_argument("--model", "-m", required=True, help="name of the model in the cache")
     im.add_argument("--inputs", nargs="+", help="the inputs, in row order (FASTA/CSV/structures): ids and content hashes")

@@ -330,3 +330,13 @@ def test_a_system_error_is_one_line_without_a_class_name():
     assert system_error_text(PermissionError(errno.EACCES, "Permission denied", "scores.csv")) == \
         "scores.csv: Permission denied"
     assert system_error_text(MemoryError()).startswith("out of memory")
+
+
+# ---- 8. ESM layer numbers ----------------------------------------------------------------------------------
+
+
+def test_cache_import_help_states_the_esm_layer_renumbering():
+    res = run_main("cache", "import", "--help")
+    assert res.returncode == 0
+    text = " ".join(res.stdout.split())
+    assert "repr layer 0 is 'embeddings'" in text and "ESM's layer 6 becomes layer.5" in text
