@@ -466,3 +466,38 @@ def test_a_degenerate_crystal_is_a_one_line_error_naming_it_and_skippable(tmp_pa
     squeezed = next(r for r in read_inputs(tmp_path / "s.extxyz") if r.id == "squeezed")
     with pytest.raises(InvalidInput, match="squeezed: .* neighbours per atom within 6 A"):
         chgnet.validate(squeezed)
+
+
+def test_pt_views_legacy_files_and_pickle_bombs_are_refused_before_values_are_read(tmp_path, run_main):
+    torch = pytest.importorskip("torch")
+    torch.save(torch.zeros(1).expand(200_000, 100_000), tmp_path / "zero-stride.pt")  # 4 B stored, 74.5 GiB declared
+    torch.save({"emb": torch.zeros(7000).as_strided((3000, 4000), (1, 1))}, tmp_path / "overlap.pt")
+    torch.save({"feats": torch.zeros(1).expand(5, 2, 4)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    torch.save([], tmp_path / "empty.pt")
+    with zipfile.ZipFile(tmp_path / "empty.pt") as src, \
+            zipfile.ZipFile(tmp_path / "pickle-bomb.pt", "w", zipfile.ZIP_DEFLATED) as z:
+        for info in src.infolist():  # PROTO 2, EMPTY_LIST, MARK, 2M x EMPTY_DICT, APPENDS, STOP: 2 MiB in 2 KiB
+            bomb = b"\x80\x02]q\x00(" + b"}" * (2 << 20) + b"e."
+            z.writestr(info.filename, bomb if info.filename.endswith("data.pkl") else src.read(info))
+    (tmp_path / "ids.txt").write_text("a\nb\nc\n")
+    cases = {
+        "zero-stride.pt": "the tensor (200000, 100000) float32 declares 74.5 GiB but its storage holds 4 B (a view "
+                          "with zero strides)",
+        "overlap.pt": "entry 'emb' (3000, 4000) float32 declares 45.8 MiB but its storage holds 27.3 KiB (a view with "
+                      "overlapping strides)",
+        "legacy.pt": "a legacy (pre-1.6, non-zip) torch file",
+        "pickle-bomb.pt": "member 'empty/data.pkl' (the pickled structure) holds 2.0 MiB in",
+    }
+    for name, fragment in cases.items():
+        res = []
+        peak = _peak_bytes(lambda: res.append(run_main("cache", "import", tmp_path / name, "-m", "m", "--ids",
+                                                       tmp_path / "ids.txt", "-o", tmp_path / "c.h5")))
+        _one_line_error(res[0], str(tmp_path / name), fragment)
+        assert peak < 64 << 20, (name, peak)
+    assert not (tmp_path / "c.h5").exists()
+    torch.save({"emb": torch.arange(12.0).reshape(4, 3).T}, tmp_path / "transposed.pt")  # not contiguous, not a bomb
+    res = run_main("cache", "import", tmp_path / "transposed.pt", "-m", "m", "--ids", tmp_path / "ids.txt",
+                   "-o", tmp_path / "c.h5")
+    assert res.returncode == 0, res.stderr
+    with Cache(tmp_path / "c.h5") as c:
+        np.testing.assert_array_equal(c.read_layer("m", "emb"), np.arange(12.0).reshape(4, 3).T)

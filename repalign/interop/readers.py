@@ -33,6 +33,12 @@ from repalign.interop.formats import (
 from repalign.interop.formats import first_line as _first
 from repalign.pooling import pool_rows
 
+#: largest pickled structure (data.pkl) of a .pt file, and its largest ratio to the bytes it stores
+#: (checked above PICKLE_RATIO_FLOOR): whatever max_member_bytes says
+PICKLE_BYTES = 64 << 20
+PICKLE_RATIO = 10
+PICKLE_RATIO_FLOOR = 1 << 20
+
 
 @dataclass
 class Features:
@@ -301,18 +307,22 @@ def _torch_load(path: Path, max_member_bytes: int | None = None) -> Any:
         raise RepalignError(f"{path}: reading .pt files needs torch; pip install 'repalign[models]'") from None
     if not path.is_file():
         raise RepalignError(f"{path} is not a regular file (a device or a pipe); give a .pt file")
-    if zipfile.is_zipfile(path):  # torch.save's format: each tensor's bytes are a member of the archive
-        _check_zip_members(path, max_member_bytes)
+    if not zipfile.is_zipfile(path):  # the legacy format: sizes are known only once every storage is read
+        raise RepalignError(f"{path}: refused, a legacy (pre-1.6, non-zip) torch file, whose sizes cannot be checked "
+                            "before loading; save it again with torch.save (torch >= 1.6)")
+    _check_zip_members(path, max_member_bytes)
     try:
         with warnings.catch_warnings():  # torch's warnings about storages would add lines to a one-line error
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise RepalignError(
             f"{path}: refused, it holds Python objects beyond tensors and plain containers, which only full pickle "
             f"can load and which could run code ({_first(e)}); save tensors or dicts/lists of tensors") from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         raise RepalignError(f"{path}: not a readable torch file ({_first(e)}); write it with torch.save") from None
+    _check_tensors(obj, path, torch, max_member_bytes)
+    return obj
 
 
 def _check_zip_members(path: Path, max_member_bytes: int | None) -> None:
@@ -324,8 +334,62 @@ def _check_zip_members(path: Path, max_member_bytes: int | None) -> None:
         raise RepalignError(f"{path}: not a readable torch file ({_first(e)}); write it with torch.save") from None
     for info in infos:
         check_member_size(info.file_size, info.compress_size, f"{path}: member {info.filename!r}", max_member_bytes)
+        if info.filename.endswith("/data.pkl") or info.filename == "data.pkl":
+            _check_pickle_member(info, path)
     total = sum(info.file_size for info in infos)
     check_total_size(total, f"{path}: its {len(infos)} members together", max_member_bytes)
+
+
+def _check_pickle_member(info: zipfile.ZipInfo, path: Path) -> None:
+    """The pickle of a torch file (its containers, not its tensors' bytes) is small: every byte of it
+    can make a Python object of ~64 bytes, so it is bounded hard, whatever max_member_bytes says."""
+    size, packed = info.file_size, max(1, info.compress_size)
+    if size > PICKLE_BYTES or (size > PICKLE_RATIO_FLOOR and size > PICKLE_RATIO * packed):
+        raise RepalignError(
+            f"{path}: refused, member {info.filename!r} (the pickled structure) holds {size_text(size)} in "
+            f"{size_text(packed)}; a torch file's structure is at most {size_text(PICKLE_BYTES)} and "
+            f"{PICKLE_RATIO}x compressed (objects built from it could fill memory); save tensors, or dicts/lists "
+            "of tensors, with torch.save")
+
+
+def _tensors_in(obj: Any, torch: Any) -> list[tuple[str, Any]]:
+    """(where, tensor) for every tensor in the containers torch.load returned (dicts, lists, tuples)."""
+    found, stack, seen = [], [("the tensor", obj)], set()
+    while stack:
+        where, value = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, torch.Tensor):
+            found.append((where, value))
+        elif isinstance(value, dict):
+            stack.extend((f"entry {k!r}", v) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{where}[{k}]", v) for k, v in enumerate(value))
+    return found
+
+
+def _check_tensors(obj: Any, path: Path, torch: Any, max_member_bytes: int | None) -> None:
+    """Every dense tensor's declared size against the bytes its storage holds: a view with zero or
+    overlapping strides (torch.zeros(1).expand(10**5, 10**5)) declares far more than the file stores,
+    and becomes that much memory once its values are read. Then the allocation bound, per tensor and
+    for all together."""
+    total, tensors = 0, _tensors_in(obj, torch)
+    for where, t in tensors:
+        if str(t.layout) != "torch.strided" or t.is_meta or t.is_quantized:
+            continue  # refused in one line where its values are read
+        declared = declared_bytes(tuple(t.shape), t.element_size())
+        held = t.untyped_storage().nbytes()
+        what = f"{path}: {where} {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+        zero = any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape))
+        if zero or declared > held:
+            raise RepalignError(
+                f"{what} declares {size_text(declared)} but its storage holds {size_text(held)} (a view with "
+                f"{'zero' if zero else 'overlapping'} strides); refused: reading it would allocate the declared "
+                "size; save tensor.contiguous() or tensor.clone()")
+        check_member_size(declared, held, what, max_member_bytes)
+        total += declared
+    check_total_size(total, f"{path}: its {len(tensors)} tensors together", max_member_bytes)
 
 
 def _read_pt(path: Path, pool: str = "mean", keep_tokens: bool = True, max_member_bytes: int | None = None,
