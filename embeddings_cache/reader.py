@@ -831,7 +831,7 @@ class Cache:
         for seg, positions, local in self._split(model, rows):
             with self._segment(seg, model) as group:
                 data_ds = self._dataset(group, f"{TOKENS}/{layer}/{TOKEN_DATA}", model, seg)
-                offsets = self._read(self._dataset(group, f"{TOKENS}/{layer}/{TOKEN_OFFSETS}", model, seg), (), model)
+                offsets = self._token_offsets(group, layer, model, seg, data_ds.shape[0])
                 starts, stops = offsets[local], offsets[local + 1]
                 token_rows = _ranges(starts, stops - starts)
                 data = self._read_sorted(data_ds, token_rows, dtype, model)
@@ -850,9 +850,30 @@ class Cache:
         counts = np.zeros(len(rows), dtype=np.int64)
         for seg, positions, local in self._split(model, rows):
             with self._segment(seg, model) as group:
-                offsets = self._read(self._dataset(group, f"{TOKENS}/{layer}/{TOKEN_OFFSETS}", model, seg), (), model)
+                data_ds = self._dataset(group, f"{TOKENS}/{layer}/{TOKEN_DATA}", model, seg, sizes=False)
+                offsets = self._token_offsets(group, layer, model, seg, data_ds.shape[0])
             counts[positions] = offsets[local + 1] - offsets[local]
         return counts
+
+    def _token_offsets(self, group: h5py.Group, layer: str, model: str, seg: _Segment, data_rows: int) -> np.ndarray:
+        """A segment's token offsets, checked before use: integers, one more than its samples, rising
+        from 0 to the rows of its token data (else a CacheError naming the file and the dataset)."""
+        ds = self._dataset(group, f"{TOKENS}/{layer}/{TOKEN_OFFSETS}", model, seg)
+        problem = None
+        if ds.dtype.kind not in "iu" or ds.ndim != 1:
+            problem = f"has dtype {ds.dtype} and shape {ds.shape}; offsets are a 1-D array of integers"
+        elif ds.shape[0] != seg.n + 1:
+            problem = f"holds {ds.shape[0]} offsets for {seg.n} samples; it needs {seg.n + 1}"
+        if problem is None:
+            offsets = self._read(ds, (), model).astype(np.int64)
+            if offsets[0] != 0 or offsets[-1] != data_rows:
+                problem = f"runs from {offsets[0]} to {offsets[-1]}, not from 0 to the {data_rows} rows of its data"
+            elif np.any(np.diff(offsets) < 0):
+                problem = "decreases somewhere; offsets must not decrease"
+            else:
+                return offsets
+        raise CacheError(f"{seg.part or self.path}: dataset {ds.name!r} of model {model!r} {problem}; the cache is "
+                         "damaged or crafted: extract or import that model again")
 
     def _read_sorted(self, ds: h5py.Dataset, local: np.ndarray, dtype: np.dtype, model: str) -> np.ndarray:
         """Rows ``local`` (sorted, repeats allowed) of a dataset, reading spans of bounded size."""

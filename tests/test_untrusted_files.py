@@ -501,3 +501,30 @@ def test_pt_views_legacy_files_and_pickle_bombs_are_refused_before_values_are_re
     assert res.returncode == 0, res.stderr
     with Cache(tmp_path / "c.h5") as c:
         np.testing.assert_array_equal(c.read_layer("m", "emb"), np.arange(12.0).reshape(4, 3).T)
+
+
+def test_crafted_token_offsets_are_one_line_errors_naming_the_dataset(tmp_path):
+    ids = _ids(4)
+    path = tmp_path / "tok.h5"
+    with CacheWriter(path, "m", {"options": {}}, ["l"], token_layers=["t"]) as w:
+        w.append(ids, _hashes(ids), {"l": np.ones((4, 8), np.float32)}, tokens={"t": [np.ones((3, 8), np.float32)] * 4})
+    with Cache(path) as c:
+        assert c.read_tokens("m", "t")[0].shape == (12, 8)
+    cases = {  # offsets written into a real cache -> what the error says
+        "[0, 3, 6, 9, 10**12]": "runs from 0 to 1000000000000, not from 0 to the 12 rows of its data",
+        "[0, 3, -5, 9, 12]": "decreases somewhere",
+        "[5, 3, 6, 9, 12]": "runs from 5 to 12",
+        "np.array([0, 3, 6, 9, 12], 'f8')": "has dtype float64 and shape (5,); offsets are a 1-D array of integers",
+        "[0, 3, 12]": "holds 3 offsets for 4 samples; it needs 5",
+    }
+    for values, fragment in cases.items():
+        crafted = shutil.copy(path, tmp_path / "crafted.h5")
+        with h5py.File(crafted, "r+") as f:
+            del f["models/m/tokens/t/offsets"]
+            f["models/m/tokens/t/offsets"] = np.asarray(eval(values))
+        for read in ("read_tokens", "read_token_counts"):
+            with Cache(crafted) as c, pytest.raises(CacheError) as err:
+                getattr(c, read)("m", "t")
+            message = str(err.value)
+            assert "\n" not in message and str(crafted) in message and "'/models/m/tokens/t/offsets'" in message
+            assert fragment in message, (values, message)
