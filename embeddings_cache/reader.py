@@ -580,11 +580,16 @@ class Cache:
     def files_beside(self) -> list[dict[str, str]]:
         """The files next to the cache that belong to it (docs/cache-format.md): path and role of each
         one present. A copy of the cache needs the journal and redo log when they are there."""
+        staged = sum(self.unfinished_overwrites.values())
+        if self.n_pending_parts or staged:
+            journal = (f"journal: {self.n_pending_parts + staged} batch(es) not in the main file yet; copy it with "
+                       "the cache (the next write, e.g. 'repalign extract', folds completed batches in)")
+        else:
+            journal = "journal folder, empty: every batch is in the main file, so a copy of the .h5 file alone is whole"
         roles = (
             (lock_path(self._file), "lock file of the cache's writers and readers; part of the format: keep it, "
                                     "never delete it while a command writes the cache"),
-            (parts_dir(self._file), f"journal: {self.n_pending_parts} completed batch(es) not yet in the main file; "
-                                    "copy it with the cache, or run any write (e.g. 'repalign extract') to fold it in"),
+            (parts_dir(self._file), journal),
             (redo_path(self._file), "redo log of an interrupted commit; copy it with the cache, the next write applies it"),
             (consolidating_path(self._file), "the next main file of an interrupted overwrite; the next write removes it"),
         )

@@ -300,6 +300,7 @@ def test_cache_info_names_the_files_beside_the_cache(two_model_cache, tmp_path):
     assert res.returncode == 0, res.stderr
     beside = res.stdout.split("files beside the cache (part of it):", 1)[1]
     assert "cache.h5.lock: lock file" in beside and "part of the format" in beside
+    assert "cache.h5.parts: journal folder, empty" in beside  # every batch consolidated: the .h5 alone is whole
     assert "compression gzip" in res.stdout
     missing = run_main("cache", "info", tmp_path / "none.h5")
     assert missing.returncode == 1 and "'repalign extract'" in missing.stderr and "CacheWriter" not in missing.stderr
