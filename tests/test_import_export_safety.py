@@ -296,3 +296,49 @@ def test_the_demo_refuses_to_replace_the_users_files_before_any_work(tmp_path, r
     (out / "scores.csv").write_text("edited since\n")
     with pytest.raises(RepalignError, match="was not written by 'repalign demo' \\(or was changed since\\)"):
         check_demo_output(out)
+
+
+def test_a_resumed_import_with_other_ids_discards_the_rows_bound_by_the_wrong_ones(tmp_path, monkeypatch):
+    import repalign.interop.importing as importing
+    from repalign.interop import import_features
+
+    np.save(tmp_path / "x.npy", np.arange(8, dtype=np.float32).reshape(4, 2))  # row k holds 2k, 2k+1
+    monkeypatch.setattr(importing, "IMPORT_BATCH", 2)
+    append = CacheWriter.append
+    calls = []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return append(self, *args, **kwargs)
+
+    monkeypatch.setattr(CacheWriter, "append", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # a wrong ids file: rows 0 and 1 bound to s1 and s0
+        import_features(tmp_path / "x.npy", tmp_path / "c.h5", "m", ids=["s1", "s0", "s3", "s2"])
+    monkeypatch.setattr(CacheWriter, "append", append)
+    right = ["s0", "s1", "s2", "s3"]
+    run = import_features(tmp_path / "x.npy", tmp_path / "c.h5", "m", ids=right)
+    assert run.resumed == 0  # another binding is another run: nothing of the first one is kept
+    with Cache(tmp_path / "c.h5") as c:
+        np.testing.assert_array_equal(c.read_layer("m", "layer.0", ids=right), np.arange(8).reshape(4, 2))
+
+
+def test_an_esm_folder_with_a_symlink_or_fifo_named_pt_is_refused_in_one_line(tmp_path, run_main):
+    torch = pytest.importorskip("torch")
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        for k in range(2):
+            torch.save({"label": f"s{k}", "mean_representations": {1: torch.ones(4) * k}}, folder / f"p{k}.pt")
+    (tmp_path / "a" / "zzz.pt").symlink_to("/dev/zero")  # hashing it for the provenance never ended
+    os.mkfifo(tmp_path / "b" / "zzz.pt")
+    for name, fragment in (("a", "a symbolic link in the ESM folder"), ("b", "not a regular file (a FIFO")):
+        res = run_main("cache", "import", tmp_path / name, "-m", "m", "-o", tmp_path / "c.h5")
+        assert res.returncode == 1 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+        assert f"{tmp_path / name / 'zzz.pt'}: refused, {fragment}" in res.stderr, res.stderr
+    (tmp_path / "a" / "zzz.pt").unlink()
+    res = run_main("cache", "import", tmp_path / "a", "-m", "m", "-o", tmp_path / "c.h5")
+    assert res.returncode == 0, res.stderr
+    with Cache(tmp_path / "c.h5") as c:
+        assert c.ids("m") == ["s0", "s1"]

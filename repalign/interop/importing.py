@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -206,6 +207,9 @@ def import_features(
 
     _check_storable(feats, pooled_layers, token_layers, store_dtype, path, row_ids)
     prov = _provenance(feats, path, model, source, pool, token_layers, store_dtype)
+    # how rows are bound to samples is part of the run: a resumed import with other --ids/--inputs
+    # (a corrected ids file) is another run, so its staged batches are discarded, not kept
+    prov["options"]["binding_sha256"] = _binding_digest(row_ids, hashes)
     # staged: the model appears whole when the writer closes without an error, or not at all; an
     # interrupted or failed run is resumed by the same command (same file and options)
     with CacheWriter(cache, model, prov, layers=pooled_layers, token_layers=token_layers, dtype=store_dtype,
@@ -218,6 +222,14 @@ def import_features(
                           {l: _rows(feats.pooled[l], rows) for l in pooled_layers},
                           tokens={l: [feats.tokens[l][k] for k in rows] for l in token_layers})
     return ImportRun(model, feats.format, feats.n, pooled_layers, token_layers, source, resumed=feats.n - len(todo))
+
+
+def _binding_digest(row_ids: list[str], hashes: list[str]) -> str:
+    """SHA-256 of the (row id, content hash) pairs in row order."""
+    total = hashlib.sha256()
+    for i, h in zip(row_ids, hashes):
+        total.update(f"{i}\t{h}\n".encode())
+    return total.hexdigest()
 
 
 def _rows(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -265,8 +277,7 @@ def _pool(feats: Features, pool: str, path: Path, row_ids: list[str]) -> None:
 def _provenance(feats: Features, path: Path, model: str, source: str, pool: str, token_layers: list[str],
                 store_dtype: str) -> dict:
     """The imported model's provenance: the source file (path, format, SHA-256) and how it was stored."""
-    digest = sha256_of_files(sorted(p for p in path.iterdir() if p.suffix == ".pt")) if path.is_dir() \
-        else sha256_of_file(path)
+    digest = sha256_of_files(feats.files) if feats.files is not None else sha256_of_file(path)
     source_info = {"path": str(path.resolve()), "format": feats.format, "sha256": digest, "entry": feats.key,
                    "ids_from": source}
     return {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import stat
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class Features:
     hashes: list[str] | None = None
     named: bool = True
     key: str | None = None  # the entry of the file the features came from (e.g. "feats")
+    files: list[Path] | None = None  # the files read, for a folder (their digest is the source's)
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -425,11 +427,29 @@ def _read_pt(path: Path, pool: str = "mean", keep_tokens: bool = True, max_membe
 
 def _read_esm_folder(path: Path, pool: str = "mean", keep_tokens: bool = True, max_member_bytes: int | None = None,
                      **_: Any) -> Features:
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".pt" and not p.name.startswith("."))
+    files = esm_folder_files(path)
+    feats = _esm_features([_torch_load(f, max_member_bytes) for f in files], files, pool, keep_tokens)
+    feats.files = files
+    return _in_exported_order(feats, path)
+
+
+def esm_folder_files(path: Path) -> list[Path]:
+    """The ``*.pt`` files of an ESM folder, sorted: regular files only, looked at without following
+    links (a symbolic link, a FIFO or a device named ``x.pt`` is refused: reading it could read
+    another file or never end). The reader and the import's provenance digest use this one list."""
+    files = []
+    for p in sorted(path.iterdir()):
+        if p.suffix != ".pt" or p.name.startswith("."):
+            continue
+        mode = os.lstat(p).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file (a FIFO, device or folder)"
+            raise RepalignError(f"{p}: refused, {kind} in the ESM folder; only regular files are read: copy the file "
+                                "into the folder or remove that entry")
+        files.append(p)
     if not files:
         raise RepalignError(f"{path}: no .pt files in the folder; give the output folder of ESM's extract.py")
-    feats = _esm_features([_torch_load(f, max_member_bytes) for f in files], files, pool, keep_tokens)
-    return _in_exported_order(feats, path)
+    return files
 
 
 def _in_exported_order(feats: Features, folder: Path) -> Features:
