@@ -22,8 +22,8 @@ from repalign.compare.options import EngineOptions, StatsOptions
 from repalign.compare.sources import engine_source
 from repalign.errors import RepalignError
 from repalign.metrics import LayerAlignment, align_layers_multi, get_metric
-from repalign.metrics.engine import layer_state, resolve_metrics, score_matrix
-from repalign.metrics.layers import layer_alignments
+from repalign.metrics.engine import resolve_metrics
+from repalign.metrics.layers import LocalStates, layer_alignments, score_layers
 
 # parameters the CLI always passes; each is dropped for calls whose metrics do not take it
 _COMMON_CLI_PARAMS = {"k", "kernel", "sigma", "dim", "variance"}
@@ -208,17 +208,14 @@ def compare_items(run: ComparisonRun, items_a: list, items_b: list) -> Compariso
 def _permutation_alignments(run: ComparisonRun, resolved: list, items_a: list, items_b: list) -> tuple[list, list]:
     """Observed scores and permutation results; every layer's state is kept for the permutation loop
     (without permutations side A is streamed)."""
-    options = run.engine.state_options
-    states_a = [layer_state(engine_source(x, run.engine.block_rows), resolved, name=nm, n_samples=run.n, **options)
-                for x, nm in zip(items_a, run.names_a)]
-    states_b = [layer_state(engine_source(x, run.engine.block_rows), resolved, name=nm, n_samples=run.n, **options)
-                for x, nm in zip(items_b, run.names_b)]
-    observed = [score_matrix(metric, p, m, states_a, states_b) for m, (metric, p) in enumerate(resolved)]
-    results = stats.permutation_tests(states_a, states_b, resolved, run.stats.permutations, run.stats.seed, run.stats.alpha,
-                                      run.exclude, observed, draw=run.draw)
-    recall = {**{("a", s.name): s.recall for s in states_a}, **{("b", s.name): s.recall for s in states_b}}
-    alignments = layer_alignments(observed, resolved, run.names_a, run.names_b, run.n, normalize=run.engine.normalize,
-                                  knn=run.engine.knn, recall=recall)
+    options = dict(run.engine.state_options, n_samples=run.n)
+    sources_a = [engine_source(x, run.engine.block_rows) for x in items_a]
+    sources_b = [engine_source(x, run.engine.block_rows) for x in items_b]
+    scored = score_layers(sources_a, run.names_a, sources_b, run.names_b, LocalStates(resolved, options), keep_states=True)
+    results = stats.permutation_tests(scored.states_a, scored.states_b, resolved, run.stats.permutations, run.stats.seed,
+                                      run.stats.alpha, run.exclude, scored.scores, draw=run.draw)
+    alignments = layer_alignments(scored.scores, resolved, run.names_a, run.names_b, run.n, normalize=run.engine.normalize,
+                                  knn=run.engine.knn, recall=scored.recall)
     return alignments, results
 
 

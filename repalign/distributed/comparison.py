@@ -10,14 +10,15 @@ neighbour search of one layer over all workers instead.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from repalign.distributed.cluster import dask_distributed, gather_watched
 from repalign.errors import RepalignError
 from repalign.metrics import LayerAlignment
-from repalign.metrics.engine import check_backend, layer_state, resolve_metrics, row_blocks, score_matrix
+from repalign.metrics.engine import check_backend, layer_state, resolve_metrics, row_blocks
+from repalign.metrics.layers import score_layers, score_row
 from repalign.metrics.neighbors import block_pair_topk, merge_topk, rechunked_rows
 from repalign.metrics.outofcore import blocked_knn_state
 from repalign.metrics.prepare import check_prepare_options
@@ -36,11 +37,6 @@ def _layer_source(item, block_rows: int | None):
 def _state_on_worker(item, resolved, name, label, options):
     """The engine's per-layer state, built where the layer is read (runs on a worker)."""
     return layer_state(_layer_source(item, options["block_rows"]), resolved, name=name, label=label, **options)
-
-
-def _score_row(state_a, states_b, resolved) -> np.ndarray:
-    """Scores of one layer of A against every layer of B, for every metric: array (M, Lb)."""
-    return np.stack([score_matrix(metric, p, m, [state_a], states_b)[0] for m, (metric, p) in enumerate(resolved)])
 
 
 def _recall_of(state) -> float | None:
@@ -107,8 +103,8 @@ def align_layers_distributed(
         block_rows = block_rows or search.block
     options = dict(normalize=normalize, clip_quantile=clip_quantile, knn=knn, knn_options=knn_options,
                    block_rows=block_rows, n_samples=n_samples)
-    states = WorkerStates(client, resolved, options, search)
-    scores, recall = states.score_all(items_a, names_a, items_b, names_b)
+    scored = score_layers(items_a, names_a, items_b, names_b, WorkerStates(client, resolved, options, search))
+    scores, recall = scored.scores, scored.recall
     out = []
     for m, (metric, p) in enumerate(resolved):
         params_m = {**p, "normalize": normalize, "clip_quantile": clip_quantile}
@@ -130,7 +126,8 @@ def _layer_names(names, items: list) -> list[str]:
 
 
 class WorkerStates:
-    """The engine's per-layer states of one comparison, held on the workers of ``client``.
+    """The executor of :func:`repalign.metrics.layers.score_layers` on the workers of ``client``:
+    each layer's state is built and kept on a worker, and scored there.
 
     resolved: the metrics (:func:`repalign.metrics.engine.resolve_metrics`); options: the keyword
     arguments of :func:`repalign.metrics.engine.layer_state`; search: a :class:`DaskCandidateSearch`
@@ -139,39 +136,37 @@ class WorkerStates:
 
     def __init__(self, client, resolved: list, options: dict, search: DaskCandidateSearch | None = None):
         self.client, self.resolved, self.options, self.search = client, resolved, options, search
+        self.futures: list = []  # cancelled by release()
+
+    def _held(self, future):
+        self.futures.append(future)
+        return future
 
     def state(self, item, name: str, label: str):
         """A future of the layer's state."""
         if self.search is None:
-            return self.client.submit(_state_on_worker, item, self.resolved, name, label, self.options, pure=False)
+            return self._held(self.client.submit(_state_on_worker, item, self.resolved, name, label, self.options, pure=False))
         source = _layer_source(item, self.options["block_rows"])
-        return self.client.scatter(layer_state(source, self.resolved, name=name, label=label, knn_search=self.search,
-                                               **self.options))
+        return self._held(self.client.scatter(layer_state(source, self.resolved, name=name, label=label,
+                                                          knn_search=self.search, **self.options)))
 
-    def score_all(self, items_a: list, names_a: list[str], items_b: list, names_b: list[str]):
-        """Scores (M, La, Lb) of every layer pair, and with approximate neighbours the recall of
-        each layer {("a"|"b", name): recall} (empty otherwise). A layer passed on both sides is built once."""
-        client = self.client
-        futures_b: dict[int, Any] = {}
-        for item, name in zip(items_b, names_b):
-            if id(item) not in futures_b:
-                futures_b[id(item)] = self.state(item, name, f"layer {name!r} of layers_b")
-        states_b = [futures_b[id(item)] for item in items_b]
-        rows, futures_a = [], []
-        for item, name in zip(items_a, names_a):
-            fa = futures_b.get(id(item)) or self.state(item, name, f"layer {name!r} of layers_a")
-            futures_a.append(fa)
-            rows.append(client.submit(_score_row, fa, states_b, self.resolved, pure=False))
-        try:
-            scores = np.stack(gather_watched(client, rows), axis=1)  # (M, La, Lb)
-            recall = {}
-            if self.options["knn"] != "exact":
-                recalls = gather_watched(client, [client.submit(_recall_of, f, pure=False) for f in futures_a + states_b])
-                recall = {**{("a", x): r for x, r in zip(names_a, recalls[:len(names_a)])},
-                          **{("b", x): r for x, r in zip(names_b, recalls[len(names_a):])}}
-        finally:
-            client.cancel(list(futures_b.values()) + futures_a + rows)
-        return scores, recall
+    def score_row(self, state_a, states_b: list):
+        return self._held(self.client.submit(score_row, state_a, states_b, self.resolved, pure=False))
+
+    def recall(self, state):
+        """A future of the state's recall; None with exact neighbours (no task)."""
+        if self.options["knn"] == "exact":
+            return None
+        return self._held(self.client.submit(_recall_of, state, pure=False))
+
+    def gather(self, values: list) -> list:
+        futures = [v for v in values if v is not None]
+        done = iter(gather_watched(self.client, futures)) if futures else iter(())
+        return [None if v is None else next(done) for v in values]
+
+    def release(self) -> None:
+        self.client.cancel(self.futures)
+        self.futures = []
 
 
 # ----------------------------------------------------------------------------- one layer across workers

@@ -172,24 +172,88 @@ def align_layers_multi(
     resolved = resolve_metrics(metrics, n_samples, params)
     options = dict(normalize=normalize, clip_quantile=clip_quantile, knn=knn, knn_options=knn_options,
                    block_rows=block_rows, n_samples=n_samples)
-
-    states_b: dict[int, LayerState] = {}
-    for item, name in zip(items_b, names_b):
-        if id(item) not in states_b:
-            states_b[id(item)] = layer_state(item, resolved, name=name, label=f"layer {name!r} of layers_b", **options)
-    sb = [states_b[id(item)] for item in items_b]
-    rows, recall = [], {}
-    for item, name in zip(items_a, names_a):
-        sa = states_b.get(id(item)) or layer_state(item, resolved, name=name, label=f"layer {name!r} of layers_a", **options)
-        recall[("a", name)] = sa.recall
-        rows.append([score_matrix(metric, p, m, [sa], sb)[0] for m, (metric, p) in enumerate(resolved)])
-    recall.update({("b", s.name): s.recall for s in sb})
-    # a layer passed on both sides is compared with itself: a trivial pair, left out of the best-pair search
-    exclude = np.array([[a is b for b in items_b] for a in items_a], dtype=bool)
+    scored = score_layers(items_a, names_a, items_b, names_b, LocalStates(resolved, options))
+    exclude = scored.exclude
     exclude_pairs = exclude if exclude.any() and not exclude.all() else None
-    scores = [np.array([row[m] for row in rows]) for m in range(len(resolved))]
+    scores, recall = scored.scores, scored.recall
     return layer_alignments(scores, resolved, names_a, names_b, n_samples, normalize=normalize,
                             clip_quantile=clip_quantile, knn=knn, recall=recall, exclude=exclude_pairs)
+
+
+class LocalStates:
+    """Layer states built and scored in this process (the executor of :func:`score_layers`).
+
+    resolved: the metrics (:func:`repalign.metrics.engine.resolve_metrics`); options: the keyword
+    arguments of :func:`repalign.metrics.engine.layer_state`. An executor builds a layer's
+    ``state``, scores one layer of A against every layer of B (``score_row``: (M, Lb)), gives a
+    state's neighbour ``recall``, ``gather``s what it returned and ``release``s what it holds;
+    :class:`repalign.distributed.comparison.WorkerStates` does the same on Dask workers.
+    """
+
+    def __init__(self, resolved: list, options: dict):
+        self.resolved, self.options = resolved, options
+
+    def state(self, item, name: str, label: str) -> LayerState:
+        return layer_state(item, self.resolved, name=name, label=label, **self.options)
+
+    def score_row(self, state_a: LayerState, states_b: list) -> np.ndarray:
+        return score_row(state_a, states_b, self.resolved)
+
+    def recall(self, state: LayerState):
+        return state.recall
+
+    def gather(self, values: list) -> list:
+        return list(values)
+
+    def release(self) -> None:
+        """Nothing to free: the states are garbage once unreferenced."""
+
+
+def score_row(state_a: LayerState, states_b: list, resolved: list) -> np.ndarray:
+    """Scores of one layer of A against every layer of B, for every metric: array (M, Lb)."""
+    return np.stack([score_matrix(metric, p, m, [state_a], states_b)[0] for m, (metric, p) in enumerate(resolved)])
+
+
+@dataclass
+class LayerScores:
+    """What :func:`score_layers` returns: per metric the (La, Lb) ``scores``; ``recall``
+    {("a"|"b", name): recall of the neighbour lists}; ``exclude`` (La, Lb): the pairs of an item
+    passed on both sides with itself; ``states_a`` / ``states_b`` when kept (else empty)."""
+
+    scores: list[np.ndarray]
+    recall: dict
+    exclude: np.ndarray
+    states_a: list
+    states_b: list
+
+
+def score_layers(items_a: list, names_a: list[str], items_b: list, names_b: list[str], executor,
+                 keep_states: bool = False) -> LayerScores:
+    """THE scoring loop of every comparison: each layer's state is built once by ``executor``
+    (:class:`LocalStates`, or Dask workers), an item passed on both sides (the same object) only
+    once, and each layer of A is scored against every layer of B. Side B's states are kept while
+    side A is streamed, unless ``keep_states`` (the permutation tests relabel them all)."""
+    try:
+        by_id: dict[int, Any] = {}
+        for item, name in zip(items_b, names_b):
+            if id(item) not in by_id:
+                by_id[id(item)] = executor.state(item, name, f"layer {name!r} of layers_b")
+        states_b = [by_id[id(item)] for item in items_b]
+        rows, recall_a, states_a = [], [], []
+        for item, name in zip(items_a, names_a):
+            state_a = by_id.get(id(item)) or executor.state(item, name, f"layer {name!r} of layers_a")
+            rows.append(executor.score_row(state_a, states_b))
+            recall_a.append(executor.recall(state_a))
+            if keep_states:
+                states_a.append(state_a)
+        scores = np.stack(executor.gather(rows), axis=1)  # (M, La, Lb)
+        recalls = executor.gather(recall_a + [executor.recall(s) for s in states_b])
+    finally:
+        executor.release()
+    recall = {**{("a", x): r for x, r in zip(names_a, recalls[:len(names_a)])},
+              **{("b", x): r for x, r in zip(names_b, recalls[len(names_a):])}}
+    exclude = np.array([[a is b for b in items_b] for a in items_a], dtype=bool)
+    return LayerScores(list(scores), recall, exclude, states_a, states_b if keep_states else [])
 
 
 def validate_layers(items_a: list, items_b: list, names_a: list[str], names_b: list[str]) -> int:
