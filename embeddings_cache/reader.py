@@ -194,7 +194,8 @@ class _ModelView:
         rows = np.full(len(query), -1, dtype=np.int64)
         if not cand_query:
             return rows
-        cand_q, cand_r = np.concatenate(cand_query), np.concatenate(cand_rows)
+        cand_q, cand_r = np.concatenate(cand_query), np.concatenate(cand_rows).astype(np.int64)
+        _check_index_rows(cand_r, self.indexed, rows_ds, self.label)
         stored = _packed_rows(group[IDS], cand_r)
         same = stored == query[cand_q]
         if not same.all():
@@ -227,6 +228,15 @@ class _ModelView:
         self._hash_parts.append(hashes)
         self.n += len(ids)
         self._packed = self._order = None
+
+
+def _check_index_rows(rows: np.ndarray, n: int, ds: h5py.Dataset, where: str) -> None:
+    """CacheError unless every row the id index gives is one of the ``n`` indexed rows."""
+    bad = (rows < 0) | (rows >= n)
+    if bad.any():
+        raise CacheError(f"{where}: dataset {ds.name!r} gives row {int(rows[bad][0])}, outside the {n} indexed rows "
+                         "(0 to n-1); the cache is damaged or crafted: restore it from a copy, or extract the model "
+                         "again with overwrite=True")
 
 
 def _packed_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
@@ -819,6 +829,10 @@ class Cache:
         for seg, positions, local in self._split(model, rows):
             with self._segment(seg, model) as group:
                 ds = self._dataset(group, name, model, seg)
+                if not ds.shape or ds.shape[0] != seg.n:
+                    raise CacheError(f"{seg.part or self.path}: dataset {ds.name!r} of model {model!r} has shape "
+                                     f"{ds.shape} for {seg.n} samples; the cache is damaged or crafted: extract or "
+                                     "import that model again")
                 pieces.append((positions, self._read_sorted(ds, local, dtype, model)))
         if not pieces:
             return np.zeros((0,) if name.startswith(OUTPUTS) else (0, 0), dtype=dtype)

@@ -205,7 +205,7 @@ def _size(text: str | None) -> int | None:
         number = float(value)
     except ValueError:
         number = -1.0
-    if not number > 0:
+    if not 0 < number < float("inf"):  # inf and nan are not sizes (int() of them would raise)
         raise RepalignError(f"--max-member-size {text!r} is not a size; give bytes or e.g. 8G")
     return int(number * scale)
 

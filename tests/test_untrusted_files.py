@@ -8,6 +8,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -528,3 +529,45 @@ def test_crafted_token_offsets_are_one_line_errors_naming_the_dataset(tmp_path):
             message = str(err.value)
             assert "\n" not in message and str(crafted) in message and "'/models/m/tokens/t/offsets'" in message
             assert fragment in message, (values, message)
+
+
+def test_short_layers_bad_index_rows_encrypted_npz_and_infinite_sizes_are_one_line_errors(tmp_path, run_main):
+    ids = _ids(4)
+    path = _cache(tmp_path / "c.h5", n=4)
+
+    def short(f):
+        del f["models/m/pooled/l"]
+        f["models/m/pooled/l"] = np.ones((2, 4), np.float32)
+
+    def rows(values):
+        return lambda f: f["models/m/id_index/rows"].__setitem__(slice(None), np.array(values))
+
+    cases = {"short.h5": (short, "dataset '/models/m/pooled/l' of model 'm' has shape (2, 4) for 4 samples"),
+             "huge-row.h5": (rows([10**12, 1, 2, 3]), "'/models/m/id_index/rows' gives row 1000000000000, outside"),
+             "negative-row.h5": (rows([-5, 1, 2, 3]), "'/models/m/id_index/rows' gives row -5, outside the 4")}
+    for name, (mutate, fragment) in cases.items():
+        crafted = shutil.copy(path, tmp_path / name)
+        with h5py.File(crafted, "r+") as f:
+            mutate(f)
+        with Cache(crafted) as c, pytest.raises(CacheError, match=re.escape(fragment)):
+            c.read_layer("m", "l", ids=ids)  # by id: through the id index
+        with Cache(crafted) as c, pytest.raises(CacheError) as err:  # the crafted entry need not be looked up
+            c.read_layer("m", "l", ids=["s3", "s0"])
+        assert "\n" not in str(err.value) and str(crafted) in str(err.value)
+    _one_line_error(run_main("cache", "export", tmp_path / "short.h5", "-m", "m", "-o", tmp_path / "out.npz"),
+                    cases["short.h5"][1])
+    with zipfile.ZipFile(tmp_path / "enc.npz", "w") as z:
+        z.writestr("x.npy", _npy_header((2, 3)) + bytes(48))
+    raw = bytearray((tmp_path / "enc.npz").read_bytes())
+    for signature, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # the "encrypted" bit of the flags
+        raw[raw.index(signature) + at] |= 0x1  # zipfile then raises RuntimeError: password required
+    (tmp_path / "enc.npz").write_bytes(bytes(raw))
+    (tmp_path / "ids.txt").write_text("\n".join(ids[:2]) + "\n")
+    res = run_main("cache", "import", tmp_path / "enc.npz", "-m", "m", "--ids", tmp_path / "ids.txt", "-o",
+                   tmp_path / "new.h5")
+    _one_line_error(res, str(tmp_path / "enc.npz"), "is encrypted, password required", "without a password")
+    for size in ("inf", "nan", "1e400"):
+        res = run_main("cache", "import", tmp_path / "enc.npz", "-m", "m", "-o", tmp_path / "new.h5",
+                       "--max-member-size", size)
+        _one_line_error(res, f"--max-member-size {size!r} is not a size")
+    assert not (tmp_path / "new.h5").exists()

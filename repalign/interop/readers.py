@@ -226,6 +226,9 @@ def _npz_entries(path: Path, max_member_bytes: int | None) -> dict[str, np.ndarr
             return {key: _npz_array(z, info, header, path) for key, (info, header) in headers.items()}
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError) as e:
         raise RepalignError(f"{path}: not a readable .npz file ({_first(e)}); write it with numpy.savez") from None
+    except RuntimeError as e:  # zipfile's "File ... is encrypted, password required for extraction"
+        raise RepalignError(f"{path}: not a readable .npz file ({_first(e)}); write it with numpy.savez, "
+                            "without a password") from None
 
 
 def _npz_headers(z: zipfile.ZipFile, path: Path, max_member_bytes: int | None) -> dict[str, tuple]:
