@@ -39,13 +39,13 @@ class Comparison:
     n_samples: int
     alignments: list = field(default_factory=list)  # one LayerAlignment per metric
     warnings: list = field(default_factory=list)  # reliability warnings (N small for k, degenerate layers)
-    level: str | None = None  # "token" for token rows (compare_tokens); None for pooled layers
+    granularity: str | None = None  # "token" for token rows (compare_tokens); None for pooled layers
     n_units: int | None = None  # token rows: the samples the rows belong to
 
     def summary(self) -> str:
         """A few readable lines per metric: best layer pair, its score, and beside it the chance
         level, or for a biased metric without one the permutation null mean."""
-        lines = [f"{self.model_a} vs {self.model_b}: {self.n_samples} shared samples" if self.level is None else
+        lines = [f"{self.model_a} vs {self.model_b}: {self.n_samples} shared samples" if self.granularity is None else
                  f"{self.model_a} vs {self.model_b}: {self.n_samples} token rows of {self.n_units} shared samples"]
         for al in self.alignments:
             i, j, score = al.best
@@ -148,7 +148,7 @@ class ComparisonRun:
     """What one comparison computes, shared by pooled (:func:`compare_models`) and token-level
     (:func:`compare_tokens`) comparisons. ``n``: rows of every layer; ``draw``: the permutation of
     rows (None: uniform); ``offsets``: the samples' rows when rows are tokens (intervals resample
-    samples); ``extra``: parameters recorded in the table's params; ``level``: the table's level column."""
+    samples); ``extra``: parameters recorded in the table's params; ``granularity``: the table's granularity column (None: pooled)."""
 
     model_a: str
     model_b: str
@@ -163,7 +163,7 @@ class ComparisonRun:
     draw: object = None
     offsets: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
-    level: str | None = None
+    granularity: str | None = None
     n_units: int | None = None
     warnings: list = field(default_factory=list)
 
@@ -202,7 +202,7 @@ def compare_items(run: ComparisonRun, items_a: list, items_b: list) -> Compariso
         frames.append(_frame(run, al, result, interval))
     return Comparison(table=pd.concat(frames, ignore_index=True), model_a=run.model_a, model_b=run.model_b,
                       n_samples=run.n, alignments=alignments, warnings=list(dict.fromkeys(run.warnings + warnings)),
-                      level=run.level, n_units=run.n_units)
+                      granularity=run.granularity, n_units=run.n_units)
 
 
 def _permutation_alignments(run: ComparisonRun, resolved: list, items_a: list, items_b: list) -> tuple[list, list]:
@@ -220,13 +220,13 @@ def _permutation_alignments(run: ComparisonRun, resolved: list, items_a: list, i
 
 
 def _frame(run: ComparisonRun, al: LayerAlignment, result, interval) -> pd.DataFrame:
-    """The tidy rows of one metric: scores, the level columns of token rows, recall and statistics."""
+    """The tidy rows of one metric: scores, the granularity and n_units columns of token rows, recall and statistics."""
     al.exclude = run.exclude
     al.params.update(run.extra)
     frame = al.to_frame(model_a=run.model_a, model_b=run.model_b)
-    if run.level is not None:
+    if run.granularity is not None:
         frame.insert(frame.columns.get_loc("n_samples") + 1, "n_units", run.n_units)
-        frame.insert(frame.columns.get_loc("metric"), "granularity", run.level)
+        frame.insert(frame.columns.get_loc("metric"), "granularity", run.granularity)
     if al.recall:
         frame["knn_recall"] = [min(al.recall[("a", x)], al.recall[("b", y)]) for x, y in zip(frame["layer_a"], frame["layer_b"])]
     if result is not None or interval is not None:

@@ -107,7 +107,7 @@ def compare_tokens(
     (:func:`repalign.stats.block_permutation`: all rows of a sample onto another sample with the
     same row count), ``ci`` resamples whole samples (:func:`repalign.stats.subsample_intervals`
     with ``offsets``). ``engine.block_rows`` reads the layers in row blocks (out of core; kNN
-    metrics and linear CKA). The table has ``level = "token"`` and ``n_units`` (samples) beside
+    metrics and linear CKA). The table has ``granularity = "token"`` and ``n_units`` (samples) beside
     ``n_samples`` (rows). Other parameters, and the option fields taken as keywords, are those of
     :func:`repalign.compare.compare_models`.
     """
@@ -140,7 +140,7 @@ def compare_tokens(
         items_b = [x.read() for x in items_b]
     run = ComparisonRun(model_a=model_a, model_b=model_b, names_a=names_a, names_b=names_b, canonical=canonical,
                         params=params, n=n, exclude=exclude, engine=engine, stats=stats, draw=draw,
-                        offsets=token_rows.offsets, extra=extra, level="token", n_units=len(token_rows.ids),
+                        offsets=token_rows.offsets, extra=extra, granularity="token", n_units=len(token_rows.ids),
                         warnings=warnings)
     return compare_items(run, items_a, items_b)
 
