@@ -30,6 +30,7 @@ from embeddings_cache.untrusted import (
     check_dataset,
     check_file,
     check_links,
+    check_member_size,
     check_total_size,
     declared_bytes,
     member,
@@ -58,8 +59,44 @@ def check_foreign_h5(path: str | os.PathLike, max_member_bytes: int | None = Non
     with open_h5(path) as f:
         try:
             check_file(f, path, max_member_bytes)
+            _check_loaded_whole(f, path, max_member_bytes)
         except OSError as e:
             raise CacheError(f"{path} is damaged ({first_line(e)}); write it again")
+
+
+_SPARSE = ("csr_matrix", "csc_matrix")
+
+
+def _check_loaded_whole(f: h5py.File, path: Path, max_member_bytes: int | None) -> None:
+    """What a reader that loads the whole file (anndata) allocates: an object with several names
+    (hard links) is refused, as it is loaded once per name; a sparse matrix (anndata's csr/csc
+    group) counts at its dense size, which the importer allocates (toarray), alone and together with
+    every other dataset of the file, against the allocation bound."""
+    found: list[tuple[str, int]] = []  # (name, link count): h5py reuses the info object, so it is read here
+    h5py.h5o.visit(f.id, lambda name, info: found.append((name.decode(errors="replace"), info.rc)), info=True)
+    total = 0
+    for name, links in found:
+        if links > 1:
+            raise CacheError(f"{path}: member '/{name}' has {links} names (hard links); refused: a reader that "
+                             "loads the whole file allocates it once per name; store each array under one name")
+        obj = f[name]
+        if isinstance(obj, h5py.Dataset):
+            total += declared_bytes(obj.shape or (), obj.dtype.itemsize)
+            continue
+        encoding = obj.attrs.get("encoding-type")
+        encoding = encoding.decode(errors="replace") if isinstance(encoding, bytes) else encoding
+        data = obj.get("data")
+        if encoding not in _SPARSE or not isinstance(data, h5py.Dataset):
+            continue
+        try:
+            shape = tuple(int(d) for d in obj.attrs["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise CacheError(f"{path}: sparse matrix '/{name}' has no valid shape attribute; write the file again") from None
+        dense = declared_bytes(shape, data.dtype.itemsize)
+        stored = sum(obj[k].id.get_storage_size() for k in ("data", "indices", "indptr") if isinstance(obj.get(k), h5py.Dataset))
+        check_member_size(dense, stored, f"{path}: sparse matrix '/{name}' {shape} {data.dtype} (dense)", max_member_bytes)
+        total += dense
+    check_total_size(total, f"{path}: its datasets and the dense sizes of its sparse matrices together", max_member_bytes)
 
 
 def index_per_id_h5(path: str | os.PathLike, max_member_bytes: int | None = None) -> list[PerIdDataset]:

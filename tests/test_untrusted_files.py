@@ -571,3 +571,33 @@ def test_short_layers_bad_index_rows_encrypted_npz_and_infinite_sizes_are_one_li
                        "--max-member-size", size)
         _one_line_error(res, f"--max-member-size {size!r} is not a size")
     assert not (tmp_path / "new.h5").exists()
+
+
+def test_h5ad_sparse_matrices_count_at_their_dense_size_and_hard_links_are_refused(tmp_path, run_main, monkeypatch):
+    anndata = pytest.importorskip("anndata")
+    sparse = pytest.importorskip("scipy.sparse")
+    import embeddings_cache.untrusted as untrusted
+
+    n = 100
+    adata = anndata.AnnData(X=sparse.csr_matrix((n, 2500), dtype=np.float32))
+    adata.obs_names = _ids(n)
+    for k in range(6):  # 1 MB each when dense, a few bytes stored
+        adata.layers[f"L{k}"] = sparse.csr_matrix((n, 2500), dtype=np.float32)
+    adata.write_h5ad(tmp_path / "sparse.h5ad")
+    monkeypatch.setattr(untrusted, "available_memory", lambda: 4_000_000)  # half: 2 MB, below 7 dense MB
+    _one_line_error(run_main("cache", "import", tmp_path / "sparse.h5ad", "-m", "m", "-o", tmp_path / "c.h5"),
+                    "its datasets and the dense sizes of its sparse matrices together declares 6.7 MiB, more than half "
+                    "the available memory")
+    monkeypatch.setattr(untrusted, "available_memory", lambda: 1 << 34)
+    _one_line_error(run_main("cache", "import", tmp_path / "sparse.h5ad", "-m", "m", "-o", tmp_path / "c.h5",
+                             "--max-member-size", "500K"),
+                    "sparse matrix '/X' (100, 2500) float32 (dense) declares 976.6 KiB, more than")
+    h5ad = _anndata_file(tmp_path / "hard.h5ad")
+    with h5py.File(h5ad, "r+") as f:
+        for k in range(3):
+            f[f"obsm/copy{k}"] = f["obsm/emb"]  # one dataset, four names
+    _one_line_error(run_main("cache", "import", h5ad, "-m", "m", "-o", tmp_path / "c.h5"),
+                    "member '/obsm/copy0' has 4 names (hard links); refused")
+    assert not (tmp_path / "c.h5").exists()
+    res = run_main("cache", "import", _anndata_file(tmp_path / "plain.h5ad"), "-m", "m", "-o", tmp_path / "c.h5")
+    assert res.returncode == 0, res.stderr
