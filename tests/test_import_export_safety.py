@@ -342,3 +342,20 @@ def test_an_esm_folder_with_a_symlink_or_fifo_named_pt_is_refused_in_one_line(tm
     assert res.returncode == 0, res.stderr
     with Cache(tmp_path / "c.h5") as c:
         assert c.ids("m") == ["s0", "s1"]
+
+
+def test_export_refuses_layers_that_together_exceed_half_the_memory_before_reading(tmp_path, run_main, monkeypatch):
+    import embeddings_cache.untrusted as untrusted
+
+    ids = [f"s{i}" for i in range(1000)]
+    with CacheWriter(tmp_path / "c.h5", "m", {"options": {}}, ["a", "b", "c"]) as w:
+        w.append(ids, _hashes(ids), {l: np.ones((1000, 100), np.float32) for l in "abc"})  # 400 KB each
+    monkeypatch.setattr(untrusted, "available_memory", lambda: 2_000_000)  # half: 1 MB, below 1.2 MB
+    res = run_main("cache", "export", tmp_path / "c.h5", "-m", "m", "-o", tmp_path / "out.npz")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+    assert ("model 'm': the 3 layers to export take 1.1 MiB in memory together, more than half the available "
+            "memory (976.6 KiB); export fewer layers at a time (--layers NAME ...)") in res.stderr, res.stderr
+    assert not (tmp_path / "out.npz").exists()
+    res = run_main("cache", "export", tmp_path / "c.h5", "-m", "m", "--layers", "a", "b", "-o", tmp_path / "out.npz")
+    assert res.returncode == 0, res.stderr
+    assert sorted(np.load(tmp_path / "out.npz")) == ["a", "b", "hashes", "ids"]

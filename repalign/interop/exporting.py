@@ -15,9 +15,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from embeddings_cache import Cache, new_h5_file
+from embeddings_cache import Cache, new_h5_file, untrusted
 from embeddings_cache.atomic import sigterm_as_interrupt
 from embeddings_cache.durable import describe_write_failure
+from embeddings_cache.untrusted import declared_bytes, size_text
 from repalign.errors import RepalignError
 from repalign.interop.formats import (
     ESM_HASH,
@@ -68,6 +69,8 @@ def export_features(cache: str | os.PathLike, model: str, out: str | os.PathLike
     _check_target(out, Path(cache), overwrite, manifest)
     with sigterm_as_interrupt(), Cache(cache, max_member_bytes=max_member_bytes) as c:
         m, pooled, tokens = _chosen_layers(c, cache, model, layers, fmt)
+        if max_member_bytes is None:  # an explicit bound (a trusted cache) replaces this one
+            _check_export_memory(c, model, pooled, tokens)
         with work_folder(out.parent) as work:
             tmp = work / out.name
             _write(fmt, m, pooled, tokens, tmp, out)
@@ -126,6 +129,19 @@ def _chosen_layers(c: Cache, cache, model: str, layers: Sequence[str] | None, fm
         raise RepalignError(f"model {model!r} has no pooled layers to write to {fmt}; export token layers to "
                             ".npz or a folder, or pool them first (repalign cache repool)")
     return m, pooled, tokens
+
+
+def _check_export_memory(c: Cache, model: str, pooled: list[str], tokens: list[str]) -> None:
+    """RepalignError, before any value is read, when the chosen layers, which every export format
+    holds in memory together (as float32: rows x width x 4 bytes), exceed half the available memory."""
+    sizes = {(r["kind"], r["name"]): declared_bytes((r["rows"], r["dim"] or 1), 4)
+             for r in c.records() if r["model"] == model}
+    total = sum(sizes.get(("pooled", l), 0) for l in pooled) + sum(sizes.get(("tokens", l), 0) for l in tokens)
+    half = untrusted.available_memory() // 2
+    if total > half:
+        raise RepalignError(f"model {model!r}: the {len(pooled) + len(tokens)} layers to export take "
+                            f"{size_text(total)} in memory together, more than half the available memory "
+                            f"({size_text(half)}); export fewer layers at a time (--layers NAME ...) or free memory")
 
 
 #: exceptions of writers that report a failed write by its errno inside a message (h5py, torch, pyarrow)
