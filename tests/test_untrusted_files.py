@@ -601,3 +601,26 @@ def test_h5ad_sparse_matrices_count_at_their_dense_size_and_hard_links_are_refus
     assert not (tmp_path / "c.h5").exists()
     res = run_main("cache", "import", _anndata_file(tmp_path / "plain.h5ad"), "-m", "m", "-o", tmp_path / "c.h5")
     assert res.returncode == 0, res.stderr
+
+
+def test_parquet_id_columns_are_plain_strings_bounded_by_their_decoded_size(tmp_path, run_main, monkeypatch):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    import embeddings_cache.untrusted as untrusted
+
+    n = 2_000
+    layer = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(n, np.float32)), 1)
+    one_long_id = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array(["x" * 10_000]))
+    pq.write_table(pa.table({"id": one_long_id, "l": layer}), tmp_path / "typed.parquet")
+    # plain strings, dictionary-encoded by the writer: 20 MB of ids in a file of a few KB
+    pq.write_table(pa.table({"id": pa.array(["x" * 10_000] * n), "l": layer}), tmp_path / "bomb.parquet")
+    assert (tmp_path / "bomb.parquet").stat().st_size < 100_000
+    monkeypatch.setattr(untrusted, "available_memory", lambda: 20 << 20)  # half: 10 MiB
+    _one_line_error(run_main("cache", "import", tmp_path / "typed.parquet", "-m", "m", "-o", tmp_path / "c.h5"),
+                    "column 'id' has type dictionary<values=string")
+    res = run_main("cache", "import", tmp_path / "bomb.parquet", "-m", "m", "-o", tmp_path / "c.h5")
+    _one_line_error(res, "columns ['id'] as text (2000 rows) declares 19.2 MiB, more than half the available memory")
+    res = run_main("cache", "import", tmp_path / "bomb.parquet", "-m", "m", "-o", tmp_path / "c.h5",
+                   "--max-member-size", "1M")
+    _one_line_error(res, "columns ['id'] as text take 19.2 MiB, more than --max-member-size 1048576")
+    assert not (tmp_path / "c.h5").exists()

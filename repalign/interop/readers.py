@@ -631,6 +631,10 @@ def _read_parquet(path: Path, max_member_bytes: int | None = None, **_: Any) -> 
     layers = [f.name for f in schema if pa.types.is_fixed_size_list(f.type)]
     for f in schema:
         number = pa.types.is_floating(f.type) or pa.types.is_integer(f.type)
+        text = pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+        if f.name in ("id", "content_hash") and not text:
+            raise RepalignError(f"{path}: column {f.name!r} has type {f.type}; it must hold plain strings (pyarrow "
+                                "string), as 'repalign cache export' writes it")
         if f.name not in layers and f.name not in ("id", "content_hash") and not number:
             raise RepalignError(f"{path}: column {f.name!r} has type {f.type}; a feature table holds 'id', "
                                 "'content_hash' and one fixed-size list of numbers per layer")
@@ -646,8 +650,9 @@ def _read_parquet(path: Path, max_member_bytes: int | None = None, **_: Any) -> 
     check_total_size(sum(declared_bytes((meta.num_rows, schema.field(n).type.list_size), 8) for n in layers),
                      f"{path}: {len(layers)} layer columns", max_member_bytes)
     keep = [c for c in ("id", "content_hash") if c in schema.names]
-    try:
-        table = pq.read_table(path, columns=keep + layers)
+    _check_parquet_footer(path, meta, keep + layers, max_member_bytes)
+    try:  # strings as dictionaries: a repeated long string stays one value until its size is checked
+        table = pq.read_table(path, columns=keep + layers, read_dictionary=keep)
     except Exception as e:  # a damaged page: pyarrow's errors differ by version
         raise RepalignError(f"{path}: not a readable Parquet file ({_first(e)}); export it again") from None
     pooled = {}
@@ -656,7 +661,7 @@ def _read_parquet(path: Path, max_member_bytes: int | None = None, **_: Any) -> 
         if column.null_count or column.flatten().null_count:
             raise RepalignError(f"{path}: layer column {name!r} has missing values; give every sample a vector")
         pooled[name] = _array(column.flatten().to_numpy(), path, f"column {name!r}").reshape(len(column), -1)
-    texts = {c: table.column(c).to_pylist() for c in keep}
+    texts = _parquet_texts(table, keep, path, max_member_bytes)
     if any(v is None for values in texts.values() for v in values):
         raise RepalignError(f"{path}: column 'id' or 'content_hash' has missing values; give every sample one")
     stored_order = (schema.metadata or {}).get(b"repalign.layers")
@@ -666,6 +671,49 @@ def _read_parquet(path: Path, max_member_bytes: int | None = None, **_: Any) -> 
     return Features("parquet", meta.num_rows, [str(x) for x in order], pooled=pooled,
                     ids=[str(x) for x in texts["id"]] if "id" in texts else None,
                     hashes=[str(x) for x in texts["content_hash"]] if "content_hash" in texts else None)
+
+
+def _check_parquet_footer(path: Path, meta: Any, columns: list[str], max_member_bytes: int | None) -> None:
+    """The row groups' row counts add up to the file's, and each column read (its total uncompressed
+    size over the row groups, from the footer) is within the allocation bound, alone and together."""
+    groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
+    if sum(g.num_rows for g in groups) != meta.num_rows:
+        raise RepalignError(f"{path}: its row groups hold {sum(g.num_rows for g in groups)} rows but the footer says "
+                            f"{meta.num_rows}; the file is damaged or crafted: export it again")
+    sizes: dict[str, list[int]] = {}
+    for g in groups:
+        for k in range(g.num_columns):
+            chunk = g.column(k)
+            top = chunk.path_in_schema.split(".")[0]
+            if top in columns:
+                got = sizes.setdefault(top, [0, 0])
+                got[0] += int(chunk.total_uncompressed_size)
+                got[1] += int(chunk.total_compressed_size)
+    for name, (unpacked, packed) in sizes.items():
+        check_member_size(unpacked, packed, f"{path}: column {name!r} (uncompressed)", max_member_bytes)
+    check_total_size(sum(v[0] for v in sizes.values()), f"{path}: its {len(sizes)} columns (uncompressed) together",
+                     max_member_bytes)
+
+
+def _parquet_texts(table: Any, keep: list[str], path: Path, max_member_bytes: int | None) -> dict[str, list]:
+    """The id and content_hash columns (read as dictionaries) as Python strings, once their decoded
+    size (each row's string, plus a Python object per row) is within the allocation bound."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = 0
+    for name in keep:
+        for chunk in table.column(name).chunks:
+            lengths = pc.binary_length(chunk.dictionary) if isinstance(chunk, pa.DictionaryArray) else \
+                pc.binary_length(chunk)
+            if isinstance(chunk, pa.DictionaryArray):
+                lengths = pc.take(lengths, chunk.indices)
+            total += int(pc.sum(lengths).as_py() or 0) + 64 * len(chunk)
+    check_total_size(total, f"{path}: columns {keep} as text ({table.num_rows} rows)", max_member_bytes)
+    if max_member_bytes is not None and total > max_member_bytes:
+        raise RepalignError(f"{path}: columns {keep} as text take {size_text(total)}, more than max_member_bytes="
+                            f"{max_member_bytes}; pass max_member_bytes={total} if you trust the file")
+    return {c: table.column(c).to_pylist() for c in keep}
 
 
 def _same_width(arrays: list[np.ndarray], path: Path) -> list[np.ndarray]:
