@@ -74,7 +74,7 @@ from embeddings_cache.format import (
     read_strings,
     write_root_attrs,
 )
-from embeddings_cache.untrusted import check_dataset, check_file
+from embeddings_cache.untrusted import check_dataset, check_file, check_row_datasets
 
 _CHUNK_CACHE_BYTES = 4 << 20  # per open dataset: a few ~1 MB chunks
 _CHUNK_CACHE_SLOTS = 100_003  # a prime, as HDF5 recommends for the hash table of cached chunks
@@ -386,8 +386,8 @@ def update_id_index(group: h5py.Group) -> None:
     by a version that did not maintain it) gets it built from all its ids. Called inside a commit,
     so the index and the rows it indexes become durable together.
     """
+    check_row_datasets(group, group.file.filename)  # ids and the index, before any is read
     ids = group[IDS]
-    check_dataset(ids, group.file.filename, memory=False)
     n = int(ids.shape[0])
     if INSTANCE not in group.attrs:
         group.attrs[INSTANCE] = uuidlib.uuid4().hex  # a model created before the attribute existed

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from embeddings_cache.errors import CacheError
-from embeddings_cache.format import first_line
+from embeddings_cache.format import HASHES, ID_INDEX, ID_KEYS, ID_ROWS, IDS, first_line
 
 #: declared size of one member above which its ratio to what it stores on disk is checked
 MEMBER_BYTES = 1 << 30
@@ -154,6 +154,21 @@ def check_dataset(ds: h5py.Dataset, path: Path | str, max_member_bytes: int | No
     declared = declared_bytes(shape, ds.dtype.itemsize)
     stored = ds.id.get_storage_size()
     check_member_size(declared, stored, f"{where} {shape} {ds.dtype}", max_member_bytes, memory)
+
+
+def check_row_datasets(group: h5py.Group, path: Path | str, max_member_bytes: int | None = None) -> None:
+    """:func:`check_dataset` (ratio rule only: read in blocks) on the datasets of a model group that
+    give its rows, ids, hashes and the id index's keys and rows, before any of them is read: the
+    reader and the writer (resuming a model, updating its index) run the same checks. The links on
+    the way are refused as in :func:`member`."""
+    names = [IDS, HASHES, f"{ID_INDEX}/{ID_KEYS}", f"{ID_INDEX}/{ID_ROWS}"]
+    for name in names:
+        try:
+            ds = member(group, name, path)
+        except KeyError:
+            continue
+        if isinstance(ds, h5py.Dataset):
+            check_dataset(ds, path, max_member_bytes, memory=False)
 
 
 def check_links(group: h5py.Group, path: Path | str) -> None:

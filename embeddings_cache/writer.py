@@ -59,7 +59,7 @@ from embeddings_cache.journal import (
     remove_stale_temporaries,
     write_part,
 )
-from embeddings_cache.untrusted import check_dataset, check_file, check_links
+from embeddings_cache.untrusted import check_file, check_links, check_row_datasets
 
 
 class CacheWriter:
@@ -252,8 +252,7 @@ class CacheWriter:
     def _stored_model(self, group: Any) -> dict[str, Any]:
         """Header, ids (checked), hashes and layer widths of the stored model, to resume it."""
         try:
-            for name in (IDS, HASHES):
-                check_dataset(group[name], self.path, memory=False)
+            check_row_datasets(group, self.path)  # ids, hashes and the id index, as the reader checks them
             return {
                 "header": model_header(group),
                 "ids": checked_ids(group, f"model {self.model!r} in {self.path}"),

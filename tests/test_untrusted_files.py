@@ -255,7 +255,10 @@ def test_declared_sizes_beyond_the_bound_are_refused_before_any_allocation(tmp_p
     crafted = _crafted_cache(tmp_path, "bomb-cache.h5", lambda g, shape: g.create_dataset(
         "l", shape=(shape[0], 10**10), dtype="f4", chunks=(1, 1 << 18)))
     res = run_main("cache", "export", crafted, "--model", "m", "-o", tmp_path / "out.npz")
-    _one_line_error(res, "declares 74.5 GiB but stores 0 B on disk", "--max-member-size 80000000000")
+    # refused before any value is read: the layers to export, held together, exceed half the memory
+    _one_line_error(res, "the 1 layers to export take 74.5 GiB in memory together", "--max-member-size 80000000000")
+    res = run_main("cache", "export", crafted, "--model", "m", "-o", tmp_path / "out.npz", "--max-member-size", "1G")
+    _one_line_error(res, "declares 74.5 GiB, more than --max-member-size 1073741824")
     assert not (tmp_path / "c.h5").exists() and not (tmp_path / "out.npz").exists()
 
 
@@ -624,3 +627,20 @@ def test_parquet_id_columns_are_plain_strings_bounded_by_their_decoded_size(tmp_
                    "--max-member-size", "1M")
     _one_line_error(res, "columns ['id'] as text take 19.2 MiB, more than --max-member-size 1048576")
     assert not (tmp_path / "c.h5").exists()
+
+
+def test_the_writer_checks_the_id_index_like_the_reader_before_reading_it(tmp_path, secret):
+    for name in ("keys", "rows"):
+        path = _cache(tmp_path / f"{name}.h5", n=4)
+        with h5py.File(path, "r+") as f:
+            index = f["models/m/id_index"]
+            dtype = index[name].dtype
+            del index[name]  # its values would come from another file of the machine
+            index.create_dataset(name, shape=(4,), dtype=dtype, external=[(str(secret), 0, 32)])
+        for make in (lambda: Cache(path).read_layer("m", "l", ids=["s0"]),
+                     lambda: CacheWriter(path, "m", {"options": {}}, ["l"]).close()):
+            with pytest.raises(CacheError) as err:
+                make()
+            message = str(err.value)
+            assert "\n" not in message and f"dataset '/models/m/id_index/{name}' keeps its values in another " \
+                f"file ({secret}, HDF5 external storage)" in message, message

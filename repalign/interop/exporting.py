@@ -141,7 +141,8 @@ def _check_export_memory(c: Cache, model: str, pooled: list[str], tokens: list[s
     if total > half:
         raise RepalignError(f"model {model!r}: the {len(pooled) + len(tokens)} layers to export take "
                             f"{size_text(total)} in memory together, more than half the available memory "
-                            f"({size_text(half)}); export fewer layers at a time (--layers NAME ...) or free memory")
+                            f"({size_text(half)}); export fewer layers at a time (--layers NAME ...), free memory, or "
+                            f"pass max_member_bytes={total} if the cache is yours and the memory is there")
 
 
 #: exceptions of writers that report a failed write by its errno inside a message (h5py, torch, pyarrow)
