@@ -49,7 +49,7 @@ from embeddings_cache.format import (
 )
 from embeddings_cache.journal import applied_uuids, model_header, part_info, plan_parts
 from embeddings_cache.model import CachedModel
-from embeddings_cache.untrusted import check_dataset, check_file, check_links, checked_dataset
+from embeddings_cache.untrusted import check_dataset, check_links, checked_dataset
 
 log = logging.getLogger("embeddings_cache")
 
@@ -389,7 +389,12 @@ class Cache:
         try:
             with open_h5(part) as p:
                 check_format(p, part, newest=JOURNAL_VERSION)
-                check_file(p, part, self.max_member_bytes, memory=False)
+                # opening reads the part's ids, hashes and id keys only: its links and those datasets
+                # are checked here, its layers when they are read (a part holds every layer of a batch)
+                check_links(p, part)
+                for name in (IDS, HASHES, PART_ID_KEYS):
+                    if name != PART_ID_KEYS or PART_ID_KEYS in p:
+                        checked_dataset(p, name, part, self.max_member_bytes)
                 model = str(p.attrs["model"])
                 header = model_header(p)
                 ids, hashes = packed_strings(p[IDS]), packed_strings(p[HASHES])

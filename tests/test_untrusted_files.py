@@ -644,3 +644,28 @@ def test_the_writer_checks_the_id_index_like_the_reader_before_reading_it(tmp_pa
             message = str(err.value)
             assert "\n" not in message and f"dataset '/models/m/id_index/{name}' keeps its values in another " \
                 f"file ({secret}, HDF5 external storage)" in message, message
+
+
+def test_opening_checks_a_journal_parts_ids_not_its_layers_which_are_checked_when_read(tmp_path, secret):
+    path = tmp_path / "c.h5"
+    w = CacheWriter(path, "m", {"options": {}}, ["l"])
+    w.append(["a", "b"], _hashes(["a", "b"]), {"l": np.ones((2, 2), np.float32)})
+    part = next(p for p in (tmp_path / "c.h5.parts").glob("*.h5") if b"pooled" in p.read_bytes())
+    saved = part.read_bytes()
+    with h5py.File(part, "r+") as f:  # the batch's layer would read another file of the machine
+        del f["pooled/l"]
+        f.create_dataset("pooled/l", shape=(2, 2), dtype="f4", external=[(str(secret), 0, 16)])
+    with Cache(path) as c:  # opening reads ids and hashes only
+        assert c.ids("m") == ["a", "b"]
+        with pytest.raises(CacheError, match=r"dataset '/pooled/l' keeps its values in another file"):
+            c.read_layer("m", "l")
+    part.write_bytes(saved)
+    with h5py.File(part, "r+") as f:  # ids are read at open: refused then
+        del f["hashes"]
+        f.create_dataset("hashes", shape=(2,), dtype="S64", external=[(str(secret), 0, 128)])
+    with pytest.raises(CacheError, match=r"dataset '/hashes' keeps its values in another file"):
+        Cache(path)
+    part.write_bytes(saved)
+    w.close()
+    with Cache(path) as c:
+        np.testing.assert_array_equal(c.read_layer("m", "l"), np.ones((2, 2)))
