@@ -168,8 +168,8 @@ def flag_wording():
 def compare_wording(text: str) -> str:
     """``text`` with each Python parameter of :data:`COMPARE_FLAGS` as its flag (``knn='exact'`` as ``--knn exact``)."""
     for name in sorted(COMPARE_FLAGS, key=len, reverse=True):
-        text = re.sub(rf"(?<![\w'.-]){name}(?:='([^']*)')?(?![\w'(])",
-                      lambda m: COMPARE_FLAGS[name] + (f" {m.group(1)}" if m.group(1) is not None else ""), text)
+        text = re.sub(rf"(?<![\w'.-]){name}(?:=('[^']*'|[^\s;,)]+))?(?![\w'(])",
+                      lambda m: COMPARE_FLAGS[name] + (f" {m.group(1).strip(chr(39))}" if m.group(1) else ""), text)
     return text
 
 

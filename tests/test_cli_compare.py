@@ -81,7 +81,7 @@ def test_compare_python_api_equals_cli_and_selects_layers(two_model_cache):
         (["--layers-a", "zzz*"], "no layer matches"),
         (["-o", "out.xlsx"], "unknown table format"),
         (["--search-block", "64"], "add --cluster"),
-        (["--search-block", "0", "--cluster", "local:1"], "--search-block=0 is invalid"),
+        (["--search-block", "0", "--cluster", "local:1"], "--search-block 0 is invalid"),
     ],
 )
 def test_compare_bad_input_one_line_no_output(two_model_cache, tmp_path, args, fragment):

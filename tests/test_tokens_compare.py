@@ -273,7 +273,7 @@ def mismatched(tmp_path):
 @pytest.mark.parametrize("args, fragment", [
     (["--a", "plain", "--b", "special"], "tokenise sample 'q2' differently (4 vs 6 rows"),
     (["--a", "plain", "--b", "pooled"], "'pooled'"),
-    (["--a", "plain", "--b", "special", "--max-tokens", "0"], "--max-tokens=0 is invalid"),
+    (["--a", "plain", "--b", "special", "--max-tokens", "0"], "--max-tokens 0 is invalid"),
     (["--a", "plain", "--b", "plain", "--layers-a", "t", "--layers-b", "t"], "trivial"),
     (["--a", "plain", "--b", "special", "--group-by", "chainz"], "unknown grouping column 'chainz'; available: chain, element, residue"),
 ])

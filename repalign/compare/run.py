@@ -129,7 +129,7 @@ def trivial_pairs(ca: Cache, cb: Cache, model_a: str, model_b: str, names_a: lis
     self_pair = model_a == model_b and Path(ca.path).resolve() == Path(cb.path).resolve()
     exclude = np.array([[self_pair and x == y for y in names_b] for x in names_a], dtype=bool)
     if exclude.all():
-        raise RepalignError(f"comparing {model_a} with itself on the same single layer is trivial; choose other layers with --layers-a/--layers-b")
+        raise RepalignError(f"comparing {model_a} with itself on the same single layer is trivial; choose other layers with layers_a / layers_b")
     return exclude
 
 

@@ -135,7 +135,7 @@ def _nlist(nlist, n: int) -> int:
 def check_knn_options(knn, **options) -> dict:
     """Validate ``knn`` and its options at a boundary (CLI, compare layer); returns the options."""
     if knn not in KNN_METHODS:
-        raise RepalignError(f"--knn {knn!r} is not supported; use one of {', '.join(KNN_METHODS)}")
+        raise RepalignError(f"knn={knn!r} is not supported; use one of {', '.join(KNN_METHODS)}")
     if knn != "exact":
         _faiss()
     for key, value in options.items():
