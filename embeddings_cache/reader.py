@@ -14,6 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from embeddings_cache import untrusted
 from embeddings_cache.durable import OverlayReader, read_lock, read_redo, redo_path
 from embeddings_cache.errors import CacheError
 from embeddings_cache.format import (
@@ -49,7 +50,7 @@ from embeddings_cache.format import (
 )
 from embeddings_cache.journal import applied_uuids, model_header, part_info, plan_parts
 from embeddings_cache.model import CachedModel
-from embeddings_cache.untrusted import check_dataset, check_links, checked_dataset
+from embeddings_cache.untrusted import check_dataset, check_links, checked_dataset, declared_bytes, size_text
 
 log = logging.getLogger("embeddings_cache")
 
@@ -779,11 +780,26 @@ class Cache:
             yield part
 
     def _dataset(self, group: h5py.Group, name: str, model: str, seg: _Segment, sizes: bool = True) -> h5py.Dataset:
+        # values are read in blocks into arrays of the requested rows (bounded by _check_allocation), so a
+        # declared size is only held to an explicit max_member_bytes: no ratio rule, which refused the
+        # tool's own highly compressible gzip layers
+        sizes = sizes and self.max_member_bytes is not None
         try:
             return checked_dataset(group, name, seg.part or self.path, self.max_member_bytes, sizes=sizes)
         except KeyError:
             where = seg.part or self.path
             raise CacheError(f"{where} lacks {name} of model {model!r} for {seg.n} samples; the cache is damaged")
+
+    def _check_allocation(self, shape: tuple[int, ...], dtype: np.dtype, ds: h5py.Dataset, model: str) -> None:
+        """CacheError when the array a read allocates (``shape`` of ``dtype``) exceeds half the available
+        memory; an explicit max_member_bytes (a trusted cache) replaces this bound."""
+        if self.max_member_bytes is not None:
+            return
+        need, half = declared_bytes(shape, np.dtype(dtype).itemsize), untrusted.available_memory() // 2
+        if need > half:
+            raise CacheError(f"{self.path}: reading {ds.name!r} of model {model!r} needs {size_text(need)} for "
+                             f"{shape} {np.dtype(dtype)}, more than half the available memory ({size_text(half)}); "
+                             "read fewer samples or layers at a time, or free memory")
 
     def _read(self, ds: h5py.Dataset, selection: Any, model: str) -> np.ndarray:
         try:
@@ -838,6 +854,7 @@ class Cache:
                     raise CacheError(f"{seg.part or self.path}: dataset {ds.name!r} of model {model!r} has shape "
                                      f"{ds.shape} for {seg.n} samples; the cache is damaged or crafted: extract or "
                                      "import that model again")
+                self._check_allocation((len(rows),) + ds.shape[1:], dtype, ds, model)
                 pieces.append((positions, self._read_sorted(ds, local, dtype, model)))
         if not pieces:
             return np.zeros((0,) if name.startswith(OUTPUTS) else (0, 0), dtype=dtype)
@@ -851,13 +868,15 @@ class Cache:
     ) -> tuple[np.ndarray, np.ndarray]:
         lengths = np.zeros(len(rows), dtype=np.int64)
         pieces = []
-        dim = 0
+        dim = total_rows = 0
         for seg, positions, local in self._split(model, rows):
             with self._segment(seg, model) as group:
                 data_ds = self._dataset(group, f"{TOKENS}/{layer}/{TOKEN_DATA}", model, seg)
                 offsets = self._token_offsets(group, layer, model, seg, data_ds.shape[0])
                 starts, stops = offsets[local], offsets[local + 1]
                 token_rows = _ranges(starts, stops - starts)
+                total_rows += len(token_rows)
+                self._check_allocation((total_rows,) + data_ds.shape[1:], dtype, data_ds, model)
                 data = self._read_sorted(data_ds, token_rows, dtype, model)
                 dim = data_ds.shape[1]
             lengths[positions] = stops - starts

@@ -669,3 +669,24 @@ def test_opening_checks_a_journal_parts_ids_not_its_layers_which_are_checked_whe
     w.close()
     with Cache(path) as c:
         np.testing.assert_array_equal(c.read_layer("m", "l"), np.ones((2, 2)))
+
+
+def test_cache_reads_compressible_layers_and_bounds_what_a_read_allocates(tmp_path, monkeypatch):
+    import embeddings_cache.untrusted as untrusted
+
+    ids = _ids(2000)
+    with CacheWriter(tmp_path / "c.h5", "m", {"options": {}}, ["l"], compression="gzip") as w:
+        w.append(ids, _hashes(ids), {"l": np.zeros((2000, 1000), np.float32)})  # 7.6 MiB, stored in ~40 KiB
+    monkeypatch.setattr(untrusted, "MEMBER_BYTES", 1 << 20)  # the 1 GiB of the ratio rule, scaled down
+    with Cache(tmp_path / "c.h5") as c:  # a gzip layer of the tool's own: read, not taken for a bomb
+        assert c.read_layer("m", "l").shape == (2000, 1000)
+    monkeypatch.setattr(untrusted, "available_memory", lambda: 10 << 20)  # half: 5 MiB
+    with Cache(tmp_path / "c.h5") as c:
+        with pytest.raises(CacheError) as err:
+            c.read_layer("m", "l")
+        assert str(err.value) == (f"{tmp_path / 'c.h5'}: reading '/models/m/pooled/l' of model 'm' needs 7.6 MiB for "
+                                  "(2000, 1000) float32, more than half the available memory (5.0 MiB); read fewer "
+                                  "samples or layers at a time, or free memory")
+        assert c.read_layer("m", "l", ids=ids[:100]).shape == (100, 1000)  # what is allocated is bounded
+    with Cache(tmp_path / "c.h5", max_member_bytes=1 << 30) as c:  # a trusted cache: the plain limit only
+        assert c.read_layer("m", "l").shape == (2000, 1000)
