@@ -55,6 +55,15 @@ def check_foreign_h5(path: str | os.PathLike, max_member_bytes: int | None = Non
     """CacheError (one line) unless every link and dataset of the HDF5 file at ``path`` may be read
     (:func:`embeddings_cache.untrusted.check_file`); for readers outside this package (anndata),
     called before they open the file."""
+    with open_foreign_h5(path, max_member_bytes):
+        pass
+
+
+@contextlib.contextmanager
+def open_foreign_h5(path: str | os.PathLike, max_member_bytes: int | None = None) -> Iterator[h5py.File]:
+    """The HDF5 file at ``path``, open and checked as by :func:`check_foreign_h5`: a reader that reads
+    from the yielded file (anndata's ``read_elem``) reads what was checked, through the same open file,
+    even when the path is replaced meanwhile."""
     path = Path(path)
     with open_h5(path) as f:
         try:
@@ -62,6 +71,7 @@ def check_foreign_h5(path: str | os.PathLike, max_member_bytes: int | None = Non
             _check_loaded_whole(f, path, max_member_bytes)
         except OSError as e:
             raise CacheError(f"{path} is damaged ({first_line(e)}); write it again")
+        yield f
 
 
 _SPARSE = ("csr_matrix", "csc_matrix")

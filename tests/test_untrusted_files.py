@@ -690,3 +690,23 @@ def test_cache_reads_compressible_layers_and_bounds_what_a_read_allocates(tmp_pa
         assert c.read_layer("m", "l", ids=ids[:100]).shape == (100, 1000)  # what is allocated is bounded
     with Cache(tmp_path / "c.h5", max_member_bytes=1 << 30) as c:  # a trusted cache: the plain limit only
         assert c.read_layer("m", "l").shape == (2000, 1000)
+
+
+def test_h5ad_is_read_from_the_file_that_was_checked_even_if_the_path_is_replaced(tmp_path, secret, monkeypatch):
+    import embeddings_cache.foreign as foreign
+
+    checked = _anndata_file(tmp_path / "x.h5ad")  # obsm['emb'] of ones
+    hostile = _anndata_file(tmp_path / "hostile.h5ad")
+    _replace_obsm(hostile, lambda g, shape: g.create_dataset("emb", shape=shape, dtype="f4",
+                                                             external=[(str(secret), 0, 48)]))
+    check = foreign._check_loaded_whole
+
+    def check_then_swap(f, path, max_member_bytes):
+        check(f, path, max_member_bytes)
+        os.replace(hostile, path)  # the path now names a file that reads /etc/shadow: too late to matter
+
+    monkeypatch.setattr(foreign, "_check_loaded_whole", check_then_swap)
+    import_features(checked, tmp_path / "c.h5", "m")
+    with Cache(tmp_path / "c.h5") as c:
+        np.testing.assert_array_equal(c.read_layer("m", "emb"), np.ones((3, 4)))
+    _no_secret_anywhere(tmp_path)

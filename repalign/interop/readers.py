@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from embeddings_cache import check_foreign_h5, index_per_id_h5, read_per_id_h5
+from embeddings_cache import index_per_id_h5, read_per_id_h5
+from embeddings_cache.foreign import open_foreign_h5
 from embeddings_cache.untrusted import check_member_size, check_total_size, declared_bytes, size_text
 from repalign.errors import RepalignError
 from repalign.interop.formats import (
@@ -571,14 +572,22 @@ def _read_h5(path: Path, pool: str = "mean", keep_tokens: bool = True, max_membe
 
 def _read_h5ad(path: Path, max_member_bytes: int | None = None, **_: Any) -> Features:
     try:
-        import anndata
+        try:
+            from anndata.io import read_elem
+        except ImportError:  # anndata < 0.11
+            from anndata.experimental import read_elem
     except ImportError:
         raise RepalignError(f"{path}: reading .h5ad needs anndata; pip install 'repalign[anndata]'") from None
-    check_foreign_h5(path, max_member_bytes)  # before anndata follows a link or reads a byte
-    try:
-        adata = anndata.read_h5ad(path)
-    except Exception as e:  # anndata wraps HDF5 and format errors in many types
-        raise RepalignError(f"{path}: not a readable AnnData file ({_first(e)}); write it with AnnData.write_h5ad") from None
+    # checked before anndata follows a link or reads a byte, and read from the same open file
+    with open_foreign_h5(path, max_member_bytes) as f:
+        if _text_attr(f.attrs.get("encoding-type")) != "anndata":
+            raise RepalignError(f"{path}: not an AnnData file of anndata >= 0.8 (no encoding-type 'anndata'); "
+                                "write it again with AnnData.write_h5ad")
+        try:
+            adata = read_elem(f)
+        except Exception as e:  # anndata wraps HDF5 and format errors in many types
+            raise RepalignError(f"{path}: not a readable AnnData file ({_first(e)}); write it with "
+                                "AnnData.write_h5ad") from None
     ids = [str(i) for i in adata.obs_names]
     hashes = [str(h) for h in adata.obs["content_hash"]] if "content_hash" in adata.obs else None
     pooled: dict[str, np.ndarray] = {}
@@ -612,6 +621,10 @@ def _read_h5ad(path: Path, max_member_bytes: int | None = None, **_: Any) -> Fea
     if stored_order is not None and sorted(map(str, stored_order)) == sorted(order):
         order = [str(x) for x in stored_order]  # the layer order export wrote
     return Features("h5ad", adata.n_obs, order, pooled=pooled, ids=ids, hashes=hashes)
+
+
+def _text_attr(value: Any) -> str | None:
+    return value.decode(errors="replace") if isinstance(value, bytes) else (None if value is None else str(value))
 
 
 def _read_parquet(path: Path, max_member_bytes: int | None = None, **_: Any) -> Features:
