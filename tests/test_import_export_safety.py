@@ -359,3 +359,31 @@ def test_export_refuses_layers_that_together_exceed_half_the_memory_before_readi
     res = run_main("cache", "export", tmp_path / "c.h5", "-m", "m", "--layers", "a", "b", "-o", tmp_path / "out.npz")
     assert res.returncode == 0, res.stderr
     assert sorted(np.load(tmp_path / "out.npz")) == ["a", "b", "hashes", "ids"]
+
+
+def test_overwrite_never_deletes_a_folder_changed_after_it_was_checked(tmp_path, run_main, monkeypatch):
+    pytest.importorskip("torch")
+    from repalign.interop import owned
+
+    cache = _cache(tmp_path / "c.h5", n=3)
+    assert run_main("cache", "export", cache, "-m", "m", "-o", tmp_path / "out").returncode == 0
+    record = owned.Manifest.record
+    calls = []
+
+    def user_writes_meanwhile(self, name, digests):  # between the ownership check and the rename
+        calls.append(name)
+        if len(calls) == 1:
+            (tmp_path / "out" / "notes.txt").write_text("the user's own notes")
+        return record(self, name, digests)
+
+    monkeypatch.setattr(owned.Manifest, "record", user_writes_meanwhile)
+    res = run_main("cache", "export", cache, "-m", "m", "-o", tmp_path / "out", "--overwrite")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert "changed while it was being replaced" in res.stderr and "left as it is" in res.stderr, res.stderr
+    assert (tmp_path / "out" / "notes.txt").read_text() == "the user's own notes"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".repalign-work")]
+    monkeypatch.setattr(owned.Manifest, "record", record)
+    assert run_main("cache", "export", cache, "-m", "m", "-o", tmp_path / "y.npz").returncode == 0
+    before = (tmp_path / "y.npz").stat().st_ino
+    assert run_main("cache", "export", cache, "-m", "m", "-o", tmp_path / "y.npz", "--overwrite").returncode == 0
+    assert (tmp_path / "y.npz").stat().st_ino != before and len(np.load(tmp_path / "y.npz")["ids"]) == 3

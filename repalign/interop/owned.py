@@ -95,9 +95,19 @@ class Manifest:
         assert new_digest is not None
         old = self.files().get(target.name, []) if os.path.lexists(target) else []
         self.record(target.name, sorted(set(old) | {new_digest}))
-        if os.path.lexists(target):
-            os.rename(target, work / (".old-" + target.name))  # a folder cannot be renamed over a full one
-        os.rename(new, target)
+        if os.path.lexists(target) and (new.is_dir() or target.is_dir()):
+            # a folder cannot be renamed over a full one: the old one goes aside, and is deleted with the
+            # work folder only if it is still what the manifest lists (else it is put back untouched)
+            aside = work / (".old-" + target.name)
+            os.rename(target, aside)
+            if digest(aside) not in old:
+                os.rename(aside, target)
+                self.record(target.name, old)
+                raise RepalignError(f"{target} changed while it was being replaced (it is no longer the earlier "
+                                    "export); it was left as it is: move it away or choose another name")
+            os.rename(new, target)
+        else:
+            os.replace(new, target)  # a file: one atomic rename, the target is never missing
         self.record(target.name, [new_digest])
 
 
