@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -23,7 +23,7 @@ from embeddings_cache.atomic import sigterm_as_interrupt
 from repalign.compare import StatsOptions, compare_models
 from repalign.errors import RepalignError
 from repalign.extract import extract
-from repalign.interop.owned import Manifest, digest
+from repalign.interop.owned import Manifest, work_folder
 from repalign.models.controls import control_name
 from repalign.plot import save_layer_heatmap
 from repalign.table import write_table
@@ -94,6 +94,20 @@ def check_demo_output(out: Path) -> Manifest:
     return manifest
 
 
+def publish(out: Path, manifest: Manifest, write: Callable[[Path], list[Path]]) -> list[Path]:
+    """Files that ``write(work)`` makes in a hidden work folder of ``out``, moved into ``out``: each is
+    recorded in the manifest before it is renamed into place (:meth:`Manifest.replace`), so a kill
+    never leaves a demo file the manifest does not know, and the work folder (with any half-written
+    file) is removed on errors, or by the next run after a kill. The folder is checked first: it may
+    have changed during the run."""
+    check_demo_output(out)
+    with work_folder(out) as work:
+        made = write(work)
+        for path in made:
+            manifest.replace(path, out / path.name, work)
+    return [out / path.name for path in made]
+
+
 def run_demo(output: str | Path = "demo-output", quiet: bool = False) -> dict[str, list[Path]]:
     """Run the demo; returns the written files by kind ("table", "figures", "cache").
 
@@ -141,15 +155,11 @@ def _run_demo(out: Path, quiet: bool) -> dict[str, list[Path]]:
                 f"{best['control']:.3f} at the same layers, {best['gain']:+.3f} from training "
                 f"(input layers {inputs[0]}, {inputs[1]} left out)")
         for metric in ("mutual_knn", "unbiased_cka"):
-            check_demo_output(out)  # the folder may have changed during the run
-            saved = save_layer_heatmap(trained.table, out / _figure_stem(modality, model_a, model_b, metric),
-                                       metric=metric)
-            for path in saved:
-                manifest.record(path.name, [str(digest(path))])
-            figures += saved
-    check_demo_output(out)
-    table_path = write_table(pd.concat(tables, ignore_index=True), out / SCORES_FILE)
-    manifest.record(SCORES_FILE, [str(digest(table_path))])
+            stem = _figure_stem(modality, model_a, model_b, metric)
+            figures += publish(out, manifest, lambda work: save_layer_heatmap(trained.table, work / stem,
+                                                                              metric=metric))
+    scores = pd.concat(tables, ignore_index=True)
+    table_path = publish(out, manifest, lambda work: [write_table(scores, work / SCORES_FILE)])[0]
     print("headline (hidden layers, beyond random-init controls):")
     for line in lines:
         print(f"  {line}")

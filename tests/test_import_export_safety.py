@@ -387,3 +387,39 @@ def test_overwrite_never_deletes_a_folder_changed_after_it_was_checked(tmp_path,
     before = (tmp_path / "y.npz").stat().st_ino
     assert run_main("cache", "export", cache, "-m", "m", "-o", tmp_path / "y.npz", "--overwrite").returncode == 0
     assert (tmp_path / "y.npz").stat().st_ino != before and len(np.load(tmp_path / "y.npz")["ids"]) == 3
+
+
+def test_demo_files_are_recorded_before_they_are_renamed_into_place_and_stale_work_is_removed(tmp_path):
+    from repalign import demo
+    from repalign.interop.owned import Manifest
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    manifest = demo.check_demo_output(out)
+
+    def table(text):
+        def write(work):
+            (work / demo.SCORES_FILE).write_text(text)
+            return [work / demo.SCORES_FILE]
+        return write
+
+    assert demo.publish(out, manifest, table("a,b\n1,2\n")) == [out / demo.SCORES_FILE]
+    assert Manifest(out, demo.DEMO_MANIFEST, "repalign demo").owns(out / demo.SCORES_FILE)
+    stale = out / ".repalign-work-killed.tmp"  # what a killed run leaves: a half-written file in its work folder
+    stale.mkdir()
+    (stale / demo.SCORES_FILE).write_text("a,b\n1,")
+
+    def interrupted(work):
+        (work / demo.SCORES_FILE).write_text("a,b\n3,")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        demo.publish(out, manifest, interrupted)
+    assert (out / demo.SCORES_FILE).read_text() == "a,b\n1,2\n"  # the earlier, recorded file is untouched
+    assert sorted(p.name for p in out.iterdir()) == sorted([demo.SCORES_FILE, demo.DEMO_MANIFEST])
+    demo.publish(out, manifest, table("a,b\n5,6\n"))  # its own earlier file is replaced
+    assert (out / demo.SCORES_FILE).read_text() == "a,b\n5,6\n"
+    (out / demo.SCORES_FILE).write_text("the user's edits")
+    with pytest.raises(RepalignError, match="was not written by 'repalign demo'"):
+        demo.publish(out, manifest, table("x"))
+    assert (out / demo.SCORES_FILE).read_text() == "the user's edits"
