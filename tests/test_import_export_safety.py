@@ -423,3 +423,19 @@ def test_demo_files_are_recorded_before_they_are_renamed_into_place_and_stale_wo
     with pytest.raises(RepalignError, match="was not written by 'repalign demo'"):
         demo.publish(out, manifest, table("x"))
     assert (out / demo.SCORES_FILE).read_text() == "the user's edits"
+
+
+def test_an_esm_folder_is_bounded_by_all_its_files_together(tmp_path, run_main, monkeypatch):
+    torch = pytest.importorskip("torch")
+    import embeddings_cache.untrusted as untrusted
+
+    folder = tmp_path / "esm"
+    folder.mkdir()
+    for k in range(3):  # 1 MB each, 3 MB together; every file is held until the folder is read
+        torch.save({"label": f"s{k}", "mean_representations": {1: torch.ones(250_000)}}, folder / f"p{k}.pt")
+    monkeypatch.setattr(untrusted, "available_memory", lambda: 5_000_000)  # half: 2.5 MB, above any one file
+    res = run_main("cache", "import", folder, "-m", "m", "-o", tmp_path / "c.h5")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+    assert f"{folder}: its 3 .pt files together declares 2.9 MiB, more than half the available memory" in res.stderr
+    monkeypatch.setattr(untrusted, "available_memory", lambda: 1 << 34)
+    assert run_main("cache", "import", folder, "-m", "m", "-o", tmp_path / "c.h5").returncode == 0

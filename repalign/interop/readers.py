@@ -331,8 +331,8 @@ def _torch_load(path: Path, max_member_bytes: int | None = None) -> Any:
     return obj
 
 
-def _check_zip_members(path: Path, max_member_bytes: int | None) -> None:
-    """The allocation bound over the members of a zip archive, from their declared sizes."""
+def _check_zip_members(path: Path, max_member_bytes: int | None) -> int:
+    """The allocation bound over the members of a zip archive, from their declared sizes; their total."""
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
@@ -344,6 +344,7 @@ def _check_zip_members(path: Path, max_member_bytes: int | None) -> None:
             _check_pickle_member(info, path)
     total = sum(info.file_size for info in infos)
     check_total_size(total, f"{path}: its {len(infos)} members together", max_member_bytes)
+    return total
 
 
 def _check_pickle_member(info: zipfile.ZipInfo, path: Path) -> None:
@@ -432,6 +433,9 @@ def _read_pt(path: Path, pool: str = "mean", keep_tokens: bool = True, max_membe
 def _read_esm_folder(path: Path, pool: str = "mean", keep_tokens: bool = True, max_member_bytes: int | None = None,
                      **_: Any) -> Features:
     files = esm_folder_files(path)
+    # every file is held in memory until the folder is read: the bound applies to all of them together
+    total = sum(_check_zip_members(f, max_member_bytes) for f in files if zipfile.is_zipfile(f))
+    check_total_size(total, f"{path}: its {len(files)} .pt files together", max_member_bytes)
     feats = _esm_features([_torch_load(f, max_member_bytes) for f in files], files, pool, keep_tokens)
     feats.files = files
     return _in_exported_order(feats, path)
