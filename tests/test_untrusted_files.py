@@ -710,3 +710,20 @@ def test_h5ad_is_read_from_the_file_that_was_checked_even_if_the_path_is_replace
     with Cache(tmp_path / "c.h5") as c:
         np.testing.assert_array_equal(c.read_layer("m", "emb"), np.ones((3, 4)))
     _no_secret_anywhere(tmp_path)
+
+
+def test_a_parquet_footer_whose_row_count_differs_from_its_row_groups_is_refused(tmp_path, run_main):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    layer = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(6, np.float32)), 2)
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"id": pa.array(["a", "b", "c"]), "l": layer}), path)
+    raw = bytearray(path.read_bytes())
+    start = len(raw) - 8 - int.from_bytes(raw[-8:-4], "little")
+    # the file's num_rows (thrift compact: field 3, i64, zigzag 3 = 0x06, before the row_groups list 0x19)
+    at = start + bytes(raw[start:-8]).index(b"\x16\x06\x19") + 1
+    raw[at] = 0x08  # 4 rows, while its one row group holds 3
+    path.write_bytes(bytes(raw))
+    assert pq.ParquetFile(path).metadata.num_rows == 4
+    _one_line_error(run_main("cache", "import", path, "-m", "m", "-o", tmp_path / "c.h5"),
+                    "its row groups hold 3 rows but the footer says 4")
