@@ -147,8 +147,8 @@ class WorkerStates:
         if self.search is None:
             return self._held(self.client.submit(_state_on_worker, item, self.resolved, name, label, self.options, pure=False))
         source = _layer_source(item, self.options["block_rows"])
-        return self._held(self.client.scatter(layer_state(source, self.resolved, name=name, label=label,
-                                                          knn_search=self.search, **self.options)))
+        state = layer_state(source, self.resolved, name=name, label=label, knn_search=self.search, **self.options)
+        return self._held(self.client.scatter(state, hash=False))  # unique key: see DaskCandidateSearch
 
     def score_row(self, state_a, states_b: list):
         return self._held(self.client.submit(score_row, state_a, states_b, self.resolved, pure=False))
@@ -197,7 +197,9 @@ class DaskCandidateSearch:
         starts, blocks = [], []
         for r0, X in rechunked_rows(rows, self.block):
             starts.append(r0)
-            blocks.append(client.scatter(X))
+            # hash=False: a key of its own, so cancelling this call's blocks (below) cannot release the
+            # same rows scattered by a later call under the same content-hash key ("lost dependencies")
+            blocks.append(client.scatter(X, hash=False))
         pairs = {}
         for i, (r0, Xr) in enumerate(zip(starts, blocks)):
             for j in range(i, len(blocks)):
