@@ -123,6 +123,9 @@ def cmd_compare(args) -> int:
                                     **layers, **params)
     messages = sys.stderr if to_stdout else sys.stdout
     print(result.summary(), file=messages)
+    if "note" in result.table:  # e.g. --ci on a metric without a valid interval: say so, not only in a column
+        for note in sorted({n for n in result.table["note"].dropna() if n}):
+            print(f"repalign: note: {note}", file=sys.stderr)
     if args.output:
         path = write_table(result.table, args.output)
         print(f"wrote {len(result.table)} rows to {'standard output' if to_stdout else path}", file=messages)

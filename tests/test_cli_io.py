@@ -52,6 +52,18 @@ def test_compare_writes_csv_to_stdout_and_messages_to_stderr(two_model_cache):
     assert "wrote 4 rows to standard output" in res.stderr
 
 
+def test_ci_on_a_metric_without_valid_intervals_says_so_on_stderr(two_model_cache, tmp_path):
+    out = tmp_path / "ci.csv"
+    res = run_main("compare", two_model_cache, "--a", "A", "--b", "B", "--metric", "mknn", "unbiased_cka", "--k", "5",
+                   "--ci", "0.9", "--subsamples", "20", "-o", out)
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(out)
+    mknn, ucka = table[table.metric == "mutual_knn"], table[table.metric == "unbiased_cka"]
+    assert mknn["ci_low"].isna().all() and ucka["ci_low"].notna().all()
+    notes = [line for line in res.stderr.splitlines() if line.startswith("repalign: note: ")]
+    assert notes == [f"repalign: note: {mknn['note'].iloc[0]}"] and "mutual_knn" in notes[0]
+
+
 def test_plot_reads_a_table_from_stdin(two_model_cache, tmp_path):
     table = run_main("compare", two_model_cache, "--a", "A", "--b", "B", "--k", "5", "-o", "-").stdout
     res = run_main("plot", "-", "-o", tmp_path / "heatmap", "--format", "png", stdin=table)
