@@ -222,13 +222,28 @@ def open_h5(path: Path, mode: str = "r") -> h5py.File:
     except OSError as e:
         raise CacheError(f"cannot open {path} ({e.strerror}); check its permissions")
     try:
-        return h5py.File(fobj, mode, locking=False)
+        return _FileOnObject(fobj, mode)
     except OSError as e:
         fobj.close()
         raise CacheError(
             f"{path} is not a readable HDF5 file ({first_line(e)}); it is truncated, corrupt or not a cache: "
             "check the path, or delete it and extract again"
         )
+
+
+class _FileOnObject(h5py.File):
+    """An h5py.File on a Python file object that it closes with itself (h5py leaves it open: every
+    closed cache then left an unclosed file behind, a ResourceWarning in notebooks)."""
+
+    def __init__(self, fobj, mode: str):
+        super().__init__(fobj, mode, locking=False)
+        self._fobj = fobj
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._fobj.close()
 
 
 def check_regular(path: Path) -> None:

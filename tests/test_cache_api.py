@@ -85,3 +85,20 @@ def test_to_xarray(cache):
     np.testing.assert_array_equal(ds["plddt"].values, np.arange(9.0))
     assert list(ds["content_hash"].values) == [sha(i) for i in ids]
     assert json.loads(ds.attrs["layers"]) == ["layer.0", "layer.3"]
+
+
+def test_a_closed_cache_leaves_no_open_file_behind(cache):
+    """Closing a Cache (or a writer) closes the file object HDF5 read through: no ResourceWarning."""
+    import gc
+    import warnings
+
+    path, ids, x, _ = cache
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Cache(path) as c:
+            c.read_layer("antiberty", "layer.0")
+        with CacheWriter(path, "second", {"options": {}}, ["l"]) as w:
+            w.append(ids[:2], [sha(i) for i in ids[:2]], {"l": x["layer.0"][:2]})
+        del c, w
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []

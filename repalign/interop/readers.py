@@ -588,7 +588,7 @@ def _read_h5ad(path: Path, max_member_bytes: int | None = None, **_: Any) -> Fea
             raise RepalignError(f"{path}: not an AnnData file of anndata >= 0.8 (no encoding-type 'anndata'); "
                                 "write it again with AnnData.write_h5ad")
         try:
-            adata = read_elem(f)
+            adata = read_elem(f["/"])  # the root as a plain h5py Group: anndata dispatches on exact types
         except Exception as e:  # anndata wraps HDF5 and format errors in many types
             raise RepalignError(f"{path}: not a readable AnnData file ({_first(e)}); write it with "
                                 "AnnData.write_h5ad") from None
