@@ -336,8 +336,10 @@ def read_strings(ds: h5py.Dataset) -> list[str]:
     return [x.decode() if isinstance(x, bytes) else str(x) for x in ds[()]]
 
 
-#: entries of the id index read at a time when it is inverted (keys and rows: 1 MiB)
-_KEYS_SPAN = 1 << 16
+#: entries of the id index read at a time (keys and rows: 1 MiB)
+INDEX_SPAN = 1 << 16
+#: bytes of a dataset read at a time: bounds memory (and a damaged chunk is reported with its rows)
+READ_BLOCK_BYTES = 64 << 20
 
 
 def keys_by_row(index: h5py.Group, n: int, where: str) -> np.ndarray:
@@ -345,12 +347,12 @@ def keys_by_row(index: h5py.Group, n: int, where: str) -> np.ndarray:
     stored id (the index is written from the ids and carries a Fletcher-32 checksum per chunk)."""
     out = np.zeros(n, dtype=np.uint64)
     keys_ds, rows_ds = index[ID_KEYS], index[ID_ROWS]
-    for start in range(0, n, _KEYS_SPAN):
-        rows = rows_ds[start:start + _KEYS_SPAN]
+    for start in range(0, n, INDEX_SPAN):
+        rows = rows_ds[start:start + INDEX_SPAN]
         if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= n):
             raise CacheError(f"{where}: its id index points outside its {n} rows; the file is damaged: restore it "
                              "from a copy, or extract the model again with overwrite=True")
-        out[rows] = keys_ds[start:start + _KEYS_SPAN]
+        out[rows] = keys_ds[start:start + INDEX_SPAN]
     return out
 
 

@@ -351,13 +351,18 @@ def _apply_part(f: h5py.File, part: Path, out: _Appender) -> str:
         return str(p.attrs["part_uuid"])
 
 
-def checked_part_ids(p: h5py.File, part: Path) -> list[str]:
-    """A journal part's ids, checked against their checksums (parts written before ids had
-    checksums have none: their ids are taken as they are)."""
+def checked_part_packed_ids(p: h5py.File, part: Path) -> np.ndarray:
+    """A journal part's ids as stored (bytes), checked against their checksums (parts written
+    before ids had checksums have none: their ids are taken as they are)."""
     packed = packed_strings(p[IDS])
     if PART_ID_KEYS in p:
         check_id_keys(packed, id_keys(packed), p[PART_ID_KEYS][()], np.arange(len(packed)), f"journal part {part}")
-    return [x.decode() for x in packed]
+    return packed
+
+
+def checked_part_ids(p: h5py.File, part: Path) -> list[str]:
+    """A journal part's ids, checked against their checksums (:func:`checked_part_packed_ids`)."""
+    return [x.decode() for x in checked_part_packed_ids(p, part)]
 
 
 def _apply_parts(f: h5py.File, todo: list[PartInfo]) -> None:

@@ -24,12 +24,14 @@ from embeddings_cache.format import (
     ID_KEYS,
     ID_ROWS,
     IDS,
+    INDEX_SPAN,
     INSTANCE,
     JOURNAL_VERSION,
     MODELS_GROUP,
     OUTPUTS,
     PART_ID_KEYS,
     POOLED,
+    READ_BLOCK_BYTES,
     TOKEN_DATA,
     TOKEN_OFFSETS,
     TOKENS,
@@ -48,18 +50,14 @@ from embeddings_cache.format import (
     packed_strings,
     parts_dir,
 )
-from embeddings_cache.journal import applied_uuids, model_header, part_info, plan_parts
+from embeddings_cache.journal import applied_uuids, checked_part_packed_ids, model_header, part_info, plan_parts
 from embeddings_cache.model import CachedModel
 from embeddings_cache.untrusted import check_dataset, check_links, checked_dataset, declared_bytes, size_text
 
 log = logging.getLogger("embeddings_cache")
 
-#: rows read from HDF5 at a time when gathering scattered rows: bounds memory, not results
-_READ_BLOCK_BYTES = 64 << 20
 #: ids read from HDF5 at a time when checking scattered rows of the id index (bounds memory)
 _ID_SPAN = 1 << 12
-#: entries of the id index read at a time (keys and rows: 1 MiB)
-_INDEX_SPAN = 1 << 16
 
 
 class _PartVanished(Exception):
@@ -164,7 +162,7 @@ class _ModelView:
         keys_ds, rows_ds = index[ID_KEYS], index[ID_ROWS]
         if self._fences is None:
             self._fences = np.concatenate([np.zeros(0, dtype=np.uint64)] + [
-                keys_ds[s:s + _INDEX_SPAN][::ID_INDEX_CHUNK] for s in range(0, self.indexed, _INDEX_SPAN)])
+                keys_ds[s:s + INDEX_SPAN][::ID_INDEX_CHUNK] for s in range(0, self.indexed, INDEX_SPAN)])
         keys = id_keys(query)
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
@@ -172,11 +170,11 @@ class _ModelView:
         cand_query, cand_rows = [], []
         i = 0
         while i < len(sorted_keys):
-            # one read for a run of consecutive chunks that hold queries (at most _INDEX_SPAN entries)
+            # one read for a run of consecutive chunks that hold queries (at most INDEX_SPAN entries)
             first_chunk = last_chunk = int(chunk_of[i])
             j = int(np.searchsorted(chunk_of, last_chunk, "right"))
             while (j < len(sorted_keys) and chunk_of[j] == last_chunk + 1
-                   and (last_chunk + 2 - first_chunk) * ID_INDEX_CHUNK <= _INDEX_SPAN):
+                   and (last_chunk + 2 - first_chunk) * ID_INDEX_CHUNK <= INDEX_SPAN):
                 last_chunk += 1
                 j = int(np.searchsorted(chunk_of, last_chunk, "right"))
             start, stop = first_chunk * ID_INDEX_CHUNK, min((last_chunk + 1) * ID_INDEX_CHUNK, self.indexed)
@@ -398,9 +396,7 @@ class Cache:
                         checked_dataset(p, name, part, self.max_member_bytes)
                 model = str(p.attrs["model"])
                 header = model_header(p)
-                ids, hashes = packed_strings(p[IDS]), packed_strings(p[HASHES])
-                if PART_ID_KEYS in p:  # parts written before ids had checksums have none
-                    check_id_keys(ids, id_keys(ids), p[PART_ID_KEYS][()], np.arange(len(ids)), f"journal part {part}")
+                ids, hashes = checked_part_packed_ids(p, part), packed_strings(p[HASHES])
                 starts = bool(p.attrs["starts_model"])
                 part_uuid = _text(p.attrs["part_uuid"])
         except CacheError:
@@ -925,7 +921,7 @@ class Cache:
             if len(local) < 2 or np.all(np.diff(local) == 1):
                 return self._read(ds, (), model).astype(dtype, copy=False)
         row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
-        span = max(1, _READ_BLOCK_BYTES // row_bytes)
+        span = max(1, READ_BLOCK_BYTES // row_bytes)
         out = np.empty((len(local),) + shape[1:], dtype=dtype)
         i = 0
         while i < len(local):

@@ -28,14 +28,12 @@ import h5py
 import numpy as np
 
 from embeddings_cache.errors import CacheError
-from embeddings_cache.format import HASHES, ID_INDEX, ID_KEYS, ID_ROWS, IDS, first_line
+from embeddings_cache.format import HASHES, ID_INDEX, ID_KEYS, ID_ROWS, IDS, READ_BLOCK_BYTES, first_line
 
 #: declared size of one member above which its ratio to what it stores on disk is checked
 MEMBER_BYTES = 1 << 30
 #: declared size / stored size beyond which a large member is taken for a decompression bomb
 COMPRESSION_RATIO = 100
-#: bytes read from a dataset at a time (a damaged chunk is then reported with its rows)
-READ_BLOCK_BYTES = 64 << 20
 
 _LINK_KINDS = {h5py.h5l.TYPE_SOFT: "soft", h5py.h5l.TYPE_EXTERNAL: "external"}
 _WHY_LINKS = "links in a file from elsewhere can open other files or names the user never gave"
