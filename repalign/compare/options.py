@@ -14,12 +14,15 @@ from typing import Any, Mapping, Sequence
 
 from repalign import stats
 from repalign.errors import RepalignError
+from repalign.metrics.backends import get_backend
 from repalign.metrics.engine import check_backend
 from repalign.metrics.prepare import check_prepare_options
 
 #: grouping columns per input kind: what one token row is labelled with
 GROUP_COLUMNS = {"sequence": ("chain", "residue"), "structure": ("element",)}
 TOKEN_SUBSAMPLES = ("samples", "uniform")
+#: the layer pairs a comparison's best pair and its layer-search adjustment range over (docs/statistics.md)
+LAYER_FAMILIES = ("hidden", "all")
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,9 @@ class EngineOptions:
     in row blocks (out of core; None: in memory). anchors: a count (drawn with the stats seed) or
     sample ids: compare relative representations (:mod:`repalign.metrics.anchors`). cluster: a Dask
     spec (``local:4``, ...) or Client that builds the states on workers; search_block: rows per
-    task when each layer's exact neighbour search is split over the workers.
+    task when each layer's exact neighbour search is split over the workers. engine: where the
+    per-layer work runs, ``"numba"`` (CPU) or ``"torch"`` on ``device`` (``"cpu"``, ``"cuda"``,
+    ``"cuda:1"``; :mod:`repalign.metrics.backends`), or a backend object; the kNN lists are the same.
     """
 
     normalize: str | None = "l2"
@@ -41,9 +46,14 @@ class EngineOptions:
     anchors: int | Sequence[str] | None = None
     cluster: Any = None
     search_block: int | None = None
+    engine: Any = "numba"
+    device: str | None = None
 
     def __post_init__(self) -> None:
         check_prepare_options(self.normalize, None)
+        get_backend(self.engine, self.device)  # a one-line error for an unknown engine or a missing device
+        if self.engine != "numba" and self.cluster is not None:
+            raise RepalignError(f"engine={self.engine!r} runs in this process; drop cluster, or use engine='numba' on the cluster")
         object.__setattr__(self, "knn_options", check_backend(self.knn, self.block_rows, self.knn_options))
         if self.search_block is not None:
             if self.cluster is None:
@@ -64,14 +74,21 @@ class EngineOptions:
     @property
     def state_options(self) -> dict:
         """The keyword arguments of :func:`repalign.metrics.engine.layer_state`."""
-        return dict(normalize=self.normalize, knn=self.knn, knn_options=self.knn_options, block_rows=self.block_rows)
+        options = dict(normalize=self.normalize, knn=self.knn, knn_options=self.knn_options, block_rows=self.block_rows)
+        if self.engine != "numba":  # the cluster's workers (engine numba only) take no backend
+            options["backend"] = get_backend(self.engine, self.device)
+        return options
 
 
 @dataclass(frozen=True)
 class StatsOptions:
     """Statistics of a comparison (:mod:`repalign.stats`): ``permutations`` > 0 adds permutation
     p-values (adjusted for the layer search, max-T) at level ``alpha``; ``ci`` adds subsampling
-    intervals (``n_subsamples`` subsets of ``fraction`` of the samples); ``seed`` draws them."""
+    intervals (``n_subsamples`` subsets of ``fraction`` of the samples); ``seed`` draws them.
+    ``layer_family``: the layer pairs the best pair (and the max-T adjustment) ranges over:
+    ``hidden`` (default) leaves out each network's input layer, which random-initialised networks
+    share with trained ones through the inputs alone, and a layer with itself; ``all`` leaves out
+    only a layer with itself."""
 
     permutations: int = 0
     ci: float | None = None
@@ -79,8 +96,11 @@ class StatsOptions:
     fraction: float = 0.8
     seed: int = 0
     alpha: float = 0.05
+    layer_family: str = "hidden"
 
     def __post_init__(self) -> None:
+        if self.layer_family not in LAYER_FAMILIES:
+            raise RepalignError(f"layer_family={self.layer_family!r} is not one of {', '.join(LAYER_FAMILIES)}")
         if self.ci is not None:
             stats.check_fraction(self.ci, "ci", "0.95")
         if self.permutations:

@@ -26,6 +26,7 @@ import numpy as np
 from repalign.errors import RepalignError
 from repalign.metrics._validate import as_features, check_permutation
 from repalign.metrics.approx import approximate_knn, check_knn_options
+from repalign.metrics.backends import BACKEND_KEY, ComputeBackend, get_backend
 from repalign.metrics.outofcore import as_block_source, blocked_knn_state, count_rows, linear_cka_moments, streamed_linear_cka
 from repalign.metrics.prepare import check_prepare_options, prepare_valid
 from repalign.metrics.registry import Metric, get_metric
@@ -118,6 +119,7 @@ def layer_state(
     name: str = "layer",
     label: str | None = None,
     knn_search=None,
+    backend: ComputeBackend | str | None = None,
 ) -> LayerState:
     """Build the state of every metric in ``metrics`` (from :func:`resolve_metrics`) for one layer.
 
@@ -128,19 +130,24 @@ def layer_state(
     neighbour lists (faiss; ``knn_options`` such as ef_search). ``n_samples``: the expected N
     (checked). Errors start with ``label`` (default: the layer's name). ``knn_search`` (with
     ``block_rows``): the candidate search of the exact neighbour lists, e.g.
-    :class:`repalign.distributed.DaskCandidateSearch`; the lists do not depend on it.
+    :class:`repalign.distributed.DaskCandidateSearch`; the lists do not depend on it. ``backend``:
+    where Gram blocks, candidates and kernel statistics are computed (a
+    :class:`~repalign.metrics.backends.ComputeBackend`, or ``"numba"`` / ``"torch"``; default numba
+    on the CPU); kNN lists are the same on every backend.
     """
     label = label or f"layer {name!r}"
     check_prepare_options(normalize, clip_quantile)
+    backend = get_backend(backend or "numba")
     if block_rows is None:
         X = as_features(layer, label)
     try:
         if block_rows is not None:
-            return _blocked_state(layer, metrics, normalize, clip_quantile, int(block_rows), n_samples, name, knn_search)
+            return _blocked_state(layer, metrics, normalize, clip_quantile, int(block_rows), n_samples, name,
+                                  knn_search or backend.candidate_search())
         X = prepare_valid(X, normalize, clip_quantile)
         if n_samples is not None and X.shape[0] != n_samples:
             raise RepalignError(f"it has {X.shape[0]} samples but the other layers have {n_samples}; all layers must hold the same samples in the same order")
-        cache: dict = {}
+        cache: dict = {BACKEND_KEY: backend}
         recall = None
         if knn != "exact":
             # Pre-filled neighbour lists are picked up by every kNN metric's state (registry cache key).

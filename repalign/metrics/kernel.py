@@ -85,6 +85,10 @@ class KernelState:
             gram_row_sums=None if self.gram_row_sums is None else self.gram_row_sums[perm],
         )
 
+    def hsic_with(self, other: "KernelState") -> float:
+        """HSIC of this layer's kernel with ``other``'s (states of the same kind)."""
+        return _hsic_from_states(self, other)
+
 
 def _overflow_safe_scale(X: np.ndarray) -> float:
     """1, or a power of two bringing max|X| to about 1 when squares summed in float32 could overflow."""
@@ -187,7 +191,7 @@ def cka_from_states(a: KernelState, b: KernelState) -> float:
     """CKA = HSIC(K, L) / √(HSIC(K, K)·HSIC(L, L)), exactly (no epsilon)."""
     _check_self(a.self_hsic, "X", "HSIC")
     _check_self(b.self_hsic, "Y", "HSIC")
-    return float(_hsic_from_states(a, b) / np.sqrt(a.self_hsic * b.self_hsic))
+    return float(a.hsic_with(b) / np.sqrt(a.self_hsic * b.self_hsic))
 
 
 def _check_kernel_params(kernel, sigma, unbiased):

@@ -16,9 +16,11 @@ import pandas as pd
 
 from repalign.errors import RepalignError
 from repalign.metrics._validate import as_features
+from repalign.metrics.backends import get_backend
 from repalign.metrics.engine import LayerState, check_backend, layer_state, resolve_metrics, row_blocks, score_matrix
 from repalign.metrics.outofcore import count_rows
 from repalign.metrics.prepare import check_prepare_options
+from repalign.progress import progress
 
 
 def format_params(params: dict) -> str:
@@ -137,6 +139,7 @@ def align_layers_multi(
     knn_options: dict | None = None,
     block_rows: int | None = None,
     n_samples: int | None = None,
+    backend=None,
     **params,
 ) -> list[LayerAlignment]:
     """Score every layer pair for several metrics, sharing per-layer work between them.
@@ -152,6 +155,8 @@ def align_layers_multi(
     metric accepts is an error. Passing the same array object on both sides (e.g.
     ``layers_b=layers_a``) reuses its states, and the pairs of such a layer with itself are left
     out of the best-pair search. ``n_samples``: N of block sources (counted when None).
+    ``backend``: where the per-layer work runs (``"numba"``, ``"torch"`` or a backend object,
+    :mod:`repalign.metrics.backends`; default numba on the CPU).
 
     Returns one LayerAlignment per metric, in the order requested; with approximate neighbours
     each has ``recall`` {("a"|"b", layer name): recall}.
@@ -163,6 +168,7 @@ def align_layers_multi(
     names_a = layer_names(names_a, len(items_a), "a", given_a)
     names_b = layer_names(names_b, len(items_b), "b", given_b)
     knn_options = check_backend(knn, block_rows, knn_options)
+    backend = get_backend(backend or "numba")
     check_prepare_options(normalize, clip_quantile)
     # Validate every layer before any metric work, so bad input never yields partial results.
     if block_rows is None:
@@ -171,7 +177,7 @@ def align_layers_multi(
         n_samples = count_rows(row_blocks(items_a[0], block_rows), names_a[0])
     resolved = resolve_metrics(metrics, n_samples, params)
     options = dict(normalize=normalize, clip_quantile=clip_quantile, knn=knn, knn_options=knn_options,
-                   block_rows=block_rows, n_samples=n_samples)
+                   block_rows=block_rows, n_samples=n_samples, backend=backend)
     scored = score_layers(items_a, names_a, items_b, names_b, LocalStates(resolved, options))
     exclude = scored.exclude
     exclude_pairs = exclude if exclude.any() and not exclude.all() else None
@@ -233,11 +239,13 @@ def score_layers(items_a: list, names_a: list[str], items_b: list, names_b: list
     (:class:`LocalStates`, or Dask workers), an item passed on both sides (the same object) only
     once, and each layer of A is scored against every layer of B. Side B's states are kept while
     side A is streamed, unless ``keep_states`` (the permutation tests relabel them all)."""
+    bar = progress(total=len({id(item) for item in items_b}) + len(items_a), desc="layers", unit="layer")
     try:
         by_id: dict[int, Any] = {}
         for item, name in zip(items_b, names_b):
             if id(item) not in by_id:
                 by_id[id(item)] = executor.state(item, name, f"layer {name!r} of layers_b")
+                bar.update(1)
         states_b = [by_id[id(item)] for item in items_b]
         rows, recall_a, states_a = [], [], []
         for item, name in zip(items_a, names_a):
@@ -246,9 +254,11 @@ def score_layers(items_a: list, names_a: list[str], items_b: list, names_b: list
             recall_a.append(executor.recall(state_a))
             if keep_states:
                 states_a.append(state_a)
+            bar.update(1)
         scores = np.stack(executor.gather(rows), axis=1)  # (M, La, Lb)
         recalls = executor.gather(recall_a + [executor.recall(s) for s in states_b])
     finally:
+        bar.close()
         executor.release()
     recall = {**{("a", x): r for x, r in zip(names_a, recalls[:len(names_a)])},
               **{("b", x): r for x, r in zip(names_b, recalls[len(names_a):])}}

@@ -380,9 +380,14 @@ def unscaled(state: KnnState, scale: float) -> KnnState:
     return dataclasses.replace(state, similarities=state.similarities / (scale * scale))
 
 
-def knn_state(X: np.ndarray, k: int, block: int = DEFAULT_BLOCK) -> KnnState:
-    """Tie-aware neighbour lists of an already validated, preprocessed matrix (internal: no checks)."""
+def knn_state(X: np.ndarray, k: int, block: int = DEFAULT_BLOCK, search: CandidateSearch | None = None) -> KnnState:
+    """Tie-aware neighbour lists of an already validated, preprocessed matrix (internal: no checks).
+
+    search: the candidate search among the distinct rows (default: :func:`exact_search` in
+    ``block`` blocks), e.g. that of :class:`repalign.metrics.torch_engine.TorchBackend`; the lists
+    do not depend on it."""
     groups = duplicate_groups(row_digests(X))
     scale = overflow_scale(float(np.max(np.abs(X))))
     U = np.ascontiguousarray(X[groups.first] * X.dtype.type(scale))
-    return unscaled(build_knn_state(groups, DistinctRows.in_memory(U), k, lambda rows, ks: exact_search(rows, ks, block)), scale)
+    search = search or (lambda rows, ks: exact_search(rows, ks, block))
+    return unscaled(build_knn_state(groups, DistinctRows.in_memory(U), k, search), scale)

@@ -13,8 +13,9 @@ from typing import Any, Callable, Mapping, Sequence, cast
 import numpy as np
 
 from repalign.errors import RepalignError
-from repalign.metrics import cca, distance, kernel, knn, neighbors
+from repalign.metrics import cca, distance, kernel, knn
 from repalign.metrics._validate import check_int, check_k, check_min_samples, check_permutation
+from repalign.metrics.backends import backend_of
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def _knn_key(p):
 def _knn_state(X, p, cache):
     key = ("knn", p["k"])
     if key not in cache:
-        cache[key] = neighbors.knn_state(X, p["k"])
+        cache[key] = backend_of(cache).knn_state(X, p["k"])
     return cache[key]
 
 
@@ -160,7 +161,7 @@ def _cka_key(p):
 
 
 def _cka_state(X, p, cache):
-    return kernel.kernel_state(X, p["kernel"], _sigma(p), bool(p["unbiased"]))
+    return backend_of(cache).kernel_state(X, p["kernel"], _sigma(p), bool(p["unbiased"]))
 
 
 def _knn_score(pair_fn):
