@@ -91,7 +91,7 @@ def system_error_text(exc: BaseException) -> str:
 
 
 def cmd_compare(args) -> int:
-    from repalign.compare import EngineOptions, StatsOptions, TokenOptions, compare_models, compare_tokens  # lazy: CLI start-up
+    from repalign.compare import EngineOptions, StatsOptions, TokenOptions, compare_curves, compare_models, compare_tokens  # lazy: CLI start-up
     from repalign.table import check_table_path, write_table  # lazy: CLI start-up
 
     to_stdout = args.output == "-"  # the table goes to stdout, so everything else goes to stderr
@@ -108,19 +108,29 @@ def cmd_compare(args) -> int:
         raise RepalignError("--tokens runs in this process; drop --cluster (use --block-rows for large token layers)")
     if args.anchors is not None and args.tokens:
         raise RepalignError("--anchors compares pooled layers; drop --tokens (or --anchors)")
+    ks, sizes = _whole_numbers(args.k, "--k"), _whole_numbers(args.n_samples, "--n-samples")
+    curves = sizes is not None or len(ks) > 1  # scores across N and k: repalign.compare.compare_curves
+    if args.repeats is not None and sizes is None:
+        raise RepalignError("--repeats sets the subsets drawn per size of --n-samples; add --n-samples (or drop --repeats)")
+    if curves and args.tokens:
+        raise RepalignError("--n-samples and several --k values compare pooled layers; drop --tokens (or them)")
     metrics = _flat(args.metric) or ["mknn"]
     layers = dict(layers_a=_flat(args.layers_a), layers_b=_flat(args.layers_b))
     with flag_wording():
         engine = EngineOptions(**_compare_options(args, EngineOptions))
         stats = StatsOptions(**_compare_options(args, StatsOptions))
-        params = dict(k=args.k, kernel=args.kernel, sigma=args.sigma, dim=args.dim, variance=args.variance)
-        if args.tokens:
+        params = dict(kernel=args.kernel, sigma=args.sigma, dim=args.dim, variance=args.variance)
+        if curves:
+            result = compare_curves((args.cache, args.cache_b), args.a, args.b, metrics, ks=ks, sizes=sizes,
+                                    repeats=5 if args.repeats is None else args.repeats, engine=engine, stats=stats,
+                                    **layers, **params)
+        elif args.tokens:
             tokens = TokenOptions(**_compare_options(args, TokenOptions))
             result = compare_tokens((args.cache, args.cache_b), args.a, args.b, metrics, tokens=tokens, engine=engine,
-                                    stats=stats, **layers, **params)
+                                    stats=stats, **layers, k=ks[0], **params)
         else:
             result = compare_models((args.cache, args.cache_b), args.a, args.b, metrics, engine=engine, stats=stats,
-                                    **layers, **params)
+                                    **layers, k=ks[0], **params)
     messages = sys.stderr if to_stdout else sys.stdout
     print(result.summary(), file=messages)
     if "note" in result.table:  # e.g. --ci on a metric without a valid interval: say so, not only in a column
@@ -138,8 +148,9 @@ COMPARE_FLAGS = {
     "normalize": "--normalize", "knn": "--knn", "block_rows": "--block-rows",
     "anchors": "--anchors", "cluster": "--cluster", "search_block": "--search-block",
     "permutations": "--permutations", "ci": "--ci", "n_subsamples": "--subsamples", "fraction": "--fraction",
-    "seed": "--seed", "max_tokens": "--max-tokens", "subsample": "--subsample", "group_by": "--group-by",
+    "seed": "--seed", "layer_family": "--layer-family", "max_tokens": "--max-tokens", "subsample": "--subsample", "group_by": "--group-by",
     "inputs": "--inputs", "metrics": "--metric", "layers_a": "--layers-a", "layers_b": "--layers-b",
+    "ks": "--k", "sizes": "--n-samples", "repeats": "--repeats",
 }
 #: the flag values that differ from the Python values
 _COMPARE_VALUES: dict = {"normalize": {"none": None}, "anchors": lambda v: _anchors(v)}
@@ -174,6 +185,16 @@ def compare_wording(text: str) -> str:
         text = re.sub(rf"(?<![\w'.-]){name}(?:=('[^']*'|[^\s;,)]+))?(?![\w'(])",
                       lambda m: COMPARE_FLAGS[name] + (f" {m.group(1).strip(chr(39))}" if m.group(1) else ""), text)
     return text
+
+
+def _whole_numbers(text: str | None, flag: str) -> list[int] | None:
+    """A comma-separated list of whole numbers (``--k 5,10,25``), as ints; None when not given."""
+    if text is None:
+        return None
+    items = [x.strip() for x in str(text).split(",")]
+    if not all(re.fullmatch(r"-?\d+", x) for x in items):
+        raise RepalignError(f"{flag} {text!r} is not a comma-separated list of whole numbers; write e.g. {flag} 5,10,25")
+    return [int(x) for x in items]
 
 
 def _anchors(value: str | None):
@@ -355,6 +376,7 @@ def figure_options(
         "models": {"calibrated", "order", "layers", "alpha"},
         "depth": {"a", "b", "layer_b", "alpha"},
         "size": {"b", "layer_b", "sizes"},
+        "n-curve": {"a", "b", "calibrated", "layers"},
     }[kind]
     given = {"a": a, "b": b, "layer_b": layer_b, "calibrated": calibrated or None, "order": order,
              "layers": layers or None, "sizes": sizes or None}
@@ -372,6 +394,8 @@ def figure_options(
         else:
             opts["order"] = [m.strip() for m in order.split(",") if m.strip()]
         opts.update(layers=layers, value=value, alpha=alpha)
+    elif kind == "n-curve":
+        opts.update(model_a=a, model_b=b, layers=layers, value=value)
     elif kind == "depth":
         opts.update(model_b=b, layer_b=layer_b, alpha=alpha,
                     models=[m.strip() for m in a.split(",") if m.strip()] if a else None)
@@ -460,7 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--b", required=True, help="model B")
     c.add_argument("--cache-b", help="cache file holding model B")
     c.add_argument("--metric", action="append", nargs="+", help="metric name(s), e.g. mknn cka cknna (default mknn)")
-    c.add_argument("--k", type=int, default=10, help="neighbours for kNN metrics and CKNNA (default 10)")
+    c.add_argument("--k", default="10",
+                   help="neighbours for kNN metrics and CKNNA (default 10); several, comma separated (5,10,25), "
+                        "score every k")
+    c.add_argument("--n-samples", metavar="N,N,...",
+                   help="also score on random subsets of these sizes (comma separated, e.g. 250,500,1000; drawn "
+                        "with --seed), beside all shared samples; the table gains k, subset and chance_level columns")
+    c.add_argument("--repeats", type=int, help="with --n-samples: subsets drawn per size (default 5)")
     c.add_argument("--kernel", choices=("linear", "rbf"), help="CKA kernel (default linear)")
     c.add_argument("--sigma", type=float, help="rbf bandwidth (default: median pairwise distance)")
     c.add_argument("--dim", type=int, help="svcca_platonic: singular directions kept (default 10)")
@@ -474,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--subsamples", type=int, default=100, help="subsamples for --ci (default 100)")
     c.add_argument("--fraction", type=float, default=0.8, help="share of the samples in each subsample for --ci (default 0.8)")
     c.add_argument("--seed", type=int, default=0, help="seed of permutations and subsamples (default 0)")
+    c.add_argument("--layer-family", choices=("hidden", "all"),
+                   help="layer pairs the best pair and the layer-search adjustment range over: hidden (default) "
+                        "leaves out each network's input layer; all keeps it (a layer with itself is always left out)")
     c.add_argument("--cluster", help="spread per-layer work over Dask: local:N, tcp://HOST:PORT or slurm:CONFIG.yaml")
     c.add_argument("--knn", default="exact", choices=("exact", "faiss-hnsw", "faiss-ivf"),
                    help="neighbour search; approximate ones report their recall (default exact)")
@@ -560,21 +593,22 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("table", help=".csv/.tsv/.parquet written by 'repalign compare -o' or 'repalign report'; "
                                    "- reads a CSV table from standard input")
     pl.add_argument("-o", "--output", required=True, help="output path stem: STEM.png (300 dpi), STEM.pdf, STEM.svg")
-    pl.add_argument("--kind", default="layers", choices=("layers", "models", "depth", "size"),
+    pl.add_argument("--kind", default="layers", choices=("layers", "models", "depth", "size", "n-curve"),
                     help="layers: layer x layer heatmap; models: model x model matrix; depth: score vs relative "
-                         "depth; size: score vs model size (default layers)")
+                         "depth; size: score vs model size; n-curve: score vs samples N per k, from a table of "
+                         "'compare --n-samples' (default layers)")
     pl.add_argument("--metric", help="metric to draw (default: the table's first)")
-    pl.add_argument("--a", help="layers: model A; depth: models to draw, comma separated (default: all)")
+    pl.add_argument("--a", help="layers, n-curve: model A; depth: models to draw, comma separated (default: all)")
     pl.add_argument("--granularity", choices=("pooled", "token"),
                     help="rows of this level only, for tables holding pooled and token-level (compare --tokens) rows")
-    pl.add_argument("--b", help="layers: model B; depth/size: the reference model (default: the most compared)")
+    pl.add_argument("--b", help="layers, n-curve: model B; depth/size: the reference model (default: the most compared)")
     pl.add_argument("--layer-b", help="depth/size: score against this layer of B instead of B's best layer")
     pl.add_argument("--layer", action="append", nargs="+", metavar="MODEL=LAYER",
-                    help="models: use this layer of MODEL instead of the best layer pair; repeatable")
+                    help="models, n-curve: use this layer of MODEL instead of the best layer pair; repeatable")
     pl.add_argument("--order", help="models: 'cluster' (default), 'table', or a comma-separated model order")
     pl.add_argument("--size", action="append", nargs="+", metavar="MODEL=NUMBER",
                     help="size: the size of MODEL (default: parsed from names like esmc-300m)")
-    pl.add_argument("--calibrated", action="store_true", help="layers/models: draw calibrated scores (needs permutations)")
+    pl.add_argument("--calibrated", action="store_true", help="layers/models/n-curve: draw calibrated scores (needs permutations)")
     pl.add_argument("--alpha", type=float, default=0.05, help="significance level for hatching (default 0.05)")
     pl.add_argument("--width", default="single",
                     help="figure width: single (3.3 in), double (6.85 in) or a number of points, e.g. 246 (default single)")

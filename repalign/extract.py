@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from repalign.extract_plan import Retry, forward_with_retry, length_batches, ord
 from repalign.inputs import Record
 from repalign.models import ModelAdapter, SampleFeatures, check_options
 from repalign.pooling import pool_rows
+from repalign.progress import progress
 
 log = logging.getLogger("repalign.extract")
 
@@ -73,48 +73,6 @@ def pool_features(feats: SampleFeatures, layers: Sequence[str], pool: str, sampl
                 raise RepalignError(f"model returned no features of layer {layer} for {sample_id}")
             out[layer] = pool_rows(tok, pool, f"{sample_id} layer {layer}")
     return out
-
-
-class Progress:
-    """A progress line on a terminal (samples, tokens/s, ETA); periodic plain log lines otherwise."""
-
-    def __init__(self, model: str, total: int, quiet: bool = False, stream=None):
-        self.model, self.total, self.quiet = model, total, quiet
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty() and not quiet
-        self.done = self.tokens = 0
-        self.start = time.perf_counter()
-        self._last_logged = -1
-
-    def update(self, samples: int, tokens: int) -> None:
-        self.done += samples
-        self.tokens += tokens
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = self.tokens / elapsed
-        eta = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
-        text = f"{self.model}: {self.done}/{self.total} samples, {rate:,.0f} tokens/s, ETA {_fmt_time(eta)}"
-        if self.tty:
-            self.stream.write("\r" + text.ljust(78))
-            self.stream.flush()
-        elif not self.quiet:
-            decile = int(10 * self.done / max(self.total, 1))
-            if decile != self._last_logged:
-                self._last_logged = decile
-                log.info("model=%s done=%d total=%d tokens_per_s=%.0f eta_s=%.0f", self.model, self.done,
-                         self.total, rate, eta if np.isfinite(eta) else -1)
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _fmt_time(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def extract(records: Sequence[Record], models: Sequence[str], cache: str | os.PathLike,
@@ -170,8 +128,11 @@ def model_writer(plan: ModelPlan, cache: str | os.PathLike, options: ExtractOpti
                  dataset: dict | None = None) -> CacheWriter:
     """Load the model's weights and open its writer on ``cache`` with the provenance of this run:
     the adapter's, the options (with the weights' identity), the device and the data set, if any."""
-    load_model(plan.adapter)
+    with progress(total=1, desc=f"{plan.key}: loading weights", unit="model", quiet=options.quiet) as bar:
+        load_model(plan.adapter)
+        bar.update(1)
     prov = dict(plan.adapter.provenance())
+    prov["input_layers"] = [x for x in plan.adapter.input_layers() if x in (*plan.pooled_layers, *plan.token_layers)]
     if dataset is not None:
         prov["dataset"] = dataset
     prov["options"] = {**provenance_options(plan, options), "weights": _weights_identity(prov)}
@@ -225,19 +186,17 @@ def extract_model(plan: ModelPlan, writer: CacheWriter, options: ExtractOptions)
         return run
     start = time.perf_counter()
     sizes = [adapter.size(r) for r in todo]
-    progress = Progress(plan.key, len(todo), quiet=options.quiet)
-    try:
-        with interrupts_between_batches() as check_interrupt:
-            for batch in order_batches(length_batches(todo, sizes, options.batch_tokens), sizes, adapter.device):
-                kept = extract_batch(plan, [todo[i] for i in batch], writer, options, run)
-                if kept:
-                    ntok = sum(sizes[batch[k]] for k in kept)
-                    run.stored += len(kept)
-                    run.tokens += ntok
-                    progress.update(len(kept), ntok)
-                check_interrupt()
-    finally:
-        progress.close()
+    with interrupts_between_batches() as check_interrupt, \
+            progress(total=len(todo), desc=plan.key, unit="sample", quiet=options.quiet) as bar:
+        for batch in order_batches(length_batches(todo, sizes, options.batch_tokens), sizes, adapter.device):
+            kept = extract_batch(plan, [todo[i] for i in batch], writer, options, run)
+            if kept:
+                ntok = sum(sizes[batch[k]] for k in kept)
+                run.stored += len(kept)
+                run.tokens += ntok
+                bar.set_postfix_str(f"{run.tokens / max(time.perf_counter() - start, 1e-9):,.0f} tokens/s", refresh=False)
+                bar.update(len(kept))
+            check_interrupt()
     run.seconds = time.perf_counter() - start
     return run
 

@@ -27,8 +27,8 @@ from repalign.compare.run import (
     compare_items,
     metric_params,
     open_models,
+    search_family,
     select_layers,
-    trivial_pairs,
 )
 from repalign.compare.sources import CacheLayer, TokenLayer, TokenRows
 from repalign.compare.tokens import compare_tokens
@@ -80,7 +80,7 @@ def compare_models(
     names_a = select_layers(ca.layers(model_a), layers_a, model_a)
     names_b = select_layers(cb.layers(model_b), layers_b, model_b)
     ids = align_ids(ca, model_a, cb, model_b)
-    exclude = trivial_pairs(ca, cb, model_a, model_b, names_a, names_b)
+    exclude = search_family(ca, cb, model_a, model_b, names_a, names_b, stats.layer_family)
     anchor_ids = None
     if engine.anchors is not None:
         anchor_ids, ids = _split_anchors(ids, engine.anchors, stats.seed)

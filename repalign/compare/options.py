@@ -53,7 +53,7 @@ class EngineOptions:
         check_prepare_options(self.normalize, None)
         get_backend(self.engine, self.device)  # a one-line error for an unknown engine or a missing device
         if self.engine != "numba" and self.cluster is not None:
-            raise RepalignError(f"engine={self.engine!r} runs in this process; drop cluster, or use engine='numba' on the cluster")
+            raise RepalignError(f"engine={self.engine!r} runs in this process; drop cluster (or keep engine='numba' with it)")
         object.__setattr__(self, "knn_options", check_backend(self.knn, self.block_rows, self.knn_options))
         if self.search_block is not None:
             if self.cluster is None:

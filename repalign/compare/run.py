@@ -123,13 +123,30 @@ def open_models(cache, cache_b, model_a: str, model_b: str, tokens: bool = False
     return ca, cb
 
 
-def trivial_pairs(ca: Cache, cb: Cache, model_a: str, model_b: str, names_a: list, names_b: list) -> np.ndarray:
-    """(La, Lb) mask of the pairs of a layer with itself (a model compared with itself), left out of
-    the best-pair search; an error when nothing else is left."""
+def input_layers(cache: Cache, model: str) -> set[str]:
+    """The input layers of ``model`` as its adapter declared them at extraction (provenance
+    ``input_layers``, :meth:`repalign.models.base.ModelAdapter.input_layers`); none when the cache
+    does not say (imported features, older caches)."""
+    declared = cache.provenance(model).get("input_layers")
+    return {str(x) for x in declared} if isinstance(declared, (list, tuple)) else set()
+
+
+def search_family(ca: Cache, cb: Cache, model_a: str, model_b: str, names_a: list, names_b: list,
+                  family: str = "hidden") -> np.ndarray:
+    """(La, Lb) mask of the layer pairs left out of the best-pair search and of the max-T
+    adjustment: a layer with itself (a model compared with itself) and, for the ``hidden`` family,
+    every pair with a model's input layer (:func:`input_layers`). When the hidden family leaves no
+    pair (only input layers chosen), only the pairs of a layer with itself are left out; an error
+    when nothing else is left."""
     self_pair = model_a == model_b and Path(ca.path).resolve() == Path(cb.path).resolve()
     exclude = np.array([[self_pair and x == y for y in names_b] for x in names_a], dtype=bool)
     if exclude.all():
         raise RepalignError(f"comparing {model_a} with itself on the same single layer is trivial; choose other layers with layers_a / layers_b")
+    if family == "hidden":
+        skip_a, skip_b = input_layers(ca, model_a), input_layers(cb, model_b)
+        hidden = exclude | np.array([[x in skip_a or y in skip_b for y in names_b] for x in names_a], dtype=bool)
+        if not hidden.all():
+            return hidden
     return exclude
 
 

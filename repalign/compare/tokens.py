@@ -22,8 +22,8 @@ from repalign.compare.run import (
     compare_items,
     metric_params,
     open_models,
+    search_family,
     select_layers,
-    trivial_pairs,
 )
 from repalign.compare.sources import TokenLayer, TokenRows
 from repalign.errors import RepalignError
@@ -130,7 +130,7 @@ def compare_tokens(
             _check_inputs(records, ids, counts, [stored[i] for i in ids], m)
     token_rows, extra = _token_rows(ids, counts, records, tokens, stats.seed)
     n = int(token_rows.offsets[-1])
-    exclude = trivial_pairs(ca, cb, model_a, model_b, names_a, names_b)
+    exclude = search_family(ca, cb, model_a, model_b, names_a, names_b, stats.layer_family)
     params = metric_params(canonical, n, params)
     draw, warnings = _block_draw(token_rows.offsets, stats.alpha) if stats.permutations else (None, [])
     items_a: list[Any] = [TokenLayer(str(ca.path), model_a, x, token_rows) for x in names_a]

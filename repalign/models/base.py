@@ -117,6 +117,15 @@ class ModelAdapter(abc.ABC):
         """Layers extracted when the user does not pass ``--layers``."""
         return self.layer_names()
 
+    def input_layers(self) -> list[str]:
+        """The layers that are the network's input embeddings (per-token or per-element vectors
+        before any learned mixing, which a random-initialised network shares with the trained one
+        through the inputs alone): the first layer of a network with several; none for a baseline
+        (hand-crafted descriptors). Stored in the provenance; ``compare``'s ``hidden`` layer family
+        leaves them out of the best-pair search."""
+        names = self.layer_names()
+        return names[:1] if len(names) > 1 and self.provenance().get("level") != "baseline" else []
+
     def provenance(self) -> dict[str, Any]:
         """Model version, weights identifier/hash and package versions, stored in the cache."""
         return {"model": self.info.name, "family": self.info.family, "options": dict(self.options)}
