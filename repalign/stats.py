@@ -44,6 +44,7 @@ from repalign.metrics.kernel import KernelState
 from repalign.metrics.layers import layer_list, layer_names, validate_layers
 from repalign.metrics.prepare import prepare
 from repalign.metrics.registry import Metric, get_metric
+from repalign.progress import progress
 
 __all__ = [
     "PermutationResult",
@@ -377,7 +378,7 @@ def permutation_tests(states_a: Sequence[LayerState], states_b: Sequence[LayerSt
             observed = [score_matrix(metric, p, m, states_a, states_b) for m, (metric, p) in enumerate(resolved)]
         fast_a, fast_b = _gram_states(list(states_a), list(states_b), n)
         null = np.empty((len(resolved), permutations, *shape))
-        for t in range(permutations):
+        for t in progress(range(permutations), desc="permutations", unit="perm"):
             perm = rng.permutation(n) if draw is None else draw(rng)
             relabelled: dict[int, LayerState] = {}
             for state in fast_b:
@@ -564,7 +565,7 @@ def subsample_intervals(mats_a: Sequence[np.ndarray], mats_b: Sequence[np.ndarra
         else:
             full_scores = [np.asarray(full[i], dtype=np.float64) for i in valid]
         sub = np.empty((len(valid), n_subsamples, *shape))
-        for b in range(n_subsamples):
+        for b in progress(range(n_subsamples), desc="subsamples (intervals)", unit="subsample"):
             rows = np.sort(rng.choice(n, size=m, replace=False))
             if offsets is not None:  # whole samples: all rows of each drawn sample
                 rows = np.repeat(offsets[rows], lengths[rows]) + (np.arange(lengths[rows].sum())
