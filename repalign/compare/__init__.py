@@ -8,7 +8,8 @@ shared by every layer pair and every metric of a call.
   (the settings, validated where built);
 - :mod:`repalign.compare.sources`: what is scored per layer (arrays, :class:`CacheLayer`, :class:`TokenLayer`);
 - :mod:`repalign.compare.run`: the checks, the scoring with statistics and the tidy table, shared by
-  :func:`compare_models` (pooled layers, here) and :func:`compare_tokens` (token rows, :mod:`repalign.compare.tokens`).
+  :func:`compare_models` (pooled layers, here), :func:`compare_tokens` (token rows, :mod:`repalign.compare.tokens`)
+  and :func:`compare_curves` (every k on seeded subsets of several sizes, :mod:`repalign.compare.curves`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 from typing import Sequence, cast
 
 from embeddings_cache import Cache, align_ids
+from repalign.compare.curves import compare_curves
 from repalign.compare.options import EngineOptions, StatsOptions, TokenOptions, check_combination, from_keywords
 from repalign.compare.run import (
     Comparison,
@@ -122,4 +124,4 @@ def _split_anchors(ids: Sequence[str], anchors, seed: int) -> tuple[list, list]:
 
 
 __all__ = ["CacheLayer", "Comparison", "EngineOptions", "StatsOptions", "TokenLayer", "TokenOptions", "TokenRows",
-           "compare_models", "compare_tokens", "select_layers"]
+           "compare_curves", "compare_models", "compare_tokens", "select_layers"]

@@ -11,17 +11,19 @@ restyled without recomputing:
   hierarchical clustering.
 * :func:`depth_profile`: score versus relative depth for several models against one reference.
 * :func:`size_scaling`: score versus model size within model families.
+* :func:`n_curve`: score versus the number of samples, one line per k (tables of ``compare --n-samples``).
 
 Widths: 'single' (3.3 in) or 'double' (6.85 in) journal columns, or a number of points; all text
 is at least 7 pt at that width. Colours: one fixed 0-1 scale per metric, the same in every panel,
 with the chance level or null mean marked (``scale='data'`` opts out). :func:`save_figure` writes
 PNG (300 dpi), PDF (TrueType fonts embedded) and SVG (text kept as editable ``<text>``).
-Modules: ``style`` (widths, fonts, colour scales), ``layers``, ``models``, ``profiles``, ``files``
+Modules: ``style`` (widths, fonts, colour scales), ``layers``, ``models``, ``profiles``, ``curves``, ``files``
 (saving, and :data:`FIGURES`: figure kind -> function, for :func:`draw`). Tables are read and queried
 through :mod:`repalign.table`; the ``repalign plot`` flags are mapped in :mod:`repalign.cli`.
 Conventions and formulas: docs/figures.md.
 """
 
+from repalign.plot.curves import curve_scores, n_curve
 from repalign.plot.files import FIGURES, FORMATS, KINDS, check_formats, check_stem, draw, plot_table, save_figure, save_layer_heatmap
 from repalign.plot.layers import STAGE_LABELS, LayerGroup, best_cell, hatched_cells, layer_groups, layer_heatmap, tick_labels, tick_positions
 from repalign.plot.models import best_rows, cluster_order, model_matrix, model_scores
@@ -32,7 +34,7 @@ __all__ = [
     "CB_COLORS", "FIGURES", "FONT_PT", "FORMATS", "SEQUENTIAL_CMAP", "KINDS", "PNG_DPI", "SCALES", "STAGE_LABELS", "WIDTHS_IN", "ColourScale", "LayerGroup",
     "best_cell", "best_rows", "check_formats", "check_stem", "cluster_order", "colour_scale",
     "depth_profile", "depth_scores", "draw", "figure_width", "hatched_cells", "layer_groups",
-    "layer_heatmap", "model_matrix", "model_scores", "parse_model_size", "plot_table",
+    "layer_heatmap", "model_matrix", "model_scores", "n_curve", "curve_scores", "parse_model_size", "plot_table",
     "save_figure", "save_layer_heatmap", "size_scaling", "size_scores", "style",
     "text_size", "tick_labels", "tick_positions", "wrap",
 ]

@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from repalign.errors import RepalignError
+from repalign.plot.curves import n_curve
 from repalign.plot.layers import layer_heatmap
 from repalign.plot.models import model_matrix
 from repalign.plot.profiles import depth_profile, size_scaling
@@ -20,7 +21,8 @@ from repalign.table import atomic_files
 
 FORMATS = ("png", "pdf", "svg")
 #: figure kind -> the function drawing it from a table: a new kind is one function and one entry here
-FIGURES: dict[str, Callable[..., Any]] = {"layers": layer_heatmap, "models": model_matrix, "depth": depth_profile, "size": size_scaling}
+FIGURES: dict[str, Callable[..., Any]] = {"layers": layer_heatmap, "models": model_matrix, "depth": depth_profile, "size": size_scaling,
+                                          "n-curve": n_curve}
 KINDS = tuple(FIGURES)
 
 
@@ -90,7 +92,7 @@ def _metadata(fmt: str) -> dict:
 
 
 def draw(table: pd.DataFrame, kind: str = "layers", **options):
-    """Dispatch to the figure function of ``kind`` ('layers', 'models', 'depth', 'size')."""
+    """Dispatch to the figure function of ``kind`` ('layers', 'models', 'depth', 'size', 'n-curve')."""
     if kind not in FIGURES:
         raise RepalignError(f"figure kind {kind!r} is unknown; use one of {', '.join(KINDS)}")
     return FIGURES[kind](table, **options)
