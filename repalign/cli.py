@@ -145,7 +145,7 @@ def cmd_compare(args) -> int:
 #: Python parameter of repalign.compare (option objects, metrics) -> its `repalign compare` flag: builds the
 #: option objects from the flags, and words the library's errors with the flags
 COMPARE_FLAGS = {
-    "normalize": "--normalize", "knn": "--knn", "block_rows": "--block-rows",
+    "normalize": "--normalize", "knn": "--knn", "block_rows": "--block-rows", "engine": "--engine", "device": "--device",
     "anchors": "--anchors", "cluster": "--cluster", "search_block": "--search-block",
     "permutations": "--permutations", "ci": "--ci", "n_subsamples": "--subsamples", "fraction": "--fraction",
     "seed": "--seed", "layer_family": "--layer-family", "max_tokens": "--max-tokens", "subsample": "--subsample", "group_by": "--group-by",
@@ -511,6 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--knn", default="exact", choices=("exact", "faiss-hnsw", "faiss-ivf"),
                    help="neighbour search; approximate ones report their recall (default exact)")
     c.add_argument("--block-rows", type=int, help="read layers in row blocks (out of core; kNN metrics, linear CKA)")
+    c.add_argument("--engine", choices=("numba", "torch"),
+                   help="where Gram blocks, neighbour candidates and CKA statistics are computed: numba on the CPU "
+                        "(default) or torch on --device; the same neighbour lists either way")
+    c.add_argument("--device", help="with --engine torch: cpu (default), cuda or cuda:N")
     c.add_argument("--search-block", type=int, metavar="ROWS",
                    help="with --cluster: split each layer's exact neighbour search into ROWS x ROWS block tasks over all workers")
     c.add_argument("--anchors", metavar="N|FILE",

@@ -79,12 +79,11 @@ def get_backend(engine: Any = "numba", device: str | None = None) -> ComputeBack
             raise RepalignError(f"engine={engine!r} is neither one of {', '.join(BACKEND_NAMES)} nor an object with "
                                 "knn_state, kernel_state and candidate_search; pass engine='numba' or 'torch'")
         if device is not None:
-            raise RepalignError("device applies to a built-in engine named by a string; drop device with an engine object")
+            raise RepalignError("device applies to a built-in backend named by a string; drop device with a backend object")
         return engine
     if engine == "numba":
         if device not in (None, "cpu"):
-            raise RepalignError(f"device={device!r} needs engine='torch' (the numba engine runs on the CPU); "
-                                "add engine='torch' or drop device")
+            raise RepalignError(f"device={device!r} needs engine='torch' (numba runs on the CPU); add engine='torch' or drop device")
         return NUMBA
     if engine == "torch":
         from repalign.metrics.torch_engine import TorchBackend  # lazy: torch loads in about a second

@@ -42,16 +42,16 @@ def torch_device(device: str | None) -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError):
-        raise RepalignError(f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from None
+        raise RepalignError(f"device={device!r} is not understood by torch; use 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == "cpu":
         return dev
     if dev.type != "cuda":
         raise RepalignError(f"device={device!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'")
     if not torch.cuda.is_available():
-        raise RepalignError(f"device={device!r}: no CUDA device is available to torch here; use device='cpu'")
+        raise RepalignError(f"device={device!r}: torch sees no CUDA GPU here; use device='cpu'")
     count = torch.cuda.device_count()
     if dev.index is not None and dev.index >= count:
-        raise RepalignError(f"device={device!r}: torch sees {count} CUDA device(s) (cuda:0 to cuda:{count - 1}); pick one of them")
+        raise RepalignError(f"device={device!r}: torch sees {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}; pick one of them")
     return dev
 
 
