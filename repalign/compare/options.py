@@ -74,7 +74,7 @@ class EngineOptions:
     @property
     def state_options(self) -> dict:
         """The keyword arguments of :func:`repalign.metrics.engine.layer_state`."""
-        options = dict(normalize=self.normalize, knn=self.knn, knn_options=self.knn_options, block_rows=self.block_rows)
+        options: dict[str, Any] = dict(normalize=self.normalize, knn=self.knn, knn_options=self.knn_options, block_rows=self.block_rows)
         if self.engine != "numba":  # the cluster's workers (engine numba only) take no backend
             options["backend"] = get_backend(self.engine, self.device)
         return options
