@@ -65,13 +65,13 @@ class CurveComparison(Comparison):
 
     full: list = field(default_factory=list)
 
-    def summary(self) -> str:
+    def summary(self, with_warnings: bool = True) -> str:
         head = Comparison(table=self.table.iloc[:0], model_a=self.model_a, model_b=self.model_b,
-                          n_samples=self.n_samples).summary()
+                          n_samples=self.n_samples).summary(with_warnings=False)
         lines = [head, describe_curves(self.table)]
         for part in self.full:  # each summarised from its own rows: the best pair's null mean is that k's
-            lines += [x for x in part.summary().split("\n")[1:] if not x.startswith("  warning: ")]
-        return "\n".join(lines + [f"  warning: {w}" for w in self.warnings])
+            lines += part.summary(with_warnings=False).split("\n")[1:]
+        return "\n".join(lines + ([f"  warning: {w}" for w in self.warnings] if with_warnings else []))
 
 
 def check_counts(values, name: str, low: int) -> list[int]:
@@ -124,7 +124,7 @@ def check_curve_settings(canonical: list[str], ks, sizes, repeats, n_total: int,
     smallest = min(sizes + [n_total])
     uses_k = any("k" in get_metric(m).params for m in canonical)
     if uses_k and ks[-1] >= smallest:
-        raise RepalignError(f"ks: k={ks[-1]} needs more than {ks[-1]} samples but the smallest size is {smallest}; "
+        raise RepalignError(f"ks: k={ks[-1]} needs more than {ks[-1]} samples but the smallest size scored is {smallest}; "
                             f"choose each k below {smallest} or larger sizes")
     checked = metric_params(canonical, smallest, {**params, **({"k": ks[-1]} if uses_k else {})})
     return ks, sizes, repeats, checked
