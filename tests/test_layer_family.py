@@ -105,8 +105,18 @@ def test_cli_layer_family_flag_and_bad_value(input_heavy_cache, tmp_path):
 def test_extraction_stores_the_adapters_input_layers(tiny_esm2, tmp_path):
     records = read_inputs([str(random_fasta(tmp_path / "in.fasta", 6, seed=2))])
     cache = tmp_path / "c.h5"
-    extract(records, [f"hf:{tiny_esm2}", "aa-composition"], cache, layers=["all"], quiet=True)
+    extract(records, [f"hf:{tiny_esm2}", f"hf:{tiny_esm2}@random:1", "aa-composition"], cache, layers=["all"], quiet=True)
     c = Cache(cache)
-    network = next(m for m in c.models if m != "aa-composition")
-    assert c.provenance(network)["input_layers"] == [c.layers(network)[0]]
+    networks = [m for m in c.models if m != "aa-composition"]
+    assert len(networks) == 2  # the trained network and its control declare the same input layer
+    for network in networks:
+        assert c.provenance(network)["input_layers"] == [c.layers(network)[0]]
     assert c.provenance("aa-composition")["input_layers"] == []
+
+
+def test_igfold_declares_its_stages_before_the_structure_module():
+    from repalign.models.igfold import IgFold
+
+    adapter = IgFold.__new__(IgFold)  # layer names and input layers are declared without loading weights
+    assert adapter.input_layers() == ["antiberty", "node_proj", "graph.0", "graph.1", "graph.2"]
+    assert set(adapter.input_layers()) < set(adapter.layer_names()) and "graph.3" not in adapter.input_layers()

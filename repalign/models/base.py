@@ -124,7 +124,7 @@ class ModelAdapter(abc.ABC):
         (hand-crafted descriptors). Stored in the provenance; ``compare``'s ``hidden`` layer family
         leaves them out of the best-pair search."""
         names = self.layer_names()
-        return names[:1] if len(names) > 1 and self.provenance().get("level") != "baseline" else []
+        return names[:1] if len(names) > 1 and self.info.family != "baseline" else []
 
     def provenance(self) -> dict[str, Any]:
         """Model version, weights identifier/hash and package versions, stored in the cache."""

@@ -242,6 +242,9 @@ class RandomInitAdapter(ModelAdapter):
     def default_layers(self) -> list[str]:
         return self.inner.default_layers()
 
+    def input_layers(self) -> list[str]:
+        return self.inner.input_layers()
+
     def provenance(self) -> dict[str, Any]:
         self.ensure_loaded()
         prov = dict(self.inner.provenance())

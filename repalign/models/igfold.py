@@ -145,6 +145,12 @@ class IgFold(ModelAdapter):
             + [f"structure_ipa.{i}" for i in range(STRUCTURE_IPA_DEPTH)]
         )
 
+    def input_layers(self) -> list[str]:
+        """IgFold's input stages: ``antiberty`` (AntiBERTy's last layer), ``node_proj`` (a linear map
+        of it) and ``graph.0``-``graph.2``, whose gated residuals pass node_proj's features through
+        unchanged in the released checkpoint (measured in analyses/results/antibody_models)."""
+        return ["antiberty", "node_proj", "graph.0", "graph.1", "graph.2"]
+
     def provenance(self) -> dict[str, Any]:
         self.ensure_loaded()
         assert self._antiberty_dir is not None and self._checkpoint_file is not None  # set by load()
