@@ -1,6 +1,6 @@
-"""SVCCA, computed deterministically with exact SVD and exact CCA.
+"""SVCCA and PWCCA, computed deterministically with exact SVD and exact CCA.
 
-Two variants:
+Two SVCCA variants:
 
 * :func:`svcca`, the definition of Raghu et al. (2017), "SVCCA: Singular Vector Canonical
   Correlation Analysis for Deep Learning Dynamics and Interpretability": centre each feature, keep
@@ -8,6 +8,9 @@ Two variants:
   the canonical correlations of the two reduced subspaces.
 * :func:`svcca_platonic`, the variant of platonic-rep (minyoungg/platonic-rep, ``metrics.py``):
   standardise each feature, keep a fixed number ``dim`` of singular directions.
+
+and :func:`pwcca`, Morcos et al. (2018): canonical correlations weighted by how much of each side
+their canonical variates account for.
 """
 
 from __future__ import annotations
@@ -123,3 +126,70 @@ def svcca_platonic(X, Y, dim=10) -> float:
         raise RepalignError(f"svcca_platonic needs at least 2 samples; got {n}")
     dim = check_int(dim, "dim", 1, limit, f" (at most min(N - 1, Dx, Dy) = {limit}); lower dim")
     return svcca_from_states(svcca_platonic_state(X, dim, "X"), svcca_platonic_state(Y, dim, "Y"))
+
+
+@dataclass(frozen=True)
+class PwccaState:
+    """Centred X = U S Vᵀ at its numerical rank: basis U (N, r) and loadings S Vᵀ (r, D), the
+    coordinates of every centred feature (neuron) in that basis."""
+
+    basis: np.ndarray
+    loadings: np.ndarray
+
+    @property
+    def n_samples(self) -> int:
+        return self.basis.shape[0]
+
+    def permuted(self, perm) -> "PwccaState":
+        """State of X[perm]: the basis's rows move with the samples; the loadings do not depend on their order."""
+        return PwccaState(self.basis[check_permutation(perm, self.n_samples)], self.loadings)
+
+
+def pwcca_state(X: np.ndarray, side: str = "X") -> PwccaState:
+    """The layer's :class:`PwccaState` (internal: X validated)."""
+    Z = X.astype(np.float64)
+    Z -= Z.mean(axis=0)
+    U, s, Vt = np.linalg.svd(Z, full_matrices=False)
+    tol = s[0] * max(Z.shape) * np.finfo(np.float64).eps if s.size and s[0] > 0 else np.inf
+    rank = int(np.count_nonzero(s > tol))
+    if rank == 0:
+        raise RepalignError(f"{side} has zero variance after centring (all rows identical); PWCCA is undefined, check the input")
+    return PwccaState(U[:, :rank], s[:rank, None] * Vt[:rank])
+
+
+def _weighted_correlation(rho: np.ndarray, rotation: np.ndarray, state: PwccaState) -> float:
+    # Canonical variates H = basis @ rotation (orthonormal); weight of variate i: Σ_j |<h_i, x_j>|.
+    weights = np.sum(np.abs(rotation.T @ state.loadings), axis=1)
+    return float(np.sum(weights * rho) / np.sum(weights))
+
+
+def pwcca_from_states(a: PwccaState, b: PwccaState) -> float:
+    A, rho, Bt = np.linalg.svd(a.basis.T @ b.basis, full_matrices=False)
+    rho = np.clip(rho, 0.0, 1.0)
+    ra, rb = a.basis.shape[1], b.basis.shape[1]
+    if ra < rb:
+        return _weighted_correlation(rho, A, a)
+    if rb < ra:
+        return _weighted_correlation(rho, Bt.T, b)
+    return 0.5 * (_weighted_correlation(rho, A, a) + _weighted_correlation(rho, Bt.T, b))
+
+
+def pwcca(X, Y) -> float:
+    """Projection-weighted CCA (Morcos, Raghu & Bengio 2018, *Insights on representational
+    similarity in neural networks with canonical correlation*), deterministic.
+
+    1. Centre each feature; CCA of the two column spaces (at their numerical ranks r_X, r_Y):
+       canonical correlations ρ_1..ρ_m, m = min(r_X, r_Y), and unit-norm canonical variates h_i
+       (N-vectors) of each side.
+    2. On the side of lower rank, weight each variate by how much of that side it accounts for:
+       α_i = Σ_j |⟨h_i, x_j⟩| over its centred features x_j.
+    3. Return Σ α_i ρ_i / Σ α_i, in [0, 1].
+
+    google/svcca's ``compute_pwcca`` weights by X when both sides have the same rank; here that
+    case averages the two weightings, so pwcca(X, Y) = pwcca(Y, X). Like CCA it needs N well
+    above r_X + r_Y: when they approach N − 1 every canonical correlation tends to 1.
+    """
+    X, Y = as_pair(X, Y)
+    if X.shape[0] < 2:
+        raise RepalignError(f"pwcca needs at least 2 samples; got {X.shape[0]}")
+    return pwcca_from_states(pwcca_state(X, "X"), pwcca_state(Y, "Y"))
