@@ -108,7 +108,8 @@ def cmd_compare(args) -> int:
         raise RepalignError("--tokens runs in this process; drop --cluster (use --block-rows for large token layers)")
     if args.anchors is not None and args.tokens:
         raise RepalignError("--anchors compares pooled layers; drop --tokens (or --anchors)")
-    ks, sizes = _whole_numbers(args.k, "--k"), _whole_numbers(args.n_samples, "--n-samples")
+    ks: list[int] = _whole_numbers(args.k, "--k") or [10]  # --k has a default: never empty
+    sizes = _whole_numbers(args.n_samples, "--n-samples")
     curves = sizes is not None or len(ks) > 1  # scores across N and k: repalign.compare.compare_curves
     if args.repeats is not None and sizes is None:
         raise RepalignError("--repeats sets the subsets drawn per size of --n-samples; add --n-samples (or drop --repeats)")

@@ -108,7 +108,7 @@ def _size_ticks(ax, sizes: np.ndarray, width_pt: float) -> None:
 def _draw_lines(ax, data: pd.DataFrame, value: str) -> list:
     """Each line with its subset band, chance level (dashed) and null mean (dotted, band over the
     subsets); returns the legend proxies of the reference lines drawn."""
-    references = {}
+    references = set()
     for n, (label, part) in enumerate(data.groupby("label", sort=False)):
         color = CB_COLORS[n % len(CB_COLORS)]
         x = part["n_samples"].to_numpy(dtype=float)
@@ -116,14 +116,18 @@ def _draw_lines(ax, data: pd.DataFrame, value: str) -> list:
         ax.plot(x, part["mean"], marker="o", color=color, label=label, gid=f"n-curve-{label}")
         if value == "score" and np.isfinite(part["chance_level"]).any():
             ax.plot(x, part["chance_level"], color=color, linestyle="--", linewidth=0.6, gid=f"chance-{label}")
-            references["chance level"] = "--"
+            references.add("chance level")
         if value == "score" and np.isfinite(part["null_mean"]).any():
             ax.fill_between(x, part["null_low"], part["null_high"], color=color, alpha=0.12, linewidth=0,
                             gid=f"null-band-{label}")
             ax.plot(x, part["null_mean"], color=color, linestyle=":", linewidth=0.8, gid=f"null-mean-{label}")
-            references["null mean"] = ":"
-    return [Line2D([], [], color=NOT_SIGNIFICANT_COLOR, linestyle=s, linewidth=0.8, label=what)
-            for what, s in references.items()]
+            references.add("null mean")
+    proxies = []
+    if "chance level" in references:
+        proxies.append(Line2D([], [], color=NOT_SIGNIFICANT_COLOR, linestyle="--", linewidth=0.8, label="chance level"))
+    if "null mean" in references:
+        proxies.append(Line2D([], [], color=NOT_SIGNIFICANT_COLOR, linestyle=":", linewidth=0.8, label="null mean"))
+    return proxies
 
 
 def n_curve(
