@@ -19,7 +19,9 @@ import os
 from typing import Sequence, cast
 
 from embeddings_cache import Cache, align_ids
+from repalign.compare.controls import compare_controls
 from repalign.compare.curves import compare_curves
+from repalign.compare.headline import headlines
 from repalign.compare.options import EngineOptions, StatsOptions, TokenOptions, check_combination, from_keywords
 from repalign.compare.run import (
     Comparison,
@@ -48,6 +50,7 @@ def compare_models(
     layers_b: Sequence[str] | None = None,
     engine: EngineOptions | None = None,
     stats: StatsOptions | None = None,
+    samples: Sequence[str] | None = None,
     **params,
 ) -> Comparison:
     """Score every layer of ``model_a`` against every layer of ``model_b`` with each metric.
@@ -71,7 +74,8 @@ def compare_models(
     left out of the compared samples (``n_samples`` counts the rest; ``params`` records
     ``anchors=M``). Returns a :class:`Comparison` whose ``table`` is the tidy long table (model_a,
     layer_a, model_b, layer_b, metric, params, score, n_samples, best, and the statistics columns
-    when requested).
+    when requested). ``samples``: the sample ids to compare, in this order (default: every id both
+    models hold, in model_a's order); each must be a sample of both models.
     """
     cache, cache_b = cache_pair(cache, params.pop("cache_b", None))
     options = from_keywords(params, engine=engine, stats=stats)
@@ -82,6 +86,8 @@ def compare_models(
     names_a = select_layers(ca.layers(model_a), layers_a, model_a)
     names_b = select_layers(cb.layers(model_b), layers_b, model_b)
     ids = align_ids(ca, model_a, cb, model_b)
+    if samples is not None:
+        ids = _chosen_samples(ids, samples, model_a, model_b)
     exclude = search_family(ca, cb, model_a, model_b, names_a, names_b, stats.layer_family)
     anchor_ids = None
     if engine.anchors is not None:
@@ -106,6 +112,19 @@ def _layer_items(cache: Cache, model: str, names: list, ids: list, in_memory: bo
     return [cache.read_layer(model, x, ids=ids) for x in names]
 
 
+def _chosen_samples(shared: list, samples: Sequence[str], model_a: str, model_b: str) -> list:
+    """``samples`` in their order, each a sample of both models; a one-line error naming the others."""
+    chosen = list(dict.fromkeys(str(s) for s in samples))
+    known = set(shared)
+    missing = [s for s in chosen if s not in known]
+    if missing:
+        raise RepalignError(f"samples: {len(missing)} of {len(chosen)} ids are not samples of both {model_a} and {model_b} "
+                            f"(first: {missing[0]!r}); extract both models on them or choose others")
+    if len(chosen) < 2:
+        raise RepalignError(f"samples: {len(chosen)} id(s) given; a comparison needs at least 2 samples")
+    return chosen
+
+
 def _split_anchors(ids: Sequence[str], anchors, seed: int) -> tuple[list, list]:
     """(anchor ids, the other ids in order): ``anchors`` is a count drawn with ``seed``, or ids."""
     if isinstance(anchors, numbers.Number):  # a count; draw_anchors refuses non-integers
@@ -124,4 +143,5 @@ def _split_anchors(ids: Sequence[str], anchors, seed: int) -> tuple[list, list]:
 
 
 __all__ = ["CacheLayer", "Comparison", "EngineOptions", "StatsOptions", "TokenLayer", "TokenOptions", "TokenRows",
-           "compare_curves", "compare_models", "compare_tokens", "select_layers"]
+           "compare_controls", "compare_curves", "compare_models", "compare_tokens", "headlines",
+           "select_layers"]

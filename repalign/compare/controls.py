@@ -1,0 +1,220 @@
+"""A trained comparison against the same comparison of random-initialised controls of several seeds.
+
+:func:`compare_controls` scores model A against model B, then, with the same engine, layers,
+metrics, samples and parameters, each seed's controls (``A@random:s`` against ``B@random:s``, or
+against B itself when B is a baseline), and adds contrast rows: the trained score against the
+seeds' scores (:func:`repalign.stats.seed_contrast`), per layer pair (descriptive) and for the best
+pair of the layer family (the headline, tested). docs/statistics.md, "Trained against
+random-initialised controls", gives the table's schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import re
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from embeddings_cache import Cache, align_ids
+from repalign.compare.options import EngineOptions, StatsOptions, check_combination, from_keywords
+from repalign.compare.run import Comparison, cache_pair, check_metrics, open_models, select_layers
+from repalign.errors import RepalignError
+from repalign.models.controls import control_name, parse_control
+from repalign.stats import holm, seed_contrast
+
+#: the columns a contrast row adds to a compare table
+CONTRAST_COLUMNS = ("control_mean", "control_sd", "n_seeds", "difference", "ci_low", "ci_high", "p_value", "min_p_value",
+                    "p_value_adjusted")
+_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def parse_seeds(seeds) -> list[int]:
+    """Control seeds from text (``0-19``, ``0,3,5``, ``0-4,9``) or a sequence of integers: distinct,
+    in the order given; at least 2 (a rank test needs them)."""
+    if isinstance(seeds, str):
+        values: list[int] = []
+        for part in seeds.replace(" ", "").split(","):
+            match = _RANGE.match(part)
+            if not match or (match[2] is not None and int(match[2]) < int(match[1])):
+                raise RepalignError(f"seeds={seeds!r}: write control seeds as 0-19, 0,3,5 or 0-4,9 (non-negative integers)")
+            values += range(int(match[1]), int(match[2] or match[1]) + 1)
+    else:
+        try:
+            values = [int(s) for s in seeds]
+        except (TypeError, ValueError):
+            raise RepalignError(f"seeds={seeds!r}: give control seeds as integers, e.g. range(20)") from None
+        if any(v < 0 for v in values) or any(float(s) != int(s) for s in seeds):
+            raise RepalignError(f"seeds={list(seeds)!r}: control seeds are non-negative integers")
+    values = list(dict.fromkeys(values))
+    if len(values) < 2:
+        raise RepalignError(f"seeds={seeds!r} gives {len(values)} control seed(s); the contrast needs at least 2 "
+                            "(its smallest p-value is 1/(seeds + 1): 20 seeds reach 0.048)")
+    return values
+
+
+def is_baseline(cache: Cache, model: str) -> bool:
+    """A hand-crafted baseline (``level = baseline`` in its provenance): it has no random-init control."""
+    return cache.provenance(model).get("level") == "baseline"
+
+
+def control_models(ca: Cache, cb: Cache, model_a: str, model_b: str, seeds: list[int]) -> dict[int, tuple[str, str]]:
+    """seed -> (control of A, control of B): a baseline stands for itself. Errors for a model that
+    is already a control and for two baselines (nothing to randomise)."""
+    for side, model in (("model_a", model_a), ("model_b", model_b)):
+        if parse_control(model) is not None:
+            raise RepalignError(f"{side}={model!r} is itself a random-init control; compare the trained model "
+                                "and give the control seeds with seeds")
+    base_a, base_b = is_baseline(ca, model_a), is_baseline(cb, model_b)
+    if base_a and base_b:
+        raise RepalignError(f"{model_a} and {model_b} are both baselines: they have no random-init controls; drop seeds")
+    return {s: (model_a if base_a else control_name(model_a, s), model_b if base_b else control_name(model_b, s))
+            for s in seeds}
+
+
+def _extract_command(cache: Cache, trained: str, controls: list[str]) -> str:
+    """The command that extracts ``controls`` as ``trained`` was extracted (its pooling and token layers)."""
+    options = cache.provenance(trained).get("options") or {}
+    flags = "".join(f" --model {c}" for c in controls)
+    if options.get("pool"):
+        flags += f" --pool {options['pool']}"
+    if options.get("token_layers"):
+        flags += f" --tokens {','.join(options['token_layers'])}"
+    return f"repalign extract INPUTS{flags} -o {cache.path}"
+
+
+def check_controls_present(ca: Cache, cb: Cache, model_a: str, model_b: str, pairs: dict[int, tuple[str, str]]) -> None:
+    """A one-line error naming every missing control and the command that extracts it (INPUTS: the
+    files the trained model was extracted from)."""
+    missing_a = [a for a, _ in pairs.values() if a != model_a and a not in ca.models]
+    missing_b = [b for _, b in pairs.values() if b != model_b and b not in cb.models]
+    if not (missing_a or missing_b):
+        return
+    commands = []
+    if missing_a:
+        commands.append(_extract_command(ca, model_a, missing_a))
+    if missing_b:
+        commands.append(_extract_command(cb, model_b, missing_b))
+    raise RepalignError(f"random-init controls not in the cache: {', '.join(missing_a + missing_b)}; extract them from "
+                        f"the inputs of {model_a} and {model_b}: {' ; '.join(commands)}")
+
+
+def check_control_samples(cache: Cache, trained: str, control: str, ids: list) -> None:
+    """The control holds every compared sample of the trained model, with the same content hashes."""
+    if control == trained:
+        return
+    held = set(align_ids(cache, trained, cache, control))  # CacheError when an id names other inputs
+    lacking = [i for i in ids if i not in held]
+    if lacking:
+        raise RepalignError(f"{control} lacks {len(lacking)} of the {len(ids)} samples compared for {trained} "
+                            f"(first: {lacking[0]!r}); extract it on the same inputs: "
+                            f"{_extract_command(cache, trained, [control])}")
+
+
+def compare_controls(
+    cache,
+    model_a: str,
+    model_b: str,
+    metrics: Sequence[str],
+    seeds,
+    *,
+    layers_a: Sequence[str] | None = None,
+    layers_b: Sequence[str] | None = None,
+    engine: EngineOptions | None = None,
+    stats: StatsOptions | None = None,
+    **params,
+) -> Comparison:
+    """:func:`repalign.compare.compare_models` of A and B, and of each seed's controls, with contrasts.
+
+    ``seeds``: control seeds (``range(20)``, or text ``0-19``, ``0,3,5``, ``0-4,9``; at least 2).
+    The controls ``A@random:s`` (in A's cache) and ``B@random:s`` (in B's, ``cache_b``) must be
+    stored, with every compared sample; B (or A) stands for itself when it is a baseline. Every
+    control is scored with the same engine, layers, metrics, samples (the trained comparison's ids)
+    and parameters; ``stats``' permutations and intervals apply to the trained rows only, its
+    ``layer_family`` to every best pair, and ``alpha`` sets the level 1 − alpha of the contrast bounds.
+
+    The table has the trained rows (``level = trained``), each seed's rows (``random_init``,
+    ``control_seed``) and the contrast rows (``contrast``): one per layer pair (descriptive) and,
+    marked ``best``, one per metric: the trained best pair against each seed's own best pair,
+    ``p_value_adjusted`` Holm over the metrics (docs/statistics.md).
+    """
+    from repalign.compare import compare_models  # the package imports this module
+
+    cache, cache_b = cache_pair(cache, params.pop("cache_b", None))
+    options = from_keywords(params, engine=engine, stats=stats)
+    engine, stats = options["engine"], options["stats"]
+    seeds = parse_seeds(seeds)
+    canonical = check_metrics(metrics)
+    check_combination(engine, stats)
+    ca, cb = open_models(cache, cache_b, model_a, model_b)
+    pairs = control_models(ca, cb, model_a, model_b, seeds)
+    check_controls_present(ca, cb, model_a, model_b, pairs)
+    names_a = select_layers(ca.layers(model_a), layers_a, model_a)
+    names_b = select_layers(cb.layers(model_b), layers_b, model_b)
+    ids = align_ids(ca, model_a, cb, model_b)
+    for a, b in pairs.values():
+        check_control_samples(ca, model_a, a, ids)
+        check_control_samples(cb, model_b, b, ids)
+        _check_layers(ca, a, names_a)
+        _check_layers(cb, b, names_b)
+    both = cache if cache_b is None else (cache, cache_b)
+    trained = compare_models(both, model_a, model_b, canonical, layers_a=[glob.escape(x) for x in names_a],
+                             layers_b=[glob.escape(x) for x in names_b], engine=engine, stats=stats, samples=ids, **params)
+    plain = dataclasses.replace(stats, permutations=0, ci=None)
+    frames = [trained.table.assign(level="trained", control_seed=pd.NA)]
+    warnings = list(trained.warnings)
+    for seed, (a, b) in pairs.items():
+        control = compare_models(both, a, b, canonical, layers_a=[glob.escape(x) for x in names_a],
+                                 layers_b=[glob.escape(x) for x in names_b], engine=engine, stats=plain, samples=ids, **params)
+        frames.append(control.table.assign(level="random_init", control_seed=seed))
+        warnings += [f"{a} vs {b}: {w}" for w in control.warnings]
+    frames.append(contrast_rows(frames[0], frames[1:], 1.0 - stats.alpha))
+    table = pd.concat(frames, ignore_index=True)
+    table["control_seed"] = table["control_seed"].astype("Int64")
+    return Comparison(table=table, model_a=model_a, model_b=model_b, n_samples=trained.n_samples,
+                      alignments=trained.alignments, warnings=list(dict.fromkeys(warnings)))
+
+
+def _check_layers(cache: Cache, model: str, names: list) -> None:
+    lacking = [x for x in names if x not in cache.layers(model)]
+    if lacking:
+        raise RepalignError(f"{model} lacks the layer(s) {', '.join(lacking)} of the trained comparison; extract "
+                            "its controls with the same layers")
+
+
+def _contrast(trained: float, controls: np.ndarray, ci: float) -> dict:
+    """The contrast columns of one trained score against its controls' (NaN when a score is missing)."""
+    if not (np.isfinite(trained) and np.isfinite(controls).all()):
+        return {c: np.nan for c in CONTRAST_COLUMNS} | {"n_seeds": len(controls)}
+    c = seed_contrast(trained, controls, ci=ci)
+    return {"control_mean": c.control_mean, "control_sd": c.control_sd, "n_seeds": c.n_seeds, "difference": c.difference,
+            "ci_low": c.ci_low, "ci_high": c.ci_high, "p_value": c.p_value, "min_p_value": c.min_p_value,
+            "p_value_adjusted": np.nan}
+
+
+def contrast_rows(trained: pd.DataFrame, controls: list[pd.DataFrame], ci: float) -> pd.DataFrame:
+    """The contrast rows (``level = contrast``) of a trained table against its seeds' tables (the
+    same metrics and layer pairs in the same order): one per layer pair, trained score against the
+    seeds' scores at that pair; and per metric one ``best`` row, the trained best pair against each
+    seed's own best pair, with ``p_value_adjusted`` Holm over the metrics."""
+    keys = ["metric", "layer_a", "layer_b"]
+    for frame in controls:
+        if not frame[keys].reset_index(drop=True).equals(trained[keys].reset_index(drop=True)):
+            raise RepalignError("contrast_rows: the controls' tables do not hold the trained table's metrics and layer pairs")
+    base = ["model_a", "layer_a", "model_b", "layer_b", "metric", "params", "score", "n_samples", "best"]
+    scores = np.column_stack([f["score"].to_numpy(dtype=np.float64) for f in controls])
+    rows = trained[base].reset_index(drop=True).assign(best=False, level="contrast", control_seed=pd.NA)
+    stats = pd.DataFrame([_contrast(float(x), c, ci) for x, c in zip(rows["score"], scores)])
+    best_rows = []
+    for metric, group in trained.reset_index(drop=True).groupby("metric", sort=False):
+        row = group[group["best"].astype(bool)].iloc[0]
+        seed_best = [float(f.loc[(f["metric"] == metric) & f["best"].astype(bool), "score"].iloc[0]) for f in controls]
+        best_rows.append(row[base].to_dict() | {"level": "contrast", "control_seed": pd.NA}
+                         | _contrast(float(row["score"]), np.asarray(seed_best), ci))
+    best = pd.DataFrame(best_rows)
+    best["p_value_adjusted"] = holm(best["p_value"].to_numpy(dtype=np.float64))
+    out = pd.concat([pd.concat([rows, stats], axis=1), best], ignore_index=True)
+    out["n_seeds"] = out["n_seeds"].astype("Int64")
+    return out
