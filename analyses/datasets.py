@@ -1,40 +1,52 @@
 """The data sets of the studies and where their feature caches live.
 
-Each study data set is one builder call of :mod:`repalign.datasets` (seed, size), so a study's
+Each study data set is one builder call of :mod:`repalign.datasets` (size, seed), so a study's
 inputs are rebuilt identically from the code; the caches record the builder, seed, size and content
-hash in their provenance. The molecule set is shared by two studies (``molecules`` and
-``interatomic_potentials``) and extracted once, into the ``molecules`` study's cache.
+hash in their provenance. Adding a data set is one entry of :data:`DATASETS`. The molecule set is
+shared by two studies (``molecules`` and ``interatomic_potentials``) and extracted once, into the
+``molecules`` study's cache.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from analyses.common import default_results, extract_part
 from repalign.datasets.antibodies import repertoire_records
 from repalign.datasets.crystals import aflow_crystals
 from repalign.datasets.molecules import ccd_molecules
 
-#: (study that owns the cache, builder) per data set; sizes are the studies' choice
-SIZES = {"full": {"crystals": 1000, "molecules": 1000, "antibodies": 1000},
-         "quick": {"crystals": 12, "molecules": 12, "antibodies": 8}}
+
+@dataclass(frozen=True)
+class StudyDataset:
+    """builder(size, seed=...) -> records; owner: the study whose results folder holds the cache;
+    full / quick: the sizes of full and quick runs."""
+
+    builder: Callable
+    owner: str
+    full: int
+    quick: int
+
+
+DATASETS = {
+    "crystals": StudyDataset(aflow_crystals, "interatomic_potentials", full=1000, quick=12),
+    "molecules": StudyDataset(ccd_molecules, "molecules", full=1000, quick=12),
+    "antibodies": StudyDataset(repertoire_records, "antibody_models", full=1000, quick=8),
+}
+#: data set sizes of full and quick runs, as :func:`analyses.common.study_setup` takes them
+SIZES = {run: {name: getattr(d, run) for name, d in DATASETS.items()} for run in ("full", "quick")}
 
 
 def build(name: str, size: int, seed: int = 0):
-    if name == "crystals":
-        return aflow_crystals(size, seed=seed)
-    if name == "molecules":
-        return ccd_molecules(size, seed=seed)
-    if name == "antibodies":
-        return repertoire_records(size, seed=seed)
-    raise ValueError(name)
+    return DATASETS[name].builder(size, seed=seed)
 
 
 def cache_path(name: str, quick: bool, cache_root: Path | None = None) -> Path:
     """The cache of data set ``name``: ``<cache_root>/<name>[-quick].h5``, by default in the owner
     study's results folder (:func:`analyses.common.default_results`), ``.cache/``."""
-    owner = {"crystals": "interatomic_potentials", "molecules": "molecules", "antibodies": "antibody_models"}[name]
-    folder = Path(cache_root) if cache_root else default_results(owner) / ".cache"
+    folder = Path(cache_root) if cache_root else default_results(DATASETS[name].owner) / ".cache"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{name}{'-quick' if quick else ''}.h5"
 

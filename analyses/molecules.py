@@ -22,8 +22,8 @@ from typing import Sequence
 import pandas as pd
 
 from analyses import datasets
+from analyses.atomistic import FULL, QUICK, granularity_option, molecule_plans
 from analyses.common import finish, run_main, score_elements, score_pooled, study_pairs, study_setup
-from analyses.interatomic_potentials import FULL, QUICK, granularity_option, molecule_plans
 
 STUDY = "molecules"
 #: (dataset, model_a, model_b) of the layer x layer heatmaps

@@ -38,9 +38,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from analyses.atomistic import ALIGNMENT_STUDY, CRYSTAL_MODELS
 from analyses.common import best_pairs, output_dir, run_main, write_csv
-from analyses.interatomic_potentials import CRYSTAL_MODELS
-from analyses.interatomic_potentials import STUDY as ALIGNMENT_STUDY
 from repalign.datasets.eos import REFERENCE, delta_eos, reference_eos, scan_record
 from repalign.errors import InvalidInput, RepalignError
 from repalign.models import get_adapter

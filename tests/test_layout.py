@@ -191,8 +191,30 @@ def unexplained_lazy_import_offenders() -> list[str]:
     return out
 
 
+#: the modules of analyses/ that studies share; every other module of analyses/ is a study
+STUDY_SHARED = ("analyses", "analyses.common", "analyses.datasets", "analyses.atomistic")
+
+
+def study_import_offenders() -> list[str]:
+    """Studies share code through analyses' shared modules, never by importing each other."""
+    out = []
+    for module in modules():
+        if not module.name.startswith("analyses") or module.name in STUDY_SHARED:
+            continue
+        for node in ast.walk(module.tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for target, name in imported(module, node):
+                    full = f"{target}.{name}" if name else target
+                    study = next((m.name for m in modules() if m.name in (target, full) and m.name.startswith("analyses.")
+                                  and m.name not in STUDY_SHARED), None)
+                    if study is not None and study != module.name:
+                        out.append(f"{module.where(node)} imports the study {study}")
+    return list(dict.fromkeys(out))
+
+
 RULES = {
     "layering": layering_offenders,
+    "studies apart": study_import_offenders,
     "long functions": long_function_offenders,
     "private imports": private_import_offenders,
     "unexplained lazy imports": unexplained_lazy_import_offenders,
