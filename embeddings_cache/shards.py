@@ -12,13 +12,13 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from embeddings_cache.format import consolidating_path, lock_path, parts_dir
+from embeddings_cache.format import CACHE_COMPRESSION, consolidating_path, lock_path, parts_dir
 from embeddings_cache.reader import Cache
 from embeddings_cache.writer import CacheWriter
 
 
 def merge_shards(shard_paths: Sequence[str | os.PathLike], cache: str | os.PathLike, model: str,
-                 overwrite: bool = False, rows_per_append: int = 256) -> int:
+                 overwrite: bool = False, rows_per_append: int = 256, compression: str | None = CACHE_COMPRESSION) -> int:
     """Append the samples of ``model`` in the shard caches to ``cache`` in the given order; returns
     the samples added.
 
@@ -27,7 +27,8 @@ def merge_shards(shard_paths: Sequence[str | os.PathLike], cache: str | os.PathL
     which makes a merge interrupted by a crash safe to run again. The provenance, layers, token
     layers and storage dtype are those of the first shard holding the model. Shards may overlap
     (e.g. two workers that extracted some of the same samples): a sample is taken from the first
-    shard holding it.
+    shard holding it. ``compression``: that of the model in the target, as for
+    :class:`embeddings_cache.CacheWriter` (default: gzip in a new cache, the cache's own in an existing one).
     """
     shards = [Cache(p) for p in shard_paths]
     try:
@@ -40,7 +41,7 @@ def merge_shards(shard_paths: Sequence[str | os.PathLike], cache: str | os.PathL
         added = 0
         with CacheWriter(cache, model, provenance=prov, layers=first.layers(model),
                          token_layers=first.token_layers(model), dtype=first.storage_dtype(model),
-                         overwrite=overwrite) as writer:
+                         overwrite=overwrite, compression=compression) as writer:
             for shard in shards:
                 if model in shard.models:  # stored() includes the earlier shards' rows: shards may overlap
                     added += _append_shard(shard, model, writer, writer.stored(), rows_per_append)

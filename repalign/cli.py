@@ -16,10 +16,11 @@ import os
 import re
 import stat
 import sys
+import warnings
 from typing import Mapping
 
 from repalign import __version__
-from repalign.errors import RepalignError
+from repalign.errors import RepalignError, RepalignWarning
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -43,6 +44,49 @@ def _options(pairs) -> dict[str, str]:
             raise RepalignError(f"--option {pair!r} is not KEY=VALUE; write e.g. --option loops=last")
         opts[key.strip()] = value.strip()
     return opts
+
+
+#: endings of the files that commands take as positional arguments (inputs, caches, tables, feature
+#: files): a value of a several-word flag with one of them was meant as that positional argument
+POSITIONAL_SUFFIXES = (".fasta", ".fa", ".faa", ".fas", ".csv", ".tsv", ".gz", ".h5", ".hdf5", ".parquet", ".pdb",
+                       ".cif", ".mmcif", ".xyz", ".extxyz", ".sdf", ".mol", ".mol2", ".poscar", ".vasp", ".npy", ".npz",
+                       ".pt", ".h5ad")
+#: what a flag naming input files (``--inputs``) refuses: the cache of ``compare``, the feature file of ``cache import``
+CACHE_SUFFIXES = (".h5", ".hdf5")
+FEATURE_SUFFIXES = (".npy", ".npz", ".pt", ".h5", ".hdf5", ".h5ad", ".parquet")
+
+
+class ArgumentTrap(RepalignError):
+    """A several-word flag took a word meant as a positional argument (``--layers a b x.fasta``)."""
+
+
+class SeveralValues(argparse.Action):
+    """``action="append", nargs="+"`` that refuses a value looking like the command's positional argument.
+
+    argparse gives a several-word flag every word up to the next flag, so ``extract x.fasta --layers a
+    y.fasta`` would read ``y.fasta`` as a layer. ``paths``: the flag's own values are files (``--inputs``),
+    and only those ending in one of ``paths`` (the positional's kind, e.g. a cache) are refused.
+    """
+
+    def __init__(self, option_strings, dest, positional: str = "inputs", paths: tuple[str, ...] | None = None, **kwargs):
+        self.positional, self.paths = positional, paths
+        super().__init__(option_strings, dest, nargs="+", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for value in values:
+            if self._swallowed(value):
+                flag = option_string or self.option_strings[-1]
+                raise ArgumentTrap(f"{flag} took {value!r}, which looks like the {self.positional}: {flag} takes every "
+                                   f"word up to the next flag; put {value} before {flag}")
+        given = getattr(namespace, self.dest, None) or []
+        setattr(namespace, self.dest, [*given, *values] if self.paths is not None else [*given, list(values)])
+
+    def _swallowed(self, value: str) -> bool:
+        if self.paths is not None:
+            return value.lower().endswith(self.paths)
+        if "=" in value:  # KEY=VALUE, MODEL=LAYER
+            return False
+        return value == "-" or value.lower().endswith(POSITIONAL_SUFFIXES) or os.path.exists(value)
 
 
 def check_output_file(path, flag: str) -> None:
@@ -133,7 +177,7 @@ def cmd_compare(args) -> int:
             result = compare_models((args.cache, args.cache_b), args.a, args.b, metrics, engine=engine, stats=stats,
                                     **layers, k=ks[0], **params)
     messages = sys.stderr if to_stdout else sys.stdout
-    print(result.summary(), file=messages)
+    print(result.summary(with_warnings=False), file=messages)  # the warnings went to stderr as they came
     if "note" in result.table:  # e.g. --ci on a metric without a valid interval: say so, not only in a column
         for note in sorted({n for n in result.table["note"].dropna() if n}):
             print(f"repalign: note: {note}", file=sys.stderr)
@@ -434,6 +478,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+PROGRESS_HELP = ("progress bars (counts, rate, ETA) on standard error: --progress always, --no-progress never; "
+                 "default: only when standard error is a terminal; -q: never")
+
+
+def progress_flag(parser: argparse.ArgumentParser) -> None:
+    """``--progress/--no-progress`` after the subcommand too (the value before it is kept when not given here)."""
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=PROGRESS_HELP)
+
+
 COMPRESSION_HELP = ("compression of new models: gzip (every HDF5 tool reads it), lzf (faster; h5py or the lzf "
                     "plugin reads it), none; default: gzip in a new cache, the cache's own in an existing one")
 
@@ -447,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"repalign {__version__}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help=PROGRESS_HELP)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     e = sub.add_parser("extract", help="run models over inputs and store layer features in a cache")
@@ -455,12 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registered model name (see 'repalign models'), or hf:PATH-OR-REPO; one per --model, "
                         "repeat it for more: --model antiberty --model iglm")
     e.add_argument("-o", "--output", required=True, help="cache file (HDF5), created or appended to")
-    e.add_argument("--layers", action="append", nargs="+", help="layer names or patterns ('esmc.*'), or 'all'")
+    e.add_argument("--layers", action=SeveralValues, positional="input file", help="layer names or patterns ('esmc.*'), or 'all'")
     e.add_argument("--pool", choices=("mean", "cls", "last", "max", "none"),
                    help="per-sample pooling over residues/atoms, special tokens and padding excluded: mean, max, "
                         "last (last residue), cls (the model's CLS/BOS vector), none (token features only); "
                         "default: the model's")
-    e.add_argument("--tokens", action="append", nargs="+", help="layers whose per-residue/atom features are stored too")
+    e.add_argument("--tokens", action=SeveralValues, positional="input file", help="layers whose per-residue/atom features are stored too")
     e.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     e.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="compute dtype")
     e.add_argument("--store-dtype", default="float32", choices=("float32", "float16"), help="storage dtype")
@@ -468,13 +522,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-tokens", type=int, default=4096, help="token/atom budget per batch (default 4096)")
     e.add_argument("--limit", type=int, help="only the first N inputs")
     e.add_argument("--weights", help="local weights directory or file (one model)")
-    e.add_argument("--option", action="append", nargs="+", metavar="[MODEL:]KEY=VALUE",
+    e.add_argument("--option", action=SeveralValues, positional="input file", metavar="[MODEL:]KEY=VALUE",
                    help="model option: KEY=VALUE goes to every model that takes KEY, MODEL:KEY=VALUE to MODEL only")
     e.add_argument("--loops", help="ESMFold2 trunk loops to keep: last, all or 0,5,20")
     e.add_argument("--overwrite", action="store_true", help="replace a model stored with other options")
     e.add_argument("--skip-invalid", action="store_true", help="skip invalid samples with a warning instead of failing")
     e.add_argument("--cluster", help="run on Dask: local:N, tcp://HOST:PORT or slurm:CONFIG.yaml (docs/scaling.md)")
-    e.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    e.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
+    progress_flag(e)
     e.add_argument("--dry-run", action="store_true",
                    help="print the plan (cached samples, batches, memory and disk estimates) without loading weights")
     e.set_defaults(func=cmd_extract)
@@ -484,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--a", required=True, help="model A")
     c.add_argument("--b", required=True, help="model B")
     c.add_argument("--cache-b", help="cache file holding model B")
-    c.add_argument("--metric", action="append", nargs="+", help="metric name(s), e.g. mknn cka cknna (default mknn)")
+    c.add_argument("--metric", action=SeveralValues, positional="cache file", help="metric name(s), e.g. mknn cka cknna (default mknn)")
     c.add_argument("--k", default="10",
                    help="neighbours for kNN metrics and CKNNA (default 10); several, comma separated (5,10,25), "
                         "score every k")
@@ -497,8 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dim", type=int, help="svcca_platonic: singular directions kept (default 10)")
     c.add_argument("--variance", type=float, help="svcca: share of variance the kept directions explain (default 0.99)")
     c.add_argument("--normalize", default="l2", choices=("l2", "center", "none"), help="row preprocessing (default l2)")
-    c.add_argument("--layers-a", action="append", nargs="+", help="layers of A (names or patterns)")
-    c.add_argument("--layers-b", action="append", nargs="+", help="layers of B (names or patterns)")
+    c.add_argument("--layers-a", action=SeveralValues, positional="cache file", help="layers of A (names or patterns)")
+    c.add_argument("--layers-b", action=SeveralValues, positional="cache file", help="layers of B (names or patterns)")
     c.add_argument("--permutations", type=int, default=0,
                    help="permutations for p-values and calibrated scores (e.g. 200; default 0: none)")
     c.add_argument("--ci", type=float, help="confidence level of subsampling intervals, e.g. 0.95")
@@ -528,9 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --max-tokens: draw whole samples (default) or rows uniformly")
     c.add_argument("--group-by", help="with --tokens: mean-pool the tokens of each group per sample: chain or residue "
                                       "(sequences), element (structures); needs --inputs")
-    c.add_argument("--inputs", nargs="+", help="with --tokens: the input files the models were extracted from "
+    c.add_argument("--inputs", action=SeveralValues, positional="cache file", paths=CACHE_SUFFIXES,
+                   help="with --tokens: the input files the models were extracted from "
                                                "(checks one row per residue/atom; labels for --group-by)")
     c.add_argument("-o", "--output", help="write the tidy table (.csv, .tsv or .parquet; - for CSV on standard output)")
+    c.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
+    progress_flag(c)
     c.set_defaults(func=cmd_compare)
 
     cache = sub.add_parser("cache", help="inspect a cache, import and export features, pool again")
@@ -548,10 +606,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "extracted one of the same depth under one name.")
     im.add_argument("file", help="feature file or folder of ESM extract.py .pt files")
     im.add_argument("--model", "-m", required=True, help="name of the model in the cache")
-    im.add_argument("--inputs", nargs="+", help="the inputs, in row order (FASTA/CSV/structures): ids and content hashes")
+    im.add_argument("--inputs", action=SeveralValues, positional="feature file", paths=FEATURE_SUFFIXES,
+                    help="the inputs, in row order (FASTA/CSV/structures): ids and content hashes")
     im.add_argument("--ids", help="file of sample ids, one per line, in row order (no content hashes)")
     im.add_argument("-o", "--output", required=True, help="cache file (HDF5), created or added to")
-    im.add_argument("--layers", action="append", nargs="+",
+    im.add_argument("--layers", action=SeveralValues, positional="feature file",
                     help="names of an unnamed array's layers, or the layers (names/patterns) to keep")
     im.add_argument("--pool", default="mean", choices=("mean", "cls", "last", "max"),
                     help="pooling of per-token features (default mean)")
@@ -568,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("cache")
     ex.add_argument("--model", "-m", required=True, help="model to export")
     ex.add_argument("-o", "--output", required=True, help="OUT.h5ad, OUT.npz, OUT.parquet, or a folder (per-sample .pt)")
-    ex.add_argument("--layers", action="append", nargs="+", help="layers to write (names or patterns; default all)")
+    ex.add_argument("--layers", action=SeveralValues, positional="cache file", help="layers to write (names or patterns; default all)")
     ex.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     ex.add_argument("--max-member-size", metavar="SIZE",
                     help="read datasets up to SIZE (e.g. 8G) from a trusted cache; default: refuse one declaring "
@@ -580,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp_.add_argument("--model", "-m", required=True, help="model whose token features are pooled")
     rp_.add_argument("--pool", required=True, choices=("mean", "last", "max"), help="pooling")
     rp_.add_argument("--name", help="name of the new model (default MODEL.POOL)")
-    rp_.add_argument("--layers", action="append", nargs="+", help="token layers to pool (default all)")
+    rp_.add_argument("--layers", action=SeveralValues, positional="cache file", help="token layers to pool (default all)")
     rp_.add_argument("--overwrite", action="store_true", help="replace a model of the new name")
     rp_.set_defaults(func=cmd_cache_repool)
 
@@ -591,7 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the offline end-to-end study on bundled real models and data")
     d.add_argument("-o", "--output", default="demo-output", help="output folder (default demo-output)")
-    d.add_argument("--quiet", "-q", action="store_true")
+    d.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
+    progress_flag(d)
     d.set_defaults(func=cmd_demo)
 
     pl = sub.add_parser("plot", help="draw a publication figure from a tidy score table (see docs/figures.md)")
@@ -608,10 +668,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rows of this level only, for tables holding pooled and token-level (compare --tokens) rows")
     pl.add_argument("--b", help="layers, n-curve: model B; depth/size: the reference model (default: the most compared)")
     pl.add_argument("--layer-b", help="depth/size: score against this layer of B instead of B's best layer")
-    pl.add_argument("--layer", action="append", nargs="+", metavar="MODEL=LAYER",
+    pl.add_argument("--layer", action=SeveralValues, positional="table file", metavar="MODEL=LAYER",
                     help="models, n-curve: use this layer of MODEL instead of the best layer pair; repeatable")
     pl.add_argument("--order", help="models: 'cluster' (default), 'table', or a comma-separated model order")
-    pl.add_argument("--size", action="append", nargs="+", metavar="MODEL=NUMBER",
+    pl.add_argument("--size", action=SeveralValues, positional="table file", metavar="MODEL=NUMBER",
                     help="size: the size of MODEL (default: parsed from names like esmc-300m)")
     pl.add_argument("--calibrated", action="store_true", help="layers/models/n-curve: draw calibrated scores (needs permutations)")
     pl.add_argument("--alpha", type=float, default=0.05, help="significance level for hatching (default 0.05)")
@@ -628,23 +688,59 @@ def build_parser() -> argparse.ArgumentParser:
                     help="report folder (index.html, scores.csv): new, empty or an earlier report, whose own files are replaced")
     rp.add_argument("--force", action="store_true",
                     help="write into a folder that holds other files (they are never replaced or removed)")
-    rp.add_argument("--metric", action="append", nargs="+", help="metric name(s) (default: mknn cka)")
+    rp.add_argument("--metric", action=SeveralValues, positional="cache file", help="metric name(s) (default: mknn cka)")
     rp.add_argument("--k", type=int, default=10, help="neighbours for kNN metrics and CKNNA (default 10)")
     rp.add_argument("--permutations", type=int, default=0,
                     help="permutations for p-values and calibrated scores (default 0: none)")
-    rp.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    rp.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
+    progress_flag(rp)
     rp.set_defaults(func=cmd_report)
     return p
 
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except ArgumentTrap as exc:
+        print(f"repalign: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_ERROR
-    logging.basicConfig(level=logging.INFO if not getattr(args, "quiet", False) else logging.WARNING,
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(level=logging.INFO if not quiet else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from repalign.progress import progress_setting  # lazy: CLI start-up (tqdm)
+
+    with progress_setting(False if quiet else args.progress), one_line_warnings(args.command):
+        return run_command(args)
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str):
+    """Repalign's warnings (:class:`repalign.errors.RepalignWarning`) inside the block go to standard
+    error once each, as ``repalign: warning: ...`` in the command's words; other warnings as Python shows them."""
+    shown: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RepalignWarning)  # each text once, below, not once per code line
+        python_show = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, RepalignWarning):
+                return python_show(message, category, filename, lineno, file, line)
+            text = cli_message(message)
+            text = compare_wording(text) if command == "compare" else text
+            if text not in shown:
+                shown.add(text)
+                print(f"repalign: warning: {text}", file=sys.stderr, flush=True)
+
+        warnings.showwarning = show
+        yield
+
+
+def run_command(args) -> int:
+    """Run the subcommand of ``args``: user errors as one line and exit status 1, Ctrl-C as status 130."""
     try:
         return args.func(args)
     except RepalignError as exc:

@@ -9,7 +9,7 @@ the root class lives in the lower layer. ``except RepalignError`` therefore catc
 from embeddings_cache.errors import CacheError
 from embeddings_cache.errors import Error as RepalignError
 
-__all__ = ["RepalignError", "CacheError", "InvalidInput", "ModelUnavailable"]
+__all__ = ["RepalignError", "RepalignWarning", "CacheError", "InvalidInput", "ModelUnavailable"]
 
 
 class InvalidInput(RepalignError):
@@ -25,3 +25,10 @@ class InvalidInput(RepalignError):
 
 class ModelUnavailable(RepalignError):
     """A model's package or weights are not installed here."""
+
+
+class RepalignWarning(UserWarning):
+    """A result that ran but cannot be fully trusted (N small for k, a degenerate layer, too few
+    permutations, ...): issued with :func:`warnings.warn`, so notebooks show it and
+    ``warnings.filterwarnings("ignore", category=RepalignWarning)`` silences it; the command line
+    shows each once as ``repalign: warning: ...``."""

@@ -60,9 +60,11 @@ def progress(iterable: Iterable | None = None, *, total: int | float | None = No
     """
     if quiet or not shows_bars():
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=True)
-    bar_class = tqdm
+    bar_class: type[tqdm] = tqdm
     if _setting[0] is True and not _stderr_is_terminal():
-        from tqdm.auto import tqdm as bar_class  # lazy: picks notebook widgets in a Jupyter kernel (imports IPython there)
+        from tqdm import auto  # lazy: picks notebook widgets in a Jupyter kernel (imports IPython there)
+
+        bar_class = auto.tqdm
     return bar_class(iterable, total=total, desc=desc, unit=unit, leave=leave, file=sys.stderr, dynamic_ncols=True,
                      **options)
 

@@ -117,6 +117,23 @@ def test_distributed_extraction_equals_single_process(client, tiny_esm2, esm_inp
     assert_same_cache(out, ref)
 
 
+def test_distributed_extraction_writes_the_compression_asked(client, tiny_esm2, esm_inputs, tmp_path):
+    """compression='lzf' reaches the merged target (its header and every HDF5 dataset of the model), with
+    the values of the single-process (gzip) reference."""
+    import h5py
+
+    records, ref = esm_inputs
+    out = tmp_path / "lzf.h5"
+    extract_distributed(records, [f"hf:{tiny_esm2}"], out, cluster=client, layers=["all"], batch_tokens=160,
+                        shard_tokens=300, quiet=True, compression="lzf")
+    assert_same_cache(out, ref)
+    with Cache(out) as cache, Cache(ref) as reference:
+        assert cache.compression(KEY) == "lzf" and reference.compression(KEY) == "gzip"
+    with h5py.File(out, "r") as f:
+        (model,) = f["models"].values()
+        assert {model["pooled"][layer].compression for layer in model["pooled"]} == {"lzf"}
+
+
 def test_second_distributed_run_on_the_same_target_is_refused(client, tiny_esm2, esm_inputs, tmp_path):
     from repalign.distributed.extraction import run_lock
 

@@ -12,6 +12,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+from warnings import warn
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from embeddings_cache import Cache
 from repalign import stats
 from repalign.compare.options import EngineOptions, StatsOptions
 from repalign.compare.sources import engine_source
-from repalign.errors import RepalignError
+from repalign.errors import RepalignError, RepalignWarning
 from repalign.metrics import LayerAlignment, align_layers_multi, get_metric
 from repalign.metrics.engine import resolve_metrics
 from repalign.metrics.layers import LocalStates, layer_alignments, score_layers
@@ -42,9 +43,10 @@ class Comparison:
     granularity: str | None = None  # "token" for token rows (compare_tokens); None for pooled layers
     n_units: int | None = None  # token rows: the samples the rows belong to
 
-    def summary(self) -> str:
+    def summary(self, with_warnings: bool = True) -> str:
         """A few readable lines per metric: best layer pair, its score, and beside it the chance
-        level, or for a biased metric without one the permutation null mean."""
+        level, or for a biased metric without one the permutation null mean; then the warnings
+        (``with_warnings``; the command line shows them on standard error instead)."""
         lines = [f"{self.model_a} vs {self.model_b}: {self.n_samples} shared samples" if self.granularity is None else
                  f"{self.model_a} vs {self.model_b}: {self.n_samples} token rows of {self.n_units} shared samples"]
         for al in self.alignments:
@@ -54,7 +56,7 @@ class Comparison:
                               & (self.table["layer_b"] == al.names_b[j])]
             lines.append(f"  {al.metric} [{params}]: best {al.names_a[i]} ~ {al.names_b[j]} = {score:.4f}"
                          f"{_reference_text(al, rows)}; {len(al.names_a)}x{len(al.names_b)} layer pairs")
-        lines += [f"  warning: {w}" for w in self.warnings]
+        lines += [f"  warning: {w}" for w in self.warnings] if with_warnings else []
         return "\n".join(lines)
 
 
@@ -217,9 +219,12 @@ def compare_items(run: ComparisonRun, items_a: list, items_b: list) -> Compariso
         warnings += stats.check_reliability(run.n, metric.name, settable, layers=layers, normalize=run.engine.normalize,
                                             permutations=run.stats.permutations or None, alpha=run.stats.alpha)
         frames.append(_frame(run, al, result, interval))
-    return Comparison(table=pd.concat(frames, ignore_index=True), model_a=run.model_a, model_b=run.model_b,
-                      n_samples=run.n, alignments=alignments, warnings=list(dict.fromkeys(run.warnings + warnings)),
-                      granularity=run.granularity, n_units=run.n_units)
+    comparison = Comparison(table=pd.concat(frames, ignore_index=True), model_a=run.model_a, model_b=run.model_b,
+                            n_samples=run.n, alignments=alignments, warnings=list(dict.fromkeys(run.warnings + warnings)),
+                            granularity=run.granularity, n_units=run.n_units)
+    for text in comparison.warnings:  # also kept in Comparison.warnings
+        warn(text, RepalignWarning, stacklevel=3)
+    return comparison
 
 
 def _permutation_alignments(run: ComparisonRun, resolved: list, items_a: list, items_b: list) -> tuple[list, list]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from repalign.errors import RepalignError
+from repalign.progress import progress
 
 CLUSTER_FORMS = "local:N (N worker processes here), tcp://HOST:PORT (a running scheduler) or slurm:CONFIG.yaml (dask-jobqueue)"
 
@@ -194,36 +195,44 @@ def _wait_for_workers(client, timeout: float, message) -> None:
         raise RepalignError(message() if callable(message) else message) from None
 
 
-def gather_watched(client, futures: list, on_done=None, poll_s: float = 5.0) -> list:
-    """``client.gather(futures)``, with two differences: the first failed task raises at once (or
-    ``on_done(future)`` is called for each finished one, in the order they finish), and a one-line
+def gather_watched(client, futures: list, on_done=None, poll_s: float = 5.0, desc: str = "Dask tasks",
+                   quiet: bool = False) -> list:
+    """``client.gather(futures)``, with three differences: the first failed task raises at once (or
+    ``on_done(future)`` is called for each finished one, in the order they finish), a one-line
     RepalignError when every worker has stayed paused at its memory limit for
-    :data:`PAUSED_TIMEOUT_S` seconds while results are pending (paused workers take no task)."""
+    :data:`PAUSED_TIMEOUT_S` seconds while results are pending (paused workers take no task), and a
+    progress bar of the finished tasks (``desc``; :mod:`repalign.progress`, none when ``quiet``)."""
     distributed = dask_distributed()
     paused_since = None
     pending = list(futures)
-    while pending:
-        try:
-            distributed.wait(pending, timeout=poll_s, return_when="FIRST_COMPLETED")
-        except TimeoutError:
-            pass
-        finished = [f.done() for f in pending]
-        if any(finished):
-            for f in (f for f, done in zip(pending, finished) if done):
-                if on_done is not None:
-                    on_done(f)
-                elif f.status == "error":
-                    f.result()  # raises the task's exception
-            pending = [f for f, done in zip(pending, finished) if not done]
-            paused_since = None
-            continue
-        paused = paused_workers(client)
-        paused_since = None if paused is None else (paused_since or time.monotonic())
-        if paused_since is not None and time.monotonic() - paused_since >= PAUSED_TIMEOUT_S:
-            raise RepalignError(f"every Dask worker has been paused for {PAUSED_TIMEOUT_S} s at its memory limit "
-                                f"({paused}); give each worker more memory ('memory' in a slurm config, fewer "
-                                f"processes per job) or use smaller shards")
+    with progress(total=len(pending), desc=desc, unit="task", quiet=quiet) as bar:
+        while pending:
+            pending, paused_since = _wait_some(client, distributed, pending, on_done, poll_s, paused_since)
+            bar.update(len(futures) - len(pending) - bar.n)
     return client.gather(futures)
+
+
+def _wait_some(client, distributed, pending: list, on_done, poll_s: float, paused_since: float | None):
+    """One wait of :func:`gather_watched`: the tasks still pending, and since when every worker is paused."""
+    try:
+        distributed.wait(pending, timeout=poll_s, return_when="FIRST_COMPLETED")
+    except TimeoutError:
+        pass
+    finished = [f.done() for f in pending]
+    if any(finished):
+        for f in (f for f, done in zip(pending, finished) if done):
+            if on_done is not None:
+                on_done(f)
+            elif f.status == "error":
+                f.result()  # raises the task's exception
+        return [f for f, done in zip(pending, finished) if not done], None
+    paused = paused_workers(client)
+    paused_since = None if paused is None else (paused_since or time.monotonic())
+    if paused_since is not None and time.monotonic() - paused_since >= PAUSED_TIMEOUT_S:
+        raise RepalignError(f"every Dask worker has been paused for {PAUSED_TIMEOUT_S} s at its memory limit "
+                            f"({paused}); give each worker more memory ('memory' in a slurm config, fewer "
+                            f"processes per job) or use smaller shards")
+    return pending, paused_since
 
 
 def paused_workers(client) -> str | None:

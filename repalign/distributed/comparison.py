@@ -161,7 +161,7 @@ class WorkerStates:
 
     def gather(self, values: list) -> list:
         futures = [v for v in values if v is not None]
-        done = iter(gather_watched(self.client, futures)) if futures else iter(())
+        done = iter(gather_watched(self.client, futures, desc="layer tasks (Dask)")) if futures else iter(())
         return [None if v is None else next(done) for v in values]
 
     def release(self) -> None:
@@ -209,7 +209,7 @@ class DaskCandidateSearch:
             parts = [(pairs[b, j], 0) for j in range(b, len(blocks))] + [(pairs[i, b], 1) for i in range(b + 1)]
             merged.append(client.submit(_merge_task, parts, ks, pure=False))
         try:
-            results = gather_watched(client, merged)
+            results = gather_watched(client, merged, desc="neighbour blocks (Dask)")
         finally:
             client.cancel(merged + list(pairs.values()) + blocks)
         self.tasks += len(pairs)

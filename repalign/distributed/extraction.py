@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
-import logging
 import os
 import re
 import shutil
@@ -37,8 +36,6 @@ from repalign.extract_options import ExtractOptions, ModelPlan, adapter_name, da
 from repalign.extract_plan import length_batches, stored_hashes
 from repalign.inputs import Record
 from repalign.models import ModelAdapter, options_for_model
-
-log = logging.getLogger("repalign.distributed")
 
 
 @dataclass
@@ -288,7 +285,8 @@ def extract_on_cluster(client, plan: ModelPlan, cache: Path, options: ExtractOpt
             run.invalid.update(r["invalid"])
             run.retries.extend(r["retries"])
         merge_start = time.perf_counter()
-        run.stored = merge_shards(paths, cache, plan.key, overwrite=options.overwrite)
+        run.stored = merge_shards(paths, cache, plan.key, overwrite=options.overwrite,
+                                  compression=options.compression or "default")
         run.merge_seconds = time.perf_counter() - merge_start
         if not sharding.keep_shards:
             for p in paths:
@@ -312,19 +310,13 @@ def run_shards(client, tasks: list[ShardTask], options: ExtractOptions, retries:
 
 
 def _gather(client, futures, key: str, quiet: bool) -> list[dict]:
-    done = 0
-
     def check(fut):
-        nonlocal done
         res = fut.result()
         if "error" in res:
             raise RepalignError(f"extraction of {key} failed: {res['error']}")
-        done += 1
-        if not quiet:
-            log.info("model=%s shards_done=%d/%d", key, done, len(futures))
 
     try:
-        return gather_watched(client, futures, on_done=check)
+        return gather_watched(client, futures, on_done=check, desc=f"{key}: shards", quiet=quiet)
     except RepalignError:
         raise
     except Exception as exc:  # a shard failed after its retries: report the first line
