@@ -25,13 +25,13 @@ from analyses.common import (
 )
 from repalign.errors import RepalignError
 from repalign.inputs import sequence_record
+from repalign.models import randomized
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
 from repalign.models.controls import (
     control_name,
     is_control,
     model_seed,
     parse_control,
-    randomized,
     reinitialize,
     torch_modules,
 )

@@ -14,7 +14,7 @@ from repalign.errors import ModelUnavailable, RepalignError
 from repalign.models._common import package_versions, provenance_record, sha256_of_file, sha256_of_files
 from repalign.models._sequence import hub_cache_dir, hub_offline
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
-from repalign.models.controls import parse_control, randomized
+from repalign.models.controls import RandomInitAdapter, parse_control
 from repalign.options import check_routing, route_options
 
 if TYPE_CHECKING:  # adapter modules are imported only when used
@@ -104,6 +104,19 @@ def get_adapter(
     return cls(weights=weights, device=device, dtype=dtype, **options)
 
 
+def randomized(model: str | ModelAdapter, seed: int = 0, **adapter_args) -> RandomInitAdapter:
+    """The random-initialised control of ``model`` (a registered name or an adapter), re-initialised
+    with ``seed`` when first used. ``adapter_args`` (weights, device, dtype, options) go to
+    :func:`repalign.models.get_adapter` when ``model`` is a name."""
+    if isinstance(model, str):
+        model = get_adapter(model, **adapter_args)
+    elif adapter_args:
+        raise RepalignError("randomized: weights/device/options apply to a model name, not to an adapter")
+    if not isinstance(model, ModelAdapter):
+        raise RepalignError(f"randomized: expected a model name or adapter, got {type(model).__name__}")
+    return RandomInitAdapter(model, seed)
+
+
 def options_for_model(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
     """The options of a run that reach model ``name``: its scoped ones, and the plain ones its adapter
     declares in ``OPTIONS`` (every plain one when it declares none)."""
@@ -119,7 +132,7 @@ def check_options(options: Mapping[str, Any] | None, models: Sequence[str]) -> N
 
 
 __all__ = [
-    "REGISTRY", "ModelAdapter", "ModelInfo", "SampleFeatures", "get_adapter", "get_adapter_class", "model_names",
+    "REGISTRY", "ModelAdapter", "ModelInfo", "SampleFeatures", "get_adapter", "get_adapter_class", "model_names", "randomized",
     "check_options", "options_for_model",
     # for adapters defined outside this package (esmfold2_model) and for imported features
     "hub_cache_dir", "hub_offline", "package_versions", "provenance_record", "sha256_of_file", "sha256_of_files",

@@ -265,20 +265,5 @@ class RandomInitAdapter(ModelAdapter):
         return self.inner.forward(records, layers)
 
 
-def randomized(model: str | ModelAdapter, seed: int = 0, **adapter_args) -> RandomInitAdapter:
-    """The random-initialised control of ``model`` (a registered name or an adapter), re-initialised
-    with ``seed`` when first used. ``adapter_args`` (weights, device, dtype, options) go to
-    :func:`repalign.models.get_adapter` when ``model`` is a name."""
-    if isinstance(model, str):
-        from repalign.models import get_adapter  # lazy: circular (repalign.models imports this module)
-
-        model = get_adapter(model, **adapter_args)
-    elif adapter_args:
-        raise RepalignError("randomized: weights/device/options apply to a model name, not to an adapter")
-    if not isinstance(model, ModelAdapter):
-        raise RepalignError(f"randomized: expected a model name or adapter, got {type(model).__name__}")
-    return RandomInitAdapter(model, seed)
-
-
 __all__ = ["RANDOM_TAG", "RandomInitAdapter", "base_model", "control_name", "equinox_modules", "is_control",
-           "model_seed", "parse_control", "randomized", "reinitialize", "reinitialize_equinox", "torch_modules"]
+           "model_seed", "parse_control", "reinitialize", "reinitialize_equinox", "torch_modules"]
