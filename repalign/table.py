@@ -211,8 +211,25 @@ def metric_rows(table: pd.DataFrame, metric: str | None = None, level: str | Non
 
 
 def swap_sides(rows: pd.DataFrame) -> pd.DataFrame:
-    """The same rows seen from the other side: A and B exchanged (every metric is symmetric in A, B)."""
-    return rows.rename(columns={"model_a": "model_b", "model_b": "model_a", "layer_a": "layer_b", "layer_b": "layer_a"})
+    """The same rows seen from the other side: A and B exchanged. A metric that is not symmetric in
+    A and B (``Metric.swapped``, e.g. imbalance_similarity_a_to_b) is relabelled as its counterpart,
+    so every row stays true."""
+    out = rows.rename(columns={"model_a": "model_b", "model_b": "model_a", "layer_a": "layer_b", "layer_b": "layer_a"})
+    if "metric" in out.columns and len(out):
+        out = out.assign(metric=out["metric"].map(_swapped_names(out["metric"].unique())))
+    return out
+
+
+def _swapped_names(names) -> dict:
+    """name -> the metric whose score for (B, A) is this one's for (A, B); itself when symmetric or unknown."""
+    from repalign.metrics import get_metric  # lazy: numba and the metrics load only when sides are exchanged
+    out = {}
+    for name in names:
+        try:
+            out[name] = get_metric(name).swapped or name
+        except RepalignError:
+            out[name] = name
+    return out
 
 
 def models_of(rows: pd.DataFrame) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence, cast
 import numpy as np
 
 from repalign.errors import RepalignError
-from repalign.metrics import cca, distance, kernel, knn
+from repalign.metrics import cca, distance, imbalance, kernel, knn, rsa, shape
 from repalign.metrics._validate import check_int, check_k, check_min_samples, check_permutation
 from repalign.metrics.backends import backend_of
 
@@ -32,6 +32,10 @@ class Metric:
     at fixed k, whose target moves with N), as a bool or a function of the resolved parameters.
     biased: the score is not centred at 0 for unrelated data and has no closed-form chance level
     (report it next to its permutation null mean); a bool or a function of the parameters.
+    swapped: for a metric that is not symmetric in A and B, the name of the registered metric whose
+    score for (B, A) is this one's for (A, B) (``imbalance_similarity_a_to_b`` <->
+    ``imbalance_similarity_b_to_a``); None for symmetric metrics. Every registered score is a
+    similarity (higher = more aligned); distances are registered in a similarity form.
     """
 
     name: str
@@ -44,6 +48,7 @@ class Metric:
     bounds: tuple[float, float] = (0.0, 1.0)
     interval: bool | Callable[[Mapping[str, Any]], bool] = False
     biased: bool | Callable[[Mapping[str, Any]], bool] = False
+    swapped: str | None = None
     _chance: Callable[[int, Mapping[str, Any]], float | None] | None = None
     _key: Callable[[Mapping[str, Any]], tuple] | None = None
     _state: Callable[..., Any] | None = None
@@ -125,6 +130,22 @@ def _check_svcca_platonic(n, p):
     return {**p, "dim": check_int(p["dim"], "dim", 1, n - 1, f" (at most N - 1 = {n - 1}); lower dim")}
 
 
+def _check_shape(n, p):
+    check_min_samples(n, 2, "shape similarity")
+    return {**p, "whitening": shape.check_whitening(p["whitening"])}
+
+
+def _check_rsa(n, p):
+    check_min_samples(n, 3, "rsa")
+    rsa.check_rsa_options(p["rdm"], p["compare"])
+    return dict(p)
+
+
+def _check_imbalance(n, p):
+    check_min_samples(n, 3, "information imbalance")
+    return dict(p)
+
+
 def _check_dcor(n, p):
     check_min_samples(n, 2, "distance correlation")
     return dict(p)
@@ -173,6 +194,19 @@ def cka_rbf(X, Y, sigma=None, unbiased=False) -> float:
     return kernel.cka(X, Y, kernel="rbf", sigma=sigma, unbiased=unbiased)
 
 
+def imbalance_similarity_b_to_a(X, Y) -> float:
+    """1 − Δ(Y→X); see :func:`repalign.metrics.imbalance.imbalance_similarity`."""
+    return imbalance.imbalance_similarity(Y, X)
+
+
+def _shape_state(X, p, cache):
+    return shape.shape_state(X, p["whitening"])
+
+
+def _distance_state(X, p, cache):
+    return imbalance.distance_state(X)
+
+
 # keyword arguments shared by several Metric entries (values of mixed types, hence Any)
 _KNN: dict[str, Any] = dict(is_knn=True, _key=_knn_key, _state=_knn_state, _check=_check_knn)
 _CKA: dict[str, Any] = dict(is_knn=False, _key=_cka_key, _state=_cka_state, _score=lambda a, b, p: kernel.cka_from_states(a, b), _check=_check_cka,
@@ -214,6 +248,32 @@ _BUILTIN: list[Metric] = [
            _chance=lambda n, p: 0.0, _key=lambda p: ("bcdcor",), _state=lambda X, p, c: distance.u_centred_state(X),
            _score=lambda a, b, p: distance.bias_corrected_distance_correlation_from_states(a, b), _check=_check_bcdcor,
            bounds=(-1.0, 1.0), interval=True),
+]
+
+# Measures of the field's papers beyond platonic-rep's table (docs/metrics.md, "Which measure for which question")
+_SHAPE: dict[str, Any] = dict(is_knn=False, _key=lambda p: ("shape", p["whitening"]), _state=_shape_state,
+                              _score=lambda a, b, p: shape.shape_from_states(a, b), _check=_check_shape, biased=True)
+_IMBALANCE: dict[str, Any] = dict(is_knn=False, defaults={}, _chance=lambda n, p: 0.0, _key=lambda p: ("distances",),
+                                  _state=_distance_state, _check=_check_imbalance, bounds=(-1.0, 1.0))
+_BUILTIN += [
+    Metric("procrustes", shape.procrustes, {}, fixed={"whitening": 0.0},
+           description="orthogonal Procrustes similarity: nuclear norm of X~'Y~ for centred, unit-norm X~, Y~", **_SHAPE),
+    Metric("shape_similarity", shape.shape_similarity, {"whitening": 0.0},
+           description="cos of Williams et al.'s angular shape distance with partial whitening (0: Procrustes, 1: CCA)", **_SHAPE),
+    Metric("rsa", rsa.rsa, {"rdm": "correlation", "compare": "spearman"}, is_knn=False,
+           description="representational similarity analysis: comparison of the two RDMs' upper triangles",
+           _key=lambda p: ("rsa", p["rdm"], p["compare"]), _state=lambda X, p, c: rsa.rsa_state(X, p["rdm"], p["compare"]),
+           _score=lambda a, b, p: rsa.rsa_from_states(a, b), _check=_check_rsa, bounds=(-1.0, 1.0),
+           biased=lambda p: p["compare"] == "cosine"),
+    Metric("pwcca", cca.pwcca, {}, is_knn=False, description="projection-weighted CCA (Morcos et al. 2018)",
+           _key=lambda p: ("pwcca",), _state=lambda X, p, c: cca.pwcca_state(X), _score=lambda a, b, p: cca.pwcca_from_states(a, b),
+           _check=lambda n, p: (check_min_samples(n, 2, "pwcca"), dict(p))[1], biased=True),
+    Metric("imbalance_similarity_a_to_b", imbalance.imbalance_similarity, swapped="imbalance_similarity_b_to_a",
+           description="1 - information imbalance Delta(A->B) (Glielmo et al. 2022): A's nearest neighbours predict B's ranks",
+           _score=lambda a, b, p: 1.0 - imbalance.imbalance_from_states(a, b), **_IMBALANCE),
+    Metric("imbalance_similarity_b_to_a", imbalance_similarity_b_to_a, swapped="imbalance_similarity_a_to_b",
+           description="1 - information imbalance Delta(B->A) (Glielmo et al. 2022): B's nearest neighbours predict A's ranks",
+           _score=lambda a, b, p: 1.0 - imbalance.imbalance_from_states(b, a), **_IMBALANCE),
 ]
 
 _BY_NAME: dict[str, Metric] = {}
