@@ -366,7 +366,7 @@ def check_no_model_among_inputs(inputs: list[str], models: list[str]) -> None:
 
 def print_extraction_plan(records, models, output, settings) -> int:
     """``extract --dry-run``: the plan, without loading weights or writing anything."""
-    from repalign.extract_plan import format_plan, plan_extraction  # lazy: CLI start-up
+    from repalign.extract_batches import format_plan, plan_extraction  # lazy: CLI start-up
 
     print(format_plan(plan_extraction(records, models, output, settings), output))
     return 0

@@ -35,7 +35,7 @@ from repalign.extract_options import (
     split_stored,
     weight_errors,
 )
-from repalign.extract_plan import Retry, forward_with_retry, length_batches, order_batches
+from repalign.extract_batches import Retry, forward_with_retry, length_batches, order_batches
 from repalign.inputs import Record
 from repalign.models import ModelAdapter, SampleFeatures, check_options
 from repalign.pooling import pool_rows
@@ -174,8 +174,8 @@ def extract_model(plan: ModelPlan, writer: CacheWriter, options: ExtractOptions)
     """Extract one model's planned inputs into ``writer`` (from :func:`model_writer`), batch by batch.
 
     Samples the writer already holds with the same content hash are skipped; the rest are batched
-    by length under ``options.batch_tokens`` (:func:`repalign.extract_plan.length_batches`, in the
-    order of :func:`repalign.extract_plan.order_batches`), run through the loaded adapter
+    by length under ``options.batch_tokens`` (:func:`repalign.extract_batches.length_batches`, in the
+    order of :func:`repalign.extract_batches.order_batches`), run through the loaded adapter
     (halving a batch on out-of-memory errors), pooled per sample, and appended: each batch is
     durable once appended. The single-process and the Dask paths both extract through here.
     """

@@ -529,7 +529,7 @@ def test_dry_run_plan_from_the_config_alone(ckpt, tmp_path, capsys, monkeypatch)
     from embeddings_cache import Cache
     from esmfold2_model.adapters import EsmcAdapter, EsmFold2Adapter
     from repalign.extract import extract
-    from repalign.extract_plan import format_plan, plan_extraction
+    from repalign.extract_batches import format_plan, plan_extraction
 
     recs = [PROTEIN, COMPLEX, SHORT, sequence_record("p4", "MKTAYIAKQRQ")]
     layers = ["esmc.1", "lm_encoder.0", "parcae", "parcae.raw", "diffusion.single", "confidence.single"]

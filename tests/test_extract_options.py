@@ -14,7 +14,7 @@ from embeddings_cache import Cache
 from repalign.errors import RepalignError
 from repalign.extract import extract, extract_model, model_writer
 from repalign.extract_options import ExtractOptions, ModelPlan, plan_model
-from repalign.extract_plan import plan_extraction
+from repalign.extract_batches import plan_extraction
 from repalign.inputs import sequence_record
 
 MODEL = "aa-composition"

@@ -1,7 +1,7 @@
 """Extraction on a Dask cluster: :func:`extract_distributed` gives the cache ``repalign.extract.extract`` gives.
 
 The samples still to do are ordered and batched exactly as a single-process run would
-(:func:`repalign.extract_plan.length_batches`), the batch list is cut into shards of consecutive
+(:func:`repalign.extract_batches.length_batches`), the batch list is cut into shards of consecutive
 batches, and each shard is extracted by a worker through the public
 :func:`repalign.extract.extract_model` into its own shard cache (a normal cache written by
 ``CacheWriter``, hence crash-safe and resumable); then the shards are appended to the target
@@ -33,7 +33,7 @@ from repalign.distributed.cluster import dask_distributed, gather_watched, open_
 from repalign.errors import RepalignError
 from repalign.extract import ModelRun, extract_model, load_model, model_writer, plan_run
 from repalign.extract_options import ExtractOptions, ModelPlan, adapter_name, dataset_provenance, split_stored
-from repalign.extract_plan import length_batches, stored_hashes
+from repalign.extract_batches import length_batches, stored_hashes
 from repalign.inputs import Record
 from repalign.models import ModelAdapter, options_for_model
 
@@ -150,7 +150,7 @@ def run_shard(task: ShardTask, options: ExtractOptions) -> dict:
 def plan_shards(sizes: Sequence[int], batch_tokens: int, shard_tokens: int) -> list[list[int]]:
     """Shards of consecutive length batches (indices into ``sizes``), each about ``shard_tokens`` tokens.
 
-    Batches are those of :func:`repalign.extract_plan.length_batches`; a shard never splits a batch, so
+    Batches are those of :func:`repalign.extract_batches.length_batches`; a shard never splits a batch, so
     each worker re-batches its shard into exactly the same batches.
     """
     if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < 1:
