@@ -162,7 +162,7 @@ LEVELS = ("trained", "random_init", "baseline")
 
 
 @dataclass(frozen=True)
-class ModelPlan:
+class StudyModel:
     """One model of a study on one data set: what to extract and how it is labelled.
 
     model: registered name, or ``NAME@random:SEED`` for a control; level: trained, random_init or
@@ -187,18 +187,18 @@ class ModelPlan:
 
 
 def model_plans(trained: Sequence[str], baselines: dict[str, dict] | None = None, seeds: Sequence[int] = CONTROL_SEEDS,
-                tokens: bool = False, subsets: dict[str, int] | None = None) -> list[ModelPlan]:
+                tokens: bool = False, subsets: dict[str, int] | None = None) -> list[StudyModel]:
     """Baselines first (cheap), then the trained models, then the controls seed by seed (all models of
     seed 0, then of seed 1, ...), so a partial extraction has complete seeds."""
     subsets = subsets or {}
-    plans = [ModelPlan(name, "baseline", tuple(sorted((opts or {}).items())), tokens) for name, opts in (baselines or {}).items()]
-    plans += [ModelPlan(name, "trained", (), tokens, subsets.get(name)) for name in trained]
-    plans += [ModelPlan(control_name(name, seed), "random_init", (), tokens, subsets.get(name))
+    plans = [StudyModel(name, "baseline", tuple(sorted((opts or {}).items())), tokens) for name, opts in (baselines or {}).items()]
+    plans += [StudyModel(name, "trained", (), tokens, subsets.get(name)) for name in trained]
+    plans += [StudyModel(control_name(name, seed), "random_init", (), tokens, subsets.get(name))
               for seed in seeds for name in trained]
     return plans
 
 
-def first_seeds(plans: Sequence[ModelPlan], count: int | None) -> list[ModelPlan]:
+def first_seeds(plans: Sequence[StudyModel], count: int | None) -> list[StudyModel]:
     """The plans without the controls of seeds beyond the first ``count`` (None: all)."""
     if count is None:
         return list(plans)
@@ -207,7 +207,7 @@ def first_seeds(plans: Sequence[ModelPlan], count: int | None) -> list[ModelPlan
     return [p for p in plans if p.level != "random_init" or p.seed in seeds]
 
 
-def only_models(plans: Sequence[ModelPlan], names: Sequence[str] | None) -> list[ModelPlan]:
+def only_models(plans: Sequence[StudyModel], names: Sequence[str] | None) -> list[StudyModel]:
     """The baselines and the plans of the models ``names`` (with their controls); None: every plan.
     A name that is not one of the study's models is a one-line error."""
     if names is None:
@@ -219,7 +219,7 @@ def only_models(plans: Sequence[ModelPlan], names: Sequence[str] | None) -> list
     return [p for p in plans if p.level == "baseline" or p.base in names]
 
 
-def extract_plans(records, plans: Sequence[ModelPlan], cache: Path, times_csv: Path | None = None,
+def extract_plans(records, plans: Sequence[StudyModel], cache: Path, times_csv: Path | None = None,
                   dataset: str = "") -> pd.DataFrame:
     """Extract every plan into ``cache`` (every layer; resumable: stored samples are skipped).
 
@@ -282,7 +282,7 @@ class Pair:
     seed: int | None = None
 
 
-def study_pairs(plans: Sequence[ModelPlan], trained_pairs: Sequence[tuple[str, str]] | None = None) -> list[Pair]:
+def study_pairs(plans: Sequence[StudyModel], trained_pairs: Sequence[tuple[str, str]] | None = None) -> list[Pair]:
     """The comparisons of a study, from its plans.
 
     - ``trained``: trained model vs trained model (``trained_pairs``, default every pair);
@@ -536,7 +536,7 @@ def study_setup(study: str, doc: str, argv, full: dict, quick: dict, sizes: dict
                  cache_root(args, out), time.perf_counter())
 
 
-def extract_part(setup: Setup, name: str, data, plans: Sequence[ModelPlan], cache: Path) -> None:
+def extract_part(setup: Setup, name: str, data, plans: Sequence[StudyModel], cache: Path) -> None:
     """Extract one data set's plans (resumable; controls limited by ``--control-seeds``), unless ``--score-only``."""
     if setup.args.score_only:
         print(f"--score-only: scoring the models already in {cache}", flush=True)

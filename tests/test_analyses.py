@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from analyses.common import (
-    ModelPlan,
+    StudyModel,
     best_pairs,
     chance_and_null,
     first_seeds,
@@ -206,7 +206,7 @@ def test_study_pairs_cover_levels_and_seeds():
     assert ("random_init", "a@random:0", "b@random:1", 0) not in keys  # controls meet controls of the same seed
     assert {("baseline", m, "base", s) for m, s in (("a", None), ("b", None), ("a@random:1", 1))} <= keys
     assert len(pairs) == 1 + 2 + 2 + 4
-    assert ModelPlan("x@random:4", "random_init").seed == 4 and ModelPlan("x", "trained").base == "x"
+    assert StudyModel("x@random:4", "random_init").seed == 4 and StudyModel("x", "trained").base == "x"
 
 
 def test_extraction_can_be_limited_to_some_models_and_seeds():
@@ -547,7 +547,7 @@ def test_study_scoring_on_real_features_with_a_subset(tmp_path):
     from repalign.datasets.antibodies import repertoire_records
 
     data = repertoire_records(12, seed=5)
-    plans = [ModelPlan("aa-composition", "baseline"), ModelPlan("blosum62", "baseline", subset=8)]
+    plans = [StudyModel("aa-composition", "baseline"), StudyModel("blosum62", "baseline", subset=8)]
     times = tmp_path / "times.csv"
     rows = extract_plans(data, plans, tmp_path / "c.h5", times, dataset="antibodies")
     assert list(rows.extracted) == [12, 8] and len(pd.read_csv(times)) == 2
@@ -571,7 +571,7 @@ def test_study_scoring_skips_models_missing_from_the_cache(tmp_path, capsys):
     from repalign.datasets.antibodies import repertoire_records
 
     data = repertoire_records(10, seed=3)
-    extract_plans(data, [ModelPlan("aa-composition", "baseline"), ModelPlan("onehot", "baseline")], tmp_path / "c.h5")
+    extract_plans(data, [StudyModel("aa-composition", "baseline"), StudyModel("onehot", "baseline")], tmp_path / "c.h5")
     pairs = [Pair("baseline", "aa-composition", "onehot"), Pair("random_init", "iglm@random:0", "antiberty@random:0", 0)]
     table = score_pooled(tmp_path / "c.h5", "antibodies", pairs, ["mknn", "unbiased_cka"], k=3,
                          permutations={"mknn": 30, "unbiased_cka": 0}, ci=0.9, n_subsamples=10)
