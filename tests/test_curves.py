@@ -293,3 +293,27 @@ def test_plot_n_curve_errors_are_one_line(cache, tmp_path):
     assert "compare --n-samples" in res.stderr
     res = run_main("plot", plain, "--kind", "n-curve", "--layer-b", "b0", "-o", tmp_path / "x")
     assert res.returncode == 1 and "--layer-b does not apply to --kind n-curve" in res.stderr
+
+
+def test_out_of_core_subsets_read_the_same_rows_as_in_memory_ones(cache):
+    """With block_rows each subset is a cache reference to its samples, read in blocks: the same
+    neighbour lists, so the same kNN scores."""
+    path, *_ = cache
+    in_memory = compare_curves(path, "ma", "mb", ["mknn"], ks=[4], sizes=[35], repeats=1).table
+    blocked = compare_curves(path, "ma", "mb", ["mknn"], ks=[4], sizes=[35], repeats=1, block_rows=64).table
+    pd.testing.assert_frame_equal(blocked[SHARED + ["k", "subset"]], in_memory[SHARED + ["k", "subset"]])
+    np.testing.assert_allclose(blocked["score"], in_memory["score"], rtol=0, atol=1e-12)
+
+
+def test_crowded_sizes_keep_tick_labels_apart(cache):
+    path, *_ = cache
+    table = compare_curves(path, "ma", "mb", ["mknn"], ks=[3], sizes=[20, 22, 25, 40, 45, 60], repeats=1).table
+    fig = n_curve(table, width="single")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in fig.axes[0].get_xticklabels() if t.get_visible() and t.get_text()]
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert "90" in [t.get_text() for t in labels] and len(labels) >= 3
+    for n, a in enumerate(boxes):
+        for b in boxes[n + 1:]:
+            assert min(a.x1, b.x1) <= max(a.x0, b.x0), [t.get_text() for t in labels]
