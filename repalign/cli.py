@@ -422,6 +422,7 @@ def figure_options(
         "depth": {"a", "b", "layer_b", "alpha"},
         "size": {"b", "layer_b", "sizes"},
         "n-curve": {"a", "b", "calibrated", "layers"},
+        "profile": {"a"},
     }[kind]
     given = {"a": a, "b": b, "layer_b": layer_b, "calibrated": calibrated or None, "order": order,
              "layers": layers or None, "sizes": sizes or None}
@@ -429,6 +430,8 @@ def figure_options(
     if unused:
         verb = "does" if len(unused) == 1 else "do"
         raise RepalignError(f"{', '.join(unused)} {verb} not apply to --kind {kind}; see 'repalign plot --help'")
+    if kind == "profile":  # a table of 'repalign profile': --metric names its measure, --a its models
+        return {"measure": metric, "width": width, "models": [m.strip() for m in a.split(",") if m.strip()] if a else None}
     opts: dict = {"metric": metric, "width": width, "scale": scale}
     value = "calibrated" if calibrated else "score"
     if kind == "layers":
@@ -463,6 +466,24 @@ def cmd_plot(args) -> int:
         table = granularity_rows(table, args.granularity)
     for path in plot_table(table, args.output, args.kind, args.format, **options):
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from repalign.profile import profile_layers  # lazy: CLI start-up
+    from repalign.table import check_table_path, write_table  # lazy: CLI start-up
+
+    if args.output != "-":
+        check_output_file(args.output, "-o")
+        check_table_path(args.output)  # fail before computing anything
+    table = profile_layers(args.cache, args.model, args.measure, layers=_flat(args.layers) or None,
+                           normalize=None if args.normalize == "none" else args.normalize,
+                           method=args.method, fraction=args.fraction, k=args.k)
+    messages = sys.stderr if args.output == "-" else sys.stdout
+    for row in table.itertuples():
+        print(f"{row.model} {row.layer}: {row.measure} = {row.value:.4g} ({row.params}; N = {row.n_samples})", file=messages)
+    path = write_table(table, args.output)
+    print(f"wrote {len(table)} rows to {'standard output' if args.output == '-' else path}", file=messages)
     return 0
 
 
@@ -658,10 +679,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("table", help=".csv/.tsv/.parquet written by 'repalign compare -o' or 'repalign report'; "
                                    "- reads a CSV table from standard input")
     pl.add_argument("-o", "--output", required=True, help="output path stem: STEM.png (300 dpi), STEM.pdf, STEM.svg")
-    pl.add_argument("--kind", default="layers", choices=("layers", "models", "depth", "size", "n-curve"),
+    pl.add_argument("--kind", default="layers", choices=("layers", "models", "depth", "size", "n-curve", "profile"),
                     help="layers: layer x layer heatmap; models: model x model matrix; depth: score vs relative "
                          "depth; size: score vs model size; n-curve: score vs samples N per k, from a table of "
-                         "'compare --n-samples' (default layers)")
+                         "'compare --n-samples'; profile: a per-layer measure vs relative depth, from a table "
+                         "of 'repalign profile' (default layers)")
     pl.add_argument("--metric", help="metric to draw (default: the table's first)")
     pl.add_argument("--a", help="layers, n-curve: model A; depth: models to draw, comma separated (default: all)")
     pl.add_argument("--granularity", choices=("pooled", "token"),
@@ -681,6 +703,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="colours/values: the metric's fixed 0-1 range (default) or this figure's data range")
     pl.add_argument("--format", default="png,pdf,svg", help="comma-separated formats: png, pdf, svg (default all)")
     pl.set_defaults(func=cmd_plot)
+
+    pf = sub.add_parser("profile", help="a per-layer measure of one model (intrinsic dimension) as a tidy table")
+    pf.add_argument("cache", help="cache file (HDF5)")
+    pf.add_argument("--model", required=True, help="model whose pooled layers are measured")
+    pf.add_argument("--measure", default="intrinsic_dimension", choices=("intrinsic_dimension",),
+                    help="intrinsic_dimension: TwoNN (Facco et al. 2017) or Levina-Bickel MLE (default)")
+    pf.add_argument("--method", choices=("twonn", "mle"), help="intrinsic_dimension: estimator (default twonn)")
+    pf.add_argument("--fraction", type=float, help="twonn: share of the smallest r2/r1 ratios fitted (default 0.9)")
+    pf.add_argument("--k", type=int, help="mle: neighbours per sample (default 20)")
+    pf.add_argument("--layers", action=SeveralValues, positional="cache file", help="layers to measure (default: every pooled layer)")
+    pf.add_argument("--normalize", default="none", choices=("none", "l2", "center"),
+                    help="row preprocessing before measuring (default none: the features as stored)")
+    pf.add_argument("-o", "--output", required=True, help="table: .csv, .tsv or .parquet; - writes CSV to standard output")
+    pf.set_defaults(func=cmd_profile)
 
     rp = sub.add_parser("report", help="compare every model pair of a cache and write a self-contained HTML report")
     rp.add_argument("cache", help="cache file (HDF5)")

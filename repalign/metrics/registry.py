@@ -141,6 +141,11 @@ def _check_rsa(n, p):
     return dict(p)
 
 
+def _check_pwcca(n, p):
+    check_min_samples(n, 2, "pwcca")
+    return dict(p)
+
+
 def _check_imbalance(n, p):
     check_min_samples(n, 3, "information imbalance")
     return dict(p)
@@ -267,7 +272,7 @@ _BUILTIN += [
            biased=lambda p: p["compare"] == "cosine"),
     Metric("pwcca", cca.pwcca, {}, is_knn=False, description="projection-weighted CCA (Morcos et al. 2018)",
            _key=lambda p: ("pwcca",), _state=lambda X, p, c: cca.pwcca_state(X), _score=lambda a, b, p: cca.pwcca_from_states(a, b),
-           _check=lambda n, p: (check_min_samples(n, 2, "pwcca"), dict(p))[1], biased=True),
+           _check=_check_pwcca, biased=True),
     Metric("imbalance_similarity_a_to_b", imbalance.imbalance_similarity, swapped="imbalance_similarity_b_to_a",
            description="1 - information imbalance Delta(A->B) (Glielmo et al. 2022): A's nearest neighbours predict B's ranks",
            _score=lambda a, b, p: 1.0 - imbalance.imbalance_from_states(a, b), **_IMBALANCE),

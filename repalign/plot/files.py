@@ -13,6 +13,7 @@ import pandas as pd
 
 from repalign.errors import RepalignError
 from repalign.plot.curves import n_curve
+from repalign.plot.layer_profile import layer_profile
 from repalign.plot.layers import layer_heatmap
 from repalign.plot.models import model_matrix
 from repalign.plot.profiles import depth_profile, size_scaling
@@ -22,7 +23,7 @@ from repalign.table import atomic_files
 FORMATS = ("png", "pdf", "svg")
 #: figure kind -> the function drawing it from a table: a new kind is one function and one entry here
 FIGURES: dict[str, Callable[..., Any]] = {"layers": layer_heatmap, "models": model_matrix, "depth": depth_profile, "size": size_scaling,
-                                          "n-curve": n_curve}
+                                          "n-curve": n_curve, "profile": layer_profile}
 KINDS = tuple(FIGURES)
 
 
@@ -92,7 +93,7 @@ def _metadata(fmt: str) -> dict:
 
 
 def draw(table: pd.DataFrame, kind: str = "layers", **options):
-    """Dispatch to the figure function of ``kind`` ('layers', 'models', 'depth', 'size', 'n-curve')."""
+    """Dispatch to the figure function of ``kind`` ('layers', 'models', 'depth', 'size', 'n-curve', 'profile')."""
     if kind not in FIGURES:
         raise RepalignError(f"figure kind {kind!r} is unknown; use one of {', '.join(KINDS)}")
     return FIGURES[kind](table, **options)
