@@ -136,6 +136,7 @@ def system_error_text(exc: BaseException) -> str:
 
 def cmd_compare(args) -> int:
     from repalign.compare import EngineOptions, StatsOptions, TokenOptions, compare_curves, compare_models, compare_tokens  # lazy: CLI start-up
+    from repalign.compare.controls import compare_controls  # lazy: CLI start-up
     from repalign.table import check_table_path, write_table  # lazy: CLI start-up
 
     to_stdout = args.output == "-"  # the table goes to stdout, so everything else goes to stderr
@@ -159,6 +160,9 @@ def cmd_compare(args) -> int:
         raise RepalignError("--repeats sets the subsets drawn per size of --n-samples; add --n-samples (or drop --repeats)")
     if curves and args.tokens:
         raise RepalignError("--n-samples and several --k values compare pooled layers; drop --tokens (or them)")
+    if args.controls is not None and (args.tokens or curves):
+        raise RepalignError(f"--controls compares pooled layers on all shared samples at one k; drop "
+                            f"{'--tokens' if args.tokens else '--n-samples and the extra --k values'} (or --controls)")
     metrics = _flat(args.metric) or ["mknn"]
     layers = dict(layers_a=_flat(args.layers_a), layers_b=_flat(args.layers_b))
     with flag_wording():
@@ -169,6 +173,9 @@ def cmd_compare(args) -> int:
             result = compare_curves((args.cache, args.cache_b), args.a, args.b, metrics, ks=ks, sizes=sizes,
                                     repeats=5 if args.repeats is None else args.repeats, engine=engine, stats=stats,
                                     **layers, **params)
+        elif args.controls is not None:
+            result = compare_controls((args.cache, args.cache_b), args.a, args.b, metrics, args.controls, engine=engine,
+                                      stats=stats, **layers, k=ks[0], **params)
         elif args.tokens:
             tokens = TokenOptions(**_compare_options(args, TokenOptions))
             result = compare_tokens((args.cache, args.cache_b), args.a, args.b, metrics, tokens=tokens, engine=engine,
@@ -195,7 +202,7 @@ COMPARE_FLAGS = {
     "permutations": "--permutations", "ci": "--ci", "n_subsamples": "--subsamples", "fraction": "--fraction",
     "seed": "--seed", "layer_family": "--layer-family", "max_tokens": "--max-tokens", "subsample": "--subsample", "group_by": "--group-by",
     "inputs": "--inputs", "metrics": "--metric", "layers_a": "--layers-a", "layers_b": "--layers-b",
-    "ks": "--k", "sizes": "--n-samples", "repeats": "--repeats",
+    "ks": "--k", "sizes": "--n-samples", "repeats": "--repeats", "seeds": "--controls",
 }
 #: the flag values that differ from the Python values
 _COMPARE_VALUES: dict = {"normalize": {"none": None}, "anchors": lambda v: _anchors(v)}
@@ -584,6 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--layer-family", choices=("hidden", "all"),
                    help="layer pairs the best pair and the layer-search adjustment range over: hidden (default) "
                         "leaves out each network's input layer; all keeps it (a layer with itself is always left out)")
+    c.add_argument("--controls", metavar="SEEDS",
+                   help="also compare the random-init controls NAME@random:SEED of these seeds (0-19, 0,3,5 or 0-4,9; "
+                        "already extracted) with the same settings, and test the trained best pair against each "
+                        "seed's best pair (rank test); the table gains level, control_seed and contrast rows")
     c.add_argument("--cluster", help="spread per-layer work over Dask: local:N, tcp://HOST:PORT or slurm:CONFIG.yaml")
     c.add_argument("--knn", default="exact", choices=("exact", "faiss-hnsw", "faiss-ivf"),
                    help="neighbour search; approximate ones report their recall (default exact)")

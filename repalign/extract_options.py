@@ -21,6 +21,7 @@ import numpy as np
 from repalign.errors import InvalidInput, RepalignError
 from repalign.inputs import Record
 from repalign.models import ModelAdapter, get_adapter, options_for_model
+from repalign.models.controls import control_name, parse_control
 from repalign.pooling import POOLINGS as VECTOR_POOLINGS
 
 #: per-sample poolings (repalign.pooling), and "none": token features only
@@ -212,8 +213,16 @@ def adapter_name(adapter: ModelAdapter) -> str:
 
 
 def model_key(adapter: ModelAdapter) -> str:
-    """The model's name in the cache: its registered name; ``hf:`` checkpoints by folder or repo name."""
-    name = adapter_name(adapter)
+    """The model's name in the cache: its registered name; ``hf:`` checkpoints by folder or repo name,
+    and a control ``NAME@random:SEED`` as its model's key with the same suffix (``hf:tiny@random:0``)."""
+    return name_key(adapter_name(adapter))
+
+
+def name_key(name: str) -> str:
+    """:func:`model_key` of a model name."""
+    control = parse_control(name)
+    if control is not None:
+        return control_name(name_key(control[0]), control[1])
     if name.startswith("hf:"):
         source = name[3:].rstrip("/")
         # cache group names cannot hold '/': a local folder is named by its last part, a repo id keeps its owner

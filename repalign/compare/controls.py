@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from embeddings_cache import Cache, align_ids
+from repalign.compare.headline import describe, headlines
 from repalign.compare.options import EngineOptions, StatsOptions, check_combination, from_keywords
 from repalign.compare.run import Comparison, cache_pair, check_metrics, open_models, select_layers
 from repalign.errors import RepalignError
@@ -31,6 +32,31 @@ CONTRAST_COLUMNS = ("control_mean", "control_sd", "n_seeds", "difference", "ci_l
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
+@dataclasses.dataclass
+class ControlComparison(Comparison):
+    """A :class:`Comparison` with random-init controls: its summary leads with the headline of each
+    metric (:func:`repalign.compare.headline.headlines`), its contrast bounds have level ``ci``."""
+
+    seeds: list = dataclasses.field(default_factory=list)
+    ci: float = 0.95
+
+    def summary(self, *args, **kwargs) -> str:
+        lines = [f"{self.model_a} vs {self.model_b} against random-init controls of {len(self.seeds)} seeds "
+                 f"({_seed_text(self.seeds)}):"]
+        lines += [f"  headline {describe(row, self.ci)}" for _, row in headlines(self.table).iterrows()]
+        return "\n".join([*lines, super().summary(*args, **kwargs)])
+
+
+def _seed_text(seeds: list) -> str:
+    """Seeds as ranges: [0, 1, 2, 5] -> '0-2,5'."""
+    parts, start = [], 0
+    for i in range(1, len(seeds) + 1):
+        if i == len(seeds) or seeds[i] != seeds[i - 1] + 1:
+            parts.append(str(seeds[start]) if i - 1 == start else f"{seeds[start]}-{seeds[i - 1]}")
+            start = i
+    return ",".join(parts)
+
+
 def parse_seeds(seeds) -> list[int]:
     """Control seeds from text (``0-19``, ``0,3,5``, ``0-4,9``) or a sequence of integers: distinct,
     in the order given; at least 2 (a rank test needs them)."""
@@ -39,19 +65,19 @@ def parse_seeds(seeds) -> list[int]:
         for part in seeds.replace(" ", "").split(","):
             match = _RANGE.match(part)
             if not match or (match[2] is not None and int(match[2]) < int(match[1])):
-                raise RepalignError(f"seeds={seeds!r}: write control seeds as 0-19, 0,3,5 or 0-4,9 (non-negative integers)")
+                raise RepalignError(f"seeds={seeds!r}: write them as 0-19, 0,3,5 or 0-4,9 (non-negative integers)")
             values += range(int(match[1]), int(match[2] or match[1]) + 1)
     else:
         try:
             values = [int(s) for s in seeds]
         except (TypeError, ValueError):
-            raise RepalignError(f"seeds={seeds!r}: give control seeds as integers, e.g. range(20)") from None
+            raise RepalignError(f"seeds={seeds!r}: give them as integers, e.g. range(20)") from None
         if any(v < 0 for v in values) or any(float(s) != int(s) for s in seeds):
-            raise RepalignError(f"seeds={list(seeds)!r}: control seeds are non-negative integers")
+            raise RepalignError(f"seeds={list(seeds)!r}: give non-negative integers")
     values = list(dict.fromkeys(values))
     if len(values) < 2:
         raise RepalignError(f"seeds={seeds!r} gives {len(values)} control seed(s); the contrast needs at least 2 "
-                            "(its smallest p-value is 1/(seeds + 1): 20 seeds reach 0.048)")
+                            "(its smallest p-value is 1/(n + 1) with n of them: 0.048 with 20)")
     return values
 
 
@@ -66,7 +92,7 @@ def control_models(ca: Cache, cb: Cache, model_a: str, model_b: str, seeds: list
     for side, model in (("model_a", model_a), ("model_b", model_b)):
         if parse_control(model) is not None:
             raise RepalignError(f"{side}={model!r} is itself a random-init control; compare the trained model "
-                                "and give the control seeds with seeds")
+                                "with seeds")
     base_a, base_b = is_baseline(ca, model_a), is_baseline(cb, model_b)
     if base_a and base_b:
         raise RepalignError(f"{model_a} and {model_b} are both baselines: they have no random-init controls; drop seeds")
@@ -74,31 +100,36 @@ def control_models(ca: Cache, cb: Cache, model_a: str, model_b: str, seeds: list
             for s in seeds}
 
 
-def _extract_command(cache: Cache, trained: str, controls: list[str]) -> str:
-    """The command that extracts ``controls`` as ``trained`` was extracted (its pooling and token layers)."""
+def _extract_flags(cache: Cache, trained: str) -> str:
+    """The flags of ``repalign extract`` that make a control as ``trained`` was made (pooling, token layers)."""
     options = cache.provenance(trained).get("options") or {}
-    flags = "".join(f" --model {c}" for c in controls)
-    if options.get("pool"):
-        flags += f" --pool {options['pool']}"
+    flags = f" --pool {options['pool']}" if options.get("pool") else ""
     if options.get("token_layers"):
         flags += f" --tokens {','.join(options['token_layers'])}"
-    return f"repalign extract INPUTS{flags} -o {cache.path}"
+    return f"{flags} -o {cache.path}"
+
+
+def _extract_command(cache: Cache, trained: str, controls: list[str]) -> str:
+    """The command that extracts ``controls`` as ``trained`` was extracted (INPUTS: its input files)."""
+    return f"repalign extract INPUTS{''.join(f' --model {c}' for c in controls)}{_extract_flags(cache, trained)}"
 
 
 def check_controls_present(ca: Cache, cb: Cache, model_a: str, model_b: str, pairs: dict[int, tuple[str, str]]) -> None:
     """A one-line error naming every missing control and the command that extracts it (INPUTS: the
-    files the trained model was extracted from)."""
+    files the trained models were extracted from; one command when both go to the same cache alike)."""
     missing_a = [a for a, _ in pairs.values() if a != model_a and a not in ca.models]
     missing_b = [b for _, b in pairs.values() if b != model_b and b not in cb.models]
     if not (missing_a or missing_b):
         return
-    commands = []
+    commands: dict[str, list[str]] = {}
     if missing_a:
-        commands.append(_extract_command(ca, model_a, missing_a))
+        commands.setdefault(_extract_flags(ca, model_a), []).extend(missing_a)
     if missing_b:
-        commands.append(_extract_command(cb, model_b, missing_b))
-    raise RepalignError(f"random-init controls not in the cache: {', '.join(missing_a + missing_b)}; extract them from "
-                        f"the inputs of {model_a} and {model_b}: {' ; '.join(commands)}")
+        commands.setdefault(_extract_flags(cb, model_b), []).extend(missing_b)
+    text = " ; ".join(f"repalign extract INPUTS{''.join(f' --model {c}' for c in models)}{flags}"
+                      for flags, models in commands.items())
+    raise RepalignError(f"random-init controls not in the cache: {', '.join(missing_a + missing_b)}; extract them as "
+                        f"{model_a} and {model_b} were (INPUTS: the same input files): {text}")
 
 
 def check_control_samples(cache: Cache, trained: str, control: str, ids: list) -> None:
@@ -109,7 +140,7 @@ def check_control_samples(cache: Cache, trained: str, control: str, ids: list) -
     lacking = [i for i in ids if i not in held]
     if lacking:
         raise RepalignError(f"{control} lacks {len(lacking)} of the {len(ids)} samples compared for {trained} "
-                            f"(first: {lacking[0]!r}); extract it on the same inputs: "
+                            f"(first: {lacking[0]!r}); extract it from the same input files: "
                             f"{_extract_command(cache, trained, [control])}")
 
 
@@ -173,8 +204,9 @@ def compare_controls(
     frames.append(contrast_rows(frames[0], frames[1:], 1.0 - stats.alpha))
     table = pd.concat(frames, ignore_index=True)
     table["control_seed"] = table["control_seed"].astype("Int64")
-    return Comparison(table=table, model_a=model_a, model_b=model_b, n_samples=trained.n_samples,
-                      alignments=trained.alignments, warnings=list(dict.fromkeys(warnings)))
+    return ControlComparison(table=table, model_a=model_a, model_b=model_b, n_samples=trained.n_samples,
+                             alignments=trained.alignments, warnings=list(dict.fromkeys(warnings)), seeds=seeds,
+                             ci=1.0 - stats.alpha)
 
 
 def _check_layers(cache: Cache, model: str, names: list) -> None:

@@ -77,3 +77,22 @@ def headlines(table: pd.DataFrame) -> pd.DataFrame:
         if column not in merged.columns:
             merged[column] = np.nan
     return merged
+
+
+def describe(row, ci: float = 0.95) -> str:
+    """One line for a :func:`headlines` row: the best pair and score, then (with controls) the
+    controls' mean and SD, the difference with its one-sided lower bound at level ``ci`` and the
+    rank-test p-value with its floor 1/(n_seeds + 1)."""
+    text = f"{row['metric']}: {row['layer_a']} ~ {row['layer_b']} = {row['score']:.4f}"
+    n = row.get("n_seeds")
+    if n is None or pd.isna(n):
+        return text
+    n = int(n)
+    bound = (f"{ci:.0%} lower bound {row['ci_low']:+.4f}" if np.isfinite(row["ci_low"]) else
+             f"no {ci:.0%} bound with {n} seeds (it needs {int(np.ceil(1 / (1 - ci) - 1e-9)) - 1})")
+    text += (f"; random-init controls {row['control_mean']:.4f} ± {row['control_sd']:.4f} ({n} seeds, each its own best pair)"
+             f"; difference {row['difference']:+.4f}, {bound}; p = {row['p_value']:.3g} (smallest possible 1/{n + 1} = "
+             f"{row['min_p_value']:.3g})")
+    if pd.notna(row.get("p_value_adjusted")):
+        text += f", Holm over the metrics {row['p_value_adjusted']:.3g}"
+    return text
