@@ -107,6 +107,10 @@ def test_subsets_are_seeded_nested_and_sized():
     for r in range(4):  # repeat r's smaller subsets lie inside its larger ones
         assert set(by[(20, r)]) <= set(by[(50, r)]) <= set(by[(120, r)]) <= set(range(200))
     assert len({tuple(by[(50, r)]) for r in range(4)}) == 4  # the repeats differ
+    # the full size, asked or not, is scored once, on every sample in stored order
+    asked = draw_subsets(200, [50, 200], 3, seed=11)
+    assert [(s.size, s.index) for s in asked] == [(50, 0), (50, 1), (50, 2), (200, 0)]
+    np.testing.assert_array_equal(asked[-1].rows, np.arange(200))
     # more sizes or repeats leave the other subsets as they were
     wider = {(s.size, s.index): s.rows for s in draw_subsets(200, [20, 35, 50, 120], 6, seed=11)}
     for key, rows in by.items():
@@ -191,7 +195,7 @@ def cli_table(cache, tmp_path_factory):
     res = run_main("compare", path, "--a", "ma", "--b", "mb", "--metric", "mknn", "cka", "--k", "4,8",
                    "--n-samples", "30,60", "--repeats", "3", "--permutations", "9", "-o", out)
     assert res.returncode == 0, res.stderr
-    assert "scored at n_samples 30, 60, 90 (3 subset(s) per size below 90" in res.stdout
+    assert "scored on 3 subset(s) of each of n_samples 30, 60 and on all 90, at k 4, 8" in res.stdout
     return out
 
 

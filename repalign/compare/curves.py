@@ -221,11 +221,11 @@ def _tagged(table: pd.DataFrame, k: int | None, subset: int) -> pd.DataFrame:
 def describe_curves(table: pd.DataFrame) -> str:
     """One line: the sizes, subsets per size and ks of a curve table."""
     sizes = sorted(int(n) for n in pd.unique(table["n_samples"]))
-    per_size = table.groupby("n_samples")["subset"].nunique()
+    repeats = int(table.groupby("n_samples")["subset"].nunique().max())
     ks = sorted(int(k) for k in pd.unique(table["k"].dropna()))
-    repeats = int(per_size.max())
-    return (f"  scored at n_samples {', '.join(map(str, sizes))} ({repeats} subset(s) per size below {sizes[-1]}, "
-            f"the full size once)" + (f"; k {', '.join(map(str, ks))}" if ks else ""))
+    where = (f"on {repeats} subset(s) of each of n_samples {', '.join(map(str, sizes[:-1]))} and on all {sizes[-1]}"
+             if len(sizes) > 1 else f"on all {sizes[0]} samples")
+    return f"  scored {where}" + (f", at k {', '.join(map(str, ks))}" if ks else "")
 
 
 __all__ = ["CURVE_COLUMNS", "CurveComparison", "Subset", "compare_curves", "describe_curves", "draw_subsets"]
