@@ -75,6 +75,7 @@ def _import_torchani():
 
 
 class ANI1xAdapter(ModelAdapter):
+    WEIGHTS_LAYOUT = (_CONSTANTS_FILE, _SAE_FILE, *(f"train{i}/networks" for i in range(_N_MEMBERS)))
     info = ModelInfo(
         name="ani-1x",
         family="ANI",

@@ -199,6 +199,7 @@ class AntiBERTyEncoder:
 
 class AntiBERTy(ModelAdapter):
     """AntiBERTy per-residue features; see the module docstring."""
+    WEIGHTS_LAYOUT = ("config.json", "pytorch_model.bin")
 
     info = ModelInfo(
         name="antiberty",

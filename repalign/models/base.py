@@ -74,6 +74,10 @@ class ModelAdapter(abc.ABC):
     #: names of the options (``--option KEY=VALUE``) the adapter takes, checked on construction;
     #: None: not declared, so every plain option reaches it and the adapter checks them itself
     OPTIONS: ClassVar[tuple[str, ...] | None] = None
+    #: what a ``weights=`` path must hold (checked by ``repalign models --weights`` without loading):
+    #: "checkpoint" (a folder with config.json and a weights file, as save_pretrained writes it), "file"
+    #: (one checkpoint file), or the names that must be inside the folder
+    WEIGHTS_LAYOUT: ClassVar[str | tuple[str, ...]] = "checkpoint"
 
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
         """weights: a local directory/file (or hub id resolved offline) overriding the default weights.

@@ -61,6 +61,7 @@ _N_CONV = 4
 
 class CHGNetAdapter(ModelAdapter):
     """Base of the three CHGNet checkpoints; subclasses set ``info`` and ``checkpoint``."""
+    WEIGHTS_LAYOUT = "file"
 
     checkpoint: ClassVar[str]  # CHGNet.load model_name, also the pretrained/ subfolder
 

@@ -45,6 +45,7 @@ _WEIGHT_FILES = ("model.json", "model.pt", "state.pt")
 
 
 class DIEPAdapter(ModelAdapter):
+    WEIGHTS_LAYOUT = _WEIGHT_FILES
     info = ModelInfo(
         name="diep",
         family="DIEP",

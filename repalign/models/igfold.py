@@ -72,6 +72,7 @@ def igfold_weights_dir() -> Path | None:
 
 class IgFold(ModelAdapter):
     """IgFold stage features; see the module docstring."""
+    WEIGHTS_LAYOUT = "file"
 
     info = ModelInfo(
         name="igfold",

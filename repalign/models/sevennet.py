@@ -72,6 +72,7 @@ def invariant_features(x, irreps) -> "np.ndarray":
 
 class SevenNetAdapter(ModelAdapter):
     """Base of the SevenNet checkpoints; subclasses set ``info`` and ``checkpoint_const``."""
+    WEIGHTS_LAYOUT = "file"
 
     checkpoint_const: ClassVar[str]  # name of the checkpoint path constant in sevenn._const
     modals: ClassVar[tuple[str, ...]] = ()  # fidelities of a multi-fidelity checkpoint

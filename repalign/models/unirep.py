@@ -44,6 +44,7 @@ INSTALL_HINT = "needs the 'unirep' extra: pip install 'repalign[unirep]'"
 
 class _UniRep(ModelAdapter):
     """UniRep per-residue states; see the module docstring. Subclasses fix the model width."""
+    WEIGHTS_LAYOUT = ("model_weights.npz",)
 
     width: ClassVar[int]
     n_layers: ClassVar[int]
