@@ -168,7 +168,8 @@ def cmd_compare(args) -> int:
     with flag_wording():
         engine = EngineOptions(**_compare_options(args, EngineOptions))
         stats = StatsOptions(**_compare_options(args, StatsOptions))
-        params = dict(kernel=args.kernel, sigma=args.sigma, dim=args.dim, variance=args.variance)
+        params = dict(kernel=args.kernel, sigma=args.sigma, dim=args.dim, variance=args.variance, whitening=args.whitening,
+                      rdm=args.rdm, compare=args.rdm_compare)
         if curves:
             result = compare_curves((args.cache, args.cache_b), args.a, args.b, metrics, ks=ks, sizes=sizes,
                                     repeats=5 if args.repeats is None else args.repeats, engine=engine, stats=stats,
@@ -202,7 +203,7 @@ COMPARE_FLAGS = {
     "permutations": "--permutations", "ci": "--ci", "n_subsamples": "--subsamples", "fraction": "--fraction",
     "seed": "--seed", "layer_family": "--layer-family", "max_tokens": "--max-tokens", "subsample": "--subsample", "group_by": "--group-by",
     "inputs": "--inputs", "metrics": "--metric", "layers_a": "--layers-a", "layers_b": "--layers-b",
-    "ks": "--k", "sizes": "--n-samples", "repeats": "--repeats", "seeds": "--controls",
+    "whitening": "--whitening", "ks": "--k", "sizes": "--n-samples", "repeats": "--repeats", "seeds": "--controls",
 }
 #: the flag values that differ from the Python values
 _COMPARE_VALUES: dict = {"normalize": {"none": None}, "anchors": lambda v: _anchors(v)}
@@ -582,6 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sigma", type=float, help="rbf bandwidth (default: median pairwise distance)")
     c.add_argument("--dim", type=int, help="svcca_platonic: singular directions kept (default 10)")
     c.add_argument("--variance", type=float, help="svcca: share of variance the kept directions explain (default 0.99)")
+    c.add_argument("--whitening", type=float,
+                   help="shape_similarity: partial whitening in [0, 1] (0: rotations only, Procrustes; 1: CCA; default 0)")
+    c.add_argument("--rdm", choices=("correlation", "euclidean", "cosine"), help="rsa: dissimilarity of two samples (default correlation)")
+    c.add_argument("--rdm-compare", choices=("pearson", "spearman", "cosine", "rho_a", "tau_a"),
+                   help="rsa: comparison of the two RDMs (default spearman)")
     c.add_argument("--normalize", default="l2", choices=("l2", "center", "none"), help="row preprocessing (default l2)")
     c.add_argument("--layers-a", action=SeveralValues, positional="cache file", help="layers of A (names or patterns)")
     c.add_argument("--layers-b", action=SeveralValues, positional="cache file", help="layers of B (names or patterns)")

@@ -131,3 +131,23 @@ def test_compare_cli_runs_the_new_metrics_with_permutations(tmp_path):
     assert (best["p_value"] == 1 / 20).all()
     procrustes_rows = table[table["metric"] == "procrustes"].set_index(["layer_a", "layer_b"])["score"]
     assert procrustes_rows[("a1", "b2")] == pytest.approx(procrustes(prepare(A[1].astype(np.float32)), prepare(B[2].astype(np.float32))), abs=1e-6)
+
+
+def test_compare_cli_passes_the_measure_parameters_and_words_errors_as_flags(tmp_path):
+    A, B = layers(4, n=40)
+    ids = [f"s{i}" for i in range(40)]
+    path = tmp_path / "c.h5"
+    _write(path, "ma", ids, {"a0": A[0].astype(np.float32)})
+    _write(path, "mb", ids, {"b0": B[0].astype(np.float32)})
+    out = tmp_path / "s.csv"
+    res = run_main("compare", path, "--a", "ma", "--b", "mb", "--metric", "shape_similarity", "rsa", "mknn",
+                   "--whitening", 0.5, "--rdm", "euclidean", "--rdm-compare", "tau_a", "--k", 5, "-o", out)
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(out).set_index("metric")
+    X, Y = prepare(A[0].astype(np.float32)), prepare(B[0].astype(np.float32))
+    assert table.loc["shape_similarity", "score"] == pytest.approx(shape_similarity(X, Y, whitening=0.5), abs=1e-6)
+    assert "whitening=0.5" in table.loc["shape_similarity", "params"]
+    assert table.loc["rsa", "score"] == pytest.approx(rsa(X, Y, rdm="euclidean", compare="tau_a"), abs=1e-6)
+    assert "compare=tau_a" in table.loc["rsa", "params"] and "rdm=euclidean" in table.loc["rsa", "params"]
+    bad = run_main("compare", path, "--a", "ma", "--b", "mb", "--metric", "shape_similarity", "--whitening", 2)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "--whitening 2" in bad.stderr, bad.stderr

@@ -27,7 +27,7 @@ from repalign.metrics.engine import resolve_metrics
 from repalign.metrics.layers import LocalStates, layer_alignments, score_layers
 
 # parameters the CLI always passes; each is dropped for calls whose metrics do not take it
-_COMMON_CLI_PARAMS = {"k", "kernel", "sigma", "dim", "variance"}
+_COMMON_CLI_PARAMS = {"k", "kernel", "sigma", "dim", "variance", "whitening", "rdm", "compare"}
 
 
 @dataclass

@@ -48,7 +48,7 @@ class ShapeState:
 def check_whitening(whitening) -> float:
     if isinstance(whitening, bool) or not isinstance(whitening, numbers.Real) or not 0.0 <= float(whitening) <= 1.0:
         raise RepalignError(f"whitening={whitening!r} is invalid; pass a number in [0, 1] "
-                            "(0: rotations only, Procrustes; 1: full whitening, CCA)")
+                            "(0: rotations only, Procrustes; 1: fully whitened, CCA)")
     return float(whitening)
 
 
