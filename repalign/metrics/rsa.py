@@ -136,9 +136,9 @@ def rsa_from_states(a: RsaState, b: RsaState) -> float:
 def rsa(X, Y, rdm="correlation", compare="spearman") -> float:
     """RSA score of X and Y: ``compare`` of their ``rdm`` RDMs over the upper triangles (see the module).
 
-    In [−1, 1] (pearson, spearman, rho_a, tau_a) or [−1, 1] for cosine of non-negative
-    dissimilarities in practice [0, 1]; about 0 for unrelated X and Y with the correlation-type
-    comparisons. Memory O(N²). Needs N ≥ 3 (at least two pairs).
+    In [−1, 1]; about 0 for unrelated X and Y with the correlation-type comparisons (pearson,
+    spearman, rho_a, tau_a), well above 0 with cosine (dissimilarities are non-negative).
+    Memory O(N²). Needs N ≥ 3 (at least two pairs).
     """
     X, Y = as_pair(X, Y)
     rdm, compare = check_rsa_options(rdm, compare)
