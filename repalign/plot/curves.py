@@ -156,7 +156,7 @@ def n_curve(
         fig, ax = new_figure(width, height, ax)
         ax.set_xscale("log")
         proxies = _draw_lines(ax, data, value)
-        _size_ticks(ax, data["n_samples"].to_numpy(), 0.8 * width_in * 72)
+        _size_ticks(ax, np.unique(data["n_samples"].to_numpy()), 0.8 * width_in * 72)  # each size once, whatever the lines
         drawn = np.concatenate([data[c].to_numpy(dtype=float) for c in ("low", "high")])
         vscale = colour_scale(rows, value, drawn, scale)
         if vscale.kind != "data":
