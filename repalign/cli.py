@@ -137,7 +137,7 @@ def system_error_text(exc: BaseException) -> str:
 def cmd_compare(args) -> int:
     from repalign.compare import EngineOptions, StatsOptions, TokenOptions, compare_curves, compare_models, compare_tokens  # lazy: CLI start-up
     from repalign.compare.controls import compare_controls  # lazy: CLI start-up
-    from repalign.table import check_table_path, write_table  # lazy: CLI start-up
+    from repalign.table import check_table_path, write_settings, write_table  # lazy: CLI start-up
 
     to_stdout = args.output == "-"  # the table goes to stdout, so everything else goes to stderr
     if args.output and not to_stdout:
@@ -191,8 +191,20 @@ def cmd_compare(args) -> int:
             print(f"repalign: note: {note}", file=sys.stderr)
     if args.output:
         path = write_table(result.table, args.output)
+        if not to_stdout:  # beside the table: what 'repalign report TABLE' renders it with
+            write_settings(path, compare_settings(args, metrics, ks, stats))
         print(f"wrote {len(result.table)} rows to {'standard output' if to_stdout else path}", file=messages)
     return 0
+
+
+def compare_settings(args, metrics: list, ks: list, stats) -> dict:
+    """The settings of a ``repalign compare`` run, written beside its table (``<table>.settings.json``)."""
+    given = {name: value for name, value in sorted(vars(args).items())
+             if value not in (None, False, []) and name not in ("func", "command", "output", "quiet")
+             and isinstance(value, (str, int, float, list))}
+    return {"made_by": f"repalign {__version__}", "source": "compare", "cache": args.cache, "model_a": args.a,
+            "model_b": args.b, "metrics": metrics, "k": ks[0] if len(ks) == 1 else ks, "permutations": stats.permutations,
+            "seed": stats.seed, "layer_family": stats.layer_family, "ci": stats.ci, "options": given}
 
 
 #: Python parameter of repalign.compare (option objects, metrics) -> its `repalign compare` flag: builds the
@@ -499,13 +511,16 @@ def cmd_profile(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from repalign.report import build_report  # lazy: CLI start-up
+    from repalign.report import build_report, is_table_path  # lazy: CLI start-up
 
-    if args.cache == "-":
-        raise RepalignError("report reads a cache (HDF5), which cannot come on standard input; give the cache "
-                            "file, or draw a piped table with 'repalign plot - -o STEM'")
-    path = build_report(args.cache, args.output, metrics=_flat(args.metric) or ["mknn", "cka"], k=args.k,
-                        permutations=args.permutations, force=args.force, quiet=args.quiet)
+    if is_table_path(args.source):
+        given = [flag for flag, value in (("--metric", args.metric), ("--k", args.k), ("--permutations", args.permutations),
+                                          ("--seed", args.seed)) if value is not None]
+        if given:
+            raise RepalignError(f"{', '.join(given)} apply to a cache; a table is rendered with the settings it was "
+                                "made with (drop them, or give the cache)")
+    path = build_report(args.source, args.output, metrics=_flat(args.metric) or None, k=args.k,
+                        permutations=args.permutations, seed=args.seed or 0, force=args.force, quiet=args.quiet)
     print(f"wrote {path}")
     return 0
 
@@ -742,16 +757,21 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("-o", "--output", required=True, help="table: .csv, .tsv or .parquet; - writes CSV to standard output")
     pf.set_defaults(func=cmd_profile)
 
-    rp = sub.add_parser("report", help="compare every model pair of a cache and write a self-contained HTML report")
-    rp.add_argument("cache", help="cache file (HDF5)")
+    rp = sub.add_parser("report", help="write a self-contained HTML report of a score table, or of every model pair of a cache")
+    rp.add_argument("source", metavar="TABLE|CACHE|-",
+                    help=".csv/.tsv/.parquet table written by 'repalign compare -o' (rendered with the settings written "
+                         "beside it), - for a CSV table on standard input, or a cache (HDF5): every model pair compared "
+                         "first, with the demo's settings")
     rp.add_argument("-o", "--output", required=True,
                     help="report folder (index.html, scores.csv): new, empty or an earlier report, whose own files are replaced")
     rp.add_argument("--force", action="store_true",
                     help="write into a folder that holds other files (they are never replaced or removed)")
-    rp.add_argument("--metric", action=SeveralValues, positional="cache file", help="metric name(s) (default: mknn cka)")
-    rp.add_argument("--k", type=int, default=10, help="neighbours for kNN metrics and CKNNA (default 10)")
-    rp.add_argument("--permutations", type=int, default=0,
-                    help="permutations for p-values and calibrated scores (default 0: none)")
+    rp.add_argument("--metric", action=SeveralValues, positional="cache file",
+                    help="a cache's metric name(s) (default: mknn unbiased_cka)")
+    rp.add_argument("--k", type=int, help="a cache's neighbours for kNN metrics (default: min(10, N // 10) for N shared samples)")
+    rp.add_argument("--permutations", type=int,
+                    help="a cache's permutations for p-values adjusted for the layer search (default 99)")
+    rp.add_argument("--seed", type=int, help="a cache's seed of the permutations (default 0)")
     rp.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
     progress_flag(rp)
     rp.set_defaults(func=cmd_report)

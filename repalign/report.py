@@ -1,8 +1,18 @@
-"""A self-contained HTML report of every model pair in a cache: the Python side of ``repalign report``.
+"""A self-contained HTML report drawn from a score table: the Python side of ``repalign report``.
 
-The report folder holds ``index.html`` (a summary table of every pair first, then figures embedded
-as SVG data URIs, provenance and the commands that reproduce it: no scripts, no external files,
-opens from disk with no network), ``scores.csv`` (the tidy table every figure is drawn from) and
+The page reads like a results section: the headline of each group of compared models first (the
+best hidden layer pair of each trained comparison, with its random-initialised controls as
+context: control mean, difference, rank-test p-value and its floor; :func:`repalign.compare.headline.headlines`),
+then the figures (drawn through :data:`repalign.plot.FIGURES`; a matrix never mixes groups or
+chance levels), then the details: every pair in a sortable table, the pairs left out, every score,
+provenance and the commands that reproduce each part. A report is rendered from a table alone:
+a table file (``.csv``/``.tsv``/``.parquet``, ``-`` for CSV on standard input) is rendered with the
+settings written beside it (``<table>.settings.json``); a cache is first compared with the demo's
+settings (:func:`repalign.compare.compare_cache`) and the page is rendered from that table.
+
+The report folder holds ``index.html`` (figures embedded as SVG data URIs and a small inline
+script that sorts tables: no external files, opens from disk with no network), ``scores.csv``
+(the table every figure is drawn from), ``scores.csv.settings.json`` (its settings) and
 ``.repalign-report`` (the manifest: the files this report wrote and their SHA-256). A report only
 ever replaces files its manifest lists, unchanged since; it refuses a folder holding anything
 else unless ``force`` (then it writes beside those files and still never replaces one of them).
@@ -17,11 +27,9 @@ import hashlib
 import html
 import io
 import json
-import logging
 import numbers
 import os
 import shlex
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,47 +38,47 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from embeddings_cache import Cache, align_ids
 from repalign import __version__, plot
-from repalign.compare import StatsOptions, compare_models, compare_tokens
+from repalign.cli import figure_options
+from repalign.compare import StatsOptions, compare_cache
+from repalign.compare.every_pair import DEFAULT_METRICS, DEFAULT_PERMUTATIONS
+from repalign.compare.headline import headlines
 from repalign.errors import RepalignError
 from repalign.metrics import get_metric
 from repalign.plot.style import reference_note
 from repalign.table import (
     POOLED,
+    STDIO,
+    TABLE_SUFFIXES,
     atomic_files,
+    best_flags,
     chance_levels,
     check_table,
-    granularities,
     granularity_rows,
-    metric_rows,
-    select_pair,
+    read_settings,
+    read_table,
+    settings_path,
     significance_column,
 )
 
 SCORES_FILE = "scores.csv"
+SETTINGS_FILE = settings_path(SCORES_FILE).name
 INDEX_FILE = "index.html"
 MANIFEST_FILE = ".repalign-report"
-REPORT_FILES = (SCORES_FILE, INDEX_FILE)
-DEFAULT_METRICS = ("mknn", "cka")
-log = logging.getLogger(__name__)
+REPORT_FILES = (SCORES_FILE, SETTINGS_FILE, INDEX_FILE)
 ALPHA = 0.05
+#: the columns that tell a comparison's rows apart in a table (those the table has)
+PAIR_KEYS = ("granularity", "level", "control_seed", "metric", "model_a", "model_b")
 
 
 @dataclass
-class PairResult:
-    model_a: str
-    model_b: str
-    n_samples: int = 0
-    summary: str = ""
-    reason: str = ""  # why the pair is not comparable; empty when it was compared
-    warnings: list = field(default_factory=list)  # reliability warnings of repalign.stats
+class ReportSource:
+    """What a report is rendered from: the table, the settings it was made with, and its name."""
 
-    @property
-    def compared(self) -> bool:
-        return not self.reason
-
-
+    table: pd.DataFrame
+    settings: dict = field(default_factory=dict)
+    name: str = "table"
+    argv: list = field(default_factory=list)  # the report command's source and options
 def _check_int(value, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise RepalignError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -130,57 +138,108 @@ def _check_output(output: str | os.PathLike, force: bool = False) -> Path:
     return output
 
 
-def compare_all(cache_path: str | os.PathLike, metrics: Sequence[str] = DEFAULT_METRICS, k: int = 10,
-                permutations: int = 0, seed: int = 0, quiet: bool = True) -> tuple[pd.DataFrame, list[PairResult]]:
-    """Compare every pair of models of a cache that share samples (repalign.compare.compare_models).
 
-    Returns the concatenated tidy table and one :class:`PairResult` per pair; pairs that share no
-    samples, or whose shared ids name different inputs, or models without pooled layers, are
-    listed with the reason instead of compared.
+
+
+
+# ---- the source: a table, or a cache compared first ---------------------------------------------------
+
+
+def is_table_path(source) -> bool:
+    """Whether ``source`` names a table (``-``, or a .csv/.tsv/.parquet path) rather than a cache."""
+    return str(source) == STDIO or Path(str(source)).suffix.lower() in TABLE_SUFFIXES
+
+
+def load_source(source, metrics: Sequence[str] | None = None, k: int | None = None, permutations: int | None = None,
+                seed: int = 0, quiet: bool = True) -> ReportSource:
+    """The table and settings a report is rendered from.
+
+    ``source``: a DataFrame, a table path (``-``: CSV on standard input) rendered with the
+    settings written beside it, or a cache, compared first by :func:`repalign.compare.compare_cache`
+    (``metrics``, ``k``, ``permutations`` and ``seed`` apply to a cache only; None: the demo's).
     """
-    tables, pairs = [], []
-    stats = StatsOptions(permutations=permutations, seed=seed)
-    with Cache(cache_path) as cache:
-        models = cache.models
-        for i, model_a in enumerate(models):
-            for model_b in models[i + 1:]:
-                pair = PairResult(model_a, model_b)
-                pairs.append(pair)
-                empty = [m for m in (model_a, model_b) if not cache.layers(m)]
-                if empty:
-                    pair.reason = f"{', '.join(empty)} stored no pooled layers"
-                    continue
-                try:
-                    align_ids(cache, model_a, cache, model_b)
-                except RepalignError as exc:
-                    pair.reason = str(exc).splitlines()[0]
-                    continue
-                if not quiet:
-                    print(f"comparing {model_a} vs {model_b}", file=sys.stderr, flush=True)
-                result = compare_models(cache_path, model_a, model_b, metrics, stats=stats, k=k)
-                pair.n_samples, pair.summary = result.n_samples, result.summary()
-                pair.warnings = list(getattr(result, "warnings", []))
-                tables.append(result.table)
-                tokens = _token_comparison(cache, cache_path, model_a, model_b, metrics, k, stats)
-                if tokens is not None:
-                    pair.summary += "\n" + tokens.summary()
-                    pair.warnings += tokens.warnings
-                    tables.append(tokens.table)
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    return table, pairs
+    given = [name for name, v in (("metrics", metrics), ("k", k), ("permutations", permutations)) if v is not None]
+    if isinstance(source, pd.DataFrame) or is_table_path(source):
+        if given:
+            raise RepalignError(f"{', '.join(given)} apply to a cache; a table is rendered with the settings it was "
+                                "made with (drop them, or give the cache)")
+        if isinstance(source, pd.DataFrame):
+            return ReportSource(source, {}, "table")
+        name = "standard input" if str(source) == STDIO else Path(source).name
+        return ReportSource(read_table(source), read_settings(source), name, [str(source)])
+    metrics = _check_metrics(DEFAULT_METRICS if metrics is None else metrics)
+    if k is not None:
+        k = _check_int(k, "k", 1)
+    permutations = _check_int(DEFAULT_PERMUTATIONS if permutations is None else permutations, "permutations", 0)
+    stats = StatsOptions(permutations=permutations, seed=_check_int(seed, "seed", 0))
+    result = compare_cache(source, metrics, k=k, stats=stats, quiet=quiet)
+    argv = [str(source), *(["--metric", *metrics] if "metrics" in given else []),
+            *(["--k", str(k)] if k is not None else []),
+            *(["--permutations", str(permutations)] if "permutations" in given else []),
+            *(["--seed", str(seed)] if seed else [])]
+    return ReportSource(result.table, result.settings, Path(source).name, argv)
 
 
-def _token_comparison(cache, cache_path, model_a, model_b, metrics, k, stats: StatsOptions):
-    """The token-level comparison of a pair whose models both store token layers with the same
-    tokens (repalign.compare.compare_tokens), or None. Metrics that cannot run on the token rows
-    and pairs whose tokens differ are left out: the pooled comparison stands for them."""
-    if not (cache.token_layers(model_a) and cache.token_layers(model_b)):
-        return None
-    try:
-        return compare_tokens(cache_path, model_a, model_b, metrics, stats=stats, k=k)
-    except RepalignError as exc:
-        log.info("%s vs %s: no token-level comparison (%s)", model_a, model_b, str(exc).splitlines()[0])
-        return None
+def _check_metrics(metrics) -> list[str]:
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    out = list(dict.fromkeys(get_metric(m).name for m in metrics))  # unknown names raise here
+    if not out:
+        raise RepalignError("no metric given; pass metrics, e.g. ['mknn', 'unbiased_cka']")
+    return out
+
+
+# ---- what the page shows, from the table ---------------------------------------------------------------
+
+
+def _levels(table: pd.DataFrame) -> pd.Series:
+    """Each row's level (``trained`` where the table has no ``level`` column or leaves it empty)."""
+    if "level" not in table.columns:
+        return pd.Series("trained", index=table.index)
+    return table["level"].astype(object).where(table["level"].notna() & (table["level"].astype(str) != ""), "trained")
+
+
+def trained_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of trained comparisons (no random-init control rows, no contrast rows)."""
+    return table[_levels(table) == "trained"]
+
+
+def model_groups(table: pd.DataFrame) -> list[list[str]]:
+    """The groups of models linked by trained comparisons (connected through shared samples: a
+    modality, or a data set), in the table's order; figures and headlines never mix groups."""
+    groups: list[set] = []
+    for a, b in dict.fromkeys(zip(table["model_a"], table["model_b"])):
+        linked = [g for g in groups if a in g or b in g]
+        merged = set().union({a, b}, *linked)
+        groups = [g for g in groups if g not in linked] + [merged]
+    order = list(dict.fromkeys([*table["model_a"], *table["model_b"]]))
+    return sorted((sorted(g, key=order.index) for g in groups), key=lambda g: order.index(g[0]))
+
+
+def pair_rows(table: pd.DataFrame) -> list[pd.Series]:
+    """One row per comparison of the table and metric (trained and random-init; contrast rows are
+    the headlines'): the row marked best, else the highest score."""
+    rows = table[_levels(table) != "contrast"]
+    keys = [c for c in PAIR_KEYS if c in rows.columns]
+    out = []
+    for _, part in rows.groupby(keys, sort=False, dropna=False):
+        flags = best_flags(part)
+        out.append(part[flags].iloc[0] if flags is not None else part.loc[part["score"].idxmax()])
+    return out
+
+
+def _value(row, column: str) -> float:
+    value = row.get(column, np.nan) if hasattr(row, "get") else np.nan
+    return float(pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0])
+
+
+def _reference(rows: pd.DataFrame) -> tuple[str, float]:
+    """(kind, value) of what unrelated data would score for one row: chance level, else null mean."""
+    chance = float(chance_levels(rows)[0])
+    if np.isfinite(chance):
+        return "chance", chance
+    null = _value(rows.iloc[0], "null_mean")
+    return ("null mean", null) if np.isfinite(null) else ("", np.nan)
 
 
 # ---- figures -----------------------------------------------------------------------------------------
@@ -190,7 +249,14 @@ def _svg_data_uri(fig) -> str:
     buffer = io.BytesIO()
     with plot.style():
         fig.savefig(buffer, format="svg", metadata={"Date": None})
+    plot_close(fig)
     return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def plot_close(fig) -> None:
+    import matplotlib.pyplot as plt  # lazy: matplotlib is loaded by the figures already
+
+    plt.close(fig)
 
 
 def _caption(rows: pd.DataFrame, what: str) -> str:
@@ -205,136 +271,128 @@ def _caption(rows: pd.DataFrame, what: str) -> str:
     return " ".join(parts)
 
 
-def _figures(table: pd.DataFrame, pairs: list[PairResult], metrics: list[str]) -> list[dict]:
-    """(section, title, caption, data URI, command) of each figure of the report."""
-    if table.empty:
-        return []
-    checked = check_table(table)
-    figures = []
-    for level in granularities(checked):
-        figures += _level_figures(granularity_rows(checked, level), pairs, level)
-    return figures
+def figure_specs(table: pd.DataFrame) -> list[dict]:
+    """The figures of the page, each a spec of ``repalign plot`` options (kind, metric, a, b,
+    granularity, order) plus the group it belongs to and the rows it is drawn from."""
+    trained = trained_rows(table)
+    specs = []
+    for group_index, group in enumerate(model_groups(trained)):
+        rows = trained[trained["model_a"].isin(group)]
+        for level in _granularities(rows):
+            level_rows = granularity_rows(rows, level) if "granularity" in rows.columns else rows
+            for metric in dict.fromkeys(level_rows["metric"]):
+                specs += _metric_specs(level_rows[level_rows["metric"] == metric], metric, group_index, level)
+    return specs
 
 
-def _level_figures(table: pd.DataFrame, pairs: list[PairResult], level: str) -> list[dict]:
-    """The figures of one level of rows (pooled layers, or token rows beside them)."""
-    figures = []
-    checked = table
-    suffix = "" if level == POOLED else f" ({level} level)"
-    option = [] if level == POOLED else ["--granularity", level]
-    for metric in dict.fromkeys(checked["metric"]):
-        rows = metric_rows(checked, metric)
-        models = set(rows["model_a"]) | set(rows["model_b"])
+def _granularities(rows: pd.DataFrame) -> list[str]:
+    if "granularity" not in rows.columns:
+        return [POOLED]
+    return list(dict.fromkeys(POOLED if pd.isna(v) or v == "" else str(v) for v in rows["granularity"]))
+
+
+def _metric_specs(rows: pd.DataFrame, metric: str, group: int, level: str) -> list[dict]:
+    """A model matrix per chance level shared by at least 3 models, then a layer heatmap per pair."""
+    base = {"metric": metric, "group": group, "granularity": None if level == POOLED else level}
+    specs = []
+    pairs = list(dict.fromkeys(zip(rows["model_a"], rows["model_b"])))
+    by_level: dict[float, list] = {}
+    for a, b in pairs:
+        part = rows[(rows["model_a"] == a) & (rows["model_b"] == b)]
+        by_level.setdefault(round(_reference(part)[1], 6), []).append((a, b))
+    for chance_pairs in by_level.values():
+        models = list(dict.fromkeys(m for pair in chance_pairs for m in pair))
         if len(models) >= 3:
-            fig = plot.model_matrix(table, metric, alpha=ALPHA)
-            figures.append({"section": "overview", "title": f"{metric}: model x model, best layer pair{suffix}",
-                            "caption": _caption(rows, f"{metric}: model x model, best layer pair of each model pair."),
-                            "uri": _svg_data_uri(fig),
-                            "command": ["repalign", "plot", SCORES_FILE, *option, "--kind", "models", "--metric", metric,
-                                        "-o", f"models-{metric}{suffix and '-' + level}"]})
-            fig = plot.depth_profile(table, metric, alpha=ALPHA)
-            reference = plot.depth_scores(table, metric).attrs["model_b"]
-            figures.append({"section": "overview", "title": f"{metric}: score versus relative depth, against {reference}{suffix}",
-                            "caption": f"{metric}: each layer's best score against {reference}, by relative depth; "
-                                       "value axis fixed at 0-1; hollow points: not significant.",
-                            "uri": _svg_data_uri(fig),
-                            "command": ["repalign", "plot", SCORES_FILE, *option, "--kind", "depth", "--metric", metric,
-                                        "--b", reference, "-o", f"depth-{metric}{suffix and '-' + level}"]})
-        for pair in pairs:
-            if not pair.compared or not _has_pair(rows, pair):
-                continue
-            fig = plot.layer_heatmap(table, metric, pair.model_a, pair.model_b, alpha=ALPHA)
-            title = f"{metric}: layer x layer, {pair.model_a} vs {pair.model_b}{suffix}"
-            figures.append({
-                "section": f"{pair.model_a} vs {pair.model_b}",
-                "title": title,
-                "caption": _caption(select_pair(table, metric, pair.model_a, pair.model_b),
-                                    f"{title}; boxed: the best layer pair."),
-                "uri": _svg_data_uri(fig),
-                "command": ["repalign", "plot", SCORES_FILE, *option, "--kind", "layers", "--metric", metric, "--a",
-                            pair.model_a, "--b", pair.model_b, "-o", f"layers-{pair.model_a}-{pair.model_b}-{metric}{suffix and '-' + level}"],
-            })
-    return figures
+            keep = pd.Series(list(zip(rows["model_a"], rows["model_b"])), index=rows.index).isin(chance_pairs)
+            specs.append({**base, "kind": "models", "rows": rows[keep]})
+    for a, b in pairs:
+        specs.append({**base, "kind": "layers", "a": a, "b": b,
+                      "rows": rows[(rows["model_a"] == a) & (rows["model_b"] == b)]})
+    return specs
 
 
-def _has_pair(rows: pd.DataFrame, pair: PairResult) -> bool:
-    return bool((((rows["model_a"] == pair.model_a) & (rows["model_b"] == pair.model_b))
-                 | ((rows["model_a"] == pair.model_b) & (rows["model_b"] == pair.model_a))).any())
+def _plot_flags(spec: dict) -> dict:
+    """The spec's ``repalign plot`` options, by option name (those it sets)."""
+    return {name: spec[name] for name in ("metric", "a", "b", "order") if spec.get(name) is not None}
 
 
-def summary_rows(table: pd.DataFrame, pairs: list[PairResult]) -> list[dict]:
-    """One row per compared model pair and metric: best layer pair, score, chance level (or null
-    mean), calibrated score, p-value adjusted for the layer search, interval."""
-    if table.empty:
-        return []
-    checked = check_table(table)
-    out = []
-    for pair in pairs:
-        if not pair.compared:
-            continue
-        for level, metric in ((lv, m) for lv in granularities(checked) for m in dict.fromkeys(checked["metric"])):
-            try:
-                rows = metric_rows(checked, metric, level)
-            except RepalignError:  # a metric not computed at this level
-                continue
-            rows = rows[((rows["model_a"] == pair.model_a) & (rows["model_b"] == pair.model_b))
-                        | ((rows["model_a"] == pair.model_b) & (rows["model_b"] == pair.model_a))]
-            best = plot.best_rows(rows, metric)
-            if not best.empty:
-                out.append(_summary_row(best, metric, level, pair))
-    return out
+def plot_command(spec: dict) -> list[str]:
+    """The ``repalign plot`` command drawing the figure of ``spec`` from the report's table."""
+    flags = _plot_flags(spec)
+    stem = "-".join(str(v) for v in (spec["kind"], *flags.values(), spec.get("granularity")) if v).replace(",", "-")
+    command = ["repalign", "plot", SCORES_FILE]
+    if spec.get("granularity"):
+        command += ["--granularity", spec["granularity"]]
+    command += ["--kind", spec["kind"]]
+    for name, value in flags.items():
+        command += [f"--{name}", str(value)]
+    return [*command, "-o", stem]
 
 
-def _summary_row(best: pd.DataFrame, metric: str, level: str, pair: PairResult) -> dict:
-    """The summary of one pair and metric from its best row."""
-    row = best.iloc[0]
-
-    def value(column):
-        return float(pd.to_numeric(pd.Series([row.get(column, np.nan)]), errors="coerce").iloc[0])
-
-    p = value("p_value_best")
-    if np.isnan(p):
-        p = value("p_value_adjusted")
-    reference, what = float(chance_levels(best)[0]), "chance"
-    if np.isnan(reference):
-        reference, what = value("null_mean"), "null mean"
-    params = row["params"]
-    return {
-        "pair": f"{row['model_a']} vs {row['model_b']}" + ("" if level == POOLED else f" ({level} level)"),
-        "metric": f"{metric} ({params.replace(',', ', ')})" if params else metric,
-        "samples": pair.n_samples if level == POOLED else int(value("n_samples")),
-        "best": f"{row['layer_a']} ~ {row['layer_b']}", "score": value("score"),
-        "reference": reference, "reference_kind": what if not np.isnan(reference) else "",
-        "calibrated": value("calibrated"), "p": p, "ci_low": value("ci_low"), "ci_high": value("ci_high"),
-    }
-
-
-def _short_reason(reason: str, cache_path: Path) -> str:
-    """A few words for the summary; the full message stays in the line's tooltip."""
-    if "share no sample ids" in reason:
-        return "no shared samples"
-    if "different inputs" in reason:
-        return "same ids, different inputs (content hashes differ)"
-    if "no pooled layers" in reason:
-        return reason
-    short = reason.replace(str(cache_path), cache_path.name)
-    return short if len(short) <= 90 else short[:87] + "..."
+def draw_figure(spec: dict) -> dict:
+    """The figure of ``spec``, drawn by its ``repalign plot`` options: title, caption, data URI, command."""
+    options = figure_options(spec["kind"], **_plot_flags(spec))
+    fig = plot.draw(spec["rows"], spec["kind"], **options)
+    level = "" if not spec.get("granularity") else f" ({spec['granularity']} level)"
+    if spec["kind"] == "models":
+        title = f"{spec['metric']}: model x model, best layer pair{level}"
+        what = f"{title}; one chance level for every pair drawn."
+    else:
+        title = f"{spec['metric']}: layer x layer, {spec['a']} vs {spec['b']}{level}"
+        what = f"{title}; boxed: the best layer pair."
+    return {"group": spec["group"], "title": title, "caption": _caption(spec["rows"], what),
+            "uri": _svg_data_uri(fig), "command": plot_command(spec)}
 
 
 # ---- HTML ------------------------------------------------------------------------------------------------
 
 _CSS = """
-body { font-family: system-ui, sans-serif; font-size: 14px; line-height: 1.4; margin: 1.5em auto; padding: 0 1em;
+*, *::before, *::after { box-sizing: border-box; }
+body { font-family: system-ui, sans-serif; font-size: 15px; line-height: 1.45; margin: 1em auto; padding: 0 1em;
        max-width: 72em; color: #222; overflow-wrap: anywhere; }
-h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; margin-top: 2em; }
-table { border-collapse: collapse; font-size: 12px; } th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: left; }
-th { background: #f3f3f3; overflow-wrap: normal; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; border-bottom: 1px solid #ccc; margin-top: 1.8em; }
+h3 { font-size: 1.05em; margin-bottom: 0.3em; }
 p.lead { color: #444; margin-top: 0; }
-pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 12px; }
+ul.headlines { padding-left: 1.2em; } ul.headlines li { margin-bottom: 0.5em; }
+.scroll { max-width: 100%; overflow: auto; } .tall { max-height: 32em; }
+table { border-collapse: collapse; font-size: 12px; } th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: left; }
+th { background: #f3f3f3; overflow-wrap: normal; white-space: nowrap; position: sticky; top: 0; }
+table.sortable th { cursor: pointer; } th[data-sort="asc"]::after { content: " \\u25b2"; } th[data-sort="desc"]::after { content: " \\u25bc"; }
+td { overflow-wrap: normal; white-space: nowrap; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+pre { background: #f6f6f6; padding: 0.6em; font-size: 12px; white-space: pre-wrap; overflow-wrap: anywhere; max-width: 100%; }
 figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; max-width: 100%; }
 figure img { width: 30em; max-width: 100%; height: auto; } figcaption { font-size: 12px; color: #555; max-width: 32em; }
-.scroll { max-width: 100%; overflow: auto; } .tall { max-height: 30em; }
-ul.not-comparable { font-size: 12px; color: #555; padding-left: 1.2em; }
+details { margin: 0.6em 0; } summary { cursor: pointer; }
+ul.not-compared, ul.warnings { font-size: 12px; color: #555; padding-left: 1.2em; }
+"""
+
+#: sorts a table.sortable by the clicked column: numbers by data-value (empty and NaN last), text as text
+_SORT_SCRIPT = """
+document.querySelectorAll('table.sortable').forEach(function (table) {
+  var heads = table.tHead.rows[0].cells;
+  Array.prototype.forEach.call(heads, function (th, column) {
+    th.addEventListener('click', function () {
+      var dir = th.getAttribute('data-sort') === 'asc' ? 'desc' : 'asc';
+      Array.prototype.forEach.call(heads, function (h) { h.removeAttribute('data-sort'); });
+      th.setAttribute('data-sort', dir);
+      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+      var key = function (row) {
+        var cell = row.cells[column], v = cell.getAttribute('data-value');
+        return v === null ? cell.textContent : (v === 'nan' || v === '' ? NaN : parseFloat(v));
+      };
+      rows.sort(function (r, s) {
+        var a = key(r), b = key(s);
+        if (typeof a === 'number' && typeof b === 'number') {
+          if (isNaN(a) || isNaN(b)) { return isNaN(a) - isNaN(b); }
+          return dir === 'asc' ? a - b : b - a;
+        }
+        var c = String(a).localeCompare(String(b), undefined, {numeric: true});
+        return dir === 'asc' ? c : -c;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+});
 """
 
 
@@ -354,10 +412,10 @@ def _cell(value) -> str:
 
 
 def table_html(table: pd.DataFrame, table_id: str) -> str:
-    """The tidy table as an HTML table, one <tr> per row, columns as in the CSV."""
+    """The tidy table as a sortable HTML table, one <tr> per row, columns as in the CSV."""
     head = "".join(f"<th>{_esc(c)}</th>" for c in table.columns)
     body = "\n".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in table.itertuples(index=False))
-    return f'<table id="{_esc(table_id)}"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
+    return f'<table id="{_esc(table_id)}" class="sortable"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
 
 
 def _command(argv: Sequence[str]) -> str:
@@ -365,135 +423,178 @@ def _command(argv: Sequence[str]) -> str:
 
 
 def _number(value, digits: int = 3) -> str:
-    return "" if value is None or np.isnan(value) else f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}"
+    if value is None or not np.isfinite(value):
+        return ""
+    return f"{value:.{digits}g}" if 0 < abs(value) < 1e-3 else f"{value:.{digits}f}"
 
 
-def summary_html(rows: list[dict]) -> str:
-    """The summary table; statistics columns that no row has (no permutations, no intervals) are left out."""
-    columns = [("model pair", lambda r: f"<td>{_esc(r['pair'])}</td>"),
-               ("metric", lambda r: f"<td>{_esc(r['metric'])}</td>"),
-               ("samples", lambda r: _cell(r["samples"])),
-               ("best layer pair", lambda r: f"<td>{_esc(r['best'])}</td>"),
-               ("score", lambda r: _cell(r["score"]))]
-    if any(r["reference_kind"] for r in rows):
-        columns.append(("chance / null mean", lambda r: f'<td class="num">{_number(r["reference"])} ({r["reference_kind"]})</td>'
-                        if r["reference_kind"] else '<td class="num"></td>'))
-    if any(not np.isnan(r["calibrated"]) for r in rows):
-        columns.append(("calibrated", lambda r: _cell(r["calibrated"])))
-    if any(not np.isnan(r["p"]) for r in rows):
-        columns.append(("p, adjusted for the layer search", lambda r: f'<td class="num">{_number(r["p"], 2)}</td>'))
-    if any(not (np.isnan(r["ci_low"]) or np.isnan(r["ci_high"])) for r in rows):
-        columns.append(("interval", lambda r: f'<td class="num">{_number(r["ci_low"])} to {_number(r["ci_high"])}</td>'
-                        if not (np.isnan(r["ci_low"]) or np.isnan(r["ci_high"])) else '<td class="num"></td>'))
-    head = "<tr>" + "".join(f"<th>{_esc(name)}</th>" for name, _ in columns) + "</tr>"
-    body = "\n".join("<tr>" + "".join(cell(r) for _, cell in columns) + "</tr>" for r in rows)
-    return f'<div class="scroll"><table id="summary-table"><thead>{head}</thead><tbody>\n{body}\n</tbody></table></div>'
+def headline_text(row: pd.Series) -> str:
+    """One sentence per headline: the best pair and its score against chance, then its controls."""
+    p_search, chance, null = _value(row, "p_value_best"), _value(row, "chance_level"), _value(row, "null_mean")
+    if not np.isfinite(chance):
+        chance = float(chance_levels(pd.DataFrame([row]))[0]) if "n_samples" in row else np.nan
+    reference = [f"chance {_number(chance)}"] if np.isfinite(chance) else []
+    reference += [f"null mean {_number(null)}"] if np.isfinite(null) and not np.isfinite(chance) else []
+    reference += [f"p adjusted for the layer search {_number(p_search, 2)}"] if np.isfinite(p_search) else []
+    text = (f"{row['model_a']} {row['layer_a']} ~ {row['model_b']} {row['layer_b']}: {row['metric']} "
+            f"{_number(_value(row, 'score'))}" + (f" ({'; '.join(reference)})" if reference else ""))
+    n_seeds = _value(row, "n_seeds")
+    if not np.isfinite(n_seeds):
+        return text + "; no random-init controls in the table."
+    sd = _value(row, "control_sd")
+    interval = (f" [{_number(_value(row, 'ci_low'))}, {_number(_value(row, 'ci_high'))}]"
+                if np.isfinite(_value(row, "ci_low")) else "")
+    p, floor = _value(row, "p_value"), _value(row, "min_p_value")
+    rank = (f", rank-test p {_number(p, 2)} (smallest attainable {_number(floor, 2)})" if np.isfinite(p) else "")
+    return (text + f"; random-init controls (best pair of each, {int(n_seeds)} seed{'s' if n_seeds != 1 else ''}) "
+            f"{_number(_value(row, 'control_mean'))}" + (f" \u00b1 {_number(sd)}" if np.isfinite(sd) else "")
+            + f", difference {_value(row, 'difference'):+.3f}{interval}{rank}.")
 
 
-def _html(cache_path: Path, output: Path, table: pd.DataFrame, pairs: list[PairResult], figures: list[dict],
-          provenance: list[dict], metrics: list[str], k: int, permutations: int) -> str:
-    compared = [p for p in pairs if p.compared]
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>repalign report: {_esc(cache_path.name)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>repalign report: {_esc(cache_path.name)}</h1>",
-        f'<p class="lead">{len(provenance)} model(s); {len(compared)} of {len(pairs)} pair(s) compared with '
-        f"{_esc(', '.join(metrics))} (k = {k}; {permutations} permutations). "
-        f"Scores: <a href=\"{SCORES_FILE}\">{SCORES_FILE}</a>. "
-        '<a href="#reproduce">Reproduce</a> \u00b7 <a href="#models">Models</a> \u00b7 <a href="#scores">All scores</a></p>',
-        *_summary_html(cache_path, table, pairs, permutations),
-        *_figure_sections(compared, figures),
-        *_models_html(provenance),
-        *_reproduce_html(cache_path, output, compared, figures, metrics, k, permutations),
-        '<h2 id="scores">All scores</h2>',
-    ]
-    if not table.empty:
-        parts.append(f"<p>{len(table)} rows, identical to {SCORES_FILE}.</p>")
-        parts.append('<div class="scroll tall">' + table_html(table, "scores-table") + "</div>")
-    else:
-        parts.append("<p>No scores.</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+def _headline_items(found: pd.DataFrame) -> list[str]:
+    """<li> per headline, its numbers kept in data attributes (every digit of the table)."""
+    items = []
+    for _, row in found.iterrows():
+        data = " ".join(f'data-{c.replace("_", "-")}="{_esc(repr(float(row[c])) if isinstance(row[c], float) else row[c])}"'
+                        for c in ("metric", "model_a", "model_b", "layer_a", "layer_b", "score", "control_mean",
+                                  "difference", "p_value") if c in row.index)
+        items.append(f'<li class="headline" {data}>{_esc(headline_text(row))}</li>')
+    return items
 
 
-def _summary_html(cache_path: Path, table: pd.DataFrame, pairs: list[PairResult], permutations: int) -> list[str]:
-    """The summary section: one row per compared pair and metric, then the pairs not comparable."""
-    parts = ['<h2 id="summary">Summary</h2>']
-    rows = summary_rows(table, pairs)
-    if rows:
-        parts.append(summary_html(rows))
-        if not permutations:
-            parts.append("<p>No permutations were run: no p-values or calibrated scores. Add "
-                         "<code>--permutations 1000</code> for them.</p>")
-    else:
-        why = "the cache holds a single model" if not pairs else "no model pair shares samples"
+def _findings_html(table: pd.DataFrame, groups: list[list[str]], settings: dict) -> list[str]:
+    """The headline of each group of compared models, then the pairs not compared (one collapsed line)."""
+    parts = ['<h2 id="findings">Findings</h2>']
+    found = headlines(table) if len(table) else pd.DataFrame()
+    if "granularity" in found.columns:
+        found = found.sort_values("granularity", key=lambda g: g.fillna(POOLED) != POOLED, kind="stable")
+    for group in groups:
+        mine = found[found["model_a"].isin(group)] if len(found) else found
+        if mine.empty:
+            continue
+        parts.append(f"<h3>{_esc(', '.join(group))}</h3>")
+        parts.append('<ul class="headlines">' + "".join(_headline_items(mine)) + "</ul>")
+    if not groups:
+        why = "no model pair shares samples" if settings.get("skipped") else "the table holds no comparison"
+        if len(settings.get("models", [])) == 1:
+            why = "the cache holds a single model"
         parts.append(f"<p>Nothing was compared: {why}.</p>")
-    skipped = [p for p in pairs if not p.compared]
-    if skipped:
-        parts.append(f'<p>Not comparable ({len(skipped)}):</p><ul class="not-comparable">')
-        for p in skipped:
-            parts.append(f'<li class="not-comparable" title="{_esc(p.reason)}">{_esc(p.model_a)} / {_esc(p.model_b)}: '
-                         f"{_esc(_short_reason(p.reason, cache_path))}</li>")
-        parts.append("</ul>")
+    parts += _skipped_html(settings.get("skipped", []))
     return parts
 
 
-def _figure_sections(compared: list[PairResult], figures: list[dict]) -> list[str]:
-    """The overview figures, then one section per compared pair: its summary, warnings and figures."""
-    parts = []
-    overview = [f for f in figures if f["section"] == "overview"]
-    if overview:
-        parts.append('<h2 id="overview">Overview</h2>')
-        parts.extend(_figure_html(f) for f in overview)
-    for p in compared:
-        section = f"{p.model_a} vs {p.model_b}"
-        parts.append(f"<h2>{_esc(section)}</h2>")
-        parts.append(f"<pre>{_esc(p.summary)}</pre>")
-        if p.warnings:
-            parts.append('<ul class="warnings">' + "".join(f"<li>{_esc(w)}</li>" for w in p.warnings) + "</ul>")
-        parts.extend(_figure_html(f) for f in figures if f["section"] == section)
+def _short_reason(reason: str) -> str:
+    if "share no sample ids" in reason:
+        return "no shared samples"
+    if "different inputs" in reason:
+        return "same ids, different inputs (content hashes differ)"
+    return reason if len(reason) <= 90 else reason[:87] + "..."
+
+
+def _skipped_html(skipped: list) -> list[str]:
+    """The pairs not compared, in one collapsed line that opens to one line per pair."""
+    if not skipped:
+        return []
+    reasons = sorted({_short_reason(str(r)) for _, _, r in skipped})
+    summary = f"{len(skipped)} model pair(s) not compared: {'; '.join(reasons)}"
+    items = "".join(f'<li class="not-compared" title="{_esc(reason)}">{_esc(a)} / {_esc(b)}: '
+                    f"{_esc(_short_reason(str(reason)))}</li>" for a, b, reason in skipped)
+    return [f'<details id="not-compared"><summary>{_esc(summary)}</summary><ul class="not-compared">{items}</ul></details>']
+
+
+def _figures_html(figures: list[dict], groups: list[list[str]]) -> list[str]:
+    if not figures:
+        return []
+    parts = ['<h2 id="figures">Figures</h2>']
+    for index, group in enumerate(groups):
+        mine = [f for f in figures if f["group"] == index]
+        if mine:
+            parts.append(f"<h3>{_esc(', '.join(group))}</h3>")
+            parts += [f'<figure><img src="{f["uri"]}" alt="{_esc(f["title"])}">'
+                      f"<figcaption>{_esc(f['caption'])}</figcaption></figure>" for f in mine]
     return parts
 
 
-def _models_html(provenance: list[dict]) -> list[str]:
-    """The models table and each model's provenance."""
-    parts = ['<h2 id="models">Models</h2>',
-             "<table id=\"models-table\"><thead><tr><th>model</th><th>samples</th><th>pooled layers</th>"
-             "<th>storage</th></tr></thead><tbody>"]
-    for m in provenance:
+def pairs_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Every comparison of the table (trained and random-init) with its best layer pair, one row per metric."""
+    out = []
+    for row in pair_rows(table):
+        kind, reference = _reference(pd.DataFrame([row]))
+        level = str(row.get("level", "trained")) if pd.notna(row.get("level", np.nan)) else "trained"
+        out.append({"model_a": row["model_a"], "model_b": row["model_b"], "level": level,
+                    "granularity": str(row.get("granularity", POOLED)) if pd.notna(row.get("granularity", np.nan)) else POOLED,
+                    "metric": row["metric"], "params": row.get("params", ""), "samples": int(_value(row, "n_samples"))
+                    if np.isfinite(_value(row, "n_samples")) else np.nan,
+                    "best layer pair": f"{row['layer_a']} ~ {row['layer_b']}", "score": _value(row, "score"),
+                    "chance or null mean": reference, "reference": kind, "calibrated": _value(row, "calibrated"),
+                    "p, layer search": _value(row, "p_value_best")})
+    frame = pd.DataFrame(out)
+    empty = [c for c in ("calibrated", "p, layer search", "chance or null mean") if c in frame and frame[c].isna().all()]
+    if "granularity" in frame and (frame["granularity"] == POOLED).all():
+        empty.append("granularity")
+    return frame.drop(columns=empty + (["reference"] if "chance or null mean" in empty else []))
+
+
+def _settings_text(settings: dict) -> str:
+    """The settings line of the page: how the table was made, as far as its settings say."""
+    if not settings:
+        return "Settings: those in the table's params column (no settings file beside the table)."
+    parts = [f"{name.replace('_', ' ')} {settings[name]}" for name in ("metrics", "k", "permutations", "seed",
+                                                                        "layer_family", "ci")
+             if settings.get(name) not in (None, "", [])]
+    if isinstance(settings.get("metrics"), list):
+        parts[0] = "metrics " + ", ".join(settings["metrics"])
+    return "Settings: " + "; ".join(parts) + "."
+
+
+def _details_html(table: pd.DataFrame, settings: dict) -> list[str]:
+    """All pairs (sortable), the warnings, and every score (sortable)."""
+    parts = ['<h2 id="details">Details</h2>', '<h3 id="pairs">All pairs</h3>']
+    if table.empty:
+        return parts + ["<p>No scores.</p>"]
+    pairs = pairs_table(table)
+    parts.append(f"<p>{len(pairs)} comparison(s), each with its best layer pair; click a column to sort.</p>")
+    parts.append('<div class="scroll tall">' + table_html(pairs, "pairs-table") + "</div>")
+    if settings.get("warnings"):
+        parts.append('<details><summary>reliability warnings</summary><ul class="warnings">'
+                     + "".join(f"<li>{_esc(w)}</li>" for w in settings["warnings"]) + "</ul></details>")
+    parts.append('<h3 id="scores">All scores</h3>')
+    parts.append(f"<p>{len(table)} rows, identical to <a href=\"{SCORES_FILE}\">{SCORES_FILE}</a>; "
+                 "click a column to sort.</p>")
+    parts.append('<div class="scroll tall">' + table_html(table, "scores-table") + "</div>")
+    return parts
+
+
+def _models_html(models: list[dict]) -> list[str]:
+    """The models table and each model's provenance (from the settings of a cache's comparison)."""
+    if not models:
+        return []
+    parts = ['<h3 id="models">Models</h3>',
+             '<div class="scroll"><table id="models-table" class="sortable"><thead><tr><th>model</th><th>samples</th>'
+             "<th>pooled layers</th><th>storage</th></tr></thead><tbody>"]
+    for m in models:
         parts.append(f"<tr><td>{_esc(m['model'])}</td>{_cell(m['n_samples'])}{_cell(m['n_layers'])}"
                      f"<td>{_esc(m['dtype'])}</td></tr>")
-    parts.append("</tbody></table>")
-    for m in provenance:
+    parts.append("</tbody></table></div>")
+    for m in models:
         parts.append(f"<details><summary>provenance of {_esc(m['model'])}</summary>"
                      f"<pre class=\"provenance\" data-model=\"{_esc(m['model'])}\">"
                      f"{_esc(json.dumps(m['provenance'], indent=2, sort_keys=True))}</pre></details>")
     return parts
 
 
-def _reproduce_html(cache_path: Path, output: Path, compared: list[PairResult], figures: list[dict],
-                    metrics: list[str], k: int, permutations: int) -> list[str]:
+def _reproduce_html(source: ReportSource, output: Path, figures: list[dict]) -> list[str]:
     """The commands that reproduce the report, each pair's table and each figure."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    report_cmd = ["repalign", "report", str(cache_path), "-o", str(output), "--metric", *metrics, "--k", str(k),
-                  "--permutations", str(permutations)]
-    compare_cmds = [
-        ["repalign", "compare", str(cache_path), "--a", p.model_a, "--b", p.model_b, "--metric", *metrics,
-         "--k", str(k), *(["--permutations", str(permutations)] if permutations else []),
-         "-o", f"{p.model_a}-{p.model_b}.csv"]
-        for p in compared
-    ]
-    parts = [
-        '<h2 id="reproduce">Reproduce</h2>',
-        f"<p>Cache <code>{_esc(cache_path)}</code>; generated {now} by repalign {_esc(__version__)}. The whole report:</p>",
-        f"<pre>{_esc(_command(report_cmd))}</pre>",
-    ]
-    if compare_cmds:
+    settings = source.settings
+    parts = ['<h3 id="reproduce">Reproduce</h3>',
+             f"<p>Generated {now} by repalign {_esc(__version__)} from {_esc(source.name)}"
+             + (f" ({_esc(settings['made_by'])})" if settings.get("made_by") else "") + ". The whole report:</p>",
+             f"<pre>{_esc(_command(['repalign', 'report', *source.argv, '-o', str(output)]))}</pre>"]
+    commands = settings.get("commands") or ([settings["command"]] if settings.get("command") else [])
+    if commands:
         parts.append("<p>Each pair's table:</p>")
-        parts.append("<pre>" + "\n".join(_esc(_command(c)) for c in compare_cmds) + "</pre>")
+        parts.append("<pre>" + "\n".join(_esc(_command(c)) for c in commands) + "</pre>")
     if figures:
         parts.append(f"<p>Each figure from {SCORES_FILE} (add <code>--format png,pdf,svg --width single|double</code> "
                      "to restyle):</p>")
@@ -501,66 +602,79 @@ def _reproduce_html(cache_path: Path, output: Path, compared: list[PairResult], 
     return parts
 
 
-def _figure_html(fig: dict) -> str:
-    return (f'<figure><img src="{fig["uri"]}" alt="{_esc(fig["title"])}">'
-            f"<figcaption>{_esc(fig['caption'])}</figcaption></figure>")
+def render_page(source: ReportSource, output: Path) -> str:
+    """The report page of ``source``'s table: findings, figures, details."""
+    table = source.table
+    checked = check_table(table) if len(table) else table
+    groups = model_groups(trained_rows(checked)) if len(checked) else []
+    figures = [draw_figure(spec) for spec in figure_specs(checked)] if len(checked) else []
+    trained = trained_rows(checked) if len(checked) else checked
+    n_pairs = len(dict.fromkeys(zip(trained["model_a"], trained["model_b"]))) if len(checked) else 0
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>repalign report: {_esc(source.name)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>repalign report: {_esc(source.name)}</h1>",
+        f'<p class="lead">{n_pairs} compared pair(s) of trained models in {len(groups)} group(s) of models that share samples. '
+        f"{_esc(_settings_text(source.settings))} "
+        '<a href="#figures">Figures</a> \u00b7 <a href="#pairs">All pairs</a> \u00b7 <a href="#scores">All scores</a>'
+        ' \u00b7 <a href="#reproduce">Reproduce</a></p>',
+        *_findings_html(checked, groups, source.settings),
+        *_figures_html(figures, groups),
+        *_details_html(checked, source.settings),
+        *_models_html(source.settings.get("models", [])),
+        *_reproduce_html(source, output, figures),
+        f"<script>{_SORT_SCRIPT}</script>",
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
 
 
 # ---- entry point -------------------------------------------------------------------------------------------
 
 
 def build_report(
-    cache: str | os.PathLike,
+    source,
     output: str | os.PathLike,
-    metrics: Sequence[str] = DEFAULT_METRICS,
-    k: int = 10,
-    permutations: int = 0,
+    metrics: Sequence[str] | None = None,
+    k: int | None = None,
+    permutations: int | None = None,
     *,
     seed: int = 0,
     force: bool = False,
     quiet: bool = True,
 ) -> Path:
-    """Compare every model pair of ``cache`` and write ``output/index.html`` and ``output/scores.csv``.
+    """Write the report of ``source`` into the folder ``output``; returns the path of index.html.
 
-    Pairs are compared with :func:`repalign.compare.compare_models` (every layer pair, each metric,
-    ``k`` for the kNN metrics); with ``permutations`` > 0 it adds permutation p-values, null means
-    and calibrated scores (:func:`repalign.stats.permutation_test`, seeded by ``seed``).
-    ``output`` may be new, empty, or an earlier report: only files that an earlier report wrote
-    (listed in its manifest, unchanged since) are replaced. A folder holding anything else is
-    refused unless ``force``; even then no file the report did not write is replaced or removed.
-    Every check runs before any comparison. Returns the path of index.html.
+    ``source``: a score table (a DataFrame, a .csv/.tsv/.parquet path, or ``-`` for CSV on standard
+    input), rendered with the settings written beside it; or a cache, compared first with the
+    demo's settings by :func:`repalign.compare.compare_cache` (``metrics``, ``k``,
+    ``permutations``, ``seed`` override them; a table refuses them). ``output`` may be new, empty,
+    or an earlier report: only files that an earlier report wrote (listed in its manifest,
+    unchanged since) are replaced. A folder holding anything else is refused unless ``force``;
+    even then no file the report did not write is replaced or removed. The folder is checked
+    before any comparison.
     """
-    if isinstance(metrics, str):
-        metrics = [metrics]
-    metrics = list(dict.fromkeys(get_metric(m).name for m in metrics))  # unknown names raise here
-    if not metrics:
-        raise RepalignError("no metric given; pass --metric NAME, e.g. --metric mknn cka")
-    k = _check_int(k, "k", 1)
-    permutations = _check_int(permutations, "permutations", 0)
     output = _check_output(output, force)
-    cache_path = Path(cache)
-
-    with Cache(cache_path) as c:
-        if not c.models:
-            raise RepalignError(f"{cache_path} holds no models; extract some with 'repalign extract' first")
-        provenance = [{"model": m, "n_samples": c.n_samples(m), "n_layers": len(c.layers(m)),
-                       "dtype": c.storage_dtype(m), "provenance": c.provenance(m)} for m in c.models]
-    table, pairs = compare_all(cache_path, metrics, k, permutations, seed, quiet)
-    figures = _figures(table, pairs, metrics)
-    page = _html(cache_path, output, table, pairs, figures, provenance, metrics, k, permutations)
+    loaded = load_source(source, metrics, k, permutations, seed, quiet)
+    table = loaded.table
+    page = render_page(loaded, output)
     if table.empty:
         table = pd.DataFrame(columns=["model_a", "layer_a", "model_b", "layer_b", "metric", "params", "score", "n_samples"])
-
     created = not output.exists()
     if created:
         output.mkdir()
     _check_output(output, force)  # the folder may have changed while comparing
     try:
         old = _manifest(output)
-        with atomic_files([output / SCORES_FILE, output / INDEX_FILE]) as (tmp_scores, tmp_index):
+        with atomic_files([output / name for name in REPORT_FILES]) as (tmp_scores, tmp_settings, tmp_index):
             table.to_csv(tmp_scores, index=False)  # the format of repalign.table.write_table for .csv
+            tmp_settings.write_text(json.dumps(loaded.settings, indent=1, sort_keys=True, default=str) + "\n",
+                                    encoding="utf-8")
             tmp_index.write_text(page, encoding="utf-8")
-            new = {SCORES_FILE: _sha256(tmp_scores), INDEX_FILE: _sha256(tmp_index)}
+            new = {name: _sha256(tmp) for name, tmp in zip(REPORT_FILES, (tmp_scores, tmp_settings, tmp_index))}
             # the manifest lists old and new digests while the files are renamed, so an interrupted
             # run leaves a folder the next run still recognises as its own
             _write_manifest(output, {name: sorted(set(old.get(name, [])) | {new[name]}) for name in REPORT_FILES})

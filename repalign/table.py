@@ -10,6 +10,7 @@ built by hand behaves the same.
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -121,6 +122,43 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
         else:
             table.to_csv(tmp, index=False, sep="\t" if path.suffix.lower() == ".tsv" else ",")
     return path
+
+
+#: the settings a table was made with, written beside it as ``<table>.settings.json`` (``compare -o``,
+#: the demo, ``report``): ``repalign report TABLE`` renders the table with them
+SETTINGS_SUFFIX = ".settings.json"
+
+
+def settings_path(path: str | os.PathLike) -> Path:
+    """Where the settings of the table at ``path`` are kept: ``scores.csv`` -> ``scores.csv.settings.json``."""
+    path = Path(path)
+    return path.with_name(path.name + SETTINGS_SUFFIX)
+
+
+def write_settings(path: str | os.PathLike, settings: dict) -> Path:
+    """Write ``settings`` (JSON-able) beside the table at ``path``, atomically; returns the settings file."""
+    target = settings_path(path)
+    text = json.dumps(settings, indent=1, sort_keys=True, default=str) + "\n"
+    with atomic_files([target]) as (tmp,):
+        tmp.write_text(text, encoding="utf-8")
+    return target
+
+
+def read_settings(path: str | os.PathLike) -> dict:
+    """The settings written beside the table at ``path``; {} when there are none (a table from elsewhere)."""
+    if str(path) == STDIO:
+        return {}
+    target = settings_path(path)
+    if not target.is_file():
+        return {}
+    try:
+        settings = json.loads(target.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RepalignError(f"{target} is not readable JSON ({str(exc).splitlines()[0]}); move it away to render "
+                            "the table without its settings") from None
+    if not isinstance(settings, dict):
+        raise RepalignError(f"{target} does not hold a JSON object; move it away to render the table without its settings")
+    return settings
 
 
 # ---- validation and selection ---------------------------------------------------------------------
@@ -244,7 +282,11 @@ def select_pair(table: pd.DataFrame, metric=None, model_a=None, model_b=None) ->
     exchanged, so model A is always the rows of :func:`pair_matrix`.
     """
     table = check_table(table)
-    sub = metric_rows(table, metric)
+    first = metric_rows(table, metric)
+    level = granularity_rows(table)
+    # every parameter setting of the metric: pairs may differ in them (k chosen for each pair's N);
+    # the pair's own first setting is taken below
+    sub = level[level["metric"] == first["metric"].iloc[0]]
     models = models_of(sub)
     for name in (model_a, model_b):
         if name is not None and name not in models:
@@ -262,7 +304,7 @@ def select_pair(table: pd.DataFrame, metric=None, model_a=None, model_b=None) ->
         rows = swap_sides(sub[(sub["model_a"] == model_b) & (sub["model_b"] == model_a)])
     if rows.empty:
         raise RepalignError(f"the table has no rows comparing {model_a!r} with {model_b!r}; compare them first")
-    return rows
+    return rows[rows["params"] == rows["params"].iloc[0]]
 
 
 def pair_matrix(rows: pd.DataFrame, column: str = "score") -> tuple[np.ndarray, list[str], list[str]]:

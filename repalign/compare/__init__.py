@@ -21,6 +21,7 @@ from typing import Sequence, cast
 from embeddings_cache import Cache, align_ids
 from repalign.compare.controls import compare_controls
 from repalign.compare.curves import compare_curves
+from repalign.compare.every_pair import CacheComparison, compare_cache, k_for_samples
 from repalign.compare.headline import headlines
 from repalign.compare.options import EngineOptions, StatsOptions, TokenOptions, check_combination, from_keywords
 from repalign.compare.run import (
@@ -142,6 +143,5 @@ def _split_anchors(ids: Sequence[str], anchors, seed: int) -> tuple[list, list]:
     return anchor_ids, [i for i in ids if i not in chosen]
 
 
-__all__ = ["CacheLayer", "Comparison", "EngineOptions", "StatsOptions", "TokenLayer", "TokenOptions", "TokenRows",
-           "compare_controls", "compare_curves", "compare_models", "compare_tokens", "headlines",
-           "select_layers"]
+__all__ = ["CacheComparison", "CacheLayer", "Comparison", "EngineOptions", "StatsOptions", "TokenLayer", "TokenOptions", "TokenRows",
+           "compare_cache", "compare_controls", "compare_curves", "compare_models", "compare_tokens", "headlines", "k_for_samples", "select_layers"]
