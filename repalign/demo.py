@@ -1,12 +1,15 @@
 """``repalign demo``: a small real study end to end, offline, from data and weights that installed packages ship.
 
 Antibody sequences go through two antibody language models, crystals through two interatomic
-potentials, and each pair's random-initialised controls (the same architectures with fresh
-weights, ``NAME@random:0``) go through the same steps. Each pair is compared layer by layer with
-mutual kNN and unbiased CKA, with permutation p-values adjusted for the layer search. The headline
-of each modality is the pair of hidden layers whose alignment exceeds its controls' the most among
-the significant ones, never an input-embedding layer (random networks match the inputs too).
-The score table (``level`` = trained / random_init) and heatmaps are written to the output folder.
+potentials, and random-initialised controls of each (the same architectures with fresh weights,
+``NAME@random:SEED``, seeds 0-4) go through the same steps. The cache is then compared by
+:func:`repalign.compare.compare_cache` (the comparison ``repalign report CACHE`` runs): each trained
+pair layer by layer with mutual kNN and unbiased CKA, k chosen for N, permutation p-values adjusted
+for the search over hidden layer pairs, and against its controls seed by seed. The headline of each
+modality comes from :func:`repalign.compare.headlines`: the best hidden layer pair (never an input
+layer: random networks match the inputs too) against its controls' best pairs. The score table
+(``level`` = trained / random_init / contrast), its settings and the figures are written to the
+output folder.
 """
 
 from __future__ import annotations
@@ -14,19 +17,19 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pandas as pd
 
-from embeddings_cache import Cache
 from embeddings_cache.atomic import sigterm_as_interrupt
-from repalign.compare import StatsOptions, compare_models
+from repalign.compare import StatsOptions, compare_cache, headlines
 from repalign.errors import RepalignError
 from repalign.extract import extract
 from repalign.interop.owned import Manifest, work_folder
 from repalign.models.controls import control_name
-from repalign.plot import save_layer_heatmap
-from repalign.table import write_table
+from repalign.plot import FIGURES, plot_table, save_layer_heatmap
+from repalign.report import headline_text, trained_rows
+from repalign.table import settings_path, write_settings, write_table
 
 # (modality, records factory, model pair)
 STUDIES = (
@@ -34,28 +37,18 @@ STUDIES = (
     ("crystal", "repalign.datasets.structures:crystal_records", ("chgnet-0.3.0", "sevennet-0")),
 )
 METRICS = ("mknn", "unbiased_cka")
-K = 4  # N >= 10k for the 40 crystals and 48 antibodies: no small-N warning
 PERMUTATIONS = 99
-CONTROL_SEED = 0
-ALPHA = 0.05
+#: random-init control seeds of every model: the rank test against them reaches p = 1/6 at best
+CONTROL_SEEDS = (0, 1, 2, 3, 4)
+SEED = 0
+FIGURE_METRICS = ("mutual_knn", "unbiased_cka")
+#: the figure kind drawing a trained pair against its controls, where repalign.plot has it
+CONTROLS_KIND = "controls"
 
 
 def _records(target: str):
     module, _, func = target.partition(":")
     return getattr(importlib.import_module(module), func)()
-
-
-def headline(trained: pd.DataFrame, control: pd.DataFrame, skip_a: str, skip_b: str, metric: str = "mutual_knn") -> dict | None:
-    """The hidden-layer pair (input layers ``skip_a``/``skip_b`` left out) with the largest
-    trained − control score among pairs significant after the layer-search adjustment; None if none is."""
-    t = trained[(trained.metric == metric) & (trained.layer_a != skip_a) & (trained.layer_b != skip_b)]
-    c = control[control.metric == metric].set_index(["layer_a", "layer_b"])["score"]
-    t = t.assign(control=[c.get((a, b)) for a, b in zip(t.layer_a, t.layer_b)])
-    t = t[t.p_value_adjusted <= ALPHA].assign(gain=lambda x: x.score - x.control)
-    if t.empty:
-        return None
-    row = t.loc[t.gain.idxmax()]
-    return {k: row[k] for k in ("layer_a", "layer_b", "score", "control", "gain", "p_value_adjusted", "chance_level")}
 
 
 #: the manifest of the output folder: the files the demo wrote there and their digests
@@ -64,15 +57,19 @@ CACHE_FILE, SCORES_FILE = "demo-cache.h5", "scores.csv"
 _CACHE_MARK = "cache"  # the cache changes as models are added: the manifest lists it without a digest
 
 
-def _figure_stem(modality: str, model_a: str, model_b: str, metric: str) -> str:
-    return f"{modality}-{model_a}-vs-{model_b}-{metric}"
+def _figure_kinds() -> list[str]:
+    return ["layers", *([CONTROLS_KIND] if CONTROLS_KIND in FIGURES else [])]
+
+
+def _figure_stem(modality: str, model_a: str, model_b: str, metric: str, kind: str = "layers") -> str:
+    return f"{modality}-{model_a}-vs-{model_b}-{metric}" + ("" if kind == "layers" else f"-{kind}")
 
 
 def demo_outputs() -> list[str]:
     """The names the demo writes in its folder (every other file there is left alone)."""
-    figures = [f"{_figure_stem(modality, a, b, metric)}.{fmt}" for modality, _, (a, b) in STUDIES
-               for metric in ("mutual_knn", "unbiased_cka") for fmt in ("png", "pdf")]
-    return [CACHE_FILE, SCORES_FILE, *figures]
+    figures = [f"{_figure_stem(modality, a, b, metric, kind)}.{fmt}" for modality, _, (a, b) in STUDIES
+               for metric in FIGURE_METRICS for kind in _figure_kinds() for fmt in ("png", "pdf")]
+    return [CACHE_FILE, SCORES_FILE, settings_path(SCORES_FILE).name, *figures]
 
 
 def check_demo_output(out: Path) -> Manifest:
@@ -127,44 +124,42 @@ def _run_demo(out: Path, quiet: bool) -> dict[str, list[Path]]:
     cache = out / CACHE_FILE
     if not cache.exists():
         manifest.record(CACHE_FILE, [_CACHE_MARK])  # before extract creates it
-    tables, figures, lines = [], [], []
-    for modality, factory, (model_a, model_b) in STUDIES:
-        control_a, control_b = control_name(model_a, CONTROL_SEED), control_name(model_b, CONTROL_SEED)
-        extract(_records(factory), [model_a, model_b, control_a, control_b], cache, layers=["all"], quiet=quiet)
-        common: dict[str, Any] = dict(k=K, stats=StatsOptions(permutations=PERMUTATIONS, seed=CONTROL_SEED))
-        trained = compare_models(cache, model_a, model_b, METRICS, **common)
-        control = compare_models(cache, control_a, control_b, METRICS, **common)
-        if not quiet:
-            print(trained.summary())
-            print(control.summary())
-        tables += [trained.table.assign(level="trained"), control.table.assign(level="random_init")]
-        with Cache(cache) as c:
-            inputs = c.layers(model_a)[0], c.layers(model_b)[0]
-        best = headline(trained.table, control.table, *inputs)
-        if best is None:
-            lines.append(f"{modality}: no hidden-layer pair of {model_a} and {model_b} aligns significantly (adjusted p > {ALPHA})")
-        elif best["gain"] <= 0:
-            lines.append(
-                f"{modality}: no hidden-layer pair of {model_a} and {model_b} aligns beyond its random-init controls "
-                f"(closest: {best['layer_a']} ~ {best['layer_b']}, mutual kNN {best['score']:.3f} against "
-                f"{best['control']:.3f} for the controls; the alignment comes from the architectures and inputs)")
-        else:
-            lines.append(
-                f"{modality}: {model_a} {best['layer_a']} ~ {model_b} {best['layer_b']}: mutual kNN {best['score']:.3f} "
-                f"(chance {best['chance_level']:.3f}, adjusted p {best['p_value_adjusted']:.3g}); random-init controls "
-                f"{best['control']:.3f} at the same layers, {best['gain']:+.3f} from training "
-                f"(input layers {inputs[0]}, {inputs[1]} left out)")
-        for metric in ("mutual_knn", "unbiased_cka"):
-            stem = _figure_stem(modality, model_a, model_b, metric)
-            figures += publish(out, manifest, lambda work: save_layer_heatmap(trained.table, work / stem,
-                                                                              metric=metric))
-    scores = pd.concat(tables, ignore_index=True)
-    table_path = publish(out, manifest, lambda work: [write_table(scores, work / SCORES_FILE)])[0]
-    print("headline (hidden layers, beyond random-init controls):")
-    for line in lines:
-        print(f"  {line}")
+    for _, factory, pair in STUDIES:
+        controls = [control_name(model, seed) for seed in CONTROL_SEEDS for model in pair]
+        extract(_records(factory), [*pair, *controls], cache, layers=["all"], quiet=quiet)
+    result = compare_cache(cache, METRICS, stats=StatsOptions(permutations=PERMUTATIONS, seed=SEED), quiet=quiet)
+    settings = {**result.settings, "made_by": f"{result.settings['made_by']} (repalign demo)"}
+
+    def write_scores(work: Path) -> list[Path]:
+        path = write_table(result.table, work / SCORES_FILE)
+        return [path, write_settings(path, settings)]
+
+    table_path = publish(out, manifest, write_scores)[0]
+    figures = []
+    for modality, _, (model_a, model_b) in STUDIES:
+        for metric in FIGURE_METRICS:
+            figures += _figures(out, manifest, result.table, modality, model_a, model_b, metric)
+    found = headlines(result.table)
+    print("headline (best hidden layer pair of each trained pair, against its random-init controls):")
+    for modality, _, (model_a, model_b) in STUDIES:
+        rows = found[(found["model_a"] == model_a) & (found["model_b"] == model_b)]
+        for _, row in rows.iterrows():
+            print(f"  {modality}: {headline_text(row)}")
     print(f"score table: {table_path}")
     for f in figures:
         print(f"figure: {f}")
-    print(f"cache: {cache} (inspect with: repalign cache info {cache})")
+    print(f"cache: {cache} (inspect with: repalign cache info {cache}; a report: repalign report {table_path} -o report)")
     return {"table": [table_path], "figures": figures, "cache": [cache]}
+
+
+def _figures(out: Path, manifest: Manifest, table: pd.DataFrame, modality: str, model_a: str, model_b: str,
+             metric: str) -> list[Path]:
+    """The layer heatmap of the trained pair, and the pair against its controls where repalign.plot draws that."""
+    stem = _figure_stem(modality, model_a, model_b, metric)
+    figures = publish(out, manifest, lambda work: save_layer_heatmap(trained_rows(table), work / stem, metric=metric,
+                                                                    model_a=model_a, model_b=model_b))
+    if CONTROLS_KIND in FIGURES:
+        stem = _figure_stem(modality, model_a, model_b, metric, CONTROLS_KIND)
+        figures += publish(out, manifest, lambda work: plot_table(table, work / stem, CONTROLS_KIND, ("png", "pdf"),
+                                                                  metric=metric, model_a=model_a, model_b=model_b))
+    return figures
