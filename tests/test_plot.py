@@ -71,8 +71,9 @@ def test_heatmap_draws_the_table_and_marks_the_best_pair(table):
     (best,) = [p for p in ax.patches if p.get_gid() == "best-pair"]
     i, j = np.unravel_index(np.argmax(expected), expected.shape)
     assert best.get_xy() == (j - 0.5, i - 0.5)
-    label = fig.axes[1].get_ylabel().replace("\n", " ")
-    assert "cka" in label and "kernel=linear" in label
+    # the colour bar names the metric (and k); the other settings are in the caption and the files' metadata
+    assert fig.axes[1].get_ylabel() == "cka"
+    assert "cka: kernel=linear" in plot.caption(fig)
     assert plot.hatched_cells(fig) == []  # no p_value column: nothing hatched
 
 
@@ -562,7 +563,9 @@ def test_best_column_marks_the_best_pair_not_the_argmax(table):
 
 
 @pytest.mark.parametrize("width, inches", [("single", 3.3), ("double", 6.85), (246, 246 / 72), ("246pt", 246 / 72),
-                                           ("85mm", 85 / 25.4), ("3.5in", 3.5)])
+                                           ("85mm", 85 / 25.4), ("3.5in", 3.5), ("onehalf", 120 / 25.4),
+                                           ("science-1", 5.7 / 2.54), ("science-2", 12.1 / 2.54),
+                                           ("science-3", 18.4 / 2.54), ("5.7cm", 5.7 / 2.54)])
 def test_width_presets_and_points(width, inches):
     assert plot.figure_width(width) == pytest.approx(inches)
 
@@ -598,3 +601,55 @@ def test_cli_plot_unreadable_tables_fail_in_one_line(tmp_path, name, make, messa
     assert res.stderr.startswith("repalign: error: ") and res.stderr.count("\n") == 1, res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr
     assert list((tmp_path / "out").iterdir()) == []
+
+
+# ---- statistics as drawn ----------------------------------------------------------------------------
+
+
+def test_p_value_floor_is_read_off_the_permutation_p_values():
+    # 199 permutations: every p-value is (1 + c) / 200
+    rows = pd.DataFrame({"p_value": [1 / 200, 3 / 200, 17 / 200, 1.0], "p_value_best": [1 / 200, np.nan, np.nan, np.nan]})
+    assert plot.p_floor(rows) == pytest.approx(1 / (199 + 1))
+    # as a CSV writes them (6 significant digits): 1/201 = 0.00497512
+    rounded = pd.DataFrame({"p_value": [0.00497512, 0.0149254, 0.502488, 1.0]})  # 1, 3, 101, 201 / 201
+    assert plot.p_floor(rounded) == pytest.approx(1 / 201)
+    # one p-value alone says nothing about T
+    assert plot.p_floor(pd.DataFrame({"p_value_best": [0.004]})) is None
+    # seed contrasts carry their floor
+    assert plot.p_floor(pd.DataFrame({"p_value": [1 / 6], "min_p_value": [1 / 6]})) == pytest.approx(1 / 6)
+
+
+@pytest.mark.parametrize("p, floor, text", [(1 / 200, 1 / 200, "p \u2264 0.005"), (1 / 201, 1 / 201, "p \u2264 0.005"),
+                                            (1 / 6, 1 / 6, "p \u2264 0.17"), (0.02, 1 / 200, "p = 0.02"),
+                                            (0.004, None, "p = 0.004")])
+def test_p_value_at_its_floor_is_written_as_a_bound(p, floor, text):
+    got = plot.p_text(p, floor).replace("\u00a0", " ")
+    assert got == text
+    if "\u2264" in got:  # the printed bound is never below the floor: 'p <= bound' stays true
+        assert float(got.split()[-1]) >= floor
+
+
+def test_heatmap_title_writes_a_floor_p_value_as_a_bound(table):
+    t = table[table["metric"] == "cka"].copy()
+    rng = np.random.default_rng(0)
+    t["p_value_adjusted"] = rng.choice([1, 3, 40, 200], size=len(t)) / 200  # 199 permutations
+    t["p_value_best"] = np.where(t["best"], 1 / 200, np.nan)
+    fig = plot.layer_heatmap(t)
+    title = fig.texts[0].get_text().replace("\u00a0", " ")
+    assert "p(best) \u2264 0.005" in title
+    assert "199 permutations" in plot.caption(fig) and "adjusted (max-T)" in plot.caption(fig)
+
+
+def test_caption_goes_into_the_files_metadata(table, tmp_path):
+    import subprocess
+
+    from PIL import Image
+
+    fig = plot.layer_heatmap(table, "cka")
+    text = plot.caption(fig)
+    assert "cka: kernel=linear" in text and "boxed" in text
+    png, pdf, svg = plot.save_figure(fig, tmp_path / "f", ("png", "pdf", "svg"))
+    assert Image.open(png).text["Description"] == text
+    info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
+    assert "Subject:" in info and "cka: kernel=linear" in info
+    assert "cka: kernel=linear" in svg.read_text()

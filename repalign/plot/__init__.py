@@ -13,8 +13,9 @@ restyled without recomputing:
 * :func:`size_scaling`: score versus model size within model families.
 * :func:`n_curve`: score versus the number of samples, one line per k (tables of ``compare --n-samples``).
 
-Widths: 'single' (3.3 in) or 'double' (6.85 in) journal columns, or a number of points; all text
-is at least 7 pt at that width. Colours: one fixed 0-1 scale per metric, the same in every panel,
+Widths: journal presets (:data:`WIDTHS_IN`: single, onehalf, double, science-1/-2/-3) or a number of
+points; every kind passes :func:`layout_problems` at every preset (no overlapping text, nothing off
+the canvas, no text under 7 pt, the canvas used; :mod:`repalign.plot.layout`). Colours: one fixed 0-1 scale per metric, the same in every panel,
 with the chance level or null mean marked (``scale='data'`` opts out). :func:`save_figure` writes
 PNG (300 dpi), PDF (TrueType fonts embedded) and SVG (text kept as editable ``<text>``).
 Modules: ``style`` (widths, fonts, colour scales), ``layers``, ``models``, ``profiles``, ``curves``, ``files``
@@ -26,9 +27,26 @@ Conventions and formulas: docs/figures.md.
 from repalign.plot.curves import curve_scores, n_curve
 from repalign.plot.files import FIGURES, FORMATS, KINDS, check_formats, check_stem, draw, plot_table, save_figure, save_layer_heatmap
 from repalign.plot.layers import STAGE_LABELS, LayerGroup, best_cell, hatched_cells, layer_groups, layer_heatmap, tick_labels, tick_positions
+from repalign.plot.layout import MIN_CANVAS_USE, canvas_use, layout_problems, pdf_layout_problems, pdf_words
 from repalign.plot.models import best_rows, cluster_order, model_matrix, model_scores
 from repalign.plot.profiles import depth_profile, depth_scores, parse_model_size, size_scaling, size_scores
-from repalign.plot.style import CB_COLORS, FONT_PT, PNG_DPI, SCALES, SEQUENTIAL_CMAP, WIDTHS_IN, ColourScale, colour_scale, figure_width, style, text_size, wrap
+from repalign.plot.style import (
+    CB_COLORS,
+    FONT_PT,
+    PNG_DPI,
+    SCALES,
+    SEQUENTIAL_CMAP,
+    WIDTHS_IN,
+    ColourScale,
+    caption,
+    colour_scale,
+    figure_width,
+    p_floor,
+    p_text,
+    style,
+    text_size,
+    wrap,
+)
 
 __all__ = [
     "CB_COLORS", "FIGURES", "FONT_PT", "FORMATS", "SEQUENTIAL_CMAP", "KINDS", "PNG_DPI", "SCALES", "STAGE_LABELS", "WIDTHS_IN", "ColourScale", "LayerGroup",
@@ -37,4 +55,5 @@ __all__ = [
     "layer_heatmap", "model_matrix", "model_scores", "n_curve", "curve_scores", "parse_model_size", "plot_table",
     "save_figure", "save_layer_heatmap", "size_scaling", "size_scores", "style",
     "text_size", "tick_labels", "tick_positions", "wrap",
+    "MIN_CANVAS_USE", "canvas_use", "caption", "layout_problems", "p_floor", "p_text", "pdf_layout_problems", "pdf_words",
 ]

@@ -17,7 +17,7 @@ from repalign.plot.layer_profile import layer_profile
 from repalign.plot.layers import layer_heatmap
 from repalign.plot.models import model_matrix
 from repalign.plot.profiles import depth_profile, size_scaling
-from repalign.plot.style import PNG_DPI, style
+from repalign.plot.style import PNG_DPI, caption, style
 from repalign.table import atomic_files
 
 FORMATS = ("png", "pdf", "svg")
@@ -67,7 +67,7 @@ def save_figure(fig, stem: str | os.PathLike, formats: str | Sequence[str] = ("p
     finals = [stem.parent / f"{stem.name}.{fmt}" for fmt in formats]
     with atomic_files(finals) as temps, style(), _quiet_font_subsetting():
         for fmt, tmp in zip(formats, temps):
-            fig.savefig(tmp, format=fmt, dpi=PNG_DPI, metadata=_metadata(fmt))
+            fig.savefig(tmp, format=fmt, dpi=PNG_DPI, metadata=_metadata(fmt, caption(fig)))
     return finals
 
 
@@ -83,13 +83,19 @@ def _quiet_font_subsetting():
         logger.setLevel(previous)
 
 
-def _metadata(fmt: str) -> dict:
-    # no creation date: the same table gives byte-identical PDF/SVG files
+def _metadata(fmt: str, text: str = "") -> dict:
+    """The files' metadata: no creation date (the same table gives byte-identical PDF/SVG files), and
+    the figure's caption (:func:`repalign.plot.style.caption`) as the PDF Subject / PNG and SVG Description."""
     if fmt == "pdf":
-        return {"Creator": "repalign", "CreationDate": None}
-    if fmt == "svg":
-        return {"Creator": "repalign", "Date": None}
-    return {"Software": "repalign"}
+        meta: dict = {"Creator": "repalign", "CreationDate": None}
+        key = "Subject"
+    elif fmt == "svg":
+        meta, key = {"Creator": "repalign", "Date": None}, "Description"
+    else:
+        meta, key = {"Software": "repalign"}, "Description"
+    if text:
+        meta[key] = text
+    return meta
 
 
 def draw(table: pd.DataFrame, kind: str = "layers", **options):

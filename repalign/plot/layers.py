@@ -17,7 +17,7 @@ from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 
 from repalign.errors import RepalignError
 from repalign.plot.style import (
-    FONT_PT,
+    LINE_PT,
     MARKER_COLOR,
     NOT_SIGNIFICANT_COLOR,
     colour_bar,
@@ -26,14 +26,43 @@ from repalign.plot.style import (
     figure_width,
     heatmap_image,
     metric_label,
+    metric_settings,
     new_figure,
+    p_floor,
+    p_text,
     reference_note,
+    set_caption,
     set_title,
     style,
     text_size,
     value_column,
 )
-from repalign.table import best_flags, metric_rows, numbers, pair_matrix, select_pair, significance_column
+from repalign.table import best_flags, has_values, metric_rows, numbers, pair_matrix, select_pair, significance_column
+
+#: rows of a controls table (``compare --controls``) that are not the trained comparison itself
+CONTROL_LEVELS = ("random_init", "contrast")
+
+
+def trained_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the trained comparison: a controls table's ``random_init`` and ``contrast`` rows
+    left out (any other table is returned as it is)."""
+    if "level" not in table.columns:
+        return table
+    return table[~table["level"].isin(CONTROL_LEVELS)]
+
+
+def best_contrast(table: pd.DataFrame, metric: str, model_a: str, model_b: str) -> pd.Series | None:
+    """The headline contrast row of a controls table (``level`` contrast, ``best`` True) of one
+    metric and model pair, either way round; None when the table has none."""
+    if "level" not in table.columns or "best" not in table.columns:
+        return None
+    rows = table[(table["level"] == "contrast") & (table["metric"] == metric)]
+    rows = rows[((rows["model_a"] == model_a) & (rows["model_b"] == model_b))
+                | ((rows["model_a"] == model_b) & (rows["model_b"] == model_a))]
+    flags = best_flags(rows)
+    if flags is None or not flags.any():
+        return None
+    return rows[flags].iloc[0]
 
 #: readable names of ESMFold2 stages (the prefix of a layer name before its first '.')
 STAGE_LABELS = {
@@ -50,7 +79,7 @@ STAGE_LABELS = {
 }
 TICK_STEPS = (1, 2, 5, 10, 20, 25, 50, 100, 200, 500, 1000)
 LABEL_SPACING = 1.3  # tick labels at least 1.3 line heights apart along an axis
-GAP_PT = 1.0  # between neighbouring group labels
+GAP_PT = 2.0  # between neighbouring group labels
 
 
 @dataclass(frozen=True)
@@ -117,7 +146,8 @@ class LayerLocator(Locator):
         ax = self.axis.axes
         box = ax.get_window_extent()
         length_pt = (box.height if self.which == "y" else box.width) * 72 / ax.figure.dpi
-        return tick_positions(self.groups, self.n, length_pt, text_size("0", FONT_PT)[1])
+        # a PDF reader boxes each label a full line high (LINE_PT), across the axis on x (upright labels) and y
+        return tick_positions(self.groups, self.n, length_pt, LINE_PT / LABEL_SPACING * 1.05)
 
 
 def spread(centres: Sequence[float], sizes: Sequence[float], low: float, high: float, gap: float = GAP_PT) -> list[float]:
@@ -355,10 +385,9 @@ def layer_heatmap(
     tick labels; tick labels are thinned to what the axis length holds at 7 pt. ``width``:
     'single', 'double' or points. Returns the matplotlib Figure.
     """
-    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
-        raise RepalignError(f"alpha must be in (0, 1), got {alpha!r}")
+    check_alpha(alpha)
     width_in = figure_width(width)
-    rows = select_pair(table, metric, model_a, model_b)
+    rows = select_pair(trained_rows(table), metric, model_a, model_b)
     column = value_column(rows, value)
     scores, names_a, names_b = pair_matrix(rows, column)
     if np.isnan(scores).all():
@@ -380,12 +409,64 @@ def layer_heatmap(
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=MARKER_COLOR, linewidth=1.2,
                                zorder=3, gid="best-pair"))
         colour_bar(fig, ax, image, metric_label(rows, column), rows, column, cscale, scores, height * 72)
+        contrast = best_contrast(table, str(rows["metric"].iloc[0]), ma, mb) if column == "score" else None
         lines = [f"{ma} vs {mb}", _best_text(rows, column, f"{names_a[i]} ~ {names_b[j]}", scores[i, j])]
+        if contrast is not None:
+            lines.append(contrast_text(contrast))
         if hatched:
             lines.append(f"hatched: {'adjusted ' if sig == 'p_value_adjusted' else ''}p \u2265 {alpha:g}")
         set_title(fig, ax, own, lines, cscale, width_in)
+        set_caption(fig, _heatmap_caption(rows, column, sig, alpha, hatched, cscale, contrast))
         finish_layout(fig, brackets, own)
     return fig
+
+
+def check_alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+        raise RepalignError(f"alpha must be in (0, 1), got {alpha!r}")
+    return float(alpha)
+
+
+def significance_note(rows: pd.DataFrame, sig: str | None, alpha: float, marks: str) -> str:
+    """'hatched: max-T adjusted permutation p ≥ 0.05 (199 permutations)': what the marks mean and which test."""
+    if sig is None:
+        return ""
+    floor = p_floor(rows)
+    count = f" ({round(1 / floor) - 1} permutations)" if floor is not None and "min_p_value" not in rows.columns else ""
+    test = "permutation p adjusted (max-T) over the layer pairs" if sig == "p_value_adjusted" else "permutation p"
+    return f"{marks}: {test} \u2265 {alpha:g}{count}"
+
+
+def _heatmap_caption(rows, column, sig, alpha, hatched, cscale, contrast) -> list[str]:
+    lines = [metric_settings(rows), "boxed: the best layer pair" + (" of the layer family (hidden layers unless "
+             "compared with --layer-family all)" if best_flags(rows) is not None else " (largest score)")]
+    note = reference_note(rows, column)
+    if note:
+        lines.append(f"line on the colour bar: {note}")
+    lines.append(cscale.describe())
+    if hatched:
+        lines.append(significance_note(rows, sig, alpha, "hatched"))
+    if contrast is not None:
+        lines.append("control: random-initialised networks of the same architectures, one per seed; p: rank of the "
+                     "trained best-pair score among the seeds' best-pair scores")
+    return lines
+
+
+def contrast_text(row: pd.Series) -> str:
+    """'controls 0.41 ± 0.03 (5 seeds), contrast +0.40, p ≤ 0.17' from a best contrast row."""
+    def value(name):
+        v = pd.to_numeric(pd.Series([row.get(name)]), errors="coerce").iloc[0]
+        return float(v) if pd.notna(v) else float("nan")
+
+    n = value("n_seeds")
+    text = f"control mean {value('control_mean'):.3f}"
+    if np.isfinite(n):
+        text += f" ({int(n)} seeds)"
+    text += f", contrast {value('difference'):+.3f}"
+    p, floor = value("p_value"), value("min_p_value")
+    if np.isfinite(p):
+        text += ", " + p_text(p, floor if np.isfinite(floor) else None)
+    return text
 
 
 def _hatch_not_significant(ax, rows: pd.DataFrame, sig: str | None, alpha: float) -> int:
@@ -402,12 +483,13 @@ def _hatch_not_significant(ax, rows: pd.DataFrame, sig: str | None, alpha: float
 
 
 def _best_text(rows: pd.DataFrame, column: str, pair: str, score: float) -> str:
-    """'best A ~ B = 0.812 (chance 0.1), p(best) = 0.005' for the title."""
+    """'best A ~ B = 0.812 (chance 0.1), p(best) ≤ 0.005' for the title: p(best) adjusted for the
+    layer search, written 'p ≤ 1/(T + 1)' at the smallest value T permutations can give."""
     best = f"best {pair} = {score:.3f}"
     note = reference_note(rows, column)
     if note:
         best += f" ({note})"
-    p_best = numbers(rows, "p_value_best") if "p_value_best" in rows.columns else np.array([])
-    if np.isfinite(p_best).any():
-        best += f", p(best)\u00a0=\u00a0{float(p_best[np.isfinite(p_best)][0]):.2g}"  # kept on one line
+    if has_values(rows, "p_value_best"):
+        p_best = numbers(rows, "p_value_best")
+        best += ", " + p_text(float(p_best[np.isfinite(p_best)][0]), p_floor(rows), "p(best)")  # kept on one line
     return best

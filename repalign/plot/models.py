@@ -11,6 +11,8 @@ from scipy.cluster.hierarchy import leaves_list, linkage
 from scipy.spatial.distance import squareform
 
 from repalign.errors import RepalignError
+from repalign.plot.layers import check_alpha, significance_note, trained_rows
+from repalign.plot.layout import fit_height
 from repalign.plot.style import (
     FONT_PT,
     NOT_SIGNIFICANT_COLOR,
@@ -19,14 +21,18 @@ from repalign.plot.style import (
     figure_width,
     heatmap_image,
     metric_label,
+    metric_settings,
     new_figure,
     reference_note,
+    set_caption,
     set_title,
     style,
     text_size,
     value_column,
 )
-from repalign.table import best_flags, check_table, metric_rows, models_of, numbers, significance_column, swap_sides
+from repalign.table import best_flags, chance_levels, check_table, metric_rows, models_of, numbers, significance_column, swap_sides
+
+SELF_COLOR = "#d9d9d9"  # a model with itself (the diagonal), when the table does not compare it
 
 
 def best_rows(
@@ -135,10 +141,13 @@ def model_matrix(
     significant (``p_value_best``, else the adjusted or plain p-value of that cell, >= ``alpha``)
     is hatched. Returns the Figure; the order used is ``fig.repalign_order``.
     """
+    check_alpha(alpha)
     width_in = figure_width(width)
-    rows = metric_rows(check_table(table), metric)
+    table = trained_rows(check_table(table))
+    rows = metric_rows(table, metric)
     column = value_column(rows, value)
     chosen = best_rows(table, metric, layers, value)
+    check_one_population(rows, chosen)
     scores = _square(chosen, models_of(rows), column)
     names = _model_order(scores, order)
     s = scores.loc[names, names].to_numpy(dtype=float)
@@ -149,11 +158,11 @@ def model_matrix(
 
     with style():
         own = ax is None
-        height = min(max(2.4, 0.9 * width_in if width_in < 5 else 0.55 * width_in), 6.0)
-        fig, ax = new_figure(width, height, ax)
-        image = heatmap_image(ax, s, cscale)
+        fig, ax = new_figure(width, max(2.6, 0.9 * width_in), ax)
+        image = heatmap_image(ax, s, cscale, aspect="auto")  # square cells come from the height (fit_height)
         ax.set_xticks(range(len(names)), names, rotation=90)
         ax.set_yticks(range(len(names)), names)
+        missing = _mark_missing(ax, s)
         hatched = 0
         if p is not None:
             for i, j in np.argwhere(p >= alpha):
@@ -161,8 +170,9 @@ def model_matrix(
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="none", edgecolor=NOT_SIGNIFICANT_COLOR,
                                        hatch="////", linewidth=0, zorder=1.5, gid=f"not-significant-{i}-{j}"))
         what = "chosen layers" if layers else "best layer pair"
-        colour_bar(fig, ax, image, f"{metric_label(rows, value)}, {what}", rows, column, cscale, s,
-                   height * 72, shrink=0.7)
+        narrow = width_in < 3.0  # a bar below leaves the matrix the full width
+        colour_bar(fig, ax, image, metric_label(rows, value), rows, column, cscale, s, 0.9 * width_in * 72,
+                   shrink=0.7, location="bottom" if narrow else "right")
         lines = [f"{metric_label(rows, value)}: {what}"]
         note = reference_note(rows, column)
         if note:
@@ -170,9 +180,61 @@ def model_matrix(
         if hatched:
             lines.append(f"hatched: p \u2265 {alpha:g} for the best pair")
         set_title(fig, ax, own, lines, cscale, width_in)
+        caption = [metric_settings(rows), f"entry: the {what} of the two models", cscale.describe()]
+        if missing:
+            caption.append("crossed: never compared; grey diagonal: a model with itself, not compared")
+        if hatched:
+            caption.append(significance_note(chosen, "p_value_best" if "p_value_best" in chosen.columns else
+                                             significance_column(chosen), alpha, "hatched") + " at the best pair")
+        set_caption(fig, caption)
+        if own:
+            fit_height(fig, ax, max_height_in=9.0)
         _write_values(fig, ax, s, cscale)
     fig.repalign_order = names
     return fig
+
+
+def check_one_population(rows: pd.DataFrame, chosen: pd.DataFrame) -> None:
+    """One matrix holds one population: models compared on the same samples, with one chance level.
+    Models never linked by a comparison (other modalities: they share no sample) or pairs whose
+    chance levels differ (another N or k) are refused with the fix."""
+    models = models_of(rows)
+    linked = {models[0]}
+    grew = True
+    while grew:
+        grew = False
+        for a, b in zip(chosen["model_a"], chosen["model_b"]):
+            if (a in linked) != (b in linked):
+                linked |= {a, b}
+                grew = True
+    apart = [m for m in models if m not in linked]
+    if apart:
+        raise RepalignError(f"models {', '.join(apart)} are never compared with {', '.join(sorted(linked))} (another "
+                            "modality or sample set); draw each group from its own rows of the table")
+    for name in ("dataset", "granularity"):
+        if name in rows.columns and rows[name].nunique() > 1:
+            raise RepalignError(f"the table holds several {name} values ({', '.join(map(str, rows[name].unique()))}); "
+                                f"draw one {name} at a time (filter the table)")
+    chance = chance_levels(chosen)
+    chance = chance[np.isfinite(chance)]
+    if chance.size and not np.allclose(chance, chance[0], atol=5e-4):
+        raise RepalignError(f"the pairs of this matrix differ in chance level ({chance.min():.3g} to {chance.max():.3g}: "
+                            "another N or k); draw the pairs of one N and k together (filter the table)")
+
+
+def _mark_missing(ax, s: np.ndarray) -> int:
+    """Grey the diagonal of models not compared with themselves and cross pairs never compared, so
+    that neither looks like the other (nor like a low score); returns how many pairs are crossed."""
+    crossed = 0
+    for i, j in np.argwhere(np.isnan(s)):
+        if i == j:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=SELF_COLOR, edgecolor="none", zorder=1.2,
+                                   gid=f"self-{i}"))
+        else:
+            crossed += 1
+            ax.plot([j - 0.4, j + 0.4], [i - 0.4, i + 0.4], color=NOT_SIGNIFICANT_COLOR, linewidth=0.6, gid=f"not-compared-{i}-{j}")
+            ax.plot([j - 0.4, j + 0.4], [i + 0.4, i - 0.4], color=NOT_SIGNIFICANT_COLOR, linewidth=0.6)
+    return crossed
 
 
 def _model_order(scores: pd.DataFrame, order: str | Sequence[str]) -> list[str]:

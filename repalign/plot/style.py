@@ -19,11 +19,16 @@ from repalign.errors import RepalignError
 from repalign.metrics import get_metric
 from repalign.table import has_values, numbers, reference_level
 
-#: Journal column widths in inches: single fits Nature (89 mm), Cell (85 mm), PNAS (8.7 cm);
-#: double fits Cell (174 mm), Nature (183 mm), PNAS (17.8 cm).
-WIDTHS_IN = {"single": 3.3, "double": 6.85}
-MIN_WIDTH_IN, MAX_WIDTH_IN = 2.5, 10.0
+#: Journal column widths in inches. single fits Nature (89 mm), Cell (85 mm), PNAS (8.7 cm) columns;
+#: onehalf is 120 mm (Nature's 1.5 column, 120-136 mm; Cell's is 114 mm, Elsevier's 140 mm); double
+#: fits Cell (174 mm), Nature (183 mm), PNAS (17.8 cm); science-1/-2/-3 are Science's 1, 2 and 3
+#: column widths (5.7, 12.1, 18.4 cm).
+WIDTHS_IN = {"single": 3.3, "onehalf": 120 / 25.4, "double": 6.85,
+             "science-1": 5.7 / 2.54, "science-2": 12.1 / 2.54, "science-3": 18.4 / 2.54}
+MIN_WIDTH_IN, MAX_WIDTH_IN = 2.2, 10.0
 FONT_PT = 7  # the smallest text of every figure: journals ask for 5-7 pt at print size
+#: the height of a line of FONT_PT text as PDF readers box a word (DejaVu Sans ascent + descent: 1.164 em)
+LINE_PT = 1.17 * FONT_PT
 PNG_DPI = 300
 
 # Okabe & Ito (2008) colour-blind-safe palette, for lines and markers
@@ -80,7 +85,8 @@ _WIDTH = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(in|pt|mm|cm)?\s*$", re.IGNORE
 
 
 def figure_width(width: str | float | int = "single") -> float:
-    """Width in inches of a preset ('single' 3.3 in, 'double' 6.85 in) or of a number of points
+    """Width in inches of a preset (:data:`WIDTHS_IN`: 'single' 3.3 in, 'onehalf' 120 mm, 'double'
+    6.85 in, 'science-1' / 'science-2' / 'science-3' 5.7 / 12.1 / 18.4 cm) or of a number of points
     (``246`` or ``'246pt'``; ``'85mm'``, ``'8.5cm'`` and ``'3.3in'`` work too)."""
     if isinstance(width, str) and width.strip().lower() in WIDTHS_IN:
         return WIDTHS_IN[width.strip().lower()]
@@ -92,7 +98,8 @@ def figure_width(width: str | float | int = "single") -> float:
         m = _WIDTH.match(str(width))
         value = float(m.group(1)) * _UNITS_IN[(m.group(2) or "pt").lower()] if m else None
     if value is None:
-        raise RepalignError(f"width {width!r} is not 'single', 'double' or a number of points such as 246 (or 85mm)")
+        raise RepalignError(f"width {width!r} is not a preset ({', '.join(WIDTHS_IN)}) or a number of points "
+                            "such as 246 (or 85mm)")
     if not MIN_WIDTH_IN <= value <= MAX_WIDTH_IN:
         raise RepalignError(f"width {width!r} is {value:.2f} in; give {MIN_WIDTH_IN:g} to {MAX_WIDTH_IN:g} in "
                             f"({MIN_WIDTH_IN * 72:.0f} to {MAX_WIDTH_IN * 72:.0f} pt) so that {FONT_PT} pt text fits")
@@ -151,10 +158,34 @@ def wrap(text: str, width_pt: float, size: float = FONT_PT) -> str:
 
 
 def metric_label(rows, value: str = "score") -> str:
-    """'mutual_knn (k=4, normalize=l2)', prefixed 'calibrated' for calibrated scores."""
-    metric, params = rows["metric"].iloc[0], rows["params"].iloc[0]
-    label = metric if not params else f"{metric} ({params.replace(',', ', ')})"
+    """The metric and its k, for axis and colour-bar labels: 'mutual_knn (k=4)', 'unbiased_cka';
+    prefixed 'calibrated' for calibrated scores. The other settings go in the caption
+    (:func:`metric_settings`)."""
+    metric, params = rows["metric"].iloc[0], rows["params"].iloc[0] if "params" in rows.columns else ""
+    k = [p for p in str(params or "").split(",") if p.strip().startswith("k=")] if isinstance(params, str) else []
+    label = f"{metric} ({k[0].strip()})" if k else str(metric)
     return f"calibrated {label}" if value == "calibrated" else label
+
+
+def metric_settings(rows) -> str:
+    """'mutual_knn: k=4, normalize=l2': the metric with every stored setting, for captions and metadata."""
+    metric = rows["metric"].iloc[0]
+    params = rows["params"].iloc[0] if "params" in rows.columns else ""
+    params = params if isinstance(params, str) else ""
+    return f"{metric}: {params.replace(',', ', ')}" if params else str(metric)
+
+
+def set_caption(fig, lines) -> str:
+    """Store the figure's caption (what its marks mean, the metric's settings, the test behind them):
+    :func:`caption` reads it, and :func:`repalign.plot.save_figure` writes it into the files' metadata."""
+    text = " ".join(line.strip().rstrip(".") + "." for line in lines if line and line.strip())
+    setattr(fig, "repalign_caption", text)
+    return text
+
+
+def caption(fig) -> str:
+    """The caption a figure function stored (:func:`set_caption`); '' when none."""
+    return str(getattr(fig, "repalign_caption", ""))
 
 
 def value_column(rows, value: str) -> str:
@@ -232,25 +263,31 @@ def reference_note(rows, column: str = "score") -> str:
 
 
 def colour_bar(fig, ax, image, label: str, rows, column: str, scale: ColourScale, values: np.ndarray,
-               length_pt: float, shrink: float = 0.85):
-    """A vertical colour bar right of ``ax`` with the label wrapped to the bar's length, and the chance
-    level (a line) or the range of null means (a band and a line at its middle) marked on it."""
-    bar = fig.colorbar(image, ax=ax, shrink=shrink, pad=0.02, aspect=25, extend=scale.extend(values))
+               length_pt: float, shrink: float = 0.85, location: str = "right"):
+    """A colour bar right of ``ax`` (or below it: ``location='bottom'``, for narrow figures) with
+    the label wrapped to the bar's length, and the chance level (a line) or the range of null means
+    (a band and a line at its middle) marked on it."""
+    bar = fig.colorbar(image, ax=ax, shrink=shrink, pad=0.02, aspect=25, extend=scale.extend(values), location=location)
     bar.outline.set_linewidth(0.5)
     bar.ax.tick_params(labelsize=FONT_PT)
     bar.set_label(wrap(label, 0.95 * shrink * length_pt))
-    if scale.kind == "fixed":
+    if scale.kind == "fixed" and location == "right":
         bar.set_ticks([0, 0.25, 0.5, 0.75, 1.0], labels=["0", "0.25", "0.5", "0.75", "1"])
+    elif scale.kind == "fixed":
+        bar.set_ticks([0, 0.5, 1.0], labels=["0", "0.5", "1"])
     ref = reference_level(rows) if column != "calibrated" else None
     if ref is not None:
         what, low, high = ref
         lo, hi = max(low, scale.vmin), min(high, scale.vmax)
+        across = bar.ax.axhline if location == "right" else bar.ax.axvline
         if lo <= hi:
             if hi - lo > 0.002 * (scale.vmax - scale.vmin):
-                bar.ax.add_patch(Rectangle((0, lo), 1, hi - lo, transform=bar.ax.get_yaxis_transform(),
+                band = ((0, lo), 1, hi - lo) if location == "right" else ((lo, 0), hi - lo, 1)
+                bar.ax.add_patch(Rectangle(*band, transform=bar.ax.get_yaxis_transform() if location == "right"
+                                           else bar.ax.get_xaxis_transform(),
                                            facecolor="white", alpha=0.5, edgecolor="none", gid="reference-band"))
-            bar.ax.axhline((lo + hi) / 2, color="white", linewidth=1.6, gid="reference-halo")
-            bar.ax.axhline((lo + hi) / 2, color="black", linewidth=0.8, gid=f"reference-{what.replace(' ', '-')}")
+            across((lo + hi) / 2, color="white", linewidth=1.6, gid="reference-halo")
+            across((lo + hi) / 2, color="black", linewidth=0.8, gid=f"reference-{what.replace(' ', '-')}")
     return bar
 
 
@@ -277,3 +314,48 @@ def set_title(fig, ax, own: bool, lines: list[str], scale: ColourScale, width_in
         fig.suptitle(title)
     else:
         ax.set_title(title)
+
+
+# ---- p-values as drawn --------------------------------------------------------------------------------
+
+P_COLUMNS = ("p_value", "p_value_adjusted", "p_value_best")
+
+
+def p_floor(rows, columns=P_COLUMNS) -> float | None:
+    """The smallest p-value the test behind ``rows`` can give: the ``min_p_value`` column where the
+    table has one (seed contrasts: 1/(n_seeds + 1)), else 1/(T + 1) for T permutations, read off
+    the p-values themselves: every permutation p-value is a multiple of 1/(T + 1), and the smallest
+    M = round(c / p_min) (c = 1, 2, ...) of which every p-value of ``columns`` is a multiple (to
+    1e-4, the rounding of a CSV) gives T + 1 = M. None with fewer than two distinct p-values under 1
+    (too few to read T off) or when no M fits.
+    A p-value reported as 'p ≤ floor' is true whichever M is found, as every p is at least its floor."""
+    if "min_p_value" in rows.columns and has_values(rows, "min_p_value"):
+        return float(np.nanmin(numbers(rows, "min_p_value")))
+    values = np.concatenate([numbers(rows, c) for c in columns if c in rows.columns] or [np.array([])])
+    values = np.unique(values[np.isfinite(values) & (values > 0)])
+    if np.count_nonzero(values < 1) < 2:
+        return None  # one p-value is a multiple of 1/M for many M: too little to read T off
+    for c in range(1, 21):
+        m = round(c / values[0])
+        if m < 2:
+            continue
+        scaled = values * m
+        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-4 * scaled + 1e-9):
+            return 1.0 / m
+    return None
+
+
+def _round_up(x: float) -> str:
+    """``x`` with two significant digits, rounded up (so that 'p ≤ text' stays true)."""
+    text = f"{x:.2g}"
+    if float(text) < x:
+        exponent = int(np.floor(np.log10(x))) - 1
+        text = f"{np.ceil(x / 10.0 ** exponent) * 10.0 ** exponent:.2g}"
+    return text
+
+
+def p_text(p: float, floor: float | None, name: str = "p") -> str:
+    """'p = 0.032', or 'p ≤ 0.005' for a p-value at the smallest its test can give (``floor``)."""
+    if floor is not None and p <= floor * (1 + 1e-4):
+        return f"{name}\u00a0\u2264\u00a0{_round_up(floor)}"
+    return f"{name}\u00a0=\u00a0{p:.2g}"
