@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import math
 import re
 from typing import Sequence
+from warnings import warn
 
 import numpy as np
 import pandas as pd
@@ -21,8 +23,8 @@ import pandas as pd
 from embeddings_cache import Cache, align_ids
 from repalign.compare.headline import describe, headlines
 from repalign.compare.options import EngineOptions, StatsOptions, check_combination, from_keywords
-from repalign.compare.run import Comparison, cache_pair, check_metrics, open_models, select_layers
-from repalign.errors import RepalignError
+from repalign.compare.run import WARNING_SEPARATOR, Comparison, cache_pair, check_metrics, open_models, select_layers
+from repalign.errors import RepalignError, RepalignWarning
 from repalign.models.controls import control_name, parse_control
 from repalign.stats import holm, seed_contrast
 
@@ -201,7 +203,11 @@ def compare_controls(
                                  layers_b=[glob.escape(x) for x in names_b], engine=engine, stats=plain, samples=ids, **params)
         frames.append(control.table.assign(level="random_init", control_seed=seed))
         warnings += [f"{a} vs {b}: {w}" for w in control.warnings]
-    frames.append(contrast_rows(frames[0], frames[1:], 1.0 - stats.alpha))
+    few = seed_warning(len(seeds), stats.alpha)
+    frames.append(contrast_rows(frames[0], frames[1:], 1.0 - stats.alpha, [few] if few else []))
+    if few:
+        warnings.append(few)
+        warn(few, RepalignWarning, stacklevel=2)
     table = pd.concat(frames, ignore_index=True)
     table["control_seed"] = table["control_seed"].astype("Int64")
     return ControlComparison(table=table, model_a=model_a, model_b=model_b, n_samples=trained.n_samples,
@@ -226,16 +232,26 @@ def _contrast(trained: float, controls: np.ndarray, ci: float) -> dict:
             "p_value_adjusted": np.nan}
 
 
-def contrast_rows(trained: pd.DataFrame, controls: list[pd.DataFrame], ci: float) -> pd.DataFrame:
+def seed_warning(n_seeds: int, alpha: float) -> str | None:
+    """The reliability warning of a contrast whose smallest attainable p-value, 1/(n_seeds + 1), exceeds ``alpha``."""
+    if 1.0 / (n_seeds + 1.0) <= alpha:
+        return None
+    return (f"random-init controls of {n_seeds} seed(s): the smallest possible p-value of the contrast is "
+            f"{1.0 / (n_seeds + 1.0):.3g} > alpha={alpha}; use at least {math.ceil(1.0 / alpha - 1e-9) - 1} control seed(s)")
+
+
+def contrast_rows(trained: pd.DataFrame, controls: list[pd.DataFrame], ci: float, warnings: Sequence[str] = ()) -> pd.DataFrame:
     """The contrast rows (``level = contrast``) of a trained table against its seeds' tables (the
     same metrics and layer pairs in the same order): one per layer pair, trained score against the
     seeds' scores at that pair; and per metric one ``best`` row, the trained best pair against each
-    seed's own best pair, with ``p_value_adjusted`` Holm over the metrics."""
+    seed's own best pair, with ``p_value_adjusted`` Holm over the metrics. A row's ``warnings``: the
+    trained row's and ``warnings``."""
     keys = ["metric", "layer_a", "layer_b"]
     for frame in controls:
         if not frame[keys].reset_index(drop=True).equals(trained[keys].reset_index(drop=True)):
             raise RepalignError("contrast_rows: the controls' tables do not hold the trained table's metrics and layer pairs")
-    base = ["model_a", "layer_a", "model_b", "layer_b", "metric", "params", "score", "n_samples", "best"]
+    base = [c for c in ("model_a", "layer_a", "model_b", "layer_b", "metric", "params", "score", "n_samples", "best",
+                        "warnings") if c in trained.columns]
     scores = np.column_stack([f["score"].to_numpy(dtype=np.float64) for f in controls])
     rows = trained[base].reset_index(drop=True).assign(best=False, level="contrast", control_seed=pd.NA)
     stats = pd.DataFrame([_contrast(float(x), c, ci) for x, c in zip(rows["score"], scores)])
@@ -249,4 +265,7 @@ def contrast_rows(trained: pd.DataFrame, controls: list[pd.DataFrame], ci: float
     best["p_value_adjusted"] = holm(best["p_value"].to_numpy(dtype=np.float64))
     out = pd.concat([pd.concat([rows, stats], axis=1), best], ignore_index=True)
     out["n_seeds"] = out["n_seeds"].astype("Int64")
+    if "warnings" in out.columns:
+        out["warnings"] = [WARNING_SEPARATOR.join(dict.fromkeys(t for t in (*str(w or "").split(WARNING_SEPARATOR), *warnings) if t))
+                           for w in out["warnings"]]
     return out

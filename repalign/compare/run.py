@@ -215,16 +215,38 @@ def compare_items(run: ComparisonRun, items_a: list, items_b: list) -> Compariso
               **{f"{run.model_b}:{x}": b for x, b in zip(run.names_b, items_b)}} if run.engine.in_memory else None
     frames, warnings = [], []
     for al, (metric, p), result, interval in zip(alignments, resolved, results, intervals):
-        settable = {k: v for k, v in p.items() if k in metric.params}
-        warnings += stats.check_reliability(run.n, metric.name, settable, layers=layers, normalize=run.engine.normalize,
-                                            permutations=run.stats.permutations or None, alpha=run.stats.alpha)
-        frames.append(_frame(run, al, result, interval))
+        frame = _frame(run, al, result, interval)
+        found, frame["warnings"] = row_warnings(run, metric.name, {k: v for k, v in p.items() if k in metric.params},
+                                                layers, frame)
+        warnings += found
+        frames.append(frame)
     comparison = Comparison(table=pd.concat(frames, ignore_index=True), model_a=run.model_a, model_b=run.model_b,
                             n_samples=run.n, alignments=alignments, warnings=list(dict.fromkeys(run.warnings + warnings)),
                             granularity=run.granularity, n_units=run.n_units)
     for text in comparison.warnings:  # also kept in Comparison.warnings
         warn(text, RepalignWarning, stacklevel=3)
     return comparison
+
+
+#: separates the reliability warnings of one row in a table's ``warnings`` column
+WARNING_SEPARATOR = " | "
+
+
+def row_warnings(run: ComparisonRun, metric: str, params: dict, layers: dict | None, frame: pd.DataFrame) -> tuple[list, list]:
+    """The reliability warnings of one metric (:func:`repalign.stats.check_reliability`) and, per row
+    of ``frame``, those that apply to it, joined by :data:`WARNING_SEPARATOR` ("" when none): the
+    comparison's own (``run.warnings``), N small for k and too few permutations on every row; a
+    degenerate layer (participation ratio) on the rows of that layer."""
+    general = stats.check_reliability(run.n, metric, params, normalize=run.engine.normalize,
+                                      permutations=run.stats.permutations or None, alpha=run.stats.alpha)
+    per_layer = {key: [w for w in stats.check_reliability(run.n, metric, params, layers={key: x}, normalize=run.engine.normalize)
+                       if w not in general] for key, x in (layers or {}).items()}
+    found = general + [w for texts in per_layer.values() for w in texts]
+    column = []
+    for x, y in zip(frame["layer_a"], frame["layer_b"]):
+        texts = [*run.warnings, *general, *per_layer.get(f"{run.model_a}:{x}", []), *per_layer.get(f"{run.model_b}:{y}", [])]
+        column.append(WARNING_SEPARATOR.join(dict.fromkeys(texts)))
+    return found, column
 
 
 def _permutation_alignments(run: ComparisonRun, resolved: list, items_a: list, items_b: list) -> tuple[list, list]:
