@@ -28,7 +28,7 @@ from repalign.extract import extract
 from repalign.interop.owned import Manifest, work_folder
 from repalign.models.controls import control_name
 from repalign.plot import FIGURES, plot_table, save_layer_heatmap
-from repalign.report import headline_text, trained_rows
+from repalign.report import CONTROLS_KIND, headline_text, trained_rows
 from repalign.table import settings_path, write_settings, write_table
 
 # (modality, records factory, model pair)
@@ -42,8 +42,6 @@ PERMUTATIONS = 99
 CONTROL_SEEDS = (0, 1, 2, 3, 4)
 SEED = 0
 FIGURE_METRICS = ("mutual_knn", "unbiased_cka")
-#: the figure kind drawing a trained pair against its controls, where repalign.plot has it
-CONTROLS_KIND = "controls"
 
 
 def _records(target: str):

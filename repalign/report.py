@@ -67,6 +67,8 @@ INDEX_FILE = "index.html"
 MANIFEST_FILE = ".repalign-report"
 REPORT_FILES = (SCORES_FILE, SETTINGS_FILE, INDEX_FILE)
 ALPHA = 0.05
+#: the figure kind of a trained pair against its random-init controls (drawn where repalign.plot has it)
+CONTROLS_KIND = "controls"
 #: the columns that tell a comparison's rows apart in a table (those the table has)
 PAIR_KEYS = ("granularity", "level", "control_seed", "metric", "model_a", "model_b")
 
@@ -282,6 +284,21 @@ def figure_specs(table: pd.DataFrame) -> list[dict]:
             level_rows = granularity_rows(rows, level) if "granularity" in rows.columns else rows
             for metric in dict.fromkeys(level_rows["metric"]):
                 specs += _metric_specs(level_rows[level_rows["metric"] == metric], metric, group_index, level)
+                specs += _control_specs(table, level_rows[level_rows["metric"] == metric], metric, group_index)
+    return specs
+
+
+def _control_specs(table: pd.DataFrame, trained: pd.DataFrame, metric: str, group: int) -> list[dict]:
+    """A trained-vs-control figure per trained pair with controls, where repalign.plot has that kind."""
+    if CONTROLS_KIND not in plot.FIGURES or "level" not in table.columns:
+        return []
+    base_a, base_b = (table[c].astype(str).str.replace(r"@random:\d+$", "", regex=True) for c in ("model_a", "model_b"))
+    specs = []
+    for a, b in dict.fromkeys(zip(trained["model_a"], trained["model_b"])):
+        rows = table[(base_a == a) & (base_b == b) & (table["metric"] == metric)]
+        if (_levels(rows) == "random_init").any():
+            specs.append({"metric": metric, "group": group, "granularity": None, "kind": CONTROLS_KIND, "a": a, "b": b,
+                          "rows": rows})
     return specs
 
 
@@ -337,6 +354,9 @@ def draw_figure(spec: dict) -> dict:
     if spec["kind"] == "models":
         title = f"{spec['metric']}: model x model, best layer pair{level}"
         what = f"{title}; one chance level for every pair drawn."
+    elif spec["kind"] == CONTROLS_KIND:
+        title = f"{spec['metric']}: {spec['a']} vs {spec['b']} against random-init controls"
+        what = f"{title}; the trained scores beside those of each control seed."
     else:
         title = f"{spec['metric']}: layer x layer, {spec['a']} vs {spec['b']}{level}"
         what = f"{title}; boxed: the best layer pair."

@@ -276,7 +276,8 @@ def test_embedded_figures_are_valid_svg(report):
         assert float(root.get("width").removesuffix("pt")) > 100
         texts = ["".join(t.itertext()) for t in root.iter("{http://www.w3.org/2000/svg}text")]
         assert texts  # text stays text
-        assert not any("@random" in t for t in texts)  # controls are never drawn as models
+        if "against random-init controls" not in img["alt"]:
+            assert not any("@random" in t for t in texts)  # controls are never drawn as models of their own
         titles.append(img["alt"])
     assert "mutual_knn: layer x layer, esm2-8m vs fold" in titles
 
