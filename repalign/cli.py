@@ -109,16 +109,43 @@ _CLI_WORDING = {
     "with overwrite=True": "with --overwrite",
     "max_member_bytes=": "--max-member-size ",
     "store_dtype='float32'": "--store-dtype float32",
-    "dtype='float32'": "--store-dtype float32",
+    "use dtype='float32'": "use --store-dtype float32",  # CacheWriter(dtype=): the storage dtype
+    "repalign.zoo.model_table()": "'repalign models --layers'",
+    "options key ": "--option ",
 }
 
 
-def cli_message(exc: BaseException) -> str:
-    """First line of an error, with Python parameter names replaced by the matching flags."""
+#: Python parameter of extract, import_features, export_features and repool -> its flag: words their
+#: messages (``pool='mean'``, ``skip_invalid=True``, ``layers=[a, b]``, ``options={'k': 'v'}``) as flags
+EXTRACT_FLAGS = {
+    "pool": "--pool", "skip_invalid": "--skip-invalid", "overwrite": "--overwrite", "batch_tokens": "--batch-tokens",
+    "limit": "--limit", "weights": "--weights", "tokens": "--tokens", "layers": "--layers", "dtype": "--dtype",
+    "store_dtype": "--store-dtype", "device": "--device", "ids": "--ids", "inputs": "--inputs", "options": "--option",
+}
+
+
+def cli_message(exc: BaseException, command: str | None = None) -> str:
+    """First line of an error, with Python parameter names replaced by the matching flags (those of
+    :data:`EXTRACT_FLAGS` for ``extract``, ``cache`` and ``models``)."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     for python, flag in _CLI_WORDING.items():
         text = text.replace(python, flag)
-    return text
+    return extract_wording(text) if command in ("extract", "cache", "models") else text
+
+
+def extract_wording(text: str) -> str:
+    """``text`` with each ``name=VALUE`` of :data:`EXTRACT_FLAGS` as its flag: ``True`` as the bare flag,
+    quotes and list brackets dropped, ``options={'k': 'v'}`` as ``--option k=v``."""
+    def flag(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        if name == "options" and value.startswith("{"):
+            pairs = re.findall(r"'([^']*)':\s*'([^']*)'", value)
+            return " ".join(f"--option {k}={v}" for k, v in pairs) or "--option"
+        value = "" if value == "True" else re.sub(r"[\[\]']", "", value).replace(", ", " ")
+        return f"{EXTRACT_FLAGS[name]} {value}".rstrip()
+
+    names = "|".join(sorted(EXTRACT_FLAGS, key=len, reverse=True))
+    return re.sub(rf"(?<![\w'.-])({names})=(True\b|'[^']*'|\[[^\]]*\]|\{{[^}}]*\}}|[^\s;,)]*)", flag, text)
 
 
 def system_error_text(exc: BaseException) -> str:
@@ -809,7 +836,7 @@ def one_line_warnings(command: str):
         def show(message, category, filename, lineno, file=None, line=None):
             if not issubclass(category, RepalignWarning):
                 return python_show(message, category, filename, lineno, file, line)
-            text = cli_message(message)
+            text = cli_message(message, command)
             text = compare_wording(text) if command == "compare" else text
             if text not in shown:
                 shown.add(text)
@@ -826,7 +853,7 @@ def run_command(args) -> int:
     except RepalignError as exc:
         if args.debug:
             raise
-        print(f"repalign: error: {cli_message(exc)}", file=sys.stderr)
+        print(f"repalign: error: {cli_message(exc, args.command)}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
         # the reader of our output went away (`repalign cache info X | head -1`): not an error

@@ -26,6 +26,7 @@ import numpy as np
 
 from embeddings_cache import CacheWriter, check_can_append
 from repalign.errors import InvalidInput, RepalignError
+from repalign.extract_batches import Retry, forward_with_retry, length_batches, order_batches
 from repalign.extract_options import (
     ExtractOptions,
     ModelPlan,
@@ -35,7 +36,6 @@ from repalign.extract_options import (
     split_stored,
     weight_errors,
 )
-from repalign.extract_batches import Retry, forward_with_retry, length_batches, order_batches
 from repalign.inputs import Record
 from repalign.models import ModelAdapter, SampleFeatures, check_options
 from repalign.pooling import pool_rows
@@ -65,7 +65,7 @@ def pool_features(feats: SampleFeatures, layers: Sequence[str], pool: str, sampl
     for layer in layers:
         if pool == "cls":
             if layer not in feats.cls:
-                raise RepalignError(f"layer {layer} has no CLS vector for {sample_id}; use --pool mean")
+                raise RepalignError(f"layer {layer} has no CLS vector for {sample_id}; use pool='mean'")
             out[layer] = np.asarray(feats.cls[layer], dtype=np.float32)
         else:
             tok = feats.tokens.get(layer)
@@ -247,7 +247,7 @@ def _finite_samples(recs, feats, pooled_rows, plan: ModelPlan, options: ExtractO
             invalid[r.id] = reason
             log.warning("skipped %s", reason)
         else:
-            raise InvalidInput(f"{reason}; the model failed on this input: check it, or pass --skip-invalid", r.id)
+            raise InvalidInput(f"{reason}; the model failed on this input: check it, or pass skip_invalid=True", r.id)
     return keep
 
 

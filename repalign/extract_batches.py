@@ -46,7 +46,7 @@ def length_batches(records: Sequence[object], sizes: Sequence[int], batch_tokens
     forms a batch of its own.
     """
     if batch_tokens < 1:
-        raise RepalignError(f"--batch-tokens must be positive, got {batch_tokens}")
+        raise RepalignError(f"batch_tokens={batch_tokens!r} must be a positive whole number of tokens, e.g. 4096")
     order = sorted(range(len(records)), key=lambda i: (sizes[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
@@ -137,7 +137,7 @@ def forward_with_retry(adapter: ModelAdapter, records: Sequence[Record], layers:
         known = f"estimated {estimate:.1f} GB" if estimate is not None else "no estimate for this model"
         raise RepalignError(
             f"{r.id}: out of memory on {adapter.device} even alone ({sizes[0]} tokens/atoms, {known}); "
-            f"run it on a device with more memory, with --dtype bfloat16 where the model allows, or split the input")
+            f"run it on a device with more memory, with dtype='bfloat16' where the model allows, or split the input")
     half = len(records) // 2
     retries.append(Retry([r.id for r in records], sizes, (half, len(records) - half), estimate, message))
     log.warning("out of memory on a batch of %d samples (%d tokens/atoms); retrying as %d + %d",

@@ -70,7 +70,7 @@ class ExtractOptions:
     def __post_init__(self):
         batch = self.batch_tokens
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-            raise RepalignError(f"--batch-tokens must be a positive integer, got {batch}")
+            raise RepalignError(f"batch_tokens={batch!r} must be a positive whole number of tokens, e.g. 4096")
         if self.pool is not None and self.pool not in POOLINGS:
             raise RepalignError(f"unknown pooling {self.pool!r}; use one of {', '.join(POOLINGS)}")
         if self.store_dtype not in STORE_DTYPES:
@@ -78,7 +78,7 @@ class ExtractOptions:
         if self.compression is not None and self.compression not in COMPRESSIONS:
             raise RepalignError(f"unknown compression {self.compression!r}; use gzip, lzf or none")
         if self.limit is not None and self.limit < 1:
-            raise RepalignError(f"--limit must be positive, got {self.limit}")
+            raise RepalignError(f"limit={self.limit!r} must be a positive number of inputs")
 
     @classmethod
     def build(cls, settings: ExtractOptions | None = None, **fields: Any) -> ExtractOptions:
@@ -123,7 +123,8 @@ def check_records(records: Sequence[Record], models: Sequence[str], options: Ext
     if options.limit is not None:
         records = records[:options.limit]
     if options.weights is not None and len(models) > 1:
-        raise RepalignError("--weights applies to one model; run one 'repalign extract' per model with its weights")
+        raise RepalignError(f"weights={options.weights} applies to one model; extract each model with its own weights, "
+                            "one model per run")
     for r in records:
         if "\x00" in r.id:
             raise RepalignError(f"sample id {r.id!r} contains a NUL character; remove it from the input")
@@ -151,7 +152,7 @@ def resolve_layers(adapter: ModelAdapter, requested: Sequence[str] | None) -> li
             shown = ", ".join(available[:10]) + (", ..." if len(available) > 10 else "")
             raise RepalignError(
                 f"model {adapter.info.name} has no layer matching {pat!r}; its layers: {shown} "
-                "(all of them: 'repalign models --layers')"
+                "(all of them: repalign.zoo.model_table())"
             )
         chosen.update(hits)
     return [n for n in available if n in chosen]
@@ -170,7 +171,7 @@ def plan_model(name: str, records: Sequence[Record], options: ExtractOptions) ->
     token_layers = chosen if pool == "none" else (resolve_layers(adapter, options.tokens) if options.tokens else [])
     unknown_tok = [t for t in token_layers if t not in chosen]
     if unknown_tok:
-        raise RepalignError(f"--tokens layers {unknown_tok} are not among the extracted layers; add them to --layers")
+        raise RepalignError(f"tokens={unknown_tok} are not among the extracted layers; add them to layers=")
     good, invalid = [], {}
     for r in records:
         try:
@@ -178,7 +179,7 @@ def plan_model(name: str, records: Sequence[Record], options: ExtractOptions) ->
             if adapter.max_size is not None and adapter.size(r) > adapter.max_size:
                 raise InvalidInput(
                     f"{r.id}: {adapter.size(r)} tokens/atoms, longer than {adapter.info.name} accepts "
-                    f"({adapter.max_size}); shorten it, split it, or pass --skip-invalid", r.id)
+                    f"({adapter.max_size}); shorten it, split it, or pass skip_invalid=True", r.id)
         except InvalidInput as exc:
             if not options.skip_invalid:
                 raise
@@ -203,7 +204,7 @@ def split_stored(records: Sequence[Record], stored: dict[str, str], key: str) ->
         else:
             raise RepalignError(
                 f"sample {r.id} is already stored for {key} with different content; "
-                f"give the new input another id, or pass --overwrite to re-extract the model")
+                f"give the new input another id, or pass overwrite=True to re-extract the model")
     return todo, skipped
 
 
@@ -243,5 +244,5 @@ def weight_errors(adapter: ModelAdapter):
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RepalignError(
             f"cannot load the weights of model {adapter.info.name}{where} ({type(exc).__name__}: {text[:200]}); "
-            "the checkpoint is incomplete or not this model's: download it again or give other --weights"
+            "the checkpoint is incomplete or not this model's: download it again or pass another checkpoint as weights="
         ) from exc

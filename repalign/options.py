@@ -50,12 +50,12 @@ def check_routing(options: Mapping[str, Any] | None, accepted: Mapping[str, tupl
     for key in options:
         owner, name = split_key(key)
         if not name:
-            raise RepalignError(f"--option {key!r} has no option name; write MODEL:KEY=VALUE or KEY=VALUE")
+            raise RepalignError(f"options key {key!r} has no option name; write MODEL:KEY or KEY")
         if owner is not None:
             if owner not in names:
                 raise RepalignError(
-                    f"--option {key}=...: model {owner!r} is not in this run ({', '.join(models)}); "
-                    "write MODEL:KEY=VALUE with one of those models"
+                    f"options key {key!r}: model {owner!r} is not in this run ({', '.join(models)}); "
+                    "write MODEL:KEY with one of those models"
                 )
         elif not any(a is None or name in a for a in accepted.values()):
             # every a is a tuple here (a None, any option taken, would have made any() true): the filter drops nothing

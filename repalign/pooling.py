@@ -48,7 +48,7 @@ def pool_rows(rows, pool: str, what: str = "sample") -> np.ndarray:
         vec = rows[-1]
     elif pool == "cls":
         raise RepalignError(f"{what}: cls pooling needs the model's CLS vector, which token rows do not hold; "
-                            "use mean, max or last, or extract again with --pool cls")
+                            "use mean, max or last, or extract again with pool='cls'")
     else:
         check_pool(pool)
     return np.asarray(vec, dtype=np.float32)
@@ -89,7 +89,7 @@ def repool(cache: str | os.PathLike, model: str, pool: str, *, name: str | None 
         if not token_layers:
             raise RepalignError(
                 f"model {model!r} stores no token-level features, so it cannot be pooled again; "
-                "extract it with --tokens LAYER (or --pool none) to keep them"
+                "extract it with tokens=[LAYER] (or pool='none') to keep them"
             )
         chosen = list(token_layers) if not layers else list(layers)
         missing = [l for l in chosen if l not in token_layers]
@@ -101,7 +101,7 @@ def repool(cache: str | os.PathLike, model: str, pool: str, *, name: str | None 
             and (c.provenance(target).get("options") or {}).get("pool") == pool
         if target in c.models and not overwrite and not same_run:
             raise RepalignError(
-                f"model {target!r} is already in {cache}; pass --overwrite to replace it, or choose another name"
+                f"model {target!r} is already in {cache}; pass overwrite=True to replace it, or choose another name"
             )
         ids, hashes = c.ids(model), c.hashes(model)
         prov = c.provenance(model)

@@ -333,7 +333,7 @@ def test_extract_checks_arguments_and_the_cache_before_loading_the_model(tiny_es
     fasta = random_fasta(tmp_path / "in.fasta", 3)
     model = f"hf:{broken_checkpoint}"  # loading it would fail: every error below comes before the load
     one_line_error(run_cli("extract", fasta, "-m", model, "-o", tmp_path / "c.h5", "--batch-tokens", "0"),
-                   "--batch-tokens must be a positive integer")
+                   "--batch-tokens 0 must be a positive whole number of tokens")
     one_line_error(run_cli("extract", fasta, "-m", model, "-o", tmp_path / "nowhere" / "c.h5"), "does not exist")
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes\n")

@@ -26,7 +26,7 @@ def test_oversized_record_gets_its_own_batch_and_bad_budget_errors():
     recs = [sequence_record(f"s{i}", "A" * s) for i, s in enumerate([10, 5000, 20])]
     batches = length_batches(recs, [10, 5000, 20], batch_tokens=100)
     assert [1] in batches
-    with pytest.raises(RepalignError, match="batch-tokens"):
+    with pytest.raises(RepalignError, match=r"batch_tokens=0 must be a positive whole number of tokens"):
         length_batches(recs, [10, 5000, 20], batch_tokens=0)
 
 

@@ -13,8 +13,8 @@ import pytest
 from embeddings_cache import Cache
 from repalign.errors import RepalignError
 from repalign.extract import extract, extract_model, model_writer
-from repalign.extract_options import ExtractOptions, ModelPlan, plan_model
 from repalign.extract_batches import plan_extraction
+from repalign.extract_options import ExtractOptions, ModelPlan, plan_model
 from repalign.inputs import sequence_record
 
 MODEL = "aa-composition"
@@ -43,11 +43,11 @@ def test_unknown_option_is_one_line_naming_it(tmp_path):
 
 
 @pytest.mark.parametrize("fields, fragment", [
-    ({"batch_tokens": 0}, "--batch-tokens must be a positive integer"),
-    ({"batch_tokens": True}, "--batch-tokens must be a positive integer"),
+    ({"batch_tokens": 0}, "batch_tokens=0 must be a positive whole number of tokens"),
+    ({"batch_tokens": True}, "batch_tokens=True must be a positive whole number of tokens"),
     ({"pool": "median"}, "unknown pooling 'median'"),
     ({"store_dtype": "float64"}, "unknown storage dtype 'float64'"),
-    ({"limit": 0}, "--limit must be positive"),
+    ({"limit": 0}, "limit=0 must be a positive number of inputs"),
 ])
 def test_bad_settings_fail_when_built(fields, fragment):
     with pytest.raises(RepalignError, match=fragment):

@@ -32,8 +32,8 @@ from embeddings_cache import merge_shards, remove_cache
 from repalign.distributed.cluster import dask_distributed, gather_watched, open_client, parse_cluster
 from repalign.errors import RepalignError
 from repalign.extract import ModelRun, extract_model, load_model, model_writer, plan_run
-from repalign.extract_options import ExtractOptions, ModelPlan, adapter_name, dataset_provenance, split_stored
 from repalign.extract_batches import length_batches, stored_hashes
+from repalign.extract_options import ExtractOptions, ModelPlan, adapter_name, dataset_provenance, split_stored
 from repalign.inputs import Record
 from repalign.models import ModelAdapter, options_for_model
 

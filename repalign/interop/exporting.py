@@ -101,12 +101,12 @@ def _check_target(out: Path, cache: Path, overwrite: bool, manifest: Manifest) -
         raise RepalignError(f"{out} is a symbolic link; export never replaces a link (nor what it points to): "
                             "remove it or choose another name")
     if not overwrite:
-        raise RepalignError(f"{out} already exists; pass --overwrite to replace an earlier export, or choose "
+        raise RepalignError(f"{out} already exists; pass overwrite=True to replace an earlier export, or choose "
                             "another name")
     if not manifest.owns(out):
         what = "folder" if out.is_dir() else "file"
         raise RepalignError(f"{out} is a {what} that 'repalign cache export' did not write (or that was changed "
-                            "since); --overwrite replaces only an earlier export: move it away or choose another name")
+                            "since); overwrite=True replaces only an earlier export: move it away or choose another name")
 
 
 def _chosen_layers(c: Cache, cache, model: str, layers: Sequence[str] | None, fmt: str) -> tuple[Any, list, list]:
@@ -141,7 +141,7 @@ def _check_export_memory(c: Cache, model: str, pooled: list[str], tokens: list[s
     if total > half:
         raise RepalignError(f"model {model!r}: the {len(pooled) + len(tokens)} layers to export take "
                             f"{size_text(total)} in memory together, more than half the available memory "
-                            f"({size_text(half)}); export fewer layers at a time (--layers NAME ...), free memory, or "
+                            f"({size_text(half)}); export fewer layers at a time (layers=[NAME, ...]), free memory, or "
                             f"pass max_member_bytes={total} if the cache is yours and the memory is there")
 
 

@@ -100,12 +100,12 @@ def _bind(feats: Features, path: Path, inputs, ids) -> tuple[list[str], list[str
                 extra = sorted(set(given) - set(row_ids))[:3]
                 lacking = sorted(set(row_ids) - set(given))[:3]
                 raise RepalignError(f"{path} names its samples, and the ids given differ (only in ids: {extra}, "
-                                    f"only in the file: {lacking}); drop --ids to use the file's ids")
+                                    f"only in the file: {lacking}); drop ids= to use the file's ids")
         hashes = feats.hashes if feats.hashes is not None else [UNKNOWN_HASH] * len(row_ids)
         return row_ids, list(hashes), "file"
     if inputs is None and ids is None:
-        raise RepalignError(f"{path} does not name its samples; give the inputs in row order (--inputs) or their "
-                            "ids (--ids FILE, one per line)")
+        raise RepalignError(f"{path} does not name its samples; give the inputs in row order (inputs=) or their "
+                            "ids in row order (ids=)")
     if inputs is not None:
         inputs = list(inputs)
         row_ids = check_ids([r.id for r in inputs], "inputs")
@@ -194,7 +194,7 @@ def import_features(
     if cache.exists() and not overwrite:
         with Cache(cache) as c:
             if model in c.models:
-                raise RepalignError(f"model {model!r} is already in {cache}; pass --overwrite to replace it, "
+                raise RepalignError(f"model {model!r} is already in {cache}; pass overwrite=True to replace it, "
                                     "or import under another name")
     feats = read_features(path, pool=pool, keep_tokens=keep_tokens, max_member_bytes=max_member_bytes)
     row_ids, hashes, source = _bind(feats, path, inputs, ids)
@@ -203,7 +203,7 @@ def import_features(
     pooled_layers = [l for l in feats.order if l in feats.pooled]
     token_layers = [l for l in feats.order if l in feats.tokens] if keep_tokens else []
     if not pooled_layers and not token_layers:
-        raise RepalignError(f"{path}: no layer left to import; check --layers and --pool")
+        raise RepalignError(f"{path}: no layer left to import; check layers= and pool=")
 
     _check_storable(feats, pooled_layers, token_layers, store_dtype, path, row_ids)
     prov = _provenance(feats, path, model, source, pool, token_layers, store_dtype)
@@ -265,7 +265,7 @@ def _pool(feats: Features, pool: str, path: Path, row_ids: list[str]) -> None:
     file's pooled vectors, else the token rows pooled here."""
     if pool == "cls":
         if not feats.cls:
-            raise RepalignError(f"{path} holds no CLS/BOS vectors; import with --pool mean, max or last")
+            raise RepalignError(f"{path} holds no CLS/BOS vectors; import with pool='mean' (or max, last)")
         feats.pooled = dict(feats.cls)
         return
     for layer, rows in feats.tokens.items():  # token rows without pooled vectors in the file

@@ -535,7 +535,7 @@ def _esm_features(objs: list, files: list[Path], pool: str, keep_tokens: bool) -
                 pooled.setdefault(layer, []).append(pool_rows(rows_of[layer], pool, f"{f} layer {layer}"))
             elif pool in ("max", "last"):
                 raise RepalignError(f"{f}: layer {layer} has mean vectors only; {pool} pooling needs the per-token "
-                                    "representations (extract.py --include per_tok), or import with --pool mean")
+                                    "representations (extract.py --include per_tok), or import with pool='mean'")
         for layer, value in kinds.get(ESM_BOS, {}).items():
             cls.setdefault(layer, []).append(_array(value, f, f"bos_representations[{layer}]"))
     if hashes and len(hashes) != len(ids):

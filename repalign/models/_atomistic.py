@@ -28,7 +28,7 @@ def check_loadable(adapter: ModelAdapter) -> None:
     were trained and are run in float32)."""
     raise_if_unavailable(adapter)
     if adapter.dtype != "float32":
-        raise RepalignError(f"model {adapter.info.name} runs in float32 only; drop --dtype {adapter.dtype}")
+        raise RepalignError(f"model {adapter.info.name} runs in float32 only, not dtype={adapter.dtype!r}; pass dtype='float32'")
 
 
 def check_layers(adapter: ModelAdapter, layers: Sequence[str]) -> None:
@@ -50,7 +50,7 @@ def reject_elements(record: Record, model: str, supported: Collection[int], supp
     if bad:
         raise InvalidInput(
             f"{record.id}: element(s) {', '.join(bad)} not supported by {model} "
-            f"(supports {supports}); remove it or pass --skip-invalid",
+            f"(supports {supports}); remove it or pass skip_invalid=True",
             record.id,
         )
 
@@ -87,7 +87,7 @@ def reject_dense_neighbour_graph(record: Record, cutoff: float = GRAPH_CUTOFF_A)
         raise InvalidInput(
             f"{record.id}: {len(atoms)} atom(s) in a {volume:.3g} A^3 cell would have about {per_atom:,.0f} "
             f"neighbours per atom within {cutoff:g} A ({edges:,.0f} graph edges; at most {MAX_NEIGHBOURS_PER_ATOM:,} "
-            f"per atom and {MAX_GRAPH_EDGES:,} in all are built); check its cell and positions, or pass --skip-invalid",
+            f"per atom and {MAX_GRAPH_EDGES:,} in all are built); check its cell and positions, or pass skip_invalid=True",
             record.id,
         )
 

@@ -44,7 +44,7 @@ class _StructureBaseline(ModelAdapter):
 
     def load(self) -> None:
         if self.dtype != "float32":
-            raise RepalignError(f"model {self.info.name} computes float32 features; drop --dtype {self.dtype}")
+            raise RepalignError(f"model {self.info.name} computes float32 features, not dtype={self.dtype!r}; pass dtype='float32'")
 
     def layer_names(self) -> list[str]:
         return [self.layer]
@@ -82,7 +82,7 @@ class ElementComposition(_StructureBaseline):
         super().validate(record)
         numbers = np.asarray(record.payload.numbers)
         if numbers.max() > MAX_Z:
-            raise InvalidInput(f"{record.id}: elements beyond Z={MAX_Z} are not in the one-hot; remove it or pass --skip-invalid",
+            raise InvalidInput(f"{record.id}: elements beyond Z={MAX_Z} are not in the one-hot; remove it or pass skip_invalid=True",
                                record.id)
 
     def rows(self, atoms) -> np.ndarray:
@@ -135,7 +135,7 @@ class _DscribeBaseline(_StructureBaseline):
         if bad:
             raise InvalidInput(
                 f"{record.id}: element(s) {', '.join(bad)} not in {self.info.name}'s species "
-                f"({','.join(self.species)}); pass --option species=... listing every element of the inputs", record.id)
+                f"({','.join(self.species)}); pass options={{'species': '...'}} listing every element of the inputs", record.id)
 
     def descriptor(self, periodic: bool):
         if periodic not in self._descriptors:

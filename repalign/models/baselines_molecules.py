@@ -75,7 +75,7 @@ class MorganFingerprint(ModelAdapter):
 
     def load(self) -> None:
         if self.dtype != "float32":
-            raise RepalignError(f"model morgan computes float32 features; drop --dtype {self.dtype}")
+            raise RepalignError(f"model morgan computes float32 features, not dtype={self.dtype!r}; pass dtype='float32'")
 
     def layer_names(self) -> list[str]:
         return [f"morgan.r{r}" for r in RADII]
@@ -90,7 +90,7 @@ class MorganFingerprint(ModelAdapter):
         reject_empty(record)
         if np.asarray(record.payload.pbc).any():
             raise InvalidInput(f"{record.id}: periodic structure; morgan fingerprints are for molecules, remove it "
-                               "or pass --skip-invalid", record.id)
+                               "or pass skip_invalid=True", record.id)
 
     def rows(self, atoms, radius: int) -> np.ndarray:
         from rdkit.Chem import rdFingerprintGenerator

@@ -65,7 +65,7 @@ class _SequenceBaseline(ModelAdapter):
 
     def load(self) -> None:
         if self.dtype != "float32":
-            raise RepalignError(f"model {self.info.name} computes float32 features; drop --dtype {self.dtype}")
+            raise RepalignError(f"model {self.info.name} computes float32 features, not dtype={self.dtype!r}; pass dtype='float32'")
 
     def provenance(self) -> dict[str, Any]:
         return {"model": self.info.name, "family": self.info.family, "level": "baseline",

@@ -133,7 +133,7 @@ class CHGNetAdapter(ModelAdapter):
         if isolated.size:
             raise InvalidInput(
                 f"{record.id}: atom(s) {isolated[:5].tolist()} have no neighbour within {_ATOM_GRAPH_CUTOFF:g} A, "
-                f"which {self.info.name} cannot encode; remove it or pass --skip-invalid",
+                f"which {self.info.name} cannot encode; remove it or pass skip_invalid=True",
                 record.id,
             )
 

