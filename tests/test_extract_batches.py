@@ -15,7 +15,7 @@ from embeddings_cache import Cache
 from repalign.cli import main
 from repalign.errors import RepalignError
 from repalign.extract import extract
-from repalign.extract_plan import format_plan, order_batches, plan_extraction
+from repalign.extract_batches import format_plan, order_batches, plan_extraction
 from repalign.inputs import sequence_record
 from repalign.models import ModelAdapter, get_adapter
 
