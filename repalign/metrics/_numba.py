@@ -17,6 +17,8 @@ from numba import njit, prange
 # Columns handled together by one thread when scanning a similarity block column-wise: each thread
 # reads 512-byte runs of a row (whole cache lines, few TLB misses) while updating 128 lists.
 _COLUMN_CHUNK = 128
+# Entries of a row scanned branch-free before any is examined in the fused top-k merge.
+_SEGMENT = 32
 
 
 # ----------------------------------------------------------------------------- blocked top-k search
@@ -83,6 +85,71 @@ def topk_update_cols(S, row0, col0, best_sim, best_idx, upper_only):
                     continue
                 _insert(best_sim, best_idx, col0 + c, s, j)
                 last_s[c - c_start] = best_sim[col0 + c, k - 1]
+
+
+@njit(parallel=True, cache=True)
+def topk_update_block(S, row0, col0, best_sim, best_idx, upper_only, buf_r, buf_c, buf_s):
+    """:func:`topk_update_rows` and :func:`topk_update_cols` in one pass over S (each entry read once,
+    row-major, while the block is still in cache): the same lists.
+
+    Rows are split into ``buf_r.shape[0]`` chunks, one thread each. A thread merges its rows' lists
+    directly; an entry that may enter its column's list (at least that column's admission threshold
+    when the pass began, a lower bound of the current one) is appended to the chunk's buffer
+    (``buf_r``/``buf_c``/``buf_s``, (chunks, capacity)). The buffers are then merged by column
+    ranges in parallel; a chunk whose buffer filled up (e.g. the first blocks, when every list is
+    still empty) has its rows' columns merged by a direct column scan instead. A list holds the
+    top entries under one total order (similarity, then index), whatever the insertion order.
+    """
+    n_rows, n_cols = S.shape
+    k = best_sim.shape[1]
+    n_chunks, cap = buf_r.shape
+    rows_per = (n_rows + n_chunks - 1) // n_chunks
+    # Thresholds in S's precision: every list value is a value of S, so the comparisons are exact.
+    threshold = np.empty(n_cols, dtype=S.dtype)
+    for c in range(n_cols):
+        threshold[c] = best_sim[col0 + c, k - 1]
+    counts = np.zeros(n_chunks, dtype=np.int64)
+    for ch in prange(n_chunks):
+        used = 0
+        for r in range(ch * rows_per, min(n_rows, (ch + 1) * rows_per)):
+            i = row0 + r
+            last_s = S.dtype.type(best_sim[i, k - 1])
+            start = r + 1 if upper_only else 0
+            for seg in range(start, n_cols, _SEGMENT):
+                stop = min(n_cols, seg + _SEGMENT)
+                hit = False  # a branch-free scan of the segment first: most segments hold no candidate
+                for c in range(seg, stop):
+                    hit |= (S[r, c] >= last_s) | (S[r, c] >= threshold[c])
+                if not hit:
+                    continue
+                for c in range(seg, stop):
+                    s = S[r, c]
+                    if s >= last_s:
+                        _insert(best_sim, best_idx, i, np.float64(s), col0 + c)
+                        last_s = S.dtype.type(best_sim[i, k - 1])
+                    if s >= threshold[c]:
+                        if used < cap:
+                            buf_r[ch, used] = r
+                            buf_c[ch, used] = c
+                            buf_s[ch, used] = s
+                        used += 1
+        counts[ch] = used
+    n_col_chunks = (n_cols + _COLUMN_CHUNK - 1) // _COLUMN_CHUNK
+    for cc in prange(n_col_chunks):
+        c_lo = cc * _COLUMN_CHUNK
+        c_hi = min(n_cols, c_lo + _COLUMN_CHUNK)
+        for ch in range(n_chunks):
+            if counts[ch] <= cap:
+                for e in range(counts[ch]):
+                    c = buf_c[ch, e]
+                    if c_lo <= c < c_hi:
+                        _insert(best_sim, best_idx, col0 + c, buf_s[ch, e], row0 + buf_r[ch, e])
+            else:  # the buffer overflowed: scan this chunk's rows for these columns
+                for r in range(ch * rows_per, min(n_rows, (ch + 1) * rows_per)):
+                    for c in range(max(c_lo, r + 1) if upper_only else c_lo, c_hi):
+                        s = np.float64(S[r, c])
+                        if s >= best_sim[col0 + c, k - 1]:
+                            _insert(best_sim, best_idx, col0 + c, s, row0 + r)
 
 
 def topk_blocked(X: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
@@ -170,6 +237,33 @@ def pair_dots(Xq, qi, Xc, cj):
     for t in prange(qi.shape[0]):
         out[t] = _dot64(Xq[qi[t]], Xc[cj[t]])
     return out
+
+
+# ----------------------------------------------------------------------------- duplicate rows
+@njit(parallel=True, cache=True)
+def row_hashes(B):
+    """64-bit FNV-1a hash of each row of the byte matrix B (N, bytes): equal rows hash equal."""
+    out = np.empty(B.shape[0], dtype=np.uint64)
+    for i in prange(B.shape[0]):
+        h = np.uint64(14695981039346656037)
+        for t in range(B.shape[1]):
+            h = (h ^ np.uint64(B[i, t])) * np.uint64(1099511628211)
+        out[i] = h
+    return out
+
+
+@njit(parallel=True, cache=True)
+def rows_equal_their_first(B, group, first):
+    """True when every row of B holds the same bytes as the first row of its group (no hash collision)."""
+    ok = np.ones(B.shape[0], dtype=np.bool_)
+    for i in prange(B.shape[0]):
+        f = first[group[i]]
+        if f != i:
+            for t in range(B.shape[1]):
+                if B[i, t] != B[f, t]:
+                    ok[i] = False
+                    break
+    return ok.all()
 
 
 # ----------------------------------------------------------------------------- tie levels

@@ -30,6 +30,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+import numba
 import numpy as np
 
 from repalign.errors import RepalignError
@@ -45,6 +46,8 @@ _EXTRA_CANDIDATES = 2
 _MAX_ENTRIES = 1 << 27
 # Query rows per BLAS product in the completion pass.
 _COMPLETION_CHUNK = 1024
+# Column-list entries a thread may defer per block row in the fused top-k merge (beyond: a direct column scan).
+_BUFFER = 16
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,18 @@ def row_digests(X: np.ndarray) -> np.ndarray:
                     dtype="S16")
 
 
+def row_groups(X: np.ndarray) -> DuplicateGroups:
+    """Samples grouped by identical rows (-0.0 as 0.0), as ``duplicate_groups(row_digests(X))`` gives
+    them: rows are grouped by a 64-bit hash computed by numba, and every row is then checked byte
+    for byte against its group's first row (on a collision, the BLAKE2b digests decide)."""
+    Z = np.ascontiguousarray(X + X.dtype.type(0))
+    B = Z.view(np.uint8).reshape(Z.shape[0], -1)
+    groups = duplicate_groups(_numba.row_hashes(B))
+    if _numba.rows_equal_their_first(B, groups.group, groups.first):
+        return groups
+    return duplicate_groups(row_digests(X))
+
+
 def duplicate_groups(digests: np.ndarray) -> DuplicateGroups:
     """Groups of equal digests (see :func:`row_digests`)."""
     _, first_sorted, inverse = np.unique(digests, return_index=True, return_inverse=True)
@@ -160,13 +175,19 @@ def exact_search(rows: DistinctRows, ks: int, block: int = DEFAULT_BLOCK) -> tup
     n = rows.n
     best_sim = np.full((n, ks), -np.inf)
     best_idx = np.full((n, ks), n, dtype=np.int64)
+    chunks = max(1, numba.get_num_threads())
+    buffers = (np.empty((chunks, _BUFFER * block), dtype=np.int32), np.empty((chunks, _BUFFER * block), dtype=np.int32),
+               np.empty((chunks, _BUFFER * block)))
+    # Diagonal blocks first: every list then holds candidates, so the off-diagonal blocks' column
+    # thresholds admit few entries (the lists do not depend on the order of the blocks).
+    for r0, Xr in _rechunked(rows, block):
+        _numba.topk_update_block(Xr @ Xr.T, r0, r0, best_sim, best_idx, True, *buffers)
     for r0, Xr in _rechunked(rows, block):
         for c0, Xc in _rechunked(rows, block):
-            if c0 < r0:
+            if c0 <= r0:
                 continue  # the pair (c, r) was merged when c was the row block
             S = Xr @ Xc.T
-            _numba.topk_update_rows(S, r0, c0, best_sim, best_idx, c0 == r0)
-            _numba.topk_update_cols(S, r0, c0, best_sim, best_idx, c0 == r0)
+            _numba.topk_update_block(S, r0, c0, best_sim, best_idx, False, *buffers)
             del S  # the next block's product must not coexist with this one
     return best_idx, best_sim
 
@@ -229,29 +250,27 @@ def _exact_candidate_sims(rows: DistinctRows, ptr: np.ndarray, cand: np.ndarray)
     return out
 
 
-def _completion(rows: DistinctRows, targets: np.ndarray, bounds: np.ndarray) -> tuple[list, list]:
+def _completion(rows: DistinctRows, targets: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every distinct row v ≠ u with BLAS similarity ≥ bounds[t] to u = targets[t], with its exact
-    similarity: (candidates per target, exact similarities per target)."""
-    position = {int(u): t for t, u in enumerate(targets)}
+    similarity: flat arrays (t, v, exact similarity), grouped by t, each target's rows in increasing v."""
     Q = np.empty((targets.size, rows.width), dtype=rows.dtype)
     for r0, Xr in rows.blocks():
-        inside = targets[(targets >= r0) & (targets < r0 + Xr.shape[0])]
-        for u in inside:
-            Q[position[int(u)]] = Xr[u - r0]
-    found_v: list[list] = [[] for _ in targets]
-    found_s: list[list] = [[] for _ in targets]
+        inside = np.flatnonzero((targets >= r0) & (targets < r0 + Xr.shape[0]))
+        Q[inside] = Xr[targets[inside] - r0]
+    found_t, found_v, found_s = [], [], []
     for c0, Xc in rows.blocks():
         for q0 in range(0, targets.size, _COMPLETION_CHUNK):
             Qc = Q[q0:q0 + _COMPLETION_CHUNK]
             S = Qc @ Xc.T
             qi, cj = np.nonzero(S >= bounds[q0:q0 + _COMPLETION_CHUNK, None])
             keep = targets[q0 + qi] != c0 + cj
-            qi, cj = qi[keep], cj[keep]
-            exact = _numba.pair_dots(Qc, qi.astype(np.int64), Xc, cj.astype(np.int64))
-            for a, b, s in zip(qi.tolist(), (c0 + cj).tolist(), exact.tolist()):
-                found_v[q0 + a].append(b)
-                found_s[q0 + a].append(s)
-    return found_v, found_s
+            qi, cj = qi[keep].astype(np.int64), cj[keep].astype(np.int64)
+            found_t.append(q0 + qi)
+            found_v.append(c0 + cj)
+            found_s.append(_numba.pair_dots(Qc, qi, Xc, cj))
+    t, v, sims = (np.concatenate(a) if a else np.empty(0) for a in (found_t, found_v, found_s))
+    order = np.argsort(t, kind="stable")  # blocks come in increasing v, and nonzero is row-major
+    return t[order].astype(np.int64), v[order].astype(np.int64), sims[order].astype(np.float64)
 
 
 def _unit_roundoff(dtype) -> float:
@@ -291,8 +310,8 @@ def build_knn_state(groups: DuplicateGroups, rows: DistinctRows, k: int, search:
     eps = (rows.width + 2) * _unit_roundoff(rows.dtype) * rows.norms * (rows.norms.max() if g else 0.0) * 2.0
     flagged = np.flatnonzero(truncated & np.isfinite(last) & (last >= threshold - eps))
     if flagged.size:
-        found_v, found_s = _completion(rows, flagged, threshold[flagged] - eps[flagged])
-        ptr, cand, sims, mult = _replace_rows(ptr, cand, sims, mult, flagged, found_v, found_s, groups.counts)
+        found = _completion(rows, flagged, threshold[flagged] - eps[flagged])
+        ptr, cand, sims, mult = _replace_rows(ptr, cand, sims, mult, flagged, found, groups.counts)
         weight, level = _levels(ptr, sims, mult, k)
 
     widths = _numba.list_widths(groups.group, ptr, mult, level)
@@ -343,28 +362,22 @@ def _thresholds(ptr, sims, level) -> np.ndarray:
     return out
 
 
-def _replace_rows(ptr, cand, sims, mult, flagged, found_v, found_s, counts):
+def _replace_rows(ptr, cand, sims, mult, flagged, found, counts):
     """CSR lists with the candidate groups of the ``flagged`` rows replaced by a complete list
-    (their own-group entry is kept)."""
-    rows_v, rows_s, rows_m = [], [], []
-    flagged_set = {int(u): t for t, u in enumerate(flagged)}
-    for u in range(ptr.size - 1):
-        s0, s1 = ptr[u], ptr[u + 1]
-        t = flagged_set.get(u)
-        if t is None:
-            rows_v.append(cand[s0:s1])
-            rows_s.append(sims[s0:s1])
-            rows_m.append(mult[s0:s1])
-            continue
-        own = (cand[s0:s1] == u)
-        v = np.asarray(found_v[t], dtype=np.int64)
-        rows_v.append(np.concatenate([cand[s0:s1][own], v]))
-        rows_s.append(np.concatenate([sims[s0:s1][own], np.asarray(found_s[t], dtype=np.float64)]))
-        rows_m.append(np.concatenate([mult[s0:s1][own], counts[v]]))
-    lengths = np.array([r.size for r in rows_v], dtype=np.int64)
-    new_ptr = np.zeros(lengths.size + 1, dtype=np.int64)
-    np.cumsum(lengths, out=new_ptr[1:])
-    return new_ptr, np.concatenate(rows_v), np.concatenate(rows_s), np.concatenate(rows_m).astype(np.int64)
+    (their own-group entry is kept, first); ``found``: the (t, v, similarity) arrays of :func:`_completion`."""
+    found_t, found_v, found_s = found
+    owner = np.repeat(np.arange(ptr.size - 1), np.diff(ptr))
+    is_flagged = np.zeros(ptr.size - 1, dtype=bool)
+    is_flagged[flagged] = True
+    keep = ~is_flagged[owner] | (cand == owner)
+    rows_of = np.concatenate([owner[keep], flagged[found_t]])
+    order = np.argsort(rows_of, kind="stable")  # kept entries before the found ones, each in its order
+    new_ptr = np.zeros(ptr.size, dtype=np.int64)
+    np.cumsum(np.bincount(rows_of, minlength=ptr.size - 1), out=new_ptr[1:])
+    new_cand = np.concatenate([cand[keep], found_v])[order]
+    new_sims = np.concatenate([sims[keep], found_s])[order]
+    new_mult = np.concatenate([mult[keep], counts[found_v]])[order].astype(np.int64)
+    return new_ptr, new_cand, new_sims, new_mult
 
 
 def overflow_scale(top: float) -> float:
@@ -386,7 +399,7 @@ def knn_state(X: np.ndarray, k: int, block: int = DEFAULT_BLOCK, search: Candida
     search: the candidate search among the distinct rows (default: :func:`exact_search` in
     ``block`` blocks), e.g. that of :class:`repalign.metrics.torch_engine.TorchBackend`; the lists
     do not depend on it."""
-    groups = duplicate_groups(row_digests(X))
+    groups = row_groups(X)
     scale = overflow_scale(float(np.max(np.abs(X))))
     U = np.ascontiguousarray(X[groups.first] * X.dtype.type(scale))
     search = search or (lambda rows, ks: exact_search(rows, ks, block))
