@@ -12,6 +12,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import repalign.metrics as M
+from repalign.metrics import _numba, neighbors
 from repalign.metrics.neighbors import knn_state
 from repalign.stats import permutation_test
 
@@ -137,3 +138,91 @@ def test_type_one_error_with_and_without_duplicates(data, metric, params):
         rejected_single += res.p_value[0, 0] <= 0.05
         rejected_best += res.p_value_best <= 0.05
     assert rejected_single <= 9 and rejected_best <= 9, (rejected_single, rejected_best)
+
+
+# ----------------------------------------------------------------------------- the fused search against the two-pass one
+def two_pass_search(rows, ks, block):
+    """The search before the fused merge, kept as the reference: upper-triangle blocks in row order,
+    each merged into its rows' lists and then, transposed, into its columns' lists."""
+    n = rows.n
+    best_sim, best_idx = np.full((n, ks), -np.inf), np.full((n, ks), n, dtype=np.int64)
+    for r0, Xr in neighbors.rechunked_rows(rows, block):
+        for c0, Xc in neighbors.rechunked_rows(rows, block):
+            if c0 >= r0:
+                S = Xr @ Xc.T
+                _numba.topk_update_rows(S, r0, c0, best_sim, best_idx, c0 == r0)
+                _numba.topk_update_cols(S, r0, c0, best_sim, best_idx, c0 == r0)
+    return best_idx, best_sim
+
+
+def lattice(rng, n, width):
+    """Rows of small integers: many exactly equal inner products between different rows, some duplicates."""
+    X = rng.integers(-2, 3, (n, width)).astype(np.float32)
+    X[rng.choice(n, n // 5, replace=False)] = X[rng.choice(n, n // 5)]
+    return X
+
+
+@pytest.mark.parametrize("buffer", [0, 1, 16], ids=["always-overflow", "small-buffer", "default"])
+@pytest.mark.parametrize("block", [50, 256])
+def test_fused_search_gives_the_two_pass_candidates_bit_for_bit(monkeypatch, buffer, block):
+    monkeypatch.setattr(neighbors, "_BUFFER", buffer)
+    rng = np.random.default_rng(8)
+    for X in (M.prepare(rng.standard_normal((700, 24)).astype(np.float32)), lattice(rng, 600, 5)):
+        rows = neighbors.DistinctRows.in_memory(X)
+        for ks in (1, 12):
+            idx, sim = neighbors.exact_search(rows, ks, block)
+            ref_idx, ref_sim = two_pass_search(rows, ks, block)
+            np.testing.assert_array_equal(idx, ref_idx)
+            np.testing.assert_array_equal(sim, ref_sim)
+
+
+def test_fused_search_with_two_numba_threads():
+    rng = np.random.default_rng(9)
+    rows = neighbors.DistinctRows.in_memory(lattice(rng, 900, 6))
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        idx, sim = neighbors.exact_search(rows, 9, 128)
+    finally:
+        numba.set_num_threads(previous)
+    ref_idx, ref_sim = two_pass_search(rows, 9, 128)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(sim, ref_sim)
+
+
+def test_row_groups_equal_the_digest_groups_also_on_a_hash_collision(monkeypatch):
+    rng = np.random.default_rng(10)
+    X = duplicated(rng, 400, 37, 6).astype(np.float32)
+    X[::7] *= -0.0  # -0.0 rows group with 0.0 rows
+    reference = neighbors.duplicate_groups(neighbors.row_digests(X))
+    fields = ("group", "counts", "first", "mptr", "members")
+    for groups in (neighbors.row_groups(X),):
+        for field in fields:
+            np.testing.assert_array_equal(getattr(groups, field), getattr(reference, field))
+    # every row hashing alike: the byte check finds the collision and the digests decide
+    monkeypatch.setattr(neighbors._numba, "row_hashes", lambda B: np.zeros(B.shape[0], dtype=np.uint64))
+    collided = neighbors.row_groups(X)
+    for field in fields:
+        np.testing.assert_array_equal(getattr(collided, field), getattr(reference, field))
+
+
+def test_completed_lists_equal_lists_from_every_candidate():
+    """Rows completed against all rows (tied boundaries: lattice data) give the lists that a search
+    proposing every row as a candidate gives (no truncation, no completion)."""
+    rng = np.random.default_rng(11)
+    X = lattice(rng, 500, 4)
+    groups = neighbors.duplicate_groups(neighbors.row_digests(X))
+    rows = neighbors.DistinctRows.in_memory(np.ascontiguousarray(X[groups.first]))
+
+    def every_row(rows, ks):
+        U = rows.blocks().__next__()[1].astype(np.float64)
+        S = U @ U.T
+        np.fill_diagonal(S, -np.inf)
+        order = np.argsort(-S, axis=1, kind="stable")[:, :-1]
+        return order.astype(np.int64), np.take_along_axis(S, order, axis=1)
+
+    for k in (3, 10):
+        ours = knn_state(X, k)
+        full = neighbors.build_knn_state(groups, rows, k, every_row)
+        for field in ("indices", "similarities", "weights", "levels"):
+            np.testing.assert_array_equal(getattr(ours, field), getattr(full, field))
