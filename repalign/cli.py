@@ -459,47 +459,26 @@ def figure_options(
 
     An option that the kind does not use is an error rather than silently ignored.
     """
-    from repalign.plot import KINDS, SCALES, figure_width  # lazy: matplotlib only when plotting (CLI start-up)
+    from repalign.plot import FIGURES, SCALES, figure_flags, figure_width  # lazy: matplotlib only when plotting (CLI start-up)
 
-    if kind not in KINDS:
-        raise RepalignError(f"figure kind {kind!r} is unknown; use one of {', '.join(KINDS)}")
+    if kind not in FIGURES:
+        raise RepalignError(f"figure kind {kind!r} is unknown; use one of {', '.join(FIGURES)}")
     figure_width(width)
     if scale not in SCALES:
         raise RepalignError(f"scale {scale!r} is not 'fixed' or 'data'")
-    uses = {
-        "layers": {"a", "b", "calibrated", "alpha"},
-        "models": {"calibrated", "order", "layers", "alpha"},
-        "depth": {"a", "b", "layer_b", "alpha"},
-        "size": {"b", "layer_b", "sizes"},
-        "n-curve": {"a", "b", "calibrated", "layers"},
-        "profile": {"a"},
-    }[kind]
+    flags = figure_flags(kind)  # flag -> the figure function's parameter, from its signature
     given = {"a": a, "b": b, "layer_b": layer_b, "calibrated": calibrated or None, "order": order,
-             "layers": layers or None, "sizes": sizes or None}
-    unused = [f"--{name.replace('_', '-')}" for name, v in given.items() if v is not None and name not in uses]
+             "layers": layers or None, "sizes": sizes or None, "scale": None if scale == "fixed" else scale}
+    unused = [f"--{name.replace('_', '-')}" for name, v in given.items() if v is not None and name not in flags]
     if unused:
         verb = "does" if len(unused) == 1 else "do"
         raise RepalignError(f"{', '.join(unused)} {verb} not apply to --kind {kind}; see 'repalign plot --help'")
-    if kind == "profile":  # a table of 'repalign profile': --metric names its measure, --a its models
-        return {"measure": metric, "width": width, "models": [m.strip() for m in a.split(",") if m.strip()] if a else None}
-    opts: dict = {"metric": metric, "width": width, "scale": scale}
-    value = "calibrated" if calibrated else "score"
-    if kind == "layers":
-        opts.update(model_a=a, model_b=b, value=value, alpha=alpha)
-    elif kind == "models":
-        if order is None or order in ("cluster", "table"):
-            opts["order"] = order or "cluster"
-        else:
-            opts["order"] = [m.strip() for m in order.split(",") if m.strip()]
-        opts.update(layers=layers, value=value, alpha=alpha)
-    elif kind == "n-curve":
-        opts.update(model_a=a, model_b=b, layers=layers, value=value)
-    elif kind == "depth":
-        opts.update(model_b=b, layer_b=layer_b, alpha=alpha,
-                    models=[m.strip() for m in a.split(",") if m.strip()] if a else None)
-    else:
-        opts.update(model_b=b, layer_b=layer_b, sizes=sizes)
-    return opts
+    values = {"metric": metric, "width": width, "scale": scale, "alpha": alpha, "b": b, "layer_b": layer_b,
+              "layers": layers, "sizes": sizes, "calibrated": "calibrated" if calibrated else "score",
+              "a": [m.strip() for m in a.split(",") if m.strip()] if a and flags.get("a") == "models" else a,
+              "order": order or "cluster" if order in (None, "cluster", "table")
+              else [m.strip() for m in str(order).split(",") if m.strip()]}
+    return {parameter: values[flag] for flag, parameter in flags.items()}
 
 
 def cmd_plot(args) -> int:
@@ -745,11 +724,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("table", help=".csv/.tsv/.parquet written by 'repalign compare -o' or 'repalign report'; "
                                    "- reads a CSV table from standard input")
     pl.add_argument("-o", "--output", required=True, help="output path stem: STEM.png (300 dpi), STEM.pdf, STEM.svg")
-    pl.add_argument("--kind", default="layers", choices=("layers", "models", "depth", "size", "n-curve", "profile"),
+    pl.add_argument("--kind", default="layers", metavar="KIND",  # any kind of repalign.plot.FIGURES, checked when plotting
                     help="layers: layer x layer heatmap; models: model x model matrix; depth: score vs relative "
                          "depth; size: score vs model size; n-curve: score vs samples N per k, from a table of "
                          "'compare --n-samples'; profile: a per-layer measure vs relative depth, from a table "
-                         "of 'repalign profile' (default layers)")
+                         "of 'repalign profile'; controls: trained beside the random-init controls' mean, from a table of "
+                         "'compare --controls' (default layers)")
     pl.add_argument("--metric", help="metric to draw (default: the table's first)")
     pl.add_argument("--a", help="layers, n-curve: model A; depth: models to draw, comma separated (default: all)")
     pl.add_argument("--granularity", choices=("pooled", "token"),
@@ -764,7 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--calibrated", action="store_true", help="layers/models/n-curve: draw calibrated scores (needs permutations)")
     pl.add_argument("--alpha", type=float, default=0.05, help="significance level for hatching (default 0.05)")
     pl.add_argument("--width", default="single",
-                    help="figure width: single (3.3 in), double (6.85 in) or a number of points, e.g. 246 (default single)")
+                    help="figure width: a journal preset (single 3.3 in, onehalf 120 mm, double 6.85 in, science-1/-2/-3: "
+                         "5.7/12.1/18.4 cm) or a length: points (246), 85mm, 8.5cm, 3.3in (default single)")
     pl.add_argument("--scale", default="fixed", choices=("fixed", "data"),
                     help="colours/values: the metric's fixed 0-1 range (default) or this figure's data range")
     pl.add_argument("--format", default="png,pdf,svg", help="comma-separated formats: png, pdf, svg (default all)")

@@ -653,3 +653,80 @@ def test_caption_goes_into_the_files_metadata(table, tmp_path):
     info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
     assert "Subject:" in info and "cka: kernel=linear" in info
     assert "cka: kernel=linear" in svg.read_text()
+
+
+# ---- trained vs controls, flags from signatures, model matrices that say what is missing ---------------
+
+
+def test_controls_figure_draws_trained_beside_the_control_means(tmp_path):
+    from test_figure_layout import controls_table
+
+    t = controls_table()
+    fig = plot.controls_heatmap(t, width="double")
+    trained, control = fig.axes[0], fig.axes[1]
+    expected, la, lb = reference_matrix(t[t["level"] == "trained"], "mutual_knn")
+    means, _, _ = reference_matrix(t[(t["level"] == "contrast") & ~t["best"]], "mutual_knn", "control_mean")
+    np.testing.assert_allclose(np.asarray(trained.images[0].get_array()), expected)
+    np.testing.assert_allclose(np.asarray(control.images[0].get_array()), means)
+    # independently: the control mean of a cell is the mean of the seeds' scores at that pair
+    seeds = t[(t["level"] == "random_init") & (t["layer_a"] == la[2]) & (t["layer_b"] == lb[3])]
+    assert means[2, 3] == pytest.approx(seeds["score"].mean())
+    # one colour scale for both panels
+    assert trained.images[0].get_clim() == control.images[0].get_clim() == (0.0, 1.0)
+    (box,) = [p for p in trained.patches if p.get_gid() == "best-pair"]
+    best = t[(t["level"] == "trained") & t["best"]].iloc[0]
+    assert box.get_xy() == (lb.index(best["layer_b"]) - 0.5, la.index(best["layer_a"]) - 0.5)
+    title = fig.texts[0].get_text().replace("\u00a0", " ")
+    head = t[(t["level"] == "contrast") & t["best"]].iloc[0]
+    assert f"control mean {head['control_mean']:.3f} (5 seeds)" in title
+    assert f"contrast {head['score'] - head['control_mean']:+.3f}" in title and "p \u2264 0.17" in title  # 1/6
+    # the layer heatmap of the same table draws the trained rows and states the same headline
+    layers = plot.layer_heatmap(t)
+    np.testing.assert_allclose(np.asarray(layers.axes[0].images[0].get_array()), expected)
+    assert "control mean" in layers.texts[0].get_text()
+    with pytest.raises(RepalignError, match="--controls"):
+        plot.controls_heatmap(t[t["level"] == "trained"].drop(columns=["control_mean"]))
+
+
+def test_cli_plot_controls_at_a_science_width(tmp_path):
+    from test_figure_layout import controls_table
+
+    src = tmp_path / "controls.csv"
+    controls_table().to_csv(src, index=False)
+    res = run_main("plot", src, "--kind", "controls", "--width", "science-2", "-o", tmp_path / "c", "--format", "pdf")
+    assert res.returncode == 0, res.stderr
+    assert plot.pdf_layout_problems(tmp_path / "c.pdf") == []
+    wrong = run_main("plot", src, "--kind", "controls", "--layer-b", "x", "-o", tmp_path / "x")
+    assert wrong.returncode == 1 and "--layer-b does not apply to --kind controls" in wrong.stderr
+
+
+def test_plot_flags_are_read_off_the_figure_functions():
+    import inspect
+
+    for kind, function in plot.FIGURES.items():
+        parameters = inspect.signature(function).parameters
+        for flag, parameter in plot.figure_flags(kind).items():
+            assert parameter in parameters and parameter in plot.FLAG_PARAMETERS[flag]
+    assert plot.figure_flags("depth")["a"] == "models" and plot.figure_flags("layers")["a"] == "model_a"
+    assert plot.figure_flags("profile")["metric"] == "measure"
+    assert "sizes" not in plot.figure_flags("controls") and "order" in plot.figure_flags("models")
+
+
+def test_model_matrix_tells_never_compared_pairs_from_the_diagonal():
+    t = hand_table([("a", "b", 0.8), ("b", "c", 0.6)])  # a ~ c never compared
+    fig = plot.model_matrix(t, order="table")
+    ax = fig.axes[0]
+    assert gids(ax, "self-") == ["self-0", "self-1", "self-2"]
+    assert gids(ax, "not-compared-") == ["not-compared-0-2", "not-compared-2-0"]
+    assert "crossed: never compared" in plot.caption(fig)
+
+
+def test_model_matrix_refuses_models_never_linked_and_mixed_chance_levels():
+    apart = hand_table([("a", "b", 0.8), ("c", "d", 0.6)])
+    with pytest.raises(RepalignError, match="never compared with"):
+        plot.model_matrix(apart)
+    mixed = hand_table([("a", "b", 0.8), ("b", "c", 0.6)], metric="mutual_knn")
+    mixed["params"] = "k=5"
+    mixed.loc[mixed["model_a"] == "b", "n_samples"] = 200  # k/(N-1): 5/49 against 5/199
+    with pytest.raises(RepalignError, match="differ in chance level"):
+        plot.model_matrix(mixed)

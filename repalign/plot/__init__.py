@@ -11,6 +11,8 @@ restyled without recomputing:
   hierarchical clustering.
 * :func:`depth_profile`: score versus relative depth for several models against one reference.
 * :func:`size_scaling`: score versus model size within model families.
+* :func:`controls_heatmap`: trained layer x layer scores beside their random-init controls' mean
+  (tables of ``compare --controls``), the headline contrast in the title.
 * :func:`n_curve`: score versus the number of samples, one line per k (tables of ``compare --n-samples``).
 
 Widths: journal presets (:data:`WIDTHS_IN`: single, onehalf, double, science-1/-2/-3) or a number of
@@ -24,8 +26,21 @@ through :mod:`repalign.table`; the ``repalign plot`` flags are mapped in :mod:`r
 Conventions and formulas: docs/figures.md.
 """
 
+from repalign.plot.controls import controls_heatmap
 from repalign.plot.curves import curve_scores, n_curve
-from repalign.plot.files import FIGURES, FORMATS, KINDS, check_formats, check_stem, draw, plot_table, save_figure, save_layer_heatmap
+from repalign.plot.files import (
+    FIGURES,
+    FLAG_PARAMETERS,
+    FORMATS,
+    KINDS,
+    check_formats,
+    check_stem,
+    draw,
+    figure_flags,
+    plot_table,
+    save_figure,
+    save_layer_heatmap,
+)
 from repalign.plot.layers import STAGE_LABELS, LayerGroup, best_cell, hatched_cells, layer_groups, layer_heatmap, tick_labels, tick_positions
 from repalign.plot.layout import MIN_CANVAS_USE, canvas_use, layout_problems, pdf_layout_problems, pdf_words
 from repalign.plot.models import best_rows, cluster_order, model_matrix, model_scores
@@ -55,5 +70,6 @@ __all__ = [
     "layer_heatmap", "model_matrix", "model_scores", "n_curve", "curve_scores", "parse_model_size", "plot_table",
     "save_figure", "save_layer_heatmap", "size_scaling", "size_scores", "style",
     "text_size", "tick_labels", "tick_positions", "wrap",
+    "FLAG_PARAMETERS", "controls_heatmap", "figure_flags",
     "MIN_CANVAS_USE", "canvas_use", "caption", "layout_problems", "p_floor", "p_text", "pdf_layout_problems", "pdf_words",
 ]

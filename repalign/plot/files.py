@@ -4,6 +4,7 @@ from a figure kind to its function (``repalign plot``)."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from repalign.errors import RepalignError
+from repalign.plot.controls import controls_heatmap
 from repalign.plot.curves import n_curve
 from repalign.plot.layer_profile import layer_profile
 from repalign.plot.layers import layer_heatmap
@@ -23,8 +25,29 @@ from repalign.table import atomic_files
 FORMATS = ("png", "pdf", "svg")
 #: figure kind -> the function drawing it from a table: a new kind is one function and one entry here
 FIGURES: dict[str, Callable[..., Any]] = {"layers": layer_heatmap, "models": model_matrix, "depth": depth_profile, "size": size_scaling,
-                                          "n-curve": n_curve, "profile": layer_profile}
+                                          "n-curve": n_curve, "profile": layer_profile, "controls": controls_heatmap}
 KINDS = tuple(FIGURES)
+
+#: ``repalign plot`` flag (as ``repalign.cli.figure_options`` names it) -> the figure-function
+#: parameters it may set, first match wins: a kind takes the flags whose parameter its function has
+FLAG_PARAMETERS = {"metric": ("metric", "measure"), "a": ("model_a", "models"), "b": ("model_b",), "layer_b": ("layer_b",),
+                   "calibrated": ("value",), "alpha": ("alpha",), "order": ("order",), "layers": ("layers",),
+                   "sizes": ("sizes",), "width": ("width",), "scale": ("scale",)}
+
+
+def figure_flags(kind: str) -> dict[str, str]:
+    """The ``repalign plot`` flags that figure ``kind`` takes, each mapped to the parameter of its
+    function (:data:`FIGURES`) it sets, read off the function's signature: a new kind needs no
+    entry anywhere else. The report builds its commands from the same mapping."""
+    if kind not in FIGURES:
+        raise RepalignError(f"figure kind {kind!r} is unknown; use one of {', '.join(FIGURES)}")
+    parameters = inspect.signature(FIGURES[kind]).parameters
+    out = {}
+    for flag, names in FLAG_PARAMETERS.items():
+        name = next((n for n in names if n in parameters), None)
+        if name is not None:
+            out[flag] = name
+    return out
 
 
 def check_formats(formats: str | Sequence[str]) -> list[str]:

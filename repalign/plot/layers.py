@@ -400,17 +400,11 @@ def layer_heatmap(
         height = min(max(2.6, 1.9 + 0.045 * len(names_a)), 6.0)
         own = ax is None
         fig, ax = new_figure(width, height, ax)
-        image = heatmap_image(ax, scores, cscale, aspect="auto")
-        ax.set_ylabel(f"{ma} layer")
-        ax.set_xlabel(f"{mb} layer")
-        brackets = [b for b in (_draw_axis(ax, names_a, "y"), _draw_axis(ax, names_b, "x")) if b is not None]
         sig = significance_column(rows)
-        hatched = _hatch_not_significant(ax, rows, sig, alpha)
-        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=MARKER_COLOR, linewidth=1.2,
-                               zorder=3, gid="best-pair"))
+        image, brackets, hatched = layer_panel(ax, rows, scores, names_a, names_b, cscale, sig, alpha, (i, j))
         colour_bar(fig, ax, image, metric_label(rows, column), rows, column, cscale, scores, height * 72)
         contrast = best_contrast(table, str(rows["metric"].iloc[0]), ma, mb) if column == "score" else None
-        lines = [f"{ma} vs {mb}", _best_text(rows, column, f"{names_a[i]} ~ {names_b[j]}", scores[i, j])]
+        lines = [f"{ma} vs {mb}", best_text(rows, column, f"{names_a[i]} ~ {names_b[j]}", scores[i, j])]
         if contrast is not None:
             lines.append(contrast_text(contrast))
         if hatched:
@@ -419,6 +413,21 @@ def layer_heatmap(
         set_caption(fig, _heatmap_caption(rows, column, sig, alpha, hatched, cscale, contrast))
         finish_layout(fig, brackets, own)
     return fig
+
+
+def layer_panel(ax, rows: pd.DataFrame, scores: np.ndarray, names_a: list[str], names_b: list[str], cscale,
+                sig: str | None, alpha: float, box: tuple[int, int] | None):
+    """One layer x layer panel on ``ax``: the image, axis labels, stage brackets, cells whose ``sig``
+    p-value is >= alpha hatched, the ``box`` cell framed. Returns (image, brackets, hatched count)."""
+    image = heatmap_image(ax, scores, cscale, aspect="auto")
+    ax.set_ylabel(f"{rows['model_a'].iloc[0]} layer")
+    ax.set_xlabel(f"{rows['model_b'].iloc[0]} layer")
+    brackets = [b for b in (_draw_axis(ax, names_a, "y"), _draw_axis(ax, names_b, "x")) if b is not None]
+    hatched = _hatch_not_significant(ax, rows, sig, alpha)
+    if box is not None:
+        ax.add_patch(Rectangle((box[1] - 0.5, box[0] - 0.5), 1, 1, fill=False, edgecolor=MARKER_COLOR, linewidth=1.2,
+                               zorder=3, gid="best-pair"))
+    return image, brackets, hatched
 
 
 def check_alpha(alpha) -> float:
@@ -482,7 +491,7 @@ def _hatch_not_significant(ax, rows: pd.DataFrame, sig: str | None, alpha: float
     return len(cells)
 
 
-def _best_text(rows: pd.DataFrame, column: str, pair: str, score: float) -> str:
+def best_text(rows: pd.DataFrame, column: str, pair: str, score: float) -> str:
     """'best A ~ B = 0.812 (chance 0.1), p(best) ≤ 0.005' for the title: p(best) adjusted for the
     layer search, written 'p ≤ 1/(T + 1)' at the smallest value T permutations can give."""
     best = f"best {pair} = {score:.3f}"

@@ -309,7 +309,7 @@ def set_title(fig, ax, own: bool, lines: list[str], scale: ColourScale, width_in
     the figure's width: above the figure when it is the figure's own axes, else above ``ax``."""
     if scale.kind != "fixed":
         lines = [*lines, scale.describe()]
-    title = wrap("\n".join(lines), 0.97 * width_in * 72)
+    title = wrap("\n".join(lines), 0.92 * width_in * 72)  # text_size rounds to whole points: a margin
     if own:
         fig.suptitle(title)
     else:
