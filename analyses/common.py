@@ -25,11 +25,12 @@ import pandas as pd
 from embeddings_cache import Cache
 from repalign import plot
 from repalign.compare import EngineOptions, StatsOptions, TokenOptions, compare_models, compare_tokens
+from repalign.compare.controls import contrast_columns
 from repalign.errors import RepalignError
 from repalign.extract import extract
 from repalign.models.controls import base_model, control_name, parse_control
-from repalign.stats import holm, seed_contrast
-from repalign.table import write_table
+from repalign.stats import holm
+from repalign.table import best_flags, write_table
 
 #: the analyses package; in a source checkout its results/ folder holds the committed results
 PACKAGE = Path(__file__).resolve().parent
@@ -50,44 +51,42 @@ def best_pairs(table: pd.DataFrame, by: Sequence[str] = ("level", "metric", "mod
     return table.loc[index.to_numpy(), keep].reset_index(drop=True)
 
 
-def without_input_layers(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows without each model's first layer (its input embedding: per-element or per-token
-    embeddings, which random-initialised networks share with trained ones through the inputs alone).
-    A model with one layer keeps it, and a baseline (``model_b`` of a ``level = baseline`` row) keeps
-    all of its layers (e.g. Morgan radius 0, 2-mer composition: descriptors, not inputs of a network).
-    Layers are in model order within each comparison (rows are layer_a-major, as
-    :func:`repalign.compare.compare_models` writes them)."""
-    keys = [c for c in ("dataset", "granularity", "level", "metric", "model_a", "model_b") if c in table.columns]
-    keep = pd.Series(True, index=table.index)
-    for key, rows in table.groupby(keys, sort=False):
-        level = dict(zip(keys, key)).get("level")
-        for side in ("layer_a",) if level == "baseline" else ("layer_a", "layer_b"):
-            if rows[side].nunique() > 1:
-                keep[rows.index[rows[side] == rows[side].iloc[0]]] = False
-    return table[keep]
+def family_best(table: pd.DataFrame, by: Sequence[str] = ("level", "metric", "model_a", "model_b")) -> pd.DataFrame:
+    """One row per model pair (and level, metric): the row ``compare`` marked ``best``, the best pair
+    of the layer family (hidden by default: each network's declared input layers left out, a layer
+    with itself too; :func:`repalign.compare.run.search_family`), with :func:`best_pairs`' columns."""
+    by = [c for c in by if c in table.columns]
+    flags = best_flags(table)
+    rows = table[flags] if flags is not None else table.iloc[:0]
+    keep = [c for c in (*by, "layer_a", "layer_b", "score", "ci_low", "ci_high", "chance_level", "null_mean",
+                        "calibrated", "p_value", "p_value_adjusted", "p_value_best", "n_samples", "n_units") if c in table.columns]
+    return rows.drop_duplicates(by)[keep].reset_index(drop=True)
 
 
 CONTRAST_COLUMNS = ("dataset", "granularity", "metric", "layers", "comparison", "model_a", "model_b", "layer_a", "layer_b",
                     "trained", "control_mean", "control_sd", "n_seeds", "difference", "ci_low", "ci_high", "p_value",
-                    "p_value_adjusted", "n_samples")
+                    "min_p_value", "p_value_adjusted", "n_samples")
 
 
 def control_contrasts(best: pd.DataFrame, ci: float = 0.95, layers: str = "all") -> pd.DataFrame:
     """Each trained comparison against the same comparison of its random-initialised controls.
 
     ``best`` has one row per (dataset, granularity, level, metric, model pair): the best layer pair
-    (:func:`best_pairs`). Both sides use the same selection, the maximum over layer pairs, so its
-    upward bias applies to trained and controls alike. Matched rows:
+    (:func:`best_pairs` over all layers, or :func:`family_best`, compare's best pair of the hidden
+    family). Both sides use the same selection, each control seed its own best pair, so the
+    maximum's upward bias applies to trained and controls alike (best against best, as
+    :func:`repalign.compare.compare_controls`' headline). Matched rows:
 
     - ``comparison = models``: trained A vs trained B against, for each seed s, A@random:s vs B@random:s;
     - ``comparison = baseline``: trained A vs baseline F against A@random:s vs F.
 
-    Per match, :func:`repalign.stats.seed_contrast` (difference trained − mean control; one-sided
-    rank-test p of "trained is one more control draw", at least 1/(n_seeds + 1); ci_low / ci_high:
-    the one-sided bounds that invert it, ±inf with fewer than 1/(1 − ci) − 1 seeds), and
+    Per match, the library's contrast (:func:`repalign.compare.controls.contrast_columns`, the
+    rank test of :func:`repalign.stats.seed_contrast`: difference trained − mean control; one-sided
+    p of "trained is one more control draw", at least ``min_p_value`` = 1/(n_seeds + 1); ci_low /
+    ci_high: the one-sided bounds that invert it, ±inf with fewer than 1/(1 − ci) − 1 seeds), and
     ``p_value_adjusted``: Holm over the matches of one dataset, granularity, metric and comparison.
     Matches with fewer than 2 control seeds are left out. ``layers`` labels the rows (``all``, or
-    ``hidden`` for a ``best`` taken from :func:`without_input_layers`).
+    ``hidden`` for a ``best`` taken from :func:`family_best`).
     """
     if best.empty:
         return pd.DataFrame(columns=list(CONTRAST_COLUMNS))
@@ -104,14 +103,14 @@ def control_contrasts(best: pd.DataFrame, ci: float = 0.95, layers: str = "all")
         if (controls.n_samples != t.n_samples).any():
             raise RepalignError(f"{t.model_a} vs {t.model_b}: controls were scored on other samples than the trained "
                                 f"models; score them on the same subset")
-        c = seed_contrast(float(t.score), controls.score.to_numpy(), ci=ci)
+        contrast = contrast_columns(float(t.score), controls.score.to_numpy(), ci=ci)
         rows.append({**dict(zip([*keys, "comparison"], key)), "layers": layers, "model_a": t.model_a, "model_b": t.model_b,
-                     "layer_a": t.layer_a, "layer_b": t.layer_b, "trained": c.trained, "control_mean": c.control_mean,
-                     "control_sd": c.control_sd, "n_seeds": c.n_seeds, "difference": c.difference, "ci_low": c.ci_low,
-                     "ci_high": c.ci_high, "p_value": c.p_value, "n_samples": int(t.n_samples)})
+                     "layer_a": t.layer_a, "layer_b": t.layer_b, "trained": float(t.score), **contrast,
+                     "n_samples": int(t.n_samples)})
     if not rows:
         return pd.DataFrame(columns=list(CONTRAST_COLUMNS))
     out = pd.DataFrame(rows)
+    out = out.drop(columns=["p_value_adjusted"])
     out["p_value_adjusted"] = out.groupby([*keys, "comparison"], sort=False)["p_value"].transform(lambda p: holm(p.to_numpy()))
     return out[[c for c in CONTRAST_COLUMNS if c in out.columns]]
 
@@ -590,7 +589,7 @@ def results_lock(out: Path) -> Iterator[None]:
 def finish(setup: Setup, table: pd.DataFrame, heatmaps: Sequence[tuple[str, str, str]] = (),
            headline: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pd.DataFrame:
     """Write ``scores.csv``, ``best_pairs.csv``, ``control_contrasts.csv`` (:func:`control_contrasts`
-    over all layers and over hidden layers, :func:`without_input_layers`) and the figures
+    over all layers and over the hidden layer family, :func:`family_best`) and the figures
     (:func:`study_figures`) and say how long the run took.
 
     headline: the rows a study's best pairs may come from (e.g. without input stages); default all.
@@ -609,8 +608,7 @@ def _write_results(setup: Setup, table: pd.DataFrame, heatmaps, headline) -> pd.
     by = [c for c in ("dataset", "granularity", "level", "metric", "model_a", "model_b") if c in rows.columns]
     best = best_pairs(rows, by=by)
     write_csv(best, setup.out / "best_pairs.csv")
-    hidden = without_input_layers(table)
-    hidden = best_pairs(headline(hidden) if headline is not None else hidden, by=by)
+    hidden = family_best(table, by=by)  # compare's best pair of the hidden layer family, each control its own
     ci = setup.cfg.get("ci", 0.95)
     contrasts = pd.concat([control_contrasts(best, ci), control_contrasts(hidden, ci, layers="hidden")], ignore_index=True)
     write_csv(contrasts, setup.out / "control_contrasts.csv")

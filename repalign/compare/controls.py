@@ -222,8 +222,11 @@ def _check_layers(cache: Cache, model: str, names: list) -> None:
                             "its controls with the same layers")
 
 
-def _contrast(trained: float, controls: np.ndarray, ci: float) -> dict:
-    """The contrast columns of one trained score against its controls' (NaN when a score is missing)."""
+def contrast_columns(trained: float, controls, ci: float = 0.95) -> dict:
+    """The contrast columns (:data:`CONTRAST_COLUMNS`) of one trained score against its controls' scores,
+    one per seed (:func:`repalign.stats.seed_contrast`; ``p_value_adjusted`` NaN: a family adjusts it);
+    NaN when a score is missing."""
+    controls = np.asarray(controls, dtype=np.float64)
     if not (np.isfinite(trained) and np.isfinite(controls).all()):
         return {c: np.nan for c in CONTRAST_COLUMNS} | {"n_seeds": len(controls)}
     c = seed_contrast(trained, controls, ci=ci)
@@ -254,13 +257,13 @@ def contrast_rows(trained: pd.DataFrame, controls: list[pd.DataFrame], ci: float
                         "warnings") if c in trained.columns]
     scores = np.column_stack([f["score"].to_numpy(dtype=np.float64) for f in controls])
     rows = trained[base].reset_index(drop=True).assign(best=False, level="contrast", control_seed=pd.NA)
-    stats = pd.DataFrame([_contrast(float(x), c, ci) for x, c in zip(rows["score"], scores)])
+    stats = pd.DataFrame([contrast_columns(float(x), c, ci) for x, c in zip(rows["score"], scores)])
     best_rows = []
     for metric, group in trained.reset_index(drop=True).groupby("metric", sort=False):
         row = group[group["best"].astype(bool)].iloc[0]
         seed_best = [float(f.loc[(f["metric"] == metric) & f["best"].astype(bool), "score"].iloc[0]) for f in controls]
         best_rows.append(row[base].to_dict() | {"level": "contrast", "control_seed": pd.NA}
-                         | _contrast(float(row["score"]), np.asarray(seed_best), ci))
+                         | contrast_columns(float(row["score"]), np.asarray(seed_best), ci))
     best = pd.DataFrame(best_rows)
     best["p_value_adjusted"] = holm(best["p_value"].to_numpy(dtype=np.float64))
     out = pd.concat([pd.concat([rows, stats], axis=1), best], ignore_index=True)
