@@ -1,0 +1,124 @@
+"""The exact tie-aware neighbour search against its floor, the symmetric Gram product.
+
+For each (N, D), k = 10, synthetic float32 layers (bench_metrics.make_layers), in one process and
+back to back, best of ``--repeats``:
+
+* floor: the upper-triangle blocks of X Xᵀ alone (``DEFAULT_BLOCK`` rows, as the search forms them);
+* numba engine: ``neighbors.knn_state`` (row grouping, blocked search with the fused top-k merge,
+  float64 finish), in memory;
+* out of core: ``outofcore.blocked_knn_state`` on the same rows given as 16,384-row blocks;
+* torch engine on CPU torch: ``TorchBackend("cpu").knn_state`` (full Gram blocks: its floor is twice
+  the symmetric one);
+* with ``--pair``: one mknn pair on the engine against the dense platonic-rep-style reference of
+  bench_metrics (float64 N×N similarities, full argsort, N×N masks), N up to 8,192.
+
+Times are process CPU seconds (``time.process_time``: all threads of this process); the thread
+count is fixed with ``--threads`` (default 1: on a shared machine spinning threads waiting for a
+core add CPU seconds that are not work). The load average is printed with every row.
+
+Usage:
+    python benchmarks/bench_knn_floor.py                                   # N = 4k-32k, D = 256-2,048
+    python benchmarks/bench_knn_floor.py --sizes 16384 --widths 512        # the reference case
+    python benchmarks/bench_knn_floor.py --sizes 4096 8192 --widths 1024 --pair
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_metrics import dense_mknn, make_layers  # noqa: E402  (the benchmarks' shared layers and reference)
+
+import numba  # noqa: E402
+
+from repalign.metrics import mknn  # noqa: E402
+from repalign.metrics.neighbors import DEFAULT_BLOCK, knn_state  # noqa: E402
+from repalign.metrics.outofcore import blocked_knn_state  # noqa: E402
+
+SOURCE_ROWS = 16_384
+
+
+def cpu_seconds(fn, repeats: int) -> tuple[object, float]:
+    best, out = np.inf, None
+    for _ in range(repeats):
+        c0 = time.process_time()
+        out = fn()
+        best = min(best, time.process_time() - c0)
+    return out, best
+
+
+def gram_floor(X: np.ndarray, block: int = DEFAULT_BLOCK) -> None:
+    n = X.shape[0]
+    for r0 in range(0, n, block):
+        for c0 in range(r0, n, block):
+            S = X[r0:r0 + block] @ X[c0:c0 + block].T
+            del S
+
+
+def row(n, d, k, repeats, torch_max):
+    (X,) = make_layers(n, d, 1, seed=n + d)
+    _, floor = cpu_seconds(lambda: gram_floor(X), repeats)
+    state, search = cpu_seconds(lambda: knn_state(X, k), repeats)
+    blocks = [X[s:s + SOURCE_ROWS] for s in range(0, n, SOURCE_ROWS)]
+    blocked, ooc = cpu_seconds(lambda: blocked_knn_state(blocks, k, normalize=None), repeats)
+    same = np.array_equal(blocked.indices, state.indices) and np.array_equal(blocked.weights, state.weights)
+    cells = [f"N={n:,}, D={d:,}", f"{floor:.2f}", f"{search:.2f}", f"**{search / floor:.2f}x**", f"{ooc:.2f}",
+             f"{ooc / floor:.2f}x" + ("" if same else " (lists DIFFER)")]
+    if n <= torch_max:
+        from repalign.metrics.torch_engine import TorchBackend  # lazy: torch only for this column
+
+        backend = TorchBackend("cpu")
+        on_torch, t = cpu_seconds(lambda: backend.knn_state(X, k), repeats)
+        equal = np.array_equal(on_torch.indices, state.indices) and np.array_equal(on_torch.weights, state.weights)
+        cells += [f"{t:.2f}", f"{t / floor:.2f}x" + ("" if equal else " (lists DIFFER)")]
+    else:
+        cells += ["-", "-"]
+    cells.append(f"{os.getloadavg()[0]:.1f}")
+    print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def pair_row(n, d, k):
+    X, Y = make_layers(n, d, 2, seed=7)
+    ours, t_engine = cpu_seconds(lambda: mknn(X, Y, k=k), 1)
+    dense, t_dense = cpu_seconds(lambda: dense_mknn(X, Y, k), 1)
+    print(f"| mknn pair, N={n:,}, D={d:,} | {t_engine:.2f} | {t_dense:.2f} | {t_dense / t_engine:.1f}x | "
+          f"{ours:.6f} / {dense:.6f} | {os.getloadavg()[0]:.1f} |", flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
+    p.add_argument("--widths", type=int, nargs="+", default=[256, 512, 1024, 2048])
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="BLAS and numba threads (default 1)")
+    p.add_argument("--torch-max", type=int, default=16384, help="largest N also run on CPU torch")
+    p.add_argument("--pair", action="store_true", help="also mknn pairs against the dense reference (N <= 8,192)")
+    args = p.parse_args(argv)
+    numba.set_num_threads(args.threads)
+    with threadpool_limits(args.threads):
+        import torch
+
+        torch.set_num_threads(args.threads)
+        knn_state(make_layers(3000, 16, 1, seed=0)[0], args.k)  # load the numba kernels
+        print(f"{args.threads} thread(s), k={args.k}, best of {args.repeats}, CPU seconds; load average {os.getloadavg()[0]:.1f} at the start\n")
+        print("| case | Gram floor | numba search | search / floor | out of core | / floor | torch CPU | / floor | load |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for n in args.sizes:
+            for d in args.widths:
+                row(n, d, args.k, args.repeats, args.torch_max)
+        if args.pair:
+            print("\n| case | engine CPU s | dense CPU s | ratio | scores | load |\n|---|---|---|---|---|---|")
+            for n in [s for s in args.sizes if s <= 8192]:
+                pair_row(n, 1024, args.k)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
