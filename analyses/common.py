@@ -153,6 +153,11 @@ def write_csv(table: pd.DataFrame, path: Path) -> Path:
 
 
 def save_figure(fig, out: Path, stem: str) -> list[Path]:
+    """Save a study figure as PNG after :func:`repalign.plot.layout_problems` found nothing wrong
+    with it (overlapping or clipped text, text under 7 pt, blank canvas)."""
+    problems = plot.layout_problems(fig)
+    if problems:
+        raise RepalignError(f"figure {stem}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     return plot.save_figure(fig, out / stem, formats=("png",))
 
 
@@ -404,26 +409,23 @@ def chance_and_null(n: int, k: int, quantile: float = 0.95, draws: int = 2000, s
 
 
 def pair_heatmaps(table: pd.DataFrame, pairs: Sequence[tuple[str, str]], metric: str, out: Path, stem: str) -> Path:
-    """Side-by-side layer heatmaps (non-significant cells hatched), one panel per model pair."""
-    from matplotlib.figure import Figure
-
-
-    if len(pairs) == 1:  # one pair: the full two-column figure, room for many stage labels
-        return save_figure(plot.layer_heatmap(table, metric, *pairs[0], width="double"), out, stem)[0]
-    with plot.style():
-        fig = Figure(figsize=(3.6 * len(pairs), 3.4), layout="constrained")
-        axes = np.atleast_1d(fig.subplots(1, len(pairs)))
-        for ax, (a, b) in zip(axes, pairs):
-            plot.layer_heatmap(table, metric, a, b, ax=ax)
-    return save_figure(fig, out, stem)[0]
+    """The layer heatmap of one model pair (:func:`repalign.plot.layer_heatmap`; non-significant cells
+    hatched, the best pair boxed), one column wide, two when either model has over 20 layers."""
+    if len(pairs) != 1:
+        raise RepalignError(f"pair_heatmaps draws one pair per figure, got {len(pairs)}; call it once per pair")
+    (a, b), = pairs
+    rows = table[(table.metric == metric) & (table.model_a == a) & (table.model_b == b)]
+    width = "double" if max(rows.layer_a.nunique(), rows.layer_b.nunique()) > 20 else "single"
+    return save_figure(plot.layer_heatmap(table, metric, a, b, width=width), out, stem)[0]
 
 
 def study_figures(table: pd.DataFrame, out: Path, heatmaps: Sequence[tuple[str, str, str]] = ()) -> list[Path]:
     """The figures of a study, drawn from its table (mutual kNN, trained models and baselines; controls
     are compared in the table, not drawn here):
 
-    - ``matrix_<dataset>[_<granularity>].png``: model x model best-pair scores (pairs whose best
-      cell is not significant after the max-T adjustment hatched; baseline x baseline left empty);
+    - ``matrix_<dataset>[_<granularity>][_n<N>].png``: model x model best-pair scores (pairs whose best
+      cell is not significant after the max-T adjustment hatched; pairs never compared crossed), one
+      matrix per sample count N when the pairs differ in N (so in chance level);
     - ``heatmap_<dataset>[_<granularity>]_<a>_<b>.png``: the layer x layer scores of each
       (dataset, model_a, model_b) in ``heatmaps``.
 
@@ -437,8 +439,12 @@ def study_figures(table: pd.DataFrame, out: Path, heatmaps: Sequence[tuple[str, 
     figures = []
     for key, sub in rows.groupby(keys, sort=False):
         stem = "_".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
-        if len(set(sub.model_a) | set(sub.model_b)) > 2:
-            figures += save_figure(plot.model_matrix(sub, "mutual_knn", order="table", width="double"), out, f"matrix_{stem}")
+        # one matrix per chance level: pairs scored on another N (IgFold's 200 structures) get their own
+        sizes = sub.n_samples.unique()
+        for n, part in sub.groupby("n_samples", sort=False):
+            if len(set(part.model_a) | set(part.model_b)) > 2:
+                name = f"matrix_{stem}" if len(sizes) == 1 else f"matrix_{stem}_n{n}"
+                figures += save_figure(plot.model_matrix(part, "mutual_knn", order="table", width="single"), out, name)
         for dataset, a, b in heatmaps:
             pair = sub[(sub.model_a == a) & (sub.model_b == b)]
             if len(pair) and dataset == sub.dataset.iloc[0]:
@@ -448,33 +454,19 @@ def study_figures(table: pd.DataFrame, out: Path, heatmaps: Sequence[tuple[str, 
 
 def depth_figure(table: pd.DataFrame, model: str, references: Sequence[str], metric: str, out: Path, stem: str,
                  ylabel: str | None = None, control_seed: int = 0) -> Path:
-    """Score of each layer of ``model`` (best over the reference's layers) against each reference,
-    trained (solid) and random-init control (dashed), with the subsampling interval of that cell."""
-    from matplotlib.figure import Figure
-
-
-    with plot.style():
-        fig = Figure(figsize=(4.2, 2.8), layout="constrained")
-        ax = fig.subplots()
-        for colour, ref in zip(plot.CB_COLORS, references):
-            for a, b, dashes, label in ((model, ref, "-", f"vs {ref}"),
-                                        (control_name(model, control_seed), control_name(ref, control_seed), "--",
-                                         f"vs {ref} (random init, seed {control_seed})")):
-                rows = table[(table.metric == metric) & (table.model_a == a) & (table.model_b == b)]
-                if rows.empty:
-                    continue
-                best = rows.loc[rows.groupby("layer_a", sort=False)["score"].idxmax()]
-                x = np.arange(len(best))
-                ax.plot(x, best.score, dashes, color=colour, marker="o", markersize=3, label=label)
-                ax.fill_between(x, best.ci_low, best.ci_high, color=colour, alpha=0.15, linewidth=0)
-                ax.set_xticks(x, list(best.layer_a), rotation=60, ha="right", fontsize=6)
-        chance = table.loc[table.metric == metric, "chance_level"].dropna()
-        if len(chance):
-            ax.axhline(float(chance.iloc[0]), color="grey", linewidth=0.6, linestyle=":", label="chance")
-        ax.set_ylabel(ylabel or f"{metric} (best reference layer)")
-        ax.set_xlabel(f"{model} layer")
-        ax.legend(fontsize=5, frameon=False)
-    return save_figure(fig, out, stem)[0]
+    """Score of each layer of ``model`` (best over the reference's layers) against the reference,
+    trained and random-init control (seed ``control_seed``, its own line), with the subsampling
+    interval of that cell: :func:`repalign.plot.depth_profile` of the table's rows, the control pair
+    renamed so that both lines share the reference. ``ylabel`` is not used (the metric labels the axis)."""
+    if len(references) != 1:
+        raise RepalignError(f"depth_figure draws one reference, got {len(references)}")
+    ref = references[0]
+    rows = table[table.metric == metric]
+    trained = rows[(rows.model_a == model) & (rows.model_b == ref)]
+    control = rows[(rows.model_a == control_name(model, control_seed)) & (rows.model_b == control_name(ref, control_seed))]
+    control = control.assign(model_a=f"{model} (random init)", model_b=ref)
+    lines = pd.concat([trained, control], ignore_index=True).drop(columns=["best", "p_value_best"], errors="ignore")
+    return save_figure(plot.depth_profile(lines, metric, ref, width="single"), out, stem)[0]
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:

@@ -187,3 +187,33 @@ def test_blank_canvas_is_found():
 def test_pdftotext_is_installed():
     # the PDF half of the check needs poppler (CI installs poppler-utils)
     assert shutil.which("pdftotext")
+
+
+# ---- the committed study figures, redrawn from the committed tables ---------------------------------------
+
+
+def test_study_figures_redraw_from_their_committed_tables(tmp_path):
+    from pathlib import Path
+
+    from analyses import antibody_models, common, interatomic_potentials, molecules
+
+    results = Path(__file__).resolve().parents[1] / "analyses" / "results"
+    drawn = {}
+    for study, heatmaps in (("antibody_models", antibody_models.HEATMAPS), ("molecules", molecules.HEATMAPS),
+                            ("interatomic_potentials", interatomic_potentials.HEATMAPS)):
+        (tmp_path / study).mkdir()
+        # common.save_figure refuses a figure with layout problems, so every file written passed the check
+        drawn[study] = {p.name for p in common.study_figures(pd.read_csv(results / study / "scores.csv"), tmp_path / study, heatmaps)}
+    # IgFold's pairs (N = 200) and the others (N = 1,000) differ in chance level: two matrices, never one
+    assert {"matrix_antibodies_structure_n200.png", "matrix_antibodies_structure_n1000.png"} <= drawn["antibody_models"]
+    assert "matrix_antibodies_structure.png" not in drawn["antibody_models"]
+    assert {"matrix_crystals_structure.png", "heatmap_crystals_element_chgnet-0.3.0_sevennet-0.png"} <= drawn["interatomic_potentials"]
+    esm = pd.read_csv(results / "esmfold2_stages" / "scores.csv")
+    path = common.depth_figure(esm, "esmfold2", ["esmc-300m"], "unbiased_cka", tmp_path, "depth")
+    assert path.name == "depth.png"
+    # each committed PNG is the one the committed table gives (same pixels size: same width and layout)
+    from PIL import Image
+
+    for study, names in drawn.items():
+        for name in names:
+            assert Image.open(results / study / name).size == Image.open(tmp_path / study / name).size, (study, name)

@@ -44,11 +44,20 @@ CONTROL_LEVELS = ("random_init", "contrast")
 
 
 def trained_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the trained comparison: a controls table's ``random_init`` and ``contrast`` rows
+    """The rows of the trained comparisons: a controls table's ``random_init`` and ``contrast`` rows
     left out (any other table is returned as it is)."""
     if "level" not in table.columns:
         return table
     return table[~table["level"].isin(CONTROL_LEVELS)]
+
+
+def comparison_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows that hold one comparison's cells: a controls table's ``contrast`` rows (the trained
+    pair's cells again, with control statistics) left out; a control pair (A@random:s vs B@random:s)
+    can still be drawn by naming it."""
+    if "level" not in table.columns:
+        return table
+    return table[table["level"] != "contrast"]
 
 
 def best_contrast(table: pd.DataFrame, metric: str, model_a: str, model_b: str) -> pd.Series | None:
@@ -387,7 +396,7 @@ def layer_heatmap(
     """
     check_alpha(alpha)
     width_in = figure_width(width)
-    rows = select_pair(trained_rows(table), metric, model_a, model_b)
+    rows = select_pair(comparison_rows(table), metric, model_a, model_b)
     column = value_column(rows, value)
     scores, names_a, names_b = pair_matrix(rows, column)
     if np.isnan(scores).all():
