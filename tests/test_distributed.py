@@ -134,6 +134,24 @@ def test_distributed_extraction_writes_the_compression_asked(client, tiny_esm2, 
         assert {model["pooled"][layer].compression for layer in model["pooled"]} == {"lzf"}
 
 
+def test_distributed_extraction_counts_its_shards_in_a_progress_bar(client, tiny_esm2, esm_inputs, tmp_path):
+    """The shards' futures drive one bar (asked for here: standard error is no terminal under pytest)."""
+    import contextlib
+    import io
+    import re
+
+    from repalign.progress import progress_setting
+
+    records, ref = esm_inputs
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), progress_setting(True):
+        runs = extract_distributed(records, [f"hf:{tiny_esm2}"], tmp_path / "bar.h5", cluster=client, layers=["all"],
+                                   batch_tokens=160, shard_tokens=300)
+    n = runs[0].shards
+    assert n >= 2 and re.search(rf"{re.escape(KEY)}: shards: 100%\|[^|]*\| {n}/{n} \[", err.getvalue()), err.getvalue()
+    assert_same_cache(tmp_path / "bar.h5", ref)
+
+
 def test_second_distributed_run_on_the_same_target_is_refused(client, tiny_esm2, esm_inputs, tmp_path):
     from repalign.distributed.extraction import run_lock
 
