@@ -322,3 +322,12 @@ def test_intrinsic_dimension_counts_duplicates_once_and_refuses_bad_options():
         intrinsic_dimension(X, fraction=0)
     with pytest.raises(RepalignError, match="distinct samples"):
         intrinsic_dimension(np.ones((10, 3)))
+
+
+def test_square_matrix_measures_refuse_too_many_samples_before_allocating():
+    X = np.zeros((16385, 1))
+    X[:, 0] = np.arange(16385)
+    with pytest.raises(RepalignError, match="N = 16385 needs 2.0 GiB"):
+        rsa(X, X, rdm="euclidean")
+    with pytest.raises(RepalignError, match="information imbalance holds an N x N matrix"):
+        information_imbalance(X, X)

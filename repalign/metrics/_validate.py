@@ -96,3 +96,15 @@ def check_permutation(perm, n: int) -> np.ndarray:
     if perm.shape != (n,) or not np.issubdtype(perm.dtype, np.integer) or not np.array_equal(np.sort(perm), np.arange(n)):
         raise RepalignError(f"perm must be a permutation of 0..{n - 1}; pass e.g. numpy.random.default_rng(seed).permutation({n})")
     return np.ascontiguousarray(perm, dtype=np.int64)
+
+
+# Samples above which a per-layer N x N float64 matrix (RSA, information imbalance) is refused: 2 GiB.
+MAX_SQUARE_SAMPLES = 16384
+
+
+def check_square_size(n: int, what: str) -> None:
+    """A one-line error when an N x N float64 matrix per layer would exceed :data:`MAX_SQUARE_SAMPLES`."""
+    if n > MAX_SQUARE_SAMPLES:
+        gib = n * n * 8 / 2**30
+        raise RepalignError(f"{what} holds an N x N matrix per layer: N = {n} needs {gib:.1f} GiB each; "
+                            f"compare at most {MAX_SQUARE_SAMPLES} samples (a random subset, or fewer token rows)")

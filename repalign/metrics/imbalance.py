@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from repalign.errors import RepalignError
-from repalign.metrics._validate import as_features, as_pair, check_permutation
+from repalign.metrics._validate import as_features, as_pair, check_permutation, check_square_size
 from repalign.metrics.neighbors import duplicate_groups, row_digests
 
 # Query rows per rank-counting chunk (a chunk compares P x N distances).
@@ -47,6 +47,7 @@ class DistanceState:
 def squared_distances(X: np.ndarray) -> np.ndarray:
     """(N, N) squared Euclidean distances in float64, computed once per distinct row (duplicates
     share every value and are 0 apart), with +inf on the diagonal."""
+    check_square_size(X.shape[0], "information imbalance")
     Z = np.asarray(X, dtype=np.float64)
     groups = duplicate_groups(row_digests(Z))
     U = Z[groups.first]

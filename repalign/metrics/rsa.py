@@ -22,7 +22,7 @@ import numpy as np
 from scipy import stats as sstats
 
 from repalign.errors import RepalignError
-from repalign.metrics._validate import as_pair, check_permutation
+from repalign.metrics._validate import as_pair, check_permutation, check_square_size
 
 RDMS = ("correlation", "euclidean", "cosine")
 COMPARISONS = ("pearson", "spearman", "cosine", "rho_a", "tau_a")
@@ -59,6 +59,7 @@ def check_rsa_options(rdm, compare) -> tuple[str, str]:
 
 def rdm_matrix(X: np.ndarray, rdm: str, side: str = "X") -> np.ndarray:
     """The (N, N) float64 RDM of X's rows (see the module docstring)."""
+    check_square_size(X.shape[0], "rsa")
     Z = np.asarray(X, dtype=np.float64)
     if rdm == "euclidean":
         sq = np.einsum("ij,ij->i", Z, Z)
