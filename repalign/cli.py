@@ -799,9 +799,9 @@ def main(argv=None) -> int:
     quiet = getattr(args, "quiet", False)
     logging.basicConfig(level=logging.INFO if not quiet else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from repalign.progress import progress_setting  # lazy: CLI start-up (tqdm)
+    from repalign.progress import bars_beside_logs, progress_setting  # lazy: CLI start-up
 
-    with progress_setting(False if quiet else args.progress), one_line_warnings(args.command):
+    with progress_setting(False if quiet else args.progress), one_line_warnings(args.command), bars_beside_logs():
         return run_command(args)
 
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
-__all__ = ["progress", "progress_setting", "show_progress", "shows_bars"]
+__all__ = ["bars_beside_logs", "progress", "progress_setting", "show_progress", "shows_bars"]
 
 _setting: list[bool | None] = [None]  # None: on a terminal only
 
@@ -58,6 +59,8 @@ def progress(iterable: Iterable | None = None, *, total: int | float | None = No
 
     ``leave=None`` keeps a finished bar on screen unless it was nested in another open bar.
     """
+    from tqdm import tqdm  # lazy: CLI start-up (about 0.1 s), paid only where a loop runs
+
     if quiet or not shows_bars():
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=True)
     bar_class: type[tqdm] = tqdm
@@ -74,3 +77,16 @@ def _stderr_is_terminal() -> bool:
         return bool(sys.stderr.isatty())
     except (AttributeError, ValueError):
         return False
+
+
+@contextlib.contextmanager
+def bars_beside_logs() -> Iterator[None]:
+    """Log lines written to the terminal inside the block go above the open bars instead of through
+    them (tqdm's logging_redirect_tqdm), when bars show; otherwise logging is left as it is."""
+    if not shows_bars():
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm  # lazy: CLI start-up
+
+    with logging_redirect_tqdm():
+        yield

@@ -21,7 +21,7 @@ import uuid
 
 import pytest
 
-from repalign.progress import progress, progress_setting, shows_bars
+from repalign.progress import bars_beside_logs, progress, progress_setting, shows_bars
 
 TMUX = shutil.which("tmux")
 needs_tmux = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (.ci/run installs it): no pseudo-terminal")
@@ -158,3 +158,26 @@ def test_progress_flag_draws_bars_into_a_pipe(workdir):
     assert done.returncode == 0, done.stderr
     assert re.search(FINISHED_BAR.format(desc="permutations", n=19), done.stderr), done.stderr
     assert "%|" not in done.stdout  # the summary on standard output carries no bar
+
+
+def test_a_log_line_goes_above_an_open_bar():
+    import logging
+
+    err = io.StringIO()
+    root = logging.getLogger()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    saved = root.handlers[:]
+    root.handlers = [handler]
+    try:
+        with contextlib.redirect_stderr(err), progress_setting(True), bars_beside_logs():
+            with progress(total=4, desc="steps") as bar:
+                bar.update(2)
+                logging.getLogger("repalign.test").warning("half way")
+                bar.update(2)
+    finally:
+        root.handlers = saved
+    pieces = re.split(r"[\r\n]", err.getvalue())
+    assert "WARNING repalign.test: half way" in [p.strip() for p in pieces], err.getvalue()
+    assert not any("half way" in p and "%|" in p for p in pieces)  # never on the bar's line
+    assert re.search(FINISHED_BAR.format(desc="steps", n=4), err.getvalue())
