@@ -117,10 +117,10 @@ def topk_update_block(S, row0, col0, best_sim, best_idx, upper_only, buf_r, buf_
             start = r + 1 if upper_only else 0
             for seg in range(start, n_cols, _SEGMENT):
                 stop = min(n_cols, seg + _SEGMENT)
-                hit = False  # a branch-free scan of the segment first: most segments hold no candidate
+                hit = 0  # a branch-free scan of the segment first: most segments hold no candidate
                 for c in range(seg, stop):
-                    hit |= (S[r, c] >= last_s) | (S[r, c] >= threshold[c])
-                if not hit:
+                    hit += (S[r, c] >= last_s) + (S[r, c] >= threshold[c])
+                if hit == 0:
                     continue
                 for c in range(seg, stop):
                     s = S[r, c]
@@ -242,7 +242,7 @@ def pair_dots(Xq, qi, Xc, cj):
 # ----------------------------------------------------------------------------- duplicate rows
 @njit(parallel=True, cache=True)
 def row_hashes(B):
-    """64-bit FNV-1a hash of each row of the byte matrix B (N, bytes): equal rows hash equal."""
+    """64-bit FNV-1a hash of each row of B (N, bytes or 8-byte words): equal rows hash equal."""
     out = np.empty(B.shape[0], dtype=np.uint64)
     for i in prange(B.shape[0]):
         h = np.uint64(14695981039346656037)

@@ -126,7 +126,8 @@ def row_groups(X: np.ndarray) -> DuplicateGroups:
     for byte against its group's first row (on a collision, the BLAKE2b digests decide)."""
     Z = np.ascontiguousarray(X + X.dtype.type(0))
     B = Z.view(np.uint8).reshape(Z.shape[0], -1)
-    groups = duplicate_groups(_numba.row_hashes(B))
+    words = B.view(np.uint64) if B.shape[1] % 8 == 0 else B  # 8 bytes per step where the rows allow it
+    groups = duplicate_groups(_numba.row_hashes(words))
     if _numba.rows_equal_their_first(B, groups.group, groups.first):
         return groups
     return duplicate_groups(row_digests(X))
@@ -179,9 +180,12 @@ def exact_search(rows: DistinctRows, ks: int, block: int = DEFAULT_BLOCK) -> tup
     buffers = (np.empty((chunks, _BUFFER * block), dtype=np.int32), np.empty((chunks, _BUFFER * block), dtype=np.int32),
                np.empty((chunks, _BUFFER * block)))
     # Diagonal blocks first: every list then holds candidates, so the off-diagonal blocks' column
-    # thresholds admit few entries (the lists do not depend on the order of the blocks).
+    # thresholds admit few entries (the lists do not depend on the order of the blocks). Their lists
+    # start empty, so every entry would be buffered: they are merged by rows, then by columns.
     for r0, Xr in _rechunked(rows, block):
-        _numba.topk_update_block(Xr @ Xr.T, r0, r0, best_sim, best_idx, True, *buffers)
+        S = Xr @ Xr.T
+        _numba.topk_update_rows(S, r0, r0, best_sim, best_idx, True)
+        _numba.topk_update_cols(S, r0, r0, best_sim, best_idx, True)
     for r0, Xr in _rechunked(rows, block):
         for c0, Xc in _rechunked(rows, block):
             if c0 <= r0:
