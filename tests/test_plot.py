@@ -637,7 +637,7 @@ def test_heatmap_title_writes_a_floor_p_value_as_a_bound(table):
     fig = plot.layer_heatmap(t)
     title = fig.texts[0].get_text().replace("\u00a0", " ")
     assert "p(best) \u2264 0.005" in title
-    assert "199 permutations" in plot.caption(fig) and "adjusted (max-T)" in plot.caption(fig)
+    assert "hatched: permutation p adjusted (max-T) over the layer pairs \u2265 0.05" in plot.caption(fig)
 
 
 def test_caption_goes_into_the_files_metadata(table, tmp_path):

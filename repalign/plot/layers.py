@@ -446,13 +446,11 @@ def check_alpha(alpha) -> float:
 
 
 def significance_note(rows: pd.DataFrame, sig: str | None, alpha: float, marks: str) -> str:
-    """'hatched: max-T adjusted permutation p ≥ 0.05 (199 permutations)': what the marks mean and which test."""
+    """'hatched: permutation p adjusted (max-T) over the layer pairs ≥ 0.05': what the marks mean and which test."""
     if sig is None:
         return ""
-    floor = p_floor(rows)
-    count = f" ({round(1 / floor) - 1} permutations)" if floor is not None and "min_p_value" not in rows.columns else ""
     test = "permutation p adjusted (max-T) over the layer pairs" if sig == "p_value_adjusted" else "permutation p"
-    return f"{marks}: {test} \u2265 {alpha:g}{count}"
+    return f"{marks}: {test} \u2265 {alpha:g}"
 
 
 def _heatmap_caption(rows, column, sig, alpha, hatched, cscale, contrast) -> list[str]:

@@ -10,7 +10,20 @@ import pandas as pd
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from repalign.errors import RepalignError
-from repalign.plot.style import CB_COLORS, NOT_SIGNIFICANT_COLOR, colour_scale, figure_width, metric_label, new_figure, style, text_size, wrap
+from repalign.plot.layers import significance_note
+from repalign.plot.style import (
+    CB_COLORS,
+    NOT_SIGNIFICANT_COLOR,
+    colour_scale,
+    figure_width,
+    metric_label,
+    metric_settings,
+    new_figure,
+    set_caption,
+    style,
+    text_size,
+    wrap,
+)
 from repalign.table import check_table, metric_rows, models_of, reference_level, swap_sides
 
 
@@ -152,6 +165,8 @@ def depth_profile(
     ref = data.attrs["model_b"]
     width_in, height = figure_width(width), _line_height(width)
     sig_col = next((c for c in ("p_value_adjusted", "p_value") if c in data and data[c].notna().any()), None)
+    hollow = bool(sig_col) and bool((data[sig_col] >= alpha).any())
+    bands = "ci_low" in data and bool(data["ci_low"].notna().any())
     with style():
         own = ax is None
         fig, ax = new_figure(width, height, ax)
@@ -167,6 +182,9 @@ def depth_profile(
         ax.set_xlabel("relative depth (layer / last layer)")
         against = f"{ref} {layer_b}" if layer_b else f"best layer of {ref}"
         _finish_lines(fig, ax, own, rows, f"{metric_label(rows)} vs {against}", width_in, height, scale)
+        set_caption(fig, [metric_settings(rows), f"each layer of a model at its relative depth, scored against {against}",
+                          "band: subsampling interval" if bands else "",
+                          significance_note(data.assign(metric=rows["metric"].iloc[0]), sig_col, alpha, "hollow") if hollow else ""])
     return fig
 
 
