@@ -730,3 +730,20 @@ def test_model_matrix_refuses_models_never_linked_and_mixed_chance_levels():
     mixed.loc[mixed["model_a"] == "b", "n_samples"] = 200  # k/(N-1): 5/49 against 5/199
     with pytest.raises(RepalignError, match="differ in chance level"):
         plot.model_matrix(mixed)
+
+
+def test_hollow_points_and_their_caption_only_where_permutations_ran():
+    from test_figure_layout import six_models as with_p
+
+    def hollow(fig):
+        return sum(len(c.get_offsets()) for c in fig.axes[0].collections
+                   if len(c.get_offsets()) and (np.asarray(c.get_facecolor())[:, :3] == 1).all())
+
+    t = with_p()
+    fig = plot.depth_profile(t, model_b="esmfold2-fast")
+    # hollow: exactly the points whose chosen cell has adjusted p >= 0.05, by the rule written out
+    data = plot.depth_scores(t, model_b="esmfold2-fast")
+    assert hollow(fig) == int((data["p_value_adjusted"] >= 0.05).sum()) > 0
+    assert "hollow: permutation p adjusted (max-T)" in plot.caption(fig)
+    bare = plot.depth_profile(t.drop(columns=["p_value_adjusted"]), model_b="esmfold2-fast")
+    assert hollow(bare) == 0 and "hollow" not in plot.caption(bare)
