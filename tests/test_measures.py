@@ -331,3 +331,17 @@ def test_square_matrix_measures_refuse_too_many_samples_before_allocating():
         rsa(X, X, rdm="euclidean")
     with pytest.raises(RepalignError, match="information imbalance holds an N x N matrix"):
         information_imbalance(X, X)
+
+
+def test_pwcca_matches_google_svcca_canonical_variates():
+    cases = json.loads((DATA / "svcca" / "pwcca.json").read_text())
+    assert len(cases) == 3
+    for case in cases:
+        rng = np.random.default_rng(case["seed"])
+        n, dx, dy = case["n_samples"], case["width_x"], case["width_y"]
+        X = rng.standard_normal((n, dx))
+        Y = X[:, :min(dx, dy)] @ rng.standard_normal((min(dx, dy), dy)) + 0.8 * rng.standard_normal((n, dy))
+        X -= X.mean(0)
+        Y -= Y.mean(0)
+        assert pwcca(X, Y) == pytest.approx(case["pwcca_canonical_variates"], abs=1e-10)
+        assert pwcca(X, Y) != pytest.approx(case["mean_cca"], abs=1e-3)  # the weighting matters on these pairs
