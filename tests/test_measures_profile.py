@@ -73,6 +73,11 @@ def test_profile_cli_writes_the_table_and_plot_draws_it(plane_cache, tmp_path):
     (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_gid() == "profile-planes"]
     np.testing.assert_allclose(line.get_xdata(), [0, 0.5, 1])
     np.testing.assert_allclose(line.get_ydata(), table["value"])
+    res = run_main("plot", out, "--kind", "profile", "--metric", "intrinsic_dimension", "--a", "planes", "-o", tmp_path / "id2",
+                   "--format", "png")
+    assert res.returncode == 0, res.stderr
+    wrong_model = run_main("plot", out, "--kind", "profile", "--a", "other", "-o", tmp_path / "id3")
+    assert wrong_model.returncode == 1 and "model(s) other not in the table" in wrong_model.stderr
     bad = run_main("profile", path, "--model", "planes", "--method", "mle", "--fraction", 0.5, "-o", out)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "fraction" in bad.stderr
     wrong = run_main("plot", out, "--kind", "profile", "--b", "x", "-o", tmp_path / "x")
