@@ -79,3 +79,15 @@ def test_a_table_without_best_rows_is_refused(cache):
         headlines(table)
     with pytest.raises(RepalignError, match="lacks the column"):
         headlines(table.drop(columns=["score"]))
+
+
+def test_each_size_subset_and_k_of_a_curves_table_is_a_comparison(cache):
+    from repalign.compare import compare_curves
+
+    table = compare_curves(cache, "ta", "tb", ["mknn"], ks=[5, 10], sizes=[40], repeats=2).table
+    out = headlines(table)
+    best = table[table.best]
+    assert len(out) == len(best) == 6  # (2 subsets of 40 + all 80) x 2 k
+    merged = out.merge(best, on=["n_samples", "subset", "k", "metric"], suffixes=("", "_table"))
+    assert len(merged) == 6 and (merged.score == merged.score_table).all()
+    assert (merged.layer_a == merged.layer_a_table).all() and (merged.layer_b == merged.layer_b_table).all()

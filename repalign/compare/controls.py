@@ -45,7 +45,10 @@ class ControlComparison(Comparison):
     def summary(self, *args, **kwargs) -> str:
         lines = [f"{self.model_a} vs {self.model_b} against random-init controls of {len(self.seeds)} seeds "
                  f"({_seed_text(self.seeds)}):"]
-        lines += [f"  headline {describe(row, self.ci)}" for _, row in headlines(self.table).iterrows()]
+        found = headlines(self.table)
+        if len(found) == 1:  # Holm over one metric is its p-value
+            found["p_value_adjusted"] = np.nan
+        lines += [f"  headline {describe(row, self.ci)}" for _, row in found.iterrows()]
         return "\n".join([*lines, super().summary(*args, **kwargs)])
 
 

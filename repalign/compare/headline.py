@@ -17,7 +17,7 @@ from repalign.table import best_flags
 
 #: a comparison's identity in a table: metric and model pair, and these when the table has them
 KEY_COLUMNS = ("metric", "model_a", "model_b")
-OPTIONAL_KEYS = ("dataset", "granularity")
+OPTIONAL_KEYS = ("dataset", "granularity", "subset", "k")
 #: the trained best row's columns a headline carries when the table has them
 TRAINED_COLUMNS = ("params", "n_samples", "n_units", "chance_level", "null_mean", "p_value_best", "calibrated", "warnings")
 #: the best contrast row's columns (NaN when the table has no controls)
@@ -36,8 +36,10 @@ def _levels(table: pd.DataFrame) -> pd.Series:
 def headlines(table: pd.DataFrame) -> pd.DataFrame:
     """One row per trained comparison of ``table`` (a compare table, with or without controls).
 
-    Keys: ``dataset`` and ``granularity`` when the table has them, ``metric``, ``model_a``,
-    ``model_b``. Columns: the trained ``best`` pair (``layer_a``, ``layer_b``, ``score``) with its
+    Keys: ``dataset``, ``granularity``, ``subset`` and ``k`` when the table has them (each subset
+    and k of a :func:`repalign.compare.compare_curves` table, with its ``n_samples``, is a comparison
+    of its own),
+    ``metric``, ``model_a``, ``model_b``. Columns: the trained ``best`` pair (``layer_a``, ``layer_b``, ``score``) with its
     ``params``, ``n_samples``, ``n_units``, ``chance_level``, ``null_mean``, ``p_value_best``,
     ``calibrated`` and ``warnings`` where the table has them; then ``control_mean``,
     ``control_sd``, ``n_seeds``, ``difference``, ``ci_low``, ``ci_high``, ``p_value``,
@@ -53,6 +55,8 @@ def headlines(table: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise RepalignError(f"headlines: the table lacks the column(s) {', '.join(missing)}; pass a compare table")
     keys = [c for c in OPTIONAL_KEYS if c in table.columns] + list(KEY_COLUMNS)
+    if "subset" in table.columns:  # a curves table: subset numbers repeat for each size
+        keys.insert(keys.index("subset"), "n_samples")
     levels = _levels(table)
     flags = best_flags(table)
     best = pd.Series(flags if flags is not None else np.zeros(len(table), dtype=bool), index=table.index)
@@ -64,7 +68,7 @@ def headlines(table: pd.DataFrame) -> pd.DataFrame:
         row = lacking.iloc[0]
         raise RepalignError(f"headlines: {row.model_a} vs {row.model_b} ({row.metric}) has no row marked best; "
                             "pass the table compare wrote, with its best column")
-    columns = [*keys, "layer_a", "layer_b", "score", *(c for c in TRAINED_COLUMNS if c in table.columns)]
+    columns = [*keys, "layer_a", "layer_b", "score", *(c for c in TRAINED_COLUMNS if c in table.columns and c not in keys)]
     out = trained.drop_duplicates(keys)[columns].reset_index(drop=True)
     contrast = table[(levels == "contrast") & best]
     if contrast.empty:
