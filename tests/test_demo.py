@@ -2,6 +2,7 @@
 headlines are those of its table, and `repalign report` on its cache reproduces them."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -36,8 +37,12 @@ def test_demo_runs_offline_and_its_table_matches_the_cache(demo):
     assert set(table["metric"]) == {"mutual_knn", "unbiased_cka"}
     assert set(table["level"]) == {"trained", "random_init", "contrast"}
     assert set(table["control_seed"].dropna().astype(int)) == set(CONTROL_SEEDS)
-    assert table["score"].between(-1, 1).all() and trained["p_value_adjusted"].between(0, 1).all()
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(demo_outputs())
+    assert table["score"].between(-1, 1).all()
+    # adjusted p-values on the hidden layer pairs (the family searched); none on pairs with an input layer
+    adjusted = trained["p_value_adjusted"].dropna()
+    assert len(adjusted) > len(trained) / 2 and adjusted.between(0, 1).all()
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert set(demo_outputs()) <= names and names - set(demo_outputs()) <= {"demo-cache.h5.lock"}
     # every model spans its whole input set, and a score recomputed from the cache agrees with the table
     cache = Cache(out / "demo-cache.h5")
     assert cache.n_samples("antiberty") >= 40 and cache.n_samples("sevennet-0") >= 30
@@ -84,8 +89,6 @@ def test_the_headlines_come_from_the_table_and_the_report_reproduces_them(demo, 
     # the report of the demo's cache compares it with the demo's settings: the same headline numbers
     index = build_report(out / "demo-cache.h5", tmp_path / "report")
     text = index.read_text()
-    import re
-
     items = re.findall(r'<li class="headline" data-metric="([^"]*)" data-model-a="([^"]*)" data-model-b="([^"]*)" '
                        r'data-layer-a="([^"]*)" data-layer-b="([^"]*)" data-score="([^"]*)" data-control-mean="([^"]*)" '
                        r'data-difference="([^"]*)" data-p-value="([^"]*)"', text)
@@ -93,7 +96,9 @@ def test_the_headlines_come_from_the_table_and_the_report_reproduces_them(demo, 
     assert text.index('class="headline"') < text.index("<img")
     for item, (_, row) in zip(items, found.iterrows()):
         assert item[:5] == (row.metric, row.model_a, row.model_b, row.layer_a, row.layer_b)
-        assert [float(v) for v in item[5:]] == [row.score, row.control_mean, row.difference, row.p_value]
+        # the same computation on the same cache: equal up to float summation order
+        assert [float(v) for v in item[5:]] == pytest.approx([row.score, row.control_mean, row.difference, row.p_value],
+                                                             rel=1e-9, abs=1e-12)
 
 
 @pytest.mark.slow
