@@ -553,7 +553,7 @@ def test_best_column_marks_the_best_pair_not_the_argmax(table):
     fig = plot.layer_heatmap(t)
     (box,) = [p for p in fig.axes[0].patches if p.get_gid() == "best-pair"]
     assert box.get_xy() == (worst[1] - 0.5, worst[0] - 0.5)
-    assert f"best {la[worst[0]]} ~ {lb[worst[1]]}" in fig.texts[0].get_text() and "p(best)\u00a0=\u00a00.004" in fig.texts[0].get_text()
+    assert f"best {la[worst[0]]} ~ {lb[worst[1]]}" in fig.texts[0].get_text() and "p(best)\u00a0\u2264\u00a00.004" in fig.texts[0].get_text()
     # the CSV round trip gives text 'True'/'False'; the same cell is marked
     t2 = t.assign(best=t["best"].astype(str))
     (box2,) = [p for p in plot.layer_heatmap(t2).axes[0].patches if p.get_gid() == "best-pair"]
@@ -613,8 +613,9 @@ def test_p_value_floor_is_read_off_the_permutation_p_values():
     # as a CSV writes them (6 significant digits): 1/201 = 0.00497512
     rounded = pd.DataFrame({"p_value": [0.00497512, 0.0149254, 0.502488, 1.0]})  # 1, 3, 101, 201 / 201
     assert plot.p_floor(rounded) == pytest.approx(1 / 201)
-    # one p-value alone says nothing about T
-    assert plot.p_floor(pd.DataFrame({"p_value_best": [0.004]})) is None
+    # one p-value alone: the floor it could be (p <= 0.004 holds whatever T was)
+    assert plot.p_floor(pd.DataFrame({"p_value_best": [0.004]})) == pytest.approx(0.004)
+    assert plot.p_floor(pd.DataFrame({"p_value": [np.nan]})) is None
     # seed contrasts carry their floor
     assert plot.p_floor(pd.DataFrame({"p_value": [1 / 6], "min_p_value": [1 / 6]})) == pytest.approx(1 / 6)
 

@@ -326,15 +326,16 @@ def p_floor(rows, columns=P_COLUMNS) -> float | None:
     table has one (seed contrasts: 1/(n_seeds + 1)), else 1/(T + 1) for T permutations, read off
     the p-values themselves: every permutation p-value is a multiple of 1/(T + 1), and the smallest
     M = round(c / p_min) (c = 1, 2, ...) of which every p-value of ``columns`` is a multiple (to
-    1e-4, the rounding of a CSV) gives T + 1 = M. None with fewer than two distinct p-values under 1
-    (too few to read T off) or when no M fits.
+    1e-4, the rounding of a CSV) gives T + 1 = M. None without p-values or when no M fits. With few
+    distinct p-values M may be too small (all p = 2/200 gives M = 100), but the bound written from
+    it is never below the p-value, so 'p ≤ bound' stays true.
     A p-value reported as 'p ≤ floor' is true whichever M is found, as every p is at least its floor."""
     if "min_p_value" in rows.columns and has_values(rows, "min_p_value"):
         return float(np.nanmin(numbers(rows, "min_p_value")))
     values = np.concatenate([numbers(rows, c) for c in columns if c in rows.columns] or [np.array([])])
     values = np.unique(values[np.isfinite(values) & (values > 0)])
-    if np.count_nonzero(values < 1) < 2:
-        return None  # one p-value is a multiple of 1/M for many M: too little to read T off
+    if not values.size:
+        return None
     for c in range(1, 21):
         m = round(c / values[0])
         if m < 2:
