@@ -29,13 +29,12 @@ import os
 import sys
 import time
 
+import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_metrics import dense_mknn, make_layers  # noqa: E402  (the benchmarks' shared layers and reference)
-
-import numba  # noqa: E402
 
 from repalign.metrics import mknn  # noqa: E402
 from repalign.metrics.neighbors import DEFAULT_BLOCK, knn_state  # noqa: E402
