@@ -31,6 +31,7 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any, Mapping, Sequence, cast
 
 import numba
@@ -574,13 +575,12 @@ def subsample_intervals(mats_a: Sequence[np.ndarray], mats_b: Sequence[np.ndarra
             sb = _states(list(mats_b), names_b, sub_resolved, normalize, clip_quantile, rows)
             for j, (metric, p) in enumerate(sub_resolved):
                 sub[j, b] = score_matrix(metric, p, j, sa, sb)
-    scale = math.sqrt(m / (n - m))
-    tail = (1.0 - ci) / 2.0
+    # delete-d jackknife standard error: the subsample scores' SD times √(m/(N − m))
+    half = NormalDist().inv_cdf(0.5 + ci / 2.0) * math.sqrt(m / (n - m))
     for j, i in enumerate(valid):
         low_bound, high_bound = resolved[i][0].bounds
-        deviations = sub[j] - sub[j].mean(axis=0)
-        low = full_scores[j] - scale * np.quantile(deviations, 1.0 - tail, axis=0)
-        high = full_scores[j] - scale * np.quantile(deviations, tail, axis=0)
+        spread = half * sub[j].std(axis=0, ddof=1)
+        low, high = full_scores[j] - spread, full_scores[j] + spread
         out[i] = (np.clip(low, low_bound, high_bound), np.clip(high, low_bound, high_bound), "")
     return out
 
@@ -602,15 +602,19 @@ def subsample_interval(
 
     Each of B = ``n_subsamples`` subsamples keeps m = floor(fraction·N) of the N samples (the same
     rows for every layer of both models), drawn without replacement; every layer is preprocessed
-    and its state rebuilt on those rows, giving scores s_b. With s = the full-data score,
-    s̄ = mean_b s_b and d_b = s_b − s̄:
+    and its state rebuilt on those rows, giving scores s_b. With s = the full-data score and
+    sd = the standard deviation of the s_b:
 
-        c    = √(m / (N − m))                   (delete-d jackknife scale, d = N − m)
-        low  = s − c · quantile(d, (1 + ci)/2)
-        high = s − c · quantile(d, (1 − ci)/2),   both clipped to the metric's range
+        se   = √(m / (N − m)) · sd              (delete-d jackknife standard error, d = N − m)
+        low  = s − z · se,  high = s + z · se,  z = Φ⁻¹((1 + ci)/2), clipped to the metric's range
 
-    This is the subsampling interval of Politis & Romano (1994) with the finite-population rate
-    √(m/(1 − m/N)), valid for statistics that converge at the √N rate to a population value that
+    The normal form, not the quantiles of the s_b: the delete-d jackknife gets the variance right
+    but not the skewness, and the reflected quantiles covered 0.927 ± 0.008 at a population CKA
+    of 0.8 (nominal 0.95, N = 100; docs/statistics.md).
+
+    This is a normal interval with the delete-d jackknife variance estimated from random subsets
+    (Shao & Wu, 1989; subsampling of Politis & Romano, 1994, at the finite-population rate
+    √(m/(1 − m/N))), valid for statistics that converge at the √N rate to a population value that
     does not depend on N: ``cka``, ``unbiased_cka``, ``cka_rbf``, ``svcca``, ``svcca_platonic``,
     ``distance_correlation`` and ``bias_corrected_distance_correlation`` (coverage checked by
     simulation in the tests). kNN metrics and CKNNA at a fixed k have no such target (their
