@@ -316,6 +316,10 @@ def finish_layout(fig, brackets: Sequence[_Brackets], own_figure: bool) -> None:
     """Run the layout, spread bracket labels where the axes ended up, and keep that layout."""
     if not brackets:
         return
+    engine = fig.get_layout_engine()
+    if engine is not None and own_figure:
+        # a label moved along the axis by place() may end a pixel past the extent the layout reserved
+        engine.set(w_pad=0.06, h_pad=0.06)
     for b in brackets:
         b.make_room()
     fig.draw_without_rendering()
