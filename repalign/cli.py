@@ -17,7 +17,6 @@ import re
 import stat
 import sys
 import warnings
-from typing import Mapping
 
 from repalign import __version__
 from repalign.errors import RepalignError, RepalignWarning
@@ -439,50 +438,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def figure_options(
-    kind: str,
-    *,
-    metric: str | None = None,
-    a: str | None = None,
-    b: str | None = None,
-    layer_b: str | None = None,
-    width: str | float = "single",
-    scale: str = "fixed",
-    calibrated: bool = False,
-    alpha: float = 0.05,
-    order: str | None = None,
-    layers: Mapping[str, str] | None = None,
-    sizes: Mapping[str, str] | None = None,
-) -> dict:
-    """Keyword arguments of the figure function of ``kind`` (:data:`repalign.plot.FIGURES`) from the
-    ``repalign plot`` options.
-
-    An option that the kind does not use is an error rather than silently ignored.
-    """
-    from repalign.plot import FIGURES, SCALES, figure_flags, figure_width  # lazy: matplotlib only when plotting (CLI start-up)
-
-    if kind not in FIGURES:
-        raise RepalignError(f"figure kind {kind!r} is unknown; use one of {', '.join(FIGURES)}")
-    figure_width(width)
-    if scale not in SCALES:
-        raise RepalignError(f"scale {scale!r} is not 'fixed' or 'data'")
-    flags = figure_flags(kind)  # flag -> the figure function's parameter, from its signature
-    given = {"a": a, "b": b, "layer_b": layer_b, "calibrated": calibrated or None, "order": order,
-             "layers": layers or None, "sizes": sizes or None, "scale": None if scale == "fixed" else scale}
-    unused = [f"--{name.replace('_', '-')}" for name, v in given.items() if v is not None and name not in flags]
-    if unused:
-        verb = "does" if len(unused) == 1 else "do"
-        raise RepalignError(f"{', '.join(unused)} {verb} not apply to --kind {kind}; see 'repalign plot --help'")
-    values = {"metric": metric, "width": width, "scale": scale, "alpha": alpha, "b": b, "layer_b": layer_b,
-              "layers": layers, "sizes": sizes, "calibrated": "calibrated" if calibrated else "score",
-              "a": [m.strip() for m in a.split(",") if m.strip()] if a and flags.get("a") == "models" else a,
-              "order": order or "cluster" if order in (None, "cluster", "table")
-              else [m.strip() for m in str(order).split(",") if m.strip()]}
-    return {parameter: values[flag] for flag, parameter in flags.items()}
-
-
 def cmd_plot(args) -> int:
-    from repalign.plot import plot_table  # lazy: CLI start-up
+    from repalign.plot import figure_options, plot_table  # lazy: CLI start-up
     from repalign.table import granularity_rows, read_table  # lazy: CLI start-up
 
     options = figure_options(

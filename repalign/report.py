@@ -39,7 +39,6 @@ import numpy as np
 import pandas as pd
 
 from repalign import __version__, plot
-from repalign.cli import figure_options
 from repalign.compare import StatsOptions, compare_cache
 from repalign.compare.every_pair import DEFAULT_METRICS, DEFAULT_PERMUTATIONS
 from repalign.compare.headline import headlines
@@ -348,7 +347,7 @@ def plot_command(spec: dict) -> list[str]:
 
 def draw_figure(spec: dict) -> dict:
     """The figure of ``spec``, drawn by its ``repalign plot`` options: title, caption, data URI, command."""
-    options = figure_options(spec["kind"], **_plot_flags(spec))
+    options = plot.figure_options(spec["kind"], **_plot_flags(spec))
     fig = plot.draw(spec["rows"], spec["kind"], **options)
     level = "" if not spec.get("granularity") else f" ({spec['granularity']} level)"
     if spec["kind"] == "models":

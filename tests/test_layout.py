@@ -191,6 +191,56 @@ def unexplained_lazy_import_offenders() -> list[str]:
     return out
 
 
+def import_graph() -> dict[str, set[str]]:
+    """First-party module -> the first-party modules it imports, anywhere in its source (function-level
+    imports too) but under ``if TYPE_CHECKING:``; ``from pkg import sub`` is an edge to the submodule."""
+    names = {m.name for m in modules()}
+    graph: dict[str, set[str]] = {}
+    for module in modules():
+        typing_only = {id(n) for node in ast.walk(module.tree) if isinstance(node, ast.If)
+                       and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+        edges = graph.setdefault(module.name, set())
+        for node in ast.walk(module.tree):
+            if id(node) in typing_only or not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            for target, name in imported(module, node):
+                target = f"{target}.{name}" if name and f"{target}.{name}" in names else target
+                while target and target not in names:
+                    target = target.rpartition(".")[0]
+                if target and target != module.name:
+                    edges.add(target)
+    return graph
+
+
+def import_cycle_offenders() -> list[str]:
+    """Every import cycle between first-party modules (strongly connected components, Tarjan)."""
+    graph, index, low, stack, out = import_graph(), {}, {}, [], []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(" <-> ".join(sorted(component)))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
 #: the modules of analyses/ that studies share; every other module of analyses/ is a study
 STUDY_SHARED = ("analyses", "analyses.common", "analyses.datasets", "analyses.atomistic")
 
@@ -215,6 +265,7 @@ def study_import_offenders() -> list[str]:
 RULES = {
     "layering": layering_offenders,
     "studies apart": study_import_offenders,
+    "no import cycles": import_cycle_offenders,
     "long functions": long_function_offenders,
     "private imports": private_import_offenders,
     "unexplained lazy imports": unexplained_lazy_import_offenders,

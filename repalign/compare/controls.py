@@ -23,6 +23,7 @@ import pandas as pd
 from embeddings_cache import Cache, align_ids
 from repalign.compare.headline import describe, headlines
 from repalign.compare.options import EngineOptions, StatsOptions, check_combination, from_keywords
+from repalign.compare.pooled import compare_models
 from repalign.compare.run import WARNING_SEPARATOR, Comparison, cache_pair, check_metrics, open_models, select_layers
 from repalign.errors import RepalignError, RepalignWarning
 from repalign.models.controls import control_name, parse_control
@@ -176,7 +177,6 @@ def compare_controls(
     marked ``best``, one per metric: the trained best pair against each seed's own best pair,
     ``p_value_adjusted`` Holm over the metrics (docs/statistics.md).
     """
-    from repalign.compare import compare_models  # the package imports this module
 
     cache, cache_b = cache_pair(cache, params.pop("cache_b", None))
     options = from_keywords(params, engine=engine, stats=stats)

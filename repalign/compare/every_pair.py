@@ -23,9 +23,11 @@ import pandas as pd
 
 from embeddings_cache import Cache, align_ids
 from repalign import __version__
-from repalign.compare.controls import is_baseline
+from repalign.compare.controls import compare_controls, is_baseline
 from repalign.compare.options import EngineOptions, StatsOptions
+from repalign.compare.pooled import compare_models
 from repalign.compare.run import Comparison
+from repalign.compare.tokens import compare_tokens
 from repalign.errors import RepalignError
 from repalign.models.controls import control_name, is_control, parse_control
 from repalign.progress import progress
@@ -140,17 +142,15 @@ def _control_seeds(cache: Cache, model_a: str, model_b: str) -> list[int]:
 def _compare_pair(path: Path, model_a: str, model_b: str, metrics, seeds: list, k: int, stats: StatsOptions,
                   engine: EngineOptions | None) -> Comparison:
     """One trained pair through the normal compare path: with its controls when it has some."""
-    import repalign.compare as compare  # lazy: circular (the package imports this module)
-
     if len(seeds) >= MIN_CONTROL_SEEDS:
-        return compare.compare_controls(path, model_a, model_b, metrics, seeds, engine=engine, stats=stats, k=k)
-    result = compare.compare_models(path, model_a, model_b, metrics, engine=engine, stats=stats, k=k)
+        return compare_controls(path, model_a, model_b, metrics, seeds, engine=engine, stats=stats, k=k)
+    result = compare_models(path, model_a, model_b, metrics, engine=engine, stats=stats, k=k)
     tables = [result.table.assign(level="trained")]
     for seed in seeds:  # one seed: its rows beside the trained ones, no contrast (a rank test needs 2)
         result.warnings.append(f"one control seed ({seed}): no contrast against the controls, which needs "
                                f"{MIN_CONTROL_SEEDS} seeds or more (extract {control_name(model_a, seed + 1)} and "
                                f"{control_name(model_b, seed + 1)}, ...)")
-        control = compare.compare_models(path, control_name(model_a, seed), control_name(model_b, seed), metrics,
+        control = compare_models(path, control_name(model_a, seed), control_name(model_b, seed), metrics,
                                          engine=engine, stats=stats, k=k)
         tables.append(control.table.assign(level="random_init", control_seed=seed))
     result.table = pd.concat(tables, ignore_index=True)
@@ -161,7 +161,6 @@ def _token_tables(path: Path, model_a: str, model_b: str, metrics, k: int, stats
                   warnings: list) -> list[pd.DataFrame]:
     """The token-level comparison of a pair whose models store token layers with the same tokens;
     none when the tokens differ or no metric runs on token rows (the pooled comparison stands)."""
-    from repalign.compare import compare_tokens  # lazy: circular (the package imports this module)
 
     try:
         result = compare_tokens(path, model_a, model_b, metrics, stats=stats, k=k)

@@ -37,6 +37,7 @@ from repalign.plot.files import (
     check_stem,
     draw,
     figure_flags,
+    figure_options,
     plot_table,
     save_figure,
     save_layer_heatmap,
@@ -70,6 +71,6 @@ __all__ = [
     "layer_heatmap", "model_matrix", "model_scores", "n_curve", "curve_scores", "parse_model_size", "plot_table",
     "save_figure", "save_layer_heatmap", "size_scaling", "size_scores", "style",
     "text_size", "tick_labels", "tick_positions", "wrap",
-    "FLAG_PARAMETERS", "controls_heatmap", "figure_flags",
+    "FLAG_PARAMETERS", "controls_heatmap", "figure_flags", "figure_options",
     "MIN_CANVAS_USE", "canvas_use", "caption", "layout_problems", "p_floor", "p_text", "pdf_layout_problems", "pdf_words",
 ]

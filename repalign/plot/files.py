@@ -8,7 +8,7 @@ import inspect
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -19,7 +19,7 @@ from repalign.plot.layer_profile import layer_profile
 from repalign.plot.layers import layer_heatmap
 from repalign.plot.models import model_matrix
 from repalign.plot.profiles import depth_profile, size_scaling
-from repalign.plot.style import PNG_DPI, caption, style
+from repalign.plot.style import PNG_DPI, SCALES, caption, figure_width, style
 from repalign.table import atomic_files
 
 FORMATS = ("png", "pdf", "svg")
@@ -28,7 +28,7 @@ FIGURES: dict[str, Callable[..., Any]] = {"layers": layer_heatmap, "models": mod
                                           "n-curve": n_curve, "profile": layer_profile, "controls": controls_heatmap}
 KINDS = tuple(FIGURES)
 
-#: ``repalign plot`` flag (as ``repalign.cli.figure_options`` names it) -> the figure-function
+#: ``repalign plot`` flag (as :func:`figure_options` names it) -> the figure-function
 #: parameters it may set, first match wins: a kind takes the flags whose parameter its function has
 FLAG_PARAMETERS = {"metric": ("metric", "measure"), "a": ("model_a", "models"), "b": ("model_b",), "layer_b": ("layer_b",),
                    "calibrated": ("value",), "alpha": ("alpha",), "order": ("order",), "layers": ("layers",),
@@ -149,3 +149,43 @@ def save_layer_heatmap(table, stem, metric=None, model_a=None, model_b=None, for
                        **options) -> list[Path]:
     """Layer heatmap of one pair saved as STEM.png and STEM.pdf (see :func:`layer_heatmap`)."""
     return plot_table(table, stem, "layers", formats, metric=metric, model_a=model_a, model_b=model_b, **options)
+
+
+def figure_options(
+    kind: str,
+    *,
+    metric: str | None = None,
+    a: str | None = None,
+    b: str | None = None,
+    layer_b: str | None = None,
+    width: str | float = "single",
+    scale: str = "fixed",
+    calibrated: bool = False,
+    alpha: float = 0.05,
+    order: str | None = None,
+    layers: Mapping[str, str] | None = None,
+    sizes: Mapping[str, str] | None = None,
+) -> dict:
+    """Keyword arguments of the figure function of ``kind`` (:data:`repalign.plot.FIGURES`) from the
+    ``repalign plot`` options.
+
+    An option that the kind does not use is an error rather than silently ignored.
+    """
+    if kind not in FIGURES:
+        raise RepalignError(f"figure kind {kind!r} is unknown; use one of {', '.join(FIGURES)}")
+    figure_width(width)
+    if scale not in SCALES:
+        raise RepalignError(f"scale {scale!r} is not 'fixed' or 'data'")
+    flags = figure_flags(kind)  # flag -> the figure function's parameter, from its signature
+    given = {"a": a, "b": b, "layer_b": layer_b, "calibrated": calibrated or None, "order": order,
+             "layers": layers or None, "sizes": sizes or None, "scale": None if scale == "fixed" else scale}
+    unused = [f"--{name.replace('_', '-')}" for name, v in given.items() if v is not None and name not in flags]
+    if unused:
+        verb = "does" if len(unused) == 1 else "do"
+        raise RepalignError(f"{', '.join(unused)} {verb} not apply to --kind {kind}; see 'repalign plot --help'")
+    values = {"metric": metric, "width": width, "scale": scale, "alpha": alpha, "b": b, "layer_b": layer_b,
+              "layers": layers, "sizes": sizes, "calibrated": "calibrated" if calibrated else "score",
+              "a": [m.strip() for m in a.split(",") if m.strip()] if a and flags.get("a") == "models" else a,
+              "order": order or "cluster" if order in (None, "cluster", "table")
+              else [m.strip() for m in str(order).split(",") if m.strip()]}
+    return {parameter: values[flag] for flag, parameter in flags.items()}
