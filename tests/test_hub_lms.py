@@ -119,13 +119,24 @@ def test_missing_or_other_checkpoints_are_one_line_errors(hub, tmp_path):
     assert len(get_adapter("prott5").layer_names()) == 25
 
 
-def test_a_bad_layer_name_suggests_a_command_that_exists(tmp_path):
+def test_a_bad_layer_name_suggests_a_call_and_a_command_that_exist(tmp_path):
+    from cli_helpers import run_main
+
+    from repalign import zoo
     from repalign.cli import build_parser
     from repalign.errors import RepalignError
 
+    # the library names a Python call that lists the layers ...
     with pytest.raises(RepalignError, match="no layer matching 'layer.99'") as info:
         extract(records(), ["esm2-8m"], tmp_path / "c.h5", layers=["layer.99"], quiet=True)
-    command = str(info.value).split("'repalign ")[-1].split("'")[0].split()
+    assert "repalign.zoo.model_table()" in str(info.value)
+    assert any("layer.5" in row.get("layers", "") or "layer.5" in str(row) for row in zoo.model_table(["esm2-8m"]))
+    # ... and the command line names the command that does
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(">s1\nMKTAYIAKQR\n")
+    res = run_main("extract", fasta, "--model", "esm2-8m", "--layers", "layer.99", "-o", tmp_path / "d.h5")
+    assert res.returncode != 0 and "no layer matching 'layer.99'" in res.stderr
+    command = res.stderr.split("'repalign ")[-1].split("'")[0].split()
     assert command == ["models", "--layers"]
     build_parser().parse_args(command)  # parses: the suggested command exists
     assert not (tmp_path / "c.h5").exists()

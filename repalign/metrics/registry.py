@@ -7,6 +7,7 @@ pairwise ``score`` of two states, so layer matrices and permutation tests comput
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, cast
 
@@ -141,24 +142,18 @@ def _check_rsa(n, p):
     return dict(p)
 
 
-def _check_pwcca(n, p):
-    check_min_samples(n, 2, "pwcca")
-    return dict(p)
+def _needs_samples(minimum: int, what: str):
+    """The parameter check of a metric whose only condition is a smallest number of samples."""
+    def check(n, p):
+        check_min_samples(n, minimum, what)
+        return dict(p)
+    return check
 
 
-def _check_imbalance(n, p):
-    check_min_samples(n, 3, "information imbalance")
-    return dict(p)
-
-
-def _check_dcor(n, p):
-    check_min_samples(n, 2, "distance correlation")
-    return dict(p)
-
-
-def _check_bcdcor(n, p):
-    check_min_samples(n, 4, "bias-corrected distance correlation")
-    return dict(p)
+_check_pwcca = _needs_samples(2, "pwcca")
+_check_imbalance = _needs_samples(3, "information imbalance")
+_check_dcor = _needs_samples(2, "distance correlation")
+_check_bcdcor = _needs_samples(4, "bias-corrected distance correlation")
 
 
 # ----------------------------------------------------------------------------- states
@@ -358,5 +353,9 @@ def get_metric(name: str) -> Metric:
     """The Metric registered under ``name`` or one of its aliases (case-insensitive, '-' same as '_')."""
     key = str(name).strip().lower().replace("-", "_")
     if key not in _BY_NAME:
-        raise RepalignError(f"unknown metric {name!r}; valid names: {', '.join(metric_names())}")
+        # each metric once, by its shortest name (metric_names() lists the aliases): one short line
+        short = sorted(min([m.name, *m.aliases], key=len) for m in METRICS)
+        close = difflib.get_close_matches(key, list(_BY_NAME), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise RepalignError(f"unknown metric {name!r}{hint}; valid names: {', '.join(short)}")
     return _BY_NAME[key]
