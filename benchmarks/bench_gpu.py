@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_metrics import make_layers  # noqa: E402  (the benchmarks' shared synthetic layers)
 
 from repalign.metrics import align_layers  # noqa: E402
-from repalign.metrics.neighbors import DistinctRows, duplicate_groups, knn_state, row_digests  # noqa: E402
+from repalign.metrics.neighbors import DistinctRows, knn_state, row_groups  # noqa: E402
 from repalign.metrics.torch_engine import TorchBackend  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def dense_topk(X: np.ndarray, k: int, device: torch.device, chunk: int) -> tuple
 def bench_size(n, d, k, backend, repeats, numba_max):
     (X,) = make_layers(n, d, 1, seed=n)
     device = backend.device
-    rows_check = duplicate_groups(row_digests(X))
+    rows_check = row_groups(X)
     U = np.ascontiguousarray(X[rows_check.first])
     state, t_torch, c_torch = best(lambda: backend.knn_state(X, k), device, repeats)
     _, t_search, c_search = best(lambda: backend.search(DistinctRows.in_memory(U), k + 2), device, repeats)

@@ -27,7 +27,7 @@ from repalign.errors import RepalignError
 from repalign.extract import extract
 from repalign.interop.owned import Manifest, work_folder
 from repalign.models.controls import control_name
-from repalign.plot import FIGURES, plot_table, save_layer_heatmap
+from repalign.plot import plot_table, save_layer_heatmap
 from repalign.report import CONTROLS_KIND, headline_text, trained_rows
 from repalign.table import settings_path, write_settings, write_table
 
@@ -55,8 +55,8 @@ CACHE_FILE, SCORES_FILE = "demo-cache.h5", "scores.csv"
 _CACHE_MARK = "cache"  # the cache changes as models are added: the manifest lists it without a digest
 
 
-def _figure_kinds() -> list[str]:
-    return ["layers", *([CONTROLS_KIND] if CONTROLS_KIND in FIGURES else [])]
+#: the figure kinds the demo draws for each pair and metric
+FIGURE_KINDS = ("layers", CONTROLS_KIND)
 
 
 def _figure_stem(modality: str, model_a: str, model_b: str, metric: str, kind: str = "layers") -> str:
@@ -66,7 +66,7 @@ def _figure_stem(modality: str, model_a: str, model_b: str, metric: str, kind: s
 def demo_outputs() -> list[str]:
     """The names the demo writes in its folder (every other file there is left alone)."""
     figures = [f"{_figure_stem(modality, a, b, metric, kind)}.{fmt}" for modality, _, (a, b) in STUDIES
-               for metric in FIGURE_METRICS for kind in _figure_kinds() for fmt in ("png", "pdf")]
+               for metric in FIGURE_METRICS for kind in FIGURE_KINDS for fmt in ("png", "pdf")]
     return [CACHE_FILE, SCORES_FILE, settings_path(SCORES_FILE).name, *figures]
 
 
@@ -152,12 +152,11 @@ def _run_demo(out: Path, quiet: bool) -> dict[str, list[Path]]:
 
 def _figures(out: Path, manifest: Manifest, table: pd.DataFrame, modality: str, model_a: str, model_b: str,
              metric: str) -> list[Path]:
-    """The layer heatmap of the trained pair, and the pair against its controls where repalign.plot draws that."""
+    """The layer heatmap of the trained pair, and the pair against its controls."""
     stem = _figure_stem(modality, model_a, model_b, metric)
     figures = publish(out, manifest, lambda work: save_layer_heatmap(trained_rows(table), work / stem, metric=metric,
                                                                     model_a=model_a, model_b=model_b))
-    if CONTROLS_KIND in FIGURES:
-        stem = _figure_stem(modality, model_a, model_b, metric, CONTROLS_KIND)
-        figures += publish(out, manifest, lambda work: plot_table(table, work / stem, CONTROLS_KIND, ("png", "pdf"),
-                                                                  metric=metric, model_a=model_a, model_b=model_b))
+    stem = _figure_stem(modality, model_a, model_b, metric, CONTROLS_KIND)
+    figures += publish(out, manifest, lambda work: plot_table(table, work / stem, CONTROLS_KIND, ("png", "pdf"),
+                                                              metric=metric, model_a=model_a, model_b=model_b))
     return figures

@@ -41,9 +41,10 @@ import pandas as pd
 from repalign import __version__, plot
 from repalign.compare import StatsOptions, compare_cache
 from repalign.compare.every_pair import DEFAULT_METRICS, DEFAULT_PERMUTATIONS
-from repalign.compare.headline import headlines
+from repalign.compare.headline import headlines, row_levels
 from repalign.errors import RepalignError
 from repalign.metrics import get_metric
+from repalign.models.controls import base_model
 from repalign.plot.style import reference_note
 from repalign.table import (
     POOLED,
@@ -193,16 +194,9 @@ def _check_metrics(metrics) -> list[str]:
 # ---- what the page shows, from the table ---------------------------------------------------------------
 
 
-def _levels(table: pd.DataFrame) -> pd.Series:
-    """Each row's level (``trained`` where the table has no ``level`` column or leaves it empty)."""
-    if "level" not in table.columns:
-        return pd.Series("trained", index=table.index)
-    return table["level"].astype(object).where(table["level"].notna() & (table["level"].astype(str) != ""), "trained")
-
-
 def trained_rows(table: pd.DataFrame) -> pd.DataFrame:
     """The rows of trained comparisons (no random-init control rows, no contrast rows)."""
-    return table[_levels(table) == "trained"]
+    return table[row_levels(table) == "trained"]
 
 
 def model_groups(table: pd.DataFrame) -> list[list[str]]:
@@ -220,7 +214,7 @@ def model_groups(table: pd.DataFrame) -> list[list[str]]:
 def pair_rows(table: pd.DataFrame) -> list[pd.Series]:
     """One row per comparison of the table and metric (trained and random-init; contrast rows are
     the headlines'): the row marked best, else the highest score."""
-    rows = table[_levels(table) != "contrast"]
+    rows = table[row_levels(table) != "contrast"]
     keys = [c for c in PAIR_KEYS if c in rows.columns]
     out = []
     for _, part in rows.groupby(keys, sort=False, dropna=False):
@@ -250,14 +244,7 @@ def _svg_data_uri(fig) -> str:
     buffer = io.BytesIO()
     with plot.style():
         fig.savefig(buffer, format="svg", metadata={"Date": None})
-    plot_close(fig)
     return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def plot_close(fig) -> None:
-    import matplotlib.pyplot as plt  # lazy: matplotlib is loaded by the figures already
-
-    plt.close(fig)
 
 
 def _caption(rows: pd.DataFrame, what: str) -> str:
@@ -288,14 +275,14 @@ def figure_specs(table: pd.DataFrame) -> list[dict]:
 
 
 def _control_specs(table: pd.DataFrame, trained: pd.DataFrame, metric: str, group: int) -> list[dict]:
-    """A trained-vs-control figure per trained pair with controls, where repalign.plot has that kind."""
-    if CONTROLS_KIND not in plot.FIGURES or "level" not in table.columns:
+    """A trained-vs-control figure per trained pair with controls."""
+    if "level" not in table.columns:
         return []
-    base_a, base_b = (table[c].astype(str).str.replace(r"@random:\d+$", "", regex=True) for c in ("model_a", "model_b"))
+    base_a, base_b = (table[c].astype(str).map(base_model) for c in ("model_a", "model_b"))
     specs = []
     for a, b in dict.fromkeys(zip(trained["model_a"], trained["model_b"])):
         rows = table[(base_a == a) & (base_b == b) & (table["metric"] == metric)]
-        if (_levels(rows) == "random_init").any():
+        if (row_levels(rows) == "random_init").any():
             specs.append({"metric": metric, "group": group, "granularity": None, "kind": CONTROLS_KIND, "a": a, "b": b,
                           "rows": rows})
     return specs

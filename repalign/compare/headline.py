@@ -22,11 +22,9 @@ OPTIONAL_KEYS = ("dataset", "granularity", "subset", "k")
 TRAINED_COLUMNS = ("params", "n_samples", "n_units", "chance_level", "null_mean", "p_value_best", "calibrated", "warnings")
 #: the best contrast row's columns (NaN when the table has no controls)
 CONTRAST_COLUMNS = ("control_mean", "control_sd", "n_seeds", "difference", "ci_low", "ci_high", "p_value", "min_p_value")
-#: the values of the ``level`` column of a table with controls
-LEVELS = ("trained", "random_init", "contrast")
 
 
-def _levels(table: pd.DataFrame) -> pd.Series:
+def row_levels(table: pd.DataFrame) -> pd.Series:
     """Each row's level; rows of a table without ``level`` (or with it empty) are trained."""
     if "level" not in table.columns:
         return pd.Series("trained", index=table.index)
@@ -57,7 +55,7 @@ def headlines(table: pd.DataFrame) -> pd.DataFrame:
     keys = [c for c in OPTIONAL_KEYS if c in table.columns] + list(KEY_COLUMNS)
     if "subset" in table.columns:  # a curves table: subset numbers repeat for each size
         keys.insert(keys.index("subset"), "n_samples")
-    levels = _levels(table)
+    levels = row_levels(table)
     flags = best_flags(table)
     best = pd.Series(flags if flags is not None else np.zeros(len(table), dtype=bool), index=table.index)
     trained = table[(levels == "trained") & best]

@@ -22,7 +22,7 @@ import numpy as np
 
 from repalign.errors import RepalignError
 from repalign.metrics._validate import as_features, as_pair, check_permutation, check_square_size
-from repalign.metrics.neighbors import duplicate_groups, row_digests
+from repalign.metrics.neighbors import row_groups
 
 # Query rows per rank-counting chunk (a chunk compares P x N distances).
 _CHUNK = 1024
@@ -49,7 +49,7 @@ def squared_distances(X: np.ndarray) -> np.ndarray:
     share every value and are 0 apart), with +inf on the diagonal."""
     check_square_size(X.shape[0], "information imbalance")
     Z = np.asarray(X, dtype=np.float64)
-    groups = duplicate_groups(row_digests(Z))
+    groups = row_groups(Z)
     U = Z[groups.first]
     sq = np.einsum("ij,ij->i", U, U)
     Du = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (U @ U.T), 0.0)
@@ -74,9 +74,10 @@ def imbalance_from_states(a: DistanceState, b: DistanceState) -> float:
     ranks = np.empty(rows.size)
     for s in range(0, rows.size, _CHUNK):
         r, c = rows[s:s + _CHUNK], cols[s:s + _CHUNK]
-        target = Db[r, c][:, None]
-        closer = np.count_nonzero(Db[r] < target, axis=1)
-        tied = np.count_nonzero(Db[r] == target, axis=1)  # j itself included
+        rows_b = Db[r]
+        target = rows_b[np.arange(r.size), c][:, None]
+        closer = np.count_nonzero(rows_b < target, axis=1)
+        tied = np.count_nonzero(rows_b == target, axis=1)  # j itself included
         ranks[s:s + _CHUNK] = 1.0 + closer + (tied - 1) / 2.0
     return float(2.0 / n * np.sum(weights * ranks) / n)
 

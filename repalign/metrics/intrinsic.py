@@ -21,7 +21,7 @@ import numpy as np
 
 from repalign.errors import RepalignError
 from repalign.metrics._validate import as_features, check_int
-from repalign.metrics.neighbors import duplicate_groups, row_digests
+from repalign.metrics.neighbors import row_groups
 
 METHODS = ("twonn", "mle")
 # Query rows per block of the distance search.
@@ -34,7 +34,7 @@ def neighbour_distances(X: np.ndarray, k: int) -> np.ndarray:
     Candidates come from the BLAS Gram formula; the k + 2 best are recomputed as explicit
     differences in float64, so small distances carry no cancellation error."""
     Z = np.asarray(X, dtype=np.float64)
-    U = Z[duplicate_groups(row_digests(Z)).first]
+    U = Z[row_groups(Z).first]
     g = U.shape[0]
     if g - 1 < k:
         raise RepalignError(f"only {g} distinct samples; {k} neighbours of each are needed, add samples")

@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as sstats
 
 from repalign.errors import RepalignError
 from repalign.metrics._validate import as_pair, check_permutation, check_square_size
@@ -83,9 +82,11 @@ def rsa_state(X: np.ndarray, rdm: str = "correlation", compare: str = "spearman"
     D = rdm_matrix(X, rdm, side)
     n = D.shape[0]
     if compare in _RANKED:
+        from scipy.stats import rankdata  # lazy: scipy.stats costs ~1 s at import, and only ranked comparisons need it
+
         iu = np.triu_indices(n, 1)
         R = np.zeros_like(D)
-        R[iu] = sstats.rankdata(D[iu])
+        R[iu] = rankdata(D[iu])
         D = R + R.T
     return RsaState(D, compare)
 
@@ -111,7 +112,9 @@ def tau_a(a: np.ndarray, b: np.ndarray) -> float:
     n1, n2 = tied_pairs(a), tied_pairs(b)
     if n1 == n0 or n2 == n0:
         return 0.0  # one side constant: every pair is a tie, none concordant or discordant
-    tau_b = sstats.kendalltau(a, b, variant="b").statistic
+    from scipy.stats import kendalltau  # lazy: scipy.stats costs ~1 s at import
+
+    tau_b = kendalltau(a, b, variant="b").statistic
     return float(tau_b * np.sqrt((n0 - n1) * (n0 - n2)) / n0)
 
 
