@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from embeddings_cache import CacheWriter, check_can_append
+from embeddings_cache.format import CACHE_COMPRESSION
 from repalign.errors import InvalidInput, RepalignError
 from repalign.extract_batches import Retry, forward_with_retry, length_batches, order_batches
 from repalign.extract_options import (
@@ -139,7 +140,7 @@ def model_writer(plan: ModelPlan, cache: str | os.PathLike, options: ExtractOpti
     prov["device"] = plan.adapter.device
     return CacheWriter(cache, plan.key, provenance=prov, layers=plan.pooled_layers, token_layers=plan.token_layers,
                        dtype=options.store_dtype, overwrite=options.overwrite,
-                       compression=options.compression or "default")
+                       compression=options.compression or CACHE_COMPRESSION)
 
 
 @contextlib.contextmanager

@@ -51,7 +51,7 @@ def weights_missing(cls: type[ModelAdapter], path: str | os.PathLike) -> str | N
             missing.append(f"a non-empty weights file ({', '.join('*' + s for s in WEIGHT_SUFFIXES)})")
     else:
         missing = [item for item in layout if not (where / item).exists()]
-    if layout != "file" and not missing and not any(f.is_file() and f.stat().st_size > 0 for f in where.rglob("*")):
+    if not missing and not any(f.is_file() and f.stat().st_size > 0 for f in where.rglob("*")):
         missing = ["any non-empty file"]
     return f"weights {path} lacks {' and '.join(missing)}" if missing else None
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from embeddings_cache import merge_shards, remove_cache
+from embeddings_cache.format import CACHE_COMPRESSION
 from repalign.distributed.cluster import dask_distributed, gather_watched, open_client, parse_cluster
 from repalign.errors import RepalignError
 from repalign.extract import ModelRun, extract_model, load_model, model_writer, plan_run
@@ -286,7 +287,7 @@ def extract_on_cluster(client, plan: ModelPlan, cache: Path, options: ExtractOpt
             run.retries.extend(r["retries"])
         merge_start = time.perf_counter()
         run.stored = merge_shards(paths, cache, plan.key, overwrite=options.overwrite,
-                                  compression=options.compression or "default")
+                                  compression=options.compression or CACHE_COMPRESSION)
         run.merge_seconds = time.perf_counter() - merge_start
         if not sharding.keep_shards:
             for p in paths:

@@ -13,8 +13,9 @@ from typing import Sequence
 import numpy as np
 
 from embeddings_cache import UNKNOWN_HASH, Cache, CacheWriter
-from embeddings_cache.format import check_name
+from embeddings_cache.format import CACHE_COMPRESSION, check_name
 from repalign.errors import RepalignError
+from repalign.extract_options import COMPRESSIONS
 from repalign.interop.formats import CHECK_ROWS
 from repalign.interop.readers import Features, read_features
 from repalign.models import package_versions, sha256_of_file, sha256_of_files
@@ -189,7 +190,7 @@ def import_features(
     check_pool(pool)
     if store_dtype not in ("float32", "float16"):
         raise RepalignError(f"unknown storage dtype {store_dtype!r}; use float32 or float16")
-    if compression not in (None, "gzip", "lzf", "none"):
+    if compression is not None and compression not in COMPRESSIONS:
         raise RepalignError(f"unknown compression {compression!r}; use gzip, lzf or none")
     if cache.exists() and not overwrite:
         with Cache(cache) as c:
@@ -213,7 +214,7 @@ def import_features(
     # staged: the model appears whole when the writer closes without an error, or not at all; an
     # interrupted or failed run is resumed by the same command (same file and options)
     with CacheWriter(cache, model, prov, layers=pooled_layers, token_layers=token_layers, dtype=store_dtype,
-                     overwrite=overwrite, staged=True, compression=compression or "default") as writer:
+                     overwrite=overwrite, staged=True, compression=compression or CACHE_COMPRESSION) as writer:
         stored = writer.stored()
         todo = np.array([k for k, i in enumerate(row_ids) if i not in stored], dtype=np.int64)
         for start in range(0, len(todo), IMPORT_BATCH):

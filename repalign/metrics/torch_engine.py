@@ -207,8 +207,9 @@ def _linear_state(X: torch.Tensor, unbiased: bool) -> DeviceKernelState:
     Xc64 = X.double()
     Xc64 -= Xc64.mean(dim=0)
     top = float(Xc64.abs().max()) if Xc64.numel() else 0.0
-    if top >= 2.0**40:  # an exact power-of-two rescaling, as kernel.kernel_state (CKA is scale-invariant)
-        Xc64 *= 2.0 ** -np.ceil(np.log2(top))
+    scale = neighbors.overflow_scale(top)  # an exact power of two, as kernel.kernel_state (CKA is scale-invariant)
+    if scale != 1.0:
+        Xc64 *= scale
     state = DeviceKernelState(X.shape[0], unbiased, Xc64.to(X.dtype), (Xc64 * Xc64).sum(dim=1), None, None, 0.0, 0.0, None)
     return dataclasses.replace(state, self_hsic=state.hsic_with(state))
 

@@ -11,7 +11,20 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullFormatter
 
 from repalign.errors import RepalignError
-from repalign.plot.style import CB_COLORS, NOT_SIGNIFICANT_COLOR, colour_scale, figure_width, new_figure, set_title, style, text_size, value_column, wrap
+from repalign.plot.style import (
+    CB_COLORS,
+    NOT_SIGNIFICANT_COLOR,
+    colour_scale,
+    figure_width,
+    legend_below,
+    line_height,
+    new_figure,
+    set_title,
+    style,
+    text_size,
+    value_column,
+    wrap,
+)
 from repalign.table import best_flags, chance_levels, check_table, has_values, numbers, resolve_metric, select_pair, swap_sides
 
 #: the columns a table needs for an n-curve: those :func:`repalign.compare.compare_curves` adds
@@ -149,8 +162,7 @@ def n_curve(
     range unless ``scale='data'``. Returns the Figure."""
     data = curve_scores(table, metric, model_a, model_b, layers=layers, value=value)
     rows = pair_rows(table, metric, model_a, model_b)
-    width_in = figure_width(width)
-    height = 2.6 if width_in < 5 else 3.0
+    width_in, height = figure_width(width), line_height(width)
     with style():
         own = ax is None
         fig, ax = new_figure(width, height, ax)
@@ -169,9 +181,5 @@ def n_curve(
         set_title(fig, ax, own, [f"{a} {data.attrs['layer_a']} ~ {b} {data.attrs['layer_b']}"], vscale, width_in)
         handles, labels = ax.get_legend_handles_labels()
         handles, labels = handles + proxies, labels + [p.get_label() for p in proxies]
-        widest = max(text_size(t)[0] for t in labels) + 30  # handle, padding and column gap, points
-        ncols = max(1, min(len(labels), int(0.95 * width_in * 72 // widest)))
-        target = fig if own else ax
-        target.legend(handles, labels, ncols=ncols, handlelength=1.8, columnspacing=1.0,
-                      **({"loc": "outside lower center"} if own else {}))
+        legend_below(fig, ax, own, handles, labels, width_in, handlelength=1.8)
     return fig

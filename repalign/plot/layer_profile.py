@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from repalign.errors import RepalignError
-from repalign.plot.style import CB_COLORS, figure_width, new_figure, style, text_size, wrap
+from repalign.plot.style import CB_COLORS, figure_width, legend_below, line_height, new_figure, style, wrap
 
 PROFILE_REQUIRED = ("model", "layer", "position", "measure", "params", "value")
 
@@ -50,7 +50,7 @@ def layer_profile(
     """A per-layer measure versus relative depth, one line per model (:func:`profile_rows`); the
     value axis is the data's range, labelled with the measure and its parameters. Returns the Figure."""
     rows = profile_rows(table, measure, models)
-    width_in, height = figure_width(width), 2.6 if figure_width(width) < 5 else 3.0
+    width_in, height = figure_width(width), line_height(width)
     label = f"{rows['measure'].iloc[0].replace('_', ' ')} ({rows['params'].iloc[0]})"
     with style():
         own = ax is None
@@ -65,10 +65,5 @@ def layer_profile(
         ax.set_xlabel("relative depth (layer / last layer)")
         ax.set_ylabel(wrap(label, 0.6 * height * 72))
         handles, labels = ax.get_legend_handles_labels()
-        widest = max(text_size(t)[0] for t in labels) + 30
-        ncols = max(1, min(len(labels), int(0.95 * width_in * 72 // widest)))
-        if own:
-            fig.legend(handles, labels, loc="outside lower center", ncols=ncols, handlelength=1.5, columnspacing=1.0)
-        else:
-            ax.legend(handles, labels, ncols=ncols, handlelength=1.5, columnspacing=1.0)
+        legend_below(fig, ax, own, handles, labels, width_in)
     return fig

@@ -16,12 +16,13 @@ from repalign.plot.style import (
     NOT_SIGNIFICANT_COLOR,
     colour_scale,
     figure_width,
+    legend_below,
+    line_height,
     metric_label,
     metric_settings,
     new_figure,
     set_caption,
     style,
-    text_size,
     wrap,
 )
 from repalign.table import check_table, metric_rows, models_of, reference_level, swap_sides
@@ -103,11 +104,6 @@ def depth_scores(
     return result
 
 
-def _line_height(width) -> float:
-    """Height in inches of a line plot: 2.6 at single-column widths, 3.0 wider."""
-    return 2.6 if figure_width(width) < 5 else 3.0
-
-
 def _coloured_groups(data: pd.DataFrame, column: str):
     """(value, rows, colour) for each value of ``column`` in table order, colours from the CB-safe palette."""
     for n, (value, part) in enumerate(data.groupby(column, sort=False)):
@@ -133,12 +129,7 @@ def _finish_lines(fig, ax, own: bool, rows: pd.DataFrame, ylabel: str, width_in:
                        gid=f"{what.replace(' ', '-')}-band")
     ax.set_ylabel(wrap(ylabel, 0.6 * height_in * 72))
     handles, labels = ax.get_legend_handles_labels()
-    widest = max(text_size(t)[0] for t in labels) + 30  # handle, padding and column gap, points
-    ncols = max(1, min(len(labels), int(0.95 * width_in * 72 // widest)))
-    if own:
-        fig.legend(handles, labels, loc="outside lower center", ncols=ncols, handlelength=1.5, columnspacing=1.0)
-    else:
-        ax.legend(handles, labels, ncols=ncols, handlelength=1.5, columnspacing=1.0)
+    legend_below(fig, ax, own, handles, labels, width_in)
 
 
 def depth_profile(
@@ -163,7 +154,7 @@ def depth_profile(
     rows = metric_rows(check_table(table), metric)
     data = depth_scores(table, metric, model_b, layer_b, models)
     ref = data.attrs["model_b"]
-    width_in, height = figure_width(width), _line_height(width)
+    width_in, height = figure_width(width), line_height(width)
     sig_col = next((c for c in ("p_value_adjusted", "p_value") if c in data and data[c].notna().any()), None)
     hollow = bool(sig_col) and bool((data[sig_col] >= alpha).any())
     bands = "ci_low" in data and bool(data["ci_low"].notna().any())
@@ -282,7 +273,7 @@ def size_scaling(
     axis is the metric's fixed 0-1 range unless ``scale='data'``."""
     rows = metric_rows(check_table(table), metric)
     data = size_scores(table, metric, model_b, layer_b=layer_b, sizes=sizes, families=families)
-    width_in, height = figure_width(width), _line_height(width)
+    width_in, height = figure_width(width), line_height(width)
     with style():
         own = ax is None
         fig, ax = new_figure(width, height, ax)

@@ -360,3 +360,19 @@ def p_text(p: float, floor: float | None, name: str = "p") -> str:
     if floor is not None and p <= floor * (1 + 1e-4):
         return f"{name}\u00a0\u2264\u00a0{_round_up(floor)}"
     return f"{name}\u00a0=\u00a0{p:.2g}"
+
+
+def line_height(width) -> float:
+    """Height in inches of a line plot: 2.6 at single-column widths, 3.0 wider."""
+    return 2.6 if figure_width(width) < 5 else 3.0
+
+
+def legend_below(fig, ax, own: bool, handles, labels, width_in: float, handlelength: float = 1.5) -> None:
+    """The legend in as many columns as fit the width: under the axes of a figure of its own, inside
+    the axes drawn into."""
+    widest = max(text_size(t)[0] for t in labels) + 30  # handle, padding and column gap, points
+    ncols = max(1, min(len(labels), int(0.95 * width_in * 72 // widest)))
+    if own:
+        fig.legend(handles, labels, loc="outside lower center", ncols=ncols, handlelength=handlelength, columnspacing=1.0)
+    else:
+        ax.legend(handles, labels, ncols=ncols, handlelength=handlelength, columnspacing=1.0)
