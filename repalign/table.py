@@ -282,11 +282,9 @@ def select_pair(table: pd.DataFrame, metric=None, model_a=None, model_b=None) ->
     exchanged, so model A is always the rows of :func:`pair_matrix`.
     """
     table = check_table(table)
-    first = metric_rows(table, metric)
-    level = granularity_rows(table)
     # every parameter setting of the metric: pairs may differ in them (k chosen for each pair's N);
     # the pair's own first setting is taken below
-    sub = level[level["metric"] == first["metric"].iloc[0]]
+    sub = table[table["metric"] == resolve_metric(table, metric)]
     models = models_of(sub)
     for name in (model_a, model_b):
         if name is not None and name not in models:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from embeddings_cache import Cache, align_ids
-from repalign.compare.headline import describe, headlines
+from repalign.compare.headline import CONTRAST_COLUMNS, describe, headlines
 from repalign.compare.options import EngineOptions, StatsOptions, check_combination, from_keywords
 from repalign.compare.pooled import compare_models
 from repalign.compare.run import WARNING_SEPARATOR, Comparison, cache_pair, check_metrics, open_models, select_layers
@@ -29,9 +29,6 @@ from repalign.errors import RepalignError, RepalignWarning
 from repalign.models.controls import control_name, parse_control
 from repalign.stats import holm, seed_contrast
 
-#: the columns a contrast row adds to a compare table
-CONTRAST_COLUMNS = ("control_mean", "control_sd", "n_seeds", "difference", "ci_low", "ci_high", "p_value", "min_p_value",
-                    "p_value_adjusted")
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 

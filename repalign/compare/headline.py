@@ -20,8 +20,10 @@ KEY_COLUMNS = ("metric", "model_a", "model_b")
 OPTIONAL_KEYS = ("dataset", "granularity", "subset", "k")
 #: the trained best row's columns a headline carries when the table has them
 TRAINED_COLUMNS = ("params", "n_samples", "n_units", "chance_level", "null_mean", "p_value_best", "calibrated", "warnings")
-#: the best contrast row's columns (NaN when the table has no controls)
-CONTRAST_COLUMNS = ("control_mean", "control_sd", "n_seeds", "difference", "ci_low", "ci_high", "p_value", "min_p_value")
+#: the columns a contrast row adds to a compare table; a headline carries its best contrast row's
+#: (NaN when the table has no controls)
+CONTRAST_COLUMNS = ("control_mean", "control_sd", "n_seeds", "difference", "ci_low", "ci_high", "p_value", "min_p_value",
+                    "p_value_adjusted")
 
 
 def row_levels(table: pd.DataFrame) -> pd.Series:
@@ -70,12 +72,12 @@ def headlines(table: pd.DataFrame) -> pd.DataFrame:
     out = trained.drop_duplicates(keys)[columns].reset_index(drop=True)
     contrast = table[(levels == "contrast") & best]
     if contrast.empty:
-        for column in (*CONTRAST_COLUMNS, "p_value_adjusted"):
+        for column in CONTRAST_COLUMNS:
             out[column] = np.nan
         return out
-    taken = [c for c in (*CONTRAST_COLUMNS, "p_value_adjusted") if c in contrast.columns]
+    taken = [c for c in CONTRAST_COLUMNS if c in contrast.columns]
     merged = out.merge(contrast.drop_duplicates(keys)[[*keys, *taken]], on=keys, how="left")
-    for column in (*CONTRAST_COLUMNS, "p_value_adjusted"):
+    for column in CONTRAST_COLUMNS:
         if column not in merged.columns:
             merged[column] = np.nan
     return merged

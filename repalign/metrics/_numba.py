@@ -88,9 +88,10 @@ def topk_update_cols(S, row0, col0, best_sim, best_idx, upper_only):
 
 
 @njit(parallel=True, cache=True)
-def topk_update_block(S, row0, col0, best_sim, best_idx, upper_only, buf_r, buf_c, buf_s):
+def topk_update_block(S, row0, col0, best_sim, best_idx, buf_r, buf_c, buf_s):
     """:func:`topk_update_rows` and :func:`topk_update_cols` in one pass over S (each entry read once,
-    row-major, while the block is still in cache): the same lists.
+    row-major, while the block is still in cache): the same lists. For off-diagonal blocks only
+    (diagonal blocks go through those two, with ``upper_only``).
 
     Rows are split into ``buf_r.shape[0]`` chunks, one thread each. A thread merges its rows' lists
     directly; an entry that may enter its column's list (at least that column's admission threshold
@@ -114,8 +115,7 @@ def topk_update_block(S, row0, col0, best_sim, best_idx, upper_only, buf_r, buf_
         for r in range(ch * rows_per, min(n_rows, (ch + 1) * rows_per)):
             i = row0 + r
             last_s = S.dtype.type(best_sim[i, k - 1])
-            start = r + 1 if upper_only else 0
-            for seg in range(start, n_cols, _SEGMENT):
+            for seg in range(0, n_cols, _SEGMENT):
                 stop = min(n_cols, seg + _SEGMENT)
                 hit = 0  # a branch-free scan of the segment first: most segments hold no candidate
                 for c in range(seg, stop):
@@ -146,7 +146,7 @@ def topk_update_block(S, row0, col0, best_sim, best_idx, upper_only, buf_r, buf_
                         _insert(best_sim, best_idx, col0 + c, buf_s[ch, e], row0 + buf_r[ch, e])
             else:  # the buffer overflowed: scan this chunk's rows for these columns
                 for r in range(ch * rows_per, min(n_rows, (ch + 1) * rows_per)):
-                    for c in range(max(c_lo, r + 1) if upper_only else c_lo, c_hi):
+                    for c in range(c_lo, c_hi):
                         s = np.float64(S[r, c])
                         if s >= best_sim[col0 + c, k - 1]:
                             _insert(best_sim, best_idx, col0 + c, s, row0 + r)

@@ -40,20 +40,21 @@ class SvccaState:
 
 
 def _centred_svd(X: np.ndarray, standardize: bool):
+    """(U, s, Vt, rank) of X centred (and standardised) in float64; rank counts s above the LAPACK tolerance."""
     Z = X.astype(np.float64)
     Z -= Z.mean(axis=0)
     if standardize:
         std = Z.std(axis=0, ddof=1) if Z.shape[0] > 1 else np.zeros(Z.shape[1])
         Z[:, std > 0] /= std[std > 0]
-    U, s, _ = np.linalg.svd(Z, full_matrices=False)
+    U, s, Vt = np.linalg.svd(Z, full_matrices=False)
     tol = s[0] * max(Z.shape) * np.finfo(np.float64).eps if s.size and s[0] > 0 else np.inf
-    return U, s, int(np.count_nonzero(s > tol))
+    return U, s, Vt, int(np.count_nonzero(s > tol))
 
 
 def svcca_state(X: np.ndarray, variance: float = 0.99, side: str = "X") -> SvccaState:
     """Raghu et al.'s SV step: the fewest top singular directions of the centred X whose squared
     singular values reach ``variance`` of the total (internal: no checks)."""
-    U, s, rank = _centred_svd(X, standardize=False)
+    U, s, _, rank = _centred_svd(X, standardize=False)
     if rank == 0:
         raise RepalignError(f"{side} has zero variance after centring (all rows identical); SVCCA is undefined, check the input")
     share = np.cumsum(s[:rank] ** 2) / np.sum(s[:rank] ** 2)
@@ -67,7 +68,7 @@ def svcca_platonic_state(X: np.ndarray, dim: int, side: str = "X") -> SvccaState
     Standardisation: subtract each column's mean and divide by its standard deviation
     (ddof=1); constant columns stay zero (platonic-rep divides by std + 1e-8, same effect).
     """
-    U, _, rank = _centred_svd(X, standardize=True)
+    U, _, _, rank = _centred_svd(X, standardize=True)
     if rank < dim:
         raise RepalignError(f"{side} has rank {rank} after centring, below dim={dim}; lower dim to at most {rank}")
     return SvccaState(U[:, :dim])
@@ -147,11 +148,7 @@ class PwccaState:
 
 def pwcca_state(X: np.ndarray, side: str = "X") -> PwccaState:
     """The layer's :class:`PwccaState` (internal: X validated)."""
-    Z = X.astype(np.float64)
-    Z -= Z.mean(axis=0)
-    U, s, Vt = np.linalg.svd(Z, full_matrices=False)
-    tol = s[0] * max(Z.shape) * np.finfo(np.float64).eps if s.size and s[0] > 0 else np.inf
-    rank = int(np.count_nonzero(s > tol))
+    U, s, Vt, rank = _centred_svd(X, standardize=False)
     if rank == 0:
         raise RepalignError(f"{side} has zero variance after centring (all rows identical); PWCCA is undefined, check the input")
     return PwccaState(U[:, :rank], s[:rank, None] * Vt[:rank])

@@ -191,7 +191,7 @@ def exact_search(rows: DistinctRows, ks: int, block: int = DEFAULT_BLOCK) -> tup
             if c0 <= r0:
                 continue  # the pair (c, r) was merged when c was the row block
             S = Xr @ Xc.T
-            _numba.topk_update_block(S, r0, c0, best_sim, best_idx, False, *buffers)
+            _numba.topk_update_block(S, r0, c0, best_sim, best_idx, *buffers)
             del S  # the next block's product must not coexist with this one
     return best_idx, best_sim
 
