@@ -284,7 +284,8 @@ def select_pair(table: pd.DataFrame, metric=None, model_a=None, model_b=None) ->
     table = check_table(table)
     # every parameter setting of the metric: pairs may differ in them (k chosen for each pair's N);
     # the pair's own first setting is taken below
-    sub = table[table["metric"] == resolve_metric(table, metric)]
+    metric_name = resolve_metric(table, metric)
+    sub = table[table["metric"] == metric_name]
     models = models_of(sub)
     for name in (model_a, model_b):
         if name is not None and name not in models:
@@ -298,8 +299,9 @@ def select_pair(table: pd.DataFrame, metric=None, model_a=None, model_b=None) ->
         partners = sub.loc[sub["model_b"] == model_b, "model_a"].tolist() or sub.loc[sub["model_a"] == model_b, "model_b"].tolist()
         model_a = partners[0]
     rows = sub[(sub["model_a"] == model_a) & (sub["model_b"] == model_b)]
-    if rows.empty:
-        rows = swap_sides(sub[(sub["model_a"] == model_b) & (sub["model_b"] == model_a)])
+    if rows.empty:  # stored as (B, A): under the metric whose (B, A) score is this one's (A, B) score
+        mirror = table[table["metric"] == _swapped_names([metric_name])[metric_name]]
+        rows = swap_sides(mirror[(mirror["model_a"] == model_b) & (mirror["model_b"] == model_a)])
     if rows.empty:
         raise RepalignError(f"the table has no rows comparing {model_a!r} with {model_b!r}; compare them first")
     return rows[rows["params"] == rows["params"].iloc[0]]

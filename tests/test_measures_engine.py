@@ -12,13 +12,14 @@ import pytest
 from cli_helpers import run_main
 
 from embeddings_cache import CacheWriter
+from repalign.errors import RepalignError
 from repalign.metrics import align_layers, get_metric, layer_state, prepare, resolve_metrics, score
 from repalign.metrics.cca import pwcca
 from repalign.metrics.imbalance import information_imbalance
 from repalign.metrics.rsa import rsa
 from repalign.metrics.shape import procrustes, shape_similarity
 from repalign.stats import permutation_test
-from repalign.table import swap_sides
+from repalign.table import select_pair, swap_sides
 
 NEW = ["procrustes", "shape_similarity", "rsa", "pwcca", "imbalance_similarity_a_to_b", "imbalance_similarity_b_to_a"]
 
@@ -80,6 +81,13 @@ def test_imbalance_pair_is_registered_as_similarities_with_their_swapped_partner
     swapped = swap_sides(rows)
     assert swapped.iloc[0][["model_a", "model_b", "metric"]].tolist() == ["y", "x", "imbalance_similarity_b_to_a"]
     assert swap_sides(rows.assign(metric="procrustes")).iloc[0]["metric"] == "procrustes"
+    # a pair stored as (y, x) is read for (x, y) from the counterpart metric's rows, never relabelled
+    stored = pd.concat([rows.assign(score=0.4), rows.assign(metric="imbalance_similarity_b_to_a", score=0.7)])
+    stored = stored.assign(params="", model_a="y", model_b="x", layer_a="m0", layer_b="l0")
+    picked = select_pair(stored, "imbalance_similarity_a_to_b", "x", "y")
+    assert picked[["model_a", "model_b", "metric", "score"]].values.tolist() == [["x", "y", "imbalance_similarity_a_to_b", 0.7]]
+    with pytest.raises(RepalignError, match="no rows comparing"):  # only a_to_b of (y, x): the (x, y) value is not there
+        select_pair(stored[stored.metric == "imbalance_similarity_a_to_b"], "imbalance_similarity_a_to_b", "x", "y")
 
 
 def test_metric_parameters_are_checked_in_one_line():
