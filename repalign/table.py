@@ -258,6 +258,11 @@ def swap_sides(rows: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def is_symmetric(metric: str) -> bool:
+    """Whether ``metric``'s score of (A, B) is its score of (B, A) (False for the imbalance pair)."""
+    return _swapped_names([metric])[metric] == metric
+
+
 def _swapped_names(names) -> dict:
     """name -> the metric whose score for (B, A) is this one's for (A, B); itself when symmetric or unknown."""
     from repalign.metrics import get_metric  # lazy: numba and the metrics load only when sides are exchanged

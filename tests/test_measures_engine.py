@@ -88,6 +88,13 @@ def test_imbalance_pair_is_registered_as_similarities_with_their_swapped_partner
     assert picked[["model_a", "model_b", "metric", "score"]].values.tolist() == [["x", "y", "imbalance_similarity_a_to_b", 0.7]]
     with pytest.raises(RepalignError, match="no rows comparing"):  # only a_to_b of (y, x): the (x, y) value is not there
         select_pair(stored[stored.metric == "imbalance_similarity_a_to_b"], "imbalance_similarity_a_to_b", "x", "y")
+    # a model matrix mirrors a symmetric metric's (x, y) into (y, x), never an asymmetric one's
+    from repalign.plot import model_scores
+
+    one = stored[stored.metric == "imbalance_similarity_a_to_b"].assign(best=True)
+    matrix = model_scores(one, "imbalance_similarity_a_to_b")
+    assert matrix.loc["y", "x"] == 0.4 and np.isnan(matrix.loc["x", "y"])
+    assert model_scores(one.assign(metric="procrustes"), "procrustes").loc["x", "y"] == 0.4
 
 
 def test_metric_parameters_are_checked_in_one_line():

@@ -30,7 +30,7 @@ from repalign.plot.style import (
     text_size,
     value_column,
 )
-from repalign.table import best_flags, chance_levels, check_table, metric_rows, models_of, numbers, significance_column, swap_sides
+from repalign.table import best_flags, chance_levels, check_table, is_symmetric, metric_rows, models_of, numbers, significance_column, swap_sides
 
 SELF_COLOR = "#d9d9d9"  # a model with itself (the diagonal), when the table does not compare it
 
@@ -75,12 +75,12 @@ def best_rows(
     return pd.DataFrame(out).drop(columns="_value").reset_index(drop=True)
 
 
-def _square(rows: pd.DataFrame, models: list[str], column: str) -> pd.DataFrame:
+def _square(rows: pd.DataFrame, models: list[str], column: str, symmetric: bool = True) -> pd.DataFrame:
     out = pd.DataFrame(np.nan, index=models, columns=models)
     for a, b, v in zip(rows["model_a"], rows["model_b"], numbers(rows, column)):
         out.loc[a, b] = v
-        if a != b and np.isnan(out.loc[b, a]):
-            out.loc[b, a] = v  # every metric is symmetric in A and B
+        if symmetric and a != b and np.isnan(out.loc[b, a]):
+            out.loc[b, a] = v  # (B, A) scores the same; an asymmetric metric's (B, A) is another metric's row
     return out
 
 
@@ -97,7 +97,8 @@ def model_scores(
     NaN; the diagonal is NaN unless the table compares a model with itself.
     """
     sub = metric_rows(check_table(table), metric)
-    return _square(best_rows(table, metric, layers, value), models_of(sub), value_column(sub, value))
+    return _square(best_rows(table, metric, layers, value), models_of(sub), value_column(sub, value),
+                   symmetric=is_symmetric(str(sub["metric"].iloc[0])))
 
 
 def cluster_order(matrix: pd.DataFrame, method: str = "average") -> list[str]:
