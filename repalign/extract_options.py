@@ -223,7 +223,7 @@ def name_key(name: str) -> str:
     """:func:`model_key` of a model name."""
     control = parse_control(name)
     if control is not None:
-        return control_name(name_key(control[0]), control[1])
+        return control_name(name_key(control.base), control.seed, control.scope)
     if name.startswith("hf:"):
         source = name[3:].rstrip("/")
         # cache group names cannot hold '/': a local folder is named by its last part, a repo id keeps its owner

@@ -183,7 +183,7 @@ def test_control_is_stored_under_its_own_name_with_provenance(tmp_path):
 def test_control_specs_parse_and_refuse_bad_forms():
     from repalign.models import get_adapter
 
-    assert parse_control("antiberty@random:3") == ("antiberty", 3) and parse_control("antiberty") is None
+    assert parse_control("antiberty@random:3") == ("antiberty", 3, "model") and parse_control("antiberty") is None
     assert control_name("chgnet-0.3.0", 2) == "chgnet-0.3.0@random:2" and is_control("chgnet-0.3.0@random:2")
     for bad in ("antiberty@random", "antiberty@random:x", "antiberty@random:-1"):
         with pytest.raises(RepalignError, match="NAME@random:SEED"):

@@ -134,7 +134,8 @@ def _control_seeds(cache: Cache, model_a: str, model_b: str) -> list[int]:
     baseline = is_baseline(cache, model_b)
     for name in cache.models:
         parsed = parse_control(name)
-        if parsed and parsed[0] == model_a and (baseline or control_name(model_b, parsed[1]) in cache.models):
+        # model_a's @random controls only: an @random-all control is compared by name
+        if parsed and name == control_name(model_a, parsed.seed) and (baseline or control_name(model_b, parsed.seed) in cache.models):
             seeds.append(parsed[1])
     return sorted(seeds) if len(seeds) >= MIN_CONTROL_SEEDS or not baseline else []
 

@@ -2,7 +2,7 @@
 
 Adding a model is adding one module under ``repalign/models/`` (or a package such as
 ``esmfold2_model``) and one line here. Random-initialised controls of any torch model are the
-spec ``NAME@random:SEED`` (:mod:`repalign.models.controls`), not registry lines.
+spec ``NAME@random:SEED`` or ``NAME@random-all:SEED`` (:mod:`repalign.models.controls`), not registry lines.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from repalign.errors import ModelUnavailable, RepalignError
 from repalign.models._common import package_versions, provenance_record, sha256_of_file, sha256_of_files
 from repalign.models._sequence import hub_cache_dir, hub_offline
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
-from repalign.models.controls import RandomInitAdapter, parse_control
+from repalign.models.controls import MODEL_SCOPE, RandomInitAdapter, parse_control
 from repalign.options import check_routing, route_options
 
 if TYPE_CHECKING:  # adapter modules are imported only when used
@@ -88,12 +88,14 @@ def get_adapter(
     """Instantiate (not load) the adapter for a registered name or ``hf:<path-or-repo-id>``.
 
     Options scoped to a model (``MODEL:KEY``, see :mod:`repalign.options`) reach that model only;
-    ``NAME@random:SEED`` gives the random-initialised control of NAME (:mod:`repalign.models.controls`).
+    ``NAME@random:SEED`` gives the random-initialised control of NAME, ``NAME@random-all:SEED`` the one
+    that re-initialises NAME's pretrained input model too (:mod:`repalign.models.controls`).
     """
     options = route_options(name, options, None)  # plain options all reach a model named directly: it rejects the ones it does not take
     control = parse_control(name)
     if control is not None:
-        return randomized(get_adapter(control[0], weights=weights, device=device, dtype=dtype, **options), control[1])
+        return randomized(get_adapter(control.base, weights=weights, device=device, dtype=dtype, **options), control.seed,
+                          scope=control.scope)
     cls = get_adapter_class(name)
     if name.lower().startswith(HF_PREFIX):
         # get_adapter_class gives HFProteinLM for hf: names; it takes the path or repo first
@@ -104,17 +106,18 @@ def get_adapter(
     return cls(weights=weights, device=device, dtype=dtype, **options)
 
 
-def randomized(model: str | ModelAdapter, seed: int = 0, **adapter_args) -> RandomInitAdapter:
+def randomized(model: str | ModelAdapter, seed: int = 0, scope: str = MODEL_SCOPE, **adapter_args) -> RandomInitAdapter:
     """The random-initialised control of ``model`` (a registered name or an adapter), re-initialised
-    with ``seed`` when first used. ``adapter_args`` (weights, device, dtype, options) go to
-    :func:`repalign.models.get_adapter` when ``model`` is a name."""
+    with ``seed`` when first used; ``scope='all'`` re-initialises its pretrained input model too.
+    ``adapter_args`` (weights, device, dtype, options) go to :func:`repalign.models.get_adapter` when
+    ``model`` is a name."""
     if isinstance(model, str):
         model = get_adapter(model, **adapter_args)
     elif adapter_args:
         raise RepalignError("randomized: weights/device/options apply to a model name, not to an adapter")
     if not isinstance(model, ModelAdapter):
         raise RepalignError(f"randomized: expected a model name or adapter, got {type(model).__name__}")
-    return RandomInitAdapter(model, seed)
+    return RandomInitAdapter(model, seed, scope)
 
 
 def options_for_model(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:

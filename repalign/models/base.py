@@ -130,6 +130,15 @@ class ModelAdapter(abc.ABC):
         names = self.layer_names()
         return names[:1] if len(names) > 1 and self.info.family != "baseline" else []
 
+    def pretrained_inputs(self) -> dict[str, str]:
+        """The separately pretrained models this model runs as its input featuriser (e.g. a language
+        model whose embeddings it takes as input, itself registered as a model), which its random-init
+        control ``NAME@random:SEED`` keeps trained (``NAME@random-all:SEED`` re-initialises them too):
+        their name (as the provenance records it) -> the attribute of this adapter that holds them once
+        loaded (a torch module, or an object holding one). Known before loading, since the cache's
+        options record them. By default none: a control re-initialises every weight."""
+        return {}
+
     def provenance(self) -> dict[str, Any]:
         """Model version, weights identifier/hash and package versions, stored in the cache."""
         return {"model": self.info.name, "family": self.info.family, "options": dict(self.options)}

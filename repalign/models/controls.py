@@ -7,10 +7,21 @@ of an alignment comes from the architecture and the input statistics alone?".
 Controls are models like any other: the spec ``NAME@random:SEED`` (e.g. ``antiberty@random:3``)
 works wherever a model name does (``repalign extract --model antiberty@random:3``,
 :func:`repalign.models.get_adapter`). The control is stored in the cache under that name, with
-``random_init`` (seed, stream, initialisation counts) and ``level = random_init`` in its
-provenance, so it can never be read as the trained model. Controls of several seeds of the same
-model are independent networks, and so are controls of two models of the same architecture
-(:func:`model_seed`).
+``random_init`` (seed, stream, scope, kept pretrained inputs, initialisation counts) and
+``level = random_init`` in its provenance, so it can never be read as the trained model. Controls
+of several seeds of the same model are independent networks, and so are controls of two models of
+the same architecture (:func:`model_seed`).
+
+Scope. A model whose input featuriser is a separately pretrained model (IgFold runs AntiBERTy and
+takes its last layer as input) declares it (:meth:`ModelAdapter.pretrained_inputs`). Its control
+``NAME@random:SEED`` (scope ``model``) keeps that input model trained and re-initialises the rest:
+it contrasts what the model's own trained weights add on top of its input. ``NAME@random-all:SEED``
+(scope ``all``) re-initialises every weight, the input model's too. For a model that declares no
+pretrained input (every model but IgFold) the two are the same network. The re-initialised weights
+the two scopes share are drawn identically (same stream; the kept ones are restored after), so
+``igfold@random:s`` and ``igfold@random-all:s`` differ only in AntiBERTy. The compare and study
+machinery pairs a trained model with its ``@random`` controls; an ``@random-all`` control is a
+model to compare by name.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ from __future__ import annotations
 import re
 import zlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -26,25 +37,42 @@ from repalign.errors import RepalignError
 from repalign.models.base import ModelAdapter
 
 RANDOM_TAG = "@random"
-_SPEC = re.compile(r"^(?P<base>.+)@random:(?P<seed>\d+)$")
+#: what a control re-initialises -> its tag: every weight but the declared pretrained inputs, or every weight
+SCOPE_TAGS = {"model": RANDOM_TAG, "all": f"{RANDOM_TAG}-all"}
+MODEL_SCOPE, ALL_SCOPE = "model", "all"
+_SPEC = re.compile(r"^(?P<base>.+)@random(?P<all>-all)?:(?P<seed>\d+)$")
 
 
-def parse_control(name: str) -> tuple[str, int] | None:
-    """(base model, seed) of a control spec ``NAME@random:SEED``; None for any other name."""
+class ControlSpec(NamedTuple):
+    """A parsed control spec: ``base`` model, ``seed`` and ``scope`` (``model`` or ``all``)."""
+
+    base: str
+    seed: int
+    scope: str = MODEL_SCOPE
+
+
+def parse_control(name: str) -> ControlSpec | None:
+    """(base model, seed, scope) of a control spec ``NAME@random:SEED`` (scope ``model``) or
+    ``NAME@random-all:SEED`` (scope ``all``); None for any other name."""
     if RANDOM_TAG not in name:
         return None
     match = _SPEC.match(name.strip())
     if not match:
-        raise RepalignError(f"model {name!r}: a random-init control is written NAME@random:SEED, e.g. antiberty@random:0")
-    return match["base"], int(match["seed"])
+        raise RepalignError(f"model {name!r}: a random-init control is written NAME@random:SEED (or NAME@random-all:SEED "
+                            "to re-initialise its pretrained input model too), e.g. antiberty@random:0")
+    return ControlSpec(match["base"], int(match["seed"]), ALL_SCOPE if match["all"] else MODEL_SCOPE)
 
 
-def control_name(model: str, seed: int) -> str:
-    """The spec (and cache name) of ``model``'s control with ``seed``: ``NAME@random:SEED``."""
-    return f"{model}{RANDOM_TAG}:{int(seed)}"
+def control_name(model: str, seed: int, scope: str = MODEL_SCOPE) -> str:
+    """The spec (and cache name) of ``model``'s control with ``seed``: ``NAME@random:SEED``, or
+    ``NAME@random-all:SEED`` for scope ``all``."""
+    if scope not in SCOPE_TAGS:
+        raise RepalignError(f"control scope {scope!r} is not one of {', '.join(SCOPE_TAGS)}; pass 'model' or 'all'")
+    return f"{model}{SCOPE_TAGS[scope]}:{int(seed)}"
 
 
 def is_control(model: str) -> bool:
+    """Whether a name is a random-init control (either scope)."""
     return RANDOM_TAG in model
 
 
@@ -91,7 +119,7 @@ def torch_modules(obj: Any, depth: int = 2) -> list:
     return [m for key, m in found.items() if key not in inner]
 
 
-def reinitialize(modules: Sequence, seed: int) -> dict[str, int]:
+def reinitialize(modules: Sequence, seed: int, keep: Sequence = ()) -> dict[str, int]:
     """Re-initialise every parameter of ``modules`` in place, deterministically from ``seed``.
 
     Modules that define ``reset_parameters()`` (Linear, Embedding, LayerNorm, convolutions,
@@ -106,6 +134,9 @@ def reinitialize(modules: Sequence, seed: int) -> dict[str, int]:
     deterministically to n·pi/r_cut by their libraries and only nudged by training; setting them to
     one value would collapse the basis), and buffers. Frozen parameters are restored even when a
     ``reset_parameters()`` touched them.
+    ``keep``: modules (among ``modules`` or inside them) left trained, parameters and buffers: they
+    are re-initialised with the rest and then restored, so every other weight is drawn exactly as
+    without ``keep``; counted as ``pretrained``.
     The global torch RNG is left as it was. Returns counts of parameters per initialisation rule.
     """
     import torch
@@ -113,7 +144,10 @@ def reinitialize(modules: Sequence, seed: int) -> dict[str, int]:
     if not modules:
         raise RepalignError("no torch modules found to re-initialise; this model cannot have a random-init control")
     counts = {"reset_parameters": 0, "scaled_normal": 0, "kept": 0}
-    frozen = [(p, p.detach().clone()) for module in modules for p in module.parameters() if not p.requires_grad]
+    kept_state = [(module, {k: v.detach().clone() for k, v in module.state_dict(keep_vars=True).items()}) for module in keep]
+    kept_ids = {id(p) for module in keep for p in module.parameters()}
+    frozen = [(p, p.detach().clone()) for module in modules for p in module.parameters()
+              if not p.requires_grad and id(p) not in kept_ids]
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         covered: set[int] = set()
@@ -131,7 +165,7 @@ def reinitialize(modules: Sequence, seed: int) -> dict[str, int]:
         frozen_ids = {id(p) for p, _ in frozen}
         for module in modules:
             for p in module.parameters():
-                if id(p) in frozen_ids:
+                if id(p) in frozen_ids or id(p) in kept_ids:
                     continue
                 if id(p) in covered:
                     counts["reset_parameters"] += 1
@@ -147,6 +181,10 @@ def reinitialize(modules: Sequence, seed: int) -> dict[str, int]:
         for p, value in frozen:
             p.copy_(value)
             counts["kept"] += 1
+        for module, state in kept_state:
+            module.load_state_dict(state)
+    if keep:
+        counts["pretrained"] = len(kept_ids)
     return counts
 
 
@@ -204,27 +242,40 @@ class RandomInitAdapter(ModelAdapter):
     """A model adapter whose weights are re-initialised with a fixed seed (see :func:`reinitialize`).
 
     Everything but the weights is the wrapped adapter's: layers, inputs, tokenisation, pooling.
-    Its cache name is ``<model>@random:<seed>`` and its provenance carries ``random_init`` (the seed
-    and the model's own stream, :func:`model_seed`) and ``level = random_init``.
+    ``scope``: ``model`` keeps the pretrained input models the adapter declares
+    (:meth:`ModelAdapter.pretrained_inputs`) trained, ``all`` re-initialises them too.
+    Its cache name is ``<model>@random:<seed>`` (``<model>@random-all:<seed>`` for scope ``all``) and
+    its provenance carries ``random_init`` (the seed, the model's own stream, :func:`model_seed`, the
+    scope and the kept pretrained inputs) and ``level = random_init``.
     """
 
-    def __init__(self, inner: ModelAdapter, seed: int):
+    def __init__(self, inner: ModelAdapter, seed: int, scope: str = MODEL_SCOPE):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise RepalignError(f"random-init seed must be a non-negative integer, got {seed!r}")
         if isinstance(inner, RandomInitAdapter):
             raise RepalignError(f"{inner.name} is already a random-init control; pass the trained model")
+        if scope not in SCOPE_TAGS:
+            raise RepalignError(f"control scope {scope!r} is not one of {', '.join(SCOPE_TAGS)}; pass 'model' or 'all'")
         self.inner = inner
         self.seed = int(seed)
+        self.scope = scope
+        #: the declared pretrained inputs this control keeps trained, by name
+        self.kept_inputs: dict[str, str] = dict(sorted(inner.pretrained_inputs().items())) if scope == MODEL_SCOPE else {}
         # this instance stands for the wrapped adapter: it copies the class-level description
         self.info = inner.info  # type: ignore[misc]
         self.default_pooling = inner.default_pooling  # type: ignore[misc]
         self.max_size = inner.max_size  # type: ignore[misc]
         base = getattr(inner, "name", None) or inner.info.name
-        self.name: str = control_name(base, self.seed)
+        self.name: str = control_name(base, self.seed, scope)
+        # one stream for both scopes, so the weights both re-initialise are the same draws
         self.stream = model_seed(self.seed, base)
         self.weights, self.device, self.dtype = inner.weights, inner.device, inner.dtype
-        # the seeds are options, so a cache written with other seeds is detected on resume
+        # the seeds are options, so a cache written with other seeds is detected on resume; the kept
+        # inputs too, where there are some (only then does the scope change the network, so a
+        # control keeping nothing has the same options in both scopes)
         self.options = {**inner.options, "random_init_seed": self.seed, "random_init_stream": self.stream}
+        if self.kept_inputs:
+            self.options["random_init_kept"] = list(self.kept_inputs)
         self._loaded = False
         self.init_counts: dict[str, int] = {}
 
@@ -232,9 +283,26 @@ class RandomInitAdapter(ModelAdapter):
         self.inner.ensure_loaded()
         modules = torch_modules(self.inner)
         if not modules and equinox_modules(self.inner):
+            if self.kept_inputs:
+                raise RepalignError(f"{self.name}: keeping pretrained inputs works for torch models only; "
+                                    f"use {control_name(base_model(self.name), self.seed, ALL_SCOPE)}")
             self.init_counts = reinitialize_equinox(self.inner, self.stream)
         else:
-            self.init_counts = reinitialize(modules, self.stream)
+            self.init_counts = reinitialize(modules, self.stream, keep=self.kept_modules())
+
+    def kept_modules(self) -> list:
+        """The torch modules of the kept pretrained inputs (of the loaded wrapped adapter)."""
+        import torch
+
+        kept: list = []
+        for name, attribute in self.kept_inputs.items():
+            value = getattr(self.inner, attribute, None)
+            found = [value] if isinstance(value, torch.nn.Module) else torch_modules(value) if value is not None else []
+            if not found:
+                raise RepalignError(f"{self.name}: the pretrained input {name} (attribute {attribute!r}) holds no torch "
+                                    f"module once loaded; fix {type(self.inner).__name__}.pretrained_inputs")
+            kept += found
+        return kept
 
     def layer_names(self) -> list[str]:
         return self.inner.layer_names()
@@ -250,8 +318,13 @@ class RandomInitAdapter(ModelAdapter):
         prov = dict(self.inner.provenance())
         prov["model"] = self.name
         prov["level"] = "random_init"
-        prov["random_init"] = {"seed": self.seed, "stream": self.stream, "initialisation": dict(self.init_counts),
-                               "note": "weights re-initialised: a control, not the trained model"}
+        note = "weights re-initialised: a control, not the trained model"
+        if self.kept_inputs:
+            note = (f"weights re-initialised, those of the pretrained inputs ({', '.join(self.kept_inputs)}) kept trained: "
+                    "a control, not the trained model")
+        prov["random_init"] = {"seed": self.seed, "stream": self.stream, "scope": self.scope,
+                               "kept_pretrained": list(self.kept_inputs), "initialisation": dict(self.init_counts),
+                               "note": note}
         return prov
 
     def validate(self, record) -> None:
@@ -265,5 +338,6 @@ class RandomInitAdapter(ModelAdapter):
         return self.inner.forward(records, layers)
 
 
-__all__ = ["RANDOM_TAG", "RandomInitAdapter", "base_model", "control_name", "equinox_modules", "is_control",
-           "model_seed", "parse_control", "reinitialize", "reinitialize_equinox", "torch_modules"]
+__all__ = ["ALL_SCOPE", "MODEL_SCOPE", "RANDOM_TAG", "SCOPE_TAGS", "ControlSpec", "RandomInitAdapter", "base_model",
+           "control_name", "equinox_modules", "is_control", "model_seed", "parse_control", "reinitialize",
+           "reinitialize_equinox", "torch_modules"]

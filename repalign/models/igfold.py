@@ -29,6 +29,11 @@ standard amino acids only, at most 510 residues per chain. Each record runs alon
 embedding path takes one antibody at a time), so its features never depend on the batch.
 ``outputs['mean_prmsd']`` is IgFold's predicted per-atom RMSD (Angstrom), averaged over the backbone.
 No ``cls`` vector: pooling is the mean by default (``max`` and ``last`` also work on the residue rows).
+
+Controls: AntiBERTy is IgFold's pretrained input featuriser (:meth:`IgFold.pretrained_inputs`), so
+``igfold@random:SEED`` is trained AntiBERTy + a random-initialised IgFold network (its ``antiberty``
+features are the trained model's), the contrast for what IgFold's own training adds on top of its
+input; ``igfold@random-all:SEED`` re-initialises AntiBERTy too (:mod:`repalign.models.controls`).
 """
 
 from __future__ import annotations
@@ -152,6 +157,11 @@ class IgFold(ModelAdapter):
         of it) and ``graph.0``-``graph.2``, whose gated residuals pass node_proj's features through
         unchanged in the released checkpoint (measured in analyses/results/antibody_models)."""
         return ["antiberty", "node_proj", "graph.0", "graph.1", "graph.2"]
+
+    def pretrained_inputs(self) -> dict[str, str]:
+        """AntiBERTy (the ``antiberty`` model, trained separately) is IgFold's input featuriser: its
+        control ``igfold@random:SEED`` keeps it trained and re-initialises IgFold's own network."""
+        return {"antiberty": "_antiberty"}
 
     def provenance(self) -> dict[str, Any]:
         self.ensure_loaded()
