@@ -268,6 +268,8 @@ def _frame(run: ComparisonRun, al: LayerAlignment, result, interval) -> pd.DataF
     al.exclude = run.exclude
     al.params.update(run.extra)
     frame = al.to_frame(model_a=run.model_a, model_b=run.model_b)
+    # the pairs the best pair was searched among, so figures drawn from the table alone follow the same family
+    frame.insert(frame.columns.get_loc("best") + 1, "in_family", ~run.exclude.ravel())
     if run.granularity is not None:
         frame.insert(frame.columns.get_loc("n_samples") + 1, "n_units", run.n_units)
         frame.insert(frame.columns.get_loc("metric"), "granularity", run.granularity)

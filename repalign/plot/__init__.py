@@ -2,7 +2,7 @@
 
 Every figure is a function of the table written by ``repalign compare -o`` (columns model_a,
 layer_a, model_b, layer_b, metric, params, score, n_samples; optionally chance_level, null_mean,
-p_value, p_value_adjusted, calibrated, ci_low, ci_high, best, p_value_best), so a figure can be
+p_value, p_value_adjusted, calibrated, ci_low, ci_high, best, in_family, p_value_best), so a figure can be
 restyled without recomputing:
 
 * :func:`layer_heatmap`: layer x layer scores of one model pair, stages bracketed, best pair boxed,

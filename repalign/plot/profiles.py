@@ -62,6 +62,17 @@ def _against(sub: pd.DataFrame, model_b: str, layer_b: str | None) -> pd.DataFra
     return rows
 
 
+def _family_flags(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    """(in family, known) per row from the ``in_family`` column (CSV gives text; rows without a
+    value, e.g. contrast rows, are unknown); None when the table does not carry it."""
+    if "in_family" not in rows.columns:
+        return None
+    text = rows["in_family"].astype(str).str.strip().str.lower()
+    inside = text.isin(("true", "1", "1.0")).to_numpy()
+    known = inside | text.isin(("false", "0", "0.0")).to_numpy()
+    return (inside, known) if known.any() else None
+
+
 def depth_scores(
     table: pd.DataFrame,
     metric: str | None = None,
@@ -73,9 +84,14 @@ def depth_scores(
 
     For layer i of a model with L layers (stored order), depth = i / (L - 1) (0 = first stored
     layer, 1 = last; 0 when L = 1), and score = max over B's layers of score(i, j), or
-    score(i, layer_b) when ``layer_b`` is given. B defaults to the model compared with the most
-    others. Returns columns model, layer, depth, score, layer_b and, when the table has them,
-    ci_low, ci_high, p_value, p_value_adjusted of the chosen cell.
+    score(i, layer_b) when ``layer_b`` is given. B's layers are those of the layer family the table
+    was compared with (its ``in_family`` column: under the default ``hidden`` family B's input
+    layer is never the reference), so the profile follows the table's ``best`` pair; a table
+    without that column (older, imported) ranges over all of B's layers. A layer of the model that
+    is in no pair of the family (its input layer) is kept, with ``input_layer`` True. B defaults to
+    the model compared with the most others. Returns columns model, layer, depth, score, layer_b,
+    input_layer and, when the table has them, ci_low, ci_high, p_value, p_value_adjusted of the
+    chosen cell; ``attrs['hidden_b']`` is True when some of B's layers were left out.
     """
     table = check_table(table)
     sub = metric_rows(table, metric)
@@ -87,21 +103,36 @@ def depth_scores(
             raise RepalignError(f"models {missing} are not compared with {model_b!r} in the table")
         rows = rows[rows["model_a"].isin(models)]
     out = []
+    hidden_b = False
     for model, part in rows.groupby("model_a", sort=False):
         part = part.assign(score=pd.to_numeric(part["score"], errors="coerce"))
         names = list(dict.fromkeys(part["layer_a"]))
+        inputs: set = set()
+        flags = _family_flags(part)
+        if flags is not None:
+            inside = part[flags[0]]
+            inputs = set(names) - set(inside["layer_a"])
+            if layer_b is None:
+                family_b = set(inside["layer_b"])
+                hidden_b |= bool(set(part["layer_b"]) - family_b)
+                part = part[part["layer_b"].isin(family_b)]
         for i, name in enumerate(names):
             cells = part[part["layer_a"] == name]
             best = cells.loc[cells["score"].idxmax()] if cells["score"].notna().any() else cells.iloc[0]
             rec = {"model": model, "layer": name, "depth": i / (len(names) - 1) if len(names) > 1 else 0.0,
-                   "score": float(best["score"]), "layer_b": best["layer_b"]}
+                   "score": float(best["score"]), "layer_b": best["layer_b"], "input_layer": name in inputs}
             for extra in ("ci_low", "ci_high", "p_value", "p_value_adjusted"):
                 if extra in cells.columns:
                     rec[extra] = float(pd.to_numeric(pd.Series([best[extra]]), errors="coerce").iloc[0])
             out.append(rec)
     result = pd.DataFrame(out)
     result.attrs["model_b"] = model_b
+    result.attrs["hidden_b"] = hidden_b
     return result
+
+
+#: the marker of a model's input layer on a depth profile (the other layers are dots)
+INPUT_MARKER, INPUT_MARKER_NAME = "s", "square"
 
 
 def _coloured_groups(data: pd.DataFrame, column: str):
@@ -146,7 +177,8 @@ def depth_profile(
 ):
     """Score versus relative depth (:func:`depth_scores`) of several models in one plot.
 
-    The value axis is the metric's fixed 0-1 range (``scale='data'``: fitted to the data).
+    Each layer is scored against B's best layer of the table's layer family; a model's input layer
+    (outside the family) is drawn as a square, named in the legend. The value axis is the metric's fixed 0-1 range (``scale='data'``: fitted to the data).
     Intervals (ci_low, ci_high) are drawn as bands when present; points with ``p_value_adjusted``
     (else ``p_value``) >= alpha are drawn hollow; the chance level is a dashed line (its largest
     value, when pairs differ in N), or the range of null means a grey band. Returns the Figure.
@@ -166,14 +198,20 @@ def depth_profile(
             if "ci_low" in part and part["ci_low"].notna().any():
                 ax.fill_between(part["depth"], part["ci_low"], part["ci_high"], color=color, alpha=0.2, linewidth=0)
             sig = ~(part[sig_col] >= alpha) if sig_col else pd.Series(True, index=part.index)
-            ax.scatter(part["depth"][sig], part["score"][sig], color=color, s=6, zorder=3)
-            ax.scatter(part["depth"][~sig], part["score"][~sig], facecolor="white", edgecolor=color, s=6,
-                       linewidth=0.6, zorder=3)
+            for marker, size, kept in (("o", 6, ~part["input_layer"]), (INPUT_MARKER, 14, part["input_layer"])):
+                ax.scatter(part["depth"][sig & kept], part["score"][sig & kept], color=color, s=size, marker=marker, zorder=3)
+                ax.scatter(part["depth"][~sig & kept], part["score"][~sig & kept], facecolor="white", edgecolor=color,
+                           s=size, marker=marker, linewidth=0.6, zorder=3)
+        inputs = bool(data["input_layer"].any())
+        if inputs:  # one legend entry for the marker, in no model's colour
+            ax.scatter([], [], color="black", s=14, marker=INPUT_MARKER, label="input layer", gid="input-layer")
         ax.set_xlim(-0.02, 1.02)
         ax.set_xlabel("relative depth (layer / last layer)")
-        against = f"{ref} {layer_b}" if layer_b else f"best layer of {ref}"
+        against = f"{ref} {layer_b}" if layer_b else f"best {'hidden ' if data.attrs['hidden_b'] else ''}layer of {ref}"
         _finish_lines(fig, ax, own, rows, f"{metric_label(rows)} vs {against}", width_in, height, scale)
         set_caption(fig, [metric_settings(rows), f"each layer of a model at its relative depth, scored against {against}",
+                          f"{INPUT_MARKER_NAME}: a model's input layer, outside the layer family of the table's best pair"
+                          if inputs else "",
                           "band: subsampling interval" if bands else "",
                           significance_note(data.assign(metric=rows["metric"].iloc[0]), sig_col, alpha, "hollow") if hollow else ""])
     return fig
@@ -215,8 +253,9 @@ def size_scores(
     sizes: Mapping[str, float] | None = None,
     families: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
-    """Best score of every model against reference B (max over both models' layers, or over the
-    model's layers at B's ``layer_b``), with family and size (``sizes`` mapping, else parsed by
+    """Best score of every model against reference B (max over both models' layers of the table's
+    layer family, as :func:`depth_scores`, or over the model's layers at B's ``layer_b``; the
+    model's input layers left out), with family and size (``sizes`` mapping, else parsed by
     :func:`parse_model_size`). Columns model, family, size, score. Models without a size, and
     families with a single size, are left out.
     """
@@ -235,6 +274,7 @@ def size_scores(
             raise RepalignError(f"size of {model!r} is {size!r}, not a number; give sizes as MODEL=NUMBER") from None
         if not size > 0:
             raise RepalignError(f"size of {model!r} is {size}; sizes must be positive")
+        part = part[~part["input_layer"]] if not part["input_layer"].all() else part
         best = part.loc[part["score"].idxmax()]
         out.append({"model": model, "family": family, "size": size, "score": float(best["score"])})
     result = pd.DataFrame(out, columns=["model", "family", "size", "score"])
