@@ -28,7 +28,7 @@ from repalign.extract import extract
 from repalign.interop.owned import Manifest, work_folder
 from repalign.models.controls import control_name
 from repalign.plot import plot_table, save_layer_heatmap
-from repalign.report import CONTROLS_KIND, headline_text, trained_rows
+from repalign.report import CONTROLS_KIND, headline_text
 from repalign.table import settings_path, write_settings, write_table
 
 # (modality, records factory, model pair)
@@ -154,7 +154,8 @@ def _figures(out: Path, manifest: Manifest, table: pd.DataFrame, modality: str, 
              metric: str) -> list[Path]:
     """The layer heatmap of the trained pair, and the pair against its controls."""
     stem = _figure_stem(modality, model_a, model_b, metric)
-    figures = publish(out, manifest, lambda work: save_layer_heatmap(trained_rows(table), work / stem, metric=metric,
+    # the whole table: the heatmap draws the trained cells and states the pair's headline contrast in its title
+    figures = publish(out, manifest, lambda work: save_layer_heatmap(table, work / stem, metric=metric,
                                                                     model_a=model_a, model_b=model_b))
     stem = _figure_stem(modality, model_a, model_b, metric, CONTROLS_KIND)
     figures += publish(out, manifest, lambda work: plot_table(table, work / stem, CONTROLS_KIND, ("png", "pdf"),

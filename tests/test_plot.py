@@ -689,6 +689,29 @@ def test_controls_figure_draws_trained_beside_the_control_means(tmp_path):
         plot.controls_heatmap(t[t["level"] == "trained"].drop(columns=["control_mean"]))
 
 
+def test_the_demo_heatmap_title_states_the_headline_with_its_controls(tmp_path):
+    import subprocess
+
+    from test_figure_layout import controls_table
+
+    from repalign import demo
+    from repalign.compare import headlines
+
+    t = controls_table().copy()
+    # as with two metrics: the headline's p adjusted over the metrics (Holm) is above its rank-test p
+    t.loc[(t["level"] == "contrast") & t["best"], "p_value_adjusted"] = 1 / 3
+    (head,) = [row for _, row in headlines(t).iterrows()]
+    paths = demo._figures(tmp_path, demo.check_demo_output(tmp_path), t, "antibodies", "antiberty", "iglm", "mutual_knn")
+    (pdf,) = [p for p in paths if p.suffix == ".pdf" and "controls" not in p.name]
+    text = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True)
+                    .stdout.replace("\u00a0", " ").split())
+    assert f"{head['layer_a']} ~ {head['layer_b']}" in text and f"{head['score']:.3f}" in text
+    assert f"control mean {head['control_mean']:.3f} (5 seeds)" in text
+    assert f"contrast {head['score'] - head['control_mean']:+.3f}" in text
+    assert "p \u2264 0.17" in text and "Holm p = 0.33" in text
+    assert plot.pdf_layout_problems(pdf) == []
+
+
 def test_cli_plot_controls_at_a_science_width(tmp_path):
     from test_figure_layout import controls_table
 

@@ -132,7 +132,8 @@ def _caption(rows, sig, alpha, hatched, cscale, n_seeds) -> list[str]:
              f"{n_seeds or 'the'} random-initialised networks of the same architectures (one per seed) at each layer pair, "
              "on the same colour scale", "boxed: the trained best pair of the layer family",
              "title: the trained best pair against each seed's best pair of the same family (control mean, "
-             "trained minus control mean, rank-test p with its smallest attainable value 1/(seeds + 1))",
+             "trained minus control mean, rank-test p with its smallest attainable value 1/(seeds + 1); Holm p, when "
+             "shown: p adjusted over the metrics compared together)",
              cscale.describe()]
     note = reference_note(rows, "score")
     if note:
