@@ -217,17 +217,100 @@ def row_dots(X):
     return out
 
 
+@njit(cache=True, inline="always")
+def _dot64_four(x, y0, y1, y2, y3):
+    """_dot64(x, y0), ..., _dot64(x, y3), each with exactly _dot64's additions in _dot64's order:
+    sixteen independent sums keep the floating-point units busy where one dot's four cannot, and
+    each element of x is converted once for the four rows."""
+    d = x.shape[0]
+    a0 = a1 = a2 = a3 = 0.0
+    b0 = b1 = b2 = b3 = 0.0
+    c0 = c1 = c2 = c3 = 0.0
+    e0 = e1 = e2 = e3 = 0.0
+    t = 0
+    while t + 4 <= d:
+        x0 = np.float64(x[t])
+        x1 = np.float64(x[t + 1])
+        x2 = np.float64(x[t + 2])
+        x3 = np.float64(x[t + 3])
+        a0 += x0 * np.float64(y0[t])
+        a1 += x1 * np.float64(y0[t + 1])
+        a2 += x2 * np.float64(y0[t + 2])
+        a3 += x3 * np.float64(y0[t + 3])
+        b0 += x0 * np.float64(y1[t])
+        b1 += x1 * np.float64(y1[t + 1])
+        b2 += x2 * np.float64(y1[t + 2])
+        b3 += x3 * np.float64(y1[t + 3])
+        c0 += x0 * np.float64(y2[t])
+        c1 += x1 * np.float64(y2[t + 1])
+        c2 += x2 * np.float64(y2[t + 2])
+        c3 += x3 * np.float64(y2[t + 3])
+        e0 += x0 * np.float64(y3[t])
+        e1 += x1 * np.float64(y3[t + 1])
+        e2 += x2 * np.float64(y3[t + 2])
+        e3 += x3 * np.float64(y3[t + 3])
+        t += 4
+    sa = (a0 + a1) + (a2 + a3)
+    sb = (b0 + b1) + (b2 + b3)
+    sc = (c0 + c1) + (c2 + c3)
+    se = (e0 + e1) + (e2 + e3)
+    while t < d:
+        xt = np.float64(x[t])
+        sa += xt * np.float64(y0[t])
+        sb += xt * np.float64(y1[t])
+        sc += xt * np.float64(y2[t])
+        se += xt * np.float64(y3[t])
+        t += 1
+    return sa, sb, sc, se
+
+
 @njit(parallel=True, cache=True)
 def candidate_dots(Xr, r0, Xc, c0, ptr, cand, out):
     """out[e] = _dot64(row u, row cand[e]) for the candidates e of rows u in [r0, r0 + len(Xr)) whose
-    candidate lies in [c0, c0 + len(Xc)); ``ptr`` is the CSR row pointer of the candidate lists."""
+    candidate lies in [c0, c0 + len(Xc)); ``ptr`` is the CSR row pointer of the candidate lists.
+    A row's candidates go four at a time through :func:`_dot64_four` (the same numbers)."""
     nc = Xc.shape[0]
     for r in prange(Xr.shape[0]):
         u = r0 + r
+        x = Xr[r]
+        inside = np.empty(ptr[u + 1] - ptr[u], dtype=np.int64)  # this row's entries with a candidate in Xc
+        m = 0
         for e in range(ptr[u], ptr[u + 1]):
-            v = cand[e]
-            if c0 <= v < c0 + nc:
-                out[e] = _dot64(Xr[r], Xc[v - c0])
+            if c0 <= cand[e] < c0 + nc:
+                inside[m] = e
+                m += 1
+        q = 0
+        while q + 4 <= m:
+            e0, e1, e2, e3 = inside[q], inside[q + 1], inside[q + 2], inside[q + 3]
+            s0, s1, s2, s3 = _dot64_four(x, Xc[cand[e0] - c0], Xc[cand[e1] - c0], Xc[cand[e2] - c0], Xc[cand[e3] - c0])
+            out[e0] = s0
+            out[e1] = s1
+            out[e2] = s2
+            out[e3] = s3
+            q += 4
+        while q < m:
+            out[inside[q]] = _dot64(x, Xc[cand[inside[q]] - c0])
+            q += 1
+
+
+def dot64_numpy(x: np.ndarray, y: np.ndarray) -> float:
+    """Twin of :func:`_dot64`: float64 products (exact for float32 rows), lane t % 4 summed in index
+    order, then ((s0 + s1) + (s2 + s3)) and the tail in order."""
+    p = np.asarray(x, dtype=np.float64) * np.asarray(y, dtype=np.float64)
+    full = p.shape[0] - p.shape[0] % 4
+    lanes = np.zeros(4)
+    for quad in p[:full].reshape(-1, 4):  # one addition per lane per step: index order
+        lanes = lanes + quad
+    s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+    for value in p[full:]:
+        s = s + value
+    return float(s)
+
+
+def candidate_dots_numpy(X: np.ndarray, ptr: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Twin of :func:`candidate_dots` on one block holding every row."""
+    owner = np.repeat(np.arange(ptr.shape[0] - 1), np.diff(ptr))
+    return np.array([dot64_numpy(X[u], X[v]) for u, v in zip(owner, cand)])
 
 
 @njit(parallel=True, cache=True)
@@ -267,6 +350,28 @@ def rows_equal_their_first(B, group, first):
 
 
 # ----------------------------------------------------------------------------- tie levels
+# Entries up to which a list is sorted by insertion (no allocation besides the result); longer
+# lists (completed rows with many ties) use numpy's sorts.
+_SMALL_SORT = 32
+
+
+@njit(cache=True, inline="always")
+def _order_decreasing(values):
+    """Stable order of ``values`` by decreasing value (``np.argsort(-values, kind="mergesort")``)."""
+    m = values.shape[0]
+    if m > _SMALL_SORT:
+        return np.argsort(-values, kind="mergesort")
+    order = np.empty(m, dtype=np.int64)
+    for t in range(m):
+        v = values[t]
+        p = t
+        while p > 0 and values[order[p - 1]] < v:  # strict: equal values keep their order
+            order[p] = order[p - 1]
+            p -= 1
+        order[p] = t
+    return order
+
+
 @njit(parallel=True, cache=True)
 def tie_levels(ptr, sims, mult, k, weight, level):
     """Neighbour lists with ties, one CSR row per distinct row of the data.
@@ -281,7 +386,7 @@ def tie_levels(ptr, sims, mult, k, weight, level):
     for u in prange(ptr.shape[0] - 1):
         s0 = ptr[u]
         seg = sims[s0:ptr[u + 1]]
-        order = np.argsort(-seg, kind="mergesort")
+        order = _order_decreasing(seg)
         above = 0
         rank = 0
         t = 0
@@ -345,16 +450,31 @@ def expand_lists(group, mptr, members, ptr, cand, sims, weight, level, out_idx, 
                 out_w[i, c] = weight[e]
                 out_lev[i, c] = level[e]
                 c += 1
-        order = np.argsort(out_idx[i, :c])
-        idx = out_idx[i, :c][order]
-        sim = out_sim[i, :c][order]
-        w = out_w[i, :c][order]
-        lev = out_lev[i, :c][order]
-        for t in range(c):
-            out_idx[i, t] = idx[t]
-            out_sim[i, t] = sim[t]
-            out_w[i, t] = w[t]
-            out_lev[i, t] = lev[t]
+        if c <= _SMALL_SORT:  # in place, by insertion (the labels of a row are distinct)
+            for t in range(1, c):
+                j, sm, wt, lv = out_idx[i, t], out_sim[i, t], out_w[i, t], out_lev[i, t]
+                p = t
+                while p > 0 and out_idx[i, p - 1] > j:
+                    out_idx[i, p] = out_idx[i, p - 1]
+                    out_sim[i, p] = out_sim[i, p - 1]
+                    out_w[i, p] = out_w[i, p - 1]
+                    out_lev[i, p] = out_lev[i, p - 1]
+                    p -= 1
+                out_idx[i, p] = j
+                out_sim[i, p] = sm
+                out_w[i, p] = wt
+                out_lev[i, p] = lv
+        else:
+            order = np.argsort(out_idx[i, :c])
+            idx = out_idx[i, :c][order]
+            sim = out_sim[i, :c][order]
+            w = out_w[i, :c][order]
+            lev = out_lev[i, :c][order]
+            for t in range(c):
+                out_idx[i, t] = idx[t]
+                out_sim[i, t] = sim[t]
+                out_w[i, t] = w[t]
+                out_lev[i, t] = lev[t]
         for t in range(c, width):
             out_idx[i, t] = n
             out_sim[i, t] = 0.0

@@ -116,21 +116,45 @@ class DuplicateGroups:
 def row_digests(X: np.ndarray) -> np.ndarray:
     """16-byte BLAKE2b digest of each row's bytes (-0.0 written as 0.0, so equal values hash equal)."""
     Z = np.ascontiguousarray(X + X.dtype.type(0))
-    return np.array([hashlib.blake2b(row.data, digest_size=16).digest() for row in Z.view(np.uint8).reshape(Z.shape[0], -1)],
+    return np.array([hashlib.blake2b(row.data, digest_size=16).digest() for row in Z.view(np.uint8).reshape(Z.shape[0], Z.shape[1] * Z.itemsize)],
                     dtype="S16")
+
+
+def row_bytes(X: np.ndarray) -> np.ndarray:
+    """Each row's bytes (N, bytes) uint8, -0.0 written as 0.0."""
+    Z = np.ascontiguousarray(X + X.dtype.type(0))
+    return Z.view(np.uint8).reshape(Z.shape[0], Z.shape[1] * Z.itemsize)
+
+
+def row_hashes(B: np.ndarray) -> np.ndarray:
+    """64-bit hash (numba FNV-1a) of each row of :func:`row_bytes`: equal rows hash equal."""
+    return _numba.row_hashes(B.view(np.uint64) if B.shape[1] % 8 == 0 else B)  # 8 bytes per step where possible
 
 
 def row_groups(X: np.ndarray) -> DuplicateGroups:
     """Samples grouped by identical rows (-0.0 as 0.0), as ``duplicate_groups(row_digests(X))`` gives
     them: rows are grouped by a 64-bit hash computed by numba, and every row is then checked byte
     for byte against its group's first row (on a collision, the BLAKE2b digests decide)."""
-    Z = np.ascontiguousarray(X + X.dtype.type(0))
-    B = Z.view(np.uint8).reshape(Z.shape[0], -1)
-    words = B.view(np.uint64) if B.shape[1] % 8 == 0 else B  # 8 bytes per step where the rows allow it
-    groups = duplicate_groups(_numba.row_hashes(words))
+    B = row_bytes(X)
+    groups = duplicate_groups(row_hashes(B))
     if _numba.rows_equal_their_first(B, groups.group, groups.first):
         return groups
     return duplicate_groups(row_digests(X))
+
+
+def refined_groups(hashes: np.ndarray, digests_of: Callable[[np.ndarray], np.ndarray]) -> DuplicateGroups:
+    """The groups of ``duplicate_groups(row_digests(X))`` from the rows' 64-bit :func:`row_hashes`,
+    for rows that cannot all be held at once: rows whose hash no other row shares are alone, and
+    only the others get a BLAKE2b digest (``digests_of(mask)``: the digests of the rows where
+    ``mask`` is True, in row order), so a collision of the 64-bit hashes never joins different rows."""
+    by_hash = duplicate_groups(hashes)
+    shared = by_hash.counts[by_hash.group] > 1
+    if not shared.any():
+        return by_hash
+    keys = np.zeros((hashes.shape[0], 24), dtype=np.uint8)  # (hash group, digest or zeros)
+    keys[:, :8] = by_hash.group.astype("<u8")[:, None].view(np.uint8)
+    keys[shared, 8:] = digests_of(shared).view(np.uint8).reshape(-1, 16)
+    return duplicate_groups(keys.view("S24").ravel())
 
 
 def duplicate_groups(digests: np.ndarray) -> DuplicateGroups:
@@ -172,7 +196,10 @@ CandidateSearch = Callable[[DistinctRows, int], tuple[np.ndarray, np.ndarray]]
 
 def exact_search(rows: DistinctRows, ks: int, block: int = DEFAULT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """Top-ks candidates of every distinct row by BLAS inner products, blocks of X Xᵀ above the
-    diagonal (each block updates its rows' and, transposed, its columns' lists)."""
+    diagonal (each block updates its rows' and, transposed, its columns' lists).
+
+    Row blocks are held a panel at a time (:func:`_panel_rows`), and each pass over the rows serves
+    every block of the panel: 1 + N / panel passes over a source read from disk, not 1 + N / block."""
     n = rows.n
     best_sim = np.full((n, ks), -np.inf)
     best_idx = np.full((n, ks), n, dtype=np.int64)
@@ -186,14 +213,29 @@ def exact_search(rows: DistinctRows, ks: int, block: int = DEFAULT_BLOCK) -> tup
         S = Xr @ Xr.T
         _numba.topk_update_rows(S, r0, r0, best_sim, best_idx, True)
         _numba.topk_update_cols(S, r0, r0, best_sim, best_idx, True)
-    for r0, Xr in _rechunked(rows, block):
+    panel = _panel_rows(rows, block)
+    for p0 in range(0, n, panel):
+        held: list[tuple[int, np.ndarray]] = []
         for c0, Xc in _rechunked(rows, block):
-            if c0 <= r0:
-                continue  # the pair (c, r) was merged when c was the row block
-            S = Xr @ Xc.T
-            _numba.topk_update_block(S, r0, c0, best_sim, best_idx, *buffers)
-            del S  # the next block's product must not coexist with this one
+            if c0 < p0:
+                continue
+            for r0, Xr in held:  # the pair (c, r) with c <= r is merged when c is the row block
+                S = Xr @ Xc.T
+                _numba.topk_update_block(S, r0, c0, best_sim, best_idx, *buffers)
+                del S  # the next block's product must not coexist with this one
+            if c0 < p0 + panel:
+                held.append((c0, Xc))
     return best_idx, best_sim
+
+
+# Bytes of distinct rows held at once by the blocked search (a panel of row blocks).
+_PANEL_BYTES = 256 << 20
+
+
+def _panel_rows(rows: DistinctRows, block: int) -> int:
+    """Rows per panel: whole blocks within ``_PANEL_BYTES`` (at least one block)."""
+    per_row = max(1, rows.width * np.dtype(rows.dtype).itemsize)
+    return max(1, _PANEL_BYTES // (per_row * block)) * block
 
 
 def block_pair_topk(Xr: np.ndarray, Xc: np.ndarray, r0: int, c0: int, ks: int, n: int) -> tuple[tuple, tuple]:
@@ -248,7 +290,7 @@ def _rechunked(rows: DistinctRows, block: int) -> Iterator[tuple[int, np.ndarray
 def _exact_candidate_sims(rows: DistinctRows, ptr: np.ndarray, cand: np.ndarray) -> np.ndarray:
     """Float64 index-order inner products of every (row, candidate) pair of the CSR lists."""
     out = np.full(cand.shape[0], np.nan)
-    for r0, Xr in rows.blocks():
+    for r0, Xr in _rechunked(rows, _panel_rows(rows, DEFAULT_BLOCK)):  # one pass over the rows per panel
         for c0, Xc in rows.blocks():
             _numba.candidate_dots(Xr, r0, Xc, c0, ptr, cand, out)
     return out

@@ -6,7 +6,7 @@ iterator over row blocks (n_b, D) of one layer, always in the same sample order 
 Several passes are made over a source, so a one-shot iterator is refused.
 
 - :func:`blocked_knn_state` / :func:`blocked_nearest_neighbors`: exact k nearest neighbours with
-  memory O(N·k + block²) and the same tie-aware lists as the in-memory search for any block size
+  memory O(N·k + panel + block²) and the same tie-aware lists as the in-memory search for any block size
   (the definition does not depend on BLAS blocking, :mod:`repalign.metrics.neighbors`).
 - :class:`LinearCkaStats` / :func:`streamed_linear_cka`: linear CKA from sufficient statistics
   accumulated over blocks, memory O(D_x·D_y) whatever N; :class:`LayerCkaMoments` holds the
@@ -33,10 +33,12 @@ from repalign.metrics.neighbors import (
     DistinctRows,
     KnnState,
     build_knn_state,
-    duplicate_groups,
     exact_search,
     overflow_scale,
+    refined_groups,
+    row_bytes,
     row_digests,
+    row_hashes,
     unscaled,
 )
 from repalign.metrics.prepare import check_prepare_options, prepare_valid
@@ -119,9 +121,11 @@ def blocked_knn_state(source, k: int = 10, normalize="l2", clip_quantile=None, b
     """Tie-aware neighbour lists of a layer read in row blocks: the same :class:`KnnState` as the
     in-memory search gives (:mod:`repalign.metrics.neighbors`), whatever the block sizes.
 
-    Passes over the source: one to hash rows into duplicate groups, then the blocked search over
-    the distinct rows (about B²/2 block reads for B blocks), one more B² pass for the float64
-    similarities of the candidates, and a rare completion pass. Memory: O(N·k + block·D).
+    Passes over the source: one to hash rows into duplicate groups (a second, for BLAKE2b digests of
+    the rows whose 64-bit hash another row shares, only when some do), then the blocked search over
+    the distinct rows (one pass for the diagonal blocks and one per panel of row blocks held in
+    memory, ``neighbors._PANEL_BYTES``), one per panel for the float64 similarities of the
+    candidates, and a rare completion pass. Memory: O(N·k + panel + block²).
     ``search``: another candidate search (a :data:`repalign.metrics.neighbors.CandidateSearch`, e.g.
     one spread over Dask workers); the lists do not depend on it.
     """
@@ -130,20 +134,30 @@ def blocked_knn_state(source, k: int = 10, normalize="l2", clip_quantile=None, b
         raise RepalignError(f"block={block!r} is invalid; pass a positive number of rows, e.g. 2048")
     source = as_block_source(source, name)
     width: list = [None]
-    digests, norms = [], []
+    hashes, norms = [], []
     dtype = None
     top = 0.0
     for X in _prepared_blocks(source, normalize, name, width):
         dtype = X.dtype
-        digests.append(row_digests(X))
+        hashes.append(row_hashes(row_bytes(X)))
         norms.append(np.sqrt(_numba.row_dots(X)))
         top = max(top, float(np.max(np.abs(X))))
     scale = overflow_scale(top)
-    n = sum(d.shape[0] for d in digests)
+    n = sum(h.shape[0] for h in hashes)
     if n_samples is not None and n != int(n_samples):
         raise RepalignError(f"{name} yielded {n} rows but {n_samples} were expected; the block source must give the same rows each pass")
     k = check_k(k, n)
-    groups = duplicate_groups(np.concatenate(digests))
+
+    def digests_of(mask: np.ndarray) -> np.ndarray:  # one more pass, only when rows share a hash
+        parts, row0 = [], 0
+        for X in _prepared_blocks(source, normalize, name, width):
+            parts.append(row_digests(X[mask[row0:row0 + X.shape[0]]]))
+            row0 += X.shape[0]
+        if row0 != n:
+            raise RepalignError(f"{name} yielded {row0} rows, then {n}; the block source must give the same rows each pass")
+        return np.concatenate(parts)
+
+    groups = refined_groups(np.concatenate(hashes), digests_of)
     keep = np.zeros(n, dtype=bool)
     keep[groups.first] = True
 
