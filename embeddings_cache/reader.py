@@ -266,6 +266,21 @@ def _packed_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     return values[np.searchsorted(unique, rows)]
 
 
+@dataclass(frozen=True)
+class SampleRows:
+    """Where samples lie in one model of a cache: looked up once (:meth:`Cache.sample_rows`) and read
+    by row number any number of times (:meth:`Cache.read_layer_rows`), e.g. once per pass of a
+    computation that reads a layer several times. Valid while the model is the same extraction
+    (appends keep row numbers; an overwrite does not)."""
+
+    model: str
+    instance: str | None  # the model's instance uuid when the ids were looked up
+    rows: np.ndarray  # int64 (n,), the row of each id, in the order of the ids
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+
 class Cache:
     """Read-only view of an embeddings cache: the main file plus completed journal parts.
 
@@ -522,6 +537,31 @@ class Cache:
         """Number of token rows of each sample of a token layer, (n,) int64, without reading the rows."""
         self._check_layer(model, layer, "token_layers", "token layers")
         return self._retrying(model, ids, lambda rows: self._gather_counts(model, rows, layer))
+
+    def sample_rows(self, model: str, ids: Sequence[str]) -> SampleRows:
+        """The rows of ``ids`` in ``model``, for :meth:`read_layer_rows` (one id lookup for many reads)."""
+        if isinstance(ids, str):
+            raise CacheError(f"ids must be a list of ids, got the string {ids!r}; wrap it in a list")
+        rows = self._retrying(model, list(ids), lambda found: found)
+        return SampleRows(model, self._view(model).instance, np.asarray(rows, dtype=np.int64))
+
+    def read_layer_rows(
+        self, layer: str, rows: SampleRows, start: int = 0, stop: int | None = None, dtype: Any = np.float32
+    ) -> np.ndarray:
+        """Pooled features of samples ``start:stop`` of ``rows`` (from :meth:`sample_rows`), in that
+        order: ``read_layer(model, layer, ids=ids[start:stop])`` without looking the ids up again."""
+        model = rows.model
+        self._check_layer(model, layer, "layers", "pooled layers")
+        overwritten = CacheError(f"model {model!r} in {self.path} was overwritten since its rows were looked up; "
+                                 "look them up again (sample_rows)")
+        if self._view(model).instance != rows.instance:
+            raise overwritten
+        out_dtype = _float_dtype(dtype)
+        name = f"{POOLED}/{layer}"
+        block = self._retrying(model, None, lambda r: self._gather(model, r, name, out_dtype), rows=rows.rows[start:stop])
+        if self._view(model).instance != rows.instance:  # replaced during the read: these are other samples
+            raise overwritten
+        return block
 
     def iter_row_blocks(
         self, model: str, layer: str, block_rows: int = 65536, dtype: Any = np.float32

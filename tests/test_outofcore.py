@@ -169,3 +169,55 @@ def test_bad_sources_and_options_fail_clearly(data):
     with pytest.raises(RepalignError, match="yielded"):
         grow = iter([blocks_of(X, 100), blocks_of(X, 100) + [X[:3]]] * 50)
         blocked_knn_state(lambda: iter(next(grow)), k=5, n_samples=700)
+
+
+def test_a_cache_layer_looks_its_ids_up_once_for_every_pass(tmp_path, data, monkeypatch):
+    """An out-of-core search over a cache layer restricted to some ids (in another order) reads the
+    rows that read_layer gives for those ids, on every pass, with one id lookup in all."""
+    import embeddings_cache.reader as reader
+    from repalign.compare.sources import CacheLayer
+
+    X, _ = data
+    path = tmp_path / "f.h5"
+    ids = [f"s{i}" for i in range(700)]
+    with CacheWriter(path, "m", provenance={"options": {}}, layers=["x"]) as w:
+        w.append(ids, [f"{i:064x}" for i in range(700)], {"x": X})
+    chosen = tuple(ids[i] for i in np.random.default_rng(4).permutation(700)[:500])
+    lookups = []
+    real_lookup = reader._ModelView.lookup
+    monkeypatch.setattr(reader._ModelView, "lookup", lambda self, *a: lookups.append(1) or real_lookup(self, *a))
+    layer = CacheLayer(str(path), "m", "x", chosen)
+    expected = X[[int(i[1:]) for i in chosen]]
+    state = blocked_knn_state(lambda: layer.blocks(128), k=6, block=64)
+    assert len(lookups) == 1
+    np.testing.assert_array_equal(np.concatenate(list(layer.blocks(128))), expected)
+    assert len(lookups) == 1
+    assert_same_state(state, knn_state(prepare(expected), 6))
+    other = CacheLayer(str(path), "m", "x", chosen[::-1])  # its own lookup, not the first layer's rows
+    np.testing.assert_array_equal(np.concatenate(list(other.blocks(128))), expected[::-1])
+    assert len(lookups) == 2
+
+
+def test_blocked_grouping_equals_the_digest_groups_also_on_a_hash_collision(data, monkeypatch):
+    """Rows are grouped out of core by their 64-bit hash, refined by BLAKE2b digests where a hash is
+    shared: the groups (and the state) of digest grouping, also when every row's hash collides."""
+    from repalign.metrics import neighbors
+
+    X, _ = data
+    Xp = prepare(X)
+    reference = neighbors.duplicate_groups(neighbors.row_digests(Xp))
+    ref_state = knn_state(Xp, 7)
+    calls = []
+    real_digests = neighbors.row_digests
+    monkeypatch.setattr("repalign.metrics.outofcore.row_digests", lambda Z: calls.append(Z.shape[0]) or real_digests(Z))
+    hashes = neighbors.row_hashes(neighbors.row_bytes(Xp))
+    for groups in (neighbors.refined_groups(hashes, lambda mask: real_digests(Xp[mask])),
+                   neighbors.refined_groups(np.zeros_like(hashes), lambda mask: real_digests(Xp[mask]))):
+        for field in ("group", "counts", "first", "mptr", "members"):
+            np.testing.assert_array_equal(getattr(groups, field), getattr(reference, field))
+    assert_same_state(blocked_knn_state(blocks_of(X, 128), k=7, block=64), ref_state)
+    assert sum(calls) == 8  # digests of the rows that share their hash: a row and its 5 copies, and two rows equal after l2
+    calls.clear()
+    monkeypatch.setattr(neighbors._numba, "row_hashes", lambda B: np.zeros(B.shape[0], dtype=np.uint64))
+    assert_same_state(blocked_knn_state(blocks_of(X, 128), k=7, block=64), ref_state)
+    assert sum(calls) == 700  # every row collides: every row's digest decides

@@ -232,3 +232,42 @@ def test_a_reader_sees_the_same_samples_after_a_commit(tmp_path):
             write(tmp_path / "c.h5", ids, overwrite=True)  # then replaced
             with pytest.raises(CacheError, match="was overwritten while being read; open the cache again"):
                 next(blocks)
+
+
+def test_rows_looked_up_once_read_as_the_ids_do_across_commits_and_not_after_an_overwrite(tmp_path):
+    """sample_rows + read_layer_rows give read_layer(ids=...)'s rows (main file and journal parts,
+    repeated ids, any order, any slice); the rows stay valid after an append by a writer, and an
+    overwrite of the model is an error, not other samples."""
+    rng = np.random.default_rng(5)
+    ids = [f"p{i}" for i in range(50)]
+    X = write(tmp_path / "c.h5", ids[:30])
+    X2, w = write(tmp_path / "c.h5", ids[30:], start=30, close=False)  # parts not consolidated yet
+    X = np.concatenate([X, X2])
+    query = [ids[j] for j in rng.permutation(50)] + [ids[3], ids[3]]
+    try:
+        with Cache(tmp_path / "c.h5") as c:
+            assert c.n_pending_parts > 0
+            rows = c.sample_rows("m", query)
+            assert len(rows) == len(query)
+            expected = X[[int(i[1:]) for i in query]]
+            for start, stop in ((0, None), (0, 7), (7, 40), (40, None)):
+                np.testing.assert_array_equal(c.read_layer_rows("l", rows, start, stop), expected[start:stop])
+                np.testing.assert_array_equal(c.read_layer_rows("l", rows, start, stop), c.read_layer("m", "l", ids=query[start:stop]))
+            assert c.read_layer_rows("l", rows, 52).shape[0] == 0  # past the end: no rows, as read_layer(ids=[])
+            with pytest.raises(CacheError, match="has no samples"):
+                c.sample_rows("m", ["p1", "nope"])
+            with pytest.raises(CacheError, match="wrap it in a list"):
+                c.sample_rows("m", "p1")
+    finally:
+        w.close()
+    with Cache(tmp_path / "c.h5") as c:
+        rows = c.sample_rows("m", query)
+        write(tmp_path / "c.h5", ["q1", "q2"], start=50)  # a writer appends: row numbers are kept
+        np.testing.assert_array_equal(c.read_layer_rows("l", rows), expected)
+        write(tmp_path / "c.h5", ids, overwrite=True, scale=2)  # another extraction of the model
+        with pytest.raises(CacheError, match="overwritten"):
+            c.read_layer_rows("l", rows)  # the reader learns of the overwrite while reading
+    with Cache(tmp_path / "c.h5") as c:
+        with pytest.raises(CacheError, match="overwritten since its rows were looked up"):
+            c.read_layer_rows("l", rows)
+        np.testing.assert_array_equal(c.read_layer_rows("l", c.sample_rows("m", query)), 2 * expected)

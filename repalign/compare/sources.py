@@ -28,6 +28,8 @@ class CacheLayer:
     model: str
     layer: str
     ids: tuple | None = None
+    # The rows of ``ids``, looked up on the first pass of blocks() and reused by the next passes.
+    _rows: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def n_rows(self) -> int:
         if self.ids is not None:
@@ -44,9 +46,11 @@ class CacheLayer:
             if self.ids is None:
                 yield from c.iter_row_blocks(self.model, self.layer, block_rows)
             else:
-                ids = list(self.ids)
-                for s in range(0, len(ids), block_rows):
-                    yield c.read_layer(self.model, self.layer, ids=ids[s:s + block_rows])
+                rows = self._rows.get("rows")
+                if rows is None:
+                    rows = self._rows["rows"] = c.sample_rows(self.model, list(self.ids))
+                for s in range(0, len(rows), block_rows):
+                    yield c.read_layer_rows(self.layer, rows, s, s + block_rows)
 
 
 @dataclass(frozen=True)
