@@ -344,6 +344,17 @@ def best_flags(rows: pd.DataFrame) -> np.ndarray | None:
     return flags if flags.any() else None
 
 
+def family_flags(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    """(in family, known) per row from the ``in_family`` column (CSV gives text; rows without a
+    value, e.g. contrast rows, are unknown); None when the table does not carry it."""
+    if "in_family" not in rows.columns:
+        return None
+    text = rows["in_family"].astype(str).str.strip().str.lower()
+    inside = text.isin(("true", "1", "1.0")).to_numpy()
+    known = inside | text.isin(("false", "0", "0.0")).to_numpy()
+    return (inside, known) if known.any() else None
+
+
 def _param_value(text: str):
     for convert in (int, float):
         try:

@@ -114,3 +114,20 @@ def test_depth_profile_marks_the_input_layer(tables):
     np.testing.assert_allclose(np.vstack([c.get_offsets() for c in squares]), [[0.0, data["score"].iloc[0]]])
     plain = plot.depth_profile(tables["all"], model_b="mb")
     assert "input layer" not in [t.get_text() for t in plain.legends[0].get_texts()]
+
+
+def _dotted_cells(fig) -> list[tuple[int, int]]:
+    (patch,) = [p for p in fig.axes[0].patches if p.get_gid() == "outside-family"]
+    return sorted((int(round(y + 0.5)), int(round(x + 0.5))) for x, y in patch.get_path().vertices[::5])
+
+
+def test_heatmap_dots_the_cells_outside_the_family_and_says_so(tables):
+    """Cells with an input layer were neither searched nor adjusted (no p to hatch): they are dotted,
+    and the caption names the mark; with the all-layers family nothing is dotted."""
+    fig = plot.layer_heatmap(tables["hidden"], "mutual_knn", "ma", "mb")
+    expected = sorted((i, j) for i, x in enumerate(LAYERS) for j, y in enumerate(LAYERS) if "emb" in (x, y))
+    assert _dotted_cells(fig) == expected
+    assert "dotted: outside the layer family" in caption(fig)
+    fig_all = plot.layer_heatmap(tables["all"], "mutual_knn", "ma", "mb")
+    assert not [p for p in fig_all.axes[0].patches if p.get_gid() == "outside-family"]
+    assert "dotted" not in caption(fig_all)

@@ -37,7 +37,7 @@ from repalign.plot.style import (
     text_size,
     value_column,
 )
-from repalign.table import best_flags, has_values, metric_rows, numbers, pair_matrix, select_pair, significance_column
+from repalign.table import best_flags, family_flags, has_values, metric_rows, numbers, pair_matrix, select_pair, significance_column
 
 #: rows of a controls table (``compare --controls``) that are not the trained comparison itself
 CONTROL_LEVELS = ("random_init", "contrast")
@@ -437,6 +437,7 @@ def layer_panel(ax, rows: pd.DataFrame, scores: np.ndarray, names_a: list[str], 
     ax.set_xlabel(f"{rows['model_b'].iloc[0]} layer")
     brackets = [b for b in (_draw_axis(ax, names_a, "y"), _draw_axis(ax, names_b, "x")) if b is not None]
     hatched = _hatch_not_significant(ax, rows, sig, alpha)
+    _dot_outside_family(ax, rows)
     if box is not None:
         ax.add_patch(Rectangle((box[1] - 0.5, box[0] - 0.5), 1, 1, fill=False, edgecolor=MARKER_COLOR, linewidth=1.2,
                                zorder=3, gid="best-pair"))
@@ -466,6 +467,9 @@ def _heatmap_caption(rows, column, sig, alpha, hatched, cscale, contrast) -> lis
     lines.append(cscale.describe())
     if hatched:
         lines.append(significance_note(rows, sig, alpha, "hatched"))
+    if outside_family(rows).any():
+        lines.append("dotted: outside the layer family (an input layer, or a layer with itself): not searched for the "
+                     "best pair, no adjusted p")
     if contrast is not None:
         lines.append("control: random-initialised networks of the same architectures, one per seed; p: rank of the "
                      "trained best-pair score among the seeds' best-pair scores; Holm p (when shown): p adjusted "
@@ -504,6 +508,27 @@ def _hatch_not_significant(ax, rows: pd.DataFrame, sig: str | None, alpha: float
         # one compound path for all cells: thousands of separate hatched patches take minutes to draw
         ax.add_patch(PathPatch(_cells_path(cells), facecolor=NOT_SIGNIFICANT_COLOR, alpha=0.6, hatch="////",
                                edgecolor="white", linewidth=0, zorder=1.5, gid="not-significant"))
+    return len(cells)
+
+
+def outside_family(rows: pd.DataFrame) -> np.ndarray:
+    """(La, Lb) mask of the cells outside the table's layer family (``in_family`` False: an input
+    layer, a layer with itself); all False for a table without the column."""
+    flags = family_flags(rows)
+    if flags is None:
+        return np.zeros(pair_matrix(rows)[0].shape, dtype=bool)
+    inside, known = flags
+    outside, _, _ = pair_matrix(rows.assign(_outside=(known & ~inside).astype(float)), "_outside")
+    return outside == 1
+
+
+def _dot_outside_family(ax, rows: pd.DataFrame) -> int:
+    """Dot the cells outside the layer family: they were neither searched for the best pair nor
+    adjusted, so no hatching can mark them not significant. Returns how many."""
+    cells = np.argwhere(outside_family(rows))
+    if len(cells):
+        ax.add_patch(PathPatch(_cells_path(cells), facecolor="none", hatch="..", edgecolor=NOT_SIGNIFICANT_COLOR,
+                               linewidth=0, zorder=1.6, gid="outside-family"))
     return len(cells)
 
 

@@ -25,7 +25,7 @@ from repalign.plot.style import (
     style,
     wrap,
 )
-from repalign.table import check_table, metric_rows, models_of, reference_level, swap_sides
+from repalign.table import check_table, family_flags, metric_rows, models_of, reference_level, swap_sides
 
 
 def _reference_model(sub: pd.DataFrame, model_b: str | None, layer_b: str | None = None) -> str:
@@ -60,17 +60,6 @@ def _against(sub: pd.DataFrame, model_b: str, layer_b: str | None) -> pd.DataFra
     if rows.empty:
         raise RepalignError(f"the table compares no other model with {model_b!r}")
     return rows
-
-
-def _family_flags(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
-    """(in family, known) per row from the ``in_family`` column (CSV gives text; rows without a
-    value, e.g. contrast rows, are unknown); None when the table does not carry it."""
-    if "in_family" not in rows.columns:
-        return None
-    text = rows["in_family"].astype(str).str.strip().str.lower()
-    inside = text.isin(("true", "1", "1.0")).to_numpy()
-    known = inside | text.isin(("false", "0", "0.0")).to_numpy()
-    return (inside, known) if known.any() else None
 
 
 def depth_scores(
@@ -108,7 +97,7 @@ def depth_scores(
         part = part.assign(score=pd.to_numeric(part["score"], errors="coerce"))
         names = list(dict.fromkeys(part["layer_a"]))
         inputs: set = set()
-        flags = _family_flags(part)
+        flags = family_flags(part)
         if flags is not None:
             inside = part[flags[0]]
             inputs = set(names) - set(inside["layer_a"])
