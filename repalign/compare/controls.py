@@ -11,7 +11,6 @@ random-initialised controls", gives the table's schema.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import math
 import re
 from typing import Sequence
@@ -22,9 +21,9 @@ import pandas as pd
 
 from embeddings_cache import Cache, align_ids
 from repalign.compare.headline import CONTRAST_COLUMNS, describe, headlines
-from repalign.compare.options import EngineOptions, StatsOptions, check_combination, from_keywords
-from repalign.compare.pooled import compare_models
-from repalign.compare.run import WARNING_SEPARATOR, Comparison, cache_pair, check_metrics, open_models, select_layers
+from repalign.compare.options import EngineOptions, StatsOptions
+from repalign.compare.pooled import score_setup
+from repalign.compare.run import WARNING_SEPARATOR, Comparison, resolve_comparison
 from repalign.errors import RepalignError, RepalignWarning
 from repalign.models.controls import control_name, parse_control
 from repalign.stats import holm, seed_contrast
@@ -175,32 +174,23 @@ def compare_controls(
     ``p_value_adjusted`` Holm over the metrics (docs/statistics.md).
     """
 
-    cache, cache_b = cache_pair(cache, params.pop("cache_b", None))
-    options = from_keywords(params, engine=engine, stats=stats)
-    engine, stats = options["engine"], options["stats"]
     seeds = parse_seeds(seeds)
-    canonical = check_metrics(metrics)
-    check_combination(engine, stats)
-    ca, cb = open_models(cache, cache_b, model_a, model_b)
+    setup = resolve_comparison(cache, model_a, model_b, metrics, layers_a, layers_b, params, engine=engine, stats=stats)
+    ca, cb, ids, stats = setup.ca, setup.cb, setup.ids, setup.stats
     pairs = control_models(ca, cb, model_a, model_b, seeds)
     check_controls_present(ca, cb, model_a, model_b, pairs)
-    names_a = select_layers(ca.layers(model_a), layers_a, model_a)
-    names_b = select_layers(cb.layers(model_b), layers_b, model_b)
-    ids = align_ids(ca, model_a, cb, model_b)
     for a, b in pairs.values():
         check_control_samples(ca, model_a, a, ids)
         check_control_samples(cb, model_b, b, ids)
-        _check_layers(ca, a, names_a)
-        _check_layers(cb, b, names_b)
-    both = cache if cache_b is None else (cache, cache_b)
-    trained = compare_models(both, model_a, model_b, canonical, layers_a=[glob.escape(x) for x in names_a],
-                             layers_b=[glob.escape(x) for x in names_b], engine=engine, stats=stats, samples=ids, **params)
+        _check_layers(ca, a, setup.names_a)
+        _check_layers(cb, b, setup.names_b)
+    trained = score_setup(setup)
+    # the controls: the trained comparison's caches, layers, samples and parameters, without statistics
     plain = dataclasses.replace(stats, permutations=0, ci=None)
     frames = [trained.table.assign(level="trained", control_seed=pd.NA)]
     warnings = list(trained.warnings)
     for seed, (a, b) in pairs.items():
-        control = compare_models(both, a, b, canonical, layers_a=[glob.escape(x) for x in names_a],
-                                 layers_b=[glob.escape(x) for x in names_b], engine=engine, stats=plain, samples=ids, **params)
+        control = score_setup(dataclasses.replace(setup, model_a=a, model_b=b, stats=plain))
         frames.append(control.table.assign(level="random_init", control_seed=seed))
         warnings += [f"{a} vs {b}: {w}" for w in control.warnings]
     few = seed_warning(len(seeds), stats.alpha)

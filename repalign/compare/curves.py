@@ -22,20 +22,17 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from embeddings_cache import Cache, align_ids
-from repalign.compare.options import EngineOptions, StatsOptions, check_combination, from_keywords
+from repalign.compare.options import EngineOptions, StatsOptions
+from repalign.compare.pooled import layer_items
 from repalign.compare.run import (
     Comparison,
     ComparisonRun,
-    cache_pair,
-    check_metrics,
+    ComparisonSetup,
     compare_items,
     metric_params,
-    open_models,
+    resolve_comparison,
     search_family,
-    select_layers,
 )
-from repalign.compare.sources import CacheLayer
 from repalign.errors import RepalignError
 from repalign.metrics import get_metric
 from repalign.stats import check_count
@@ -157,27 +154,21 @@ def compare_curves(
     rows equal those of ``compare_models`` at the same k. ``alignments`` and ``summary()`` are those
     of the full size. Relative representations (``engine.anchors``) are not drawn per subset.
     """
-    cache, cache_b = cache_pair(cache, params.pop("cache_b", None))
-    options = from_keywords(params, engine=engine, stats=stats)
-    engine, stats = options["engine"], options["stats"]
-    canonical = check_metrics(metrics)
-    check_combination(engine, stats)
-    if engine.anchors is not None:
+    setup = resolve_comparison(cache, model_a, model_b, metrics, layers_a, layers_b, params, engine=engine, stats=stats)
+    if setup.engine.anchors is not None:
         raise RepalignError("anchors and sizes do not go together: the anchors would be drawn again per subset; drop one")
-    ca, cb = open_models(cache, cache_b, model_a, model_b)
-    names_a = select_layers(ca.layers(model_a), layers_a, model_a)
-    names_b = select_layers(cb.layers(model_b), layers_b, model_b)
-    ids = align_ids(ca, model_a, cb, model_b)
-    ks, sizes, repeats, checked = check_curve_settings(canonical, ks, sizes, repeats, len(ids), params, (model_a, model_b))
-    exclude = search_family(ca, cb, model_a, model_b, names_a, names_b, stats.layer_family)
-    layers_of = _layer_reader(ca, cb, model_a, model_b, names_a, names_b, ids, engine.in_memory)
+    canonical, names_a, names_b, ids, stats = setup.canonical, setup.names_a, setup.names_b, setup.ids, setup.stats
+    ks, sizes, repeats, checked = check_curve_settings(canonical, ks, sizes, repeats, len(ids), setup.params,
+                                                       (model_a, model_b))
+    exclude = search_family(setup.ca, setup.cb, model_a, model_b, names_a, names_b, stats.layer_family)
+    layers_of = _layer_reader(setup)
     frames, full, warnings = [], [], []
     for subset in draw_subsets(len(ids), sizes, repeats, stats.seed):
         items_a, items_b = layers_of(subset.rows)
         for k, group in metric_groups(canonical, ks):
             run = ComparisonRun(model_a=model_a, model_b=model_b, names_a=names_a, names_b=names_b, canonical=group,
                                 params=group_params(checked, group, k), n=subset.size, exclude=exclude,
-                                engine=engine, stats=stats)
+                                engine=setup.engine, stats=stats)
             result = compare_items(run, items_a, items_b)
             frames.append(_tagged(result.table, k, subset.index))
             warnings += result.warnings
@@ -190,18 +181,18 @@ def compare_curves(
                            warnings=list(dict.fromkeys(warnings)), full=full)
 
 
-def _layer_reader(ca: Cache, cb: Cache, model_a: str, model_b: str, names_a: list, names_b: list, ids: list,
-                  in_memory: bool):
+def _layer_reader(setup: ComparisonSetup):
     """rows -> (items of A, items of B) restricted to those rows of the shared samples: slices of
     layers read once (in memory), else cache references to those samples (read in blocks or on workers)."""
-    if not in_memory:
-        def references(rows: np.ndarray) -> tuple[list, list]:
-            chosen = tuple(ids[i] for i in rows)
-            return ([CacheLayer(str(ca.path), model_a, x, chosen) for x in names_a],
-                    [CacheLayer(str(cb.path), model_b, x, chosen) for x in names_b])
-        return references
-    full_a = [ca.read_layer(model_a, x, ids=ids) for x in names_a]
-    full_b = [cb.read_layer(model_b, x, ids=ids) for x in names_b]
+    ids = setup.ids
+
+    def items(rows: np.ndarray | None) -> tuple[list, list]:
+        chosen = ids if rows is None else [ids[i] for i in rows]
+        return (layer_items(setup.ca, setup.model_a, setup.names_a, chosen, setup.engine.in_memory),
+                layer_items(setup.cb, setup.model_b, setup.names_b, chosen, setup.engine.in_memory))
+    if not setup.engine.in_memory:
+        return items
+    full_a, full_b = items(None)
 
     def arrays(rows: np.ndarray) -> tuple[list, list]:
         if len(rows) == len(ids):  # all samples: the layers as read, as compare_models scores them

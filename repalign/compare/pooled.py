@@ -3,22 +3,21 @@ another from their cache(s), samples matched by id (re-exported by :mod:`repalig
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import os
 from typing import Sequence, cast
 
-from embeddings_cache import Cache, align_ids
-from repalign.compare.options import EngineOptions, StatsOptions, check_combination, from_keywords
+from embeddings_cache import Cache
+from repalign.compare.options import EngineOptions, StatsOptions
 from repalign.compare.run import (
     Comparison,
     ComparisonRun,
-    cache_pair,
-    check_metrics,
+    ComparisonSetup,
     compare_items,
     metric_params,
-    open_models,
+    resolve_comparison,
     search_family,
-    select_layers,
 )
 from repalign.compare.sources import CacheLayer
 from repalign.errors import RepalignError
@@ -62,31 +61,31 @@ def compare_models(
     when requested). ``samples``: the sample ids to compare, in this order (default: every id both
     models hold, in model_a's order); each must be a sample of both models.
     """
-    cache, cache_b = cache_pair(cache, params.pop("cache_b", None))
-    options = from_keywords(params, engine=engine, stats=stats)
-    engine, stats = options["engine"], options["stats"]
-    canonical = check_metrics(metrics)
-    check_combination(engine, stats)
-    ca, cb = open_models(cache, cache_b, model_a, model_b)
-    names_a = select_layers(ca.layers(model_a), layers_a, model_a)
-    names_b = select_layers(cb.layers(model_b), layers_b, model_b)
-    ids = align_ids(ca, model_a, cb, model_b)
+    setup = resolve_comparison(cache, model_a, model_b, metrics, layers_a, layers_b, params, engine=engine, stats=stats)
     if samples is not None:
-        ids = _chosen_samples(ids, samples, model_a, model_b)
-    exclude = search_family(ca, cb, model_a, model_b, names_a, names_b, stats.layer_family)
+        setup = dataclasses.replace(setup, ids=_chosen_samples(setup.ids, samples, model_a, model_b))
+    return score_setup(setup)
+
+
+def score_setup(setup: ComparisonSetup) -> Comparison:
+    """Score a resolved pooled comparison (:func:`repalign.compare.run.resolve_comparison`): every
+    layer of ``setup.names_a`` against every layer of ``setup.names_b`` on ``setup.ids``."""
+    ca, cb, engine, stats = setup.ca, setup.cb, setup.engine, setup.stats
+    ids = setup.ids
+    exclude = search_family(ca, cb, setup.model_a, setup.model_b, setup.names_a, setup.names_b, stats.layer_family)
     anchor_ids = None
     if engine.anchors is not None:
         anchor_ids, ids = _split_anchors(ids, engine.anchors, stats.seed)
-    params = metric_params(canonical, len(ids), params)
-    items_a = _layer_items(ca, model_a, names_a, ids, engine.in_memory, anchor_ids)
-    items_b = _layer_items(cb, model_b, names_b, ids, engine.in_memory, anchor_ids)
-    run = ComparisonRun(model_a=model_a, model_b=model_b, names_a=names_a, names_b=names_b, canonical=canonical,
-                        params=params, n=len(ids), exclude=exclude, engine=engine, stats=stats,
+    params = metric_params(setup.canonical, len(ids), setup.params)
+    items_a = layer_items(ca, setup.model_a, setup.names_a, ids, engine.in_memory, anchor_ids)
+    items_b = layer_items(cb, setup.model_b, setup.names_b, ids, engine.in_memory, anchor_ids)
+    run = ComparisonRun(model_a=setup.model_a, model_b=setup.model_b, names_a=setup.names_a, names_b=setup.names_b,
+                        canonical=setup.canonical, params=params, n=len(ids), exclude=exclude, engine=engine, stats=stats,
                         extra={"anchors": len(anchor_ids)} if anchor_ids is not None else {})
     return compare_items(run, items_a, items_b)
 
 
-def _layer_items(cache: Cache, model: str, names: list, ids: list, in_memory: bool, anchor_ids: list | None) -> list:
+def layer_items(cache: Cache, model: str, names: list, ids: list, in_memory: bool, anchor_ids: list | None = None) -> list:
     """What the engine scores for each layer: its rows (in memory), their relative representation
     to the anchor rows (``anchor_ids``), or a cache reference read in blocks."""
     if anchor_ids is not None:  # one read per layer: the compared rows, then the anchors' rows

@@ -17,9 +17,9 @@ from warnings import warn
 import numpy as np
 import pandas as pd
 
-from embeddings_cache import Cache
+from embeddings_cache import Cache, align_ids
 from repalign import stats
-from repalign.compare.options import EngineOptions, StatsOptions
+from repalign.compare.options import EngineOptions, StatsOptions, TokenOptions, check_combination, from_keywords
 from repalign.compare.sources import engine_source
 from repalign.errors import RepalignError, RepalignWarning
 from repalign.metrics import LayerAlignment, align_layers_multi, get_metric
@@ -110,7 +110,6 @@ def cache_pair(cache, cache_b=None) -> tuple:
     return cache, cache_b
 
 
-
 def open_models(cache, cache_b, model_a: str, model_b: str, tokens: bool = False) -> tuple[Cache, Cache]:
     """The caches holding model A and model B (the same object when ``cache_b`` is None); with
     ``tokens``, both models must store token layers."""
@@ -123,6 +122,52 @@ def open_models(cache, cache_b, model_a: str, model_b: str, tokens: bool = False
             raise RepalignError(f"model {m!r} in {c.path} stores no token layers; extract it with --tokens LAYERS "
                                 "(or compare pooled layers without --tokens)")
     return ca, cb
+
+
+@dataclass(frozen=True)
+class ComparisonSetup:
+    """A comparison resolved before any layer is read (:func:`resolve_comparison`): the caches
+    opened, the option objects validated, the metrics' canonical names, the chosen layers and the
+    shared sample ids. ``params``: the metric parameters left once the option keywords are taken."""
+
+    ca: Cache
+    cb: Cache
+    model_a: str
+    model_b: str
+    canonical: list
+    names_a: list
+    names_b: list
+    ids: list
+    engine: EngineOptions
+    stats: StatsOptions
+    params: dict
+    tokens: TokenOptions | None = None
+
+
+def resolve_comparison(cache, model_a: str, model_b: str, metrics, layers_a: Sequence[str] | None,
+                       layers_b: Sequence[str] | None, params: dict, *, engine: EngineOptions | None = None,
+                       stats: StatsOptions | None = None, tokens: TokenOptions | None = None,
+                       token_layers: bool = False) -> ComparisonSetup:
+    """What every comparison entry point does before scoring, in this order: the cache pair, the
+    option objects (loose keywords taken from ``params``), the metrics, the options' combination,
+    the models, their layers (``token_layers``: the token layers) and the shared sample ids. No
+    layer is read."""
+    params = dict(params)
+    cache, cache_b = cache_pair(cache, params.pop("cache_b", None))
+    given = {"engine": engine, "stats": stats} | ({"tokens": tokens} if token_layers else {})
+    options = from_keywords(params, **given)
+    canonical = check_metrics(metrics)
+    check_combination(options["engine"], options["stats"])
+    ca, cb = open_models(cache, cache_b, model_a, model_b, tokens=token_layers)
+    if token_layers:
+        names_a = select_layers(ca.token_layers(model_a), layers_a, f"{model_a} (token layers)")
+        names_b = select_layers(cb.token_layers(model_b), layers_b, f"{model_b} (token layers)")
+    else:
+        names_a = select_layers(ca.layers(model_a), layers_a, model_a)
+        names_b = select_layers(cb.layers(model_b), layers_b, model_b)
+    return ComparisonSetup(ca=ca, cb=cb, model_a=model_a, model_b=model_b, canonical=canonical, names_a=names_a,
+                           names_b=names_b, ids=align_ids(ca, model_a, cb, model_b), engine=options["engine"],
+                           stats=options["stats"], params=params, tokens=options.get("tokens"))
 
 
 def input_layers(cache: Cache, model: str) -> set[str]:

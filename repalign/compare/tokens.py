@@ -12,19 +12,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from embeddings_cache import UNKNOWN_HASH, Cache, align_ids
-from repalign.compare.options import GROUP_COLUMNS, EngineOptions, StatsOptions, TokenOptions, check_combination, from_keywords
-from repalign.compare.run import (
-    Comparison,
-    ComparisonRun,
-    cache_pair,
-    check_metrics,
-    compare_items,
-    metric_params,
-    open_models,
-    search_family,
-    select_layers,
-)
+from embeddings_cache import UNKNOWN_HASH, Cache
+from repalign.compare.options import GROUP_COLUMNS, EngineOptions, StatsOptions, TokenOptions
+from repalign.compare.run import Comparison, ComparisonRun, compare_items, metric_params, resolve_comparison, search_family
 from repalign.compare.sources import TokenLayer, TokenRows
 from repalign.errors import RepalignError
 from repalign.inputs import read_inputs
@@ -111,18 +101,14 @@ def compare_tokens(
     ``n_samples`` (rows). Other parameters, and the option fields taken as keywords, are those of
     :func:`repalign.compare.compare_models`.
     """
-    cache, cache_b = cache_pair(cache, params.pop("cache_b", None))
-    options = from_keywords(params, tokens=tokens, engine=engine, stats=stats)
-    tokens, engine, stats = options["tokens"], options["engine"], options["stats"]
-    canonical = check_metrics(metrics)
-    check_combination(engine, stats)
+    setup = resolve_comparison(cache, model_a, model_b, metrics, layers_a, layers_b, params, engine=engine, stats=stats,
+                               tokens=tokens, token_layers=True)
+    engine, stats, tokens = setup.engine, setup.stats, setup.tokens
+    assert tokens is not None  # resolved with token_layers
     if engine.anchors is not None or engine.cluster is not None:
         raise RepalignError("token rows are compared in this process without anchors; drop anchors and cluster")
     records = _token_records(tokens.inputs, tokens.group_by)
-    ca, cb = open_models(cache, cache_b, model_a, model_b, tokens=True)
-    names_a = select_layers(ca.token_layers(model_a), layers_a, f"{model_a} (token layers)")
-    names_b = select_layers(cb.token_layers(model_b), layers_b, f"{model_b} (token layers)")
-    ids = align_ids(ca, model_a, cb, model_b)
+    ca, cb, canonical, names_a, names_b, ids = setup.ca, setup.cb, setup.canonical, setup.names_a, setup.names_b, setup.ids
     counts = _shared_token_counts(ca, cb, model_a, model_b, names_a, names_b, ids)
     if records is not None:
         for c, m in ((ca, model_a), (cb, model_b)):
@@ -131,7 +117,7 @@ def compare_tokens(
     token_rows, extra = _token_rows(ids, counts, records, tokens, stats.seed)
     n = int(token_rows.offsets[-1])
     exclude = search_family(ca, cb, model_a, model_b, names_a, names_b, stats.layer_family)
-    params = metric_params(canonical, n, params)
+    params = metric_params(canonical, n, setup.params)
     draw, warnings = _block_draw(token_rows.offsets, stats.alpha) if stats.permutations else (None, [])
     items_a: list[Any] = [TokenLayer(str(ca.path), model_a, x, token_rows) for x in names_a]
     items_b: list[Any] = [TokenLayer(str(cb.path), model_b, x, token_rows) for x in names_b]
