@@ -7,7 +7,8 @@ from OLGA's human B-cell V(D)J recombination models with somatic point mutations
 (``repalign.datasets.antibodies.repertoire_records``), against the sequence baselines
 ``aa-composition``, ``kmer-composition``, ``blosum62`` and ``onehot``, with random-initialised
 controls of 5 seeds (``NAME@random:SEED``). IgFold runs on the first ``IGFOLD_SUBSET`` antibodies
-(its CPU cost); its comparisons use those antibodies for every partner. IgFold's ``antiberty``
+(its CPU cost); its comparisons use those antibodies for every partner, and every other pair is
+scored on all antibodies and again on IgFold's (the primary analysis compares every pair at one N). IgFold's ``antiberty``
 stage is its input (AntiBERTy's last layer) and is left out of every headline.
 
     python -m analyses.antibody_models                  # full study (extraction resumes from .cache/)
@@ -23,7 +24,18 @@ from typing import Sequence
 import pandas as pd
 
 from analyses import datasets
-from analyses.common import CONTROL_SEEDS, finish, model_plans, run_main, score_pooled, study_pairs, study_setup
+from analyses.common import (
+    CONTROL_SEEDS,
+    Primary,
+    finish,
+    model_plans,
+    print_primaries,
+    run_main,
+    score_pooled,
+    study_pairs,
+    study_setup,
+)
+from repalign.models.controls import base_model
 
 STUDY = "antibody_models"
 MODELS = ("antiberty", "iglm", "igfold", "unirep-1900")
@@ -68,17 +80,34 @@ def without_input_stages(table: pd.DataFrame) -> pd.DataFrame:
     return table[~table.input_stage.astype(bool)]
 
 
+def primary_analyses(cfg: dict, sizes: dict) -> tuple[Primary, ...]:
+    """The study's primary analysis, declared before scoring: every model pair on the antibodies IgFold
+    has (its subset), so all pairs are compared at one N."""
+    return (Primary("do antibody models trained differently align with each other beyond random-init controls?",
+                    "antibodies", "mutual_knn", "structure", "hidden", n_samples=cfg["igfold_subset"], k=cfg["k"]),)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     run = study_setup(STUDY, __doc__, argv, FULL, QUICK, datasets.SIZES)
     cfg, args = run.cfg, run.args
-    _, plans, cache = datasets.prepare(run, "antibodies", lambda _: plans_for(cfg))
+    primaries = primary_analyses(cfg, run.sizes)
+    print_primaries(primaries)
+    records, plans, cache = datasets.prepare(run, "antibodies", lambda _: plans_for(cfg))
     if args.extract_only:
         return 0
 
-    table = score_pooled(cache, "antibodies", study_pairs(plans, trained_pairs(cfg["models"])), METRICS, k=cfg["k"],
-                         permutations=cfg["permutations"], ci=cfg["ci"], n_subsamples=cfg["n_subsamples"], seed=args.seed)
+    pairs = study_pairs(plans, trained_pairs(cfg["models"]))
+    options = dict(k=cfg["k"], permutations=cfg["permutations"], ci=cfg["ci"], n_subsamples=cfg["n_subsamples"], seed=args.seed)
+    # every pair on all antibodies (IgFold's pairs on its subset, all it has), and the pairs without IgFold
+    # again on IgFold's subset, so the primary analysis compares every pair at one N
+    table = score_pooled(cache, "antibodies", pairs, METRICS, **options)
+    subset = [r.id for r in list(records)[: cfg["igfold_subset"]]]
+    without_igfold = [p for p in pairs if "igfold" not in (base_model(p.model_a), base_model(p.model_b))]
+    print(f"  the pairs without IgFold again on IgFold's {len(subset)} antibodies", flush=True)
+    table = pd.concat([table, score_pooled(cache, "antibodies", without_igfold, METRICS, samples=subset, **options)],
+                      ignore_index=True)
     table["input_stage"] = input_stage_rows(table)
-    finish(run, table, heatmaps=HEATMAPS, headline=without_input_stages)
+    finish(run, table, primaries, heatmaps=HEATMAPS, headline=without_input_stages)
     return 0
 
 

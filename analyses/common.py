@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, cast
+from typing import Callable, Iterator, Mapping, Sequence, cast
 
 import numpy as np
 import pandas as pd
@@ -47,8 +47,9 @@ def best_pairs(table: pd.DataFrame, by: Sequence[str] = ("level", "metric", "mod
     table = table[(table.model_a != table.model_b) | (table.layer_a != table.layer_b)]
     index = table.groupby(by, sort=False)["score"].idxmax()
     keep = [c for c in (*by, "layer_a", "layer_b", "score", "ci_low", "ci_high", "chance_level", "null_mean",
-                        "calibrated", "p_value", "p_value_adjusted", "p_value_best", "n_samples", "n_units") if c in table.columns]
-    return table.loc[index.to_numpy(), keep].reset_index(drop=True)
+                        "calibrated", "p_value", "p_value_adjusted", "p_value_best", "n_samples", "n_units",
+                        "best_note") if c in table.columns]
+    return table.loc[index.to_numpy(), list(dict.fromkeys(keep))].reset_index(drop=True)
 
 
 def family_best(table: pd.DataFrame, by: Sequence[str] = ("level", "metric", "model_a", "model_b")) -> pd.DataFrame:
@@ -59,8 +60,9 @@ def family_best(table: pd.DataFrame, by: Sequence[str] = ("level", "metric", "mo
     flags = best_flags(table)
     rows = table[flags] if flags is not None else table.iloc[:0]
     keep = [c for c in (*by, "layer_a", "layer_b", "score", "ci_low", "ci_high", "chance_level", "null_mean",
-                        "calibrated", "p_value", "p_value_adjusted", "p_value_best", "n_samples", "n_units") if c in table.columns]
-    return rows.drop_duplicates(by)[keep].reset_index(drop=True)
+                        "calibrated", "p_value", "p_value_adjusted", "p_value_best", "n_samples", "n_units",
+                        "best_note") if c in table.columns]
+    return rows.drop_duplicates(by)[list(dict.fromkeys(keep))].reset_index(drop=True)
 
 
 CONTRAST_COLUMNS = ("dataset", "granularity", "metric", "layers", "comparison", "model_a", "model_b", "layer_a", "layer_b",
@@ -95,24 +97,132 @@ def control_contrasts(best: pd.DataFrame, ci: float = 0.95, layers: str = "all")
                         control=best.model_a.map(parse_control).notna() | best.model_b.map(parse_control).notna(),
                         comparison=np.where(best.level == "baseline", "baseline", "models"))
     rows = []
+    # a comparison may be scored at several N (antibodies: all samples and IgFold's subset): one match per N
     for key, group in frame.groupby([*keys, "comparison", "base_a", "base_b"], sort=False):
-        trained, controls = group[~group.control], group[group.control]
-        if len(trained) != 1 or len(controls) < 2:
-            continue
-        t = trained.iloc[0]
-        if (controls.n_samples != t.n_samples).any():
+        trained_n, control_n = set(group.n_samples[~group.control]), set(group.n_samples[group.control])
+        if trained_n and control_n and not control_n <= trained_n:
+            t = group[~group.control].iloc[0]
             raise RepalignError(f"{t.model_a} vs {t.model_b}: controls were scored on other samples than the trained "
                                 f"models; score them on the same subset")
-        contrast = contrast_columns(float(t.score), controls.score.to_numpy(), ci=ci)
-        rows.append({**dict(zip([*keys, "comparison"], key)), "layers": layers, "model_a": t.model_a, "model_b": t.model_b,
-                     "layer_a": t.layer_a, "layer_b": t.layer_b, "trained": float(t.score), **contrast,
-                     "n_samples": int(t.n_samples)})
+        for n, part in group.groupby("n_samples", sort=False):
+            trained, controls = part[~part.control], part[part.control]
+            if len(trained) != 1 or len(controls) < 2:
+                continue
+            t = trained.iloc[0]
+            contrast = contrast_columns(float(t.score), controls.score.to_numpy(), ci=ci)
+            rows.append({**dict(zip([*keys, "comparison"], key)), "layers": layers, "model_a": t.model_a, "model_b": t.model_b,
+                         "layer_a": t.layer_a, "layer_b": t.layer_b, "trained": float(t.score), **contrast,
+                         "n_samples": int(n)})
     if not rows:
         return pd.DataFrame(columns=list(CONTRAST_COLUMNS))
     out = pd.DataFrame(rows)
     out = out.drop(columns=["p_value_adjusted"])
     out["p_value_adjusted"] = out.groupby([*keys, "comparison"], sort=False)["p_value"].transform(lambda p: holm(p.to_numpy()))
     return out[[c for c in CONTRAST_COLUMNS if c in out.columns]]
+
+
+@dataclass(frozen=True)
+class Primary:
+    """One primary analysis of a study, declared before scoring: the control contrasts that answer one
+    of the study's questions (its README's). Every other contrast is secondary.
+
+    The rows it covers: control contrasts (and best pairs) of ``dataset`` and ``granularity`` with
+    ``metric`` (the table's name, e.g. ``mutual_knn``) at ``n_samples`` samples (None: any), over the
+    ``layers`` family (``hidden``: each network's input layers left out, ``all``), for ``comparison``
+    ``models`` (trained pair against control pairs) or ``baseline``; ``models``: only pairs of these
+    models (empty: every pair). ``k``: the neighbourhood size of a kNN metric, stated with it.
+    """
+
+    question: str
+    dataset: str
+    metric: str = "mutual_knn"
+    granularity: str = "structure"
+    layers: str = "hidden"
+    n_samples: int | None = None
+    k: int | None = None
+    comparison: str = "models"
+    models: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.layers not in ("hidden", "all"):
+            raise RepalignError(f"Primary layers={self.layers!r}: pass 'hidden' or 'all'")
+        if self.comparison not in ("models", "baseline"):
+            raise RepalignError(f"Primary comparison={self.comparison!r}: pass 'models' or 'baseline'")
+
+    def describe(self) -> str:
+        k = f", k={self.k}" if self.k is not None else ""
+        n = f"N={self.n_samples}" if self.n_samples is not None else "every N"
+        pairs = f", pairs of {', '.join(self.models)}" if self.models else ""
+        against = "trained pair" if self.comparison == "models" else "trained model vs baseline"
+        return (f"{self.question} -- {self.dataset}, {self.metric} per {self.granularity}, {self.layers} layers, "
+                f"{n}{k}{pairs}: best {against} against its controls' best (rank test across seeds)")
+
+    def covers(self, rows: pd.DataFrame) -> np.ndarray:
+        """Which rows (contrast rows, or best pairs with ``level``) belong to this analysis."""
+        def column(name, default):
+            return rows[name] if name in rows.columns else pd.Series(default, index=rows.index)
+
+        if "comparison" in rows.columns:
+            comparison = rows.comparison
+        else:
+            comparison = pd.Series(np.where(rows.level == "baseline", "baseline", "models"), index=rows.index)
+        keep = ((column("dataset", "") == self.dataset) & (column("granularity", "structure") == self.granularity)
+                & (rows.metric == self.metric) & (column("layers", self.layers) == self.layers)
+                & (comparison == self.comparison))
+        if self.n_samples is not None:
+            keep &= rows.n_samples.astype(float) == self.n_samples
+        if self.models:
+            side_b = rows.model_b.map(base_model).isin(self.models) if self.comparison == "models" else True
+            keep &= rows.model_a.map(base_model).isin(self.models) & side_b
+        return keep.to_numpy(dtype=bool)
+
+
+def print_primaries(primaries: Sequence[Primary]) -> None:
+    """Say what the run's primary analyses are, before anything else the study prints."""
+    print(f"primary analyses ({len(primaries)}; Holm within them, apart from every secondary family):", flush=True)
+    for primary in primaries:
+        print(f"  - {primary.describe()}", flush=True)
+
+
+def primary_mask(rows: pd.DataFrame, primaries: Sequence[Primary]) -> np.ndarray:
+    mask = np.zeros(len(rows), dtype=bool)
+    for primary in primaries:
+        mask |= primary.covers(rows)
+    return mask
+
+
+#: the columns that name a secondary Holm family of control contrasts
+SECONDARY_FAMILY = ("dataset", "granularity", "metric", "layers", "comparison")
+
+
+def label_contrasts(contrasts: pd.DataFrame, primaries: Sequence[Primary]) -> pd.DataFrame:
+    """Label each contrast row ``analysis = primary|secondary`` and Holm-adjust its ``p_value`` within
+    its family (``holm_family``): every primary row together, and each secondary family
+    (:data:`SECONDARY_FAMILY`: one data set, granularity, metric, layer family and comparison) apart,
+    so a secondary result never weakens (or borrows from) the primary one. Primary rows come first."""
+    if contrasts.empty:
+        return contrasts.assign(analysis=pd.Series(dtype=str), holm_family=pd.Series(dtype=str))
+    out = contrasts.copy()
+    primary = primary_mask(out, primaries)
+    out["analysis"] = np.where(primary, "primary", "secondary")
+    keys = [c for c in SECONDARY_FAMILY if c in out.columns]
+    names = out[keys].astype(str).agg("/".join, axis=1)
+    out["holm_family"] = np.where(primary, "primary", "secondary: " + names)
+    out["p_value_adjusted"] = out.groupby("holm_family", sort=False)["p_value"].transform(lambda p: holm(p.to_numpy()))
+    order = np.argsort(~primary, kind="stable")  # primary first, the rest in their order
+    columns = ["analysis", *[c for c in out.columns if c not in ("analysis", "holm_family")], "holm_family"]
+    return out.iloc[order][columns].reset_index(drop=True)
+
+
+def label_best_pairs(best: pd.DataFrame, primaries: Sequence[Primary]) -> pd.DataFrame:
+    """Best pairs with ``analysis = primary|secondary`` (a control's best pair belongs to the analysis
+    of its trained pair), primary rows first."""
+    if best.empty:
+        return best.assign(analysis=pd.Series(dtype=str))
+    primary = primary_mask(best, primaries)
+    out = best.assign(analysis=np.where(primary, "primary", "secondary"))
+    columns = ["analysis", *[c for c in out.columns if c != "analysis"]]
+    return out.iloc[np.argsort(~primary, kind="stable")][columns].reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -190,15 +300,34 @@ class StudyModel:
         return base_model(self.model)
 
 
-def model_plans(trained: Sequence[str], baselines: dict[str, dict] | None = None, seeds: Sequence[int] = CONTROL_SEEDS,
-                tokens: bool = False, subsets: dict[str, int] | None = None) -> list[StudyModel]:
+def control_seeds(models: Sequence[str], seeds: Sequence[int] | Mapping[str, int] = CONTROL_SEEDS,
+                  default_seeds: int = len(CONTROL_SEEDS)) -> dict[str, list[int]]:
+    """Each model's control seeds: ``seeds`` is one list of seeds for every model, or a number of
+    seeds per model (seeds 0 .. n-1; a model not named gets ``default_seeds``), so a model whose
+    extraction is cheap can have enough seeds for its contrasts to reach p < 0.05 (19 or more)."""
+    if isinstance(seeds, Mapping):
+        unknown = sorted(set(seeds) - set(models))
+        if unknown:
+            raise RepalignError(f"control seeds given for {', '.join(unknown)}, not a model of this study; "
+                                f"name one of {', '.join(models)}")
+        return {m: list(range(int(seeds.get(m, default_seeds)))) for m in models}
+    return {m: list(seeds) for m in models}
+
+
+def model_plans(trained: Sequence[str], baselines: dict[str, dict] | None = None,
+                seeds: Sequence[int] | Mapping[str, int] = CONTROL_SEEDS, tokens: bool = False,
+                subsets: dict[str, int] | None = None, default_seeds: int = len(CONTROL_SEEDS)) -> list[StudyModel]:
     """Baselines first (cheap), then the trained models, then the controls seed by seed (all models of
-    seed 0, then of seed 1, ...), so a partial extraction has complete seeds."""
+    seed 0, then of seed 1, ...), so a partial extraction has complete seeds. ``seeds``: the seeds of
+    every model, or a number of seeds per model (:func:`control_seeds`); control pairs are then
+    scored for the seeds both models have (:func:`study_pairs`)."""
     subsets = subsets or {}
+    per_model = control_seeds(trained, seeds, default_seeds)
     plans = [StudyModel(name, "baseline", tuple(sorted((opts or {}).items())), tokens) for name, opts in (baselines or {}).items()]
     plans += [StudyModel(name, "trained", (), tokens, subsets.get(name)) for name in trained]
+    every_seed = sorted({s for model_seeds in per_model.values() for s in model_seeds})
     plans += [StudyModel(control_name(name, seed), "random_init", (), tokens, subsets.get(name))
-              for seed in seeds for name in trained]
+              for seed in every_seed for name in trained if seed in per_model[name]]
     return plans
 
 
@@ -358,7 +487,7 @@ def pair_statistics(pair: Pair, metric: str, permutations: int | dict, ci: float
 
 def score_pooled(cache: Path, dataset: str, pairs: Sequence[Pair], metrics: Sequence[str], *, k: int,
                  permutations: int | dict, ci: float, n_subsamples: int, seed: int = 0,
-                 anchors: int | None = None) -> pd.DataFrame:
+                 anchors: int | None = None, samples: Sequence[str] | None = None) -> pd.DataFrame:
     """Every pair with :func:`repalign.compare.compare_models` (pooled features, shared ids),
     permutation p-values (max-T adjusted over the layer pairs) and subsampling intervals where the
     metric has one; study columns first. Pairs with a model missing from the cache are skipped.
@@ -367,13 +496,16 @@ def score_pooled(cache: Path, dataset: str, pairs: Sequence[Pair], metrics: Sequ
     same for every pair; :mod:`repalign.metrics.anchors`), rows labelled ``granularity = relative``.
     They are compared as they are, without l2-normalising the rows again: a sample orthogonal to every
     anchor (a composition vector sharing no element with them) is a zero row, a valid representation.
+
+    samples: score every pair on these sample ids only (e.g. the subset a slow model was extracted
+    on, so that every pair of a study has one N); default: the ids both models have.
     """
     frames = []
     granularity = "relative" if anchors else "structure"
     for pair in available_pairs(cache, pairs):
         for metric in metrics:
             engine = EngineOptions(anchors=anchors or None, normalize=None if anchors else "l2")
-            result = compare_models(cache, pair.model_a, pair.model_b, [metric], engine=engine, k=k,
+            result = compare_models(cache, pair.model_a, pair.model_b, [metric], engine=engine, k=k, samples=samples,
                                     stats=pair_statistics(pair, metric, permutations, ci, n_subsamples, seed))
             frames.append(tidy_scores(result.table, dataset, pair, granularity=granularity))
         print(f"  scored {dataset} {pair.model_a} vs {pair.model_b} (N={result.n_samples})", flush=True)
@@ -538,23 +670,52 @@ def extract_part(setup: Setup, name: str, data, plans: Sequence[StudyModel], cac
 
 
 def with_earlier_parts(table: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """``table`` plus the rows of an existing ``scores.csv`` at ``path`` for the (dataset,
-    granularity, metric) parts this run did not score, so a study can be scored in parts
-    (``--datasets``, ``--granularity``, ``--metrics``); every part kept is named."""
+    """``table`` plus the rows of an existing ``scores.csv`` at ``path`` that this run did not score
+    again, so a study can be scored in parts: the (dataset, granularity, metric) parts this run did
+    not score (``--datasets``, ``--granularity``, ``--metrics``), and within the parts it scored, the
+    pairs it did not score (``--score-only`` on a cache holding some of the models, e.g. new control
+    seeds of one model: the other pairs keep their earlier rows). The rows of every pair this run
+    scored replace the earlier ones. Every group kept is named once."""
     if not path.exists():
         return table
     old = pd.read_csv(path)
     part = ["dataset", "granularity", "metric"]
     if not set(part) <= set(old.columns) or not set(part) <= set(table.columns):
         return table
-    done = set(zip(*(table[c] for c in part)))
-    kept = old[[key not in done for key in zip(*(old[c] for c in part))]]
+    pair = [c for c in (*part, "model_a", "model_b") if c in old.columns and c in table.columns]
+    scored_parts = set(zip(*(table[c] for c in part)))
+    scored_pairs = set(zip(*(table[c] for c in pair)))
+    in_scored_part = np.array([key in scored_parts for key in zip(*(old[c] for c in part))], dtype=bool)
+    pair_scored = np.array([key in scored_pairs for key in zip(*(old[c] for c in pair))], dtype=bool)
+    kept = old[~pair_scored]
     if kept.empty:
         return table
-    for (dataset, granularity, metric), rows in kept.groupby(part, sort=False):
+    whole = kept[~in_scored_part[~pair_scored]]
+    for (dataset, granularity, metric), rows in whole.groupby(part, sort=False):
         print(f"  note: kept {len(rows)} {dataset} {metric} rows per {granularity} from the earlier {path.name}", flush=True)
+    some = kept[in_scored_part[~pair_scored]]
+    if not some.empty:
+        # one note per part and model pair (a control pair named by its base models, with its seeds)
+        labels = some.assign(base_a=some.model_a.map(base_model), base_b=some.model_b.map(base_model))
+        for (dataset, granularity, metric, a, b), rows in labels.groupby([*part, "base_a", "base_b"], sort=False):
+            seeds = sorted({int(s) for s in rows.seed.dropna()}) if "seed" in rows.columns else []
+            levels = ", ".join(dict.fromkeys(rows.level)) if "level" in rows.columns else ""
+            with_seeds = f"; control seeds {_seed_ranges(seeds)}" if seeds else ""
+            print(f"  note: kept {len(rows)} {dataset} {metric} rows per {granularity} of {a} vs {b} ({levels}{with_seeds}) "
+                  f"from the earlier {path.name}: not scored in this run", flush=True)
     kept = kept.astype({"seed": "Int64"}) if "seed" in kept.columns else kept
     return pd.concat([table, kept], ignore_index=True)
+
+
+def _seed_ranges(seeds: Sequence[int]) -> str:
+    """0-4, 7, 9-10: consecutive seeds as ranges."""
+    runs: list[list[int]] = []
+    for s in seeds:
+        if runs and s == runs[-1][-1] + 1:
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 RESULTS_LOCK = ".results.lock"
@@ -578,11 +739,10 @@ def results_lock(out: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def finish(setup: Setup, table: pd.DataFrame, heatmaps: Sequence[tuple[str, str, str]] = (),
+def finish(setup: Setup, table: pd.DataFrame, primaries: Sequence[Primary], heatmaps: Sequence[tuple[str, str, str]] = (),
            headline: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pd.DataFrame:
-    """Write ``scores.csv``, ``best_pairs.csv``, ``control_contrasts.csv`` (:func:`control_contrasts`
-    over all layers and over the hidden layer family, :func:`family_best`) and the figures
-    (:func:`study_figures`) and say how long the run took.
+    """Merge ``table`` with the earlier ``scores.csv`` (:func:`with_earlier_parts`), write it and the
+    outputs drawn from it (:func:`write_outputs`) and say how long the run took.
 
     headline: the rows a study's best pairs may come from (e.g. without input stages); default all.
     """
@@ -590,23 +750,64 @@ def finish(setup: Setup, table: pd.DataFrame, heatmaps: Sequence[tuple[str, str,
         raise RepalignError("nothing to score: no pair of the study has both its models in the cache; "
                             "extract them first (run without --score-only)")
     with results_lock(setup.out):  # another run scoring other parts may be merging into the same scores.csv
-        return _write_results(setup, table, heatmaps, headline)
-
-
-def _write_results(setup: Setup, table: pd.DataFrame, heatmaps, headline) -> pd.DataFrame:
-    table = with_earlier_parts(table, setup.out / "scores.csv")
-    write_csv(table, setup.out / "scores.csv")
-    rows = headline(table) if headline is not None else table
-    by = [c for c in ("dataset", "granularity", "level", "metric", "model_a", "model_b") if c in rows.columns]
-    best = best_pairs(rows, by=by)
-    write_csv(best, setup.out / "best_pairs.csv")
-    hidden = family_best(table, by=by)  # compare's best pair of the hidden layer family, each control its own
-    ci = setup.cfg.get("ci", 0.95)
-    contrasts = pd.concat([control_contrasts(best, ci), control_contrasts(hidden, ci, layers="hidden")], ignore_index=True)
-    write_csv(contrasts, setup.out / "control_contrasts.csv")
-    study_figures(table, setup.out, heatmaps)
+        table = with_earlier_parts(table, setup.out / "scores.csv")
+        write_csv(table, setup.out / "scores.csv")
+        best = write_outputs(setup.out, table, primaries, heatmaps, headline, ci=setup.cfg.get("ci", 0.95))
     print(f"wrote {setup.out / 'scores.csv'} ({len(table)} rows) in {time.perf_counter() - setup.start:.0f} s", flush=True)
     return best
+
+
+def write_outputs(out: Path, table: pd.DataFrame, primaries: Sequence[Primary], heatmaps: Sequence[tuple[str, str, str]] = (),
+                  headline: Callable[[pd.DataFrame], pd.DataFrame] | None = None, ci: float = 0.95) -> pd.DataFrame:
+    """The outputs a study draws from its ``scores.csv`` table, into ``out``:
+
+    - ``best_pairs.csv``: per (dataset, granularity, level, metric, model pair, N) the best layer
+      pair of the hidden family (``layers = hidden``, the rows ``compare`` marked ``best``,
+      :func:`family_best`) and over all layers (``layers = all``, :func:`best_pairs` of the
+      ``headline`` rows); labelled ``analysis``, primary rows first;
+    - ``control_contrasts.csv``: :func:`control_contrasts` of both, labelled and Holm-adjusted per
+      family (:func:`label_contrasts`), primary rows first; ``control_contrasts.md``: the same as
+      markdown tables for a README (:func:`contrast_tables`);
+    - the figures (:func:`study_figures`).
+
+    Returns the best pairs.
+    """
+    rows = headline(table) if headline is not None else table
+    by = [c for c in ("dataset", "granularity", "level", "metric", "model_a", "model_b", "n_samples") if c in rows.columns]
+    best = best_pairs(rows, by=by)
+    hidden = family_best(table, by=by)  # compare's best pair of the hidden layer family, each control its own
+    both = pd.concat([hidden.assign(layers="hidden"), best.assign(layers="all")], ignore_index=True)
+    order = [*by, "layers", *[c for c in both.columns if c not in (*by, "layers")]]
+    labelled = label_best_pairs(both[order], primaries)
+    write_csv(labelled, out / "best_pairs.csv")
+    contrasts = label_contrasts(pd.concat([control_contrasts(best, ci), control_contrasts(hidden, ci, layers="hidden")],
+                                          ignore_index=True), primaries)
+    write_csv(contrasts, out / "control_contrasts.csv")
+    (out / "control_contrasts.md").write_text(contrast_tables(contrasts, primaries))
+    study_figures(table, out, heatmaps)
+    return labelled
+
+
+#: the columns of the README tables of control contrasts
+CONTRAST_TABLE_COLUMNS = ("model_a", "model_b", "layer_a", "layer_b", "n_samples", "trained", "control_mean", "n_seeds",
+                          "difference", "p_value", "min_p_value", "p_value_adjusted")
+
+
+def contrast_tables(contrasts: pd.DataFrame, primaries: Sequence[Primary]) -> str:
+    """Markdown tables of control contrasts for a study's README: the primary analyses first (each
+    declared question, then its rows), then one table per secondary Holm family. Every table states
+    ``n_seeds`` and ``min_p_value`` = 1/(n_seeds + 1), the smallest p-value the seeds allow."""
+    columns = [c for c in CONTRAST_TABLE_COLUMNS if c in contrasts.columns]
+    parts = ["## Primary analyses (Holm over these rows together)", ""]
+    parts += [f"- {p.describe()}" for p in primaries] + [""]
+    primary = contrasts[contrasts.analysis == "primary"] if "analysis" in contrasts.columns else contrasts.iloc[:0]
+    parts += [markdown_table(primary[columns]) if len(primary) else "(no rows scored yet)", ""]
+    secondary = contrasts[contrasts.analysis != "primary"] if "analysis" in contrasts.columns else contrasts
+    if len(secondary):
+        parts += ["## Secondary analyses (Holm within each family)", ""]
+        for family, rows in secondary.groupby("holm_family", sort=False):
+            parts += [f"### {str(family).removeprefix('secondary: ')}", "", markdown_table(rows[columns]), ""]
+    return "\n".join(parts)
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], argv=None) -> int:

@@ -13,16 +13,21 @@ import pytest
 import torch
 
 from analyses.common import (
+    Primary,
     StudyModel,
     best_pairs,
     chance_and_null,
     first_seeds,
+    label_contrasts,
     model_plans,
     only_models,
     results_lock,
+    run_main,
     study_pairs,
     with_earlier_parts,
 )
+from analyses.rederive import ALL_PAIRS_NOTE
+from analyses.rederive import main as rederive_main
 from repalign.errors import RepalignError
 from repalign.inputs import sequence_record
 from repalign.models import randomized
@@ -35,6 +40,7 @@ from repalign.models.controls import (
     reinitialize,
     torch_modules,
 )
+from repalign.stats import holm
 
 ROOT = Path(__file__).resolve().parents[1]
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
@@ -209,6 +215,56 @@ def test_study_pairs_cover_levels_and_seeds():
     assert StudyModel("x@random:4", "random_init").seed == 4 and StudyModel("x", "trained").base == "x"
 
 
+def test_control_seeds_per_model_pair_only_the_seeds_both_models_have():
+    """A cheap model gets more control seeds than the others; control pairs exist only for the seeds
+    both models have, a model and its controls meet the baselines on all of its own seeds."""
+    plans = model_plans(["cheap", "slow", "other"], {"base": {}}, seeds={"cheap": 4}, default_seeds=2)
+    controls = [p.model for p in plans if p.level == "random_init"]
+    assert controls == ["cheap@random:0", "slow@random:0", "other@random:0", "cheap@random:1", "slow@random:1",
+                        "other@random:1", "cheap@random:2", "cheap@random:3"]  # seed by seed
+    pairs = study_pairs(plans)
+    control_pairs = {(p.model_a, p.model_b) for p in pairs if p.level == "random_init"}
+    assert ("cheap@random:3", "slow@random:3") not in control_pairs
+    assert {p.seed for p in pairs if p.level == "random_init"} == {0, 1}
+    assert len(control_pairs) == 3 * 2  # 3 model pairs x the 2 shared seeds
+    baseline_seeds = {p.model_a: p.seed for p in pairs if p.level == "baseline" and p.seed is not None}
+    assert sorted(m for m in baseline_seeds if m.startswith("cheap@")) == [f"cheap@random:{s}" for s in range(4)]
+    assert [p.model for p in model_plans(["a"], seeds={"a": 3})].count("a@random:2") == 1
+    assert len([p for p in model_plans(["a", "b"], seeds={"a": 20}) if p.model.startswith("b@")]) == 5  # the default
+    with pytest.raises(RepalignError, match="control seeds given for ani, not a model of this study"):
+        model_plans(["a"], seeds={"ani": 20})
+
+
+def test_primary_and_secondary_contrasts_are_holm_adjusted_in_separate_families():
+    """The primary rows form one Holm family, each secondary (dataset, granularity, metric, layers,
+    comparison) its own; primary rows come first, every row labelled."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for layers in ("all", "hidden"):
+        for comparison in ("models", "baseline"):
+            for metric in ("mutual_knn", "unbiased_cka"):
+                for i in range(3):
+                    rows.append({"dataset": "crystals", "granularity": "structure", "metric": metric, "layers": layers,
+                                 "comparison": comparison, "model_a": f"m{i}", "model_b": "x" if comparison == "baseline" else f"m{i + 1}",
+                                 "n_samples": 100 if i < 2 else 50, "p_value": rng.choice([1 / 21, 2 / 21, 0.5, 1.0])})
+    contrasts = pd.DataFrame(rows)
+    primary = Primary("q?", "crystals", "mutual_knn", "structure", "hidden", n_samples=100)
+    out = label_contrasts(contrasts, [primary])
+    is_primary = ((contrasts.metric == "mutual_knn") & (contrasts.layers == "hidden") & (contrasts.comparison == "models")
+                  & (contrasts.n_samples == 100))
+    assert (out.analysis == "primary").sum() == is_primary.sum() == 2
+    assert list(out.analysis[:2]) == ["primary"] * 2 and (out.analysis[2:] == "secondary").all()
+    np.testing.assert_allclose(out.p_value_adjusted[:2], holm(contrasts.p_value[is_primary].to_numpy()))
+    rest = contrasts[~is_primary]
+    for keys, family in rest.groupby(["metric", "layers", "comparison"]):
+        label = "secondary: crystals/structure/{}/{}/{}".format(*keys)
+        labelled = out[out.holm_family == label]
+        assert len(labelled) == len(family)
+        np.testing.assert_allclose(labelled.p_value_adjusted, holm(family.p_value.to_numpy()))
+    # the N=50 row of the primary's metric, layers and comparison is secondary, in a family of its own N=50 row
+    assert out[(out.holm_family == "secondary: crystals/structure/mutual_knn/hidden/models")].n_samples.tolist() == [50]
+
+
 def test_extraction_can_be_limited_to_some_models_and_seeds():
     """``--models`` keeps the named models with their controls, and the baselines; ``--control-seeds``
     the first seeds; an unknown model is a one-line error naming the study's models."""
@@ -273,6 +329,34 @@ def test_a_study_scored_in_parts_keeps_the_parts_it_did_not_rescore(tmp_path, ca
 
 
 
+def test_a_run_on_some_models_keeps_the_earlier_rows_of_the_pairs_it_did_not_score(tmp_path, capsys):
+    """Within a part this run scored, the pairs it scored replace their earlier rows and every other
+    pair keeps them (e.g. a cache with one model and its new seeds); each kept pair is named once."""
+    def rows(level, a, b, score, seed=None, n=2):
+        return pd.DataFrame({"dataset": "molecules", "granularity": "structure", "metric": "mutual_knn", "level": level,
+                             "seed": pd.array([seed] * n, dtype="Int64"), "model_a": a, "layer_a": [f"l{i}" for i in range(n)],
+                             "model_b": b, "layer_b": "x", "score": score})
+
+    path = tmp_path / "scores.csv"
+    pd.concat([rows("trained", "ani", "chgnet", 0.1), rows("baseline", "ani", "morgan", 0.2),
+               rows("baseline", "chgnet", "morgan", 0.3), rows("baseline", "chgnet@random:0", "morgan", 0.4, 0),
+               rows("baseline", "chgnet@random:1", "morgan", 0.5, 1),
+               rows("baseline", "ani@random:0", "morgan", 0.6, 0)]).to_csv(path, index=False)
+    new = pd.concat([rows("baseline", "ani", "morgan", 0.9)]
+                    + [rows("baseline", f"ani@random:{s}", "morgan", 0.9, s) for s in range(3)])
+    merged = with_earlier_parts(new, path)
+    scores = merged.groupby(["model_a", "model_b"]).score.agg(["first", "size"])
+    assert scores.to_dict("index") == {
+        ("ani", "chgnet"): {"first": 0.1, "size": 2}, ("ani", "morgan"): {"first": 0.9, "size": 2},
+        ("ani@random:0", "morgan"): {"first": 0.9, "size": 2}, ("ani@random:1", "morgan"): {"first": 0.9, "size": 2},
+        ("ani@random:2", "morgan"): {"first": 0.9, "size": 2}, ("chgnet", "morgan"): {"first": 0.3, "size": 2},
+        ("chgnet@random:0", "morgan"): {"first": 0.4, "size": 2}, ("chgnet@random:1", "morgan"): {"first": 0.5, "size": 2}}
+    notes = [line for line in capsys.readouterr().out.splitlines() if "note: kept" in line]
+    assert len(notes) == 2
+    assert "kept 2 molecules mutual_knn rows per structure of ani vs chgnet (trained)" in notes[0]
+    assert "kept 6 molecules mutual_knn rows per structure of chgnet vs morgan (baseline; control seeds 0-1)" in notes[1]
+
+
 def test_a_second_run_waits_for_the_results_lock_of_the_first(tmp_path, capsys):
     """Two runs that score different parts merge into one scores.csv: the second merges only after
     the first has written (another process holds the lock here)."""
@@ -331,8 +415,9 @@ def _check_statistics(table: pd.DataFrame):
     assert tested.ci_low.notna().any(), "unbiased CKA rows have intervals"
 
 
-def _check_scores(out: Path, seeds: set[int]):
-    """The columns of the issue, levels, seeds and valid statistics in a study's scores.csv."""
+def _check_scores(out: Path, seeds: set[int], primary: dict):
+    """The study columns, levels, seeds and valid statistics in a study's scores.csv; its contrasts
+    and primary analysis (``primary``: the columns and N of the primary contrast rows)."""
     table = pd.read_csv(out / "scores.csv")
     assert list(table.columns[: len(SCORE_COLUMNS)]) == SCORE_COLUMNS
     assert table[table.metric == "mutual_knn"].score.between(-1e-9, 1 + 1e-9).all(), "mutual kNN lies in [0, 1]"
@@ -347,16 +432,17 @@ def _check_scores(out: Path, seeds: set[int]):
     assert (controls.model_b.str.split(":").str[-1].astype(int) == controls.seed).all()
     trained = table[table.level == "trained"]
     assert not trained.model_a.str.contains("@").any() and trained.seed.isna().all()
-    _check_contrasts(out, table, len(seeds))
+    contrasts = _check_contrasts(out, table)
+    _check_primary(out, contrasts, primary)
     return table
 
 
-def _check_contrasts(out: Path, table: pd.DataFrame, n_seeds: int):
+def _check_contrasts(out: Path, table: pd.DataFrame) -> pd.DataFrame:
     """control_contrasts.csv, recomputed from scores.csv: the trained pair's best score against the
     mean over seeds of its controls' best scores (input stages left out on both sides), over all
-    layers and over hidden layers."""
+    layers and over hidden layers, at the row's N, with as many seeds as both sides have."""
     contrasts = pd.read_csv(out / "control_contrasts.csv")
-    assert set(contrasts.comparison) == {"models", "baseline"} and (contrasts.n_seeds == n_seeds).all()
+    assert set(contrasts.comparison) == {"models", "baseline"}
     assert set(contrasts.layers) == {"all", "hidden"}
 
     def first_layers_dropped(rows, sides):  # a model's first layer is its input embedding; baselines keep theirs
@@ -369,7 +455,7 @@ def _check_contrasts(out: Path, table: pd.DataFrame, n_seeds: int):
 
     for row in contrasts.itertuples():
         same = table[(table.dataset == row.dataset) & (table.metric == row.metric)
-                     & (table.granularity == row.granularity)]
+                     & (table.granularity == row.granularity) & (table.n_samples == row.n_samples)]
         a, b = same.model_a.str.split("@").str[0], same.model_b.str.split("@").str[0]
         pair = same[(a == row.model_a) & (b == row.model_b)]
         sides = ("layer_a",) if row.comparison == "baseline" else ("layer_a", "layer_b")  # model_b: the baseline
@@ -380,8 +466,36 @@ def _check_contrasts(out: Path, table: pd.DataFrame, n_seeds: int):
         controls = pair[pair.model_a.str.contains("@random:") | pair.model_b.str.contains("@random:")]
         assert row.trained == pytest.approx(trained.score.max(), abs=1e-5)  # the CSVs keep 6 digits
         per_seed = controls.groupby(["model_a", "model_b"]).score.max()
-        assert len(per_seed) == n_seeds and row.control_mean == pytest.approx(per_seed.mean(), abs=1e-5)
+        assert len(per_seed) == row.n_seeds >= 2 and row.control_mean == pytest.approx(per_seed.mean(), abs=1e-5)
+        assert row.min_p_value == pytest.approx(1 / (row.n_seeds + 1), abs=1e-6)
         assert row.ci_low <= row.difference <= row.ci_high and 0 <= row.p_value <= row.p_value_adjusted <= 1
+    return contrasts
+
+
+def _check_primary(out: Path, contrasts: pd.DataFrame, primary: dict):
+    """The primary analysis: its rows exist, come first and are labelled (contrasts and best pairs);
+    Holm runs over the primary rows together and within each secondary family apart, recomputed
+    here with repalign.stats.holm."""
+    spec = {"metric": "mutual_knn", "layers": "hidden", "comparison": "models", **primary}
+    in_spec = np.logical_and.reduce([contrasts[k] == v for k, v in spec.items()])
+    assert in_spec.any() and (contrasts.analysis[in_spec] == "primary").all() and in_spec.sum() == (contrasts.analysis == "primary").sum()
+    assert set(contrasts.analysis) == {"primary", "secondary"}
+    first = contrasts.analysis.eq("primary").to_numpy()
+    assert first[: first.sum()].all(), "primary rows come first"
+    rows = contrasts[first]
+    assert (rows.holm_family == "primary").all()
+    np.testing.assert_allclose(rows.p_value_adjusted, holm(rows.p_value.to_numpy()), atol=1e-6)
+    secondary = contrasts[~first]
+    labels = "secondary: " + secondary[["dataset", "granularity", "metric", "layers", "comparison"]].astype(str).agg("/".join, axis=1)
+    assert (secondary.holm_family == labels).all()
+    for _, family in secondary.groupby("holm_family"):
+        np.testing.assert_allclose(family.p_value_adjusted, holm(family.p_value.to_numpy()), atol=1e-6)
+    best = pd.read_csv(out / "best_pairs.csv")
+    flagged = best.analysis.eq("primary").to_numpy()
+    assert flagged.any() and flagged[: flagged.sum()].all() and (best.layers[flagged] == "hidden").all()
+    assert set(best.level[flagged]) == {"trained", "random_init"} and (best.n_samples[flagged] == primary["n_samples"]).all()
+    tables = (out / "control_contrasts.md").read_text()
+    assert tables.startswith("## Primary analyses") and "| n_seeds |" in tables and "| min_p_value |" in tables
 
 
 def _check_cache_provenance(cache_file: Path, builder: str, size: int):
@@ -398,11 +512,27 @@ def _check_cache_provenance(cache_file: Path, builder: str, size: int):
 @pytest.mark.slow
 def test_antibody_study_quick(tmp_path):
     out = tmp_path / "antibody"
-    _run_study("antibody_models", out)
-    table = _check_scores(out, {0, 1})
-    # IgFold runs on its subset, and its partners are scored on the same antibodies
+    proc = _run_study("antibody_models", out)
+    assert proc.stdout.startswith("primary analyses (1;")
+    table = _check_scores(out, {0, 1}, {"dataset": "antibodies", "n_samples": 5})
+    primary = pd.read_csv(out / "control_contrasts.csv").query("analysis == 'primary'")
+    assert len(primary) == 6  # every model pair, at one N
+    # IgFold runs on its subset, and its partners are scored on the same antibodies; every other pair on all
+    # antibodies and again on IgFold's
     igfold = table[(table.model_a.str.startswith("igfold")) | (table.model_b.str.startswith("igfold"))]
-    assert set(igfold.n_samples) == {5} and set(table[~table.index.isin(igfold.index)].n_samples) == {8}
+    assert set(igfold.n_samples) == {5} and set(table[~table.index.isin(igfold.index)].n_samples) == {5, 8}
+    others = table[~table.index.isin(igfold.index)]
+    assert len(others[others.n_samples == 5]) == len(others[others.n_samples == 8])
+    # the N=5 rows are the first 5 antibodies: mutual kNN recomputed on them from the cache's features
+    from embeddings_cache import Cache
+    from repalign.datasets.antibodies import repertoire_records
+
+    ids = [r.id for r in list(repertoire_records(8, seed=0))[:5]]
+    row = others[(others.model_a == "antiberty") & (others.model_b == "iglm") & (others.layer_a == "layer.7")
+                 & (others.layer_b == "layer.3") & (others.metric == "mutual_knn") & (others.n_samples == 5)]
+    with Cache(out / ".cache" / "antibodies-quick.h5") as c:
+        x, y = c.read_layer("antiberty", "layer.7", ids=ids), c.read_layer("iglm", "layer.3", ids=ids)
+    assert row.score.iloc[0] == pytest.approx(_mknn_reference(x, y, 2), abs=1e-6)
     # IgFold's 'antiberty' stage is the AntiBERTy embedding it consumes: it matches AntiBERTy's last layer;
     # it and its projections (node_proj, then graph.0-2, which pass it through) are flagged so no headline rests on them
     igfold_vs_last = table[(table.model_a == "igfold") & (table.model_b == "antiberty") & (table.layer_b == "layer.7")
@@ -417,8 +547,13 @@ def test_antibody_study_quick(tmp_path):
 @pytest.mark.slow
 def test_interatomic_study_quick(tmp_path):
     out = tmp_path / "potentials"
-    _run_study("interatomic_potentials", out)
-    table = _check_scores(out, {0, 1})
+    proc = _run_study("interatomic_potentials", out)
+    assert proc.stdout.startswith("primary analyses (1;")
+    table = _check_scores(out, {0, 1}, {"dataset": "crystals", "granularity": "structure", "n_samples": 12})
+    # CHGNet has 3 control seeds, DIEP 2: their control pairs use the 2 seeds both have, CHGNet vs a baseline its 3
+    contrasts = pd.read_csv(out / "control_contrasts.csv")
+    assert set(contrasts[contrasts.comparison == "models"].n_seeds) == {2}
+    assert set(contrasts[(contrasts.comparison == "baseline")].groupby("model_a").n_seeds.max().items()) == {("chgnet-0.3.0", 3), ("diep", 2)}
     assert set(table.dataset) == {"crystals"} and set(table.granularity) == {"structure", "element", "relative"}
     # per element of each crystal: one row per element present, at least one per crystal
     elements = table[table.granularity == "element"]
@@ -437,14 +572,112 @@ def test_interatomic_study_quick(tmp_path):
 @pytest.mark.slow
 def test_molecule_study_quick(tmp_path):
     out = tmp_path / "molecules"
-    _run_study("molecules", out)
-    table = _check_scores(out, {0, 1})
+    proc = _run_study("molecules", out)
+    assert proc.stdout.startswith("primary analyses (1;")
+    table = _check_scores(out, {0, 1}, {"dataset": "molecules", "granularity": "structure", "n_samples": 12})
     assert set(table.granularity) == {"structure", "element"}
     elements = table[table.granularity == "element"].n_samples
     structures = table[table.granularity == "structure"].n_samples
     assert elements.min() > structures.max()  # rows are the elements of each molecule, not molecules
     assert {"morgan", "elements"} <= set(table.model_b)
     _check_cache_provenance(out / ".cache" / "molecules-quick.h5", "ccd_molecules", 12)
+    # re-derived from the table alone, the hidden family's best pairs are those compare marked, and the
+    # contrasts and best pairs are those the run wrote
+    again = tmp_path / "rederived"
+    proc = subprocess.run([sys.executable, "-m", "analyses.rederive", "molecules", "--quick", "--scores", str(out / "scores.csv"),
+                           "--out", str(again)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rederived = pd.read_csv(again / "scores.csv")
+    assert table.best.sum() > 0 and (rederived.best == table.best).all()
+    if "in_family" in table.columns:
+        assert (rederived.in_family == table.in_family).all()
+    # the control statistics of the re-derived contrasts come from the table's 6-digit scores
+    pd.testing.assert_frame_equal(pd.read_csv(again / "control_contrasts.csv"), pd.read_csv(out / "control_contrasts.csv"),
+                                  check_exact=False, atol=2e-6)
+    best = pd.read_csv(again / "best_pairs.csv")
+    pd.testing.assert_frame_equal(best.drop(columns="best_note"), pd.read_csv(out / "best_pairs.csv"))
+    tested = best.p_value_adjusted.notna()
+    assert (best.best_note[tested & (best.layers == "hidden")] == ALL_PAIRS_NOTE).all() and best.best_note[~tested].isna().all()
+
+
+@pytest.mark.slow
+def test_a_score_only_run_on_some_models_keeps_the_other_pairs(tmp_path):
+    """New control seeds of one model without re-extracting the others: a --score-only run on a cache
+    holding the baselines, ANI-1x and its controls replaces the rows of the pairs it scores and keeps
+    the earlier rows of every other pair (CHGNet's), naming each kept pair once."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def study(*args):
+        proc = subprocess.run([sys.executable, "-m", "analyses.molecules", "--quick", "--granularity", "structure", *args],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    study("--out", str(out), "--cache", str(tmp_path / "all"))
+    first = pd.read_csv(out / "scores.csv")
+    # mark the earlier rows: a kept row keeps the mark, a replaced one loses it
+    marked = first.assign(score=-0.5)
+    marked.to_csv(out / "scores.csv", index=False)
+    study("--extract-only", "--models", "ani-1x", "--cache", str(tmp_path / "part"), "--out", str(tmp_path / "x"))
+    printed = study("--score-only", "--cache", str(tmp_path / "part"), "--out", str(out))
+    merged = pd.read_csv(out / "scores.csv")
+    key = ["metric", "model_a", "layer_a", "model_b", "layer_b"]
+    assert not merged.duplicated(key).any() and len(merged) == len(first)
+    chgnet = merged.model_a.str.startswith("chgnet") | merged.model_b.str.startswith("chgnet")
+    assert (merged.score[chgnet] == -0.5).all(), "pairs with CHGNet (not in the cache) keep their earlier rows"
+    rescored = merged[~chgnet].merge(first, on=key, suffixes=("", "_first"))
+    assert len(rescored) == (~chgnet).sum() and np.allclose(rescored.score, rescored.score_first, atol=1e-6)
+    notes = [line for line in printed.splitlines() if "note: kept" in line]
+    kept = merged[chgnet].assign(a=merged.model_a.str.split("@").str[0], b=merged.model_b.str.split("@").str[0])
+    groups = kept.groupby(["metric", "a", "b"]).size()
+    assert len(notes) == len(groups) > 0
+    for (metric, a, b), n in groups.items():
+        assert sum(f"kept {n} molecules {metric} rows per structure of {a} vs {b} " in line for line in notes) == 1
+
+
+def test_rederive_on_a_copy_of_the_committed_molecule_table(tmp_path):
+    """The committed molecules table (scored before compare's hidden family): re-derived best pairs
+    are the maximum over the layer pairs without a network's first layer (a layer with itself left
+    out), recomputed here from the rows; their p-values are the rows' own, marked as adjusted over
+    all layer pairs; every output is written into --out, the committed files untouched."""
+    source = ROOT / "analyses" / "results" / "molecules" / "scores.csv"
+    copy = tmp_path / "scores.csv"
+    copy.write_bytes(source.read_bytes())
+    before = source.read_bytes()
+    out = tmp_path / "out"
+    assert rederive_main(["molecules", "--scores", str(copy), "--out", str(out)]) == 0
+    assert source.read_bytes() == before
+    table = pd.read_csv(copy)
+    rederived = pd.read_csv(out / "scores.csv")
+    assert len(rederived) == len(table) and np.allclose(rederived.score, table.score)
+    # independent reference: the first layer of a network in the table's order is its input layer; baselines have none
+    baselines = set(table.model_b[table.level == "baseline"])
+    first_layer = {}
+    for model, layer in [*zip(table.model_a, table.layer_a), *zip(table.model_b, table.layer_b)]:
+        first_layer.setdefault(model, layer)
+    keys = ["dataset", "granularity", "level", "seed", "metric", "model_a", "model_b", "n_samples"]
+    for _, group in rederived.groupby(keys, dropna=False):
+        hidden = group[[la != first_layer[a] or a in baselines for a, la in zip(group.model_a, group.layer_a)]
+                       & np.array([lb != first_layer[b] or b in baselines for b, lb in zip(group.model_b, group.layer_b)])]
+        best = group[group.best]
+        assert len(best) == 1 and best.score.iloc[0] == hidden.score.max()
+        assert best.index[0] in hidden.index
+    best = rederived[rederived.best]
+    np.testing.assert_array_equal(best.p_value_best.to_numpy(), best.p_value_adjusted.to_numpy())
+    assert (best.best_note[best.p_value_adjusted.notna()] == ALL_PAIRS_NOTE).all()
+    assert rederived.p_value_best[~rederived.best].isna().all()
+    assert {"best_pairs.csv", "control_contrasts.csv", "control_contrasts.md", "matrix_molecules_structure.png"} <= {
+        p.name for p in out.iterdir()}
+    contrasts = pd.read_csv(out / "control_contrasts.csv")
+    assert contrasts.analysis.iloc[0] == "primary" and (contrasts[contrasts.analysis == "primary"].n_samples == 1000).all()
+
+
+def test_rederive_refuses_a_missing_table_in_one_line(tmp_path, capsys):
+    assert run_main(rederive_main, ["molecules", "--scores", str(tmp_path / "none.csv")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "none.csv" in err and len(err.splitlines()) == 1
 
 
 def _check_outputs(out: Path, controls: set[str]):
