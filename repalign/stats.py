@@ -53,6 +53,7 @@ __all__ = [
     "SeedContrast",
     "check_reliability",
     "holm",
+    "min_draws",
     "participation_ratio",
     "permutation_test",
     "permutation_tests",
@@ -103,6 +104,27 @@ def check_fraction(value, name: str, example: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) < 1.0:
         raise RepalignError(f"{name}={value!r} is invalid; pass a number strictly between 0 and 1, e.g. {example}")
     return float(value)
+
+
+#: how far alpha · (n + 1) may fall below 1 and still count as reaching it: 1 − ci is not exact in
+#: binary (1 − 0.9 = 0.09999999999999998), and ci = 0.9 with 9 draws must still reach it
+_LEVEL_TOLERANCE = 1e-9
+
+
+def min_draws(alpha: float) -> int:
+    """The fewest control seeds or permutations n for which a rank test can reject at level ``alpha``.
+
+    The rank test's p-value, (1 + #{draws >= observed}) / (n + 1), rejects when p <= alpha (that is
+    the level guarantee, P(p <= alpha) <= alpha), so the count is the smallest n with
+    1/(n + 1) <= alpha: 19 for alpha = 0.05, 9 for alpha = 0.1 (``ci`` = 0.9 with alpha = 1 − ci:
+    below that many seeds :func:`seed_contrast` has no bound)."""
+    alpha = check_fraction(alpha, "alpha", "0.05")
+    n = max(math.ceil(1.0 / alpha) - 1, 1)
+    while alpha * (n + 1) < 1.0 - _LEVEL_TOLERANCE:  # the float division can round either way
+        n += 1
+    while n > 1 and alpha * n >= 1.0 - _LEVEL_TOLERANCE:
+        n -= 1
+    return n
 
 
 def seeded_rng(seed) -> tuple[np.random.Generator, int]:
@@ -696,7 +718,7 @@ def seed_contrast(trained: float, controls, ci: float = 0.95) -> SeedContrast:
     tied = np.sort(np.where(np.abs(c - x) <= tolerance, x, c))
     above = int(np.count_nonzero(tied >= x))
     # most controls at or above the (shifted) trained score that still reject at level 1 − ci
-    r = math.floor((1.0 - ci) * (n + 1) + 1e-9) - 1
+    r = math.floor((1.0 - ci) * (n + 1) + _LEVEL_TOLERANCE) - 1  # >= 0 exactly when n >= min_draws(1 - ci)
     if r < 0:
         low, high = -math.inf, math.inf
     else:
@@ -809,10 +831,10 @@ def check_reliability(
     if permutations is not None:
         permutations = check_count(permutations, "permutations", 1)
         alpha = check_fraction(alpha, "alpha", "0.05")
-        if 1.0 / (1.0 + permutations) > alpha:
+        if permutations < min_draws(alpha):
             warnings.append(
                 f"permutations={permutations}: the smallest possible p-value is {1.0 / (1.0 + permutations):.3g} > alpha={alpha}; "
-                f"use at least {math.ceil(1.0 / alpha) - 1} permutations"
+                f"use at least {min_draws(alpha)} permutations"
             )
     return warnings
 

@@ -9,13 +9,14 @@ for normal, Gumbel and log-normal (sigma = 1) controls; they call seed_contrast 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
 from repalign.errors import RepalignError
-from repalign.stats import seed_contrast
+from repalign.stats import min_draws, seed_contrast
 
 DISTRIBUTIONS = {
     "normal": lambda rng, size: rng.normal(size=size),
@@ -135,3 +136,30 @@ def test_fields_edges_and_bad_input():
             seed_contrast(0.2, controls)
     with pytest.raises(RepalignError, match="ci="):
         seed_contrast(0.2, [0.1, 0.3], ci=1.0)
+
+
+
+@pytest.mark.parametrize(("alpha", "exact"), [
+    (0.05, Fraction(1, 20)), (0.01, Fraction(1, 100)), (0.1, Fraction(1, 10)), (0.2, Fraction(1, 5)),
+    (0.5, Fraction(1, 2)), (0.3, Fraction(3, 10)), (0.07, Fraction(7, 100)), (0.001, Fraction(1, 1000)),
+    (1 - 0.9, Fraction(1, 10)), (1 - 0.95, Fraction(1, 20)), (1 - 0.99, Fraction(1, 100)), (1 - 0.8, Fraction(1, 5)),
+])
+def test_min_draws_is_the_smallest_count_whose_smallest_p_reaches_alpha(alpha, exact):
+    """min_draws is the smallest n with 1/(n + 1) <= alpha, alpha read as the decimal level it is
+    written as (1 - 0.9 is 0.09999999999999998 in binary, the level 1/10), and the rank test agrees:
+    with n controls all below the trained score its p-value is 1/(n + 1), within alpha and with a
+    finite ci = 1 - alpha bound at min_draws seeds, above alpha and without a bound one seed fewer."""
+    smallest = next(n for n in range(1, 10_000) if Fraction(1, n + 1) <= exact)
+    assert min_draws(alpha) == smallest
+    if smallest < 3:  # seed_contrast needs 2 seeds, also one fewer
+        return
+    at = seed_contrast(1.0, np.linspace(0.0, 0.5, smallest), ci=1.0 - alpha)
+    assert at.p_value == pytest.approx(1.0 / (smallest + 1)) and at.p_value <= float(exact) + 1e-15
+    assert math.isfinite(at.ci_low)
+    fewer = seed_contrast(1.0, np.linspace(0.0, 0.5, smallest - 1), ci=1.0 - alpha)
+    assert fewer.p_value > float(exact) and fewer.ci_low == -math.inf
+
+
+def test_min_draws_refuses_a_level_outside_0_1():
+    with pytest.raises(RepalignError, match="alpha"):
+        min_draws(1.5)

@@ -11,7 +11,6 @@ random-initialised controls", gives the table's schema.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Sequence
 from warnings import warn
@@ -26,7 +25,7 @@ from repalign.compare.pooled import score_setup
 from repalign.compare.run import WARNING_SEPARATOR, Comparison, resolve_comparison
 from repalign.errors import RepalignError, RepalignWarning
 from repalign.models.controls import control_name, parse_control
-from repalign.stats import holm, seed_contrast
+from repalign.stats import holm, min_draws, seed_contrast
 
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
@@ -227,10 +226,10 @@ def contrast_columns(trained: float, controls, ci: float = 0.95) -> dict:
 
 def seed_warning(n_seeds: int, alpha: float) -> str | None:
     """The reliability warning of a contrast whose smallest attainable p-value, 1/(n_seeds + 1), exceeds ``alpha``."""
-    if 1.0 / (n_seeds + 1.0) <= alpha:
+    if n_seeds >= min_draws(alpha):
         return None
     return (f"random-init controls of {n_seeds} seed(s): the smallest possible p-value of the contrast is "
-            f"{1.0 / (n_seeds + 1.0):.3g} > alpha={alpha}; use at least {math.ceil(1.0 / alpha - 1e-9) - 1} control seed(s)")
+            f"{1.0 / (n_seeds + 1.0):.3g} > alpha={alpha}; use at least {min_draws(alpha)} control seed(s)")
 
 
 def contrast_rows(trained: pd.DataFrame, controls: list[pd.DataFrame], ci: float, warnings: Sequence[str] = ()) -> pd.DataFrame:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from repalign.errors import RepalignError
+from repalign.stats import min_draws
 from repalign.table import best_flags
 
 #: a comparison's identity in a table: metric and model pair, and these when the table has them
@@ -93,7 +94,7 @@ def describe(row, ci: float = 0.95) -> str:
         return text
     n = int(n)
     bound = (f"{ci:.0%} lower bound {row['ci_low']:+.4f}" if np.isfinite(row["ci_low"]) else
-             f"no {ci:.0%} bound with {n} seeds (it needs {int(np.ceil(1 / (1 - ci) - 1e-9)) - 1})")
+             f"no {ci:.0%} bound with {n} seeds (it needs {min_draws(1.0 - ci)})")
     text += (f"; random-init controls {row['control_mean']:.4f} ± {row['control_sd']:.4f} ({n} seeds, each its own best pair)"
              f"; difference {row['difference']:+.4f}, {bound}; p = {row['p_value']:.3g} (smallest possible 1/{n + 1} = "
              f"{row['min_p_value']:.3g})")

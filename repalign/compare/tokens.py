@@ -18,7 +18,7 @@ from repalign.compare.run import Comparison, ComparisonRun, compare_items, metri
 from repalign.compare.sources import TokenLayer, TokenRows
 from repalign.errors import RepalignError
 from repalign.inputs import read_inputs
-from repalign.stats import BlockPermutation, block_permutation, seeded_rng
+from repalign.stats import BlockPermutation, block_permutation, min_draws, seeded_rng
 
 
 def _token_counts(cache, model: str, names: list[str], ids: list[str]) -> np.ndarray:
@@ -225,7 +225,7 @@ def _block_draw(offsets: np.ndarray, alpha: float) -> tuple[BlockPermutation, li
     if draw.movable == 0:
         raise RepalignError(f"no two of the {n_samples} samples have the same number of rows, so no block permutation moves a sample; "
                             "use group_by, or compare pooled layers (compare_models) for p-values")
-    if draw.count < 1.0 / alpha:
+    if draw.count - 1 < min_draws(alpha):  # the identity and count - 1 others: the smallest p is 1 / count
         warnings.append(f"only {draw.count:.0f} distinct block permutations exist (samples move only onto samples with the "
                         f"same number of rows): no p-value can reach alpha={alpha}")
     elif draw.movable < n_samples:
