@@ -688,7 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "of 'repalign profile'; controls: trained beside the random-init controls' mean, from a table of "
                          "'compare --controls' (default layers)")
     pl.add_argument("--metric", help="metric to draw (default: the table's first)")
-    pl.add_argument("--a", help="layers, n-curve: model A; depth: models to draw, comma separated (default: all)")
+    pl.add_argument("--a", help="layers, n-curve: model A; depth, models: models to draw, comma separated (default: all)")
     pl.add_argument("--granularity", choices=("pooled", "token"),
                     help="rows of this level only, for tables holding pooled and token-level (compare --tokens) rows")
     pl.add_argument("--b", help="layers, n-curve: model B; depth/size: the reference model (default: the most compared)")

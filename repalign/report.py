@@ -45,7 +45,7 @@ from repalign.compare.headline import headlines, row_levels
 from repalign.errors import RepalignError
 from repalign.metrics import get_metric
 from repalign.models.controls import MODEL_SCOPE, base_model, parse_control
-from repalign.plot.style import reference_note
+from repalign.plot.models import model_groups
 from repalign.table import (
     POOLED,
     STDIO,
@@ -58,7 +58,6 @@ from repalign.table import (
     read_settings,
     read_table,
     settings_path,
-    significance_column,
 )
 
 SCORES_FILE = "scores.csv"
@@ -199,18 +198,6 @@ def trained_rows(table: pd.DataFrame) -> pd.DataFrame:
     return table[row_levels(table) == "trained"]
 
 
-def model_groups(table: pd.DataFrame) -> list[list[str]]:
-    """The groups of models linked by trained comparisons (connected through shared samples: a
-    modality, or a data set), in the table's order; figures and headlines never mix groups."""
-    groups: list[set] = []
-    for a, b in dict.fromkeys(zip(table["model_a"], table["model_b"])):
-        linked = [g for g in groups if a in g or b in g]
-        merged = set().union({a, b}, *linked)
-        groups = [g for g in groups if g not in linked] + [merged]
-    order = list(dict.fromkeys([*table["model_a"], *table["model_b"]]))
-    return sorted((sorted(g, key=order.index) for g in groups), key=lambda g: order.index(g[0]))
-
-
 def pair_rows(table: pd.DataFrame) -> list[pd.Series]:
     """One row per comparison of the table and metric (trained and random-init; contrast rows are
     the headlines'): the row marked best, else the highest score."""
@@ -247,18 +234,6 @@ def _svg_data_uri(fig) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _caption(rows: pd.DataFrame, what: str) -> str:
-    """What a reader needs to read a figure: the colour scale, the reference level, the hatching."""
-    parts = [what, "Colours: one fixed 0-1 scale per metric, the same in every figure of this report."]
-    note = reference_note(rows)
-    if note:
-        parts.append(f"Line on the colour bar: {note} (what unrelated data would score).")
-    sig = significance_column(rows)
-    if sig is not None:
-        parts.append(f"Hatched: {'adjusted ' if sig == 'p_value_adjusted' else ''}p \u2265 {ALPHA:g} (not significant).")
-    return " ".join(parts)
-
-
 def figure_specs(table: pd.DataFrame) -> list[dict]:
     """The figures of the page, each a spec of ``repalign plot`` options (kind, metric, a, b,
     granularity, order) plus the group it belongs to and the rows it is drawn from."""
@@ -266,10 +241,12 @@ def figure_specs(table: pd.DataFrame) -> list[dict]:
     specs = []
     for group_index, group in enumerate(model_groups(trained)):
         rows = trained[trained["model_a"].isin(group)]
-        for level in _granularities(rows):
+        levels = _granularities(rows)
+        for level in levels:
             level_rows = granularity_rows(rows, level) if "granularity" in rows.columns else rows
             for metric in dict.fromkeys(level_rows["metric"]):
-                specs += _metric_specs(level_rows[level_rows["metric"] == metric], metric, group_index, level)
+                specs += _metric_specs(level_rows[level_rows["metric"] == metric], metric, group_index, level,
+                                       len(levels) > 1)
                 specs += _control_specs(table, level_rows[level_rows["metric"] == metric], metric, group_index)
     return specs
 
@@ -301,9 +278,11 @@ def _granularities(rows: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(POOLED if pd.isna(v) or v == "" else str(v) for v in rows["granularity"]))
 
 
-def _metric_specs(rows: pd.DataFrame, metric: str, group: int, level: str) -> list[dict]:
-    """A model matrix per chance level shared by at least 3 models, then a layer heatmap per pair."""
-    base = {"metric": metric, "group": group, "granularity": None if level == POOLED else level}
+def _metric_specs(rows: pd.DataFrame, metric: str, group: int, level: str, several_levels: bool) -> list[dict]:
+    """A model matrix per chance level shared by at least 3 models, then a layer heatmap per pair.
+    ``rows_level``: the level the command selects (pooled too, where the table holds several)."""
+    base = {"metric": metric, "group": group, "granularity": None if level == POOLED else level,
+            "rows_level": level if several_levels or level != POOLED else None}
     specs = []
     pairs = list(dict.fromkeys(zip(rows["model_a"], rows["model_b"])))
     by_level: dict[float, list] = {}
@@ -314,7 +293,8 @@ def _metric_specs(rows: pd.DataFrame, metric: str, group: int, level: str) -> li
         models = list(dict.fromkeys(m for pair in chance_pairs for m in pair))
         if len(models) >= 3:
             keep = pd.Series(list(zip(rows["model_a"], rows["model_b"])), index=rows.index).isin(chance_pairs)
-            specs.append({**base, "kind": "models", "rows": rows[keep]})
+            # --a: the matrix's models, so that the command draws them from the whole table
+            specs.append({**base, "kind": "models", "a": ",".join(models), "rows": rows[keep]})
     for a, b in pairs:
         specs.append({**base, "kind": "layers", "a": a, "b": b,
                       "rows": rows[(rows["model_a"] == a) & (rows["model_b"] == b)]})
@@ -331,8 +311,9 @@ def plot_command(spec: dict) -> list[str]:
     flags = _plot_flags(spec)
     stem = "-".join(str(v) for v in (spec["kind"], *flags.values(), spec.get("granularity")) if v).replace(",", "-")
     command = ["repalign", "plot", SCORES_FILE]
-    if spec.get("granularity"):
-        command += ["--granularity", spec["granularity"]]
+    level = spec.get("rows_level") or spec.get("granularity")
+    if level:
+        command += ["--granularity", level]
     command += ["--kind", spec["kind"]]
     for name, value in flags.items():
         command += [f"--{name}", str(value)]
@@ -346,14 +327,11 @@ def draw_figure(spec: dict) -> dict:
     level = "" if not spec.get("granularity") else f" ({spec['granularity']} level)"
     if spec["kind"] == "models":
         title = f"{spec['metric']}: model x model, best layer pair{level}"
-        what = f"{title}; one chance level for every pair drawn."
     elif spec["kind"] == CONTROLS_KIND:
         title = f"{spec['metric']}: {spec['a']} vs {spec['b']} against random-init controls"
-        what = f"{title}; the trained scores beside those of each control seed."
     else:
         title = f"{spec['metric']}: layer x layer, {spec['a']} vs {spec['b']}{level}"
-        what = f"{title}; boxed: the best layer pair."
-    return {"group": spec["group"], "title": title, "caption": _caption(spec["rows"], what),
+    return {"group": spec["group"], "title": title, "caption": f"{title}. {plot.caption(fig)}".strip(),
             "uri": _svg_data_uri(fig), "command": plot_command(spec)}
 
 

@@ -618,3 +618,47 @@ def test_headless_browser_renders_the_page_without_horizontal_scrolling(report, 
     frame.write_text(FRAME.format(page=report.as_uri(), width=width))
     _chromium(tmp_path, frame, width, "--allow-file-access-from-files", f"--screenshot={shot}")
     print(f"report screenshot: {shot}")
+
+
+def _matrix(fig) -> np.ndarray:
+    return np.asarray(fig.axes[0].images[0].get_array(), dtype=float)
+
+
+def test_model_matrix_commands_carry_the_figures_options_and_draw_the_same_matrix(report, scores, tmp_path):
+    """Each printed model-matrix command names the figure's metric and models (--a), and its Python
+    equivalent, on the whole table the report wrote, draws the report's matrix: same models, order
+    and cells. The figure's caption is the one the page shows."""
+    from repalign import plot
+    from repalign.report import draw_figure, plot_command
+    from repalign.table import read_table
+
+    table = read_table(report.parent / "scores.csv")
+    page = html.unescape(report.read_text())
+    matrices = [s for s in figure_specs(scores) if s["kind"] == "models"]
+    same_level = [s for s in matrices if set(s["a"].split(",")) == set(GROUP_2)]
+    assert len(same_level) == 2  # one per metric
+    for spec in matrices:
+        command = plot_command(spec)
+        flags = dict(zip(command[3::2], command[4::2]))
+        models = list(dict.fromkeys([*spec["rows"]["model_a"], *spec["rows"]["model_b"]]))
+        assert flags["--metric"] == spec["metric"] and sorted(flags["--a"].split(",")) == sorted(models)
+        assert " ".join(command) in page
+    for spec in same_level:
+        command = plot_command(spec)
+        flags = dict(zip(command[3::2], command[4::2]))
+        options = plot.figure_options("models", metric=flags["--metric"], a=flags["--a"])
+        assert sorted(options["models"]) == sorted(GROUP_2)
+        printed = plot.draw(table, "models", **options)
+        drawn = plot.draw(spec["rows"], "models", **plot.figure_options("models", metric=spec["metric"], a=spec["a"]))
+        assert printed.repalign_order == drawn.repalign_order
+        np.testing.assert_array_equal(_matrix(printed), _matrix(drawn))
+        figure = draw_figure(spec)
+        assert figure["caption"].endswith(plot.caption(drawn)) and html.unescape(figure["caption"]) in page
+    # the command itself, as printed, runs on the report's table
+    shutil.copy(report.parent / "scores.csv", tmp_path / "scores.csv")
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(plot_command(same_level[0])[1:] + ["--format", "svg"]) == 0
+    finally:
+        os.chdir(old)

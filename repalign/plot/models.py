@@ -127,6 +127,7 @@ def model_matrix(
     metric: str | None = None,
     *,
     layers: Mapping[str, str] | None = None,
+    models: Sequence[str] | None = None,
     order: str | Sequence[str] = "cluster",
     value: str = "score",
     alpha: float = 0.05,
@@ -140,11 +141,12 @@ def model_matrix(
     of every model. Colours use the fixed 0-1 scale (``scale='data'``: this figure's range) with
     the chance level or null means marked on the colour bar; a pair whose best cell is not
     significant (``p_value_best``, else the adjusted or plain p-value of that cell, >= ``alpha``)
-    is hatched. Returns the Figure; the order used is ``fig.repalign_order``.
+    is hatched. ``models``: draw the pairs among these models only (``repalign plot --a m1,m2,m3``;
+    default: every model of the table). Returns the Figure; the order used is ``fig.repalign_order``.
     """
     check_alpha(alpha)
     width_in = figure_width(width)
-    table = trained_rows(check_table(table))
+    table = _among(trained_rows(check_table(table)), models)
     rows = metric_rows(table, metric)
     column = value_column(rows, value)
     chosen = best_rows(table, metric, layers, value)
@@ -195,19 +197,37 @@ def model_matrix(
     return fig
 
 
+def model_groups(table: pd.DataFrame) -> list[list[str]]:
+    """The groups of models linked by the table's comparisons (connected through shared samples: a
+    modality, or a data set), in the table's order; a matrix, and the report's figures and
+    headlines, never mix groups."""
+    groups: list[set] = []
+    for a, b in dict.fromkeys(zip(table["model_a"], table["model_b"])):
+        linked = [g for g in groups if a in g or b in g]
+        merged = set().union({a, b}, *linked)
+        groups = [g for g in groups if g not in linked] + [merged]
+    order = list(dict.fromkeys([*table["model_a"], *table["model_b"]]))
+    return sorted((sorted(g, key=order.index) for g in groups), key=lambda g: order.index(g[0]))
+
+
+def _among(table: pd.DataFrame, models: Sequence[str] | None) -> pd.DataFrame:
+    """The rows of pairs between two of ``models`` (None: every row); a one-line error for a model
+    the table does not hold."""
+    if models is None:
+        return table
+    chosen = [str(m) for m in models]
+    unknown = [m for m in chosen if m not in set(models_of(table))]
+    if unknown:
+        raise RepalignError(f"models: {', '.join(unknown)} not in the table; it holds: {', '.join(models_of(table))}")
+    return table[table["model_a"].isin(chosen) & table["model_b"].isin(chosen)]
+
+
 def check_one_population(rows: pd.DataFrame, chosen: pd.DataFrame) -> None:
     """One matrix holds one population: models compared on the same samples, with one chance level.
     Models never linked by a comparison (other modalities: they share no sample) or pairs whose
     chance levels differ (another N or k) are refused with the fix."""
     models = models_of(rows)
-    linked = {models[0]}
-    grew = True
-    while grew:
-        grew = False
-        for a, b in zip(chosen["model_a"], chosen["model_b"]):
-            if (a in linked) != (b in linked):
-                linked |= {a, b}
-                grew = True
+    linked = next((set(g) for g in model_groups(chosen) if models[0] in g), {models[0]})
     apart = [m for m in models if m not in linked]
     if apart:
         raise RepalignError(f"models {', '.join(apart)} are never compared with {', '.join(sorted(linked))} (another "
