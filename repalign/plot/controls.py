@@ -31,7 +31,7 @@ from repalign.plot.style import (
     set_title,
     style,
 )
-from repalign.table import check_table, metric_rows, pair_matrix, select_pair, significance_column
+from repalign.table import best_flags, check_table, metric_rows, pair_matrix, select_pair, significance_column
 
 SIDE_BY_SIDE_IN = 4.0  # from this width the two panels sit side by side, below it one above the other
 
@@ -43,7 +43,8 @@ def control_rows(table: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
         raise RepalignError("the table has no controls (level / control_mean columns); draw a table of "
                             "'repalign compare --controls SEEDS', or use --kind layers")
     ma, mb, metric = rows["model_a"].iloc[0], rows["model_b"].iloc[0], rows["metric"].iloc[0]
-    best = table["best"].astype(str).str.lower().eq("true") if "best" in table.columns else False
+    flags = best_flags(table)
+    best = flags if flags is not None else np.zeros(len(table), dtype=bool)
     sub = table[(table["level"] == "contrast") & ~best & (table["metric"] == metric)]
     out = sub[(sub["model_a"] == ma) & (sub["model_b"] == mb)]
     if out.empty:

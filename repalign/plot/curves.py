@@ -81,7 +81,11 @@ def curve_scores(table: pd.DataFrame, metric: str | None = None, model_a: str | 
     ``null_high``. A line is one k (``label`` 'k=K'; the metric's name for a metric without k), in
     increasing k. The pair is :func:`chosen_pair`'s; ``attrs`` holds model_a, layer_a, model_b, layer_b.
     """
-    rows = pair_rows(table, metric, model_a, model_b)
+    return _curve_of_pair(pair_rows(table, metric, model_a, model_b), layers, value)
+
+
+def _curve_of_pair(rows: pd.DataFrame, layers: Mapping[str, str] | None, value: str) -> pd.DataFrame:
+    """:func:`curve_scores` of the rows of one pair (:func:`pair_rows`)."""
     value = value_column(rows, value)
     layer_a, layer_b = chosen_pair(rows, layers, value)
     rows = rows[(rows["layer_a"] == layer_a) & (rows["layer_b"] == layer_b)]
@@ -160,8 +164,8 @@ def n_curve(
     with their range as a band, each k's chance level k/(N − 1) dashed and, with permutations, its
     null mean dotted (band: its range over the subsets). The value axis is the metric's fixed 0-1
     range unless ``scale='data'``. Returns the Figure."""
-    data = curve_scores(table, metric, model_a, model_b, layers=layers, value=value)
     rows = pair_rows(table, metric, model_a, model_b)
+    data = _curve_of_pair(rows, layers, value)
     width_in, height = figure_width(width), line_height(width)
     with style():
         own = ax is None
