@@ -175,7 +175,7 @@ class EsmFold2Adapter(_HubCheckpointAdapter):
             raise InvalidInput(
                 f"{record.id}: {record.size} residues need an estimated {need:.1f} GB "
                 f"(L^2 x {self.config().pairwise_hidden_size} pair channels x working copies), above the "
-                f"{limit:.1f} GB limit; raise it with --option max_memory_gb=... or split the input",
+                f"{limit:.1f} GB limit; raise it with options={{'max_memory_gb': '...'}} or split the input",
                 record.id,
             )
 

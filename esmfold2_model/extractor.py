@@ -68,7 +68,7 @@ def _parse_int(key: str, value: Any, minimum: int) -> int:
     try:
         out = int(str(value).strip())
     except ValueError:
-        raise RepalignError(f"option {key}={value!r} is not an integer; pass e.g. --option {key}={minimum}") from None
+        raise RepalignError(f"option {key}={value!r} is not an integer; pass e.g. options={{'{key}': '{minimum}'}}") from None
     if out < minimum:
         raise RepalignError(f"option {key}={out} must be at least {minimum}")
     return out
@@ -155,7 +155,7 @@ class ExtractionOptions:
     def parse(cls, options: dict[str, Any], model: str) -> "ExtractionOptions":
         if "deterministic" in options:
             raise RepalignError("option deterministic is gone: features are always reproducible now; "
-                                "pass --option lm_dropout=off to run without the LM dropout")
+                                "pass options={'lm_dropout': 'off'} to run without the LM dropout")
         unknown = sorted(set(options) - set(OPTION_NAMES))
         if unknown:
             raise RepalignError(f"model {model}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(OPTION_NAMES)}")
@@ -314,7 +314,7 @@ class EsmFold2Extractor:
         for name in layers:
             ref = stages.parse_layer(name)
             if ref is None or name not in names:
-                hint = " (raw pair tensors need --option raw_pair_layers=...)" if name.endswith(stages.RAW_SUFFIX) else ""
+                hint = " (raw pair tensors need options={'raw_pair_layers': '...'})" if name.endswith(stages.RAW_SUFFIX) else ""
                 raise RepalignError(f"unknown ESMFold2 layer {name!r}{hint}; see docs/esmfold2-layers.md or 'repalign models' for the names")
             refs.append(ref)
         req = _Request(refs, self.layout)

@@ -50,13 +50,13 @@ def torch_dtype_for(device: str, dtype: str):
     import torch
 
     if dtype not in ("float32", "bfloat16"):
-        raise RepalignError(f"ESMFold2 runs in float32 or bfloat16, not {dtype!r}; pass --dtype float32 (CPU) or bfloat16 (GPU)")
+        raise RepalignError(f"ESMFold2 runs in float32 or bfloat16, not {dtype!r}; pass dtype='float32' (CPU) or dtype='bfloat16' (GPU)")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise RepalignError(f"unknown device {device!r}; use e.g. 'cpu' or 'cuda'") from None
     if dtype == "bfloat16" and dev.type == "cpu":
-        raise RepalignError("bfloat16 ESMFold2 runs only on a GPU; pass --dtype float32 on the CPU")
+        raise RepalignError("bfloat16 ESMFold2 runs only on a GPU; pass dtype='float32' on the CPU")
     return torch.float32 if dtype == "float32" else torch.bfloat16
 
 

@@ -111,6 +111,15 @@ _CLI_WORDING = {
     "use dtype='float32'": "use --store-dtype float32",  # CacheWriter(dtype=): the storage dtype
     "repalign.zoo.model_table()": "'repalign models --layers'",
     "options key ": "--option ",
+    # the figure functions' and tables' hints (repalign plot, repalign report)
+    "repalign.compare.compare_controls": "'repalign compare --controls SEEDS'",
+    "repalign.compare.compare_curves": "'repalign compare --n-samples N,N,...'",
+    "kind='layers'": "--kind layers",
+    "formats='png,pdf,svg'": "--format png,pdf,svg",
+    "sizes={'MODEL': NUMBER}": "--size MODEL=NUMBER",
+    "permutations=N": "--permutations N",
+    "value='score'": "without --calibrated",
+    "metric=NAME": "--metric NAME",
 }
 
 

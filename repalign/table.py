@@ -216,7 +216,7 @@ def resolve_metric(table: pd.DataFrame, metric: str | None = None) -> str:
         canonical = None
     if canonical is not None and canonical in stored:
         return canonical
-    raise RepalignError(f"metric {metric!r} is not in the table; it holds: {', '.join(stored)}; pass one with --metric")
+    raise RepalignError(f"metric {metric!r} is not in the table; it holds: {', '.join(stored)}; pass one as metric=NAME")
 
 
 def granularities(table: pd.DataFrame) -> list[str]:

@@ -77,7 +77,7 @@ def test_option_parsing_from_cli_strings():
     for bad, match in [({"colour": "red"}, "unknown option"), ({"pair_reduction": "max"}, "pair_reduction"),
                        ({"diffusion_samples": "0"}, "at least 1"), ({"loops": "first"}, "loops"),
                        ({"raw_pair_layers": "esmc.3"}, "not a pair layer"), ({"max_memory_gb": "lots"}, "number"),
-                       ({"lm_dropout": "0.1"}, "use on .* or off"), ({"deterministic": "true"}, "lm_dropout=off")]:
+                       ({"lm_dropout": "0.1"}, "use on .* or off"), ({"deterministic": "true"}, "options={'lm_dropout': 'off'}")]:
         with pytest.raises(RepalignError, match=match):
             ExtractionOptions.parse(bad, "esmfold2")
 

@@ -685,7 +685,7 @@ def test_controls_figure_draws_trained_beside_the_control_means(tmp_path):
     layers = plot.layer_heatmap(t)
     np.testing.assert_allclose(np.asarray(layers.axes[0].images[0].get_array()), expected)
     assert "control mean" in layers.texts[0].get_text()
-    with pytest.raises(RepalignError, match="--controls"):
+    with pytest.raises(RepalignError, match="compare_controls"):
         plot.controls_heatmap(t[t["level"] == "trained"].drop(columns=["control_mean"]))
 
 

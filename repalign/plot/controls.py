@@ -41,14 +41,14 @@ def control_rows(table: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     the trained ``rows``, with their ``control_mean``; a one-line error when the table has none."""
     if "level" not in table.columns or "control_mean" not in table.columns:
         raise RepalignError("the table has no controls (level / control_mean columns); draw a table of "
-                            "'repalign compare --controls SEEDS', or use --kind layers")
+                            "repalign.compare.compare_controls, or use kind='layers'")
     ma, mb, metric = rows["model_a"].iloc[0], rows["model_b"].iloc[0], rows["metric"].iloc[0]
     flags = best_flags(table)
     best = flags if flags is not None else np.zeros(len(table), dtype=bool)
     sub = table[(table["level"] == "contrast") & ~best & (table["metric"] == metric)]
     out = sub[(sub["model_a"] == ma) & (sub["model_b"] == mb)]
     if out.empty:
-        raise RepalignError(f"the table has no contrast rows of {ma} vs {mb} ({metric}); compare the pair with --controls SEEDS")
+        raise RepalignError(f"the table has no contrast rows of {ma} vs {mb} ({metric}); compare the pair with repalign.compare.compare_controls")
     return out
 
 
@@ -76,7 +76,7 @@ def controls_heatmap(
     scores, names_a, names_b = pair_matrix(rows, "score")
     means, ca, cb = pair_matrix(controls, "control_mean")
     if (ca, cb) != (names_a, names_b):
-        raise RepalignError("the contrast rows do not hold the trained pair's layers; recompute the table with --controls")
+        raise RepalignError("the contrast rows do not hold the trained pair's layers; recompute the table with repalign.compare.compare_controls")
     i, j = best_cell(rows, scores, names_a, names_b)
     both = np.concatenate([scores.ravel(), means.ravel()])
     cscale = colour_scale(metric_rows(rows, None), "score", both, scale)

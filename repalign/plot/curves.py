@@ -39,7 +39,7 @@ def pair_rows(table: pd.DataFrame, metric: str | None = None, model_a: str | Non
     missing = [c for c in CURVE_TABLE_COLUMNS if c not in table.columns]
     if missing:
         raise RepalignError(f"the table has no {', '.join(missing)} column(s); an n-curve draws a table of "
-                            "'repalign compare --n-samples N,N,...' (repalign.compare.compare_curves)")
+                            "repalign.compare.compare_curves")
     metric = resolve_metric(table, metric)
     first = select_pair(table, metric, model_a, model_b)
     model_a, model_b = first["model_a"].iloc[0], first["model_b"].iloc[0]

@@ -61,7 +61,7 @@ def check_formats(formats: str | Sequence[str]) -> list[str]:
         if f not in out:
             out.append(f)
     if not out:
-        raise RepalignError("no figure format given; use --format png,pdf,svg")
+        raise RepalignError("no figure format given; use formats='png,pdf,svg'")
     return out
 
 

@@ -273,7 +273,7 @@ def size_scores(
     if result.empty:
         raise RepalignError(
             "no model family with several sizes in the table; name models like esmc-300m / esmc-600m "
-            "or give sizes with --size MODEL=NUMBER"
+            "or give sizes={'MODEL': NUMBER}"
         )
     result.attrs["model_b"] = data.attrs["model_b"]
     return result.sort_values(["family", "size"], kind="stable").reset_index(drop=True)

@@ -192,7 +192,7 @@ def value_column(rows, value: str) -> str:
     if value not in ("score", "calibrated"):
         raise RepalignError(f"value {value!r} is not 'score' or 'calibrated'")
     if value == "calibrated" and not has_values(rows, "calibrated"):
-        raise RepalignError("the table has no calibrated scores; compare with --permutations N, or draw raw scores")
+        raise RepalignError("the table has no calibrated scores; compare with permutations=N, or draw value='score'")
     return value
 
 
