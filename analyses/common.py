@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Mapping, Sequence, cast
 import numpy as np
 import pandas as pd
 
+from analyses.families import rederived
 from embeddings_cache import Cache
 from repalign import plot
 from repalign.compare import EngineOptions, StatsOptions, TokenOptions, compare_models, compare_tokens
@@ -750,7 +751,9 @@ def finish(setup: Setup, table: pd.DataFrame, primaries: Sequence[Primary], heat
         raise RepalignError("nothing to score: no pair of the study has both its models in the cache; "
                             "extract them first (run without --score-only)")
     with results_lock(setup.out):  # another run scoring other parts may be merging into the same scores.csv
-        table = with_earlier_parts(table, setup.out / "scores.csv")
+        # earlier rows kept from a table scored before compare marked the hidden family get it re-derived,
+        # so trained and control best pairs are taken over the same family
+        table = rederived(with_earlier_parts(table, setup.out / "scores.csv"))
         write_csv(table, setup.out / "scores.csv")
         best = write_outputs(setup.out, table, primaries, heatmaps, headline, ci=setup.cfg.get("ci", 0.95))
     print(f"wrote {setup.out / 'scores.csv'} ({len(table)} rows) in {time.perf_counter() - setup.start:.0f} s", flush=True)

@@ -26,7 +26,7 @@ from analyses.common import (
     study_pairs,
     with_earlier_parts,
 )
-from analyses.rederive import ALL_PAIRS_NOTE
+from analyses.families import ALL_PAIRS_NOTE
 from analyses.rederive import main as rederive_main
 from repalign.errors import RepalignError
 from repalign.inputs import sequence_record
@@ -512,7 +512,7 @@ def _check_cache_provenance(cache_file: Path, builder: str, size: int):
 @pytest.mark.slow
 def test_antibody_study_quick(tmp_path):
     out = tmp_path / "antibody"
-    proc = _run_study("antibody_models", out)
+    proc = _run_study("antibody_models", out, timeout=1800)  # IgFold and its controls load for minutes each on a busy machine
     assert proc.stdout.startswith("primary analyses (1;")
     table = _check_scores(out, {0, 1}, {"dataset": "antibodies", "n_samples": 5})
     primary = pd.read_csv(out / "control_contrasts.csv").query("analysis == 'primary'")
@@ -584,7 +584,9 @@ def test_molecule_study_quick(tmp_path):
     # re-derived from the table alone, the hidden family's best pairs are those compare marked, and the
     # contrasts and best pairs are those the run wrote
     again = tmp_path / "rederived"
-    proc = subprocess.run([sys.executable, "-m", "analyses.rederive", "molecules", "--quick", "--scores", str(out / "scores.csv"),
+    stripped = tmp_path / "scores-without-family.csv"
+    _without_family(table).to_csv(stripped, index=False)
+    proc = subprocess.run([sys.executable, "-m", "analyses.rederive", "molecules", "--quick", "--scores", str(stripped),
                            "--out", str(again)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -637,6 +639,38 @@ def test_a_score_only_run_on_some_models_keeps_the_other_pairs(tmp_path):
         assert sum(f"kept {n} molecules {metric} rows per structure of {a} vs {b} " in line for line in notes) == 1
 
 
+def _without_family(table: pd.DataFrame) -> pd.DataFrame:
+    """A table as compare wrote it before it marked the hidden family: best over all layer pairs
+    (the row-major argmax), no in_family, p_value_best or best_note."""
+    out = table.drop(columns=["in_family", "p_value_best", "best_note"], errors="ignore")
+    keys = [c for c in ("dataset", "granularity", "level", "seed", "metric", "model_a", "model_b", "n_samples") if c in out]
+    first = out.groupby(keys, dropna=False, sort=False)["score"].idxmax()
+    out["best"] = out.index.isin(first.to_numpy())
+    return out
+
+
+def test_a_run_keeping_rows_scored_before_the_family_re_derives_their_best(tmp_path):
+    """Rows kept from an earlier table without the family get their best pair re-derived (what
+    finish does), rows compare scored with the family keep compare's flags and p-values."""
+    from analyses.families import rederived as rederive_rows
+
+    table = pd.read_csv(ROOT / "analyses" / "results" / "molecules" / "scores.csv")
+    table = table[(table.granularity == "structure") & (table.metric == "mutual_knn")]
+    scored = table[table.level == "trained"]
+    old = _without_family(table[table.level != "trained"])
+    merged = rederive_rows(pd.concat([scored, old], ignore_index=True))
+    kept = merged.iloc[: len(scored)]
+    assert (kept.best.astype(str) == scored.best.astype(str).to_numpy()).all()
+    np.testing.assert_array_equal(kept.p_value_best.to_numpy(float), scored.p_value_best.to_numpy(float))
+    again = merged.iloc[len(scored):]
+    assert again.in_family.notna().all()
+    for _, group in again.groupby(["level", "seed", "model_a", "model_b"], dropna=False):
+        hidden = group[group.in_family.astype(bool)]
+        assert group[group.best.astype(bool)].score.tolist() == [hidden.score.max()]
+        assert not ((group.layer_a == "embedding") | (group.layer_b == "embedding") | (group.layer_a == "aev"))[
+            group.best.astype(bool)].any()
+
+
 def test_rederive_on_a_copy_of_the_committed_molecule_table(tmp_path):
     """The committed molecules table (scored before compare's hidden family): re-derived best pairs
     are the maximum over the layer pairs without a network's first layer (a layer with itself left
@@ -644,7 +678,7 @@ def test_rederive_on_a_copy_of_the_committed_molecule_table(tmp_path):
     all layer pairs; every output is written into --out, the committed files untouched."""
     source = ROOT / "analyses" / "results" / "molecules" / "scores.csv"
     copy = tmp_path / "scores.csv"
-    copy.write_bytes(source.read_bytes())
+    _without_family(pd.read_csv(source)).to_csv(copy, index=False)  # as scored before compare marked the family
     before = source.read_bytes()
     out = tmp_path / "out"
     assert rederive_main(["molecules", "--scores", str(copy), "--out", str(out)]) == 0

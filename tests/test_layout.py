@@ -242,7 +242,7 @@ def import_cycle_offenders() -> list[str]:
 
 
 #: the modules of analyses/ that studies share; every other module of analyses/ is a study
-STUDY_SHARED = ("analyses", "analyses.common", "analyses.datasets", "analyses.atomistic")
+STUDY_SHARED = ("analyses", "analyses.common", "analyses.datasets", "analyses.atomistic", "analyses.families")
 
 
 def study_import_offenders() -> list[str]:
