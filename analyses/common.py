@@ -29,7 +29,7 @@ from repalign.compare import EngineOptions, StatsOptions, TokenOptions, compare_
 from repalign.compare.controls import contrast_columns
 from repalign.errors import RepalignError
 from repalign.extract import extract
-from repalign.models.controls import base_model, control_name, parse_control
+from repalign.models.controls import ALL_SCOPE, MODEL_SCOPE, base_model, control_name, parse_control
 from repalign.stats import holm
 from repalign.table import best_flags, write_table
 
@@ -68,7 +68,7 @@ def family_best(table: pd.DataFrame, by: Sequence[str] = ("level", "metric", "mo
 
 CONTRAST_COLUMNS = ("dataset", "granularity", "metric", "layers", "comparison", "model_a", "model_b", "layer_a", "layer_b",
                     "trained", "control_mean", "control_sd", "n_seeds", "difference", "ci_low", "ci_high", "p_value",
-                    "min_p_value", "p_value_adjusted", "n_samples")
+                    "min_p_value", "p_value_adjusted", "n_samples", "control_scope")
 
 
 def control_contrasts(best: pd.DataFrame, ci: float = 0.95, layers: str = "all") -> pd.DataFrame:
@@ -96,7 +96,8 @@ def control_contrasts(best: pd.DataFrame, ci: float = 0.95, layers: str = "all")
     keys = [c for c in ("dataset", "granularity", "metric") if c in best.columns]
     frame = best.assign(base_a=best.model_a.map(base_model), base_b=best.model_b.map(base_model),
                         control=best.model_a.map(parse_control).notna() | best.model_b.map(parse_control).notna(),
-                        comparison=np.where(best.level == "baseline", "baseline", "models"))
+                        comparison=np.where(best.level == "baseline", "baseline", "models"),
+                        scope=[control_scope(a, b) for a, b in zip(best.model_a, best.model_b)])
     rows = []
     # a comparison may be scored at several N (antibodies: all samples and IgFold's subset): one match per N
     for key, group in frame.groupby([*keys, "comparison", "base_a", "base_b"], sort=False):
@@ -105,21 +106,30 @@ def control_contrasts(best: pd.DataFrame, ci: float = 0.95, layers: str = "all")
             t = group[~group.control].iloc[0]
             raise RepalignError(f"{t.model_a} vs {t.model_b}: controls were scored on other samples than the trained "
                                 f"models; score them on the same subset")
-        for n, part in group.groupby("n_samples", sort=False):
-            trained, controls = part[~part.control], part[part.control]
+        for (n, scope), controls in group[group.control].groupby(["n_samples", "scope"], sort=False):
+            trained = group[~group.control & (group.n_samples == n)]
             if len(trained) != 1 or len(controls) < 2:
                 continue
             t = trained.iloc[0]
             contrast = contrast_columns(float(t.score), controls.score.to_numpy(), ci=ci)
             rows.append({**dict(zip([*keys, "comparison"], key)), "layers": layers, "model_a": t.model_a, "model_b": t.model_b,
                          "layer_a": t.layer_a, "layer_b": t.layer_b, "trained": float(t.score), **contrast,
-                         "n_samples": int(n)})
+                         "n_samples": int(n), "control_scope": scope})
     if not rows:
         return pd.DataFrame(columns=list(CONTRAST_COLUMNS))
     out = pd.DataFrame(rows)
     out = out.drop(columns=["p_value_adjusted"])
     out["p_value_adjusted"] = out.groupby([*keys, "comparison"], sort=False)["p_value"].transform(lambda p: holm(p.to_numpy()))
     return out[[c for c in CONTRAST_COLUMNS if c in out.columns]]
+
+
+def control_scope(model_a: str, model_b: str) -> str:
+    """What the controls of a row re-initialise (:mod:`repalign.models.controls`): ``model`` (every
+    weight but a declared pretrained input model, ``NAME@random:SEED``), ``all`` when either side
+    is ``NAME@random-all:SEED``; empty for a row without a control. A contrast compares a trained
+    pair with controls of one scope."""
+    scopes = {c.scope for c in map(parse_control, (model_a, model_b)) if c is not None}
+    return ALL_SCOPE if ALL_SCOPE in scopes else (MODEL_SCOPE if scopes else "")
 
 
 @dataclass(frozen=True)
@@ -170,6 +180,8 @@ class Primary:
         keep = ((column("dataset", "") == self.dataset) & (column("granularity", "structure") == self.granularity)
                 & (rows.metric == self.metric) & (column("layers", self.layers) == self.layers)
                 & (comparison == self.comparison))
+        if "control_scope" in rows.columns:  # a secondary control (NAME@random-all:SEED) never answers a primary question
+            keep &= rows.control_scope.fillna(MODEL_SCOPE) == MODEL_SCOPE
         if self.n_samples is not None:
             keep &= rows.n_samples.astype(float) == self.n_samples
         if self.models:
@@ -193,7 +205,7 @@ def primary_mask(rows: pd.DataFrame, primaries: Sequence[Primary]) -> np.ndarray
 
 
 #: the columns that name a secondary Holm family of control contrasts
-SECONDARY_FAMILY = ("dataset", "granularity", "metric", "layers", "comparison")
+SECONDARY_FAMILY = ("dataset", "granularity", "metric", "layers", "comparison", "control_scope")
 
 
 def label_contrasts(contrasts: pd.DataFrame, primaries: Sequence[Primary]) -> pd.DataFrame:

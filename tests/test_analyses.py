@@ -850,3 +850,26 @@ def test_study_scoring_skips_models_missing_from_the_cache(tmp_path, capsys):
     assert mknn.p_value_adjusted.notna().all() and mknn.ci_low.isna().all()
     # no permutation test asked for unbiased CKA: no p-value; its interval is there and holds the score
     assert ucka.p_value.isna().all() and (ucka.ci_low <= ucka.score + 1e-12).all() and (ucka.score <= ucka.ci_high + 1e-12).all()
+
+
+def test_contrasts_keep_the_two_control_scopes_apart_and_only_the_default_answers_a_primary():
+    """IgFold has two controls (NAME@random:S keeps its pretrained AntiBERTy, NAME@random-all:S
+    re-initialises it too): each gets its own contrast row with its own seeds, and a primary
+    analysis covers only the default scope."""
+    from analyses.common import Primary, control_contrasts, label_contrasts
+
+    rows = [("trained", "igfold", "antiberty", 0.40)]
+    rows += [("random_init", f"igfold@random:{s}", f"antiberty@random:{s}", v) for s, v in enumerate([0.30, 0.35, 0.45])]
+    rows += [("random_init", f"igfold@random-all:{s}", f"antiberty@random:{s}", v) for s, v in enumerate([0.10, 0.12, 0.08])]
+    best = pd.DataFrame([{"dataset": "antibodies", "granularity": "structure", "metric": "mutual_knn", "level": level,
+                          "model_a": a, "model_b": b, "layer_a": "structure_ipa.0", "layer_b": "layer.7", "score": v,
+                          "n_samples": 200} for level, a, b, v in rows])
+    contrasts = control_contrasts(best, layers="hidden").set_index("control_scope")
+    assert sorted(contrasts.index) == ["all", "model"]
+    assert contrasts.loc["model", "control_mean"] == pytest.approx(np.mean([0.30, 0.35, 0.45]))
+    assert contrasts.loc["all", "control_mean"] == pytest.approx(np.mean([0.10, 0.12, 0.08]))
+    # rank test: one of 3 default-scope controls is above the trained score, none of the other scope
+    assert contrasts.loc["model", "p_value"] == pytest.approx(2 / 4) and contrasts.loc["all", "p_value"] == pytest.approx(1 / 4)
+    primary = Primary("q", "antibodies", n_samples=200)
+    labelled = label_contrasts(contrasts.reset_index(), [primary]).set_index("control_scope")
+    assert labelled.loc["model", "analysis"] == "primary" and labelled.loc["all", "analysis"] == "secondary"
