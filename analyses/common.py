@@ -205,13 +205,14 @@ def primary_mask(rows: pd.DataFrame, primaries: Sequence[Primary]) -> np.ndarray
 
 
 #: the columns that name a secondary Holm family of control contrasts
-SECONDARY_FAMILY = ("dataset", "granularity", "metric", "layers", "comparison", "control_scope")
+SECONDARY_FAMILY = ("dataset", "granularity", "metric", "layers", "comparison", "control_scope", "n_samples")
 
 
 def label_contrasts(contrasts: pd.DataFrame, primaries: Sequence[Primary]) -> pd.DataFrame:
     """Label each contrast row ``analysis = primary|secondary`` and Holm-adjust its ``p_value`` within
     its family (``holm_family``): every primary row together, and each secondary family
-    (:data:`SECONDARY_FAMILY`: one data set, granularity, metric, layer family and comparison) apart,
+    (:data:`SECONDARY_FAMILY`: one data set, granularity, metric, layer family, comparison, control
+    scope and N) apart,
     so a secondary result never weakens (or borrows from) the primary one. Primary rows come first."""
     if contrasts.empty:
         return contrasts.assign(analysis=pd.Series(dtype=str), holm_family=pd.Series(dtype=str))

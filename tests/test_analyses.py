@@ -237,7 +237,7 @@ def test_control_seeds_per_model_pair_only_the_seeds_both_models_have():
 
 def test_primary_and_secondary_contrasts_are_holm_adjusted_in_separate_families():
     """The primary rows form one Holm family, each secondary (dataset, granularity, metric, layers,
-    comparison) its own; primary rows come first, every row labelled."""
+    comparison, N) its own; primary rows come first, every row labelled."""
     rng = np.random.default_rng(0)
     rows = []
     for layers in ("all", "hidden"):
@@ -256,13 +256,13 @@ def test_primary_and_secondary_contrasts_are_holm_adjusted_in_separate_families(
     assert list(out.analysis[:2]) == ["primary"] * 2 and (out.analysis[2:] == "secondary").all()
     np.testing.assert_allclose(out.p_value_adjusted[:2], holm(contrasts.p_value[is_primary].to_numpy()))
     rest = contrasts[~is_primary]
-    for keys, family in rest.groupby(["metric", "layers", "comparison"]):
-        label = "secondary: crystals/structure/{}/{}/{}".format(*keys)
+    for keys, family in rest.groupby(["metric", "layers", "comparison", "n_samples"]):
+        label = "secondary: crystals/structure/{}/{}/{}/{}".format(*keys)
         labelled = out[out.holm_family == label]
         assert len(labelled) == len(family)
         np.testing.assert_allclose(labelled.p_value_adjusted, holm(family.p_value.to_numpy()))
     # the N=50 row of the primary's metric, layers and comparison is secondary, in a family of its own N=50 row
-    assert out[(out.holm_family == "secondary: crystals/structure/mutual_knn/hidden/models")].n_samples.tolist() == [50]
+    assert out[(out.holm_family == "secondary: crystals/structure/mutual_knn/hidden/models/50")].n_samples.tolist() == [50]
 
 
 def test_extraction_can_be_limited_to_some_models_and_seeds():
@@ -486,7 +486,8 @@ def _check_primary(out: Path, contrasts: pd.DataFrame, primary: dict):
     assert (rows.holm_family == "primary").all()
     np.testing.assert_allclose(rows.p_value_adjusted, holm(rows.p_value.to_numpy()), atol=1e-6)
     secondary = contrasts[~first]
-    labels = "secondary: " + secondary[["dataset", "granularity", "metric", "layers", "comparison"]].astype(str).agg("/".join, axis=1)
+    family = ["dataset", "granularity", "metric", "layers", "comparison", "control_scope", "n_samples"]
+    labels = "secondary: " + secondary[family].astype(str).agg("/".join, axis=1)
     assert (secondary.holm_family == labels).all()
     for _, family in secondary.groupby("holm_family"):
         np.testing.assert_allclose(family.p_value_adjusted, holm(family.p_value.to_numpy()), atol=1e-6)
