@@ -62,14 +62,31 @@ def _write(path, model, feats, ids, prov, skip):
         w.append(ids[:keep], [sample_hash(i) for i in ids[:keep]], {k: v[:keep] for k, v in feats.items()})
 
 
+def Encoder():
+    """Embedding, linear, batch norm, then a bare parameter matrix (no ``reset_parameters``: drawn
+    from the control's generator, so a kept one must not shift the draws of the rest)."""
+    import torch
+
+    class _Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Embedding(20, 8), torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8))
+            self.mix = torch.nn.Parameter(torch.randn(8, 8) * 0.2)
+
+        def forward(self, idx):
+            return self.net(idx) @ self.mix
+
+    return _Encoder()
+
+
 class EncoderRunner:
     """A non-module object holding the pretrained input network, as ``AntiBERTyRunner`` does."""
 
     def __init__(self):
         import torch
 
-        self.model = torch.nn.Sequential(torch.nn.Embedding(20, 8), torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8))
-        batch_norm = self.model[2]
+        self.model = Encoder()
+        batch_norm = self.model.net[2]
         with torch.no_grad():  # "trained" values, which BatchNorm's reset sets to 1, 0 and mean 0, variance 1
             batch_norm.weight.fill_(1.5)
             batch_norm.bias.fill_(0.1)

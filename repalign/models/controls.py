@@ -146,8 +146,7 @@ def reinitialize(modules: Sequence, seed: int, keep: Sequence = ()) -> dict[str,
     counts = {"reset_parameters": 0, "scaled_normal": 0, "kept": 0}
     kept_state = [(module, {k: v.detach().clone() for k, v in module.state_dict(keep_vars=True).items()}) for module in keep]
     kept_ids = {id(p) for module in keep for p in module.parameters()}
-    frozen = [(p, p.detach().clone()) for module in modules for p in module.parameters()
-              if not p.requires_grad and id(p) not in kept_ids]
+    frozen = [(p, p.detach().clone()) for module in modules for p in module.parameters() if not p.requires_grad]
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         covered: set[int] = set()
@@ -165,22 +164,25 @@ def reinitialize(modules: Sequence, seed: int, keep: Sequence = ()) -> dict[str,
         frozen_ids = {id(p) for p, _ in frozen}
         for module in modules:
             for p in module.parameters():
-                if id(p) in frozen_ids or id(p) in kept_ids:
+                if id(p) in frozen_ids:
                     continue
+                # kept (pretrained) parameters are drawn too and restored below, so every other
+                # parameter gets the same draw as without ``keep``; they are counted apart
+                counted = int(id(p) not in kept_ids)
                 if id(p) in covered:
-                    counts["reset_parameters"] += 1
+                    counts["reset_parameters"] += counted
                     continue
                 covered.add(id(p))
                 if p.ndim <= 1 and p.numel() and bool((p > 0).all()):
-                    counts["kept"] += 1
+                    counts["kept"] += counted
                     continue
                 scale = float(p.detach().float().std()) if p.numel() > 1 else 0.0
                 draw = torch.randn(p.shape, generator=generator, dtype=torch.float32) * scale
                 p.copy_(draw.to(device=p.device, dtype=p.dtype))
-                counts["scaled_normal"] += 1
+                counts["scaled_normal"] += counted
         for p, value in frozen:
             p.copy_(value)
-            counts["kept"] += 1
+            counts["kept"] += int(id(p) not in kept_ids)
         for module, state in kept_state:
             module.load_state_dict(state)
     if keep:
