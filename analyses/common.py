@@ -38,6 +38,15 @@ PACKAGE = Path(__file__).resolve().parent
 
 
 # ----------------------------------------------------------------------------- scoring
+#: the columns of a best-pair row, after the comparison's keys
+BEST_COLUMNS = ("layer_a", "layer_b", "score", "ci_low", "ci_high", "chance_level", "null_mean", "calibrated", "p_value",
+                "p_value_adjusted", "p_value_best", "n_samples", "n_units", "best_note")
+
+
+def _best_columns(table: pd.DataFrame, by: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(c for c in (*by, *BEST_COLUMNS) if c in table.columns))
+
+
 def best_pairs(table: pd.DataFrame, by: Sequence[str] = ("level", "metric", "model_a", "model_b")) -> pd.DataFrame:
     """One row per model pair (and level, metric): the best layer pair with its statistics.
 
@@ -47,10 +56,8 @@ def best_pairs(table: pd.DataFrame, by: Sequence[str] = ("level", "metric", "mod
     # a model against itself: the diagonal (a layer with itself) is trivially 1, not a finding
     table = table[(table.model_a != table.model_b) | (table.layer_a != table.layer_b)]
     index = table.groupby(by, sort=False)["score"].idxmax()
-    keep = [c for c in (*by, "layer_a", "layer_b", "score", "ci_low", "ci_high", "chance_level", "null_mean",
-                        "calibrated", "p_value", "p_value_adjusted", "p_value_best", "n_samples", "n_units",
-                        "best_note") if c in table.columns]
-    return table.loc[index.to_numpy(), list(dict.fromkeys(keep))].reset_index(drop=True)
+    keep = _best_columns(table, by)
+    return table.loc[index.to_numpy(), keep].reset_index(drop=True)
 
 
 def family_best(table: pd.DataFrame, by: Sequence[str] = ("level", "metric", "model_a", "model_b")) -> pd.DataFrame:
@@ -60,10 +67,8 @@ def family_best(table: pd.DataFrame, by: Sequence[str] = ("level", "metric", "mo
     by = [c for c in by if c in table.columns]
     flags = best_flags(table)
     rows = table[flags] if flags is not None else table.iloc[:0]
-    keep = [c for c in (*by, "layer_a", "layer_b", "score", "ci_low", "ci_high", "chance_level", "null_mean",
-                        "calibrated", "p_value", "p_value_adjusted", "p_value_best", "n_samples", "n_units",
-                        "best_note") if c in table.columns]
-    return rows.drop_duplicates(by)[list(dict.fromkeys(keep))].reset_index(drop=True)
+    keep = _best_columns(table, by)
+    return rows.drop_duplicates(by)[keep].reset_index(drop=True)
 
 
 CONTRAST_COLUMNS = ("dataset", "granularity", "metric", "layers", "comparison", "model_a", "model_b", "layer_a", "layer_b",
@@ -180,8 +185,11 @@ class Primary:
         keep = ((column("dataset", "") == self.dataset) & (column("granularity", "structure") == self.granularity)
                 & (rows.metric == self.metric) & (column("layers", self.layers) == self.layers)
                 & (comparison == self.comparison))
-        if "control_scope" in rows.columns:  # a secondary control (NAME@random-all:SEED) never answers a primary question
-            keep &= rows.control_scope.fillna(MODEL_SCOPE) == MODEL_SCOPE
+        # a secondary control (NAME@random-all:SEED) never answers a primary question; best-pair rows
+        # carry no control_scope column, their model names say it
+        scope = (rows.control_scope.fillna("") if "control_scope" in rows.columns
+                 else pd.Series([control_scope(a, b) for a, b in zip(rows.model_a, rows.model_b)], index=rows.index))
+        keep &= scope.isin(("", MODEL_SCOPE))
         if self.n_samples is not None:
             keep &= rows.n_samples.astype(float) == self.n_samples
         if self.models:

@@ -257,7 +257,7 @@ def identical(table: pd.DataFrame) -> str:
     return ", ".join(f"{r.layer_a} ~ {r.layer_b} ({r.score:.4f})" for r in rows.itertuples()) or "none"
 
 
-def outside_family(table: pd.DataFrame) -> str:
+def layers_outside_family(table: pd.DataFrame) -> str:
     """The layers of each model in no pair of the layer family (``in_family``): the declared input
     layers (a control declares its model's, so controls are not named)."""
     inside = table[table.in_family.astype(bool)]
@@ -332,7 +332,7 @@ pair is a layer with its copy: ESMFold2's `esmc.*` layers (its ESMC backbone) ar
 ESMC, and `distogram` (the distogram head's input, parcae + parcae^T) everywhere; the checks below
 compare each copy with what it copies (`copy_checks.csv`). The best pair of each comparison is the
 one `compare` marks `best`: the best pair of the hidden layer family, which leaves out a stage with
-itself and every pair with a network's input layer ({outside_family(table)}), as every headline does.
+itself and every pair with a network's input layer ({layers_outside_family(table)}), as every headline does.
 
 {markdown_table(show)}
 

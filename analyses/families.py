@@ -85,5 +85,3 @@ def rederived(table: pd.DataFrame) -> pd.DataFrame:
         out["best_note"] = ""
     out.loc[stale, "best_note"] = np.where(flags & adjusted.notna().to_numpy(), ALL_PAIRS_NOTE, "")
     return out
-
-

@@ -35,6 +35,8 @@ from repalign.errors import RepalignError
 
 #: the studies whose outputs come from a scores.csv (esmfold2_stages writes its own)
 STUDIES = ("interatomic_potentials", "molecules", "antibody_models")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analyses.rederive", description=__doc__.splitlines()[0])
     parser.add_argument("study", choices=STUDIES)

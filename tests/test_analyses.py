@@ -857,7 +857,7 @@ def test_contrasts_keep_the_two_control_scopes_apart_and_only_the_default_answer
     """IgFold has two controls (NAME@random:S keeps its pretrained AntiBERTy, NAME@random-all:S
     re-initialises it too): each gets its own contrast row with its own seeds, and a primary
     analysis covers only the default scope."""
-    from analyses.common import Primary, control_contrasts, label_contrasts
+    from analyses.common import Primary, control_contrasts, label_best_pairs, label_contrasts
 
     rows = [("trained", "igfold", "antiberty", 0.40)]
     rows += [("random_init", f"igfold@random:{s}", f"antiberty@random:{s}", v) for s, v in enumerate([0.30, 0.35, 0.45])]
@@ -874,3 +874,7 @@ def test_contrasts_keep_the_two_control_scopes_apart_and_only_the_default_answer
     primary = Primary("q", "antibodies", n_samples=200)
     labelled = label_contrasts(contrasts.reset_index(), [primary]).set_index("control_scope")
     assert labelled.loc["model", "analysis"] == "primary" and labelled.loc["all", "analysis"] == "secondary"
+    # best pairs carry no scope column: their model names put a NAME@random-all:S row in the secondary analysis
+    pairs = label_best_pairs(best.assign(layers="hidden"), [primary])
+    all_scope = pairs.model_a.str.contains("@random-all:")
+    assert (pairs.analysis[all_scope] == "secondary").all() and (pairs.analysis[~all_scope] == "primary").all()

@@ -66,9 +66,13 @@ def parse_control(name: str) -> ControlSpec | None:
 def control_name(model: str, seed: int, scope: str = MODEL_SCOPE) -> str:
     """The spec (and cache name) of ``model``'s control with ``seed``: ``NAME@random:SEED``, or
     ``NAME@random-all:SEED`` for scope ``all``."""
+    return f"{model}{SCOPE_TAGS[check_scope(scope)]}:{int(seed)}"
+
+
+def check_scope(scope: str) -> str:
     if scope not in SCOPE_TAGS:
         raise RepalignError(f"control scope {scope!r} is not one of {', '.join(SCOPE_TAGS)}; pass 'model' or 'all'")
-    return f"{model}{SCOPE_TAGS[scope]}:{int(seed)}"
+    return scope
 
 
 def is_control(model: str) -> bool:
@@ -256,8 +260,7 @@ class RandomInitAdapter(ModelAdapter):
             raise RepalignError(f"random-init seed must be a non-negative integer, got {seed!r}")
         if isinstance(inner, RandomInitAdapter):
             raise RepalignError(f"{inner.name} is already a random-init control; pass the trained model")
-        if scope not in SCOPE_TAGS:
-            raise RepalignError(f"control scope {scope!r} is not one of {', '.join(SCOPE_TAGS)}; pass 'model' or 'all'")
+        check_scope(scope)
         self.inner = inner
         self.seed = int(seed)
         self.scope = scope
