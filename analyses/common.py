@@ -573,7 +573,8 @@ def pair_heatmaps(table: pd.DataFrame, pairs: Sequence[tuple[str, str]], metric:
     return save_figure(plot.layer_heatmap(table, metric, a, b, width=width), out, stem)[0]
 
 
-def study_figures(table: pd.DataFrame, out: Path, heatmaps: Sequence[tuple[str, str, str]] = ()) -> list[Path]:
+def study_figures(table: pd.DataFrame, out: Path, heatmaps: Sequence[tuple[str, str, str]] = (),
+                  contrasts: pd.DataFrame | None = None) -> list[Path]:
     """The figures of a study, drawn from its table (mutual kNN, trained models and baselines; controls
     are compared in the table, not drawn here):
 
@@ -583,7 +584,9 @@ def study_figures(table: pd.DataFrame, out: Path, heatmaps: Sequence[tuple[str, 
     - ``heatmap_<dataset>[_<granularity>]_<a>_<b>.png``: the layer x layer scores of each
       (dataset, model_a, model_b) in ``heatmaps``.
 
-    Rows on an input stage (``input_stage``, e.g. IgFold's own input) are left out.
+    Rows on an input stage (``input_stage``, e.g. IgFold's own input) are left out. With
+    ``contrasts`` (:func:`control_contrasts` rows), a heatmap's title states its pair's headline
+    against the controls (hidden family, default control scope: control mean, difference, p).
     """
     rows = table[(table.metric == "mutual_knn") & table.level.isin(["trained", "baseline"])
                  & ~table.model_a.str.contains("@") & ~table.model_b.str.contains("@")]
@@ -602,8 +605,24 @@ def study_figures(table: pd.DataFrame, out: Path, heatmaps: Sequence[tuple[str, 
         for dataset, a, b in heatmaps:
             pair = sub[(sub.model_a == a) & (sub.model_b == b)]
             if len(pair) and dataset == sub.dataset.iloc[0]:
+                pair = pd.concat([pair, headline_contrast(contrasts, pair)], ignore_index=True)
                 figures.append(pair_heatmaps(pair, [(a, b)], "mutual_knn", out, f"heatmap_{stem}_{a}_{b}"))
     return figures
+
+
+def headline_contrast(contrasts: pd.DataFrame | None, pair: pd.DataFrame) -> pd.DataFrame:
+    """The hidden-family contrast of one trained pair's rows as the contrast row a controls table
+    carries (``level = contrast``, ``best``), which the heatmap title states; empty without one."""
+    if contrasts is None or contrasts.empty:
+        return pair.iloc[:0]
+    first = pair.iloc[0]
+    keep = ((contrasts.metric == first.metric) & (contrasts.layers == "hidden") & (contrasts.model_a == first.model_a)
+            & (contrasts.model_b == first.model_b) & (contrasts.n_samples == first.n_samples)
+            & (contrasts.get("control_scope", MODEL_SCOPE) == MODEL_SCOPE))
+    for column in ("dataset", "granularity"):
+        if column in contrasts.columns and column in pair.columns:
+            keep &= contrasts[column] == first[column]
+    return contrasts[keep].head(1).assign(level="contrast", best=True)
 
 
 def depth_figure(table: pd.DataFrame, model: str, references: Sequence[str], metric: str, out: Path, stem: str,
@@ -808,7 +827,7 @@ def write_outputs(out: Path, table: pd.DataFrame, primaries: Sequence[Primary], 
                                           ignore_index=True), primaries)
     write_csv(contrasts, out / "control_contrasts.csv")
     (out / "control_contrasts.md").write_text(contrast_tables(contrasts, primaries))
-    study_figures(table, out, heatmaps)
+    study_figures(table, out, heatmaps, contrasts)
     return labelled
 
 

@@ -878,3 +878,23 @@ def test_contrasts_keep_the_two_control_scopes_apart_and_only_the_default_answer
     pairs = label_best_pairs(best.assign(layers="hidden"), [primary])
     all_scope = pairs.model_a.str.contains("@random-all:")
     assert (pairs.analysis[all_scope] == "secondary").all() and (pairs.analysis[~all_scope] == "primary").all()
+
+
+def test_a_study_heatmap_title_states_its_pair_against_the_controls():
+    """The committed molecules table: the ANI-1x - CHGNet heatmap's title carries the hidden-family
+    contrast, its control mean equal to the mean of the control seeds' best pairs recomputed here
+    from scores.csv."""
+    from analyses.common import headline_contrast
+    from repalign import plot
+
+    results = ROOT / "analyses" / "results" / "molecules"
+    scores = pd.read_csv(results / "scores.csv")
+    scores = scores[(scores.granularity == "structure") & (scores.metric == "mutual_knn")]
+    pair = scores[(scores.level == "trained") & (scores.model_a == "ani-1x") & (scores.model_b == "chgnet-0.3.0")]
+    controls = scores[scores.model_a.str.startswith("ani-1x@random:") & scores.model_b.str.startswith("chgnet-0.3.0@random:")
+                      & scores.best.astype(bool)]
+    row = headline_contrast(pd.read_csv(results / "control_contrasts.csv"), pair)
+    assert len(row) == 1 and controls.seed.nunique() == len(controls) == int(row.n_seeds.iloc[0])
+    fig = plot.layer_heatmap(pd.concat([pair, row], ignore_index=True), "mutual_knn", "ani-1x", "chgnet-0.3.0")
+    title = fig.get_suptitle().replace("\n", " ")
+    assert f"control mean {controls.score.mean():.3f} ({len(controls)} seeds)" in title
