@@ -449,7 +449,7 @@ def cmd_demo(args) -> int:
 
 def cmd_plot(args) -> int:
     from repalign.plot import figure_options, plot_table  # lazy: CLI start-up
-    from repalign.table import granularity_rows, read_table  # lazy: CLI start-up
+    from repalign.table import granularity_rows, n_samples_rows, read_table  # lazy: CLI start-up
 
     options = figure_options(
         args.kind, metric=args.metric, a=args.a, b=args.b, layer_b=args.layer_b, width=args.width,
@@ -459,6 +459,7 @@ def cmd_plot(args) -> int:
     table = read_table(args.table)
     if args.granularity:
         table = granularity_rows(table, args.granularity)
+    table = n_samples_rows(table, args.n_samples)
     for path in plot_table(table, args.output, args.kind, args.format, **options):
         print(f"wrote {path}")
     return 0
@@ -700,6 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--a", help="layers, n-curve: model A; depth, models: models to draw, comma separated (default: all)")
     pl.add_argument("--granularity", choices=("pooled", "token"),
                     help="rows of this level only, for tables holding pooled and token-level (compare --tokens) rows")
+    pl.add_argument("--n-samples", type=int, metavar="N",
+                    help="rows scored on N samples only, for tables holding pairs at several N (chance levels)")
     pl.add_argument("--b", help="layers, n-curve: model B; depth/size: the reference model (default: the most compared)")
     pl.add_argument("--layer-b", help="depth/size: score against this layer of B instead of B's best layer")
     pl.add_argument("--layer", action=SeveralValues, positional="table file", metavar="MODEL=LAYER",

@@ -293,8 +293,12 @@ def _metric_specs(rows: pd.DataFrame, metric: str, group: int, level: str, sever
         models = list(dict.fromkeys(m for pair in chance_pairs for m in pair))
         if len(models) >= 3:
             keep = pd.Series(list(zip(rows["model_a"], rows["model_b"])), index=rows.index).isin(chance_pairs)
-            # --a: the matrix's models, so that the command draws them from the whole table
-            specs.append({**base, "kind": "models", "a": ",".join(models), "rows": rows[keep]})
+            # --a: the matrix's models, so that the command draws them from the whole table; --n-samples
+            # when those models also have pairs at another N (another chance level), which plot refuses to mix
+            sizes = set(rows.loc[rows["model_a"].isin(models) & rows["model_b"].isin(models), "n_samples"])
+            matrix_n = set(rows.loc[keep, "n_samples"])
+            n = int(next(iter(matrix_n))) if len(sizes) > 1 and len(matrix_n) == 1 else None
+            specs.append({**base, "kind": "models", "a": ",".join(models), "n_samples": n, "rows": rows[keep]})
     for a, b in pairs:
         specs.append({**base, "kind": "layers", "a": a, "b": b,
                       "rows": rows[(rows["model_a"] == a) & (rows["model_b"] == b)]})
@@ -314,6 +318,8 @@ def plot_command(spec: dict) -> list[str]:
     level = spec.get("rows_level") or spec.get("granularity")
     if level:
         command += ["--granularity", level]
+    if spec.get("n_samples") is not None:
+        command += ["--n-samples", str(spec["n_samples"])]
     command += ["--kind", spec["kind"]]
     for name, value in flags.items():
         command += [f"--{name}", str(value)]

@@ -239,6 +239,18 @@ def granularity_rows(table: pd.DataFrame, level: str | None = None) -> pd.DataFr
     return table[values == level]
 
 
+def n_samples_rows(table: pd.DataFrame, n_samples: int | None = None) -> pd.DataFrame:
+    """Rows scored on ``n_samples`` samples (a table may hold pairs at several N, so several chance
+    levels); None: all rows."""
+    if n_samples is None:
+        return table
+    held = sorted({int(n) for n in pd.to_numeric(table.get("n_samples", pd.Series(dtype=float)), errors="coerce").dropna()})
+    if n_samples not in held:
+        raise RepalignError(f"the table has no rows at n_samples={n_samples}; it holds "
+                            + (", ".join(map(str, held)) if held else "no n_samples column"))
+    return table[pd.to_numeric(table["n_samples"], errors="coerce") == n_samples]
+
+
 def metric_rows(table: pd.DataFrame, metric: str | None = None, level: str | None = None) -> pd.DataFrame:
     """Rows of one metric and one parameter setting (the first stored, when several), of one level
     when ``level`` is given (a token-level setting differs from a pooled one in params anyway)."""

@@ -654,11 +654,15 @@ def test_model_matrix_commands_carry_the_figures_options_and_draw_the_same_matri
         np.testing.assert_array_equal(_matrix(printed), _matrix(drawn))
         figure = draw_figure(spec)
         assert figure["caption"].endswith(plot.caption(drawn)) and html.unescape(figure["caption"]) in page
-    # the command itself, as printed, runs on the report's table
+    # every matrix command, as printed, runs on the report's table: a matrix whose models also have
+    # pairs at another N (another chance level) names its N
+    assert any("--n-samples" in plot_command(spec) for spec in matrices)
     shutil.copy(report.parent / "scores.csv", tmp_path / "scores.csv")
     old = os.getcwd()
     os.chdir(tmp_path)
     try:
-        assert main(plot_command(same_level[0])[1:] + ["--format", "svg"]) == 0
+        for spec in matrices:
+            assert main(plot_command(spec)[1:] + ["--format", "svg"]) == 0
+        assert main(["plot", "scores.csv", "--kind", "models", "--n-samples", "7", "-o", "x", "--format", "svg"]) != 0
     finally:
         os.chdir(old)
