@@ -29,7 +29,7 @@ from repalign.compare import EngineOptions, StatsOptions, TokenOptions, compare_
 from repalign.compare.controls import contrast_columns
 from repalign.errors import RepalignError
 from repalign.extract import extract
-from repalign.models.controls import ALL_SCOPE, MODEL_SCOPE, base_model, control_name, parse_control
+from repalign.models.controls import MODEL_SCOPE, base_model, control_name, control_scope, parse_control
 from repalign.stats import holm
 from repalign.table import best_flags, write_table
 
@@ -99,10 +99,11 @@ def control_contrasts(best: pd.DataFrame, ci: float = 0.95, layers: str = "all")
     if best.empty:
         return pd.DataFrame(columns=list(CONTRAST_COLUMNS))
     keys = [c for c in ("dataset", "granularity", "metric") if c in best.columns]
+    # a contrast compares a trained pair with controls of one scope (NAME@random:S or NAME@random-all:S)
+    scope = [control_scope(a, b) for a, b in zip(best.model_a, best.model_b)]
     frame = best.assign(base_a=best.model_a.map(base_model), base_b=best.model_b.map(base_model),
-                        control=best.model_a.map(parse_control).notna() | best.model_b.map(parse_control).notna(),
-                        comparison=np.where(best.level == "baseline", "baseline", "models"),
-                        scope=[control_scope(a, b) for a, b in zip(best.model_a, best.model_b)])
+                        control=[bool(s) for s in scope], scope=scope,
+                        comparison=np.where(best.level == "baseline", "baseline", "models"))
     rows = []
     # a comparison may be scored at several N (antibodies: all samples and IgFold's subset): one match per N
     for key, group in frame.groupby([*keys, "comparison", "base_a", "base_b"], sort=False):
@@ -126,15 +127,6 @@ def control_contrasts(best: pd.DataFrame, ci: float = 0.95, layers: str = "all")
     out = out.drop(columns=["p_value_adjusted"])
     out["p_value_adjusted"] = out.groupby([*keys, "comparison"], sort=False)["p_value"].transform(lambda p: holm(p.to_numpy()))
     return out[[c for c in CONTRAST_COLUMNS if c in out.columns]]
-
-
-def control_scope(model_a: str, model_b: str) -> str:
-    """What the controls of a row re-initialise (:mod:`repalign.models.controls`): ``model`` (every
-    weight but a declared pretrained input model, ``NAME@random:SEED``), ``all`` when either side
-    is ``NAME@random-all:SEED``; empty for a row without a control. A contrast compares a trained
-    pair with controls of one scope."""
-    scopes = {c.scope for c in map(parse_control, (model_a, model_b)) if c is not None}
-    return ALL_SCOPE if ALL_SCOPE in scopes else (MODEL_SCOPE if scopes else "")
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from repalign.compare.every_pair import DEFAULT_METRICS, DEFAULT_PERMUTATIONS
 from repalign.compare.headline import headlines, row_levels
 from repalign.errors import RepalignError
 from repalign.metrics import get_metric
-from repalign.models.controls import MODEL_SCOPE, base_model, parse_control
+from repalign.models.controls import ALL_SCOPE, base_model, control_scope
 from repalign.plot.models import model_groups
 from repalign.table import (
     POOLED,
@@ -257,7 +257,8 @@ def _control_specs(table: pd.DataFrame, trained: pd.DataFrame, metric: str, grou
         return []
     base_a, base_b = (table[c].astype(str).map(base_model) for c in ("model_a", "model_b"))
     # the figure's controls are the default scope (NAME@random:SEED); NAME@random-all:SEED is a second control
-    other_scope = pd.concat([table[c].astype(str).map(_other_scope) for c in ("model_a", "model_b")], axis=1).any(axis=1)
+    other_scope = pd.Series([control_scope(str(a), str(b)) == ALL_SCOPE for a, b in zip(table["model_a"], table["model_b"])],
+                            index=table.index)
     specs = []
     for a, b in dict.fromkeys(zip(trained["model_a"], trained["model_b"])):
         rows = table[(base_a == a) & (base_b == b) & (table["metric"] == metric) & ~other_scope]
@@ -265,11 +266,6 @@ def _control_specs(table: pd.DataFrame, trained: pd.DataFrame, metric: str, grou
             specs.append({"metric": metric, "group": group, "granularity": None, "kind": CONTROLS_KIND, "a": a, "b": b,
                           "rows": rows})
     return specs
-
-
-def _other_scope(model: str) -> bool:
-    control = parse_control(model)
-    return control is not None and control.scope != MODEL_SCOPE
 
 
 def _granularities(rows: pd.DataFrame) -> list[str]:

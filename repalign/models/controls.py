@@ -80,6 +80,13 @@ def is_control(model: str) -> bool:
     return RANDOM_TAG in model
 
 
+def control_scope(*models: str) -> str:
+    """The scope of the controls among ``models`` (e.g. the two sides of a compared pair): ``all``
+    when any is ``NAME@random-all:SEED``, ``model`` when any other is a control, empty when none is."""
+    scopes = {c.scope for c in map(parse_control, models) if c is not None}
+    return ALL_SCOPE if ALL_SCOPE in scopes else (MODEL_SCOPE if scopes else "")
+
+
 def base_model(model: str) -> str:
     """The trained model a name refers to (the name itself for a trained model or a baseline)."""
     parsed = parse_control(model)
@@ -343,6 +350,6 @@ class RandomInitAdapter(ModelAdapter):
         return self.inner.forward(records, layers)
 
 
-__all__ = ["ALL_SCOPE", "MODEL_SCOPE", "RANDOM_TAG", "SCOPE_TAGS", "ControlSpec", "RandomInitAdapter", "base_model",
+__all__ = ["ALL_SCOPE", "MODEL_SCOPE", "RANDOM_TAG", "SCOPE_TAGS", "ControlSpec", "RandomInitAdapter", "base_model", "control_scope",
            "control_name", "equinox_modules", "is_control", "model_seed", "parse_control", "reinitialize",
            "reinitialize_equinox", "torch_modules"]
