@@ -163,6 +163,7 @@ def _import_until_batches(source: Path, cache: Path, batches: int, sig: int) -> 
         time.sleep(0.002)
     proc.send_signal(sig)
     proc.wait(timeout=60)
+    proc.stdout.close()  # a failing assertion must not leave the pipe for the garbage collector (a ResourceWarning in a later test)
     return proc
 
 
@@ -177,8 +178,9 @@ def test_ctrl_c_during_an_import_keeps_the_cache_and_a_corrected_file_needs_no_o
     _features_file(tmp_path / "f.npz", 20_000, seed=1)
     before = _digest(cache)
     proc = _import_until_batches(tmp_path / "f.npz", cache, 3, signal.SIGINT)
-    err = proc.stderr.read()
-    assert proc.returncode == 130 and err.count("\n") == 1 and "interrupted" in err and "rerun the same command" in err
+    with proc.stderr:
+        err = proc.stderr.read()
+    assert proc.returncode == 130 and err.count("\n") == 1 and "interrupted" in err and "rerun the same command" in err, err
     assert _digest(cache) == before
     with Cache(cache) as c:
         assert c.models == ["m"] and c.unfinished_overwrites["imp"] >= 2
@@ -196,7 +198,9 @@ def test_an_import_killed_midway_leaves_the_cache_as_it_was_and_resumes(tmp_path
     x = _features_file(tmp_path / "f.npz", 20_000, seed=3)
     before = _digest(cache)
     proc = _import_until_batches(tmp_path / "f.npz", cache, 3, signal.SIGKILL)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+    with proc.stderr:
+        err = proc.stderr.read()
+    assert proc.returncode == -signal.SIGKILL, err
     assert _digest(cache) == before
     with Cache(cache) as c:
         assert c.models == ["m"] and c.unfinished_overwrites["imp"] >= 2  # nothing of it shown
@@ -263,6 +267,7 @@ def _export_until_written(cache: Path, out: Path, sig: int) -> subprocess.Popen:
         time.sleep(0.002)
     proc.send_signal(sig)
     proc.wait(timeout=60)
+    proc.stdout.close()  # a failing assertion must not leave the pipe for the garbage collector (a ResourceWarning in a later test)
     return proc
 
 
