@@ -16,12 +16,28 @@ The reference is PBE; ``chgnet-r2scan`` and ``diep`` were trained on r2SCAN data
 ``sevennet-mf-0`` on PBE and r2SCAN, evaluated here with its PBE fidelity, the adapter's default),
 so their errors mix model quality with the difference between functionals.
 
-:func:`quality_vs_alignment` then sets each model's mean alignment with the other trained potentials
-(from the ``interatomic_potentials`` study's ``scores.csv``) against its errors.
+:func:`quality_vs_alignment` then sets each model's alignment with the other six trained potentials
+against its errors (Spearman rho, exact permutation p; descriptive: 7 models). Alignment is always
+the per-structure mutual kNN on the crystals of the ``interatomic_potentials`` study, one value per
+model: its mean over its partners of (the ``alignment`` names of ``quality_vs_alignment_tests.csv``,
+columns of ``quality_vs_alignment.csv``):
+
+- ``mean_control_adjusted_alignment``: per pair, the trained models' best hidden layer pair minus the
+  mean of their random-initialised controls' best hidden pairs, one per seed (the ``difference`` of
+  the study's primary rows of ``control_contrasts.csv``: hidden layers, comparison ``models``,
+  control scope ``model``); the study's primary quantity;
+- ``mean_control_adjusted_other_families``: the same over partners of another family only;
+- ``mean_hidden_alignment``: the best layer pair of the hidden family (each network's input layers
+  left out; the rows ``compare`` marked ``best`` in ``scores.csv``, as ``best_pairs.csv`` with
+  ``layers = hidden``);
+- ``mean_alignment``: the best layer pair over all layers (input layers included);
+- ``mean_alignment_other_families``: the same over partners of another family only;
+- ``mean_readout_alignment``: the layers feeding the energy readouts (:data:`READOUT_LAYER`).
 
     python -m analyses.potential_quality                   # all 7 potentials, 71 elements (writes quality*.csv)
     python -m analyses.potential_quality --models diep     # some of them
-    python -m analyses.potential_quality --analysis-only   # quality_vs_alignment*.csv from quality.csv and scores.csv
+    python -m analyses.potential_quality --analysis-only   # quality_vs_alignment*.csv from quality.csv, scores.csv,
+                                                           # control_contrasts.csv (no model loaded)
     python -m analyses.potential_quality --quick           # 3 elements, one model, for tests
 """
 
@@ -39,10 +55,11 @@ import numpy as np
 import pandas as pd
 
 from analyses.atomistic import ALIGNMENT_STUDY, CRYSTAL_MODELS
-from analyses.common import best_pairs, output_dir, run_main, write_csv
+from analyses.common import best_pairs, family_best, output_dir, run_main, write_csv
 from repalign.datasets.eos import REFERENCE, delta_eos, reference_eos, scan_record
 from repalign.errors import InvalidInput, RepalignError
 from repalign.models import get_adapter
+from repalign.models.controls import MODEL_SCOPE
 from repalign.table import read_table
 
 STUDY = "interatomic_potentials"  # results go beside the alignment study's
@@ -64,6 +81,10 @@ TRAINING_DATA = {
 FAMILY_ORDERS = {"CHGNet": ("chgnet-0.2.0", "chgnet-0.3.0"), "SevenNet": ("sevennet-0", "sevennet-l3i5", "sevennet-mf-0")}
 #: the layer feeding each family's energy readout (adapters' docstrings)
 READOUT_LAYER = {"chgnet": "conv.3", "sevennet": "conv.4", "diep": "conv.2"}
+#: the alignment variants set against quality (columns of quality_vs_alignment.csv, ``alignment`` in its
+#: tests), the study's primary quantity first; each is a model's mean over its partners (module docstring)
+ALIGNMENTS = ("mean_control_adjusted_alignment", "mean_control_adjusted_other_families", "mean_hidden_alignment",
+              "mean_alignment", "mean_alignment_other_families", "mean_readout_alignment")
 
 
 # ----------------------------------------------------------------------------- equation of state
@@ -175,35 +196,84 @@ def summarise(per_element: pd.DataFrame, seconds: dict[str, float] | None = None
 
 
 # ----------------------------------------------------------------------------- quality vs alignment
-def model_alignment(scores: pd.DataFrame, models: Sequence[str], dataset: str = "crystals",
-                    granularity: str = "structure", metric: str = "mutual_knn") -> pd.DataFrame:
-    """Per model: mean best-layer-pair score with the other trained models (``mean_alignment``) and with
-    those of other families only (``mean_alignment_other_families``: a release and its own fine-tune,
-    e.g. CHGNet 0.3.0 and r2SCAN, share more than training can explain), the mean score of the
-    energy-readout layers with each other (``mean_readout_alignment``), and the best score with each
-    baseline (``baseline_<name>``), from a study's ``scores.csv`` rows."""
+def model_alignment(scores: pd.DataFrame, models: Sequence[str], contrasts: pd.DataFrame | None = None,
+                    dataset: str = "crystals", granularity: str = "structure", metric: str = "mutual_knn") -> pd.DataFrame:
+    """Per model, its mean over the other trained models of each alignment variant (:data:`ALIGNMENTS`)
+    with ``n_*`` partner counts and the layers of its best pairs, and the best score with each
+    baseline (``baseline_<name>``), from a study's ``scores.csv`` rows and, for the control-adjusted
+    variants, its ``control_contrasts.csv`` rows (``contrasts``; None leaves those columns out).
+
+    The other-families variants count only partners of another family (:func:`family`): a release
+    and its own fine-tune, e.g. CHGNet 0.3.0 and r2SCAN, share more than training can explain."""
     rows = scores[(scores.dataset == dataset) & (scores.granularity == granularity) & (scores.metric == metric)]
     trained = rows[(rows.level == "trained") & rows.model_a.isin(models) & rows.model_b.isin(models)
                    & (rows.model_a != rows.model_b)]
     if trained.empty:
         raise RepalignError(f"no trained {metric} rows between {', '.join(models)} in the scores ({dataset}, {granularity})")
     best = best_pairs(trained, by=("model_a", "model_b"))
+    hidden = family_best(trained, by=("model_a", "model_b"))
+    missing = set(zip(best.model_a, best.model_b)) - set(zip(hidden.model_a, hidden.model_b))
+    if missing:
+        a, b = sorted(missing)[0]
+        raise RepalignError(f"{a} vs {b}: no best pair of the hidden layer family in the scores (no 'best' row); "
+                            f"re-derive it with analyses.families.rederived or score the pair again")
     readout = trained[trained.layer_a.eq(trained.model_a.map(readout_layer))
                       & trained.layer_b.eq(trained.model_b.map(readout_layer))]
+    adjusted = None if contrasts is None else primary_contrasts(contrasts, models, dataset, granularity, metric)
     baselines = best_pairs(rows[rows.level == "baseline"], by=("model_a", "model_b"))
     out = []
     for model in models:
-        mine = best[(best.model_a == model) | (best.model_b == model)]
-        mine_readout = readout[(readout.model_a == model) | (readout.model_b == model)]
-        other = mine[(mine.model_a.map(family) != family(model)) | (mine.model_b.map(family) != family(model))]
+        mine = best[involves(best, model)]
+        mine_hidden = hidden[involves(hidden, model)]
+        mine_readout = readout[involves(readout, model)]
+        other = mine[other_family(mine, model)]
         row = {"model": model, "mean_alignment": mine.score.mean(), "n_partners": len(mine),
                "mean_alignment_other_families": other.score.mean(), "n_other_families": len(other),
                "mean_readout_alignment": mine_readout.score.mean(), "readout_layer": readout_layer(model),
-               "best_layers": ", ".join(sorted(set(mine.layer_a[mine.model_a == model]) | set(mine.layer_b[mine.model_b == model])))}
+               "best_layers": own_layers(mine, model),
+               "mean_hidden_alignment": mine_hidden.score.mean(), "hidden_best_layers": own_layers(mine_hidden, model)}
+        if adjusted is not None:
+            mine_adjusted = adjusted[involves(adjusted, model)]
+            other_adjusted = mine_adjusted[other_family(mine_adjusted, model)]
+            row.update(mean_control_adjusted_alignment=mine_adjusted.difference.mean(),
+                       n_control_partners=len(mine_adjusted),
+                       mean_control_adjusted_other_families=other_adjusted.difference.mean(),
+                       n_control_other_families=len(other_adjusted))
         for _, b in baselines[baselines.model_a == model].iterrows():
             row[f"baseline_{b.model_b}"] = b.score
         out.append(row)
     return pd.DataFrame(out)
+
+
+def primary_contrasts(contrasts: pd.DataFrame, models: Sequence[str], dataset: str = "crystals",
+                      granularity: str = "structure", metric: str = "mutual_knn") -> pd.DataFrame:
+    """The control contrasts of the study's primary analysis between ``models``: per pair, the trained
+    best hidden pair against its own controls' (``NAME@random:SEED``, scope ``model``) best hidden
+    pairs; ``difference`` = trained - mean over the control seeds. One row per pair."""
+    keep = ((contrasts.dataset == dataset) & (contrasts.granularity == granularity) & (contrasts.metric == metric)
+            & (contrasts.layers == "hidden") & (contrasts.comparison == "models")
+            & (contrasts.control_scope == MODEL_SCOPE) & contrasts.model_a.isin(models) & contrasts.model_b.isin(models))
+    rows = contrasts[keep]
+    twice = rows[rows.duplicated(["model_a", "model_b"], keep=False)]
+    if not twice.empty:
+        t = twice.iloc[0]
+        raise RepalignError(f"{t.model_a} vs {t.model_b}: several control contrasts ({dataset}, {granularity}, {metric}, "
+                            f"hidden; N = {', '.join(map(str, sorted(set(twice.n_samples))))}); pass the contrasts of one N")
+    return rows
+
+
+def involves(pairs: pd.DataFrame, model: str) -> pd.Series:
+    return (pairs.model_a == model) | (pairs.model_b == model)
+
+
+def other_family(pairs: pd.DataFrame, model: str) -> pd.Series:
+    """Which of ``model``'s pairs have a partner of another family."""
+    return (pairs.model_a.map(family) != family(model)) | (pairs.model_b.map(family) != family(model))
+
+
+def own_layers(pairs: pd.DataFrame, model: str) -> str:
+    """``model``'s layers in its pairs, sorted and comma-separated."""
+    return ", ".join(sorted(set(pairs.layer_a[pairs.model_a == model]) | set(pairs.layer_b[pairs.model_b == model])))
 
 
 def family(model: str) -> str:
@@ -231,33 +301,33 @@ def spearman_exact(x, y) -> tuple[float, float]:
     return rho, float(np.mean(np.abs(null) >= abs(rho) - 1e-12))
 
 
-def quality_vs_alignment(scores: pd.DataFrame, quality: pd.DataFrame, models: Sequence[str] = CRYSTAL_MODELS
-                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per model, tests): each model's alignment (:func:`model_alignment`) beside its errors, and
-    Spearman correlations (exact permutation p) of alignment with V0/B0 errors over all models and
-    over those trained on PBE data only, plus the within-family steps of :data:`FAMILY_ORDERS`."""
+def quality_vs_alignment(scores: pd.DataFrame, quality: pd.DataFrame, models: Sequence[str] = CRYSTAL_MODELS,
+                         contrasts: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per model, tests): each model's alignment variants (:func:`model_alignment`) beside its errors,
+    and for each variant Spearman correlations (exact permutation p) with the V0/B0 errors over all
+    models and over those trained on PBE data only (models whose variant is undefined left out,
+    ``n_models`` says how many remain), plus the within-family steps of :data:`FAMILY_ORDERS`."""
     models = [m for m in models if m in set(quality.model)]
-    per_model = model_alignment(scores, models).merge(quality, on="model", how="left")
+    per_model = model_alignment(scores, models, contrasts).merge(quality, on="model", how="left")
+    alignments = [a for a in ALIGNMENTS if a in per_model.columns]
     tests = []
     pbe = [m for m in models if TRAINING_DATA.get(m, "").startswith("PBE")]
     for subset, names in (("all", models), ("PBE-trained", pbe)):
-        part = per_model[per_model.model.isin(names)]
-        for alignment, error in itertools.product(("mean_alignment", "mean_alignment_other_families",
-                                                   "mean_readout_alignment"),
-                                                  ("v0_mare_common", "b0_mare_common")):
+        for alignment, error in itertools.product(alignments, ("v0_mare_common", "b0_mare_common")):
+            part = per_model[per_model.model.isin(names) & per_model[alignment].notna() & per_model[error].notna()]
             if len(part) < 3:
                 continue
             rho, p = spearman_exact(part[alignment], part[error])
             tests.append({"kind": "spearman", "models": subset, "n_models": len(part), "alignment": alignment,
                           "error": error, "rho": rho, "p_value": p, "step": ""})
     by_model = per_model.set_index("model")
-    for family, order in FAMILY_ORDERS.items():
+    for family_name, order in FAMILY_ORDERS.items():
         for old, new in zip(order, order[1:]):
             if old not in by_model.index or new not in by_model.index:
                 continue
-            for alignment in ("mean_alignment", "mean_alignment_other_families", "mean_readout_alignment"):
+            for alignment in alignments:
                 tests.append({
-                    "kind": "family_step", "models": family, "n_models": 2, "alignment": alignment, "error": "",
+                    "kind": "family_step", "models": family_name, "n_models": 2, "alignment": alignment, "error": "",
                     "step": f"{old} -> {new}",
                     "alignment_change": by_model.at[new, alignment] - by_model.at[old, alignment],
                     "v0_mare_common_change": by_model.at[new, "v0_mare_common"] - by_model.at[old, "v0_mare_common"],
@@ -275,8 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--elements", nargs="+", help="elements of the Delta-codes set (default: all 71)")
     parser.add_argument("--out", help="output folder (default: analyses/results/interatomic_potentials in a source checkout)")
     parser.add_argument("--scores", help="the alignment study's scores.csv (default: OUT/scores.csv)")
+    parser.add_argument("--contrasts",
+                        help="the alignment study's control_contrasts.csv (default: control_contrasts.csv beside the scores)")
     parser.add_argument("--analysis-only", action="store_true",
-                        help="no benchmark: quality_vs_alignment*.csv from OUT/quality.csv and the scores")
+                        help="no benchmark, no model loaded: quality_vs_alignment*.csv from OUT/quality.csv, the scores "
+                             "and the contrasts")
     return parser
 
 
@@ -340,7 +413,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(quality) < 2:
         print("one model benchmarked: quality_vs_alignment.csv needs at least two")
         return 0
-    per_model, tests = quality_vs_alignment(read_table(scores_path), quality)
+    contrasts_path = Path(args.contrasts) if args.contrasts else scores_path.parent / "control_contrasts.csv"
+    if not contrasts_path.is_file():
+        raise RepalignError(f"no {contrasts_path}: the control-adjusted alignment needs the study's control contrasts; "
+                            f"pass --contrasts or run analyses.{ALIGNMENT_STUDY}")
+    per_model, tests = quality_vs_alignment(read_table(scores_path), quality, contrasts=read_table(contrasts_path))
     write_csv(per_model, out / "quality_vs_alignment.csv")
     write_csv(tests, out / "quality_vs_alignment_tests.csv")
     print(tests.to_string(index=False), flush=True)

@@ -14,6 +14,7 @@ from ase.collections import dcdft
 
 from analyses.common import run_main
 from analyses.potential_quality import (
+    ALIGNMENTS,
     element_eos,
     fit_birch_murnaghan,
     main,
@@ -184,6 +185,140 @@ def test_alignment_per_model_agrees_with_the_studys_best_pairs():
     assert spearman.rho.iloc[0] == pytest.approx(np.corrcoef(order, np.arange(7.0))[0, 1])
     steps = tests[tests.kind == "family_step"]
     assert set(steps.step) == {"chgnet-0.2.0 -> chgnet-0.3.0", "sevennet-0 -> sevennet-l3i5", "sevennet-l3i5 -> sevennet-mf-0"}
+
+
+#: layers of the synthetic potentials: an input layer, a hidden one and the family's readout layer
+SYNTHETIC_LAYERS = {"chgnet-0.3.0": ("embedding", "conv.0", "conv.3"), "chgnet-0.2.0": ("embedding", "conv.0", "conv.3"),
+                    "sevennet-0": ("embedding", "conv.0", "conv.4"), "diep": ("embedding", "conv.0", "conv.2")}
+
+
+def synthetic_study(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(scores, control contrasts) of four potentials in three families, with random scores, ``best``
+    marking the highest pair without an input layer (as compare marks the hidden family's best), and
+    rows the variants must leave out: controls scoring higher, another metric, granularity and layer
+    family, an all-scope control and a baseline comparison."""
+    rng = np.random.default_rng(seed)
+    models = list(SYNTHETIC_LAYERS)
+    rows = []
+    for i, a in enumerate(models):
+        for b in models[i + 1:]:
+            for level, metric, granularity in (("trained", "mutual_knn", "structure"), ("random_init", "mutual_knn", "structure"),
+                                               ("trained", "unbiased_cka", "structure"), ("trained", "mutual_knn", "element")):
+                shift = 0.5 if level == "random_init" or metric != "mutual_knn" or granularity != "structure" else 0.0
+                name_a, name_b = (a, b) if level == "trained" else (f"{a}@random:0", f"{b}@random:0")
+                for la in SYNTHETIC_LAYERS[a]:
+                    for lb in SYNTHETIC_LAYERS[b]:
+                        rows.append({"dataset": "crystals", "level": level, "model_a": name_a, "layer_a": la, "model_b": name_b,
+                                     "layer_b": lb, "metric": metric, "granularity": granularity,
+                                     "score": rng.uniform(0.4, 0.9) + shift})
+    scores = pd.DataFrame(rows)
+    hidden = (scores.layer_a != "embedding") & (scores.layer_b != "embedding")
+    top = scores[hidden].groupby(["level", "metric", "granularity", "model_a", "model_b"])["score"].idxmax()
+    scores["best"] = scores.index.isin(top.to_numpy())
+    scores["in_family"] = hidden
+    contrasts = []
+    for i, a in enumerate(models):
+        for b in models[i + 1:]:
+            for layers, comparison, scope, metric, granularity in (
+                    ("hidden", "models", "model", "mutual_knn", "structure"), ("all", "models", "model", "mutual_knn", "structure"),
+                    ("hidden", "models", "all", "mutual_knn", "structure"), ("hidden", "baseline", "model", "mutual_knn", "structure"),
+                    ("hidden", "models", "model", "unbiased_cka", "structure"), ("hidden", "models", "model", "mutual_knn", "element")):
+                contrasts.append({"dataset": "crystals", "granularity": granularity, "metric": metric, "layers": layers,
+                                  "comparison": comparison, "model_a": a, "model_b": b, "difference": rng.normal(0, 0.1),
+                                  "n_samples": 100, "control_scope": scope})
+    return scores, pd.DataFrame(contrasts)
+
+
+def test_alignment_variants_on_a_synthetic_study_match_pandas():
+    scores, contrasts = synthetic_study()
+    models = list(SYNTHETIC_LAYERS)
+    table = model_alignment(scores, models, contrasts).set_index("model")
+    pairs = scores[(scores.level == "trained") & (scores.metric == "mutual_knn") & (scores.granularity == "structure")]
+    no_input = pairs[(pairs.layer_a != "embedding") & (pairs.layer_b != "embedding")]
+    readout = {"chgnet-0.3.0": "conv.3", "chgnet-0.2.0": "conv.3", "sevennet-0": "conv.4", "diep": "conv.2"}
+    at_readout = pairs[(pairs.layer_a == pairs.model_a.map(readout)) & (pairs.layer_b == pairs.model_b.map(readout))]
+    primary = contrasts[(contrasts.layers == "hidden") & (contrasts.comparison == "models") & (contrasts.control_scope == "model")
+                        & (contrasts.metric == "mutual_knn") & (contrasts.granularity == "structure")]
+    per_pair = {
+        "mean_alignment": pairs.groupby(["model_a", "model_b"]).score.max(),
+        "mean_hidden_alignment": no_input.groupby(["model_a", "model_b"]).score.max(),
+        "mean_readout_alignment": at_readout.groupby(["model_a", "model_b"]).score.max(),
+        "mean_control_adjusted_alignment": primary.set_index(["model_a", "model_b"]).difference,
+    }
+    assert len(primary) == 6 and all(len(values) == 6 for values in per_pair.values())
+    expected = {}
+    for model in models:
+        for name, values in per_pair.items():
+            mine = values[[model in pair for pair in values.index]]
+            other = mine[[a.split("-")[0] != b.split("-")[0] for a, b in mine.index]]
+            expected[model, name] = mine.mean()
+            expected[model, name + "_other"] = other.mean()
+        assert table.at[model, "mean_alignment"] == pytest.approx(expected[model, "mean_alignment"], abs=1e-12)
+        assert table.at[model, "mean_alignment_other_families"] == pytest.approx(expected[model, "mean_alignment_other"], abs=1e-12)
+        assert table.at[model, "mean_hidden_alignment"] == pytest.approx(expected[model, "mean_hidden_alignment"], abs=1e-12)
+        assert table.at[model, "mean_readout_alignment"] == pytest.approx(expected[model, "mean_readout_alignment"], abs=1e-12)
+        assert table.at[model, "mean_control_adjusted_alignment"] == pytest.approx(
+            expected[model, "mean_control_adjusted_alignment"], abs=1e-12)
+        assert table.at[model, "mean_control_adjusted_other_families"] == pytest.approx(
+            expected[model, "mean_control_adjusted_alignment_other"], abs=1e-12)
+        assert table.at[model, "n_control_partners"] == 3
+        assert table.at[model, "n_control_other_families"] == (2 if model.startswith("chgnet") else 3)
+        assert "embedding" not in table.at[model, "hidden_best_layers"]
+    # every variant's Spearman row against scipy on the values computed here, over all models and the PBE-trained three
+    from scipy.stats import spearmanr
+
+    quality = pd.DataFrame({"model": models, "v0_mare_common": [0.01, 0.03, 0.02, 0.05], "b0_mare_common": [0.2, 0.1, 0.3, 0.4]})
+    per_model, tests = quality_vs_alignment(scores, quality, models, contrasts)
+    columns = {name: name for name in per_pair} | {"mean_alignment_other_families": "mean_alignment_other",
+                                                   "mean_control_adjusted_other_families": "mean_control_adjusted_alignment_other"}
+    assert set(tests.alignment) == set(ALIGNMENTS) == set(columns)
+    for subset, names in (("all", models), ("PBE-trained", models[:3])):
+        for alignment, key in columns.items():
+            for error in ("v0_mare_common", "b0_mare_common"):
+                row = tests[(tests.kind == "spearman") & (tests.models == subset) & (tests.alignment == alignment)
+                            & (tests.error == error)].iloc[0]
+                errors = quality.set_index("model").loc[names, error]
+                assert row.n_models == len(names)
+                assert row.rho == pytest.approx(spearmanr([expected[m, key] for m in names], errors).statistic, abs=1e-12)
+
+
+def test_alignment_variants_refuse_ambiguous_or_missing_rows():
+    scores, contrasts = synthetic_study()
+    models = list(SYNTHETIC_LAYERS)
+    twice = pd.concat([contrasts, contrasts.iloc[:1].assign(n_samples=50)], ignore_index=True)
+    with pytest.raises(RepalignError, match=r"chgnet-0.3.0 vs chgnet-0.2.0: several control contrasts .*N = 50, 100\); pass the contrasts of one N"):
+        model_alignment(scores, models, twice)
+    unmarked = scores.assign(best=scores.best & ~((scores.model_a == "sevennet-0") & (scores.model_b == "diep")))
+    with pytest.raises(RepalignError, match="sevennet-0 vs diep: no best pair of the hidden layer family"):
+        model_alignment(unmarked, models, contrasts)
+
+
+def test_committed_alignment_variants_follow_the_studys_tables():
+    """quality_vs_alignment.csv against the study's committed best_pairs.csv and control_contrasts.csv,
+    and its tests against a recomputation from the committed tables."""
+    versus = read_table(RESULTS / "quality_vs_alignment.csv").set_index("model")
+    contrasts = read_table(RESULTS / "control_contrasts.csv")
+    primary = contrasts[(contrasts.analysis == "primary") & (contrasts.dataset == "crystals")]
+    best = read_table(RESULTS / "best_pairs.csv")
+    hidden = best[(best.layers == "hidden") & (best.level == "trained") & (best.dataset == "crystals")
+                  & (best.granularity == "structure") & (best.metric == "mutual_knn")]
+    assert len(versus) == 7 and len(primary) == 21 and len(hidden) == 21
+    for model in versus.index:
+        mine = primary[(primary.model_a == model) | (primary.model_b == model)]
+        assert len(mine) == 6 and versus.at[model, "n_control_partners"] == 6
+        assert versus.at[model, "mean_control_adjusted_alignment"] == pytest.approx(mine.difference.mean(), abs=1e-6)
+        assert versus.at[model, "mean_control_adjusted_alignment"] == pytest.approx(
+            (mine.trained - mine.control_mean).mean(), abs=1e-4)  # difference = trained - mean control (rounded columns)
+        mine_hidden = hidden[(hidden.model_a == model) | (hidden.model_b == model)]
+        assert versus.at[model, "mean_hidden_alignment"] == pytest.approx(mine_hidden.score.mean(), abs=1e-6)
+    quality = read_table(RESULTS / "quality.csv")
+    _, tests = quality_vs_alignment(read_table(RESULTS / "scores.csv"), quality, contrasts=contrasts)
+    committed = read_table(RESULTS / "quality_vs_alignment_tests.csv")
+    assert set(committed.alignment) == set(ALIGNMENTS)
+    pd.testing.assert_frame_equal(committed[["kind", "models", "alignment", "error", "step"]].fillna(""),
+                                  tests[["kind", "models", "alignment", "error", "step"]].fillna(""))
+    np.testing.assert_allclose(committed.rho, tests.rho, atol=1e-6)
+    np.testing.assert_allclose(committed.p_value, tests.p_value, atol=1e-5)
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
