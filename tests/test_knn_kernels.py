@@ -4,6 +4,10 @@ the definition with numpy alone, on layers with exact duplicate rows and near-ti
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -136,3 +140,33 @@ def test_panels_give_the_candidates_of_one_panel():
             neighbors._PANEL_BYTES = original
         np.testing.assert_array_equal(parts[0], whole[0])
         np.testing.assert_array_equal(parts[1], whole[1])
+
+
+# ----------------------------------------------------------------------------- numba's OpenMP wait policy
+_SHOW_POLICY = """
+import ctypes, os
+import numba
+import repalign.metrics  # noqa: F401  (starts numba's threads unless a policy is set)
+numba.get_num_threads()  # starts them otherwise
+print(numba.threading_layer(), os.environ.get("OMP_WAIT_POLICY", "unset"))
+for lib in sorted({line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line}):
+    ctypes.CDLL(lib).omp_display_env(1)  # the runtime's settings, on standard error
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads the loaded libraries from /proc (Linux)")
+@pytest.mark.parametrize("chosen", [None, "ACTIVE"])
+def test_numba_threads_wait_passively_unless_the_user_chose_a_policy(chosen):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if chosen:
+        env["OMP_WAIT_POLICY"] = chosen
+    run = subprocess.run([sys.executable, "-c", _SHOW_POLICY], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    layer, seen = run.stdout.split()
+    if layer != "omp":
+        pytest.skip(f"numba runs its {layer} threading layer here, which has no OpenMP wait policy")
+    assert seen == (chosen or "unset")  # the process environment is left as it was
+    if chosen:
+        assert f"OMP_WAIT_POLICY = '{chosen}'" in run.stderr, run.stderr
+    else:  # libgomp shows an unset policy as PASSIVE too, but spins 300,000 times before sleeping
+        assert "GOMP_SPINCOUNT = '0'" in run.stderr, run.stderr

@@ -11,8 +11,32 @@ Conventions shared by all kernels:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numba import njit, prange
+from numba.np.ufunc.parallel import _launch_threads
+
+
+def _start_threads_waiting_passively() -> None:
+    """Start numba's thread pool with OpenMP's passive wait policy, unless the user chose a policy.
+
+    Under the default (active) policy numba's OpenMP workers spin after every parallel kernel and
+    take a core from the BLAS product that follows: with two threads the neighbour search spent
+    1.4x the CPU time and 1.4x the wall time it spends with passive waits (docs/performance.md).
+    The OpenMP runtime reads the policy once, when it starts, so the variable is set for that moment
+    only; OpenMP runtimes started later in the process (e.g. torch's) keep their own default.
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        _launch_threads()
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
+_start_threads_waiting_passively()
 
 # Columns handled together by one thread when scanning a similarity block column-wise: each thread
 # reads 512-byte runs of a row (whole cache lines, few TLB misses) while updating 128 lists.
@@ -61,6 +85,32 @@ def topk_update_rows(S, row0, col0, best_sim, best_idx, upper_only):
                 continue
             _insert(best_sim, best_idx, i, s, col0 + c)
             last_s = best_sim[i, k - 1]
+
+
+@njit(parallel=True, cache=True)
+def topk_update_symmetric(S, row0, best_sim, best_idx):
+    """Merge a diagonal block S = sim(rows row0.., the same rows) into its rows' lists: every entry
+    but the diagonal, row by row. One pass row-major instead of :func:`topk_update_rows` and
+    :func:`topk_update_cols` over the upper triangle (S from ``Xr @ Xr.T`` is symmetric: numpy forms
+    it with syrk). Each row's segments are scanned branch-free first: once a list holds k entries
+    most segments hold no candidate."""
+    n_rows = S.shape[0]
+    k = best_sim.shape[1]
+    for r in prange(n_rows):
+        i = row0 + r
+        last_s = S.dtype.type(best_sim[i, k - 1])
+        for seg in range(0, n_rows, _SEGMENT):
+            stop = min(n_rows, seg + _SEGMENT)
+            hit = False
+            for c in range(seg, stop):
+                hit |= S[r, c] >= last_s
+            if not hit:
+                continue
+            for c in range(seg, stop):
+                s = S[r, c]
+                if s >= last_s and c != r:
+                    _insert(best_sim, best_idx, i, np.float64(s), row0 + c)
+                    last_s = S.dtype.type(best_sim[i, k - 1])
 
 
 @njit(parallel=True, cache=True)
@@ -117,10 +167,10 @@ def topk_update_block(S, row0, col0, best_sim, best_idx, buf_r, buf_c, buf_s):
             last_s = S.dtype.type(best_sim[i, k - 1])
             for seg in range(0, n_cols, _SEGMENT):
                 stop = min(n_cols, seg + _SEGMENT)
-                hit = 0  # a branch-free scan of the segment first: most segments hold no candidate
+                hit = False  # a branch-free scan of the segment first: most segments hold no candidate
                 for c in range(seg, stop):
-                    hit += (S[r, c] >= last_s) + (S[r, c] >= threshold[c])
-                if hit == 0:
+                    hit |= (S[r, c] >= last_s) | (S[r, c] >= threshold[c])
+                if not hit:
                     continue
                 for c in range(seg, stop):
                     s = S[r, c]

@@ -207,12 +207,10 @@ def exact_search(rows: DistinctRows, ks: int, block: int = DEFAULT_BLOCK) -> tup
     buffers = (np.empty((chunks, _BUFFER * block), dtype=np.int32), np.empty((chunks, _BUFFER * block), dtype=np.int32),
                np.empty((chunks, _BUFFER * block)))
     # Diagonal blocks first: every list then holds candidates, so the off-diagonal blocks' column
-    # thresholds admit few entries (the lists do not depend on the order of the blocks). Their lists
-    # start empty, so every entry would be buffered: they are merged by rows, then by columns.
+    # thresholds admit few entries (the lists do not depend on the order of the blocks). A diagonal
+    # block is symmetric, so merging its rows serves both directions.
     for r0, Xr in _rechunked(rows, block):
-        S = Xr @ Xr.T
-        _numba.topk_update_rows(S, r0, r0, best_sim, best_idx, True)
-        _numba.topk_update_cols(S, r0, r0, best_sim, best_idx, True)
+        _numba.topk_update_symmetric(Xr @ Xr.T, r0, best_sim, best_idx)
     panel = _panel_rows(rows, block)
     for p0 in range(0, n, panel):
         held: list[tuple[int, np.ndarray]] = []
