@@ -93,16 +93,27 @@ def lattice(rng, n, width):
 def test_candidate_dots_equal_their_numpy_twin(width, dtype):
     rng = np.random.default_rng(width)
     X = rng.standard_normal((90, width)).astype(dtype)
-    counts = rng.integers(0, 9, 90)  # 0 to 8 candidates: groups of four and a remainder
-    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    cand = rng.integers(0, 90, ptr[-1]).astype(np.int64)
+    # about 5 candidates per row (groups of four and a remainder), a third of the pairs listed both
+    # ways and a few rows listing themselves, as a row's own duplicate group does
+    pairs = rng.integers(0, 90, (300, 2))
+    pairs = np.concatenate([pairs, pairs[:150, ::-1]])
+    pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(pairs[:, 0], minlength=90))]).astype(np.int64)
+    cand = pairs[:, 1].astype(np.int64)
     twin = _numba.candidate_dots_numpy(X, ptr, cand)
-    # rows and candidates split into blocks at offsets, as the out-of-core finish reads them
-    out = np.full(cand.size, np.nan)
-    for r0, r1 in ((0, 40), (40, 90)):
-        for c0, c1 in ((0, 17), (17, 90)):
-            _numba.candidate_dots(X[r0:r1], r0, X[c0:c1], c0, ptr, cand, out)
-    np.testing.assert_array_equal(out, twin)
+    mirror = _numba.mirror_entries(ptr, cand)
+    np.testing.assert_array_equal(mirror, _numba.mirror_entries_numpy(ptr, cand))
+    assert (mirror >= 0).sum() > 100
+    for skipped in (np.full(cand.size, -1), mirror):  # every entry computed, or pairs listed twice copied
+        # rows and candidates split into blocks at offsets, as the out-of-core finish reads them
+        out = np.full(cand.size, np.nan)
+        for r0, r1 in ((0, 40), (40, 90)):
+            for c0, c1 in ((0, 17), (17, 90)):
+                _numba.candidate_dots(X[r0:r1], r0, X[c0:c1], c0, ptr, cand, skipped, out)
+        copied = np.flatnonzero(skipped >= 0)
+        assert np.isnan(out[copied]).all()
+        out[copied] = out[skipped[copied]]
+        np.testing.assert_array_equal(out, twin)
     for u in range(3):
         for e in range(ptr[u], ptr[u + 1]):
             assert twin[e] == _numba.dot64_numpy(X[u], X[cand[e]])
@@ -170,3 +181,17 @@ def test_numba_threads_wait_passively_unless_the_user_chose_a_policy(chosen):
         assert f"OMP_WAIT_POLICY = '{chosen}'" in run.stderr, run.stderr
     else:  # libgomp shows an unset policy as PASSIVE too, but spins 300,000 times before sleeping
         assert "GOMP_SPINCOUNT = '0'" in run.stderr, run.stderr
+
+
+def test_rows_whose_inner_products_overflow_float32_get_the_lists_of_the_rows_scaled_down():
+    """Activations near 1e24 square past float32's range: the search runs on rows scaled by a power
+    of two (exact) and reports the unscaled similarities."""
+    rng = np.random.default_rng(3)
+    X = duplicated_near_tied(rng, 300, 40)
+    big = X * np.float32(2.0**80)
+    with np.errstate(over="ignore"):
+        assert np.isinf(big[:2] @ big[:2].T).any()  # float32 products overflow
+    base, scaled = knn_state(X, 7), knn_state(big, 7)
+    for field in ("indices", "weights", "levels"):
+        np.testing.assert_array_equal(getattr(scaled, field), getattr(base, field))
+    np.testing.assert_array_equal(scaled.similarities, base.similarities * 2.0**160)

@@ -315,18 +315,19 @@ def _dot64_four(x, y0, y1, y2, y3):
 
 
 @njit(parallel=True, cache=True)
-def candidate_dots(Xr, r0, Xc, c0, ptr, cand, out):
+def candidate_dots(Xr, r0, Xc, c0, ptr, cand, mirror, out):
     """out[e] = _dot64(row u, row cand[e]) for the candidates e of rows u in [r0, r0 + len(Xr)) whose
-    candidate lies in [c0, c0 + len(Xc)); ``ptr`` is the CSR row pointer of the candidate lists.
-    A row's candidates go four at a time through :func:`_dot64_four` (the same numbers)."""
+    candidate lies in [c0, c0 + len(Xc)), except the entries with ``mirror[e] >= 0`` (the same pair in
+    the partner's list, :func:`mirror_entries`: copied afterwards); ``ptr`` is the CSR row pointer of
+    the candidate lists. A row's candidates go four at a time through :func:`_dot64_four` (the same numbers)."""
     nc = Xc.shape[0]
     for r in prange(Xr.shape[0]):
         u = r0 + r
         x = Xr[r]
-        inside = np.empty(ptr[u + 1] - ptr[u], dtype=np.int64)  # this row's entries with a candidate in Xc
+        inside = np.empty(ptr[u + 1] - ptr[u], dtype=np.int64)  # this row's entries to compute in Xc
         m = 0
         for e in range(ptr[u], ptr[u + 1]):
-            if c0 <= cand[e] < c0 + nc:
+            if c0 <= cand[e] < c0 + nc and mirror[e] < 0:
                 inside[m] = e
                 m += 1
         q = 0
@@ -341,6 +342,32 @@ def candidate_dots(Xr, r0, Xc, c0, ptr, cand, out):
         while q < m:
             out[inside[q]] = _dot64(x, Xc[cand[inside[q]] - c0])
             q += 1
+
+
+@njit(parallel=True, cache=True)
+def mirror_entries(ptr, cand):
+    """For each entry e = (u, v) of the CSR lists: the entry of the pair (v, u) in v's list when v < u
+    and v lists u, else -1. Most neighbour pairs are listed both ways, and _dot64 is symmetric bit
+    for bit, so such an entry's similarity is copied instead of computed twice."""
+    out = np.full(cand.shape[0], -1, dtype=np.int64)
+    for u in prange(ptr.shape[0] - 1):
+        for e in range(ptr[u], ptr[u + 1]):
+            v = cand[e]
+            if v < u:
+                for f in range(ptr[v], ptr[v + 1]):
+                    if cand[f] == u:
+                        out[e] = f
+                        break
+    return out
+
+
+def mirror_entries_numpy(ptr: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Twin of :func:`mirror_entries`: a dictionary of every listed (owner, candidate) pair."""
+    owner = np.repeat(np.arange(ptr.shape[0] - 1), np.diff(ptr))
+    first: dict[tuple[int, int], int] = {}
+    for f, (v, u) in enumerate(zip(owner.tolist(), cand.tolist())):
+        first.setdefault((v, u), f)
+    return np.array([first.get((v, u), -1) if v < u else -1 for u, v in zip(owner.tolist(), cand.tolist())], dtype=np.int64)
 
 
 def dot64_numpy(x: np.ndarray, y: np.ndarray) -> float:

@@ -286,11 +286,15 @@ def _rechunked(rows: DistinctRows, block: int) -> Iterator[tuple[int, np.ndarray
 
 
 def _exact_candidate_sims(rows: DistinctRows, ptr: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """Float64 index-order inner products of every (row, candidate) pair of the CSR lists."""
+    """Float64 index-order inner products of every (row, candidate) pair of the CSR lists; a pair
+    listed both ways is computed once."""
     out = np.full(cand.shape[0], np.nan)
+    mirror = _numba.mirror_entries(ptr, cand)
     for r0, Xr in _rechunked(rows, _panel_rows(rows, DEFAULT_BLOCK)):  # one pass over the rows per panel
         for c0, Xc in rows.blocks():
-            _numba.candidate_dots(Xr, r0, Xc, c0, ptr, cand, out)
+            _numba.candidate_dots(Xr, r0, Xc, c0, ptr, cand, mirror, out)
+    copied = np.flatnonzero(mirror >= 0)
+    out[copied] = out[mirror[copied]]
     return out
 
 
@@ -444,7 +448,10 @@ def knn_state(X: np.ndarray, k: int, block: int = DEFAULT_BLOCK, search: Candida
     ``block`` blocks), e.g. that of :class:`repalign.metrics.torch_engine.TorchBackend`; the lists
     do not depend on it."""
     groups = row_groups(X)
-    scale = overflow_scale(float(np.max(np.abs(X))))
-    U = np.ascontiguousarray(X[groups.first] * X.dtype.type(scale))
+    scale = overflow_scale(max(float(X.max()), -float(X.min())))
+    if scale == 1.0 and groups.n_groups == X.shape[0] and X.flags.c_contiguous:
+        U = X  # every row distinct (groups.first is 0..N-1): read in place, not copied
+    else:
+        U = np.ascontiguousarray(X[groups.first] * X.dtype.type(scale))
     search = search or (lambda rows, ks: exact_search(rows, ks, block))
     return unscaled(build_knn_state(groups, DistinctRows.in_memory(U), k, search), scale)
