@@ -4,7 +4,8 @@ For each (N, D) and k, synthetic float32 layers (bench_metrics.make_layers), in 
 back to back, the median of ``--repeats`` runs:
 
 * floor: the upper-triangle blocks of X Xᵀ alone (``DEFAULT_BLOCK`` rows, as the search forms them),
-  measured in every repeat next to the searches;
+  measured in every repeat next to the searches; the ratios printed are medians over the repeats of
+  each search's time over its repeat's floor (the time columns are medians of the times);
 * numba engine: ``neighbors.knn_state`` (row grouping, blocked search with the fused top-k merge,
   float64 finish), in memory;
 * out of core: ``outofcore.blocked_knn_state`` on the same rows given as 16,384-row blocks;
@@ -86,15 +87,21 @@ def row(n, d, ks, repeats, torch_max, max_seconds):
                 times["torch"].append(t)
                 equal &= np.array_equal(on_torch.indices, state.indices) and np.array_equal(on_torch.weights, state.weights)
         floor, search, ooc = (float(np.median(times[key])) for key in ("floor", "search", "ooc"))
-        cells = [f"N={n:,}, D={d:,}, k={k}", f"{floor:.2f}", f"{search:.2f}", f"**{search / floor:.2f}x**", f"{ooc:.2f}",
-                 f"{ooc / floor:.2f}x" + ("" if same else " (lists DIFFER)")]
+        cells = [f"N={n:,}, D={d:,}, k={k}", f"{floor:.2f}", f"{search:.2f}", f"**{paired_ratio(times, 'search'):.2f}x**",
+                 f"{ooc:.2f}", f"{paired_ratio(times, 'ooc'):.2f}x" + ("" if same else " (lists DIFFER)")]
         if times["torch"]:
             t = float(np.median(times["torch"]))
-            cells += [f"{t:.2f}", f"{t / floor:.2f}x" + ("" if equal else " (lists DIFFER)")]
+            cells += [f"{t:.2f}", f"{paired_ratio(times, 'torch'):.2f}x" + ("" if equal else " (lists DIFFER)")]
         else:
             cells += ["-", "-"]
         cells.append(f"{os.getloadavg()[0]:.1f}")
         print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def paired_ratio(times: dict[str, list[float]], key: str) -> float:
+    """Median over the repeats of each run's time over the floor measured just before it: a slow
+    spell of a shared machine that spans both cancels, where a ratio of medians would keep it."""
+    return float(np.median(np.array(times[key]) / np.array(times["floor"])))
 
 
 def pair_row(n, d, k):
