@@ -4,6 +4,7 @@ the definition with numpy alone, on layers with exact duplicate rows and near-ti
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -157,11 +158,25 @@ def test_panels_give_the_candidates_of_one_panel():
 _SHOW_POLICY = """
 import ctypes, os
 import numba
-import repalign.metrics  # noqa: F401  (starts numba's threads unless a policy is set)
-numba.get_num_threads()  # starts them otherwise
+import repalign.metrics  # noqa: F401
+numba.get_num_threads()  # starts numba's threads, as the first parallel kernel does
 print(numba.threading_layer(), os.environ.get("OMP_WAIT_POLICY", "unset"))
 for lib in sorted({line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line}):
     ctypes.CDLL(lib).omp_display_env(1)  # the runtime's settings, on standard error
+"""
+
+_FORKED_POOL = """
+import multiprocessing
+import numpy as np
+import repalign.metrics as M
+
+def score(seed):
+    rng = np.random.default_rng(seed)
+    return float(M.mknn(rng.standard_normal((200, 6)), rng.standard_normal((200, 6)), k=5))
+
+if __name__ == "__main__":
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        print(pool.map(score, [0, 1]))
 """
 
 
@@ -176,11 +191,22 @@ def test_numba_threads_wait_passively_unless_the_user_chose_a_policy(chosen):
     layer, seen = run.stdout.split()
     if layer != "omp":
         pytest.skip(f"numba runs its {layer} threading layer here, which has no OpenMP wait policy")
-    assert seen == (chosen or "unset")  # the process environment is left as it was
+    assert seen == (chosen or "PASSIVE")
     if chosen:
         assert f"OMP_WAIT_POLICY = '{chosen}'" in run.stderr, run.stderr
     else:  # libgomp shows an unset policy as PASSIVE too, but spins 300,000 times before sleeping
         assert "GOMP_SPINCOUNT = '0'" in run.stderr, run.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork() start method")
+def test_importing_the_metrics_leaves_fork_based_pools_working(tmp_path):
+    """libgomp is not fork-safe: a forked child that runs a parallel kernel aborts when the parent has
+    started numba's OpenMP threads, so importing the metrics must not start them."""
+    script = tmp_path / "pool.py"
+    script.write_text(_FORKED_POOL)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert len(ast.literal_eval(run.stdout)) == 2, run.stdout
 
 
 def test_rows_whose_inner_products_overflow_float32_get_the_lists_of_the_rows_scaled_down():

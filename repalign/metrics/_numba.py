@@ -15,28 +15,14 @@ import os
 
 import numpy as np
 from numba import njit, prange
-from numba.np.ufunc.parallel import _launch_threads
 
-
-def _start_threads_waiting_passively() -> None:
-    """Start numba's thread pool with OpenMP's passive wait policy, unless the user chose a policy.
-
-    Under the default (active) policy numba's OpenMP workers spin after every parallel kernel and
-    take a core from the BLAS product that follows: with two threads the neighbour search spent
-    1.4x the CPU time and 1.4x the wall time it spends with passive waits (docs/performance.md).
-    The OpenMP runtime reads the policy once, when it starts, so the variable is set for that moment
-    only; OpenMP runtimes started later in the process (e.g. torch's) keep their own default.
-    """
-    if "OMP_WAIT_POLICY" in os.environ:
-        return
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
-        _launch_threads()
-    finally:
-        del os.environ["OMP_WAIT_POLICY"]
-
-
-_start_threads_waiting_passively()
+# Under libgomp's default wait policy numba's OpenMP workers spin after every parallel kernel and take
+# a core from the BLAS product that follows: with two threads the neighbour search spent 1.4x the CPU
+# time and 1.4x the wall time it spends with passive waits (docs/performance.md). The runtime reads
+# the policy when numba starts its threads (at the first parallel kernel), so it is set here, in this
+# process's environment, unless the user chose one. The threads are not started here: libgomp is not
+# fork-safe, and a fork()ed child that runs a kernel aborts if the parent's threads exist.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Columns handled together by one thread when scanning a similarity block column-wise: each thread
 # reads 512-byte runs of a row (whole cache lines, few TLB misses) while updating 128 lists.
