@@ -5,9 +5,10 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints-dev.txt
 EXTRAS ?= test,zoo,germline,esmfold2,parquet,unirep,dask,faiss,baselines,datasets
 
-# pytest workers: the suite is sized for the 2-core machine; more cores, more workers
+# pytest workers: the suite is sized for the 2-core machine; more cores, more workers. The slowest
+# tests are listed after each run, to keep the first tier under 10 minutes.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 .PHONY: setup demo test test-slow test-all lint bench clean
 

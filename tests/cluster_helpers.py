@@ -68,9 +68,10 @@ def kill_group(proc, sig):
         pass
 
 
-def run_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "repalign", *args], capture_output=True, text=True, env=subprocess_env(),
-                          timeout=timeout)
+def run_cli(*args, timeout=300, env=None):
+    """``python -m repalign ARGS`` in a child; ``env``: variables added to :func:`subprocess_env`."""
+    return subprocess.run([sys.executable, "-m", "repalign", *args], capture_output=True, text=True,
+                          env={**subprocess_env(), **(env or {})}, timeout=timeout)
 
 
 def free_port():

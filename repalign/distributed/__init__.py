@@ -16,7 +16,7 @@ of an extraction does not import the metrics engine (less memory under a worker'
 import importlib
 
 _EXPORTS = {
-    **dict.fromkeys(("CLUSTER_FORMS", "CONNECT_TIMEOUT_S", "WORKER_TIMEOUT_S", "PAUSED_TIMEOUT_S", "ClusterSpec",
+    **dict.fromkeys(("CLUSTER_FORMS", "connect_timeout_s", "WORKER_TIMEOUT_S", "PAUSED_TIMEOUT_S", "ClusterSpec",
                      "check_slurm_queue", "gather_watched", "open_client", "parse_cluster", "read_slurm_config"),
                     "repalign.distributed.cluster"),
     **dict.fromkeys(("DaskCandidateSearch", "align_layers_distributed", "distributed_knn_state"),

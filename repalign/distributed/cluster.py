@@ -36,12 +36,21 @@ SLURM_KEYS = frozenset({
     "scheduler_options", "name", "silence_logs", "dashboard_address", "host", "shared_temp_directory",
 })
 SLURM_REQUIRED = ("cores", "memory")
-# Seconds to wait for a scheduler to answer, and for the first worker (tcp) or SLURM job to start.
-CONNECT_TIMEOUT_S = 30
+# Seconds to wait for the first worker (tcp) or SLURM job to start.
 WORKER_TIMEOUT_S = 600
 # Seconds every worker may stay paused at Dask's memory limit, with work pending, before the run fails:
 # a paused worker takes no task, so without this bound the run would wait forever.
 PAUSED_TIMEOUT_S = 120
+
+
+def connect_timeout_s() -> float:
+    """Seconds to wait for a scheduler (or the SLURM commands) to answer: Dask's own setting
+    ``distributed.comm.timeouts.connect`` (30 s unless configured, e.g. with the environment variable
+    ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=60s``), so one setting bounds every connection."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds"))
 
 
 def dask_distributed():
@@ -126,7 +135,7 @@ def open_client(cluster) -> Iterator[Any]:
 
     Clusters started here (local, slurm) are shut down on exit; an existing scheduler (tcp) is left running.
     Every way of waiting is bounded: a scheduler that does not answer fails after
-    :data:`CONNECT_TIMEOUT_S`; a scheduler without workers, or SLURM jobs that never start, after
+    :func:`connect_timeout_s`; a scheduler without workers, or SLURM jobs that never start, after
     :data:`WORKER_TIMEOUT_S` (SLURM: the config's ``start_timeout``), each with a one-line error.
     """
     distributed = dask_distributed()
@@ -135,10 +144,11 @@ def open_client(cluster) -> Iterator[Any]:
         return
     spec = cluster if isinstance(cluster, ClusterSpec) else parse_cluster(cluster)
     if spec.kind == "tcp":
+        timeout = connect_timeout_s()
         try:
-            client = distributed.Client(spec.address, timeout=f"{CONNECT_TIMEOUT_S}s")
+            client = distributed.Client(spec.address, timeout=f"{timeout:g}s")
         except OSError as exc:
-            raise RepalignError(f"cannot reach the Dask scheduler at {spec.address} within {CONNECT_TIMEOUT_S} s "
+            raise RepalignError(f"cannot reach the Dask scheduler at {spec.address} within {timeout:g} s "
                                 f"({_first_line(exc)}); start it with 'dask scheduler' or check the address") from None
         with client:
             _wait_for_workers(client, WORKER_TIMEOUT_S,
@@ -252,10 +262,11 @@ def check_slurm_queue(queue: str | None) -> None:
         raise RepalignError("slurm clusters need the SLURM commands (sbatch, sinfo) on PATH; run on a SLURM login node")
     if queue is None:
         return
+    timeout = connect_timeout_s()
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=CONNECT_TIMEOUT_S)
+        out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise RepalignError(f"sinfo did not answer within {CONNECT_TIMEOUT_S} s; is slurmctld running?") from None
+        raise RepalignError(f"sinfo did not answer within {timeout:g} s; is slurmctld running?") from None
     if out.returncode != 0:
         raise RepalignError(f"sinfo failed ({(out.stderr.strip().splitlines() or ['no output'])[0]}); is slurmctld running?")
     partitions = sorted(set(out.stdout.split()))
@@ -271,7 +282,7 @@ def _pending_reason(cluster) -> str:
         return "no job was accepted by sbatch" if not ids else f"jobs {','.join(ids)}"
     try:
         out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T %r"], capture_output=True, text=True,
-                             timeout=CONNECT_TIMEOUT_S)
+                             timeout=connect_timeout_s())
     except subprocess.TimeoutExpired:
         return f"jobs {','.join(ids)}; squeue did not answer"
     states = "; ".join(line.strip() for line in out.stdout.splitlines() if line.strip())
