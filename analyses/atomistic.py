@@ -30,7 +30,7 @@ FULL = dict(crystal_models=CRYSTAL_MODELS, molecule_models=MOLECULE_MODELS, crys
             crystal_metrics=METRICS, molecule_metrics=METRICS, granularity=("structure", "relative"), anchors=100,
             permutations={"mknn": 49, "unbiased_cka": 0}, molecule_permutations={"mknn": 99, "unbiased_cka": 0},
             element_permutations={"mknn": 49, "unbiased_cka": 0},
-            ci=0.95, n_subsamples=30, with_molecules=True,
+            ci=0.95, n_subsamples=100, with_molecules=True,  # 100 covers at high CKA (docs/statistics.md)
             crystal_baselines=("elements", "soap"), molecule_baselines=("elements", "soap", "acsf", "morgan"))
 # the quick run checks the crystal path; the molecule path is the molecules study's quick run
 # the quick run gives one model a seed more than the others, so pairs are scored on the seeds both have
