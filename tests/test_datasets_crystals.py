@@ -22,19 +22,13 @@ def test_crystals_are_distinct_and_use_known_elements():
 
 
 def _prototype_groups() -> dict[str, int]:
-    """AFLOW label -> space group of the prototype as pymatgen ships it (spglib, symprec 0.01), read here."""
-    import gzip
-    import json
-    from pathlib import Path
-
-    import pymatgen.analysis.prototypes as prototypes
+    """AFLOW label -> space group of the prototype as pymatgen ships it (spglib, symprec 0.01), read
+    through pymatgen's own loader (its decoded library), not the builder's reading of the file."""
+    from pymatgen.analysis.prototypes import AFLOW_PROTOTYPE_LIBRARY
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-    from pymatgen.util.provenance import StructureNL
 
-    with gzip.open(Path(prototypes.__file__).parent / "aflow_prototypes.json.gz", "rt") as f:
-        entries = json.load(f)
-    return {e["tags"]["aflow"]: SpacegroupAnalyzer(StructureNL.from_dict(e["snl"]).structure, symprec=0.01)
-            .get_space_group_number() for e in entries}
+    return {e["tags"]["aflow"]: SpacegroupAnalyzer(e["snl"].structure, symprec=0.01).get_space_group_number()
+            for e in AFLOW_PROTOTYPE_LIBRARY}
 
 
 def test_substitution_keeps_the_prototype_space_group():

@@ -40,6 +40,7 @@ when two substitutions give the same formula on the same prototype. Annotations:
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -53,7 +54,7 @@ from repalign.errors import RepalignError
 from repalign.inputs import structure_record
 
 if TYPE_CHECKING:  # pymatgen is imported lazily, when crystals are built
-    from pymatgen.core import Molecule, Structure
+    from pymatgen.core import Structure
 
 MAX_ATOMS = 40
 NEIGHBOUR_CUTOFF = 4.5  # A; every atom needs a neighbour this close (CHGNet's graph cutoff is 5 A)
@@ -67,33 +68,32 @@ ELEMENTS = tuple(
 SIMPLE_LATTICES = ("fcc", "bcc", "hcp", "diamond", "sc")
 
 
-def _pymatgen():
+def _prototypes_file() -> Path:
+    """pymatgen's AFLOW prototype file, found without importing ``pymatgen.analysis.prototypes``
+    (whose import decodes the whole library into StructureNL objects, BibTeX parsing included)."""
     try:
-        import pymatgen.analysis.prototypes as prototypes  # noqa: F401
+        spec = importlib.util.find_spec("pymatgen.analysis.prototypes")
     except ImportError:
-        raise RepalignError("crystals from the AFLOW prototypes need pymatgen; pip install 'repalign[zoo]'") from None
-    return prototypes
+        spec = None
+    if spec is None or spec.origin is None:
+        raise RepalignError("crystals from the AFLOW prototypes need pymatgen; pip install 'repalign[zoo]'")
+    return Path(spec.origin).parent / "aflow_prototypes.json.gz"
 
 
 @lru_cache(maxsize=1)
-def _prototypes() -> tuple[tuple[str, Structure | Molecule], ...]:
-    """(AFLOW label, pymatgen Structure) of each prototype, in the file's order."""
-    import warnings
+def _prototypes() -> tuple[tuple[str, Structure], ...]:
+    """(AFLOW label, pymatgen Structure) of each prototype, in the file's order.
 
-    from pymatgen.util.provenance import StructureNL
+    Each entry is a StructureNL dict; the structure is read from it directly, since building the
+    StructureNL would parse and validate its BibTeX references (about 60 ms per prototype)."""
+    from pymatgen.core import Structure
 
-    path = Path(_pymatgen().__file__).parent / "aflow_prototypes.json.gz"
+    path = _prototypes_file()
     if not path.is_file():
         raise RepalignError(f"{path} is missing; reinstall pymatgen: pip install --force-reinstall pymatgen")
     with gzip.open(path, "rt") as f:
         entries = json.load(f)
-    out = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for entry in entries:
-            structure = StructureNL.from_dict(entry["snl"]).structure
-            out.append((entry["tags"]["aflow"], structure))
-    return tuple(out)
+    return tuple((entry["tags"]["aflow"], Structure.from_dict(entry["snl"])) for entry in entries)
 
 
 @lru_cache(maxsize=1)
