@@ -170,14 +170,11 @@ def test_scheduler_not_answering_is_one_line_and_writes_nothing(tiny_esm2, tmp_p
     fasta = random_fasta(tmp_path / "in.fasta", 4)
     out = tmp_path / "never.h5"
     address = f"tcp://127.0.0.1:{free_port()}"
-    started = time.monotonic()
     done = run_cli("extract", str(fasta), "--model", f"hf:{tiny_esm2}", "-o", str(out), "--cluster", address, "--quiet",
                 timeout=120, env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "4s"})
-    waited = time.monotonic() - started
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach the Dask scheduler at " + address in lines[0] and "within 4 s" in lines[0]
-    assert waited < 30  # the setting bounded the wait, not Dask's default of 30 s
     assert not out.exists() and not shard_folder(out).exists()
     table = tmp_path / "t.csv"
     done = run_cli("compare", str(tmp_path / "none.h5"), "--a", "A", "--b", "B", "--cluster", address, "-o", str(table))
