@@ -6,7 +6,7 @@ antibodies), UniRep (autoregressive model of general proteins) and IgFold's stru
 from OLGA's human B-cell V(D)J recombination models with somatic point mutations
 (``repalign.datasets.antibodies.repertoire_records``), against the sequence baselines
 ``aa-composition``, ``kmer-composition``, ``blosum62`` and ``onehot``, with random-initialised
-controls of 5 seeds (``NAME@random:SEED``). IgFold runs on the first ``IGFOLD_SUBSET`` antibodies
+controls of 20 seeds (5 for IgFold; ``NAME@random:SEED``). IgFold runs on the first ``IGFOLD_SUBSET`` antibodies
 (its CPU cost); its comparisons use those antibodies for every partner, and every other pair is
 scored on all antibodies and again on IgFold's (the primary analysis compares every pair at one N). IgFold's ``antiberty``
 stage is its input (AntiBERTy's last layer) and is left out of every headline.
@@ -46,7 +46,10 @@ BASELINES: dict[str, dict] = {"aa-composition": {}, "kmer-composition": {}, "blo
 INPUT_STAGES = {"igfold": ("antiberty", "node_proj", "graph.0", "graph.1", "graph.2")}
 #: mutual kNN with a permutation test; unbiased CKA with a subsampling interval (no permutation test: its cost)
 METRICS = ("mknn", "unbiased_cka")
-FULL = dict(models=MODELS, seeds=CONTROL_SEEDS, igfold_subset=200, k=10, permutations={"mknn": 199, "unbiased_cka": 0},
+#: control seeds per model: 20 for the sequence models (a few minutes per seed on 1,000 antibodies), so their
+#: contrasts can reach p = 1/21 < 0.05; IgFold's 5 (about 20 minutes per seed on its 200)
+SEEDS = {"antiberty": 20, "iglm": 20, "unirep-1900": 20, "igfold": len(CONTROL_SEEDS)}
+FULL = dict(models=MODELS, seeds=SEEDS, igfold_subset=200, k=10, permutations={"mknn": 199, "unbiased_cka": 0},
             ci=0.95, n_subsamples=100)  # 100: the toolkit's default, whose CKA intervals cover (docs/statistics.md)
 QUICK = dict(models=("antiberty", "iglm", "igfold", "unirep-64"), seeds=(0, 1), igfold_subset=5, k=2,
              permutations={"mknn": 20, "unbiased_cka": 20}, ci=0.95,

@@ -45,7 +45,6 @@ use there), which is why they are read from the installed package rather than co
 from __future__ import annotations
 
 import csv
-import importlib.util
 import itertools
 import re
 from dataclasses import dataclass
@@ -54,9 +53,10 @@ from pathlib import Path
 
 import numpy as np
 
-from repalign.datasets.dataset import Dataset, check_size_seed, package_version
+from repalign.datasets.dataset import Dataset, check_size_seed
 from repalign.errors import RepalignError
 from repalign.inputs import Record, sequence_record
+from repalign.packages import package_dir, package_version
 
 IGFOLD_FV_HEAVY = (
     "EVQLVQSGPEVKKPGTSVKVSCKASGFTFMSSAVQWVRQARGQRLEWIGWIVIGSGNTNYAQKFQERVTITRDMSTSTAYMELSSLRSEDTAVYYCAAPYCSSISCNDGFDIWGQGTMVTVS"
@@ -125,13 +125,13 @@ class GermlineFv:
 
 def olga_models_dir() -> Path:
     """The ``default_models`` folder of the installed ``olga`` package (found without importing it)."""
-    spec = importlib.util.find_spec("olga")
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_dir("olga")
+    if folder is None:
         raise RepalignError(
             f"antibody germline genes need the 'olga' package; pip install '{OLGA_REQUIREMENT}' "
             "(or 'repalign[germline]'), or ask for at most 5 antibody records"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "default_models"
+    return folder / "default_models"
 
 
 def _model_file(locus: str, name: str) -> Path:

@@ -40,7 +40,6 @@ when two substitutions give the same formula on the same prototype. Annotations:
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -48,10 +47,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from repalign.datasets.dataset import Dataset, check_size_seed, package_version
+from repalign.datasets.dataset import Dataset, check_size_seed
 from repalign.datasets.structures import BINARY_COMPOUNDS
 from repalign.errors import RepalignError
 from repalign.inputs import structure_record
+from repalign.packages import package_dir, package_version
 
 if TYPE_CHECKING:  # pymatgen is imported lazily, when crystals are built
     from pymatgen.core import Structure
@@ -71,13 +71,10 @@ SIMPLE_LATTICES = ("fcc", "bcc", "hcp", "diamond", "sc")
 def _prototypes_file() -> Path:
     """pymatgen's AFLOW prototype file, found without importing ``pymatgen.analysis.prototypes``
     (whose import decodes the whole library into StructureNL objects, BibTeX parsing included)."""
-    try:
-        spec = importlib.util.find_spec("pymatgen.analysis.prototypes")
-    except ImportError:
-        spec = None
-    if spec is None or spec.origin is None:
+    folder = package_dir("pymatgen.analysis.prototypes")
+    if folder is None:
         raise RepalignError("crystals from the AFLOW prototypes need pymatgen; pip install 'repalign[zoo]'")
-    return Path(spec.origin).parent / "aflow_prototypes.json.gz"
+    return folder / "aflow_prototypes.json.gz"
 
 
 @lru_cache(maxsize=1)

@@ -110,13 +110,4 @@ def check_size_seed(size, seed, what: str, largest: int | None = None) -> tuple[
     return int(size), int(seed)
 
 
-def package_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-__all__ = ["Dataset", "check_size_seed", "package_version", "records_hash"]
+__all__ = ["Dataset", "check_size_seed", "records_hash"]

@@ -32,9 +32,10 @@ from typing import Sequence
 
 import numpy as np
 
-from repalign.datasets.dataset import Dataset, check_size_seed, package_version
+from repalign.datasets.dataset import Dataset, check_size_seed
 from repalign.errors import RepalignError
 from repalign.inputs import Record, structure_record
+from repalign.packages import package_version
 
 POINTS = 7
 SPAN = 0.06

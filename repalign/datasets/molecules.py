@@ -29,9 +29,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from repalign.datasets.dataset import Dataset, check_size_seed, package_version
+from repalign.datasets.dataset import Dataset, check_size_seed
 from repalign.errors import RepalignError
 from repalign.inputs import structure_record
+from repalign.packages import package_version
 
 ANI_ELEMENTS = ("H", "C", "N", "O")
 MIN_ATOMS, MAX_ATOMS = 8, 64

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from repalign.errors import ModelUnavailable
+from repalign.packages import package_version
 
 if TYPE_CHECKING:
     from repalign.models.base import ModelAdapter
@@ -49,24 +50,12 @@ def sha256_of_files(paths: Iterable[str | os.PathLike]) -> str:
 
 def package_versions(*names: str) -> dict[str, str | None]:
     """Installed version of each distribution (None when not installed)."""
-    out: dict[str, str | None] = {}
-    for name in names:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {name: package_version(name) for name in names}
 
 
 def missing_modules(*modules: str) -> list[str]:
     """The importable module names among ``modules`` that are not installed, in the given order."""
     return [m for m in modules if importlib.util.find_spec(m) is None]
-
-
-def package_dir(module: str) -> Path | None:
-    """Folder of an installed package (where its shipped weights live), or None when not installed."""
-    spec = importlib.util.find_spec(module)
-    return Path(spec.origin).parent if spec and spec.origin else None
 
 
 def raise_if_unavailable(adapter: ModelAdapter, name: str | None = None) -> None:

@@ -48,8 +48,9 @@ from repalign.models._atomistic import (
     reject_elements,
     reject_empty,
 )
-from repalign.models._common import missing_modules, package_dir, provenance_record, sha256_of_file
+from repalign.models._common import missing_modules, provenance_record, sha256_of_file
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
+from repalign.packages import package_dir
 
 ELEMENTS = ("H", "C", "N", "O")
 _ATOMIC_NUMBERS = (1, 6, 7, 8)  # of ELEMENTS

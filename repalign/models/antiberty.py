@@ -42,7 +42,6 @@ from repalign.errors import ModelUnavailable, RepalignError
 from repalign.inputs import Record
 from repalign.models._common import (
     missing_modules,
-    package_dir,
     provenance_record,
     sha256_of_file,
     sha256_of_files,
@@ -60,6 +59,7 @@ from repalign.models._sequence import (
     torch_dtype,
 )
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
+from repalign.packages import package_dir
 
 WEIGHTS_VERSION = "0.1.3"
 CHECKPOINT_NAME = "AntiBERTy_md_smooth"

@@ -48,7 +48,6 @@ from repalign.inputs import Record
 from repalign.models._common import (
     captured_outputs,
     missing_modules,
-    package_dir,
     provenance_record,
     sha256_of_files,
 )
@@ -63,6 +62,7 @@ from repalign.models.antiberty import INSTALL_HINT as ANTIBERTY_HINT
 from repalign.models.antiberty import WEIGHTS_VERSION as ANTIBERTY_VERSION
 from repalign.models.antiberty import find_weights_dir
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
+from repalign.packages import package_dir
 
 CHECKPOINTS = ("1", "2", "3", "5")
 GRAPH_DEPTH = 4  # TriangleGraphTransformer depth of every shipped checkpoint

@@ -34,7 +34,6 @@ from typing import Any, Sequence
 
 from repalign.errors import InvalidInput, ModelUnavailable, RepalignError
 from repalign.inputs import Record
-from repalign.models import _common
 from repalign.models._common import missing_modules, provenance_record, sha256_of_files
 from repalign.models._sequence import (
     STANDARD_AMINO_ACIDS,
@@ -49,6 +48,7 @@ from repalign.models._sequence import (
     torch_dtype,
 )
 from repalign.models.base import ModelAdapter, ModelInfo, SampleFeatures
+from repalign.packages import package_dir
 
 CHECKPOINTS = ("IgLM", "IgLM-S")
 SPECIES = ("human", "mouse", "camel", "rabbit", "rat", "rhesus")
@@ -56,10 +56,6 @@ CHAIN_TYPES = ("auto", "heavy", "light")
 HEAVY_J_MOTIF = re.compile("WG.G")
 LIGHT_J_MOTIF = re.compile("FG.G")
 INSTALL_HINT = "needs the 'zoo' extra: pip install 'repalign[zoo]'"
-
-
-def package_dir() -> Path | None:
-    return _common.package_dir("iglm")
 
 
 def chain_type(chain: str) -> str | None:
@@ -114,7 +110,7 @@ class IgLM(ModelAdapter):
     def _weights_dir(self) -> Path:
         if self.weights:
             return Path(self.weights).expanduser()
-        root = package_dir()
+        root = package_dir("iglm")
         if root is None:
             raise ModelUnavailable(f"model iglm: {INSTALL_HINT}")
         return root / "trained_models" / self.checkpoint
