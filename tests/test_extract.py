@@ -145,17 +145,20 @@ def test_resume_after_sigkill_gives_the_same_cache_as_a_clean_run(tiny_esm2, tmp
     ref = Cache(clean)
     ids = ref.ids(MODEL_KEY)
     rng = np.random.default_rng(7)
+    # one cache killed three times, each run resuming the one killed before it, then resumed to the end
+    cache = tmp_path / "killed.h5"
+    parts = tmp_path / "killed.h5.parts"
+    completed = 0
     for trial in range(3):
-        cache = tmp_path / f"killed{trial}.h5"
+        before = set(parts.iterdir()) if parts.exists() else set()
         proc = subprocess.Popen(
             [sys.executable, "-m", "repalign", "extract", str(fasta), "--model", model, "-o", str(cache),
              "--layers", "all", "--batch-tokens", "64", "--quiet"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        parts = tmp_path / f"killed{trial}.h5.parts"
         deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if parts.exists() and any(p.suffix == ".h5" for p in parts.iterdir()):
+        while time.time() < deadline and proc.poll() is None:  # until this run writes a part of its own
+            if parts.exists() and any(p.suffix == ".h5" and p not in before for p in parts.iterdir()):
                 break
             time.sleep(0.02)
         time.sleep(float(rng.uniform(0.0, 0.6)))
@@ -167,14 +170,16 @@ def test_resume_after_sigkill_gives_the_same_cache_as_a_clean_run(tiny_esm2, tmp
             kept = partial.ids(MODEL_KEY) if MODEL_KEY in partial.models else []
             # a prefix of complete samples, each once (a kill during the final consolidation keeps them all)
             assert len(set(kept)) == len(kept) and set(kept) <= set(ids)
+            assert len(kept) >= completed  # a kill never loses what an earlier run completed
+            completed = len(kept)
             for layer in ref.layers(MODEL_KEY):
                 if kept:
                     np.testing.assert_allclose(partial.read_layer(MODEL_KEY, layer, ids=kept),
                                                ref.read_layer(MODEL_KEY, layer, ids=kept), atol=2e-5)
-        res = run_cli("extract", fasta, "--model", model, "-o", cache, "--layers", "all", "--quiet")
-        assert res.returncode == 0, res.stderr
-        done = Cache(cache)
-        assert sorted(done.ids(MODEL_KEY)) == sorted(ids)
-        for layer in ref.layers(MODEL_KEY):
-            np.testing.assert_allclose(done.read_layer(MODEL_KEY, layer, ids=ids),
-                                       ref.read_layer(MODEL_KEY, layer, ids=ids), atol=2e-5)
+    res = run_cli("extract", fasta, "--model", model, "-o", cache, "--layers", "all", "--quiet")
+    assert res.returncode == 0, res.stderr
+    done = Cache(cache)
+    assert sorted(done.ids(MODEL_KEY)) == sorted(ids)
+    for layer in ref.layers(MODEL_KEY):
+        np.testing.assert_allclose(done.read_layer(MODEL_KEY, layer, ids=ids),
+                                   ref.read_layer(MODEL_KEY, layer, ids=ids), atol=2e-5)
