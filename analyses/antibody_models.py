@@ -8,7 +8,7 @@ from OLGA's human B-cell V(D)J recombination models with somatic point mutations
 ``aa-composition``, ``kmer-composition``, ``blosum62`` and ``onehot``, with random-initialised
 controls (``NAME@random:SEED``): 20 seeds for the sequence models, the first 5 on all antibodies and
 the rest on IgFold's, and 5 for IgFold. IgFold runs on the first ``igfold_subset`` antibodies (its CPU
-cost). Every pair of models extracted on all antibodies is scored on all of them, and every pair again
+cost). Every pair of models planned on all antibodies is scored on all of them, and every pair again
 on IgFold's subset (the primary analysis compares every pair at one N). IgFold's ``antiberty``
 stage is its input (AntiBERTy's last layer) and is left out of every headline.
 
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     pairs = study_pairs(plans, trained_pairs(cfg["models"]))
     options = dict(k=cfg["k"], permutations=cfg["permutations"], ci=cfg["ci"], n_subsamples=cfg["n_subsamples"], seed=args.seed)
-    # the pairs of models extracted on all antibodies on all of them, and every pair on IgFold's subset,
+    # the pairs of models planned on all antibodies on all of them, and every pair on IgFold's subset,
     # so the primary analysis compares every pair at one N
     on_subset = {p.model for p in plans if p.subset is not None}
     everywhere = [p for p in pairs if not {p.model_a, p.model_b} & on_subset]
