@@ -203,9 +203,9 @@ def reinitialize(modules: Sequence, seed: int, keep: Sequence = ()) -> dict[str,
 
 def equinox_modules(obj: Any) -> dict[str, Any]:
     """Attributes of ``obj`` that are Equinox (JAX) modules, by attribute name (empty without equinox)."""
-    import importlib.util
+    from repalign.models._common import missing_modules
 
-    if importlib.util.find_spec("equinox") is None:
+    if missing_modules("equinox"):
         return {}
     import equinox as eqx
 
