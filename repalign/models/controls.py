@@ -34,6 +34,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from repalign.errors import RepalignError
+from repalign.models._common import missing_modules
 from repalign.models.base import ModelAdapter
 
 RANDOM_TAG = "@random"
@@ -203,8 +204,6 @@ def reinitialize(modules: Sequence, seed: int, keep: Sequence = ()) -> dict[str,
 
 def equinox_modules(obj: Any) -> dict[str, Any]:
     """Attributes of ``obj`` that are Equinox (JAX) modules, by attribute name (empty without equinox)."""
-    from repalign.models._common import missing_modules
-
     if missing_modules("equinox"):
         return {}
     import equinox as eqx
